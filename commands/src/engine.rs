@@ -1,0 +1,413 @@
+//! The command engine: one kernel model, the current processor, and a dispatcher that runs
+//! WinDbg-style commands and gives each one's text (in WinDbg's layout), a JSON value with the
+//! numbers, and what it cost in round trips and bytes.
+
+use std::collections::HashMap;
+
+use kdnet::api::{Context, Reg};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::basic;
+use crate::expr::{self, Env, ExprError};
+use crate::mem::MemStats;
+use crate::nt::{Kernel, ModelError};
+
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmdError {
+    /// The command is not known.
+    #[error("no such command: {0}")]
+    Unknown(String),
+    /// Its arguments are wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// An expression failed.
+    #[error(transparent)]
+    Expr(#[from] ExprError),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The command itself went wrong (a bug in this tool); the session goes on.
+    #[error("internal error in this command (please report it): {0}")]
+    Internal(String),
+}
+
+impl From<crate::nt::view::ViewError> for CmdError {
+    fn from(e: crate::nt::view::ViewError) -> CmdError {
+        CmdError::Model(ModelError::View(e))
+    }
+}
+
+impl From<kdnet_symbols::SymError> for CmdError {
+    fn from(e: kdnet_symbols::SymError) -> CmdError {
+        CmdError::Model(ModelError::Symbols(e))
+    }
+}
+
+impl From<crate::target::TargetError> for CmdError {
+    fn from(e: crate::target::TargetError) -> CmdError {
+        CmdError::Model(ModelError::Target(e))
+    }
+}
+
+/// What one command cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Cost {
+    /// Requests to the target.
+    pub round_trips: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Reads answered from the cache.
+    pub cache_hits: u64,
+}
+
+impl Cost {
+    fn from_stats(s: &MemStats) -> Cost {
+        Cost {
+            round_trips: s.transport.round_trips,
+            bytes: s.transport.bytes,
+            cache_hits: s.cache_hits,
+        }
+    }
+}
+
+/// One command's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The command as given.
+    pub command: String,
+    /// Its output in WinDbg's layout.
+    #[serde(skip)]
+    pub text: String,
+    /// Its output as data (null when it failed).
+    pub result: Value,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// What it cost.
+    pub cost: Cost,
+}
+
+impl Outcome {
+    /// Whether it worked.
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Text and data a command produces.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// Lines for people.
+    pub text: String,
+    /// Numbers for programs.
+    pub json: Value,
+}
+
+/// The command engine over one kernel.
+pub struct Engine {
+    /// The kernel model.
+    pub kernel: Kernel,
+    /// The processor `r` and `k` show.
+    pub processor: u32,
+    contexts: HashMap<u32, Context>,
+    epoch: u64,
+    /// The longest a command may run (`--max-seconds N` on a command overrides it); a command
+    /// that runs out stops with what it has and says so.
+    pub budget: Option<std::time::Duration>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("kernel", &self.kernel)
+            .field("processor", &self.processor)
+            .finish()
+    }
+}
+
+/// Takes `--max-seconds N` out of a command.
+fn take_budget(command: &str) -> Result<(String, Option<std::time::Duration>), CmdError> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let Some(i) = words.iter().position(|w| *w == "--max-seconds") else {
+        return Ok((command.to_string(), None));
+    };
+    let secs: f64 = words
+        .get(i + 1)
+        .and_then(|v| v.parse().ok())
+        .filter(|v: &f64| v.is_finite() && *v > 0.0 && *v < 1e7)
+        .ok_or_else(|| CmdError::Usage("--max-seconds needs a number of seconds".into()))?;
+    let rest: Vec<&str> = words
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i && *j != i + 1)
+        .map(|(_, w)| *w)
+        .collect();
+    Ok((
+        rest.join(" "),
+        Some(std::time::Duration::from_secs_f64(secs)),
+    ))
+}
+
+/// The built-in commands, as typed (for completion and help).
+pub const BUILTINS: &[&str] = &[
+    "?",
+    "db",
+    "dd",
+    "dp",
+    "dps",
+    "dq",
+    "dqs",
+    "dt",
+    "dw",
+    "k",
+    "kb",
+    "kn",
+    "kp",
+    "lm",
+    "ln",
+    "r",
+    "vertarget",
+    "version",
+];
+
+/// Splits a line into commands at `;` (not inside quotes).
+pub fn split_commands(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ';' if !quoted => {
+                out.push(std::mem::take(&mut cur));
+            }
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+impl Engine {
+    /// An engine over `kernel`, on the processor the target stopped on.
+    pub fn new(kernel: Kernel) -> Engine {
+        let processor = kernel.mem.info().current_processor;
+        Engine {
+            kernel,
+            processor,
+            contexts: HashMap::new(),
+            epoch: 0,
+            budget: None,
+        }
+    }
+
+    /// Forgets cached state (the target ran).
+    pub fn invalidate(&mut self) {
+        self.contexts.clear();
+        self.kernel.mem.invalidate();
+    }
+
+    /// The registers of processor `n`.
+    pub fn context(&mut self, n: u32) -> Result<Context, CmdError> {
+        let e = self.kernel.mem.epoch();
+        if e != self.epoch {
+            self.epoch = e;
+            self.contexts.clear();
+        }
+        if let Some(c) = self.contexts.get(&n) {
+            return Ok(c.clone());
+        }
+        let c = self.kernel.processor_context(n)?;
+        self.contexts.insert(n, c.clone());
+        Ok(c)
+    }
+
+    /// Runs every command of a line.
+    pub fn run_line(&mut self, line: &str) -> Vec<Outcome> {
+        split_commands(line).iter().map(|c| self.run(c)).collect()
+    }
+
+    /// Runs one command.
+    pub fn run(&mut self, command: &str) -> Outcome {
+        let before = self.kernel.mem.stats();
+        let (command, budget) = match take_budget(command) {
+            Ok(x) => x,
+            Err(e) => {
+                return Outcome {
+                    command: command.trim().to_string(),
+                    text: String::new(),
+                    result: Value::Null,
+                    error: Some(e.to_string()),
+                    cost: Cost::default(),
+                };
+            }
+        };
+        let command = command.as_str();
+        let budget = budget.or(self.budget);
+        self.kernel
+            .mem
+            .set_deadline(budget.map(|b| std::time::Instant::now() + b));
+        // A bug in one command must not end a session that holds a stopped machine.
+        let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.dispatch(command.trim())
+        })) {
+            Ok(r) => r,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".to_string());
+                Err(CmdError::Internal(message))
+            }
+        };
+        self.kernel.mem.set_deadline(None);
+        let r = match r {
+            Err(CmdError::Model(ModelError::Target(crate::target::TargetError::OutOfTime))) => {
+                Err(CmdError::Usage(format!(
+                    "stopped: the time budget of {:.1} s ran out before the command finished",
+                    budget.map_or(0.0, |b| b.as_secs_f64())
+                )))
+            }
+            other => other,
+        };
+        let cost = Cost::from_stats(&self.kernel.mem.stats().since(&before));
+        match r {
+            Ok(o) => Outcome {
+                command: command.trim().to_string(),
+                text: o.text,
+                result: o.json,
+                error: None,
+                cost,
+            },
+            Err(e) => Outcome {
+                command: command.trim().to_string(),
+                text: String::new(),
+                result: Value::Null,
+                error: Some(e.to_string()),
+                cost,
+            },
+        }
+    }
+
+    fn dispatch(&mut self, command: &str) -> Result<Output, CmdError> {
+        let (verb, args) = match command.find(|c: char| c.is_whitespace()) {
+            Some(i) => (&command[..i], command[i..].trim()),
+            None => (command, ""),
+        };
+        // `?1+2` and `dq@rsp` are written without a space too.
+        if let Some(rest) = verb.strip_prefix('?')
+            && verb != "?"
+        {
+            return self.evaluate_command(&format!("{rest} {args}"));
+        }
+        if let Some(ext) = verb.strip_prefix('!') {
+            return crate::ext::dispatch(self, ext, args);
+        }
+        match verb.to_ascii_lowercase().as_str() {
+            "?" => self.evaluate_command(args),
+            "lm" => basic::lm(self, args),
+            "db" | "dw" | "dd" | "dq" | "dp" | "dps" | "dqs" => {
+                basic::display(self, &verb.to_ascii_lowercase(), args)
+            }
+            "dt" => basic::dt(self, args),
+            "k" | "kn" | "kb" | "kp" => basic::stack(self, &verb.to_ascii_lowercase(), args),
+            "ln" => basic::ln(self, args),
+            "r" => basic::registers(self, args),
+            "vertarget" | "version" => basic::vertarget(self),
+            _ => Err(CmdError::Unknown(verb.to_string())),
+        }
+    }
+
+    fn evaluate_command(&mut self, args: &str) -> Result<Output, CmdError> {
+        let v = self.eval(args)?;
+        Ok(Output {
+            text: format!("Evaluate expression: {} = {}\n", v as i64, addr(v)),
+            json: json!({ "value": v }),
+        })
+    }
+
+    /// Evaluates an expression against this target.
+    pub fn eval(&mut self, text: &str) -> Result<u64, CmdError> {
+        if text.trim().is_empty() {
+            return Err(CmdError::Usage("an expression is needed".into()));
+        }
+        let mut env = EngineEnv { e: self };
+        Ok(expr::evaluate(text, &mut env)?)
+    }
+}
+
+struct EngineEnv<'a> {
+    e: &'a mut Engine,
+}
+
+impl Env for EngineEnv<'_> {
+    fn symbol(&mut self, module: Option<&str>, name: &str) -> Option<u64> {
+        let k = &mut self.e.kernel;
+        if let Some(m) = module {
+            if name.is_empty() {
+                return k
+                    .modules()
+                    .ok()?
+                    .iter()
+                    .find(|x| x.short.eq_ignore_ascii_case(m) || x.name.eq_ignore_ascii_case(m))
+                    .map(|x| x.base);
+            }
+            return k.resolve(m, name);
+        }
+        // A module name stands for its base; then nt's symbols; then every module's.
+        let mods = k.modules().ok()?.to_vec();
+        if let Some(m) = mods
+            .iter()
+            .find(|x| x.short.eq_ignore_ascii_case(name) || x.name.eq_ignore_ascii_case(name))
+        {
+            return Some(m.base);
+        }
+        if let Ok(a) = k.sym(name) {
+            return Some(a);
+        }
+        mods.iter().find_map(|m| k.resolve(&m.short, name))
+    }
+
+    fn register(&mut self, name: &str) -> Option<u64> {
+        let n = self.e.processor;
+        let c = self.e.context(n).ok()?;
+        let name = match name {
+            "$ip" => "rip",
+            "$csp" => "rsp",
+            other => other,
+        };
+        if name == "$proc" || name == "$thread" || name == "$prcb" {
+            let cpus = self.e.kernel.processors().ok()?;
+            let p = cpus.iter().find(|p| p.number == n)?;
+            return match name {
+                "$prcb" => Some(p.prcb),
+                "$thread" => Some(p.current),
+                _ => {
+                    let t = self.e.kernel.thread(p.current).ok()?;
+                    Some(t.attached_process.unwrap_or(t.process))
+                }
+            };
+        }
+        Reg::from_name(name).map(|r| c.reg(r))
+    }
+
+    fn read(&mut self, addr: u64, size: u8) -> Option<u64> {
+        let b = self.e.kernel.mem.kread(addr, usize::from(size)).ok()?;
+        let mut a = [0u8; 8];
+        a[..b.len()].copy_from_slice(&b);
+        Some(u64::from_le_bytes(a))
+    }
+}
+
+/// `fffff805`5c400000`.
+pub fn addr(a: u64) -> String {
+    format!("{:08x}`{:08x}", a >> 32, a as u32)
+}

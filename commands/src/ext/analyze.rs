@@ -1,0 +1,280 @@
+//! `!analyze`: the bugcheck code and parameters with their names, the process and stack of the
+//! processor that stopped, and the faulting module as the data shows it: the module holding the
+//! exception address when the bugcheck carries one, otherwise the first frame outside the
+//! kernel and HAL. No guesses beyond that.
+
+use serde_json::{Value, json};
+
+use crate::engine::{CmdError, Engine, Output, addr};
+use crate::nt::unwind::Regs;
+
+/// Bugcheck names and what their parameters are (public bugcheck code reference).
+const BUGCHECKS: &[(u32, &str, [&str; 4])] = &[
+    (
+        0x0A,
+        "IRQL_NOT_LESS_OR_EQUAL",
+        [
+            "memory referenced",
+            "IRQL",
+            "bitfield: bit 0 write, bit 3 execute",
+            "address which referenced memory",
+        ],
+    ),
+    (0x19, "BAD_POOL_HEADER", ["subcode", "", "", ""]),
+    (0x1A, "MEMORY_MANAGEMENT", ["subcode", "", "", ""]),
+    (
+        0x1E,
+        "KMODE_EXCEPTION_NOT_HANDLED",
+        [
+            "exception code",
+            "address of the exception",
+            "parameter 0 of the exception",
+            "parameter 1 of the exception",
+        ],
+    ),
+    (
+        0x3B,
+        "SYSTEM_SERVICE_EXCEPTION",
+        [
+            "exception code",
+            "address of the instruction that caused the exception",
+            "address of the context record",
+            "",
+        ],
+    ),
+    (
+        0x44,
+        "MULTIPLE_IRP_COMPLETE_REQUESTS",
+        ["address of the IRP", "", "", ""],
+    ),
+    (
+        0x50,
+        "PAGE_FAULT_IN_NONPAGED_AREA",
+        [
+            "memory referenced",
+            "access type (0 read, 1 write, 10 execute)",
+            "address which referenced memory",
+            "",
+        ],
+    ),
+    (
+        0x7E,
+        "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED",
+        [
+            "exception code",
+            "address of the exception",
+            "exception record address",
+            "context record address",
+        ],
+    ),
+    (
+        0x7F,
+        "UNEXPECTED_KERNEL_MODE_TRAP",
+        ["trap number", "", "", ""],
+    ),
+    (
+        0x8E,
+        "KERNEL_MODE_EXCEPTION_NOT_HANDLED",
+        [
+            "exception code",
+            "address of the exception",
+            "trap frame",
+            "",
+        ],
+    ),
+    (0x9F, "DRIVER_POWER_STATE_FAILURE", ["subcode", "", "", ""]),
+    (0xC2, "BAD_POOL_CALLER", ["subcode", "", "", ""]),
+    (
+        0xC4,
+        "DRIVER_VERIFIER_DETECTED_VIOLATION",
+        ["subcode", "", "", ""],
+    ),
+    (
+        0xD1,
+        "DRIVER_IRQL_NOT_LESS_OR_EQUAL",
+        [
+            "memory referenced",
+            "IRQL",
+            "0 read, 1 write, 8 execute",
+            "address which referenced memory",
+        ],
+    ),
+    (
+        0xEF,
+        "CRITICAL_PROCESS_DIED",
+        ["process object", "", "", ""],
+    ),
+    (0x133, "DPC_WATCHDOG_VIOLATION", ["subcode", "", "", ""]),
+    (
+        0x139,
+        "KERNEL_SECURITY_CHECK_FAILURE",
+        [
+            "type of corruption",
+            "address of the trap frame",
+            "address of the exception record",
+            "",
+        ],
+    ),
+    (
+        0x13A,
+        "KERNEL_MODE_HEAP_CORRUPTION",
+        ["type of corruption", "", "", ""],
+    ),
+    (0x1CA, "SYNTHETIC_WATCHDOG_TIMEOUT", ["", "", "", ""]),
+    (0xE2, "MANUALLY_INITIATED_CRASH", ["", "", "", ""]),
+    (0xDEADDEAD, "MANUALLY_INITIATED_CRASH1", ["", "", "", ""]),
+];
+
+/// The name and parameter names of a code (the 0x10000000 "M" variants share them).
+pub fn describe(code: u32) -> (String, [&'static str; 4]) {
+    let base = code & !0x1000_0000;
+    match BUGCHECKS.iter().find(|b| b.0 == base) {
+        Some((_, name, params)) if base != code => (format!("{name}_M"), *params),
+        Some((_, name, params)) => (name.to_string(), *params),
+        None => (format!("BUGCHECK_{code:X}"), ["", "", "", ""]),
+    }
+}
+
+/// Codes whose second parameter is the faulting instruction's address.
+fn exception_address(code: u32, p: &[u64; 4]) -> Option<u64> {
+    match code & !0x1000_0000 {
+        0x1E | 0x3B | 0x7E | 0x8E => Some(p[1]),
+        0x0A | 0xD1 | 0x50 => Some(p[3]).filter(|a| *a != 0 && p[0] != 0),
+        _ => None,
+    }
+}
+
+/// `!analyze [-v]`.
+pub fn command(e: &mut Engine, _args: &str) -> Result<Output, CmdError> {
+    let bug = e.kernel.bugcheck()?;
+    let Some((code, p)) = bug else {
+        let live = e.kernel.mem.info().live;
+        let text = if live {
+            "No bugcheck: KiBugCheckData holds no code. The target was stopped by the debugger, \
+not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
+                .to_string()
+        } else {
+            "No bugcheck code in this dump.\n".to_string()
+        };
+        return Ok(Output {
+            text,
+            json: json!({ "bugcheck_code": Value::Null, "parameters": Value::Null }),
+        });
+    };
+    let (name, names) = describe(code);
+    let mut text = String::new();
+    let stars = "*".repeat(79);
+    text.push_str(&format!(
+        "{stars}\n*{:^77}*\n*{:^77}*\n*{:^77}*\n{stars}\n\n",
+        "", "Bugcheck Analysis", ""
+    ));
+    text.push_str(&format!("{name} ({code:x})\nArguments:\n"));
+    for (i, v) in p.iter().enumerate() {
+        if names[i].is_empty() {
+            text.push_str(&format!("Arg{}: {:016x}\n", i + 1, v));
+        } else {
+            text.push_str(&format!("Arg{}: {:016x}, {}\n", i + 1, v, names[i]));
+        }
+    }
+    text.push_str(&format!("\nBUGCHECK_CODE:  {code:x}\n"));
+    for (i, v) in p.iter().enumerate() {
+        text.push_str(&format!("\nBUGCHECK_P{}: {:x}\n", i + 1, v));
+    }
+    // The processor that stopped: its thread, process and stack.
+    let n = e.processor;
+    let ctx = e.context(n)?;
+    let thread = e
+        .kernel
+        .processors()
+        .ok()
+        .and_then(|cpus| cpus.into_iter().find(|c| c.number == n))
+        .and_then(|c| e.kernel.thread(c.current).ok());
+    let process = thread.as_ref().and_then(|t| {
+        e.kernel
+            .process(t.attached_process.unwrap_or(t.process))
+            .ok()
+    });
+    if let Some(pr) = &process {
+        text.push_str(&format!("\nPROCESS_NAME:  {}\n", pr.name));
+    }
+    let bounds = thread
+        .as_ref()
+        .map(|t| (t.stack_limit, t.stack_base))
+        .filter(|(lo, hi)| lo < hi);
+    let stack = e.kernel.unwind(Regs::from_context(&ctx), bounds, true);
+    text.push_str("\nSTACK_TEXT:  \n");
+    for f in &stack.frames {
+        text.push_str(&format!(
+            "{} {} : {} {} {} {} : {}\n",
+            addr(f.child_sp),
+            addr(f.return_address),
+            addr(f.args[0]),
+            addr(f.args[1]),
+            addr(f.args[2]),
+            addr(f.args[3]),
+            f.call_site
+        ));
+    }
+    if let Some(note) = &stack.note {
+        text.push_str(&format!("({note})\n"));
+    }
+    // The faulting place.
+    let faulting_ip = exception_address(code, &p)
+        .filter(|a| e.kernel.module_index(*a).is_some())
+        .or_else(|| {
+            stack
+                .frames
+                .iter()
+                .find(|f| {
+                    f.module
+                        .as_deref()
+                        .is_some_and(|m| !matches!(m, "nt" | "hal"))
+                })
+                .map(|f| f.ip)
+        });
+    let (symbol, module) = match faulting_ip {
+        Some(ip) => {
+            let m = e.kernel.module_at(ip);
+            (Some(e.kernel.symbolize(ip)), m)
+        }
+        None => (None, None),
+    };
+    if let Some(s) = &symbol {
+        text.push_str(&format!("\nSYMBOL_NAME:  {}\n", s.replace("+0x", "+")));
+    }
+    if let Some(m) = &module {
+        text.push_str(&format!(
+            "\nMODULE_NAME: {}\n\nIMAGE_NAME:  {}\n",
+            m.short, m.name
+        ));
+    }
+    let bucket = match (&symbol, &module) {
+        (Some(s), _) => format!("0x{code:X}_{}", s.split('+').next().unwrap_or(s.as_str())),
+        (None, _) => format!("0x{code:X}_nt"),
+    };
+    text.push_str(&format!("\nFAILURE_BUCKET_ID:  {bucket}\n"));
+    let frames: Vec<Value> = stack
+        .frames
+        .iter()
+        .map(|f| json!({ "child_sp": f.child_sp, "return_address": f.return_address, "call_site": f.call_site, "module": f.module }))
+        .collect();
+    Ok(Output {
+        text,
+        json: json!({
+            "bugcheck_code": code,
+            "bugcheck_name": name,
+            "parameters": p,
+            "parameter_names": names,
+            "processor": n,
+            "thread": thread.as_ref().map(|t| t.ethread),
+            "process_name": process.as_ref().map(|p| p.name.clone()),
+            "frames": frames,
+            "stack_note": stack.note,
+            "faulting_ip": faulting_ip,
+            "symbol": symbol,
+            "module": module.as_ref().map(|m| m.short.clone()),
+            "image": module.as_ref().map(|m| m.name.clone()),
+            "failure_bucket": bucket,
+        }),
+    })
+}

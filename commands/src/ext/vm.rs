@@ -1,0 +1,422 @@
+//! `!vm`: the memory manager's counters: page files, physical and available pages, pool usage,
+//! the commit breakdown and its derived lines, the commit-failure banner, warnings, and the
+//! per-process commit table. On 7601/9600 the counters are plain globals; from 1607 they live
+//! in the system partition (`MiSystemPartition.Vp`, `.Commit`) and `MiState` (`.Vs`, `.Pools`).
+//! A counter the build does not keep is left out, never guessed.
+
+use serde_json::{Value, json};
+
+use crate::engine::{CmdError, Engine, Output};
+use crate::nt::{Kernel, ModelError};
+
+/// The counters read, in pages (`None` when the build does not keep one).
+#[derive(Debug, Clone, Default)]
+pub struct Vm {
+    /// Page files: name, current, free, minimum, maximum (pages).
+    pub paging_files: Vec<(String, u64, u64, u64, u64)>,
+    /// Named counters in display order.
+    pub lines: Vec<(&'static str, Option<u64>)>,
+    /// Commit charged and the limit.
+    pub committed: u64,
+    /// Commit limit.
+    pub limit: u64,
+    /// Maximum the limit can grow to.
+    pub limit_maximum: Option<u64>,
+    /// Peak commit.
+    pub peak: Option<u64>,
+    /// ChargeCommitmentFailures[0..4].
+    pub failures: [u32; 4],
+    /// Pool allocation failures, where kept.
+    pub pool_failures: Option<u64>,
+    /// Per process (pid, image, commit pages), by commit, descending.
+    pub processes: Vec<(u64, String, u64)>,
+}
+
+/// Globals lie together in the kernel's data: a miss reads on to the end of the page.
+fn global(k: &mut Kernel, name: &str) -> Option<u64> {
+    let a = k.sym(name).ok()?;
+    let b = k.mem.kread_ahead(a, 8).ok()?;
+    Some(u64::from_le_bytes(b[..8].try_into().ok()?))
+}
+
+fn global32(k: &mut Kernel, name: &str) -> Option<u64> {
+    let a = k.sym(name).ok()?;
+    let b = k.mem.kread_ahead(a, 4).ok()?;
+    Some(u64::from(u32::from_le_bytes(b[..4].try_into().ok()?)))
+}
+
+/// A field of a structure at a global, read with the table's layout and size.
+fn field(k: &mut Kernel, sym: &str, ty: &str, path: &str) -> Option<u64> {
+    let nt = k.nt().ok()?;
+    let f = nt.field(ty, path).ok()?;
+    let size = nt.ty_size(&f.ty).ok()?.clamp(1, 8) as usize;
+    let a = k.sym(sym).ok()? + f.offset;
+    let b = k.mem.kread_ahead(a, size).ok()?;
+    let mut v = [0u8; 8];
+    v[..size].copy_from_slice(&b);
+    let mut x = u64::from_le_bytes(v);
+    if let Some((pos, len)) = f.bits() {
+        x = (x >> pos) & if len >= 64 { u64::MAX } else { (1 << len) - 1 };
+    }
+    Some(x)
+}
+
+fn paging_file(k: &mut Kernel, pf: u64) -> Option<(String, u64, u64, u64, u64)> {
+    if pf == 0 {
+        return None;
+    }
+    let v = k.view("_MMPAGING_FILE", pf).ok()?;
+    let name = v
+        .addr_of("PageFileName")
+        .ok()
+        .and_then(|a| k.unicode_string(a).ok())
+        .unwrap_or_else(|| "(name paged out)".into());
+    Some((
+        name,
+        v.get_or("Size", 0),
+        v.get_or("FreeSpace", 0),
+        v.get_or("MinimumSize", 0),
+        v.get_or("MaximumSize", 0),
+    ))
+}
+
+/// Reads every counter the build keeps.
+pub fn read(k: &mut Kernel) -> Result<Vm, ModelError> {
+    let mut vm = Vm::default();
+    let classic = k.has_sym("MiChargeCommitmentFailures");
+    if classic {
+        let n = global32(k, "MmNumberOfPagingFiles").unwrap_or(0).min(16);
+        if let Ok(base) = k.sym("MmPagingFile") {
+            for i in 0..n {
+                let pf = k.mem.u64(base + 8 * i).unwrap_or(0);
+                vm.paging_files.extend(paging_file(k, pf));
+            }
+        }
+        let a = k.sym("MiChargeCommitmentFailures")?;
+        for i in 0..4 {
+            vm.failures[i] = k.mem.u32(a + 4 * i as u64)?;
+        }
+        vm.committed = global(k, "MmTotalCommittedPages").unwrap_or(0);
+        vm.limit = global(k, "MmTotalCommitLimit").unwrap_or(0);
+        vm.limit_maximum = global(k, "MmTotalCommitLimitMaximum");
+        vm.peak = global(k, "MmPeakCommitment");
+        let bytes_pages = |v: Option<u64>| v.map(|b| b / 4096);
+        let modified = field(k, "MmModifiedPageListHead", "_MMPFNLIST", "Total");
+        let no_write = field(k, "MmModifiedNoWritePageListHead", "_MMPFNLIST", "Total");
+        let ptes = field(
+            k,
+            "MiSystemPteInfo",
+            "_MI_SYSTEM_PTE_TYPE",
+            "TotalFreeSystemPtes",
+        );
+        let paged = field(
+            k,
+            "MmPagedPoolInfo",
+            "_MM_PAGED_POOL_INFO",
+            "AllocatedPagedPool",
+        );
+        let kernel_stacks =
+            global(k, "MmKernelStackPages").or_else(|| global(k, "MiKernelStackPages"));
+        vm.lines = vec![
+            ("Physical Memory", global(k, "MmNumberOfPhysicalPages")),
+            ("Available Pages", global(k, "MmAvailablePages")),
+            ("ResAvail Pages", global(k, "MmResidentAvailablePages")),
+            ("Free System PTEs", ptes),
+            ("Modified Pages", modified),
+            ("Modified PF Pages", global(k, "MmTotalPagesForPagingFile")),
+            ("Modified No Write Pages", no_write),
+            ("NonPagedPool Usage", global(k, "MmAllocatedNonPagedPool")),
+            (
+                "NonPagedPool Max",
+                bytes_pages(global(k, "MmMaximumNonPagedPoolInBytes")),
+            ),
+            ("PagedPool Usage", paged),
+            (
+                "PagedPool Maximum",
+                bytes_pages(global(k, "MmSizeOfPagedPoolInBytes")),
+            ),
+            ("Shared Commit", global(k, "MmSharedCommit")),
+            ("Special Pool", global(k, "MmSpecialPagesInUse")),
+            ("Kernel Stacks", kernel_stacks),
+            ("Pages For MDLs", global(k, "MmMdlPagesAllocated")),
+            ("PagedPool Commit", global(k, "MmPagedPoolCommit")),
+            ("Driver Commit", global(k, "MmDriverCommit")),
+            ("Process Commit", global(k, "MmProcessCommit")),
+        ];
+        vm.pool_failures = global32(k, "ExPoolFailures");
+    } else {
+        let part = "MiSystemPartition";
+        let pt = "_MI_PARTITION";
+        let st = "MiState";
+        let stt = "_MI_SYSTEM_INFORMATION";
+        let n = field(k, part, pt, "Vp.NumberOfPagingFiles")
+            .unwrap_or(0)
+            .min(16);
+        for i in 0..n {
+            let pf = field(k, part, pt, &format!("Vp.PagingFile[{i}]")).unwrap_or(0);
+            vm.paging_files.extend(paging_file(k, pf));
+        }
+        for i in 0..4 {
+            vm.failures[i] = field(k, part, pt, &format!("Vp.ChargeCommitmentFailures[{i}]"))
+                .ok_or_else(|| {
+                    ModelError::Corrupt("the partition has no ChargeCommitmentFailures".into())
+                })? as u32;
+        }
+        vm.committed = field(k, part, pt, "Vp.TotalCommittedPages").unwrap_or(0);
+        vm.limit = field(k, part, pt, "Vp.TotalCommitLimit").unwrap_or(0);
+        vm.limit_maximum = field(k, part, pt, "Commit.TotalCommitLimitMaximum");
+        vm.peak = field(k, part, pt, "Commit.PeakCommitment");
+        let shared =
+            field(k, part, pt, "Vp.SharedCommit").or_else(|| field(k, st, stt, "Vs.SharedCommit"));
+        vm.lines = vec![
+            (
+                "Physical Memory",
+                field(k, part, pt, "Vp.NumberOfPhysicalPages"),
+            ),
+            ("Available Pages", field(k, part, pt, "Vp.AvailablePages")),
+            (
+                "ResAvail Pages",
+                field(k, part, pt, "Vp.ResidentAvailablePages"),
+            ),
+            (
+                "Free System PTEs",
+                field(k, st, stt, "Vs.SystemPteInfo.TotalFreeSystemPtes"),
+            ),
+            (
+                "Modified Pages",
+                field(k, part, pt, "Vp.ModifiedPageListHead.Total"),
+            ),
+            (
+                "Modified PF Pages",
+                field(k, part, pt, "Vp.TotalPagesForPagingFile"),
+            ),
+            (
+                "Modified No Write Pages",
+                field(k, part, pt, "Vp.ModifiedNoWritePageListHead.Total"),
+            ),
+            (
+                "NonPagedPool Usage",
+                field(k, st, stt, "Pools.AllocatedNonPagedPool"),
+            ),
+            (
+                "NonPagedPool Max",
+                field(k, st, stt, "Vs.MaximumNonPagedPoolInPages"),
+            ),
+            (
+                "PagedPool Usage",
+                field(k, st, stt, "Vs.PagedPoolInfo.AllocatedPagedPool"),
+            ),
+            (
+                "PagedPool Maximum",
+                field(k, st, stt, "Vs.SizeOfPagedPoolInPages"),
+            ),
+            ("Shared Commit", shared),
+            ("Special Pool", field(k, st, stt, "Vs.SpecialPagesInUse")),
+            ("Pages For MDLs", field(k, st, stt, "Vs.MdlPagesAllocated")),
+            (
+                "NonPagedPool Commit",
+                field(k, st, stt, "Vs.NonPagedPoolCommit"),
+            ),
+            ("Driver Commit", field(k, st, stt, "Vs.DriverCommit")),
+            ("Boot Commit", field(k, st, stt, "Vs.BootCommit")),
+            (
+                "PFN Array Commit",
+                field(k, st, stt, "Vs.PfnDatabaseCommit"),
+            ),
+            (
+                "System PageTables",
+                field(k, st, stt, "Vs.SystemPageTableCommit"),
+            ),
+            (
+                "ProcessLockedFilePages",
+                field(k, part, pt, "Vp.ProcessLockedFilePages"),
+            ),
+            (
+                "Pagefile Hash Pages",
+                field(k, st, stt, "Vs.PagefileHashPages"),
+            ),
+            ("Process Commit", field(k, st, stt, "Vs.ProcessCommit")),
+        ];
+    }
+    let (procs, _) = k.processes()?;
+    let mut list: Vec<(u64, String, u64)> = procs
+        .into_iter()
+        .map(|p| (p.pid, p.name, p.commit))
+        .collect();
+    list.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    vm.processes = list;
+    Ok(vm)
+}
+
+fn kb(pages: u64) -> u64 {
+    pages.saturating_mul(4)
+}
+
+fn line(label: &str, pages: u64) -> String {
+    format!(
+        "{:<26}{:>10} ({:>12} Kb)\n",
+        format!("{label}:"),
+        pages,
+        kb(pages)
+    )
+}
+
+/// Lines that are commit charged to the system (summed into `Sum System Commit`).
+const SYSTEM_COMMIT: [&str; 13] = [
+    "Shared Commit",
+    "Special Pool",
+    "Kernel Stacks",
+    "Pages For MDLs",
+    "NonPagedPool Commit",
+    "PagedPool Commit",
+    "Driver Commit",
+    "Boot Commit",
+    "PFN Array Commit",
+    "System PageTables",
+    "ProcessLockedFilePages",
+    "Pagefile Hash Pages",
+    "Process Commit",
+];
+
+/// `!vm [FLAGS]`: flag 1 leaves out the process table.
+pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
+    let flags = match args.split_whitespace().next() {
+        Some(f) => e.eval(f)?,
+        None => 0,
+    };
+    let vm = read(&mut e.kernel)?;
+    let get = |name: &str| vm.lines.iter().find(|l| l.0 == name).and_then(|l| l.1);
+    let mut text = String::new();
+    for (name, cur, free, min, max) in &vm.paging_files {
+        text.push_str(&format!(
+            "Page File: {name}\n  Current: {:>11} Kb  Free Space: {:>11} Kb\n  Minimum: {:>11} Kb  Maximum:    {:>11} Kb\n",
+            kb(*cur),
+            kb(*free),
+            kb(*min),
+            kb(*max)
+        ));
+    }
+    for (label, v) in &vm.lines {
+        if SYSTEM_COMMIT.contains(label) {
+            continue;
+        }
+        if let Some(v) = v {
+            text.push_str(&line(label, *v));
+        }
+    }
+    let mut sum = 0u64;
+    for label in SYSTEM_COMMIT {
+        if let Some(v) = get(label) {
+            text.push_str(&line(label, v));
+            sum = sum.saturating_add(v);
+        }
+    }
+    let private: u64 = vm.processes.iter().fold(0u64, |a, p| a.saturating_add(p.2));
+    let misc = (vm.committed as i64)
+        .wrapping_sub(sum as i64)
+        .wrapping_sub(private as i64);
+    text.push_str(&line("Sum System Commit", sum));
+    text.push_str(&line("Total Private", private));
+    text.push_str(&format!(
+        "{:<26}{:>10} ({:>12} Kb)\n",
+        "Misc/Transient Commit:",
+        misc,
+        misc.saturating_mul(4)
+    ));
+    text.push_str(&line("Committed pages", vm.committed));
+    text.push_str(&line("Commit limit", vm.limit));
+    if let Some(p) = vm.peak {
+        text.push_str(&line("Peak commit", p));
+    }
+    if let Some(m) = vm.limit_maximum {
+        text.push_str(&line("Commit limit maximum", m));
+    }
+    // Warnings, as the classic extension raised them.
+    let mut warnings = Vec::new();
+    let failed = u64::from(vm.failures[0]) + u64::from(vm.failures[1]);
+    if failed > 0 {
+        warnings.push(format!("{failed} commit requests have failed"));
+    }
+    if misc < 0 {
+        warnings.push(format!(
+            "Sum of individual system commit + Process commit exceeds overall commit by {} Kb",
+            misc.saturating_mul(-4)
+        ));
+    }
+    if vm.committed.saturating_add(100) > vm.limit && vm.limit > 0 {
+        warnings.push("Number of committed pages is near limit".into());
+    }
+    if let Some(n) = vm.pool_failures.filter(|n| *n > 0) {
+        warnings.push(format!("{n} pool allocations have failed"));
+    }
+    if let (Some(used), Some(max)) = (get("NonPagedPool Usage"), get("NonPagedPool Max"))
+        && max > 0
+        && u128::from(used) * 100 > u128::from(max) * 80
+    {
+        warnings.push("Excessive NonPaged Pool Usage".into());
+    }
+    if let (Some(used), Some(max)) = (get("PagedPool Usage"), get("PagedPool Maximum"))
+        && max > 0
+        && u128::from(used) * 100 > u128::from(max) * 95
+    {
+        warnings.push("Excessive Paged Pool Usage".into());
+    }
+    if get("Free System PTEs").is_some_and(|p| p < 1024) {
+        warnings.push("Running out of system PTEs".into());
+    }
+    if get("Available Pages").is_some_and(|a| a < 50)
+        && get("Modified Pages").is_some_and(|m| m > 200)
+    {
+        warnings.push("High Number Of Modified Pages".into());
+    }
+    for w in &warnings {
+        text.push_str(&format!("\n\t********** {w} **********\n"));
+    }
+    if flags & 1 == 0 {
+        text.push_str(&format!(
+            "\n{:>8} {:<32}{:>14} {:>16}\n",
+            "Pid", "ImageName", "Commit", "(Kb)"
+        ));
+        for (pid, name, commit) in &vm.processes {
+            text.push_str(&format!(
+                "{:>8} {:<32}{:>14} ({:>10} Kb)\n",
+                format!("{pid:04x}"),
+                name,
+                commit,
+                kb(*commit)
+            ));
+        }
+    }
+    let counters: serde_json::Map<String, Value> = vm
+        .lines
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase().replace([' ', '/'], "_"),
+                v.map_or(Value::Null, |x| json!(x)),
+            )
+        })
+        .collect();
+    Ok(Output {
+        text,
+        json: json!({
+            "commit_failures": failed,
+            "commit_failure_counts": vm.failures,
+            "committed_pages": vm.committed,
+            "commit_limit_pages": vm.limit,
+            "commit_limit_maximum_pages": vm.limit_maximum,
+            "peak_commit_pages": vm.peak,
+            "sum_system_commit_pages": sum,
+            "total_private_pages": private,
+            "misc_transient_pages": misc,
+            "paging_files": vm.paging_files.iter().map(|(n, c, f, mi, ma)| json!({
+                "name": n, "current_pages": c, "free_pages": f, "minimum_pages": mi, "maximum_pages": ma,
+            })).collect::<Vec<_>>(),
+            "counters": counters,
+            "warnings": warnings,
+            "processes": vm.processes.iter().map(|(pid, name, c)| json!({
+                "pid": pid, "image": name, "commit_pages": c,
+            })).collect::<Vec<_>>(),
+        }),
+    })
+}

@@ -1,0 +1,474 @@
+//! Processes, threads, processors and what threads wait on.
+
+use serde::Serialize;
+
+use super::view::View;
+use super::{Kernel, ModelError};
+use crate::target::TargetError;
+
+/// KUSER_SHARED_DATA's kernel address.
+pub const KUSER_SHARED_DATA: u64 = 0xfffff780_00000000;
+
+/// A process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Process {
+    /// EPROCESS.
+    pub eprocess: u64,
+    /// UniqueProcessId.
+    pub pid: u64,
+    /// ImageFileName.
+    pub name: String,
+    /// DirectoryTableBase.
+    pub dtb: u64,
+    /// InheritedFromUniqueProcessId.
+    pub parent: u64,
+    /// Peb.
+    pub peb: u64,
+    /// ObjectTable.
+    pub object_table: u64,
+    /// Session pointer.
+    pub session: u64,
+    /// CommitCharge (pages).
+    pub commit: u64,
+}
+
+/// Thread states by value (`_KTHREAD_STATE`, stable; 7601's table lacks the enum).
+pub const THREAD_STATES: [&str; 10] = [
+    "Initialized",
+    "Ready",
+    "Running",
+    "Standby",
+    "Terminated",
+    "Waiting",
+    "Transition",
+    "DeferredReady",
+    "GateWaitObsolete",
+    "WaitingForProcessInSwap",
+];
+
+/// Dispatcher object types by value (`_KOBJECTS`).
+pub const OBJECT_TYPES: [&str; 26] = [
+    "NotificationEvent",
+    "SynchronizationEvent",
+    "Mutant",
+    "ProcessObject",
+    "QueueObject",
+    "Semaphore",
+    "Thread",
+    "Gate",
+    "NotificationTimer",
+    "SynchronizationTimer",
+    "Spare2",
+    "Spare3",
+    "Spare4",
+    "Spare5",
+    "Spare6",
+    "Spare7",
+    "Spare8",
+    "ProfileCallbackObject",
+    "ApcObject",
+    "DpcObject",
+    "DeviceQueueObject",
+    "PriQueueObject",
+    "InterruptObject",
+    "ProfileObject",
+    "Timer2NotificationObject",
+    "Timer2SynchronizationObject",
+];
+
+/// An object a thread waits on.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitObject {
+    /// Its address.
+    pub object: u64,
+    /// DISPATCHER_HEADER.Type.
+    pub type_code: u8,
+    /// Its type name.
+    pub type_name: String,
+    /// The owner, for a mutant.
+    pub owner: Option<u64>,
+    /// Wait type (0 WaitAll, 1 WaitAny …).
+    pub wait_type: u8,
+}
+
+/// A thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct Thread {
+    /// ETHREAD.
+    pub ethread: u64,
+    /// Owning EPROCESS.
+    pub process: u64,
+    /// Cid.UniqueProcess.
+    pub pid: u64,
+    /// Cid.UniqueThread.
+    pub tid: u64,
+    /// State value.
+    pub state: u8,
+    /// State name.
+    pub state_name: String,
+    /// WaitReason value.
+    pub wait_reason: u8,
+    /// WaitReason name.
+    pub wait_reason_name: String,
+    /// WaitMode (0 kernel, 1 user).
+    pub wait_mode: u8,
+    /// Alertable wait.
+    pub alertable: bool,
+    /// WaitTime (tick count at the start of the wait).
+    pub wait_tick: u64,
+    /// Ticks waited so far, when waiting.
+    pub wait_ticks: Option<u64>,
+    /// Seconds waited so far.
+    pub wait_seconds: Option<f64>,
+    /// Active wait blocks' objects.
+    pub waits: Vec<WaitObject>,
+    /// InitialStack.
+    pub initial_stack: u64,
+    /// StackLimit.
+    pub stack_limit: u64,
+    /// StackBase.
+    pub stack_base: u64,
+    /// KernelStack (saved RSP).
+    pub kernel_stack: u64,
+    /// Whether the kernel stack is resident.
+    pub stack_resident: bool,
+    /// Teb.
+    pub teb: u64,
+    /// Win32Thread.
+    pub win32_thread: u64,
+    /// StartAddress.
+    pub start_address: u64,
+    /// Win32StartAddress.
+    pub win32_start_address: u64,
+    /// Priority.
+    pub priority: i64,
+    /// BasePriority.
+    pub base_priority: i64,
+    /// ContextSwitches.
+    pub context_switches: u64,
+    /// KernelTime (ticks).
+    pub kernel_time: u64,
+    /// UserTime (ticks).
+    pub user_time: u64,
+    /// NextProcessor.
+    pub processor: u64,
+    /// Attached process (ApcState.Process) when different.
+    pub attached_process: Option<u64>,
+    /// IRPs on the thread's list.
+    pub irps: Vec<u64>,
+}
+
+/// A processor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Processor {
+    /// Number.
+    pub number: u32,
+    /// KPCR.
+    pub kpcr: u64,
+    /// KPRCB.
+    pub prcb: u64,
+    /// CurrentThread.
+    pub current: u64,
+    /// NextThread.
+    pub next: u64,
+    /// IdleThread.
+    pub idle: u64,
+}
+
+impl Kernel {
+    /// The clock: (KUSER_SHARED_DATA tick count, 100 ns per tick).
+    pub fn clock(&mut self) -> Result<(u64, u64), ModelError> {
+        let nt = self.nt()?;
+        let f = nt.field("_KUSER_SHARED_DATA", "TickCount")?;
+        let b = self.mem.kread(KUSER_SHARED_DATA + f.offset, 8)?;
+        let low = u64::from(u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4])));
+        let high = u64::from(u32::from_le_bytes(b[4..8].try_into().unwrap_or([0; 4])));
+        let tick = (high << 32) | low;
+        let inc = match self.sym("KeMaximumIncrement") {
+            Ok(a) => u64::from(self.mem.u32(a)?),
+            Err(_) => 156_250,
+        };
+        Ok((tick, if inc == 0 { 156_250 } else { inc }))
+    }
+
+    /// Every process on PsActiveProcessHead.
+    pub fn processes(&mut self) -> Result<(Vec<Process>, Option<String>), ModelError> {
+        let nt = self.nt()?;
+        let head = match self.mem.info().ps_active_process_head {
+            Some(h) => h,
+            None => self.sym("PsActiveProcessHead")?,
+        };
+        let links = nt.offset("_EPROCESS", "ActiveProcessLinks")?;
+        let size = nt.size_of("_EPROCESS")? as usize;
+        let walk = self.walk_list(head, Some((links, size)), 100_000, false)?;
+        let mut out = Vec::new();
+        for (entry, bytes) in walk.entries.iter().zip(walk.nodes) {
+            let v = View::new(nt.clone(), "_EPROCESS", entry - links, bytes);
+            out.push(process_from(&v)?);
+        }
+        Ok((out, walk.note))
+    }
+
+    /// A process at an EPROCESS address.
+    pub fn process(&mut self, eprocess: u64) -> Result<Process, ModelError> {
+        let v = self.view("_EPROCESS", eprocess)?;
+        process_from(&v)
+    }
+
+    /// The threads of a process (EPROCESS.ThreadListHead).
+    pub fn threads_of(
+        &mut self,
+        eprocess: u64,
+    ) -> Result<(Vec<Thread>, Option<String>), ModelError> {
+        let nt = self.nt()?;
+        let head = eprocess + nt.offset("_EPROCESS", "ThreadListHead")?;
+        let links = nt.offset("_ETHREAD", "ThreadListEntry")?;
+        let size = nt.size_of("_ETHREAD")? as usize;
+        let walk = self.walk_list(head, Some((links, size)), 100_000, false)?;
+        let mut out = Vec::new();
+        for (entry, bytes) in walk.entries.iter().zip(walk.nodes) {
+            let v = View::new(nt.clone(), "_ETHREAD", entry - links, bytes);
+            out.push(self.thread_from(v)?);
+        }
+        Ok((out, walk.note))
+    }
+
+    /// A thread at an ETHREAD address.
+    pub fn thread(&mut self, ethread: u64) -> Result<Thread, ModelError> {
+        let v = self.view("_ETHREAD", ethread)?;
+        let ty = v.get("Tcb.Header.Type")? as u8;
+        if ty != 6 {
+            return Err(ModelError::Corrupt(format!(
+                "{ethread:#x} is not a thread (dispatcher type {ty})"
+            )));
+        }
+        self.thread_from(v)
+    }
+
+    fn thread_from(&mut self, v: View) -> Result<Thread, ModelError> {
+        let nt = v.table.clone();
+        let state = v.get("Tcb.State")? as u8;
+        let wait_reason = v.get("Tcb.WaitReason")? as u8;
+        let alertable_bit = if self.build < 14393 { 5 } else { 4 };
+        let misc = v.get_or("Tcb.MiscFlags", 0);
+        let wait_tick = v.get("Tcb.WaitTime")?;
+        let (wait_ticks, wait_seconds) = if state == 5 {
+            match self.clock() {
+                Ok((now, inc)) => {
+                    let t = now.saturating_sub(wait_tick) & 0xffff_ffff;
+                    (Some(t), Some(t as f64 * inc as f64 / 1e7))
+                }
+                Err(_) => (None, None),
+            }
+        } else {
+            (None, None)
+        };
+        let waits = if state == 5 {
+            self.wait_objects(&v)?
+        } else {
+            Vec::new()
+        };
+        let process = v.get("Tcb.Process")?;
+        let apc_process = v.get_or("Tcb.ApcState.Process", process);
+        let irp_head = v.addr_of("IrpList")?;
+        let irps = match self.walk_list(irp_head, None, 256, false) {
+            Ok(w) => {
+                let off = nt.offset("_IRP", "ThreadListEntry").unwrap_or(0x20);
+                w.entries.iter().map(|e| e - off).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        Ok(Thread {
+            ethread: v.addr,
+            process,
+            pid: v.get("Cid.UniqueProcess")?,
+            tid: v.get("Cid.UniqueThread")?,
+            state,
+            state_name: nt
+                .enum_name("_KTHREAD_STATE", i64::from(state))
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    THREAD_STATES
+                        .get(usize::from(state))
+                        .unwrap_or(&"Unknown")
+                        .to_string()
+                }),
+            wait_reason,
+            wait_reason_name: nt
+                .enum_name("_KWAIT_REASON", i64::from(wait_reason))
+                .unwrap_or("Unknown")
+                .to_string(),
+            wait_mode: v.get("Tcb.WaitMode")? as u8,
+            alertable: misc & (1 << alertable_bit) != 0,
+            wait_tick,
+            wait_ticks,
+            wait_seconds,
+            waits,
+            initial_stack: v.get("Tcb.InitialStack")?,
+            stack_limit: v.get("Tcb.StackLimit")?,
+            stack_base: v.get("Tcb.StackBase")?,
+            kernel_stack: v.get("Tcb.KernelStack")?,
+            stack_resident: v.get_or("Tcb.KernelStackResident", 1) != 0,
+            teb: v.get_or("Tcb.Teb", 0),
+            win32_thread: v.get_or("Tcb.Win32Thread", 0),
+            start_address: v.get_or("StartAddress", 0),
+            win32_start_address: v.get_or("Win32StartAddress", 0),
+            priority: v.get_signed("Tcb.Priority").unwrap_or(0),
+            base_priority: v.get_signed("Tcb.BasePriority").unwrap_or(0),
+            context_switches: v.get_or("Tcb.ContextSwitches", 0),
+            kernel_time: v.get_or("Tcb.KernelTime", 0),
+            user_time: v.get_or("Tcb.UserTime", 0),
+            processor: v.get_or("Tcb.NextProcessor", 0),
+            attached_process: (apc_process != process && apc_process != 0).then_some(apc_process),
+            irps,
+        })
+    }
+
+    /// The objects of a waiting thread's active wait blocks: the 7601 chain through
+    /// NextWaitBlock, or the 8.1+ array of WaitBlockCount blocks.
+    fn wait_objects(&mut self, v: &View) -> Result<Vec<WaitObject>, ModelError> {
+        let nt = v.table.clone();
+        let list = v.get("Tcb.WaitBlockList")?;
+        if list == 0 {
+            return Ok(Vec::new());
+        }
+        let wbsize = nt.size_of("_KWAIT_BLOCK")?;
+        let active = nt
+            .enum_value("_KWAIT_BLOCK_STATE", "WaitBlockActive")
+            .unwrap_or(if self.build < 9200 { 2 } else { 4 }) as u64;
+        let chained = nt.has_field("_KWAIT_BLOCK", "NextWaitBlock");
+        let count = if chained {
+            64
+        } else {
+            v.get_or("Tcb.WaitBlockCount", 1).clamp(1, 64)
+        };
+        let mut out = Vec::new();
+        let mut wb = list;
+        for i in 0..count {
+            let b = self.view("_KWAIT_BLOCK", wb)?;
+            if b.get("BlockState")? == active {
+                let object = b.get("Object")?;
+                if object != 0 {
+                    let ty = self.mem.u8(object).unwrap_or(0xff);
+                    let owner = if ty == 2 {
+                        self.mem
+                            .u64(object + nt.offset("_KMUTANT", "OwnerThread")?)
+                            .ok()
+                            .filter(|o| *o != 0)
+                    } else {
+                        None
+                    };
+                    out.push(WaitObject {
+                        object,
+                        type_code: ty,
+                        // WinDbg's names for the dispatcher types.
+                        type_name: OBJECT_TYPES
+                            .get(usize::from(ty))
+                            .map(|n| n.to_string())
+                            .or_else(|| {
+                                nt.enum_name("_KOBJECTS", i64::from(ty))
+                                    .map(|n| n.trim_end_matches("Object").to_string())
+                            })
+                            .unwrap_or_else(|| "Unknown".to_string()),
+                        owner,
+                        wait_type: b.get_or("WaitType", 1) as u8,
+                    });
+                }
+            }
+            if chained {
+                wb = b.get("NextWaitBlock")?;
+                if wb == list || wb == 0 {
+                    break;
+                }
+            } else {
+                wb = list + (i + 1) * wbsize;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The processors: KiProcessorBlock entries.
+    pub fn processors(&mut self) -> Result<Vec<Processor>, ModelError> {
+        let nt = self.nt()?;
+        let n = match self.sym("KeNumberProcessors") {
+            Ok(a) => self.mem.u32(a)?,
+            Err(_) => self.mem.info().processors,
+        }
+        .clamp(1, 2048);
+        let block = self.sym("KiProcessorBlock")?;
+        let prcb_off = nt.offset("_KPCR", "Prcb")?;
+        let mut out = Vec::new();
+        // The whole pointer array in one read.
+        let ptrs = self.mem.kread(block, 8 * n as usize)?;
+        for i in 0..u64::from(n) {
+            let o = 8 * i as usize;
+            let prcb = u64::from_le_bytes(ptrs[o..o + 8].try_into().unwrap_or([0; 8]));
+            if prcb == 0 {
+                continue;
+            }
+            let v = self.view_prefix("_KPRCB", prcb, 0x40)?;
+            out.push(Processor {
+                number: v.get("Number")? as u32,
+                kpcr: prcb - prcb_off,
+                prcb,
+                current: v.get("CurrentThread")?,
+                next: v.get("NextThread")?,
+                idle: v.get("IdleThread")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads only the first `len` bytes of a large structure.
+    pub fn view_prefix(&mut self, ty: &str, addr: u64, len: usize) -> Result<View, ModelError> {
+        let nt = self.nt()?;
+        let bytes = self.mem.kread(addr, len)?;
+        Ok(View::new(nt, ty, addr, bytes))
+    }
+
+    /// A processor's registers: from the target itself on a live session; from a dump, the
+    /// CONTEXT saved in the processor's KPRCB (the header's context for processor 0 when the
+    /// KPRCB cannot be read, as in a triage dump).
+    pub fn processor_context(&mut self, n: u32) -> Result<kdnet::api::Context, ModelError> {
+        if self.mem.info().live {
+            return Ok(self.mem.target().context(n)?);
+        }
+        let saved = self.processors().and_then(|cpus| {
+            let prcb = cpus
+                .iter()
+                .find(|c| c.number == n)
+                .map(|c| c.prcb)
+                .ok_or(ModelError::Target(TargetError::NoSuchProcessor(n)))?;
+            self.saved_context(prcb)
+        });
+        match saved {
+            Ok(c) => Ok(c),
+            Err(e) if n == 0 => self.mem.target().context(0).map_err(|_| e),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A processor's saved CONTEXT from its KPRCB (dumps, and every processor at a break-in).
+    pub fn saved_context(&mut self, prcb: u64) -> Result<kdnet::api::Context, ModelError> {
+        let nt = self.nt()?;
+        let at = prcb + nt.offset("_KPRCB", "ProcessorState.ContextFrame")?;
+        let b = self.mem.kread(at, kdnet::api::context::CONTEXT_LEN)?;
+        kdnet::api::Context::from_bytes(&b).map_err(|e| ModelError::Corrupt(e.to_string()))
+    }
+}
+
+fn process_from(v: &View) -> Result<Process, ModelError> {
+    let name = v.bytes_of("ImageFileName", 15)?;
+    let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+    Ok(Process {
+        eprocess: v.addr,
+        pid: v.get("UniqueProcessId")?,
+        name: String::from_utf8_lossy(&name[..end]).into_owned(),
+        dtb: v.get("Pcb.DirectoryTableBase")?,
+        parent: v.get_or("InheritedFromUniqueProcessId", 0),
+        peb: v.get_or("Peb", 0),
+        object_table: v.get_or("ObjectTable", 0),
+        session: v.get_or("Session", 0),
+        commit: v.get_or("CommitCharge", 0),
+    })
+}

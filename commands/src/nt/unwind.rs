@@ -1,0 +1,350 @@
+//! x64 stack unwinding with the images' exception data (`.pdata` → UNWIND_INFO), read from
+//! target memory or from the image files on the symbol path.
+//!
+//! A waiting thread starts from its KSWITCH_FRAME (`KernelStack`: Rbp at +0x30, the return into
+//! the context-switch routine at +0x38, RSP = KernelStack + 0x40); a running thread from its
+//! processor's CONTEXT. Each frame applies the unwind codes of the function containing RIP
+//! (chained records followed, machine frames honoured, the frame register used when set); a
+//! function without unwind data is a leaf. The walk stops at RIP 0 or outside every module, when
+//! RSP does not increase or leaves the stack, or after 256 frames.
+
+use kdnet::api::{Context, Reg};
+use serde::Serialize;
+
+use super::procs::Thread;
+use super::{Kernel, ModelError};
+use crate::pe;
+
+/// Most frames walked.
+pub const MAX_FRAMES: usize = 256;
+
+/// The integer registers and RIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Regs {
+    /// rax … r15 by unwind register number.
+    pub gpr: [u64; 16],
+    /// Instruction pointer.
+    pub rip: u64,
+}
+
+impl Regs {
+    /// From a CONTEXT.
+    pub fn from_context(c: &Context) -> Regs {
+        let mut gpr = [0u64; 16];
+        for (i, g) in gpr.iter_mut().enumerate() {
+            if let Some(r) = Reg::from_number(i as u8) {
+                *g = c.reg(r);
+            }
+        }
+        Regs {
+            gpr,
+            rip: c.reg(Reg::Rip),
+        }
+    }
+
+    /// RSP.
+    pub fn rsp(&self) -> u64 {
+        self.gpr[4]
+    }
+}
+
+/// One frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct Frame {
+    /// Frame number (0 = innermost).
+    pub number: usize,
+    /// RSP in this frame ("Child-SP").
+    pub child_sp: u64,
+    /// Where this frame returns to.
+    pub return_address: u64,
+    /// RIP in this frame.
+    pub ip: u64,
+    /// `module!symbol+offset`.
+    pub call_site: String,
+    /// Module short name, when known.
+    pub module: Option<String>,
+    /// The first four stack arguments' home slots (for `kb`).
+    #[serde(skip)]
+    pub args: [u64; 4],
+}
+
+/// A walked stack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stack {
+    /// Frames, innermost first.
+    pub frames: Vec<Frame>,
+    /// Why the walk ended early, if it did.
+    pub note: Option<String>,
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    b.get(o..o + 2)
+        .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
+}
+
+impl Kernel {
+    /// The stack of a thread. `context` is its processor's CONTEXT when the thread runs.
+    pub fn thread_stack(
+        &mut self,
+        t: &Thread,
+        context: Option<&Context>,
+    ) -> Result<Stack, ModelError> {
+        if !t.stack_resident {
+            return Ok(Stack {
+                frames: Vec::new(),
+                note: Some("the kernel stack is not resident (swapped out)".into()),
+            });
+        }
+        let bounds = (t.stack_limit, t.stack_base);
+        let regs = match (t.state, context) {
+            (2, Some(c)) => Regs::from_context(c),
+            _ => {
+                let ks = t.kernel_stack;
+                let rbp = self.stack_u64(ks.wrapping_add(0x30))?;
+                let ret = self.stack_u64(ks.wrapping_add(0x38))?;
+                let mut gpr = [0u64; 16];
+                gpr[4] = ks.wrapping_add(0x40);
+                gpr[5] = rbp;
+                Regs { gpr, rip: ret }
+            }
+        };
+        Ok(self.unwind(regs, Some(bounds), t.state == 2))
+    }
+
+    /// Unwinds from `regs`. `bounds` limits RSP to a stack; `precise` says the first frame's RIP
+    /// is the current instruction (a running thread), not a return address.
+    pub fn unwind(&mut self, mut regs: Regs, bounds: Option<(u64, u64)>, precise: bool) -> Stack {
+        let mut frames: Vec<Frame> = Vec::new();
+        let mut note = None;
+        for n in 0..MAX_FRAMES {
+            let rip = regs.rip;
+            let rsp = regs.rsp();
+            if rip == 0 {
+                break;
+            }
+            if rip >> 47 == 0 {
+                // A user-mode return address: the kernel part of the stack ends here.
+                frames.push(self.frame(n, rsp, rip, 0));
+                break;
+            }
+            if let Some((lo, hi)) = bounds
+                && (rsp < lo || rsp > hi)
+            {
+                note = Some(format!(
+                    "stack pointer {rsp:#x} left the stack [{lo:#x}, {hi:#x})"
+                ));
+                break;
+            }
+            let lookup_ip = if n == 0 && precise { rip } else { rip - 1 };
+            let Some(mi) = self.module_index(lookup_ip) else {
+                frames.push(self.frame(n, rsp, rip, 0));
+                note = Some(format!(
+                    "{rip:#x} is not in any loaded module; the walk stops"
+                ));
+                break;
+            };
+            let base = self.modules().map(|m| m[mi].base).unwrap_or(0);
+            let table = self.module_pdata(mi).unwrap_or_default();
+            let rva = (lookup_ip - base) as u32;
+            let result = match pe::lookup(&table, rva) {
+                Some(f) => self.apply_unwind(mi, f, rva, &mut regs, n == 0 && precise),
+                // Without the module's exception table a leaf cannot be told from a framed
+                // function: guessing would invent frames.
+                None if table.is_empty() => Err(format!(
+                    "no unwind data for {} (image not readable and not on the symbol path)",
+                    self.modules()
+                        .map(|m| m[mi].name.clone())
+                        .unwrap_or_default()
+                )),
+                None => self.leaf(&mut regs),
+            };
+            let ret = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    frames.push(self.frame(n, rsp, rip, 0));
+                    note = Some(e);
+                    break;
+                }
+            };
+            let mut f = self.frame(n, rsp, rip, ret.0);
+            f.args = [
+                self.stack_u64(rsp.wrapping_add(8)).unwrap_or(0),
+                self.stack_u64(rsp.wrapping_add(16)).unwrap_or(0),
+                self.stack_u64(rsp.wrapping_add(24)).unwrap_or(0),
+                self.stack_u64(rsp.wrapping_add(32)).unwrap_or(0),
+            ];
+            frames.push(f);
+            if regs.rsp() <= rsp && !ret.1 {
+                note = Some(format!("stack pointer did not increase at {rsp:#x}"));
+                break;
+            }
+            if frames.len() == MAX_FRAMES {
+                note = Some(format!("stopped after {MAX_FRAMES} frames"));
+            }
+        }
+        Stack { frames, note }
+    }
+
+    fn frame(&mut self, number: usize, rsp: u64, rip: u64, ret: u64) -> Frame {
+        let parts = self.symbol_parts(rip);
+        Frame {
+            number,
+            child_sp: rsp,
+            return_address: ret,
+            ip: rip,
+            call_site: self.symbolize(rip),
+            module: parts.map(|p| p.0),
+            args: [0; 4],
+        }
+    }
+
+    /// A qword on a stack: a miss reads on to the end of the page, where the frames above lie.
+    fn stack_u64(&mut self, a: u64) -> Result<u64, crate::target::TargetError> {
+        let b = self.mem.kread_ahead(a, 8)?;
+        Ok(u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])))
+    }
+
+    fn leaf(&mut self, regs: &mut Regs) -> Result<(u64, bool), String> {
+        let rsp = regs.rsp();
+        let ret = self
+            .stack_u64(rsp)
+            .map_err(|e| format!("return address at {rsp:#x} unreadable: {e}"))?;
+        regs.gpr[4] = rsp.wrapping_add(8);
+        regs.rip = ret;
+        Ok((ret, false))
+    }
+
+    /// Applies the unwind codes of `func` (and its chain). Returns (return address, whether a
+    /// machine frame set RSP).
+    fn apply_unwind(
+        &mut self,
+        mi: usize,
+        func: pe::RuntimeFunction,
+        rva: u32,
+        regs: &mut Regs,
+        first: bool,
+    ) -> Result<(u64, bool), String> {
+        let mut f = func;
+        let mut primary = true;
+        let mut machine: Option<(u64, u64)> = None;
+        let read = |k: &mut Kernel, rva: u32, len: usize| -> Result<Vec<u8>, String> {
+            k.image_bytes_cached(mi, rva, len)
+                .ok_or_else(|| format!("unwind data at RVA {rva:#x} unreadable"))
+        };
+        for _chain in 0..32 {
+            let unwind_rva = f.unwind & !1;
+            let head = read(self, unwind_rva, 4)?;
+            let (ver, flags, prolog, count, freg, foff) = (
+                head[0] & 7,
+                head[0] >> 3,
+                u32::from(head[1]),
+                usize::from(head[2]),
+                head[3] & 0xf,
+                u64::from(head[3] >> 4),
+            );
+            if ver == 0 || ver > 2 {
+                return Err(format!(
+                    "unknown unwind info version {ver} at RVA {unwind_rva:#x}"
+                ));
+            }
+            let codes = if count > 0 {
+                read(self, unwind_rva.wrapping_add(4), 2 * count)?
+            } else {
+                Vec::new()
+            };
+            let offset = rva.saturating_sub(f.begin);
+            let past_prolog = !(first && primary) || offset >= prolog;
+            if freg != 0 && past_prolog {
+                regs.gpr[4] = regs.gpr[usize::from(freg)].wrapping_sub(foff * 16);
+            }
+            let mut i = 0;
+            while i < count {
+                let code_offset = u32::from(codes[2 * i]);
+                let op = codes[2 * i + 1] & 0xf;
+                let info = codes[2 * i + 1] >> 4;
+                let slot = |j: usize| u16_at(&codes, 2 * (i + j));
+                let slots = match op {
+                    0 | 2 | 3 | 10 => 1,
+                    1 => {
+                        if info == 0 {
+                            2
+                        } else {
+                            3
+                        }
+                    }
+                    4 => 2,
+                    5 => 3,
+                    6 => 2,
+                    8 => 2,
+                    9 => 3,
+                    _ => 1,
+                };
+                let applies = !(first && primary) || code_offset <= offset;
+                if applies {
+                    let rsp = regs.gpr[4];
+                    let rd = |k: &mut Kernel, a: u64| {
+                        k.stack_u64(a)
+                            .map_err(|e| format!("stack at {a:#x} unreadable: {e}"))
+                    };
+                    match op {
+                        0 => {
+                            regs.gpr[usize::from(info)] = rd(self, rsp)?;
+                            regs.gpr[4] = rsp.wrapping_add(8);
+                        }
+                        1 => {
+                            let size = if info == 0 {
+                                u64::from(slot(1)) * 8
+                            } else {
+                                u64::from(slot(1)) | (u64::from(slot(2)) << 16)
+                            };
+                            regs.gpr[4] = rsp.wrapping_add(size);
+                        }
+                        2 => regs.gpr[4] = rsp.wrapping_add(u64::from(info) * 8 + 8),
+                        3 => {}
+                        4 => {
+                            regs.gpr[usize::from(info)] =
+                                rd(self, rsp.wrapping_add(u64::from(slot(1)) * 8))?
+                        }
+                        5 => {
+                            let off = u64::from(slot(1)) | (u64::from(slot(2)) << 16);
+                            regs.gpr[usize::from(info)] = rd(self, rsp.wrapping_add(off))?;
+                        }
+                        10 => {
+                            let base = rsp.wrapping_add(if info == 1 { 8 } else { 0 });
+                            let rip = rd(self, base)?;
+                            let new_rsp = rd(self, base.wrapping_add(0x18))?;
+                            machine = Some((rip, new_rsp));
+                        }
+                        _ => {}
+                    }
+                }
+                i += slots.min(count - i).max(1);
+            }
+            if let Some((rip, rsp)) = machine {
+                regs.rip = rip;
+                regs.gpr[4] = rsp;
+                return Ok((rip, true));
+            }
+            if flags & 4 != 0 {
+                let at = unwind_rva.wrapping_add(4 + 2 * (count.div_ceil(2) * 2) as u32);
+                let c = read(self, at, 12)?;
+                let q = |o: usize| u32::from_le_bytes(c[o..o + 4].try_into().unwrap_or([0; 4]));
+                f = pe::RuntimeFunction {
+                    begin: q(0),
+                    end: q(4),
+                    unwind: q(8),
+                };
+                primary = false;
+                continue;
+            }
+            break;
+        }
+        let rsp = regs.gpr[4];
+        let ret = self
+            .stack_u64(rsp)
+            .map_err(|e| format!("return address at {rsp:#x} unreadable: {e}"))?;
+        regs.gpr[4] = rsp.wrapping_add(8);
+        regs.rip = ret;
+        Ok((ret, false))
+    }
+}

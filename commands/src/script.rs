@@ -1,0 +1,743 @@
+//! The command language shared by the REPL and capture scripts (`.kds`): WinDbg commands and
+//! expressions, `$$` comments, `;` and newlines between statements, and a small scripting layer:
+//!
+//! ```text
+//! $locks = !locks                       $$ a named result (its JSON)
+//! .foreach (h in $locks.held) { !thread $h.exclusive_owner }
+//! .if ($vm.commit_failures > 0) { .echo commit is failing: $vm.commit_failures } .else { .echo ok }
+//! .time 30                              $$ each command from here may run 30 s
+//! .snapshot hang                        $$ write what has been read to hang.dmp
+//! ```
+//!
+//! Parsed with nom into one AST; errors name the line and column.
+
+use std::collections::HashMap;
+
+use std::path::PathBuf;
+
+use nom::IResult;
+use nom::Parser;
+use nom::bytes::complete::{tag, take_while1};
+use nom::character::complete::{char, space0};
+use nom::combinator::opt;
+use nom::sequence::{delimited, preceded};
+use serde_json::Value;
+
+use crate::engine::{Engine, Outcome};
+
+/// A position in the script (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    /// Line.
+    pub line: usize,
+    /// Column.
+    pub column: usize,
+}
+
+/// A statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stmt {
+    /// A debugger command (variables substituted when it runs).
+    Command {
+        /// Its text.
+        text: String,
+        /// Where it is.
+        pos: Pos,
+    },
+    /// `$name = command`.
+    Assign {
+        /// The variable.
+        name: String,
+        /// The command.
+        text: String,
+        /// Where it is.
+        pos: Pos,
+    },
+    /// `.foreach (v in $path) { … }`.
+    Foreach {
+        /// The loop variable.
+        var: String,
+        /// The list (`$name.field…`).
+        source: String,
+        /// The body.
+        body: Vec<Stmt>,
+        /// Where it is.
+        pos: Pos,
+    },
+    /// `.if (cond) { … } [.else { … }]`.
+    If {
+        /// The condition (an expression after substitution).
+        cond: String,
+        /// When true.
+        then: Vec<Stmt>,
+        /// When false.
+        otherwise: Vec<Stmt>,
+        /// Where it is.
+        pos: Pos,
+    },
+    /// `.echo text`.
+    Echo {
+        /// The text (variables substituted).
+        text: String,
+        /// Where it is.
+        pos: Pos,
+    },
+    /// `.time SECONDS` (0: no limit).
+    Time {
+        /// Seconds.
+        seconds: f64,
+        /// Where it is.
+        pos: Pos,
+    },
+    /// `.snapshot NAME`.
+    Snapshot {
+        /// The name.
+        name: String,
+        /// Where it is.
+        pos: Pos,
+    },
+}
+
+/// A syntax error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {}, column {}: {message}", pos.line, pos.column)]
+pub struct ParseError {
+    /// Where.
+    pub pos: Pos,
+    /// What.
+    pub message: String,
+}
+
+type In<'a> = &'a str;
+
+fn pos_of(full: &str, rest: &str) -> Pos {
+    let at = full.len() - rest.len();
+    let before = &full[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    Pos { line, column }
+}
+
+/// Skips spaces, newlines, `;` and `$$` comments.
+fn gap(mut i: In<'_>) -> In<'_> {
+    loop {
+        let t = i.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if let Some(rest) = t.strip_prefix("$$") {
+            i = rest.find('\n').map_or("", |n| &rest[n..]);
+            continue;
+        }
+        return t;
+    }
+}
+
+fn ident(i: In<'_>) -> IResult<In<'_>, In<'_>> {
+    take_while1(|c: char| c.is_ascii_alphanumeric() || c == '_')(i)
+}
+
+/// The text of a command: up to `;`, a newline, `$$`, or an unmatched `}`.
+fn command_text(i: In<'_>) -> (In<'_>, String) {
+    let mut depth = 0i32;
+    let mut quoted = false;
+    let b = i.as_bytes();
+    let mut end = 0;
+    while end < b.len() {
+        let c = b[end];
+        match c {
+            b'"' => quoted = !quoted,
+            b';' | b'\n' if !quoted => break,
+            b'$' if !quoted && b.get(end + 1) == Some(&b'$') => break,
+            b'{' if !quoted => depth += 1,
+            b'}' if !quoted => {
+                if depth == 0 {
+                    break;
+                }
+                depth -= 1;
+            }
+            _ => {}
+        }
+        end += 1;
+    }
+    (&i[end..], i[..end].trim().to_string())
+}
+
+fn block<'a>(full: &'a str, i: In<'a>) -> Result<(In<'a>, Vec<Stmt>), ParseError> {
+    let i = gap(i);
+    let Some(mut rest) = i.strip_prefix('{') else {
+        return Err(ParseError {
+            pos: pos_of(full, i),
+            message: "expected '{'".into(),
+        });
+    };
+    let mut out = Vec::new();
+    loop {
+        rest = gap(rest);
+        if let Some(r) = rest.strip_prefix('}') {
+            return Ok((r, out));
+        }
+        if rest.is_empty() {
+            return Err(ParseError {
+                pos: pos_of(full, rest),
+                message: "a block is not closed with '}'".into(),
+            });
+        }
+        let (r, s) = statement(full, rest)?;
+        out.push(s);
+        rest = r;
+    }
+}
+
+fn paren(i: In<'_>) -> IResult<In<'_>, In<'_>> {
+    // Balanced parentheses.
+    let b = i.as_bytes();
+    if b.first() != Some(&b'(') {
+        return Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Char,
+        )));
+    }
+    let mut depth = 0;
+    for (n, c) in b.iter().enumerate() {
+        match c {
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok((&i[n + 1..], &i[1..n]));
+                }
+            }
+            b'\n' => break,
+            _ => {}
+        }
+    }
+    Err(nom::Err::Error(nom::error::Error::new(
+        i,
+        nom::error::ErrorKind::Char,
+    )))
+}
+
+fn statement<'a>(full: &'a str, i: In<'a>) -> Result<(In<'a>, Stmt), ParseError> {
+    let pos = pos_of(full, i);
+    let err = |at: In<'a>, m: &str| ParseError {
+        pos: pos_of(full, at),
+        message: m.to_string(),
+    };
+    // `.foreach (v in $path) { … }`
+    if let Some(rest) = i.strip_prefix(".foreach") {
+        let r: IResult<In<'_>, (In<'_>, In<'_>)> = (|x| {
+            let (x, _) = space0(x)?;
+            let (x, _) = char('(')(x)?;
+            let (x, _) = space0(x)?;
+            let (x, var) = ident(x)?;
+            let (x, _) = delimited(space0, tag("in"), space0).parse(x)?;
+            let (x, src) = preceded(
+                char('$'),
+                take_while1(|c: char| {
+                    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']')
+                }),
+            )
+            .parse(x)?;
+            let (x, _) = space0(x)?;
+            let (x, _) = char(')')(x)?;
+            Ok((x, (var, src)))
+        })(rest);
+        let (rest, (var, src)) = r.map_err(|e| {
+            let at = match e {
+                nom::Err::Error(e) | nom::Err::Failure(e) => e.input,
+                nom::Err::Incomplete(_) => rest,
+            };
+            err(at, "expected .foreach (NAME in $VARIABLE) { … }")
+        })?;
+        let (rest, body) = block(full, rest)?;
+        return Ok((
+            rest,
+            Stmt::Foreach {
+                var: var.to_string(),
+                source: src.to_string(),
+                body,
+                pos,
+            },
+        ));
+    }
+    // `.if (cond) { … } [.else { … }]`
+    if let Some(rest) = i.strip_prefix(".if") {
+        let r: IResult<In<'_>, In<'_>> = preceded(space0, paren).parse(rest);
+        let (rest, cond) = r.map_err(|_| err(rest, "expected .if (CONDITION) { … }"))?;
+        let (rest, then) = block(full, rest)?;
+        let after = gap(rest);
+        let (rest, otherwise) = match after.strip_prefix(".else") {
+            Some(r) => block(full, r)?,
+            None => (rest, Vec::new()),
+        };
+        return Ok((
+            rest,
+            Stmt::If {
+                cond: cond.trim().to_string(),
+                then,
+                otherwise,
+                pos,
+            },
+        ));
+    }
+    if let Some(rest) = i.strip_prefix(".echo") {
+        let (rest, text) = command_text(rest);
+        return Ok((rest, Stmt::Echo { text, pos }));
+    }
+    if let Some(rest) = i.strip_prefix(".time") {
+        let (rest, text) = command_text(rest);
+        let seconds: f64 = text
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| err(i, "expected .time SECONDS"))?;
+        return Ok((rest, Stmt::Time { seconds, pos }));
+    }
+    if let Some(rest) = i.strip_prefix(".snapshot") {
+        let (rest, text) = command_text(rest);
+        if text.is_empty()
+            || !text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(err(i, "expected .snapshot NAME (letters, digits, _ - .)"));
+        }
+        return Ok((rest, Stmt::Snapshot { name: text, pos }));
+    }
+    if i.starts_with(".else") {
+        return Err(err(i, ".else without .if"));
+    }
+    // `$name = command`
+    if let Some(rest) = i.strip_prefix('$') {
+        let r: IResult<In<'_>, (In<'_>, Option<char>)> =
+            (ident, preceded(space0, opt(char('=')))).parse(rest);
+        if let Ok((after, (name, Some('=')))) = r
+            && !after.starts_with('=')
+        {
+            let (rest, text) = command_text(after);
+            if text.is_empty() {
+                return Err(err(after, "expected a command after '='"));
+            }
+            return Ok((
+                rest,
+                Stmt::Assign {
+                    name: name.to_string(),
+                    text,
+                    pos,
+                },
+            ));
+        }
+    }
+    if i.starts_with('}') {
+        return Err(err(i, "'}' without a block"));
+    }
+    let (rest, text) = command_text(i);
+    if text.is_empty() {
+        return Err(err(i, "expected a command"));
+    }
+    Ok((rest, Stmt::Command { text, pos }))
+}
+
+/// Parses a script (or one REPL line).
+pub fn parse(text: &str) -> Result<Vec<Stmt>, ParseError> {
+    if text.len() > 1 << 20 {
+        return Err(ParseError {
+            pos: Pos { line: 1, column: 1 },
+            message: "a script of more than 1 MB".into(),
+        });
+    }
+    // Blocks nest at most this deep, so parsing and running stay bounded.
+    let mut depth = 0i32;
+    for (n, c) in text.char_indices() {
+        match c {
+            '{' => {
+                depth += 1;
+                if depth > 32 {
+                    return Err(ParseError {
+                        pos: pos_of(text, &text[n..]),
+                        message: "blocks nested more than 32 deep".into(),
+                    });
+                }
+            }
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut rest = gap(text);
+    while !rest.is_empty() {
+        let (r, s) = statement(text, rest)?;
+        out.push(s);
+        rest = gap(r);
+    }
+    Ok(out)
+}
+
+/// A value reached by `$name.field[index]…`.
+pub fn lookup<'a>(vars: &'a HashMap<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let head = parts.next()?;
+    let (name, idx) = split_index(head)?;
+    let mut v = vars.get(name)?;
+    for i in idx {
+        v = v.get(i)?;
+    }
+    for p in parts {
+        let (field, idx) = split_index(p)?;
+        v = v.get(field)?;
+        for i in idx {
+            v = v.get(i)?;
+        }
+    }
+    Some(v)
+}
+
+fn split_index(p: &str) -> Option<(&str, Vec<usize>)> {
+    let (name, rest) = match p.find('[') {
+        Some(i) => (&p[..i], &p[i..]),
+        None => (p, ""),
+    };
+    let mut idx = Vec::new();
+    let mut r = rest;
+    while let Some(x) = r.strip_prefix('[') {
+        let end = x.find(']')?;
+        idx.push(x[..end].parse().ok()?);
+        r = &x[end + 1..];
+    }
+    r.is_empty().then_some((name, idx))
+}
+
+/// The text a value stands for in a command: numbers as `0x…` (valid in every expression),
+/// strings as they are, an object as its address-like field, anything else as JSON.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => format!("0x{u:x}"),
+            None => n.to_string(),
+        },
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => u8::from(*b).to_string(),
+        Value::Null => "0".into(),
+        Value::Object(m) => {
+            for key in ["thread", "address", "handle", "nbl", "process", "value"] {
+                if let Some(x) = m.get(key) {
+                    return value_text(x);
+                }
+            }
+            v.to_string()
+        }
+        Value::Array(a) => a.len().to_string(),
+    }
+}
+
+/// Replaces `$name.path` with the values of `vars`; unknown names are an error.
+pub fn substitute(text: &str, vars: &HashMap<String, Value>) -> Result<String, String> {
+    substitute_as(text, vars, value_text)
+}
+
+/// The text a value stands for in `.echo`: counts in decimal as people read them, addresses
+/// (anything of 2^32 or more) in hex.
+pub fn echo_text(v: &Value) -> String {
+    match v.as_u64() {
+        Some(u) if u < 1 << 32 => u.to_string(),
+        _ => value_text(v),
+    }
+}
+
+fn substitute_as(
+    text: &str,
+    vars: &HashMap<String, Value>,
+    render: fn(&Value) -> String,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$'
+            && b.get(i + 1)
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        {
+            let start = i + 1;
+            let mut end = start;
+            while end < b.len()
+                && (b[end].is_ascii_alphanumeric() || matches!(b[end], b'_' | b'.' | b'[' | b']'))
+            {
+                end += 1;
+            }
+            // A trailing '.' ends a sentence, not a path.
+            while end > start && b[end - 1] == b'.' {
+                end -= 1;
+            }
+            let path = &text[start..end];
+            match lookup(vars, path) {
+                Some(v) => out.push_str(&render(v)),
+                None => return Err(format!("${path} is not set")),
+            }
+            i = end;
+        } else {
+            let c = text[i..].chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    Ok(out)
+}
+
+/// What running a script produces, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A command ran (on the processor shown in the prompt).
+    Outcome(Outcome, u32),
+    /// `.echo`.
+    Echo(String),
+    /// A snapshot was written.
+    Snapshot(PathBuf),
+    /// A step failed before it could run (an unset variable, a list that is not one).
+    Error {
+        /// Where.
+        pos: Pos,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Most loop iterations one run may make.
+const MAX_STEPS: u64 = 1_000_000;
+
+/// Runs statements against an engine, keeping named results.
+pub struct Runner<'a> {
+    /// The engine.
+    pub engine: &'a mut Engine,
+    /// Named results.
+    pub vars: HashMap<String, Value>,
+    /// Where `.snapshot` writes.
+    pub snapshot_dir: PathBuf,
+    steps: u64,
+    failed: bool,
+}
+
+impl<'a> Runner<'a> {
+    /// A runner writing snapshots to `snapshot_dir`.
+    pub fn new(engine: &'a mut Engine, snapshot_dir: PathBuf) -> Runner<'a> {
+        Runner {
+            engine,
+            vars: HashMap::new(),
+            snapshot_dir,
+            steps: 0,
+            failed: false,
+        }
+    }
+
+    /// Whether any step failed.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn error(&mut self, pos: Pos, message: String, sink: &mut dyn FnMut(Event)) {
+        self.failed = true;
+        sink(Event::Error { pos, message });
+    }
+
+    /// Runs `stmts`, reporting each step to `sink`.
+    pub fn run(&mut self, stmts: &[Stmt], sink: &mut dyn FnMut(Event)) {
+        for s in stmts {
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                self.error(
+                    Pos { line: 0, column: 0 },
+                    format!("stopped after {MAX_STEPS} steps"),
+                    sink,
+                );
+                return;
+            }
+            match s {
+                Stmt::Command { text, pos } => match substitute(text, &self.vars) {
+                    Ok(t) => {
+                        let o = self.engine.run(&t);
+                        self.failed |= !o.ok();
+                        sink(Event::Outcome(o, self.engine.processor));
+                    }
+                    Err(e) => self.error(*pos, e, sink),
+                },
+                Stmt::Assign { name, text, pos } => match substitute(text, &self.vars) {
+                    Ok(t) => {
+                        let o = self.engine.run(&t);
+                        self.failed |= !o.ok();
+                        self.vars.insert(name.clone(), o.result.clone());
+                        sink(Event::Outcome(o, self.engine.processor));
+                    }
+                    Err(e) => self.error(*pos, e, sink),
+                },
+                Stmt::Foreach {
+                    var,
+                    source,
+                    body,
+                    pos,
+                } => {
+                    let items = match lookup(&self.vars, source) {
+                        Some(Value::Array(a)) => a.clone(),
+                        Some(_) => {
+                            self.error(*pos, format!("${source} is not a list"), sink);
+                            continue;
+                        }
+                        None => {
+                            self.error(*pos, format!("${source} is not set"), sink);
+                            continue;
+                        }
+                    };
+                    for item in items {
+                        self.vars.insert(var.clone(), item);
+                        self.run(body, sink);
+                        if self.steps > MAX_STEPS {
+                            return;
+                        }
+                    }
+                }
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                    pos,
+                } => {
+                    let value = substitute(cond, &self.vars)
+                        .and_then(|c| self.engine.eval(&c).map_err(|e| e.to_string()));
+                    match value {
+                        Ok(v) if v != 0 => self.run(then, sink),
+                        Ok(_) => self.run(otherwise, sink),
+                        Err(e) => self.error(*pos, e, sink),
+                    }
+                }
+                Stmt::Echo { text, pos } => match substitute_as(text, &self.vars, echo_text) {
+                    Ok(t) => sink(Event::Echo(t)),
+                    Err(e) => self.error(*pos, e, sink),
+                },
+                Stmt::Time { seconds, .. } => {
+                    self.engine.budget = (*seconds > 0.0)
+                        .then(|| std::time::Duration::from_secs_f64(seconds.min(1e7)));
+                }
+                Stmt::Snapshot { name, pos } => match self.snapshot(name) {
+                    Ok(p) => sink(Event::Snapshot(p)),
+                    Err(e) => self.error(*pos, e, sink),
+                },
+            }
+        }
+    }
+
+    /// Writes `NAME.dmp`: a bitmap dump of the pages read so far.
+    fn snapshot(&mut self, name: &str) -> Result<PathBuf, String> {
+        let header = self
+            .engine
+            .kernel
+            .dump_header(&format!("kdnet snapshot {name}"))
+            .map_err(|e| e.to_string())?;
+        let pages = self.engine.kernel.mem.snapshot_pages();
+        std::fs::create_dir_all(&self.snapshot_dir).map_err(|e| e.to_string())?;
+        let path = self.snapshot_dir.join(format!("{name}.dmp"));
+        crate::dump::write_dump(&path, &header, crate::dump::WriteKind::Bitmap, &pages)
+            .map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn statements_blocks_and_comments() {
+        let s = parse(
+            "$$ a hang capture\n$locks = !locks\n.foreach (h in $locks.held) {\n  !thread $h.exclusive_owner; k\n}\n.if ($vm.commit_failures > 0) { .echo failing } .else { .echo fine }\n.time 30\n.snapshot hang-1 $$ done\nlm",
+        )
+        .unwrap();
+        assert_eq!(s.len(), 6);
+        assert!(
+            matches!(&s[0], Stmt::Assign { name, text, .. } if name == "locks" && text == "!locks")
+        );
+        match &s[1] {
+            Stmt::Foreach {
+                var,
+                source,
+                body,
+                pos,
+            } => {
+                assert_eq!((var.as_str(), source.as_str()), ("h", "locks.held"));
+                assert_eq!(body.len(), 2);
+                assert_eq!(pos.line, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &s[2] {
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+                ..
+            } => {
+                assert_eq!(cond, "$vm.commit_failures > 0");
+                assert_eq!(then.len(), 1);
+                assert_eq!(otherwise.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s[3], Stmt::Time { seconds, .. } if seconds == 30.0));
+        assert!(matches!(&s[4], Stmt::Snapshot { name, .. } if name == "hang-1"));
+        assert!(matches!(&s[5], Stmt::Command { text, pos } if text == "lm" && pos.line == 9));
+        // `;` separates, `==` in a command is not an assignment.
+        let s = parse("? 1; ? 2 == 2").unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(matches!(
+            &parse("$x == 1").unwrap()[0],
+            Stmt::Command { .. }
+        ));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = parse("lm\n.foreach (x of $y) { k }").unwrap_err();
+        assert_eq!(
+            e.pos,
+            Pos {
+                line: 2,
+                column: 13
+            }
+        );
+        let e = parse("lm\n.if ($a) { k").unwrap_err();
+        assert_eq!(e.pos.line, 2);
+        assert!(e.message.contains("not closed"));
+        let e = parse("  }").unwrap_err();
+        assert_eq!(e.pos, Pos { line: 1, column: 3 });
+        assert!(parse(".time soon").is_err());
+        assert!(parse(".snapshot ../x").is_err());
+        assert!(parse(&"{".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn substitution() {
+        let mut vars = HashMap::new();
+        vars.insert(
+            "locks".to_string(),
+            json!({"held": [{"address": 255, "exclusive_owner": 4096}], "total_locks": 3}),
+        );
+        vars.insert("t".to_string(), json!({"thread": 16, "pid": 4}));
+        assert_eq!(
+            substitute("!thread $locks.held[0].exclusive_owner", &vars).unwrap(),
+            "!thread 0x1000"
+        );
+        assert_eq!(
+            substitute("!pool $locks.held[0]", &vars).unwrap(),
+            "!pool 0xff"
+        );
+        assert_eq!(
+            substitute("!thread $t; $t.pid.", &vars).unwrap(),
+            "!thread 0x10; 0x4."
+        );
+        assert!(substitute("$nope", &vars).is_err());
+        assert_eq!(
+            substitute_as("$t.pid of $locks.held[0].address", &vars, echo_text).unwrap(),
+            "4 of 255"
+        );
+        assert_eq!(
+            substitute("$$ not a var? 5$", &vars).unwrap(),
+            "$$ not a var? 5$"
+        );
+    }
+}

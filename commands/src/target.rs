@@ -1,0 +1,207 @@
+//! The `Target` interface: what a live KDNET session and a crash dump both provide. Everything
+//! above (translation, caching, the kernel model, the commands) is written against it.
+
+use kdnet::api::Context;
+
+/// Why memory or state could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The address does not translate: no mapping, or a PTE that is not valid.
+    #[error("{address:#x} is not present ({reason})")]
+    NotPresent {
+        /// The virtual address.
+        address: u64,
+        /// Why.
+        reason: NotPresent,
+    },
+    /// The target could not supply the bytes (not in the dump, a failed read on the wire).
+    #[error("memory at {address:#x} is not available")]
+    Unavailable {
+        /// The first unavailable address.
+        address: u64,
+    },
+    /// A pointer that cannot be a kernel or user address.
+    #[error("{0:#x} is not a canonical address")]
+    NonCanonical(u64),
+    /// A size or count beyond any sane value.
+    #[error("{what} of {value} is beyond the limit of {limit}")]
+    TooLarge {
+        /// What it was.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The processor does not exist.
+    #[error("processor {0} does not exist")]
+    NoSuchProcessor(u32),
+    /// The target does not offer this.
+    #[error("this target cannot {0}")]
+    Unsupported(&'static str),
+    /// The link to a live target failed.
+    #[error("target: {0}")]
+    Transport(String),
+    /// A time budget ran out.
+    #[error("stopped: the time budget ran out")]
+    OutOfTime,
+    /// The command was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Why a virtual address has no valid translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotPresent {
+    /// An entry on the way (level 4 = PML5 … 0 = PTE) is zero.
+    NotMapped {
+        /// The level.
+        level: u8,
+    },
+    /// The PTE is a page-file reference.
+    PagedOut {
+        /// The raw PTE.
+        pte: u64,
+    },
+    /// The PTE is in transition (the page is on the standby or modified list).
+    Transition {
+        /// The raw PTE.
+        pte: u64,
+    },
+    /// The PTE refers to a prototype PTE.
+    Prototype {
+        /// The raw PTE.
+        pte: u64,
+    },
+    /// An upper-level entry is not valid but not zero.
+    Invalid {
+        /// The level.
+        level: u8,
+        /// The raw entry.
+        entry: u64,
+    },
+}
+
+impl std::fmt::Display for NotPresent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotPresent::NotMapped { level } => write!(f, "no mapping at level {level}"),
+            NotPresent::PagedOut { pte } => write!(f, "paged out, PTE {pte:#x}"),
+            NotPresent::Transition { pte } => write!(f, "transition page, PTE {pte:#x}"),
+            NotPresent::Prototype { pte } => write!(f, "prototype PTE {pte:#x}"),
+            NotPresent::Invalid { level, entry } => {
+                write!(f, "invalid entry {entry:#x} at level {level}")
+            }
+        }
+    }
+}
+
+/// Facts the target gives before any memory is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// Build number.
+    pub build: u32,
+    /// Kernel base, if known.
+    pub kernel_base: Option<u64>,
+    /// Address of PsLoadedModuleList, if known.
+    pub ps_loaded_module_list: Option<u64>,
+    /// Address of PsActiveProcessHead, if known (dumps).
+    pub ps_active_process_head: Option<u64>,
+    /// Address of the debugger data list head (live) …
+    pub debugger_data_list: Option<u64>,
+    /// … or of KdDebuggerDataBlock (dumps).
+    pub kd_debugger_data_block: Option<u64>,
+    /// The kernel's directory table base, if the target knows it (dumps).
+    pub directory_table_base: Option<u64>,
+    /// Processors.
+    pub processors: u32,
+    /// The processor that stopped (live) or took the dump: the one `k` and `r` show first.
+    pub current_processor: u32,
+    /// Bugcheck code and parameters recorded by the target (dumps).
+    pub bugcheck: Option<(u32, [u64; 4])>,
+    /// A live session (the target is stopped now, but runs again after `g`).
+    pub live: bool,
+    /// A description for headers (`KDNET 127.0.0.1:51000`, `triage dump foo.dmp`).
+    pub description: String,
+}
+
+/// A loaded module as a target records it itself (triage dumps keep their driver list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleRecord {
+    /// File name.
+    pub name: String,
+    /// Full path.
+    pub path: String,
+    /// Base address.
+    pub base: u64,
+    /// SizeOfImage.
+    pub size: u32,
+    /// CheckSum.
+    pub checksum: u32,
+    /// TimeDateStamp.
+    pub timestamp: u32,
+}
+
+/// Counters of the transport under the memory layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Requests sent (round trips on a live target; reads on a dump).
+    pub round_trips: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+}
+
+/// A source of kernel memory and processor state.
+pub trait Target: Send {
+    /// What is known up front.
+    fn info(&self) -> TargetInfo;
+
+    /// Reads physical memory into `buf`; returns how many bytes from the start could be read.
+    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> Result<usize, TargetError>;
+
+    /// For targets that hold memory by virtual address (triage dumps): reads `buf` at `address`
+    /// and returns the bytes read, or `None` when the target has no such memory model.
+    fn read_virtual_direct(
+        &mut self,
+        _address: u64,
+        _buf: &mut [u8],
+    ) -> Option<Result<usize, TargetError>> {
+        None
+    }
+
+    /// Largest transfer one request can carry.
+    fn max_transfer(&self) -> usize;
+
+    /// A processor's CONTEXT.
+    fn context(&mut self, processor: u32) -> Result<Context, TargetError>;
+
+    /// A processor's KSPECIAL_REGISTERS bytes (CR3 at 0x10, CR4 at 0x18).
+    fn special_registers(&mut self, processor: u32) -> Result<Vec<u8>, TargetError>;
+
+    /// Control space pointers: 0 KPCR, 1 KPRCB, 3 current thread.
+    fn control_pointer(&mut self, processor: u32, index: u64) -> Result<u64, TargetError>;
+
+    /// Transport counters.
+    fn stats(&self) -> TransportStats;
+
+    /// Searches virtual memory `[address, address + length)` for `pattern` on the target side,
+    /// in one request: the first match. `None` when the target cannot search (dumps).
+    fn search(
+        &mut self,
+        _address: u64,
+        _length: u64,
+        _pattern: &[u8],
+    ) -> Option<Result<Option<u64>, TargetError>> {
+        None
+    }
+
+    /// The module list, when the target keeps one itself (triage dumps).
+    fn module_list(&mut self) -> Option<Vec<ModuleRecord>> {
+        None
+    }
+
+    /// Whether memory may have changed since it was cached (the target ran); clears the flag.
+    fn take_invalidation(&mut self) -> bool {
+        false
+    }
+}

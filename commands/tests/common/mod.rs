@@ -1,0 +1,132 @@
+//! Helpers shared by the commands crate's tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use kdnet_commands::local::LocalTarget;
+use kdnet_commands::nt::Kernel;
+use kdnet_sim::scenario::Facts;
+use kdnet_sim::system::{ModuleRec, ThreadRec};
+use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
+use kdnet_symbols::path::SymbolPath;
+
+/// ../shared, or None (with a note) when it is absent and not required.
+pub fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("KDNET_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    if dir.join("symbols").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
+        "KDNET_REQUIRE_SHARED is set but {} is missing",
+        dir.display()
+    );
+    eprintln!("skipping: {} not found", dir.display());
+    None
+}
+
+pub const BUILDS: [u32; 3] = [7601, 17763, 20348];
+
+/// What the simulator planted, kept before the machine is handed to the model.
+pub struct Planted {
+    pub facts: Facts,
+    pub threads: Vec<ThreadRec>,
+    pub modules: Vec<(String, u64, u32, Vec<String>)>,
+    pub cpus: Vec<(u64, u64)>,
+    pub kernel_base: u64,
+}
+
+/// A simulated machine of `build` running `scenario`, opened as a kernel model in process,
+/// with the real symbol tables on the symbol path.
+pub fn sim_kernel(build: u32, scenario: Scenario) -> Option<(Kernel, Planted)> {
+    sim_kernel_with(build, scenario, |_| {})
+}
+
+/// As [`sim_kernel`], after `change` has had its way with the machine (to corrupt it).
+pub fn sim_kernel_with(
+    build: u32,
+    scenario: Scenario,
+    change: impl FnOnce(&mut Machine),
+) -> Option<(Kernel, Planted)> {
+    let dir = shared()?;
+    let config = SimConfig {
+        build,
+        table: TableSource::Dir(dir.join("symbols")),
+        scenario,
+        cpus: 4,
+        resources: 2000,
+        hang_after: None,
+        bugcheck_after: None,
+        seed: 11,
+    };
+    let mut machine = Machine::build(config).unwrap();
+    change(&mut machine);
+    let sys = machine.system();
+    let planted = Planted {
+        facts: machine.facts().clone(),
+        threads: sys.threads.clone(),
+        modules: sys.modules.iter().map(module_of).collect(),
+        cpus: sys
+            .cpus
+            .iter()
+            .map(|c| (c.prcb, sys.threads[c.current].ethread))
+            .collect(),
+        kernel_base: sys.modules[0].image.base,
+    };
+    let cpus = sys.cpus.len() as u32;
+    let target = LocalTarget::new(machine, cpus);
+    let path = SymbolPath::parse(&dir.join("symbols").display().to_string());
+    let k = Kernel::open(Box::new(target), path).unwrap();
+    Some((k, planted))
+}
+
+fn module_of(m: &ModuleRec) -> (String, u64, u32, Vec<String>) {
+    (
+        m.image.name.clone(),
+        m.image.base,
+        m.image.size,
+        m.image.exports.iter().map(|e| e.0.clone()).collect(),
+    )
+}
+
+/// A symbol server on loopback serving `files` (URL path → body) under `/symbols`; every other
+/// path is a 404. Returns the base URL.
+pub fn symbol_server(files: Vec<(String, Vec<u8>)>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut s) = stream else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap_or(0);
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+            }
+            let wanted = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            match files.iter().find(|(p, _)| format!("/symbols{p}") == wanted) {
+                Some((_, body)) => {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(body);
+                }
+                None => {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                }
+            }
+        }
+    });
+    format!("http://{addr}/symbols")
+}

@@ -1,0 +1,190 @@
+//! The command engine's basic commands on the simulated machine and the real triage dump: the
+//! text is WinDbg's layout and the JSON carries the numbers the scenario planted.
+
+mod common;
+
+use common::sim_kernel;
+use kdnet_commands::dump::DumpFile;
+use kdnet_commands::engine::{Engine, split_commands};
+use kdnet_commands::nt::Kernel;
+use kdnet_sim::Scenario;
+use kdnet_symbols::path::SymbolPath;
+use serde_json::Value;
+
+fn one(e: &mut Engine, cmd: &str) -> (String, Value) {
+    let o = e.run(cmd);
+    assert!(o.ok(), "{cmd}: {:?}", o.error);
+    (o.text, o.result)
+}
+
+#[test]
+fn commands_on_the_simulated_kernel() {
+    let Some((k, p)) = sim_kernel(20348, Scenario::NblHang) else {
+        return;
+    };
+    let base = p.kernel_base;
+    let mut e = Engine::new(k);
+
+    // lm: every module, sorted, nt with its symbol table.
+    let (text, j) = one(&mut e, "lm");
+    assert!(text.starts_with("start             end                 module name\n"));
+    let mods = j["modules"].as_array().unwrap();
+    assert_eq!(mods.len(), p.modules.len());
+    let nt = mods.iter().find(|m| m["name"] == "nt").unwrap();
+    assert_eq!(nt["base"].as_u64(), Some(base));
+    assert_eq!(nt["symbols"], "pdb");
+    assert!(text.contains(&format!("{:08x}`{:08x} ", base >> 32, base as u32)));
+    // Cached: a second lm costs no round trip.
+    let again = e.run("lm");
+    assert_eq!(again.cost.round_trips, 0);
+    let (_, j) = one(&mut e, "lm m nd*");
+    assert_eq!(j["modules"].as_array().unwrap().len(), 1);
+
+    // Expressions.
+    let (text, j) = one(&mut e, "? nt");
+    assert_eq!(j["value"].as_u64(), Some(base));
+    assert!(text.starts_with("Evaluate expression: "));
+    let head = e.kernel.sym("PsLoadedModuleList").unwrap();
+    let (_, j) = one(&mut e, "? nt!PsLoadedModuleList");
+    assert_eq!(j["value"].as_u64(), Some(head));
+    let first = e.kernel.mem.u64(head).unwrap();
+    let (_, j) = one(&mut e, "?poi(nt!PsLoadedModuleList)");
+    assert_eq!(j["value"].as_u64(), Some(first));
+
+    // dq / db.
+    let (text, j) = one(&mut e, "dq nt!PsLoadedModuleList L2");
+    let vals: Vec<u64> = j["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(vals[0], first);
+    assert_eq!(text.lines().count(), 1);
+    let (text, _) = one(&mut e, "db nt L10");
+    assert!(text.contains("  4d 5a"), "{text}");
+    assert!(text.trim_end().ends_with("  MZ.............."), "{text}");
+    // Unreadable memory shows as question marks and null.
+    let (text, j) = one(&mut e, "dq 0 L2");
+    assert!(text.contains("????????`????????"));
+    assert!(j["values"][0].is_null());
+    // dps symbolises what it finds.
+    let (text, j) = one(&mut e, "dps nt!KiProcessorBlock L1");
+    assert!(j["symbols"].is_array());
+    assert_eq!(text.lines().count(), 1);
+
+    // dt: the loader entry of the kernel, a process name, a nested thread field.
+    let (text, j) = one(
+        &mut e,
+        "dt nt!_KLDR_DATA_TABLE_ENTRY poi(nt!PsLoadedModuleList)",
+    );
+    assert!(text.starts_with("nt!_KLDR_DATA_TABLE_ENTRY\n"));
+    assert!(text.contains("   +0x000 InLoadOrderLinks"));
+    let dll = j["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "DllBase")
+        .unwrap();
+    assert_eq!(dll["value"].as_u64(), Some(base));
+    assert_eq!(dll["type"], "Ptr64 Void");
+    let system = p.facts.processes.iter().find(|x| x.1 == 4).unwrap().0;
+    let (text, j) = one(&mut e, &format!("dt _EPROCESS {system:x} ImageFileName"));
+    assert_eq!(j["fields"][0]["value"], "System");
+    assert!(text.contains("\"System\""), "{text}");
+    let (et, _) = p.facts.hung_thread.unwrap();
+    let (text, j) = one(&mut e, &format!("dt nt!_ETHREAD {et:x} Tcb.State"));
+    assert_eq!(j["fields"][0]["value"].as_u64(), Some(5));
+    assert!(text.contains("Tcb.State : 0x5 ''"), "{text}");
+    let (text, _) = one(&mut e, "dt _KTHREAD");
+    assert!(text.contains(": Pos "), "bitfields without an address");
+    assert!(text.contains(": _DISPATCHER_HEADER"));
+    assert!(!e.run("dt nt!_NO_SUCH_TYPE").ok());
+
+    // k: the current thread of the stopped processor, as planted.
+    let cpu = e.processor as usize;
+    let current = p.cpus[cpu].1;
+    let rec = p.threads.iter().find(|t| t.ethread == current).unwrap();
+    let (text, j) = one(&mut e, "k");
+    assert!(text.starts_with(" # Child-SP          RetAddr               Call Site\n"));
+    let frames = j["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), rec.frames.len());
+    for (f, (call, _, rsp)) in frames.iter().zip(&rec.frames) {
+        assert!(
+            f["call_site"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}!", call.module))
+        );
+        assert_eq!(f["child_sp"].as_u64(), Some(*rsp));
+    }
+    let (text, _) = one(&mut e, "kb");
+    assert!(text.contains("Args to Child"));
+
+    // ln: an address inside a function, and an exact one.
+    let f = e.kernel.sym("KeBugCheckEx").unwrap();
+    let (text, j) = one(&mut e, &format!("ln {:x}", f + 0x10));
+    assert!(text.contains("nt!KeBugCheckEx+0x10"), "{text}");
+    assert_eq!(j["symbol_address"].as_u64(), Some(f));
+    let (text, _) = one(&mut e, "ln nt!KeBugCheckEx");
+    assert!(text.contains("Exact matches:\n    nt!KeBugCheckEx"));
+
+    // r: the stopped processor's registers.
+    let (text, j) = one(&mut e, "r");
+    assert!(text.starts_with("rax="));
+    assert!(text.contains("iopl="));
+    let rip = j["rip"].as_u64().unwrap();
+    assert_eq!(
+        e.run("? @rip").result["value"].as_u64(),
+        Some(rip),
+        "registers in expressions"
+    );
+    let (text, _) = one(&mut e, "r rip");
+    assert_eq!(text, format!("rip={rip:016x}\n"));
+
+    // Errors are per command, with a reason.
+    let o = e.run("frobnicate");
+    assert_eq!(o.error.as_deref(), Some("no such command: frobnicate"));
+    let o = e.run("? 1 + + )");
+    assert!(o.error.unwrap().contains("column"));
+    let o = e.run("dq nt L0");
+    assert!(!o.ok());
+    let all = e.run_line("? 1; ? 2 ;; frobnicate");
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[1].result["value"], 2);
+    assert!(!all[2].ok());
+}
+
+#[test]
+fn commands_on_the_triage_dump() {
+    let Some(dir) = common::shared() else { return };
+    let d = DumpFile::open(&dir.join("dumps/triage_x64.dmp")).unwrap();
+    let k = Kernel::open(
+        Box::new(d),
+        SymbolPath::parse(&dir.join("pdbs").display().to_string()),
+    )
+    .unwrap();
+    let mut e = Engine::new(k);
+    let (_, j) = one(&mut e, "lm");
+    assert_eq!(j["modules"].as_array().unwrap().len(), 151);
+    let (text, j) = one(&mut e, "k");
+    assert_eq!(j["frames"][0]["call_site"], "amdppm!WriteIoMemRawEx+0x70");
+    assert!(text.contains("ffff8504`29892120 fffff804`8b58313f     amdppm!WriteIoMemRawEx+0x70"));
+    let (_, j) = one(&mut e, "r");
+    assert_eq!(j["rip"].as_u64(), Some(0xffff_f804_8b58_334c));
+    let (text, _) = one(&mut e, "ln amdppm!InitAcpiCpc+0x317");
+    assert!(text.contains("amdppm!InitAcpiCpc+0x317"), "{text}");
+    // Memory of the saved stack is in the dump.
+    let (_, j) = one(&mut e, "dq @rsp L1");
+    assert!(j["values"][0].is_u64());
+    // The kernel's own types are not here: dt says so.
+    let o = e.run("dt nt!_KTHREAD");
+    assert!(o.error.unwrap().contains("no symbols for the kernel"));
+}
+
+#[test]
+fn command_lines_split_at_semicolons() {
+    assert_eq!(split_commands("lm; k ;dq @rsp"), ["lm", "k", "dq @rsp"]);
+    assert_eq!(split_commands(".echo \"a;b\"; k"), [".echo \"a;b\"", "k"]);
+    assert!(split_commands(" ; ;").is_empty());
+}

@@ -1,0 +1,396 @@
+//! Every extension command on the simulated machine for each shared build and each scenario it
+//! concerns, asserting the answer the scenario planted; `healthy` raises no alarm; the real
+//! triage dump gives its bugcheck and faulting module.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{BUILDS, Planted, sim_kernel};
+use kdnet_commands::dump::DumpFile;
+use kdnet_commands::engine::Engine;
+use kdnet_commands::nt::Kernel;
+use kdnet_sim::Scenario;
+use kdnet_symbols::path::SymbolPath;
+use serde_json::Value;
+
+fn engine(build: u32, s: Scenario) -> Option<(Engine, Planted)> {
+    let (k, p) = sim_kernel(build, s)?;
+    Some((Engine::new(k), p))
+}
+
+fn run(e: &mut Engine, cmd: &str) -> Value {
+    let o = e.run(cmd);
+    assert!(o.ok(), "{cmd}: {:?}", o.error);
+    assert!(!o.text.is_empty(), "{cmd} printed nothing");
+    o.result
+}
+
+fn set(v: &Value) -> BTreeSet<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+fn check_locks(e: &mut Engine, p: &Planted) {
+    let o = e.run("!locks");
+    assert!(o.ok(), "{:?}", o.error);
+    let j = &o.result;
+    assert_eq!(
+        j["total_locks"].as_u64(),
+        Some(u64::from(p.facts.total_resources))
+    );
+    assert!(j["complete"].as_bool().unwrap());
+    let held = j["held"].as_array().unwrap();
+    for want in &p.facts.held {
+        let h = held
+            .iter()
+            .find(|h| h["address"].as_u64() == Some(want.address))
+            .unwrap_or_else(|| panic!("{:x} not reported held", want.address));
+        assert_eq!(h["exclusive_owner"].as_u64(), want.exclusive_owner);
+        assert_eq!(
+            set(&h["shared_owners"]),
+            want.shared_owners.iter().copied().collect()
+        );
+        assert_eq!(
+            h["contention_count"].as_u64(),
+            Some(u64::from(want.contention))
+        );
+        assert_eq!(
+            set(&h["shared_waiters"]),
+            want.shared_waiters.iter().copied().collect()
+        );
+        assert_eq!(
+            set(&h["exclusive_waiters"]),
+            want.exclusive_waiters.iter().copied().collect()
+        );
+        if let Some(s) = &want.symbol {
+            assert_eq!(h["symbol"].as_str(), Some(s.as_str()));
+            assert!(
+                o.text
+                    .contains(&format!("Resource @ {s} (0x{:x})", want.address))
+            );
+        }
+        assert_eq!(h["warnings"].as_array().unwrap().len(), 0, "{h}");
+    }
+    assert!(o.text.contains(&format!(
+        "{} total locks, {} locks currently held",
+        p.facts.total_resources,
+        held.len()
+    )));
+}
+
+#[test]
+fn nbl_hang_on_every_build() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::NblHang) else {
+            return;
+        };
+        check_locks(&mut e, &p);
+        // The pending NBLs and who holds them.
+        let j = run(&mut e, "!ndiskd.pendingnbls");
+        assert_eq!(j["pending"].as_u64(), Some(u64::from(p.facts.ndis.pending)));
+        assert_eq!(j["total"].as_u64(), Some(u64::from(p.facts.ndis.total)));
+        assert_eq!(j["freed"].as_u64(), Some(u64::from(p.facts.ndis.freed)));
+        assert_eq!(j["pools"].as_u64(), Some(u64::from(p.facts.ndis.pools)));
+        let holders = j["holders"].as_array().unwrap();
+        assert_eq!(holders.len(), 1);
+        assert_eq!(holders[0]["handle"].as_u64(), Some(p.facts.ndis.holder));
+        assert_eq!(holders[0]["name"], p.facts.ndis.holder_name.as_str());
+        assert_eq!(
+            holders[0]["count"].as_u64(),
+            Some(u64::from(p.facts.ndis.pending))
+        );
+        // The adapter's state block.
+        let j = run(
+            &mut e,
+            &format!("!ndiskd.miniport {:x}", p.facts.ndis.holder),
+        );
+        assert_eq!(j["name"], p.facts.ndis.holder_name.as_str());
+        assert_eq!(
+            j["send_nbls_outstanding"].as_u64(),
+            Some(u64::from(p.facts.ndis.pending))
+        );
+        let j = run(&mut e, "!ndiskd.miniport");
+        let names: Vec<&str> = j["miniports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        let want: Vec<&str> = p
+            .facts
+            .ndis
+            .miniports
+            .iter()
+            .map(|m| m.1.as_str())
+            .collect();
+        assert_eq!(names, want);
+        // The hung thread: its wait, its age, and what it is blocked in.
+        let (hung, seconds) = p.facts.hung_thread.unwrap();
+        let j = run(&mut e, &format!("!thread {hung:x}"));
+        assert_eq!(j["state"], "Waiting");
+        assert_eq!(j["wait_reason"], "Executive");
+        let age = j["wait_seconds"].as_f64().unwrap();
+        assert!((age - seconds as f64).abs() < 1.0, "{age}");
+        assert!(j["frames"].as_array().unwrap().len() > 3);
+        // No cycle, but the device-install thread waits behind the hung one.
+        let j = run(&mut e, "!deadlock");
+        assert!(j["cycles"].as_array().unwrap().is_empty());
+        assert!(
+            j["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["owner"].as_u64() == Some(hung))
+        );
+    }
+}
+
+#[test]
+fn deadlock_cycle_on_every_build() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::Deadlock) else {
+            return;
+        };
+        check_locks(&mut e, &p);
+        let d = p.facts.deadlock.clone().unwrap();
+        let j = run(&mut e, "!deadlock");
+        let cycles = j["cycles"].as_array().unwrap();
+        assert_eq!(cycles.len(), 1, "{j}");
+        assert_eq!(
+            set(&cycles[0]["threads"]),
+            d.threads.iter().copied().collect()
+        );
+        assert_eq!(
+            set(&cycles[0]["objects"]),
+            d.resources.iter().copied().collect()
+        );
+        // Everyone queued behind it, and the mutant waiter, is reported waiting on the cycle.
+        let behind: BTreeSet<u64> = j["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ends_in_deadlock"].as_bool() == Some(true))
+            .flat_map(|c| set(&c["waiters"]))
+            .collect();
+        for q in d.queued.iter().chain([&d.mutant_waiter]) {
+            assert!(behind.contains(q), "{q:x} not found behind the deadlock");
+        }
+    }
+}
+
+#[test]
+fn commit_failures_on_every_build() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::CommitFailures) else {
+            return;
+        };
+        let o = e.run("!vm");
+        assert!(o.ok(), "{:?}", o.error);
+        let j = &o.result;
+        assert_eq!(j["commit_failures"].as_u64(), Some(p.facts.commit_failures));
+        assert_eq!(p.facts.commit_failures, 48_440);
+        assert_eq!(j["committed_pages"].as_u64(), Some(p.facts.committed));
+        assert_eq!(j["commit_limit_pages"].as_u64(), Some(p.facts.commit_limit));
+        assert!(
+            o.text
+                .contains("********** 48440 commit requests have failed **********")
+        );
+        assert!(o.text.contains("Number of committed pages is near limit"));
+        // The process table sums to Total Private.
+        let private: u64 = j["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["commit_pages"].as_u64().unwrap())
+            .sum();
+        assert_eq!(j["total_private_pages"].as_u64(), Some(private));
+    }
+}
+
+#[test]
+fn pool_corruption_on_every_build() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::PoolCorruption) else {
+            return;
+        };
+        let c = p.facts.corruption.clone().unwrap();
+        let j = run(&mut e, &format!("!pool {:x}", c.victim_of_overrun));
+        let corr = &j["corruption"];
+        assert_eq!(corr["address"].as_u64(), Some(c.smashed_header), "{j}");
+        assert_eq!(corr["page_offset"].as_u64(), Some(c.smashed_header & 0xfff));
+        let found: Vec<String> = c.found.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(corr["found"], found.join(" "));
+        assert_eq!(corr["previous_block"]["tag"], "AcBf");
+        assert_eq!(
+            corr["previous_block"]["address"].as_u64(),
+            Some(c.victim_of_overrun - 16)
+        );
+        // The block asked about is marked.
+        let marked: Vec<&Value> = j["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["contains"].as_bool() == Some(true))
+            .collect();
+        assert_eq!(marked.len(), 1);
+        assert_eq!(marked[0]["tag"], "AcBf");
+        // Special pool.
+        let j = run(&mut e, &format!("!pool {:x}", c.special));
+        assert_eq!(j["kind"], "special");
+        assert_eq!(j["chunks"][0]["tag"], "AcSp");
+        assert_eq!(j["chunks"][0]["size"].as_u64(), Some(0x40));
+        // Tag accounting and search.
+        let j = run(&mut e, "!poolused 2 Ac*");
+        let tags: Vec<&str> = j["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["tag"].as_str().unwrap())
+            .collect();
+        assert!(tags.contains(&"AcBf") && tags.contains(&"AcCt") && tags.contains(&"AcSp"));
+        let acct = j["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tag"] == "AcCt")
+            .unwrap();
+        assert_eq!(acct["nonpaged_allocs"].as_i64(), Some(6));
+        let j = run(&mut e, "!poolfind AcBf");
+        let found: BTreeSet<u64> = j["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["address"].as_u64().unwrap())
+            .collect();
+        assert!(found.contains(&(c.victim_of_overrun - 16)), "{j}");
+    }
+}
+
+#[test]
+fn bugcheck_and_healthy_on_every_build() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::Bugcheck) else {
+            return;
+        };
+        let (code, params) = p.facts.bugcheck.unwrap();
+        let j = run(&mut e, "!analyze -v");
+        assert_eq!(j["bugcheck_code"].as_u64(), Some(u64::from(code)));
+        let got: Vec<u64> = j["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(got, params);
+        assert_eq!(j["bugcheck_name"], "MULTIPLE_IRP_COMPLETE_REQUESTS");
+        assert_eq!(j["module"], "CimFS");
+        assert_eq!(j["process_name"], "vmcompute.exe");
+        // The IRP of the first parameter is on the crashing thread's list.
+        let t = j["thread"].as_u64().unwrap();
+        let th = run(&mut e, &format!("!thread {t:x}"));
+        assert!(set(&th["irps"]).contains(&params[0]));
+
+        let Some((mut e, _)) = engine(build, Scenario::Healthy) else {
+            return;
+        };
+        let j = run(&mut e, "!deadlock");
+        assert!(j["cycles"].as_array().unwrap().is_empty(), "{j}");
+        assert!(j["chains"].as_array().unwrap().is_empty(), "{j}");
+        let j = run(&mut e, "!analyze");
+        assert!(j["bugcheck_code"].is_null());
+        let j = run(&mut e, "!vm");
+        assert_eq!(j["commit_failures"].as_u64(), Some(0));
+        assert!(j["warnings"].as_array().unwrap().is_empty(), "{j}");
+        // Tracking off on a healthy server: the advice, not a count.
+        let o = e.run("!ndiskd.pendingnbls");
+        assert!(o.ok());
+        assert_eq!(o.result["tracking"], false);
+        assert!(o.text.contains("TrackNblOwner"));
+    }
+}
+
+#[test]
+fn hang_helpers_list_every_thread_and_processor() {
+    let Some((mut e, p)) = engine(20348, Scenario::Deadlock) else {
+        return;
+    };
+    let j = run(&mut e, "!process 0 0");
+    let procs = j["processes"].as_array().unwrap();
+    assert_eq!(
+        procs.len(),
+        p.facts.processes.iter().filter(|x| x.1 != 0).count()
+    );
+    let j = run(&mut e, "!stacks");
+    let threads = j["threads"].as_array().unwrap().len();
+    assert_eq!(
+        threads,
+        p.threads.len() - p.cpus.len() - 1,
+        "all but idle and the swapped stack"
+    );
+    assert_eq!(j["paged_out"].as_u64(), Some(1));
+    // Identical stacks are grouped: the 20 queued shared waiters share one stack shape per
+    // process; the groups cover every thread once.
+    let groups = j["groups"].as_array().unwrap();
+    let covered: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap()).sum();
+    assert_eq!(covered as usize, threads);
+    assert!(groups[0]["count"].as_u64().unwrap() >= 2);
+    let j = run(&mut e, "!stacks 0 CimFsMountImage");
+    assert!(j["threads"].as_array().unwrap().len() >= 22);
+    let j = run(&mut e, "!running");
+    assert_eq!(j["processors"].as_array().unwrap().len(), p.cpus.len());
+    let j = run(&mut e, "!process 0 7 containerd.exe");
+    assert_eq!(j["processes"].as_array().unwrap().len(), 1);
+    assert!(!j["processes"][0]["threads"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn the_triage_dump_analyzes() {
+    let Some(dir) = common::shared() else { return };
+    let d = DumpFile::open(&dir.join("dumps/triage_x64.dmp")).unwrap();
+    let k = Kernel::open(
+        Box::new(d),
+        SymbolPath::parse(&dir.join("pdbs").display().to_string()),
+    )
+    .unwrap();
+    let mut e = Engine::new(k);
+    let j = run(&mut e, "!analyze -v");
+    assert_eq!(j["bugcheck_code"].as_u64(), Some(0x1000_007e));
+    assert_eq!(j["bugcheck_name"], "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M");
+    assert_eq!(j["parameters"][1].as_u64(), Some(0xffff_f804_8b58_334c));
+    assert_eq!(j["module"], "amdppm");
+    assert_eq!(j["symbol"], "amdppm!WriteIoMemRawEx+0x70");
+    assert_eq!(j["failure_bucket"], "0x1000007E_amdppm!WriteIoMemRawEx");
+    let j = run(&mut e, "lm");
+    assert_eq!(j["modules"].as_array().unwrap().len(), 151);
+}
+
+#[test]
+fn locks_total_of_the_reported_machine() {
+    // The 84,372 resources of the reported nbl-hang, with the built-in layout.
+    let mut config = kdnet_sim::SimConfig::demo();
+    config.resources = kdnet_sim::scenario::NBL_HANG_RESOURCES;
+    let machine = kdnet_sim::Machine::build(config).unwrap();
+    let facts = machine.facts().clone();
+    let cpus = machine.system().cpus.len() as u32;
+    let target = kdnet_commands::local::LocalTarget::new(machine, cpus);
+    let k = Kernel::open(Box::new(target), SymbolPath::parse("")).unwrap();
+    let mut e = Engine::new(k);
+    let o = e.run("!locks");
+    assert!(o.ok(), "{:?}", o.error);
+    assert_eq!(o.result["total_locks"].as_u64(), Some(84_372));
+    assert_eq!(
+        o.result["held_locks"].as_u64(),
+        Some(facts.held.len() as u64)
+    );
+    assert!(o.text.contains("84372 total locks, 2 locks currently held"));
+    // One round trip per distinct page of resources, or close to it.
+    assert!(
+        o.cost.round_trips < 84_372 / 20,
+        "{} round trips",
+        o.cost.round_trips
+    );
+}

@@ -1,0 +1,220 @@
+//! Every command over memory that lies: the simulated machine's reads come back with random
+//! bytes changed (pointers into nowhere, loops, absurd counts, broken headers, garbage page
+//! tables). No command may panic, and each must finish within its time budget.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kdnet::api::{Context, GetVersion64, StateChange64};
+use kdnet::target::{StopReason, TargetHandler};
+use kdnet_commands::engine::Engine;
+use kdnet_commands::local::LocalTarget;
+use kdnet_commands::nt::Kernel;
+use kdnet_sim::{Machine, Scenario, SimConfig};
+use kdnet_symbols::path::SymbolPath;
+use proptest::prelude::*;
+
+/// A machine shared by the cases, whose reads are corrupted by a seeded rule.
+struct Liar {
+    machine: Arc<Mutex<Machine>>,
+    seed: u64,
+    /// Corrupted bytes per million.
+    rate: u64,
+}
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+impl Liar {
+    fn lie(&self, address: u64, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = address.wrapping_add(i as u64);
+            let h = mix(a ^ self.seed);
+            if h % 1_000_000 < self.rate {
+                *b = (h >> 24) as u8;
+            }
+        }
+    }
+}
+
+impl TargetHandler for Liar {
+    fn version(&mut self) -> GetVersion64 {
+        self.machine.lock().unwrap().version()
+    }
+    fn read_virtual(&mut self, processor: u16, address: u64, buf: &mut [u8]) -> usize {
+        let n = self
+            .machine
+            .lock()
+            .unwrap()
+            .read_virtual(processor, address, buf);
+        self.lie(address, &mut buf[..n]);
+        n
+    }
+    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> usize {
+        let n = self.machine.lock().unwrap().read_physical(address, buf);
+        self.lie(address, &mut buf[..n]);
+        n
+    }
+    fn read_control_space(&mut self, processor: u16, index: u64, buf: &mut [u8]) -> Option<usize> {
+        self.machine
+            .lock()
+            .unwrap()
+            .read_control_space(processor, index, buf)
+    }
+    fn context(&mut self, processor: u16) -> Option<Context> {
+        self.machine.lock().unwrap().context(processor)
+    }
+    fn stop_report(&mut self, reason: StopReason) -> StateChange64 {
+        self.machine.lock().unwrap().stop_report(reason)
+    }
+}
+
+fn machine(scenario: Scenario) -> Arc<Mutex<Machine>> {
+    let mut config = SimConfig::demo();
+    config.scenario = scenario;
+    config.resources = 600;
+    Arc::new(Mutex::new(Machine::build(config).unwrap()))
+}
+
+const COMMANDS: &[&str] = &[
+    "lm",
+    "k",
+    "r",
+    "!locks",
+    "!thread",
+    "!process 0 0",
+    "!stacks",
+    "!running",
+    "!analyze -v",
+    "!deadlock",
+    "!vm",
+    "!poolused 2",
+    "!poolfind AcBf",
+    "!ndiskd.pendingnbls",
+    "!ndiskd.miniport",
+    "dt nt!_EPROCESS poi(nt!PsActiveProcessHead)-0x448",
+    "dps nt!KiProcessorBlock L4",
+];
+
+/// Runs every command; returns how many answered (None when the kernel could not be opened).
+fn work_over(m: &Arc<Mutex<Machine>>, seed: u64, rate: u64, pool_at: u64) -> Option<usize> {
+    let liar = Liar {
+        machine: m.clone(),
+        seed,
+        rate,
+    };
+    let target = LocalTarget::new(liar, 4);
+    // The kernel may not even be found in memory this damaged: that is an error, not a panic.
+    let k = match Kernel::open(Box::new(target), SymbolPath::parse("")) {
+        Ok(k) => k,
+        Err(err) => {
+            eprintln!("rate {rate}: open failed: {err}");
+            return None;
+        }
+    };
+    let mut worked = 0;
+    let mut e = Engine::new(k);
+    e.budget = Some(Duration::from_secs(3));
+    for c in COMMANDS
+        .iter()
+        .copied()
+        .chain([format!("!pool {pool_at:x}").as_str()])
+    {
+        let t = Instant::now();
+        let o = e.run(c);
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{c} ran {:?} past its budget",
+            t.elapsed()
+        );
+        if let Some(err) = &o.error {
+            assert!(!err.contains("internal error"), "{c}: {err}");
+        }
+        if o.ok() {
+            assert!(o.result.is_object(), "{c}: {}", o.result);
+            worked += 1;
+        }
+    }
+    Some(worked)
+}
+
+/// Twelve cases from a fixed seed, so a red run is a regression and not a roll of the dice;
+/// explore with `PROPTEST_RNG_SEED=<n> PROPTEST_CASES=<n>`.
+fn config() -> ProptestConfig {
+    let mut c = ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = 12;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        c.rng_seed = proptest::test_runner::RngSeed::Fixed(0x6b64_6e65_7400);
+    }
+    c
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn commands_survive_lying_memory(seed in any::<u64>(), rate in prop::sample::select(vec![50u64, 500, 5_000, 50_000])) {
+        static M: std::sync::OnceLock<(Arc<Mutex<Machine>>, u64)> = std::sync::OnceLock::new();
+        let (m, at) = M.get_or_init(|| {
+            let m = machine(Scenario::PoolCorruption);
+            let at = m.lock().unwrap().facts().corruption.as_ref().map_or(0, |c| c.victim_of_overrun);
+            (m, at)
+        });
+        let _ = work_over(m, seed, rate, *at);
+    }
+}
+
+#[test]
+fn lightly_damaged_memory_still_answers_most_commands() {
+    // The property above would prove little if every case failed at the start.
+    let m = machine(Scenario::PoolCorruption);
+    let at = m
+        .lock()
+        .unwrap()
+        .facts()
+        .corruption
+        .as_ref()
+        .map_or(0, |c| c.victim_of_overrun);
+    for seed in 0..3 {
+        let worked = work_over(&m, seed, 20, at).expect("the kernel opens");
+        assert!(
+            worked >= COMMANDS.len() / 2,
+            "seed {seed}: {worked} answered"
+        );
+    }
+}
+
+#[test]
+fn a_budget_stops_a_long_walk_with_a_note() {
+    let m = machine(Scenario::NblHang);
+    let liar = Liar {
+        machine: m,
+        seed: 0,
+        rate: 0,
+    };
+    let k = Kernel::open(Box::new(LocalTarget::new(liar, 4)), SymbolPath::parse("")).unwrap();
+    let mut e = Engine::new(k);
+    let o = e.run("!locks --max-seconds 0.000001");
+    // Either the walk stopped with its note, or the command stopped saying the budget ran out.
+    match &o.error {
+        None => {
+            assert_eq!(o.result["complete"], false);
+            assert!(o.result["note"].as_str().unwrap().contains("time budget"));
+        }
+        Some(err) => assert!(err.contains("time budget"), "{err}"),
+    }
+    // Without the budget it completes.
+    let o = e.run("!locks");
+    assert_eq!(o.result["complete"], true);
+    assert!(e.run("!locks --max-seconds nope").error.is_some());
+}

@@ -1,0 +1,466 @@
+//! Module images in memory: PE headers, a CodeView (RSDS) record naming the PDB, an export
+//! directory, and `.pdata`/`.xdata` describing the frames of every function that appears on a
+//! simulated stack, with matching prolog bytes and call instructions before return addresses.
+
+use std::collections::BTreeMap;
+
+use kdnet_symbols::PdbId;
+
+use crate::SimError;
+use crate::kernel::Kernel;
+
+/// x64 register numbers as unwind codes use them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[allow(missing_docs)]
+pub enum Gpr {
+    Rax = 0,
+    Rcx,
+    Rdx,
+    Rbx,
+    Rsp,
+    Rbp,
+    Rsi,
+    Rdi,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    R14,
+    R15,
+}
+
+const NONVOLATILE: [Gpr; 8] = [
+    Gpr::Rbx,
+    Gpr::Rbp,
+    Gpr::Rsi,
+    Gpr::Rdi,
+    Gpr::R12,
+    Gpr::R13,
+    Gpr::R14,
+    Gpr::R15,
+];
+
+/// How a function's prolog builds its frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Function start (RVA).
+    pub rva: u32,
+    /// Function end (RVA, exclusive).
+    pub end: u32,
+    /// Registers pushed, in push order.
+    pub pushes: Vec<Gpr>,
+    /// Bytes subtracted from RSP after the pushes.
+    pub alloc: u32,
+    /// Registers saved with `mov [rsp+off], reg` after the allocation.
+    pub saves: Vec<(Gpr, u32)>,
+    /// RVA of its UNWIND_INFO, once written.
+    pub unwind_rva: u32,
+}
+
+impl Frame {
+    /// Bytes between the body RSP and the return address.
+    pub fn size_to_return(&self) -> u64 {
+        u64::from(self.alloc) + 8 * self.pushes.len() as u64
+    }
+
+    fn prolog(&self) -> (Vec<u8>, Vec<[u8; 2]>, Vec<u16>) {
+        // Returns the prolog bytes, the unwind codes (in prolog order, with extra slots
+        // after), and extra slots.
+        let mut bytes = Vec::new();
+        let mut codes: Vec<(u8, u8, u8, Vec<u16>)> = Vec::new();
+        for r in &self.pushes {
+            let n = *r as u8;
+            if n >= 8 {
+                bytes.push(0x41);
+            }
+            bytes.push(0x50 + (n & 7));
+            codes.push((bytes.len() as u8, 0, n, vec![]));
+        }
+        if self.alloc > 0 {
+            if self.alloc <= 0x7f {
+                bytes.extend_from_slice(&[0x48, 0x83, 0xEC, self.alloc as u8]);
+            } else {
+                bytes.extend_from_slice(&[0x48, 0x81, 0xEC]);
+                bytes.extend_from_slice(&self.alloc.to_le_bytes());
+            }
+            let off = bytes.len() as u8;
+            if self.alloc <= 128 {
+                codes.push((off, 2, ((self.alloc - 8) / 8) as u8, vec![]));
+            } else if self.alloc <= 512 * 1024 - 8 {
+                codes.push((off, 1, 0, vec![(self.alloc / 8) as u16]));
+            } else {
+                codes.push((
+                    off,
+                    1,
+                    1,
+                    vec![self.alloc as u16, (self.alloc >> 16) as u16],
+                ));
+            }
+        }
+        for (r, disp) in &self.saves {
+            let n = *r as u8;
+            bytes.push(if n >= 8 { 0x4C } else { 0x48 });
+            bytes.push(0x89);
+            bytes.push(0x84 | ((n & 7) << 3));
+            bytes.push(0x24);
+            bytes.extend_from_slice(&disp.to_le_bytes());
+            codes.push((bytes.len() as u8, 4, n, vec![(disp / 8) as u16]));
+        }
+        // UNWIND_CODE array: latest prolog operation first.
+        let mut slots: Vec<[u8; 2]> = Vec::new();
+        for (off, op, info, extra) in codes.into_iter().rev() {
+            slots.push([off, op | (info << 4)]);
+            for e in extra {
+                slots.push(e.to_le_bytes());
+            }
+        }
+        (bytes, slots, vec![])
+    }
+
+    /// The UNWIND_INFO bytes.
+    pub fn unwind_info(&self) -> Vec<u8> {
+        let (prolog, slots, _) = self.prolog();
+        let mut u = vec![1u8, prolog.len() as u8, slots.len() as u8, 0];
+        for s in &slots {
+            u.extend_from_slice(s);
+        }
+        if slots.len() % 2 == 1 {
+            u.extend_from_slice(&[0, 0]);
+        }
+        u
+    }
+
+    /// The prolog bytes written at the function start.
+    pub fn prolog_bytes(&self) -> Vec<u8> {
+        self.prolog().0
+    }
+}
+
+/// Picks a frame shape for a function from its name (deterministic, aligned: the return
+/// address slot + pushes + allocation keep RSP 16-byte aligned).
+pub fn frame_for(name: &str, rva: u32, end: u32) -> Frame {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    let npush = 1 + (h % 4) as usize;
+    let pushes: Vec<Gpr> = NONVOLATILE
+        .iter()
+        .copied()
+        .cycle()
+        .skip((h >> 8) as usize % 8)
+        .take(npush)
+        .collect();
+    let mut alloc = 0x20 + 8 * ((h >> 16) % 40) as u32;
+    if !(8 + 8 * npush as u32 + alloc).is_multiple_of(16) {
+        alloc += 8;
+    }
+    Frame {
+        rva,
+        end,
+        pushes,
+        alloc,
+        saves: vec![],
+        unwind_rva: 0,
+    }
+}
+
+/// The frame of the context-switch routine: a large allocation holding the saved
+/// non-volatile registers (as KiSwapContext's KEXCEPTION_FRAME does).
+pub fn switch_frame(rva: u32, end: u32) -> Frame {
+    Frame {
+        rva,
+        end,
+        pushes: vec![],
+        alloc: 0x138,
+        saves: vec![
+            (Gpr::Rbp, 0x100),
+            (Gpr::Rbx, 0xe0),
+            (Gpr::Rdi, 0xe8),
+            (Gpr::Rsi, 0xf0),
+            (Gpr::R12, 0xf8),
+            (Gpr::R13, 0x108),
+            (Gpr::R14, 0x110),
+            (Gpr::R15, 0x118),
+        ],
+        unwind_rva: 0,
+    }
+}
+
+/// A module image being built.
+#[derive(Debug)]
+pub struct Image {
+    /// File name (`ntoskrnl.exe`).
+    pub name: String,
+    /// Full path as the loader records it.
+    pub path: String,
+    /// Base address.
+    pub base: u64,
+    /// SizeOfImage.
+    pub size: u32,
+    /// PDB identity for the CodeView record.
+    pub pdb: PdbId,
+    /// TimeDateStamp.
+    pub timestamp: u32,
+    /// Functions with frames, by RVA.
+    pub frames: BTreeMap<u32, Frame>,
+    /// Exported names.
+    pub exports: Vec<(String, u32)>,
+    /// Where the tail sections (.pdata, .rdata) start.
+    tail: u32,
+    /// Call sites written (return address RVAs).
+    calls: Vec<u32>,
+    /// Symbols defined by the simulator for modules without a table (name → (rva, size)).
+    pub own_functions: BTreeMap<String, (u32, u32)>,
+    next_own: u32,
+}
+
+/// The RVA where the simulator places functions of modules it invents.
+const OWN_TEXT: u32 = 0x1000;
+
+/// Bytes reserved after the code for global data.
+pub const DATA_RESERVE: u32 = 0x4000;
+
+impl Image {
+    /// A module at `base` whose symbols end below `code_end` (RVA).
+    pub fn new(
+        name: &str,
+        path: &str,
+        base: u64,
+        code_end: u32,
+        pdb: PdbId,
+        timestamp: u32,
+    ) -> Image {
+        // A page of slack, then room for the module's global data (ndis keeps its lists there)
+        // before the exception table and read-only data.
+        let tail = code_end.div_ceil(0x1000) * 0x1000 + 0x1000 + DATA_RESERVE;
+        Image {
+            name: name.to_string(),
+            path: path.to_string(),
+            base,
+            size: tail + 0x10000,
+            pdb,
+            timestamp,
+            frames: BTreeMap::new(),
+            exports: Vec::new(),
+            tail,
+            calls: Vec::new(),
+            own_functions: BTreeMap::new(),
+            next_own: OWN_TEXT,
+        }
+    }
+
+    /// Defines a function of an invented module (no symbol table): it gets an RVA, a size and an
+    /// export.
+    pub fn define_function(&mut self, name: &str, size: u32) -> u32 {
+        if let Some((rva, _)) = self.own_functions.get(name) {
+            return *rva;
+        }
+        let rva = self.next_own;
+        self.next_own += size.div_ceil(0x10) * 0x10 + 0x10;
+        self.own_functions.insert(name.to_string(), (rva, size));
+        self.exports.push((name.to_string(), rva));
+        rva
+    }
+
+    /// Registers a frame for a function.
+    pub fn add_frame(&mut self, f: Frame) -> &Frame {
+        self.frames.entry(f.rva).or_insert(f)
+    }
+
+    /// Records a call site whose return address is `ret_rva`.
+    pub fn add_call(&mut self, ret_rva: u32) {
+        self.calls.push(ret_rva);
+    }
+
+    /// Writes headers, sections, exports, debug directory, .pdata/.xdata, prologs and call
+    /// sites into memory.
+    pub fn write(&mut self, k: &mut Kernel) -> Result<(), SimError> {
+        let base = self.base;
+        // --- tail layout: .pdata, then .rdata with xdata, export directory, debug data.
+        let pdata_rva = self.tail;
+        let pdata_size = 12 * self.frames.len() as u32;
+        let mut rdata_rva = (pdata_rva + pdata_size).div_ceil(0x1000) * 0x1000;
+        if rdata_rva == pdata_rva {
+            rdata_rva += 0x1000;
+        }
+        let mut rdata: Vec<u8> = Vec::new();
+        let mut pdata: Vec<u8> = Vec::new();
+        for f in self.frames.values_mut() {
+            while !rdata.len().is_multiple_of(4) {
+                rdata.push(0);
+            }
+            f.unwind_rva = rdata_rva + rdata.len() as u32;
+            rdata.extend_from_slice(&f.unwind_info());
+            pdata.extend_from_slice(&f.rva.to_le_bytes());
+            pdata.extend_from_slice(&f.end.to_le_bytes());
+            pdata.extend_from_slice(&f.unwind_rva.to_le_bytes());
+        }
+        // Export directory.
+        while !rdata.len().is_multiple_of(8) {
+            rdata.push(0);
+        }
+        let mut exports = self.exports.clone();
+        exports.sort();
+        exports.dedup_by(|a, b| a.0 == b.0);
+        let export_rva = rdata_rva + rdata.len() as u32;
+        let n = exports.len() as u32;
+        let funcs_rva = export_rva + 40;
+        let names_rva = funcs_rva + 4 * n;
+        let ords_rva = names_rva + 4 * n;
+        let strings_rva = ords_rva + 2 * n;
+        let mut strings: Vec<u8> = Vec::new();
+        let dll_name_rva = strings_rva;
+        strings.extend_from_slice(self.name.as_bytes());
+        strings.push(0);
+        let mut name_ptrs = Vec::new();
+        for (name, _) in &exports {
+            name_ptrs.push(strings_rva + strings.len() as u32);
+            strings.extend_from_slice(name.as_bytes());
+            strings.push(0);
+        }
+        let mut dir = vec![0u8; 40];
+        dir[4..8].copy_from_slice(&self.timestamp.to_le_bytes());
+        dir[12..16].copy_from_slice(&dll_name_rva.to_le_bytes());
+        dir[16..20].copy_from_slice(&1u32.to_le_bytes());
+        dir[20..24].copy_from_slice(&n.to_le_bytes());
+        dir[24..28].copy_from_slice(&n.to_le_bytes());
+        dir[28..32].copy_from_slice(&funcs_rva.to_le_bytes());
+        dir[32..36].copy_from_slice(&names_rva.to_le_bytes());
+        dir[36..40].copy_from_slice(&ords_rva.to_le_bytes());
+        rdata.extend_from_slice(&dir);
+        for (_, rva) in &exports {
+            rdata.extend_from_slice(&rva.to_le_bytes());
+        }
+        for p in &name_ptrs {
+            rdata.extend_from_slice(&p.to_le_bytes());
+        }
+        for i in 0..n {
+            rdata.extend_from_slice(&(i as u16).to_le_bytes());
+        }
+        rdata.extend_from_slice(&strings);
+        let export_size = rdata_rva + rdata.len() as u32 - export_rva;
+        // Debug directory + CodeView RSDS record.
+        while !rdata.len().is_multiple_of(8) {
+            rdata.push(0);
+        }
+        let debug_rva = rdata_rva + rdata.len() as u32;
+        let cv_rva = debug_rva + 0x1C;
+        let mut cv = b"RSDS".to_vec();
+        let guid = PdbId::guid_to_bytes(&self.pdb.guid).unwrap_or([0; 16]);
+        cv.extend_from_slice(&guid);
+        cv.extend_from_slice(&self.pdb.age.to_le_bytes());
+        cv.extend_from_slice(self.pdb.name.as_bytes());
+        cv.push(0);
+        let mut dd = vec![0u8; 0x1C];
+        dd[4..8].copy_from_slice(&self.timestamp.to_le_bytes());
+        dd[0xC..0x10].copy_from_slice(&2u32.to_le_bytes()); // IMAGE_DEBUG_TYPE_CODEVIEW
+        dd[0x10..0x14].copy_from_slice(&(cv.len() as u32).to_le_bytes());
+        dd[0x14..0x18].copy_from_slice(&cv_rva.to_le_bytes());
+        dd[0x18..0x1C].copy_from_slice(&cv_rva.to_le_bytes());
+        rdata.extend_from_slice(&dd);
+        rdata.extend_from_slice(&cv);
+        let rdata_size = rdata.len() as u32;
+        self.size = (rdata_rva + rdata_size).div_ceil(0x1000) * 0x1000;
+
+        // --- headers
+        let mut h = vec![0u8; 0x400];
+        h[0..2].copy_from_slice(b"MZ");
+        h[0x3C..0x40].copy_from_slice(&0x100u32.to_le_bytes());
+        let pe = 0x100;
+        h[pe..pe + 4].copy_from_slice(b"PE\0\0");
+        let fh = pe + 4;
+        h[fh..fh + 2].copy_from_slice(&0x8664u16.to_le_bytes());
+        h[fh + 2..fh + 4].copy_from_slice(&3u16.to_le_bytes()); // sections
+        h[fh + 4..fh + 8].copy_from_slice(&self.timestamp.to_le_bytes());
+        h[fh + 16..fh + 18].copy_from_slice(&0xF0u16.to_le_bytes());
+        h[fh + 18..fh + 20].copy_from_slice(&0x22u16.to_le_bytes());
+        let oh = fh + 20;
+        h[oh..oh + 2].copy_from_slice(&0x20Bu16.to_le_bytes());
+        h[oh + 4..oh + 8].copy_from_slice(&(self.tail - 0x1000).to_le_bytes()); // SizeOfCode
+        h[oh + 16..oh + 20].copy_from_slice(&0x1000u32.to_le_bytes()); // AddressOfEntryPoint
+        h[oh + 20..oh + 24].copy_from_slice(&0x1000u32.to_le_bytes()); // BaseOfCode
+        h[oh + 24..oh + 32].copy_from_slice(&base.to_le_bytes());
+        h[oh + 32..oh + 36].copy_from_slice(&0x1000u32.to_le_bytes());
+        h[oh + 36..oh + 40].copy_from_slice(&0x200u32.to_le_bytes());
+        h[oh + 40..oh + 42].copy_from_slice(&10u16.to_le_bytes());
+        h[oh + 48..oh + 50].copy_from_slice(&10u16.to_le_bytes());
+        h[oh + 56..oh + 60].copy_from_slice(&self.size.to_le_bytes());
+        h[oh + 60..oh + 64].copy_from_slice(&0x400u32.to_le_bytes());
+        h[oh + 68..oh + 70].copy_from_slice(&1u16.to_le_bytes()); // native
+        h[oh + 108..oh + 112].copy_from_slice(&16u32.to_le_bytes());
+        let dd0 = oh + 112;
+        let put_dir = |h: &mut Vec<u8>, i: usize, rva: u32, size: u32| {
+            h[dd0 + 8 * i..dd0 + 8 * i + 4].copy_from_slice(&rva.to_le_bytes());
+            h[dd0 + 8 * i + 4..dd0 + 8 * i + 8].copy_from_slice(&size.to_le_bytes());
+        };
+        put_dir(&mut h, 0, export_rva, export_size);
+        put_dir(&mut h, 3, pdata_rva, pdata_size);
+        put_dir(&mut h, 6, debug_rva, 0x1C);
+        let sh = oh + 0xF0;
+        let sections: [(&[u8], u32, u32, u32); 3] = [
+            (b".text", 0x1000, self.tail - 0x1000, 0x6000_0020),
+            (b".pdata", pdata_rva, pdata_size.max(1), 0x4000_0040),
+            (b".rdata", rdata_rva, rdata_size, 0x4000_0040),
+        ];
+        for (i, (name, rva, size, ch)) in sections.iter().enumerate() {
+            let s = sh + 40 * i;
+            h[s..s + name.len()].copy_from_slice(name);
+            h[s + 8..s + 12].copy_from_slice(&size.to_le_bytes());
+            h[s + 12..s + 16].copy_from_slice(&rva.to_le_bytes());
+            h[s + 16..s + 20]
+                .copy_from_slice(&size.div_ceil(0x200).wrapping_mul(0x200).to_le_bytes());
+            h[s + 20..s + 24].copy_from_slice(&rva.to_le_bytes());
+            h[s + 36..s + 40].copy_from_slice(&ch.to_le_bytes());
+        }
+        k.map(base, 0x1000, false);
+        k.write(base, &h);
+        k.map(
+            base + u64::from(pdata_rva),
+            u64::from(pdata_size.max(1)),
+            true,
+        );
+        k.write(base + u64::from(pdata_rva), &pdata);
+        k.map(base + u64::from(rdata_rva), u64::from(rdata_size), true);
+        k.write(base + u64::from(rdata_rva), &rdata);
+        // Prologs and call sites.
+        for f in self.frames.values() {
+            let p = f.prolog_bytes();
+            k.map(base + u64::from(f.rva), p.len() as u64, false);
+            k.write(base + u64::from(f.rva), &p);
+        }
+        for ret in &self.calls {
+            if *ret >= 5 {
+                let at = base + u64::from(ret - 5);
+                k.map(at, 5, false);
+                k.write(at, &[0xE8, 0, 0, 0, 0]);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_aligned_and_unwind_codes_describe_them() {
+        for name in ["KeWaitForSingleObject", "KiSwapThread", "FlPnpEvent", "x"] {
+            let f = frame_for(name, 0x1000, 0x1400);
+            assert_eq!((8 + f.size_to_return()) % 16, 0, "{name}");
+            let u = f.unwind_info();
+            assert_eq!(u[0], 1);
+            assert_eq!(u[1] as usize, f.prolog_bytes().len());
+            // The first code is the allocation (latest operation), ending at the prolog end.
+            assert_eq!(u[4], u[1]);
+        }
+        let s = switch_frame(0x2000, 0x2200);
+        let u = s.unwind_info();
+        // 8 saves (2 slots each) + large alloc (2 slots).
+        assert_eq!(u[2], 18);
+        assert_eq!(u[5] & 0xf, 4, "latest op is a SAVE_NONVOL");
+    }
+}

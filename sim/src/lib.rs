@@ -1,0 +1,147 @@
+//! A simulated Windows kernel target for kdnet.
+//!
+//! The machine's memory is laid out from a real kernel symbol table (Volatility 3 ISF): every
+//! structure is placed with the field offsets and global addresses of that table. It holds real
+//! x64 page tables, a kernel image whose CodeView record names the table's PDB, `.pdata`/`.xdata`
+//! for the functions on its threads' stacks, an encoded `KdDebuggerDataBlock`, processes,
+//! threads, executive resources, pool, memory-manager counters and NDIS state, arranged into the
+//! hang scenarios users report. It answers the KD protocol through [`kdnet::target`].
+//!
+//! What is the simulator's own (not from a kernel table) is documented where it is built:
+//! `KDDEBUGGER_DATA64` (public SDK layout, see `kdnet_symbols::builtin`), the NDIS structures
+//! (`ndis` module), the modules other than nt (invented images with exports), and choices the
+//! facts leave open (pool in-use bit, resource wait chains on 17763+).
+
+pub mod image;
+pub mod kernel;
+pub mod layout;
+pub mod machine;
+pub mod mem;
+pub mod ndis;
+pub mod pool;
+pub mod scenario;
+pub mod system;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use machine::Machine;
+pub use scenario::Scenario;
+
+/// Errors building a simulated machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// The symbol table lacks something the simulator needs, or could not be read.
+    #[error("symbol table: {0}")]
+    Symbols(#[from] kdnet_symbols::SymError),
+    /// A setting makes no sense.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Where the kernel layout comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSource {
+    /// The compact table the project carries (build 20348 only).
+    Builtin,
+    /// An ISF file.
+    File(PathBuf),
+    /// A directory holding `ntkrnlmp.pdb/<GUID>-<age>.json[.xz]` tables (found by build).
+    Dir(PathBuf),
+}
+
+/// How to build the machine.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Windows build: 7601, 17763 or 20348 (others with an explicit table).
+    pub build: u32,
+    /// Where the layout comes from.
+    pub table: TableSource,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Processors.
+    pub cpus: u16,
+    /// Executive resources in existence (84,372 in the reported nbl-hang).
+    pub resources: u32,
+    /// Run healthy this long, then the scenario's hang begins.
+    pub hang_after: Option<Duration>,
+    /// For the bugcheck scenario: stop with the bugcheck this long after start.
+    pub bugcheck_after: Option<Duration>,
+    /// Seed of every random choice (keys, addresses jitter).
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// The demo configuration: built-in table, nbl-hang, 4 processors.
+    pub fn demo() -> SimConfig {
+        SimConfig {
+            build: 20348,
+            table: TableSource::Builtin,
+            scenario: Scenario::NblHang,
+            cpus: 4,
+            resources: scenario::NBL_HANG_RESOURCES,
+            hang_after: None,
+            bugcheck_after: None,
+            seed: 0x006b_646e_6574,
+        }
+    }
+}
+
+/// A simulated machine serving KDNET.
+#[derive(Debug)]
+pub struct Running {
+    /// The target end.
+    pub target: kdnet::target::TargetHandle,
+    /// What the scenario planted.
+    pub facts: scenario::Facts,
+    /// The impaired link in front of it, if any.
+    pub relay: Option<kdnet::link::Relay>,
+    /// How long building the machine took.
+    pub build_time: Duration,
+}
+
+/// Builds the machine for `config` and starts serving it as a KDNET target configured by
+/// `target` (its `host` is the debugger's address). With `link`, traffic goes through an
+/// impaired relay.
+pub async fn start(
+    config: SimConfig,
+    mut target: kdnet::target::TargetConfig,
+    link: Option<kdnet::link::LinkConfig>,
+) -> Result<Running, StartError> {
+    let t = std::time::Instant::now();
+    let machine = tokio::task::spawn_blocking(move || Machine::build(config))
+        .await
+        .map_err(|e| StartError::Build(SimError::Config(e.to_string())))??;
+    let build_time = t.elapsed();
+    let facts = machine.facts().clone();
+    let relay = match link {
+        Some(l) => {
+            let r = kdnet::link::Relay::start(l, target.host)
+                .await
+                .map_err(StartError::Io)?;
+            target.host = r.target_side();
+            Some(r)
+        }
+        None => None,
+    };
+    let handle = kdnet::target::TargetHandle::spawn(target, Box::new(machine))
+        .await
+        .map_err(StartError::Io)?;
+    Ok(Running {
+        target: handle,
+        facts,
+        relay,
+        build_time,
+    })
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Building the machine failed.
+    #[error("building the simulated machine: {0}")]
+    Build(#[from] SimError),
+    /// The network end failed.
+    #[error("network: {0}")]
+    Io(std::io::Error),
+}

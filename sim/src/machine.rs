@@ -1,0 +1,380 @@
+//! The simulated machine as a KD target: memory through its page tables, control space,
+//! contexts, and the stops and prints of a running kernel.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kdnet::api::{
+    Context, ControlReport, Exception64, GetVersion64, Reg, StateChange64, StateEvent, status,
+};
+use kdnet::target::{Activity, StopReason, TargetHandler};
+
+use crate::scenario::{self, Facts};
+use crate::system::{System, TICKS_PER_SECOND};
+use crate::{SimConfig, SimError};
+
+/// What the machine does on its own over time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Running normally (before a delayed hang).
+    Healthy,
+    /// The scenario's condition is in place.
+    Hung,
+}
+
+/// What a delayed scenario builds when its time comes.
+type Built = Result<(System, Facts, GetVersion64), SimError>;
+/// The builder of a delayed scenario.
+type Later = Box<dyn FnOnce() -> Built + Send>;
+
+/// A built machine, shareable between the KD target and whoever inspects it.
+pub struct Machine {
+    sys: System,
+    /// The healthy variant, kept while a delayed hang has not begun.
+    pending_hang: Option<(Instant, Later)>,
+    version: GetVersion64,
+    facts: Facts,
+    config: SimConfig,
+    /// Wall-clock time the machine (re)started running, and the tick it had then.
+    running_since: Option<(Instant, u64)>,
+    tick: u64,
+    bugcheck_at: Option<Instant>,
+    bugchecked: bool,
+    prints: Vec<(Instant, String)>,
+    next_heartbeat: Instant,
+    phase: Phase,
+    contexts: Vec<Context>,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("build", &self.config.build)
+            .field("scenario", &self.config.scenario)
+            .finish()
+    }
+}
+
+impl Machine {
+    /// Builds the machine for `config`.
+    pub fn build(config: SimConfig) -> Result<Machine, SimError> {
+        let now = Instant::now();
+        let (sys, facts, version, pending_hang, phase) = match config.hang_after {
+            Some(after) if config.scenario.can_delay() => {
+                let mut healthy = config.clone();
+                healthy.scenario = crate::Scenario::Healthy;
+                let (sys, facts, version) = scenario::build(&healthy)?;
+                let hung = config.clone();
+                let build_hung: Later = Box::new(move || scenario::build(&hung));
+                (
+                    sys,
+                    facts,
+                    version,
+                    Some((now + after, build_hung)),
+                    Phase::Healthy,
+                )
+            }
+            _ => {
+                let (sys, facts, version) = scenario::build(&config)?;
+                (sys, facts, version, None, Phase::Hung)
+            }
+        };
+        let contexts = (0..sys.cpus.len())
+            .map(|c| sys.threads[sys.cpus[c].current].context.clone())
+            .collect();
+        let tick = sys.now_tick;
+        let bugcheck_at = if config.scenario == crate::Scenario::Bugcheck {
+            Some(now + config.bugcheck_after.unwrap_or(Duration::ZERO))
+        } else {
+            None
+        };
+        Ok(Machine {
+            sys,
+            pending_hang,
+            version,
+            facts,
+            config,
+            running_since: Some((now, tick)),
+            tick,
+            bugcheck_at,
+            bugchecked: false,
+            prints: Vec::new(),
+            next_heartbeat: now + Duration::from_secs(1),
+            phase,
+            contexts,
+        })
+    }
+
+    /// What the scenario planted (for tests and benchmarks).
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    /// The system (memory, tables, records).
+    pub fn system(&self) -> &System {
+        &self.sys
+    }
+
+    /// The version block.
+    pub fn version_block(&self) -> GetVersion64 {
+        self.version
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// Stored memory, for the scale checks: (frames stored, bytes).
+    pub fn memory_footprint(&self) -> (usize, u64) {
+        let f = self.sys.k.mem.stored_frames();
+        (f, f as u64 * 4096)
+    }
+
+    fn current_tick(&self) -> u64 {
+        match self.running_since {
+            Some((t, tick)) => tick + (t.elapsed().as_millis() as u64 * TICKS_PER_SECOND / 1000),
+            None => self.tick,
+        }
+    }
+
+    fn freeze_clock(&mut self) {
+        self.tick = self.current_tick();
+        self.running_since = None;
+        let tick = self.tick;
+        let _ = System::set_tick(&mut self.sys.k, tick);
+    }
+
+    fn maybe_start_hang(&mut self, now: Instant) {
+        let due = self.pending_hang.as_ref().is_some_and(|(at, _)| now >= *at);
+        if !due {
+            return;
+        }
+        let Some((_, make)) = self.pending_hang.take() else {
+            return;
+        };
+        match make() {
+            Ok((sys, facts, version)) => {
+                let tick = self.current_tick();
+                self.sys = sys;
+                self.facts = facts;
+                self.version = version;
+                self.contexts = (0..self.sys.cpus.len())
+                    .map(|c| self.sys.threads[self.sys.cpus[c].current].context.clone())
+                    .collect();
+                self.running_since = Some((now, tick));
+                self.phase = Phase::Hung;
+                for line in self.facts.prints_when_hung.clone() {
+                    self.prints.push((now, line));
+                }
+            }
+            Err(e) => tracing::warn!("the delayed scenario could not be built: {e}"),
+        }
+    }
+
+    fn break_state(&self, cpu: u16, code: u32) -> StateChange64 {
+        let pc = self
+            .sys
+            .k
+            .sym("RtlpBreakWithStatusInstruction")
+            .unwrap_or(self.version.kern_base);
+        let thread = self
+            .sys
+            .cpus
+            .get(usize::from(cpu))
+            .map_or(0, |c| self.sys.threads[c.current].ethread);
+        StateChange64 {
+            new_state: 0x3030,
+            processor_level: 6,
+            processor: cpu,
+            number_processors: self.sys.cpus.len() as u32,
+            thread,
+            program_counter: pc,
+            event: StateEvent::Exception(Exception64 {
+                code,
+                flags: 0,
+                record: 0,
+                address: pc,
+                parameters: vec![0],
+                first_chance: true,
+            }),
+            control: ControlReport {
+                dr6: 0xffff0ff0,
+                dr7: 0x400,
+                eflags: 0x202,
+                instruction_count: 16,
+                report_flags: 3,
+                instruction_stream: [
+                    0xcc, 0xc3, 0x0f, 0x1f, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+                seg_cs: 0x10,
+                seg_ds: 0x2b,
+                seg_es: 0x2b,
+                seg_fs: 0x53,
+            },
+        }
+    }
+
+    fn space_for(&self, cpu: u16) -> crate::mem::Space {
+        let Some(c) = self.sys.cpus.get(usize::from(cpu)) else {
+            return self.sys.k.space;
+        };
+        let p = self.sys.threads[c.current].process;
+        self.sys.processes[p].space
+    }
+}
+
+impl TargetHandler for Machine {
+    fn version(&mut self) -> GetVersion64 {
+        self.version
+    }
+
+    fn read_virtual(&mut self, processor: u16, address: u64, buf: &mut [u8]) -> usize {
+        let space = self.space_for(processor);
+        let mut done = 0;
+        while done < buf.len() {
+            let a = address.wrapping_add(done as u64);
+            let n = (buf.len() - done).min((0x1000 - (a & 0xfff)) as usize);
+            match space.translate(&self.sys.k.mem, a) {
+                Ok(pa) => {
+                    self.sys.k.mem.read(pa, &mut buf[done..done + n]);
+                }
+                Err(_) => break,
+            }
+            done += n;
+        }
+        done
+    }
+
+    fn write_virtual(&mut self, processor: u16, address: u64, data: &[u8]) -> usize {
+        let space = self.space_for(processor);
+        let mut done = 0;
+        while done < data.len() {
+            let a = address.wrapping_add(done as u64);
+            let n = (data.len() - done).min((0x1000 - (a & 0xfff)) as usize);
+            match space.translate(&self.sys.k.mem, a) {
+                Ok(pa) => self.sys.k.mem.write(pa, &data[done..done + n]),
+                Err(_) => break,
+            }
+            done += n;
+        }
+        done
+    }
+
+    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> usize {
+        self.sys.k.mem.read(address, buf)
+    }
+
+    fn write_physical(&mut self, address: u64, data: &[u8]) -> usize {
+        let end = self.sys.k.mem.ram_pages() * 0x1000;
+        let n = (end.saturating_sub(address) as usize).min(data.len());
+        self.sys.k.mem.write(address, &data[..n]);
+        n
+    }
+
+    fn read_control_space(&mut self, processor: u16, index: u64, buf: &mut [u8]) -> Option<usize> {
+        let c = self.sys.cpus.get(usize::from(processor))?;
+        let bytes = match index {
+            0 => c.kpcr.to_le_bytes().to_vec(),
+            1 => c.prcb.to_le_bytes().to_vec(),
+            2 => self.sys.special_registers(usize::from(processor)),
+            3 => self.sys.threads[c.current].ethread.to_le_bytes().to_vec(),
+            _ => return None,
+        };
+        let n = buf.len().min(bytes.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        Some(n)
+    }
+
+    fn context(&mut self, processor: u16) -> Option<Context> {
+        self.contexts.get(usize::from(processor)).cloned()
+    }
+
+    fn set_context(&mut self, processor: u16, context: &Context) -> bool {
+        match self.contexts.get_mut(usize::from(processor)) {
+            Some(c) => {
+                *c = context.clone();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn read_msr(&mut self, processor: u16, msr: u32) -> Option<u64> {
+        let c = self.sys.cpus.get(usize::from(processor))?;
+        match msr {
+            0xC000_0101 => Some(c.kpcr),
+            0xC000_0082 => self.sys.k.sym("KiSystemCall64").ok(),
+            0x1B => Some(0xFEE0_0900),
+            _ => None,
+        }
+    }
+
+    fn stop_report(&mut self, reason: StopReason) -> StateChange64 {
+        self.freeze_clock();
+        match reason {
+            StopReason::BreakIn => self.break_state(0, status::BREAKPOINT),
+            StopReason::SwitchProcessor(cpu) => self.break_state(cpu, status::WAKE_SYSTEM_DEBUGGER),
+            StopReason::BugCheck(code) => {
+                let _ = scenario::write_bugcheck(&mut self.sys, code, [0, 0, 0, 0]);
+                self.break_state(0, status::BREAKPOINT)
+            }
+        }
+    }
+
+    fn resumed(&mut self) {
+        self.running_since = Some((Instant::now(), self.tick));
+        // Continuing past the break leaves the processor after the int3.
+        if let Some(c) = self.contexts.first_mut() {
+            let rip = c.reg(Reg::Rip);
+            let brk = self
+                .sys
+                .k
+                .sym("RtlpBreakWithStatusInstruction")
+                .unwrap_or(0);
+            if rip == brk {
+                c.set_reg(Reg::Rip, rip + 1);
+            }
+        }
+    }
+
+    fn rebooted(&mut self) {
+        match Machine::build(self.config.clone()) {
+            Ok(m) => *self = m,
+            Err(e) => tracing::warn!("the simulated machine could not be rebuilt: {e}"),
+        }
+    }
+
+    fn poll(&mut self, now: Instant) -> Option<Activity> {
+        self.maybe_start_hang(now);
+        if let Some(at) = self.bugcheck_at
+            && !self.bugchecked
+            && now >= at
+        {
+            self.bugchecked = true;
+            self.freeze_clock();
+            return Some(Activity::Stop(self.break_state(0, status::BREAKPOINT)));
+        }
+        if let Some(i) = self.prints.iter().position(|(t, _)| *t <= now) {
+            let (_, line) = self.prints.remove(i);
+            return Some(Activity::Print(line));
+        }
+        // A line now and then while running, as a busy kernel's drivers print: a second after
+        // start, then every ten seconds.
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + Duration::from_secs(10);
+            let line = self.facts.heartbeat.clone();
+            if !line.is_empty() {
+                return Some(Activity::Print(line));
+            }
+        }
+        None
+    }
+
+    fn processors(&self) -> u16 {
+        self.sys.cpus.len() as u16
+    }
+}
+
+/// A machine shared between its KD target and inspectors (tests read facts while it serves).
+pub type SharedMachine = Arc<Mutex<Machine>>;

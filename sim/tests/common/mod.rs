@@ -1,0 +1,40 @@
+//! Helpers shared by the simulator's tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use kdnet_sim::{Scenario, SimConfig, TableSource};
+
+/// ../shared, or None (with a note) when it is absent and not required.
+pub fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("KDNET_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    if dir.join("symbols").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
+        "no {}",
+        dir.display()
+    );
+    eprintln!("skipping: {} not found", dir.display());
+    None
+}
+
+/// A configuration for a build and scenario using the real tables.
+pub fn config(build: u32, scenario: Scenario, resources: u32) -> Option<SimConfig> {
+    let dir = shared()?;
+    Some(SimConfig {
+        build,
+        table: TableSource::Dir(dir.join("symbols")),
+        scenario,
+        cpus: 4,
+        resources,
+        hang_after: None,
+        bugcheck_after: None,
+        seed: 7,
+    })
+}
+
+pub const BUILDS: [u32; 3] = [7601, 17763, 20348];

@@ -1,0 +1,507 @@
+//! The host attaches to the simulator over real UDP on loopback, for each build and scenario,
+//! and checks with raw reads — offsets from the symbol table, no analysis code — that memory
+//! decodes to what the scenario planted.
+
+mod common;
+
+use std::time::Duration;
+
+use kdnet::host::{Host, HostConfig};
+use kdnet::kd::HostKdConfig;
+use kdnet::target::TargetConfig;
+use kdnet::wire::Key;
+use kdnet_sim::scenario::Facts;
+use kdnet_sim::{Scenario, SimConfig};
+use kdnet_symbols::{TypeTable, builtin, isf};
+
+struct Session {
+    host: Host,
+    nt: TypeTable,
+    facts: Facts,
+    _running: kdnet_sim::Running,
+    build: u32,
+}
+
+impl Session {
+    async fn u64(&self, a: u64) -> u64 {
+        u64::from_le_bytes(
+            self.host
+                .read_virtual(a, 8)
+                .await
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
+    }
+    async fn u32(&self, a: u64) -> u32 {
+        u32::from_le_bytes(
+            self.host
+                .read_virtual(a, 4)
+                .await
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
+    }
+    async fn phys_u64(&self, a: u64) -> u64 {
+        u64::from_le_bytes(
+            self.host
+                .read_physical(a, 8)
+                .await
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
+    }
+    fn off(&self, ty: &str, path: &str) -> u64 {
+        self.nt.offset(ty, path).unwrap_or_else(|e| panic!("{e}"))
+    }
+    fn sym(&self, base: u64, s: &str) -> u64 {
+        base + self.nt.symbol(s).unwrap_or_else(|| panic!("no {s}"))
+    }
+    /// Reads a field (by the table's width and bit position).
+    async fn field(&self, addr: u64, ty: &str, path: &str) -> u64 {
+        let f = self.nt.field(ty, path).unwrap();
+        let raw = self.u64(addr + f.offset).await;
+        match f.bits() {
+            Some((pos, len)) => (raw >> pos) & ((1u64 << len) - 1),
+            None => {
+                let size = self.nt.ty_size(&f.ty).unwrap();
+                if size >= 8 {
+                    raw
+                } else {
+                    raw & ((1u64 << (8 * size)) - 1)
+                }
+            }
+        }
+    }
+    /// Walks a LIST_ENTRY from `head`, returning the entry addresses (bounded).
+    async fn list(&self, head: u64, cap: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut e = self.u64(head).await;
+        while e != head && out.len() < cap {
+            out.push(e);
+            e = self.u64(e).await;
+        }
+        out
+    }
+}
+
+async fn attach(build: u32, scenario: Scenario) -> Option<Session> {
+    let config = common::config(build, scenario, 1500)?;
+    attach_config(config).await
+}
+
+async fn attach_config(config: SimConfig) -> Option<Session> {
+    let dir = common::shared()?;
+    let nt = match &config.table {
+        kdnet_sim::TableSource::Builtin => builtin::nt_demo(),
+        _ => {
+            let (_, guid, age, _) = kdnet_sim::layout::KNOWN_BUILDS
+                .iter()
+                .find(|b| b.0 == config.build)
+                .unwrap();
+            isf::load_file(&dir.join(format!("symbols/ntkrnlmp.pdb/{guid}-{age}.json.xz"))).unwrap()
+        }
+    };
+    let key = Key::parse("4.3.2.1").unwrap();
+    let mut hc = HostConfig::new("127.0.0.1:0".parse().unwrap(), key.clone());
+    hc.kd = HostKdConfig {
+        initial_rto: Duration::from_millis(50),
+        min_rto: Duration::from_millis(10),
+        max_rto: Duration::from_millis(500),
+        max_sends: 20,
+        reply_nudges: 2,
+    };
+    let host = Host::bind(hc).await.unwrap();
+    let mut tc = TargetConfig::new("127.0.0.1:0".parse().unwrap(), host.local_addr(), key);
+    tc.offer_interval = Duration::from_millis(200);
+    let build = config.build;
+    let bugcheck = config.scenario == Scenario::Bugcheck;
+    let running = kdnet_sim::start(config, tc, None).await.unwrap();
+    host.wait_connected(Duration::from_secs(10)).await.unwrap();
+    if bugcheck {
+        host.wait_stopped(Duration::from_secs(10)).await.unwrap();
+    } else {
+        host.break_in(Duration::from_secs(10)).await.unwrap();
+    }
+    Some(Session {
+        host,
+        nt,
+        facts: running.facts.clone(),
+        _running: running,
+        build,
+    })
+}
+
+/// What every machine must show: version, image identity, KDBG, page tables, processes,
+/// resources.
+async fn common_checks(s: &Session) {
+    let v = s.host.get_version().await.unwrap();
+    assert_eq!(u32::from(v.minor_version), s.build);
+    assert!(v.is_64bit());
+    let base = v.kern_base;
+    assert_eq!(v.ps_loaded_module_list, s.sym(base, "PsLoadedModuleList"));
+    // The image names its PDB: MZ → PE → debug directory → RSDS GUID/age of the table.
+    let mz = s.host.read_virtual(base, 0x40).await.unwrap();
+    assert_eq!(&mz[..2], b"MZ");
+    let pe = base + u64::from(u32::from_le_bytes(mz[0x3c..0x40].try_into().unwrap()));
+    assert_eq!(s.u32(pe).await, 0x4550);
+    let opt = pe + 24;
+    let dbg_rva = s.u32(opt + 112 + 6 * 8).await;
+    let dd = s
+        .host
+        .read_virtual(base + u64::from(dbg_rva), 0x1c)
+        .await
+        .unwrap();
+    assert_eq!(
+        u32::from_le_bytes(dd[12..16].try_into().unwrap()),
+        2,
+        "CODEVIEW"
+    );
+    let cv_rva = u32::from_le_bytes(dd[0x14..0x18].try_into().unwrap());
+    let cv = s
+        .host
+        .read_virtual(base + u64::from(cv_rva), 24 + 13)
+        .await
+        .unwrap();
+    assert_eq!(&cv[..4], b"RSDS");
+    let guid = kdnet_symbols::PdbId::guid_from_bytes(cv[4..20].try_into().unwrap());
+    let id = s.nt.id.as_ref().unwrap();
+    assert_eq!(guid, id.guid);
+    assert_eq!(u32::from_le_bytes(cv[20..24].try_into().unwrap()), id.age);
+    assert_eq!(&cv[24..36], b"ntkrnlmp.pdb");
+    // KDBG through DebuggerDataList; encoded on 8+ with KiWaitNever/KiWaitAlways.
+    let head = v.debugger_data_list;
+    let kdbg = s.u64(head).await;
+    assert_eq!(kdbg, s.sym(base, "KdDebuggerDataBlock"));
+    let flag_addr = s.sym(base, "KdpDataBlockEncoded");
+    let encoded = s.host.read_virtual(flag_addr, 1).await.unwrap()[0] == 1;
+    assert_eq!(encoded, s.build >= 9200);
+    let never = s.u64(s.sym(base, "KiWaitNever")).await;
+    let always = s.u64(s.sym(base, "KiWaitAlways")).await;
+    let word = |c: u64| {
+        if encoded {
+            always ^ (flag_addr ^ (c ^ never).rotate_left((never & 63) as u32)).swap_bytes()
+        } else {
+            c
+        }
+    };
+    let w2 = word(s.u64(kdbg + 0x10).await);
+    assert_eq!(w2 as u32, builtin::KDBG_TAG, "OwnerTag 'KDBG'");
+    assert!((w2 >> 32) >= 0x340);
+    assert_eq!(word(s.u64(kdbg + 0x18).await), base, "KernBase");
+    assert_eq!(
+        word(s.u64(kdbg + 0x50).await),
+        s.sym(base, "PsActiveProcessHead")
+    );
+    assert_eq!(
+        word(s.u64(kdbg + 0x60).await),
+        s.sym(base, "ExpSystemResourcesList")
+    );
+    let offs = word(s.u64(kdbg + 0x2a0).await);
+    assert_eq!(
+        (offs >> 16) & 0xffff,
+        s.off("_KTHREAD", "State"),
+        "OffsetKThreadState"
+    );
+    // Translate the kernel base over physical reads: CR3 from control space, 4 levels, a large
+    // page for the image.
+    let special = s.host.read_control_space(0, 2, 0xe0).await.unwrap();
+    let cr3 = u64::from_le_bytes(special[0x10..0x18].try_into().unwrap());
+    let mask = 0x000f_ffff_ffff_f000u64;
+    let pml4e = s.phys_u64((cr3 & mask) + 8 * ((base >> 39) & 0x1ff)).await;
+    assert_eq!(pml4e & 1, 1);
+    let pdpte = s
+        .phys_u64((pml4e & mask) + 8 * ((base >> 30) & 0x1ff))
+        .await;
+    let pde = s
+        .phys_u64((pdpte & mask) + 8 * ((base >> 21) & 0x1ff))
+        .await;
+    assert_eq!(pde & 0x81, 0x81, "the kernel image is on a large page");
+    let pa = (pde & mask & !0x1f_ffff) | (base & 0x1f_ffff);
+    assert_eq!(s.host.read_physical(pa, 2).await.unwrap(), b"MZ");
+    // Processes on PsActiveProcessHead (the Idle process is not on it).
+    let links = s.off("_EPROCESS", "ActiveProcessLinks");
+    let procs = s.list(s.sym(base, "PsActiveProcessHead"), 1000).await;
+    assert_eq!(procs.len(), s.facts.processes.len() - 1);
+    let names_at = s.off("_EPROCESS", "ImageFileName");
+    let first = procs[0] - links;
+    assert_eq!(
+        s.host.read_virtual(first + names_at, 6).await.unwrap(),
+        b"System"
+    );
+    assert_eq!(s.field(first, "_EPROCESS", "UniqueProcessId").await, 4);
+    // Every resource on the list.
+    let res = s.list(s.sym(base, "ExpSystemResourcesList"), 100_000).await;
+    assert_eq!(res.len() as u32, s.facts.total_resources);
+    // Non-resident memory: reads fail, and the PTE says why (page file / transition).
+    for (page, transition) in s
+        .facts
+        .paged_out
+        .iter()
+        .map(|p| (*p, false))
+        .chain(s.facts.transition.iter().map(|p| (*p, true)))
+    {
+        assert!(
+            s.host.read_virtual(page, 8).await.is_err(),
+            "{page:#x} reads"
+        );
+        let mut table = cr3 & mask;
+        let mut pte = 0;
+        for level in (0..4).rev() {
+            pte = s
+                .phys_u64(table + 8 * ((page >> (12 + 9 * level)) & 0x1ff))
+                .await;
+            if level > 0 {
+                assert_eq!(pte & 1, 1, "upper levels present");
+                table = pte & mask;
+            }
+        }
+        assert_eq!(pte & 1, 0, "not present");
+        assert_ne!(pte, 0);
+        assert_eq!(pte & (1 << 11) != 0, transition, "transition bit");
+    }
+    let swapped = s.facts.swapped_stack_thread.unwrap();
+    assert_eq!(s.field(swapped, "_KTHREAD", "KernelStackResident").await, 0);
+    let ks = s.field(swapped, "_KTHREAD", "KernelStack").await;
+    assert!(
+        s.host.read_virtual(ks, 8).await.is_err(),
+        "the swapped stack does not read"
+    );
+    // KUSER_SHARED_DATA's tick count is the simulated uptime.
+    let tick = s
+        .field(
+            0xfffff780_00000000,
+            "_KUSER_SHARED_DATA",
+            "TickCount.LowPart",
+        )
+        .await;
+    assert!(tick > 4 * 3600 * 64, "{tick}");
+}
+
+async fn held_locks(s: &Session) {
+    for h in &s.facts.held {
+        let r = h.address;
+        let active = s.field(r, "_ERESOURCE", "ActiveCount").await;
+        let flag = s.field(r, "_ERESOURCE", "Flag").await;
+        let owner = s.field(r, "_ERESOURCE", "OwnerEntry.OwnerThread").await;
+        match h.exclusive_owner {
+            Some(t) => {
+                assert_eq!(active, 1);
+                assert_eq!(flag & 0x80, 0x80);
+                assert_eq!(owner, t);
+            }
+            None => {
+                assert_eq!(active as usize, h.shared_owners.len());
+                assert_eq!(flag & 0x80, 0);
+                assert_eq!(owner, h.shared_owners[0]);
+            }
+        }
+        assert_eq!(
+            s.field(r, "_ERESOURCE", "ContentionCount").await,
+            u64::from(h.contention)
+        );
+        assert_eq!(
+            s.field(r, "_ERESOURCE", "NumberOfExclusiveWaiters").await as usize,
+            h.exclusive_waiters.len()
+        );
+        assert_eq!(
+            s.field(r, "_ERESOURCE", "NumberOfSharedWaiters").await as usize,
+            h.shared_waiters.len()
+        );
+        // Each exclusive waiter waits for the resource (WrResource) on an object tied to it.
+        for w in &h.exclusive_waiters {
+            assert_eq!(s.field(*w, "_KTHREAD", "State").await, 5);
+            assert_eq!(s.field(*w, "_KTHREAD", "WaitReason").await, 27);
+            let wb = s.field(*w, "_KTHREAD", "WaitBlockList").await;
+            let obj = s.field(wb, "_KWAIT_BLOCK", "Object").await;
+            assert_eq!(s.field(wb, "_KWAIT_BLOCK", "Thread").await, *w);
+            let waiters = s.field(r, "_ERESOURCE", "ExclusiveWaiters").await;
+            if s.build < 9200 {
+                assert_eq!(obj, waiters, "waits on the resource's event");
+                assert_eq!(
+                    s.host.read_virtual(obj, 1).await.unwrap()[0],
+                    1,
+                    "SynchronizationEvent"
+                );
+            } else {
+                // A wait-chain entry on the waiter's stack: its Event is the wait object.
+                let entry = obj - s.off("_KWAIT_CHAIN_ENTRY", "Event");
+                assert_eq!(s.field(entry, "_KWAIT_CHAIN_ENTRY", "Thread").await, *w);
+                let mut e = waiters;
+                let mut found = false;
+                for _ in 0..64 {
+                    if e == entry {
+                        found = true;
+                        break;
+                    }
+                    e = s.u64(e).await;
+                    if e == waiters {
+                        break;
+                    }
+                }
+                assert!(found, "the waiter's entry is on the resource's chain");
+                let stack_limit = s.field(*w, "_KTHREAD", "StackLimit").await;
+                let stack_base = s.field(*w, "_KTHREAD", "StackBase").await;
+                assert!(
+                    (stack_limit..stack_base).contains(&entry),
+                    "the entry is on the waiter's stack"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbl_hang() {
+    for build in common::BUILDS {
+        let Some(s) = attach(build, Scenario::NblHang).await else {
+            return;
+        };
+        common_checks(&s).await;
+        held_locks(&s).await;
+        let base = s.host.get_version().await.unwrap().kern_base;
+        assert_eq!(s.facts.held[0].address, s.sym(base, "PiEngineLock"));
+        assert_eq!(s.facts.held[1].address, s.sym(base, "IopDeviceTreeLock"));
+        let (t, secs) = s.facts.hung_thread.unwrap();
+        assert_eq!(s.field(t, "_KTHREAD", "WaitReason").await, 0, "Executive");
+        let now = s
+            .field(
+                0xfffff780_00000000,
+                "_KUSER_SHARED_DATA",
+                "TickCount.LowPart",
+            )
+            .await;
+        let since = s.field(t, "_KTHREAD", "WaitTime").await;
+        assert!(
+            now - since >= 4 * 60 * 64 && secs >= 240,
+            "waited {} ticks",
+            now - since
+        );
+        assert_eq!(s.facts.ndis.pending, 1854);
+        assert_eq!(s.facts.ndis.total, 3005);
+        assert_eq!(s.facts.ndis.pools, 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlock() {
+    for build in common::BUILDS {
+        let Some(s) = attach(build, Scenario::Deadlock).await else {
+            return;
+        };
+        common_checks(&s).await;
+        held_locks(&s).await;
+        let d = s.facts.deadlock.clone().unwrap();
+        // The mutant is owned by the first thread of the cycle; the third thread waits on it.
+        assert_eq!(
+            s.field(d.mutant, "_KMUTANT", "OwnerThread").await,
+            d.threads[0]
+        );
+        let wb = s.field(d.mutant_waiter, "_KTHREAD", "WaitBlockList").await;
+        assert_eq!(s.field(wb, "_KWAIT_BLOCK", "Object").await, d.mutant);
+        assert_eq!(d.queued.len(), 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_corruption() {
+    for build in common::BUILDS {
+        let Some(s) = attach(build, Scenario::PoolCorruption).await else {
+            return;
+        };
+        common_checks(&s).await;
+        let c = s.facts.corruption.clone().unwrap();
+        assert_eq!(
+            s.host.read_virtual(c.smashed_header, 16).await.unwrap(),
+            c.found
+        );
+        assert_eq!(&c.found[..8], b"ACMEFLT!");
+        // The block before it is intact and tagged by the driver.
+        let tag = s.u32(c.victim_of_overrun - 16 + 4).await;
+        assert_eq!(&tag.to_le_bytes(), b"AcBf");
+        // The special pool allocation ends at its page end; the next page is a guard page.
+        assert_eq!((c.special + 0x40) & 0xfff, 0);
+        assert!(s.host.read_virtual(c.special + 0x40, 1).await.is_err());
+        assert_eq!(
+            &s.u32((c.special & !0xfff) + 4).await.to_le_bytes(),
+            b"AcSp"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_failures() {
+    for build in common::BUILDS {
+        let Some(s) = attach(build, Scenario::CommitFailures).await else {
+            return;
+        };
+        common_checks(&s).await;
+        let base = s.host.get_version().await.unwrap().kern_base;
+        let (f0, f1) = if build < 9200 {
+            let a = s.sym(base, "MiChargeCommitmentFailures");
+            (s.u32(a).await, s.u32(a + 4).await)
+        } else {
+            let p = s.sym(base, "MiSystemPartition");
+            let a = p + s.off("_MI_PARTITION", "Vp.ChargeCommitmentFailures");
+            (s.u32(a).await, s.u32(a + 4).await)
+        };
+        assert_eq!(u64::from(f0) + u64::from(f1), 48_440);
+        assert_eq!(s.facts.commit_failures, 48_440);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bugcheck_and_healthy() {
+    for build in common::BUILDS {
+        let Some(s) = attach(build, Scenario::Bugcheck).await else {
+            return;
+        };
+        common_checks(&s).await;
+        let base = s.host.get_version().await.unwrap().kern_base;
+        let data = s
+            .host
+            .read_virtual(s.sym(base, "KiBugCheckData"), 40)
+            .await
+            .unwrap();
+        let q = |i: usize| u64::from_le_bytes(data[8 * i..8 * i + 8].try_into().unwrap());
+        let (code, params) = s.facts.bugcheck.unwrap();
+        assert_eq!(q(0), u64::from(code));
+        assert_eq!(code, 0x44);
+        assert_eq!([q(1), q(2), q(3), q(4)], params);
+        // The IRP is on the crashing thread's IRP list.
+        let irp = params[0];
+        let cur = u64::from_le_bytes(
+            s.host
+                .read_control_space(0, 3, 8)
+                .await
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        let head = cur + s.off("_ETHREAD", "IrpList");
+        assert_eq!(s.u64(head).await, irp + s.off("_IRP", "ThreadListEntry"));
+        let Some(h) = attach(build, Scenario::Healthy).await else {
+            return;
+        };
+        common_checks(&h).await;
+        let base = h.host.get_version().await.unwrap().kern_base;
+        assert_eq!(h.u64(h.sym(base, "KiBugCheckData")).await, 0);
+        assert!(h.facts.held.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_demo_table_attaches() {
+    if common::shared().is_none() {
+        return;
+    }
+    let mut c = SimConfig::demo();
+    c.resources = 1500;
+    let Some(s) = attach_config(c).await else {
+        return;
+    };
+    common_checks(&s).await;
+    held_locks(&s).await;
+}

@@ -1,0 +1,139 @@
+//! `kdnet`: Windows kernel debugging over the network.
+
+#[macro_use]
+mod out;
+mod analysis;
+mod bench;
+mod connect;
+mod decode;
+mod demo;
+mod duration;
+mod open;
+mod repl;
+mod run;
+mod sim;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes, as scripts expect them.
+pub mod exit {
+    /// Everything worked.
+    pub const OK: u8 = 0;
+    /// A command failed.
+    pub const FAILED: u8 = 1;
+    /// No target could be reached.
+    pub const NO_CONNECTION: u8 = 2;
+    /// The arguments were wrong.
+    pub const BAD_ARGUMENTS: u8 = 3;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kdnet",
+    version,
+    about = "Windows kernel debugging over the network (KDNET)",
+    long_about = "kdnet speaks the KDNET protocol (UDP, AES-256-CBC, HMAC-SHA256, KD packets, DBGKD APIs) \
+with a Windows machine booted with `bcdedit /dbgsettings net hostip:H port:P key:K`."
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug). Keys are never logged.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the simulated Windows kernel and this debugger in one process over encrypted KDNET on
+    /// loopback: handshake, break-in, version, kernel base, modules.
+    Demo(demo::Args),
+    /// Decode a pcap/pcapng capture (gzip too) of a KDNET session.
+    Decode {
+        /// The capture file.
+        file: PathBuf,
+        /// The session's key (a.b.c.d).
+        #[arg(long)]
+        key: String,
+        /// One JSON object per KDNET datagram instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run commands on a crash dump: `kdnet open memory.dmp -c "lm; k"`.
+    Open(open::Args),
+    /// Wait for a live target, break in, run commands, let it continue:
+    /// `kdnet run --port 50000 --key-file key.txt -c "lm; k"`.
+    Run(Box<run::Args>),
+    /// The interactive prompt on a live target:
+    /// `kdnet repl --port 50000 --key-file key.txt` (or `-k net:port=50000,key=…`).
+    Repl(Box<repl::Args>),
+    /// Run a simulated Windows target (booted with network debugging) for a debugger to attach.
+    Sim(Box<sim::Args>),
+    /// Measure: datagram sealing and opening per second, and memory-read throughput over a
+    /// loopback link with an injected delay, against the protocol limit.
+    Bench(bench::Args),
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KDNET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::OK
+                }
+                _ => exit::BAD_ARGUMENTS,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.verbose);
+    let verbose = cli.verbose > 0;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kdnet: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(a) => demo::run(a).await,
+            Command::Decode { file, key, json } => decode::run(&file, &key, json),
+            Command::Bench(a) => bench::run(a).await,
+            Command::Sim(a) => sim::run(*a).await,
+            Command::Open(a) => open::run(a, verbose).await,
+            Command::Run(a) => run::run(*a, verbose).await,
+            Command::Repl(a) => repl::run(*a, verbose).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kdnet: {e:#}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `kdnet sim`: a simulated Windows target booted with network debugging.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kdnet::link::LinkConfig;
+use kdnet::target::TargetConfig;
+use kdnet::wire::Key;
+use kdnet_sim::{Scenario, SimConfig, TableSource};
+
+use crate::{duration, exit};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The debugger's address (bcdedit hostip:/port:).
+    #[arg(long, default_value = "127.0.0.1:50000")]
+    host: SocketAddr,
+    /// The key (a.b.c.d). Without --key or --key-file a random key is made and printed.
+    #[arg(long)]
+    key: Option<String>,
+    /// Read the key from a file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Windows build: 7601, 17763 or 20348.
+    #[arg(long, default_value_t = 20348)]
+    build: u32,
+    /// A Volatility 3 symbol table (ISF) for the kernel.
+    #[arg(long)]
+    isf: Option<PathBuf>,
+    /// A directory of tables laid out as ntkrnlmp.pdb/<GUID>-<age>.json.xz.
+    #[arg(long)]
+    symbols: Option<PathBuf>,
+    /// nbl-hang, commit-failures, pool-corruption, deadlock, bugcheck or healthy.
+    #[arg(long, default_value = "nbl-hang")]
+    scenario: String,
+    /// Processors.
+    #[arg(long, default_value_t = 4)]
+    cpus: u16,
+    /// Executive resources in existence.
+    #[arg(long, default_value_t = kdnet_sim::scenario::NBL_HANG_RESOURCES)]
+    resources: u32,
+    /// Run healthy for this long, then the scenario begins.
+    #[arg(long, value_parser = duration::parse)]
+    hang_after: Option<Duration>,
+    /// For the bugcheck scenario: crash this long after start.
+    #[arg(long = "after", value_parser = duration::parse)]
+    bugcheck_after: Option<Duration>,
+    /// Reboot this long after start.
+    #[arg(long, value_parser = duration::parse)]
+    reboot_after: Option<Duration>,
+    /// Drop datagrams larger than this (a stack that sends one frame at most).
+    #[arg(long)]
+    max_datagram: Option<usize>,
+    /// One-way link latency.
+    #[arg(long, value_parser = duration::parse)]
+    latency: Option<Duration>,
+    /// Extra random delay per datagram, up to this.
+    #[arg(long, value_parser = duration::parse)]
+    jitter: Option<Duration>,
+    /// Probability a datagram is lost.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Probability a datagram is duplicated.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate: f64,
+    /// Probability a datagram is held back so later ones pass it.
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Seed of the machine and the link.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Local address to send from.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = duration::parse)]
+    duration: Option<Duration>,
+}
+
+fn probability(name: &str, p: f64) -> anyhow::Result<f64> {
+    anyhow::ensure!((0.0..=1.0).contains(&p), "--{name} must be between 0 and 1");
+    Ok(p)
+}
+
+pub async fn run(a: Args) -> anyhow::Result<u8> {
+    let Some(scenario) = Scenario::parse(&a.scenario) else {
+        eprintln!(
+            "kdnet sim: unknown scenario {:?}; choose one of {}",
+            a.scenario,
+            Scenario::ALL.map(|s| s.name()).join(", ")
+        );
+        return Ok(exit::BAD_ARGUMENTS);
+    };
+    let key = match (&a.key, &a.key_file) {
+        (Some(k), _) => Key::parse(k).context("--key")?,
+        (None, Some(f)) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            Key::parse(text.trim()).with_context(|| format!("the key in {}", f.display()))?
+        }
+        (None, None) => {
+            let k = Key::from_bytes(kdnet::rng::os_random_32());
+            outln!("key: {} (made for this run)", k.to_key_string());
+            k
+        }
+    };
+    let table = match (&a.isf, &a.symbols) {
+        (Some(p), _) => TableSource::File(p.clone()),
+        (None, Some(d)) => TableSource::Dir(d.clone()),
+        (None, None) => TableSource::Builtin,
+    };
+    let config = SimConfig {
+        build: a.build,
+        table,
+        scenario,
+        cpus: a.cpus.clamp(1, 64),
+        resources: a.resources,
+        hang_after: a.hang_after,
+        bugcheck_after: a.bugcheck_after,
+        seed: a.seed,
+    };
+    let link = if a.latency.is_some()
+        || a.jitter.is_some()
+        || a.loss > 0.0
+        || a.duplicate > 0.0
+        || a.reorder > 0.0
+    {
+        Some(LinkConfig {
+            latency: a.latency.unwrap_or_default(),
+            jitter: a.jitter.unwrap_or_default(),
+            loss: probability("loss", a.loss)?,
+            duplicate: probability("duplicate", a.duplicate)?,
+            reorder: probability("reorder", a.reorder)?,
+            corrupt: 0.0,
+            seed: a.seed,
+        })
+    } else {
+        None
+    };
+    let mut tc = TargetConfig::new(a.bind, a.host, key);
+    tc.max_datagram = a.max_datagram;
+    let running = match kdnet_sim::start(config.clone(), tc, link).await {
+        Ok(r) => r,
+        Err(kdnet_sim::StartError::Build(e)) => {
+            eprintln!("kdnet sim: {e}");
+            return Ok(exit::BAD_ARGUMENTS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let f = &running.facts;
+    outln!(
+        "simulated Windows {} (build {}), scenario {}, {} processors: {} processes, {} threads, {} executive resources; built in {:.2?}",
+        kdnet_sim::layout::version_string(a.build).unwrap_or("?"),
+        a.build,
+        scenario,
+        config.cpus,
+        f.processes.len(),
+        f.threads,
+        f.total_resources,
+        running.build_time
+    );
+    outln!(
+        "target {} offers to {} every 3 s{}",
+        running.target.local_addr(),
+        a.host,
+        match &running.relay {
+            Some(r) => format!(" (through an impaired link at {})", r.target_side()),
+            None => String::new(),
+        }
+    );
+    if let Some(h) = a.hang_after {
+        outln!("the {scenario} condition begins after {h:?}");
+    }
+    let started = std::time::Instant::now();
+    let mut rebooted = false;
+    loop {
+        let tick = tokio::time::sleep(Duration::from_millis(200));
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick => {}
+        }
+        if let Some(d) = a.duration
+            && started.elapsed() >= d
+        {
+            break;
+        }
+        if let Some(r) = a.reboot_after
+            && !rebooted
+            && started.elapsed() >= r
+        {
+            rebooted = true;
+            outln!("rebooting");
+            running.target.reboot().await;
+        }
+    }
+    let stats = running.target.shutdown().await;
+    outln!("target counters:\n{}", stats.report());
+    if let Some(r) = &running.relay {
+        outln!("link: {:?}", r.stats());
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,416 @@
+//! The `kdnet` binary end to end: the demo, `decode` on the real capture, and its errors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn kdnet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kdnet"))
+}
+
+fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("KDNET_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    if dir.join("captures").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
+        "KDNET_REQUIRE_SHARED is set but {} has no captures",
+        dir.display()
+    );
+    eprintln!("skipping: {} not found", dir.display());
+    None
+}
+
+#[test]
+fn demo_shows_handshake_break_in_and_reads() {
+    let out = kdnet().arg("demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("handshake with 127.0.0.1:"), "{text}");
+    assert!(text.contains("break-in: exception 0x80000003"), "{text}");
+    assert!(
+        text.contains("Windows 10 Kernel Version 20348 MP (4 procs)"),
+        "{text}"
+    );
+    assert!(text.contains("Kernel base = 0xfffff805`5c400000"), "{text}");
+    assert!(text.contains("17 loaded modules"), "{text}");
+    assert!(
+        text.contains("ntoskrnl.exe") && text.contains("myeth1g.sys"),
+        "{text}"
+    );
+    assert!(text.contains("continued"), "{text}");
+}
+
+#[test]
+fn decode_json_has_the_documented_fields() {
+    let Some(dir) = shared() else { return };
+    let out = kdnet()
+        .args(["decode", "--json", "--key", "8.8.8.8"])
+        .arg(dir.join("captures/windbg-uncut.pcapng.gz"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 955);
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["n"], i + 1);
+        assert_eq!(v["authenticated"], true);
+        assert!(v["channel"] == "control" || v["channel"] == "data");
+    }
+    // The GetVersion reply.
+    let gv = &lines[11];
+    assert_eq!(gv["kd_type"], 2);
+    assert_eq!(gv["kd_id"], 4);
+    assert_eq!(gv["kd_leader"], 0x30303030u32);
+    assert_eq!(gv["api"], 0x3146);
+    assert_eq!(gv["status"], 0);
+    assert_eq!(gv["body"]["minor_version"], 10586);
+    // A read: address and transfer count.
+    let read = lines
+        .iter()
+        .find(|v| v["api"] == 0x3130 && v["address"] == 0xAD5E60u64)
+        .unwrap();
+    assert_eq!(read["transfer_count"], 16);
+    // DbgPrint text and a state change.
+    assert_eq!(lines[3]["text"], "BD: Boot Debugger Initialized\n");
+    assert_eq!(lines[7]["new_state"], 0x3031);
+    // File I/O names.
+    assert!(lines.iter().any(|v| {
+        v["file_io"]["op"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("kdnet.dll"))
+    }));
+}
+
+#[test]
+fn decode_with_the_wrong_key_hints_at_the_key() {
+    let Some(dir) = shared() else { return };
+    let out = kdnet()
+        .args(["decode", "--key", "1.2.3.4"])
+        .arg(dir.join("captures/windbg-uncut.pcapng.gz"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 955);
+    assert!(text.lines().all(|l| l.contains("NOT AUTHENTICATED")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the key is probably wrong"), "{err}");
+}
+
+#[test]
+fn decode_errors_are_messages_with_exit_codes() {
+    let dir = std::env::temp_dir().join(format!("kdnet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A pcap whose only record runs past the end.
+    let mut pcap = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    pcap.extend_from_slice(&65535u32.to_le_bytes());
+    pcap.extend_from_slice(&1u32.to_le_bytes());
+    pcap.extend_from_slice(&[0; 8]);
+    pcap.extend_from_slice(&100u32.to_le_bytes());
+    pcap.extend_from_slice(&100u32.to_le_bytes());
+    pcap.extend_from_slice(&[0; 10]);
+    let f = dir.join("cut.pcap");
+    std::fs::write(&f, &pcap).unwrap();
+    let out = kdnet()
+        .args(["decode", "--key", "1.1.1.1"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("byte offset 24"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // A bad key is a bad argument.
+    let out = kdnet()
+        .args(["decode", "--key", "1.2.x!.4"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("group 3"));
+    // An unknown subcommand too.
+    assert_eq!(
+        kdnet().arg("frobnicate").output().unwrap().status.code(),
+        Some(3)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sim_runs_and_prints_its_counters() {
+    let out = kdnet()
+        .args([
+            "sim",
+            "--host",
+            "127.0.0.1:9",
+            "--key",
+            "1.2.3.4",
+            "--scenario",
+            "deadlock",
+            "--resources",
+            "500",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("scenario deadlock"), "{text}");
+    assert!(text.contains("500 executive resources"), "{text}");
+    assert!(text.contains("offers to 127.0.0.1:9"), "{text}");
+    assert!(
+        text.contains("target counters:") && text.contains("offers 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sim_refuses_bad_arguments() {
+    let out = kdnet()
+        .args(["sim", "--scenario", "meltdown"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario"));
+    // Build 7601 needs its table; the built-in one is 20348.
+    let out = kdnet()
+        .args(["sim", "--build", "7601", "--key", "1.1.1.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("covers build 20348 only"));
+    let out = kdnet()
+        .args(["sim", "--loss", "2", "--key", "1.1.1.1"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn open_runs_commands_on_the_triage_dump() {
+    let Some(dir) = shared() else { return };
+    let dump = dir.join("dumps/triage_x64.dmp");
+    let pdbs = dir.join("pdbs");
+    let out = kdnet()
+        .args([
+            "open",
+            dump.to_str().unwrap(),
+            "--symbols",
+            pdbs.to_str().unwrap(),
+        ])
+        .args(["-c", "k; lm m amdppm; r rip"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Bugcheck 1000007E (ffffffffc0000005, fffff8048b58334c"),
+        "{text}"
+    );
+    assert!(text.contains("0: kd> k\n"), "{text}");
+    assert!(
+        text.contains("03 ffff8504`298921b0 fffff804`8b5a83f6     amdppm!InitAcpiCpc+0x317"),
+        "{text}"
+    );
+    assert!(text.contains("amdppm     (pdb symbols)"), "{text}");
+    assert!(text.contains("rip=fffff8048b58334c"), "{text}");
+
+    // JSON lines: the target, then one object per command with its cost.
+    let out = kdnet()
+        .args([
+            "open",
+            dump.to_str().unwrap(),
+            "--json",
+            "-c",
+            "lm; frobnicate",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a failed command fails the run");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["target"]["build"], 19041);
+    assert_eq!(lines[0]["target"]["bugcheck"]["code"], 0x1000_007e);
+    assert_eq!(lines[1]["command"], "lm");
+    assert_eq!(lines[1]["result"]["modules"].as_array().unwrap().len(), 151);
+    assert!(lines[1]["cost"]["round_trips"].is_u64());
+    assert_eq!(lines[2]["error"], "no such command: frobnicate");
+
+    let out = kdnet()
+        .args(["open", "/nonexistent.dmp", "-c", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent.dmp"));
+}
+
+#[test]
+fn run_attaches_to_a_live_target_runs_commands_and_lets_it_go() {
+    let port = free_udp_port();
+    let dir = std::env::temp_dir().join(format!("kdnet-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key.txt");
+    std::fs::write(&key_file, "9.8.7.6\n").unwrap();
+    let mut sim = kdnet()
+        .args([
+            "sim",
+            "--host",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            "9.8.7.6",
+        ])
+        .args(["--resources", "500", "--duration", "60s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = kdnet()
+        .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--connect-timeout",
+            "30s",
+        ])
+        .args([
+            "-c",
+            "lm; k; ? nt; dt nt!_KPRCB poi(nt!KiProcessorBlock) Number",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(
+        err.contains("Connected to target 127.0.0.1 on port"),
+        "{err}"
+    );
+    assert!(err.contains("the target continues"), "{err}");
+    assert!(text.contains("Kernel symbols: built-in"), "{text}");
+    assert!(text.contains("nt         (pdb symbols)"), "{text}");
+    assert!(text.contains("ndis       (deferred)"), "{text}");
+    assert!(
+        text.contains(" # Child-SP          RetAddr               Call Site"),
+        "{text}"
+    );
+    assert!(text.contains("Evaluate expression: "), "{text}");
+    assert!(text.contains("Number : 0"), "{text}");
+    sim.kill().ok();
+    sim.wait().ok();
+
+    // Nobody there: exit code 2 within the timeout, saying what was tried.
+    let started = std::time::Instant::now();
+    let out = kdnet()
+        .args([
+            "run",
+            "--port",
+            &free_udp_port().to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--key", "1.2.3.4", "--connect-timeout", "1s", "-c", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no target connected"), "{err}");
+    assert!(err.contains("shows in the process list"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+    // No key, or two keys: bad arguments.
+    let out = kdnet()
+        .args(["run", "--port", "1", "-c", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn run_answers_the_hang_commands_as_json() {
+    let port = free_udp_port();
+    let mut sim = kdnet()
+        .args([
+            "sim",
+            "--host",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            "7.7.7.7",
+        ])
+        .args(["--resources", "3000", "--duration", "60s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = kdnet()
+        .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--key-env",
+            "KDNET_TEST_KEY",
+            "--connect-timeout",
+            "30s",
+            "--json",
+        ])
+        .args([
+            "--max-seconds",
+            "60",
+            "-c",
+            "!locks; !ndiskd.pendingnbls; !vm 1",
+        ])
+        .env("KDNET_TEST_KEY", "7.7.7.7")
+        .output()
+        .unwrap();
+    sim.kill().ok();
+    sim.wait().ok();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[1]["result"]["total_locks"], 3000);
+    assert_eq!(lines[1]["result"]["held"][0]["symbol"], "nt!PiEngineLock");
+    assert_eq!(lines[2]["result"]["pending"], 1854);
+    assert_eq!(
+        lines[2]["result"]["holders"][0]["name"],
+        "My Ethernet 1Gb 4-port Adapter"
+    );
+    assert_eq!(lines[3]["result"]["commit_failures"], 0);
+    assert!(lines[1]["cost"]["round_trips"].as_u64().unwrap() > 0);
+}
