@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -28,7 +28,7 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::{DefaultHistory, History};
 use rustyline::validate::Validator;
-use rustyline::{CompletionType, Config, Editor, ExternalPrinter, Helper};
+use rustyline::{CompletionType, Config, Editor, Helper};
 
 use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
@@ -112,6 +112,10 @@ pub trait Control {
     fn reboot(&mut self) -> Result<(), String>;
     /// Leaves: the target continues unless `leave_stopped`.
     fn detach(&mut self, leave_stopped: bool);
+    /// The session, for a live target.
+    fn host(&self) -> Option<Host> {
+        None
+    }
 }
 
 /// A dump file: always stopped, never runs.
@@ -158,6 +162,9 @@ impl Control for LiveControl {
     fn live(&self) -> bool {
         true
     }
+    fn host(&self) -> Option<Host> {
+        Some(self.host.clone())
+    }
     fn stopped(&self) -> bool {
         self.host.state().run == RunState::Stopped
     }
@@ -202,24 +209,12 @@ impl Control for LiveControl {
     }
 }
 
-/// Where text from other threads goes while the prompt waits (above the prompt line when the
-/// terminal allows it).
-type PrinterSlot = Arc<Mutex<Option<Box<dyn ExternalPrinter + Send>>>>;
-
-fn emit(slot: &PrinterSlot, text: String) {
-    let text = if text.ends_with('\n') {
-        text
+/// Text from other threads while the prompt waits: on a line of its own.
+fn emit(text: String) {
+    if text.ends_with('\n') {
+        eprint!("{text}");
     } else {
-        format!("{text}\n")
-    };
-    let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
-    match g.as_mut() {
-        Some(p) => {
-            if p.print(text.clone()).is_err() {
-                eprint!("{text}");
-            }
-        }
-        None => eprint!("{text}"),
+        eprintln!("{text}");
     }
 }
 
@@ -407,6 +402,40 @@ fn save_history(editor: &Editor<KdHelper, DefaultHistory>, path: &Path) -> std::
     })
 }
 
+/// The terminal's mode when the prompt started, put back before each command runs: the line
+/// editor leaves raw mode on its way out, but if that fails the terminal would stay raw and
+/// Ctrl-C would no longer interrupt a command.
+struct TerminalMode {
+    #[cfg(unix)]
+    saved: Option<libc::termios>,
+}
+
+impl TerminalMode {
+    fn capture() -> TerminalMode {
+        #[cfg(unix)]
+        {
+            // SAFETY: tcgetattr fills the termios it is given; zeroed is a valid starting value.
+            let mut t: libc::termios = unsafe { std::mem::zeroed() };
+            let ok = unsafe { libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 };
+            TerminalMode {
+                saved: ok.then_some(t),
+            }
+        }
+        #[cfg(not(unix))]
+        TerminalMode {}
+    }
+
+    fn restore(&self) {
+        #[cfg(unix)]
+        if let Some(t) = &self.saved {
+            // SAFETY: t came from tcgetattr on the same descriptor.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, t);
+            }
+        }
+    }
+}
+
 /// Settings of one prompt session.
 pub struct Session {
     /// Output style.
@@ -419,13 +448,12 @@ pub struct Session {
     pub cancel: Arc<AtomicBool>,
     /// Whether a command runs now.
     pub busy: Arc<AtomicBool>,
-    /// Where other threads print.
-    pub printer: PrinterSlot,
 }
 
 /// Runs the prompt until `q` or end of input; the exit code.
 pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
     let engine: Rc<RefCell<Option<Engine>>> = Rc::new(RefCell::new(None));
+    let terminal = TerminalMode::capture();
     let config = Config::builder()
         .auto_add_history(false)
         .completion_type(CompletionType::List)
@@ -445,11 +473,12 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
     if let Some(h) = &history {
         load_history(&mut editor, h);
     }
-    if let Ok(p) = editor.create_external_printer() {
-        *s.printer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(p));
-    }
+    // Output from other threads (DbgPrint, stops) goes straight to stderr. The line editor's
+    // external printer is not used: with it, the editor waits on the terminal with bytes of a
+    // fast typist or a paste already read, and stalls until the next key.
     let mut style = s.style;
     style.echo = !std::io::IsTerminal::is_terminal(&std::io::stdin());
+    watch_interrupts(control.host(), s.cancel.clone(), s.busy.clone());
     let mut vars = HashMap::new();
     let mut leave_stopped = s.prompt.leave_stopped;
     let mut seen_stop = u64::MAX;
@@ -509,6 +538,7 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                 break;
             }
         };
+        terminal.restore();
         let t = line.trim();
         if t.is_empty() {
             continue;
@@ -572,7 +602,6 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
     {
         eprintln!("kdnet: could not save the history to {}: {e}", h.display());
     }
-    *s.printer.lock().unwrap_or_else(|p| p.into_inner()) = None;
     control.detach(leave_stopped);
     exit::OK
 }
@@ -585,15 +614,34 @@ fn break_in(control: &mut dyn Control) {
 }
 
 /// Ctrl-C outside the line editor (while a command runs, or when input is not a terminal):
-/// cancels the running command, or breaks into a running target.
+/// cancels the running command, or breaks into a running target. Call it after the line
+/// editor exists: the editor installs its own SIGINT handler, and this registration must come
+/// after it to be the one that runs.
 fn watch_interrupts(host: Option<Host>, cancel: Arc<AtomicBool>, busy: Arc<AtomicBool>) {
+    #[cfg(unix)]
+    let mut sigint = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kdnet: Ctrl-C will not cancel commands: {e}");
+            return;
+        }
+    };
     tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
+        loop {
+            #[cfg(unix)]
+            if sigint.recv().await.is_none() {
+                break;
+            }
+            #[cfg(not(unix))]
+            if tokio::signal::ctrl_c().await.is_err() {
+                break;
+            }
             if busy.load(Ordering::SeqCst) {
                 cancel.store(true, Ordering::SeqCst);
                 eprintln!("^C: cancelling the command");
             } else if let Some(h) = &host {
-                if h.state().run == RunState::Running {
+                if h.state().run != RunState::Stopped {
                     eprintln!("^C: breaking in");
                     if let Err(e) = h.break_in(Duration::from_secs(10)).await {
                         eprintln!("kdnet: could not break in: {e}");
@@ -607,21 +655,19 @@ fn watch_interrupts(host: Option<Host>, cancel: Arc<AtomicBool>, busy: Arc<Atomi
 }
 
 /// Prints the target's DbgPrint output and stops as they happen.
-fn watch_events(host: &Host, printer: PrinterSlot) {
+fn watch_events(host: &Host) {
     let mut rx = host.subscribe();
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(HostEvent::DebugPrint { text, .. }) => emit(&printer, text),
-                Ok(HostEvent::StateChange(sc)) => emit(&printer, describe(&sc)),
-                Ok(HostEvent::KeyMismatch { from }) => emit(
-                    &printer,
-                    format!("kdnet: datagrams from {from} do not authenticate (wrong key?)"),
-                ),
-                Ok(HostEvent::Connected { target, reason }) => emit(
-                    &printer,
-                    format!("Connected to target {target} ({reason:?})"),
-                ),
+                Ok(HostEvent::DebugPrint { text, .. }) => emit(text),
+                Ok(HostEvent::StateChange(sc)) => emit(describe(&sc)),
+                Ok(HostEvent::KeyMismatch { from }) => emit(format!(
+                    "kdnet: datagrams from {from} do not authenticate (wrong key?)"
+                )),
+                Ok(HostEvent::Connected { target, reason }) => {
+                    emit(format!("Connected to target {target} ({reason:?})"))
+                }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => break,
@@ -637,16 +683,16 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         Ok(h) => h,
         Err(code) => return Ok(code),
     };
-    let printer: PrinterSlot = Arc::new(Mutex::new(None));
     let cancel = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));
-    watch_events(&host, printer.clone());
-    watch_interrupts(Some(host.clone()), cancel.clone(), busy.clone());
+    watch_events(&host);
     if !a.no_break {
         if let Err(e) = host.break_in(Duration::from_secs(10)).await {
             eprintln!("kdnet: the target did not stop: {e}");
             return Ok(exit::NO_CONNECTION);
         }
+    } else if let Some(sc) = host.probe_stopped(Duration::from_secs(1)).await {
+        eprintln!("kdnet: the target is already stopped ({})", describe(&sc));
     } else {
         eprintln!("kdnet: the target runs; Ctrl-C or .break stops it");
     }
@@ -660,7 +706,6 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         prompt: a.prompt.clone(),
         cancel,
         busy,
-        printer,
     };
     let mut control = LiveControl {
         host,
@@ -682,9 +727,7 @@ pub fn run_dump(engine: Engine, style: Style, prompt_args: PromptArgs) -> u8 {
         prompt: prompt_args,
         cancel: cancel.clone(),
         busy: busy.clone(),
-        printer: Arc::new(Mutex::new(None)),
     };
-    watch_interrupts(None, cancel, busy);
     let mut control = DumpControl {
         engine: Some(engine),
     };

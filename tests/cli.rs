@@ -1,11 +1,10 @@
 //! The `kdnet` binary end to end: the demo, `decode` on the real capture, and its errors.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn kdnet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kdnet"))
-}
+use std::path::PathBuf;
+
+use common::{free_udp_port, kdnet};
 
 fn shared() -> Option<PathBuf> {
     let dir = std::env::var_os("KDNET_SHARED")
@@ -200,14 +199,6 @@ fn sim_refuses_bad_arguments() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -114,7 +114,11 @@ fn pos_of(full: &str, rest: &str) -> Pos {
     let at = full.len() - rest.len();
     let before = &full[..at];
     let line = before.matches('\n').count() + 1;
-    let column = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    // Columns count characters, as an editor shows them.
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
     Pos { line, column }
 }
 

@@ -167,3 +167,36 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The script language: any text parses or fails with a position inside the text; running
+    /// substitution over it never panics either.
+    #[test]
+    fn scripts_parse_or_say_where(
+        parts in prop::collection::vec(
+            prop::sample::select(vec![
+                "$x", "$x.held[0].owners", " = ", "!locks", ".foreach", " (", "t", " in ", ")",
+                " {", "}", ".if", ".else", ".echo hi $t", ".time", " 5", ".snapshot", " a-b",
+                ";", "\n", "$$ c\n", "\"", "==", " > ", "0n12", "é", "{{", "[", "]", "..",
+            ]),
+            0..40,
+        )
+    ) {
+        let text: String = parts.concat();
+        match kdnet_commands::script::parse(&text) {
+            Ok(_) => {}
+            Err(e) => {
+                let lines = text.split('\n').count();
+                prop_assert!(e.pos.line >= 1 && e.pos.line <= lines, "{e} in {text:?}");
+                prop_assert!(e.pos.column >= 1, "{e}");
+                let line = text.split('\n').nth(e.pos.line - 1).unwrap_or("");
+                prop_assert!(e.pos.column <= line.chars().count() + 1, "{e} in {text:?}");
+            }
+        }
+        let mut vars = std::collections::HashMap::new();
+        vars.insert("x".to_string(), serde_json::json!({"held": [{"owners": [1, 2]}]}));
+        let _ = kdnet_commands::script::substitute(&text, &vars);
+    }
+}

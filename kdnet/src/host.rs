@@ -220,6 +220,8 @@ enum Command {
         done: oneshot::Sender<Result<(), HostError>>,
     },
     BreakIn,
+    /// RESET: a stopped target sends its state change again.
+    Reset,
     /// A continue went unacknowledged and the target no longer answers: it runs.
     AssumeRunning(oneshot::Sender<()>),
 }
@@ -391,11 +393,21 @@ impl Host {
             return Ok(stop);
         }
         let deadline = Instant::now() + timeout;
+        let mut tries = 0u32;
         loop {
             self.tx
                 .send(Command::BreakIn)
                 .await
                 .map_err(|_| HostError::Closed)?;
+            tries += 1;
+            // A target that is already stopped (another debugger left it so) ignores the
+            // break-in byte; when it is not known to run, a RESET makes it say so.
+            if tries.is_multiple_of(4) && self.state().run == RunState::Unknown {
+                self.tx
+                    .send(Command::Reset)
+                    .await
+                    .map_err(|_| HostError::Closed)?;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(HostError::Timeout {
@@ -412,6 +424,20 @@ impl Host {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Asks a newly connected target whether it is stopped (another debugger may have left it
+    /// so) with a RESET, which a stopped target answers with its state change. Does not break
+    /// in: a running target ignores it.
+    pub async fn probe_stopped(&self, wait: Duration) -> Option<StateChange64> {
+        if let Some(stop) = self.stopped() {
+            return Some(stop);
+        }
+        if self.state().run == RunState::Running {
+            return None;
+        }
+        self.tx.send(Command::Reset).await.ok()?;
+        self.wait_stopped(wait).await.ok()
     }
 
     fn stopped(&self) -> Option<StateChange64> {
@@ -869,6 +895,7 @@ impl Driver {
     fn on_command(&mut self, c: Command) {
         match c {
             Command::BreakIn => self.kd.break_in(),
+            Command::Reset => self.kd.announce_reset(),
             Command::AssumeRunning(done) => {
                 self.state.send_modify(|s| {
                     s.run = RunState::Running;
@@ -1141,6 +1168,15 @@ impl Driver {
                 let Ok(sc) = StateChange64::decode(&p.data) else {
                     return;
                 };
+                // The same report again while stopped: the target repeated it after a RESET,
+                // as Windows does; it did not run in between, and what was read still holds.
+                let repeat = {
+                    let s = self.state.borrow();
+                    s.run == RunState::Stopped && s.stop.as_ref() == Some(&sc)
+                };
+                if repeat {
+                    return;
+                }
                 self.state.send_modify(|s| {
                     s.run = RunState::Stopped;
                     s.stop = Some(sc.clone());

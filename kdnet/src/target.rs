@@ -293,9 +293,11 @@ impl TargetHandle {
             next_offer: now,
             breakpoints: BTreeMap::new(),
             reboot_pending: false,
+            last_stop: None,
         };
         if driver.config.start_stopped {
             let sc = driver.handler.stop_report(StopReason::BreakIn);
+            driver.last_stop = Some(sc.encode());
             driver
                 .kd
                 .send(PacketType::StateChange64, sc.encode(), true, now);
@@ -356,6 +358,8 @@ struct TargetDriver {
     breakpoints: BTreeMap<u32, u64>,
     /// A reboot asked for by the debugger, done once its ACK is on the wire.
     reboot_pending: bool,
+    /// The last state change reported, sent again when a debugger RESETs a stopped target.
+    last_stop: Option<Vec<u8>>,
 }
 
 impl TargetDriver {
@@ -442,6 +446,7 @@ impl TargetDriver {
             Activity::Stop(sc) => {
                 if self.is_running() {
                     self.set_running(false);
+                    self.last_stop = Some(sc.encode());
                     self.kd
                         .send(PacketType::StateChange64, sc.encode(), true, now);
                 }
@@ -520,8 +525,17 @@ impl TargetDriver {
                     self.stats().break_ins += 1;
                     self.set_running(false);
                     let sc = self.handler.stop_report(StopReason::BreakIn);
+                    self.last_stop = Some(sc.encode());
                     self.kd
                         .send(PacketType::StateChange64, sc.encode(), true, Instant::now());
+                }
+                TargetKdEvent::HostReset { .. } if !self.is_running() && self.kd.idle() => {
+                    // Stopped in the debugger loop with nothing in flight: a (new) debugger
+                    // is told again why the machine stopped, as Windows does.
+                    if let Some(sc) = self.last_stop.clone() {
+                        self.kd
+                            .send(PacketType::StateChange64, sc, true, Instant::now());
+                    }
                 }
                 TargetKdEvent::Packet(p) if p.kind == PacketType::StateManipulate => {
                     if self.is_running() {
@@ -559,6 +573,7 @@ impl TargetDriver {
 
     fn stop(&mut self, reason: StopReason) {
         let sc = self.handler.stop_report(reason);
+        self.last_stop = Some(sc.encode());
         self.kd
             .send(PacketType::StateChange64, sc.encode(), true, Instant::now());
     }

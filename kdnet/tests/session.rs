@@ -539,3 +539,58 @@ async fn continue_survives_lost_acknowledgements() {
     );
     target.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debugger_attaching_to_a_stopped_target_learns_it_is_stopped() {
+    // One debugger breaks in and leaves without letting the target go on.
+    let first = Host::bind(fast_host("127.0.0.1:0".parse().unwrap(), "1.2.3.4"))
+        .await
+        .unwrap();
+    let bind = first.local_addr();
+    let target = target_to(bind, "1.2.3.4", Arc::new(Mutex::new(Vec::new()))).await;
+    first.wait_connected(Duration::from_secs(5)).await.unwrap();
+    let stop = first.break_in(Duration::from_secs(5)).await.unwrap();
+    first.get_version().await.unwrap();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!target.is_running());
+    // The next one does not know; a RESET makes the target repeat why it stopped, and the
+    // repeat of the same report is not taken for a new stop.
+    let second = Host::bind(fast_host(bind, "1.2.3.4")).await.unwrap();
+    second.wait_connected(Duration::from_secs(5)).await.unwrap();
+    let again = second
+        .probe_stopped(Duration::from_secs(2))
+        .await
+        .expect("the stopped target answers the RESET");
+    assert_eq!(again, stop);
+    assert_eq!(second.state().stops, 1);
+    second.get_version().await.unwrap();
+    assert_eq!(
+        second.state().stops,
+        1,
+        "a repeated report is not a new stop"
+    );
+    // break_in on it returns at once, and it still serves requests.
+    assert_eq!(second.break_in(Duration::from_secs(1)).await.unwrap(), stop);
+    second.resume(status::DBG_CONTINUE).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(target.is_running());
+    // A running target does not answer the probe.
+    let third = Host::bind(fast_host("127.0.0.1:0".parse().unwrap(), "1.2.3.4"))
+        .await
+        .unwrap();
+    let t2 = target_to(
+        third.local_addr(),
+        "1.2.3.4",
+        Arc::new(Mutex::new(Vec::new())),
+    )
+    .await;
+    third.wait_connected(Duration::from_secs(5)).await.unwrap();
+    assert!(
+        third
+            .probe_stopped(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    assert!(t2.is_running());
+}

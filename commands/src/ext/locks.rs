@@ -258,11 +258,13 @@ pub fn walk(k: &mut Kernel, verbose: bool, only: Option<u64>) -> Result<Locks, M
         }
         match held_from(k, &v) {
             Ok(h) => out.held.push(h),
-            Err(ModelError::Target(TargetError::OutOfTime | TargetError::Cancelled)) => {
-                out.note = Some(format!(
-                    "stopped after {} resources: the time budget ran out",
-                    out.total
-                ));
+            Err(ModelError::Target(e @ (TargetError::OutOfTime | TargetError::Cancelled))) => {
+                let why = if matches!(e, TargetError::Cancelled) {
+                    "cancelled"
+                } else {
+                    "the time budget ran out"
+                };
+                out.note = Some(format!("stopped after {} resources: {why}", out.total));
                 break;
             }
             Err(e) => {

@@ -249,6 +249,17 @@ impl HostKd {
         self.transmit.push_back(vec![BREAK_IN]);
     }
 
+    /// Queues a RESET announcing our next id, unless a packet is outstanding. A target stopped
+    /// in its debugger loop answers by sending its state change again: that is how a debugger
+    /// attaching to a machine another debugger left stopped learns that it is stopped.
+    pub fn announce_reset(&mut self) {
+        if self.outstanding.is_none() {
+            self.reset_needed = false;
+            let id = self.next_id;
+            self.push_control(PacketType::Reset, id);
+        }
+    }
+
     /// Queues a RESEND (asks the target for its pending packet).
     pub fn request_resend(&mut self) {
         self.push_control(PacketType::Resend, 0);
