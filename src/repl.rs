@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -28,7 +28,7 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::{DefaultHistory, History};
 use rustyline::validate::Validator;
-use rustyline::{CompletionType, Config, Editor, Helper};
+use rustyline::{CompletionType, Config, Editor, ExternalPrinter, Helper};
 
 use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
@@ -191,9 +191,26 @@ impl Control for LiveControl {
             .map_err(|e| e.to_string())
     }
     fn reboot(&mut self) -> Result<(), String> {
+        let mut events = self.host.subscribe();
         self.rt
             .block_on(self.host.reboot())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        eprintln!("kdnet: the target reboots; waiting up to 5 minutes for it to come back");
+        // It comes back with a new boot's offer and a new handshake.
+        self.rt.block_on(async {
+            let wait = async {
+                loop {
+                    match events.recv().await {
+                        Ok(HostEvent::Connected { .. }) => return Ok(()),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return Err("the session closed".to_string()),
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(300), wait)
+                .await
+                .map_err(|_| "the target did not come back within 5 minutes".to_string())?
+        })
     }
     fn detach(&mut self, leave_stopped: bool) {
         if !self.stopped() {
@@ -209,13 +226,23 @@ impl Control for LiveControl {
     }
 }
 
-/// Text from other threads while the prompt waits: on a line of its own.
-fn emit(text: String) {
-    if text.ends_with('\n') {
-        eprint!("{text}");
+/// Where text from other threads goes: above the line being typed while the target runs,
+/// else straight to stderr.
+type PrinterSlot = Arc<Mutex<Option<Box<dyn ExternalPrinter + Send>>>>;
+
+fn emit(slot: &PrinterSlot, text: String) {
+    let text = if text.ends_with('\n') {
+        text
     } else {
-        eprintln!("{text}");
+        format!("{text}\n")
+    };
+    let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = g.as_mut()
+        && p.print(text.clone()).is_ok()
+    {
+        return;
     }
+    eprint!("{text}");
 }
 
 /// What WinDbg prints when the target stops, in substance.
@@ -448,6 +475,8 @@ pub struct Session {
     pub cancel: Arc<AtomicBool>,
     /// Whether a command runs now.
     pub busy: Arc<AtomicBool>,
+    /// Where other threads print.
+    pub printer: PrinterSlot,
 }
 
 /// Runs the prompt until `q` or end of input; the exit code.
@@ -473,9 +502,6 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
     if let Some(h) = &history {
         load_history(&mut editor, h);
     }
-    // Output from other threads (DbgPrint, stops) goes straight to stderr. The line editor's
-    // external printer is not used: with it, the editor waits on the terminal with bytes of a
-    // fast typist or a paste already read, and stalls until the next key.
     let mut style = s.style;
     style.echo = !std::io::IsTerminal::is_terminal(&std::io::stdin());
     watch_interrupts(control.host(), s.cancel.clone(), s.busy.clone());
@@ -514,6 +540,23 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                         p[3]
                     );
                 }
+            }
+        }
+        // While the target runs, its DbgPrint lines are printed above the line being typed. The
+        // printer exists only then: with one, the line editor waits on the terminal even when
+        // it already holds typed-ahead bytes (a paste), and stalls until the next key; at the
+        // stopped prompt, where commands are pasted, there is nothing to print.
+        // (try_lock: a print blocked on the editor holds the slot until the editor runs again;
+        // waiting for it here would never end, and the toggle can wait a round.)
+        if let Ok(mut slot) = s.printer.try_lock() {
+            if control.live() && !control.stopped() {
+                if slot.is_none()
+                    && let Ok(p) = editor.create_external_printer()
+                {
+                    *slot = Some(Box::new(p));
+                }
+            } else {
+                *slot = None;
             }
         }
         let prompt = if !control.stopped() {
@@ -570,8 +613,9 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
             }
             ".reboot" => match control.reboot() {
                 Ok(()) => {
-                    eprintln!("kdnet: the target reboots; waiting for it to come back");
+                    // A new boot: a new kernel, new modules, nothing read before holds.
                     *engine.borrow_mut() = None;
+                    eprintln!("kdnet: the target is back and runs; Ctrl-C or .break stops it");
                 }
                 Err(e) => eprintln!("kdnet: {e}"),
             },
@@ -597,6 +641,9 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
             }
         }
     }
+    if let Ok(mut slot) = s.printer.try_lock() {
+        *slot = None;
+    }
     if let Some(h) = &history
         && let Err(e) = save_history(&editor, h)
     {
@@ -618,6 +665,14 @@ fn break_in(control: &mut dyn Control) {
 /// editor exists: the editor installs its own SIGINT handler, and this registration must come
 /// after it to be the one that runs.
 fn watch_interrupts(host: Option<Host>, cancel: Arc<AtomicBool>, busy: Arc<AtomicBool>) {
+    // The line editor's own SIGINT handler goes: chained behind ours it would leave a stale
+    // interrupt that ends the next prompt as if Ctrl-C had been typed there.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default is async-signal-safe and has no
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
     #[cfg(unix)]
     let mut sigint = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
     {
@@ -655,19 +710,21 @@ fn watch_interrupts(host: Option<Host>, cancel: Arc<AtomicBool>, busy: Arc<Atomi
 }
 
 /// Prints the target's DbgPrint output and stops as they happen.
-fn watch_events(host: &Host) {
+fn watch_events(host: &Host, printer: PrinterSlot) {
     let mut rx = host.subscribe();
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(HostEvent::DebugPrint { text, .. }) => emit(text),
-                Ok(HostEvent::StateChange(sc)) => emit(describe(&sc)),
-                Ok(HostEvent::KeyMismatch { from }) => emit(format!(
-                    "kdnet: datagrams from {from} do not authenticate (wrong key?)"
-                )),
-                Ok(HostEvent::Connected { target, reason }) => {
-                    emit(format!("Connected to target {target} ({reason:?})"))
-                }
+                Ok(HostEvent::DebugPrint { text, .. }) => emit(&printer, text),
+                Ok(HostEvent::StateChange(sc)) => emit(&printer, describe(&sc)),
+                Ok(HostEvent::KeyMismatch { from }) => emit(
+                    &printer,
+                    format!("kdnet: datagrams from {from} do not authenticate (wrong key?)"),
+                ),
+                Ok(HostEvent::Connected { target, reason }) => emit(
+                    &printer,
+                    format!("Connected to target {target} ({reason:?})"),
+                ),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => break,
@@ -685,7 +742,8 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));
-    watch_events(&host);
+    let printer: PrinterSlot = Arc::new(Mutex::new(None));
+    watch_events(&host, printer.clone());
     if !a.no_break {
         if let Err(e) = host.break_in(Duration::from_secs(10)).await {
             eprintln!("kdnet: the target did not stop: {e}");
@@ -706,6 +764,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         prompt: a.prompt.clone(),
         cancel,
         busy,
+        printer,
     };
     let mut control = LiveControl {
         host,
@@ -727,6 +786,7 @@ pub fn run_dump(engine: Engine, style: Style, prompt_args: PromptArgs) -> u8 {
         prompt: prompt_args,
         cancel: cancel.clone(),
         busy: busy.clone(),
+        printer: Arc::new(Mutex::new(None)),
     };
     let mut control = DumpControl {
         engine: Some(engine),

@@ -47,6 +47,9 @@ pub struct Args {
     /// For the bugcheck scenario: crash this long after start.
     #[arg(long = "after", value_parser = duration::parse)]
     bugcheck_after: Option<Duration>,
+    /// How often the running machine prints its scenario's DbgPrint line.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    print_every: Duration,
     /// Reboot this long after start.
     #[arg(long, value_parser = duration::parse)]
     reboot_after: Option<Duration>,
@@ -120,6 +123,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         hang_after: a.hang_after,
         bugcheck_after: a.bugcheck_after,
         seed: a.seed,
+        print_every: a.print_every,
     };
     let link = if a.latency.is_some()
         || a.jitter.is_some()

@@ -159,7 +159,14 @@ fn at_a_terminal_ctrl_c_breaks_in_and_cancels_tab_completes_and_history_persists
     let _sim = Sim::start(
         port,
         "2.7.1.8",
-        &["--scenario", "deadlock", "--latency", "10ms"],
+        &[
+            "--scenario",
+            "deadlock",
+            "--latency",
+            "10ms",
+            "--print-every",
+            "300ms",
+        ],
     );
     let dir = temp_dir("repl-pty");
     let history = dir.join("history");
@@ -200,9 +207,18 @@ fn at_a_terminal_ctrl_c_breaks_in_and_cancels_tab_completes_and_history_persists
     p.send("? nt!PsActiveProcessH\t\r");
     p.expect("Evaluate expression: ", long);
     p.expect("0: kd> ", long);
-    // g lets it run; Ctrl-C stops it again.
+    // g lets it run. Its DbgPrint lines appear above the line being typed, which survives.
     p.send("g\r");
     p.expect("the target runs", long);
+    p.expect("running> ", long);
+    p.send(".bre");
+    p.expect("vmcompute: container 5f1c0a: waiting for CimFS mount", long);
+    p.expect("running> .bre", long);
+    p.send("ak\r");
+    p.expect("stopped on processor", long);
+    p.expect("0: kd> ", long);
+    // Ctrl-C stops it too.
+    p.send("g\r");
     p.expect("running> ", long);
     p.send("\x03");
     p.expect("stopped on processor", long);
@@ -277,11 +293,15 @@ fn piped_input_runs_the_same_language_and_leaves_the_target_running() {
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let (out, err, code) = piped(
         &a,
-        "$v = vertarget\n.echo build $v.build\ng\nk\n.break\n.if ($v.build == 0n20348) { .echo right build }\nq\n",
+        "$v = vertarget\n.echo build $v.build\ng\nk\n.break\n.if ($v.build == 0n20348) { .echo right build }\n.reboot\n.break\n$w = vertarget\n.echo base again $w.kernel_base\nq\n",
     );
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(out.contains("build 20348"), "{out}");
     assert!(out.contains("right build"), "{out}");
+    // .reboot waits for the new boot's handshake; the model is read again after it.
+    assert!(err.contains("the target is back"), "{err}");
+    assert!(out.contains("base again 0xfffff8"), "{out}");
+    assert_eq!(out.matches("Kernel symbols: built-in").count(), 2, "{out}");
     assert!(err.contains("the target runs"), "{err}");
     assert!(
         err.contains("the target is running; Ctrl-C or .break"),

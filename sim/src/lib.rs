@@ -69,6 +69,8 @@ pub struct SimConfig {
     pub bugcheck_after: Option<Duration>,
     /// Seed of every random choice (keys, addresses jitter).
     pub seed: u64,
+    /// How often the running machine prints its scenario's line (as a busy kernel's drivers do).
+    pub print_every: Duration,
 }
 
 impl SimConfig {
@@ -83,6 +85,7 @@ impl SimConfig {
             hang_after: None,
             bugcheck_after: None,
             seed: 0x006b_646e_6574,
+            print_every: Duration::from_secs(10),
         }
     }
 }

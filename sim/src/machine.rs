@@ -362,7 +362,7 @@ impl TargetHandler for Machine {
         // A line now and then while running, as a busy kernel's drivers print: a second after
         // start, then every ten seconds.
         if now >= self.next_heartbeat {
-            self.next_heartbeat = now + Duration::from_secs(10);
+            self.next_heartbeat = now + self.config.print_every.max(Duration::from_millis(10));
             let line = self.facts.heartbeat.clone();
             if !line.is_empty() {
                 return Some(Activity::Print(line));

@@ -60,6 +60,7 @@ pub fn sim_kernel_with(
         hang_after: None,
         bugcheck_after: None,
         seed: 11,
+        print_every: std::time::Duration::from_secs(10),
     };
     let mut machine = Machine::build(config).unwrap();
     change(&mut machine);
