@@ -131,6 +131,33 @@ fn hang_script_finds_the_deadlock_and_writes_a_snapshot() {
         outcomes(&lines, "!deadlock")[0]["result"]["cycles"]
     );
     assert_eq!(offline[2]["result"]["held"], locks["result"]["held"]);
+    // Without -c the dump opens at the prompt: the same language, from a pipe here.
+    let mut child = kdnet()
+        .arg("open")
+        .arg(snap)
+        .arg("--history")
+        .arg(out.join("history"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"$d = !deadlock\n.echo cycles $d.cycles\ng\nq\n",
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(0), "{text}{err}");
+    assert!(text.contains("0: kd> !deadlock"), "{text}");
+    assert!(text.contains("cycles 1"), "{text}");
+    assert!(err.contains("a dump cannot run"), "{err}");
+    let history = std::fs::read_to_string(out.join("history")).unwrap();
+    assert_eq!(history.lines().next(), Some("$d = !deadlock"));
     std::fs::remove_dir_all(out).ok();
 }
 
