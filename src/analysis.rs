@@ -83,48 +83,58 @@ pub fn banner(e: &mut Engine, style: Style) {
     }
 }
 
-/// Prints one result.
-pub fn print(o: &Outcome, processor: u32, style: Style) {
+/// One result as it is printed.
+pub fn format_outcome(o: &Outcome, processor: u32, style: Style) -> String {
     if style.json {
-        match serde_json::to_string(o) {
-            Ok(s) => outln!("{s}"),
-            Err(e) => eprintln!("kdnet: {e}"),
-        }
-        return;
+        return match serde_json::to_string(o) {
+            Ok(s) => format!("{s}\n"),
+            Err(e) => format!(
+                "{}\n",
+                json!({ "command": o.command, "error": e.to_string() })
+            ),
+        };
     }
+    let mut t = String::new();
     if style.echo {
-        outln!("{processor}: kd> {}", o.command);
+        t.push_str(&format!("{processor}: kd> {}\n", o.command));
     }
-    out!("{}", o.text);
+    t.push_str(&o.text);
     if let Some(e) = &o.error {
-        outln!("error: {e}");
+        t.push_str(&format!("error: {e}\n"));
     }
     if style.verbose {
-        outln!(
-            "[{} round trips, {} bytes, {} cache hits]",
-            o.cost.round_trips,
-            o.cost.bytes,
-            o.cost.cache_hits
-        );
+        t.push_str(&format!(
+            "[{} round trips, {} bytes, {} cache hits]\n",
+            o.cost.round_trips, o.cost.bytes, o.cost.cache_hits
+        ));
+    }
+    t
+}
+
+/// One event of a script run as it is printed.
+pub fn format_event(ev: &Event, style: Style) -> String {
+    match ev {
+        Event::Outcome(o, processor) => format_outcome(o, *processor, style),
+        Event::Echo(t) if style.json => format!("{}\n", json!({ "echo": t })),
+        Event::Echo(t) => format!("{t}\n"),
+        Event::Snapshot(p) if style.json => format!("{}\n", json!({ "snapshot": p })),
+        Event::Snapshot(p) => format!("snapshot written: {}\n", p.display()),
+        Event::Error { pos, message } if style.json => format!(
+            "{}\n",
+            json!({ "error": message, "line": pos.line, "column": pos.column })
+        ),
+        Event::Error { pos, message } => {
+            format!(
+                "error: line {}, column {}: {message}\n",
+                pos.line, pos.column
+            )
+        }
     }
 }
 
 /// Prints one event of a script run.
 pub fn print_event(ev: &Event, style: Style) {
-    match ev {
-        Event::Outcome(o, processor) => print(o, *processor, style),
-        Event::Echo(t) if style.json => outln!("{}", json!({ "echo": t })),
-        Event::Echo(t) => outln!("{t}"),
-        Event::Snapshot(p) if style.json => outln!("{}", json!({ "snapshot": p })),
-        Event::Snapshot(p) => outln!("snapshot written: {}", p.display()),
-        Event::Error { pos, message } if style.json => outln!(
-            "{}",
-            json!({ "error": message, "line": pos.line, "column": pos.column })
-        ),
-        Event::Error { pos, message } => {
-            outln!("error: line {}, column {}: {message}", pos.line, pos.column)
-        }
-    }
+    out!("{}", format_event(ev, style));
 }
 
 /// Parses and runs script text (a `-c` line or a `.kds` file) on `e`, keeping named results

@@ -12,6 +12,7 @@ mod open;
 mod repl;
 mod run;
 mod sim;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,9 @@ enum Command {
     /// The interactive prompt on a live target:
     /// `kdnet repl --port 50000 --key-file key.txt` (or `-k net:port=50000,key=…`).
     Repl(Box<repl::Args>),
+    /// Watch a target: when it stops by itself (a bugcheck), capture a bundle and let it go on:
+    /// `kdnet watch --port 50000 --key-file key.txt --out DIR`.
+    Watch(Box<watch::Args>),
     /// Run a simulated Windows target (booted with network debugging) for a debugger to attach.
     Sim(Box<sim::Args>),
     /// Measure: datagram sealing and opening per second, and memory-read throughput over a
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
             Command::Open(a) => open::run(a, verbose).await,
             Command::Run(a) => run::run(*a, verbose).await,
             Command::Repl(a) => repl::run(*a, verbose).await,
+            Command::Watch(a) => watch::run(*a).await,
         }
     });
     match result {

@@ -626,7 +626,8 @@ impl<'a> Runner<'a> {
     }
 
     /// Writes `NAME.dmp`: a bitmap dump of the pages read so far.
-    fn snapshot(&mut self, name: &str) -> Result<PathBuf, String> {
+    /// Writes `NAME.dmp` into the snapshot directory: every page read so far.
+    pub fn snapshot(&mut self, name: &str) -> Result<PathBuf, String> {
         let header = self
             .engine
             .kernel

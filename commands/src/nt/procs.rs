@@ -441,7 +441,13 @@ impl Kernel {
                 .ok_or(ModelError::Target(TargetError::NoSuchProcessor(n)))?;
             self.saved_context(prcb)
         });
+        use kdnet::api::context::Reg;
         match saved {
+            // A KPRCB whose context frame was never filled (the processor stopped without saving
+            // it there): the dump's own context record stands for the processor it was taken on.
+            Ok(c) if n == 0 && c.reg(Reg::Rip) == 0 && c.reg(Reg::Rsp) == 0 => {
+                Ok(self.mem.target().context(0).unwrap_or(c))
+            }
             Ok(c) => Ok(c),
             Err(e) if n == 0 => self.mem.target().context(0).map_err(|_| e),
             Err(e) => Err(e),

@@ -1,0 +1,143 @@
+//! `kdnet watch` end to end: a simulated machine that bugchecks while watched is captured into a
+//! bundle and let go on; a wrong key shows as its own state.
+
+mod common;
+
+use common::{Sim, free_udp_port, kdnet, temp_dir};
+use serde_json::Value;
+
+#[test]
+fn a_bugcheck_is_captured_into_a_bundle_and_the_target_goes_on() {
+    let port = free_udp_port();
+    let _sim = Sim::start(
+        port,
+        "4.4.4.4",
+        &[
+            "--scenario",
+            "bugcheck",
+            "--after",
+            "2s",
+            "--resources",
+            "2000",
+        ],
+    );
+    let dir = temp_dir("watch");
+    let out = dir.join("bundles");
+    let events = dir.join("events.jsonl");
+    let o = kdnet()
+        .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--key-env", "KDNET_WATCH_KEY", "--connect-timeout", "30s"])
+        .args(["--max-captures", "1", "--name", "node7"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--events")
+        .arg(&events)
+        .env("KDNET_WATCH_KEY", "4.4.4.4")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // The states, in order.
+    let states: Vec<Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = states
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "offline",
+            "connected",
+            "running",
+            "stopped",
+            "capturing",
+            "captured",
+            "resuming"
+        ],
+        "{err}"
+    );
+    assert!(states.iter().all(|s| s["target"] == "node7"));
+    // One whole bundle, named for the bugcheck; no partial one left.
+    let bundles: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(bundles.len(), 1, "{bundles:?}");
+    let b = &bundles[0];
+    let name = b.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.starts_with("node7-") && name.ends_with("-bugcheck-44"),
+        "{name}"
+    );
+    assert_eq!(states[5]["detail"].as_str().unwrap(), b.to_str().unwrap());
+    let report = std::fs::read_to_string(b.join("report.txt")).unwrap();
+    assert!(
+        report.contains("MULTIPLE_IRP_COMPLETE_REQUESTS (44)"),
+        "{report}"
+    );
+    assert!(report.contains("0: kd> lm"), "{report}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["bugcheck"]["code"], 0x44);
+    assert_eq!(json["steps"][0]["result"]["bugcheck_code"], 0x44);
+    // The snapshot answers offline as the machine did.
+    let o = kdnet()
+        .arg("open")
+        .arg(b.join("snapshot.dmp"))
+        .args(["-c", "!analyze", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[1]["result"]["failure_bucket"],
+        json["steps"][0]["result"]["failure_bucket"]
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_wrong_key_is_a_state_of_its_own() {
+    let port = free_udp_port();
+    let _sim = Sim::start(port, "4.4.4.4", &["--resources", "200"]);
+    let mut child = kdnet()
+        .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--key", "5.5.5.5", "--out"])
+        .arg(temp_dir("watch-key"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let seen = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = std::io::Read::read(&mut stderr, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if all.contains("wrong-key") {
+                break;
+            }
+        }
+        all
+    });
+    let started = std::time::Instant::now();
+    while !seen.is_finished() && started.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let all = seen.join().unwrap();
+    assert!(
+        all.contains("target: wrong-key: offers arrive but do not authenticate"),
+        "{all}"
+    );
+}
