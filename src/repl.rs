@@ -778,14 +778,12 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
 
 /// The prompt over a dump (`kdnet open DUMP` without -c).
 pub fn run_dump(engine: Engine, style: Style, prompt_args: PromptArgs) -> u8 {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let busy = Arc::new(AtomicBool::new(false));
     let session = Session {
         style,
         budget: engine.budget,
         prompt: prompt_args,
-        cancel: cancel.clone(),
-        busy: busy.clone(),
+        cancel: Arc::new(AtomicBool::new(false)),
+        busy: Arc::new(AtomicBool::new(false)),
         printer: Arc::new(Mutex::new(None)),
     };
     let mut control = DumpControl {

@@ -198,6 +198,7 @@ fn capture(
     })
 }
 
+#[derive(Clone)]
 struct CaptureSettings {
     out: PathBuf,
     name: String,
@@ -302,13 +303,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
             let stamp = utc_stamp(now_secs());
             let h = host.clone();
             let rt = tokio::runtime::Handle::current();
-            let s = CaptureSettings {
-                out: settings.out.clone(),
-                name: settings.name.clone(),
-                script: settings.script.clone(),
-                symbols: settings.symbols.clone(),
-                budget: settings.budget,
-            };
+            let s = settings.clone();
             let result = tokio::task::spawn_blocking(move || capture(h, rt, &s, &stamp))
                 .await
                 .context("the capture thread failed")?;
