@@ -6,7 +6,7 @@ use std::path::Path;
 
 use kdnet_commands::engine::{Engine, Outcome, addr};
 use kdnet_commands::script::{self, Event, Runner};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::exit;
 
@@ -86,13 +86,7 @@ pub fn banner(e: &mut Engine, style: Style) {
 /// One result as it is printed.
 pub fn format_outcome(o: &Outcome, processor: u32, style: Style) -> String {
     if style.json {
-        return match serde_json::to_string(o) {
-            Ok(s) => format!("{s}\n"),
-            Err(e) => format!(
-                "{}\n",
-                json!({ "command": o.command, "error": e.to_string() })
-            ),
-        };
+        return format!("{}\n", event_json(&Event::Outcome(o.clone(), processor)));
     }
     let mut t = String::new();
     if style.echo {
@@ -111,18 +105,28 @@ pub fn format_outcome(o: &Outcome, processor: u32, style: Style) -> String {
     t
 }
 
+/// One event of a script run as JSON (what `--json` prints for it).
+pub fn event_json(ev: &Event) -> Value {
+    match ev {
+        Event::Outcome(o, _) => serde_json::to_value(o)
+            .unwrap_or_else(|e| json!({ "command": o.command, "error": e.to_string() })),
+        Event::Echo(t) => json!({ "echo": t }),
+        Event::Snapshot(p) => json!({ "snapshot": p }),
+        Event::Error { pos, message } => {
+            json!({ "error": message, "line": pos.line, "column": pos.column })
+        }
+    }
+}
+
 /// One event of a script run as it is printed.
 pub fn format_event(ev: &Event, style: Style) -> String {
+    if style.json {
+        return format!("{}\n", event_json(ev));
+    }
     match ev {
         Event::Outcome(o, processor) => format_outcome(o, *processor, style),
-        Event::Echo(t) if style.json => format!("{}\n", json!({ "echo": t })),
         Event::Echo(t) => format!("{t}\n"),
-        Event::Snapshot(p) if style.json => format!("{}\n", json!({ "snapshot": p })),
         Event::Snapshot(p) => format!("snapshot written: {}\n", p.display()),
-        Event::Error { pos, message } if style.json => format!(
-            "{}\n",
-            json!({ "error": message, "line": pos.line, "column": pos.column })
-        ),
         Event::Error { pos, message } => {
             format!(
                 "error: line {}, column {}: {message}\n",
@@ -161,4 +165,29 @@ pub fn run_script(
     let failed = runner.failed();
     *vars = std::mem::take(&mut runner.vars);
     if failed { exit::FAILED } else { exit::OK }
+}
+
+/// Runs each piece of work (the -c line, then the script file) on `e`, sharing named results;
+/// the worst exit code.
+pub fn run_work(e: &mut Engine, work: &[(String, String)], style: Style, out: &Path) -> u8 {
+    let mut vars = HashMap::new();
+    work.iter()
+        .map(|(origin, text)| run_script(e, &mut vars, text, origin, style, out))
+        .max()
+        .unwrap_or(exit::OK)
+}
+
+/// The kernel model over a stopped live target.
+pub fn open_live(
+    host: kdnet::host::Host,
+    rt: tokio::runtime::Handle,
+    symbols: Option<&str>,
+) -> anyhow::Result<Engine> {
+    use anyhow::Context as _;
+    let target =
+        kdnet_commands::live::LiveTarget::new(host, rt).context("reading the target's version")?;
+    let path = kdnet_symbols::path::SymbolPath::from_args_and_env(symbols);
+    let kernel =
+        kdnet_commands::nt::Kernel::open(Box::new(target), path).context("reading the kernel")?;
+    Ok(Engine::new(kernel))
 }

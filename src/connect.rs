@@ -82,13 +82,6 @@ pub fn parse_net(s: &str) -> Result<NetString, String> {
     Ok(out)
 }
 
-/// Where to listen, the key and the accepted target, from the options.
-#[derive(Debug)]
-pub struct Resolved {
-    /// The session settings.
-    pub config: HostConfig,
-}
-
 fn read_key_from_terminal() -> Result<String, String> {
     use std::io::{BufRead, IsTerminal, Write};
     let stdin = std::io::stdin();
@@ -127,7 +120,7 @@ fn parse_key(text: &str, from: &str) -> Result<Key, String> {
 
 impl ConnectArgs {
     /// Checks the options and finds the key; the error is for the user (exit code 3).
-    pub fn resolve(&self) -> Result<Resolved, String> {
+    pub fn resolve(&self) -> Result<HostConfig, String> {
         let net = self.kernel.as_deref().map(parse_net).transpose()?;
         let port = match (self.port, net.as_ref().and_then(|n| n.port)) {
             (Some(_), Some(_)) => return Err("give the port with --port or -k, not both".into()),
@@ -176,7 +169,7 @@ impl ConnectArgs {
         if let Some(t) = target {
             config.target = Some(target_addr(&t, port)?);
         }
-        Ok(Resolved { config })
+        Ok(config)
     }
 }
 
@@ -189,23 +182,25 @@ fn target_addr(s: &str, port: u16) -> Result<SocketAddr, String> {
         .map_err(|_| format!("target {s:?} is not an address"))
 }
 
-/// Binds and waits for the handshake, printing what WinDbg prints. Err holds the exit code.
-pub async fn connect(a: &ConnectArgs) -> Result<Host, u8> {
-    let r = match a.resolve() {
-        Ok(r) => r,
+/// Checks the options and listens; Err holds the exit code (the reason is printed).
+pub async fn bind(a: &ConnectArgs) -> Result<Host, u8> {
+    let config = match a.resolve() {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("kdnet: {e}");
             return Err(exit::BAD_ARGUMENTS);
         }
     };
-    let bind = r.config.bind;
-    let host = match Host::bind(r.config).await {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("kdnet: cannot listen on UDP {bind}: {e}");
-            return Err(exit::NO_CONNECTION);
-        }
-    };
+    let at = config.bind;
+    Host::bind(config).await.map_err(|e| {
+        eprintln!("kdnet: cannot listen on UDP {at}: {e}");
+        exit::NO_CONNECTION
+    })
+}
+
+/// Binds and waits for the handshake, printing what WinDbg prints. Err holds the exit code.
+pub async fn connect(a: &ConnectArgs) -> Result<Host, u8> {
+    let host = bind(a).await?;
     eprintln!("Using NET for debugging");
     eprintln!(
         "Waiting to reconnect... (UDP {}, up to {:?})",
@@ -261,9 +256,9 @@ mod tests {
             kernel: Some("net:port=5,key=1.2.3.4,target=10.1.1.1".into()),
             connect_timeout: Duration::from_secs(1),
         };
-        let r = base.resolve().unwrap();
-        assert_eq!(r.config.bind.port(), 5);
-        assert_eq!(r.config.target, Some("10.1.1.1:5".parse().unwrap()));
+        let c = base.resolve().unwrap();
+        assert_eq!(c.bind.port(), 5);
+        assert_eq!(c.target, Some("10.1.1.1:5".parse().unwrap()));
         let mut two = base.clone();
         two.key = Some("1.2.3.4".into());
         assert!(two.resolve().unwrap_err().contains("once"));

@@ -73,17 +73,5 @@ fn open(a: Args, verbose: bool) -> anyhow::Result<u8> {
         return Ok(crate::repl::run_dump(e, style, a.prompt));
     }
     analysis::banner(&mut e, style);
-    let mut vars = Default::default();
-    let mut code = crate::exit::OK;
-    for (origin, text) in &work {
-        code = code.max(analysis::run_script(
-            &mut e,
-            &mut vars,
-            text,
-            origin,
-            style,
-            &a.prompt.out,
-        ));
-    }
-    Ok(code)
+    Ok(analysis::run_work(&mut e, &work, style, &a.prompt.out))
 }

@@ -19,9 +19,6 @@ use kdnet::api::{StateChange64, StateEvent};
 use kdnet::host::{Host, HostEvent, RunState};
 use kdnet_commands::engine::{BUILTINS, Engine};
 use kdnet_commands::ext::EXTENSIONS;
-use kdnet_commands::live::LiveTarget;
-use kdnet_commands::nt::Kernel;
-use kdnet_symbols::path::SymbolPath;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -96,8 +93,6 @@ Ctrl-C during a command cancels the command.
 
 /// What the prompt can do to the target besides running commands.
 pub trait Control {
-    /// A live target (one that can run).
-    fn live(&self) -> bool;
     /// Stopped in the debugger.
     fn stopped(&self) -> bool;
     /// How many times it has stopped, and on which processor it last did.
@@ -112,7 +107,7 @@ pub trait Control {
     fn reboot(&mut self) -> Result<(), String>;
     /// Leaves: the target continues unless `leave_stopped`.
     fn detach(&mut self, leave_stopped: bool);
-    /// The session, for a live target.
+    /// The session, for a live target (one that can run).
     fn host(&self) -> Option<Host> {
         None
     }
@@ -125,9 +120,6 @@ pub struct DumpControl {
 }
 
 impl Control for DumpControl {
-    fn live(&self) -> bool {
-        false
-    }
     fn stopped(&self) -> bool {
         true
     }
@@ -159,9 +151,6 @@ struct LiveControl {
 }
 
 impl Control for LiveControl {
-    fn live(&self) -> bool {
-        true
-    }
     fn host(&self) -> Option<Host> {
         Some(self.host.clone())
     }
@@ -173,11 +162,8 @@ impl Control for LiveControl {
         (s.stops, s.stop.map_or(0, |x| u32::from(x.processor)))
     }
     fn open(&mut self) -> Result<Engine, String> {
-        let t = LiveTarget::new(self.host.clone(), self.rt.clone())
-            .map_err(|e| format!("reading the target's version: {e}"))?;
-        let path = SymbolPath::from_args_and_env(self.symbols.as_deref());
-        let k = Kernel::open(Box::new(t), path).map_err(|e| format!("reading the kernel: {e}"))?;
-        Ok(Engine::new(k))
+        analysis::open_live(self.host.clone(), self.rt.clone(), self.symbols.as_deref())
+            .map_err(|e| format!("{e:#}"))
     }
     fn go(&mut self) -> Result<(), String> {
         self.rt
@@ -429,40 +415,6 @@ fn save_history(editor: &Editor<KdHelper, DefaultHistory>, path: &Path) -> std::
     })
 }
 
-/// The terminal's mode when the prompt started, put back before each command runs: the line
-/// editor leaves raw mode on its way out, but if that fails the terminal would stay raw and
-/// Ctrl-C would no longer interrupt a command.
-struct TerminalMode {
-    #[cfg(unix)]
-    saved: Option<libc::termios>,
-}
-
-impl TerminalMode {
-    fn capture() -> TerminalMode {
-        #[cfg(unix)]
-        {
-            // SAFETY: tcgetattr fills the termios it is given; zeroed is a valid starting value.
-            let mut t: libc::termios = unsafe { std::mem::zeroed() };
-            let ok = unsafe { libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 };
-            TerminalMode {
-                saved: ok.then_some(t),
-            }
-        }
-        #[cfg(not(unix))]
-        TerminalMode {}
-    }
-
-    fn restore(&self) {
-        #[cfg(unix)]
-        if let Some(t) = &self.saved {
-            // SAFETY: t came from tcgetattr on the same descriptor.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, t);
-            }
-        }
-    }
-}
-
 /// Settings of one prompt session.
 pub struct Session {
     /// Output style.
@@ -482,7 +434,6 @@ pub struct Session {
 /// Runs the prompt until `q` or end of input; the exit code.
 pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
     let engine: Rc<RefCell<Option<Engine>>> = Rc::new(RefCell::new(None));
-    let terminal = TerminalMode::capture();
     let config = Config::builder()
         .auto_add_history(false)
         .completion_type(CompletionType::List)
@@ -549,7 +500,7 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
         // (try_lock: a print blocked on the editor holds the slot until the editor runs again;
         // waiting for it here would never end, and the toggle can wait a round.)
         if let Ok(mut slot) = s.printer.try_lock() {
-            if control.live() && !control.stopped() {
+            if control.host().is_some() && !control.stopped() {
                 if slot.is_none()
                     && let Ok(p) = editor.create_external_printer()
                 {
@@ -570,7 +521,7 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
         let line = match editor.readline(&prompt) {
             Ok(l) => l,
             Err(ReadlineError::Interrupted) => {
-                if control.live() && !control.stopped() {
+                if control.host().is_some() && !control.stopped() {
                     break_in(control);
                 }
                 continue;
@@ -581,7 +532,6 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                 break;
             }
         };
-        terminal.restore();
         let t = line.trim();
         if t.is_empty() {
             continue;

@@ -6,10 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kdnet::api::status;
-use kdnet_commands::engine::Engine;
-use kdnet_commands::live::LiveTarget;
-use kdnet_commands::nt::Kernel;
-use kdnet_symbols::path::SymbolPath;
 
 use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
@@ -100,20 +96,10 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let symbols = a.symbols.clone();
     let out = a.out.clone();
     let code = tokio::task::spawn_blocking(move || -> anyhow::Result<u8> {
-        let target = LiveTarget::new(h, rt).context("reading the target's version")?;
-        let path = SymbolPath::from_args_and_env(symbols.as_deref());
-        let kernel = Kernel::open(Box::new(target), path).context("reading the kernel")?;
-        let mut e = Engine::new(kernel);
+        let mut e = analysis::open_live(h, rt, symbols.as_deref())?;
         e.budget = budget;
         analysis::banner(&mut e, style);
-        let mut vars = Default::default();
-        let mut code = exit::OK;
-        for (origin, text) in &work {
-            code = code.max(analysis::run_script(
-                &mut e, &mut vars, text, origin, style, &out,
-            ));
-        }
-        Ok(code)
+        Ok(analysis::run_work(&mut e, &work, style, &out))
     })
     .await
     .context("the analysis thread failed")?;

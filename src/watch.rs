@@ -13,15 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use kdnet::api::status;
 use kdnet::host::{Host, Phase};
-use kdnet_commands::engine::Engine;
-use kdnet_commands::live::LiveTarget;
-use kdnet_commands::nt::Kernel;
 use kdnet_commands::script::{self, Runner};
-use kdnet_symbols::path::SymbolPath;
 use serde_json::{Value, json};
 
 use crate::analysis::{self, Style};
-use crate::connect::ConnectArgs;
+use crate::connect::{self, ConnectArgs};
 use crate::exit;
 
 /// The capture scripts built into the binary.
@@ -127,10 +123,7 @@ fn capture(
     a: &CaptureSettings,
     stamp: &str,
 ) -> anyhow::Result<Captured> {
-    let target = LiveTarget::new(host, rt).context("reading the target's version")?;
-    let path = SymbolPath::from_args_and_env(a.symbols.as_deref());
-    let kernel = Kernel::open(Box::new(target), path).context("reading the kernel")?;
-    let mut e = Engine::new(kernel);
+    let mut e = analysis::open_live(host, rt, a.symbols.as_deref())?;
     e.budget = Some(a.budget);
     let bugcheck = e.kernel.bugcheck().ok().flatten();
     let reason = match bugcheck {
@@ -153,10 +146,6 @@ fn capture(
         verbose: false,
         echo: true,
     };
-    let json_style = Style {
-        json: true,
-        ..text_style
-    };
     let mut report = String::new();
     let mut steps: Vec<Value> = Vec::new();
     let mut failed_steps = 0;
@@ -164,8 +153,7 @@ fn capture(
         let mut runner = Runner::new(&mut e, tmp.clone());
         runner.run(&stmts, &mut |ev| {
             report.push_str(&analysis::format_event(&ev, text_style));
-            let line = analysis::format_event(&ev, json_style);
-            let v: Value = serde_json::from_str(line.trim()).unwrap_or(Value::Null);
+            let v = analysis::event_json(&ev);
             if v.get("error").is_some_and(|e| !e.is_null()) {
                 failed_steps += 1;
             }
@@ -231,13 +219,6 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         eprintln!("kdnet: --max-seconds must be a positive number of seconds");
         return Ok(exit::BAD_ARGUMENTS);
     }
-    let resolved = match a.connect.resolve() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("kdnet: {e}");
-            return Ok(exit::BAD_ARGUMENTS);
-        }
-    };
     let file = match &a.events {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -253,13 +234,9 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         file,
         last: String::new(),
     };
-    let bind = resolved.config.bind;
-    let host = match Host::bind(resolved.config).await {
+    let host = match connect::bind(&a.connect).await {
         Ok(h) => h,
-        Err(e) => {
-            eprintln!("kdnet: cannot listen on UDP {bind}: {e}");
-            return Ok(exit::NO_CONNECTION);
-        }
+        Err(code) => return Ok(code),
     };
     events.state(
         "offline",

@@ -4,7 +4,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{free_udp_port, kdnet};
+use common::{free_udp_port, json_lines, kdnet};
 
 fn shared() -> Option<PathBuf> {
     let dir = std::env::var_os("KDNET_SHARED")
@@ -55,11 +55,7 @@ fn decode_json_has_the_documented_fields() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(lines.len(), 955);
     for (i, v) in lines.iter().enumerate() {
         assert_eq!(v["n"], i + 1);
@@ -246,10 +242,7 @@ fn open_runs_commands_on_the_triage_dump() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "a failed command fails the run");
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["target"]["build"], 19041);
     assert_eq!(lines[0]["target"]["bugcheck"]["code"], 0x1000_007e);
@@ -390,10 +383,7 @@ fn run_answers_the_hang_commands_as_json() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&text);
     assert_eq!(lines.len(), 4);
     assert_eq!(lines[1]["result"]["total_locks"], 3000);
     assert_eq!(lines[1]["result"]["held"][0]["symbol"], "nt!PiEngineLock");

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Sim, free_udp_port, kdnet, temp_dir};
+use common::{Sim, free_udp_port, json_lines, kdnet, temp_dir};
 use serde_json::Value;
 
 fn script(name: &str) -> PathBuf {
@@ -122,10 +122,7 @@ fn hang_script_finds_the_deadlock_and_writes_a_snapshot() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let offline: Vec<Value> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let offline = json_lines(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(
         offline[1]["result"]["cycles"],
         outcomes(&lines, "!deadlock")[0]["result"]["cycles"]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Sim, free_udp_port, kdnet, temp_dir};
+use common::{Sim, free_udp_port, json_lines, kdnet, temp_dir};
 use serde_json::Value;
 
 #[test]
@@ -38,11 +38,7 @@ fn a_bugcheck_is_captured_into_a_bundle_and_the_target_goes_on() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     // The states, in order.
-    let states: Vec<Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let states = json_lines(&std::fs::read_to_string(&events).unwrap());
     let names: Vec<&str> = states
         .iter()
         .map(|s| s["state"].as_str().unwrap())
@@ -92,10 +88,7 @@ fn a_bugcheck_is_captured_into_a_bundle_and_the_target_goes_on() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(
         lines[1]["result"]["failure_bucket"],
         json["steps"][0]["result"]["failure_bucket"]
@@ -141,4 +134,30 @@ fn a_wrong_key_is_a_state_of_its_own() {
         all.contains("target: wrong-key: offers arrive but do not authenticate"),
         "{all}"
     );
+}
+
+#[test]
+fn bad_watch_arguments_are_refused_before_listening() {
+    let dir = temp_dir("watch-args");
+    let bad = dir.join("bad.kds");
+    std::fs::write(&bad, ".if ($x {\n").unwrap();
+    let port = free_udp_port().to_string();
+    let cases: [(&[&str], &str); 3] = [
+        (&["--max-seconds", "0"], "--max-seconds"),
+        (&["--script", bad.to_str().unwrap()], "bad.kds: line 1"),
+        (&["-k", "net:port=1,key=1.2.3"], "the key"),
+    ];
+    for (extra, says) in cases {
+        let mut c = kdnet();
+        c.args(["watch", "--bind", "127.0.0.1"]).args(extra);
+        if !extra.contains(&"-k") {
+            c.args(["--port", &port, "--key-env", "KDNET_WATCH_KEY"]);
+        }
+        let o = c.env("KDNET_WATCH_KEY", "1.2.3.4").output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(!err.contains("listening"), "{extra:?}: {err}");
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
