@@ -394,3 +394,76 @@ fn locks_total_of_the_reported_machine() {
         o.cost.round_trips
     );
 }
+
+/// The watcher's sample: the planted hang of each scenario is found, the healthy machine
+/// raises nothing, on every build.
+#[test]
+fn hangcheck_finds_each_planted_hang_and_nothing_on_healthy() {
+    let kinds = |j: &Value| -> BTreeSet<String> {
+        j["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::Deadlock) else {
+            return;
+        };
+        let d = p.facts.deadlock.clone().unwrap();
+        let j = run(&mut e, "!hangcheck");
+        let k = kinds(&j);
+        assert!(k.contains("deadlock") && k.contains("long-wait") && k.contains("held-long"), "{build}: {j}");
+        assert_eq!(
+            set(&j["cycles"][0]),
+            d.threads.iter().copied().collect(),
+            "{build}"
+        );
+        // With a short threshold every queued waiter and the mutant waiter is a long wait.
+        let j = run(&mut e, "!hangcheck 1");
+        let waiting: BTreeSet<u64> = j["long_waits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["thread"].as_u64().unwrap())
+            .collect();
+        for q in d.queued.iter().chain([&d.mutant_waiter]) {
+            assert!(waiting.contains(q), "{build}: {q:x} not a long wait: {j}");
+        }
+        // A threshold past every planted wait finds only the cycle.
+        let j = run(&mut e, "!hangcheck 100000");
+        assert_eq!(kinds(&j), BTreeSet::from(["deadlock".to_string()]), "{build}: {j}");
+
+        let Some((mut e, p)) = engine(build, Scenario::NblHang) else {
+            return;
+        };
+        let (hung, _) = p.facts.hung_thread.unwrap();
+        let j = run(&mut e, "!hangcheck");
+        let held = j["held_long"].as_array().unwrap();
+        assert!(
+            held.iter().any(|h| h["symbol"] == "nt!PiEngineLock"
+                && h["owners"][0].as_u64() == Some(hung)),
+            "{build}: {j}"
+        );
+        assert_eq!(
+            j["pending_nbls"].as_u64(),
+            Some(u64::from(p.facts.ndis.pending))
+        );
+
+        let Some((mut e, p)) = engine(build, Scenario::CommitFailures) else {
+            return;
+        };
+        let j = run(&mut e, "!hangcheck");
+        assert_eq!(j["commit_failures"].as_u64(), Some(p.facts.commit_failures));
+
+        let Some((mut e, _)) = engine(build, Scenario::Healthy) else {
+            return;
+        };
+        let j = run(&mut e, "!hangcheck");
+        assert!(kinds(&j).is_empty(), "{build}: {j}");
+        assert_eq!(j["commit_failures"].as_u64(), Some(0));
+        let j = run(&mut e, "!hangcheck 0");
+        assert!(kinds(&j).is_empty(), "{build}: healthy has no lock waits at all: {j}");
+    }
+}

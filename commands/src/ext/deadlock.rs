@@ -28,22 +28,33 @@ pub struct Edge {
     pub owner: u64,
 }
 
+/// A thread on the graph.
 #[derive(Debug, Clone)]
-struct Node {
-    thread: Thread,
-    image: String,
-    blocker: Option<String>,
+pub struct Node {
+    /// The thread.
+    pub thread: Thread,
+    /// Its process's image name.
+    pub image: String,
+    /// The frame it is blocked in.
+    pub blocker: Option<String>,
 }
 
 /// The graph and what it finds.
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
-    edges: Vec<Edge>,
-    nodes: BTreeMap<u64, Node>,
-    notes: Vec<String>,
+    /// Who waits for whom.
+    pub edges: Vec<Edge>,
+    /// The threads on edges.
+    pub nodes: BTreeMap<u64, Node>,
+    /// The held executive resources, when the resource list was walked.
+    pub held: Vec<locks::Held>,
+    /// What could not be examined.
+    pub notes: Vec<String>,
 }
 
-fn find_cycles(edges: &[Edge]) -> Vec<Vec<u64>> {
+/// The wait-for cycles among `edges` (strongly connected components of two or more threads,
+/// or a thread waiting for itself).
+pub fn find_cycles(edges: &[Edge]) -> Vec<Vec<u64>> {
     // Tarjan's strongly connected components, iteratively.
     let mut adj: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for e in edges {
@@ -132,7 +143,7 @@ pub fn build(e: &mut Engine) -> Result<Graph, CmdError> {
                 if let Some(n) = l.note {
                     g.notes.push(format!("resource walk: {n}"));
                 }
-                for h in l.held {
+                for h in &l.held {
                     for (list, kind) in [
                         (&h.exclusive_waiters, "ERESOURCE (exclusive wait)"),
                         (&h.shared_waiters, "ERESOURCE (shared wait)"),
@@ -149,6 +160,7 @@ pub fn build(e: &mut Engine) -> Result<Graph, CmdError> {
                         }
                     }
                 }
+                g.held = l.held;
             }
             Err(err) => g.notes.push(format!("resources not examined: {err}")),
         }
@@ -417,6 +429,7 @@ pub fn command(e: &mut Engine, _args: &str) -> Result<Output, CmdError> {
             "cycles": cycles_json,
             "chains": chains_json,
             "edges": g.edges,
+            "threads": g.nodes.keys().map(|t| thread_json(&g, *t)).collect::<Vec<_>>(),
             "notes": g.notes,
         }),
     })

@@ -1,8 +1,9 @@
 //! The extension commands: `!locks`, `!thread`, `!process`, `!stacks`, `!running`, `!analyze`,
-//! `!deadlock`, `!vm`, `!pool`, `!poolused`, `!poolfind`, `!ndiskd.*`.
+//! `!deadlock`, `!hangcheck`, `!vm`, `!pool`, `!poolused`, `!poolfind`, `!ndiskd.*`.
 
 pub mod analyze;
 pub mod deadlock;
+pub mod hangcheck;
 pub mod locks;
 pub mod ndis;
 pub mod pool;
@@ -26,6 +27,7 @@ pub const EXTENSIONS: &[&str] = &[
     "!poolfind",
     "!ndiskd.pendingnbls",
     "!ndiskd.miniport",
+    "!hangcheck",
 ];
 
 /// Runs `!name args`, or says there is no such extension.
@@ -38,6 +40,7 @@ pub fn dispatch(e: &mut Engine, name: &str, args: &str) -> Result<Output, CmdErr
         "running" => threads::running_command(e, args),
         "analyze" => analyze::command(e, args),
         "deadlock" => deadlock::command(e, args),
+        "hangcheck" => hangcheck::command(e, args),
         "vm" => vm::command(e, args),
         "pool" => pool::pool_command(e, args),
         "poolused" => pool::poolused_command(e, args),

@@ -202,6 +202,15 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
     Ok(out)
 }
 
+/// The pending NBLs' addresses, or `None` when owner tracking is off.
+pub fn pending_nbls(k: &mut Kernel) -> Result<Option<Vec<u64>>, CmdError> {
+    let (base, t) = ndis(k)?;
+    let nbls = walk_nbls(k, &t, base)?;
+    Ok(nbls
+        .tracking
+        .then(|| nbls.pending.iter().map(|p| p.0).collect()))
+}
+
 /// `!ndiskd.pendingnbls`.
 pub fn pendingnbls_command(e: &mut Engine, _args: &str) -> Result<Output, CmdError> {
     let (base, t) = ndis(&mut e.kernel)?;

@@ -81,6 +81,36 @@ fn paging_file(k: &mut Kernel, pf: u64) -> Option<(String, u64, u64, u64, u64)> 
 }
 
 /// Reads every counter the build keeps.
+/// The four ChargeCommitmentFailures counters: a global array on 7601/9600, the system
+/// partition's after.
+pub fn failure_counts(k: &mut Kernel) -> Result<[u32; 4], ModelError> {
+    let mut out = [0u32; 4];
+    if k.has_sym("MiChargeCommitmentFailures") {
+        let a = k.sym("MiChargeCommitmentFailures")?;
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = k.mem.u32(a + 4 * i as u64)?;
+        }
+    } else {
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = field(
+                k,
+                "MiSystemPartition",
+                "_MI_PARTITION",
+                &format!("Vp.ChargeCommitmentFailures[{i}]"),
+            )
+            .ok_or_else(|| {
+                ModelError::Corrupt("the partition has no ChargeCommitmentFailures".into())
+            })? as u32;
+        }
+    }
+    Ok(out)
+}
+
+/// The commit failures WinDbg's banner counts (members 0 and 1).
+pub fn banner_failures(f: &[u32; 4]) -> u64 {
+    u64::from(f[0]) + u64::from(f[1])
+}
+
 pub fn read(k: &mut Kernel) -> Result<Vm, ModelError> {
     let mut vm = Vm::default();
     let classic = k.has_sym("MiChargeCommitmentFailures");
@@ -92,10 +122,7 @@ pub fn read(k: &mut Kernel) -> Result<Vm, ModelError> {
                 vm.paging_files.extend(paging_file(k, pf));
             }
         }
-        let a = k.sym("MiChargeCommitmentFailures")?;
-        for i in 0..4 {
-            vm.failures[i] = k.mem.u32(a + 4 * i as u64)?;
-        }
+        vm.failures = failure_counts(k)?;
         vm.committed = global(k, "MmTotalCommittedPages").unwrap_or(0);
         vm.limit = global(k, "MmTotalCommitLimit").unwrap_or(0);
         vm.limit_maximum = global(k, "MmTotalCommitLimitMaximum");
@@ -156,12 +183,7 @@ pub fn read(k: &mut Kernel) -> Result<Vm, ModelError> {
             let pf = field(k, part, pt, &format!("Vp.PagingFile[{i}]")).unwrap_or(0);
             vm.paging_files.extend(paging_file(k, pf));
         }
-        for i in 0..4 {
-            vm.failures[i] = field(k, part, pt, &format!("Vp.ChargeCommitmentFailures[{i}]"))
-                .ok_or_else(|| {
-                    ModelError::Corrupt("the partition has no ChargeCommitmentFailures".into())
-                })? as u32;
-        }
+        vm.failures = failure_counts(k)?;
         vm.committed = field(k, part, pt, "Vp.TotalCommittedPages").unwrap_or(0);
         vm.limit = field(k, part, pt, "Vp.TotalCommitLimit").unwrap_or(0);
         vm.limit_maximum = field(k, part, pt, "Commit.TotalCommitLimitMaximum");
@@ -333,7 +355,7 @@ pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
     }
     // Warnings, as the classic extension raised them.
     let mut warnings = Vec::new();
-    let failed = u64::from(vm.failures[0]) + u64::from(vm.failures[1]);
+    let failed = banner_failures(&vm.failures);
     if failed > 0 {
         warnings.push(format!("{failed} commit requests have failed"));
     }

@@ -1,0 +1,386 @@
+//! `!hangcheck`: the cheap look a watcher takes when it samples a running machine. It reads the
+//! wait-for graph (threads, and the resource list only when some thread waits on a resource),
+//! the PnP locks by their globals, the commit-failure counters and the NBL pools, and says what
+//! looks hung: a thread waiting on a resource, mutant or PnP lock past a threshold, a resource
+//! with exclusive waiters held past it, a PnP lock whose holder is itself stuck, a wait-for
+//! cycle. Two samples tell more: commit failures rising, pending NBLs not draining.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{deadlock, locks, ndis, vm};
+use crate::engine::{CmdError, Engine, Output, addr};
+
+/// The PnP manager's locks, by their globals.
+pub const PNP_LOCKS: &[&str] = &[
+    "PiEngineLock",
+    "IopDeviceTreeLock",
+    "PnpRegistryDeviceResource",
+    "PiDependencyRelationsLock",
+    "PiResourceListLock",
+];
+
+/// When a wait counts as hung.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Thresholds {
+    /// A wait on a resource, mutant or PnP lock longer than this (seconds).
+    pub wait_seconds: f64,
+    /// A resource with exclusive waiters (or a PnP lock whose holder waits) held longer than
+    /// this (seconds; the longest waiter's wait is how long it has been held at least).
+    pub held_seconds: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            wait_seconds: 60.0,
+            held_seconds: 60.0,
+        }
+    }
+}
+
+/// A thread waiting too long.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LongWait {
+    /// The waiting thread.
+    pub thread: u64,
+    /// Its process's image.
+    pub image: String,
+    /// What it waits on.
+    pub object: u64,
+    /// The object's symbol, for globals.
+    pub symbol: Option<String>,
+    /// `ERESOURCE`, `Mutant`, `PnP lock`, …
+    pub kind: String,
+    /// How long (seconds).
+    pub seconds: f64,
+}
+
+/// A lock held too long.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HeldLong {
+    /// The resource.
+    pub resource: u64,
+    /// Its symbol.
+    pub symbol: Option<String>,
+    /// The owning threads.
+    pub owners: Vec<u64>,
+    /// Threads waiting for exclusive access.
+    pub exclusive_waiters: u64,
+    /// Held at least this long (seconds).
+    pub seconds: f64,
+    /// Why it counts: exclusive waiters, or a holder that is itself waiting.
+    pub why: String,
+}
+
+/// One sample of a stopped machine.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    /// Threads waiting too long on a resource, mutant or PnP lock.
+    pub long_waits: Vec<LongWait>,
+    /// Locks held too long.
+    pub held_long: Vec<HeldLong>,
+    /// Wait-for cycles (threads).
+    pub cycles: Vec<Vec<u64>>,
+    /// Commit failures (banner count), when readable.
+    pub commit_failures: Option<u64>,
+    /// Pending NBLs, when ndis.sys and its symbols are there and tracking is on.
+    pub pending_nbls: Option<Vec<u64>>,
+    /// What could not be examined.
+    pub notes: Vec<String>,
+}
+
+/// Something that looks hung.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    /// `deadlock`, `long-wait`, `held-long`, `commit-failures-rising`, `nbls-not-draining`.
+    pub kind: &'static str,
+    /// One line for people.
+    pub summary: String,
+}
+
+fn kind_of(edge_kind: &str) -> &'static str {
+    if edge_kind.starts_with("ERESOURCE") {
+        "ERESOURCE"
+    } else if edge_kind == "Mutant" {
+        "Mutant"
+    } else if edge_kind == "FAST_MUTEX" {
+        "FAST_MUTEX"
+    } else {
+        "Thread"
+    }
+}
+
+/// Takes a sample of the stopped machine.
+pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
+    let g = deadlock::build(e)?;
+    let mut s = Sample {
+        notes: g.notes.clone(),
+        ..Sample::default()
+    };
+    s.cycles = deadlock::find_cycles(&g.edges);
+    let pnp: Vec<(u64, &str)> = PNP_LOCKS
+        .iter()
+        .filter_map(|n| e.kernel.sym(n).ok().map(|a| (a, *n)))
+        .collect();
+    let pnp_name = |a: u64| pnp.iter().find(|p| p.0 == a).map(|p| format!("nt!{}", p.1));
+    let wait_of = |t: u64| {
+        g.nodes
+            .get(&t)
+            .filter(|n| n.thread.state == 5)
+            .and_then(|n| n.thread.wait_seconds)
+    };
+    // Waits on what a hang is made of, past the threshold.
+    let mut seen = BTreeSet::new();
+    for x in &g.edges {
+        let kind = kind_of(&x.kind);
+        if kind == "Thread" || !seen.insert((x.waiter, x.object)) {
+            continue;
+        }
+        let Some(secs) = wait_of(x.waiter) else {
+            continue;
+        };
+        if secs < th.wait_seconds {
+            continue;
+        }
+        let symbol = pnp_name(x.object).or_else(|| {
+            g.held
+                .iter()
+                .find(|h| h.address == x.object)
+                .and_then(|h| h.symbol.clone())
+        });
+        s.long_waits.push(LongWait {
+            thread: x.waiter,
+            image: g
+                .nodes
+                .get(&x.waiter)
+                .map(|n| n.image.clone())
+                .unwrap_or_default(),
+            object: x.object,
+            kind: if pnp_name(x.object).is_some() {
+                "PnP lock".into()
+            } else {
+                kind.into()
+            },
+            symbol,
+            seconds: secs,
+        });
+    }
+    // Resources with exclusive waiters: held at least as long as the longest has waited.
+    for h in &g.held {
+        if h.exclusive_waiters.is_empty() {
+            continue;
+        }
+        let longest = h
+            .exclusive_waiters
+            .iter()
+            .filter_map(|w| wait_of(*w))
+            .fold(0.0f64, f64::max);
+        if longest >= th.held_seconds {
+            s.held_long.push(HeldLong {
+                resource: h.address,
+                symbol: h.symbol.clone().or_else(|| pnp_name(h.address)),
+                owners: h.owners.iter().map(|o| o.thread).collect(),
+                exclusive_waiters: h.exclusive_waiter_count,
+                seconds: longest,
+                why: format!("{} exclusive waiter(s)", h.exclusive_waiters.len()),
+            });
+        }
+    }
+    // PnP locks, read by their globals: held, and the holder itself stuck in a wait.
+    for (a, name) in &pnp {
+        if s.held_long.iter().any(|h| h.resource == *a) {
+            continue;
+        }
+        let l = match locks::walk(&mut e.kernel, false, Some(*a)) {
+            Ok(l) => l,
+            Err(err) => {
+                s.notes.push(format!("nt!{name} unreadable: {err}"));
+                continue;
+            }
+        };
+        let Some(h) = l.held.into_iter().next().filter(|h| h.active_count != 0) else {
+            continue;
+        };
+        for o in h.owners.iter().filter(|o| o.current && o.thread != 0) {
+            let Ok(t) = e.kernel.thread(o.thread) else {
+                continue;
+            };
+            let secs = t.wait_seconds.filter(|_| t.state == 5).unwrap_or(0.0);
+            if secs >= th.held_seconds {
+                s.held_long.push(HeldLong {
+                    resource: *a,
+                    symbol: Some(format!("nt!{name}")),
+                    owners: vec![o.thread],
+                    exclusive_waiters: h.exclusive_waiter_count,
+                    seconds: secs,
+                    why: format!(
+                        "held {} by a thread waiting {:.0} s ({})",
+                        if h.exclusive { "exclusively" } else { "shared" },
+                        secs,
+                        t.wait_reason_name
+                    ),
+                });
+                break;
+            }
+        }
+    }
+    match vm::failure_counts(&mut e.kernel) {
+        Ok(f) => s.commit_failures = Some(vm::banner_failures(&f)),
+        Err(err) => s.notes.push(format!("commit failures unreadable: {err}")),
+    }
+    if e
+        .kernel
+        .modules()
+        .is_ok_and(|m| m.iter().any(|m| m.short.eq_ignore_ascii_case("ndis")))
+    {
+        match ndis::pending_nbls(&mut e.kernel) {
+            Ok(Some(p)) => s.pending_nbls = Some(p),
+            Ok(None) => s.notes.push("NBL owner tracking is off".into()),
+            Err(err) => s.notes.push(format!("NBLs not examined: {err}")),
+        }
+    }
+    Ok(s)
+}
+
+/// What a sample (and the one before it, taken while the machine ran in between) says.
+pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for c in &cur.cycles {
+        out.push(Finding {
+            kind: "deadlock",
+            summary: format!(
+                "wait-for cycle of {} threads: {}",
+                c.len(),
+                c.iter().map(|t| format!("{t:x}")).collect::<Vec<_>>().join(" → ")
+            ),
+        });
+    }
+    for w in &cur.long_waits {
+        out.push(Finding {
+            kind: "long-wait",
+            summary: format!(
+                "thread {:x} ({}) has waited {:.0} s on {} {}",
+                w.thread,
+                w.image,
+                w.seconds,
+                w.kind,
+                w.symbol.clone().unwrap_or_else(|| addr(w.object))
+            ),
+        });
+    }
+    for h in &cur.held_long {
+        out.push(Finding {
+            kind: "held-long",
+            summary: format!(
+                "{} held at least {:.0} s: {}",
+                h.symbol.clone().unwrap_or_else(|| addr(h.resource)),
+                h.seconds,
+                h.why
+            ),
+        });
+    }
+    let Some(prev) = prev else {
+        return out;
+    };
+    if let (Some(a), Some(b)) = (prev.commit_failures, cur.commit_failures)
+        && b > a
+    {
+        out.push(Finding {
+            kind: "commit-failures-rising",
+            summary: format!("commit failures rose from {a} to {b} since the last sample"),
+        });
+    }
+    if let (Some(a), Some(b)) = (&prev.pending_nbls, &cur.pending_nbls) {
+        let before: BTreeSet<u64> = a.iter().copied().collect();
+        let still = b.iter().filter(|n| before.contains(n)).count();
+        if still > 0 && b.len() >= a.len() {
+            out.push(Finding {
+                kind: "nbls-not-draining",
+                summary: format!(
+                    "{} NBLs pending ({} last sample), {still} of them pending then too",
+                    b.len(),
+                    a.len()
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// `!hangcheck [WAIT_SECONDS]`: one sample and what it finds on its own.
+pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
+    let mut th = Thresholds::default();
+    if let Some(a) = args.split_whitespace().next() {
+        th.wait_seconds = a
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| CmdError::Usage(format!("!hangcheck: {a:?} is not a number of seconds")))?;
+        th.held_seconds = th.wait_seconds;
+    }
+    let s = sample(e, &th)?;
+    let findings = judge(None, &s);
+    let mut text = String::new();
+    if findings.is_empty() {
+        text.push_str(&format!(
+            "No hang found (waits over {:.0} s on resources, mutants and PnP locks; locks held that long; wait-for cycles).\n",
+            th.wait_seconds
+        ));
+    }
+    for f in &findings {
+        text.push_str(&format!("{}: {}\n", f.kind.to_uppercase(), f.summary));
+    }
+    if let Some(c) = s.commit_failures {
+        text.push_str(&format!("Commit failures so far: {c}\n"));
+    }
+    if let Some(p) = &s.pending_nbls {
+        text.push_str(&format!("Pending NBLs: {}\n", p.len()));
+    }
+    for n in &s.notes {
+        text.push_str(&format!("NOTE: {n}\n"));
+    }
+    Ok(Output {
+        text,
+        json: json!({
+            "thresholds": th,
+            "findings": findings,
+            "long_waits": s.long_waits,
+            "held_long": s.held_long,
+            "cycles": s.cycles,
+            "commit_failures": s.commit_failures,
+            "pending_nbls": s.pending_nbls.as_ref().map(|p| p.len()),
+            "notes": s.notes,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(failures: u64, nbls: &[u64]) -> Sample {
+        Sample {
+            commit_failures: Some(failures),
+            pending_nbls: Some(nbls.to_vec()),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn two_samples_tell_rising_failures_and_stuck_packets() {
+        let a = with(10, &[1, 2, 3]);
+        assert!(judge(None, &a).is_empty(), "one sample has no trend");
+        let kinds = |f: Vec<Finding>| f.into_iter().map(|f| f.kind).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(judge(Some(&a), &with(12, &[1, 2, 3]))),
+            ["commit-failures-rising", "nbls-not-draining"]
+        );
+        // Draining: fewer pending, or all new ones.
+        assert!(judge(Some(&a), &with(10, &[1])).is_empty());
+        assert!(judge(Some(&a), &with(10, &[7, 8, 9, 10])).is_empty());
+        assert!(judge(Some(&a), &with(10, &[])).is_empty());
+    }
+}
