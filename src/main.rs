@@ -71,14 +71,32 @@ enum Command {
     /// The interactive prompt on a live target:
     /// `kdnet repl --port 50000 --key-file key.txt` (or `-k net:port=50000,key=…`).
     Repl(Box<repl::Args>),
-    /// Watch a target: when it stops by itself (a bugcheck), capture a bundle and let it go on:
-    /// `kdnet watch --port 50000 --key-file key.txt --out DIR`.
+    /// Watch targets; when one hangs (sampling, a failing probe, a DbgPrint line) or stops by
+    /// itself (a bugcheck), capture a bundle and let it go on:
+    /// `kdnet watch --port 50000 --key-file key.txt --out DIR` or `--config targets.toml`.
     Watch(Box<watch::Args>),
+    /// Talk to a running watcher: `kdnet ctl list`, `events`, `capture NAME`, `break NAME`,
+    /// `run NAME !locks`, `continue NAME`.
+    Ctl(watch::control::CtlArgs),
+    /// Ask a running watcher for a capture of NAME now: `kdnet capture web-01`.
+    Capture(CaptureArgs),
     /// Run a simulated Windows target (booted with network debugging) for a debugger to attach.
     Sim(Box<sim::Args>),
     /// Measure: datagram sealing and opening per second, and memory-read throughput over a
     /// loopback link with an injected delay, against the protocol limit.
     Bench(bench::Args),
+}
+
+#[derive(clap::Args, Debug)]
+struct CaptureArgs {
+    /// The target's name in the watcher.
+    name: String,
+    /// The watcher's control socket.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    json: bool,
 }
 
 fn init_logging(verbose: u8) {
@@ -132,6 +150,11 @@ fn main() -> ExitCode {
             Command::Run(a) => run::run(*a, verbose).await,
             Command::Repl(a) => repl::run(*a, verbose).await,
             Command::Watch(a) => watch::run(*a).await,
+            Command::Ctl(a) => watch::control::run(a).await,
+            Command::Capture(a) => {
+                watch::control::run(watch::control::CtlArgs::capture(a.name, a.control, a.json))
+                    .await
+            }
         }
     });
     match result {

@@ -115,6 +115,9 @@ pub struct Engine {
     /// The longest a command may run (`--max-seconds N` on a command overrides it); a command
     /// that runs out stops with what it has and says so.
     pub budget: Option<std::time::Duration>,
+    /// No command runs past this instant (a whole capture's stop budget); a command started
+    /// after it fails at once.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -205,6 +208,7 @@ impl Engine {
             contexts: HashMap::new(),
             epoch: 0,
             budget: None,
+            deadline: None,
         }
     }
 
@@ -251,9 +255,23 @@ impl Engine {
         };
         let command = command.as_str();
         let budget = budget.or(self.budget);
-        self.kernel
-            .mem
-            .set_deadline(budget.map(|b| std::time::Instant::now() + b));
+        if self
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            return Outcome {
+                command: command.trim().to_string(),
+                text: String::new(),
+                result: Value::Null,
+                error: Some("not run: the time budget for the whole run is spent".into()),
+                cost: Cost::default(),
+            };
+        }
+        let until = match (budget.map(|b| std::time::Instant::now() + b), self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.kernel.mem.set_deadline(until);
         // A bug in one command must not end a session that holds a stopped machine.
         let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.dispatch(command.trim())
@@ -271,10 +289,15 @@ impl Engine {
         self.kernel.mem.set_deadline(None);
         let r = match r {
             Err(CmdError::Model(ModelError::Target(crate::target::TargetError::OutOfTime))) => {
-                Err(CmdError::Usage(format!(
-                    "stopped: the time budget of {:.1} s ran out before the command finished",
-                    budget.map_or(0.0, |b| b.as_secs_f64())
-                )))
+                Err(CmdError::Usage(match budget {
+                    Some(b) if until != self.deadline => format!(
+                        "stopped: the time budget of {:.1} s ran out before the command finished",
+                        b.as_secs_f64()
+                    ),
+                    _ => "stopped: the time budget for the whole run ran out before the command \
+finished"
+                        .to_string(),
+                }))
             }
             other => other,
         };

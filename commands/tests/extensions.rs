@@ -414,7 +414,10 @@ fn hangcheck_finds_each_planted_hang_and_nothing_on_healthy() {
         let d = p.facts.deadlock.clone().unwrap();
         let j = run(&mut e, "!hangcheck");
         let k = kinds(&j);
-        assert!(k.contains("deadlock") && k.contains("long-wait") && k.contains("held-long"), "{build}: {j}");
+        assert!(
+            k.contains("deadlock") && k.contains("long-wait") && k.contains("held-long"),
+            "{build}: {j}"
+        );
         assert_eq!(
             set(&j["cycles"][0]),
             d.threads.iter().copied().collect(),
@@ -433,7 +436,11 @@ fn hangcheck_finds_each_planted_hang_and_nothing_on_healthy() {
         }
         // A threshold past every planted wait finds only the cycle.
         let j = run(&mut e, "!hangcheck 100000");
-        assert_eq!(kinds(&j), BTreeSet::from(["deadlock".to_string()]), "{build}: {j}");
+        assert_eq!(
+            kinds(&j),
+            BTreeSet::from(["deadlock".to_string()]),
+            "{build}: {j}"
+        );
 
         let Some((mut e, p)) = engine(build, Scenario::NblHang) else {
             return;
@@ -442,8 +449,8 @@ fn hangcheck_finds_each_planted_hang_and_nothing_on_healthy() {
         let j = run(&mut e, "!hangcheck");
         let held = j["held_long"].as_array().unwrap();
         assert!(
-            held.iter().any(|h| h["symbol"] == "nt!PiEngineLock"
-                && h["owners"][0].as_u64() == Some(hung)),
+            held.iter()
+                .any(|h| h["symbol"] == "nt!PiEngineLock" && h["owners"][0].as_u64() == Some(hung)),
             "{build}: {j}"
         );
         assert_eq!(
@@ -464,6 +471,9 @@ fn hangcheck_finds_each_planted_hang_and_nothing_on_healthy() {
         assert!(kinds(&j).is_empty(), "{build}: {j}");
         assert_eq!(j["commit_failures"].as_u64(), Some(0));
         let j = run(&mut e, "!hangcheck 0");
-        assert!(kinds(&j).is_empty(), "{build}: healthy has no lock waits at all: {j}");
+        assert!(
+            kinds(&j).is_empty(),
+            "{build}: healthy has no lock waits at all: {j}"
+        );
     }
 }

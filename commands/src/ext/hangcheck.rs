@@ -231,8 +231,7 @@ pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
         Ok(f) => s.commit_failures = Some(vm::banner_failures(&f)),
         Err(err) => s.notes.push(format!("commit failures unreadable: {err}")),
     }
-    if e
-        .kernel
+    if e.kernel
         .modules()
         .is_ok_and(|m| m.iter().any(|m| m.short.eq_ignore_ascii_case("ndis")))
     {
@@ -254,7 +253,10 @@ pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
             summary: format!(
                 "wait-for cycle of {} threads: {}",
                 c.len(),
-                c.iter().map(|t| format!("{t:x}")).collect::<Vec<_>>().join(" → ")
+                c.iter()
+                    .map(|t| format!("{t:x}"))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
             ),
         });
     }
@@ -318,7 +320,9 @@ pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
             .parse::<f64>()
             .ok()
             .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| CmdError::Usage(format!("!hangcheck: {a:?} is not a number of seconds")))?;
+            .ok_or_else(|| {
+                CmdError::Usage(format!("!hangcheck: {a:?} is not a number of seconds"))
+            })?;
         th.held_seconds = th.wait_seconds;
     }
     let s = sample(e, &th)?;

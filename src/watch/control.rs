@@ -1,0 +1,423 @@
+//! The watcher's control socket: a Unix domain socket (owner-only) speaking JSON lines, through
+//! which `kdnet ctl`, `kdnet capture` or any program lists the targets, reads the event
+//! stream, breaks in, runs commands, lets a target go on, or asks for a capture.
+//!
+//! Requests, one JSON object per line:
+//! `{"op":"list"}`, `{"op":"events"}` (then one line per event until the client leaves),
+//! `{"op":"capture","target":"NAME"}`, `{"op":"break","target":"NAME"}`,
+//! `{"op":"run","target":"NAME","command":"!locks"}`, `{"op":"continue","target":"NAME"}`.
+//! Each answer is one line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`. Requests to one
+//! target are carried out one at a time, in the order they arrive.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+use super::hub::Hub;
+use super::target::Request;
+
+/// The longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Where the socket is when not given: `$XDG_RUNTIME_DIR/kdnet/watch.sock`, or
+/// `/tmp/kdnet-UID/watch.sock`.
+pub fn default_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("kdnet").join("watch.sock"),
+        _ => {
+            #[cfg(unix)]
+            // SAFETY: getuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::getuid() };
+            #[cfg(not(unix))]
+            let uid = 0;
+            std::env::temp_dir()
+                .join(format!("kdnet-{uid}"))
+                .join("watch.sock")
+        }
+    }
+}
+
+/// The targets' request queues by name.
+pub type Targets = Arc<BTreeMap<String, mpsc::Sender<Request>>>;
+
+#[cfg(unix)]
+/// Listens on `path` (owner-only); a socket left by a watcher that died is replaced, one in
+/// use is an error.
+pub async fn listen(path: &Path) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(format!(
+                "another watcher is listening on {}; give --control PATH",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("removing the stale socket {}: {e}", path.display()))?;
+    }
+    // Owner-only from the start: no moment where others could connect.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let l = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let l = l.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(l)
+}
+
+#[cfg(unix)]
+/// Serves clients until the listener fails.
+pub async fn serve(l: tokio::net::UnixListener, hub: Arc<Hub>, targets: Targets) {
+    loop {
+        let Ok((stream, _)) = l.accept().await else {
+            return;
+        };
+        let hub = hub.clone();
+        let targets = targets.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut r = BufReader::new(r);
+            loop {
+                let line = match read_line(&mut r).await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = reply(&mut w, &json!({ "ok": false, "error": e })).await;
+                        return;
+                    }
+                };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let req: Value = match serde_json::from_str(&line) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let msg = json!({ "ok": false, "error": format!("not JSON: {e}") });
+                        if reply(&mut w, &msg).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                if req["op"] == "events" {
+                    stream_events(&hub, &mut w).await;
+                    return;
+                }
+                let answer = handle(&req, &hub, &targets).await;
+                if reply(&mut w, &answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Reads one line of at most MAX_LINE bytes; None at the end.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<String>, String> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = r.fill_buf().await.map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
+            return Ok((!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned()));
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        buf.extend_from_slice(&chunk[..take]);
+        r.consume(take);
+        if buf.len() > MAX_LINE {
+            return Err(format!("request longer than {MAX_LINE} bytes"));
+        }
+        if done {
+            buf.pop();
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+    }
+}
+
+async fn reply<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, v: &Value) -> std::io::Result<()> {
+    w.write_all(format!("{v}\n").as_bytes()).await
+}
+
+async fn stream_events<W: tokio::io::AsyncWrite + Unpin>(hub: &Hub, w: &mut W) {
+    let mut rx = hub.subscribe();
+    if reply(w, &json!({ "ok": true, "streaming": true }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        match rx.recv().await {
+            Ok(v) => {
+                if reply(w, &v).await.is_err() {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let _ = reply(w, &json!({ "lagged": n })).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn handle(req: &Value, hub: &Hub, targets: &Targets) -> Value {
+    let op = req["op"].as_str().unwrap_or("");
+    if op == "list" {
+        return json!({ "ok": true, "targets": hub.list() });
+    }
+    let ops = ["capture", "break", "continue", "run"];
+    if !ops.contains(&op) {
+        return json!({ "ok": false, "error": format!("unknown op {op:?}: list, events, capture, break, run, continue") });
+    }
+    let Some(name) = req["target"].as_str() else {
+        return json!({ "ok": false, "error": format!("{op}: give \"target\"") });
+    };
+    let Some(tx) = targets.get(name) else {
+        let known: Vec<&String> = targets.keys().collect();
+        return json!({ "ok": false, "error": format!("no target {name:?} (watching {known:?})") });
+    };
+    let (rtx, rrx) = oneshot::channel();
+    let r = match op {
+        "capture" => Request::Capture(rtx),
+        "break" => Request::Break(rtx),
+        "continue" => Request::Continue(rtx),
+        _ => match req["command"].as_str() {
+            Some(c) if !c.trim().is_empty() => Request::Run(c.to_string(), rtx),
+            _ => return json!({ "ok": false, "error": "run: give \"command\"" }),
+        },
+    };
+    if tx.send(r).await.is_err() {
+        return json!({ "ok": false, "error": "the target's task has ended" });
+    }
+    match rrx.await {
+        Ok(Ok(v)) => {
+            let mut out = json!({ "ok": true, "target": name });
+            if let (Some(m), Some(x)) = (out.as_object_mut(), v.as_object()) {
+                for (k, v) in x {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            out
+        }
+        Ok(Err(e)) => json!({ "ok": false, "target": name, "error": e }),
+        Err(_) => json!({ "ok": false, "error": "the target's task has ended" }),
+    }
+}
+
+/// `kdnet ctl` and `kdnet capture`.
+#[derive(clap::Args, Debug)]
+pub struct CtlArgs {
+    /// The watcher's control socket (default: $XDG_RUNTIME_DIR/kdnet/watch.sock or
+    /// /tmp/kdnet-UID/watch.sock).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Print the raw JSON answers.
+    #[arg(long)]
+    json: bool,
+    /// `list`, `events`, `capture NAME`, `break NAME`, `continue NAME`, `run NAME COMMAND…`.
+    #[arg(required = true, num_args = 1..)]
+    words: Vec<String>,
+}
+
+impl CtlArgs {
+    /// `kdnet capture NAME`.
+    pub fn capture(name: String, control: Option<PathBuf>, json: bool) -> CtlArgs {
+        CtlArgs {
+            control,
+            json,
+            words: vec!["capture".into(), name],
+        }
+    }
+}
+
+/// Builds the request for `kdnet ctl WORDS…`.
+pub fn request_of(words: &[String]) -> Result<Value, String> {
+    let name = || {
+        words
+            .get(1)
+            .cloned()
+            .ok_or_else(|| format!("{}: give the target's name", words[0]))
+    };
+    Ok(match words.first().map(String::as_str) {
+        Some("list") => json!({ "op": "list" }),
+        Some("events") => json!({ "op": "events" }),
+        Some(op @ ("capture" | "break" | "continue")) => json!({ "op": op, "target": name()? }),
+        Some("run") => {
+            let command = words.get(2..).map(|w| w.join(" ")).unwrap_or_default();
+            if command.trim().is_empty() {
+                return Err("run: give the command after the target's name".into());
+            }
+            json!({ "op": "run", "target": name()?, "command": command })
+        }
+        other => {
+            return Err(format!(
+                "unknown request {:?}: list, events, capture NAME, break NAME, continue NAME, run NAME COMMAND",
+                other.unwrap_or("")
+            ));
+        }
+    })
+}
+
+fn print_answer(v: &Value, json_out: bool) {
+    if json_out {
+        println!("{v}");
+        return;
+    }
+    if let Some(ts) = v["targets"].as_array() {
+        println!(
+            "{:<20} {:<16} {:<22} {:>8}  detail",
+            "target", "state", "listen", "captures"
+        );
+        for t in ts {
+            println!(
+                "{:<20} {:<16} {:<22} {:>8}  {}",
+                t["name"].as_str().unwrap_or(""),
+                t["state"].as_str().unwrap_or(""),
+                t["listen"].as_str().unwrap_or(""),
+                t["captures"],
+                t["detail"].as_str().unwrap_or("")
+            );
+        }
+    } else if let Some(rs) = v["results"].as_array() {
+        for r in rs {
+            if let Some(c) = r["command"].as_str() {
+                println!("kd> {c}");
+            }
+            if let Some(t) = r["text"].as_str() {
+                print!("{t}");
+            }
+            if let Some(e) = r["error"].as_str() {
+                println!("error: {e}");
+            }
+            if let Some(e) = r["echo"].as_str() {
+                println!("{e}");
+            }
+        }
+    } else if let Some(b) = v["bundle"].as_str() {
+        println!("bundle: {b}");
+        for f in v["findings"].as_array().into_iter().flatten() {
+            println!("  - {}", f.as_str().unwrap_or(""));
+        }
+    } else {
+        println!("{v}");
+    }
+}
+
+#[cfg(unix)]
+/// Sends one request and prints the answer (or the event stream).
+pub async fn run(a: CtlArgs) -> anyhow::Result<u8> {
+    let req = match request_of(&a.words) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kdnet ctl: {e}");
+            return Ok(crate::exit::BAD_ARGUMENTS);
+        }
+    };
+    let path = a.control.unwrap_or_else(default_path);
+    let stream = match tokio::net::UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "kdnet ctl: no watcher on {}: {e} (is `kdnet watch` running? give --control PATH)",
+                path.display()
+            );
+            return Ok(crate::exit::NO_CONNECTION);
+        }
+    };
+    let (r, mut w) = stream.into_split();
+    reply(&mut w, &req).await?;
+    let mut r = BufReader::new(r);
+    let streaming = req["op"] == "events";
+    let mut first = true;
+    loop {
+        let line = match read_line(&mut r).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                if first {
+                    eprintln!("kdnet ctl: the watcher closed the connection");
+                    return Ok(crate::exit::FAILED);
+                }
+                return Ok(crate::exit::OK);
+            }
+            Err(e) => {
+                eprintln!("kdnet ctl: {e}");
+                return Ok(crate::exit::FAILED);
+            }
+        };
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+        if first && v["ok"] == false {
+            eprintln!("kdnet ctl: {}", v["error"].as_str().unwrap_or("failed"));
+            if a.json {
+                println!("{v}");
+            }
+            return Ok(crate::exit::FAILED);
+        }
+        if streaming {
+            if !first {
+                println!("{v}");
+            }
+        } else {
+            print_answer(&v, a.json);
+            return Ok(crate::exit::OK);
+        }
+        first = false;
+    }
+}
+
+#[cfg(not(unix))]
+pub async fn run(_: CtlArgs) -> anyhow::Result<u8> {
+    eprintln!("kdnet ctl: the control socket needs a Unix domain socket (Linux)");
+    Ok(crate::exit::FAILED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_make_requests() {
+        let w = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(request_of(&w("list")).unwrap(), json!({ "op": "list" }));
+        assert_eq!(
+            request_of(&w("run web-01 !locks -v")).unwrap(),
+            json!({ "op": "run", "target": "web-01", "command": "!locks -v" })
+        );
+        assert!(request_of(&w("capture")).unwrap_err().contains("name"));
+        assert!(request_of(&w("run web-01")).is_err());
+        assert!(request_of(&w("reboot x")).unwrap_err().contains("unknown"));
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_refused() {
+        let data = vec![b'x'; MAX_LINE + 10];
+        let mut r = BufReader::new(&data[..]);
+        assert!(read_line(&mut r).await.unwrap_err().contains("longer"));
+        let mut r = BufReader::new(&b"{\"op\":\"list\"}\nrest"[..]);
+        assert_eq!(
+            read_line(&mut r).await.unwrap().unwrap(),
+            "{\"op\":\"list\"}"
+        );
+        assert_eq!(read_line(&mut r).await.unwrap().unwrap(), "rest");
+        assert_eq!(read_line(&mut r).await.unwrap(), None);
+    }
+}

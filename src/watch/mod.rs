@@ -1,0 +1,352 @@
+//! `kdnet watch`: watch one target or many, notice when one hangs or crashes, break in,
+//! capture what matters into a bundle, and let it go on.
+//!
+//! Triggers: the target stops by itself (bugcheck, exception); periodic sampling finds a hang
+//! (`!hangcheck`); a health probe fails for a while; a DbgPrint line matches; a person asks
+//! (`kdnet capture NAME`, or SIGUSR1 for every target). Each target is a task of its own
+//! (target.rs) that does one thing at a time; the bundle writer is bundle.rs, the page
+//! html.rs, the control socket control.rs.
+
+pub mod bundle;
+pub mod config;
+pub mod control;
+pub mod html;
+pub mod hub;
+pub mod policy;
+pub mod probe;
+pub mod target;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use kdnet::host::Host;
+use tokio::sync::mpsc;
+
+use crate::connect::ConnectArgs;
+use crate::exit;
+use config::{Common, TargetSpec};
+use hub::Hub;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Watch the targets a file lists (targets.toml): name, port, key_file or key_env, target,
+    /// tags and per-target settings.
+    #[arg(long, conflicts_with_all = ["port", "kernel"])]
+    config: Option<PathBuf>,
+    /// Where bundles go [default: kdnet-captures].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The capture script (default: the built-in bugcheck.kds after a bugcheck, hang.kds
+    /// otherwise).
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Break in this often to look for a hang (`!hangcheck`), then let it go on: 5m, 30s.
+    #[arg(long)]
+    sample_every: Option<String>,
+    /// A wait on a resource, mutant or PnP lock longer than this is a hang [default: 60s].
+    #[arg(long)]
+    wait_threshold: Option<String>,
+    /// A health probe: tcp:HOST:PORT, http:URL or cmd:COMMAND (exit code 0 is healthy).
+    #[arg(long)]
+    probe: Option<String>,
+    /// How often the probe runs [default: 5s].
+    #[arg(long)]
+    probe_every: Option<String>,
+    /// The probe failing this long triggers a capture [default: 30s].
+    #[arg(long)]
+    probe_fail_after: Option<String>,
+    /// Capture when a DbgPrint line matches (`*` and `?` wildcards, anywhere in the line);
+    /// may be given more than once.
+    #[arg(long)]
+    dbgprint: Vec<String>,
+    /// How long a capture may keep the target stopped [default: 120s]; past it the capture
+    /// stops and keeps what it has.
+    #[arg(long)]
+    budget: Option<String>,
+    /// The longest any one capture command may run, in seconds [default: 60].
+    #[arg(long)]
+    max_seconds: Option<f64>,
+    /// Captures per hour per target, at most [default: 4].
+    #[arg(long)]
+    max_per_hour: Option<u32>,
+    /// After a capture, no other on that target for this long [default: 10m].
+    #[arg(long)]
+    cooldown: Option<String>,
+    /// Leave the target stopped after a capture instead of letting it go on.
+    #[arg(long)]
+    leave_stopped: bool,
+    /// Exit after this many captures (all targets together).
+    #[arg(long)]
+    max_captures: Option<u32>,
+    /// Stop watching after this long.
+    #[arg(long, value_parser = crate::duration::parse)]
+    duration: Option<Duration>,
+    /// Append each state change as a JSON line to this file.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// The control socket (default: $XDG_RUNTIME_DIR/kdnet/watch.sock or
+    /// /tmp/kdnet-UID/watch.sock).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Symbol path in WinDbg's syntax (`srv*CACHE*URL;DIR`); _NT_SYMBOL_PATH is added.
+    #[arg(long)]
+    symbols: Option<String>,
+    /// The target's name in events and bundle names (one target).
+    #[arg(long, default_value = "target")]
+    name: String,
+    /// A label for the target (one target); may be given more than once.
+    #[arg(long)]
+    tag: Vec<String>,
+}
+
+impl Args {
+    fn common(&self) -> Result<Common, String> {
+        let command_budget = match self.max_seconds {
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                return Err("--max-seconds must be a positive number of seconds".into());
+            }
+            Some(s) => Some(format!("{}s", s.min(1e6))),
+            None => None,
+        };
+        Ok(Common {
+            out: self.out.clone(),
+            script: self.script.clone(),
+            symbols: self.symbols.clone(),
+            sample_every: self.sample_every.clone(),
+            wait_threshold: self.wait_threshold.clone(),
+            held_threshold: self.wait_threshold.clone(),
+            probe: self.probe.clone(),
+            probe_every: self.probe_every.clone(),
+            probe_fail_after: self.probe_fail_after.clone(),
+            dbgprint: (!self.dbgprint.is_empty()).then(|| self.dbgprint.clone()),
+            budget: self.budget.clone(),
+            command_budget,
+            leave_stopped: self.leave_stopped.then_some(true),
+            max_per_hour: self.max_per_hour,
+            cooldown: self.cooldown.clone(),
+        })
+    }
+}
+
+/// What the watcher was given: its targets and where it reports.
+struct Plan {
+    targets: Vec<TargetSpec>,
+    events: Option<PathBuf>,
+    control: Option<PathBuf>,
+    max_captures: Option<u32>,
+}
+
+fn plan(a: &Args) -> Result<Plan, String> {
+    let cli = a.common()?;
+    match &a.config {
+        Some(path) => {
+            let l = config::load(path, &cli)?;
+            Ok(Plan {
+                targets: l.targets,
+                events: a.events.clone().or(l.events),
+                control: a.control.clone().or(l.control),
+                max_captures: a.max_captures.or(l.max_captures),
+            })
+        }
+        None => {
+            let host = a.connect.resolve()?;
+            let spec = config::spec(&a.name, host, a.tag.clone(), &cli)?;
+            Ok(Plan {
+                targets: vec![spec],
+                events: a.events.clone(),
+                control: a.control.clone(),
+                max_captures: a.max_captures,
+            })
+        }
+    }
+}
+
+/// Sets up the given targets and watches them until told to stop; the exit code.
+pub async fn watch(
+    targets: Vec<TargetSpec>,
+    hub: Arc<Hub>,
+    control: Option<PathBuf>,
+    max_captures: Option<u32>,
+    duration: Option<Duration>,
+) -> anyhow::Result<u8> {
+    let mut hosts = Vec::new();
+    for t in &targets {
+        match Host::bind(t.host.clone()).await {
+            Ok(h) => hosts.push(h),
+            Err(e) => {
+                eprintln!(
+                    "kdnet: {}: cannot listen on UDP {}: {e}",
+                    t.name, t.host.bind
+                );
+                return Ok(exit::NO_CONNECTION);
+            }
+        }
+    }
+    #[cfg(unix)]
+    let listener = {
+        let path = control.unwrap_or_else(control::default_path);
+        match control::listen(&path).await {
+            Ok(l) => {
+                eprintln!("kdnet watch: control socket {}", path.display());
+                l
+            }
+            Err(e) => {
+                eprintln!("kdnet: {e}");
+                return Ok(exit::BAD_ARGUMENTS);
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let _ = control;
+    let (captured_tx, mut captured_rx) = mpsc::unbounded_channel();
+    let mut queues = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for (spec, host) in targets.into_iter().zip(hosts) {
+        hub.add(&spec.name, &spec.tags, host.local_addr().to_string());
+        let (tx, rx) = mpsc::channel(16);
+        queues.insert(spec.name.clone(), tx);
+        let actor = target::Actor::new(spec, host, hub.clone(), rx, captured_tx.clone());
+        tasks.push(tokio::spawn(actor.run()));
+    }
+    let queues: control::Targets = Arc::new(queues);
+    #[cfg(unix)]
+    tokio::spawn(control::serve(listener, hub.clone(), queues.clone()));
+    let mut usr1 = user_signal();
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut captures = 0u32;
+    loop {
+        tokio::select! {
+            Some(()) = captured_rx.recv() => {
+                captures += 1;
+                if max_captures.is_some_and(|m| captures >= m) {
+                    return Ok(exit::OK);
+                }
+            }
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                return Ok(exit::OK);
+            }
+            _ = next_signal(&mut usr1) => {
+                // A capture by hand on every target.
+                for (name, q) in queues.iter() {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if q.try_send(target::Request::Capture(tx)).is_ok() {
+                        let hub = hub.clone();
+                        let name = name.clone();
+                        tokio::spawn(async move {
+                            if let Ok(Err(e)) = rx.await {
+                                hub.note(&name, &format!("capture asked by signal failed: {e}"));
+                            }
+                        });
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                return Ok(exit::OK);
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+type UserSignal = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type UserSignal = Option<()>;
+
+#[cfg(unix)]
+fn user_signal() -> UserSignal {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok()
+}
+
+#[cfg(not(unix))]
+fn user_signal() -> UserSignal {
+    None
+}
+
+#[cfg(unix)]
+async fn next_signal(s: &mut UserSignal) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_signal(_: &mut UserSignal) {
+    std::future::pending().await
+}
+
+/// `kdnet watch`.
+pub async fn run(a: Args) -> anyhow::Result<u8> {
+    let p = match plan(&a) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kdnet: {e}");
+            return Ok(exit::BAD_ARGUMENTS);
+        }
+    };
+    let file = match &p.events {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the events file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let hub = Arc::new(Hub::new(file));
+    watch(p.targets, hub, p.control, p.max_captures, a.duration).await
+}
+
+/// Seconds since 1970 as `YYYYMMDDTHHMMSSZ`.
+pub fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_utc_calendar_times() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_795_305_599), "20261121T235959Z");
+    }
+
+    #[test]
+    fn the_built_in_scripts_parse() {
+        assert!(kdnet_commands::script::parse(bundle::HANG_SCRIPT).is_ok());
+        assert!(kdnet_commands::script::parse(bundle::BUGCHECK_SCRIPT).is_ok());
+    }
+}

@@ -1,0 +1,594 @@
+//! One watched target: a task that owns its KDNET session and does one thing at a time —
+//! notice it stop by itself, sample it, answer a trigger (probe, DbgPrint), or serve a control
+//! request — so two clients' commands never interleave on the wire.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kdnet::api::status;
+use kdnet::host::{Host, HostEvent, Phase, RunState};
+use kdnet_commands::engine::Engine;
+use kdnet_commands::ext::hangcheck::{self, Sample};
+use kdnet_commands::script::{self, Runner};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::bundle::{self, Job, Lost, Trigger};
+use super::config::{TargetSpec, matches};
+use super::hub::Hub;
+use super::policy::Limiter;
+use super::probe::{self, Failing};
+use crate::analysis;
+
+/// What a control client asks of a target.
+pub enum Request {
+    /// Capture now (never held back by the rate limit or the cool-down).
+    Capture(oneshot::Sender<Result<Value, String>>),
+    /// Break in and keep it stopped.
+    Break(oneshot::Sender<Result<Value, String>>),
+    /// Let it run.
+    Continue(oneshot::Sender<Result<Value, String>>),
+    /// Run a command line on the stopped target.
+    Run(String, oneshot::Sender<Result<Value, String>>),
+}
+
+/// How long a break-in may take.
+const BREAK_IN: Duration = Duration::from_secs(10);
+
+/// A target's task.
+pub struct Actor {
+    spec: TargetSpec,
+    host: Host,
+    hub: Arc<Hub>,
+    rx: mpsc::Receiver<Request>,
+    limiter: Limiter,
+    prev: Option<Sample>,
+    /// The engine of a stop a control client asked for, and the stop it belongs to.
+    held: Option<(Engine, u64)>,
+    captured: mpsc::UnboundedSender<()>,
+}
+
+fn stop_count(host: &Host) -> u64 {
+    host.state().stops
+}
+
+impl Actor {
+    /// A task for `spec` over `host`.
+    pub fn new(
+        spec: TargetSpec,
+        host: Host,
+        hub: Arc<Hub>,
+        rx: mpsc::Receiver<Request>,
+        captured: mpsc::UnboundedSender<()>,
+    ) -> Actor {
+        Actor {
+            spec,
+            host,
+            hub,
+            rx,
+            limiter: Limiter::default(),
+            prev: None,
+            held: None,
+            captured,
+        }
+    }
+
+    fn state(&self, state: &str, detail: &str) {
+        self.hub.state(&self.spec.name, state, detail, Value::Null);
+    }
+
+    /// Runs until the session ends.
+    pub async fn run(mut self) {
+        self.state(
+            "offline",
+            &format!("listening on UDP {}", self.host.local_addr()),
+        );
+        let mut state_rx = self.host.watch_state();
+        let (trig_tx, mut trig_rx) = mpsc::channel::<Trigger>(4);
+        let mut helpers = Vec::new();
+        if !self.spec.triggers.dbgprint.is_empty() {
+            helpers.push(tokio::spawn(watch_prints(
+                self.host.clone(),
+                self.spec.triggers.dbgprint.clone(),
+                trig_tx.clone(),
+            )));
+        }
+        if let Some(p) = self.spec.triggers.probe.clone() {
+            helpers.push(tokio::spawn(run_probe(
+                self.host.clone(),
+                p,
+                self.spec.triggers.probe_every,
+                self.spec.triggers.probe_fail_after,
+                trig_tx.clone(),
+                self.hub.clone(),
+                self.spec.name.clone(),
+            )));
+        }
+        let mut sampler = self.spec.triggers.sample_every.map(|d| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let mut connected = false;
+        loop {
+            let s = state_rx.borrow_and_update().clone();
+            let stopped = s.run == RunState::Stopped;
+            if let Some((_, at)) = &self.held
+                && (!stopped || s.stops != *at || s.phase != Phase::Connected)
+            {
+                self.held = None;
+            }
+            match s.phase {
+                Phase::Waiting => {
+                    connected = false;
+                    self.state("offline", "");
+                }
+                Phase::WrongKey => {
+                    connected = false;
+                    self.state("wrong-key", "offers arrive but do not authenticate");
+                }
+                Phase::Connected => {
+                    if !connected {
+                        connected = true;
+                        self.state(
+                            "connected",
+                            &s.target.map_or_else(String::new, |p| p.to_string()),
+                        );
+                    }
+                    if !stopped {
+                        self.state("running", "");
+                    }
+                }
+            }
+            if connected && stopped && self.held.is_none() {
+                let detail = s
+                    .stop
+                    .as_ref()
+                    .map_or_else(String::new, crate::repl::describe);
+                self.state(
+                    "stopped",
+                    &format!("the target stopped by itself: {detail}"),
+                );
+                let t = Trigger {
+                    kind: "stopped".into(),
+                    detail,
+                    sample: None,
+                };
+                let _ = self.capture(t, None, false).await;
+                continue;
+            }
+            let running = connected && !stopped && self.held.is_none();
+            tokio::select! {
+                r = state_rx.changed() => if r.is_err() { break },
+                req = self.rx.recv() => match req {
+                    Some(r) => self.request(r).await,
+                    None => break,
+                },
+                _ = tick(&mut sampler) => if running { self.sample().await },
+                Some(t) = trig_rx.recv() => if running {
+                    let _ = self.capture(t, None, false).await;
+                },
+            }
+        }
+        for h in helpers {
+            h.abort();
+        }
+    }
+
+    /// Breaks in (unless stopped); Err says why it could not.
+    async fn stop(&mut self) -> Result<(), String> {
+        if self.host.state().run == RunState::Stopped {
+            return Ok(());
+        }
+        self.host
+            .break_in(BREAK_IN)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("break-in failed: {e}"))
+    }
+
+    async fn resume(&mut self) {
+        self.held = None;
+        self.state("resuming", "");
+        if let Err(e) = self.host.resume(status::DBG_CONTINUE).await {
+            self.state("resume-failed", &e.to_string());
+        }
+    }
+
+    /// Opens the kernel model over the stopped target (off the runtime's threads).
+    async fn open(&mut self) -> Result<Engine, String> {
+        let host = self.host.clone();
+        let rt = tokio::runtime::Handle::current();
+        let symbols = self.spec.symbols.clone();
+        tokio::task::spawn_blocking(move || {
+            analysis::open_live(host, rt, symbols.as_deref()).map_err(|e| format!("{e:#}"))
+        })
+        .await
+        .map_err(|e| format!("the model thread failed: {e}"))?
+    }
+
+    /// Breaks in, takes a sample, and captures if it finds a hang; otherwise lets it go on.
+    async fn sample(&mut self) {
+        let start = Instant::now();
+        if let Err(e) = self.stop().await {
+            self.state("sample-failed", &e);
+            return;
+        }
+        self.state("sampling", "");
+        let engine = match self.open().await {
+            Ok(e) => e,
+            Err(e) => {
+                self.state("sample-failed", &e);
+                self.resume().await;
+                return;
+            }
+        };
+        let th = self.spec.triggers.thresholds;
+        let result = tokio::task::spawn_blocking(move || {
+            let mut e = engine;
+            e.budget = Some(Duration::from_secs(30));
+            let before = e.kernel.mem.stats();
+            let s = hangcheck::sample(&mut e, &th);
+            let cost = e.kernel.mem.stats().since(&before);
+            (e, s, cost.transport.round_trips)
+        })
+        .await;
+        let Ok((engine, sample, round_trips)) = result else {
+            self.state("sample-failed", "the sample thread failed");
+            self.resume().await;
+            return;
+        };
+        let sample = match sample {
+            Ok(s) => s,
+            Err(e) => {
+                self.state("sample-failed", &e.to_string());
+                self.resume().await;
+                return;
+            }
+        };
+        let found = hangcheck::judge(self.prev.as_ref(), &sample);
+        let sample_json = json!({
+            "findings": found,
+            "long_waits": sample.long_waits,
+            "held_long": sample.held_long,
+            "cycles": sample.cycles,
+            "commit_failures": sample.commit_failures,
+            "pending_nbls": sample.pending_nbls.as_ref().map(Vec::len),
+            "round_trips": round_trips,
+        });
+        self.prev = Some(sample);
+        if found.is_empty() {
+            self.hub.state(
+                &self.spec.name,
+                "sampled",
+                &format!(
+                    "nothing found ({round_trips} round trips, stopped {:.2} s)",
+                    start.elapsed().as_secs_f64()
+                ),
+                json!({ "sample": sample_json }),
+            );
+            self.resume().await;
+            return;
+        }
+        let t = Trigger {
+            kind: format!("sample-{}", found[0].kind),
+            detail: found
+                .iter()
+                .map(|f| f.summary.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+            sample: Some(sample_json),
+        };
+        let _ = self.capture(t, Some(engine), false).await;
+    }
+
+    /// Captures for `t`: checks the policy (unless asked by hand), stops the target, runs the
+    /// script, writes the bundle, and lets the target go on unless the policy says otherwise.
+    async fn capture(
+        &mut self,
+        t: Trigger,
+        engine: Option<Engine>,
+        manual: bool,
+    ) -> Result<Value, String> {
+        let now = Instant::now();
+        if !manual && let Err(why) = self.limiter.check(now, &self.spec.policy) {
+            self.state(
+                "capture-skipped",
+                &format!("{}: {} ({why})", t.kind, t.detail),
+            );
+            if self.host.state().run == RunState::Stopped && self.held.is_none() {
+                self.resume().await;
+            }
+            return Err(why);
+        }
+        if let Err(e) = self.stop().await {
+            self.state("capture-failed", &e);
+            return Err(e);
+        }
+        self.state("capturing", &format!("{}: {}", t.kind, t.detail));
+        let lost: Lost = Arc::new(Mutex::new(None));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let monitor = tokio::spawn(watch_for_loss(
+            self.host.clone(),
+            lost.clone(),
+            cancel.clone(),
+        ));
+        let job = Job {
+            name: self.spec.name.clone(),
+            tags: self.spec.tags.clone(),
+            out: self.spec.out.clone(),
+            trigger: t,
+            script: self.spec.script.clone(),
+            budget: self.spec.policy.budget,
+            command_budget: self.spec.policy.command_budget,
+        };
+        let engine = match engine {
+            Some(e) => Some(e),
+            None => self.held.take().map(|h| h.0),
+        };
+        let host = self.host.clone();
+        let rt = tokio::runtime::Handle::current();
+        let symbols = self.spec.symbols.clone();
+        let stamp = super::utc_stamp(super::now_secs());
+        let result = tokio::task::spawn_blocking(move || {
+            let mut e = match engine {
+                Some(e) => e,
+                None => analysis::open_live(host, rt, symbols.as_deref())
+                    .map_err(|e| format!("{e:#}"))?,
+            };
+            e.kernel.mem.set_cancel(Some(cancel));
+            let c = bundle::capture(&mut e, &job, &lost, &stamp).map_err(|e| format!("{e:#}"));
+            e.kernel.mem.set_cancel(None);
+            c.map(|c| (e, c))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the capture thread failed: {e}")));
+        monitor.abort();
+        self.limiter.record(now);
+        let out = match result {
+            Ok((engine, c)) => {
+                let v = json!({
+                    "bundle": c.dir,
+                    "complete": c.complete,
+                    "failed_steps": c.failed_steps,
+                    "findings": c.summary,
+                    "round_trips": c.round_trips,
+                    "bytes": c.bytes,
+                    "stopped_seconds": c.seconds,
+                });
+                self.hub.state(
+                    &self.spec.name,
+                    "captured",
+                    &format!(
+                        "{}{}{}",
+                        c.dir.display(),
+                        if c.complete { "" } else { " (incomplete)" },
+                        if c.failed_steps > 0 {
+                            format!(" ({} steps failed)", c.failed_steps)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    v.clone(),
+                );
+                for line in &c.summary {
+                    self.hub.note(&self.spec.name, &format!("finding: {line}"));
+                }
+                if self.spec.policy.leave_stopped && c.complete {
+                    let at = stop_count(&self.host);
+                    self.held = Some((engine, at));
+                    self.state("stopped", "left stopped after the capture");
+                } else if self.host.state().phase == Phase::Connected {
+                    self.resume().await;
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                self.state("capture-failed", &e);
+                if !self.spec.policy.leave_stopped && self.host.state().run == RunState::Stopped {
+                    self.resume().await;
+                }
+                Err(e)
+            }
+        };
+        let _ = self.captured.send(());
+        out
+    }
+
+    async fn request(&mut self, r: Request) {
+        match r {
+            Request::Capture(reply) => {
+                let t = Trigger {
+                    kind: "manual".into(),
+                    detail: "asked for by a control client".into(),
+                    sample: None,
+                };
+                let r = if self.host.state().phase != Phase::Connected {
+                    Err("the target is not connected".to_string())
+                } else {
+                    self.capture(t, None, true).await
+                };
+                let _ = reply.send(r);
+            }
+            Request::Break(reply) => {
+                let r = self.break_and_hold().await;
+                let _ = reply.send(r);
+            }
+            Request::Continue(reply) => {
+                let r = if self.host.state().run == RunState::Stopped {
+                    self.resume().await;
+                    Ok(json!({ "running": true }))
+                } else {
+                    Err("the target is not stopped".to_string())
+                };
+                let _ = reply.send(r);
+            }
+            Request::Run(line, reply) => {
+                let r = self.run_line(line).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn break_and_hold(&mut self) -> Result<Value, String> {
+        if self.host.state().phase != Phase::Connected {
+            return Err("the target is not connected".into());
+        }
+        if self.held.is_some() {
+            return Ok(json!({ "stopped": true, "already": true }));
+        }
+        self.stop().await?;
+        let e = self.open().await?;
+        let at = stop_count(&self.host);
+        self.held = Some((e, at));
+        self.state("stopped", "broken in by a control client");
+        Ok(json!({ "stopped": true }))
+    }
+
+    async fn run_line(&mut self, line: String) -> Result<Value, String> {
+        let stmts = script::parse(&line).map_err(|e| e.to_string())?;
+        let Some((engine, at)) = self.held.take() else {
+            return Err("the target is running: break in first (op \"break\")".into());
+        };
+        let (engine, outs) = tokio::task::spawn_blocking(move || {
+            let mut e = engine;
+            let mut outs = Vec::new();
+            {
+                let dir = std::env::temp_dir();
+                let mut runner = Runner::new(&mut e, dir);
+                runner.run(&stmts, &mut |ev| {
+                    let mut v = analysis::event_json(&ev);
+                    if let script::Event::Outcome(o, _) = &ev
+                        && let Some(m) = v.as_object_mut()
+                    {
+                        m.insert("text".into(), Value::String(o.text.clone()));
+                    }
+                    outs.push(v);
+                });
+            }
+            (e, outs)
+        })
+        .await
+        .map_err(|e| format!("the command thread failed: {e}"))?;
+        self.held = Some((engine, at));
+        Ok(json!({ "results": outs }))
+    }
+}
+
+async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a trigger for each DbgPrint line that matches a pattern.
+async fn watch_prints(host: Host, patterns: Vec<String>, tx: mpsc::Sender<Trigger>) {
+    let mut events = host.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(HostEvent::DebugPrint { text, .. }) => {
+                for line in text.lines() {
+                    if let Some(p) = patterns.iter().find(|p| matches(p, line)) {
+                        // A full queue means a capture is already on its way.
+                        let _ = tx.try_send(Trigger {
+                            kind: "dbgprint".into(),
+                            detail: format!("{line:?} matched {p:?}"),
+                            sample: None,
+                        });
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Runs the health probe while the target runs; failing for `after` sends a trigger.
+async fn run_probe(
+    host: Host,
+    p: super::config::Probe,
+    every: Duration,
+    after: Duration,
+    tx: mpsc::Sender<Trigger>,
+    hub: Arc<Hub>,
+    name: String,
+) {
+    let mut f = Failing::default();
+    let mut last_stops = stop_count(&host);
+    let mut was_ok = true;
+    loop {
+        tokio::time::sleep(every).await;
+        let s = host.state();
+        // Failures while the target was stopped (by anyone) say nothing about its health.
+        if s.phase != Phase::Connected || s.run != RunState::Running || s.stops != last_stops {
+            last_stops = s.stops;
+            f.reset();
+            continue;
+        }
+        let r = probe::check(&p, every.max(Duration::from_secs(2))).await;
+        if host.state().stops != last_stops {
+            continue;
+        }
+        if r.is_ok() != was_ok {
+            was_ok = r.is_ok();
+            hub.note(
+                &name,
+                &match &r {
+                    Ok(()) => "probe: healthy again".to_string(),
+                    Err(e) => format!("probe failing: {e}"),
+                },
+            );
+        }
+        if f.record(r.is_ok(), Instant::now(), after) {
+            let _ = tx
+                .send(Trigger {
+                    kind: "probe".into(),
+                    detail: format!(
+                        "failing for {:.0} s: {}",
+                        after.as_secs_f64(),
+                        r.err().unwrap_or_default()
+                    ),
+                    sample: None,
+                })
+                .await;
+        }
+    }
+}
+
+/// Marks the capture lost (and stops its reads) when the target reboots or stops answering.
+async fn watch_for_loss(host: Host, lost: Lost, cancel: Arc<AtomicBool>) {
+    let mut events = host.subscribe();
+    let mut last = host.stats();
+    let mut progress = Instant::now();
+    let mut poll = tokio::time::interval(Duration::from_millis(250));
+    let why = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(HostEvent::Connected { .. }) => break "the target rebooted during the capture".to_string(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break "the session ended".to_string(),
+                _ => {}
+            },
+            _ = poll.tick() => {
+                let now = host.stats();
+                if now.round_trips > last.round_trips {
+                    progress = Instant::now();
+                }
+                let failing = now.failed > last.failed;
+                last = now;
+                if failing && progress.elapsed() >= Duration::from_secs(8) {
+                    break "the target stopped answering during the capture".to_string();
+                }
+            }
+        }
+    };
+    if let Ok(mut l) = lost.lock() {
+        *l = Some(why);
+    }
+    cancel.store(true, Ordering::SeqCst);
+}
