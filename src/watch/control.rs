@@ -93,7 +93,7 @@ pub async fn serve(l: tokio::net::UnixListener, hub: Arc<Hub>, targets: Targets)
             let (r, mut w) = stream.into_split();
             let mut r = BufReader::new(r);
             loop {
-                let line = match read_line(&mut r).await {
+                let line = match read_line(&mut r, MAX_LINE).await {
                     Ok(Some(l)) => l,
                     Ok(None) => return,
                     Err(e) => {
@@ -127,9 +127,13 @@ pub async fn serve(l: tokio::net::UnixListener, hub: Arc<Hub>, targets: Targets)
     }
 }
 
-/// Reads one line of at most MAX_LINE bytes; None at the end.
+/// The longest answer a client accepts (a command's whole output).
+const MAX_ANSWER: usize = 256 * 1024 * 1024;
+
+/// Reads one line of at most `max` bytes; None at the end.
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
+    max: usize,
 ) -> Result<Option<String>, String> {
     let mut buf = Vec::new();
     loop {
@@ -143,8 +147,8 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
         };
         buf.extend_from_slice(&chunk[..take]);
         r.consume(take);
-        if buf.len() > MAX_LINE {
-            return Err(format!("request longer than {MAX_LINE} bytes"));
+        if buf.len() > max {
+            return Err(format!("line longer than {max} bytes"));
         }
         if done {
             buf.pop();
@@ -350,7 +354,7 @@ pub async fn run(a: CtlArgs) -> anyhow::Result<u8> {
     let streaming = req["op"] == "events";
     let mut first = true;
     loop {
-        let line = match read_line(&mut r).await {
+        let line = match read_line(&mut r, MAX_ANSWER).await {
             Ok(Some(l)) => l,
             Ok(None) => {
                 if first {
@@ -411,13 +415,18 @@ mod tests {
     async fn long_lines_are_refused() {
         let data = vec![b'x'; MAX_LINE + 10];
         let mut r = BufReader::new(&data[..]);
-        assert!(read_line(&mut r).await.unwrap_err().contains("longer"));
+        assert!(
+            read_line(&mut r, MAX_LINE)
+                .await
+                .unwrap_err()
+                .contains("longer")
+        );
         let mut r = BufReader::new(&b"{\"op\":\"list\"}\nrest"[..]);
         assert_eq!(
-            read_line(&mut r).await.unwrap().unwrap(),
+            read_line(&mut r, MAX_LINE).await.unwrap().unwrap(),
             "{\"op\":\"list\"}"
         );
-        assert_eq!(read_line(&mut r).await.unwrap().unwrap(), "rest");
-        assert_eq!(read_line(&mut r).await.unwrap(), None);
+        assert_eq!(read_line(&mut r, MAX_LINE).await.unwrap().unwrap(), "rest");
+        assert_eq!(read_line(&mut r, MAX_LINE).await.unwrap(), None);
     }
 }

@@ -1,0 +1,609 @@
+//! `kdnet watch` triggers and control, end to end on loopback against simulated machines: three
+//! targets from one watcher (sampling, a failing probe, a bugcheck; the rate limit holds; the
+//! healthy one is never captured), a DbgPrint pattern, the control socket (list, break, two
+//! clients' commands serialised, continue, capture), the snapshot answering `!locks` offline as
+//! the machine did, a kill -9 mid-capture leaving no half bundle, a target vanishing
+//! mid-capture giving an incomplete bundle.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Sim, free_udp_port, json_lines, kdnet, temp_dir};
+use serde_json::Value;
+
+/// A running `kdnet watch`, killed on drop.
+struct Watcher(Child);
+
+impl Watcher {
+    fn start(args: &[&str], extra: &[&Path]) -> Watcher {
+        let mut c = kdnet();
+        c.arg("watch").args(args);
+        for p in extra {
+            c.arg(p);
+        }
+        Watcher(
+            c.env("KDNET_WATCH_KEY", "4.4.4.4")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn events(path: &Path) -> Vec<Value> {
+    // The file may end in a line being written.
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits until an event of `target` has `state`; the events so far.
+fn wait_state(path: &Path, target: &str, state: &str, limit: Duration) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let ev = events(path);
+        if ev
+            .iter()
+            .any(|e| e["target"] == target && e["state"] == state)
+        {
+            return ev;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{target} never reached {state}: {ev:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ctl(socket: &Path, words: &[&str]) -> (bool, Value) {
+    let o = kdnet()
+        .arg("ctl")
+        .arg("--control")
+        .arg(socket)
+        .arg("--json")
+        .args(words)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let v = serde_json::from_str(out.trim())
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&o.stderr).into_owned()));
+    (o.status.success(), v)
+}
+
+fn bundles(out: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn report(b: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn three_targets_one_watcher() {
+    let dir = temp_dir("watch3");
+    std::fs::write(dir.join("k.key"), "4.4.4.4\n").unwrap();
+    let (p1, p2, p3) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let flag = dir.join("containerd-down");
+    let few = ["--resources", "2000"];
+    let _healthy = Sim::start(
+        p1,
+        "4.4.4.4",
+        &[&few[..], &["--scenario", "healthy"]].concat(),
+    );
+    let _deadlock = Sim::start(
+        p2,
+        "4.4.4.4",
+        &[&few[..], &["--scenario", "deadlock", "--hang-after", "6s"]].concat(),
+    );
+    let _bugcheck = Sim::start(
+        p3,
+        "4.4.4.4",
+        &[&few[..], &["--scenario", "bugcheck", "--after", "12s"]].concat(),
+    );
+    let config = dir.join("targets.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"events = "events.jsonl"
+control = "watch.sock"
+
+[defaults]
+out = "bundles"
+sample_every = "2s"
+cooldown = "10m"
+
+[[target]]
+name = "healthy"
+port = {p1}
+bind = "127.0.0.1"
+key_file = "k.key"
+tags = ["control"]
+
+[[target]]
+name = "deadlock"
+port = {p2}
+bind = "127.0.0.1"
+key_file = "k.key"
+probe = "cmd:test ! -e {}"
+probe_every = "300ms"
+probe_fail_after = "1s"
+
+[[target]]
+name = "bugcheck"
+port = {p3}
+bind = "127.0.0.1"
+key_env = "KDNET_WATCH_KEY"
+sample_every = "1h"
+"#,
+            flag.display()
+        ),
+    )
+    .unwrap();
+    let ev_path = dir.join("events.jsonl");
+    let _w = Watcher::start(&["--config"], &[&config]);
+    // The deadlock begins at 6 s; its service stops answering then too.
+    let t0 = Instant::now();
+    wait_state(&ev_path, "deadlock", "running", Duration::from_secs(20));
+    while t0.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&flag, "").unwrap();
+    wait_state(&ev_path, "deadlock", "captured", Duration::from_secs(30));
+    wait_state(&ev_path, "bugcheck", "captured", Duration::from_secs(40));
+    // Both triggers fire on the deadlock again; the cool-down holds them back.
+    let start = Instant::now();
+    let ev = loop {
+        let ev = events(&ev_path);
+        let skipped: Vec<&str> = ev
+            .iter()
+            .filter(|e| e["target"] == "deadlock" && e["state"] == "capture-skipped")
+            .filter_map(|e| e["detail"].as_str())
+            .collect();
+        if skipped.iter().any(|d| d.starts_with("probe"))
+            && skipped.iter().any(|d| d.starts_with("sample"))
+        {
+            break ev;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{ev:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(_w);
+    // The healthy one was sampled, and never captured.
+    let of = |t: &str, s: &str| {
+        ev.iter()
+            .filter(|e| e["target"] == t && e["state"] == s)
+            .count()
+    };
+    assert!(of("healthy", "sampled") >= 3, "{ev:#?}");
+    assert_eq!(of("healthy", "capturing"), 0, "{ev:#?}");
+    assert_eq!(of("healthy", "capture-skipped"), 0, "{ev:#?}");
+    assert_eq!(of("deadlock", "captured"), 1);
+    assert_eq!(of("bugcheck", "captured"), 1);
+    // Every target went on after its capture.
+    for t in ["deadlock", "bugcheck"] {
+        let after: Vec<&str> = ev
+            .iter()
+            .filter(|e| e["target"] == t && e.get("state").is_some())
+            .map(|e| e["state"].as_str().unwrap())
+            .skip_while(|s| *s != "captured")
+            .collect();
+        assert_eq!(after.get(1), Some(&"resuming"), "{t}: {after:?}");
+    }
+    let all = bundles(&dir.join("bundles"));
+    assert_eq!(all.len(), 2, "{all:?}");
+    let dl = all
+        .iter()
+        .find(|b| {
+            b.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("deadlock-")
+        })
+        .unwrap();
+    let j = report(dl);
+    assert_eq!(j["complete"], true);
+    let kind = j["trigger"]["kind"].as_str().unwrap();
+    assert!(kind == "sample-deadlock" || kind == "probe", "{kind}");
+    let cycles = j["findings"]["deadlock_cycles"].as_array().unwrap();
+    assert_eq!(cycles.len(), 1, "{j}");
+    assert_eq!(cycles[0]["threads"].as_array().unwrap().len(), 2);
+    let images: Vec<&str> = j["findings"]["wait_threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            cycles[0]["threads"]
+                .as_array()
+                .unwrap()
+                .contains(&t["thread"])
+        })
+        .map(|t| t["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(images.len(), 2);
+    assert!(images.contains(&"vmcompute.exe") && images.contains(&"containerd.exe"));
+    assert!(j["findings"]["locks_held"].as_array().unwrap().len() >= 2);
+    let html = std::fs::read_to_string(dl.join("report.html")).unwrap();
+    assert!(html.contains("<svg id=\"waitgraph\"") && html.contains("class=\"wait cycle\""));
+    let bc = all
+        .iter()
+        .find(|b| {
+            b.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("bugcheck-")
+        })
+        .unwrap();
+    assert!(bc.to_string_lossy().ends_with("-bugcheck-44"), "{bc:?}");
+    let j = report(bc);
+    assert_eq!(j["trigger"]["kind"], "stopped");
+    assert_eq!(j["findings"]["bugcheck"]["code"], 0x44);
+    assert_eq!(j["findings"]["analysis"]["module"], "CimFS");
+    // Bundles are private to their owner.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for f in ["report.txt", "report.json", "report.html", "snapshot.dmp"] {
+            let m = std::fs::metadata(bc.join(f)).unwrap().permissions().mode();
+            assert_eq!(m & 0o777, 0o600, "{f}");
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_dbgprint_line_triggers_a_capture() {
+    let dir = temp_dir("watch-print");
+    let port = free_udp_port();
+    let _sim = Sim::start(
+        port,
+        "4.4.4.4",
+        &[
+            "--scenario",
+            "healthy",
+            "--resources",
+            "500",
+            "--print-every",
+            "1s",
+        ],
+    );
+    let ev_path = dir.join("events.jsonl");
+    let port_s = port.to_string();
+    // (A script of one command keeps it quick.)
+    let script = dir.join("quick.kds");
+    std::fs::write(&script, "!hangcheck\n").unwrap();
+    let mut w = Watcher::start(
+        &[
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--key-env",
+            "KDNET_WATCH_KEY",
+            "--name",
+            "n1",
+            "--dbgprint",
+            "svchost: * finished",
+            "--max-captures",
+            "1",
+        ],
+        &[
+            Path::new("--script"),
+            &script,
+            Path::new("--out"),
+            &dir.join("b"),
+            Path::new("--events"),
+            &ev_path,
+            Path::new("--control"),
+            &dir.join("s.sock"),
+        ],
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = w.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:#?}",
+            events(&ev_path)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let b = bundles(&dir.join("b"));
+    assert_eq!(b.len(), 1);
+    let j = report(&b[0]);
+    assert_eq!(j["trigger"]["kind"], "dbgprint");
+    assert!(
+        j["trigger"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("svchost: periodic maintenance finished"),
+        "{j}"
+    );
+    assert!(b[0].to_string_lossy().ends_with("-dbgprint"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn control_socket_serialises_clients_and_the_snapshot_answers_offline() {
+    let dir = temp_dir("watch-ctl");
+    let port = free_udp_port();
+    let _sim = Sim::start(
+        port,
+        "4.4.4.4",
+        &["--scenario", "nbl-hang", "--resources", "3000"],
+    );
+    let sock = dir.join("ctl.sock");
+    let ev_path = dir.join("events.jsonl");
+    let port_s = port.to_string();
+    let _w = Watcher::start(
+        &[
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--key-env",
+            "KDNET_WATCH_KEY",
+            "--name",
+            "nic",
+        ],
+        &[
+            Path::new("--out"),
+            &dir.join("b"),
+            Path::new("--events"),
+            &ev_path,
+            Path::new("--control"),
+            &sock,
+        ],
+    );
+    wait_state(&ev_path, "nic", "running", Duration::from_secs(20));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let m = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o600);
+    }
+    let (ok, v) = ctl(&sock, &["list"]);
+    assert!(ok, "{v}");
+    assert_eq!(v["targets"][0]["name"], "nic");
+    assert_eq!(v["targets"][0]["state"], "running");
+    let (ok, v) = ctl(&sock, &["run", "nic", "lm"]);
+    assert!(
+        !ok && v["error"].as_str().unwrap().contains("break in first"),
+        "{v}"
+    );
+    let (ok, v) = ctl(&sock, &["break", "nic"]);
+    assert!(ok, "{v}");
+    // Two clients at once: each gets its own whole answer.
+    let s1 = sock.clone();
+    let a = std::thread::spawn(move || ctl(&s1, &["run", "nic", "!locks"]));
+    let s2 = sock.clone();
+    let b = std::thread::spawn(move || ctl(&s2, &["run", "nic", "!ndiskd.pendingnbls"]));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert!(a.0 && b.0, "{a:?} {b:?}");
+    let live_locks = a.1["results"][0]["text"].as_str().unwrap().to_string();
+    assert!(
+        live_locks.contains("2 locks currently held"),
+        "{live_locks}"
+    );
+    assert_eq!(b.1["results"][0]["result"]["pending"], 1854);
+    let (ok, v) = ctl(&sock, &["continue", "nic"]);
+    assert!(ok, "{v}");
+    let (ok, v) = ctl(&sock, &["capture", "nic"]);
+    assert!(ok, "{v}");
+    let bundle = PathBuf::from(v["bundle"].as_str().unwrap());
+    assert!(bundle.to_string_lossy().ends_with("-manual"), "{bundle:?}");
+    let j = report(&bundle);
+    assert_eq!(j["findings"]["pending_nbls"], 1854);
+    assert_eq!(
+        j["findings"]["nbl_holders"][0]["name"],
+        "My Ethernet 1Gb 4-port Adapter"
+    );
+    // The snapshot gives the same !locks offline as the machine gave live.
+    let o = kdnet()
+        .arg("open")
+        .arg(bundle.join("snapshot.dmp"))
+        .args(["-c", "!locks", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let offline = json_lines(&String::from_utf8_lossy(&o.stdout));
+    let live = j["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["command"] == "!locks")
+        .unwrap();
+    assert_eq!(offline[1]["result"], live["result"]);
+    let o = kdnet()
+        .arg("open")
+        .arg(bundle.join("snapshot.dmp"))
+        .args(["-c", "!locks"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(&live_locks), "{text}\n---\n{live_locks}");
+    // Unknown targets and bad requests are answered, not fatal.
+    let (ok, v) = ctl(&sock, &["capture", "nobody"]);
+    assert!(
+        !ok && v["error"].as_str().unwrap().contains("no target"),
+        "{v}"
+    );
+    #[cfg(unix)]
+    {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(b"not json\n{\"op\":\"list\"}\n").unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("not JSON"), "{line}");
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("\"nic\""), "{line}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn kill_during_a_capture_leaves_earlier_bundles_whole_and_no_half_one() {
+    let dir = temp_dir("watch-kill");
+    let port = free_udp_port();
+    // A slow link makes the capture last.
+    let _sim = Sim::start(
+        port,
+        "4.4.4.4",
+        &[
+            "--scenario",
+            "nbl-hang",
+            "--resources",
+            "3000",
+            "--latency",
+            "2ms",
+        ],
+    );
+    let sock = dir.join("ctl.sock");
+    let ev_path = dir.join("events.jsonl");
+    let out = dir.join("b");
+    let port_s = port.to_string();
+    let mut w = Watcher::start(
+        &[
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--key-env",
+            "KDNET_WATCH_KEY",
+            "--name",
+            "k",
+        ],
+        &[
+            Path::new("--out"),
+            &out,
+            Path::new("--events"),
+            &ev_path,
+            Path::new("--control"),
+            &sock,
+        ],
+    );
+    wait_state(&ev_path, "k", "running", Duration::from_secs(20));
+    let (ok, v) = ctl(&sock, &["capture", "k"]);
+    assert!(ok, "{v}");
+    let first = PathBuf::from(v["bundle"].as_str().unwrap());
+    let before = std::fs::read(first.join("report.json")).unwrap();
+    let s2 = sock.clone();
+    let second = std::thread::spawn(move || ctl(&s2, &["capture", "k"]));
+    // Once the second capture has run a while, kill the watcher outright.
+    let start = Instant::now();
+    loop {
+        let n = events(&ev_path)
+            .iter()
+            .filter(|e| e["state"] == "capturing")
+            .count();
+        if n == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    w.0.kill().unwrap();
+    w.0.wait().unwrap();
+    let (ok, _) = second.join().unwrap();
+    assert!(!ok, "the second capture cannot have finished");
+    let names: Vec<String> = bundles(&out)
+        .iter()
+        .map(|b| b.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    let visible: Vec<&String> = names.iter().filter(|n| !n.starts_with('.')).collect();
+    assert_eq!(visible.len(), 1, "{names:?}");
+    assert_eq!(std::fs::read(first.join("report.json")).unwrap(), before);
+    assert!(std::fs::metadata(first.join("snapshot.dmp")).unwrap().len() > 4096);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_target_vanishing_mid_capture_gives_an_incomplete_bundle() {
+    let dir = temp_dir("watch-vanish");
+    let port = free_udp_port();
+    let mut sim = Sim::start(
+        port,
+        "4.4.4.4",
+        &[
+            "--scenario",
+            "nbl-hang",
+            "--resources",
+            "3000",
+            "--latency",
+            "2ms",
+        ],
+    );
+    let sock = dir.join("ctl.sock");
+    let ev_path = dir.join("events.jsonl");
+    let out = dir.join("b");
+    let port_s = port.to_string();
+    let _w = Watcher::start(
+        &[
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--key-env",
+            "KDNET_WATCH_KEY",
+            "--name",
+            "v",
+        ],
+        &[
+            Path::new("--out"),
+            &out,
+            Path::new("--events"),
+            &ev_path,
+            Path::new("--control"),
+            &sock,
+        ],
+    );
+    wait_state(&ev_path, "v", "running", Duration::from_secs(20));
+    let s = sock.clone();
+    let cap = std::thread::spawn(move || ctl(&s, &["capture", "v"]));
+    wait_state(&ev_path, "v", "capturing", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    sim.0.kill().unwrap();
+    sim.0.wait().unwrap();
+    let (ok, v) = cap.join().unwrap();
+    assert!(ok, "{v}");
+    assert_eq!(v["complete"], false, "{v}");
+    let b = PathBuf::from(v["bundle"].as_str().unwrap());
+    assert!(b.to_string_lossy().ends_with("-manual-incomplete"), "{b:?}");
+    let j = report(&b);
+    assert_eq!(j["complete"], false);
+    assert!(
+        j["incomplete"]
+            .as_str()
+            .unwrap()
+            .contains("stopped answering"),
+        "{}",
+        j["incomplete"]
+    );
+    let txt = std::fs::read_to_string(b.join("report.txt")).unwrap();
+    assert!(txt.contains("Complete: NO:"), "{txt}");
+    std::fs::remove_dir_all(dir).ok();
+}
