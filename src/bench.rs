@@ -13,6 +13,10 @@
 //! 4. The analysis commands on the simulated nbl-hang machine (84,372 resources) over the same
 //!    link, each from a cold cache: round trips, bytes, and the ratio to the least any reader
 //!    needs (per page touched, the span of bytes asked for over the largest transfer).
+//! 5. The watcher on the same machine over the same link: a sample (`!hangcheck`) beside the
+//!    capture it triggers (`hang.kds`, bundle written): time the target stays stopped, round
+//!    trips, bytes, bundle size; then host CPU per watched idle target, against the same
+//!    simulated machines running with nobody watching.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +50,12 @@ pub struct Args {
     /// Only the commands benchmark.
     #[arg(long)]
     commands_only: bool,
+    /// Only the watcher benchmark.
+    #[arg(long)]
+    watch_only: bool,
+    /// Idle targets in the watcher's CPU benchmark.
+    #[arg(long, default_value_t = 8)]
+    idle_targets: usize,
 }
 
 struct Flat;
@@ -134,6 +144,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         commands_bench(Duration::from_micros(args.delay_us), args.resources).await?;
         return Ok(exit::OK);
     }
+    if args.watch_only {
+        watch_bench(
+            Duration::from_micros(args.delay_us),
+            args.resources,
+            args.idle_targets,
+        )
+        .await?;
+        return Ok(exit::OK);
+    }
     wire_bench(args.datagrams);
     let key = Key::from_bytes(kdnet::rng::os_random_32());
     let host = Host::bind(HostConfig::new("127.0.0.1:0".parse()?, key.clone())).await?;
@@ -214,7 +233,245 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
     list_bench(delay, args.list_entries).await?;
     commands_bench(delay, args.resources).await?;
+    watch_bench(delay, args.resources, args.idle_targets).await?;
     Ok(exit::OK)
+}
+
+/// CPU time this process has used (user + system).
+fn cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes into the struct we own.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            let tv = |t: libc::timeval| {
+                Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+            };
+            return tv(u.ru_utime) + tv(u.ru_stime);
+        }
+    }
+    Duration::ZERO
+}
+
+/// The watcher over the link: a sample beside the capture it triggers, then the host CPU an
+/// idle watched target costs.
+async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Result<()> {
+    use crate::watch::{self, Control, config, hub::Hub};
+    let key = Key::from_bytes(kdnet::rng::os_random_32());
+    let hc = HostConfig::new("127.0.0.1:0".parse()?, key.clone());
+    let host = Host::bind(hc.clone()).await?;
+    let mut sim_config = kdnet_sim::SimConfig::demo();
+    sim_config.resources = resources;
+    let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
+    tc.offer_interval = Duration::from_millis(500);
+    let link = LinkConfig {
+        latency: delay,
+        ..LinkConfig::default()
+    };
+    let sim = kdnet_sim::start(sim_config, tc, Some(link)).await?;
+    let out = std::env::temp_dir().join(format!("kdnet-bench-{}", std::process::id()));
+    let common = config::Common {
+        out: Some(out.clone()),
+        sample_every: Some("1s".into()),
+        ..config::Common::default()
+    };
+    let spec = config::spec("bench", hc, Vec::new(), &common).map_err(anyhow::Error::msg)?;
+    let hub = std::sync::Arc::new(Hub::new(None).silent());
+    let mut events = hub.subscribe();
+    let timeline = tokio::spawn(async move {
+        let mut marks: Vec<(String, Instant, serde_json::Value)> = Vec::new();
+        while let Ok(v) = events.recv().await {
+            let state = v["state"].as_str().unwrap_or("").to_string();
+            let done = state == "captured" || state == "capture-failed";
+            marks.push((state, Instant::now(), v));
+            if done {
+                break;
+            }
+        }
+        marks
+    });
+    watch::watch(
+        vec![(spec, host.clone())],
+        hub,
+        Control::Off,
+        Some(1),
+        Some(Duration::from_secs(300)),
+    )
+    .await?;
+    let marks = timeline.await?;
+    // Baseline: the same script on its own, from a cold cache, as a separate run would do it.
+    host.break_in(Duration::from_secs(10)).await?;
+    let rt = tokio::runtime::Handle::current();
+    let h = host.clone();
+    let (base_rts, base_bytes, base_time) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Duration)> {
+            let t = Instant::now();
+            let mut e = crate::analysis::open_live(h, rt, None)?;
+            e.kernel.mem.invalidate();
+            let stmts = kdnet_commands::script::parse(crate::watch::bundle::HANG_SCRIPT)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let before = e.kernel.mem.stats();
+            let dir = std::env::temp_dir();
+            kdnet_commands::script::Runner::new(&mut e, dir).run(&stmts, &mut |_| {});
+            let c = e.kernel.mem.stats().since(&before);
+            Ok((c.transport.round_trips, c.transport.bytes, t.elapsed()))
+        })
+        .await??;
+    let _ = std::fs::remove_file(std::env::temp_dir().join("hang.dmp"));
+    host.resume(status::DBG_CONTINUE).await?;
+    sim.target.shutdown().await;
+    let at = |s: &str| marks.iter().find(|m| m.0 == s).map(|m| m.1);
+    let captured = marks
+        .iter()
+        .find(|m| m.0 == "captured")
+        .map(|m| m.2.clone())
+        .context("no capture")?;
+    let bundle = std::path::PathBuf::from(captured["bundle"].as_str().unwrap_or(""));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("report.json"))?)?;
+    let size = |f: &str| std::fs::metadata(bundle.join(f)).map_or(0, |m| m.len());
+    let (Some(sampling), Some(capturing), Some(done)) =
+        (at("sampling"), at("capturing"), at("captured"))
+    else {
+        anyhow::bail!("the watcher's timeline is incomplete: {marks:?}");
+    };
+    let sample_rts = report["trigger"]["sample"]["round_trips"]
+        .as_u64()
+        .unwrap_or(0);
+    let capture_rts = captured["round_trips"].as_u64().unwrap_or(0);
+    let capture_bytes = captured["bytes"].as_u64().unwrap_or(0);
+    let sample_time = capturing - sampling;
+    let capture_time = done - capturing;
+    outln!(
+        "\nwatcher on the simulated nbl-hang machine ({resources} resources), RTT {:?}: a sample finds the hang, hang.kds captures it",
+        delay * 2
+    );
+    outln!(
+        "  {:<44} {:>9} {:>11} {:>12}",
+        "",
+        "stopped",
+        "round trips",
+        "bytes"
+    );
+    let row = |name: &str, t: Duration, rts: u64, bytes: String| {
+        outln!(
+            "  {:<44} {:>8.2}s {:>11} {:>12}",
+            name,
+            t.as_secs_f64(),
+            rts,
+            bytes
+        );
+    };
+    row(
+        "sample (break in, kernel model, !hangcheck)",
+        sample_time,
+        sample_rts,
+        "-".into(),
+    );
+    row(
+        "capture (hang.kds, bundle written)",
+        capture_time,
+        capture_rts,
+        capture_bytes.to_string(),
+    );
+    row(
+        "trigger to bundle, in all",
+        done - sampling,
+        sample_rts + capture_rts,
+        "-".into(),
+    );
+    row(
+        "baseline: hang.kds alone from a cold cache",
+        base_time,
+        base_rts,
+        base_bytes.to_string(),
+    );
+    outln!(
+        "  ratio in all / baseline: {:.2} round trips, {:.2} time (the capture reuses what the sample read)",
+        (sample_rts + capture_rts) as f64 / base_rts.max(1) as f64,
+        (done - sampling).as_secs_f64() / base_time.as_secs_f64().max(1e-9)
+    );
+    outln!(
+        "  bundle: report.txt {} B, report.json {} B, report.html {} B, snapshot.dmp {} B",
+        size("report.txt"),
+        size("report.json"),
+        size("report.html"),
+        size("snapshot.dmp")
+    );
+    let _ = std::fs::remove_dir_all(&out);
+
+    // Host CPU per idle watched target: the same machines with nobody watching, then watched.
+    let window = Duration::from_secs(8);
+    // The ports are held by plain sockets nobody reads while the machines run unwatched.
+    let mut held = Vec::new();
+    let mut sims = Vec::new();
+    let mut specs = Vec::new();
+    for i in 0..idle {
+        let key = Key::from_bytes(kdnet::rng::os_random_32());
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let addr = sock.local_addr()?;
+        held.push(sock);
+        let mut c = kdnet_sim::SimConfig::demo();
+        c.scenario = kdnet_sim::Scenario::Healthy;
+        c.resources = 500;
+        c.print_every = Duration::from_secs(3600);
+        let tc = TargetConfig::new("127.0.0.1:0".parse()?, addr, key.clone());
+        sims.push(kdnet_sim::start(c, tc, None).await?);
+        specs.push(
+            config::spec(
+                &format!("idle{i}"),
+                HostConfig::new(addr, key),
+                Vec::new(),
+                &config::Common::default(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let c0 = cpu_time();
+    tokio::time::sleep(window).await;
+    let unwatched = cpu_time() - c0;
+    drop(held);
+    let hosts = match watch::bind_all(&specs).await {
+        Ok(h) => h,
+        Err(_) => anyhow::bail!("cannot listen for the idle targets"),
+    };
+    let hub = std::sync::Arc::new(Hub::new(None).silent());
+    let targets: Vec<_> = specs.into_iter().zip(hosts.iter().cloned()).collect();
+    let watcher = tokio::spawn(watch::watch(
+        targets,
+        hub,
+        Control::Off,
+        None,
+        Some(window + Duration::from_secs(6)),
+    ));
+    for h in &hosts {
+        h.wait_connected(Duration::from_secs(10)).await?;
+    }
+    let c1 = cpu_time();
+    tokio::time::sleep(window).await;
+    let watched = cpu_time() - c1;
+    let _ = watcher.await;
+    for s in sims {
+        s.target.shutdown().await;
+    }
+    let per = (watched.as_secs_f64() - unwatched.as_secs_f64()) / idle.max(1) as f64;
+    outln!(
+        "\nidle targets ({idle} healthy machines in this process, no sampling), {:?} each: process CPU {:.3} s with nobody listening, {:.3} s watched",
+        window,
+        unwatched.as_secs_f64(),
+        watched.as_secs_f64()
+    );
+    outln!(
+        "  watcher cost per idle target: {:+.3} ms CPU per second ({:+.4} % of a core){}",
+        per * 1000.0 / window.as_secs_f64(),
+        per * 100.0 / window.as_secs_f64(),
+        if per <= 0.0 {
+            "; below this run's noise (the machines' own timers dominate)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 /// One command's figures: name, round trips, bytes, least round trips, pages, time, success.

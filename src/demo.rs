@@ -1,150 +1,125 @@
-//! `kdnet demo`: the simulated Windows kernel (built-in layout, nbl-hang scenario) and this
-//! debugger in one process, over encrypted KDNET on loopback.
+//! `kdnet demo`: the whole story in under a minute, in one process over encrypted KDNET on
+//! loopback. A simulated Windows Server 2022 machine runs healthy, then hangs (a PnP remove
+//! waits on NDIS, which waits on the packets a NIC miniport never returns); the watcher samples
+//! it, notices, breaks in, runs the built-in `hang.kds`, lets it go on, and prints the findings
+//! and where the bundle is.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kdnet::api::{Reg, status};
-use kdnet::host::{Host, HostConfig, HostEvent};
+use kdnet::host::{Host, HostConfig, RunState};
 use kdnet::target::TargetConfig;
 use kdnet::wire::Key;
 use kdnet_sim::SimConfig;
 
 use crate::exit;
+use crate::watch::{self, Control, config, hub::Hub};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// UDP port for the debugger end (0 = any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
-}
-
-fn t(start: Instant) -> String {
-    format!("[{:7.3}s]", start.elapsed().as_secs_f64())
-}
-
-fn addr(a: u64) -> String {
-    format!("{:08x}`{:08x}", a >> 32, a as u32)
+    /// Where the bundle goes (default: a directory under the system's temporary one).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// How long the machine runs healthy before it hangs.
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    hang_after: Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let start = Instant::now();
+    let t = || format!("[{:7.3}s]", start.elapsed().as_secs_f64());
     let key = Key::from_bytes(kdnet::rng::os_random_32());
     let bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let host = Host::bind(HostConfig::new(bind, key.clone()))
+    let host_config = HostConfig::new(bind, key.clone());
+    let host = Host::bind(host_config.clone())
         .await
         .context("binding the debugger end")?;
-    let mut events = host.subscribe();
-    let config = SimConfig::demo();
+    let mut config = SimConfig::demo();
+    config.hang_after = Some(args.hang_after);
     outln!(
-        "kdnet demo: a simulated Windows Server 2022 kernel and this debugger in one process, over encrypted KDNET on loopback"
+        "kdnet demo: a simulated Windows Server 2022 machine that hangs, and a watcher that catches it, over encrypted KDNET on loopback"
     );
     outln!(
-        "{} building the simulated machine: build {}, scenario {}, {} processors, {} executive resources",
-        t(start),
+        "{} building the machine: build {}, {} processors, {} executive resources; healthy for {:?}, then scenario {}",
+        t(),
         config.build,
-        config.scenario,
         config.cpus,
-        config.resources
+        config.resources,
+        args.hang_after,
+        config.scenario
     );
     let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
-    tc.offer_interval = Duration::from_secs(3);
+    tc.offer_interval = Duration::from_secs(1);
     let running = kdnet_sim::start(config, tc, None).await?;
     outln!(
-        "{} built in {:.2?}; target {} sends its offers to the debugger at {} every 3 s",
-        t(start),
+        "{} built in {:.2?}; target {} offers to the watcher at {}",
+        t(),
         running.build_time,
         running.target.local_addr(),
         host.local_addr()
     );
-    let peer = match host.wait_connected(Duration::from_secs(10)).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("kdnet demo: {e}");
-            return Ok(exit::NO_CONNECTION);
-        }
+    let out = args
+        .out
+        .unwrap_or_else(|| std::env::temp_dir().join("kdnet-demo"));
+    let common = config::Common {
+        out: Some(out),
+        sample_every: Some("2s".into()),
+        ..config::Common::default()
     };
+    let spec = config::spec("demo", host_config, vec!["demo".into()], &common)
+        .map_err(anyhow::Error::msg)?;
     outln!(
-        "{} handshake with {peer}: data key derived, KD session up",
-        t(start)
+        "{} watching: a sample (!hangcheck) every 2 s; on a hang, capture with hang.kds and let the machine go on",
+        t()
     );
-    if let Ok(Some(text)) = tokio::time::timeout(Duration::from_millis(1500), async {
-        loop {
-            match events.recv().await {
-                Ok(HostEvent::DebugPrint { text, .. }) => return Some(text),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
+    let hub = Arc::new(Hub::new(None).story(start));
+    let code = watch::watch(
+        vec![(spec, host.clone())],
+        hub.clone(),
+        Control::Off,
+        Some(1),
+        Some(Duration::from_secs(50)),
+    )
+    .await?;
+    if code != exit::OK {
+        return Ok(code);
+    }
+    let Some(bundle) = hub.list().into_iter().find_map(|s| s.last_bundle) else {
+        eprintln!("kdnet demo: no capture within 50 s");
+        return Ok(exit::FAILED);
+    };
+    // The capture ends with the machine let go; wait for it to say it runs.
+    let mut state = host.watch_state();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        state.wait_for(|s| s.run == RunState::Running),
+    )
+    .await;
+    outln!(
+        "{} the machine {}",
+        t(),
+        if host.state().run == RunState::Running {
+            "runs again"
+        } else {
+            "did not say it runs"
         }
-    })
-    .await
-    {
-        outln!("{} DbgPrint: {}", t(start), text.trim_end());
-    }
-    let sc = host.break_in(Duration::from_secs(5)).await?;
-    outln!(
-        "{} break-in: exception {:#010x} at {} on processor {} of {}, thread {}",
-        t(start),
-        sc.exception().map_or(0, |e| e.code),
-        addr(sc.program_counter),
-        sc.processor,
-        sc.number_processors,
-        addr(sc.thread)
     );
-    let v = host.get_version().await?;
+    let bundle = PathBuf::from(bundle);
+    outln!("bundle: {}", bundle.display());
     outln!(
-        "Windows 10 Kernel Version {} MP ({} procs) Free x64",
-        v.minor_version,
-        sc.number_processors
+        "  open {} in a browser",
+        bundle.join("report.html").display()
     );
     outln!(
-        "Kernel base = 0x{} PsLoadedModuleList = 0x{}",
-        addr(v.kern_base),
-        addr(v.ps_loaded_module_list)
+        "  or offline: kdnet open {} -c \"!locks; !ndiskd.pendingnbls\"",
+        bundle.join("snapshot.dmp").display()
     );
-    // The module list, walked with raw reads and the built-in layout.
-    let nt = kdnet_symbols::builtin::nt_demo();
-    let dll_base = nt.offset("_KLDR_DATA_TABLE_ENTRY", "DllBase")?;
-    let name_off = nt.offset("_KLDR_DATA_TABLE_ENTRY", "BaseDllName")?;
-    let mut names = Vec::new();
-    let mut link = u64::from_le_bytes(
-        host.read_virtual(v.ps_loaded_module_list, 8)
-            .await?
-            .try_into()
-            .unwrap_or([0; 8]),
-    );
-    while link != v.ps_loaded_module_list && names.len() < 1024 {
-        let entry = host.read_virtual(link, (name_off + 16) as usize).await?;
-        let base = u64::from_le_bytes(entry[dll_base as usize..dll_base as usize + 8].try_into()?);
-        let len = u16::from_le_bytes(entry[name_off as usize..name_off as usize + 2].try_into()?)
-            as usize;
-        let buf =
-            u64::from_le_bytes(entry[name_off as usize + 8..name_off as usize + 16].try_into()?);
-        let raw = host.read_virtual(buf, len.min(512)).await?;
-        let units: Vec<u16> = raw
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        names.push((base, String::from_utf16_lossy(&units)));
-        link = u64::from_le_bytes(entry[..8].try_into()?);
-    }
-    outln!("{} loaded modules:", names.len());
-    for chunk in names.chunks(4) {
-        let line: Vec<String> = chunk
-            .iter()
-            .map(|(b, n)| format!("{} {:<14}", addr(*b), n))
-            .collect();
-        outln!("  {}", line.join("  "));
-    }
-    let ctx = host.get_context(0).await?;
-    outln!(
-        "processor 0: rip {} rsp {}",
-        addr(ctx.reg(Reg::Rip)),
-        addr(ctx.reg(Reg::Rsp))
-    );
-    host.resume(status::DBG_CONTINUE).await?;
-    outln!("{} continued: the target runs again", t(start));
     let hs = host.stats();
     let ts = running.target.shutdown().await;
     outln!(

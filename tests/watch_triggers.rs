@@ -406,6 +406,15 @@ fn control_socket_serialises_clients_and_the_snapshot_answers_offline() {
         "{live_locks}"
     );
     assert_eq!(b.1["results"][0]["result"]["pending"], 1854);
+    let (ok, v) = ctl(&sock, &["run", "nic", "~2s; r"]);
+    assert!(ok, "{v}");
+    let live_cpu2: String = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["text"].as_str())
+        .collect();
+    assert!(live_cpu2.contains("rip="), "{live_cpu2}");
     let (ok, v) = ctl(&sock, &["continue", "nic"]);
     assert!(ok, "{v}");
     let (ok, v) = ctl(&sock, &["capture", "nic"]);
@@ -442,6 +451,15 @@ fn control_socket_serialises_clients_and_the_snapshot_answers_offline() {
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains(&live_locks), "{text}\n---\n{live_locks}");
+    // Every processor's registers are in it, not only the first one's.
+    let o = kdnet()
+        .arg("open")
+        .arg(bundle.join("snapshot.dmp"))
+        .args(["-c", "~2s; r"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(&live_cpu2), "{text}\n---\n{live_cpu2}");
     // Unknown targets and bad requests are answered, not fatal.
     let (ok, v) = ctl(&sock, &["capture", "nobody"]);
     assert!(

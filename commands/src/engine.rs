@@ -334,6 +334,28 @@ finished"
         if let Some(ext) = verb.strip_prefix('!') {
             return crate::ext::dispatch(self, ext, args);
         }
+        // `~Ns`: switch to processor N (decimal, as WinDbg takes it).
+        if let Some(n) = verb
+            .strip_prefix('~')
+            .and_then(|r| r.strip_suffix('s').or(r.strip_suffix('S')))
+        {
+            let n: u32 = n
+                .parse()
+                .map_err(|_| CmdError::Usage(format!("~{n}s: not a processor number")))?;
+            let count = self.kernel.mem.info().processors.max(1);
+            if n >= count {
+                return Err(CmdError::Usage(format!(
+                    "~{n}s: there are {count} processors (0 to {})",
+                    count - 1
+                )));
+            }
+            self.context(n)?;
+            self.processor = n;
+            return Ok(Output {
+                text: String::new(),
+                json: json!({ "processor": n }),
+            });
+        }
         match verb.to_ascii_lowercase().as_str() {
             "?" => self.evaluate_command(args),
             "lm" => basic::lm(self, args),

@@ -158,7 +158,7 @@ pub fn graph_svg(edges: &[Value], threads: &[Value], cycles: &[Value]) -> Option
         let Some(p) = opos.get(o) else { continue };
         let _ = writeln!(
             s,
-            r##"<g class="object"><ellipse cx="{:.0}" cy="{:.0}" rx="58" ry="17" fill="#fff7d6" stroke="#b08900"/><text x="{:.0}" y="{:.0}" text-anchor="middle">{}</text><text x="{:.0}" y="{:.0}" text-anchor="middle" font-size="9">{}</text><title>{kind} {o:x}</title></g>"##,
+            r##"<g class="object"><ellipse cx="{:.0}" cy="{:.0}" rx="72" ry="17" fill="#fff7d6" stroke="#b08900"/><text x="{:.0}" y="{:.0}" text-anchor="middle">{}</text><text x="{:.0}" y="{:.0}" text-anchor="middle" font-size="9">{}</text><title>{kind} {o:x}</title></g>"##,
             p.0,
             p.1,
             p.0,
@@ -166,7 +166,7 @@ pub fn graph_svg(edges: &[Value], threads: &[Value], cycles: &[Value]) -> Option
             esc(&short(*o)),
             p.0,
             p.1 + 10.0,
-            esc(&kind.chars().take(22).collect::<String>())
+            esc(&kind.chars().take(24).collect::<String>())
         );
     }
     for t in &ts {
@@ -313,15 +313,21 @@ pub fn page(info: &Value, texts: &[(String, String)]) -> String {
     for l in lines {
         let _ = writeln!(s, "<li class=\"bad\">{}</li>", esc(l));
     }
-    for x in info["trigger"]["sample"]["findings"]
+    let sampled = info["trigger"]["sample"]["findings"]
         .as_array()
-        .into_iter()
-        .flatten()
-    {
+        .map_or(&[][..], Vec::as_slice);
+    for x in sampled.iter().take(8) {
         let _ = writeln!(
             s,
             "<li>sample: {}</li>",
             esc(x["summary"].as_str().unwrap_or(""))
+        );
+    }
+    if sampled.len() > 8 {
+        let _ = writeln!(
+            s,
+            "<li>sample: … and {} more (report.json has them all)</li>",
+            sampled.len() - 8
         );
     }
     s.push_str("</ul>\n");

@@ -33,6 +33,11 @@ pub struct Status {
 
 /// The watcher's report hub.
 pub struct Hub {
+    /// Print to standard output with the time since this instant (the demo's story) instead
+    /// of to standard error.
+    story: Option<std::time::Instant>,
+    /// Print nothing (benchmarks).
+    silent: bool,
     tx: broadcast::Sender<Value>,
     file: Mutex<Option<std::fs::File>>,
     status: Mutex<BTreeMap<String, Status>>,
@@ -42,9 +47,33 @@ impl Hub {
     /// A hub appending to `file`.
     pub fn new(file: Option<std::fs::File>) -> Hub {
         Hub {
+            story: None,
+            silent: false,
             tx: broadcast::channel(1024).0,
             file: Mutex::new(file),
             status: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A hub telling its story on standard output, timed from `start`.
+    pub fn story(mut self, start: std::time::Instant) -> Hub {
+        self.story = Some(start);
+        self
+    }
+
+    /// A hub that prints nothing.
+    pub fn silent(mut self) -> Hub {
+        self.silent = true;
+        self
+    }
+
+    fn say(&self, name: &str, text: &str) {
+        if self.silent {
+            return;
+        }
+        match self.story {
+            Some(t) => outln!("[{:7.3}s] {name}: {text}", t.elapsed().as_secs_f64()),
+            None => eprintln!("kdnet watch: {name}: {text}"),
         }
     }
 
@@ -100,9 +129,12 @@ impl Hub {
                 s.last_bundle = extra["bundle"].as_str().map(str::to_string);
             }
         }
-        eprintln!(
-            "kdnet watch: {name}: {state}{}{detail}",
-            if detail.is_empty() { "" } else { ": " }
+        self.say(
+            name,
+            &format!(
+                "{state}{}{detail}",
+                if detail.is_empty() { "" } else { ": " }
+            ),
         );
         let mut line = json!({ "time": now, "target": name, "state": state, "detail": detail });
         if let (Some(m), Some(x)) = (line.as_object_mut(), extra.as_object()) {
@@ -115,7 +147,7 @@ impl Hub {
 
     /// A remark about `name` that does not change its state.
     pub fn note(&self, name: &str, text: &str) {
-        eprintln!("kdnet watch: {name}: {text}");
+        self.say(name, text);
         self.emit(json!({ "time": super::now_secs(), "target": name, "note": text }));
     }
 

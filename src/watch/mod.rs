@@ -166,16 +166,20 @@ fn plan(a: &Args) -> Result<Plan, String> {
     }
 }
 
-/// Sets up the given targets and watches them until told to stop; the exit code.
-pub async fn watch(
-    targets: Vec<TargetSpec>,
-    hub: Arc<Hub>,
-    control: Option<PathBuf>,
-    max_captures: Option<u32>,
-    duration: Option<Duration>,
-) -> anyhow::Result<u8> {
+/// Where the control socket goes.
+pub enum Control {
+    /// The default path.
+    Default,
+    /// This path.
+    At(PathBuf),
+    /// None.
+    Off,
+}
+
+/// Listens for each target; Err holds the exit code (the reason is printed).
+pub async fn bind_all(targets: &[TargetSpec]) -> Result<Vec<Host>, u8> {
     let mut hosts = Vec::new();
-    for t in &targets {
+    for t in targets {
         match Host::bind(t.host.clone()).await {
             Ok(h) => hosts.push(h),
             Err(e) => {
@@ -183,22 +187,40 @@ pub async fn watch(
                     "kdnet: {}: cannot listen on UDP {}: {e}",
                     t.name, t.host.bind
                 );
-                return Ok(exit::NO_CONNECTION);
+                return Err(exit::NO_CONNECTION);
             }
         }
     }
+    Ok(hosts)
+}
+
+/// Watches the targets (each with its session) until told to stop; the exit code.
+pub async fn watch(
+    targets: Vec<(TargetSpec, Host)>,
+    hub: Arc<Hub>,
+    control: Control,
+    max_captures: Option<u32>,
+    duration: Option<Duration>,
+) -> anyhow::Result<u8> {
     #[cfg(unix)]
     let listener = {
-        let path = control.unwrap_or_else(control::default_path);
-        match control::listen(&path).await {
-            Ok(l) => {
-                eprintln!("kdnet watch: control socket {}", path.display());
-                l
-            }
-            Err(e) => {
-                eprintln!("kdnet: {e}");
-                return Ok(exit::BAD_ARGUMENTS);
-            }
+        let path = match control {
+            Control::Default => Some(control::default_path()),
+            Control::At(p) => Some(p),
+            Control::Off => None,
+        };
+        match path {
+            Some(path) => match control::listen(&path).await {
+                Ok(l) => {
+                    eprintln!("kdnet watch: control socket {}", path.display());
+                    Some(l)
+                }
+                Err(e) => {
+                    eprintln!("kdnet: {e}");
+                    return Ok(exit::BAD_ARGUMENTS);
+                }
+            },
+            None => None,
         }
     };
     #[cfg(not(unix))]
@@ -206,7 +228,7 @@ pub async fn watch(
     let (captured_tx, mut captured_rx) = mpsc::unbounded_channel();
     let mut queues = BTreeMap::new();
     let mut tasks = Vec::new();
-    for (spec, host) in targets.into_iter().zip(hosts) {
+    for (spec, host) in targets {
         hub.add(&spec.name, &spec.tags, host.local_addr().to_string());
         let (tx, rx) = mpsc::channel(16);
         queues.insert(spec.name.clone(), tx);
@@ -215,7 +237,9 @@ pub async fn watch(
     }
     let queues: control::Targets = Arc::new(queues);
     #[cfg(unix)]
-    tokio::spawn(control::serve(listener, hub.clone(), queues.clone()));
+    if let Some(l) = listener {
+        tokio::spawn(control::serve(l, hub.clone(), queues.clone()));
+    }
     let mut usr1 = user_signal();
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let mut captures = 0u32;
@@ -302,7 +326,13 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         None => None,
     };
     let hub = Arc::new(Hub::new(file));
-    watch(p.targets, hub, p.control, p.max_captures, a.duration).await
+    let hosts = match bind_all(&p.targets).await {
+        Ok(h) => h,
+        Err(code) => return Ok(code),
+    };
+    let control = p.control.map_or(Control::Default, Control::At);
+    let targets = p.targets.into_iter().zip(hosts).collect();
+    watch(targets, hub, control, p.max_captures, a.duration).await
 }
 
 /// Seconds since 1970 as `YYYYMMDDTHHMMSSZ`.

@@ -273,11 +273,10 @@ impl Actor {
         }
         let t = Trigger {
             kind: format!("sample-{}", found[0].kind),
-            detail: found
-                .iter()
-                .map(|f| f.summary.clone())
-                .collect::<Vec<_>>()
-                .join("; "),
+            detail: match found.len() {
+                1 => found[0].summary.clone(),
+                n => format!("{} (and {} more findings)", found[0].summary, n - 1),
+            },
             sample: Some(sample_json),
         };
         let _ = self.capture(t, Some(engine), false).await;

@@ -861,6 +861,12 @@ impl Kernel {
             .map(|p| p.len() as u32)
             .unwrap_or(self.mem.info().processors);
         let context = self.processor_context(0)?.as_bytes().to_vec();
+        // Every processor's saved state, so that the dump answers for each of them.
+        if let Ok(cpus) = self.processors() {
+            for c in cpus {
+                let _ = self.saved_context(c.prcb);
+            }
+        }
         Ok(crate::dump::DumpHeader {
             build: self.build,
             directory_table_base: space.dtb,
