@@ -625,3 +625,151 @@ fn a_target_vanishing_mid_capture_gives_an_incomplete_bundle() {
     assert!(txt.contains("Complete: NO:"), "{txt}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Starts a one-target watcher on a fresh simulated machine; (sim, watcher, dir, events).
+fn one(name: &str, sim_args: &[&str], watch_args: &[&str]) -> (Sim, Watcher, PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let port = free_udp_port();
+    let sim = Sim::start(port, "4.4.4.4", sim_args);
+    let ev = dir.join("events.jsonl");
+    let port_s = port.to_string();
+    let mut args = vec![
+        "--port",
+        &port_s,
+        "--bind",
+        "127.0.0.1",
+        "--key-env",
+        "KDNET_WATCH_KEY",
+        "--name",
+        name,
+    ];
+    args.extend_from_slice(watch_args);
+    let w = Watcher::start(
+        &args,
+        &[
+            Path::new("--out"),
+            &dir.join("b"),
+            Path::new("--events"),
+            &ev,
+            Path::new("--control"),
+            &dir.join("s.sock"),
+        ],
+    );
+    (sim, w, dir, ev)
+}
+
+#[test]
+fn a_failing_probe_alone_triggers_a_capture() {
+    let (_sim, _w, dir, ev) = one(
+        "probe",
+        &["--scenario", "healthy", "--resources", "500"],
+        &[
+            "--probe",
+            "cmd:exit 1",
+            "--probe-every",
+            "200ms",
+            "--probe-fail-after",
+            "1s",
+        ],
+    );
+    let ev = wait_state(&ev, "probe", "captured", Duration::from_secs(30));
+    let c = ev.iter().find(|e| e["state"] == "captured").unwrap();
+    let j = report(Path::new(c["bundle"].as_str().unwrap()));
+    assert_eq!(j["trigger"]["kind"], "probe");
+    assert!(
+        j["trigger"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cmd \"exit 1\""),
+        "{}",
+        j["trigger"]
+    );
+    // The probe's going bad was told before the capture.
+    assert!(
+        ev.iter().any(|e| e["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("probe failing"))),
+        "{ev:#?}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[cfg(unix)]
+#[test]
+fn sigusr1_captures_every_target() {
+    let (_sim, w, dir, ev) = one(
+        "usr1",
+        &["--scenario", "healthy", "--resources", "500"],
+        &[],
+    );
+    wait_state(&ev, "usr1", "running", Duration::from_secs(20));
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(w.0.id() as i32, libc::SIGUSR1) }, 0);
+    let ev = wait_state(&ev, "usr1", "captured", Duration::from_secs(30));
+    let c = ev.iter().find(|e| e["state"] == "captured").unwrap();
+    assert!(c["bundle"].as_str().unwrap().ends_with("-manual"), "{c}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn the_stop_budget_cuts_a_capture_short_and_says_so() {
+    let dir = temp_dir("budget-script");
+    let script = dir.join("long.kds");
+    // Many full resource walks: far more than a second's work over a slow link.
+    std::fs::write(
+        &script,
+        "!locks\n!locks -v\n!stacks\n!locks -v\n!locks -v\n",
+    )
+    .unwrap();
+    let (_sim, _w, d2, ev) = one(
+        "budget",
+        &[
+            "--scenario",
+            "deadlock",
+            "--resources",
+            "20000",
+            "--latency",
+            "2ms",
+        ],
+        &[
+            "--sample-every",
+            "1s",
+            "--budget",
+            "1s",
+            "--script",
+            script.to_str().unwrap(),
+        ],
+    );
+    let ev = wait_state(&ev, "budget", "captured", Duration::from_secs(60));
+    let c = ev.iter().find(|e| e["state"] == "captured").unwrap();
+    assert_eq!(c["complete"], false, "{c}");
+    let b = PathBuf::from(c["bundle"].as_str().unwrap());
+    let j = report(&b);
+    assert!(
+        j["incomplete"].as_str().unwrap().contains("stop budget"),
+        "{}",
+        j["incomplete"]
+    );
+    // It kept what it had and still let the target go on.
+    assert!(b.join("snapshot.dmp").is_file());
+    let after: Vec<&str> = ev
+        .iter()
+        .filter(|e| e.get("state").is_some())
+        .map(|e| e["state"].as_str().unwrap())
+        .skip_while(|s| *s != "captured")
+        .collect();
+    assert_eq!(after.get(1), Some(&"resuming"), "{after:?}");
+    let skipped = j["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("budget for the whole run"))
+        })
+        .count();
+    assert!(skipped >= 1, "{j}");
+    std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(d2).ok();
+}
