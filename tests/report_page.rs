@@ -8,8 +8,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Sim, free_udp_port, kdnet, temp_dir};
-
 fn chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KDNET_CHROMIUM") {
         return Some(PathBuf::from(p));
@@ -50,41 +48,12 @@ fn browser(chrome: &Path, profile: &Path) -> Command {
 #[test]
 fn the_report_page_renders_the_wait_for_graph() {
     let Some(chrome) = chromium() else { return };
-    let dir = temp_dir("page");
-    let port = free_udp_port();
-    let _sim = Sim::start(
-        port,
-        "4.4.4.4",
+    let (dir, bundle) = common::first_capture(
+        "page",
         &["--scenario", "deadlock", "--resources", "2000"],
+        &["--sample-every", "1s", "--name", "dl"],
+        "!locks\n!deadlock\n",
     );
-    let script = dir.join("quick.kds");
-    std::fs::write(&script, "!locks\n!deadlock\n").unwrap();
-    let out = dir.join("b");
-    let o = kdnet()
-        .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args([
-            "--key",
-            "4.4.4.4",
-            "--sample-every",
-            "1s",
-            "--max-captures",
-            "1",
-        ])
-        .args(["--duration", "60s", "--name", "dl"])
-        .arg("--script")
-        .arg(&script)
-        .arg("--out")
-        .arg(&out)
-        .arg("--control")
-        .arg(dir.join("s.sock"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let bundle = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("report.html").is_file())
-        .expect("a bundle");
     let url = format!("file://{}", bundle.join("report.html").display());
     // The page's script ran and the graph is in the document.
     let o = browser(&chrome, &dir.join("profile1"))

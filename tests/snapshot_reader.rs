@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::{Sim, free_udp_port, kdnet, temp_dir};
 use kdmp_parser::gxa::Gva;
 use kdmp_parser::parse::KernelDumpParser;
 use kdmp_parser::structs::DumpType;
@@ -13,11 +12,8 @@ use serde_json::Value;
 
 #[test]
 fn the_snapshot_parses_with_an_independent_reader() {
-    let dir = temp_dir("kdmp");
-    let port = free_udp_port();
-    let _sim = Sim::start(
-        port,
-        "4.4.4.4",
+    let (dir, bundle) = common::first_capture(
+        "kdmp",
         &[
             "--scenario",
             "bugcheck",
@@ -26,34 +22,9 @@ fn the_snapshot_parses_with_an_independent_reader() {
             "--resources",
             "500",
         ],
+        &[],
+        "!analyze -v\n!locks\n",
     );
-    let script = dir.join("s.kds");
-    std::fs::write(&script, "!analyze -v\n!locks\n").unwrap();
-    let out = dir.join("b");
-    let o = kdnet()
-        .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args([
-            "--key",
-            "4.4.4.4",
-            "--max-captures",
-            "1",
-            "--duration",
-            "60s",
-        ])
-        .arg("--script")
-        .arg(&script)
-        .arg("--out")
-        .arg(&out)
-        .arg("--control")
-        .arg(dir.join("s.sock"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let bundle = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .next()
-        .unwrap();
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("report.json")).unwrap())
             .unwrap();

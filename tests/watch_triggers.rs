@@ -270,11 +270,12 @@ sample_every = "1h"
 
 #[test]
 fn a_dbgprint_line_triggers_a_capture() {
-    let dir = temp_dir("watch-print");
-    let port = free_udp_port();
-    let _sim = Sim::start(
-        port,
-        "4.4.4.4",
+    // (A script of one command keeps it quick.)
+    let sdir = temp_dir("print-script");
+    let script = sdir.join("quick.kds");
+    std::fs::write(&script, "!hangcheck\n").unwrap();
+    let (_sim, mut w, dir, ev_path) = one(
+        "n1",
         &[
             "--scenario",
             "healthy",
@@ -283,36 +284,13 @@ fn a_dbgprint_line_triggers_a_capture() {
             "--print-every",
             "1s",
         ],
-    );
-    let ev_path = dir.join("events.jsonl");
-    let port_s = port.to_string();
-    // (A script of one command keeps it quick.)
-    let script = dir.join("quick.kds");
-    std::fs::write(&script, "!hangcheck\n").unwrap();
-    let mut w = Watcher::start(
         &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--key-env",
-            "KDNET_WATCH_KEY",
-            "--name",
-            "n1",
             "--dbgprint",
             "svchost: * finished",
             "--max-captures",
             "1",
-        ],
-        &[
-            Path::new("--script"),
-            &script,
-            Path::new("--out"),
-            &dir.join("b"),
-            Path::new("--events"),
-            &ev_path,
-            Path::new("--control"),
-            &dir.join("s.sock"),
+            "--script",
+            script.to_str().unwrap(),
         ],
     );
     let start = Instant::now();
@@ -341,40 +319,17 @@ fn a_dbgprint_line_triggers_a_capture() {
     );
     assert!(b[0].to_string_lossy().ends_with("-dbgprint"));
     std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(sdir).ok();
 }
 
 #[test]
 fn control_socket_serialises_clients_and_the_snapshot_answers_offline() {
-    let dir = temp_dir("watch-ctl");
-    let port = free_udp_port();
-    let _sim = Sim::start(
-        port,
-        "4.4.4.4",
+    let (_sim, _w, dir, ev_path) = one(
+        "nic",
         &["--scenario", "nbl-hang", "--resources", "3000"],
+        &[],
     );
-    let sock = dir.join("ctl.sock");
-    let ev_path = dir.join("events.jsonl");
-    let port_s = port.to_string();
-    let _w = Watcher::start(
-        &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--key-env",
-            "KDNET_WATCH_KEY",
-            "--name",
-            "nic",
-        ],
-        &[
-            Path::new("--out"),
-            &dir.join("b"),
-            Path::new("--events"),
-            &ev_path,
-            Path::new("--control"),
-            &sock,
-        ],
-    );
+    let sock = dir.join("s.sock");
     wait_state(&ev_path, "nic", "running", Duration::from_secs(20));
     #[cfg(unix)]
     {
@@ -484,12 +439,8 @@ fn control_socket_serialises_clients_and_the_snapshot_answers_offline() {
 
 #[test]
 fn kill_during_a_capture_leaves_earlier_bundles_whole_and_no_half_one() {
-    let dir = temp_dir("watch-kill");
-    let port = free_udp_port();
-    // A slow link makes the capture last.
-    let _sim = Sim::start(
-        port,
-        "4.4.4.4",
+    let (_sim, mut w, dir, ev_path) = one(
+        "k",
         &[
             "--scenario",
             "nbl-hang",
@@ -498,31 +449,10 @@ fn kill_during_a_capture_leaves_earlier_bundles_whole_and_no_half_one() {
             "--latency",
             "2ms",
         ],
+        &[],
     );
-    let sock = dir.join("ctl.sock");
-    let ev_path = dir.join("events.jsonl");
+    let sock = dir.join("s.sock");
     let out = dir.join("b");
-    let port_s = port.to_string();
-    let mut w = Watcher::start(
-        &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--key-env",
-            "KDNET_WATCH_KEY",
-            "--name",
-            "k",
-        ],
-        &[
-            Path::new("--out"),
-            &out,
-            Path::new("--events"),
-            &ev_path,
-            Path::new("--control"),
-            &sock,
-        ],
-    );
     wait_state(&ev_path, "k", "running", Duration::from_secs(20));
     let (ok, v) = ctl(&sock, &["capture", "k"]);
     assert!(ok, "{v}");
@@ -561,11 +491,8 @@ fn kill_during_a_capture_leaves_earlier_bundles_whole_and_no_half_one() {
 
 #[test]
 fn a_target_vanishing_mid_capture_gives_an_incomplete_bundle() {
-    let dir = temp_dir("watch-vanish");
-    let port = free_udp_port();
-    let mut sim = Sim::start(
-        port,
-        "4.4.4.4",
+    let (mut sim, _w, dir, ev_path) = one(
+        "v",
         &[
             "--scenario",
             "nbl-hang",
@@ -574,31 +501,9 @@ fn a_target_vanishing_mid_capture_gives_an_incomplete_bundle() {
             "--latency",
             "2ms",
         ],
+        &[],
     );
-    let sock = dir.join("ctl.sock");
-    let ev_path = dir.join("events.jsonl");
-    let out = dir.join("b");
-    let port_s = port.to_string();
-    let _w = Watcher::start(
-        &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--key-env",
-            "KDNET_WATCH_KEY",
-            "--name",
-            "v",
-        ],
-        &[
-            Path::new("--out"),
-            &out,
-            Path::new("--events"),
-            &ev_path,
-            Path::new("--control"),
-            &sock,
-        ],
-    );
+    let sock = dir.join("s.sock");
     wait_state(&ev_path, "v", "running", Duration::from_secs(20));
     let s = sock.clone();
     let cap = std::thread::spawn(move || ctl(&s, &["capture", "v"]));

@@ -58,3 +58,45 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// Runs `kdnet watch` on a fresh simulated machine (`sim_args`) with the capture script
+/// `script` until its first capture; the test's directory and the bundle.
+pub fn first_capture(
+    name: &str,
+    sim_args: &[&str],
+    watch_args: &[&str],
+    script: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let port = free_udp_port();
+    let _sim = Sim::start(port, "4.4.4.4", sim_args);
+    let script_file = dir.join("capture.kds");
+    std::fs::write(&script_file, script).unwrap();
+    let out = dir.join("b");
+    let o = kdnet()
+        .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--key",
+            "4.4.4.4",
+            "--max-captures",
+            "1",
+            "--duration",
+            "60s",
+        ])
+        .args(watch_args)
+        .arg("--script")
+        .arg(&script_file)
+        .arg("--out")
+        .arg(&out)
+        .arg("--control")
+        .arg(dir.join("s.sock"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bundle = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("report.json").is_file())
+        .expect("a bundle");
+    (dir, bundle)
+}
