@@ -437,20 +437,19 @@ fn control_socket_serialises_clients_and_the_snapshot_answers_offline() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// The nbl-hang machine behind a slow link: captures take a while.
+const SLOW_NBL_HANG: &[&str] = &[
+    "--scenario",
+    "nbl-hang",
+    "--resources",
+    "3000",
+    "--latency",
+    "2ms",
+];
+
 #[test]
 fn kill_during_a_capture_leaves_earlier_bundles_whole_and_no_half_one() {
-    let (_sim, mut w, dir, ev_path) = one(
-        "k",
-        &[
-            "--scenario",
-            "nbl-hang",
-            "--resources",
-            "3000",
-            "--latency",
-            "2ms",
-        ],
-        &[],
-    );
+    let (_sim, mut w, dir, ev_path) = one("k", SLOW_NBL_HANG, &[]);
     let sock = dir.join("s.sock");
     let out = dir.join("b");
     wait_state(&ev_path, "k", "running", Duration::from_secs(20));
@@ -491,18 +490,7 @@ fn kill_during_a_capture_leaves_earlier_bundles_whole_and_no_half_one() {
 
 #[test]
 fn a_target_vanishing_mid_capture_gives_an_incomplete_bundle() {
-    let (mut sim, _w, dir, ev_path) = one(
-        "v",
-        &[
-            "--scenario",
-            "nbl-hang",
-            "--resources",
-            "3000",
-            "--latency",
-            "2ms",
-        ],
-        &[],
-    );
+    let (mut sim, _w, dir, ev_path) = one("v", SLOW_NBL_HANG, &[]);
     let sock = dir.join("s.sock");
     wait_state(&ev_path, "v", "running", Duration::from_secs(20));
     let s = sock.clone();
