@@ -666,3 +666,35 @@ fn the_stop_budget_cuts_a_capture_short_and_says_so() {
     std::fs::remove_dir_all(dir).ok();
     std::fs::remove_dir_all(d2).ok();
 }
+
+#[test]
+fn a_target_held_by_a_client_goes_on_when_the_watch_ends() {
+    let (_sim, mut w, dir, ev) = one(
+        "held",
+        &["--scenario", "healthy", "--resources", "500"],
+        &["--duration", "6s"],
+    );
+    wait_state(&ev, "held", "running", Duration::from_secs(20));
+    let (ok, v) = ctl(&dir.join("s.sock"), &["break", "held"]);
+    assert!(ok, "{v}");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = w.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let states: Vec<String> = events(&ev)
+        .iter()
+        .filter_map(|e| e["state"].as_str().map(str::to_string))
+        .collect();
+    let at = states.iter().rposition(|s| s == "stopped").unwrap();
+    assert_eq!(
+        states.get(at + 1).map(String::as_str),
+        Some("resuming"),
+        "{states:?}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -226,20 +226,35 @@ pub async fn watch(
     #[cfg(not(unix))]
     let _ = control;
     let (captured_tx, mut captured_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // How long a target's task may take to finish what it is doing when the watch ends.
+    let finish = targets
+        .iter()
+        .map(|(t, _)| t.policy.budget)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(30);
     let mut queues = BTreeMap::new();
     let mut tasks = Vec::new();
     for (spec, host) in targets {
         hub.add(&spec.name, &spec.tags, host.local_addr().to_string());
         let (tx, rx) = mpsc::channel(16);
         queues.insert(spec.name.clone(), tx);
-        let actor = target::Actor::new(spec, host, hub.clone(), rx, captured_tx.clone());
+        let actor = target::Actor::new(
+            spec,
+            host,
+            hub.clone(),
+            rx,
+            captured_tx.clone(),
+            stop_rx.clone(),
+        );
         tasks.push(tokio::spawn(actor.run()));
     }
     let queues: control::Targets = Arc::new(queues);
     #[cfg(unix)]
-    if let Some(l) = listener {
-        tokio::spawn(control::serve(l, hub.clone(), queues.clone()));
-    }
+    let server = listener.map(|l| tokio::spawn(control::serve(l, hub.clone(), queues.clone())));
+    #[cfg(not(unix))]
+    let server: Option<tokio::task::JoinHandle<()>> = None;
     let mut usr1 = user_signal();
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let mut captures = 0u32;
@@ -248,11 +263,11 @@ pub async fn watch(
             Some(()) = captured_rx.recv() => {
                 captures += 1;
                 if max_captures.is_some_and(|m| captures >= m) {
-                    return Ok(exit::OK);
+                    break;
                 }
             }
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                return Ok(exit::OK);
+                break;
             }
             _ = next_signal(&mut usr1) => {
                 // A capture by hand on every target.
@@ -270,10 +285,19 @@ pub async fn watch(
                 }
             }
             _ = tokio::signal::ctrl_c() => {
-                return Ok(exit::OK);
+                break;
             }
         }
     }
+    // The targets' tasks end with the watch, each after what it is doing.
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(finish, t).await;
+    }
+    if let Some(s) = server {
+        s.abort();
+    }
+    Ok(exit::OK)
 }
 
 #[cfg(unix)]

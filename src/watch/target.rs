@@ -47,6 +47,8 @@ pub struct Actor {
     /// The engine of a stop a control client asked for, and the stop it belongs to.
     held: Option<(Engine, u64)>,
     captured: mpsc::UnboundedSender<()>,
+    /// Set when the watch ends: the task finishes what it is doing, then ends.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 fn stop_count(host: &Host) -> u64 {
@@ -61,6 +63,7 @@ impl Actor {
         hub: Arc<Hub>,
         rx: mpsc::Receiver<Request>,
         captured: mpsc::UnboundedSender<()>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> Actor {
         Actor {
             spec,
@@ -71,6 +74,7 @@ impl Actor {
             prev: None,
             held: None,
             captured,
+            stop,
         }
     }
 
@@ -78,7 +82,8 @@ impl Actor {
         self.hub.state(&self.spec.name, state, detail, Value::Null);
     }
 
-    /// Runs until the session ends.
+    /// Runs until the watch ends (or the session does). Nothing under way is cut short, and a
+    /// target a control client left stopped is let go on unless the policy keeps it stopped.
     pub async fn run(mut self) {
         self.state(
             "offline",
@@ -111,7 +116,11 @@ impl Actor {
             i
         });
         let mut connected = false;
+        let mut stop = self.stop.clone();
         loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
             let s = state_rx.borrow_and_update().clone();
             let stopped = s.run == RunState::Stopped;
             if let Some((_, at)) = &self.held
@@ -160,6 +169,8 @@ impl Actor {
             }
             let running = connected && !stopped && self.held.is_none();
             tokio::select! {
+                biased;
+                _ = stop.changed() => {}
                 r = state_rx.changed() => if r.is_err() { break },
                 req = self.rx.recv() => match req {
                     Some(r) => self.request(r).await,
@@ -173,6 +184,9 @@ impl Actor {
         }
         for h in helpers {
             h.abort();
+        }
+        if self.held.is_some() && !self.spec.policy.leave_stopped {
+            self.resume().await;
         }
     }
 
