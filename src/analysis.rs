@@ -176,18 +176,3 @@ pub fn run_work(e: &mut Engine, work: &[(String, String)], style: Style, out: &P
         .max()
         .unwrap_or(exit::OK)
 }
-
-/// The kernel model over a stopped live target.
-pub fn open_live(
-    host: kdnet::host::Host,
-    rt: tokio::runtime::Handle,
-    symbols: Option<&str>,
-) -> anyhow::Result<Engine> {
-    use anyhow::Context as _;
-    let target =
-        kdnet_commands::live::LiveTarget::new(host, rt).context("reading the target's version")?;
-    let path = kdnet_symbols::path::SymbolPath::from_args_and_env(symbols);
-    let kernel =
-        kdnet_commands::nt::Kernel::open(Box::new(target), path).context("reading the kernel")?;
-    Ok(Engine::new(kernel))
-}

@@ -257,9 +257,14 @@ fn cpu_time() -> Duration {
 /// idle watched target costs.
 async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Result<()> {
     use crate::watch::{self, Control, config, hub::Hub};
+    use kdnet_commands::live::{Listen, Session};
     let key = Key::from_bytes(kdnet::rng::os_random_32());
-    let hc = HostConfig::new("127.0.0.1:0".parse()?, key.clone());
-    let host = Host::bind(hc.clone()).await?;
+    let hc = Listen {
+        bind: "127.0.0.1:0".parse()?,
+        key: key.clone(),
+        target: None,
+    };
+    let host = Session::listen(hc.clone()).await?;
     let mut sim_config = kdnet_sim::SimConfig::demo();
     sim_config.resources = resources;
     let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
@@ -306,7 +311,7 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
     let (base_rts, base_bytes, base_time) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Duration)> {
             let t = Instant::now();
-            let mut e = crate::analysis::open_live(h, rt, None)?;
+            let mut e = h.open(rt, None)?;
             e.kernel.mem.invalidate();
             let stmts = kdnet_commands::script::parse(crate::watch::bundle::HANG_SCRIPT)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -318,7 +323,7 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
         })
         .await??;
     let _ = std::fs::remove_file(std::env::temp_dir().join("hang.dmp"));
-    host.resume(status::DBG_CONTINUE).await?;
+    host.go().await?;
     sim.target.shutdown().await;
     let at = |s: &str| marks.iter().find(|m| m.0 == s).map(|m| m.1);
     let captured = marks
@@ -420,7 +425,11 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
         specs.push(
             config::spec(
                 &format!("idle{i}"),
-                HostConfig::new(addr, key),
+                Listen {
+                    bind: addr,
+                    key,
+                    target: None,
+                },
                 Vec::new(),
                 &config::Common::default(),
             )

@@ -6,8 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kdnet::host::{Host, HostConfig};
-use kdnet::wire::Key;
+use kdnet_commands::live::{Key, Listen, Session};
 
 use crate::exit;
 
@@ -120,7 +119,7 @@ fn parse_key(text: &str, from: &str) -> Result<Key, String> {
 
 impl ConnectArgs {
     /// Checks the options and finds the key; the error is for the user (exit code 3).
-    pub fn resolve(&self) -> Result<HostConfig, String> {
+    pub fn resolve(&self) -> Result<Listen, String> {
         let net = self.kernel.as_deref().map(parse_net).transpose()?;
         let port = match (self.port, net.as_ref().and_then(|n| n.port)) {
             (Some(_), Some(_)) => return Err("give the port with --port or -k, not both".into()),
@@ -155,7 +154,11 @@ impl ConnectArgs {
         } else {
             parse_key(&read_key_from_terminal()?, "the prompt")?
         };
-        let mut config = HostConfig::new(SocketAddr::new(self.bind, port), key);
+        let mut config = Listen {
+            bind: SocketAddr::new(self.bind, port),
+            key,
+            target: None,
+        };
         let target = match (
             self.target.clone(),
             net.as_ref().and_then(|n| n.target.clone()),
@@ -183,7 +186,7 @@ fn target_addr(s: &str, port: u16) -> Result<SocketAddr, String> {
 }
 
 /// Checks the options and listens; Err holds the exit code (the reason is printed).
-pub async fn bind(a: &ConnectArgs) -> Result<Host, u8> {
+pub async fn bind(a: &ConnectArgs) -> Result<Session, u8> {
     let config = match a.resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -192,14 +195,14 @@ pub async fn bind(a: &ConnectArgs) -> Result<Host, u8> {
         }
     };
     let at = config.bind;
-    Host::bind(config).await.map_err(|e| {
+    Session::listen(config).await.map_err(|e| {
         eprintln!("kdnet: cannot listen on UDP {at}: {e}");
         exit::NO_CONNECTION
     })
 }
 
 /// Binds and waits for the handshake, printing what WinDbg prints. Err holds the exit code.
-pub async fn connect(a: &ConnectArgs) -> Result<Host, u8> {
+pub async fn connect(a: &ConnectArgs) -> Result<Session, u8> {
     let host = bind(a).await?;
     eprintln!("Using NET for debugging");
     eprintln!(

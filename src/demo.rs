@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kdnet::host::{Host, HostConfig, RunState};
 use kdnet::target::TargetConfig;
-use kdnet::wire::Key;
+use kdnet_commands::live::{self, Listen, Session};
 use kdnet_sim::SimConfig;
 
 use crate::exit;
@@ -34,10 +33,14 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let start = Instant::now();
     let t = || format!("[{:7.3}s]", start.elapsed().as_secs_f64());
-    let key = Key::from_bytes(kdnet::rng::os_random_32());
+    let key = live::random_key();
     let bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let host_config = HostConfig::new(bind, key.clone());
-    let host = Host::bind(host_config.clone())
+    let listen = Listen {
+        bind,
+        key: key.clone(),
+        target: None,
+    };
+    let host = Session::listen(listen.clone())
         .await
         .context("binding the debugger end")?;
     let mut config = SimConfig::demo();
@@ -72,8 +75,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         sample_every: Some("2s".into()),
         ..config::Common::default()
     };
-    let spec = config::spec("demo", host_config, vec!["demo".into()], &common)
-        .map_err(anyhow::Error::msg)?;
+    let spec =
+        config::spec("demo", listen, vec!["demo".into()], &common).map_err(anyhow::Error::msg)?;
     outln!(
         "{} watching: a sample (!hangcheck) every 2 s; on a hang, capture with hang.kds and let the machine go on",
         t()
@@ -95,16 +98,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(exit::FAILED);
     };
     // The capture ends with the machine let go; wait for it to say it runs.
-    let mut state = host.watch_state();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        state.wait_for(|s| s.run == RunState::Running),
-    )
-    .await;
+    let mut state = host.watch();
+    let _ = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.running)).await;
     outln!(
         "{} the machine {}",
         t(),
-        if host.state().run == RunState::Running {
+        if host.status().running {
             "runs again"
         } else {
             "did not say it runs"
@@ -120,7 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         "  or offline: kdnet open {} -c \"!locks; !ndiskd.pendingnbls\"",
         bundle.join("snapshot.dmp").display()
     );
-    let hs = host.stats();
+    let hs = host.traffic();
     let ts = running.target.shutdown().await;
     outln!(
         "debugger: round trips {}, datagrams sent {} received {}, bytes sent {} received {}",

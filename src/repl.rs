@@ -14,11 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kdnet::api::status;
-use kdnet::api::{StateChange64, StateEvent};
-use kdnet::host::{Host, HostEvent, RunState};
 use kdnet_commands::engine::{BUILTINS, Engine};
 use kdnet_commands::ext::EXTENSIONS;
+use kdnet_commands::live::{self, Event};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -108,7 +106,7 @@ pub trait Control {
     /// Leaves: the target continues unless `leave_stopped`.
     fn detach(&mut self, leave_stopped: bool);
     /// The session, for a live target (one that can run).
-    fn host(&self) -> Option<Host> {
+    fn host(&self) -> Option<live::Session> {
         None
     }
 }
@@ -145,39 +143,38 @@ impl Control for DumpControl {
 
 /// A live KDNET session.
 struct LiveControl {
-    host: Host,
+    host: live::Session,
     rt: tokio::runtime::Handle,
     symbols: Option<String>,
 }
 
 impl Control for LiveControl {
-    fn host(&self) -> Option<Host> {
+    fn host(&self) -> Option<live::Session> {
         Some(self.host.clone())
     }
     fn stopped(&self) -> bool {
-        self.host.state().run == RunState::Stopped
+        self.host.status().stopped
     }
     fn stop_serial(&self) -> (u64, u32) {
-        let s = self.host.state();
-        (s.stops, s.stop.map_or(0, |x| u32::from(x.processor)))
+        let s = self.host.status();
+        (s.stops, s.stop.map_or(0, |x| x.processor))
     }
     fn open(&mut self) -> Result<Engine, String> {
-        analysis::open_live(self.host.clone(), self.rt.clone(), self.symbols.as_deref())
-            .map_err(|e| format!("{e:#}"))
+        self.host
+            .open(self.rt.clone(), self.symbols.as_deref())
+            .map_err(|e| e.to_string())
     }
     fn go(&mut self) -> Result<(), String> {
-        self.rt
-            .block_on(self.host.resume(status::DBG_CONTINUE))
-            .map_err(|e| e.to_string())
+        self.rt.block_on(self.host.go()).map_err(|e| e.to_string())
     }
     fn break_in(&mut self) -> Result<u32, String> {
         self.rt
             .block_on(self.host.break_in(Duration::from_secs(10)))
-            .map(|s| u32::from(s.processor))
+            .map(|s| s.processor)
             .map_err(|e| e.to_string())
     }
     fn reboot(&mut self) -> Result<(), String> {
-        let mut events = self.host.subscribe();
+        let mut events = self.host.events();
         self.rt
             .block_on(self.host.reboot())
             .map_err(|e| e.to_string())?;
@@ -186,10 +183,10 @@ impl Control for LiveControl {
         self.rt.block_on(async {
             let wait = async {
                 loop {
-                    match events.recv().await {
-                        Ok(HostEvent::Connected { .. }) => return Ok(()),
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => return Err("the session closed".to_string()),
+                    match events.next().await {
+                        Some(Event::Connected { .. }) => return Ok(()),
+                        Some(_) => {}
+                        None => return Err("the session closed".to_string()),
                     }
                 }
             };
@@ -229,27 +226,6 @@ fn emit(slot: &PrinterSlot, text: String) {
         return;
     }
     eprint!("{text}");
-}
-
-/// What WinDbg prints when the target stops, in substance.
-pub fn describe(sc: &StateChange64) -> String {
-    match &sc.event {
-        StateEvent::Exception(x) if x.code == 0x8000_0003 => format!(
-            "Break instruction exception - code 80000003 ({} chance) on processor {}",
-            if x.first_chance { "first" } else { "second" },
-            sc.processor
-        ),
-        StateEvent::Exception(x) => format!(
-            "Exception {:08x} at {:x} ({} chance) on processor {}",
-            x.code,
-            x.address,
-            if x.first_chance { "first" } else { "second" },
-            sc.processor
-        ),
-        StateEvent::LoadSymbols(l) => format!("Module load/unload at {:x}", l.base),
-        StateEvent::CommandString { name, command } => format!("Command string {name}: {command}"),
-        StateEvent::Other => format!("State change {:#x}", sc.new_state),
-    }
 }
 
 /// Tab completion over commands, extensions, modules and `module!symbol`.
@@ -614,7 +590,7 @@ fn break_in(control: &mut dyn Control) {
 /// cancels the running command, or breaks into a running target. Call it after the line
 /// editor exists: the editor installs its own SIGINT handler, and this registration must come
 /// after it to be the one that runs.
-fn watch_interrupts(host: Option<Host>, cancel: Arc<AtomicBool>, busy: Arc<AtomicBool>) {
+fn watch_interrupts(host: Option<live::Session>, cancel: Arc<AtomicBool>, busy: Arc<AtomicBool>) {
     // The line editor's own SIGINT handler goes: chained behind ours it would leave a stale
     // interrupt that ends the next prompt as if Ctrl-C had been typed there.
     #[cfg(unix)]
@@ -646,7 +622,7 @@ fn watch_interrupts(host: Option<Host>, cancel: Arc<AtomicBool>, busy: Arc<Atomi
                 cancel.store(true, Ordering::SeqCst);
                 eprintln!("^C: cancelling the command");
             } else if let Some(h) = &host {
-                if h.state().run != RunState::Stopped {
+                if !h.status().stopped {
                     eprintln!("^C: breaking in");
                     if let Err(e) = h.break_in(Duration::from_secs(10)).await {
                         eprintln!("kdnet: could not break in: {e}");
@@ -660,25 +636,22 @@ fn watch_interrupts(host: Option<Host>, cancel: Arc<AtomicBool>, busy: Arc<Atomi
 }
 
 /// Prints the target's DbgPrint output and stops as they happen.
-fn watch_events(host: &Host, printer: PrinterSlot) {
-    let mut rx = host.subscribe();
+fn watch_events(host: &live::Session, printer: PrinterSlot) {
+    let mut events = host.events();
     tokio::spawn(async move {
-        loop {
-            match rx.recv().await {
-                Ok(HostEvent::DebugPrint { text, .. }) => emit(&printer, text),
-                Ok(HostEvent::StateChange(sc)) => emit(&printer, describe(&sc)),
-                Ok(HostEvent::KeyMismatch { from }) => emit(
-                    &printer,
-                    format!("kdnet: datagrams from {from} do not authenticate (wrong key?)"),
+        while let Some(ev) = events.next().await {
+            let text = match ev {
+                Event::Print(text) => text,
+                Event::Stopped(stop) => stop.description,
+                Event::WrongKey { from } => {
+                    format!("kdnet: datagrams from {from} do not authenticate (wrong key?)")
+                }
+                Event::Connected { peer, rebooted } => format!(
+                    "Connected to target {peer}{}",
+                    if rebooted { " (a new boot)" } else { "" }
                 ),
-                Ok(HostEvent::Connected { target, reason }) => emit(
-                    &printer,
-                    format!("Connected to target {target} ({reason:?})"),
-                ),
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => break,
-            }
+            };
+            emit(&printer, text);
         }
     });
 }
@@ -700,7 +673,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
             return Ok(exit::NO_CONNECTION);
         }
     } else if let Some(sc) = host.probe_stopped(Duration::from_secs(1)).await {
-        eprintln!("kdnet: the target is already stopped ({})", describe(&sc));
+        eprintln!("kdnet: the target is already stopped ({})", sc.description);
     } else {
         eprintln!("kdnet: the target runs; Ctrl-C or .break stops it");
     }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kdnet::api::status;
 
 use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
@@ -84,7 +83,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     };
     eprintln!(
         "kdnet: stopped on processor {} of {}",
-        stop.processor, stop.number_processors
+        stop.processor, stop.processors
     );
     let style = Style {
         json: a.json,
@@ -96,7 +95,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let symbols = a.symbols.clone();
     let out = a.out.clone();
     let code = tokio::task::spawn_blocking(move || -> anyhow::Result<u8> {
-        let mut e = analysis::open_live(h, rt, symbols.as_deref())?;
+        let mut e = h.open(rt, symbols.as_deref())?;
         e.budget = budget;
         analysis::banner(&mut e, style);
         Ok(analysis::run_work(&mut e, &work, style, &out))
@@ -104,14 +103,14 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     .await
     .context("the analysis thread failed")?;
     if !a.leave_stopped {
-        match host.resume(status::DBG_CONTINUE).await {
+        match host.go().await {
             Ok(()) => eprintln!("kdnet: the target continues"),
             Err(e) => eprintln!("kdnet: could not let the target continue: {e}"),
         }
     } else {
         eprintln!("kdnet: the target stays stopped");
     }
-    let s = host.stats();
+    let s = host.traffic();
     if verbose {
         eprintln!(
             "kdnet: {} round trips, {} bytes sent, {} received",

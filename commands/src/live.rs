@@ -1,10 +1,17 @@
-//! A live KDNET session as a [`Target`]. The analysis code is synchronous; it runs on a blocking
-//! thread and waits here for the async session.
+//! A live KDNET session: as a [`Target`] for the analysis code (which is synchronous; it runs on
+//! a blocking thread and waits here for the async session), and as a [`Session`] for the tools
+//! above (listen, follow, stop, go on, open the model).
 
-use kdnet::api::Context;
-use kdnet::host::{Host, HostError};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kdnet::api::{Context, StateChange64, StateEvent, status};
+use kdnet::host::{Host, HostConfig, HostError, HostEvent, LinkState, Phase, RunState};
+use kdnet::wire::HandshakeReason;
 use tokio::runtime::Handle;
 
+use crate::engine::Engine;
+use crate::nt::Kernel;
 use crate::target::{Target, TargetError, TargetInfo, TransportStats};
 
 /// A stopped target on a KDNET session.
@@ -60,11 +67,6 @@ impl LiveTarget {
             ran: false,
             stops,
         })
-    }
-
-    /// The session.
-    pub fn host(&self) -> &Host {
-        &self.host
     }
 
     /// Marks that the target ran (the cache above must be dropped).
@@ -162,5 +164,304 @@ impl Target for LiveTarget {
         let changed = now != self.stops;
         self.stops = now;
         std::mem::take(&mut self.ran) || changed
+    }
+}
+
+/// The session as debugging tools use it: listen for a target, follow its state and what it
+/// does, stop it, let it go on, and open the kernel model over it while it is stopped. Tools
+/// above this layer use this and not the KDNET session underneath.
+#[derive(Debug, Clone)]
+pub struct Session {
+    host: Host,
+}
+
+/// A target's key (`a.b.c.d`, as bcdedit prints it).
+pub use kdnet::wire::Key;
+
+/// A fresh random key (for a simulated target set up beside the debugger).
+pub fn random_key() -> Key {
+    Key::from_bytes(kdnet::rng::os_random_32())
+}
+
+/// Where and how to listen for a target.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Address and port to listen on (the `port:` given to bcdedit).
+    pub bind: SocketAddr,
+    /// The key.
+    pub key: Key,
+    /// Accept only this machine.
+    pub target: Option<SocketAddr>,
+}
+
+/// The link to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Nothing heard.
+    Waiting,
+    /// Offers arrive that do not authenticate.
+    WrongKey,
+    /// The handshake completed.
+    Connected,
+}
+
+/// A stop, as the target reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// The processor that reported it.
+    pub processor: u32,
+    /// Processors in the machine.
+    pub processors: u32,
+    /// What WinDbg prints for it, in substance.
+    pub description: String,
+}
+
+/// What the session knows now.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The link.
+    pub link: Link,
+    /// The target's address once connected.
+    pub peer: Option<SocketAddr>,
+    /// Known to be stopped.
+    pub stopped: bool,
+    /// Known to run.
+    pub running: bool,
+    /// The stop, while stopped.
+    pub stop: Option<Stop>,
+    /// Stops so far: a new one means the target ran in between.
+    pub stops: u64,
+}
+
+/// Something the target did.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// DbgPrint output.
+    Print(String),
+    /// It stopped.
+    Stopped(Stop),
+    /// A handshake completed: first contact, a new boot, or a new key.
+    Connected {
+        /// Its address.
+        peer: SocketAddr,
+        /// It is a new boot of the target.
+        rebooted: bool,
+    },
+    /// Datagrams arrive that do not authenticate.
+    WrongKey {
+        /// Their sender.
+        from: SocketAddr,
+    },
+}
+
+/// Counters of the session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests answered.
+    pub round_trips: u64,
+    /// Requests that failed.
+    pub failed: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+}
+
+/// Why the session could not do something.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    /// The KDNET session failed (timeout, closed, refused).
+    #[error("{0}")]
+    Kdnet(String),
+    /// The target's version could not be read.
+    #[error("reading the target's version: {0}")]
+    Version(TargetError),
+    /// The kernel model could not be opened.
+    #[error("reading the kernel: {0}")]
+    Kernel(String),
+}
+
+impl From<HostError> for SessionError {
+    fn from(e: HostError) -> SessionError {
+        SessionError::Kdnet(e.to_string())
+    }
+}
+
+/// What WinDbg prints when the target stops, in substance.
+pub fn describe(sc: &StateChange64) -> String {
+    match &sc.event {
+        StateEvent::Exception(x) if x.code == 0x8000_0003 => format!(
+            "Break instruction exception - code 80000003 ({} chance) on processor {}",
+            if x.first_chance { "first" } else { "second" },
+            sc.processor
+        ),
+        StateEvent::Exception(x) => format!(
+            "Exception {:08x} at {:x} ({} chance) on processor {}",
+            x.code,
+            x.address,
+            if x.first_chance { "first" } else { "second" },
+            sc.processor
+        ),
+        StateEvent::LoadSymbols(l) => format!("Module load/unload at {:x}", l.base),
+        StateEvent::CommandString { name, command } => format!("Command string {name}: {command}"),
+        StateEvent::Other => format!("State change {:#x}", sc.new_state),
+    }
+}
+
+fn stop_of(sc: &StateChange64) -> Stop {
+    Stop {
+        processor: u32::from(sc.processor),
+        processors: sc.number_processors,
+        description: describe(sc),
+    }
+}
+
+fn status_of(s: &LinkState) -> Status {
+    Status {
+        link: match s.phase {
+            Phase::Waiting => Link::Waiting,
+            Phase::WrongKey => Link::WrongKey,
+            Phase::Connected => Link::Connected,
+        },
+        peer: s.target,
+        stopped: s.run == RunState::Stopped,
+        running: s.run == RunState::Running,
+        stop: s
+            .stop
+            .as_ref()
+            .filter(|_| s.run == RunState::Stopped)
+            .map(stop_of),
+        stops: s.stops,
+    }
+}
+
+/// Follows the session's status.
+#[derive(Debug)]
+pub struct StatusWatch(tokio::sync::watch::Receiver<LinkState>);
+
+impl StatusWatch {
+    /// The status now (and marks it seen).
+    pub fn current(&mut self) -> Status {
+        status_of(&self.0.borrow_and_update())
+    }
+
+    /// Waits for a change; false when the session has ended.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+
+    /// Waits until `f` holds; false when the session ended first.
+    pub async fn wait_for(&mut self, mut f: impl FnMut(&Status) -> bool) -> bool {
+        self.0.wait_for(|s| f(&status_of(s))).await.is_ok()
+    }
+}
+
+/// What the target does, in order.
+#[derive(Debug)]
+pub struct Events(tokio::sync::broadcast::Receiver<HostEvent>);
+
+impl Events {
+    /// The next event; None when the session has ended. Events missed by a slow reader are
+    /// skipped.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.0.recv().await {
+                Ok(HostEvent::DebugPrint { text, .. }) => return Some(Event::Print(text)),
+                Ok(HostEvent::StateChange(sc)) => return Some(Event::Stopped(stop_of(&sc))),
+                Ok(HostEvent::Connected { target, reason }) => {
+                    return Some(Event::Connected {
+                        peer: target,
+                        rebooted: reason == HandshakeReason::Rebooted,
+                    });
+                }
+                Ok(HostEvent::KeyMismatch { from }) => return Some(Event::WrongKey { from }),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Listens for a target.
+    pub async fn listen(l: Listen) -> Result<Session, SessionError> {
+        let mut config = HostConfig::new(l.bind, l.key);
+        config.target = l.target;
+        Ok(Session {
+            host: Host::bind(config).await?,
+        })
+    }
+
+    /// The address listened on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.host.local_addr()
+    }
+
+    /// The status now.
+    pub fn status(&self) -> Status {
+        status_of(&self.host.state())
+    }
+
+    /// Follows the status.
+    pub fn watch(&self) -> StatusWatch {
+        StatusWatch(self.host.watch_state())
+    }
+
+    /// What the target does from now on.
+    pub fn events(&self) -> Events {
+        Events(self.host.subscribe())
+    }
+
+    /// Waits for the handshake.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<SocketAddr, SessionError> {
+        Ok(self.host.wait_connected(timeout).await?)
+    }
+
+    /// Stops the target (at once if it is stopped).
+    pub async fn break_in(&self, timeout: Duration) -> Result<Stop, SessionError> {
+        Ok(stop_of(&self.host.break_in(timeout).await?))
+    }
+
+    /// Whether a newly connected target is stopped (another debugger may have left it so),
+    /// without breaking in.
+    pub async fn probe_stopped(&self, wait: Duration) -> Option<Stop> {
+        self.host.probe_stopped(wait).await.map(|s| stop_of(&s))
+    }
+
+    /// Lets the target go on (`g`).
+    pub async fn go(&self) -> Result<(), SessionError> {
+        Ok(self.host.resume(status::DBG_CONTINUE).await?)
+    }
+
+    /// Reboots the target.
+    pub async fn reboot(&self) -> Result<(), SessionError> {
+        Ok(self.host.reboot().await?)
+    }
+
+    /// The session's counters.
+    pub fn traffic(&self) -> Traffic {
+        let s = self.host.stats();
+        Traffic {
+            round_trips: s.round_trips,
+            failed: s.failed,
+            datagrams_sent: s.datagrams_sent,
+            datagrams_received: s.datagrams_received,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+        }
+    }
+
+    /// The kernel model and command engine over the stopped target. It blocks on `rt`: call
+    /// it from a thread that is not running the runtime (e.g. inside `spawn_blocking`).
+    pub fn open(&self, rt: Handle, symbols: Option<&str>) -> Result<Engine, SessionError> {
+        let target = LiveTarget::new(self.host.clone(), rt).map_err(SessionError::Version)?;
+        let path = kdnet_symbols::path::SymbolPath::from_args_and_env(symbols);
+        let kernel = Kernel::open(Box::new(target), path)
+            .map_err(|e| SessionError::Kernel(e.to_string()))?;
+        Ok(Engine::new(kernel))
     }
 }

@@ -25,8 +25,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kdnet::host::HostConfig;
 use kdnet_commands::ext::hangcheck::Thresholds;
+use kdnet_commands::live::Listen;
 use serde::Deserialize;
 
 use crate::connect::ConnectArgs;
@@ -180,7 +180,7 @@ pub struct TargetSpec {
     /// Its name in events and bundle names.
     pub name: String,
     /// How to reach it.
-    pub host: HostConfig,
+    pub host: Listen,
     /// Labels for the operator.
     pub tags: Vec<String>,
     /// Triggers.
@@ -226,12 +226,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Builds a target's settings from its connection and its merged settings.
-pub fn spec(
-    name: &str,
-    host: HostConfig,
-    tags: Vec<String>,
-    c: &Common,
-) -> Result<TargetSpec, String> {
+pub fn spec(name: &str, host: Listen, tags: Vec<String>, c: &Common) -> Result<TargetSpec, String> {
     check_name(name)?;
     let sample_every = match &c.sample_every {
         Some(s) => Some(positive(

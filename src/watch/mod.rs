@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use kdnet::host::Host;
+use kdnet_commands::live::Session;
 use tokio::sync::mpsc;
 
 use crate::connect::ConnectArgs;
@@ -177,10 +177,10 @@ pub enum Control {
 }
 
 /// Listens for each target; Err holds the exit code (the reason is printed).
-pub async fn bind_all(targets: &[TargetSpec]) -> Result<Vec<Host>, u8> {
+pub async fn bind_all(targets: &[TargetSpec]) -> Result<Vec<Session>, u8> {
     let mut hosts = Vec::new();
     for t in targets {
-        match Host::bind(t.host.clone()).await {
+        match Session::listen(t.host.clone()).await {
             Ok(h) => hosts.push(h),
             Err(e) => {
                 eprintln!(
@@ -196,7 +196,7 @@ pub async fn bind_all(targets: &[TargetSpec]) -> Result<Vec<Host>, u8> {
 
 /// Watches the targets (each with its session) until told to stop; the exit code.
 pub async fn watch(
-    targets: Vec<(TargetSpec, Host)>,
+    targets: Vec<(TargetSpec, Session)>,
     hub: Arc<Hub>,
     control: Control,
     max_captures: Option<u32>,

@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kdnet::api::status;
-use kdnet::host::{Host, HostEvent, Phase, RunState};
 use kdnet_commands::engine::Engine;
 use kdnet_commands::ext::hangcheck::{self, Sample};
+use kdnet_commands::live::{Event, Link, Session};
 use kdnet_commands::script::{self, Runner};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -39,7 +38,7 @@ const BREAK_IN: Duration = Duration::from_secs(10);
 /// A target's task.
 pub struct Actor {
     spec: TargetSpec,
-    host: Host,
+    host: Session,
     hub: Arc<Hub>,
     rx: mpsc::Receiver<Request>,
     limiter: Limiter,
@@ -51,15 +50,15 @@ pub struct Actor {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
-fn stop_count(host: &Host) -> u64 {
-    host.state().stops
+fn stop_count(host: &Session) -> u64 {
+    host.status().stops
 }
 
 impl Actor {
     /// A task for `spec` over `host`.
     pub fn new(
         spec: TargetSpec,
-        host: Host,
+        host: Session,
         hub: Arc<Hub>,
         rx: mpsc::Receiver<Request>,
         captured: mpsc::UnboundedSender<()>,
@@ -89,7 +88,7 @@ impl Actor {
             "offline",
             &format!("listening on UDP {}", self.host.local_addr()),
         );
-        let mut state_rx = self.host.watch_state();
+        let mut state_rx = self.host.watch();
         let (trig_tx, mut trig_rx) = mpsc::channel::<Trigger>(4);
         let mut helpers = Vec::new();
         if !self.spec.triggers.dbgprint.is_empty() {
@@ -121,28 +120,28 @@ impl Actor {
             if *stop.borrow_and_update() {
                 break;
             }
-            let s = state_rx.borrow_and_update().clone();
-            let stopped = s.run == RunState::Stopped;
+            let s = state_rx.current();
+            let stopped = s.stopped;
             if let Some((_, at)) = &self.held
-                && (!stopped || s.stops != *at || s.phase != Phase::Connected)
+                && (!stopped || s.stops != *at || s.link != Link::Connected)
             {
                 self.held = None;
             }
-            match s.phase {
-                Phase::Waiting => {
+            match s.link {
+                Link::Waiting => {
                     connected = false;
                     self.state("offline", "");
                 }
-                Phase::WrongKey => {
+                Link::WrongKey => {
                     connected = false;
                     self.state("wrong-key", "offers arrive but do not authenticate");
                 }
-                Phase::Connected => {
+                Link::Connected => {
                     if !connected {
                         connected = true;
                         self.state(
                             "connected",
-                            &s.target.map_or_else(String::new, |p| p.to_string()),
+                            &s.peer.map_or_else(String::new, |p| p.to_string()),
                         );
                     }
                     if !stopped {
@@ -151,10 +150,7 @@ impl Actor {
                 }
             }
             if connected && stopped && self.held.is_none() {
-                let detail = s
-                    .stop
-                    .as_ref()
-                    .map_or_else(String::new, crate::repl::describe);
+                let detail = s.stop.map(|x| x.description).unwrap_or_default();
                 self.state(
                     "stopped",
                     &format!("the target stopped by itself: {detail}"),
@@ -171,7 +167,7 @@ impl Actor {
             tokio::select! {
                 biased;
                 _ = stop.changed() => {}
-                r = state_rx.changed() => if r.is_err() { break },
+                alive = state_rx.changed() => if !alive { break },
                 req = self.rx.recv() => match req {
                     Some(r) => self.request(r).await,
                     None => break,
@@ -192,7 +188,7 @@ impl Actor {
 
     /// Breaks in (unless stopped); Err says why it could not.
     async fn stop(&mut self) -> Result<(), String> {
-        if self.host.state().run == RunState::Stopped {
+        if self.host.status().stopped {
             return Ok(());
         }
         self.host
@@ -205,7 +201,7 @@ impl Actor {
     async fn resume(&mut self) {
         self.held = None;
         self.state("resuming", "");
-        if let Err(e) = self.host.resume(status::DBG_CONTINUE).await {
+        if let Err(e) = self.host.go().await {
             self.state("resume-failed", &e.to_string());
         }
     }
@@ -216,7 +212,7 @@ impl Actor {
         let rt = tokio::runtime::Handle::current();
         let symbols = self.spec.symbols.clone();
         tokio::task::spawn_blocking(move || {
-            analysis::open_live(host, rt, symbols.as_deref()).map_err(|e| format!("{e:#}"))
+            host.open(rt, symbols.as_deref()).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("the model thread failed: {e}"))?
@@ -310,7 +306,7 @@ impl Actor {
                 "capture-skipped",
                 &format!("{}: {} ({why})", t.kind, t.detail),
             );
-            if self.host.state().run == RunState::Stopped && self.held.is_none() {
+            if self.host.status().stopped && self.held.is_none() {
                 self.resume().await;
             }
             return Err(why);
@@ -347,8 +343,9 @@ impl Actor {
         let result = tokio::task::spawn_blocking(move || {
             let mut e = match engine {
                 Some(e) => e,
-                None => analysis::open_live(host, rt, symbols.as_deref())
-                    .map_err(|e| format!("{e:#}"))?,
+                None => host
+                    .open(rt, symbols.as_deref())
+                    .map_err(|e| e.to_string())?,
             };
             e.kernel.mem.set_cancel(Some(cancel));
             let c = bundle::capture(&mut e, &job, &lost, &stamp).map_err(|e| format!("{e:#}"));
@@ -392,14 +389,14 @@ impl Actor {
                     let at = stop_count(&self.host);
                     self.held = Some((engine, at));
                     self.state("stopped", "left stopped after the capture");
-                } else if self.host.state().phase == Phase::Connected {
+                } else if self.host.status().link == Link::Connected {
                     self.resume().await;
                 }
                 Ok(v)
             }
             Err(e) => {
                 self.state("capture-failed", &e);
-                if !self.spec.policy.leave_stopped && self.host.state().run == RunState::Stopped {
+                if !self.spec.policy.leave_stopped && self.host.status().stopped {
                     self.resume().await;
                 }
                 Err(e)
@@ -417,7 +414,7 @@ impl Actor {
                     detail: "asked for by a control client".into(),
                     sample: None,
                 };
-                let r = if self.host.state().phase != Phase::Connected {
+                let r = if self.host.status().link != Link::Connected {
                     Err("the target is not connected".to_string())
                 } else {
                     self.capture(t, None, true).await
@@ -429,7 +426,7 @@ impl Actor {
                 let _ = reply.send(r);
             }
             Request::Continue(reply) => {
-                let r = if self.host.state().run == RunState::Stopped {
+                let r = if self.host.status().stopped {
                     self.resume().await;
                     Ok(json!({ "running": true }))
                 } else {
@@ -445,7 +442,7 @@ impl Actor {
     }
 
     async fn break_and_hold(&mut self) -> Result<Value, String> {
-        if self.host.state().phase != Phase::Connected {
+        if self.host.status().link != Link::Connected {
             return Err("the target is not connected".into());
         }
         if self.held.is_some() {
@@ -499,32 +496,26 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
 }
 
 /// Sends a trigger for each DbgPrint line that matches a pattern.
-async fn watch_prints(host: Host, patterns: Vec<String>, tx: mpsc::Sender<Trigger>) {
-    let mut events = host.subscribe();
-    loop {
-        match events.recv().await {
-            Ok(HostEvent::DebugPrint { text, .. }) => {
-                for line in text.lines() {
-                    if let Some(p) = patterns.iter().find(|p| matches(p, line)) {
-                        // A full queue means a capture is already on its way.
-                        let _ = tx.try_send(Trigger {
-                            kind: "dbgprint".into(),
-                            detail: format!("{line:?} matched {p:?}"),
-                            sample: None,
-                        });
-                    }
-                }
+async fn watch_prints(host: Session, patterns: Vec<String>, tx: mpsc::Sender<Trigger>) {
+    let mut events = host.events();
+    while let Some(ev) = events.next().await {
+        let Event::Print(text) = ev else { continue };
+        for line in text.lines() {
+            if let Some(p) = patterns.iter().find(|p| matches(p, line)) {
+                // A full queue means a capture is already on its way.
+                let _ = tx.try_send(Trigger {
+                    kind: "dbgprint".into(),
+                    detail: format!("{line:?} matched {p:?}"),
+                    sample: None,
+                });
             }
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(_) => return,
         }
     }
 }
 
 /// Runs the health probe while the target runs; failing for `after` sends a trigger.
 async fn run_probe(
-    host: Host,
+    host: Session,
     p: super::config::Probe,
     every: Duration,
     after: Duration,
@@ -537,15 +528,15 @@ async fn run_probe(
     let mut was_ok = true;
     loop {
         tokio::time::sleep(every).await;
-        let s = host.state();
+        let s = host.status();
         // Failures while the target was stopped (by anyone) say nothing about its health.
-        if s.phase != Phase::Connected || s.run != RunState::Running || s.stops != last_stops {
+        if s.link != Link::Connected || !s.running || s.stops != last_stops {
             last_stops = s.stops;
             f.reset();
             continue;
         }
         let r = probe::check(&p, every.max(Duration::from_secs(2))).await;
-        if host.state().stops != last_stops {
+        if host.status().stops != last_stops {
             continue;
         }
         if r.is_ok() != was_ok {
@@ -575,20 +566,20 @@ async fn run_probe(
 }
 
 /// Marks the capture lost (and stops its reads) when the target reboots or stops answering.
-async fn watch_for_loss(host: Host, lost: Lost, cancel: Arc<AtomicBool>) {
-    let mut events = host.subscribe();
-    let mut last = host.stats();
+async fn watch_for_loss(host: Session, lost: Lost, cancel: Arc<AtomicBool>) {
+    let mut events = host.events();
+    let mut last = host.traffic();
     let mut progress = Instant::now();
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     let why = loop {
         tokio::select! {
-            ev = events.recv() => match ev {
-                Ok(HostEvent::Connected { .. }) => break "the target rebooted during the capture".to_string(),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break "the session ended".to_string(),
-                _ => {}
+            ev = events.next() => match ev {
+                Some(Event::Connected { .. }) => break "the target rebooted during the capture".to_string(),
+                None => break "the session ended".to_string(),
+                Some(_) => {}
             },
             _ = poll.tick() => {
-                let now = host.stats();
+                let now = host.traffic();
                 if now.round_trips > last.round_trips {
                     progress = Instant::now();
                 }
