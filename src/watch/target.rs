@@ -461,11 +461,12 @@ impl Actor {
         let Some((engine, at)) = self.held.take() else {
             return Err("the target is running: break in first (op \"break\")".into());
         };
+        // `.snapshot NAME` from a client writes beside the bundles.
+        let dir = self.spec.out.clone();
         let (engine, outs) = tokio::task::spawn_blocking(move || {
             let mut e = engine;
             let mut outs = Vec::new();
             {
-                let dir = std::env::temp_dir();
                 let mut runner = Runner::new(&mut e, dir);
                 runner.run(&stmts, &mut |ev| {
                     let mut v = analysis::event_json(&ev);
