@@ -209,6 +209,38 @@ pub fn graph_svg(edges: &[Value], threads: &[Value], cycles: &[Value]) -> Option
     Some(s)
 }
 
+/// A table of the findings: title, id, the list, the columns (heading, cell).
+type Section<'a> = (&'a str, &'a str, &'a Value, &'a [(&'a str, Cell)]);
+
+/// How a table cell comes from an object.
+enum Cell {
+    /// A string field.
+    Text(&'static str),
+    /// A number field.
+    Num(&'static str),
+    /// An address field, in hex.
+    Hex(&'static str),
+    /// A symbol field, or else an address field in hex.
+    SymbolOr(&'static str, &'static str),
+}
+
+impl Cell {
+    fn of(&self, v: &Value) -> String {
+        match self {
+            Cell::Text(k) => v[*k].as_str().unwrap_or("").to_string(),
+            Cell::Num(k) => v[*k]
+                .as_i64()
+                .map(|n| n.to_string())
+                .or_else(|| v[*k].as_u64().map(|n| n.to_string()))
+                .unwrap_or_default(),
+            Cell::Hex(k) => v[*k].as_u64().map_or(String::new(), |a| format!("{a:x}")),
+            Cell::SymbolOr(sym, a) => v[*sym]
+                .as_str()
+                .map_or_else(|| Cell::Hex(a).of(v), str::to_string),
+        }
+    }
+}
+
 fn table(id: &str, heads: &[&str], rows: &[Vec<String>]) -> String {
     let mut s = format!("<table class=\"sortable\" id=\"{id}\"><thead><tr>");
     for h in heads {
@@ -341,82 +373,56 @@ pub fn page(info: &Value, texts: &[(String, String)]) -> String {
         s.push_str("<h2>Wait-for graph</h2>\n<p>Boxes are threads (process, wait reason and time), ellipses what they wait on; a dashed arrow means “waits for”, a solid one “held by”; red is a cycle.</p>\n");
         s.push_str(&svg);
     }
-    if let Some(held) = f["locks_held"].as_array().filter(|h| !h.is_empty()) {
-        s.push_str("<h2>Locks held</h2>\n");
-        let rows: Vec<Vec<String>> = held
-            .iter()
-            .map(|h| {
-                vec![
-                    h["symbol"]
-                        .as_str()
-                        .map_or_else(|| hex(&h["address"]), str::to_string),
-                    h["state"].as_str().unwrap_or("").to_string(),
-                    h["exclusive_owner"]
-                        .as_u64()
-                        .map_or(String::new(), |o| format!("{o:x}")),
-                    h["contention_count"].to_string(),
-                    h["exclusive_waiters"].to_string(),
-                    h["shared_waiters"].to_string(),
-                ]
-            })
-            .collect();
-        s.push_str(&table(
+    use Cell::{Hex, Num, Text};
+    let sections: [Section; 3] = [
+        (
+            "Locks held",
             "locks",
+            &f["locks_held"],
             &[
-                "resource",
-                "state",
-                "exclusive owner",
-                "contention",
-                "exclusive waiters",
-                "shared waiters",
+                ("resource", Cell::SymbolOr("symbol", "address")),
+                ("state", Text("state")),
+                ("exclusive owner", Hex("exclusive_owner")),
+                ("contention", Num("contention_count")),
+                ("exclusive waiters", Num("exclusive_waiters")),
+                ("shared waiters", Num("shared_waiters")),
             ],
-            &rows,
-        ));
-    }
-    if let Some(tags) = f["top_pool_tags"].as_array().filter(|t| !t.is_empty()) {
-        s.push_str("<h2>Top pool tags</h2>\n");
-        let rows: Vec<Vec<String>> = tags
-            .iter()
-            .map(|t| {
-                vec![
-                    t["tag"].as_str().unwrap_or("").to_string(),
-                    t["nonpaged_allocs"].to_string(),
-                    t["nonpaged_bytes"].to_string(),
-                    t["paged_allocs"].to_string(),
-                    t["paged_bytes"].to_string(),
-                ]
-            })
-            .collect();
-        s.push_str(&table(
+        ),
+        (
+            "Top pool tags",
             "pooltags",
+            &f["top_pool_tags"],
             &[
-                "tag",
-                "nonpaged allocs",
-                "nonpaged bytes",
-                "paged allocs",
-                "paged bytes",
+                ("tag", Text("tag")),
+                ("nonpaged allocs", Num("nonpaged_allocs")),
+                ("nonpaged bytes", Num("nonpaged_bytes")),
+                ("paged allocs", Num("paged_allocs")),
+                ("paged bytes", Num("paged_bytes")),
             ],
-            &rows,
-        ));
-    }
-    if let Some(h) = f["nbl_holders"].as_array().filter(|h| !h.is_empty()) {
-        s.push_str("<h2>Pending NBLs by holder</h2>\n");
-        let rows: Vec<Vec<String>> = h
-            .iter()
-            .map(|x| {
-                vec![
-                    x["name"].as_str().unwrap_or("").to_string(),
-                    x["kind"].as_str().unwrap_or("").to_string(),
-                    hex(&x["handle"]),
-                    x["count"].to_string(),
-                ]
-            })
-            .collect();
-        s.push_str(&table(
+        ),
+        (
+            "Pending NBLs by holder",
             "nbls",
-            &["holder", "kind", "handle", "pending"],
-            &rows,
-        ));
+            &f["nbl_holders"],
+            &[
+                ("holder", Text("name")),
+                ("kind", Text("kind")),
+                ("handle", Hex("handle")),
+                ("pending", Num("count")),
+            ],
+        ),
+    ];
+    for (title, id, items, cols) in sections {
+        let Some(items) = items.as_array().filter(|i| !i.is_empty()) else {
+            continue;
+        };
+        let _ = writeln!(s, "<h2>{}</h2>", esc(title));
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|x| cols.iter().map(|(_, c)| c.of(x)).collect())
+            .collect();
+        let heads: Vec<&str> = cols.iter().map(|(h, _)| *h).collect();
+        s.push_str(&table(id, &heads, &rows));
     }
     s.push_str("<h2>Commands</h2>\n");
     let rows: Vec<Vec<String>> = info["steps"]
@@ -469,6 +475,12 @@ mod tests {
                 ],
                 "wait_threads": [ { "thread": 1, "image": "a.exe", "wait_reason": "WrResource", "wait_seconds": 95.0 } ],
                 "deadlock_cycles": [ { "threads": [1, 2] } ],
+                "locks_held": [
+                    { "address": 0xfff0, "symbol": "nt!PiEngineLock", "state": "exclusive",
+                      "exclusive_owner": 0xabc, "contention_count": 6, "exclusive_waiters": 1, "shared_waiters": 0 },
+                    { "address": 0xfff8, "symbol": null, "state": "shared",
+                      "exclusive_owner": null, "contention_count": 0, "exclusive_waiters": 0, "shared_waiters": 2 },
+                ],
             },
             "steps": [ { "command": "!locks", "cost": { "round_trips": 3, "bytes": 9 } } ],
         });
@@ -485,6 +497,16 @@ mod tests {
         assert_eq!(p.matches("class=\"wait cycle\"").count(), 2);
         assert_eq!(p.matches("class=\"held cycle\"").count(), 2);
         assert_eq!(p.matches("class=\"wait\"").count(), 1);
+        // The held locks' table: a symbol or the address, an owner or nothing.
+        assert!(p.contains("<table class=\"sortable\" id=\"locks\">"));
+        assert!(p.contains("<tr><td>nt!PiEngineLock</td><td>exclusive</td><td>abc</td><td>6</td><td>1</td><td>0</td></tr>"), "{p}");
+        assert!(
+            p.contains(
+                "<tr><td>fff8</td><td>shared</td><td></td><td>0</td><td>0</td><td>2</td></tr>"
+            ),
+            "{p}"
+        );
+        assert!(!p.contains("id=\"pooltags\""), "no table without rows");
         assert!(
             !p.contains("src=") && !p.contains("href=\"http") && !p.contains("url(http"),
             "nothing loads from the network"
