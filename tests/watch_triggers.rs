@@ -84,6 +84,18 @@ fn ctl(socket: &Path, words: &[&str]) -> (bool, Value) {
     (o.status.success(), v)
 }
 
+/// `kdnet open BUNDLE/snapshot.dmp ARGS`: its standard output (it must succeed).
+fn open_snapshot(bundle: &Path, args: &[&str]) -> String {
+    let o = kdnet()
+        .arg("open")
+        .arg(bundle.join("snapshot.dmp"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn bundles(out: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(out)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
@@ -383,14 +395,7 @@ fn control_socket_serialises_clients_and_the_snapshot_answers_offline() {
         "My Ethernet 1Gb 4-port Adapter"
     );
     // The snapshot gives the same !locks offline as the machine gave live.
-    let o = kdnet()
-        .arg("open")
-        .arg(bundle.join("snapshot.dmp"))
-        .args(["-c", "!locks", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let offline = json_lines(&String::from_utf8_lossy(&o.stdout));
+    let offline = json_lines(&open_snapshot(&bundle, &["-c", "!locks", "--json"]));
     let live = j["steps"]
         .as_array()
         .unwrap()
@@ -398,22 +403,10 @@ fn control_socket_serialises_clients_and_the_snapshot_answers_offline() {
         .find(|s| s["command"] == "!locks")
         .unwrap();
     assert_eq!(offline[1]["result"], live["result"]);
-    let o = kdnet()
-        .arg("open")
-        .arg(bundle.join("snapshot.dmp"))
-        .args(["-c", "!locks"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = open_snapshot(&bundle, &["-c", "!locks"]);
     assert!(text.contains(&live_locks), "{text}\n---\n{live_locks}");
     // Every processor's registers are in it, not only the first one's.
-    let o = kdnet()
-        .arg("open")
-        .arg(bundle.join("snapshot.dmp"))
-        .args(["-c", "~2s; r"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
+    let text = open_snapshot(&bundle, &["-c", "~2s; r"]);
     assert!(text.contains(&live_cpu2), "{text}\n---\n{live_cpu2}");
     // Unknown targets and bad requests are answered, not fatal.
     let (ok, v) = ctl(&sock, &["capture", "nobody"]);
