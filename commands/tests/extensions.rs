@@ -477,3 +477,28 @@ fn hangcheck_finds_each_planted_hang_and_nothing_on_healthy() {
         );
     }
 }
+
+/// Bad arguments to the commands added for the watcher are refused with the reason, and the
+/// engine goes on.
+#[test]
+fn processor_switch_and_hangcheck_refuse_bad_arguments() {
+    let Some((mut e, _)) = engine(20348, Scenario::Healthy) else {
+        return;
+    };
+    for (cmd, says) in [
+        ("!hangcheck soon", "not a number of seconds"),
+        ("!hangcheck -5", "not a number of seconds"),
+        ("~9s", "there are 4 processors (0 to 3)"),
+        ("~xs", "not a processor number"),
+    ] {
+        let o = e.run(cmd);
+        let err = o.error.unwrap_or_else(|| panic!("{cmd} was accepted"));
+        assert!(err.contains(says), "{cmd}: {err}");
+    }
+    // A good switch changes what `r` shows.
+    let o = e.run("~1s");
+    assert!(o.ok(), "{:?}", o.error);
+    assert_eq!(e.processor, 1);
+    let r = run(&mut e, "r");
+    assert_eq!(r["processor"], 1);
+}

@@ -548,6 +548,18 @@ key_file = "a.key"
                 "unknown kind",
             ),
             ("bogus = 1\n", "bogus"),
+            (
+                "[[target]]\nname = \"x\"\nport = 1\nkey_file = \"a.key\"\nsample_every = \"0s\"\n",
+                "sample_every must be longer than zero",
+            ),
+            (
+                "[[target]]\nname = \"x\"\nport = 1\nkey_file = \"a.key\"\nbudget = \"soon\"\n",
+                "budget",
+            ),
+            (
+                "[[target]]\nname = \"x\"\nport = 1\nkey_file = \"a.key\"\ndbgprint = [\"\"]\n",
+                "empty pattern",
+            ),
             ("", "no [[target]]"),
         ] {
             std::fs::write(&file, bad).unwrap();
