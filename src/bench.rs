@@ -202,7 +202,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         "ratio to limit"
     );
     for size in TRANSFER_STEPS {
-        host.set_max_transfer(size);
+        host.set_max_transfer(size).await;
         let before = host.stats();
         let t = Instant::now();
         let data = host.read_virtual(0x10_0000, args.bytes).await?;

@@ -650,6 +650,14 @@ fn watch_events(host: &live::Session, printer: PrinterSlot) {
                     "Connected to target {peer}{}",
                     if rebooted { " (a new boot)" } else { "" }
                 ),
+                Event::Silent { after } => format!(
+                    "kdnet: the target stopped answering (nothing heard for {:.1} s)",
+                    after.as_secs_f64()
+                ),
+                Event::Heard { after } => format!(
+                    "kdnet: the target answers again (after {:.1} s of silence)",
+                    after.as_secs_f64()
+                ),
             };
             emit(&printer, text);
         }

@@ -178,6 +178,9 @@ pub struct Session {
 /// A target's key (`a.b.c.d`, as bcdedit prints it).
 pub use kdnet::wire::Key;
 
+/// Datagrams a session dropped, by cause.
+pub use kdnet::wire::Drops;
+
 /// A fresh random key (for a simulated target set up beside the debugger).
 pub fn random_key() -> Key {
     Key::from_bytes(kdnet::rng::os_random_32())
@@ -203,6 +206,9 @@ pub enum Link {
     WrongKey,
     /// The handshake completed.
     Connected,
+    /// A connected target stopped answering (nothing heard for the silence limit); it comes
+    /// back to `Connected` when heard again.
+    Silent,
 }
 
 /// A stop, as the target reported it.
@@ -252,6 +258,17 @@ pub enum Event {
         /// Their sender.
         from: SocketAddr,
     },
+    /// Nothing has been heard from the target for the silence limit: it is gone (off,
+    /// frozen, unplugged). Outstanding requests failed.
+    Silent {
+        /// How long it had been silent.
+        after: Duration,
+    },
+    /// A target that had gone silent is heard again.
+    Heard {
+        /// How long it had been silent.
+        after: Duration,
+    },
 }
 
 /// Counters of the session.
@@ -269,6 +286,14 @@ pub struct Traffic {
     pub bytes_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
+    /// Retransmissions.
+    pub retransmits: u64,
+    /// Times the target was declared gone.
+    pub silences: u64,
+    /// Handshakes proven (the session began, moved, re-keyed or followed a reboot).
+    pub handshakes: u64,
+    /// Datagrams dropped, by cause (forged, replayed, from elsewhere, malformed).
+    pub drops: Drops,
 }
 
 /// Why the session could not do something.
@@ -326,6 +351,7 @@ fn status_of(s: &LinkState) -> Status {
             Phase::Waiting => Link::Waiting,
             Phase::WrongKey => Link::WrongKey,
             Phase::Connected => Link::Connected,
+            Phase::Silent => Link::Silent,
         },
         peer: s.target,
         stopped: s.run == RunState::Stopped,
@@ -379,6 +405,8 @@ impl Events {
                     });
                 }
                 Ok(HostEvent::KeyMismatch { from }) => return Some(Event::WrongKey { from }),
+                Ok(HostEvent::Silent { after }) => return Some(Event::Silent { after }),
+                Ok(HostEvent::Heard { after }) => return Some(Event::Heard { after }),
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return None,
             }
@@ -452,6 +480,10 @@ impl Session {
             datagrams_received: s.datagrams_received,
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
+            retransmits: s.retransmits,
+            silences: s.silences,
+            handshakes: s.handshakes_proven,
+            drops: s.drops,
         }
     }
 

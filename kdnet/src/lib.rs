@@ -14,6 +14,7 @@ pub mod capture;
 pub mod host;
 pub mod kd;
 pub mod link;
+pub mod machine;
 pub mod rng;
 pub mod target;
 pub mod wire;

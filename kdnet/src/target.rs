@@ -1,245 +1,17 @@
-//! The debuggee's end of KDNET over tokio, as a Windows machine booted with
-//! `bcdedit /dbgsettings net hostip:H port:P key:K` behaves: offers to H:P every 3 s, the
-//! handshake, the hello, then the KD protocol with the manipulate APIs answered from a
-//! [`TargetHandler`] (memory, registers, control space). While running it polls for the
-//! break-in byte and can print (DbgPrint) or stop by itself (a bugcheck).
+//! The debuggee's end of KDNET over tokio: a task owns the UDP socket and a
+//! [`TargetMachine`], moving datagrams and sleeping until the machine's next deadline.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::context::CONTEXT_LEN;
-use crate::api::{
-    Api, ApiBody, Context, DebugIo, GetVersion64, MAX_TRANSFER, Manipulate, StateChange64, status,
+pub use crate::machine::target::{
+    Activity, StopReason, TargetConfig, TargetHandler, TargetMachine, TargetStats,
 };
-use crate::kd::{PacketType, TargetKd, TargetKdConfig, TargetKdEvent};
 use crate::rng::os_random_32;
-use crate::wire::{Key, TargetWire, TargetWireConfig, TargetWireEvent};
-
-/// Why the target stopped, for [`TargetHandler::stop_report`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// The debugger sent the break-in byte.
-    BreakIn,
-    /// The debugger asked for a bugcheck (DbgKdCauseBugCheckApi).
-    BugCheck(u32),
-    /// The debugger switched to another processor.
-    SwitchProcessor(u16),
-}
-
-/// What a running target does by itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Activity {
-    /// DbgPrint a line.
-    Print(String),
-    /// Stop and report (a bugcheck, an assertion).
-    Stop(StateChange64),
-}
-
-/// Answers the debugger's requests for a target. Memory reads return how many bytes were read
-/// from the start of the range (the rest is unreadable).
-pub trait TargetHandler: Send + 'static {
-    /// The version block.
-    fn version(&mut self) -> GetVersion64;
-    /// Reads virtual memory.
-    fn read_virtual(&mut self, processor: u16, address: u64, buf: &mut [u8]) -> usize;
-    /// Writes virtual memory; returns bytes written.
-    fn write_virtual(&mut self, _processor: u16, _address: u64, _data: &[u8]) -> usize {
-        0
-    }
-    /// Reads physical memory.
-    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> usize;
-    /// Writes physical memory.
-    fn write_physical(&mut self, _address: u64, _data: &[u8]) -> usize {
-        0
-    }
-    /// Reads a processor's control space (0 KPCR pointer, 1 KPRCB pointer, 2 special registers,
-    /// 3 current thread pointer); `None` for an invalid processor or index.
-    fn read_control_space(&mut self, processor: u16, index: u64, buf: &mut [u8]) -> Option<usize>;
-    /// Writes control space (index 2); whether it worked.
-    fn write_control_space(&mut self, _processor: u16, _index: u64, _data: &[u8]) -> bool {
-        true
-    }
-    /// A processor's CONTEXT.
-    fn context(&mut self, processor: u16) -> Option<Context>;
-    /// Sets a processor's CONTEXT.
-    fn set_context(&mut self, _processor: u16, _context: &Context) -> bool {
-        true
-    }
-    /// Reads an MSR.
-    fn read_msr(&mut self, _processor: u16, _msr: u32) -> Option<u64> {
-        None
-    }
-    /// The first match of `pattern` in `[address, address+length)`, if any. The default reads
-    /// through [`TargetHandler::read_virtual`], a page at a time.
-    fn search(&mut self, address: u64, length: u64, pattern: &[u8]) -> Option<u64> {
-        if pattern.is_empty() {
-            return None;
-        }
-        let mut at = address;
-        let end = address.saturating_add(length);
-        let mut carry: Vec<u8> = Vec::new();
-        let mut carry_at = at;
-        let mut page = vec![0u8; 0x1000];
-        while at < end {
-            let n = ((end - at) as usize).min(0x1000 - (at & 0xfff) as usize);
-            let got = self.read_virtual(0, at, &mut page[..n]);
-            if got == 0 {
-                carry.clear();
-                at += n as u64;
-                carry_at = at;
-                continue;
-            }
-            carry.extend_from_slice(&page[..got]);
-            if let Some(i) = carry.windows(pattern.len()).position(|w| w == pattern) {
-                return Some(carry_at + i as u64);
-            }
-            let keep = pattern.len() - 1;
-            if carry.len() > keep {
-                let drop = carry.len() - keep;
-                carry.drain(..drop);
-                carry_at += drop as u64;
-            }
-            at += n as u64;
-        }
-        None
-    }
-    /// The state change to report when stopping for `reason`.
-    fn stop_report(&mut self, reason: StopReason) -> StateChange64;
-    /// The debugger resumed the target.
-    fn resumed(&mut self) {}
-    /// The target rebooted (by request or by the harness); the handler starts over.
-    fn rebooted(&mut self) {}
-    /// Called regularly while running: something the target does by itself.
-    fn poll(&mut self, _now: Instant) -> Option<Activity> {
-        None
-    }
-    /// Number of processors.
-    fn processors(&self) -> u16 {
-        1
-    }
-}
-
-/// Settings of a target end.
-#[derive(Debug, Clone)]
-pub struct TargetConfig {
-    /// Local address to send from and listen on.
-    pub bind: SocketAddr,
-    /// The debugger's address (bcdedit `hostip:` and `port:`).
-    pub host: SocketAddr,
-    /// The key.
-    pub key: Key,
-    /// KDNET version byte.
-    pub version: u8,
-    /// KD timing.
-    pub kd: TargetKdConfig,
-    /// Interval between offers.
-    pub offer_interval: Duration,
-    /// How often a running target polls its handler.
-    pub poll_interval: Duration,
-    /// Datagrams larger than this are dropped instead of sent (a NIC stack that cannot send
-    /// more than one frame).
-    pub max_datagram: Option<usize>,
-    /// Start stopped (as if at an initial breakpoint) rather than running.
-    pub start_stopped: bool,
-}
-
-impl TargetConfig {
-    /// Defaults: version 4, offers every 3 s.
-    pub fn new(bind: SocketAddr, host: SocketAddr, key: Key) -> TargetConfig {
-        TargetConfig {
-            bind,
-            host,
-            key,
-            version: 4,
-            kd: TargetKdConfig::default(),
-            offer_interval: TargetWire::OFFER_INTERVAL,
-            poll_interval: Duration::from_millis(20),
-            max_datagram: None,
-            start_stopped: false,
-        }
-    }
-}
-
-/// Counters the target keeps (tests and benchmarks read them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TargetStats {
-    /// Manipulate requests served, by ApiNumber.
-    pub requests: BTreeMap<u32, u64>,
-    /// Datagrams sent.
-    pub datagrams_sent: u64,
-    /// Datagrams received.
-    pub datagrams_received: u64,
-    /// Bytes sent.
-    pub bytes_sent: u64,
-    /// Bytes received.
-    pub bytes_received: u64,
-    /// Memory bytes served by reads.
-    pub memory_bytes: u64,
-    /// Offers sent.
-    pub offers: u64,
-    /// Handshakes accepted.
-    pub handshakes: u64,
-    /// Break-ins honoured.
-    pub break_ins: u64,
-    /// Datagrams that did not authenticate.
-    pub unauthenticated: u64,
-    /// Replayed or duplicate datagrams dropped.
-    pub replays: u64,
-    /// Datagrams that were not KDNET or were malformed (garbage, truncated KD packets).
-    pub malformed: u64,
-    /// Replies dropped for exceeding the datagram limit.
-    pub oversize_dropped: u64,
-    /// Requests answered with a failure status.
-    pub failed_requests: u64,
-    /// KD retransmissions.
-    pub retransmits: u64,
-    /// Reboots.
-    pub reboots: u64,
-}
-
-impl TargetStats {
-    /// Total manipulate requests served.
-    pub fn round_trips(&self) -> u64 {
-        self.requests.values().sum()
-    }
-
-    /// A readable summary, one line per figure.
-    pub fn report(&self) -> String {
-        let mut s = format!(
-            "requests {} (round trips), datagrams sent {} received {}, bytes sent {} received {}, memory bytes served {}\n",
-            self.round_trips(),
-            self.datagrams_sent,
-            self.datagrams_received,
-            self.bytes_sent,
-            self.bytes_received,
-            self.memory_bytes
-        );
-        for (api, n) in &self.requests {
-            let name = Api::from_number(*api).map_or("unknown", Api::name);
-            s.push_str(&format!("  {name:<40} {n}\n"));
-        }
-        s.push_str(&format!(
-            "offers {}, handshakes {}, break-ins {}, reboots {}, retransmits {}\n\
-             dropped: unauthenticated {}, replayed {}, malformed {}, oversize {}; failed requests {}\n",
-            self.offers,
-            self.handshakes,
-            self.break_ins,
-            self.reboots,
-            self.retransmits,
-            self.unauthenticated,
-            self.replays,
-            self.malformed,
-            self.oversize_dropped,
-            self.failed_requests
-        ));
-        s
-    }
-}
 
 enum Control {
     Activity(Activity),
@@ -265,43 +37,23 @@ impl TargetHandle {
     ) -> std::io::Result<TargetHandle> {
         let socket = UdpSocket::bind(config.bind).await?;
         let local = socket.local_addr()?;
-        let now = Instant::now();
-        let wire = TargetWire::new(
-            TargetWireConfig {
-                key: config.key.clone(),
-                version: config.version,
-                local,
-                host: config.host,
-            },
-            now,
-            os_random_32(),
+        let machine = TargetMachine::new(
+            config,
+            local,
+            handler,
+            Instant::now(),
+            Box::new(os_random_32),
         );
         let (ctl, ctl_rx) = mpsc::channel(256);
         let stats = Arc::new(Mutex::new(TargetStats::default()));
-        let (run_tx, running) = watch::channel(!config.start_stopped);
-        let mut kd = TargetKd::new(config.kd);
-        kd.set_accept_data(config.start_stopped);
-        let mut driver = TargetDriver {
-            kd,
-            config,
+        let (run_tx, running) = watch::channel(machine.is_running());
+        let driver = Driver {
             socket,
-            wire,
-            handler,
+            machine,
             stats: stats.clone(),
             running: run_tx,
             ctl: ctl_rx,
-            next_offer: now,
-            breakpoints: BTreeMap::new(),
-            reboot_pending: false,
-            last_stop: None,
         };
-        if driver.config.start_stopped {
-            let sc = driver.handler.stop_report(StopReason::BreakIn);
-            driver.last_stop = Some(sc.encode());
-            driver
-                .kd
-                .send(PacketType::StateChange64, sc.encode(), true, now);
-        }
         let task = tokio::spawn(driver.run());
         Ok(TargetHandle {
             ctl,
@@ -345,443 +97,50 @@ impl TargetHandle {
     }
 }
 
-struct TargetDriver {
-    config: TargetConfig,
+struct Driver {
     socket: UdpSocket,
-    wire: TargetWire,
-    kd: TargetKd,
-    handler: Box<dyn TargetHandler>,
+    machine: TargetMachine,
     stats: Arc<Mutex<TargetStats>>,
     running: watch::Sender<bool>,
     ctl: mpsc::Receiver<Control>,
-    next_offer: Instant,
-    breakpoints: BTreeMap<u32, u64>,
-    /// A reboot asked for by the debugger, done once its ACK is on the wire.
-    reboot_pending: bool,
-    /// The last state change reported, sent again when a debugger RESETs a stopped target.
-    last_stop: Option<Vec<u8>>,
 }
 
-impl TargetDriver {
-    fn stats(&self) -> std::sync::MutexGuard<'_, TargetStats> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn is_running(&self) -> bool {
-        *self.running.borrow()
-    }
-
-    fn set_running(&mut self, running: bool) {
-        self.kd.set_accept_data(!running);
-        let _ = self.running.send(running);
-    }
-
+impl Driver {
     async fn run(mut self) {
         let mut buf = vec![0u8; 65_536];
-        let mut poll = tokio::time::interval(self.config.poll_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let now = Instant::now();
-            if now >= self.next_offer {
-                self.next_offer = now + self.config.offer_interval;
-                let host = self.config.host;
-                let t = self.wire.offer(now, host);
-                self.stats().offers += 1;
-                self.send_raw(t.to, &t.datagram).await;
-            }
+            self.machine.handle_timeout(Instant::now());
             self.flush().await;
-            if self.reboot_pending {
-                self.reboot_pending = false;
-                self.reboot();
-                continue;
-            }
-            let mut wake = self.next_offer;
-            if let Some(t) = self.kd.poll_timeout() {
-                wake = wake.min(t);
-            }
+            let wake = tokio::time::Instant::from_std(self.machine.poll_timeout());
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
-                        let d = buf[..n].to_vec();
-                        self.on_datagram(from, &d).await;
+                        self.machine.handle_datagram(from, &buf[..n], Instant::now());
                     }
                 }
                 c = self.ctl.recv() => match c {
-                    Some(Control::Activity(a)) => self.on_activity(a),
-                    Some(Control::Reboot) => self.reboot(),
+                    Some(Control::Activity(a)) => self.machine.act(a, Instant::now()),
+                    Some(Control::Reboot) => self.machine.reboot(Instant::now()),
                     Some(Control::Shutdown) | None => {
                         self.flush().await;
                         return;
                     }
                 },
-                _ = poll.tick() => {
-                    if self.is_running()
-                        && let Some(a) = self.handler.poll(Instant::now())
-                    {
-                        self.on_activity(a);
-                    }
-                }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    self.kd.handle_timeout(Instant::now());
-                    self.drain_kd();
-                }
+                _ = tokio::time::sleep_until(wake) => {}
             }
-        }
-    }
-
-    fn on_activity(&mut self, a: Activity) {
-        let now = Instant::now();
-        match a {
-            Activity::Print(text) => {
-                // Prints go to a connected debugger only; without one they are lost.
-                if self.is_running() && self.wire.debugger().is_some() {
-                    self.kd.send(
-                        PacketType::DebugIo,
-                        DebugIo::print(0, text.as_bytes()),
-                        false,
-                        now,
-                    );
-                }
-            }
-            Activity::Stop(sc) => {
-                if self.is_running() {
-                    self.set_running(false);
-                    self.last_stop = Some(sc.encode());
-                    self.kd
-                        .send(PacketType::StateChange64, sc.encode(), true, now);
-                }
-            }
-        }
-    }
-
-    fn reboot(&mut self) {
-        let now = Instant::now();
-        self.wire.reboot(now, os_random_32());
-        self.kd.reboot();
-        self.handler.rebooted();
-        self.breakpoints.clear();
-        self.set_running(true);
-        self.stats().reboots += 1;
-        // A new boot offers at once.
-        self.next_offer = now;
-    }
-
-    async fn send_raw(&mut self, to: SocketAddr, d: &[u8]) {
-        if let Some(max) = self.config.max_datagram
-            && d.len() > max
-        {
-            self.stats().oversize_dropped += 1;
-            return;
-        }
-        if self.socket.send_to(d, to).await.is_ok() {
-            let mut s = self.stats();
-            s.datagrams_sent += 1;
-            s.bytes_sent += d.len() as u64;
         }
     }
 
     async fn flush(&mut self) {
-        while let Some(p) = self.kd.poll_transmit() {
-            if let Some(t) = self.wire.seal_data(&p) {
-                self.send_raw(t.to, &t.datagram).await;
+        while let Some(t) = self.machine.poll_transmit() {
+            if let Err(e) = self.socket.send_to(&t.datagram, t.to).await {
+                tracing::debug!("send to {} failed: {e}", t.to);
             }
         }
-        self.stats().retransmits = self.kd.stats().retransmits;
-    }
-
-    async fn on_datagram(&mut self, from: SocketAddr, d: &[u8]) {
-        {
-            let mut s = self.stats();
-            s.datagrams_received += 1;
-            s.bytes_received += d.len() as u64;
-        }
-        match self.wire.handle(from, d) {
-            TargetWireEvent::Connected { hello, .. } => {
-                self.stats().handshakes += 1;
-                self.kd.new_session();
-                self.send_raw(hello.to, &hello.datagram).await;
-            }
-            TargetWireEvent::Poked { from } => {
-                let t = self.wire.offer(Instant::now(), from);
-                self.stats().offers += 1;
-                self.send_raw(t.to, &t.datagram).await;
-            }
-            TargetWireEvent::Data(p) => {
-                self.kd.handle(&p, Instant::now());
-                self.drain_kd();
-            }
-            TargetWireEvent::NotAuthenticated { .. } => self.stats().unauthenticated += 1,
-            TargetWireEvent::Dropped(crate::wire::Dropped::Replay) => self.stats().replays += 1,
-            TargetWireEvent::Dropped(_) | TargetWireEvent::Malformed(_) => {
-                self.stats().malformed += 1
-            }
-        }
-    }
-
-    fn drain_kd(&mut self) {
-        while let Some(ev) = self.kd.poll_event() {
-            match ev {
-                TargetKdEvent::BreakIn if self.is_running() => {
-                    self.stats().break_ins += 1;
-                    self.set_running(false);
-                    let sc = self.handler.stop_report(StopReason::BreakIn);
-                    self.last_stop = Some(sc.encode());
-                    self.kd
-                        .send(PacketType::StateChange64, sc.encode(), true, Instant::now());
-                }
-                TargetKdEvent::HostReset { .. } if !self.is_running() && self.kd.idle() => {
-                    // Stopped in the debugger loop with nothing in flight: a (new) debugger
-                    // is told again why the machine stopped, as Windows does.
-                    if let Some(sc) = self.last_stop.clone() {
-                        self.kd
-                            .send(PacketType::StateChange64, sc, true, Instant::now());
-                    }
-                }
-                TargetKdEvent::Packet(p) if p.kind == PacketType::StateManipulate => {
-                    if self.is_running() {
-                        // A running kernel is not in its debugger loop; the request goes unanswered.
-                        continue;
-                    }
-                    match Manipulate::decode(&p.data) {
-                        Ok(m) => self.serve(m),
-                        Err(_) => self.stats().malformed += 1,
-                    }
-                }
-                TargetKdEvent::Malformed(_) => self.stats().malformed += 1,
-                _ => {}
-            }
-        }
-    }
-
-    fn reply(&mut self, r: Manipulate) {
-        if !status::is_success(r.return_status()) {
-            self.stats().failed_requests += 1;
-        }
-        self.kd.send(
-            PacketType::StateManipulate,
-            r.encode(),
-            false,
-            Instant::now(),
-        );
-    }
-
-    fn resume(&mut self) {
-        self.kd.clear();
-        self.handler.resumed();
-        self.set_running(true);
-    }
-
-    fn stop(&mut self, reason: StopReason) {
-        let sc = self.handler.stop_report(reason);
-        self.last_stop = Some(sc.encode());
-        self.kd
-            .send(PacketType::StateChange64, sc.encode(), true, Instant::now());
-    }
-
-    /// Serves one manipulate request the way the Windows kernel does: the reply copies the
-    /// request header and fills in the status and result fields.
-    fn serve(&mut self, m: Manipulate) {
-        *self.stats().requests.entry(m.api_number()).or_default() += 1;
-        let mut r = m.reply();
-        let cpu = m.processor();
-        let ncpu = self.handler.processors();
-        let Some(api) = m.api() else {
-            r.set_return_status(status::UNSUCCESSFUL);
-            return self.reply(r);
-        };
-        match api {
-            Api::GetVersion => {
-                let v = self.handler.version();
-                r.set_version(&v);
-                r.set_return_status(status::SUCCESS);
-            }
-            Api::ReadVirtualMemory | Api::ReadPhysicalMemory | Api::ReadControlSpace => {
-                let ApiBody::Memory {
-                    address,
-                    transfer_count,
-                    ..
-                } = m.body()
-                else {
-                    return;
-                };
-                let count = transfer_count.min(MAX_TRANSFER) as usize;
-                let mut buf = vec![0u8; count];
-                let n = match api {
-                    Api::ReadVirtualMemory => self.handler.read_virtual(cpu, address, &mut buf),
-                    Api::ReadPhysicalMemory => self.handler.read_physical(address, &mut buf),
-                    _ if cpu >= ncpu => 0,
-                    _ => self
-                        .handler
-                        .read_control_space(cpu, address, &mut buf)
-                        .unwrap_or(0),
-                }
-                .min(count);
-                buf.truncate(n);
-                r.set_u32(0x1C, n as u32);
-                r.set_return_status(if n == count && n > 0 || count == 0 {
-                    status::SUCCESS
-                } else {
-                    status::UNSUCCESSFUL
-                });
-                self.stats().memory_bytes += n as u64;
-                r.data = buf;
-            }
-            Api::WriteVirtualMemory | Api::WritePhysicalMemory | Api::WriteControlSpace => {
-                let ApiBody::Memory {
-                    address,
-                    transfer_count,
-                    ..
-                } = m.body()
-                else {
-                    return;
-                };
-                let count = (transfer_count as usize).min(m.data.len());
-                let data = &m.data[..count];
-                let n = match api {
-                    Api::WriteVirtualMemory => self.handler.write_virtual(cpu, address, data),
-                    Api::WritePhysicalMemory => self.handler.write_physical(address, data),
-                    _ if cpu < ncpu && self.handler.write_control_space(cpu, address, data) => {
-                        count
-                    }
-                    _ => 0,
-                };
-                r.set_u32(0x1C, n as u32);
-                r.set_return_status(if n == count {
-                    status::SUCCESS
-                } else {
-                    status::UNSUCCESSFUL
-                });
-            }
-            Api::GetContext => match (cpu < ncpu).then(|| self.handler.context(cpu)).flatten() {
-                Some(c) => {
-                    r.data = c.as_bytes().to_vec();
-                    r.set_return_status(status::SUCCESS);
-                }
-                None => r.set_return_status(status::UNSUCCESSFUL),
-            },
-            Api::GetContextEx => {
-                let (offset, count) = (m.u32(0x10) as usize, m.u32(0x14) as usize);
-                let ctx = (cpu < ncpu).then(|| self.handler.context(cpu)).flatten();
-                match ctx {
-                    Some(c) if offset.checked_add(count).is_some_and(|e| e <= CONTEXT_LEN) => {
-                        r.data = c.as_bytes()[offset..offset + count].to_vec();
-                        r.set_u32(0x18, count as u32);
-                        r.set_return_status(status::SUCCESS);
-                    }
-                    _ => r.set_return_status(status::UNSUCCESSFUL),
-                }
-            }
-            Api::SetContext => {
-                let ok = cpu < ncpu
-                    && Context::from_bytes(&m.data)
-                        .is_ok_and(|c| self.handler.set_context(cpu, &c));
-                r.set_return_status(if ok {
-                    status::SUCCESS
-                } else {
-                    status::UNSUCCESSFUL
-                });
-            }
-            Api::SetContextEx => {
-                let (offset, count) = (m.u32(0x10) as usize, m.u32(0x14) as usize);
-                let ctx = (cpu < ncpu).then(|| self.handler.context(cpu)).flatten();
-                let ok = match ctx {
-                    Some(c)
-                        if offset.checked_add(count).is_some_and(|e| e <= CONTEXT_LEN)
-                            && m.data.len() >= count =>
-                    {
-                        let mut bytes = c.as_bytes().to_vec();
-                        bytes[offset..offset + count].copy_from_slice(&m.data[..count]);
-                        Context::from_bytes(&bytes).is_ok_and(|c| self.handler.set_context(cpu, &c))
-                    }
-                    _ => false,
-                };
-                r.set_u32(0x18, if ok { count as u32 } else { 0 });
-                r.set_return_status(if ok {
-                    status::SUCCESS
-                } else {
-                    status::UNSUCCESSFUL
-                });
-            }
-            Api::WriteBreakPoint => {
-                let handle = (1..=32u32).find(|h| !self.breakpoints.contains_key(h));
-                match handle {
-                    Some(h) => {
-                        self.breakpoints.insert(h, m.u64(0x10));
-                        r.set_u32(0x18, h);
-                        r.set_return_status(status::SUCCESS);
-                    }
-                    None => r.set_return_status(status::UNSUCCESSFUL),
-                }
-            }
-            Api::RestoreBreakPoint => {
-                let ok = self.breakpoints.remove(&m.u32(0x10)).is_some();
-                r.set_return_status(if ok {
-                    status::SUCCESS
-                } else {
-                    status::UNSUCCESSFUL
-                });
-            }
-            Api::Continue | Api::Continue2 => {
-                if status::is_success(m.u32(0x10)) {
-                    self.resume();
-                }
-                return;
-            }
-            Api::Reboot => {
-                self.reboot_pending = true;
-                return;
-            }
-            Api::CauseBugCheck => {
-                self.stop(StopReason::BugCheck(m.u32(0x10)));
-                return;
-            }
-            Api::SwitchProcessor => {
-                if cpu < ncpu {
-                    self.stop(StopReason::SwitchProcessor(cpu));
-                }
-                return;
-            }
-            Api::ClearAllInternalBreakpoints
-            | Api::SetSpecialCall
-            | Api::ClearSpecialCalls
-            | Api::SetInternalBreakPoint => return,
-            Api::ReadMachineSpecificRegister => {
-                match (cpu < ncpu)
-                    .then(|| self.handler.read_msr(cpu, m.u32(0x10)))
-                    .flatten()
-                {
-                    Some(v) => {
-                        r.set_u32(0x14, v as u32);
-                        r.set_u32(0x18, (v >> 32) as u32);
-                        r.set_return_status(status::SUCCESS);
-                    }
-                    None => r.set_return_status(status::NO_SUCH_DEVICE),
-                }
-            }
-            Api::SearchMemory => {
-                let (addr, len, plen) = (m.u64(0x10), m.u64(0x18), m.u32(0x20) as usize);
-                let pattern = &m.data[..plen.min(m.data.len())];
-                match self.handler.search(addr, len, pattern) {
-                    Some(found) => {
-                        r.set_u64(0x10, found);
-                        r.set_return_status(status::SUCCESS);
-                    }
-                    None => r.set_return_status(status::UNSUCCESSFUL),
-                }
-            }
-            Api::QueryMemory => {
-                if m.u32(0x20) != 0 {
-                    r.set_return_status(status::INVALID_PARAMETER);
-                } else {
-                    let a = m.u64(0x10);
-                    r.set_u32(0x20, if a >= 0xffff_8000_0000_0000 { 2 } else { 0 });
-                    r.set_u32(0x24, 1 | 2 | 4);
-                    r.set_return_status(status::SUCCESS);
-                }
-            }
-            Api::CheckLowMemory => r.set_return_status(status::SUCCESS),
-            _ => r.set_return_status(status::UNSUCCESSFUL),
-        }
-        self.reply(r);
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = self.machine.stats().clone();
+        self.running.send_if_modified(|r| {
+            let now = self.machine.is_running();
+            std::mem::replace(r, now) != now
+        });
     }
 }

@@ -131,7 +131,7 @@ proptest! {
         let mut hk = HostKd::new(HostKdConfig::default());
         let mut tk = TargetKd::new(TargetKdConfig::default());
         for d in &datagrams {
-            let _ = host.handle(from, d, &mut || [0; 32]);
+            let _ = host.handle(from, d, now, &mut || [0; 32]);
             let _ = target.handle(from, d);
             hk.handle(d, now);
             tk.handle(d, now);

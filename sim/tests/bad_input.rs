@@ -40,14 +40,18 @@ async fn hostile_datagrams_are_counted_and_survived() {
     // Handshake by hand.
     let mut wire = HostWire::new(key.clone(), None);
     let (offer, from) = recv(&sock).await;
-    let HostWireEvent::Handshake { reply, .. } = wire.handle(from, &offer, &mut || [9; 32]) else {
+    let now = std::time::Instant::now();
+    let HostWireEvent::Answered { reply, .. } = wire.handle(from, &offer, now, &mut || [9; 32])
+    else {
         panic!("expected an offer")
     };
     sock.send_to(&reply.datagram, reply.to).await.unwrap();
     loop {
         let (d, from) = recv(&sock).await;
-        if let HostWireEvent::Data(p) = wire.handle(from, &d, &mut || [9; 32]) {
-            assert_eq!(p.len(), 12, "the hello");
+        if let HostWireEvent::Connected { payload, .. } =
+            wire.handle(from, &d, now, &mut || [9; 32])
+        {
+            assert_eq!(payload.len(), 12, "the hello");
             break;
         }
     }
@@ -104,8 +108,8 @@ async fn hostile_datagrams_are_counted_and_survived() {
     // Still alive: the next offer authenticates and names this debugger.
     loop {
         let (d, from) = recv(&sock).await;
-        match wire.handle(from, &d, &mut || [9; 32]) {
-            HostWireEvent::KeepAlive { .. } => break,
+        match wire.handle(from, &d, now, &mut || [9; 32]) {
+            HostWireEvent::KeepAlive => break,
             HostWireEvent::Data(_) => continue,
             other => panic!("{other:?}"),
         }

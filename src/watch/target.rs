@@ -136,6 +136,10 @@ impl Actor {
                     connected = false;
                     self.state("wrong-key", "offers arrive but do not authenticate");
                 }
+                Link::Silent => {
+                    connected = false;
+                    self.state("offline", "the target stopped answering");
+                }
                 Link::Connected => {
                     if !connected {
                         connected = true;
@@ -569,27 +573,19 @@ async fn run_probe(
 /// Marks the capture lost (and stops its reads) when the target reboots or stops answering.
 async fn watch_for_loss(host: Session, lost: Lost, cancel: Arc<AtomicBool>) {
     let mut events = host.events();
-    let mut last = host.traffic();
-    let mut progress = Instant::now();
-    let mut poll = tokio::time::interval(Duration::from_millis(250));
     let why = loop {
-        tokio::select! {
-            ev = events.next() => match ev {
-                Some(Event::Connected { .. }) => break "the target rebooted during the capture".to_string(),
-                None => break "the session ended".to_string(),
-                Some(_) => {}
-            },
-            _ = poll.tick() => {
-                let now = host.traffic();
-                if now.round_trips > last.round_trips {
-                    progress = Instant::now();
-                }
-                let failing = now.failed > last.failed;
-                last = now;
-                if failing && progress.elapsed() >= Duration::from_secs(8) {
-                    break "the target stopped answering during the capture".to_string();
-                }
+        match events.next().await {
+            Some(Event::Connected { .. }) => {
+                break "the target rebooted during the capture".to_string();
             }
+            Some(Event::Silent { after }) => {
+                break format!(
+                    "the target stopped answering during the capture (nothing heard for {:.1} s)",
+                    after.as_secs_f64()
+                );
+            }
+            None => break "the session ended".to_string(),
+            Some(_) => {}
         }
     };
     if let Ok(mut l) = lost.lock() {

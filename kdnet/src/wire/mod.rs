@@ -11,7 +11,7 @@ pub use control::{ControlMessage, Offer, Response};
 pub use data::DataPayload;
 pub use datagram::{Channel, Direction, InnerHeader, Opened, WireError};
 pub use endpoint::{
-    Dropped, HandshakeReason, HostWire, HostWireEvent, TargetWire, TargetWireConfig,
+    Dropped, Drops, HandshakeReason, HostWire, HostWireEvent, TargetWire, TargetWireConfig,
     TargetWireEvent, Transmit,
 };
 pub use key::{Key, KeyError};
