@@ -110,12 +110,8 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     } else {
         eprintln!("kdnet: the target stays stopped");
     }
-    let s = host.traffic();
     if verbose {
-        eprintln!(
-            "kdnet: {} round trips, {} bytes sent, {} received",
-            s.round_trips, s.bytes_sent, s.bytes_received
-        );
+        eprintln!("kdnet: {}", host.traffic().summary());
     }
     code
 }

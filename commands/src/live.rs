@@ -296,6 +296,32 @@ pub struct Traffic {
     pub drops: Drops,
 }
 
+impl Traffic {
+    /// One line for people: `"92 round trips (3 failed), 14 retransmits, 1204 datagrams,
+    /// 40311 bytes sent, 391120 received; dropped 7 (4 replayed data, 3 stale offers)"`.
+    pub fn summary(&self) -> String {
+        let failed = if self.failed > 0 {
+            format!(" ({} failed)", self.failed)
+        } else {
+            String::new()
+        };
+        let silences = if self.silences > 0 {
+            format!("; the target went silent {} time(s)", self.silences)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} round trips{failed}, {} retransmits, {} datagrams, {} bytes sent, {} received; dropped {}{silences}",
+            self.round_trips,
+            self.retransmits,
+            self.datagrams_sent + self.datagrams_received,
+            self.bytes_sent,
+            self.bytes_received,
+            self.drops.summary()
+        )
+    }
+}
+
 /// Why the session could not do something.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
