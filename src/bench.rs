@@ -47,6 +47,9 @@ pub struct Args {
     /// Executive resources of the machine in the commands benchmark.
     #[arg(long, default_value_t = kdnet_sim::scenario::NBL_HANG_RESOURCES)]
     resources: u32,
+    /// Only the protocol benchmarks (wire, session machines, transfer sizes).
+    #[arg(long)]
+    protocol_only: bool,
     /// Only the commands benchmark.
     #[arg(long)]
     commands_only: bool,
@@ -154,6 +157,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     wire_bench(args.datagrams);
+    machine_bench(20_000);
     let key = Key::from_bytes(kdnet::rng::os_random_32());
     let host = Host::bind(HostConfig::new("127.0.0.1:0".parse()?, key.clone())).await?;
     let delay = Duration::from_micros(args.delay_us);
@@ -226,15 +230,121 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     }
     host.resume(status::DBG_CONTINUE).await?;
     let ts = target.shutdown().await;
+    // The session ends with its target, before the next benchmark.
+    drop(host);
     outln!(
         "\ntarget served {} requests; link delivered {} datagrams",
         ts.round_trips(),
         relay.stats().delivered
     );
+    if args.protocol_only {
+        return Ok(exit::OK);
+    }
     list_bench(delay, args.list_entries).await?;
     commands_bench(delay, args.resources).await?;
     watch_bench(delay, args.resources, args.idle_targets).await?;
     Ok(exit::OK)
+}
+
+/// The session machines alone: a host and a target machine exchanging `reads` small reads
+/// through memory with a virtual clock, all datagrams sealed and opened: the CPU one read costs
+/// both ends (the protocol's own work, without sockets).
+fn machine_bench(reads: u32) {
+    use kdnet::machine::{HostMachine, HostMachineConfig, Op, Output, TargetMachine};
+    let key = Key::from_bytes(kdnet::rng::os_random_32());
+    let (h_addr, t_addr): (std::net::SocketAddr, std::net::SocketAddr) = (
+        "10.0.0.1:50000".parse().expect("address"),
+        "10.0.0.2:50000".parse().expect("address"),
+    );
+    let start = Instant::now();
+    let mut now = start;
+    let mut host = HostMachine::new(
+        HostMachineConfig::new(key.clone()),
+        now,
+        Box::new(kdnet::rng::os_random_32),
+    );
+    let mut target = TargetMachine::new(
+        TargetConfig::new(t_addr, h_addr, key),
+        t_addr,
+        Box::new(Flat),
+        now,
+        Box::new(kdnet::rng::os_random_32),
+    );
+    let datagrams = std::cell::Cell::new(0u64);
+    // Moves everything in flight (no delay, no loss) and fires due timers.
+    let turn = |host: &mut HostMachine, target: &mut TargetMachine, now: Instant| {
+        loop {
+            let mut moved = false;
+            while let Some(t) = host.poll_transmit() {
+                target.handle_datagram(h_addr, &t.datagram, now);
+                datagrams.set(datagrams.get() + 1);
+                moved = true;
+            }
+            while let Some(t) = target.poll_transmit() {
+                host.handle_datagram(t_addr, &t.datagram, now);
+                datagrams.set(datagrams.get() + 1);
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        if host.poll_timeout().is_some_and(|t| t <= now) {
+            host.handle_timeout(now);
+        }
+        if target.poll_timeout() <= now {
+            target.handle_timeout(now);
+        }
+    };
+    let wait = |host: &mut HostMachine, target: &mut TargetMachine, now: &mut Instant, id| {
+        for _ in 0..10_000 {
+            turn(host, target, *now);
+            while let Some(o) = host.poll_output() {
+                if let Output::Completed { id: x, result } = o
+                    && x == id
+                {
+                    return result.is_ok();
+                }
+            }
+            let next = host
+                .poll_timeout()
+                .unwrap_or(*now)
+                .min(target.poll_timeout());
+            *now = (*now).max(next).max(*now + Duration::from_micros(1));
+        }
+        false
+    };
+    let id = host.submit(
+        Op::BreakIn {
+            timeout: Duration::from_secs(30),
+        },
+        now,
+    );
+    if !wait(&mut host, &mut target, &mut now, id) {
+        outln!("\nsession machines: the pair did not connect");
+        return;
+    }
+    let before = datagrams.get();
+    let cpu = cpu_time();
+    let mut ok = 0u32;
+    for i in 0..reads {
+        let id = host.submit(
+            Op::ReadMemory {
+                physical: false,
+                address: 0x1000 + u64::from(i) * 64,
+                len: 64,
+            },
+            now,
+        );
+        ok += u32::from(wait(&mut host, &mut target, &mut now, id));
+    }
+    let used = cpu_time().saturating_sub(cpu);
+    outln!(
+        "\nsession machines (host and target, no sockets): {reads} reads of 64 bytes, {ok} answered, {} datagrams ({:.1} per read), {:.1} µs of CPU per read, both ends",
+        datagrams.get() - before,
+        (datagrams.get() - before) as f64 / f64::from(reads),
+        used.as_secs_f64() * 1e6 / f64::from(reads)
+    );
 }
 
 /// CPU time this process has used (user + system).
