@@ -576,6 +576,8 @@ pub(crate) fn stack(e: &mut Engine, verb: &str, args: &str) -> Result<Output, Cm
 
 pub(crate) fn ln(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
     let a = e.eval(args)?;
+    // No module list, no answer: "no symbols" would be a guess.
+    e.kernel.modules()?;
     let Some(i) = e.kernel.module_index(a) else {
         return Ok(Output {
             text: format!("No symbols at {}\n", addr(a)),

@@ -193,7 +193,13 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
         // Freed NBLs: the pool's free list through NBL.Next (now from the cache).
         let mut free = BTreeSet::new();
         let mut cur = pool.get("FreeListHead")?;
-        while cur != 0 && (free.len() as u64) <= allocated {
+        while cur != 0 {
+            if free.len() as u64 > allocated {
+                out.notes.push(format!(
+                    "free list of pool {ph:x} is longer than its {allocated} NBLs: not followed further"
+                ));
+                break;
+            }
             if !free.insert(cur) {
                 out.notes.push(format!("free list of pool {ph:x} loops"));
                 break;
@@ -348,7 +354,15 @@ pub fn miniport_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> 
     let mut cur = k.mem.u64(sym(base, &t, "ndisMiniportList")?)?;
     let next = t.offset("_NDIS_MINIPORT_BLOCK", "NextGlobalMiniport")?;
     let mut seen = BTreeSet::new();
-    while cur != 0 && seen.insert(cur) && list.len() < 4096 {
+    while cur != 0 {
+        if !seen.insert(cur) {
+            k.note_incomplete(format!("the miniport list loops back to {cur:x}"));
+            break;
+        }
+        if list.len() >= 4096 {
+            k.note_incomplete("the miniport list was followed for 4096 entries only");
+            break;
+        }
         list.push(cur);
         cur = k.mem.u64(cur + next)?;
     }

@@ -710,9 +710,18 @@ impl Kernel {
         Ok((out, partial))
     }
 
-    /// The index of the module containing `addr`.
+    /// The index of the module containing `addr` (none when the module list cannot be read:
+    /// then the current command says so).
     pub fn module_index(&mut self, addr: u64) -> Option<usize> {
-        self.modules().ok()?.iter().position(|m| m.contains(addr))
+        match self.modules() {
+            Ok(list) => list.iter().position(|m| m.contains(addr)),
+            Err(e) => {
+                self.note_incomplete(format!(
+                    "the module list is unreadable ({e}): addresses are shown without symbols"
+                ));
+                None
+            }
+        }
     }
 
     /// The module containing `addr`.
@@ -758,8 +767,8 @@ impl Kernel {
             return Some(s.clone());
         }
         let mark = self.mem.failure_count();
-        // Why the outcome is not a fact about the module (then it is not kept), and whether
-        // the current command must say so.
+        // Whether a read of the image failed (then nothing found is not a fact about the
+        // module, and is not kept), and why the current command must say so.
         let mut retry = false;
         let mut problem: Option<String> = None;
         let syms = if m.short == "nt" && self.nt.is_some() {
@@ -832,7 +841,10 @@ impl Kernel {
                 }
             }
         };
-        retry |= problem.is_some() || self.mem.failure_count() > mark;
+        // What the symbol path gave for an image not in memory is kept; "nothing" is not.
+        retry = (retry && matches!(syms, ModuleSymbols::None(_)))
+            || problem.is_some()
+            || self.mem.failure_count() > mark;
         if let Some(p) = &problem {
             let name = if m.name.is_empty() {
                 format!("the module at {:#x}", m.base)
