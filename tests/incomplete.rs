@@ -1,12 +1,13 @@
 //! `kdnet open` on a dump whose pages are partly missing: a command whose walk meets a missing
 //! page runs, says its result is incomplete, and the exit code is 4; a command that needs none
 //! of the missing pages is whole (0); a failed command outweighs an incomplete result (1).
+//! `kdnet run` whose time budget cuts a walk short never exits 0.
 
 mod common;
 
 use std::path::Path;
 
-use common::{json_lines, kdnet, temp_dir};
+use common::{Sim, free_udp_port, json_lines, kdnet, temp_dir};
 use kdnet_commands::dump::{WriteKind, write_dump};
 use kdnet_commands::engine::Engine;
 use kdnet_commands::local::LocalTarget;
@@ -115,4 +116,46 @@ fn open_exits_4_when_a_result_is_incomplete() {
         assert_eq!(out.status.code(), Some(1), "{c}");
     }
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn run_never_exits_0_when_the_time_budget_cuts_a_walk_short() {
+    // 3,000 resources over a link with a 100 ms round trip: the walk needs far more than the
+    // 2 s each command may take, however fast the machine.
+    let port = free_udp_port();
+    let _sim = Sim::start(
+        port,
+        "6.6.6.6",
+        &["--resources", "3000", "--latency", "50ms"],
+    );
+    let out = kdnet()
+        .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--key", "6.6.6.6", "--connect-timeout", "60s", "--json"])
+        .args(["--max-seconds", "2", "-c", "!locks"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines = json_lines(&text);
+    let locks = lines
+        .iter()
+        .find(|l| l["command"] == "!locks")
+        .unwrap_or_else(|| panic!("{text}{err}"));
+    match out.status.code() {
+        // What the walk found, marked incomplete because the budget ran out.
+        Some(4) => {
+            assert_eq!(locks["complete"], false, "{locks}");
+            assert_eq!(locks["result"]["complete"], false, "{locks}");
+            assert!(locks["result"]["total_locks"].as_u64().unwrap() < 3000);
+            let why = locks["incomplete"].to_string();
+            assert!(why.contains("time budget"), "{why}");
+        }
+        // The budget ran out before the walk began.
+        Some(1) => {
+            let e = locks["error"].as_str().unwrap();
+            assert!(e.contains("time budget"), "{e}");
+        }
+        other => panic!("exit code {other:?}: {text}{err}"),
+    }
+    assert!(err.contains("the target continues"), "{err}");
 }
