@@ -142,8 +142,9 @@ pub fn print_event(ev: &Event, style: Style) {
 }
 
 /// Parses and runs script text (a `-c` line or a `.kds` file) on `e`, keeping named results
-/// in `vars` across calls. The exit code says whether every step worked; a syntax error runs
-/// nothing and is a bad argument.
+/// in `vars` across calls. The exit code says whether every step worked (and whether every
+/// result was whole); a syntax error runs nothing and is a bad argument; a target that stopped
+/// answering ends the run and is "no target".
 pub fn run_script(
     e: &mut Engine,
     vars: &mut HashMap<String, serde_json::Value>,
@@ -162,17 +163,144 @@ pub fn run_script(
     let mut runner = Runner::new(e, snapshot_dir.to_path_buf());
     runner.vars = std::mem::take(vars);
     runner.run(&stmts, &mut |ev| print_event(&ev, style));
-    let failed = runner.failed();
+    let code = if runner.target_gone().is_some() {
+        exit::NO_CONNECTION
+    } else if runner.failed() {
+        exit::FAILED
+    } else if runner.incomplete() {
+        exit::INCOMPLETE
+    } else {
+        exit::OK
+    };
     *vars = std::mem::take(&mut runner.vars);
-    if failed { exit::FAILED } else { exit::OK }
+    code
 }
 
 /// Runs each piece of work (the -c line, then the script file) on `e`, sharing named results;
-/// the worst exit code.
+/// the exit code that weighs most (see [`exit::worst`]). Once the target has stopped
+/// answering, nothing more runs.
 pub fn run_work(e: &mut Engine, work: &[(String, String)], style: Style, out: &Path) -> u8 {
     let mut vars = HashMap::new();
-    work.iter()
-        .map(|(origin, text)| run_script(e, &mut vars, text, origin, style, out))
-        .max()
-        .unwrap_or(exit::OK)
+    let mut code = exit::OK;
+    for (origin, text) in work {
+        if e.target_gone().is_some() {
+            break;
+        }
+        code = exit::worst(code, run_script(e, &mut vars, text, origin, style, out));
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kdnet_commands::faulty::{Faults, FaultyTarget};
+    use kdnet_commands::local::LocalTarget;
+    use kdnet_commands::nt::Kernel;
+    use kdnet_commands::target::TargetError;
+    use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
+    use kdnet_symbols::path::SymbolPath;
+
+    const QUIET: Style = Style {
+        json: true,
+        verbose: false,
+        echo: false,
+    };
+
+    /// The simulated deadlock machine (built-in layout) behind a target whose requests fail as
+    /// the returned plan says.
+    fn engine() -> (Engine, Faults) {
+        let config = SimConfig {
+            build: 20348,
+            table: TableSource::Builtin,
+            scenario: Scenario::Deadlock,
+            cpus: 4,
+            resources: 2000,
+            hang_after: None,
+            bugcheck_after: None,
+            seed: 5,
+            print_every: std::time::Duration::from_secs(3600),
+        };
+        let machine = Machine::build(config).unwrap();
+        let cpus = machine.system().cpus.len() as u32;
+        let faults = Faults::new();
+        let target = FaultyTarget::new(Box::new(LocalTarget::new(machine, cpus)), faults.clone());
+        let kernel = Kernel::open(Box::new(target), SymbolPath::parse("")).unwrap();
+        (Engine::new(kernel), faults)
+    }
+
+    fn work(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(o, t)| (o.to_string(), t.to_string()))
+            .collect()
+    }
+
+    fn out_dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("kdnet-analysis-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_run_whose_results_are_whole_exits_0() {
+        let (mut e, _) = engine();
+        let dir = out_dir("whole");
+        let w = work(&[("-c", "lm; !locks; !deadlock")]);
+        assert_eq!(run_work(&mut e, &w, QUIET, &dir), exit::OK);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_hang_script_with_a_budget_that_runs_out_exits_4_never_0() {
+        let (mut e, f) = engine();
+        let dir = out_dir("hang");
+        assert!(e.run("lm").ok());
+        // The time budget runs out while !locks walks the resource list (what a 30 % loss did
+        // to a real run): its result and everything built on it are incomplete.
+        f.fail_window(20, 1_000_000, TargetError::OutOfTime);
+        let w = work(&[("hang.kds", include_str!("../scripts/hang.kds"))]);
+        let code = run_work(&mut e, &w, QUIET, &dir);
+        assert!(
+            code == exit::INCOMPLETE || code == exit::FAILED,
+            "exit code {code}"
+        );
+        // The resource walk cut short, and nothing else to run: incomplete.
+        let (mut e, f) = engine();
+        assert!(e.run("lm").ok());
+        f.fail_window(20, 1_000_000, TargetError::OutOfTime);
+        let w = work(&[("-c", "!locks")]);
+        assert_eq!(run_work(&mut e, &w, QUIET, &dir), exit::INCOMPLETE);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_failed_command_outweighs_an_incomplete_result() {
+        let (mut e, f) = engine();
+        let dir = out_dir("weights");
+        assert!(e.run("lm").ok());
+        f.fail_window(20, 1_000_000, TargetError::OutOfTime);
+        // The incomplete result first, then a failure: 1, not the larger 4.
+        let w = work(&[("-c", "!locks"), ("script", "frobnicate")]);
+        assert_eq!(run_work(&mut e, &w, QUIET, &dir), exit::FAILED);
+        // A syntax error outweighs a failure.
+        let w = work(&[("-c", "frobnicate"), ("script", ".if (1 {")]);
+        assert_eq!(run_work(&mut e, &w, QUIET, &dir), exit::BAD_ARGUMENTS);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_target_that_stops_answering_exits_2_and_runs_nothing_more() {
+        let (mut e, f) = engine();
+        let dir = out_dir("gone");
+        assert!(e.run("lm").ok());
+        f.fail_after(15, TargetError::Gone("no answer for 6 s (injected)".into()));
+        let w = work(&[("-c", "!locks; !vm"), ("script", "!stacks\nk\n")]);
+        let code = run_work(&mut e, &w, QUIET, &dir);
+        assert_eq!(code, exit::NO_CONNECTION);
+        assert!(e.target_gone().is_some());
+        // The target was asked nothing after it went silent the first time.
+        assert_eq!(f.failed(), 1, "{} requests failed", f.failed());
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

@@ -29,6 +29,46 @@ pub mod exit {
     pub const NO_CONNECTION: u8 = 2;
     /// The arguments were wrong.
     pub const BAD_ARGUMENTS: u8 = 3;
+    /// Every command ran, but a result is incomplete (something it needed could not be read,
+    /// or a walk stopped early): the output says what is missing.
+    pub const INCOMPLETE: u8 = 4;
+
+    /// How much a code outweighs others when several apply: no target, then bad arguments,
+    /// then a failed command, then an incomplete result.
+    fn weight(code: u8) -> u8 {
+        match code {
+            NO_CONNECTION => 4,
+            BAD_ARGUMENTS => 3,
+            FAILED => 2,
+            INCOMPLETE => 1,
+            OK => 0,
+            // Unknown codes count as failures.
+            _ => 2,
+        }
+    }
+
+    /// The code that wins of `a` and `b`.
+    pub fn worst(a: u8, b: u8) -> u8 {
+        if weight(b) > weight(a) { b } else { a }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn precedence() {
+            assert_eq!(worst(OK, INCOMPLETE), INCOMPLETE);
+            assert_eq!(worst(INCOMPLETE, FAILED), FAILED);
+            assert_eq!(worst(FAILED, INCOMPLETE), FAILED);
+            assert_eq!(worst(FAILED, BAD_ARGUMENTS), BAD_ARGUMENTS);
+            assert_eq!(worst(BAD_ARGUMENTS, NO_CONNECTION), NO_CONNECTION);
+            assert_eq!(worst(NO_CONNECTION, BAD_ARGUMENTS), NO_CONNECTION);
+            assert_eq!(worst(INCOMPLETE, OK), INCOMPLETE);
+            // The numeric maximum would have let 4 win over 1, 2 and 3.
+            assert_eq!(worst(INCOMPLETE, NO_CONNECTION), NO_CONNECTION);
+        }
+    }
 }
 
 #[derive(Parser, Debug)]

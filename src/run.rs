@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use kdnet_commands::live::SessionError;
+use kdnet_commands::target::TargetError;
 
 use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
@@ -94,14 +96,27 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let h = host.clone();
     let symbols = a.symbols.clone();
     let out = a.out.clone();
-    let code = tokio::task::spawn_blocking(move || -> anyhow::Result<u8> {
-        let mut e = h.open(rt, symbols.as_deref())?;
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(u8, Option<String>)> {
+        let mut e = match h.open(rt, symbols.as_deref()) {
+            Ok(e) => e,
+            Err(SessionError::Version(TargetError::Gone(why))) => {
+                return Ok((exit::NO_CONNECTION, Some(why)));
+            }
+            Err(e) => return Err(e.into()),
+        };
         e.budget = budget;
         analysis::banner(&mut e, style);
-        Ok(analysis::run_work(&mut e, &work, style, &out))
+        let code = analysis::run_work(&mut e, &work, style, &out);
+        Ok((code, e.target_gone()))
     })
     .await
     .context("the analysis thread failed")?;
+    let (code, gone) = result?;
+    if let Some(why) = gone {
+        // Nothing to let go on, and asking would only wait again.
+        eprintln!("kdnet: the target stopped answering: {why}");
+        return Ok(exit::NO_CONNECTION);
+    }
     if !a.leave_stopped {
         match host.go().await {
             Ok(()) => eprintln!("kdnet: the target continues"),
@@ -113,5 +128,5 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     if verbose {
         eprintln!("kdnet: {}", host.traffic().summary());
     }
-    code
+    Ok(code)
 }

@@ -560,6 +560,12 @@ pub(crate) fn stack(e: &mut Engine, verb: &str, args: &str) -> Result<Output, Cm
     if let Some(note) = &s.note {
         text.push_str(&format!("({note})\n"));
     }
+    if !s.complete {
+        e.kernel.note_incomplete(format!(
+            "the stack walk stopped early: {}",
+            s.note.as_deref().unwrap_or("the walk ended")
+        ));
+    }
     Ok(Output {
         text,
         json: json!({ "processor": n, "frames": frames, "note": s.note }),
@@ -570,6 +576,8 @@ pub(crate) fn stack(e: &mut Engine, verb: &str, args: &str) -> Result<Output, Cm
 
 pub(crate) fn ln(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
     let a = e.eval(args)?;
+    // No module list, no answer: "no symbols" would be a guess.
+    e.kernel.modules()?;
     let Some(i) = e.kernel.module_index(a) else {
         return Ok(Output {
             text: format!("No symbols at {}\n", addr(a)),

@@ -84,6 +84,12 @@ pub struct Outcome {
     pub result: Value,
     /// Why it failed.
     pub error: Option<String>,
+    /// Whether the result is whole: false when the command failed, or when it could not read
+    /// all it needed (a read failed, a walk stopped early at a limit, a broken list or the time
+    /// budget); `incomplete` says why.
+    pub complete: bool,
+    /// Why the result is not whole (empty when it is, or when the command failed).
+    pub incomplete: Vec<String>,
     /// What it cost.
     pub cost: Cost,
 }
@@ -93,7 +99,23 @@ impl Outcome {
     pub fn ok(&self) -> bool {
         self.error.is_none()
     }
+
+    /// A command that failed before it could run.
+    fn failed(command: &str, error: String) -> Outcome {
+        Outcome {
+            command: command.trim().to_string(),
+            text: String::new(),
+            result: Value::Null,
+            error: Some(error),
+            complete: false,
+            incomplete: Vec::new(),
+            cost: Cost::default(),
+        }
+    }
 }
+
+/// Most failed reads named in one result (the rest are counted).
+const FAILURES_SHOWN: usize = 3;
 
 /// Text and data a command produces.
 #[derive(Debug, Clone, Default)]
@@ -243,30 +265,28 @@ impl Engine {
         let before = self.kernel.mem.stats();
         let (command, budget) = match take_budget(command) {
             Ok(x) => x,
-            Err(e) => {
-                return Outcome {
-                    command: command.trim().to_string(),
-                    text: String::new(),
-                    result: Value::Null,
-                    error: Some(e.to_string()),
-                    cost: Cost::default(),
-                };
-            }
+            Err(e) => return Outcome::failed(command, e.to_string()),
         };
         let command = command.as_str();
         let budget = budget.or(self.budget);
+        // The target stopped answering: each command would only wait again.
+        if let Some(why) = self.target_gone() {
+            return Outcome::failed(
+                command,
+                format!("not run: no answer from the target ({why})"),
+            );
+        }
         if self
             .deadline
             .is_some_and(|d| std::time::Instant::now() >= d)
         {
-            return Outcome {
-                command: command.trim().to_string(),
-                text: String::new(),
-                result: Value::Null,
-                error: Some("not run: the time budget for the whole run is spent".into()),
-                cost: Cost::default(),
-            };
+            return Outcome::failed(
+                command,
+                "not run: the time budget for the whole run is spent".into(),
+            );
         }
+        self.kernel.mem.clear_failures();
+        self.kernel.begin_command();
         let until = match (budget.map(|b| std::time::Instant::now() + b), self.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -302,22 +322,76 @@ finished"
             other => other,
         };
         let cost = Cost::from_stats(&self.kernel.mem.stats().since(&before));
+        // What the command could not read, whether or not it said so itself.
+        let (gaps, dropped) = self.kernel.take_gaps();
+        let (failures, described) = self.kernel.mem.failures();
+        let failed_reads = (failures > 0).then(|| {
+            let shown: Vec<&str> = described
+                .iter()
+                .take(FAILURES_SHOWN)
+                .map(String::as_str)
+                .collect();
+            let more = failures.saturating_sub(shown.len() as u64);
+            format!(
+                "{}{}",
+                shown.join("; "),
+                if more > 0 {
+                    format!(" (and {more} more failed reads)")
+                } else {
+                    String::new()
+                }
+            )
+        });
+        let r = match (r, self.target_gone()) {
+            // Whatever the command made of it, it was made without the target.
+            (_, Some(why)) => Err(format!("no answer from the target: {why}")),
+            (Ok(o), None) => Ok(o),
+            (Err(e), None) => Err(match &failed_reads {
+                Some(f) if !matches!(e, CmdError::Model(ModelError::Target(_))) => {
+                    format!("{e} (reads failed: {f})")
+                }
+                _ => e.to_string(),
+            }),
+        };
         match r {
-            Ok(o) => Outcome {
-                command: command.trim().to_string(),
-                text: o.text,
-                result: o.json,
-                error: None,
-                cost,
-            },
+            Ok(o) => {
+                let mut incomplete = gaps;
+                if dropped > 0 {
+                    incomplete.push(format!("and {dropped} more reasons"));
+                }
+                if let Some(f) = failed_reads {
+                    incomplete.push(format!("reads failed: {f}"));
+                }
+                let mut text = o.text;
+                if !incomplete.is_empty() {
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    for why in &incomplete {
+                        text.push_str(&format!("INCOMPLETE: {why}\n"));
+                    }
+                }
+                Outcome {
+                    command: command.trim().to_string(),
+                    text,
+                    result: o.json,
+                    error: None,
+                    complete: incomplete.is_empty(),
+                    incomplete,
+                    cost,
+                }
+            }
             Err(e) => Outcome {
-                command: command.trim().to_string(),
-                text: String::new(),
-                result: Value::Null,
-                error: Some(e.to_string()),
                 cost,
+                ..Outcome::failed(command, e)
             },
         }
+    }
+
+    /// Why the target is taken for gone (it stopped answering), once a command met it: no
+    /// further command runs (each would only wait again).
+    pub fn target_gone(&self) -> Option<String> {
+        self.kernel.mem.gone().map(str::to_string)
     }
 
     fn dispatch(&mut self, command: &str) -> Result<Output, CmdError> {

@@ -18,6 +18,8 @@ pub const MAX_READ: usize = 64 << 20;
 const MAX_CACHED_PAGES: usize = 1 << 17;
 /// Bytes fetched around a page-table entry (256 entries: 1 MB of mappings per request).
 const TABLE_CHUNK: u64 = 0x800;
+/// Failed reads described in the log (the rest are only counted).
+const MAX_LOGGED: usize = 8;
 
 /// An address space, named by its page-table root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,6 +105,14 @@ pub struct Memory {
     /// Per physical page, the span of bytes callers asked for (page tables included): the
     /// least any reader must fetch.
     needed: HashMap<u64, (u16, u16)>,
+    /// Set once a request failed with [`TargetError::Gone`]: later requests fail at once.
+    gone: Option<String>,
+    /// Reads that failed for a reason of the moment, ever (see [`TargetError::is_transient`]).
+    failures_total: u64,
+    /// `failures_total` when the log was last cleared.
+    log_base: u64,
+    /// The first few of those failures since the log was cleared, described.
+    failure_log: Vec<String>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -140,7 +150,95 @@ impl Memory {
             virtual_only,
             epoch: 0,
             needed: HashMap::new(),
+            gone: None,
+            failures_total: 0,
+            log_base: 0,
+            failure_log: Vec::new(),
         }
+    }
+
+    /// Why the target is taken for gone: a request failed with [`TargetError::Gone`] since the
+    /// target last stopped. Every request fails at once with it from then on.
+    pub fn gone(&self) -> Option<&str> {
+        self.gone.as_deref()
+    }
+
+    /// Starts a fresh log of failed reads (each command keeps its own).
+    pub fn clear_failures(&mut self) {
+        self.log_base = self.failures_total;
+        self.failure_log.clear();
+    }
+
+    /// Reads that failed for a reason of the moment (the link, the target's silence, the time
+    /// budget; never a page that is not present) since [`Memory::clear_failures`]: how many,
+    /// and the first few described (`read of 0x10 bytes at 0x… failed: …`).
+    pub fn failures(&self) -> (u64, &[String]) {
+        (self.failures_total - self.log_base, &self.failure_log)
+    }
+
+    /// A counter of such failures that only grows: whoever derives something from memory can
+    /// tell whether a read failed meanwhile, and then must not keep what it derived.
+    pub fn failure_count(&self) -> u64 {
+        self.failures_total
+    }
+
+    /// Notes a target error: a gone target is remembered, a failure of the moment logged.
+    fn record(&mut self, e: &TargetError, what: impl FnOnce() -> String) {
+        self.seen(e);
+        if !e.is_transient() {
+            return;
+        }
+        self.failures_total += 1;
+        if self.failure_log.len() < MAX_LOGGED {
+            let line = format!("{} failed: {e}", what());
+            if !self.failure_log.contains(&line) {
+                self.failure_log.push(line);
+            }
+        }
+    }
+
+    /// Remembers a target that stopped answering.
+    fn seen(&mut self, e: &TargetError) {
+        if let TargetError::Gone(m) = e
+            && self.gone.is_none()
+        {
+            self.gone = Some(m.clone());
+        }
+    }
+
+    /// Fails at once when the target is gone.
+    fn check_gone(&self) -> Result<(), TargetError> {
+        match &self.gone {
+            Some(m) => Err(TargetError::Gone(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// A processor's CONTEXT from the target.
+    pub fn context(&mut self, processor: u32) -> Result<kdnet::api::Context, TargetError> {
+        self.check_gone()?;
+        let r = self.target.context(processor);
+        if let Err(e) = &r {
+            self.record(e, || format!("reading processor {processor}'s registers"));
+        }
+        r
+    }
+
+    /// Searches `[address, address + length)` on the target side (see [`Target::search`]).
+    pub fn search(
+        &mut self,
+        address: u64,
+        length: u64,
+        pattern: &[u8],
+    ) -> Option<Result<Option<u64>, TargetError>> {
+        if let Err(e) = self.check_gone().and_then(|()| self.check_budget()) {
+            return Some(Err(e));
+        }
+        let r = self.target.search(address, length, pattern);
+        if let Some(Err(e)) = &r {
+            self.record(e, || format!("search of {length:#x} bytes at {address:#x}"));
+        }
+        r
     }
 
     /// The target's facts.
@@ -195,11 +293,12 @@ impl Memory {
         self.cancel = flag;
     }
 
-    /// Forgets everything cached (the target ran).
+    /// Forgets everything cached (the target ran). A target taken for gone is asked again.
     pub fn invalidate(&mut self) {
         self.phys.clear();
         self.virt.clear();
         self.epoch += 1;
+        self.gone = None;
     }
 
     /// A number that changes whenever the cache is dropped because the target ran: what was
@@ -212,6 +311,7 @@ impl Memory {
     }
 
     fn check_budget(&self) -> Result<(), TargetError> {
+        self.check_gone()?;
         if self
             .cancel
             .as_ref()
@@ -246,7 +346,14 @@ impl Memory {
         let dtb = match self.info.directory_table_base {
             Some(d) => d,
             None => {
-                let sr = self.target.special_registers(0)?;
+                self.check_gone()?;
+                let sr = match self.target.special_registers(0) {
+                    Ok(sr) => sr,
+                    Err(e) => {
+                        self.record(&e, || "reading processor 0's special registers".into());
+                        return Err(e);
+                    }
+                };
                 let q = |o: usize| {
                     sr.get(o..o + 8)
                         .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
@@ -291,7 +398,13 @@ impl Memory {
             self.check_budget()?;
             let n = (end - at).min(max);
             let mut buf = vec![0u8; n as usize];
-            let got = self.target.read_physical(at, &mut buf)? as u64;
+            let got = match self.target.read_physical(at, &mut buf) {
+                Ok(g) => g as u64,
+                Err(e) => {
+                    self.seen(&e);
+                    return Err(e);
+                }
+            };
             self.stats.bytes_fetched += got;
             // Only whole granules are kept; a read that ends inside one has hit the end of
             // what the target holds there.
@@ -353,6 +466,14 @@ impl Memory {
 
     /// Reads physical memory through the cache.
     pub fn read_physical(&mut self, pa: u64, len: usize) -> Result<Vec<u8>, TargetError> {
+        let r = self.read_physical_inner(pa, len);
+        if let Err(e) = &r {
+            self.record(e, || format!("read of {len:#x} bytes at physical {pa:#x}"));
+        }
+        r
+    }
+
+    fn read_physical_inner(&mut self, pa: u64, len: usize) -> Result<Vec<u8>, TargetError> {
         if len > MAX_READ {
             return Err(TargetError::TooLarge {
                 what: "a read",
@@ -422,6 +543,14 @@ impl Memory {
 
     /// Translates `va` in `space`.
     pub fn translate(&mut self, space: Space, va: u64) -> Result<u64, TargetError> {
+        let r = self.translate_inner(space, va);
+        if let Err(e) = &r {
+            self.record(e, || format!("translation of {va:#x}"));
+        }
+        r
+    }
+
+    fn translate_inner(&mut self, space: Space, va: u64) -> Result<u64, TargetError> {
         if !canonical(va, self.levels) {
             return Err(TargetError::NonCanonical(va));
         }
@@ -462,6 +591,19 @@ impl Memory {
     /// The first address at or after `va` (below `end`) whose page is present, skipping whole
     /// unmapped page-table ranges at once; `None` when there is none.
     pub fn next_present(
+        &mut self,
+        space: Space,
+        va: u64,
+        end: u64,
+    ) -> Result<Option<u64>, TargetError> {
+        let r = self.next_present_inner(space, va, end);
+        if let Err(e) = &r {
+            self.record(e, || format!("page-table walk from {va:#x}"));
+        }
+        r
+    }
+
+    fn next_present_inner(
         &mut self,
         space: Space,
         mut va: u64,
@@ -536,6 +678,20 @@ impl Memory {
         len: usize,
         ahead: bool,
     ) -> Result<Vec<u8>, TargetError> {
+        let r = self.read_inner(space, va, len, ahead);
+        if let Err(e) = &r {
+            self.record(e, || format!("read of {len:#x} bytes at {va:#x}"));
+        }
+        r
+    }
+
+    fn read_inner(
+        &mut self,
+        space: Space,
+        va: u64,
+        len: usize,
+        ahead: bool,
+    ) -> Result<Vec<u8>, TargetError> {
         if len > MAX_READ {
             return Err(TargetError::TooLarge {
                 what: "a read",
@@ -562,7 +718,7 @@ impl Memory {
         let end = va + len as u64;
         let mut at = va;
         while at < end {
-            let pa = self.translate(space, at)?;
+            let pa = self.translate_inner(space, at)?;
             let n = (PAGE - at % PAGE).min(end - at);
             match runs.last_mut() {
                 Some((_, rpa, rlen)) if *rpa + *rlen == pa => *rlen += n,
@@ -597,7 +753,7 @@ impl Memory {
                             next_va = (next_va + PAGE) & !(PAGE - 1);
                             continue;
                         }
-                        match self.translate(space, next_va) {
+                        match self.translate_inner(space, next_va) {
                             Ok(npa) if npa == pa + ext => {
                                 ext = (ext + PAGE).min(max);
                                 next_va += PAGE;
@@ -645,7 +801,11 @@ impl Memory {
                 self.check_budget()?;
                 let mut buf = vec![0u8; n];
                 let got = match self.target.read_virtual_direct(a, &mut buf) {
-                    Some(r) => r?,
+                    Some(Ok(g)) => g,
+                    Some(Err(e)) => {
+                        self.seen(&e);
+                        return Err(e);
+                    }
                     None => 0,
                 };
                 self.stats.bytes_fetched += got as u64;

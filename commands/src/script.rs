@@ -98,6 +98,21 @@ pub enum Stmt {
     },
 }
 
+impl Stmt {
+    /// Where the statement is in the script.
+    pub fn pos(&self) -> Pos {
+        match self {
+            Stmt::Command { pos, .. }
+            | Stmt::Assign { pos, .. }
+            | Stmt::Foreach { pos, .. }
+            | Stmt::If { pos, .. }
+            | Stmt::Echo { pos, .. }
+            | Stmt::Time { pos, .. }
+            | Stmt::Snapshot { pos, .. } => *pos,
+        }
+    }
+}
+
 /// A syntax error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {}, column {}: {message}", pos.line, pos.column)]
@@ -516,6 +531,11 @@ pub struct Runner<'a> {
     pub snapshot_dir: PathBuf,
     steps: u64,
     failed: bool,
+    incomplete: bool,
+    /// The target stopped answering: nothing more runs.
+    gone: Option<String>,
+    /// Nothing more runs (the step limit, or the target gone), and an error said so.
+    halted: bool,
 }
 
 impl<'a> Runner<'a> {
@@ -527,6 +547,9 @@ impl<'a> Runner<'a> {
             snapshot_dir,
             steps: 0,
             failed: false,
+            incomplete: false,
+            gone: None,
+            halted: false,
         }
     }
 
@@ -535,38 +558,66 @@ impl<'a> Runner<'a> {
         self.failed
     }
 
+    /// Whether any command's result was incomplete (see [`Outcome::complete`]).
+    pub fn incomplete(&self) -> bool {
+        self.incomplete
+    }
+
+    /// Why the run stopped early because the target stopped answering, if it did.
+    pub fn target_gone(&self) -> Option<&str> {
+        self.gone.as_deref()
+    }
+
+    /// Runs one command and notes how it went.
+    fn command(&mut self, text: &str, sink: &mut dyn FnMut(Event)) -> Outcome {
+        let o = self.engine.run(text);
+        self.failed |= !o.ok();
+        self.incomplete |= o.ok() && !o.complete;
+        if self.gone.is_none() {
+            self.gone = self.engine.target_gone();
+        }
+        sink(Event::Outcome(o.clone(), self.engine.processor));
+        o
+    }
+
     fn error(&mut self, pos: Pos, message: String, sink: &mut dyn FnMut(Event)) {
         self.failed = true;
         sink(Event::Error { pos, message });
     }
 
-    /// Runs `stmts`, reporting each step to `sink`.
+    /// Runs `stmts`, reporting each step to `sink`. Once the target has stopped answering,
+    /// the rest is not run (each command would only wait again): one error says so.
     pub fn run(&mut self, stmts: &[Stmt], sink: &mut dyn FnMut(Event)) {
         for s in stmts {
-            self.steps += 1;
-            if self.steps > MAX_STEPS {
+            if self.halted {
+                return;
+            }
+            if let Some(why) = self.gone.clone() {
+                self.halted = true;
                 self.error(
-                    Pos { line: 0, column: 0 },
-                    format!("stopped after {MAX_STEPS} steps"),
+                    s.pos(),
+                    format!("not run, nor anything after it: no answer from the target ({why})"),
                     sink,
                 );
+                return;
+            }
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                self.halted = true;
+                self.error(s.pos(), format!("stopped after {MAX_STEPS} steps"), sink);
                 return;
             }
             match s {
                 Stmt::Command { text, pos } => match substitute(text, &self.vars) {
                     Ok(t) => {
-                        let o = self.engine.run(&t);
-                        self.failed |= !o.ok();
-                        sink(Event::Outcome(o, self.engine.processor));
+                        self.command(&t, sink);
                     }
                     Err(e) => self.error(*pos, e, sink),
                 },
                 Stmt::Assign { name, text, pos } => match substitute(text, &self.vars) {
                     Ok(t) => {
-                        let o = self.engine.run(&t);
-                        self.failed |= !o.ok();
-                        self.vars.insert(name.clone(), o.result.clone());
-                        sink(Event::Outcome(o, self.engine.processor));
+                        let o = self.command(&t, sink);
+                        self.vars.insert(name.clone(), o.result);
                     }
                     Err(e) => self.error(*pos, e, sink),
                 },
@@ -590,7 +641,7 @@ impl<'a> Runner<'a> {
                     for item in items {
                         self.vars.insert(var.clone(), item);
                         self.run(body, sink);
-                        if self.steps > MAX_STEPS {
+                        if self.halted {
                             return;
                         }
                     }
@@ -603,6 +654,9 @@ impl<'a> Runner<'a> {
                 } => {
                     let value = substitute(cond, &self.vars)
                         .and_then(|c| self.engine.eval(&c).map_err(|e| e.to_string()));
+                    if self.gone.is_none() {
+                        self.gone = self.engine.target_gone();
+                    }
                     match value {
                         Ok(v) if v != 0 => self.run(then, sink),
                         Ok(_) => self.run(otherwise, sink),
@@ -625,7 +679,6 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Writes `NAME.dmp`: a bitmap dump of the pages read so far.
     /// Writes `NAME.dmp` into the snapshot directory: every page read so far.
     pub fn snapshot(&mut self, name: &str) -> Result<PathBuf, String> {
         let header = self

@@ -39,15 +39,35 @@ pub enum TargetError {
     /// The target does not offer this.
     #[error("this target cannot {0}")]
     Unsupported(&'static str),
-    /// The link to a live target failed.
+    /// The link to a live target failed (a lost reply, a timeout): a fact about this moment,
+    /// not about the target.
     #[error("target: {0}")]
     Transport(String),
+    /// The target stopped answering: the session gave it up. Every further request would only
+    /// wait again.
+    #[error("no answer from the target: {0}")]
+    Gone(String),
     /// A time budget ran out.
     #[error("stopped: the time budget ran out")]
     OutOfTime,
     /// The command was cancelled.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl TargetError {
+    /// Whether the failure is about this moment (the link, the target's silence, a time budget
+    /// or a cancel) rather than about the target's memory: nothing may be concluded from it, and
+    /// nothing derived from it may be kept; the same read may work the next time.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Transport(_)
+                | TargetError::Gone(_)
+                | TargetError::OutOfTime
+                | TargetError::Cancelled
+        )
+    }
 }
 
 /// Why a virtual address has no valid translation.

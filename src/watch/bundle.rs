@@ -220,11 +220,16 @@ pub fn summary(f: &Value) -> Vec<String> {
             .into_iter()
             .flatten()
             .map(|h| {
-                format!(
-                    "{} holds {}",
-                    h["name"].as_str().unwrap_or("?"),
-                    h["count"].as_u64().unwrap_or(0)
-                )
+                // A holder whose name could not be read says so.
+                let name = match (h["name"].as_str(), h["name_error"].as_str()) {
+                    (Some(n), _) => n.to_string(),
+                    (None, Some(e)) => format!(
+                        "{:x} (name unreadable: {e})",
+                        h["handle"].as_u64().unwrap_or(0)
+                    ),
+                    (None, None) => "?".into(),
+                };
+                format!("{name} holds {}", h["count"].as_u64().unwrap_or(0))
             })
             .collect();
         out.push(format!("{n} NBLs pending: {}", who.join("; ")));
@@ -501,6 +506,14 @@ mod tests {
         );
         assert!(s.contains(&"48440 commit requests have failed".to_string()));
         assert!(s.contains(&"1854 NBLs pending: My Ethernet holds 1854".to_string()));
+        let unread = json!({ "pending_nbls": 9, "nbl_holders": [
+            { "handle": 0xffff_1234u64, "name": null, "name_error": "read of 0x10 bytes at 0x5 failed: target: no reply", "count": 9 } ] });
+        assert_eq!(
+            summary(&unread),
+            [
+                "9 NBLs pending: ffff1234 (name unreadable: read of 0x10 bytes at 0x5 failed: target: no reply) holds 9"
+            ]
+        );
     }
 
     #[test]

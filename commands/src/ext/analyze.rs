@@ -183,17 +183,43 @@ not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
     // The processor that stopped: its thread, process and stack.
     let n = e.processor;
     let ctx = e.context(n)?;
-    let thread = e
-        .kernel
-        .processors()
-        .ok()
-        .and_then(|cpus| cpus.into_iter().find(|c| c.number == n))
-        .and_then(|c| e.kernel.thread(c.current).ok());
-    let process = thread.as_ref().and_then(|t| {
-        e.kernel
-            .process(t.attached_process.unwrap_or(t.process))
-            .ok()
-    });
+    let thread = match e.kernel.processors() {
+        Ok(cpus) => match cpus.into_iter().find(|c| c.number == n) {
+            Some(c) => match e.kernel.thread(c.current) {
+                Ok(t) => Some(t),
+                Err(err) => {
+                    e.kernel.note_incomplete(format!(
+                        "the thread running on processor {n} ({:x}) is unreadable: {err}",
+                        c.current
+                    ));
+                    None
+                }
+            },
+            None => None,
+        },
+        // Dumps without the kernel's processor block (triage) have no thread to name.
+        Err(err) => {
+            if matches!(&err, crate::nt::ModelError::Target(t) if t.is_transient()) {
+                e.kernel
+                    .note_incomplete(format!("the processors are unreadable: {err}"));
+            }
+            None
+        }
+    };
+    let process = match &thread {
+        Some(t) => {
+            let a = t.attached_process.unwrap_or(t.process);
+            match e.kernel.process(a) {
+                Ok(p) => Some(p),
+                Err(err) => {
+                    e.kernel
+                        .note_incomplete(format!("process {a:x} is unreadable: {err}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     if let Some(pr) = &process {
         text.push_str(&format!("\nPROCESS_NAME:  {}\n", pr.name));
     }
@@ -217,6 +243,12 @@ not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
     }
     if let Some(note) = &stack.note {
         text.push_str(&format!("({note})\n"));
+    }
+    if !stack.complete {
+        e.kernel.note_incomplete(format!(
+            "the stack walk stopped early: {}",
+            stack.note.as_deref().unwrap_or("the walk ended")
+        ));
     }
     // The faulting place.
     let faulting_ip = exception_address(code, &p)

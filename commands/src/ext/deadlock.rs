@@ -162,7 +162,11 @@ pub fn build(e: &mut Engine) -> Result<Graph, CmdError> {
                 }
                 g.held = l.held;
             }
-            Err(err) => g.notes.push(format!("resources not examined: {err}")),
+            Err(err) => {
+                let n = format!("resources not examined: {err}");
+                e.kernel.note_incomplete(n.clone());
+                g.notes.push(n);
+            }
         }
     }
     for (t, _) in &waiting {
@@ -191,15 +195,26 @@ pub fn build(e: &mut Engine) -> Result<Graph, CmdError> {
                     ) =>
                 {
                     // The event sits at +0x18 of a FAST_MUTEX / KGUARDED_MUTEX; Owner at +8.
-                    if let Ok(owner) = e.kernel.mem.u64(w.object - 0x18 + 8) {
-                        let owner = owner & !0xf;
-                        if owner != 0 && e.kernel.mem.u8(owner).is_ok_and(|ty| ty == 6) {
-                            g.edges.push(Edge {
-                                waiter: t.ethread,
-                                object: w.object - 0x18,
-                                kind: "FAST_MUTEX".into(),
-                                owner,
-                            });
+                    match e.kernel.mem.u64(w.object - 0x18 + 8) {
+                        Ok(owner) => {
+                            let owner = owner & !0xf;
+                            if owner != 0 && e.kernel.mem.u8(owner).is_ok_and(|ty| ty == 6) {
+                                g.edges.push(Edge {
+                                    waiter: t.ethread,
+                                    object: w.object - 0x18,
+                                    kind: "FAST_MUTEX".into(),
+                                    owner,
+                                });
+                            }
+                        }
+                        Err(err) => {
+                            let n = format!(
+                                "the owner of the mutex {:x} that thread {:x} waits for is unreadable: {err}",
+                                w.object - 0x18,
+                                t.ethread
+                            );
+                            e.kernel.note_incomplete(n.clone());
+                            g.notes.push(n);
                         }
                     }
                 }
@@ -232,12 +247,28 @@ pub fn build(e: &mut Engine) -> Result<Graph, CmdError> {
                     (t, img)
                 }
                 Err(err) => {
-                    g.notes.push(format!("thread {a:x} unreadable: {err}"));
+                    let n = format!("thread {a:x} unreadable: {err}");
+                    e.kernel.note_incomplete(n.clone());
+                    g.notes.push(n);
                     continue;
                 }
             },
         };
-        let b = stack_of(e, &t).ok().and_then(|s| blocker(&s));
+        let b = match stack_of(e, &t) {
+            Ok(s) => {
+                let b = blocker(&s);
+                // A stack that stops early may stop before the frame the thread is blocked in.
+                if b.is_none() && !s.complete {
+                    super::threads::note_stack(&mut e.kernel, &t, &s);
+                }
+                b
+            }
+            Err(err) => {
+                e.kernel
+                    .note_incomplete(format!("the stack of thread {a:x} is unreadable: {err}"));
+                None
+            }
+        };
         g.nodes.insert(
             a,
             Node {

@@ -197,7 +197,9 @@ pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
         let l = match locks::walk(&mut e.kernel, false, Some(*a)) {
             Ok(l) => l,
             Err(err) => {
-                s.notes.push(format!("nt!{name} unreadable: {err}"));
+                let n = format!("nt!{name} unreadable: {err}");
+                e.kernel.note_incomplete(n.clone());
+                s.notes.push(n);
                 continue;
             }
         };
@@ -205,8 +207,17 @@ pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
             continue;
         };
         for o in h.owners.iter().filter(|o| o.current && o.thread != 0) {
-            let Ok(t) = e.kernel.thread(o.thread) else {
-                continue;
+            let t = match e.kernel.thread(o.thread) {
+                Ok(t) => t,
+                Err(err) => {
+                    let n = format!(
+                        "thread {:x}, owner of nt!{name}, unreadable: {err}",
+                        o.thread
+                    );
+                    e.kernel.note_incomplete(n.clone());
+                    s.notes.push(n);
+                    continue;
+                }
             };
             let secs = t.wait_seconds.filter(|_| t.state == 5).unwrap_or(0.0);
             if secs >= th.held_seconds {
@@ -229,16 +240,38 @@ pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
     }
     match vm::failure_counts(&mut e.kernel) {
         Ok(f) => s.commit_failures = Some(vm::banner_failures(&f)),
-        Err(err) => s.notes.push(format!("commit failures unreadable: {err}")),
+        Err(err) => {
+            let n = format!("commit failures unreadable: {err}");
+            e.kernel.note_incomplete(n.clone());
+            s.notes.push(n);
+        }
     }
-    if e.kernel
+    let has_ndis = e
+        .kernel
         .modules()
-        .is_ok_and(|m| m.iter().any(|m| m.short.eq_ignore_ascii_case("ndis")))
-    {
-        match ndis::pending_nbls(&mut e.kernel) {
+        .map(|m| m.iter().any(|m| m.short.eq_ignore_ascii_case("ndis")));
+    match has_ndis {
+        Ok(true) => match ndis::pending_nbls(&mut e.kernel) {
             Ok(Some(p)) => s.pending_nbls = Some(p),
             Ok(None) => s.notes.push("NBL owner tracking is off".into()),
-            Err(err) => s.notes.push(format!("NBLs not examined: {err}")),
+            Err(err) => {
+                let n = format!("NBLs not examined: {err}");
+                e.kernel.note_incomplete(n.clone());
+                s.notes.push(n);
+            }
+        },
+        // Not in a list that is not whole: it may be loaded all the same.
+        Ok(false) => {
+            if let Some(why) = e.kernel.modules_incomplete() {
+                s.notes.push(format!(
+                    "NBLs not examined: ndis.sys is not in the module list, which is incomplete ({why})"
+                ));
+            }
+        }
+        Err(err) => {
+            let n = format!("NBLs not examined: the module list is unreadable: {err}");
+            e.kernel.note_incomplete(n.clone());
+            s.notes.push(n);
         }
     }
     Ok(s)

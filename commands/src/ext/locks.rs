@@ -91,10 +91,17 @@ fn wait_list_threads(k: &mut Kernel, object: u64) -> Result<Vec<u64>, ModelError
     let link = nt.offset("_KWAIT_BLOCK", "WaitListEntry")?;
     let thread = nt.offset("_KWAIT_BLOCK", "Thread")?;
     let w = k.walk_list(head, None, MAX_WAITERS, false)?;
+    if let Some(n) = &w.note {
+        k.note_incomplete(format!("the waiters of {object:#x}: {n}"));
+    }
     let mut out = Vec::new();
     for e in w.entries {
-        if let Ok(t) = k.mem.u64(e - link + thread) {
-            out.push(t);
+        match k.mem.u64(e - link + thread) {
+            Ok(t) => out.push(t),
+            Err(err) => k.note_incomplete(format!(
+                "a waiter of {object:#x} (wait block {:#x}) is unreadable: {err}",
+                e - link
+            )),
         }
     }
     Ok(out)
@@ -108,7 +115,11 @@ fn wait_chain_threads(k: &mut Kernel, first: u64) -> Result<Vec<u64>, ModelError
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut cur = first;
-    while cur != 0 && seen.insert(cur) && out.len() < MAX_WAITERS {
+    while cur != 0 && out.len() < MAX_WAITERS {
+        if !seen.insert(cur) {
+            k.note_incomplete(format!("the wait chain from {first:#x} loops at {cur:#x}"));
+            break;
+        }
         match thread_off {
             Some(o) => out.push(k.mem.u64(cur + o)?),
             // 14393: the thread is the one waiting on the entry's event.
@@ -119,6 +130,11 @@ fn wait_chain_threads(k: &mut Kernel, first: u64) -> Result<Vec<u64>, ModelError
             break;
         }
         cur = next;
+    }
+    if out.len() >= MAX_WAITERS {
+        k.note_incomplete(format!(
+            "the wait chain from {first:#x} was followed for {MAX_WAITERS} waiters only"
+        ));
     }
     Ok(out)
 }
@@ -270,6 +286,10 @@ pub fn walk(k: &mut Kernel, verbose: bool, only: Option<u64>) -> Result<Locks, M
             Err(e) => {
                 let mut h = held_from_error(&v, &e);
                 h.warnings.push(format!("could not read all of it: {e}"));
+                k.note_incomplete(format!(
+                    "resource {:#x} could not be read whole: {e}",
+                    v.addr
+                ));
                 out.held.push(h);
             }
         }
@@ -277,6 +297,9 @@ pub fn walk(k: &mut Kernel, verbose: bool, only: Option<u64>) -> Result<Locks, M
         skipped = 0;
     }
     out.skipped_after = skipped;
+    if let Some(n) = &out.note {
+        k.note_incomplete(n.clone());
+    }
     Ok(out)
 }
 

@@ -25,16 +25,31 @@ const MAX_NBLS: u64 = 4 << 20;
 /// ndis.sys's base and table.
 fn ndis(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>), CmdError> {
     let mods = k.modules()?.to_vec();
-    let i = mods
+    let Some(i) = mods
         .iter()
         .position(|m| m.short.eq_ignore_ascii_case("ndis"))
-        .ok_or_else(|| CmdError::Usage("ndis.sys is not loaded".into()))?;
+    else {
+        // Only a whole list tells that a module is not there.
+        return Err(CmdError::Usage(match k.modules_incomplete() {
+            Some(why) => format!(
+                "ndis.sys is not in the module list, but the list is incomplete ({why}): it may be loaded"
+            ),
+            None => "ndis.sys is not loaded".into(),
+        }));
+    };
     match k.module_symbols(i).as_deref() {
         Some(ModuleSymbols::Table { table, .. }) => Ok((mods[i].base, table.clone())),
-        _ => Err(CmdError::Usage(
-            "no symbols for ndis.sys: ndis.pdb is needed (give a symbol path with --symbols)"
-                .into(),
-        )),
+        _ => {
+            let problem = k
+                .modules()?
+                .get(i)
+                .and_then(|m| m.symbols_problem().map(str::to_string));
+            Err(CmdError::Usage(match problem {
+                Some(p) => format!("the symbols of ndis.sys could not be loaded just now: {p}"),
+                None => "no symbols for ndis.sys: ndis.pdb is needed (give a symbol path with --symbols)"
+                    .into(),
+            }))
+        }
     }
 }
 
@@ -55,25 +70,43 @@ fn view(k: &mut Kernel, t: &Arc<TypeTable>, ty: &str, addr: u64) -> Result<View,
     Ok(View::new(t.clone(), ty, addr, bytes))
 }
 
-fn ustring(k: &mut Kernel, v: &View, field: &str) -> String {
-    v.addr_of(field)
-        .ok()
-        .and_then(|a| k.unicode_string(a).ok())
-        .unwrap_or_default()
+/// A name in a block, or why it could not be read.
+fn try_ustring(k: &mut Kernel, v: &View, field: &str) -> Result<String, String> {
+    let a = v.addr_of(field).map_err(|e| e.to_string())?;
+    k.unicode_string(a)
+        .map_err(|e| format!("reading {field} at {a:#x} failed: {e}"))
 }
 
-/// A component that can hold NBLs: its name and kind.
-fn component(k: &mut Kernel, t: &Arc<TypeTable>, handle: u64) -> (String, &'static str) {
-    let ty = k.mem.u8(handle).unwrap_or(0);
+/// A name in a block; one that cannot be read is shown as such and makes the result incomplete.
+fn ustring(k: &mut Kernel, v: &View, field: &str) -> String {
+    match try_ustring(k, v, field) {
+        Ok(s) => s,
+        Err(e) => {
+            k.note_incomplete(format!("the name of {:x}: {e}", v.addr));
+            format!("(name unreadable: {e})")
+        }
+    }
+}
+
+/// A component that can hold NBLs: its name (or why it could not be read) and kind.
+fn component(
+    k: &mut Kernel,
+    t: &Arc<TypeTable>,
+    handle: u64,
+) -> (Result<String, String>, &'static str) {
+    let ty = match k.mem.u8(handle) {
+        Ok(ty) => ty,
+        Err(e) => return (Err(format!("reading {handle:#x} failed: {e}")), "Unknown"),
+    };
     let (ty_name, field, kind) = match ty {
         TYPE_MINIPORT => ("_NDIS_MINIPORT_BLOCK", "MiniportName", "NetAdapter"),
         TYPE_FILTER => ("_NDIS_FILTER_BLOCK", "FilterFriendlyName", "Filter"),
         TYPE_OPEN => ("_NDIS_OPEN_BLOCK", "BindingName", "Protocol"),
-        _ => return (String::new(), "Unknown"),
+        _ => return (Ok(String::new()), "Unknown"),
     };
     let name = view(k, t, ty_name, handle)
-        .map(|v| ustring(k, &v, field))
-        .unwrap_or_default();
+        .map_err(|e| format!("reading {ty_name} at {handle:#x} failed: {e}"))
+        .and_then(|v| try_ustring(k, &v, field));
     (name, kind)
 }
 
@@ -160,7 +193,13 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
         // Freed NBLs: the pool's free list through NBL.Next (now from the cache).
         let mut free = BTreeSet::new();
         let mut cur = pool.get("FreeListHead")?;
-        while cur != 0 && (free.len() as u64) <= allocated {
+        while cur != 0 {
+            if free.len() as u64 > allocated {
+                out.notes.push(format!(
+                    "free list of pool {ph:x} is longer than its {allocated} NBLs: not followed further"
+                ));
+                break;
+            }
             if !free.insert(cur) {
                 out.notes.push(format!("free list of pool {ph:x} loops"));
                 break;
@@ -199,6 +238,10 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
             out.pending.push((*nbl, holder));
         }
     }
+    // Each of these leaves NBLs out.
+    for n in &out.notes {
+        k.note_incomplete(n.clone());
+    }
     Ok(out)
 }
 
@@ -226,22 +269,33 @@ computer (servers default to 0; clients to 1).\n"
             json: json!({ "tracking": false, "pending": Value::Null, "total": Value::Null, "holders": [] }),
         });
     }
-    let mut names: BTreeMap<u64, (String, &'static str)> = BTreeMap::new();
+    let mut names: BTreeMap<u64, (Result<String, String>, &'static str)> = BTreeMap::new();
     let mut by_holder: BTreeMap<u64, u64> = BTreeMap::new();
     for (_, h) in &nbls.pending {
         *by_holder.entry(*h).or_default() += 1;
         if !names.contains_key(h) {
             let c = component(&mut e.kernel, &t, *h);
+            if let Err(why) = &c.0 {
+                e.kernel
+                    .note_incomplete(format!("the name of NBL holder {h:x} is unreadable: {why}"));
+            }
             names.insert(*h, c);
         }
     }
+    let shown = |n: &Result<String, String>| match n {
+        Ok(s) => s.clone(),
+        Err(why) => format!("(name unreadable: {why})"),
+    };
     let mut text = format!(
         "PHASE 1/3: Found {} NBL pool(s).\nPHASE 2/3: Found {} freed NBL(s).\n\n    Pending Nbl        Currently held by\n",
         nbls.pools, nbls.freed
     );
     for (nbl, h) in &nbls.pending {
         let (name, kind) = &names[h];
-        text.push_str(&format!("    {nbl:x}   {h:x} - {name}  [{kind}]\n"));
+        text.push_str(&format!(
+            "    {nbl:x}   {h:x} - {}  [{kind}]\n",
+            shown(name)
+        ));
     }
     text.push_str(&format!(
         "\nPHASE 3/3: Found {} pending NBL(s) of {} total NBL(s).\nSearch complete.\n",
@@ -254,7 +308,7 @@ computer (servers default to 0; clients to 1).\n"
         text.push_str("\nHeld by:\n");
         for (h, c) in &holders {
             let (name, kind) = &names[h];
-            text.push_str(&format!("    {c:>6}  {h:x} - {name}  [{kind}]\n"));
+            text.push_str(&format!("    {c:>6}  {h:x} - {}  [{kind}]\n", shown(name)));
         }
     }
     for n in &nbls.notes {
@@ -270,7 +324,8 @@ computer (servers default to 0; clients to 1).\n"
             "total": nbls.total,
             "holders": holders.iter().map(|(h, c)| json!({
                 "handle": h,
-                "name": names[h].0,
+                "name": names[h].0.as_ref().ok(),
+                "name_error": names[h].0.as_ref().err(),
                 "kind": names[h].1,
                 "count": c,
             })).collect::<Vec<_>>(),
@@ -299,7 +354,15 @@ pub fn miniport_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> 
     let mut cur = k.mem.u64(sym(base, &t, "ndisMiniportList")?)?;
     let next = t.offset("_NDIS_MINIPORT_BLOCK", "NextGlobalMiniport")?;
     let mut seen = BTreeSet::new();
-    while cur != 0 && seen.insert(cur) && list.len() < 4096 {
+    while cur != 0 {
+        if !seen.insert(cur) {
+            k.note_incomplete(format!("the miniport list loops back to {cur:x}"));
+            break;
+        }
+        if list.len() >= 4096 {
+            k.note_incomplete("the miniport list was followed for 4096 entries only");
+            break;
+        }
         list.push(cur);
         cur = k.mem.u64(cur + next)?;
     }

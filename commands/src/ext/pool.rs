@@ -728,7 +728,16 @@ pub fn pool_usage(k: &mut Kernel) -> Result<BTreeMap<u32, TagUse>, ModelError> {
     }
     let mut tables = vec![k.mem.u64(k.sym("PoolTrackTable")?)?];
     if let Ok(per_cpu) = k.sym("ExPoolTagTables") {
-        let cpus = k.processors().map(|c| c.len()).unwrap_or(1).clamp(1, 2048);
+        let cpus = match k.processors() {
+            Ok(c) => c.len(),
+            Err(e) => {
+                k.note_incomplete(format!(
+                    "the processors are unreadable ({e}): only the first processor's tag table is counted"
+                ));
+                1
+            }
+        }
+        .clamp(1, 2048);
         let ptrs = k.mem.kread(per_cpu, cpus * 8)?;
         for c in ptrs.chunks_exact(8) {
             tables.push(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
@@ -881,15 +890,28 @@ fn pool_ranges(k: &mut Kernel) -> Vec<(u64, u64, bool)> {
             ) else {
                 continue;
             };
-            if let (Ok(base), Ok(len)) = (k.mem.u64(st + b), k.mem.u64(st + n))
-                && base != 0
-            {
-                out.push((base, base.saturating_add(len), paged));
+            match (k.mem.u64(st + b), k.mem.u64(st + n)) {
+                (Ok(base), Ok(len)) if base != 0 => {
+                    out.push((base, base.saturating_add(len), paged));
+                }
+                (Ok(_), Ok(_)) => {}
+                (Err(e), _) | (_, Err(e)) => k.note_incomplete(format!(
+                    "the bounds of {name} are unreadable ({e}): it is not searched"
+                )),
             }
         }
         return out;
     }
-    let g = |k: &mut Kernel, s: &str| k.sym(s).ok().and_then(|a| k.mem.u64(a).ok());
+    let g = |k: &mut Kernel, s: &str| {
+        let a = k.sym(s).ok()?;
+        match k.mem.u64(a) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                k.note_incomplete(format!("{s} is unreadable ({e}): its pool is not searched"));
+                None
+            }
+        }
+    };
     if let (Some(s), Some(m)) = (
         g(k, "MmNonPagedPoolStart"),
         g(k, "MmMaximumNonPagedPoolInBytes"),
@@ -945,7 +967,7 @@ pub fn find_tag(
             }
             let mut from = page;
             while from < run_end && hits.len() < limit {
-                let found = match k.mem.target().search(from, run_end - from, &pattern) {
+                let found = match k.mem.search(from, run_end - from, &pattern) {
                     Some(r) => r?,
                     None => scan(k, from, run_end, &pattern)?,
                 };
@@ -968,6 +990,7 @@ pub fn find_tag(
     }
     if hits.len() >= limit {
         notes.push(format!("stopped after {limit} matches"));
+        k.note_incomplete(format!("stopped after {limit} matches"));
     }
     hits.sort();
     hits.dedup();

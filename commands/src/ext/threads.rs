@@ -83,9 +83,29 @@ fn hex_addr(a: u64) -> String {
     format!("{a:016x}")
 }
 
-/// The process name for an EPROCESS, for `Image:` lines.
+/// The process name for an EPROCESS, for `Image:` lines (`?` when it cannot be read, and the
+/// result says so).
 fn process_name(k: &mut Kernel, eprocess: u64) -> String {
-    k.process(eprocess).map(|p| p.name).unwrap_or_default()
+    match k.process(eprocess) {
+        Ok(p) => p.name,
+        Err(e) => {
+            k.note_incomplete(format!("process {eprocess:x} is unreadable: {e}"));
+            "?".into()
+        }
+    }
+}
+
+/// Says in the result that a thread's stack is not whole.
+pub fn note_stack(k: &mut Kernel, t: &Thread, st: &Stack) {
+    if !st.complete {
+        k.note_incomplete(format!(
+            "the stack of thread {:x} ({:x}.{:x}) stops early: {}",
+            t.ethread,
+            t.pid,
+            t.tid,
+            st.note.as_deref().unwrap_or("the walk ended")
+        ));
+    }
 }
 
 /// `!thread`'s block for one thread, and its JSON.
@@ -135,9 +155,18 @@ pub fn thread_block(
                     .nt()
                     .ok()
                     .and_then(|nt| nt.offset("_KSEMAPHORE", "Limit").ok())
-                    .and_then(|o| k.mem.u32(w.object + o).ok())
-                    .unwrap_or(0);
-                format!(" Limit {limit:#x}")
+                    .map(|o| k.mem.u32(w.object + o));
+                match limit {
+                    Some(Ok(l)) => format!(" Limit {l:#x}"),
+                    Some(Err(e)) => {
+                        k.note_incomplete(format!(
+                            "the limit of semaphore {:x} is unreadable: {e}",
+                            w.object
+                        ));
+                        " Limit ?".into()
+                    }
+                    None => String::new(),
+                }
             }
             _ => String::new(),
         };
@@ -157,7 +186,14 @@ pub fn thread_block(
     if !t.irps.is_empty() {
         s.push_str("IRP List:\n");
         for irp in &t.irps {
-            let b = k.mem.kread(*irp, 0x18).unwrap_or_default();
+            let b = match k.mem.kread(*irp, 0x18) {
+                Ok(b) => b,
+                Err(e) => {
+                    k.note_incomplete(format!("IRP {irp:x} is unreadable: {e}"));
+                    s.push_str(&format!("    {}: (unreadable: {e})\n", hex_addr(*irp)));
+                    continue;
+                }
+            };
             let g16 = |o: usize| {
                 b.get(o..o + 2)
                     .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
@@ -251,6 +287,7 @@ pub fn thread_block(
         if let Some(n) = &st.note {
             s.push_str(&format!("({n})\n"));
         }
+        note_stack(&mut e.kernel, t, &st);
         blocked_in = blocker(&st);
         stack_note = st.note;
     }
@@ -321,7 +358,7 @@ type Group = (Vec<String>, Vec<(u64, u64, u64)>);
 pub fn all_threads(e: &mut Engine) -> Result<(Vec<ProcessThreads>, Vec<String>), CmdError> {
     let mut notes = Vec::new();
     let (procs, note) = e.kernel.processes()?;
-    notes.extend(note);
+    notes.extend(note.map(|n| format!("process list: {n}")));
     let mut out = Vec::new();
     for p in procs {
         match e.kernel.threads_of(p.eprocess) {
@@ -340,6 +377,10 @@ pub fn all_threads(e: &mut Engine) -> Result<(Vec<ProcessThreads>, Vec<String>),
             }
         }
     }
+    // Every one of these leaves threads out.
+    for n in &notes {
+        e.kernel.note_incomplete(n.clone());
+    }
     Ok((out, notes))
 }
 
@@ -347,9 +388,16 @@ fn process_lines(k: &mut Kernel, p: &Process) -> String {
     let session = if p.session == 0 {
         "none".to_string()
     } else {
-        k.mem
-            .u32(p.session + 8)
-            .map_or("?".into(), |s| format!("{s}"))
+        match k.mem.u32(p.session + 8) {
+            Ok(s) => format!("{s}"),
+            Err(e) => {
+                k.note_incomplete(format!(
+                    "the session of process {:x} is unreadable: {e}",
+                    p.eprocess
+                ));
+                "?".into()
+            }
+        }
     };
     format!(
         "PROCESS {}\n    SessionId: {}  Cid: {:04x}    Peb: {:08x}  ParentCid: {:04x}\n    DirBase: {:08x}  ObjectTable: {}  HandleCount: <Data Not Accessible>\n    Image: {}\n",
@@ -396,6 +444,7 @@ pub fn process_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
         let (p, note) = e.kernel.processes()?;
         if let Some(n) = note {
             text.push_str(&format!("NOTE: {n}\n"));
+            e.kernel.note_incomplete(format!("process list: {n}"));
         }
         p
     } else {
@@ -424,6 +473,8 @@ pub fn process_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
             }
             if let Some(n) = note {
                 text.push_str(&format!("        NOTE: {n}\n"));
+                e.kernel
+                    .note_incomplete(format!("threads of {} ({:x}): {n}", p.name, p.eprocess));
             }
             pj["threads"] = json!(tj);
         }
@@ -453,10 +504,37 @@ pub fn stacks_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
     let mut groups: BTreeMap<Vec<String>, Vec<(u64, u64, u64)>> = BTreeMap::new();
     let mut shown = 0usize;
     let mut paged_out = 0usize;
+    let mut notes = notes;
+    // Threads whose stacks stop early: (pid, tid, why) of the first, and how many.
+    let mut partial: Option<(u64, u64, String)> = None;
+    let mut partial_count = 0usize;
     for (p, threads) in &all {
         let mut header_done = false;
         for t in threads {
-            let st = stack_of(e, t)?;
+            let st = match stack_of(e, t) {
+                Ok(st) => st,
+                Err(err) => {
+                    notes.push(format!(
+                        "thread {:x} ({:x}.{:x}): stack unreadable: {err}",
+                        t.ethread, t.pid, t.tid
+                    ));
+                    e.kernel.note_incomplete(format!(
+                        "the stack of thread {:x} is unreadable: {err}",
+                        t.ethread
+                    ));
+                    continue;
+                }
+            };
+            if !st.complete {
+                partial_count += 1;
+                if partial.is_none() {
+                    partial = Some((
+                        t.pid,
+                        t.tid,
+                        st.note.clone().unwrap_or_else(|| "the walk ended".into()),
+                    ));
+                }
+            }
             let sites: Vec<String> = st.frames.iter().map(|f| f.call_site.clone()).collect();
             if let Some(f) = &filter
                 && !sites
@@ -521,6 +599,8 @@ pub fn stacks_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
                 "blocker": blocker(&st),
                 "frames": sites,
                 "stack_resident": t.stack_resident,
+                "stack_complete": st.complete,
+                "stack_note": st.note,
             }));
         }
     }
@@ -550,6 +630,13 @@ pub fn stacks_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
             "threads": members.iter().map(|m| m.2).collect::<Vec<_>>(),
             "frames": sites,
         }));
+    }
+    if let Some((pid, tid, why)) = &partial {
+        let n = format!(
+            "{partial_count} thread stack(s) stop early (the first, {pid:x}.{tid:x}: {why})"
+        );
+        e.kernel.note_incomplete(n.clone());
+        notes.push(n);
     }
     for n in &notes {
         text.push_str(&format!("NOTE: {n}\n"));
@@ -613,16 +700,29 @@ pub fn running_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
         ));
         let mut frames = Vec::new();
         if with_stacks && c.current != c.idle {
-            if let Ok(t) = e.kernel.thread(c.current) {
-                let st = stack_of(e, &t)?;
-                for f in &st.frames {
-                    text.push_str(&format!(
-                        "       {} {}     {}\n",
-                        addr(f.child_sp),
-                        addr(f.return_address),
-                        f.call_site
+            match e.kernel.thread(c.current) {
+                Err(err) => {
+                    e.kernel.note_incomplete(format!(
+                        "the thread running on processor {} ({:x}) is unreadable: {err}",
+                        c.number, c.current
                     ));
-                    frames.push(f.call_site.clone());
+                    text.push_str(&format!("       (thread unreadable: {err})\n"));
+                }
+                Ok(t) => {
+                    let st = stack_of(e, &t)?;
+                    note_stack(&mut e.kernel, &t, &st);
+                    for f in &st.frames {
+                        text.push_str(&format!(
+                            "       {} {}     {}\n",
+                            addr(f.child_sp),
+                            addr(f.return_address),
+                            f.call_site
+                        ));
+                        frames.push(f.call_site.clone());
+                    }
+                    if let Some(n) = &st.note {
+                        text.push_str(&format!("       ({n})\n"));
+                    }
                 }
             }
             text.push('\n');

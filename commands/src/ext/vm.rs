@@ -9,11 +9,16 @@ use serde_json::{Value, json};
 use crate::engine::{CmdError, Engine, Output};
 use crate::nt::{Kernel, ModelError};
 
+/// A page file: name, current, free, minimum, maximum (pages).
+pub type PagingFile = (String, u64, u64, u64, u64);
+
 /// The counters read, in pages (`None` when the build does not keep one).
 #[derive(Debug, Clone, Default)]
 pub struct Vm {
     /// Page files: name, current, free, minimum, maximum (pages).
-    pub paging_files: Vec<(String, u64, u64, u64, u64)>,
+    pub paging_files: Vec<PagingFile>,
+    /// Why the list of page files is not whole, when it is not (a read failed).
+    pub paging_files_unreadable: Option<String>,
     /// Named counters in display order.
     pub lines: Vec<(&'static str, Option<u64>)>,
     /// Commit charged and the limit.
@@ -32,52 +37,121 @@ pub struct Vm {
     pub processes: Vec<(u64, String, u64)>,
 }
 
-/// Globals lie together in the kernel's data: a miss reads on to the end of the page.
+/// A global of `size` bytes: `Ok(None)` when the build has no such symbol, `Err` when it could
+/// not be read. Globals lie together in the kernel's data: a miss reads on to the end of the
+/// page.
+fn global_value(k: &mut Kernel, name: &str, size: usize) -> Result<Option<u64>, ModelError> {
+    let Ok(a) = k.sym(name) else {
+        return Ok(None);
+    };
+    let b = k.mem.kread_ahead(a, size)?;
+    let mut v = [0u8; 8];
+    v[..size].copy_from_slice(&b[..size]);
+    Ok(Some(u64::from_le_bytes(v)))
+}
+
+/// A counter for display: one the build does not keep is `None`; one that could not be read
+/// is `None` too, and the result says it is incomplete.
+fn counter(k: &mut Kernel, what: &str, r: Result<Option<u64>, ModelError>) -> Option<u64> {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            k.note_incomplete(format!("{what} is unreadable: {e}"));
+            None
+        }
+    }
+}
+
 fn global(k: &mut Kernel, name: &str) -> Option<u64> {
-    let a = k.sym(name).ok()?;
-    let b = k.mem.kread_ahead(a, 8).ok()?;
-    Some(u64::from_le_bytes(b[..8].try_into().ok()?))
+    let r = global_value(k, name, 8);
+    counter(k, name, r)
 }
 
 fn global32(k: &mut Kernel, name: &str) -> Option<u64> {
-    let a = k.sym(name).ok()?;
-    let b = k.mem.kread_ahead(a, 4).ok()?;
-    Some(u64::from(u32::from_le_bytes(b[..4].try_into().ok()?)))
+    let r = global_value(k, name, 4);
+    counter(k, name, r)
 }
 
-/// A field of a structure at a global, read with the table's layout and size.
-fn field(k: &mut Kernel, sym: &str, ty: &str, path: &str) -> Option<u64> {
-    let nt = k.nt().ok()?;
-    let f = nt.field(ty, path).ok()?;
-    let size = nt.ty_size(&f.ty).ok()?.clamp(1, 8) as usize;
-    let a = k.sym(sym).ok()? + f.offset;
-    let b = k.mem.kread_ahead(a, size).ok()?;
+/// A field of a structure at a global, read with the table's layout and size: `Ok(None)`
+/// when the build has no such symbol or field, `Err` when it could not be read.
+fn field_value(k: &mut Kernel, sym: &str, ty: &str, path: &str) -> Result<Option<u64>, ModelError> {
+    let nt = k.nt()?;
+    let Ok(f) = nt.field(ty, path) else {
+        return Ok(None);
+    };
+    let Ok(size) = nt.ty_size(&f.ty) else {
+        return Ok(None);
+    };
+    let size = size.clamp(1, 8) as usize;
+    let Ok(base) = k.sym(sym) else {
+        return Ok(None);
+    };
+    let b = k.mem.kread_ahead(base + f.offset, size)?;
     let mut v = [0u8; 8];
-    v[..size].copy_from_slice(&b);
+    v[..size].copy_from_slice(&b[..size]);
     let mut x = u64::from_le_bytes(v);
     if let Some((pos, len)) = f.bits() {
         x = (x >> pos) & if len >= 64 { u64::MAX } else { (1 << len) - 1 };
     }
-    Some(x)
+    Ok(Some(x))
 }
 
-fn paging_file(k: &mut Kernel, pf: u64) -> Option<(String, u64, u64, u64, u64)> {
+fn field(k: &mut Kernel, sym: &str, ty: &str, path: &str) -> Option<u64> {
+    let r = field_value(k, sym, ty, path);
+    counter(k, &format!("{sym}.{path}"), r)
+}
+
+fn paging_file(k: &mut Kernel, pf: u64) -> Result<Option<PagingFile>, ModelError> {
     if pf == 0 {
-        return None;
+        return Ok(None);
     }
-    let v = k.view("_MMPAGING_FILE", pf).ok()?;
-    let name = v
-        .addr_of("PageFileName")
-        .ok()
-        .and_then(|a| k.unicode_string(a).ok())
-        .unwrap_or_else(|| "(name paged out)".into());
-    Some((
+    let v = k.view("_MMPAGING_FILE", pf)?;
+    let name = match v.addr_of("PageFileName").map(|a| k.unicode_string(a)) {
+        Ok(Ok(n)) => n,
+        Ok(Err(ModelError::Target(e))) if !e.is_transient() => "(name paged out)".into(),
+        Ok(Err(e)) => {
+            k.note_incomplete(format!("the name of page file {pf:#x} is unreadable: {e}"));
+            "(name unreadable)".into()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some((
         name,
         v.get_or("Size", 0),
         v.get_or("FreeSpace", 0),
         v.get_or("MinimumSize", 0),
         v.get_or("MaximumSize", 0),
-    ))
+    )))
+}
+
+/// The page files from their count and pointers (`pointer(k, i)` reads the i-th), noting in
+/// `vm` when the list could not be read whole.
+fn paging_files(
+    k: &mut Kernel,
+    vm: &mut Vm,
+    count: Result<Option<u64>, ModelError>,
+    pointer: impl Fn(&mut Kernel, u64) -> Result<Option<u64>, ModelError>,
+) {
+    let n = match count {
+        Ok(n) => n.unwrap_or(0).min(16),
+        Err(e) => {
+            vm.paging_files_unreadable =
+                Some(format!("the number of page files is unreadable: {e}"));
+            return;
+        }
+    };
+    for i in 0..n {
+        let pf = pointer(k, i).and_then(|pf| match pf {
+            Some(pf) => paging_file(k, pf),
+            None => Ok(None),
+        });
+        match pf {
+            Ok(p) => vm.paging_files.extend(p),
+            Err(e) => {
+                vm.paging_files_unreadable = Some(format!("page file {i} is unreadable: {e}"));
+            }
+        }
+    }
 }
 
 /// Reads every counter the build keeps.
@@ -92,12 +166,13 @@ pub fn failure_counts(k: &mut Kernel) -> Result<[u32; 4], ModelError> {
         }
     } else {
         for (i, v) in out.iter_mut().enumerate() {
-            *v = field(
+            // A read that fails is that error, never "the partition has none".
+            *v = field_value(
                 k,
                 "MiSystemPartition",
                 "_MI_PARTITION",
                 &format!("Vp.ChargeCommitmentFailures[{i}]"),
-            )
+            )?
             .ok_or_else(|| {
                 ModelError::Corrupt("the partition has no ChargeCommitmentFailures".into())
             })? as u32;
@@ -115,12 +190,9 @@ pub fn read(k: &mut Kernel) -> Result<Vm, ModelError> {
     let mut vm = Vm::default();
     let classic = k.has_sym("MiChargeCommitmentFailures");
     if classic {
-        let n = global32(k, "MmNumberOfPagingFiles").unwrap_or(0).min(16);
+        let n = global_value(k, "MmNumberOfPagingFiles", 4);
         if let Ok(base) = k.sym("MmPagingFile") {
-            for i in 0..n {
-                let pf = k.mem.u64(base + 8 * i).unwrap_or(0);
-                vm.paging_files.extend(paging_file(k, pf));
-            }
+            paging_files(k, &mut vm, n, |k, i| Ok(Some(k.mem.u64(base + 8 * i)?)));
         }
         vm.failures = failure_counts(k)?;
         vm.committed = global(k, "MmTotalCommittedPages").unwrap_or(0);
@@ -176,13 +248,10 @@ pub fn read(k: &mut Kernel) -> Result<Vm, ModelError> {
         let pt = "_MI_PARTITION";
         let st = "MiState";
         let stt = "_MI_SYSTEM_INFORMATION";
-        let n = field(k, part, pt, "Vp.NumberOfPagingFiles")
-            .unwrap_or(0)
-            .min(16);
-        for i in 0..n {
-            let pf = field(k, part, pt, &format!("Vp.PagingFile[{i}]")).unwrap_or(0);
-            vm.paging_files.extend(paging_file(k, pf));
-        }
+        let n = field_value(k, part, pt, "Vp.NumberOfPagingFiles");
+        paging_files(k, &mut vm, n, |k, i| {
+            field_value(k, part, pt, &format!("Vp.PagingFile[{i}]"))
+        });
         vm.failures = failure_counts(k)?;
         vm.committed = field(k, part, pt, "Vp.TotalCommittedPages").unwrap_or(0);
         vm.limit = field(k, part, pt, "Vp.TotalCommitLimit").unwrap_or(0);
@@ -260,7 +329,13 @@ pub fn read(k: &mut Kernel) -> Result<Vm, ModelError> {
             ("Process Commit", field(k, st, stt, "Vs.ProcessCommit")),
         ];
     }
-    let (procs, _) = k.processes()?;
+    let (procs, note) = k.processes()?;
+    if let Some(n) = note {
+        k.note_incomplete(format!("process list (the commit table): {n}"));
+    }
+    if let Some(why) = &vm.paging_files_unreadable {
+        k.note_incomplete(why.clone());
+    }
     let mut list: Vec<(u64, String, u64)> = procs
         .into_iter()
         .map(|p| (p.pid, p.name, p.commit))
@@ -309,6 +384,9 @@ pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
     let vm = read(&mut e.kernel)?;
     let get = |name: &str| vm.lines.iter().find(|l| l.0 == name).and_then(|l| l.1);
     let mut text = String::new();
+    if let Some(why) = &vm.paging_files_unreadable {
+        text.push_str(&format!("Page File: ? ({why})\n"));
+    }
     for (name, cur, free, min, max) in &vm.paging_files {
         text.push_str(&format!(
             "Page File: {name}\n  Current: {:>11} Kb  Free Space: {:>11} Kb\n  Minimum: {:>11} Kb  Maximum:    {:>11} Kb\n",
@@ -431,9 +509,10 @@ pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
             "sum_system_commit_pages": sum,
             "total_private_pages": private,
             "misc_transient_pages": misc,
-            "paging_files": vm.paging_files.iter().map(|(n, c, f, mi, ma)| json!({
+            // Not known (null) rather than none when the list could not be read.
+            "paging_files": vm.paging_files_unreadable.is_none().then(|| vm.paging_files.iter().map(|(n, c, f, mi, ma)| json!({
                 "name": n, "current_pages": c, "free_pages": f, "minimum_pages": mi, "maximum_pages": ma,
-            })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>()),
             "counters": counters,
             "warnings": warnings,
             "processes": vm.processes.iter().map(|(pid, name, c)| json!({

@@ -34,6 +34,10 @@ pub enum ModelError {
         "no symbols for the kernel ({0}); give a symbol path with --symbols or _NT_SYMBOL_PATH"
     )]
     NoKernelSymbols(String),
+    /// The kernel's symbols are not loaded because its image could not be read just now (the
+    /// next command tries again).
+    #[error("the kernel's symbols are not loaded: reading its image failed: {0}")]
+    KernelUnread(TargetError),
     /// Data that cannot be right.
     #[error("{0}")]
     Corrupt(String),
@@ -60,7 +64,15 @@ pub struct Module {
     /// PDB identity, once read from the image.
     pub pdb: Option<PdbId>,
     symbols: Option<Arc<ModuleSymbols>>,
+    /// `symbols` came from reads that failed: tried again at the next command.
+    symbols_retry: bool,
+    /// Why the symbols could not be loaded just now (a read or the symbol path failed).
+    symbols_problem: Option<String>,
     pdata: Option<Arc<Vec<RuntimeFunction>>>,
+    /// `pdata` came from reads that failed: tried again at the next command.
+    pdata_retry: bool,
+    /// Why there is no exception table, when there is none.
+    pdata_problem: Option<String>,
 }
 
 /// What a module's symbols are.
@@ -91,7 +103,11 @@ impl Module {
             timestamp: None,
             pdb: None,
             symbols: None,
+            symbols_retry: false,
+            symbols_problem: None,
             pdata: None,
+            pdata_retry: false,
+            pdata_problem: None,
         }
     }
 
@@ -103,6 +119,12 @@ impl Module {
     /// Its symbols, if loaded.
     pub fn symbols(&self) -> Option<&ModuleSymbols> {
         self.symbols.as_deref()
+    }
+
+    /// Why its symbols could not be loaded just now (a read of its image or the symbol path
+    /// failed), when that is so: then they are not missing, only not loaded.
+    pub fn symbols_problem(&self) -> Option<&str> {
+        self.symbols_problem.as_deref()
     }
 }
 
@@ -177,7 +199,21 @@ pub struct Kernel {
     image_cache: std::collections::HashMap<(u64, u32, u32, usize), Vec<u8>>,
     /// Warnings gathered while building the model.
     pub notes: Vec<String>,
+    /// Why what the current command reads is not whole (see [`Kernel::note_incomplete`]).
+    gaps: Vec<String>,
+    /// Gaps beyond those kept.
+    gaps_dropped: usize,
+    /// The kernel image could not be read for a reason of the moment: its symbols are looked
+    /// for again at the next command.
+    nt_retry: Option<ModelError>,
+    /// The module list in `modules` is not whole (why): it is walked again at the next command.
+    modules_partial: Option<String>,
+    /// Reading the module list failed during this command.
+    modules_error: Option<ModelError>,
 }
+
+/// Most reasons one command's result keeps for being incomplete.
+const MAX_GAPS: usize = 32;
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,17 +225,33 @@ impl std::fmt::Debug for Kernel {
     }
 }
 
-/// A reader of a module image in target memory.
+/// A reader of a module image in target memory, keeping the first read that failed (one that
+/// failed for a reason of the moment wins: it is the one that matters).
 struct MemImage<'a> {
     mem: &'a mut Memory,
     base: u64,
+    failed: Option<TargetError>,
+}
+
+impl<'a> MemImage<'a> {
+    fn new(mem: &'a mut Memory, base: u64) -> MemImage<'a> {
+        MemImage {
+            mem,
+            base,
+            failed: None,
+        }
+    }
 }
 
 impl ImageReader for MemImage<'_> {
     fn read(&mut self, rva: u32, len: usize) -> Result<Vec<u8>, PeError> {
-        self.mem
-            .kread(self.base.wrapping_add(u64::from(rva)), len)
-            .map_err(|_| PeError::Unreadable { rva })
+        let at = self.base.wrapping_add(u64::from(rva));
+        self.mem.kread(at, len).map_err(|e| {
+            if self.failed.as_ref().is_none_or(|f| !f.is_transient()) {
+                self.failed = Some(e);
+            }
+            PeError::Unreadable { rva }
+        })
     }
 }
 
@@ -222,6 +274,11 @@ impl Kernel {
             epoch: 0,
             image_cache: std::collections::HashMap::new(),
             notes: Vec::new(),
+            gaps: Vec::new(),
+            gaps_dropped: 0,
+            nt_retry: None,
+            modules_partial: None,
+            modules_error: None,
         };
         if k.base == 0 {
             // Dumps: the first loader entry is the kernel.
@@ -241,24 +298,29 @@ impl Kernel {
     }
 
     fn load_nt_symbols(&mut self) {
-        let id = {
+        self.nt_retry = None;
+        let (id, failed) = {
             let base = self.base;
-            let mut r = MemImage {
-                mem: &mut self.mem,
-                base,
-            };
-            match r
+            let mut r = MemImage::new(&mut self.mem, base);
+            let id = match r
                 .read(0, 0x1000)
                 .map_err(|e| e.to_string())
                 .and_then(|h| pe::headers(&h).map_err(|e| e.to_string()))
             {
                 Ok(h) => pe::codeview(&h, &mut r).ok().flatten(),
                 Err(e) => {
-                    self.notes
-                        .push(format!("the kernel image header is not readable ({e})"));
+                    let e = match &r.failed {
+                        Some(f) => format!("{e}: {f}"),
+                        None => e,
+                    };
+                    let note = format!("the kernel image header is not readable ({e})");
+                    if !self.notes.contains(&note) {
+                        self.notes.push(note);
+                    }
                     None
                 }
-            }
+            };
+            (id, r.failed.filter(TargetError::is_transient))
         };
         // Not in memory (triage dumps): the kernel's image file along the symbol path.
         let id = id.or_else(|| {
@@ -268,6 +330,12 @@ impl Kernel {
             pe::codeview(&h, &mut img).ok().flatten()
         });
         let Some(id) = id else {
+            if let Some(e) = failed {
+                // Not a fact about the target: read it again at the next command.
+                self.nt_source = format!("reading the kernel image failed: {e}");
+                self.nt_retry = Some(ModelError::KernelUnread(e));
+                return;
+            }
             self.nt_source =
                 "kernel image not readable and not on the symbol path: identity unknown".into();
             return;
@@ -286,17 +354,75 @@ impl Kernel {
                 ));
             }
             Err(e) => {
+                // A symbol server that did not answer, a damaged file: looked for again at the
+                // next command.
                 self.nt_source = e.to_string();
-                self.notes.push(e.to_string());
+                if !self.notes.contains(&e.to_string()) {
+                    self.notes.push(e.to_string());
+                }
+                self.nt_retry = Some(ModelError::NoKernelSymbols(e.to_string()));
             }
         }
     }
 
-    /// The kernel's table, or an error saying it is missing.
+    /// The kernel's table, or an error saying it is missing (or could not be read just now).
     pub fn nt(&self) -> Result<Arc<TypeTable>, ModelError> {
-        self.nt
-            .clone()
-            .ok_or_else(|| ModelError::NoKernelSymbols(self.nt_source.clone()))
+        match (&self.nt, &self.nt_retry) {
+            (Some(t), _) => Ok(t.clone()),
+            (None, Some(e)) => Err(e.clone()),
+            (None, None) => Err(ModelError::NoKernelSymbols(self.nt_source.clone())),
+        }
+    }
+
+    /// Starts a command: what was derived from reads that failed is dropped so that this
+    /// command reads it again (a failure is a fact about its moment, not about the target), and
+    /// the reasons for an incomplete result start afresh.
+    pub fn begin_command(&mut self) {
+        self.gaps.clear();
+        self.gaps_dropped = 0;
+        self.modules_error = None;
+        if let Some(list) = &mut self.modules {
+            for m in list.iter_mut() {
+                if m.symbols_retry {
+                    m.symbols = None;
+                    m.symbols_retry = false;
+                    m.symbols_problem = None;
+                }
+                if m.pdata_retry {
+                    m.pdata = None;
+                    m.pdata_retry = false;
+                    m.pdata_problem = None;
+                }
+            }
+        }
+        if self.modules_partial.take().is_some()
+            && let Some(list) = self.modules.take()
+        {
+            self.earlier = list;
+        }
+        if self.nt.is_none() && self.nt_retry.is_some() {
+            self.load_nt_symbols();
+        }
+    }
+
+    /// Records why what the current command reads is not whole: a walk that stopped early, a
+    /// read that failed, a limit. The engine gives these with the command's result.
+    pub fn note_incomplete(&mut self, reason: impl Into<String>) {
+        let reason = reason.into();
+        if self.gaps.contains(&reason) {
+            return;
+        }
+        if self.gaps.len() < MAX_GAPS {
+            self.gaps.push(reason);
+        } else {
+            self.gaps_dropped += 1;
+        }
+    }
+
+    /// The reasons recorded since [`Kernel::begin_command`], and how many more were dropped.
+    pub fn take_gaps(&mut self) -> (Vec<String>, usize) {
+        let n = std::mem::take(&mut self.gaps_dropped);
+        (std::mem::take(&mut self.gaps), n)
     }
 
     /// The address of an nt symbol.
@@ -433,35 +559,71 @@ impl Kernel {
             if let Some(m) = self.modules.take() {
                 self.earlier = m;
             }
+            self.modules_partial = None;
+            self.modules_error = None;
             self.kdbg = None;
         }
     }
 
-    /// The loaded modules (cached while the target stays stopped).
+    /// The loaded modules. A list read whole is kept while the target stays stopped; one that
+    /// is not (a read failed, the list is broken) is used by the current command, which is
+    /// then incomplete, and read again by the next.
     pub fn modules(&mut self) -> Result<&[Module], ModelError> {
         self.sync();
+        if let Some(e) = &self.modules_error {
+            return Err(e.clone());
+        }
         if self.modules.is_none() {
-            let mut list = self.load_modules()?;
+            let (mut list, partial) = match self.load_modules() {
+                Ok(x) => x,
+                Err(e) => {
+                    self.modules_error = Some(e.clone());
+                    return Err(e);
+                }
+            };
             // A module still loaded where it was keeps the symbols already found for it.
             for m in &mut list {
                 if let Some(old) = self.earlier.iter().find(|o| {
                     o.base == m.base && o.size == m.size && o.name.eq_ignore_ascii_case(&m.name)
                 }) {
-                    m.symbols = old.symbols.clone();
-                    m.pdata = old.pdata.clone();
+                    if !old.symbols_retry {
+                        m.symbols = old.symbols.clone();
+                    }
+                    if !old.pdata_retry {
+                        m.pdata = old.pdata.clone();
+                    }
                     m.pdb = old.pdb.clone();
                     m.timestamp = m.timestamp.or(old.timestamp);
                 }
             }
             self.earlier.clear();
+            if let Some(p) = &partial {
+                let note = format!("module list: {p}");
+                if !self.notes.contains(&note) {
+                    self.notes.push(note);
+                }
+            }
+            self.modules_partial = partial;
             self.modules = Some(list);
+        }
+        if let Some(p) = self.modules_partial.clone() {
+            self.note_incomplete(format!("the module list is incomplete: {p}"));
         }
         Ok(self.modules.as_deref().unwrap_or(&[]))
     }
 
-    fn load_modules(&mut self) -> Result<Vec<Module>, ModelError> {
+    /// Why the module list the current command sees is not whole, if it is not: a module not
+    /// found in it may still be loaded.
+    pub fn modules_incomplete(&mut self) -> Option<String> {
+        self.modules().ok()?;
+        self.modules_partial.clone()
+    }
+
+    /// The module list and, when it is not whole, why.
+    fn load_modules(&mut self) -> Result<(Vec<Module>, Option<String>), ModelError> {
         if let Some(list) = self.mem.target().module_list() {
-            return Ok(list
+            let all = list.len();
+            let list: Vec<Module> = list
                 .into_iter()
                 .filter(|m| m.base.checked_add(u64::from(m.size)).is_some())
                 .map(|m| {
@@ -469,7 +631,14 @@ impl Kernel {
                     module.timestamp = Some(m.timestamp);
                     module
                 })
-                .collect());
+                .collect();
+            let partial = (list.len() < all).then(|| {
+                format!(
+                    "{} damaged entries (an image past the end of the address space) left out",
+                    all - list.len()
+                )
+            });
+            return Ok((list, partial));
         }
         let head = match self.mem.info().ps_loaded_module_list {
             Some(h) => h,
@@ -494,9 +663,8 @@ impl Kernel {
             None => (0x30, 0x40, 0x48, 0x58, 0x68),
         };
         let walk = self.walk_list(head, Some((0, node)), 4096, true)?;
-        if let Some(n) = &walk.note {
-            self.notes.push(format!("module list: {n}"));
-        }
+        let mut problems: Vec<String> = walk.note.iter().cloned().collect();
+        let mut damaged = 0usize;
         let mut out = Vec::new();
         for (entry, bytes) in walk.entries.iter().zip(&walk.nodes) {
             let q = |o: u64| {
@@ -510,22 +678,50 @@ impl Kernel {
             let size = q(size_of_image) as u32;
             // An image that would run past the top of the address space is a damaged entry.
             if base.checked_add(u64::from(size)).is_none() {
+                damaged += 1;
                 continue;
             }
-            let name = self
-                .unicode_string(entry.wrapping_add(short))
-                .unwrap_or_default();
-            let path = self
-                .unicode_string(entry.wrapping_add(full))
-                .unwrap_or_default();
+            let name = match self.unicode_string(entry.wrapping_add(short)) {
+                Ok(n) => n,
+                Err(e) => {
+                    problems.push(format!(
+                        "the name of the module at {base:#x} is unreadable: {e}"
+                    ));
+                    String::new()
+                }
+            };
+            let path = match self.unicode_string(entry.wrapping_add(full)) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(format!(
+                        "the path of the module at {base:#x} is unreadable: {e}"
+                    ));
+                    String::new()
+                }
+            };
             out.push(Module::new(&name, &path, base, size));
         }
-        Ok(out)
+        if damaged > 0 {
+            problems.push(format!(
+                "{damaged} damaged entries (an image past the end of the address space) left out"
+            ));
+        }
+        let partial = (!problems.is_empty()).then(|| problems.join("; "));
+        Ok((out, partial))
     }
 
-    /// The index of the module containing `addr`.
+    /// The index of the module containing `addr` (none when the module list cannot be read:
+    /// then the current command says so).
     pub fn module_index(&mut self, addr: u64) -> Option<usize> {
-        self.modules().ok()?.iter().position(|m| m.contains(addr))
+        match self.modules() {
+            Ok(list) => list.iter().position(|m| m.contains(addr)),
+            Err(e) => {
+                self.note_incomplete(format!(
+                    "the module list is unreadable ({e}): addresses are shown without symbols"
+                ));
+                None
+            }
+        }
     }
 
     /// The module containing `addr`.
@@ -562,27 +758,47 @@ impl Kernel {
             .unwrap_or_default()
     }
 
-    /// Loads a module's symbols (table along the path, else exports) once.
+    /// Loads a module's symbols (table along the path, else exports) once. What came of a
+    /// read that failed (or a symbol path that failed) is used by the current command only:
+    /// the next one tries again.
     pub fn module_symbols(&mut self, index: usize) -> Option<Arc<ModuleSymbols>> {
         let m = self.modules.as_ref()?.get(index)?.clone();
         if let Some(s) = &m.symbols {
             return Some(s.clone());
         }
+        let mark = self.mem.failure_count();
+        // Whether a read of the image failed (then nothing found is not a fact about the
+        // module, and is not kept), and why the current command must say so.
+        let mut retry = false;
+        let mut problem: Option<String> = None;
         let syms = if m.short == "nt" && self.nt.is_some() {
             ModuleSymbols::Table {
                 table: self.nt.clone()?,
                 source: self.nt_source.clone(),
             }
         } else {
-            let mut r = MemImage {
-                mem: &mut self.mem,
-                base: m.base,
-            };
+            let mut r = MemImage::new(&mut self.mem, m.base);
             let headers = r.read(0, 0x1000).ok().and_then(|h| pe::headers(&h).ok());
             match headers {
                 Some(h) => {
                     let id = pe::codeview(&h, &mut r).ok().flatten();
-                    let found = id.as_ref().and_then(|id| self.path.find(id).ok().flatten());
+                    let header_failure = r.failed.take();
+                    let found = match &id {
+                        Some(id) => match self.path.find(id) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                problem = Some(format!("its symbols could not be loaded: {e}"));
+                                None
+                            }
+                        },
+                        None => None,
+                    };
+                    if let Some(e) = header_failure {
+                        retry = true;
+                        if e.is_transient() {
+                            problem = Some(format!("its debug directory is unreadable: {e}"));
+                        }
+                    }
                     if let Some(mm) = self.modules.as_mut().and_then(|v| v.get_mut(index)) {
                         mm.pdb = id.clone();
                         mm.timestamp = Some(h.timestamp);
@@ -593,36 +809,77 @@ impl Kernel {
                             source: f.source,
                         },
                         None => {
-                            let mut r = MemImage {
-                                mem: &mut self.mem,
-                                base: m.base,
-                            };
-                            match pe::exports(&h, &mut r) {
+                            let mut r = MemImage::new(&mut self.mem, m.base);
+                            let e = pe::exports(&h, &mut r);
+                            if let Some(f) = r.failed {
+                                retry = true;
+                                if f.is_transient() {
+                                    problem = Some(format!("its exports are unreadable: {f}"));
+                                }
+                            }
+                            match e {
                                 Ok(e) if !e.is_empty() => ModuleSymbols::Exports(e),
-                                _ => ModuleSymbols::None("no symbols, no exports".into()),
+                                Ok(_) => ModuleSymbols::None("no symbols, no exports".into()),
+                                Err(e) => ModuleSymbols::None(format!("exports: {e}")),
                             }
                         }
                     }
                 }
-                None => self.image_file_symbols(&m),
+                None => {
+                    let header_failure = r.failed.take();
+                    let (syms, file_problem) = self.image_file_symbols(&m);
+                    if let Some(p) = file_problem {
+                        problem = Some(p);
+                    }
+                    if let Some(e) = header_failure {
+                        retry = true;
+                        if e.is_transient() && matches!(syms, ModuleSymbols::None(_)) {
+                            problem = Some(format!("its image header is unreadable: {e}"));
+                        }
+                    }
+                    syms
+                }
             }
         };
+        // What the symbol path gave for an image not in memory is kept; "nothing" is not.
+        retry = (retry && matches!(syms, ModuleSymbols::None(_)))
+            || problem.is_some()
+            || self.mem.failure_count() > mark;
+        if let Some(p) = &problem {
+            let name = if m.name.is_empty() {
+                format!("the module at {:#x}", m.base)
+            } else {
+                m.name.clone()
+            };
+            self.note_incomplete(format!("symbols of {name}: {p}"));
+        }
         let arc = Arc::new(syms);
         if let Some(mm) = self.modules.as_mut().and_then(|v| v.get_mut(index)) {
             mm.symbols = Some(arc.clone());
+            mm.symbols_retry = retry;
+            mm.symbols_problem = problem;
         }
         Some(arc)
     }
 
     /// For modules whose image is not in memory (triage dumps): the image file from the
-    /// symbol path (`<name>/<TimeDateStamp><SizeOfImage>/<name>`, or a flat copy), then its PDB.
-    fn image_file_symbols(&mut self, m: &Module) -> ModuleSymbols {
+    /// symbol path (`<name>/<TimeDateStamp><SizeOfImage>/<name>`, or a flat copy), then its PDB;
+    /// and why the symbols could not be loaded, when the symbol path failed.
+    fn image_file_symbols(&mut self, m: &Module) -> (ModuleSymbols, Option<String>) {
         let Some(mut img) = self.image_file(m) else {
-            return ModuleSymbols::None("image not in memory and not on the symbol path".into());
+            return (
+                ModuleSymbols::None("image not in memory and not on the symbol path".into()),
+                None,
+            );
         };
         let h = img.headers.clone();
         let id = pe::codeview(&h, &mut img).ok().flatten();
-        match id.as_ref().and_then(|id| self.path.find(id).ok().flatten()) {
+        let (found, problem) = match id.as_ref().map(|id| self.path.find(id)) {
+            Some(Ok(f)) => (f, None),
+            Some(Err(e)) => (None, Some(format!("its symbols could not be loaded: {e}"))),
+            None => (None, None),
+        };
+        let syms = match found {
             Some(f) => ModuleSymbols::Table {
                 table: Arc::new(f.table),
                 source: f.source,
@@ -631,7 +888,8 @@ impl Kernel {
                 Ok(e) if !e.is_empty() => ModuleSymbols::Exports(e),
                 _ => ModuleSymbols::None("no symbols found for the image file".into()),
             },
-        }
+        };
+        (syms, problem)
     }
 
     /// The module's image file, found along the symbol path (and downloaded from a symbol
@@ -660,38 +918,65 @@ impl Kernel {
         pe::FileImage::new(std::fs::read(found).ok()?).ok()
     }
 
-    /// The module's exception table (`.pdata`), from memory or its image file, cached.
-    pub fn module_pdata(&mut self, index: usize) -> Option<Arc<Vec<RuntimeFunction>>> {
-        let m = self.modules.as_ref()?.get(index)?.clone();
+    /// The module's exception table (`.pdata`), from memory or its image file, kept once read;
+    /// `Err` says why there is none. A table missing because a read failed is looked for again
+    /// at the next command.
+    pub fn module_pdata(&mut self, index: usize) -> Result<Arc<Vec<RuntimeFunction>>, String> {
+        let m = self
+            .modules
+            .as_ref()
+            .and_then(|l| l.get(index))
+            .cloned()
+            .ok_or_else(|| format!("no module {index}"))?;
         if let Some(p) = &m.pdata {
-            return Some(p.clone());
-        }
-        let table = {
-            let mut r = MemImage {
-                mem: &mut self.mem,
-                base: m.base,
+            return match &m.pdata_problem {
+                Some(why) if p.is_empty() => Err(why.clone()),
+                _ => Ok(p.clone()),
             };
-            let from_mem = r
+        }
+        let mark = self.mem.failure_count();
+        let (from_mem, failed) = {
+            let mut r = MemImage::new(&mut self.mem, m.base);
+            let t = r
                 .read(0, 0x1000)
                 .ok()
                 .and_then(|h| pe::headers(&h).ok())
                 .and_then(|h| pe::pdata(&h, &mut r).ok());
-            match from_mem {
-                Some(t) if !t.is_empty() => t,
-                _ => match self.image_file(&m) {
-                    Some(mut img) => {
-                        let h = img.headers.clone();
-                        pe::pdata(&h, &mut img).unwrap_or_default()
-                    }
-                    None => Vec::new(),
-                },
-            }
+            (t, r.failed)
         };
+        let table = match from_mem {
+            Some(t) if !t.is_empty() => t,
+            _ => match self.image_file(&m) {
+                Some(mut img) => {
+                    let h = img.headers.clone();
+                    pe::pdata(&h, &mut img).unwrap_or_default()
+                }
+                None => Vec::new(),
+            },
+        };
+        // Without the table a leaf cannot be told from a framed function: say why it is not
+        // there rather than guess.
+        let problem = table.is_empty().then(|| match &failed {
+            Some(e) => format!(
+                "no unwind data for {}: reading its image failed ({e}) and it is not on the symbol path",
+                m.name
+            ),
+            None => format!(
+                "no unwind data for {} (image not readable and not on the symbol path)",
+                m.name
+            ),
+        });
+        let retry = table.is_empty() && (failed.is_some() || self.mem.failure_count() > mark);
         let arc = Arc::new(table);
         if let Some(mm) = self.modules.as_mut().and_then(|v| v.get_mut(index)) {
             mm.pdata = Some(arc.clone());
+            mm.pdata_retry = retry;
+            mm.pdata_problem = problem.clone();
         }
-        Some(arc)
+        match problem {
+            Some(why) if arc.is_empty() => Err(why),
+            _ => Ok(arc),
+        }
     }
 
     /// [`Kernel::module_bytes`], remembered for the life of the module (unwind data).
@@ -855,11 +1140,18 @@ impl Kernel {
             Some(h) => h,
             None => self.sym("PsActiveProcessHead")?,
         };
-        let kdbg = self.kdbg().map(|k| k.address).unwrap_or(0);
-        let processors = self
-            .processors()
-            .map(|p| p.len() as u32)
-            .unwrap_or(self.mem.info().processors);
+        // A header written from a read that failed just now would be wrong for good.
+        let transient = |e: &ModelError| matches!(e, ModelError::Target(t) if t.is_transient());
+        let kdbg = match self.kdbg() {
+            Ok(k) => k.address,
+            Err(e) if transient(&e) => return Err(e),
+            Err(_) => 0,
+        };
+        let processors = match self.processors() {
+            Ok(p) => p.len() as u32,
+            Err(e) if transient(&e) => return Err(e),
+            Err(_) => self.mem.info().processors,
+        };
         let context = self.processor_context(0)?.as_bytes().to_vec();
         // Every processor's saved state, so that the dump answers for each of them.
         if let Ok(cpus) = self.processors() {

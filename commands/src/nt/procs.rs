@@ -273,10 +273,16 @@ impl Kernel {
         let irp_head = v.addr_of("IrpList")?;
         let irps = match self.walk_list(irp_head, None, 256, false) {
             Ok(w) => {
+                if let Some(n) = &w.note {
+                    self.note_incomplete(format!("IRP list of thread {:#x}: {n}", v.addr));
+                }
                 let off = nt.offset("_IRP", "ThreadListEntry").unwrap_or(0x20);
                 w.entries.iter().map(|e| e - off).collect()
             }
-            Err(_) => Vec::new(),
+            Err(e) => {
+                self.note_incomplete(format!("IRP list of thread {:#x} unreadable: {e}", v.addr));
+                Vec::new()
+            }
         };
         Ok(Thread {
             ethread: v.addr,
@@ -349,12 +355,26 @@ impl Kernel {
             if b.get("BlockState")? == active {
                 let object = b.get("Object")?;
                 if object != 0 {
-                    let ty = self.mem.u8(object).unwrap_or(0xff);
+                    let ty = match self.mem.u8(object) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.note_incomplete(format!(
+                                "the type of object {object:#x} waited on by thread {:#x} is unreadable: {e}",
+                                v.addr
+                            ));
+                            0xff
+                        }
+                    };
                     let owner = if ty == 2 {
-                        self.mem
-                            .u64(object + nt.offset("_KMUTANT", "OwnerThread")?)
-                            .ok()
-                            .filter(|o| *o != 0)
+                        match self.mem.u64(object + nt.offset("_KMUTANT", "OwnerThread")?) {
+                            Ok(o) => Some(o).filter(|o| *o != 0),
+                            Err(e) => {
+                                self.note_incomplete(format!(
+                                    "the owner of mutant {object:#x} is unreadable: {e}"
+                                ));
+                                None
+                            }
+                        }
                     } else {
                         None
                     };
@@ -431,7 +451,7 @@ impl Kernel {
     /// KPRCB cannot be read, as in a triage dump).
     pub fn processor_context(&mut self, n: u32) -> Result<kdnet::api::Context, ModelError> {
         if self.mem.info().live {
-            return Ok(self.mem.target().context(n)?);
+            return Ok(self.mem.context(n)?);
         }
         let saved = self.processors().and_then(|cpus| {
             let prcb = cpus
@@ -446,10 +466,10 @@ impl Kernel {
             // A KPRCB whose context frame was never filled (the processor stopped without saving
             // it there): the dump's own context record stands for the processor it was taken on.
             Ok(c) if n == 0 && c.reg(Reg::Rip) == 0 && c.reg(Reg::Rsp) == 0 => {
-                Ok(self.mem.target().context(0).unwrap_or(c))
+                Ok(self.mem.context(0).unwrap_or(c))
             }
             Ok(c) => Ok(c),
-            Err(e) if n == 0 => self.mem.target().context(0).map_err(|_| e),
+            Err(e) if n == 0 => self.mem.context(0).map_err(|_| e),
             Err(e) => Err(e),
         }
     }

@@ -73,8 +73,12 @@ pub struct Frame {
 pub struct Stack {
     /// Frames, innermost first.
     pub frames: Vec<Frame>,
-    /// Why the walk ended early, if it did.
+    /// Why the walk ended early, if it did (or why there is nothing to walk).
     pub note: Option<String>,
+    /// Whether the frames are the whole stack: false when the walk stopped before its end (a
+    /// read failed, no unwind data, a limit); a stack that is not resident is whole (there is
+    /// nothing in memory to show, and `note` says so).
+    pub complete: bool,
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -93,6 +97,7 @@ impl Kernel {
             return Ok(Stack {
                 frames: Vec::new(),
                 note: Some("the kernel stack is not resident (swapped out)".into()),
+                complete: true,
             });
         }
         let bounds = (t.stack_limit, t.stack_base);
@@ -144,19 +149,15 @@ impl Kernel {
                 break;
             };
             let base = self.modules().map(|m| m[mi].base).unwrap_or(0);
-            let table = self.module_pdata(mi).unwrap_or_default();
             let rva = (lookup_ip - base) as u32;
-            let result = match pe::lookup(&table, rva) {
-                Some(f) => self.apply_unwind(mi, f, rva, &mut regs, n == 0 && precise),
+            let result = match self.module_pdata(mi) {
+                Ok(table) => match pe::lookup(&table, rva) {
+                    Some(f) => self.apply_unwind(mi, f, rva, &mut regs, n == 0 && precise),
+                    None => self.leaf(&mut regs),
+                },
                 // Without the module's exception table a leaf cannot be told from a framed
                 // function: guessing would invent frames.
-                None if table.is_empty() => Err(format!(
-                    "no unwind data for {} (image not readable and not on the symbol path)",
-                    self.modules()
-                        .map(|m| m[mi].name.clone())
-                        .unwrap_or_default()
-                )),
-                None => self.leaf(&mut regs),
+                Err(why) => Err(why),
             };
             let ret = match result {
                 Ok(r) => r,
@@ -182,7 +183,12 @@ impl Kernel {
                 note = Some(format!("stopped after {MAX_FRAMES} frames"));
             }
         }
-        Stack { frames, note }
+        let complete = note.is_none();
+        Stack {
+            frames,
+            note,
+            complete,
+        }
     }
 
     fn frame(&mut self, number: usize, rsp: u64, rip: u64, ret: u64) -> Frame {
