@@ -559,6 +559,7 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                 };
                 s.cancel.store(false, Ordering::SeqCst);
                 s.busy.store(true, Ordering::SeqCst);
+                e.retry_target();
                 analysis::run_script(e, &mut vars, t, "input", style, &s.prompt.out);
                 s.busy.store(false, Ordering::SeqCst);
                 if s.cancel.swap(false, Ordering::SeqCst) {

@@ -114,7 +114,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let (code, gone) = result?;
     if let Some(why) = gone {
         // Nothing to let go on, and asking would only wait again.
-        eprintln!("kdnet: the target stopped answering: {why}");
+        eprintln!("kdnet: no answer from the target: {why}");
         return Ok(exit::NO_CONNECTION);
     }
     if !a.leave_stopped {

@@ -389,9 +389,16 @@ finished"
     }
 
     /// Why the target is taken for gone (it stopped answering), once a command met it: no
-    /// further command runs (each would only wait again).
+    /// further command runs (each would only wait again) until [`Engine::retry_target`].
     pub fn target_gone(&self) -> Option<String> {
         self.kernel.mem.gone().map(str::to_string)
+    }
+
+    /// Asks the target again from the next command on, though a command found it gone: a
+    /// person at the prompt types a new line (the session itself fails at once while the
+    /// target is silent, and answers again once it is heard).
+    pub fn retry_target(&mut self) {
+        self.kernel.mem.clear_gone();
     }
 
     fn dispatch(&mut self, command: &str) -> Result<Output, CmdError> {

@@ -29,6 +29,14 @@ fn map(e: HostError, address: u64) -> TargetError {
     match e {
         HostError::Memory { address, .. } => TargetError::Unavailable { address },
         HostError::Status { .. } => TargetError::Unavailable { address },
+        // The stop the model reads is no more: the target is silent, or a new boot.
+        HostError::TargetGone { silent } => TargetError::Gone(format!(
+            "nothing heard from it for {:.1} s",
+            silent.as_secs_f64()
+        )),
+        HostError::TargetRebooted(what) => {
+            TargetError::Gone(format!("it rebooted while {what} was outstanding"))
+        }
         other => TargetError::Transport(other.to_string()),
     }
 }
@@ -37,9 +45,7 @@ impl LiveTarget {
     /// Wraps a session whose target is stopped. Call from a thread that is not running the
     /// runtime (e.g. inside `spawn_blocking`).
     pub fn new(host: Host, rt: Handle) -> Result<LiveTarget, TargetError> {
-        let v = rt
-            .block_on(host.get_version())
-            .map_err(|e| TargetError::Transport(e.to_string()))?;
+        let v = rt.block_on(host.get_version()).map_err(|e| map(e, 0))?;
         let stops = host_stops(&host);
         let stop = host.state().stop;
         let processors = stop.as_ref().map_or(1, |s| s.number_processors.max(1));

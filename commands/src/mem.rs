@@ -197,6 +197,12 @@ impl Memory {
         }
     }
 
+    /// Forgets that the target was taken for gone: the caller has reason to ask again (a new
+    /// line at the prompt; the session hears the target again).
+    pub fn clear_gone(&mut self) {
+        self.gone = None;
+    }
+
     /// Remembers a target that stopped answering.
     fn seen(&mut self, e: &TargetError) {
         if let TargetError::Gone(m) = e
