@@ -10,10 +10,12 @@ mod seeds;
 #[path = "../fuzz/src/targets.rs"]
 mod targets;
 
-/// `seeds.rs` names the targets module as `crate::targets`.
 use std::path::PathBuf;
 
-const TARGETS: [(&str, fn(&[u8])); 7] = [
+/// A target's entry point.
+type Entry = fn(&[u8]);
+
+const TARGETS: [(&str, Entry); 7] = [
     ("datagram", targets::datagram),
     ("kd_packet", targets::kd_packet),
     ("dbgkd", targets::dbgkd),
