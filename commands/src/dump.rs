@@ -94,6 +94,8 @@ pub struct DumpFile {
 }
 
 const PAGE: u64 = 0x1000;
+/// Page numbers of x64 physical memory (52-bit addresses) are below this.
+const MAX_PFN: u64 = 1 << 40;
 /// "PAGE": the filler of unused header fields.
 const FILLER: u32 = 0x4547_4150;
 
@@ -243,8 +245,11 @@ impl DumpFile {
                 for i in 0..n as usize {
                     let base = u64_at(&h, 0x98 + 16 * i);
                     let count = u64_at(&h, 0xA0 + 16 * i);
-                    if count > (1 << 40) {
-                        return Err(DumpError::Damaged(format!("run {i} has {count} pages")));
+                    // x64 physical addresses have 52 bits: page numbers below 2^40.
+                    if count > MAX_PFN || base > MAX_PFN - count {
+                        return Err(DumpError::Damaged(format!(
+                            "run {i} has {count} pages from page {base:#x}"
+                        )));
                     }
                     runs.push((base, count, index));
                     index += count;
@@ -267,7 +272,7 @@ impl DumpFile {
                 let first = u64_at(&b, 0x20);
                 let present = u64_at(&b, 0x28);
                 let pages = u64_at(&b, 0x30);
-                if pages > (1 << 40) || first > size {
+                if pages > MAX_PFN || first > size {
                     return Err(DumpError::Damaged(format!(
                         "bitmap header: {pages} pages, data at {first:#x}"
                     )));
@@ -349,8 +354,9 @@ impl DumpFile {
             }
         }
         let mut regions = Vec::new();
+        // A region whose end would pass the top of the address space is not one.
         let mut add = |va: u64, off: u64, len: u64| {
-            if va != 0 && len != 0 {
+            if va != 0 && len != 0 && va.checked_add(len).is_some() {
                 regions.push(Region { va, off, len });
             }
         };
@@ -514,7 +520,9 @@ impl Target for DumpFile {
         }
         let mut done = 0;
         while done < buf.len() {
-            let a = address + done as u64;
+            let Some(a) = address.checked_add(done as u64) else {
+                break;
+            };
             let Some(off) = self.phys_offset(a / PAGE) else {
                 break;
             };
@@ -541,7 +549,9 @@ impl Target for DumpFile {
         };
         let mut done = 0;
         while done < buf.len() {
-            let a = address + done as u64;
+            let Some(a) = address.checked_add(done as u64) else {
+                break;
+            };
             let i = regions.partition_point(|r| r.va <= a);
             let Some(r) = i
                 .checked_sub(1)

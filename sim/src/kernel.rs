@@ -91,6 +91,16 @@ impl VaLayout {
 /// The kernel address of `KUSER_SHARED_DATA`.
 pub const KUSER_SHARED_DATA: u64 = 0xfffff780_00000000;
 
+/// Largest type the simulator lays out or field offset it writes at (the largest type it uses
+/// on a real build, `_EX_POOL_HEAP_MANAGER_STATE`, is 538 KiB). A table giving more is refused,
+/// so a damaged or hostile table cannot make the build map memory without end.
+pub const MAX_TYPE_BYTES: u64 = 1 << 20;
+/// Largest region mapped by one allocation (tables of entries sized by the symbol table).
+pub const MAX_REGION_BYTES: u64 = 64 << 20;
+/// Largest nt image mapped (the real ntoskrnl.exe is about 16 MB; the image reaches past the
+/// table's highest symbol).
+pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
+
 /// Memory, address space and tables of the machine being built.
 pub struct Kernel {
     /// Physical memory.
@@ -173,6 +183,11 @@ impl Kernel {
     /// The address of an nt symbol.
     pub fn sym(&self, name: &str) -> Result<u64, SimError> {
         let rva = self.nt.require_symbol(name)?;
+        if rva >= MAX_IMAGE_BYTES {
+            return Err(SimError::Config(format!(
+                "the symbol table puts {name} at RVA {rva:#x}; the simulator maps an nt image of at most {MAX_IMAGE_BYTES:#x} bytes"
+            )));
+        }
         self.used.borrow_mut().symbols.insert(name.to_string());
         Ok(self.va.kernel_base + rva)
     }
@@ -190,6 +205,11 @@ impl Kernel {
     /// compact table bounds the function the same way).
     pub fn function_rva(&self, name: &str) -> Result<(u64, Option<u64>), SimError> {
         let rva = self.nt.require_symbol(name)?;
+        if rva >= MAX_IMAGE_BYTES {
+            return Err(SimError::Config(format!(
+                "the symbol table puts {name} at RVA {rva:#x}; the simulator maps an nt image of at most {MAX_IMAGE_BYTES:#x} bytes"
+            )));
+        }
         let mut used = self.used.borrow_mut();
         used.symbols.insert(name.to_string());
         let next = self.nt.next_symbol(rva).map(|(n, a)| {
@@ -254,15 +274,22 @@ impl Kernel {
         self.space.set_pte(&mut self.mem, page, raw);
     }
 
-    /// Reserves `size` bytes (page-granular, mapped) from a region; returns the address.
-    pub fn alloc_region(&mut self, region: Region, size: u64, align: u64) -> u64 {
+    /// Reserves `size` bytes (page-granular, mapped) from a region; returns the address. A size
+    /// past [`MAX_REGION_BYTES`] (which only a table with absurd type sizes can ask for) is an
+    /// error.
+    pub fn alloc_region(&mut self, region: Region, size: u64, align: u64) -> Result<u64, SimError> {
+        if size > MAX_REGION_BYTES {
+            return Err(SimError::Config(format!(
+                "laying out {region:?} needs {size:#x} bytes at once from the symbol table's type sizes; the simulator maps at most {MAX_REGION_BYTES:#x}"
+            )));
+        }
         let cur = self.cursors.get(&region).copied().unwrap_or(0);
         let align = align.max(PAGE);
         let va = cur.div_ceil(align) * align;
         let size = size.div_ceil(PAGE) * PAGE;
         self.cursors.insert(region, va + size);
         self.map(va, size, region != Region::Drivers);
-        va
+        Ok(va)
     }
 
     /// Reserves address space in a region without mapping it.
@@ -372,6 +399,20 @@ impl Kernel {
             }
             Err(e) => self.extra.field(ty, path).map_err(|_| e)?,
         };
+        if f.offset > MAX_TYPE_BYTES {
+            return Err(SimError::Config(format!(
+                "the symbol table puts {ty}.{path} at offset {:#x}; the simulator lays out types of at most {MAX_TYPE_BYTES:#x} bytes",
+                f.offset
+            )));
+        }
+        if let Ty::Bitfield { base, pos, len } = &f.ty {
+            let size = self.ty_size(base);
+            if !(1..=8).contains(&size) || u64::from(*pos) + u64::from(*len) > 8 * size {
+                return Err(SimError::Config(format!(
+                    "the symbol table makes {ty}.{path} a bitfield of {len} bits at bit {pos} in {size} bytes"
+                )));
+            }
+        }
         self.fields.borrow_mut().insert(key, f.clone());
         Ok(f)
     }
@@ -388,13 +429,19 @@ impl Kernel {
 
     /// Size of a type.
     pub fn size(&self, ty: &str) -> Result<u64, SimError> {
-        match self.nt.size_of(ty) {
+        let s = match self.nt.size_of(ty) {
             Ok(s) => {
                 self.used.borrow_mut().types.insert(ty.to_string());
-                Ok(s)
+                s
             }
-            Err(e) => self.extra.size_of(ty).map_err(|_| e.into()),
+            Err(e) => self.extra.size_of(ty).map_err(|_| e)?,
+        };
+        if s > MAX_TYPE_BYTES {
+            return Err(SimError::Config(format!(
+                "the symbol table makes {ty} {s:#x} bytes; the simulator lays out types of at most {MAX_TYPE_BYTES:#x}"
+            )));
         }
+        Ok(s)
     }
 
     fn ty_size(&self, t: &Ty) -> u64 {

@@ -313,7 +313,7 @@ impl Pool {
                 let (va, used, prev) = (cur.va, cur.used, cur.prev);
                 Self::write_header(k, va + used * 16, prev, page_units - used, 0, tag_free())?;
             }
-            let va = k.alloc_region(Self::region(kind), PAGE, PAGE);
+            let va = k.alloc_region(Self::region(kind), PAGE, PAGE)?;
             let cur = self.classic.entry(kind).or_default();
             *cur = ClassicPage {
                 va,
@@ -366,7 +366,7 @@ impl Pool {
         tag: u32,
     ) -> Result<Allocation, SimError> {
         let pages = size.div_ceil(PAGE);
-        let va = k.alloc_region(Self::region(kind), pages * PAGE, PAGE);
+        let va = k.alloc_region(Self::region(kind), pages * PAGE, PAGE)?;
         Ok(Allocation {
             data: va,
             header: va,
@@ -388,7 +388,7 @@ impl Pool {
         tag: u32,
     ) -> Result<u64, SimError> {
         let size = size.clamp(1, PAGE - 16);
-        let page = k.alloc_region(Region::SpecialPool, PAGE, PAGE);
+        let page = k.alloc_region(Region::SpecialPool, PAGE, PAGE)?;
         // Guard page: reserved, never mapped.
         k.reserve_region(Region::SpecialPool, PAGE, PAGE);
         let data = page + PAGE - size.div_ceil(16) * 16;
@@ -421,7 +421,7 @@ impl Pool {
     fn heap(&mut self, k: &mut Kernel, kind: PoolKind) -> Result<&mut SegHeap, SimError> {
         if let std::collections::btree_map::Entry::Vacant(e) = self.heaps.entry(kind) {
             let size = k.size("_SEGMENT_HEAP")?;
-            let heap = k.alloc_region(Region::NonPagedPool, size, PAGE);
+            let heap = k.alloc_region(Region::NonPagedPool, size, PAGE)?;
             k.w32(
                 heap + k.off("_SEGMENT_HEAP", "Signature")?,
                 SEGMENT_HEAP_SIGNATURE,
@@ -689,7 +689,7 @@ impl Pool {
         let mask = entries - 1;
         let mut tables = Vec::new();
         for _ in 0..cpus.max(1) {
-            tables.push(k.alloc_region(Region::NonPagedPool, entries * esize, PAGE));
+            tables.push(k.alloc_region(Region::NonPagedPool, entries * esize, PAGE)?);
         }
         k.w64(k.sym("PoolTrackTable")?, tables[0]);
         k.w64(k.sym("PoolTrackTableSize")?, entries);
@@ -742,7 +742,7 @@ impl Pool {
             entries *= 2;
         }
         let esize = k.size("_POOL_TRACKER_BIG_PAGES")?;
-        let table = k.alloc_region(Region::NonPagedPool, entries * esize, PAGE);
+        let table = k.alloc_region(Region::NonPagedPool, entries * esize, PAGE)?;
         k.w64(k.sym("PoolBigPageTable")?, table);
         k.w64(k.sym("PoolBigPageTableSize")?, entries);
         k.w64(k.sym("ExpPoolBigEntriesInUse")?, bigs.len() as u64);

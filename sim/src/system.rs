@@ -453,7 +453,7 @@ impl System {
         let et = obj + header;
         // A 24 KB kernel stack with a guard page below it.
         self.k.reserve_region(Region::Stacks, PAGE, PAGE);
-        let limit = self.k.alloc_region(Region::Stacks, 6 * PAGE, PAGE);
+        let limit = self.k.alloc_region(Region::Stacks, 6 * PAGE, PAGE)?;
         let base = limit + 6 * PAGE;
         let initial = base - 0x1d0;
         let (ep, pid) = (
@@ -851,7 +851,7 @@ impl System {
         let block = self.k.sym("KiProcessorBlock")?;
         for i in 0..count {
             let size = self.k.size("_KPCR")?;
-            let kpcr = self.k.alloc_region(Region::Pcr, size, PAGE);
+            let kpcr = self.k.alloc_region(Region::Pcr, size, PAGE)?;
             let prcb = kpcr + self.k.off("_KPCR", "Prcb")?;
             let idle = self.new_thread(
                 idle_proc,

@@ -9,8 +9,16 @@ use serde::{Deserialize, Serialize};
 use crate::SymError;
 use crate::table::{Enum, Field, PdbId, Ty, TypeTable, Udt, UdtKind};
 
-/// Largest decompressed table accepted.
-pub const MAX_TABLE_BYTES: u64 = 512 << 20;
+/// Largest table accepted, as JSON (after decompression). The real kernel tables are 3–7 MB.
+pub const MAX_TABLE_BYTES: u64 = 64 << 20;
+/// Memory the xz decoder may use for its dictionary, in KiB (`xz -9` needs 65 MiB; the real
+/// tables were made with 8 MiB dictionaries).
+const MAX_XZ_MEMORY_KB: u32 = 128 << 10;
+/// Largest size of a struct, union or field (the largest real kernel type, `_MI_HYPER_SPACE`
+/// of build 17763, is 264 MiB).
+pub const MAX_TYPE_BYTES: u64 = 1 << 32;
+/// Largest base type (integers and floats; 8 bytes in every real table).
+const MAX_BASE_BYTES: u64 = 16;
 
 #[derive(Deserialize, Serialize)]
 struct IsfFile {
@@ -111,10 +119,18 @@ struct IsfSymbol {
 
 /// Reads a table from a file; `.xz` files are decompressed.
 pub fn load_file(path: &Path) -> Result<TypeTable, SymError> {
-    let raw = std::fs::read(path).map_err(|e| SymError::Io {
+    let io = |e: std::io::Error| SymError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
-    })?;
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_TABLE_BYTES {
+        return Err(SymError::Format {
+            path: path.display().to_string(),
+            message: format!("{len} bytes; a table is at most {MAX_TABLE_BYTES} bytes"),
+        });
+    }
+    let raw = std::fs::read(path).map_err(io)?;
     let json = if raw.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
         decompress_xz(&raw).map_err(|m| SymError::Format {
             path: path.display().to_string(),
@@ -132,23 +148,39 @@ pub fn load_file(path: &Path) -> Result<TypeTable, SymError> {
     })
 }
 
-/// Decompresses an xz stream, bounded in size.
+/// Decompresses an xz stream, bounded: the decoder streams into a buffer that stops it as soon
+/// as the output passes [`MAX_TABLE_BYTES`], and its dictionary may not need more than
+/// 128 MiB, so a small file that expands without end is an error, not an exhausted memory.
 pub fn decompress_xz(raw: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let reader = lzma_rust2::XzReader::new_mem_limit(raw, false, MAX_XZ_MEMORY_KB);
     let mut out = Vec::new();
-    let mut input = std::io::BufReader::new(raw);
-    lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| format!("xz: {e}"))?;
+    reader
+        .take(MAX_TABLE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("xz: {e}"))?;
     if out.len() as u64 > MAX_TABLE_BYTES {
-        return Err("decompressed table is too large".into());
+        return Err(format!(
+            "the table decompresses to more than {MAX_TABLE_BYTES} bytes"
+        ));
     }
     Ok(out)
 }
 
 /// Parses ISF JSON.
 pub fn parse(json: &[u8]) -> Result<TypeTable, SymError> {
-    let file: IsfFile = serde_json::from_slice(json).map_err(|e| SymError::Format {
+    let bad = |message: String| SymError::Format {
         path: String::new(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    if json.len() as u64 > MAX_TABLE_BYTES {
+        return Err(bad(format!(
+            "{} bytes; a table is at most {MAX_TABLE_BYTES} bytes",
+            json.len()
+        )));
+    }
+    let file: IsfFile = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    check_numbers(&file).map_err(bad)?;
     let id = file.metadata.windows.as_ref().map(|w| PdbId {
         guid: w.pdb.guid.to_ascii_uppercase(),
         age: w.pdb.age,
@@ -205,7 +237,67 @@ pub fn parse(json: &[u8]) -> Result<TypeTable, SymError> {
         t.insert_symbol(name, s.address);
     }
     t.finish();
+    // A field's size is known only once every type is in: an array of a large struct may not
+    // be larger than a type can be.
+    for (name, u) in t.parts().udts {
+        for f in &u.fields {
+            if let Ok(size) = t.ty_size(&f.ty)
+                && size > MAX_TYPE_BYTES
+            {
+                return Err(bad(format!(
+                    "{name}.{} is {size} bytes; a type is at most {MAX_TYPE_BYTES}",
+                    f.name
+                )));
+            }
+        }
+    }
     Ok(t)
+}
+
+/// The numbers of a table checked before anything is built from them: sizes, offsets and
+/// symbol addresses within what a kernel's types can have.
+fn check_numbers(file: &IsfFile) -> Result<(), String> {
+    for (name, b) in &file.base_types {
+        if b.size > MAX_BASE_BYTES {
+            return Err(format!(
+                "base type {name:?} has size {}; at most {MAX_BASE_BYTES}",
+                b.size
+            ));
+        }
+    }
+    for (name, u) in &file.user_types {
+        if u.size > MAX_TYPE_BYTES {
+            return Err(format!(
+                "{name} has size {}; a type is at most {MAX_TYPE_BYTES} bytes",
+                u.size
+            ));
+        }
+        for (fname, f) in &u.fields {
+            if f.offset > u.size {
+                return Err(format!(
+                    "{name}.{fname} is at offset {:#x}, past the end of its type ({:#x} bytes)",
+                    f.offset, u.size
+                ));
+            }
+        }
+    }
+    for (name, e) in &file.enums {
+        if e.size.is_some_and(|s| s > MAX_BASE_BYTES) {
+            return Err(format!(
+                "enum {name} has size {}; at most {MAX_BASE_BYTES}",
+                e.size.unwrap_or(0)
+            ));
+        }
+    }
+    for (name, s) in &file.symbols {
+        if s.address > u64::from(u32::MAX) {
+            return Err(format!(
+                "symbol {name} is at {:#x}; a symbol is an offset in its image (32 bits)",
+                s.address
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn convert(ty: &IsfTy, base: &dyn Fn(&str) -> (u64, bool), depth: u32) -> Result<Ty, SymError> {
@@ -243,11 +335,20 @@ fn convert(ty: &IsfTy, base: &dyn Fn(&str) -> (u64, bool), depth: u32) -> Result
             count: ty.count.unwrap_or(0),
             elem: Box::new(sub(&ty.subtype)?),
         },
-        "bitfield" => Ty::Bitfield {
-            pos: ty.bit_position.unwrap_or(0).min(63),
-            len: ty.bit_length.unwrap_or(1).clamp(1, 64),
-            base: Box::new(sub(&ty.inner)?),
-        },
+        "bitfield" => {
+            let pos = ty.bit_position.unwrap_or(0);
+            let len = ty.bit_length.unwrap_or(1);
+            if len == 0 || u64::from(pos) + u64::from(len) > 64 {
+                return Err(bad(&format!(
+                    "bitfield of {len} bits at bit {pos} (a bitfield lies within 64 bits)"
+                )));
+            }
+            Ty::Bitfield {
+                pos,
+                len,
+                base: Box::new(sub(&ty.inner)?),
+            }
+        }
         "function" => Ty::Function,
         other => return Err(bad(&format!("unknown type kind {other:?}"))),
     })

@@ -3,6 +3,7 @@
 
 pub mod builtin;
 pub mod isf;
+pub mod msf;
 pub mod ndis;
 pub mod path;
 pub mod pdb;

@@ -52,6 +52,19 @@ fn amdppm_types_and_symbols() {
         Ty::Pointer(Box::new(Ty::Udt("_RTL_BALANCED_NODE".into())))
     );
     assert!(t.field("_RTL_BALANCED_NODE", "Children[2]").is_err());
+    // Arrays of structs count elements, not bytes (the member names a forward declaration;
+    // the element size is the complete type's).
+    let em = t.field("GLOBALS", "EnergyModels").unwrap();
+    assert_eq!(
+        em.ty,
+        Ty::Array {
+            count: 2,
+            elem: Box::new(Ty::Udt("_PROC_ENERGY_MODEL".into()))
+        }
+    );
+    assert_eq!(t.ty_size(&em.ty).unwrap(), 512);
+    assert_eq!(t.offset("GLOBALS", "EnergyModels[1]").unwrap(), 1536 + 256);
+    assert!(t.field("GLOBALS", "EnergyModels[2]").is_err());
     assert_eq!(
         t.field("_RTL_BALANCED_NODE", "Balance").unwrap().bits(),
         Some((0, 2))

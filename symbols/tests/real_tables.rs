@@ -124,3 +124,20 @@ fn subset_round_trips_through_json() {
     assert!(back.symbol("KeWaitForSingleObject").is_none());
     assert_eq!(isf::to_json(&back), json, "stable output");
 }
+
+#[test]
+fn every_real_table_passes_the_bounds() {
+    // The checks on sizes, offsets, bitfields and symbol addresses accept every real table,
+    // including 17763's 264 MiB _MI_HYPER_SPACE.
+    let Some(dir) = shared() else { return };
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.join("symbols/ntkrnlmp.pdb")).unwrap() {
+        let p = e.unwrap().path();
+        let t = isf::load_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(t.counts().0 > 800, "{}", p.display());
+        n += 1;
+    }
+    assert_eq!(n, 7);
+    let t = load(B17763).unwrap();
+    assert_eq!(t.size_of("_MI_HYPER_SPACE").unwrap(), 276_840_448);
+}
