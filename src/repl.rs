@@ -219,12 +219,15 @@ fn emit(slot: &PrinterSlot, text: String) {
     } else {
         format!("{text}\n")
     };
-    let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(p) = g.as_mut()
-        && p.print(text.clone()).is_ok()
     {
-        return;
+        let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = g.as_mut()
+            && p.print(text.clone()).is_ok()
+        {
+            return;
+        }
     }
+    // Without the slot held: the prompt may be about to install a printer.
     eprint!("{text}");
 }
 
@@ -475,7 +478,14 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
         // stopped prompt, where commands are pasted, there is nothing to print.
         // (try_lock: a print blocked on the editor holds the slot until the editor runs again;
         // waiting for it here would never end, and the toggle can wait a round.)
-        if let Ok(mut slot) = s.printer.try_lock() {
+        let slot = (0..50).find_map(|_| match s.printer.try_lock() {
+            Ok(g) => Some(g),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(1));
+                None
+            }
+        });
+        if let Some(mut slot) = slot {
             if control.host().is_some() && !control.stopped() {
                 if slot.is_none()
                     && let Ok(p) = editor.create_external_printer()
