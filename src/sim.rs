@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kdnet::link::LinkConfig;
 use kdnet::target::TargetConfig;
 use kdnet::wire::Key;
 use kdnet_sim::{Scenario, SimConfig, TableSource};
 
+use crate::connect::KeyArgs;
 use crate::{duration, exit};
 
 #[derive(clap::Args, Debug)]
@@ -17,12 +17,10 @@ pub struct Args {
     /// The debugger's address (bcdedit hostip:/port:).
     #[arg(long, default_value = "127.0.0.1:50000")]
     host: SocketAddr,
-    /// The key (a.b.c.d). Without --key or --key-file a random key is made and printed.
-    #[arg(long)]
-    key: Option<String>,
-    /// Read the key from a file.
-    #[arg(long)]
-    key_file: Option<PathBuf>,
+    /// The key (`--key-file`, `--key-env` or `--key`); without one a random key is made and
+    /// printed.
+    #[command(flatten)]
+    keys: KeyArgs,
     /// Windows build: 7601, 17763 or 20348.
     #[arg(long, default_value_t = 20348)]
     build: u32,
@@ -96,17 +94,16 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         );
         return Ok(exit::BAD_ARGUMENTS);
     };
-    let key = match (&a.key, &a.key_file) {
-        (Some(k), _) => Key::parse(k).context("--key")?,
-        (None, Some(f)) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            Key::parse(text.trim()).with_context(|| format!("the key in {}", f.display()))?
-        }
-        (None, None) => {
+    let key = match a.keys.given(None) {
+        Ok(Some(k)) => k,
+        Ok(None) => {
             let k = Key::from_bytes(kdnet::rng::os_random_32());
             outln!("key: {} (made for this run)", k.to_key_string());
             k
+        }
+        Err(e) => {
+            eprintln!("kdnet sim: {e}");
+            return Ok(exit::BAD_ARGUMENTS);
         }
     };
     let table = match (&a.isf, &a.symbols) {
