@@ -11,6 +11,7 @@ mod duration;
 mod open;
 mod repl;
 mod run;
+mod signals;
 mod sim;
 mod watch;
 

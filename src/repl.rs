@@ -39,7 +39,8 @@ pub struct Args {
     /// Print each command's result as one JSON object per line.
     #[arg(long)]
     json: bool,
-    /// The longest any one command may run, in seconds (it then stops with what it has).
+    /// The longest one line may take, in seconds: past it the command under way stops with
+    /// what it has and the rest of the line is not run.
     #[arg(long)]
     max_seconds: Option<f64>,
     #[command(flatten)]
@@ -395,7 +396,7 @@ fn save_history(editor: &Editor<KdHelper, DefaultHistory>, path: &Path) -> std::
 pub struct Session {
     /// Output style.
     pub style: Style,
-    /// Per-command time budget.
+    /// The longest one line may take.
     pub budget: Option<Duration>,
     /// Prompt options.
     pub prompt: PromptArgs,
@@ -442,7 +443,6 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
             if eng.is_none() {
                 match control.open() {
                     Ok(mut e) => {
-                        e.budget = s.budget;
                         e.kernel.mem.set_cancel(Some(s.cancel.clone()));
                         analysis::banner(&mut e, style);
                         *eng = Some(e);
@@ -559,7 +559,9 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                 };
                 s.cancel.store(false, Ordering::SeqCst);
                 s.busy.store(true, Ordering::SeqCst);
+                e.deadline = s.budget.map(|b| std::time::Instant::now() + b);
                 analysis::run_script(e, &mut vars, t, "input", style, &s.prompt.out);
+                e.deadline = None;
                 s.busy.store(false, Ordering::SeqCst);
                 if s.cancel.swap(false, Ordering::SeqCst) {
                     eprintln!("kdnet: cancelled");
@@ -635,6 +637,24 @@ fn watch_interrupts(host: Option<live::Session>, cancel: Arc<AtomicBool>, busy: 
     });
 }
 
+/// SIGTERM or SIGHUP: the command under way is cancelled, the target continues (unless
+/// `--leave-stopped`), and the process exits (Ctrl-C keeps its meaning at the prompt).
+fn resume_on_termination(
+    host: live::Session,
+    cancel: Arc<AtomicBool>,
+    leave_stopped: bool,
+) -> anyhow::Result<()> {
+    let mut ending = crate::signals::Ending::catch_but_interrupt().context("catching signals")?;
+    tokio::spawn(async move {
+        let sig = ending.next().await;
+        cancel.store(true, Ordering::SeqCst);
+        let code =
+            crate::signals::resume_before_exit(&host, sig, &mut ending, leave_stopped, false).await;
+        std::process::exit(i32::from(code));
+    });
+    Ok(())
+}
+
 /// Prints the target's DbgPrint output and stops as they happen.
 fn watch_events(host: &live::Session, printer: PrinterSlot) {
     let mut events = host.events();
@@ -689,6 +709,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         busy,
         printer,
     };
+    resume_on_termination(host.clone(), session.cancel.clone(), a.prompt.leave_stopped)?;
     let mut control = LiveControl {
         host,
         rt: tokio::runtime::Handle::current(),
@@ -700,10 +721,15 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
 }
 
 /// The prompt over a dump (`kdnet open DUMP` without -c).
-pub fn run_dump(engine: Engine, style: Style, prompt_args: PromptArgs) -> u8 {
+pub fn run_dump(
+    engine: Engine,
+    style: Style,
+    prompt_args: PromptArgs,
+    budget: Option<Duration>,
+) -> u8 {
     let session = Session {
         style,
-        budget: engine.budget,
+        budget,
         prompt: prompt_args,
         cancel: Arc::new(AtomicBool::new(false)),
         busy: Arc::new(AtomicBool::new(false)),

@@ -1,14 +1,18 @@
 //! `kdnet run --port P --key-file F -c "CMD; CMD"`: wait for a live target, break in, run the
-//! commands, let it go on, exit.
+//! commands, let it go on, exit. Ctrl-C, SIGTERM or SIGHUP while it holds the target stopped
+//! let the target continue before the process exits.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
 use crate::exit;
+use crate::signals::{self, Ending};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,7 +36,9 @@ pub struct Args {
     /// Leave the target stopped afterwards instead of letting it continue.
     #[arg(long)]
     leave_stopped: bool,
-    /// The longest any one command may run, in seconds (it then stops with what it has).
+    /// The longest the whole run may keep the target stopped for its commands, in seconds,
+    /// from the break-in: past it the command under way stops with what it has, and the rest
+    /// of the script is not run (the output says what was skipped).
     #[arg(long)]
     max_seconds: Option<f64>,
 }
@@ -70,17 +76,34 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         }
     };
     let budget = crate::open::budget(a.max_seconds)?;
-    let host = match connect::connect(&a.connect).await {
-        Ok(h) => h,
-        Err(code) => return Ok(code),
-    };
-    let stop = match host.break_in(Duration::from_secs(10)).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kdnet: the target did not stop: {e}");
-            return Ok(exit::NO_CONNECTION);
+    // From here a signal lets a target this run stopped continue before the process ends.
+    let mut signals = Ending::catch().context("catching signals")?;
+    let host = tokio::select! {
+        r = connect::connect(&a.connect) => match r {
+            Ok(h) => h,
+            Err(code) => return Ok(code),
+        },
+        s = signals.next() => {
+            eprintln!("kdnet: {} before a target connected", s.name());
+            return Ok(s.exit_code());
         }
     };
+    let stop = tokio::select! {
+        r = host.break_in(Duration::from_secs(10)) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kdnet: the target did not stop: {e}");
+                return Ok(exit::NO_CONNECTION);
+            }
+        },
+        s = signals.next() => {
+            let code =
+                signals::resume_before_exit(&host, s, &mut signals, a.leave_stopped, true).await;
+            std::process::exit(i32::from(code));
+        }
+    };
+    // The whole run's commands end by this instant (the target stopped at the break-in).
+    let deadline = budget.map(|b| Instant::now() + b);
     eprintln!(
         "kdnet: stopped on processor {} of {}",
         stop.processor, stop.processors
@@ -94,14 +117,25 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let h = host.clone();
     let symbols = a.symbols.clone();
     let out = a.out.clone();
-    let code = tokio::task::spawn_blocking(move || -> anyhow::Result<u8> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel_analysis = cancel.clone();
+    let mut analysis = tokio::task::spawn_blocking(move || -> anyhow::Result<u8> {
         let mut e = h.open(rt, symbols.as_deref())?;
-        e.budget = budget;
+        e.kernel.mem.set_cancel(Some(cancel_analysis));
+        e.deadline = deadline;
         analysis::banner(&mut e, style);
         Ok(analysis::run_work(&mut e, &work, style, &out))
-    })
-    .await
-    .context("the analysis thread failed")?;
+    });
+    let code = tokio::select! {
+        r = &mut analysis => r.context("the analysis thread failed")?,
+        s = signals.next() => {
+            // The analysis stops at its next read; the target continues now.
+            cancel.store(true, Ordering::SeqCst);
+            let code =
+                signals::resume_before_exit(&host, s, &mut signals, a.leave_stopped, false).await;
+            std::process::exit(i32::from(code));
+        }
+    };
     if !a.leave_stopped {
         match host.go().await {
             Ok(()) => eprintln!("kdnet: the target continues"),
