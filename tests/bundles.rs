@@ -39,7 +39,7 @@ fn bugchecking(port: u16) -> Sim {
 /// (None: no limit); its output.
 fn watch_once(port: u16, dir: &Path, fsize: Option<u64>, extra: &[&str]) -> Output {
     let script = dir.join("lm.kds");
-    std::fs::write(&script, "lm\n").unwrap();
+    std::fs::write(&script, "lm\n.snapshot early\n").unwrap();
     let mut c = kdnet();
     c.args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([
@@ -196,10 +196,15 @@ fn partial_bundles_of_a_killed_watcher_are_removed_at_start_and_a_live_one_is_ke
     }
     let names: Vec<String> = entries(&out).iter().map(|p| name(p)).collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(
-        names.iter().any(|n| n.ends_with("-bugcheck-44")),
-        "{names:?}"
-    );
+    let b = out.join(names.iter().find(|n| n.ends_with("-bugcheck-44")).unwrap());
+    // The reports name the script's own snapshot as it is in the bundle, not where it was
+    // written before the bundle was published.
+    let json = std::fs::read_to_string(b.join("report.json")).unwrap();
+    let txt = std::fs::read_to_string(b.join("report.txt")).unwrap();
+    assert!(json.contains("\"snapshot\": \"early.dmp\""), "{json}");
+    assert!(txt.contains("snapshot written: early.dmp"), "{txt}");
+    assert!(!json.contains(".partial") && !txt.contains(".partial"));
+    assert!(b.join("early.dmp").is_file());
     drop(lock);
     std::fs::remove_dir_all(dir).ok();
 }

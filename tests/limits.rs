@@ -84,6 +84,87 @@ fn signals_during_a_long_run_let_the_target_continue() {
 }
 
 #[test]
+fn a_second_signal_exits_at_once_when_the_target_does_not_answer() {
+    let dir = temp_dir("signals-twice");
+    let script = dir.join("long.kds");
+    std::fs::write(&script, LONG).unwrap();
+    let port = free_udp_port();
+    let mut sim = Sim::start_for(
+        port,
+        KEY,
+        "300s",
+        &[
+            "--scenario",
+            "deadlock",
+            "--resources",
+            "20000",
+            "--latency",
+            "5ms",
+        ],
+    );
+    let mut run = run_script(port, &script, &[]);
+    run.wait_for(Duration::from_secs(120), |t, l| {
+        t == "out" && l == "0: kd> lm"
+    });
+    // The target is gone: letting it continue cannot finish.
+    sim.0.kill().unwrap();
+    sim.0.wait().unwrap();
+    signal(&run.child, libc::SIGINT);
+    run.wait_for(Duration::from_secs(30), |t, l| {
+        t == "err" && l.contains("letting the target continue before exiting")
+    });
+    signal(&run.child, libc::SIGINT);
+    let status = run.finish(Duration::from_secs(30));
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted (Ctrl-C) again: exiting at once; the target may stay stopped"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn the_prompt_lets_the_target_continue_on_sigterm() {
+    let port = free_udp_port();
+    let _sim = Sim::start_for(
+        port,
+        KEY,
+        "300s",
+        &[
+            "--scenario",
+            "deadlock",
+            "--resources",
+            "500",
+            "--print-every",
+            "1s",
+        ],
+    );
+    let mut repl = Lines::spawn(
+        kdnet()
+            .args(["repl", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--key-env", "KDNET_TEST_KEY", "--connect-timeout", "90s"])
+            .env("KDNET_TEST_KEY", KEY),
+    );
+    // Stopped, the model open: the banner.
+    repl.wait_for(Duration::from_secs(120), |_, l| {
+        l.starts_with("Kernel base = ")
+    });
+    signal(&repl.child, libc::SIGTERM);
+    let status = repl.finish(Duration::from_secs(60));
+    let err = repl.stderr();
+    assert_eq!(status.code(), Some(143), "{err}");
+    // The signal's handler lets it continue, or the prompt does as it leaves (the signal also
+    // ends the read of the next line), whichever comes first.
+    assert!(
+        err.contains("kdnet: the target continues")
+            || err.contains("kdnet: detached; the target continues"),
+        "{err}"
+    );
+    assert_target_runs(port, KEY, HEARTBEAT);
+}
+
+#[test]
 fn max_seconds_bounds_the_whole_script_and_says_what_it_skipped() {
     let dir = temp_dir("maxsec");
     let script = dir.join("long.kds");
