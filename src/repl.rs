@@ -147,6 +147,8 @@ struct LiveControl {
     host: live::Session,
     rt: tokio::runtime::Handle,
     symbols: Option<String>,
+    /// Set when SIGTERM or SIGHUP arrived: the signal's handler lets the target go on.
+    ending: Arc<AtomicBool>,
 }
 
 impl Control for LiveControl {
@@ -197,6 +199,9 @@ impl Control for LiveControl {
         })
     }
     fn detach(&mut self, leave_stopped: bool) {
+        if self.ending.load(Ordering::SeqCst) {
+            return;
+        }
         if !self.stopped() {
             eprintln!("kdnet: detached; the target runs");
         } else if leave_stopped {
@@ -639,20 +644,25 @@ fn watch_interrupts(host: Option<live::Session>, cancel: Arc<AtomicBool>, busy: 
 
 /// SIGTERM or SIGHUP: the command under way is cancelled, the target continues (unless
 /// `--leave-stopped`), and the process exits (Ctrl-C keeps its meaning at the prompt).
+/// The flag it returns is set as soon as such a signal arrives.
 fn resume_on_termination(
     host: live::Session,
     cancel: Arc<AtomicBool>,
     leave_stopped: bool,
-) -> anyhow::Result<()> {
-    let mut ending = crate::signals::Ending::catch_but_interrupt().context("catching signals")?;
+) -> anyhow::Result<Arc<AtomicBool>> {
+    let mut signals = crate::signals::Ending::catch_but_interrupt().context("catching signals")?;
+    let ending = Arc::new(AtomicBool::new(false));
+    let flag = ending.clone();
     tokio::spawn(async move {
-        let sig = ending.next().await;
+        let sig = signals.next().await;
+        flag.store(true, Ordering::SeqCst);
         cancel.store(true, Ordering::SeqCst);
         let code =
-            crate::signals::resume_before_exit(&host, sig, &mut ending, leave_stopped, false).await;
+            crate::signals::resume_before_exit(&host, sig, &mut signals, leave_stopped, false)
+                .await;
         std::process::exit(i32::from(code));
     });
-    Ok(())
+    Ok(ending)
 }
 
 /// Prints the target's DbgPrint output and stops as they happen.
@@ -709,15 +719,22 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         busy,
         printer,
     };
-    resume_on_termination(host.clone(), session.cancel.clone(), a.prompt.leave_stopped)?;
+    let ending =
+        resume_on_termination(host.clone(), session.cancel.clone(), a.prompt.leave_stopped)?;
     let mut control = LiveControl {
         host,
         rt: tokio::runtime::Handle::current(),
         symbols: a.symbols.clone(),
+        ending: ending.clone(),
     };
-    tokio::task::spawn_blocking(move || prompt(&mut control, session))
+    let code = tokio::task::spawn_blocking(move || prompt(&mut control, session))
         .await
-        .context("the prompt thread failed")
+        .context("the prompt thread failed")?;
+    if ending.load(Ordering::SeqCst) {
+        // The signal also ended the prompt's read: its handler ends the process.
+        std::future::pending::<()>().await;
+    }
+    Ok(code)
 }
 
 /// The prompt over a dump (`kdnet open DUMP` without -c).

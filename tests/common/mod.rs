@@ -110,6 +110,12 @@ impl Lines {
     /// rest of the output collected.
     pub fn finish(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
         drop(self.child.stdin.take());
+        self.wait_exit(limit)
+    }
+
+    /// Waits up to `limit` for the exit (standard input stays open); the exit status, with the
+    /// rest of the output collected.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
         let end = std::time::Instant::now() + limit;
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
