@@ -7,19 +7,7 @@ use std::path::PathBuf;
 use common::{free_udp_port, json_lines, kdnet};
 
 fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if dir.join("captures").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
-        "KDNET_REQUIRE_SHARED is set but {} has no captures",
-        dir.display()
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
+    kdnet_testkit::shared("captures")
 }
 
 #[test]
