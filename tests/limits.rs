@@ -364,3 +364,53 @@ fn a_client_that_broke_in_and_left_has_its_target_go_on_after_the_lease() {
     assert_target_runs(port, KEY, HEARTBEAT);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_control_socket_answer_is_bounded_and_says_what_it_did_not_run() {
+    let dir = temp_dir("answer-bound");
+    let port = free_udp_port();
+    let _sim = Sim::start_for(
+        port,
+        KEY,
+        "600s",
+        &["--scenario", "deadlock", "--resources", "20000"],
+    );
+    let ev = dir.join("events.jsonl");
+    let sock = dir.join("s.sock");
+    let mut w = watcher(port, &dir, &[]);
+    wait_states(&ev, &["running"], Duration::from_secs(60));
+    // Every resource, then again for each of them: gigabytes of output were it not bounded.
+    let (_conn, answer) = client(&sock, r#"{"op":"break","target":"t"}"#);
+    assert_eq!(answer["ok"], true, "{answer}");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(
+        br#"{"op":"run","target":"t","command":"$l = !locks -v; .foreach (x in $l.held) { !locks -v }"}"#,
+    )
+    .unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    assert!(line.len() < 40 << 20, "{} bytes", line.len());
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ok"], true);
+    let results = v["results"].as_array().unwrap();
+    // Each result cut to its own limit, with a note.
+    let first = &results[0];
+    assert_eq!(first["command"], "!locks -v");
+    assert_eq!(first["result"]["total_locks"], 20000);
+    let cut = &first["result"]["truncated"]["lists"][0];
+    assert_eq!(cut["list"], "/held");
+    assert_eq!(cut["of"], 20000);
+    // The run stopped at the answer's limit and said what it did not run.
+    let last = results.last().unwrap();
+    let message = last["error"].as_str().unwrap();
+    assert!(
+        message.starts_with("stopped here: the run's output passed 16777216 bytes"),
+        "{message}"
+    );
+    assert!(message.contains("loop iterations"), "{message}");
+    assert!(results.len() < 20, "{}", results.len());
+    signal(&w.child, libc::SIGTERM);
+    assert!(w.finish(Duration::from_secs(60)).success());
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -115,10 +115,12 @@ pub fn findings(steps: &[Value], bugcheck: Option<(u32, [u64; 4])>, trigger: &Tr
         }
         match first_word(cmd).as_str() {
             "!locks" if f["locks_held"].is_null() => {
+                // `!locks -v` lists every resource: the held ones are the findings.
                 let held: Vec<Value> = r["held"]
                     .as_array()
                     .into_iter()
                     .flatten()
+                    .filter(|h| h["state"] != "available")
                     .map(|h| {
                         json!({
                             "address": h["address"],
@@ -171,7 +173,10 @@ pub fn findings(steps: &[Value], bugcheck: Option<(u32, [u64; 4])>, trigger: &Tr
     f
 }
 
-/// One line per finding.
+/// The most held locks the summary names one by one.
+const MAX_LOCK_LINES: usize = 20;
+
+/// One line per finding (held locks: the first 20, then how many more).
 pub fn summary(f: &Value) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(b) = f["bugcheck"].as_object() {
@@ -206,7 +211,8 @@ pub fn summary(f: &Value) -> Vec<String> {
             threads.join(", ")
         ));
     }
-    for h in f["locks_held"].as_array().into_iter().flatten() {
+    let held = f["locks_held"].as_array().map_or(&[][..], Vec::as_slice);
+    for h in held.iter().take(MAX_LOCK_LINES) {
         let waiters = h["exclusive_waiters"].as_u64().unwrap_or(0)
             + h["shared_waiters"].as_u64().unwrap_or(0);
         let name = h["symbol"]
@@ -220,6 +226,12 @@ pub fn summary(f: &Value) -> Vec<String> {
         out.push(format!(
             "lock {name} held {}{owner}, {waiters} waiter(s)",
             h["state"].as_str().unwrap_or("")
+        ));
+    }
+    if held.len() > MAX_LOCK_LINES {
+        out.push(format!(
+            "and {} more held locks (report.json: findings.locks_held)",
+            held.len() - MAX_LOCK_LINES
         ));
     }
     if let Some(n) = f["commit_failures"].as_u64().filter(|n| *n > 0) {
@@ -755,6 +767,23 @@ mod tests {
         );
         assert!(s.contains(&"48440 commit requests have failed".to_string()));
         assert!(s.contains(&"1854 NBLs pending: My Ethernet holds 1854".to_string()));
+        // `!locks -v` lists every resource; only held ones are findings, the first 20 by name.
+        let many: Vec<Value> = (0..30u64)
+            .map(|i| json!({ "address": 0x1000 + i, "state": "exclusive", "exclusive_owner": 1 }))
+            .chain((0..1000u64).map(|i| json!({ "address": 0x9000 + i, "state": "available" })))
+            .collect();
+        let f = findings(
+            &[json!({ "command": "!locks -v", "result": { "held": many } })],
+            None,
+            &t,
+        );
+        assert_eq!(f["locks_held"].as_array().unwrap().len(), 30);
+        let s = summary(&f);
+        assert_eq!(s.len(), 21, "{s:?}");
+        assert_eq!(
+            s[20],
+            "and 10 more held locks (report.json: findings.locks_held)"
+        );
         // After failed reads the holder's name is empty: it is said to be unreadable.
         let steps = vec![
             json!({ "command": "!ndiskd.pendingnbls", "result": { "pending": 1854,

@@ -175,7 +175,7 @@ async fn serve_client(
             return;
         }
         let answer = handle(&req, hub, targets, client).await;
-        if reply(&mut w, &answer).await.is_err() {
+        if w.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
             return;
         }
     }
@@ -239,47 +239,81 @@ async fn stream_events<W: tokio::io::AsyncWrite + Unpin>(hub: &Hub, w: &mut W) {
     }
 }
 
-async fn handle(req: &Value, hub: &Hub, targets: &Targets, client: Client) -> Value {
+/// The answer to one request, as the line sent (without its newline).
+async fn handle(req: &Value, hub: &Hub, targets: &Targets, client: Client) -> String {
+    match handle_value(req, hub, targets, client).await {
+        Answer::Value(v) => v.to_string(),
+        Answer::Results(name, raw) => format!(
+            "{{\"ok\":true,\"target\":{},\"results\":{raw}}}",
+            Value::String(name)
+        ),
+    }
+}
+
+enum Answer {
+    Value(Value),
+    /// A `run`'s results (a JSON array, as text) for a target.
+    Results(String, String),
+}
+
+impl From<Value> for Answer {
+    fn from(v: Value) -> Answer {
+        Answer::Value(v)
+    }
+}
+
+async fn handle_value(req: &Value, hub: &Hub, targets: &Targets, client: Client) -> Answer {
     let op = req["op"].as_str().unwrap_or("");
     if op == "list" {
-        return json!({ "ok": true, "targets": hub.list() });
+        return json!({ "ok": true, "targets": hub.list() }).into();
     }
     let ops = ["capture", "break", "continue", "run"];
     if !ops.contains(&op) {
-        return json!({ "ok": false, "error": format!("unknown op {op:?}: list, events, capture, break, run, continue") });
+        return json!({ "ok": false, "error": format!("unknown op {op:?}: list, events, capture, break, run, continue") }).into();
     }
     let Some(name) = req["target"].as_str() else {
-        return json!({ "ok": false, "error": format!("{op}: give \"target\"") });
+        return json!({ "ok": false, "error": format!("{op}: give \"target\"") }).into();
     };
     let Some(tx) = targets.get(name) else {
         let known: Vec<&String> = targets.keys().collect();
-        return json!({ "ok": false, "error": format!("no target {name:?} (watching {known:?})") });
+        return json!({ "ok": false, "error": format!("no target {name:?} (watching {known:?})") })
+            .into();
     };
+    let ended = || json!({ "ok": false, "error": "the target's task has ended" }).into();
+    if op == "run" {
+        let command = match req["command"].as_str() {
+            Some(c) if !c.trim().is_empty() => c.to_string(),
+            _ => return json!({ "ok": false, "error": "run: give \"command\"" }).into(),
+        };
+        let (rtx, rrx) = oneshot::channel();
+        if tx.send(Request::Run(client, command, rtx)).await.is_err() {
+            return ended();
+        }
+        return match rrx.await {
+            Ok(Ok(raw)) => Answer::Results(name.to_string(), raw),
+            Ok(Err(e)) => json!({ "ok": false, "target": name, "error": e }).into(),
+            Err(_) => ended(),
+        };
+    }
     let (rtx, rrx) = oneshot::channel();
     let r = match op {
         "capture" => Request::Capture(client, rtx),
         "break" => Request::Break(client, rtx),
-        "continue" => Request::Continue(rtx),
-        _ => match req["command"].as_str() {
-            Some(c) if !c.trim().is_empty() => Request::Run(client, c.to_string(), rtx),
-            _ => return json!({ "ok": false, "error": "run: give \"command\"" }),
-        },
+        _ => Request::Continue(rtx),
     };
     if tx.send(r).await.is_err() {
-        return json!({ "ok": false, "error": "the target's task has ended" });
+        return ended();
     }
     match rrx.await {
         Ok(Ok(v)) => {
             let mut out = json!({ "ok": true, "target": name });
-            if let (Some(m), Some(x)) = (out.as_object_mut(), v.as_object()) {
-                for (k, v) in x {
-                    m.insert(k.clone(), v.clone());
-                }
+            if let (Some(m), Value::Object(x)) = (out.as_object_mut(), v) {
+                m.extend(x);
             }
-            out
+            out.into()
         }
-        Ok(Err(e)) => json!({ "ok": false, "target": name, "error": e }),
-        Err(_) => json!({ "ok": false, "error": "the target's task has ended" }),
+        Ok(Err(e)) => json!({ "ok": false, "target": name, "error": e }).into(),
+        Err(_) => ended(),
     }
 }
 
