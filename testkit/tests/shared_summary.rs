@@ -21,10 +21,20 @@ fn main() {
     let _ = std::fs::write(dir.join(REPORTED), b"");
     if skipped > 0 {
         println!(
-            "NOTE: {skipped} test{} skipped what needs {} (not found) and passed without checking it; \
+            "NOTE: {skipped} test{} skipped: what {} from {} was not found, and {} without checking it; \
 KDNET_REQUIRE_SHARED=1 makes them fail instead (README.md, Tests)",
             if skipped == 1 { "" } else { "s" },
-            shared_dir().display()
+            if skipped == 1 {
+                "it needs"
+            } else {
+                "they need"
+            },
+            shared_dir().display(),
+            if skipped == 1 {
+                "it passed"
+            } else {
+                "they passed"
+            },
         );
     } else if used > 0 {
         println!("{used} tests used {}", shared_dir().display());
