@@ -409,8 +409,11 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
         vec![(spec, host.clone())],
         hub,
         Control::Off,
-        Some(1),
-        Some(Duration::from_secs(300)),
+        watch::Limits {
+            max_captures: Some(1),
+            duration: Some(Duration::from_secs(300)),
+            lease: Duration::from_secs(60),
+        },
     )
     .await?;
     let marks = timeline.await?;
@@ -560,8 +563,11 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
         targets,
         hub,
         Control::Off,
-        None,
-        Some(window + Duration::from_secs(6)),
+        watch::Limits {
+            max_captures: None,
+            duration: Some(window + Duration::from_secs(6)),
+            lease: Duration::from_secs(60),
+        },
     ));
     for h in &hosts {
         h.wait_connected(Duration::from_secs(10)).await?;

@@ -19,15 +19,8 @@ pub struct ConnectArgs {
     /// Local address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: IpAddr,
-    /// File holding the key (`a.b.c.d`, as bcdedit printed it).
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
-    /// Environment variable holding the key.
-    #[arg(long)]
-    pub key_env: Option<String>,
-    /// The key itself (it shows in the process list: prefer --key-file).
-    #[arg(long)]
-    pub key: Option<String>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// Accept only this target (address or address:port).
     #[arg(long)]
     pub target: Option<String>,
@@ -37,6 +30,66 @@ pub struct ConnectArgs {
     /// How long to wait for the target to connect.
     #[arg(long, default_value = "60s", value_parser = crate::duration::parse)]
     pub connect_timeout: Duration,
+}
+
+/// Where the key comes from: a file, an environment variable, or the command line (which
+/// shows in the process list). Every command that needs a key takes these.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KeyArgs {
+    /// File holding the key (`a.b.c.d`, as bcdedit printed it).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Environment variable holding the key.
+    #[arg(long)]
+    pub key_env: Option<String>,
+    /// The key itself (it shows in the process list: prefer --key-file or --key-env).
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+impl KeyArgs {
+    /// The key given, if one was: from the file, the variable, or the command line (`--key`,
+    /// or `also`: a key given some other way on the command line, such as `-k net:…,key=…`),
+    /// with a warning for the command line. More than one is an error; the error is for the
+    /// user.
+    pub fn given(&self, also: Option<&str>) -> Result<Option<Key>, String> {
+        let count = [
+            self.key_file.is_some(),
+            self.key_env.is_some(),
+            self.key.is_some(),
+            also.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if count > 1 {
+            return Err("give the key once: --key-file, --key-env, --key or -k net:…,key=…".into());
+        }
+        if let Some(f) = &self.key_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read the key file {}: {e}", f.display()))?;
+            return parse_key(&text, &f.display().to_string()).map(Some);
+        }
+        if let Some(v) = &self.key_env {
+            let text = std::env::var(v).map_err(|_| format!("the variable {v} is not set"))?;
+            return parse_key(&text, &format!("${v}")).map(Some);
+        }
+        if let Some(k) = self.key.as_deref().or(also) {
+            eprintln!(
+                "kdnet: warning: a key on the command line shows in the process list; prefer --key-file or --key-env"
+            );
+            return parse_key(k, "the command line").map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The key given, else one typed at the terminal (without echo).
+    pub fn resolve(&self, also: Option<&str>) -> Result<Key, String> {
+        match self.given(also)? {
+            Some(k) => Ok(k),
+            None => parse_key(&read_key_from_terminal()?, "the prompt"),
+        }
+    }
 }
 
 /// The parts of a `-k net:…` string.
@@ -127,33 +180,7 @@ impl ConnectArgs {
             (None, None) => return Err("give the port: --port P or -k net:port=P,key=K".into()),
         };
         let net_key = net.as_ref().and_then(|n| n.key.clone());
-        let given = [
-            self.key_file.is_some(),
-            self.key_env.is_some(),
-            self.key.is_some(),
-            net_key.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if given > 1 {
-            return Err("give the key once: --key-file, --key-env, --key or -k net:…,key=…".into());
-        }
-        let key = if let Some(f) = &self.key_file {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| format!("cannot read the key file {}: {e}", f.display()))?;
-            parse_key(&text, &f.display().to_string())?
-        } else if let Some(v) = &self.key_env {
-            let text = std::env::var(v).map_err(|_| format!("the variable {v} is not set"))?;
-            parse_key(&text, &format!("${v}"))?
-        } else if let Some(k) = self.key.as_deref().or(net_key.as_deref()) {
-            eprintln!(
-                "kdnet: warning: a key on the command line shows in the process list; prefer --key-file"
-            );
-            parse_key(k, "the command line")?
-        } else {
-            parse_key(&read_key_from_terminal()?, "the prompt")?
-        };
+        let key = self.keys.resolve(net_key.as_deref())?;
         let mut config = Listen {
             bind: SocketAddr::new(self.bind, port),
             key,
@@ -252,9 +279,7 @@ mod tests {
         let base = ConnectArgs {
             port: None,
             bind: "127.0.0.1".parse().unwrap(),
-            key_file: None,
-            key_env: None,
-            key: None,
+            keys: KeyArgs::default(),
             target: None,
             kernel: Some("net:port=5,key=1.2.3.4,target=10.1.1.1".into()),
             connect_timeout: Duration::from_secs(1),
@@ -263,7 +288,7 @@ mod tests {
         assert_eq!(c.bind.port(), 5);
         assert_eq!(c.target, Some("10.1.1.1:5".parse().unwrap()));
         let mut two = base.clone();
-        two.key = Some("1.2.3.4".into());
+        two.keys.key = Some("1.2.3.4".into());
         assert!(two.resolve().unwrap_err().contains("once"));
         let mut ports = base.clone();
         ports.port = Some(6);

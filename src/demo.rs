@@ -86,8 +86,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         vec![(spec, host.clone())],
         hub.clone(),
         Control::Off,
-        Some(1),
-        Some(Duration::from_secs(50)),
+        watch::Limits {
+            max_captures: Some(1),
+            duration: Some(Duration::from_secs(50)),
+            lease: Duration::from_secs(60),
+        },
     )
     .await?;
     if code != exit::OK {

@@ -11,6 +11,7 @@ mod duration;
 mod open;
 mod repl;
 mod run;
+mod signals;
 mod sim;
 mod watch;
 
@@ -93,16 +94,7 @@ enum Command {
     /// loopback: handshake, break-in, version, kernel base, modules.
     Demo(demo::Args),
     /// Decode a pcap/pcapng capture (gzip too) of a KDNET session.
-    Decode {
-        /// The capture file.
-        file: PathBuf,
-        /// The session's key (a.b.c.d).
-        #[arg(long)]
-        key: String,
-        /// One JSON object per KDNET datagram instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Decode(decode::Args),
     /// Run commands on a crash dump: `kdnet open memory.dmp -c "lm; k"`.
     Open(open::Args),
     /// Wait for a live target, break in, run commands, let it continue:
@@ -183,7 +175,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(a) => demo::run(a).await,
-            Command::Decode { file, key, json } => decode::run(&file, &key, json),
+            Command::Decode(a) => decode::run(a),
             Command::Bench(a) => bench::run(a).await,
             Command::Sim(a) => sim::run(*a).await,
             Command::Open(a) => open::run(a, verbose).await,

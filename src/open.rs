@@ -26,7 +26,9 @@ pub struct Args {
     /// One JSON object per line: the target, then each command's result.
     #[arg(long)]
     json: bool,
-    /// The longest any one command may run, in seconds (it then stops with what it has).
+    /// The longest the whole run may take, in seconds (at a prompt: each line): past it the
+    /// command under way stops with what it has and the rest is not run (the output says what
+    /// was skipped).
     #[arg(long)]
     max_seconds: Option<f64>,
     #[command(flatten)]
@@ -63,15 +65,16 @@ fn open(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let kernel = Kernel::open(Box::new(dump), path)
         .with_context(|| format!("reading the kernel in {}", a.file.display()))?;
     let mut e = Engine::new(kernel);
-    e.budget = budget(a.max_seconds)?;
+    let budget = budget(a.max_seconds)?;
     let style = Style {
         json: a.json,
         verbose,
         echo: true,
     };
     if work.is_empty() {
-        return Ok(crate::repl::run_dump(e, style, a.prompt));
+        return Ok(crate::repl::run_dump(e, style, a.prompt, budget));
     }
     analysis::banner(&mut e, style);
+    e.deadline = budget.map(|b| std::time::Instant::now() + b);
     Ok(analysis::run_work(&mut e, &work, style, &a.prompt.out))
 }

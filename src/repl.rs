@@ -39,7 +39,8 @@ pub struct Args {
     /// Print each command's result as one JSON object per line.
     #[arg(long)]
     json: bool,
-    /// The longest any one command may run, in seconds (it then stops with what it has).
+    /// The longest one line may take, in seconds: past it the command under way stops with
+    /// what it has and the rest of the line is not run.
     #[arg(long)]
     max_seconds: Option<f64>,
     #[command(flatten)]
@@ -146,6 +147,8 @@ struct LiveControl {
     host: live::Session,
     rt: tokio::runtime::Handle,
     symbols: Option<String>,
+    /// Set when SIGTERM or SIGHUP arrived: the signal's handler lets the target go on.
+    ending: Arc<AtomicBool>,
 }
 
 impl Control for LiveControl {
@@ -196,6 +199,9 @@ impl Control for LiveControl {
         })
     }
     fn detach(&mut self, leave_stopped: bool) {
+        if self.ending.load(Ordering::SeqCst) {
+            return;
+        }
         if !self.stopped() {
             eprintln!("kdnet: detached; the target runs");
         } else if leave_stopped {
@@ -398,7 +404,7 @@ fn save_history(editor: &Editor<KdHelper, DefaultHistory>, path: &Path) -> std::
 pub struct Session {
     /// Output style.
     pub style: Style,
-    /// Per-command time budget.
+    /// The longest one line may take.
     pub budget: Option<Duration>,
     /// Prompt options.
     pub prompt: PromptArgs,
@@ -445,7 +451,6 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
             if eng.is_none() {
                 match control.open() {
                     Ok(mut e) => {
-                        e.budget = s.budget;
                         e.kernel.mem.set_cancel(Some(s.cancel.clone()));
                         analysis::banner(&mut e, style);
                         *eng = Some(e);
@@ -570,7 +575,9 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                 s.cancel.store(false, Ordering::SeqCst);
                 s.busy.store(true, Ordering::SeqCst);
                 e.retry_target();
+                e.deadline = s.budget.map(|b| std::time::Instant::now() + b);
                 analysis::run_script(e, &mut vars, t, "input", style, &s.prompt.out);
+                e.deadline = None;
                 s.busy.store(false, Ordering::SeqCst);
                 if s.cancel.swap(false, Ordering::SeqCst) {
                     eprintln!("kdnet: cancelled");
@@ -646,6 +653,29 @@ fn watch_interrupts(host: Option<live::Session>, cancel: Arc<AtomicBool>, busy: 
     });
 }
 
+/// SIGTERM or SIGHUP: the command under way is cancelled, the target continues (unless
+/// `--leave-stopped`), and the process exits (Ctrl-C keeps its meaning at the prompt).
+/// The flag it returns is set as soon as such a signal arrives.
+fn resume_on_termination(
+    host: live::Session,
+    cancel: Arc<AtomicBool>,
+    leave_stopped: bool,
+) -> anyhow::Result<Arc<AtomicBool>> {
+    let mut signals = crate::signals::Ending::catch_but_interrupt().context("catching signals")?;
+    let ending = Arc::new(AtomicBool::new(false));
+    let flag = ending.clone();
+    tokio::spawn(async move {
+        let sig = signals.next().await;
+        flag.store(true, Ordering::SeqCst);
+        cancel.store(true, Ordering::SeqCst);
+        let code =
+            crate::signals::resume_before_exit(&host, sig, &mut signals, leave_stopped, false)
+                .await;
+        std::process::exit(i32::from(code));
+    });
+    Ok(ending)
+}
+
 /// Prints the target's DbgPrint output and stops as they happen.
 fn watch_events(host: &live::Session, printer: PrinterSlot) {
     let mut events = host.events();
@@ -708,21 +738,34 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         busy,
         printer,
     };
+    let ending =
+        resume_on_termination(host.clone(), session.cancel.clone(), a.prompt.leave_stopped)?;
     let mut control = LiveControl {
         host,
         rt: tokio::runtime::Handle::current(),
         symbols: a.symbols.clone(),
+        ending: ending.clone(),
     };
-    tokio::task::spawn_blocking(move || prompt(&mut control, session))
+    let code = tokio::task::spawn_blocking(move || prompt(&mut control, session))
         .await
-        .context("the prompt thread failed")
+        .context("the prompt thread failed")?;
+    if ending.load(Ordering::SeqCst) {
+        // The signal also ended the prompt's read: its handler ends the process.
+        std::future::pending::<()>().await;
+    }
+    Ok(code)
 }
 
 /// The prompt over a dump (`kdnet open DUMP` without -c).
-pub fn run_dump(engine: Engine, style: Style, prompt_args: PromptArgs) -> u8 {
+pub fn run_dump(
+    engine: Engine,
+    style: Style,
+    prompt_args: PromptArgs,
+    budget: Option<Duration>,
+) -> u8 {
     let session = Session {
         style,
-        budget: engine.budget,
+        budget,
         prompt: prompt_args,
         cancel: Arc::new(AtomicBool::new(false)),
         busy: Arc::new(AtomicBool::new(false)),

@@ -1,16 +1,20 @@
 //! `kdnet run --port P --key-file F -c "CMD; CMD"`: wait for a live target, break in, run the
-//! commands, let it go on, exit.
+//! commands, let it go on, exit. Ctrl-C, SIGTERM or SIGHUP while it holds the target stopped
+//! let the target continue before the process exits.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kdnet_commands::live::SessionError;
+use kdnet_commands::live::{Link, Session, SessionError};
 use kdnet_commands::target::TargetError;
 
 use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
 use crate::exit;
+use crate::signals::{self, Ending};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,9 +38,16 @@ pub struct Args {
     /// Leave the target stopped afterwards instead of letting it continue.
     #[arg(long)]
     leave_stopped: bool,
-    /// The longest any one command may run, in seconds (it then stops with what it has).
+    /// The longest the whole run may keep the target stopped for its commands, in seconds,
+    /// from the break-in: past it the command under way stops with what it has, and the rest
+    /// of the script is not run (the output says what was skipped).
     #[arg(long)]
     max_seconds: Option<f64>,
+    /// When the target stops answering: how long to wait for it to come back, so that a target
+    /// that was only frozen (a paused VM, a network outage) is not left stopped in its
+    /// debugger (0s: exit at once).
+    #[arg(long, default_value = "15s", value_parser = crate::duration::parse)]
+    wait_return: Duration,
 }
 
 /// The -c line and the script file's text, in the order they run; Err is for the user.
@@ -72,17 +83,34 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         }
     };
     let budget = crate::open::budget(a.max_seconds)?;
-    let host = match connect::connect(&a.connect).await {
-        Ok(h) => h,
-        Err(code) => return Ok(code),
-    };
-    let stop = match host.break_in(Duration::from_secs(10)).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kdnet: the target did not stop: {e}");
-            return Ok(exit::NO_CONNECTION);
+    // From here a signal lets a target this run stopped continue before the process ends.
+    let mut signals = Ending::catch().context("catching signals")?;
+    let host = tokio::select! {
+        r = connect::connect(&a.connect) => match r {
+            Ok(h) => h,
+            Err(code) => return Ok(code),
+        },
+        s = signals.next() => {
+            eprintln!("kdnet: {} before a target connected", s.name());
+            return Ok(s.exit_code());
         }
     };
+    let stop = tokio::select! {
+        r = host.break_in(Duration::from_secs(10)) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kdnet: the target did not stop: {e}");
+                return Ok(exit::NO_CONNECTION);
+            }
+        },
+        s = signals.next() => {
+            let code =
+                signals::resume_before_exit(&host, s, &mut signals, a.leave_stopped, true).await;
+            std::process::exit(i32::from(code));
+        }
+    };
+    // The whole run's commands end by this instant (the target stopped at the break-in).
+    let deadline = budget.map(|b| Instant::now() + b);
     eprintln!(
         "kdnet: stopped on processor {} of {}",
         stop.processor, stop.processors
@@ -96,37 +124,77 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let h = host.clone();
     let symbols = a.symbols.clone();
     let out = a.out.clone();
-    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(u8, Option<String>)> {
-        let mut e = match h.open(rt, symbols.as_deref()) {
-            Ok(e) => e,
-            Err(SessionError::Version(TargetError::Gone(why))) => {
-                return Ok((exit::NO_CONNECTION, Some(why)));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        e.budget = budget;
-        analysis::banner(&mut e, style);
-        let code = analysis::run_work(&mut e, &work, style, &out);
-        Ok((code, e.target_gone()))
-    })
-    .await
-    .context("the analysis thread failed")?;
-    let (code, gone) = result?;
-    if let Some(why) = gone {
-        // Nothing to let go on, and asking would only wait again.
-        eprintln!("kdnet: no answer from the target: {why}");
-        return Ok(exit::NO_CONNECTION);
-    }
-    if !a.leave_stopped {
-        match host.go().await {
-            Ok(()) => eprintln!("kdnet: the target continues"),
-            Err(e) => eprintln!("kdnet: could not let the target continue: {e}"),
+    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel_analysis = cancel.clone();
+    let mut analysis =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(u8, Option<String>)> {
+            let mut e = match h.open(rt, symbols.as_deref()) {
+                Ok(e) => e,
+                Err(SessionError::Version(TargetError::Gone(why))) => {
+                    return Ok((exit::NO_CONNECTION, Some(why)));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            e.kernel.mem.set_cancel(Some(cancel_analysis));
+            e.deadline = deadline;
+            analysis::banner(&mut e, style);
+            let code = analysis::run_work(&mut e, &work, style, &out);
+            Ok((code, e.target_gone()))
+        });
+    let (code, gone) = tokio::select! {
+        r = &mut analysis => r.context("the analysis thread failed")??,
+        s = signals.next() => {
+            // The analysis stops at its next read; the target continues now.
+            cancel.store(true, Ordering::SeqCst);
+            let code =
+                signals::resume_before_exit(&host, s, &mut signals, a.leave_stopped, false).await;
+            std::process::exit(i32::from(code));
         }
+    };
+    let code = if let Some(why) = gone {
+        eprintln!("kdnet: no answer from the target: {why}");
+        if !a.leave_stopped {
+            tokio::select! {
+                () = let_go_when_back(&host, a.wait_return) => {}
+                s = signals.next() => return Ok(s.exit_code()),
+            }
+        }
+        exit::NO_CONNECTION
     } else {
-        eprintln!("kdnet: the target stays stopped");
-    }
+        if !a.leave_stopped {
+            match host.go().await {
+                Ok(()) => eprintln!("kdnet: the target continues"),
+                Err(e) => eprintln!("kdnet: could not let the target continue: {e}"),
+            }
+        } else {
+            eprintln!("kdnet: the target stays stopped");
+        }
+        code
+    };
     if verbose {
         eprintln!("kdnet: {}", host.traffic().summary());
     }
     Ok(code)
+}
+
+/// A target that stopped answering while this run held it stopped: waits up to `grace` for it
+/// to be heard again and lets it continue, so a target that was only frozen is not left
+/// stopped in its debugger; a new boot of it runs by itself.
+async fn let_go_when_back(host: &Session, grace: Duration) {
+    let mut w = host.watch();
+    let back = tokio::time::timeout(grace, w.wait_for(|s| s.link == Link::Connected)).await;
+    if !matches!(back, Ok(true)) {
+        eprintln!(
+            "kdnet: the target did not come back within {grace:?}; if it does, it may be stopped in its debugger"
+        );
+        return;
+    }
+    if !host.status().stopped {
+        eprintln!("kdnet: the target is back and runs (a new boot)");
+        return;
+    }
+    match host.go().await {
+        Ok(()) => eprintln!("kdnet: the target answers again and continues"),
+        Err(e) => eprintln!("kdnet: the target answers again but could not continue: {e}"),
+    }
 }

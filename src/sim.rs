@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kdnet::link::LinkConfig;
 use kdnet::target::TargetConfig;
 use kdnet::wire::Key;
 use kdnet_sim::{Scenario, SimConfig, TableSource};
 
+use crate::connect::KeyArgs;
 use crate::{duration, exit};
 
 #[derive(clap::Args, Debug)]
@@ -17,12 +17,10 @@ pub struct Args {
     /// The debugger's address (bcdedit hostip:/port:).
     #[arg(long, default_value = "127.0.0.1:50000")]
     host: SocketAddr,
-    /// The key (a.b.c.d). Without --key or --key-file a random key is made and printed.
-    #[arg(long)]
-    key: Option<String>,
-    /// Read the key from a file.
-    #[arg(long)]
-    key_file: Option<PathBuf>,
+    /// The key (`--key-file`, `--key-env` or `--key`); without one a random key is made and
+    /// printed.
+    #[command(flatten)]
+    keys: KeyArgs,
     /// Windows build: 7601, 17763 or 20348.
     #[arg(long, default_value_t = 20348)]
     build: u32,
@@ -96,17 +94,16 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         );
         return Ok(exit::BAD_ARGUMENTS);
     };
-    let key = match (&a.key, &a.key_file) {
-        (Some(k), _) => Key::parse(k).context("--key")?,
-        (None, Some(f)) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            Key::parse(text.trim()).with_context(|| format!("the key in {}", f.display()))?
-        }
-        (None, None) => {
+    let key = match a.keys.given(None) {
+        Ok(Some(k)) => k,
+        Ok(None) => {
             let k = Key::from_bytes(kdnet::rng::os_random_32());
             outln!("key: {} (made for this run)", k.to_key_string());
             k
+        }
+        Err(e) => {
+            eprintln!("kdnet sim: {e}");
+            return Ok(exit::BAD_ARGUMENTS);
         }
     };
     let table = match (&a.isf, &a.symbols) {
@@ -179,11 +176,16 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
     }
     let started = std::time::Instant::now();
     let mut rebooted = false;
+    let mut reboot_signal = reboot_signal()?;
     loop {
         let tick = tokio::time::sleep(Duration::from_millis(200));
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick => {}
+            Some(()) = reboot_signal.recv() => {
+                outln!("rebooting (SIGUSR1)");
+                running.target.reboot().await;
+            }
         }
         if let Some(d) = a.duration
             && started.elapsed() >= d
@@ -205,4 +207,25 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         outln!("link: {:?}", r.stats());
     }
     Ok(exit::OK)
+}
+
+/// SIGUSR1 reboots the simulated machine (a reboot at a moment a test chooses).
+fn reboot_signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut s =
+            anyhow::Context::context(signal(SignalKind::user_defined1()), "catching SIGUSR1")?;
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    Ok(rx)
 }

@@ -7,19 +7,7 @@ use std::path::PathBuf;
 use common::{free_udp_port, json_lines, kdnet};
 
 fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if dir.join("captures").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
-        "KDNET_REQUIRE_SHARED is set but {} has no captures",
-        dir.display()
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
+    kdnet_testkit::shared("captures")
 }
 
 #[test]
@@ -159,6 +147,211 @@ fn decode_errors_are_messages_with_exit_codes() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// An Ethernet frame of a UDP datagram from 10.0.0.1:51111 to 10.0.0.2:51111.
+fn eth_udp(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = 20 + 8 + payload.len();
+    f.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    let ulen = 8 + payload.len();
+    f.extend_from_slice(&[0xc7, 0xa7, 0xc7, 0xa7, (ulen >> 8) as u8, ulen as u8, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A pcap of `frames`.
+fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut d = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    d.extend_from_slice(&[0; 8]);
+    d.extend_from_slice(&65535u32.to_le_bytes());
+    d.extend_from_slice(&1u32.to_le_bytes());
+    for (i, f) in frames.iter().enumerate() {
+        d.extend_from_slice(&(i as u32).to_le_bytes());
+        d.extend_from_slice(&0u32.to_le_bytes());
+        d.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        d.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        d.extend_from_slice(f);
+    }
+    d
+}
+
+#[test]
+fn decode_prints_every_datagram_before_the_damage_then_fails() {
+    let dir = common::temp_dir("decode-cut");
+    // Three KDNET control datagrams (their tags do not authenticate: printed as such).
+    let frames: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            let mut p = b"MDBG\x02\x00".to_vec();
+            p.extend_from_slice(&[i; 60]);
+            eth_udp(&p)
+        })
+        .collect();
+    let whole = pcap(&frames);
+    let cut = &whole[..whole.len() - 10];
+    let f = dir.join("cut.pcap");
+    std::fs::write(&f, cut).unwrap();
+    let run = |file: &std::path::Path| {
+        kdnet()
+            .args(["decode", "--key-env", "KDNET_TEST_KEY"])
+            .arg(file)
+            .env("KDNET_TEST_KEY", "1.2.3.4")
+            .output()
+            .unwrap()
+    };
+    let out = run(&f);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines().all(|l| l.contains("NOT AUTHENTICATED")),
+        "{text}"
+    );
+    let third = 24 + 2 * (16 + frames[0].len());
+    assert!(err.contains(&format!("byte offset {third}")), "{err}");
+    assert!(
+        err.contains("(the 2 UDP datagrams before it are decoded above)"),
+        "{err}"
+    );
+    assert!(!err.contains("shows in the process list"), "{err}");
+    // The same capture whole decodes all three and succeeds.
+    std::fs::write(&f, &whole).unwrap();
+    let out = run(&f);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // Compressed and cut short in the gzip stream: what decompressed is decoded.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    std::io::Write::write_all(&mut gz, &whole).unwrap();
+    let gz = gz.finish().unwrap();
+    let g = dir.join("cut.pcap.gz");
+    std::fs::write(&g, &gz[..gz.len() - 40]).unwrap();
+    let out = run(&g);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(err.contains("gzip stream is damaged"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn decode_of_the_real_capture_cut_short_prints_the_same_first_datagrams() {
+    let Some(dir) = shared() else { return };
+    let tmp = common::temp_dir("decode-real-cut");
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(dir.join("captures/windbg-uncut.pcapng.gz")).unwrap(),
+        ),
+        &mut raw,
+    )
+    .unwrap();
+    let f = tmp.join("half.pcapng");
+    std::fs::write(&f, &raw[..raw.len() / 2]).unwrap();
+    let decode = |file: &std::path::Path| {
+        kdnet()
+            .args(["decode", "--key-env", "KDNET_TEST_KEY"])
+            .arg(file)
+            .env("KDNET_TEST_KEY", "8.8.8.8")
+            .output()
+            .unwrap()
+    };
+    let half = decode(&f);
+    assert_eq!(half.status.code(), Some(1));
+    let full = decode(&dir.join("captures/windbg-uncut.pcapng.gz"));
+    let (h, w) = (
+        String::from_utf8_lossy(&half.stdout).into_owned(),
+        String::from_utf8_lossy(&full.stdout).into_owned(),
+    );
+    let n = h.lines().count();
+    assert!(n > 100 && n < 955, "{n}");
+    assert!(
+        w.starts_with(&h),
+        "the datagrams before the cut decode as in the whole capture"
+    );
+    std::fs::remove_dir_all(tmp).ok();
+}
+
+#[test]
+fn decode_and_sim_take_the_key_from_a_file_or_the_environment_and_warn_on_the_command_line() {
+    let dir = common::temp_dir("keys");
+    let f = dir.join("one.pcap");
+    std::fs::write(&f, pcap(&[eth_udp(b"MDBG\x02\x00 hello")])).unwrap();
+    let key_file = dir.join("k.txt");
+    std::fs::write(&key_file, "1.2.3.4\n").unwrap();
+    let decode = |args: &[&str]| {
+        kdnet()
+            .arg("decode")
+            .args(args)
+            .arg(&f)
+            .env("KDNET_TEST_KEY", "1.2.3.4")
+            .output()
+            .unwrap()
+    };
+    let k = key_file.to_str().unwrap();
+    for args in [&["--key-file", k][..], &["--key-env", "KDNET_TEST_KEY"]] {
+        let o = decode(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(!err.contains("process list"), "{args:?}: {err}");
+    }
+    let o = decode(&["--key", "1.2.3.4"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shows in the process list"));
+    let o = decode(&["--key", "1.2.3.4", "--key-file", k]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give the key once"));
+    let o = decode(&["--key-env", "KDNET_NO_SUCH_VARIABLE"]);
+    assert_eq!(o.status.code(), Some(3));
+    // The simulator likewise: the key it is given is not printed, one on the command line warns.
+    let sim = |args: &[&str]| {
+        kdnet()
+            .args([
+                "sim",
+                "--host",
+                "127.0.0.1:9",
+                "--resources",
+                "500",
+                "--duration",
+                "1s",
+            ])
+            .args(args)
+            .env("KDNET_TEST_KEY", "1.2.3.4")
+            .output()
+            .unwrap()
+    };
+    for args in [&["--key-file", k][..], &["--key-env", "KDNET_TEST_KEY"]] {
+        let o = sim(args);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(
+            !out.contains("made for this run") && !err.contains("process list"),
+            "{out}{err}"
+        );
+    }
+    let o = sim(&["--key", "1.2.3.4"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shows in the process list"));
+    let o = sim(&["--key-env", "KDNET_NO_SUCH_VARIABLE"]);
+    assert_eq!(o.status.code(), Some(3));
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn sim_runs_and_prints_its_counters() {
     let out = kdnet()
@@ -291,13 +484,8 @@ fn run_attaches_to_a_live_target_runs_commands_and_lets_it_go() {
     let key_file = dir.join("key.txt");
     std::fs::write(&key_file, "9.8.7.6\n").unwrap();
     let mut sim = kdnet()
-        .args([
-            "sim",
-            "--host",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-            "9.8.7.6",
-        ])
+        .args(["sim", "--host", &format!("127.0.0.1:{port}"), "--key-file"])
+        .arg(&key_file)
         .args(["--resources", "500", "--duration", "60s"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -313,13 +501,25 @@ fn run_attaches_to_a_live_target_runs_commands_and_lets_it_go() {
         ])
         .args([
             "-c",
-            "lm; k; ? nt; dt nt!_KPRCB poi(nt!KiProcessorBlock) Number",
+            "lm; k; ? nt; dt nt!_KPRCB poi(nt!KiProcessorBlock) Number; .snapshot first",
         ])
+        .arg("--out")
+        .arg(dir.join("dumps/here"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}{err}");
+    // Kernel memory is the owner's only: the dump, and the directories made for it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join("dumps")), 0o700);
+        assert_eq!(mode(&dir.join("dumps/here")), 0o700);
+        assert_eq!(mode(&dir.join("dumps/here/first.dmp")), 0o600);
+    }
+    assert!(!err.contains("shows in the process list"), "{err}");
     assert!(
         err.contains("Connected to target 127.0.0.1 on port"),
         "{err}"

@@ -11,7 +11,7 @@
 
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kdnet_symbols::msf::Msf;
@@ -22,21 +22,10 @@ const TEST: &str = "malformed_pdbs_are_errors_under_a_2gb_address_space_limit";
 const LIMIT_KB: u64 = 2_000_000;
 
 fn shared_pdb(name: &str) -> Option<Vec<u8>> {
-    let dir = std::env::var_os("KDNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let f = dir.join("pdbs").join(name);
-    match std::fs::read(&f) {
-        Ok(b) => Some(b),
-        Err(_) => {
-            assert!(
-                std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
-                "KDNET_REQUIRE_SHARED is set but {} is missing",
-                f.display()
-            );
-            None
-        }
-    }
+    let f = kdnet_testkit::shared(&format!("pdbs/{name}"))?
+        .join("pdbs")
+        .join(name);
+    Some(std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())))
 }
 
 /// The child: limit the address space, load the PDB, print the answer on one line.

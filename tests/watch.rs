@@ -63,8 +63,9 @@ fn a_bugcheck_is_captured_into_a_bundle_and_the_target_goes_on() {
             "running",
             "stopped",
             "capturing",
-            "captured",
-            "resuming"
+            // The target goes on as soon as the script has run; the bundle is written after.
+            "resuming",
+            "captured"
         ],
         "{err}"
     );
@@ -89,7 +90,7 @@ fn a_bugcheck_is_captured_into_a_bundle_and_the_target_goes_on() {
         name.starts_with("node7-") && name.ends_with("-bugcheck-44"),
         "{name}"
     );
-    assert_eq!(states[5]["detail"].as_str().unwrap(), b.to_str().unwrap());
+    assert_eq!(states[6]["detail"].as_str().unwrap(), b.to_str().unwrap());
     let report = std::fs::read_to_string(b.join("report.txt")).unwrap();
     assert!(
         report.contains("MULTIPLE_IRP_COMPLETE_REQUESTS (44)"),
@@ -181,5 +182,64 @@ fn bad_watch_arguments_are_refused_before_listening() {
         assert!(err.contains(says), "{extra:?}: {err}");
         assert!(!err.contains("listening"), "{extra:?}: {err}");
     }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_control_directory_others_could_write_to_or_own_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = temp_dir("watch-ctldir");
+    let open = dir.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A directory of another user: made so when the test may (as root), else the root's own.
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let theirs = if root {
+        let d = dir.join("theirs");
+        std::fs::create_dir(&d).unwrap();
+        let c = std::ffi::CString::new(d.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; the directory is this test's own.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        d
+    } else {
+        std::path::PathBuf::from("/")
+    };
+    let port = free_udp_port().to_string();
+    for (control_dir, says) in [
+        (&open, "can be written by others (mode 777)"),
+        (&theirs, "belongs to user "),
+    ] {
+        let o = kdnet()
+            .args(["watch", "--bind", "127.0.0.1", "--port", &port])
+            .args(["--key-env", "KDNET_WATCH_KEY", "--duration", "30s"])
+            .arg("--out")
+            .arg(dir.join("b"))
+            .arg("--control")
+            .arg(control_dir.join("w.sock"))
+            .env("KDNET_WATCH_KEY", "1.2.3.4")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{control_dir:?}: {err}");
+        assert!(err.contains(says), "{control_dir:?}: {err}");
+        assert!(!control_dir.join("w.sock").exists());
+    }
+    // Its own private directory is taken, and a new one is made owner-only.
+    let fresh = dir.join("fresh/ctl");
+    let o = kdnet()
+        .args(["watch", "--bind", "127.0.0.1", "--port", &port])
+        .args(["--key-env", "KDNET_WATCH_KEY", "--duration", "1s"])
+        .arg("--out")
+        .arg(dir.join("b"))
+        .arg("--control")
+        .arg(fresh.join("w.sock"))
+        .env("KDNET_WATCH_KEY", "1.2.3.4")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
     std::fs::remove_dir_all(dir).ok();
 }

@@ -209,15 +209,20 @@ sample_every = "1h"
     assert_eq!(of("healthy", "capture-skipped"), 0, "{ev:#?}");
     assert_eq!(of("deadlock", "captured"), 1);
     assert_eq!(of("bugcheck", "captured"), 1);
-    // Every target went on after its capture.
+    // Every target went on as soon as its capture's script had run, before its bundle was
+    // written.
     for t in ["deadlock", "bugcheck"] {
         let after: Vec<&str> = ev
             .iter()
             .filter(|e| e["target"] == t && e.get("state").is_some())
             .map(|e| e["state"].as_str().unwrap())
-            .skip_while(|s| *s != "captured")
+            .skip_while(|s| *s != "capturing")
             .collect();
-        assert_eq!(after.get(1), Some(&"resuming"), "{t}: {after:?}");
+        assert_eq!(
+            after.get(1..3),
+            Some(&["resuming", "captured"][..]),
+            "{t}: {after:?}"
+        );
     }
     let all = bundles(&dir.join("bundles"));
     assert_eq!(all.len(), 2, "{all:?}");
@@ -642,9 +647,21 @@ fn the_stop_budget_cuts_a_capture_short_and_says_so() {
         .iter()
         .filter(|e| e.get("state").is_some())
         .map(|e| e["state"].as_str().unwrap())
-        .skip_while(|s| *s != "captured")
+        .skip_while(|s| *s != "capturing")
         .collect();
-    assert_eq!(after.get(1), Some(&"resuming"), "{after:?}");
+    assert_eq!(
+        after.get(1..3),
+        Some(&["resuming", "captured"][..]),
+        "{after:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["note"].as_str().is_some_and(|n| n.starts_with(
+                "the stop budget of 1 s ran out during the capture: the target continues"
+            ))),
+        "{ev:#?}"
+    );
+    assert!(j["stopped_seconds"].as_f64().unwrap() >= 1.0, "{j}");
     let skipped = j["steps"]
         .as_array()
         .unwrap()

@@ -22,6 +22,14 @@ pub enum DumpError {
         /// Why.
         message: String,
     },
+    /// A dump could not be written.
+    #[error("cannot write {path}: {message}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
     /// Not a 64-bit kernel dump.
     #[error("not a 64-bit Windows kernel dump: {0}")]
     NotADump(String),
@@ -663,7 +671,7 @@ pub fn write_dump(
     kind: WriteKind,
     pages: &std::collections::BTreeMap<u64, Vec<u8>>,
 ) -> Result<u64, DumpError> {
-    let err = |m: String| DumpError::Io {
+    let err = |m: String| DumpError::Write {
         path: path.display().to_string(),
         message: m,
     };
@@ -749,7 +757,12 @@ pub fn write_dump(
     ));
     let write = || -> std::io::Result<u64> {
         use std::io::Write;
-        let f = File::create(&tmp)?;
+        // Kernel memory: readable by its owner only, from the first byte.
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let f = open.open(&tmp)?;
         let mut w = std::io::BufWriter::new(f);
         w.write_all(&h)?;
         w.write_all(&body)?;

@@ -299,6 +299,13 @@ impl Memory {
         self.cancel = flag;
     }
 
+    /// Whether the cancel flag is set (reads fail with [`TargetError::Cancelled`]).
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
     /// Forgets everything cached (the target ran). A target taken for gone is asked again.
     pub fn invalidate(&mut self) {
         self.phys.clear();

@@ -521,6 +521,25 @@ pub enum Event {
 /// Most loop iterations one run may make.
 const MAX_STEPS: u64 = 1_000_000;
 
+/// The most text one command's result keeps; beyond it the text is cut with a note.
+pub const MAX_RESULT_TEXT: usize = 4 << 20;
+/// The most JSON (serialized) one command's result keeps; beyond it its longest lists are cut
+/// with a note.
+pub const MAX_RESULT_JSON: usize = 4 << 20;
+
+/// Why a run stopped before its end, and what it did not run.
+#[derive(Debug, Clone)]
+struct Halt {
+    /// The statement it stopped at.
+    pos: Pos,
+    /// Why.
+    why: String,
+    /// Statements not run (the one it stopped at included), at every nesting level.
+    statements: u64,
+    /// Loop iterations not run.
+    iterations: u64,
+}
+
 /// Runs statements against an engine, keeping named results.
 pub struct Runner<'a> {
     /// The engine.
@@ -529,13 +548,157 @@ pub struct Runner<'a> {
     pub vars: HashMap<String, Value>,
     /// Where `.snapshot` writes.
     pub snapshot_dir: PathBuf,
+    /// The most output (text and JSON of every result, in bytes) one run may give; past it
+    /// the run stops and says what it did not run. None: no limit (output that is printed as
+    /// it comes needs none; output that is kept does).
+    pub output_limit: Option<usize>,
+    /// Snapshot files that could not be written (`NAME.dmp: why`); a failed read is not here.
+    pub write_failures: Vec<String>,
+    output: usize,
     steps: u64,
     failed: bool,
     incomplete: bool,
     /// The target stopped answering: nothing more runs.
     gone: Option<String>,
-    /// Nothing more runs (the step limit, or the target gone), and an error said so.
-    halted: bool,
+    depth: u32,
+    halt: Option<Halt>,
+    halted: Option<String>,
+}
+
+/// Counts bytes written.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `v` as JSON text.
+pub fn json_size(v: &Value) -> usize {
+    let mut c = Counter(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_boundary(s: &str, mut at: usize) -> usize {
+    at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// The longest list inside `v` (by its JSON size), as a JSON pointer, with its size.
+fn largest_list(v: &Value, path: &mut String, best: &mut Option<(String, usize)>) {
+    match v {
+        Value::Array(a) => {
+            if !a.is_empty() {
+                let size = json_size(v);
+                if best.as_ref().is_none_or(|(_, s)| size > *s) {
+                    *best = Some((path.clone(), size));
+                }
+            }
+            for (i, x) in a.iter().enumerate() {
+                let n = path.len();
+                path.push_str(&format!("/{i}"));
+                largest_list(x, path, best);
+                path.truncate(n);
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m {
+                let n = path.len();
+                path.push('/');
+                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                largest_list(x, path, best);
+                path.truncate(n);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Cuts `v` to at most `limit` bytes of JSON by halving its longest lists; what was cut, as
+/// (list, kept, of). Err when no list is left to cut and it is still too large.
+fn trim_json(v: &mut Value, limit: usize) -> Result<Vec<(String, usize, usize)>, usize> {
+    let mut cuts: Vec<(String, usize, usize)> = Vec::new();
+    loop {
+        let size = json_size(v);
+        if size <= limit {
+            return Ok(cuts);
+        }
+        let mut best = None;
+        largest_list(v, &mut String::new(), &mut best);
+        let Some((path, _)) = best else {
+            return Err(size);
+        };
+        let Some(Value::Array(a)) = v.pointer_mut(&path) else {
+            return Err(size);
+        };
+        let of = a.len();
+        a.truncate(of / 2);
+        let kept = a.len();
+        match cuts.iter_mut().find(|c| c.0 == path) {
+            Some(c) => c.1 = kept,
+            None => cuts.push((path, kept, of)),
+        }
+    }
+}
+
+/// Keeps one result within [`MAX_RESULT_TEXT`] and [`MAX_RESULT_JSON`]: text past the limit
+/// is cut with a note at its end; JSON past it has its longest lists cut, and says so in a
+/// `truncated` member (`{"limit", "lists": [{"list", "kept", "of"}]}`; a result that is not an
+/// object is wrapped as `{"value": …, "truncated": …}`). True when anything was cut.
+pub fn bound_outcome(o: &mut Outcome) -> bool {
+    bound_outcome_to(o, MAX_RESULT_TEXT, MAX_RESULT_JSON)
+}
+
+fn bound_outcome_to(o: &mut Outcome, max_text: usize, max_json: usize) -> bool {
+    let mut cut = false;
+    if o.text.len() > max_text {
+        let at = floor_boundary(&o.text, max_text);
+        let more = o.text.len() - at;
+        o.text.truncate(at);
+        if !o.text.ends_with('\n') {
+            o.text.push('\n');
+        }
+        o.text.push_str(&format!(
+            "[output truncated: {more} more bytes of text; a result keeps at most {max_text} bytes]\n"
+        ));
+        cut = true;
+    }
+    if json_size(&o.result) > max_json {
+        let note = match trim_json(&mut o.result, max_json.saturating_sub(1024)) {
+            Ok(cuts) => serde_json::json!({
+                "limit": max_json,
+                "lists": cuts
+                    .iter()
+                    .map(|(list, kept, of)| serde_json::json!({ "list": list, "kept": kept, "of": of }))
+                    .collect::<Vec<_>>(),
+            }),
+            Err(size) => {
+                o.result = Value::Null;
+                serde_json::json!({ "limit": max_json, "dropped_bytes": size })
+            }
+        };
+        match &mut o.result {
+            Value::Object(m) => {
+                m.insert("truncated".into(), note);
+            }
+            other => {
+                let value = std::mem::take(other);
+                *other = serde_json::json!({ "value": value, "truncated": note });
+            }
+        }
+        cut = true;
+    }
+    cut
 }
 
 impl<'a> Runner<'a> {
@@ -545,17 +708,27 @@ impl<'a> Runner<'a> {
             engine,
             vars: HashMap::new(),
             snapshot_dir,
+            output_limit: None,
+            write_failures: Vec::new(),
+            output: 0,
             steps: 0,
             failed: false,
             incomplete: false,
             gone: None,
-            halted: false,
+            depth: 0,
+            halt: None,
+            halted: None,
         }
     }
 
-    /// Whether any step failed.
+    /// Whether any step failed (or the run stopped before its end).
     pub fn failed(&self) -> bool {
         self.failed
+    }
+
+    /// Why the last run stopped before its end, if it did.
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.as_deref()
     }
 
     /// Whether any command's result was incomplete (see [`Outcome::complete`]).
@@ -568,56 +741,125 @@ impl<'a> Runner<'a> {
         self.gone.as_deref()
     }
 
-    /// Runs one command and notes how it went.
-    fn command(&mut self, text: &str, sink: &mut dyn FnMut(Event)) -> Outcome {
-        let o = self.engine.run(text);
-        self.failed |= !o.ok();
-        self.incomplete |= o.ok() && !o.complete;
-        if self.gone.is_none() {
-            self.gone = self.engine.target_gone();
-        }
-        sink(Event::Outcome(o.clone(), self.engine.processor));
-        o
-    }
-
     fn error(&mut self, pos: Pos, message: String, sink: &mut dyn FnMut(Event)) {
         self.failed = true;
         sink(Event::Error { pos, message });
     }
 
-    /// Runs `stmts`, reporting each step to `sink`. Once the target has stopped answering,
-    /// the rest is not run (each command would only wait again): one error says so.
+    /// Why the run must stop before `s`, if it must.
+    fn limit_reached(&self) -> Option<String> {
+        // Each command would only wait again.
+        if let Some(why) = &self.gone {
+            return Some(format!("no answer from the target ({why})"));
+        }
+        if self.steps > MAX_STEPS {
+            return Some(format!(
+                "the run made {MAX_STEPS} steps, the most one run may make"
+            ));
+        }
+        if self.engine.kernel.mem.cancelled() {
+            return Some("cancelled".into());
+        }
+        if let Some(d) = self.engine.deadline
+            && std::time::Instant::now() >= d
+        {
+            return Some("the time budget for the whole run ran out".into());
+        }
+        if let Some(l) = self.output_limit
+            && self.output > l
+        {
+            return Some(format!(
+                "the run's output passed {l} bytes, the most it may keep"
+            ));
+        }
+        None
+    }
+
+    /// Gives an outcome to the sink, within the size bounds.
+    fn outcome(&mut self, mut o: Outcome, sink: &mut dyn FnMut(Event)) {
+        if bound_outcome(&mut o) && o.ok() {
+            // A cut result is not the whole answer.
+            o.complete = false;
+            o.incomplete.push(format!(
+                "the result was cut to the size a result may keep ({MAX_RESULT_TEXT} bytes of text, {MAX_RESULT_JSON} of JSON)"
+            ));
+        }
+        self.failed |= !o.ok();
+        self.incomplete |= o.ok() && !o.complete;
+        if self.gone.is_none() {
+            self.gone = self.engine.target_gone();
+        }
+        self.output += o.text.len() + json_size(&o.result);
+        sink(Event::Outcome(o, self.engine.processor));
+    }
+
+    /// Runs `stmts`, reporting each step to `sink`. A run that must stop before its end (the
+    /// engine's deadline passed, the output limit or the step limit was reached) stops between
+    /// statements and inside loops, and ends with one error naming where it stopped, why, and
+    /// how many statements and loop iterations it did not run.
     pub fn run(&mut self, stmts: &[Stmt], sink: &mut dyn FnMut(Event)) {
-        for s in stmts {
-            if self.halted {
-                return;
+        if self.depth == 0 {
+            self.halt = None;
+            self.halted = None;
+            self.output = 0;
+        }
+        self.depth += 1;
+        self.block(stmts, sink);
+        self.depth -= 1;
+        if self.depth == 0
+            && let Some(h) = self.halt.take()
+        {
+            let mut not_run = format!(
+                "{} statement{}",
+                h.statements,
+                if h.statements == 1 { "" } else { "s" }
+            );
+            if h.iterations > 0 {
+                not_run.push_str(&format!(
+                    " and {} loop iteration{}",
+                    h.iterations,
+                    if h.iterations == 1 { "" } else { "s" }
+                ));
             }
-            if let Some(why) = self.gone.clone() {
-                self.halted = true;
-                self.error(
-                    s.pos(),
-                    format!("not run, nor anything after it: no answer from the target ({why})"),
-                    sink,
-                );
-                return;
+            self.error(
+                h.pos,
+                format!("stopped here: {}; not run: {not_run}", h.why),
+                sink,
+            );
+            self.halted = Some(h.why);
+        }
+    }
+
+    fn block(&mut self, stmts: &[Stmt], sink: &mut dyn FnMut(Event)) {
+        for (i, s) in stmts.iter().enumerate() {
+            if self.halt.is_none() {
+                self.steps += 1;
+                if let Some(why) = self.limit_reached() {
+                    self.halt = Some(Halt {
+                        pos: s.pos(),
+                        why,
+                        statements: 0,
+                        iterations: 0,
+                    });
+                }
             }
-            self.steps += 1;
-            if self.steps > MAX_STEPS {
-                self.halted = true;
-                self.error(s.pos(), format!("stopped after {MAX_STEPS} steps"), sink);
+            if let Some(h) = &mut self.halt {
+                h.statements += (stmts.len() - i) as u64;
                 return;
             }
             match s {
                 Stmt::Command { text, pos } => match substitute(text, &self.vars) {
                     Ok(t) => {
-                        self.command(&t, sink);
+                        let o = self.engine.run(&t);
+                        self.outcome(o, sink);
                     }
                     Err(e) => self.error(*pos, e, sink),
                 },
                 Stmt::Assign { name, text, pos } => match substitute(text, &self.vars) {
                     Ok(t) => {
-                        let o = self.command(&t, sink);
-                        self.vars.insert(name.clone(), o.result);
+                        let o = self.engine.run(&t);
+                        self.vars.insert(name.clone(), o.result.clone());
+                        self.outcome(o, sink);
                     }
                     Err(e) => self.error(*pos, e, sink),
                 },
@@ -638,11 +880,13 @@ impl<'a> Runner<'a> {
                             continue;
                         }
                     };
-                    for item in items {
+                    let n = items.len();
+                    for (k, item) in items.into_iter().enumerate() {
                         self.vars.insert(var.clone(), item);
-                        self.run(body, sink);
-                        if self.halted {
-                            return;
+                        self.block(body, sink);
+                        if let Some(h) = &mut self.halt {
+                            h.iterations += (n - k - 1) as u64;
+                            break;
                         }
                     }
                 }
@@ -658,13 +902,16 @@ impl<'a> Runner<'a> {
                         self.gone = self.engine.target_gone();
                     }
                     match value {
-                        Ok(v) if v != 0 => self.run(then, sink),
-                        Ok(_) => self.run(otherwise, sink),
+                        Ok(v) if v != 0 => self.block(then, sink),
+                        Ok(_) => self.block(otherwise, sink),
                         Err(e) => self.error(*pos, e, sink),
                     }
                 }
                 Stmt::Echo { text, pos } => match substitute_as(text, &self.vars, echo_text) {
-                    Ok(t) => sink(Event::Echo(t)),
+                    Ok(t) => {
+                        self.output += t.len();
+                        sink(Event::Echo(t));
+                    }
                     Err(e) => self.error(*pos, e, sink),
                 },
                 Stmt::Time { seconds, .. } => {
@@ -679,20 +926,37 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Writes `NAME.dmp` into the snapshot directory: every page read so far.
+    /// Writes `NAME.dmp` into the snapshot directory (made owner-only if it is new; the file
+    /// is owner-only): every page read so far.
     pub fn snapshot(&mut self, name: &str) -> Result<PathBuf, String> {
         let header = self
             .engine
             .kernel
             .dump_header(&format!("kdnet snapshot {name}"))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("cannot read what the dump's header needs: {e}"))?;
         let pages = self.engine.kernel.mem.snapshot_pages();
-        std::fs::create_dir_all(&self.snapshot_dir).map_err(|e| e.to_string())?;
         let path = self.snapshot_dir.join(format!("{name}.dmp"));
-        crate::dump::write_dump(&path, &header, crate::dump::WriteKind::Bitmap, &pages)
-            .map_err(|e| e.to_string())?;
+        let written = private_dir(&self.snapshot_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.snapshot_dir.display()))
+            .and_then(|()| {
+                crate::dump::write_dump(&path, &header, crate::dump::WriteKind::Bitmap, &pages)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            self.write_failures.push(format!("{name}.dmp: {e}"));
+            return Err(e);
+        }
         Ok(path)
     }
+}
+
+/// Creates `dir` and its missing parents, owner-only (0700) where this creates them.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
 }
 
 #[cfg(test)]
@@ -797,5 +1061,54 @@ mod tests {
             substitute("$$ not a var? 5$", &vars).unwrap(),
             "$$ not a var? 5$"
         );
+    }
+
+    #[test]
+    fn json_past_the_limit_loses_the_end_of_its_longest_lists() {
+        let mut v = json!({
+            "held": (0..1000).map(|i| json!({ "address": i, "waiters": [1, 2, 3] })).collect::<Vec<_>>(),
+            "total": 1000,
+        });
+        let cuts = trim_json(&mut v, 2000).unwrap();
+        assert!(json_size(&v) <= 2000);
+        assert_eq!(cuts[0].0, "/held");
+        assert_eq!(cuts[0].2, 1000);
+        assert_eq!(v["held"].as_array().unwrap().len(), cuts[0].1);
+        assert_eq!(v["held"][0]["address"], 0, "the beginning is kept");
+        assert_eq!(v["total"], 1000);
+        // Nothing left to cut: an error with the size.
+        let mut s = json!("x".repeat(100));
+        assert_eq!(trim_json(&mut s, 10), Err(102));
+    }
+
+    #[test]
+    fn text_is_cut_on_a_character_boundary() {
+        let mut o = Outcome {
+            command: "x".into(),
+            text: "é".repeat(100),
+            result: json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+            error: None,
+            complete: true,
+            incomplete: Vec::new(),
+            cost: Default::default(),
+        };
+        assert!(bound_outcome_to(&mut o, 51, 1024 + 10));
+        assert!(o.text.starts_with(&"é".repeat(25)));
+        assert!(
+            o.text.contains("[output truncated: 150 more bytes"),
+            "{}",
+            o.text
+        );
+        assert_eq!(
+            o.result,
+            json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+            "within its limit"
+        );
+        // A list at the top is wrapped so the note has a place.
+        let mut o2 = o.clone();
+        o2.result = json!((0..2000).collect::<Vec<_>>());
+        assert!(bound_outcome_to(&mut o2, 1 << 20, 2048));
+        assert!(o2.result["value"].as_array().unwrap().len() < 2000);
+        assert_eq!(o2.result["truncated"]["lists"][0]["of"], 2000);
     }
 }

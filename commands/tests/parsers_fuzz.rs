@@ -20,9 +20,10 @@ struct Inputs {
 }
 
 fn inputs() -> Option<&'static Inputs> {
+    // Asked on every call, so each test that needs it is counted.
+    let dir = common::shared()?;
     static I: OnceLock<Option<Inputs>> = OnceLock::new();
     I.get_or_init(|| {
-        let dir = common::shared()?;
         Some(Inputs {
             dump: std::fs::read(dir.join("dumps/triage_x64.dmp")).ok()?,
             images: vec![

@@ -14,19 +14,7 @@ use kdnet::wire::datagram::{self, Channel};
 use kdnet::wire::{ControlMessage, Key};
 
 fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    if dir.join("captures").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
-        "KDNET_REQUIRE_SHARED is set but {} has no captures",
-        dir.display()
-    );
-    eprintln!("skipping: {} not found (set KDNET_SHARED)", dir.display());
-    None
+    kdnet_testkit::shared("captures")
 }
 
 fn hex(b: &[u8]) -> String {

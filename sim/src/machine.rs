@@ -58,7 +58,6 @@ impl std::fmt::Debug for Machine {
 impl Machine {
     /// Builds the machine for `config`.
     pub fn build(config: SimConfig) -> Result<Machine, SimError> {
-        let now = Instant::now();
         let (sys, facts, version, pending_hang, phase) = match config.hang_after {
             Some(after) if config.scenario.can_delay() => {
                 let mut healthy = config.clone();
@@ -66,11 +65,12 @@ impl Machine {
                 let (sys, facts, version) = scenario::build(&healthy)?;
                 let hung = config.clone();
                 let build_hung: Later = Box::new(move || scenario::build(&hung));
+                // The healthy period starts once the machine is built, however long that took.
                 (
                     sys,
                     facts,
                     version,
-                    Some((now + after, build_hung)),
+                    Some((Instant::now() + after, build_hung)),
                     Phase::Healthy,
                 )
             }
@@ -79,6 +79,8 @@ impl Machine {
                 (sys, facts, version, None, Phase::Hung)
             }
         };
+        // The machine's clock (and the bugcheck's delay) start once it is built.
+        let now = Instant::now();
         let contexts = (0..sys.cpus.len())
             .map(|c| sys.threads[sys.cpus[c].current].context.clone())
             .collect();

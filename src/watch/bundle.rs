@@ -2,15 +2,19 @@
 //! `OUT/NAME-YYYYMMDDTHHMMSSZ-REASON/` with `report.txt` (the script's output as at the prompt,
 //! under a header), `report.json` (the same as data, with the trigger and the findings),
 //! `report.html` (one page for people) and `snapshot.dmp` (every page the capture read). It is
-//! written under a hidden temporary name and renamed when whole, so a bundle under its final
-//! name is complete as far as the target allowed; one cut short by the target rebooting or
-//! vanishing, or by the stop budget, says so and keeps what was gathered.
+//! written under a hidden name (`.partial-…`, locked while it is written) and renamed when
+//! written: under its final name only when every file in it was written and the script ran to
+//! its end; otherwise under the name ending `-incomplete`, its reports naming what is missing
+//! and why (the target rebooting or vanishing, the stop budget, a file that could not be
+//! written). When not even the reports can be written, nothing is published.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use kdnet_commands::dump::{self, DumpHeader};
 use kdnet_commands::engine::{Engine, addr};
 use kdnet_commands::script::{self, Runner};
 use serde_json::{Value, json};
@@ -47,6 +51,8 @@ pub struct Job {
     pub trigger: Trigger,
     /// The capture script (origin, text); None: the built-in one.
     pub script: Option<(String, String)>,
+    /// When the capture began (the break-in): the stop budget counts from here.
+    pub started: Instant,
     /// Stop budget for the whole capture.
     pub budget: Duration,
     /// Budget per command.
@@ -109,10 +115,12 @@ pub fn findings(steps: &[Value], bugcheck: Option<(u32, [u64; 4])>, trigger: &Tr
         }
         match first_word(cmd).as_str() {
             "!locks" if f["locks_held"].is_null() => {
+                // `!locks -v` lists every resource: the held ones are the findings.
                 let held: Vec<Value> = r["held"]
                     .as_array()
                     .into_iter()
                     .flatten()
+                    .filter(|h| h["state"] != "available")
                     .map(|h| {
                         json!({
                             "address": h["address"],
@@ -165,15 +173,23 @@ pub fn findings(steps: &[Value], bugcheck: Option<(u32, [u64; 4])>, trigger: &Tr
     f
 }
 
-/// One line per finding.
+/// The most held locks the summary names one by one.
+const MAX_LOCK_LINES: usize = 20;
+
+/// One line per finding (held locks: the first 20, then how many more).
 pub fn summary(f: &Value) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(b) = f["bugcheck"].as_object() {
         let name = f["analysis"]["bugcheck_name"].as_str().unwrap_or("");
         let module = f["analysis"]["module"].as_str().unwrap_or("");
         out.push(format!(
-            "bugcheck {:#x} {name}{}",
+            "bugcheck {:#x}{}{}",
             b["code"].as_u64().unwrap_or(0),
+            if name.is_empty() {
+                String::new()
+            } else {
+                format!(" {name}")
+            },
             if module.is_empty() {
                 String::new()
             } else {
@@ -195,7 +211,8 @@ pub fn summary(f: &Value) -> Vec<String> {
             threads.join(", ")
         ));
     }
-    for h in f["locks_held"].as_array().into_iter().flatten() {
+    let held = f["locks_held"].as_array().map_or(&[][..], Vec::as_slice);
+    for h in held.iter().take(MAX_LOCK_LINES) {
         let waiters = h["exclusive_waiters"].as_u64().unwrap_or(0)
             + h["shared_waiters"].as_u64().unwrap_or(0);
         let name = h["symbol"]
@@ -211,6 +228,12 @@ pub fn summary(f: &Value) -> Vec<String> {
             h["state"].as_str().unwrap_or("")
         ));
     }
+    if held.len() > MAX_LOCK_LINES {
+        out.push(format!(
+            "and {} more held locks (report.json: findings.locks_held)",
+            held.len() - MAX_LOCK_LINES
+        ));
+    }
     if let Some(n) = f["commit_failures"].as_u64().filter(|n| *n > 0) {
         out.push(format!("{n} commit requests have failed"));
     }
@@ -220,14 +243,17 @@ pub fn summary(f: &Value) -> Vec<String> {
             .into_iter()
             .flatten()
             .map(|h| {
-                // A holder whose name could not be read says so.
-                let name = match (h["name"].as_str(), h["name_error"].as_str()) {
-                    (Some(n), _) => n.to_string(),
-                    (None, Some(e)) => format!(
-                        "{:x} (name unreadable: {e})",
+                // A holder whose name could not be read is said to be so, not left blank.
+                let name = match (h["name"].as_str().map(str::trim), h["name_error"].as_str()) {
+                    (Some(n), _) if !n.is_empty() => n.to_string(),
+                    (_, Some(e)) => format!(
+                        "holder {:x} (its name could not be read: {e})",
                         h["handle"].as_u64().unwrap_or(0)
                     ),
-                    (None, None) => "?".into(),
+                    _ => match h["handle"].as_u64() {
+                        Some(a) => format!("holder {a:x} (its name could not be read)"),
+                        None => "an unknown holder (its name could not be read)".to_string(),
+                    },
                 };
                 format!("{name} holds {}", h["count"].as_u64().unwrap_or(0))
             })
@@ -263,36 +289,182 @@ fn slug(s: &str) -> String {
         .collect()
 }
 
-#[cfg(unix)]
+/// The most output (text and JSON of every result) one capture keeps; past it the script
+/// stops, says what it did not run, and the bundle is incomplete.
+pub const MAX_CAPTURE_OUTPUT: usize = 64 << 20;
+
+/// Writes `bytes` to a new owner-only file; a file cut short by a failed write is removed.
 fn private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let r = open
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    if r.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    r
 }
 
-#[cfg(not(unix))]
-fn private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
+/// The prefix of a bundle being written.
+const PARTIAL: &str = ".partial-";
+/// The lock a capture holds on its partial bundle while it writes it.
+const LOCK: &str = ".lock";
+
+/// A bundle being written under a hidden name, locked while this exists; removed on drop
+/// unless published.
+struct Partial {
+    dir: PathBuf,
+    #[cfg_attr(not(unix), allow(dead_code))]
+    lock: Option<std::fs::File>,
+    published: bool,
 }
 
-#[cfg(unix)]
-fn make_private(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+impl Partial {
+    fn create(out: &Path, name: &str, stamp: &str) -> anyhow::Result<Partial> {
+        // Unique to this capture: two captures of one target within a second do not meet.
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = out.join(format!(
+            "{PARTIAL}{name}-{stamp}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut b = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut p = Partial {
+            dir,
+            lock: None,
+            published: false,
+        };
+        p.lock = Some(lock_file(&p.dir.join(LOCK))?);
+        Ok(p)
+    }
+
+    /// Renames it to `to`, or to `to-2`, `to-3` … when a bundle of that name exists (two
+    /// captures within one second); the name it got. Its lock file goes first.
+    fn publish(mut self, to: &Path) -> anyhow::Result<PathBuf> {
+        let _ = std::fs::remove_file(self.dir.join(LOCK));
+        let mut name = to.to_path_buf();
+        for n in 2..1000 {
+            if !name.exists() {
+                break;
+            }
+            name = PathBuf::from(format!("{}-{n}", to.display()));
+        }
+        std::fs::rename(&self.dir, &name)
+            .with_context(|| format!("cannot move the bundle to {}", name.display()))?;
+        self.published = true;
+        Ok(name)
+    }
 }
 
-#[cfg(not(unix))]
-fn make_private(_: &Path) {}
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
 
-/// Runs the capture on the stopped target `e` and writes the bundle.
-pub fn capture(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Result<Captured> {
-    let start = Instant::now();
+/// Creates and locks `path` (an advisory lock held as long as the file is open).
+fn lock_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let f = open
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            anyhow::bail!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(f)
+}
+
+/// Whether a partial bundle's writer is gone: its lock file is missing or nobody holds it.
+fn abandoned(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd as _;
+        let Ok(f) = std::fs::OpenOptions::new().read(true).open(dir.join(LOCK)) else {
+            return true;
+        };
+        // SAFETY: as in lock_file; the lock is dropped with the file.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        true
+    }
+}
+
+/// Removes the partial bundles in `out` that no running capture is writing (left by a watcher
+/// that was killed): what was removed, or could not be.
+pub fn remove_abandoned(out: &Path) -> Vec<(PathBuf, Result<(), String>)> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Vec::new();
+    };
+    let mut done = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let is_partial = e.file_name().to_string_lossy().starts_with(PARTIAL)
+            && e.file_type().is_ok_and(|t| t.is_dir());
+        if is_partial && abandoned(&path) {
+            let r = std::fs::remove_dir_all(&path).map_err(|e| e.to_string());
+            done.push((path, r));
+        }
+    }
+    done
+}
+
+/// What a capture gathered while the target was stopped, ready to be written.
+pub struct Gathered {
+    partial: Partial,
+    stamp: String,
+    reason: String,
+    origin: String,
+    bugcheck: Option<(u32, [u64; 4])>,
+    description: String,
+    build: u32,
+    kernel_base: u64,
+    round_trips: u64,
+    bytes: u64,
+    seconds: f64,
+    body: String,
+    steps: Vec<Value>,
+    texts: Vec<(String, String)>,
+    failed_steps: usize,
+    /// The dump's header and pages, or why there is no dump.
+    snapshot: Result<(DumpHeader, BTreeMap<u64, Vec<u8>>), String>,
+    /// Files the script wrote that could not be written.
+    write_failures: Vec<String>,
+    /// Why what was gathered is not everything the script asked for.
+    short: Vec<String>,
+}
+
+/// Runs the capture script on the stopped target `e`: every result, the snapshot's pages, and
+/// the files the script writes itself, in a new partial bundle. Nothing it gathers needs the
+/// target afterwards; [`write`] makes the bundle while the target runs.
+pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Result<Gathered> {
+    let start = job.started;
+    let deadline = start + job.budget;
     let before = e.kernel.mem.stats();
     let bugcheck = e.kernel.bugcheck().ok().flatten();
     let reason = match (&bugcheck, job.trigger.kind.as_str()) {
@@ -307,12 +479,18 @@ pub fn capture(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::R
         None => ("hang.kds (built in)".into(), HANG_SCRIPT.into()),
     };
     let stmts = script::parse(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
-    std::fs::create_dir_all(&job.out).with_context(|| format!("creating {}", job.out.display()))?;
-    let tmp = job.out.join(format!(".partial-{}-{stamp}", job.name));
-    let _ = std::fs::remove_dir_all(&tmp);
-    create_private_dir(&tmp)?;
+    script::private_dir(&job.out)
+        .with_context(|| format!("cannot create {}", job.out.display()))?;
+    let partial = Partial::create(&job.out, &job.name, stamp)?;
+    // The snapshot's header first, within the budget: what it reads is in the snapshot too.
+    e.kernel.mem.set_deadline(Some(deadline));
+    let header = e
+        .kernel
+        .dump_header(&format!("kdnet capture of {}", job.name))
+        .map_err(|err| format!("cannot read what its header needs: {err}"));
+    e.kernel.mem.set_deadline(None);
     e.budget = Some(job.command_budget);
-    e.deadline = Some(start + job.budget);
+    e.deadline = Some(deadline);
     let text_style = Style {
         json: false,
         verbose: false,
@@ -322,10 +500,19 @@ pub fn capture(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::R
     let mut steps: Vec<Value> = Vec::new();
     let mut texts: Vec<(String, String)> = Vec::new();
     let mut failed_steps = 0;
-    let mut snapshot_error = None;
+    let mut short = Vec::new();
+    let write_failures;
     {
-        let mut runner = Runner::new(e, tmp.clone());
+        let mut runner = Runner::new(e, partial.dir.clone());
+        runner.output_limit = Some(MAX_CAPTURE_OUTPUT);
         runner.run(&stmts, &mut |ev| {
+            // Files the script wrote are named as they are in the published bundle.
+            let ev = match ev {
+                script::Event::Snapshot(p) => {
+                    script::Event::Snapshot(p.file_name().map_or(p.clone(), PathBuf::from))
+                }
+                other => other,
+            };
             let t = analysis::format_event(&ev, text_style);
             body.push_str(&t);
             if let script::Event::Outcome(o, _) = &ev {
@@ -338,49 +525,135 @@ pub fn capture(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::R
             steps.push(v);
         });
         runner.engine.deadline = None;
-        // Every page read, whatever the script asked for.
-        if let Err(err) = runner.snapshot("snapshot") {
-            snapshot_error = Some(err);
+        if let Some(why) = runner.halted() {
+            short.push(format!("the script stopped before its end: {why}"));
         }
+        write_failures = std::mem::take(&mut runner.write_failures);
     }
-    let info_desc = e.kernel.mem.info().description.clone();
+    if let Some(why) = lost.lock().ok().and_then(|l| l.clone()) {
+        short.insert(0, why);
+    }
+    if Instant::now() >= deadline {
+        short.push(format!(
+            "the stop budget of {:.0} s ran out; what was gathered is kept",
+            job.budget.as_secs_f64()
+        ));
+    }
     let cost = e.kernel.mem.stats().since(&before);
-    let seconds = start.elapsed().as_secs_f64();
-    let out_of_time = start.elapsed() >= job.budget;
-    let lost_reason = lost.lock().ok().and_then(|l| l.clone());
-    let incomplete = lost_reason.clone().or_else(|| {
-        out_of_time.then(|| {
-            format!(
-                "the stop budget of {:.0} s ran out; what was gathered is kept",
-                job.budget.as_secs_f64()
-            )
-        })
-    });
+    Ok(Gathered {
+        partial,
+        stamp: stamp.to_string(),
+        reason,
+        origin,
+        bugcheck,
+        description: e.kernel.mem.info().description.clone(),
+        build: e.kernel.build,
+        kernel_base: e.kernel.base,
+        round_trips: cost.transport.round_trips,
+        bytes: cost.transport.bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        body,
+        steps,
+        texts,
+        failed_steps,
+        snapshot: header.map(|h| (h, e.kernel.mem.snapshot_pages())),
+        write_failures,
+        short,
+    })
+}
+
+/// Writes the bundle of `g` and publishes it: under its final name when every file was
+/// written and everything was gathered, else under the name ending `-incomplete`, with
+/// report.txt and report.json saying what is missing and why. When even those two cannot be
+/// written nothing is published and the error says what could not be written. `stopped` is
+/// how long the target was kept stopped for the capture (None: it stays stopped).
+pub fn write(g: Gathered, job: &Job, stopped: Option<f64>) -> anyhow::Result<Captured> {
+    let Gathered {
+        partial,
+        stamp,
+        reason,
+        origin,
+        bugcheck,
+        description,
+        build,
+        kernel_base,
+        round_trips,
+        bytes,
+        seconds,
+        body,
+        steps,
+        texts,
+        failed_steps,
+        snapshot,
+        write_failures,
+        short,
+    } = g;
+    let dir = partial.dir.clone();
+    let mut missing = write_failures;
+    let snapshot_error = match snapshot {
+        Ok((header, pages)) => {
+            match dump::write_dump(
+                &dir.join("snapshot.dmp"),
+                &header,
+                dump::WriteKind::Bitmap,
+                &pages,
+            ) {
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            }
+        }
+        Err(e) => Some(e),
+    };
+    if let Some(e) = &snapshot_error {
+        missing.insert(0, format!("snapshot.dmp: {e}"));
+    }
     let found = findings(&steps, bugcheck, &job.trigger);
     let lines = summary(&found);
     let finished = super::utc_stamp(super::now_secs());
-    let info = json!({
-        "schema": 1,
-        "target": job.name,
-        "tags": job.tags,
-        "description": info_desc,
-        "build": e.kernel.build,
-        "kernel_base": e.kernel.base,
-        "trigger": job.trigger,
-        "bugcheck": bugcheck.map(|(c, p)| json!({ "code": c, "parameters": p })),
-        "started": stamp,
-        "finished": finished,
-        "stopped_seconds": seconds,
-        "round_trips": cost.transport.round_trips,
-        "bytes": cost.transport.bytes,
-        "script": origin,
-        "complete": incomplete.is_none(),
-        "incomplete": incomplete,
-        "snapshot": snapshot_error.as_ref().map_or(json!("snapshot.dmp"), |e| json!({ "error": e })),
-        "findings": found,
-        "summary": lines,
-        "steps": steps,
-    });
+    let stopped_seconds = stopped.unwrap_or(seconds);
+    let incomplete = |missing: &[String]| -> Option<String> {
+        let mut why = short.clone();
+        if !missing.is_empty() {
+            why.push(format!("not written: {}", missing.join("; ")));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    };
+    let info = |missing: &[String]| {
+        let incomplete = incomplete(missing);
+        json!({
+            "schema": 1,
+            "target": job.name,
+            "tags": job.tags,
+            "description": description,
+            "build": build,
+            "kernel_base": kernel_base,
+            "trigger": job.trigger,
+            "bugcheck": bugcheck.map(|(c, p)| json!({ "code": c, "parameters": p })),
+            "started": stamp,
+            "finished": finished,
+            "stopped_seconds": stopped_seconds,
+            "left_stopped": stopped.is_none(),
+            "round_trips": round_trips,
+            "bytes": bytes,
+            "script": origin,
+            "complete": incomplete.is_none(),
+            "incomplete": incomplete,
+            "not_written": missing,
+            "snapshot": snapshot_error.as_ref().map_or(json!("snapshot.dmp"), |e| json!({ "error": e })),
+            "findings": found,
+            "summary": lines,
+            "steps": steps,
+        })
+    };
+    // The page first: if it cannot be written, the reports say so.
+    if let Err(e) = private_file(
+        &dir.join("report.html"),
+        html::page(&info(&missing), &texts).as_bytes(),
+    ) {
+        missing.push(format!("report.html: cannot write: {e}"));
+    }
+    let info = info(&missing);
+    let incomplete = incomplete(&missing);
     let mut header = format!(
         "kdnet capture of {}{}\n",
         job.name,
@@ -395,16 +668,19 @@ pub fn capture(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::R
         job.trigger.kind, job.trigger.detail
     ));
     header.push_str(&format!(
-        "Target:   {info_desc}; build {}; kernel base {}\n",
-        e.kernel.build,
-        addr(e.kernel.base)
+        "Target:   {description}; build {build}; kernel base {}\n",
+        addr(kernel_base)
     ));
     header.push_str(&format!(
-        "Time:     {stamp} to {finished}; target stopped {seconds:.1} s for the capture\n"
+        "Time:     {stamp} to {finished}; target stopped {stopped_seconds:.1} s for the capture{}\n",
+        if stopped.is_none() {
+            " and left stopped"
+        } else {
+            ""
+        }
     ));
     header.push_str(&format!(
-        "Cost:     {} round trips, {} bytes; script {origin}\n",
-        cost.transport.round_trips, cost.transport.bytes
+        "Cost:     {round_trips} round trips, {bytes} bytes; script {origin}\n"
     ));
     match &incomplete {
         None => header.push_str("Complete: yes\n"),
@@ -421,19 +697,23 @@ pub fn capture(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::R
     }
     header.push('\n');
     header.push_str(&body);
-    private_file(&tmp.join("report.txt"), header.as_bytes()).context("writing report.txt")?;
-    private_file(&tmp.join("report.json"), format!("{info:#}\n").as_bytes())
-        .context("writing report.json")?;
-    private_file(
-        &tmp.join("report.html"),
-        html::page(&info, &texts).as_bytes(),
-    )
-    .context("writing report.html")?;
-    // Files the script wrote itself (`.snapshot NAME`) are private too.
-    if let Ok(dir) = std::fs::read_dir(&tmp) {
-        for f in dir.flatten() {
-            make_private(&f.path());
-        }
+    // Without these two nothing tells what the bundle holds: no bundle then.
+    let reports = private_file(&dir.join("report.txt"), header.as_bytes())
+        .map_err(|e| format!("report.txt: {e}"))
+        .and_then(|()| {
+            private_file(&dir.join("report.json"), format!("{info:#}\n").as_bytes())
+                .map_err(|e| format!("report.json: {e}"))
+        });
+    if let Err(e) = reports {
+        anyhow::bail!(
+            "cannot write the bundle's report in {}: {e}{}",
+            job.out.display(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (nor {})", missing.join("; "))
+            }
+        );
     }
     let final_dir = job.out.join(format!(
         "{}-{stamp}-{reason}{}",
@@ -444,31 +724,16 @@ pub fn capture(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::R
             ""
         }
     ));
-    std::fs::rename(&tmp, &final_dir)
-        .with_context(|| format!("moving the bundle to {}", final_dir.display()))?;
+    let final_dir = partial.publish(&final_dir)?;
     Ok(Captured {
         dir: final_dir,
         complete: incomplete.is_none(),
         failed_steps,
         summary: lines,
-        round_trips: cost.transport.round_trips,
-        bytes: cost.transport.bytes,
-        seconds,
+        round_trips,
+        bytes,
+        seconds: stopped_seconds,
     })
-}
-
-#[cfg(unix)]
-fn create_private_dir(p: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(p)
-        .with_context(|| format!("creating {}", p.display()))
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(p: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir(p).with_context(|| format!("creating {}", p.display()))
 }
 
 #[cfg(test)]
@@ -511,7 +776,39 @@ mod tests {
         assert_eq!(
             summary(&unread),
             [
-                "9 NBLs pending: ffff1234 (name unreadable: read of 0x10 bytes at 0x5 failed: target: no reply) holds 9"
+                "9 NBLs pending: holder ffff1234 (its name could not be read: read of 0x10 bytes at 0x5 failed: target: no reply) holds 9"
+            ]
+        );
+        // `!locks -v` lists every resource; only held ones are findings, the first 20 by name.
+        let many: Vec<Value> = (0..30u64)
+            .map(|i| json!({ "address": 0x1000 + i, "state": "exclusive", "exclusive_owner": 1 }))
+            .chain((0..1000u64).map(|i| json!({ "address": 0x9000 + i, "state": "available" })))
+            .collect();
+        let f = findings(
+            &[json!({ "command": "!locks -v", "result": { "held": many } })],
+            None,
+            &t,
+        );
+        assert_eq!(f["locks_held"].as_array().unwrap().len(), 30);
+        let s = summary(&f);
+        assert_eq!(s.len(), 21, "{s:?}");
+        assert_eq!(
+            s[20],
+            "and 10 more held locks (report.json: findings.locks_held)"
+        );
+        // After failed reads the holder's name is empty: it is said to be unreadable.
+        let steps = vec![
+            json!({ "command": "!ndiskd.pendingnbls", "result": { "pending": 1854,
+            "holders": [ { "handle": 0xffffa001u64, "name": "", "count": 1854 },
+                         { "name": null, "count": 2 } ] } }),
+        ];
+        let s = summary(&findings(&steps, None, &t));
+        assert_eq!(
+            s,
+            vec![
+                "1854 NBLs pending: holder ffffa001 (its name could not be read) holds 1854; \
+an unknown holder (its name could not be read) holds 2"
+                    .to_string()
             ]
         );
     }

@@ -384,11 +384,13 @@ pub fn load(path: &Path, cli: &Common) -> Result<Loaded, String> {
         let connect = ConnectArgs {
             port: Some(id.port),
             bind,
-            key_file: id
-                .key_file
-                .map(|k| if k.is_relative() { dir.join(k) } else { k }),
-            key_env: id.key_env,
-            key: None,
+            keys: crate::connect::KeyArgs {
+                key_file: id
+                    .key_file
+                    .map(|k| if k.is_relative() { dir.join(k) } else { k }),
+                key_env: id.key_env,
+                key: None,
+            },
             target: id.target,
             kernel: None,
             connect_timeout: Duration::from_secs(60),

@@ -18,10 +18,16 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::Hub;
-use super::target::Request;
+use super::target::{Client, Request};
 
 /// The longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
+
+/// The requester of what no control client asked for (a signal).
+pub const NO_CLIENT: Client = 0;
+
+/// Numbers the control clients (connections), from 1.
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Where the socket is when not given: `$XDG_RUNTIME_DIR/kdnet/watch.sock`, or
 /// `/tmp/kdnet-UID/watch.sock`.
@@ -45,20 +51,53 @@ pub fn default_path() -> PathBuf {
 pub type Targets = Arc<BTreeMap<String, mpsc::Sender<Request>>>;
 
 #[cfg(unix)]
-/// Listens on `path` (owner-only); a socket left by a watcher that died is replaced, one in
-/// use is an error.
+/// Refuses a directory for the control socket that is not the user's own, or that others may
+/// write to (they could put their own socket in its place).
+pub fn check_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if !m.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if m.uid() != uid {
+        return Err(format!(
+            "the control socket's directory {} belongs to user {}, not to this user ({uid}): \
+refusing it; give --control PATH in a directory of your own",
+            dir.display(),
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the control socket's directory {} can be written by others (mode {:o}): refusing \
+it; make it private (chmod go-w) or give --control PATH in a directory of your own",
+            dir.display(),
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+/// Listens on `path` (owner-only) in a directory that is the user's own and that only the user
+/// may write to (made so when this creates it); a socket left by a watcher that died is
+/// replaced, one in use is an error.
 pub async fn listen(path: &Path) -> Result<tokio::net::UnixListener, String> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    if let Some(dir) = path
+    let dir = path
         .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
+    check_private_dir(dir)?;
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(format!(
@@ -89,46 +128,62 @@ pub async fn serve(l: tokio::net::UnixListener, hub: Arc<Hub>, targets: Targets)
         };
         let hub = hub.clone();
         let targets = targets.clone();
+        let client = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut r = BufReader::new(r);
-            loop {
-                let line = match read_line(&mut r, MAX_LINE).await {
-                    Ok(Some(l)) => l,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = reply(&mut w, &json!({ "ok": false, "error": e })).await;
-                        return;
-                    }
-                };
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let req: Value = match serde_json::from_str(&line) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let msg = json!({ "ok": false, "error": format!("not JSON: {e}") });
-                        if reply(&mut w, &msg).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                if req["op"] == "events" {
-                    stream_events(&hub, &mut w).await;
-                    return;
-                }
-                let answer = handle(&req, &hub, &targets).await;
-                if reply(&mut w, &answer).await.is_err() {
-                    return;
-                }
+            serve_client(stream, client, &hub, &targets).await;
+            // Gone: what it holds is let go on after the lease.
+            for tx in targets.values() {
+                let _ = tx.send(Request::Release(client)).await;
             }
         });
     }
 }
 
-/// The longest answer a client accepts (a command's whole output).
-const MAX_ANSWER: usize = 256 * 1024 * 1024;
+#[cfg(unix)]
+async fn serve_client(
+    stream: tokio::net::UnixStream,
+    client: Client,
+    hub: &Hub,
+    targets: &Targets,
+) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    loop {
+        let line = match read_line(&mut r, MAX_LINE).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = reply(&mut w, &json!({ "ok": false, "error": e })).await;
+                return;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = json!({ "ok": false, "error": format!("not JSON: {e}") });
+                if reply(&mut w, &msg).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if req["op"] == "events" {
+            stream_events(hub, &mut w).await;
+            return;
+        }
+        let answer = handle(&req, hub, targets, client).await;
+        if w.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The longest answer a client accepts: a `run` answer is bounded by the watcher's output
+/// limit (and each result within it by its own), with room for the JSON around them.
+const MAX_ANSWER: usize = super::target::MAX_RUN_OUTPUT * 2 + (1 << 20);
 
 /// Reads one line of at most `max` bytes; None at the end.
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
@@ -184,47 +239,81 @@ async fn stream_events<W: tokio::io::AsyncWrite + Unpin>(hub: &Hub, w: &mut W) {
     }
 }
 
-async fn handle(req: &Value, hub: &Hub, targets: &Targets) -> Value {
+/// The answer to one request, as the line sent (without its newline).
+async fn handle(req: &Value, hub: &Hub, targets: &Targets, client: Client) -> String {
+    match handle_value(req, hub, targets, client).await {
+        Answer::Value(v) => v.to_string(),
+        Answer::Results(name, raw) => format!(
+            "{{\"ok\":true,\"target\":{},\"results\":{raw}}}",
+            Value::String(name)
+        ),
+    }
+}
+
+enum Answer {
+    Value(Value),
+    /// A `run`'s results (a JSON array, as text) for a target.
+    Results(String, String),
+}
+
+impl From<Value> for Answer {
+    fn from(v: Value) -> Answer {
+        Answer::Value(v)
+    }
+}
+
+async fn handle_value(req: &Value, hub: &Hub, targets: &Targets, client: Client) -> Answer {
     let op = req["op"].as_str().unwrap_or("");
     if op == "list" {
-        return json!({ "ok": true, "targets": hub.list() });
+        return json!({ "ok": true, "targets": hub.list() }).into();
     }
     let ops = ["capture", "break", "continue", "run"];
     if !ops.contains(&op) {
-        return json!({ "ok": false, "error": format!("unknown op {op:?}: list, events, capture, break, run, continue") });
+        return json!({ "ok": false, "error": format!("unknown op {op:?}: list, events, capture, break, run, continue") }).into();
     }
     let Some(name) = req["target"].as_str() else {
-        return json!({ "ok": false, "error": format!("{op}: give \"target\"") });
+        return json!({ "ok": false, "error": format!("{op}: give \"target\"") }).into();
     };
     let Some(tx) = targets.get(name) else {
         let known: Vec<&String> = targets.keys().collect();
-        return json!({ "ok": false, "error": format!("no target {name:?} (watching {known:?})") });
+        return json!({ "ok": false, "error": format!("no target {name:?} (watching {known:?})") })
+            .into();
     };
+    let ended = || json!({ "ok": false, "error": "the target's task has ended" }).into();
+    if op == "run" {
+        let command = match req["command"].as_str() {
+            Some(c) if !c.trim().is_empty() => c.to_string(),
+            _ => return json!({ "ok": false, "error": "run: give \"command\"" }).into(),
+        };
+        let (rtx, rrx) = oneshot::channel();
+        if tx.send(Request::Run(client, command, rtx)).await.is_err() {
+            return ended();
+        }
+        return match rrx.await {
+            Ok(Ok(raw)) => Answer::Results(name.to_string(), raw),
+            Ok(Err(e)) => json!({ "ok": false, "target": name, "error": e }).into(),
+            Err(_) => ended(),
+        };
+    }
     let (rtx, rrx) = oneshot::channel();
     let r = match op {
-        "capture" => Request::Capture(rtx),
-        "break" => Request::Break(rtx),
-        "continue" => Request::Continue(rtx),
-        _ => match req["command"].as_str() {
-            Some(c) if !c.trim().is_empty() => Request::Run(c.to_string(), rtx),
-            _ => return json!({ "ok": false, "error": "run: give \"command\"" }),
-        },
+        "capture" => Request::Capture(client, rtx),
+        "break" => Request::Break(client, rtx),
+        _ => Request::Continue(rtx),
     };
     if tx.send(r).await.is_err() {
-        return json!({ "ok": false, "error": "the target's task has ended" });
+        return ended();
     }
     match rrx.await {
         Ok(Ok(v)) => {
             let mut out = json!({ "ok": true, "target": name });
-            if let (Some(m), Some(x)) = (out.as_object_mut(), v.as_object()) {
-                for (k, v) in x {
-                    m.insert(k.clone(), v.clone());
-                }
+            if let (Some(m), Value::Object(x)) = (out.as_object_mut(), v) {
+                m.extend(x);
             }
-            out
+            out.into()
         }
-        Ok(Err(e)) => json!({ "ok": false, "target": name, "error": e }),
-        Err(_) => json!({ "ok": false, "error": "the target's task has ended" }),
+        Ok(Err(e)) => json!({ "ok": false, "target": name, "error": e }).into(),
+        Err(_) => ended(),
     }
 }
 

@@ -86,9 +86,14 @@ pub struct Args {
     /// Stop watching after this long.
     #[arg(long, value_parser = crate::duration::parse)]
     duration: Option<Duration>,
-    /// Append each state change as a JSON line to this file.
+    /// Append each state change as a JSON line to this file (owner-only: it is made 0600).
     #[arg(long)]
     events: Option<PathBuf>,
+    /// How long a target a control client broke into stays stopped after that client
+    /// disconnected (a client that stays connected keeps it; any client's next request takes
+    /// it over): then it continues.
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse)]
+    control_lease: Duration,
     /// The control socket (default: $XDG_RUNTIME_DIR/kdnet/watch.sock or
     /// /tmp/kdnet-UID/watch.sock).
     #[arg(long)]
@@ -194,14 +199,59 @@ pub async fn bind_all(targets: &[TargetSpec]) -> Result<Vec<Session>, u8> {
     Ok(hosts)
 }
 
+/// How a watch ends and what its control socket allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Captures in all (all targets together), then the watch ends.
+    pub max_captures: Option<u32>,
+    /// The watch ends after this long.
+    pub duration: Option<Duration>,
+    /// How long a target a control client broke into stays stopped after it disconnected.
+    pub lease: Duration,
+}
+
+/// Removes, from the bundle directories of `targets`, partial bundles no capture is writing
+/// (left by a watcher that was killed), and says so.
+fn clean_out_dirs(targets: &[(TargetSpec, Session)], hub: &Hub) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (spec, _) in targets {
+        if !seen.insert(spec.out.clone()) {
+            continue;
+        }
+        for (dir, r) in bundle::remove_abandoned(&spec.out) {
+            match r {
+                Ok(()) => hub.note(
+                    &spec.name,
+                    &format!(
+                        "removed {}: a capture an earlier watcher did not finish",
+                        dir.display()
+                    ),
+                ),
+                Err(e) => hub.note(
+                    &spec.name,
+                    &format!(
+                        "cannot remove {} (a capture an earlier watcher did not finish): {e}",
+                        dir.display()
+                    ),
+                ),
+            }
+        }
+    }
+}
+
 /// Watches the targets (each with its session) until told to stop; the exit code.
 pub async fn watch(
     targets: Vec<(TargetSpec, Session)>,
     hub: Arc<Hub>,
     control: Control,
-    max_captures: Option<u32>,
-    duration: Option<Duration>,
+    limits: Limits,
 ) -> anyhow::Result<u8> {
+    let Limits {
+        max_captures,
+        duration,
+        lease,
+    } = limits;
+    let mut ending = crate::signals::Ending::catch().context("catching signals")?;
     #[cfg(unix)]
     let listener = {
         let path = match control {
@@ -225,6 +275,8 @@ pub async fn watch(
     };
     #[cfg(not(unix))]
     let _ = control;
+    clean_out_dirs(&targets, &hub);
+    let quota = Arc::new(target::Quota::new(max_captures));
     let (captured_tx, mut captured_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // How long a target's task may take to finish what it is doing when the watch ends.
@@ -246,6 +298,8 @@ pub async fn watch(
             hub.clone(),
             rx,
             captured_tx.clone(),
+            quota.clone(),
+            lease,
             stop_rx.clone(),
         );
         tasks.push(tokio::spawn(actor.run()));
@@ -273,7 +327,7 @@ pub async fn watch(
                 // A capture by hand on every target.
                 for (name, q) in queues.iter() {
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    if q.try_send(target::Request::Capture(tx)).is_ok() {
+                    if q.try_send(target::Request::Capture(control::NO_CLIENT, tx)).is_ok() {
                         let hub = hub.clone();
                         let name = name.clone();
                         tokio::spawn(async move {
@@ -284,15 +338,32 @@ pub async fn watch(
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            s = ending.next() => {
+                eprintln!(
+                    "kdnet watch: {}: ending the watch once what is under way is done (a second signal ends it at once)",
+                    s.name()
+                );
                 break;
             }
         }
     }
-    // The targets' tasks end with the watch, each after what it is doing.
+    // The targets' tasks end with the watch, each after what it is doing (a target held
+    // stopped is let go on); a second signal ends the watch at once.
     let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(finish, t).await;
+    let finishing = async {
+        for t in tasks {
+            let _ = tokio::time::timeout(finish, t).await;
+        }
+    };
+    tokio::select! {
+        () = finishing => {}
+        s = ending.next() => {
+            eprintln!(
+                "kdnet watch: {} again: ending at once; a target being captured may stay stopped",
+                s.name()
+            );
+            std::process::exit(i32::from(s.exit_code()));
+        }
     }
     if let Some(s) = server {
         s.abort();
@@ -341,10 +412,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
     };
     let file = match &p.events {
         Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            open_events(path)
                 .with_context(|| format!("opening the events file {}", path.display()))?,
         ),
         None => None,
@@ -356,7 +424,28 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
     };
     let control = p.control.map_or(Control::Default, Control::At);
     let targets = p.targets.into_iter().zip(hosts).collect();
-    watch(targets, hub, control, p.max_captures, a.duration).await
+    let limits = Limits {
+        max_captures: p.max_captures,
+        duration: a.duration,
+        lease: a.control_lease,
+    };
+    watch(targets, hub, control, limits).await
+}
+
+/// Opens the events file for appending, owner-only (an existing one is made so): the events
+/// say what the targets did and what was found in their memory.
+fn open_events(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let f = open.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
 }
 
 /// Seconds since 1970 as `YYYYMMDDTHHMMSSZ`.

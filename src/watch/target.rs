@@ -20,20 +20,69 @@ use super::policy::Limiter;
 use super::probe::{self, Failing};
 use crate::analysis;
 
+/// A control client (one connection to the control socket).
+pub type Client = u64;
+
 /// What a control client asks of a target.
 pub enum Request {
     /// Capture now (never held back by the rate limit or the cool-down).
-    Capture(oneshot::Sender<Result<Value, String>>),
-    /// Break in and keep it stopped.
-    Break(oneshot::Sender<Result<Value, String>>),
+    Capture(Client, oneshot::Sender<Result<Value, String>>),
+    /// Break in and keep it stopped (for the client, while it is connected, and for the lease
+    /// after it goes away).
+    Break(Client, oneshot::Sender<Result<Value, String>>),
     /// Let it run.
     Continue(oneshot::Sender<Result<Value, String>>),
-    /// Run a command line on the stopped target.
-    Run(String, oneshot::Sender<Result<Value, String>>),
+    /// Run a command line on the stopped target; the answer is the results' JSON array, as
+    /// text (it is kept as text from the start: a bounded line, not a tree many times its size).
+    Run(Client, String, oneshot::Sender<Result<String, String>>),
+    /// The client went away: a target it holds is let go on when the lease runs out.
+    Release(Client),
 }
 
 /// How long a break-in may take.
 const BREAK_IN: Duration = Duration::from_secs(10);
+
+/// The captures the whole watch may still make (`--max-captures`): a capture takes one before
+/// it starts, so no more are made than allowed, however the targets' captures overlap.
+#[derive(Debug)]
+pub struct Quota {
+    left: Option<std::sync::atomic::AtomicU32>,
+}
+
+impl Quota {
+    /// At most `limit` captures (None: no limit).
+    pub fn new(limit: Option<u32>) -> Quota {
+        Quota {
+            left: limit.map(std::sync::atomic::AtomicU32::new),
+        }
+    }
+
+    /// Takes one; false when none is left.
+    pub fn take(&self) -> bool {
+        match &self.left {
+            None => true,
+            Some(n) => n
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                .is_ok(),
+        }
+    }
+
+    /// Gives back one taken by a capture that made nothing (it could not even stop the target).
+    pub fn give_back(&self) {
+        if let Some(n) = &self.left {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A target kept stopped: its engine, the stop it belongs to, the control client holding it
+/// (None: the policy after a capture) and when that client's lease runs out once it has gone.
+struct Held {
+    engine: Engine,
+    at: u64,
+    owner: Option<Client>,
+    lease: Option<tokio::time::Instant>,
+}
 
 /// A target's task.
 pub struct Actor {
@@ -43,9 +92,12 @@ pub struct Actor {
     rx: mpsc::Receiver<Request>,
     limiter: Limiter,
     prev: Option<Sample>,
-    /// The engine of a stop a control client asked for, and the stop it belongs to.
-    held: Option<(Engine, u64)>,
+    /// The engine of a stop a control client (or the policy) keeps.
+    held: Option<Held>,
     captured: mpsc::UnboundedSender<()>,
+    quota: Arc<Quota>,
+    /// How long a target a client broke into stays stopped after the client went away.
+    lease: Duration,
     /// Set when the watch ends: the task finishes what it is doing, then ends.
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -56,12 +108,15 @@ fn stop_count(host: &Session) -> u64 {
 
 impl Actor {
     /// A task for `spec` over `host`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         spec: TargetSpec,
         host: Session,
         hub: Arc<Hub>,
         rx: mpsc::Receiver<Request>,
         captured: mpsc::UnboundedSender<()>,
+        quota: Arc<Quota>,
+        lease: Duration,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Actor {
         Actor {
@@ -73,6 +128,8 @@ impl Actor {
             prev: None,
             held: None,
             captured,
+            quota,
+            lease,
             stop,
         }
     }
@@ -122,8 +179,8 @@ impl Actor {
             }
             let s = state_rx.current();
             let stopped = s.stopped;
-            if let Some((_, at)) = &self.held
-                && (!stopped || s.stops != *at || s.link != Link::Connected)
+            if let Some(h) = &self.held
+                && (!stopped || s.stops != h.at || s.link != Link::Connected)
             {
                 self.held = None;
             }
@@ -168,9 +225,23 @@ impl Actor {
                 continue;
             }
             let running = connected && !stopped && self.held.is_none();
+            let lease_end = self.held.as_ref().and_then(|h| h.lease);
             tokio::select! {
                 biased;
                 _ = stop.changed() => {}
+                _ = async { match lease_end {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                } } => {
+                    self.hub.note(
+                        &self.spec.name,
+                        &format!(
+                            "the control client that broke in went away {} s ago: the target continues",
+                            self.lease.as_secs()
+                        ),
+                    );
+                    self.resume().await;
+                }
                 alive = state_rx.changed() => if !alive { break },
                 req = self.rx.recv() => match req {
                     Some(r) => self.request(r).await,
@@ -296,8 +367,10 @@ impl Actor {
         let _ = self.capture(t, Some(engine), false).await;
     }
 
-    /// Captures for `t`: checks the policy (unless asked by hand), stops the target, runs the
-    /// script, writes the bundle, and lets the target go on unless the policy says otherwise.
+    /// Captures for `t`: checks the policy (unless asked by hand) and `--max-captures`, stops
+    /// the target, runs the script, lets the target go on as soon as the script has run or the
+    /// stop budget has run out (whichever is first; unless the policy keeps it stopped), then
+    /// writes the bundle.
     async fn capture(
         &mut self,
         t: Trigger,
@@ -305,7 +378,14 @@ impl Actor {
         manual: bool,
     ) -> Result<Value, String> {
         let now = Instant::now();
-        if !manual && let Err(why) = self.limiter.check(now, &self.spec.policy) {
+        let refused = if !manual && let Err(why) = self.limiter.check(now, &self.spec.policy) {
+            Some(why)
+        } else if !self.quota.take() {
+            Some("the watch has made the captures --max-captures allows".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             self.state(
                 "capture-skipped",
                 &format!("{}: {} ({why})", t.kind, t.detail),
@@ -316,6 +396,7 @@ impl Actor {
             return Err(why);
         }
         if let Err(e) = self.stop().await {
+            self.quota.give_back();
             self.state("capture-failed", &e);
             return Err(e);
         }
@@ -333,18 +414,21 @@ impl Actor {
             out: self.spec.out.clone(),
             trigger: t,
             script: self.spec.script.clone(),
+            started: now,
             budget: self.spec.policy.budget,
             command_budget: self.spec.policy.command_budget,
         };
         let engine = match engine {
             Some(e) => Some(e),
-            None => self.held.take().map(|h| h.0),
+            None => self.held.take().map(|h| h.engine),
         };
         let host = self.host.clone();
         let rt = tokio::runtime::Handle::current();
         let symbols = self.spec.symbols.clone();
         let stamp = super::utc_stamp(super::now_secs());
-        let result = tokio::task::spawn_blocking(move || {
+        let (gathered_tx, gathered_rx) = oneshot::channel::<()>();
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<Option<f64>>();
+        let task = tokio::task::spawn_blocking(move || {
             let mut e = match engine {
                 Some(e) => e,
                 None => host
@@ -352,13 +436,47 @@ impl Actor {
                     .map_err(|e| e.to_string())?,
             };
             e.kernel.mem.set_cancel(Some(cancel));
-            let c = bundle::capture(&mut e, &job, &lost, &stamp).map_err(|e| format!("{e:#}"));
+            let g = bundle::gather(&mut e, &job, &lost, &stamp);
             e.kernel.mem.set_cancel(None);
+            drop(gathered_tx);
+            // The bundle says how long the target was kept stopped: the task knows.
+            let stopped = stopped_rx.recv().unwrap_or(None);
+            let c = g
+                .and_then(|g| bundle::write(g, &job, stopped))
+                .map_err(|e| format!("{e:#}"));
             c.map(|c| (e, c))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the capture thread failed: {e}")));
+        });
+        // The target goes on when the script is done or at the budget, whatever is running.
+        let budget_end = tokio::time::Instant::from_std(now + self.spec.policy.budget);
+        let cut = tokio::select! {
+            _ = gathered_rx => tokio::time::Instant::now() >= budget_end,
+            _ = tokio::time::sleep_until(budget_end) => true,
+        };
         monitor.abort();
+        let keep = self.spec.policy.leave_stopped;
+        let mut resumed = false;
+        if cut {
+            self.hub.note(
+                &self.spec.name,
+                &format!(
+                    "the stop budget of {:.0} s ran out during the capture{}",
+                    self.spec.policy.budget.as_secs_f64(),
+                    if keep {
+                        ""
+                    } else {
+                        ": the target continues; the bundle keeps what was read"
+                    }
+                ),
+            );
+        }
+        if !keep && self.host.status().link == Link::Connected && self.host.status().stopped {
+            self.resume().await;
+            resumed = true;
+        }
+        let _ = stopped_tx.send((!keep).then(|| now.elapsed().as_secs_f64()));
+        let result = task
+            .await
+            .unwrap_or_else(|e| Err(format!("the capture thread failed: {e}")));
         self.limiter.record(now);
         let out = match result {
             Ok((engine, c)) => {
@@ -389,18 +507,23 @@ impl Actor {
                 for line in &c.summary {
                     self.hub.note(&self.spec.name, &format!("finding: {line}"));
                 }
-                if self.spec.policy.leave_stopped && c.complete {
+                if keep && c.complete {
                     let at = stop_count(&self.host);
-                    self.held = Some((engine, at));
+                    self.held = Some(Held {
+                        engine,
+                        at,
+                        owner: None,
+                        lease: None,
+                    });
                     self.state("stopped", "left stopped after the capture");
-                } else if self.host.status().link == Link::Connected {
+                } else if !resumed && self.host.status().link == Link::Connected {
                     self.resume().await;
                 }
                 Ok(v)
             }
             Err(e) => {
                 self.state("capture-failed", &e);
-                if !self.spec.policy.leave_stopped && self.host.status().stopped {
+                if !keep && !resumed && self.host.status().stopped {
                     self.resume().await;
                 }
                 Err(e)
@@ -410,9 +533,21 @@ impl Actor {
         out
     }
 
+    /// A client's request on a target it holds (or that a client it replaces held) makes it
+    /// the holder, with no lease running.
+    fn adopt(&mut self, client: Client) {
+        if let Some(h) = &mut self.held
+            && h.owner.is_some()
+        {
+            h.owner = Some(client);
+            h.lease = None;
+        }
+    }
+
     async fn request(&mut self, r: Request) {
         match r {
-            Request::Capture(reply) => {
+            Request::Capture(client, reply) => {
+                self.adopt(client);
                 let t = Trigger {
                     kind: "manual".into(),
                     detail: "asked for by a control client".into(),
@@ -425,8 +560,8 @@ impl Actor {
                 };
                 let _ = reply.send(r);
             }
-            Request::Break(reply) => {
-                let r = self.break_and_hold().await;
+            Request::Break(client, reply) => {
+                let r = self.break_and_hold(client).await;
                 let _ = reply.send(r);
             }
             Request::Continue(reply) => {
@@ -438,33 +573,62 @@ impl Actor {
                 };
                 let _ = reply.send(r);
             }
-            Request::Run(line, reply) => {
+            Request::Run(client, line, reply) => {
+                self.adopt(client);
                 let r = self.run_line(line).await;
                 let _ = reply.send(r);
+            }
+            Request::Release(client) => {
+                if let Some(h) = &mut self.held
+                    && h.owner == Some(client)
+                    && h.lease.is_none()
+                {
+                    h.lease = Some(tokio::time::Instant::now() + self.lease);
+                    self.hub.note(
+                        &self.spec.name,
+                        &format!(
+                            "the control client that broke in went away: the target continues in {} s unless a client takes it",
+                            self.lease.as_secs()
+                        ),
+                    );
+                }
             }
         }
     }
 
-    async fn break_and_hold(&mut self) -> Result<Value, String> {
+    async fn break_and_hold(&mut self, client: Client) -> Result<Value, String> {
         if self.host.status().link != Link::Connected {
             return Err("the target is not connected".into());
         }
-        if self.held.is_some() {
+        if let Some(h) = &mut self.held {
+            h.owner = Some(client);
+            h.lease = None;
             return Ok(json!({ "stopped": true, "already": true }));
         }
         self.stop().await?;
         let e = self.open().await?;
         let at = stop_count(&self.host);
-        self.held = Some((e, at));
+        self.held = Some(Held {
+            engine: e,
+            at,
+            owner: Some(client),
+            lease: None,
+        });
         self.state("stopped", "broken in by a control client");
         Ok(json!({ "stopped": true }))
     }
 
-    async fn run_line(&mut self, line: String) -> Result<Value, String> {
+    async fn run_line(&mut self, line: String) -> Result<String, String> {
         let stmts = script::parse(&line).map_err(|e| e.to_string())?;
-        let Some((engine, at)) = self.held.take() else {
+        let Some(held) = self.held.take() else {
             return Err("the target is running: break in first (op \"break\")".into());
         };
+        let Held {
+            engine,
+            at,
+            owner,
+            lease,
+        } = held;
         // `.snapshot NAME` from a client writes beside the bundles.
         let dir = self.spec.out.clone();
         let (engine, outs) = tokio::task::spawn_blocking(move || {
@@ -472,6 +636,8 @@ impl Actor {
             let mut outs = Vec::new();
             {
                 let mut runner = Runner::new(&mut e, dir);
+                // The answer is one line a client reads whole: bounded.
+                runner.output_limit = Some(MAX_RUN_OUTPUT);
                 runner.run(&stmts, &mut |ev| {
                     let mut v = analysis::event_json(&ev);
                     if let script::Event::Outcome(o, _) = &ev
@@ -479,17 +645,26 @@ impl Actor {
                     {
                         m.insert("text".into(), Value::String(o.text.clone()));
                     }
-                    outs.push(v);
+                    outs.push(v.to_string());
                 });
             }
             (e, outs)
         })
         .await
         .map_err(|e| format!("the command thread failed: {e}"))?;
-        self.held = Some((engine, at));
-        Ok(json!({ "results": outs }))
+        self.held = Some(Held {
+            engine,
+            at,
+            owner,
+            lease,
+        });
+        Ok(format!("[{}]", outs.join(",")))
     }
 }
+
+/// The most output (text and JSON of every result) one control-socket `run` answers with; past
+/// it the line stops and says what it did not run.
+pub const MAX_RUN_OUTPUT: usize = 16 << 20;
 
 async fn tick(i: &mut Option<tokio::time::Interval>) {
     match i {

@@ -17,25 +17,10 @@ fn demo_json() -> &'static [u8] {
 }
 
 fn amdppm_pdb() -> Option<&'static [u8]> {
-    static P: OnceLock<Option<Vec<u8>>> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = std::env::var_os("KDNET_SHARED")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-        let f = dir.join("pdbs/amdppm.pdb");
-        match std::fs::read(&f) {
-            Ok(b) => Some(b),
-            Err(_) => {
-                assert!(
-                    std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
-                    "KDNET_REQUIRE_SHARED is set but {} is missing",
-                    f.display()
-                );
-                None
-            }
-        }
-    })
-    .as_deref()
+    // Asked on every call, so each test that needs it is counted.
+    let dir = kdnet_testkit::shared("pdbs/amdppm.pdb")?;
+    static P: OnceLock<Vec<u8>> = OnceLock::new();
+    Some(P.get_or_init(|| std::fs::read(dir.join("pdbs/amdppm.pdb")).unwrap()))
 }
 
 /// Asks a table everything a command would.

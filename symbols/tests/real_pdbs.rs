@@ -7,19 +7,7 @@ use kdnet_symbols::path::SymbolPath;
 use kdnet_symbols::{PdbId, Ty, pdb};
 
 fn pdbs() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-        .join("pdbs");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
-        "KDNET_REQUIRE_SHARED is set but {} is missing",
-        dir.display()
-    );
-    None
+    kdnet_testkit::shared("pdbs").map(|d| d.join("pdbs"))
 }
 
 #[test]

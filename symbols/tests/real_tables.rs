@@ -6,19 +6,7 @@ use std::path::PathBuf;
 use kdnet_symbols::{TypeTable, isf};
 
 fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    if dir.join("symbols").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
-        "no {}",
-        dir.display()
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
+    kdnet_testkit::shared("symbols")
 }
 
 fn load(guid: &str) -> Option<TypeTable> {

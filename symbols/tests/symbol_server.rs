@@ -14,14 +14,7 @@ use kdnet_symbols::PdbId;
 use kdnet_symbols::path::{PathEntry, SymbolPath};
 
 fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    if dir.join("pdbs").is_dir() {
-        return Some(dir);
-    }
-    assert!(std::env::var_os("KDNET_REQUIRE_SHARED").is_none());
-    None
+    kdnet_testkit::shared("pdbs")
 }
 
 /// Serves `body` for `path`; `truncate` sends a Content-Length larger than the body.

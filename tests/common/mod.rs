@@ -24,9 +24,14 @@ pub struct Sim(pub Child);
 
 impl Sim {
     pub fn start(port: u16, key: &str, args: &[&str]) -> Sim {
+        Sim::start_for(port, key, "120s", args)
+    }
+
+    /// A simulator that stops by itself after `duration`.
+    pub fn start_for(port: u16, key: &str, duration: &str, args: &[&str]) -> Sim {
         let child = kdnet()
             .args(["sim", "--host", &format!("127.0.0.1:{port}"), "--key", key])
-            .args(["--duration", "120s"])
+            .args(["--duration", duration])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -34,6 +39,151 @@ impl Sim {
             .unwrap();
         Sim(child)
     }
+}
+
+/// A child whose standard output and error arrive line by line (tagged `out`/`err`), killed
+/// on drop.
+pub struct Lines {
+    pub child: Child,
+    rx: std::sync::mpsc::Receiver<(&'static str, String)>,
+    /// Every line so far.
+    pub seen: Vec<(&'static str, String)>,
+}
+
+impl Lines {
+    /// Spawns `cmd` with its output piped (standard input too, kept open until dropped).
+    pub fn spawn(cmd: &mut Command) -> Lines {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (tag, r) in [
+            ("out", Box::new(out) as Box<dyn std::io::Read + Send>),
+            ("err", Box::new(err)),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for l in std::io::BufReader::new(r).lines() {
+                    let Ok(l) = l else { break };
+                    if tx.send((tag, l)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Lines {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line for which `f` holds, up to `limit`; the line. Fails the test with what
+    /// was seen otherwise.
+    pub fn wait_for(
+        &mut self,
+        limit: std::time::Duration,
+        mut f: impl FnMut(&str, &str) -> bool,
+    ) -> String {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((tag, l)) => {
+                    self.seen.push((tag, l.clone()));
+                    if f(tag, &l) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("not seen within {limit:?}; seen: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Closes standard input and waits up to `limit` for the exit; the exit status, with the
+    /// rest of the output collected.
+    pub fn finish(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        drop(self.child.stdin.take());
+        self.wait_exit(limit)
+    }
+
+    /// Waits up to `limit` for the exit (standard input stays open); the exit status, with the
+    /// rest of the output collected.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let end = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() >= end {
+                self.child.kill().ok();
+                panic!("no exit within {limit:?}; seen: {:#?}", self.seen);
+            }
+            while let Ok(x) = self.rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                self.seen.push(x);
+            }
+        };
+        // The pipes close with the process: take what is left.
+        while let Ok(x) = self.rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            self.seen.push(x);
+        }
+        status
+    }
+
+    /// The lines seen on standard error, one text.
+    pub fn stderr(&self) -> String {
+        self.seen
+            .iter()
+            .filter(|(t, _)| *t == "err")
+            .map(|(_, l)| format!("{l}\n"))
+            .collect()
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Checks from a fresh debugger session (a `kdnet repl` that does not break in) that the
+/// simulated target sending to `port` with `key` is running: the session's probe finds it not
+/// stopped, and the line `heartbeat` it prints only while it runs arrives afterwards.
+pub fn assert_target_runs(port: u16, key: &str, heartbeat: &str) {
+    let mut repl = Lines::spawn(
+        kdnet()
+            .args(["repl", "--no-break", "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--key-env", "KDNET_TEST_KEY"])
+            .args(["--connect-timeout", "60s"])
+            .env("KDNET_TEST_KEY", key),
+    );
+    let limit = std::time::Duration::from_secs(90);
+    let l = repl.wait_for(limit, |_, l| {
+        l.contains("the target runs") || l.contains("the target is already stopped")
+    });
+    assert!(l.contains("the target runs"), "{:#?}", repl.seen);
+    repl.wait_for(limit, |_, l| l.contains(heartbeat));
+    let status = repl.finish(std::time::Duration::from_secs(30));
+    assert!(status.success(), "{:#?}", repl.seen);
+    assert!(
+        repl.stderr().contains("detached; the target runs"),
+        "{:#?}",
+        repl.seen
+    );
+}
+
+/// Sends `sig` to `child`.
+#[cfg(unix)]
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: signalling a child of this test.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
 impl Drop for Sim {

@@ -12,19 +12,7 @@ use kdnet_symbols::path::SymbolPath;
 
 /// ../shared, or None (with a note) when it is absent and not required.
 pub fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("KDNET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    if dir.join("symbols").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("KDNET_REQUIRE_SHARED").is_none(),
-        "KDNET_REQUIRE_SHARED is set but {} is missing",
-        dir.display()
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
+    kdnet_testkit::shared("symbols")
 }
 
 pub const BUILDS: [u32; 3] = [7601, 17763, 20348];

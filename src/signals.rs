@@ -1,0 +1,156 @@
+//! The signals that end a run: Ctrl-C (SIGINT), SIGTERM and SIGHUP. A command that holds a
+//! stopped target catches them, lets the target continue, and only then exits; a second one
+//! while it does exits at once.
+
+use std::time::Duration;
+
+/// How long letting the target continue may take when a signal ends the run.
+pub const RESUME_WITHIN: Duration = Duration::from_secs(15);
+
+/// A signal that ends the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sig {
+    /// Ctrl-C.
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+    /// SIGHUP (the terminal went away).
+    Hangup,
+}
+
+impl Sig {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sig::Interrupt => "interrupted (Ctrl-C)",
+            Sig::Terminate => "terminated (SIGTERM)",
+            Sig::Hangup => "hung up (SIGHUP)",
+        }
+    }
+
+    /// The exit code, as shells report a death by this signal (128 + its number).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Sig::Interrupt => 130,
+            Sig::Terminate => 143,
+            Sig::Hangup => 129,
+        }
+    }
+}
+
+/// The ending signals, caught from when this is made.
+pub struct Ending {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+    #[cfg(not(unix))]
+    int: bool,
+}
+
+impl Ending {
+    /// Catches SIGINT, SIGTERM and SIGHUP (Ctrl-C elsewhere) from now on.
+    pub fn catch() -> std::io::Result<Ending> {
+        Ending::make(true)
+    }
+
+    /// Catches SIGTERM and SIGHUP only (where Ctrl-C means something else, as at the prompt).
+    pub fn catch_but_interrupt() -> std::io::Result<Ending> {
+        Ending::make(false)
+    }
+
+    fn make(interrupt: bool) -> std::io::Result<Ending> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Ending {
+                int: if interrupt {
+                    Some(signal(SignalKind::interrupt())?)
+                } else {
+                    None
+                },
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Ending { int: interrupt })
+    }
+
+    /// The next ending signal.
+    pub async fn next(&mut self) -> Sig {
+        #[cfg(unix)]
+        {
+            let int = async {
+                match &mut self.int {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(()) = int => Sig::Interrupt,
+                Some(()) = self.term.recv() => Sig::Terminate,
+                Some(()) = self.hup.recv() => Sig::Hangup,
+                else => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if self.int && tokio::signal::ctrl_c().await.is_ok() {
+                return Sig::Interrupt;
+            }
+            std::future::pending().await
+        }
+    }
+}
+
+/// After `sig`: lets the target of `host` continue (unless `leave_stopped`), first waiting
+/// briefly for a break-in under way (`breaking`) to land, so a target about to stop is not
+/// left stopped. A second ending signal meanwhile gives up at once. The exit code.
+pub async fn resume_before_exit(
+    host: &kdnet_commands::live::Session,
+    sig: Sig,
+    signals: &mut Ending,
+    leave_stopped: bool,
+    breaking: bool,
+) -> u8 {
+    if leave_stopped {
+        eprintln!(
+            "kdnet: {}: the target stays stopped (--leave-stopped)",
+            sig.name()
+        );
+        return sig.exit_code();
+    }
+    eprintln!(
+        "kdnet: {}: letting the target continue before exiting (a second signal exits at once)",
+        sig.name()
+    );
+    let resume = async {
+        if breaking && !host.status().stopped {
+            let mut w = host.watch();
+            let _ = tokio::time::timeout(Duration::from_secs(3), w.wait_for(|s| s.stopped)).await;
+        }
+        if !host.status().stopped {
+            return Ok(false);
+        }
+        host.go().await.map(|()| true)
+    };
+    tokio::select! {
+        r = tokio::time::timeout(RESUME_WITHIN, resume) => match r {
+            Ok(Ok(true)) => eprintln!("kdnet: the target continues"),
+            Ok(Ok(false)) => eprintln!("kdnet: the target was not stopped"),
+            Ok(Err(e)) => eprintln!("kdnet: could not let the target continue: {e}"),
+            Err(_) => eprintln!(
+                "kdnet: could not let the target continue within {} s",
+                RESUME_WITHIN.as_secs()
+            ),
+        },
+        s = signals.next() => eprintln!(
+            "kdnet: {} again: exiting at once; the target may stay stopped",
+            s.name()
+        ),
+    }
+    sig.exit_code()
+}
