@@ -338,3 +338,131 @@ fn an_attacker_without_the_key_cannot_steer_the_session() {
         "the attack ran during the session ({rounds} rounds)"
     );
 }
+
+#[test]
+fn a_watcher_stays_with_the_real_target_and_shows_the_drops() {
+    let dir = temp_dir("trust-watch");
+    let port = free_udp_port();
+    let debugger: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let relay = Relay::start(debugger);
+    let attacker = Attacker::new();
+    let events = dir.join("events.jsonl");
+    let sock = dir.join("s.sock");
+    let mut watch = kdnet()
+        .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--key-env",
+            "KDNET_TRUST_KEY",
+            "--name",
+            "t",
+            "--duration",
+            "120s",
+        ])
+        .arg("--events")
+        .arg(&events)
+        .arg("--out")
+        .arg(dir.join("b"))
+        .arg("--control")
+        .arg(&sock)
+        .env("KDNET_TRUST_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let wait = |f: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
+        let start = Instant::now();
+        while !lines().iter().any(f) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no {what}: {:#?}",
+                lines()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait(&|e| e["state"] == "offline", "listening");
+    // Offers of an earlier boot from another machine, before the target's first.
+    for o in recorded_offers(debugger, 3) {
+        attacker.far.send_to(&o, debugger).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let _sim = Sim::start(
+        relay.port(),
+        KEY,
+        &["--resources", "300", "--scenario", "deadlock"],
+    );
+    wait(&|e| e["state"] == "running", "running");
+    // Replays from another machine and from the target's own address.
+    for _ in 0..5 {
+        let seen = relay.from_target.lock().unwrap().clone();
+        for d in seen.iter().take(1).chain(seen.iter().rev().take(8)) {
+            attacker.far.send_to(d, debugger).unwrap();
+            relay.socket.send_to(d, debugger).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait(
+        &|e| {
+            e["note"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("dropped "))
+        },
+        "note of the drops",
+    );
+    let o = kdnet()
+        .args(["capture", "t", "--json", "--control"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bundle = std::path::PathBuf::from(v["bundle"].as_str().unwrap());
+    let all = lines();
+    let connected: Vec<&serde_json::Value> =
+        all.iter().filter(|e| e["state"] == "connected").collect();
+    assert_eq!(connected.len(), 1, "{all:#?}");
+    assert_eq!(
+        connected[0]["detail"],
+        format!("127.0.0.1:{}", relay.port()),
+        "{all:#?}"
+    );
+    // The bundle's header and report.json carry the session's drops.
+    let txt = std::fs::read_to_string(bundle.join("report.txt")).unwrap();
+    let session = txt
+        .lines()
+        .find(|l| l.starts_with("Session:"))
+        .unwrap_or_else(|| panic!("{txt}"));
+    assert!(session.contains("replayed data"), "{session}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("report.json")).unwrap()).unwrap();
+    assert!(
+        j["link"]["drops"]["replayed_data"].as_u64().unwrap() > 0,
+        "{}",
+        j["link"]
+    );
+    // And `list` shows the counters.
+    let o = kdnet()
+        .args(["ctl", "--json", "--control"])
+        .arg(&sock)
+        .arg("list")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["targets"][0]["link"]["drops"]["stale_offers"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{v}"
+    );
+    watch.kill().ok();
+    watch.wait().ok();
+    std::fs::remove_dir_all(dir).ok();
+}

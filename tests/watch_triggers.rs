@@ -518,6 +518,49 @@ fn a_target_vanishing_mid_capture_gives_an_incomplete_bundle() {
 }
 
 /// Starts a one-target watcher on a fresh simulated machine; (sim, watcher, dir, events).
+#[test]
+fn a_target_frozen_mid_capture_is_let_go_when_it_answers_again() {
+    let (sim, _w, dir, ev_path) = one("f", SLOW_NBL_HANG, &[]);
+    let sock = dir.join("s.sock");
+    wait_state(&ev_path, "f", "running", Duration::from_secs(20));
+    let s = sock.clone();
+    let cap = std::thread::spawn(move || ctl(&s, &["capture", "f"]));
+    wait_state(&ev_path, "f", "capturing", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on a child process of ours.
+    assert_eq!(unsafe { libc::kill(sim.0.id() as i32, libc::SIGSTOP) }, 0);
+    // The capture ends incomplete and the target cannot be let go while it is silent.
+    let ev = wait_state(&ev_path, "f", "resume-failed", Duration::from_secs(40));
+    let before = ev.len();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(sim.0.id() as i32, libc::SIGCONT) }, 0);
+    let (ok, v) = cap.join().unwrap();
+    assert!(ok, "{v}");
+    assert_eq!(v["complete"], false, "{v}");
+    // Heard again, still stopped where the watcher left it: let go, not captured again.
+    let start = Instant::now();
+    loop {
+        let ev = events(&ev_path);
+        let after = &ev[before.min(ev.len())..];
+        if after.iter().any(|e| e["state"] == "running") {
+            assert!(
+                after.iter().any(|e| e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("answers again"))),
+                "{after:#?}"
+            );
+            assert!(
+                after.iter().all(|e| e["state"] != "capturing"),
+                "{after:#?}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{after:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 fn one(name: &str, sim_args: &[&str], watch_args: &[&str]) -> (Sim, Watcher, PathBuf, PathBuf) {
     let dir = temp_dir(name);
     let port = free_udp_port();

@@ -278,7 +278,7 @@ pub enum Event {
 }
 
 /// Counters of the session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Traffic {
     /// Requests answered.
     pub round_trips: u64,

@@ -567,7 +567,12 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
 /// report.txt and report.json saying what is missing and why. When even those two cannot be
 /// written nothing is published and the error says what could not be written. `stopped` is
 /// how long the target was kept stopped for the capture (None: it stays stopped).
-pub fn write(g: Gathered, job: &Job, stopped: Option<f64>) -> anyhow::Result<Captured> {
+pub fn write(
+    g: Gathered,
+    job: &Job,
+    stopped: Option<f64>,
+    link: Option<&kdnet_commands::live::Traffic>,
+) -> anyhow::Result<Captured> {
     let Gathered {
         partial,
         stamp,
@@ -635,6 +640,7 @@ pub fn write(g: Gathered, job: &Job, stopped: Option<f64>) -> anyhow::Result<Cap
             "left_stopped": stopped.is_none(),
             "round_trips": round_trips,
             "bytes": bytes,
+            "link": link,
             "script": origin,
             "complete": incomplete.is_none(),
             "incomplete": incomplete,
@@ -682,6 +688,9 @@ pub fn write(g: Gathered, job: &Job, stopped: Option<f64>) -> anyhow::Result<Cap
     header.push_str(&format!(
         "Cost:     {round_trips} round trips, {bytes} bytes; script {origin}\n"
     ));
+    if let Some(l) = link {
+        header.push_str(&format!("Session:  {}\n", l.summary()));
+    }
     match &incomplete {
         None => header.push_str("Complete: yes\n"),
         Some(why) => header.push_str(&format!("Complete: NO: {why}\n")),

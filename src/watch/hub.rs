@@ -29,6 +29,9 @@ pub struct Status {
     pub captures: u32,
     /// The last one.
     pub last_bundle: Option<String>,
+    /// The session's counters: round trips, retransmissions, silences, handshakes, and the
+    /// datagrams dropped by cause.
+    pub link: Option<kdnet_commands::live::Traffic>,
 }
 
 /// The watcher's report hub.
@@ -91,6 +94,7 @@ impl Hub {
                     since: super::now_secs(),
                     captures: 0,
                     last_bundle: None,
+                    link: None,
                 },
             );
         }
@@ -147,8 +151,28 @@ impl Hub {
 
     /// A remark about `name` that does not change its state.
     pub fn note(&self, name: &str, text: &str) {
+        self.note_with(name, text, Value::Null);
+    }
+
+    /// A remark with more (an object merged into the JSON line).
+    pub fn note_with(&self, name: &str, text: &str, extra: Value) {
         self.say(name, text);
-        self.emit(json!({ "time": super::now_secs(), "target": name, "note": text }));
+        let mut line = json!({ "time": super::now_secs(), "target": name, "note": text });
+        if let (Some(m), Some(x)) = (line.as_object_mut(), extra.as_object()) {
+            for (k, v) in x {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        self.emit(line);
+    }
+
+    /// The session counters of `name`, for `list`.
+    pub fn traffic(&self, name: &str, t: kdnet_commands::live::Traffic) {
+        if let Ok(mut all) = self.status.lock()
+            && let Some(s) = all.get_mut(name)
+        {
+            s.link = Some(t);
+        }
     }
 
     fn emit(&self, line: Value) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kdnet_commands::engine::Engine;
 use kdnet_commands::ext::hangcheck::{self, Sample};
-use kdnet_commands::live::{Event, Link, Session};
+use kdnet_commands::live::{Drops, Event, Link, Session};
 use kdnet_commands::script::{self, Runner};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -41,6 +41,9 @@ pub enum Request {
 
 /// How long a break-in may take.
 const BREAK_IN: Duration = Duration::from_secs(10);
+
+/// How often a target's session counters are published and new drops reported.
+const LINK_REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// The captures the whole watch may still make (`--max-captures`): a capture takes one before
 /// it starts, so no more are made than allowed, however the targets' captures overlap.
@@ -100,6 +103,10 @@ pub struct Actor {
     lease: Duration,
     /// Set when the watch ends: the task finishes what it is doing, then ends.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// A stop of ours (its count) that could not be let go because the target stopped
+    /// answering: when it is heard again, still in that stop, it is let go (not captured as a
+    /// stop of its own).
+    owed: Option<u64>,
 }
 
 fn stop_count(host: &Session) -> u64 {
@@ -131,6 +138,7 @@ impl Actor {
             quota,
             lease,
             stop,
+            owed: None,
         }
     }
 
@@ -173,6 +181,10 @@ impl Actor {
         });
         let mut connected = false;
         let mut stop = self.stop.clone();
+        // The session's counters are published for `list`, and drops reported as they come.
+        let mut counters = tokio::time::interval(LINK_REPORT_EVERY);
+        counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = Drops::default();
         loop {
             if *stop.borrow_and_update() {
                 break;
@@ -210,6 +222,19 @@ impl Actor {
                     }
                 }
             }
+            if let Some(at) = self.owed
+                && connected
+            {
+                self.owed = None;
+                if stopped && s.stops == at {
+                    self.hub.note(
+                        &self.spec.name,
+                        "the target answers again, still stopped where this watcher left it: it continues",
+                    );
+                    self.resume().await;
+                    continue;
+                }
+            }
             if connected && stopped && self.held.is_none() {
                 let detail = s.stop.map(|x| x.description).unwrap_or_default();
                 self.state(
@@ -242,6 +267,7 @@ impl Actor {
                     );
                     self.resume().await;
                 }
+                _ = counters.tick() => self.report_link(&mut reported),
                 alive = state_rx.changed() => if !alive { break },
                 req = self.rx.recv() => match req {
                     Some(r) => self.request(r).await,
@@ -273,11 +299,39 @@ impl Actor {
             .map_err(|e| format!("break-in failed: {e}"))
     }
 
+    /// Publishes the session's counters and notes datagrams dropped since `reported`.
+    fn report_link(&mut self, reported: &mut Drops) {
+        let t = self.host.traffic();
+        self.hub.traffic(&self.spec.name, t);
+        if t.drops.total() > reported.total() {
+            let new = t.drops.since(reported);
+            self.hub.note_with(
+                &self.spec.name,
+                &format!(
+                    "dropped {} datagram(s): {}",
+                    new.total(),
+                    new.causes()
+                        .iter()
+                        .map(|(cause, n)| format!("{n} {cause}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                json!({ "dropped": new, "drops": t.drops }),
+            );
+            *reported = t.drops;
+        }
+    }
+
     async fn resume(&mut self) {
         self.held = None;
         self.state("resuming", "");
+        let at = stop_count(&self.host);
         if let Err(e) = self.host.go().await {
             self.state("resume-failed", &e.to_string());
+            if self.host.status().link == Link::Silent {
+                // Let it go when it is heard again.
+                self.owed = Some(at);
+            }
         }
     }
 
@@ -423,6 +477,7 @@ impl Actor {
             None => self.held.take().map(|h| h.engine),
         };
         let host = self.host.clone();
+        let session = self.host.clone();
         let rt = tokio::runtime::Handle::current();
         let symbols = self.spec.symbols.clone();
         let stamp = super::utc_stamp(super::now_secs());
@@ -441,8 +496,9 @@ impl Actor {
             drop(gathered_tx);
             // The bundle says how long the target was kept stopped: the task knows.
             let stopped = stopped_rx.recv().unwrap_or(None);
+            let link = session.traffic();
             let c = g
-                .and_then(|g| bundle::write(g, &job, stopped))
+                .and_then(|g| bundle::write(g, &job, stopped, Some(&link)))
                 .map_err(|e| format!("{e:#}"));
             c.map(|c| (e, c))
         });
@@ -469,7 +525,9 @@ impl Actor {
                 ),
             );
         }
-        if !keep && self.host.status().link == Link::Connected && self.host.status().stopped {
+        // A target that went silent is still ours to let go: resume() remembers it and lets
+        // it go when it is heard again.
+        if !keep && self.host.status().stopped {
             self.resume().await;
             resumed = true;
         }

@@ -131,6 +131,26 @@ impl Drops {
         format!("{total} ({})", parts.join(", "))
     }
 
+    /// The drops counted since `earlier` (counters only grow).
+    pub fn since(&self, earlier: &Drops) -> Drops {
+        Drops {
+            not_kdnet: self.not_kdnet.saturating_sub(earlier.not_kdnet),
+            malformed: self.malformed.saturating_sub(earlier.malformed),
+            unauthenticated_control: self
+                .unauthenticated_control
+                .saturating_sub(earlier.unauthenticated_control),
+            unauthenticated_data: self
+                .unauthenticated_data
+                .saturating_sub(earlier.unauthenticated_data),
+            replayed_data: self.replayed_data.saturating_sub(earlier.replayed_data),
+            stale_offers: self.stale_offers.saturating_sub(earlier.stale_offers),
+            other_address: self.other_address.saturating_sub(earlier.other_address),
+            unexpected: self.unexpected.saturating_sub(earlier.unexpected),
+            no_session: self.no_session.saturating_sub(earlier.no_session),
+            malformed_kd: self.malformed_kd.saturating_sub(earlier.malformed_kd),
+        }
+    }
+
     fn count(&mut self, d: Dropped) {
         match d {
             Dropped::WrongDirection | Dropped::UnexpectedControl | Dropped::StaleResponse => {
