@@ -135,7 +135,8 @@ pub async fn resume_before_exit(
         if !host.status().stopped {
             return Ok(false);
         }
-        host.go().await.map(|()| true)
+        // Whatever is being read: the read in flight is abandoned.
+        host.go_now(sig.name()).await.map(|()| true)
     };
     tokio::select! {
         r = tokio::time::timeout(RESUME_WITHIN, resume) => match r {

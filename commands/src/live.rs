@@ -37,6 +37,8 @@ fn map(e: HostError, address: u64) -> TargetError {
         HostError::TargetRebooted(what) => {
             TargetError::Gone(format!("it rebooted while {what} was outstanding"))
         }
+        // The target was let go (a budget, a signal) while this was being read.
+        HostError::Preempted(_) => TargetError::Cancelled,
         other => TargetError::Transport(other.to_string()),
     }
 }
@@ -495,6 +497,12 @@ impl Session {
     /// Lets the target go on (`g`).
     pub async fn go(&self) -> Result<(), SessionError> {
         Ok(self.host.resume(status::DBG_CONTINUE).await?)
+    }
+
+    /// Lets the target go on now, whatever is being read from it (a stop budget ran out, a
+    /// signal): reads under way and queued fail as cancelled.
+    pub async fn go_now(&self, why: &str) -> Result<(), SessionError> {
+        Ok(self.host.resume_now(status::DBG_CONTINUE, why).await?)
     }
 
     /// Reboots the target.

@@ -73,6 +73,7 @@ impl HostConfig {
 
 enum Command {
     Op(Op, oneshot::Sender<Result<Done, HostError>>),
+    Preempt(Op, String, oneshot::Sender<Result<Done, HostError>>),
     SetMaxTransfer(u32),
 }
 
@@ -453,6 +454,23 @@ impl Host {
         .map(|_| ())
     }
 
+    /// Resumes the target now, whatever is being asked of it: what is outstanding and queued
+    /// fails with [`HostError::Preempted`] (`why`). For a stop budget or a signal.
+    pub async fn resume_now(&self, continue_status: u32, why: &str) -> Result<(), HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Preempt(
+                Op::Resume {
+                    status: continue_status,
+                },
+                why.to_string(),
+                reply,
+            ))
+            .await
+            .map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)?.map(|_| ())
+    }
+
     /// Reboots the target.
     pub async fn reboot(&self) -> Result<(), HostError> {
         self.op(Op::Reboot).await.map(|_| ())
@@ -500,6 +518,10 @@ impl Driver {
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Op(op, reply)) => {
                         let id = self.machine.submit(op, Instant::now());
+                        self.waiting.insert(id, reply);
+                    }
+                    Some(Command::Preempt(op, why, reply)) => {
+                        let id = self.machine.preempt(op, &why, Instant::now());
                         self.waiting.insert(id, reply);
                     }
                     Some(Command::SetMaxTransfer(n)) => self.machine.set_max_transfer(n),

@@ -856,3 +856,52 @@ fn a_timeout_reports_the_real_time_waited() {
         "no answer from the target to DbgKdGetVersionApi within 2.0 s"
     );
 }
+
+#[test]
+fn a_resume_preempts_a_read_in_flight() {
+    let mut w = World::new(40, Link::clean());
+    w.connect();
+    w.break_in();
+    // The target is paused: the read cannot be answered now.
+    w.frozen_until = Some(w.now + Duration::from_secs(4));
+    let read = w.host.submit(
+        Op::ReadMemory {
+            physical: false,
+            address: BASE,
+            len: 3000,
+        },
+        w.now,
+    );
+    let queued = w.host.submit(
+        Op::Request {
+            m: kdnet::api::Manipulate::get_version(),
+            timeout: None,
+        },
+        w.now,
+    );
+    w.run_until(Duration::from_millis(500), |_| false);
+    let resume = w.host.preempt(
+        Op::Resume {
+            status: status::DBG_CONTINUE,
+        },
+        "the stop budget ran out",
+        w.now,
+    );
+    assert!(matches!(
+        w.completed(read),
+        Some(Err(HostError::Preempted(ref why))) if why == "the stop budget ran out"
+    ));
+    assert!(matches!(
+        w.completed(queued),
+        Some(Err(HostError::Preempted(_)))
+    ));
+    // When the target answers again, the continue is what it gets.
+    let mut r = None;
+    assert!(w.run_until(Duration::from_secs(20), |w| {
+        r = w.completed(resume);
+        r.is_some()
+    }));
+    assert_eq!(r, Some(Ok(Done::Unit)));
+    assert!(w.target.is_running());
+    assert_eq!(w.host.state().run, RunState::Running);
+}

@@ -323,10 +323,23 @@ impl Actor {
     }
 
     async fn resume(&mut self) {
+        self.resume_with(None).await;
+    }
+
+    /// Lets the target go on now, whatever is being read from it.
+    async fn resume_now(&mut self, why: &str) {
+        self.resume_with(Some(why)).await;
+    }
+
+    async fn resume_with(&mut self, preempt: Option<&str>) {
         self.held = None;
         self.state("resuming", "");
         let at = stop_count(&self.host);
-        if let Err(e) = self.host.go().await {
+        let r = match preempt {
+            Some(why) => self.host.go_now(why).await,
+            None => self.host.go().await,
+        };
+        if let Err(e) = r {
             self.state("resume-failed", &e.to_string());
             if self.host.status().link == Link::Silent {
                 // Let it go when it is heard again.
@@ -528,7 +541,12 @@ impl Actor {
         // A target that went silent is still ours to let go: resume() remembers it and lets
         // it go when it is heard again.
         if !keep && self.host.status().stopped {
-            self.resume().await;
+            if cut {
+                // Whatever the script is reading: the read in flight is abandoned.
+                self.resume_now("the stop budget ran out").await;
+            } else {
+                self.resume().await;
+            }
             resumed = true;
         }
         let _ = stopped_tx.send((!keep).then(|| now.elapsed().as_secs_f64()));

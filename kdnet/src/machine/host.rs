@@ -123,6 +123,9 @@ pub enum HostError {
     /// The target's answer did not make sense.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The operation was cancelled: the session was told to let the target go at once.
+    #[error("cancelled: {0}")]
+    Preempted(String),
     /// The session ended.
     #[error("the session is closed")]
     Closed,
@@ -538,6 +541,25 @@ impl HostMachine {
         self.queue.push_back((id, op));
         self.pump(now);
         id
+    }
+
+    /// Runs `op` now: what is running and queued fails with [`HostError::Preempted`] (`why`),
+    /// the request in flight is abandoned (a late reply to it is ignored), and `op` starts.
+    /// For letting a target go at a budget or on a signal whatever is being read.
+    pub fn preempt(&mut self, op: Op, why: &str, now: Instant) -> OpId {
+        if let Some(InFlight::Op { .. }) = self.inflight {
+            self.kd.abort();
+            self.inflight = None;
+        }
+        self.want = None;
+        let e = HostError::Preempted(why.to_string());
+        if let Some(a) = self.active.take() {
+            self.finish(a.id, Err(e.clone()));
+        }
+        while let Some((id, _)) = self.queue.pop_front() {
+            self.finish(id, Err(e.clone()));
+        }
+        self.submit(op, now)
     }
 
     /// The next datagram to send.
