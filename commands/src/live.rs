@@ -152,8 +152,6 @@ impl Target for LiveTarget {
         }
     }
 
-    /// True once after the target ran: marked by the caller, or seen as a new state change
-    /// (a break-in or a stop after `g`).
     fn search(
         &mut self,
         address: u64,
@@ -167,6 +165,8 @@ impl Target for LiveTarget {
         )
     }
 
+    /// True once after the target ran: marked by the caller, or seen as a new state change
+    /// (a break-in or a stop after `g`).
     fn take_invalidation(&mut self) -> bool {
         let now = host_stops(&self.host);
         let changed = now != self.stops;

@@ -7,74 +7,25 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kdnet::api::{
-    Context, ControlReport, Exception64, GetVersion64, Reg, StateChange64, StateEvent, status,
-};
+use kdnet::api::status;
 use kdnet::machine::{
     Done, HostError, HostEvent, HostMachine, HostMachineConfig, Op, OpId, Output, Phase, RunState,
-    StopReason, TargetConfig, TargetHandler, TargetMachine,
+    TargetConfig, TargetHandler, TargetMachine,
 };
 use kdnet::rng::SplitMix64;
 use kdnet::wire::{Channel, HandshakeReason, Key, TargetWire, TargetWireConfig};
 
-const BASE: u64 = 0xffff_f800_0000_0000;
-const SIZE: u64 = 16 << 20;
+mod common;
+use common::{BASE, PatternTarget, SIZE, pattern};
+
 const KEY: &str = "9.8.7.6";
 
-fn pattern(a: u64) -> u8 {
-    let mut z = a.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z ^= z >> 29;
-    (z.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 56) as u8
-}
-
-struct Pattern;
-
-impl TargetHandler for Pattern {
-    fn version(&mut self) -> GetVersion64 {
-        GetVersion64::windows_kernel(20348, BASE, BASE + 0x1000, 0)
-    }
-    fn read_virtual(&mut self, _cpu: u16, address: u64, buf: &mut [u8]) -> usize {
-        let mut n = 0;
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = address.wrapping_add(i as u64);
-            if !(BASE..BASE + SIZE).contains(&a) {
-                break;
-            }
-            *b = pattern(a);
-            n += 1;
-        }
-        n
-    }
-    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> usize {
-        self.read_virtual(0, address + BASE, buf)
-    }
-    fn read_control_space(&mut self, _cpu: u16, _index: u64, _buf: &mut [u8]) -> Option<usize> {
-        None
-    }
-    fn context(&mut self, _cpu: u16) -> Option<Context> {
-        let mut c = Context::new();
-        c.set_reg(Reg::Rip, BASE + 0x1234);
-        Some(c)
-    }
-    fn stop_report(&mut self, _reason: StopReason) -> StateChange64 {
-        StateChange64 {
-            new_state: 0x3030,
-            processor_level: 6,
-            processor: 0,
-            number_processors: 1,
-            thread: BASE + 0x20_0000,
-            program_counter: BASE + 0x1234,
-            event: StateEvent::Exception(Exception64 {
-                code: status::BREAKPOINT,
-                flags: 0,
-                record: 0,
-                address: BASE + 0x1234,
-                parameters: vec![0],
-                first_chance: true,
-            }),
-            control: ControlReport::default(),
-        }
-    }
+/// The shared pattern target, as the machines' handler.
+fn handler() -> Box<dyn TargetHandler> {
+    Box::new(PatternTarget {
+        prints: Default::default(),
+        rip: BASE + 0x1234,
+    })
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -163,7 +114,7 @@ impl World {
             now: start,
             start,
             host: HostMachine::new(hc, start, seeded(seed ^ 0x1111)),
-            target: TargetMachine::new(tc, addr(TARGET), Box::new(Pattern), start, seeded(seed)),
+            target: TargetMachine::new(tc, addr(TARGET), handler(), start, seeded(seed)),
             link,
             rng: SplitMix64::new(seed),
             queue: BinaryHeap::new(),
