@@ -194,12 +194,12 @@ pub fn run_work(e: &mut Engine, work: &[(String, String)], style: Style, out: &P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdnet_commands::faulty::{Faults, FaultyTarget};
-    use kdnet_commands::local::LocalTarget;
-    use kdnet_commands::nt::Kernel;
-    use kdnet_commands::target::TargetError;
+    use kdnet_model::nt::Kernel;
+    use kdnet_model::target::TargetError;
     use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
     use kdnet_symbols::path::SymbolPath;
+    use kdnet_testkit::faulty::{Faults, FaultyTarget};
+    use kdnet_testkit::local::LocalTarget;
 
     const QUIET: Style = Style {
         json: true,

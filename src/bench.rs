@@ -367,7 +367,7 @@ fn cpu_time() -> Duration {
 /// idle watched target costs.
 async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Result<()> {
     use crate::watch::{self, Control, config, hub::Hub};
-    use kdnet_commands::live::{Listen, Session};
+    use kdnet_live::{Listen, Session};
     let key = Key::from_bytes(kdnet::rng::os_random_32());
     let hc = Listen {
         bind: "127.0.0.1:0".parse()?,
@@ -424,7 +424,7 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
     let (base_rts, base_bytes, base_time) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Duration)> {
             let t = Instant::now();
-            let mut e = h.open(rt, None)?;
+            let mut e = kdnet_commands::engine::Engine::new(h.open(rt, None)?);
             e.kernel.mem.invalidate();
             let stmts = kdnet_commands::script::parse(crate::watch::bundle::HANG_SCRIPT)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -624,8 +624,8 @@ async fn commands_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
     let rt = tokio::runtime::Handle::current();
     let h = host.clone();
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<CommandRow>> {
-        let target = kdnet_commands::live::LiveTarget::new(h, rt)?;
-        let k = kdnet_commands::nt::Kernel::open(
+        let target = kdnet_live::LiveTarget::new(h, rt)?;
+        let k = kdnet_model::nt::Kernel::open(
             Box::new(target),
             kdnet_symbols::path::SymbolPath::parse(""),
         )?;
@@ -762,9 +762,9 @@ async fn list_bench(delay: Duration, entries: u32) -> anyhow::Result<()> {
     let h = host.clone();
     let (walked, model_rts, model_bytes, model_time, (pages, least)) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<WalkFigures> {
-            let target = kdnet_commands::live::LiveTarget::new(h, rt)?;
+            let target = kdnet_live::LiveTarget::new(h, rt)?;
             let path = kdnet_symbols::path::SymbolPath::parse("");
-            let mut k = kdnet_commands::nt::Kernel::open(Box::new(target), path)?;
+            let mut k = kdnet_model::nt::Kernel::open(Box::new(target), path)?;
             let before = k.mem.stats();
             let t = Instant::now();
             let w = k.walk_list(head, Some((link_off, node)), entries as usize * 2, true)?;

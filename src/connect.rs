@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kdnet_commands::live::{Key, Listen, Session};
+use kdnet_live::{Key, Listen, Session};
 
 use crate::exit;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use kdnet::target::TargetConfig;
-use kdnet_commands::live::{self, Listen, Session};
+use kdnet_live::{self as live, Listen, Session};
 use kdnet_sim::SimConfig;
 
 use crate::exit;

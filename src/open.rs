@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use kdnet_commands::dump::DumpFile;
 use kdnet_commands::engine::Engine;
-use kdnet_commands::nt::Kernel;
+use kdnet_model::dump::DumpFile;
+use kdnet_model::nt::Kernel;
 use kdnet_symbols::path::SymbolPath;
 
 use crate::analysis::{self, Style};

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kdnet_commands::engine::{BUILTINS, Engine};
-use kdnet_commands::ext::EXTENSIONS;
-use kdnet_commands::live::{self, Event};
+use kdnet_commands::engine::Engine;
+use kdnet_commands::registry::{self, Render};
+use kdnet_live::{self as live, Event};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -79,16 +79,27 @@ const PROMPT_WORDS: &[&str] = &[
     ".if",
 ];
 
-const HELP: &str = "\
-Commands: lm, k/kn/kb, r, dt, db/dw/dd/dq/dp/dps, ln, ?, vertarget, and the extensions
-!locks !thread !process !stacks !running !analyze !deadlock !vm !pool !poolused !poolfind
-!ndiskd.pendingnbls !ndiskd.miniport (docs/commands.md has them all).
-Scripting: $x = CMD; .foreach (v in $x.list) { CMD $v }; .if (EXPR) { … } .else { … };
-.echo TEXT; .time SECONDS; .snapshot NAME. `;` separates commands, $$ starts a comment.
-Target: g (continue), .break (stop a running target; Ctrl-C does the same), .reboot,
+/// What the prompt adds to `.help`: the target's control.
+const PROMPT_HELP: &str = "\
+At the prompt: g (continue), .break (stop a running target; Ctrl-C does the same), .reboot,
 q (let the target continue and quit), qs (quit leaving it stopped).
 Ctrl-C during a command cancels the command.
 ";
+
+/// `.help [NAME]` at the prompt (also while the target runs: it needs no target).
+fn prompt_help(topic: Option<&str>) -> String {
+    match kdnet_commands::help::help(topic) {
+        Ok(h) => {
+            let mut text = String::new();
+            h.render(&mut text);
+            if topic.is_none() {
+                text.push_str(PROMPT_HELP);
+            }
+            text
+        }
+        Err(e) => format!("{e}\n"),
+    }
+}
 
 /// What the prompt can do to the target besides running commands.
 pub trait Control {
@@ -165,6 +176,7 @@ impl Control for LiveControl {
     fn open(&mut self) -> Result<Engine, String> {
         self.host
             .open(self.rt.clone(), self.symbols.as_deref())
+            .map(Engine::new)
             .map_err(|e| e.to_string())
     }
     fn go(&mut self) -> Result<(), String> {
@@ -303,10 +315,8 @@ impl KdHelper {
             }
             _ if first => {
                 out.extend(
-                    BUILTINS
-                        .iter()
-                        .chain(EXTENSIONS)
-                        .chain(PROMPT_WORDS)
+                    registry::names()
+                        .chain(PROMPT_WORDS.iter().copied())
                         .filter(|c| c.starts_with(&lower))
                         .map(|c| c.to_string()),
                 );
@@ -534,7 +544,13 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                 leave_stopped = true;
                 break;
             }
-            ".help" => out!("{HELP}"),
+            h if h == ".help" || h.starts_with(".help ") => {
+                let topic = h[".help".len()..].trim();
+                out!(
+                    "{}",
+                    prompt_help((!topic.is_empty()).then_some(topic)).trim_end()
+                );
+            }
             "g" => {
                 if !control.stopped() {
                     eprintln!("kdnet: the target is already running");

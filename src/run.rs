@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kdnet_commands::live::{Link, Session, SessionError};
-use kdnet_commands::target::TargetError;
+use kdnet_commands::engine::Engine;
+use kdnet_live::{Link, Session, SessionError};
+use kdnet_model::target::TargetError;
 
 use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
@@ -129,7 +130,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let mut analysis =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u8, Option<String>)> {
             let mut e = match h.open(rt, symbols.as_deref()) {
-                Ok(e) => e,
+                Ok(k) => Engine::new(k),
                 Err(SessionError::Version(TargetError::Gone(why))) => {
                     return Ok((exit::NO_CONNECTION, Some(why)));
                 }

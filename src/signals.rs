@@ -110,7 +110,7 @@ impl Ending {
 /// briefly for a break-in under way (`breaking`) to land, so a target about to stop is not
 /// left stopped. A second ending signal meanwhile gives up at once. The exit code.
 pub async fn resume_before_exit(
-    host: &kdnet_commands::live::Session,
+    host: &kdnet_live::Session,
     sig: Sig,
     signals: &mut Ending,
     leave_stopped: bool,

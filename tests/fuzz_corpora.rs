@@ -90,8 +90,8 @@ fn the_seeds_are_what_they_claim() {
     let t = kdnet_symbols::isf::parse(json).unwrap();
     assert_eq!(t.offset("_OUTER", "Pairs[2].B").unwrap(), 28);
     let triage = &all.iter().find(|s| s.1 == "triage.dmp").unwrap().2;
-    let mut d = kdnet_commands::dump::DumpFile::from_bytes("t.dmp", triage.clone()).unwrap();
-    use kdnet_commands::target::Target;
+    let mut d = kdnet_model::dump::DumpFile::from_bytes("t.dmp", triage.clone()).unwrap();
+    use kdnet_model::target::Target;
     let m = d.module_list().unwrap();
     assert_eq!(m[0].name, "ntoskrnl.exe");
 }

@@ -8,12 +8,12 @@ mod common;
 use std::path::Path;
 
 use common::{Sim, free_udp_port, json_lines, kdnet, temp_dir};
-use kdnet_commands::dump::{WriteKind, write_dump};
 use kdnet_commands::engine::Engine;
-use kdnet_commands::local::LocalTarget;
-use kdnet_commands::nt::Kernel;
+use kdnet_model::dump::{WriteKind, write_dump};
+use kdnet_model::nt::Kernel;
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
 use kdnet_symbols::path::SymbolPath;
+use kdnet_testkit::local::LocalTarget;
 
 /// Reads the simulated machine (built-in layout) in process, then writes a bitmap dump of what
 /// was read without the page of the `missing`-th process on the list; the process names in

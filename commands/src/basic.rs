@@ -1,19 +1,57 @@
 //! The basic commands: `lm`, `db/dw/dd/dq/dp/dps`, `dt`, `k/kn/kb`, `ln`, `r`, `vertarget`,
 //! each in WinDbg's layout with a JSON value beside it.
 
-use kdnet::api::{Context, Reg};
+use kdnet_arch::{Context, Reg};
 use kdnet_symbols::{Ty, TypeTable};
 use serde_json::{Value, json};
 
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::args::{Args, Kind, Param, Syntax};
 use crate::engine::{CmdError, Engine, Output, addr};
-use crate::nt::ModuleSymbols;
-use crate::nt::unwind::Regs;
+use crate::registry::Render;
+use kdnet_model::nt::ModuleSymbols;
+use kdnet_model::nt::unwind::Regs;
 
 /// Most bytes one display command shows.
 const MAX_DISPLAY: u64 = 0x10_0000;
 
 fn opt_addr(v: Option<u64>) -> Value {
     v.map_or(Value::Null, |x| json!(x))
+}
+
+// ---- ? ----
+
+/// `? EXPR`.
+pub(crate) const EVALUATE: Syntax = Syntax::params(&[Param {
+    name: "EXPR",
+    kind: Kind::Rest,
+    optional: false,
+}]);
+
+/// What `? EXPR` evaluated to.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub(crate) struct Evaluated {
+    /// The value, as a 64-bit unsigned number.
+    pub value: u64,
+}
+
+pub(crate) fn evaluate(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Evaluated, CmdError> {
+    let text = a.text("EXPR").unwrap_or("");
+    Ok(Evaluated {
+        value: e.eval(text)?,
+    })
+}
+
+impl Render for Evaluated {
+    fn render(&self, out: &mut String) {
+        out.push_str(&format!(
+            "Evaluate expression: {} = {}\n",
+            self.value as i64,
+            addr(self.value)
+        ));
+    }
 }
 
 // ---- lm ----
@@ -422,7 +460,7 @@ pub(crate) fn dt(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
         Some(a) => Some(
             e.kernel
                 .mem
-                .kread(a, size.min(crate::mem::MAX_READ))
+                .kread(a, size.min(kdnet_model::mem::MAX_READ))
                 .map_err(CmdError::from)?,
         ),
         None => None,

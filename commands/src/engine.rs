@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 
-use kdnet::api::{Context, Reg};
+use kdnet_arch::{Context, Reg};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::basic;
 use crate::expr::{self, Env, ExprError};
-use crate::mem::MemStats;
-use crate::nt::{Kernel, ModelError};
+use kdnet_model::mem::MemStats;
+use kdnet_model::nt::{Kernel, ModelError};
 
 /// Why a command failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,8 +32,8 @@ pub enum CmdError {
     Internal(String),
 }
 
-impl From<crate::nt::view::ViewError> for CmdError {
-    fn from(e: crate::nt::view::ViewError) -> CmdError {
+impl From<kdnet_model::nt::view::ViewError> for CmdError {
+    fn from(e: kdnet_model::nt::view::ViewError) -> CmdError {
         CmdError::Model(ModelError::View(e))
     }
 }
@@ -45,14 +44,14 @@ impl From<kdnet_symbols::SymError> for CmdError {
     }
 }
 
-impl From<crate::target::TargetError> for CmdError {
-    fn from(e: crate::target::TargetError) -> CmdError {
+impl From<kdnet_model::target::TargetError> for CmdError {
+    fn from(e: kdnet_model::target::TargetError) -> CmdError {
         CmdError::Model(ModelError::Target(e))
     }
 }
 
 /// What one command cost.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Cost {
     /// Requests to the target.
     pub round_trips: u64,
@@ -73,7 +72,7 @@ impl Cost {
 }
 
 /// One command's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Outcome {
     /// The command as given.
     pub command: String,
@@ -173,28 +172,6 @@ fn take_budget(command: &str) -> Result<(String, Option<std::time::Duration>), C
         Some(std::time::Duration::from_secs_f64(secs)),
     ))
 }
-
-/// The built-in commands, as typed (for completion and help).
-pub const BUILTINS: &[&str] = &[
-    "?",
-    "db",
-    "dd",
-    "dp",
-    "dps",
-    "dq",
-    "dqs",
-    "dt",
-    "dw",
-    "k",
-    "kb",
-    "kn",
-    "kp",
-    "lm",
-    "ln",
-    "r",
-    "vertarget",
-    "version",
-];
 
 /// Splits a line into commands at `;` (not inside quotes).
 pub fn split_commands(line: &str) -> Vec<String> {
@@ -308,17 +285,17 @@ impl Engine {
         };
         self.kernel.mem.set_deadline(None);
         let r = match r {
-            Err(CmdError::Model(ModelError::Target(crate::target::TargetError::OutOfTime))) => {
-                Err(CmdError::Usage(match budget {
-                    Some(b) if until != self.deadline => format!(
-                        "stopped: the time budget of {:.1} s ran out before the command finished",
-                        b.as_secs_f64()
-                    ),
-                    _ => "stopped: the time budget for the whole run ran out before the command \
+            Err(CmdError::Model(ModelError::Target(
+                kdnet_model::target::TargetError::OutOfTime,
+            ))) => Err(CmdError::Usage(match budget {
+                Some(b) if until != self.deadline => format!(
+                    "stopped: the time budget of {:.1} s ran out before the command finished",
+                    b.as_secs_f64()
+                ),
+                _ => "stopped: the time budget for the whole run ran out before the command \
 finished"
-                        .to_string(),
-                }))
-            }
+                    .to_string(),
+            })),
             other => other,
         };
         let cost = Cost::from_stats(&self.kernel.mem.stats().since(&before));
@@ -410,53 +387,35 @@ finished"
         if let Some(rest) = verb.strip_prefix('?')
             && verb != "?"
         {
-            return self.evaluate_command(&format!("{rest} {args}"));
-        }
-        if let Some(ext) = verb.strip_prefix('!') {
-            return crate::ext::dispatch(self, ext, args);
+            return crate::registry::run(self, "?", &format!("{rest} {args}"));
         }
         // `~Ns`: switch to processor N (decimal, as WinDbg takes it).
         if let Some(n) = verb
             .strip_prefix('~')
             .and_then(|r| r.strip_suffix('s').or(r.strip_suffix('S')))
         {
-            let n: u32 = n
-                .parse()
-                .map_err(|_| CmdError::Usage(format!("~{n}s: not a processor number")))?;
-            let count = self.kernel.mem.info().processors.max(1);
-            if n >= count {
-                return Err(CmdError::Usage(format!(
-                    "~{n}s: there are {count} processors (0 to {})",
-                    count - 1
-                )));
-            }
-            self.context(n)?;
-            self.processor = n;
-            return Ok(Output {
-                text: String::new(),
-                json: json!({ "processor": n }),
-            });
+            return crate::registry::run(self, "~Ns", n);
         }
-        match verb.to_ascii_lowercase().as_str() {
-            "?" => self.evaluate_command(args),
-            "lm" => basic::lm(self, args),
-            "db" | "dw" | "dd" | "dq" | "dp" | "dps" | "dqs" => {
-                basic::display(self, &verb.to_ascii_lowercase(), args)
-            }
-            "dt" => basic::dt(self, args),
-            "k" | "kn" | "kb" | "kp" => basic::stack(self, &verb.to_ascii_lowercase(), args),
-            "ln" => basic::ln(self, args),
-            "r" => basic::registers(self, args),
-            "vertarget" | "version" => basic::vertarget(self),
-            _ => Err(CmdError::Unknown(verb.to_string())),
-        }
+        crate::registry::run(self, verb, args)
     }
 
-    fn evaluate_command(&mut self, args: &str) -> Result<Output, CmdError> {
-        let v = self.eval(args)?;
+    /// `~Ns`: makes processor `n` (decimal) the current one.
+    pub(crate) fn switch_processor(&mut self, n: &str) -> Result<Output, CmdError> {
+        let n: u32 = n
+            .parse()
+            .map_err(|_| CmdError::Usage(format!("~{n}s: not a processor number")))?;
+        let count = self.kernel.mem.info().processors.max(1);
+        if n >= count {
+            return Err(CmdError::Usage(format!(
+                "~{n}s: there are {count} processors (0 to {})",
+                count - 1
+            )));
+        }
+        self.context(n)?;
+        self.processor = n;
         Ok(Output {
-            text: format!("Evaluate expression: {} = {}\n", v as i64, addr(v)),
-            json: json!({ "value": v }),
+            text: String::new(),
+            json: json!({ "processor": n }),
         })
     }
 

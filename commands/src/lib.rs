@@ -1,18 +1,12 @@
-//! Kernel analysis for kdnet: one [`target::Target`] interface over live KDNET sessions and
-//! crash dumps, memory access with translation and caching ([`mem`]), module images ([`pe`]),
-//! the kernel model ([`nt`]), and the commands; [`faulty`] makes a target's requests fail on
-//! purpose, to prove what all of it does when reads fail.
+//! The commands of kdnet over the target model (`kdnet-model`): the command engine, WinDbg's
+//! expressions, the script language and the extensions (`!locks` … `!hangcheck`). Front ends
+//! (the CLI, the watcher) run them; the model below knows nothing of them.
 
+pub mod args;
 mod basic;
-pub mod dump;
 pub mod engine;
 pub mod expr;
 pub mod ext;
-pub mod faulty;
-pub mod live;
-pub mod local;
-pub mod mem;
-pub mod nt;
-pub mod pe;
+pub mod help;
+pub mod registry;
 pub mod script;
-pub mod target;

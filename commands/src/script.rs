@@ -939,8 +939,13 @@ impl<'a> Runner<'a> {
         let written = private_dir(&self.snapshot_dir)
             .map_err(|e| format!("cannot create {}: {e}", self.snapshot_dir.display()))
             .and_then(|()| {
-                crate::dump::write_dump(&path, &header, crate::dump::WriteKind::Bitmap, &pages)
-                    .map_err(|e| e.to_string())
+                kdnet_model::dump::write_dump(
+                    &path,
+                    &header,
+                    kdnet_model::dump::WriteKind::Bitmap,
+                    &pages,
+                )
+                .map_err(|e| e.to_string())
             });
         if let Err(e) = written {
             self.write_failures.push(format!("{name}.dmp: {e}"));

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use kdnet_commands::dump::{DumpError, DumpFile, DumpHeader, WriteKind, write_dump};
-use kdnet_commands::target::Target;
+use kdnet_model::dump::{DumpError, DumpFile, DumpHeader, WriteKind, write_dump};
+use kdnet_model::target::Target;
 
 /// A dump the project writes: pages 0x10..0x13 filled with their page number.
 fn written(kind: WriteKind) -> Vec<u8> {

@@ -4,9 +4,9 @@
 mod common;
 
 use common::sim_kernel;
-use kdnet_commands::dump::DumpFile;
 use kdnet_commands::engine::{Engine, split_commands};
-use kdnet_commands::nt::Kernel;
+use kdnet_model::dump::DumpFile;
+use kdnet_model::nt::Kernel;
 use kdnet_sim::Scenario;
 use kdnet_symbols::path::SymbolPath;
 use serde_json::Value;

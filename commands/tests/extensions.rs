@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{BUILDS, Planted, sim_kernel};
-use kdnet_commands::dump::DumpFile;
 use kdnet_commands::engine::Engine;
-use kdnet_commands::nt::Kernel;
+use kdnet_model::dump::DumpFile;
+use kdnet_model::nt::Kernel;
 use kdnet_sim::Scenario;
 use kdnet_symbols::path::SymbolPath;
 use serde_json::Value;
@@ -376,7 +376,7 @@ fn locks_total_of_the_reported_machine() {
     let machine = kdnet_sim::Machine::build(config).unwrap();
     let facts = machine.facts().clone();
     let cpus = machine.system().cpus.len() as u32;
-    let target = kdnet_commands::local::LocalTarget::new(machine, cpus);
+    let target = kdnet_testkit::local::LocalTarget::new(machine, cpus);
     let k = Kernel::open(Box::new(target), SymbolPath::parse("")).unwrap();
     let mut e = Engine::new(k);
     let o = e.run("!locks");

@@ -5,14 +5,14 @@
 //! answer. A target that stops answering ends the run at once.
 
 use kdnet_commands::engine::{Engine, Outcome};
-use kdnet_commands::faulty::{Faults, FaultyTarget};
-use kdnet_commands::local::LocalTarget;
-use kdnet_commands::nt::Kernel;
 use kdnet_commands::script::{self, Event, Runner};
-use kdnet_commands::target::TargetError;
+use kdnet_model::nt::Kernel;
+use kdnet_model::target::TargetError;
 use kdnet_sim::scenario::Facts;
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
 use kdnet_symbols::path::SymbolPath;
+use kdnet_testkit::faulty::{Faults, FaultyTarget};
+use kdnet_testkit::local::LocalTarget;
 use serde_json::Value;
 
 fn lost() -> TargetError {

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use kdnet::api::{Context, GetVersion64, StateChange64};
 use kdnet::target::{StopReason, TargetHandler};
 use kdnet_commands::engine::Engine;
-use kdnet_commands::local::LocalTarget;
-use kdnet_commands::nt::Kernel;
+use kdnet_model::nt::Kernel;
 use kdnet_sim::{Machine, Scenario, SimConfig};
 use kdnet_symbols::path::SymbolPath;
+use kdnet_testkit::local::LocalTarget;
 use proptest::prelude::*;
 
 /// A machine shared by the cases, whose reads are corrupted by a seeded rule.

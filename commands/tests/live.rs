@@ -10,8 +10,8 @@ use kdnet::link::LinkConfig;
 use kdnet::target::TargetConfig;
 use kdnet::wire::Key;
 use kdnet_commands::engine::Engine;
-use kdnet_commands::live::LiveTarget;
-use kdnet_commands::nt::Kernel;
+use kdnet_live::LiveTarget;
+use kdnet_model::nt::Kernel;
 use kdnet_sim::{Scenario, SimConfig};
 use kdnet_symbols::path::SymbolPath;
 

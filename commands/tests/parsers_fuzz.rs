@@ -6,11 +6,11 @@ mod common;
 
 use std::sync::OnceLock;
 
-use kdnet_commands::dump::DumpFile;
-use kdnet_commands::nt::Kernel;
-use kdnet_commands::nt::unwind::Regs;
-use kdnet_commands::pe::{self, FileImage};
-use kdnet_commands::target::Target;
+use kdnet_model::dump::DumpFile;
+use kdnet_model::nt::Kernel;
+use kdnet_model::nt::unwind::Regs;
+use kdnet_model::pe::{self, FileImage};
+use kdnet_model::target::Target;
 use kdnet_symbols::path::SymbolPath;
 use proptest::prelude::*;
 

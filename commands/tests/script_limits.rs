@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use kdnet_commands::engine::Engine;
-use kdnet_commands::local::LocalTarget;
-use kdnet_commands::nt::Kernel;
 use kdnet_commands::script::{self, Event, Runner};
+use kdnet_model::nt::Kernel;
 use kdnet_sim::{Machine, SimConfig};
 use kdnet_symbols::path::SymbolPath;
+use kdnet_testkit::local::LocalTarget;
 
 fn engine() -> Engine {
     let mut config = SimConfig::demo();

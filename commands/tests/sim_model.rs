@@ -8,10 +8,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{BUILDS, Planted, sim_kernel};
-use kdnet_commands::dump::{DumpFile, DumpKind, WriteKind, write_dump};
-use kdnet_commands::nt::Kernel;
-use kdnet_commands::target::Target;
-use kdnet_commands::target::{NotPresent, TargetError};
+use kdnet_model::dump::{DumpFile, DumpKind, WriteKind, write_dump};
+use kdnet_model::nt::Kernel;
+use kdnet_model::target::Target;
+use kdnet_model::target::{NotPresent, TargetError};
 use kdnet_sim::Scenario;
 use kdnet_symbols::path::SymbolPath;
 
@@ -369,7 +369,7 @@ fn a_full_dump_maps_runs_to_pages() {
     for pfn in [0x10u64, 0x11, 0x12, 0x40, 0x1000, 0x1001] {
         pages.insert(pfn, vec![(pfn & 0xff) as u8; 0x1000]);
     }
-    let header = kdnet_commands::dump::DumpHeader {
+    let header = kdnet_model::dump::DumpHeader {
         build: 20348,
         directory_table_base: 0x10_000,
         processors: 2,

@@ -6,10 +6,10 @@ mod common;
 use std::path::PathBuf;
 
 use kdnet::api::Reg;
-use kdnet_commands::dump::{DumpFile, DumpKind};
-use kdnet_commands::nt::unwind::Regs;
-use kdnet_commands::nt::{Kernel, ModuleSymbols};
-use kdnet_commands::target::Target;
+use kdnet_model::dump::{DumpFile, DumpKind};
+use kdnet_model::nt::unwind::Regs;
+use kdnet_model::nt::{Kernel, ModuleSymbols};
+use kdnet_model::target::Target;
 use kdnet_symbols::path::SymbolPath;
 
 fn triage() -> Option<(PathBuf, PathBuf)> {
@@ -44,7 +44,7 @@ fn header_driver_list_and_bugcheck() {
     let amdppm = mods.iter().find(|m| m.name == "amdppm.sys").unwrap();
     // The image on the shared symbol path is this very build of the driver.
     let file = std::fs::read(dump.parent().unwrap().join("../pdbs/amdppm.sys")).unwrap();
-    let img = kdnet_commands::pe::FileImage::new(file).unwrap();
+    let img = kdnet_model::pe::FileImage::new(file).unwrap();
     assert_eq!(img.headers.size_of_image, amdppm.size);
     assert_eq!(img.headers.timestamp, amdppm.timestamp);
     // Every driver lies in the kernel half and none overlaps another.
@@ -145,7 +145,7 @@ fn images_and_pdbs_come_from_a_symbol_server_once() {
     let Some((dump, pdbs)) = triage() else { return };
     let sys = std::fs::read(pdbs.join("amdppm.sys")).unwrap();
     let pdb = std::fs::read(pdbs.join("amdppm.pdb")).unwrap();
-    let img = kdnet_commands::pe::FileImage::new(sys.clone()).unwrap();
+    let img = kdnet_model::pe::FileImage::new(sys.clone()).unwrap();
     let id = kdnet_symbols::pdb::identity(pdb.clone(), "amdppm.pdb").unwrap();
     let image_key = format!(
         "{:08X}{:X}",

@@ -11,7 +11,7 @@ use kdnet::api::{Context, DebugIo, FileIo, GetVersion64, Manipulate, StateChange
 use kdnet::kd::{Packet, PacketType};
 use kdnet::wire::datagram::{self, Channel, Direction};
 use kdnet::wire::{Key, Offer, Response, data};
-use kdnet_commands::dump::{DumpHeader, WriteKind, write_dump};
+use kdnet_model::dump::{DumpHeader, WriteKind, write_dump};
 
 /// One seed: the target it is for, a file name, the bytes.
 pub type Seed = (&'static str, String, Vec<u8>);

@@ -8,11 +8,11 @@ use kdnet::api::{Context, DebugIo, FileIo, GetVersion64, Manipulate, StateChange
 use kdnet::kd::Packet;
 use kdnet::wire::datagram::{self, Channel};
 use kdnet::wire::{ControlMessage, DataPayload, Key};
-use kdnet_commands::dump::DumpFile;
 use kdnet_commands::expr::{self, ExprError};
-use kdnet_commands::nt::Kernel;
-use kdnet_commands::nt::unwind::Regs;
-use kdnet_commands::target::Target;
+use kdnet_model::dump::DumpFile;
+use kdnet_model::nt::Kernel;
+use kdnet_model::nt::unwind::Regs;
+use kdnet_model::target::Target;
 use kdnet_symbols::path::SymbolPath;
 use kdnet_symbols::{TypeTable, isf, pdb};
 

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kdnet_commands::dump::{self, DumpHeader};
 use kdnet_commands::engine::{Engine, addr};
 use kdnet_commands::script::{self, Runner};
+use kdnet_model::dump::{self, DumpHeader};
 use serde_json::{Value, json};
 
 use super::html;
@@ -571,7 +571,7 @@ pub fn write(
     g: Gathered,
     job: &Job,
     stopped: Option<f64>,
-    link: Option<&kdnet_commands::live::Traffic>,
+    link: Option<&kdnet_live::Traffic>,
 ) -> anyhow::Result<Captured> {
     let Gathered {
         partial,

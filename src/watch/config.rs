@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kdnet_commands::ext::hangcheck::Thresholds;
-use kdnet_commands::live::Listen;
+use kdnet_live::Listen;
 use serde::Deserialize;
 
 use crate::connect::ConnectArgs;

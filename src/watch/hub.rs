@@ -31,7 +31,7 @@ pub struct Status {
     pub last_bundle: Option<String>,
     /// The session's counters: round trips, retransmissions, silences, handshakes, and the
     /// datagrams dropped by cause.
-    pub link: Option<kdnet_commands::live::Traffic>,
+    pub link: Option<kdnet_live::Traffic>,
 }
 
 /// The watcher's report hub.
@@ -167,7 +167,7 @@ impl Hub {
     }
 
     /// The session counters of `name`, for `list`.
-    pub fn traffic(&self, name: &str, t: kdnet_commands::live::Traffic) {
+    pub fn traffic(&self, name: &str, t: kdnet_live::Traffic) {
         if let Ok(mut all) = self.status.lock()
             && let Some(s) = all.get_mut(name)
         {

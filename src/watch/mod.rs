@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use kdnet_commands::live::Session;
+use kdnet_live::Session;
 use tokio::sync::mpsc;
 
 use crate::connect::ConnectArgs;

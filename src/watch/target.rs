@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use kdnet_commands::engine::Engine;
 use kdnet_commands::ext::hangcheck::{self, Sample};
-use kdnet_commands::live::{Drops, Event, Link, Session};
 use kdnet_commands::script::{self, Runner};
+use kdnet_live::{Drops, Event, Link, Session};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -354,7 +354,9 @@ impl Actor {
         let rt = tokio::runtime::Handle::current();
         let symbols = self.spec.symbols.clone();
         tokio::task::spawn_blocking(move || {
-            host.open(rt, symbols.as_deref()).map_err(|e| e.to_string())
+            host.open(rt, symbols.as_deref())
+                .map(Engine::new)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("the model thread failed: {e}"))?
@@ -501,6 +503,7 @@ impl Actor {
                 Some(e) => e,
                 None => host
                     .open(rt, symbols.as_deref())
+                    .map(Engine::new)
                     .map_err(|e| e.to_string())?,
             };
             e.kernel.mem.set_cancel(Some(cancel));

@@ -7,6 +7,12 @@
 //! answer is recorded under the target directory for the `cargo` run it belongs to, and the
 //! `shared_summary` test (the last to run in `cargo test --workspace`) prints one line saying how
 //! many tests skipped, or how many used it.
+//!
+//! Also: [`local::LocalTarget`], the model's `Target` over any in-process `TargetHandler` (the
+//! simulated machine without a network), and [`faulty`], a `Target` that fails chosen requests.
+
+pub mod faulty;
+pub mod local;
 
 use std::io::Write as _;
 use std::path::PathBuf;

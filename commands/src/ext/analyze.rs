@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::engine::{CmdError, Engine, Output, addr};
-use crate::nt::unwind::Regs;
+use kdnet_model::nt::unwind::Regs;
 
 /// Bugcheck names and what their parameters are (public bugcheck code reference).
 const BUGCHECKS: &[(u32, &str, [&str; 4])] = &[
@@ -199,7 +199,7 @@ not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
         },
         // Dumps without the kernel's processor block (triage) have no thread to name.
         Err(err) => {
-            if matches!(&err, crate::nt::ModelError::Target(t) if t.is_transient()) {
+            if matches!(&err, kdnet_model::nt::ModelError::Target(t) if t.is_transient()) {
                 e.kernel
                     .note_incomplete(format!("the processors are unreadable: {err}"));
             }

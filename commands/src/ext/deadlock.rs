@@ -13,7 +13,7 @@ use serde_json::json;
 use super::locks;
 use super::threads::{all_threads, blocker, stack_of};
 use crate::engine::{CmdError, Engine, Output};
-use crate::nt::procs::Thread;
+use kdnet_model::nt::procs::Thread;
 
 /// Why one thread waits for another.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::engine::{CmdError, Engine, Output};
-use crate::nt::view::View;
-use crate::nt::{Kernel, ModelError};
-use crate::target::TargetError;
+use kdnet_model::nt::view::View;
+use kdnet_model::nt::{Kernel, ModelError};
+use kdnet_model::target::TargetError;
 
 /// Largest owner table read (the classic extension refused more than 2000).
 const MAX_OWNER_TABLE: u64 = 2000;
@@ -252,7 +252,7 @@ pub fn walk(k: &mut Kernel, verbose: bool, only: Option<u64>) -> Result<Locks, M
     }
     let head = k.sym("ExpSystemResourcesList")?;
     let link = nt.offset("_ERESOURCE", "SystemResourcesList")?;
-    let w = k.walk_list(head, Some((link, size)), crate::nt::MAX_LIST, true)?;
+    let w = k.walk_list(head, Some((link, size)), kdnet_model::nt::MAX_LIST, true)?;
     out.note = w.note.map(|n| {
         if n.contains("time budget") {
             format!(

@@ -9,8 +9,8 @@ use kdnet_symbols::TypeTable;
 use serde_json::{Value, json};
 
 use crate::engine::{CmdError, Engine, Output};
-use crate::nt::view::View;
-use crate::nt::{Kernel, ModelError, ModuleSymbols};
+use kdnet_model::nt::view::View;
+use kdnet_model::nt::{Kernel, ModelError, ModuleSymbols};
 
 /// Tracker slot value of an NBL that is back with the component that allocated it.
 const NBL_HOME: u64 = 0x18;

@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::engine::{CmdError, Engine, Output};
-use crate::nt::{Kernel, ModelError};
-use crate::target::TargetError;
+use kdnet_model::nt::{Kernel, ModelError};
+use kdnet_model::target::TargetError;
 
 const PAGE: u64 = 0x1000;
 /// Mixed into segment signatures (facts: extensions.md §3.3).
@@ -137,7 +137,7 @@ fn hex16(b: &[u8]) -> (String, String) {
 
 fn header_fields(k: &Kernel, b: &[u8]) -> Result<(u64, u64, u64, u32), ModelError> {
     let nt = k.nt()?;
-    let v = crate::nt::view::View::new(nt, "_POOL_HEADER", 0, b.to_vec());
+    let v = kdnet_model::nt::view::View::new(nt, "_POOL_HEADER", 0, b.to_vec());
     Ok((
         v.get("PreviousSize")?,
         v.get("BlockSize")?,
@@ -166,7 +166,7 @@ pub fn big_pages(k: &mut Kernel) -> Result<Vec<BigPage>, ModelError> {
     let bytes = k.mem.kread(table, (size * esize) as usize)?;
     let mut out = Vec::new();
     for i in 0..size as usize {
-        let e = crate::nt::view::View::new(
+        let e = kdnet_model::nt::view::View::new(
             nt.clone(),
             "_POOL_TRACKER_BIG_PAGES",
             table + i as u64 * esize,
@@ -750,7 +750,7 @@ pub fn pool_usage(k: &mut Kernel) -> Result<BTreeMap<u32, TagUse>, ModelError> {
     for t in tables {
         let bytes = k.mem.kread(t, (size * esize) as usize)?;
         for i in 0..size as usize {
-            let v = crate::nt::view::View::new(
+            let v = kdnet_model::nt::view::View::new(
                 nt.clone(),
                 "_POOL_TRACKER_TABLE",
                 t + i as u64 * esize,

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::engine::{CmdError, Engine, Output, addr};
-use crate::nt::Kernel;
-use crate::nt::procs::{Process, Thread};
-use crate::nt::unwind::Stack;
+use kdnet_model::nt::Kernel;
+use kdnet_model::nt::procs::{Process, Thread};
+use kdnet_model::nt::unwind::Stack;
 
 /// Frames of the generic wait and scheduler path, skipped when naming what a thread is
 /// blocked in.

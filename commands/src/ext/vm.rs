@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::engine::{CmdError, Engine, Output};
-use crate::nt::{Kernel, ModelError};
+use kdnet_model::nt::{Kernel, ModelError};
 
 /// A page file: name, current, free, minimum, maximum (pages).
 pub type PagingFile = (String, u64, u64, u64, u64);

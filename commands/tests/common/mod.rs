@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use kdnet_commands::local::LocalTarget;
-use kdnet_commands::nt::Kernel;
+use kdnet_model::nt::Kernel;
 use kdnet_sim::scenario::Facts;
 use kdnet_sim::system::{ModuleRec, ThreadRec};
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
 use kdnet_symbols::path::SymbolPath;
+use kdnet_testkit::local::LocalTarget;
 
 /// ../shared, or None (with a note) when it is absent and not required.
 pub fn shared() -> Option<PathBuf> {

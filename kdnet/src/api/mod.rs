@@ -27,3 +27,13 @@ pub enum ApiError {
         have: usize,
     },
 }
+
+impl From<context::ContextTooShort> for ApiError {
+    fn from(e: context::ContextTooShort) -> ApiError {
+        ApiError::TooShort {
+            what: "CONTEXT",
+            need: e.need,
+            have: e.have,
+        }
+    }
+}

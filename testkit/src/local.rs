@@ -2,11 +2,11 @@
 //! without a network between. Each call counts as one round trip and requests are cut to the
 //! same transfer size a KDNET session uses, so counts match what the wire would see.
 
-use kdnet::api::Context;
 use kdnet::api::MAX_TRANSFER;
 use kdnet::target::TargetHandler;
+use kdnet_arch::Context;
 
-use crate::target::{Target, TargetError, TargetInfo, TransportStats};
+use kdnet_model::target::{Target, TargetError, TargetInfo, TransportStats};
 
 /// A stopped in-process target.
 pub struct LocalTarget<H: TargetHandler> {

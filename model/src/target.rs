@@ -1,7 +1,7 @@
 //! The `Target` interface: what a live KDNET session and a crash dump both provide. Everything
 //! above (translation, caching, the kernel model, the commands) is written against it.
 
-use kdnet::api::Context;
+use kdnet_arch::Context;
 
 /// Why memory or state could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,6 +1,6 @@
-//! A live KDNET session: as a [`Target`] for the analysis code (which is synchronous; it runs on
+//! A live KDNET session: as a [`Target`] for the target model (which is synchronous; it runs on
 //! a blocking thread and waits here for the async session), and as a [`Session`] for the tools
-//! above (listen, follow, stop, go on, open the model).
+//! above (listen, follow, stop, go on, open the kernel model).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,9 +10,8 @@ use kdnet::host::{Host, HostConfig, HostError, HostEvent, LinkState, Phase, RunS
 use kdnet::wire::HandshakeReason;
 use tokio::runtime::Handle;
 
-use crate::engine::Engine;
-use crate::nt::Kernel;
-use crate::target::{Target, TargetError, TargetInfo, TransportStats};
+use kdnet_model::nt::Kernel;
+use kdnet_model::target::{Target, TargetError, TargetInfo, TransportStats};
 
 /// A stopped target on a KDNET session.
 #[derive(Debug)]
@@ -527,13 +526,11 @@ impl Session {
         }
     }
 
-    /// The kernel model and command engine over the stopped target. It blocks on `rt`: call
-    /// it from a thread that is not running the runtime (e.g. inside `spawn_blocking`).
-    pub fn open(&self, rt: Handle, symbols: Option<&str>) -> Result<Engine, SessionError> {
+    /// The kernel model over the stopped target. It blocks on `rt`: call it from a thread
+    /// that is not running the runtime (e.g. inside `spawn_blocking`).
+    pub fn open(&self, rt: Handle, symbols: Option<&str>) -> Result<Kernel, SessionError> {
         let target = LiveTarget::new(self.host.clone(), rt).map_err(SessionError::Version)?;
         let path = kdnet_symbols::path::SymbolPath::from_args_and_env(symbols);
-        let kernel = Kernel::open(Box::new(target), path)
-            .map_err(|e| SessionError::Kernel(e.to_string()))?;
-        Ok(Engine::new(kernel))
+        Kernel::open(Box::new(target), path).map_err(|e| SessionError::Kernel(e.to_string()))
     }
 }

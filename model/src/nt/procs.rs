@@ -449,7 +449,7 @@ impl Kernel {
     /// A processor's registers: from the target itself on a live session; from a dump, the
     /// CONTEXT saved in the processor's KPRCB (the header's context for processor 0 when the
     /// KPRCB cannot be read, as in a triage dump).
-    pub fn processor_context(&mut self, n: u32) -> Result<kdnet::api::Context, ModelError> {
+    pub fn processor_context(&mut self, n: u32) -> Result<kdnet_arch::Context, ModelError> {
         if self.mem.info().live {
             return Ok(self.mem.context(n)?);
         }
@@ -461,7 +461,7 @@ impl Kernel {
                 .ok_or(ModelError::Target(TargetError::NoSuchProcessor(n)))?;
             self.saved_context(prcb)
         });
-        use kdnet::api::context::Reg;
+        use kdnet_arch::Reg;
         match saved {
             // A KPRCB whose context frame was never filled (the processor stopped without saving
             // it there): the dump's own context record stands for the processor it was taken on.
@@ -475,11 +475,11 @@ impl Kernel {
     }
 
     /// A processor's saved CONTEXT from its KPRCB (dumps, and every processor at a break-in).
-    pub fn saved_context(&mut self, prcb: u64) -> Result<kdnet::api::Context, ModelError> {
+    pub fn saved_context(&mut self, prcb: u64) -> Result<kdnet_arch::Context, ModelError> {
         let nt = self.nt()?;
         let at = prcb + nt.offset("_KPRCB", "ProcessorState.ContextFrame")?;
-        let b = self.mem.kread(at, kdnet::api::context::CONTEXT_LEN)?;
-        kdnet::api::Context::from_bytes(&b).map_err(|e| ModelError::Corrupt(e.to_string()))
+        let b = self.mem.kread(at, kdnet_arch::CONTEXT_LEN)?;
+        kdnet_arch::Context::from_bytes(&b).map_err(|e| ModelError::Corrupt(e.to_string()))
     }
 }
 

@@ -8,9 +8,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kdnet::api::Context;
+use kdnet_arch::Context;
 
-use crate::target::{ModuleRecord, Target, TargetError, TargetInfo, TransportStats};
+use kdnet_model::target::{ModuleRecord, Target, TargetError, TargetInfo, TransportStats};
 
 /// Which requests fail.
 #[derive(Debug, Clone)]

@@ -221,7 +221,7 @@ impl Memory {
     }
 
     /// A processor's CONTEXT from the target.
-    pub fn context(&mut self, processor: u32) -> Result<kdnet::api::Context, TargetError> {
+    pub fn context(&mut self, processor: u32) -> Result<kdnet_arch::Context, TargetError> {
         self.check_gone()?;
         let r = self.target.context(processor);
         if let Err(e) = &r {
@@ -919,7 +919,7 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kdnet::api::Context;
+    use kdnet_arch::Context;
 
     /// A flat physical memory with a page table mapping a few pages, counting requests.
     struct Flat {

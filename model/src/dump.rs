@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use kdnet::api::Context;
+use kdnet_arch::Context;
 
 use crate::target::{ModuleRecord, Target, TargetError, TargetInfo, TransportStats};
 

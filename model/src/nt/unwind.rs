@@ -8,7 +8,7 @@
 //! function without unwind data is a leaf. The walk stops at RIP 0 or outside every module, when
 //! RSP does not increase or leaves the stack, or after 256 frames.
 
-use kdnet::api::{Context, Reg};
+use kdnet_arch::{Context, Reg};
 use serde::Serialize;
 
 use super::procs::Thread;

@@ -1,0 +1,478 @@
+//! The command registry: one table of every command the engine runs (its name, aliases,
+//! summary, declared arguments, handler and the type of its result). Dispatch, tab
+//! completion, `.help`, the command list in `docs/commands.md` and the published JSON schemas
+//! all come from it.
+//!
+//! Adding a command is its own file with a handler `fn(&mut Engine, &Args) -> Result<T,
+//! CmdError>` whose `T` is a typed result ([`Render`] + [`schemars::JsonSchema`]), and one
+//! [`command!`] line in [`COMMANDS`].
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+use crate::args::{Args, Syntax};
+use crate::engine::{CmdError, Engine, Output};
+
+/// A typed result: its data (serialised as the command's JSON) and its text in WinDbg's layout,
+/// rendered from that data.
+pub trait Render: serde::Serialize {
+    /// Appends the WinDbg-layout text.
+    fn render(&self, out: &mut String);
+}
+
+/// Runs a command on its parsed arguments.
+pub type Handler = fn(&mut Engine, &str, &Args<'_>) -> Result<Output, CmdError>;
+
+/// One command.
+#[derive(Clone, Copy)]
+pub struct Command {
+    /// As typed: `lm`, `!locks`, `?`.
+    pub name: &'static str,
+    /// Other spellings that run it (`!kdexts.locks`, `kb`).
+    pub aliases: &'static [&'static str],
+    /// One line: what it shows (`.help`).
+    pub summary: &'static str,
+    /// What it shows in full (`.help NAME`, the table in `docs/commands.md`).
+    pub doc: &'static str,
+    /// Command lines that show it at work: `.help NAME` lists them, and the schema test runs
+    /// each on every simulated scenario (`{lock}`, `{thread}`, `{pool}` … stand for an address
+    /// the scenario planted that the command is about).
+    pub examples: &'static [&'static str],
+    /// Its declared arguments.
+    pub syntax: Syntax,
+    /// The usage line, when the declared arguments do not say it all (`!process 0 7 [IMAGE]`).
+    pub usage: Option<&'static str>,
+    /// The file name of its result's schema (`docs/schema/v1/<id>.json`).
+    pub id: &'static str,
+    /// Runs it.
+    pub handler: Handler,
+    /// Its result's JSON schema.
+    pub schema: fn(&mut SchemaGenerator) -> Schema,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Command").field("name", &self.name).finish()
+    }
+}
+
+impl Command {
+    /// `lm [m PATTERN]`: the usage line.
+    pub fn usage(&self) -> String {
+        match self.usage {
+            Some(u) => u.to_string(),
+            None => {
+                let args = self.syntax.usage();
+                if args.is_empty() {
+                    self.name.to_string()
+                } else {
+                    format!("{} {args}", self.name)
+                }
+            }
+        }
+    }
+
+    /// Whether `verb` (as typed, any case) names this command.
+    pub fn answers_to(&self, verb: &str) -> bool {
+        self.name.eq_ignore_ascii_case(verb)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(verb))
+    }
+}
+
+/// Builds the output of a typed result.
+pub fn typed<T: Render>(r: &T) -> Result<Output, CmdError> {
+    let mut text = String::new();
+    r.render(&mut text);
+    let json = serde_json::to_value(r)
+        .map_err(|e| CmdError::Internal(format!("the result does not serialise: {e}")))?;
+    Ok(Output { text, json })
+}
+
+/// The schema of `T` (for [`Command::schema`]).
+pub fn schema_of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.clone().into_root_schema_for::<T>()
+}
+
+/// One registry line.
+macro_rules! command {
+    (name: $name:literal, aliases: [$($alias:literal),*], id: $id:literal,
+     summary: $summary:literal, doc: $doc:literal, syntax: $syntax:expr, usage: $usage:expr,
+     examples: [$($ex:literal),*], run: $handler:path => $ty:ty $(,)?) => {
+        $crate::registry::Command {
+            name: $name,
+            aliases: &[$($alias),*],
+            summary: $summary,
+            doc: $doc,
+            examples: &[$($ex),*],
+            syntax: $syntax,
+            usage: $usage,
+            id: $id,
+            handler: |e, verb, a| {
+                let r: $ty = $handler(e, verb, a)?;
+                $crate::registry::typed(&r)
+            },
+            schema: $crate::registry::schema_of::<$ty>,
+        }
+    };
+}
+
+/// A command not yet converted to a typed result: its handler builds its own output.
+/// (Transitional: every command is to be typed; the schema test refuses these.)
+macro_rules! untyped {
+    ($name:literal, [$($alias:literal),*], $id:literal, $summary:literal, $usage:literal,
+     $handler:expr, $doc:literal, [$($ex:literal),*]) => {
+        $crate::registry::Command {
+            name: $name,
+            aliases: &[$($alias),*],
+            summary: $summary,
+            doc: $doc,
+            examples: &[$($ex),*],
+            syntax: $crate::args::Syntax::params(&[$crate::args::Param {
+                name: "ARGS",
+                kind: $crate::args::Kind::Rest,
+                optional: true,
+            }]),
+            usage: Some($usage),
+            id: $id,
+            handler: |e, verb, a| $handler(e, verb, a.text("ARGS").unwrap_or("")),
+            schema: $crate::registry::schema_of::<serde_json::Value>,
+        }
+    };
+}
+
+/// Every command, in the order `.help` lists them.
+pub static COMMANDS: &[Command] = &[
+    command! {
+        name: "?", aliases: [], id: "evaluate",
+        summary: "evaluates an expression",
+        doc: "evaluates: `Evaluate expression: <signed decimal> = <hex>`",
+        syntax: crate::basic::EVALUATE, usage: None,
+        examples: ["? 1 + 2", "? @$thread", "? nt!KiWaitNever"],
+        run: crate::basic::evaluate => crate::basic::Evaluated,
+    },
+    untyped!(
+        "lm",
+        [],
+        "lm",
+        "loaded modules sorted by address, with their symbol state",
+        "lm [m PATTERN]",
+        |e, _, a| crate::basic::lm(e, a),
+        "loaded modules sorted by address, with symbol state (`pdb symbols`, `export symbols`, `no symbols`, `deferred` when not loaded yet); `*` and `?` in the pattern",
+        ["lm", "lm m nt*"]
+    ),
+    untyped!(
+        "db",
+        ["dw", "dd", "dq", "dp"],
+        "display",
+        "memory as bytes (with ASCII), words, dwords, qwords; unreadable memory shows as ??",
+        "db|dw|dd|dq|dp ADDR [L COUNT | END]",
+        crate::basic::display,
+        "memory as bytes (with ASCII), words, dwords, qwords; unreadable memory shows as `??`",
+        [
+            "db @rsp",
+            "dw @rsp L4",
+            "dd nt!KiWaitNever L1",
+            "dq @rsp L2",
+            "dp @rsp L2"
+        ]
+    ),
+    untyped!(
+        "dps",
+        ["dqs"],
+        "display-symbols",
+        "pointers with the symbol each points at",
+        "dps ADDR [L COUNT | END]",
+        crate::basic::display,
+        "pointers with the symbol each points at",
+        ["dps @rsp L8"]
+    ),
+    untyped!(
+        "dt",
+        [],
+        "dt",
+        "a type's fields; with an address, their values",
+        "dt [MODULE!]TYPE [ADDR] [FIELD]",
+        |e, _, a| crate::basic::dt(e, a),
+        "a type's fields (offsets, types, bitfield positions); with an address, their values; FIELD is a name, a pattern (`Image*`) or a nested path (`Tcb.State`)",
+        [
+            "dt nt!_KTHREAD @$thread",
+            "dt _LIST_ENTRY",
+            "dt nt!_EPROCESS @$proc Image*"
+        ]
+    ),
+    untyped!(
+        "k",
+        ["kn", "kb", "kp"],
+        "stack",
+        "the current processor's stack; kb and kp show the four home-slot arguments",
+        "k [COUNT]",
+        crate::basic::stack,
+        "the current processor's stack: frame number, Child-SP, return address, call site; `kb` shows the four home-slot arguments",
+        ["k", "k 5"]
+    ),
+    untyped!(
+        "ln",
+        [],
+        "ln",
+        "the nearest symbols before and after an address",
+        "ln ADDR",
+        |e, _, a| crate::basic::ln(e, a),
+        "the nearest symbols before and after an address, and exact matches",
+        ["ln @rip", "ln nt!KiWaitNever"]
+    ),
+    untyped!(
+        "r",
+        [],
+        "r",
+        "the current processor's registers, flags and segments",
+        "r [REG,…]",
+        |e, _, a| crate::basic::registers(e, a),
+        "the current processor's registers, flags and segments",
+        ["r", "r rip,rsp"]
+    ),
+    untyped!(
+        "~Ns",
+        [],
+        "processor",
+        "switches to processor N (decimal)",
+        "~Ns",
+        |e: &mut Engine, _, a: &str| e.switch_processor(a),
+        "switch to processor N: `r` and `k` then show its registers and stack (in a dump, from its KPRCB's saved state)",
+        ["~1s"]
+    ),
+    untyped!(
+        "vertarget",
+        ["version"],
+        "vertarget",
+        "the target's build, processors, kernel base, module list, symbol source",
+        "vertarget",
+        |e, _, _| crate::basic::vertarget(e),
+        "the target's build, processors, kernel base, module list, symbol source",
+        ["vertarget"]
+    ),
+    untyped!(
+        "!locks",
+        ["!kdexts.locks"],
+        "locks",
+        "executive resources: held ones (all with -v), owners, waiters, contention",
+        "!locks [-v] [ADDR]",
+        |e, _, a| crate::ext::locks::command(e, a),
+        "executive resources: held ones (all with `-v`), owners with `<*>`, waiters, contention, `N total locks, M locks currently held`; progress dots as WinDbg prints them",
+        ["!locks", "!locks -v", "!locks {lock}"]
+    ),
+    untyped!(
+        "!thread",
+        [],
+        "thread",
+        "a thread: state, waits, IRPs, process, times, start addresses, the stack",
+        "!thread [ADDR] [FLAGS]",
+        |e, _, a| crate::ext::threads::thread_command(e, a),
+        "a thread (the current one by default): state, wait reason and mode, waited objects (mutant owner, semaphore limit), IRPs, owning and attached process, wait age, times, start addresses, stack bounds, the stack",
+        ["!thread", "!thread {thread}"]
+    ),
+    untyped!(
+        "!process",
+        [],
+        "process",
+        "processes; flags 2 and 4 add threads and their stacks",
+        "!process [ADDR|0] [FLAGS] [IMAGE]",
+        |e, _, a| crate::ext::threads::process_command(e, a),
+        "processes; flag 2/4 add threads and their stacks",
+        ["!process 0 0", "!process 0 7"]
+    ),
+    untyped!(
+        "!stacks",
+        [],
+        "stacks",
+        "every thread with what it is blocked in, then threads grouped by identical stacks",
+        "!stacks [0|1|2] [FILTER]",
+        |e, _, a| crate::ext::threads::stacks_command(e, a),
+        "every thread with what it is blocked in (the first frame off the generic wait path), then threads grouped by identical stacks; 1 adds threads whose stack is paged out, 2 prints whole stacks; FILTER keeps threads whose stack mentions it",
+        ["!stacks", "!stacks 2", "!stacks 1 Wait"]
+    ),
+    untyped!(
+        "!running",
+        [],
+        "running",
+        "each processor's current and next thread",
+        "!running [-t]",
+        |e, _, a| crate::ext::threads::running_command(e, a),
+        "each processor's current and next thread, idle processors; `-t` adds their stacks",
+        ["!running", "!running -t"]
+    ),
+    untyped!(
+        "!analyze",
+        [],
+        "analyze",
+        "the bugcheck, its parameters, the faulting module and stack, a failure bucket",
+        "!analyze [-v]",
+        |e, _, a| crate::ext::analyze::command(e, a),
+        "bugcheck name, parameters and what they mean, the stopped processor's process and stack, the faulting module (the module of the exception address when the code carries one, otherwise the first frame outside nt and hal), a failure bucket; on a machine that did not crash it says so",
+        ["!analyze -v"]
+    ),
+    untyped!(
+        "!deadlock",
+        [],
+        "deadlock",
+        "the wait-for graph: cycles, threads waiting behind them, pile-ups",
+        "!deadlock",
+        |e, _, a| crate::ext::deadlock::command(e, a),
+        "the wait-for graph: mutant owners, executive resources (owners ↔ waiters), fast/guarded mutexes, threads waited for; each cycle with its threads, objects and wait times; threads waiting behind a cycle or piling up behind one thread",
+        ["!deadlock"]
+    ),
+    untyped!(
+        "!hangcheck",
+        [],
+        "hangcheck",
+        "the watcher's sample: long waits on locks, held resources, cycles, commit, pending NBLs",
+        "!hangcheck [SECONDS]",
+        |e, _, a| crate::ext::hangcheck::command(e, a),
+        "kdnet's own: the watcher's sample. Threads waiting on an ERESOURCE, mutant, fast mutex or PnP lock (`PiEngineLock`, `IopDeviceTreeLock`, …) longer than SECONDS (60), resources with exclusive waiters held that long, PnP locks whose holder is itself stuck in a wait, wait-for cycles; also the commit-failure count and the pending NBLs, which the watcher compares between samples",
+        ["!hangcheck", "!hangcheck 0"]
+    ),
+    untyped!(
+        "!vm",
+        [],
+        "vm",
+        "page files, memory and commit counters, failed commit requests, per-process commit",
+        "!vm [FLAGS]",
+        |e, _, a| crate::ext::vm::command(e, a),
+        "page files, memory counters, pool usage, the commit breakdown, `Sum System Commit`, `Total Private`, `Misc/Transient Commit`, committed and limit, the `N commit requests have failed` banner (ChargeCommitmentFailures[0] + [1]) and the other warnings, the per-process commit table (flag 1 leaves it out)",
+        ["!vm", "!vm 1"]
+    ),
+    untyped!(
+        "!pool",
+        [],
+        "pool",
+        "the pool page around an address, its blocks and corruption",
+        "!pool ADDR [FLAGS]",
+        |e, _, a| crate::ext::pool::pool_command(e, a),
+        "the page around ADDR: classic `_POOL_HEADER` chains, segment-heap LFH and VS subsegments, big allocations, special pool; `*` marks the block holding ADDR; a broken chain is reported at the exact header with what was expected and the 16 bytes found; flag 2 shows only the block",
+        ["!pool {pool}", "!pool {special}", "!pool {pool} 2"]
+    ),
+    untyped!(
+        "!poolused",
+        [],
+        "poolused",
+        "outstanding allocations and bytes per pool tag",
+        "!poolused [FLAGS] [PATTERN]",
+        |e, _, a| crate::ext::pool::poolused_command(e, a),
+        "outstanding allocations and bytes per tag from the tracker tables (global and per-processor); flag 2 sorts by non-paged bytes, 4 by paged",
+        ["!poolused", "!poolused 2", "!poolused 4 Ac*"]
+    ),
+    untyped!(
+        "!poolfind",
+        [],
+        "poolfind",
+        "pool blocks with a tag",
+        "!poolfind TAG [0|1]",
+        |e, _, a| crate::ext::pool::poolfind_command(e, a),
+        "blocks with a tag: the big-page table, then the pool regions, searched on the target (one request per present run) and checked header by header",
+        ["!poolfind AcBf", "!poolfind AcBf 1"]
+    ),
+    untyped!(
+        "!ndiskd.pendingnbls",
+        [],
+        "ndiskd.pendingnbls",
+        "NBL pools and every NBL away from home with who holds it",
+        "!ndiskd.pendingnbls",
+        |e, _, a| crate::ext::ndis::pendingnbls_command(e, a),
+        "NBL pools, freed NBLs, every NBL away from home and who holds it, `Found P pending NBL(s) of T total NBL(s)`; with owner tracking off, how to turn it on",
+        ["!ndiskd.pendingnbls"]
+    ),
+    untyped!(
+        "!ndiskd.miniport",
+        ["!ndiskd.miniports", "!ndiskd.netadapter"],
+        "ndiskd.miniport",
+        "the miniports; with a handle, its state block",
+        "!ndiskd.miniport [HANDLE]",
+        |e, _, a| crate::ext::ndis::miniport_command(e, a),
+        "the miniports; with a handle, its state block",
+        ["!ndiskd.miniport", "!ndiskd.miniport {miniport}"]
+    ),
+    command! {
+        name: ".help", aliases: [], id: "help",
+        summary: "the commands, or one command's usage, flags and examples",
+        doc: "the commands and the script statements; `.help NAME`: one command's usage, \
+              aliases, flags and examples",
+        syntax: crate::help::SYNTAX, usage: None,
+        examples: [".help", ".help lm", ".help !locks"],
+        run: crate::help::run => crate::help::Help,
+    },
+];
+
+/// The command `verb` names, if any.
+pub fn find(verb: &str) -> Option<&'static Command> {
+    COMMANDS.iter().find(|c| c.answers_to(verb))
+}
+
+/// Every name and alias (for completion).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    COMMANDS
+        .iter()
+        .flat_map(|c| std::iter::once(c.name).chain(c.aliases.iter().copied()))
+}
+
+/// Runs `verb args` through the registry.
+pub fn run(e: &mut Engine, verb: &str, args: &str) -> Result<Output, CmdError> {
+    let c = find(verb).ok_or_else(|| CmdError::Unknown(verb.to_string()))?;
+    let parsed = c.syntax.parse(c.name, args)?;
+    (c.handler)(e, &verb.to_ascii_lowercase(), &parsed)
+}
+
+/// The version of the published JSON schemas (`docs/schema/v1/`); it changes when a result
+/// changes in a way a consumer could trip on (a member removed, renamed or retyped).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Makes every object schema closed: a member a result carries is a member its schema names.
+fn close(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.contains_key("properties") && !m.contains_key("additionalProperties") {
+                m.insert("additionalProperties".into(), false.into());
+            }
+            m.values_mut().for_each(close);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(close),
+        _ => {}
+    }
+}
+
+fn finish(mut s: Schema, id: &str, title: &str, description: &str) -> serde_json::Value {
+    s.insert(
+        "$id".into(),
+        format!("urn:kdnet:schema:v{SCHEMA_VERSION}:{id}").into(),
+    );
+    s.insert("title".into(), title.into());
+    s.insert("description".into(), description.into());
+    let mut v = s.to_value();
+    close(&mut v);
+    v
+}
+
+/// Every published schema: (file name, schema). One per command's result (`<id>.json`), and
+/// `line.json` for the object each command's run is (its `result` is the command's result).
+pub fn schemas() -> Vec<(String, serde_json::Value)> {
+    let generator = || schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut out: Vec<(String, serde_json::Value)> = COMMANDS
+        .iter()
+        .map(|c| {
+            let s = (c.schema)(&mut generator());
+            (
+                format!("{}.json", c.id),
+                finish(s, c.id, &c.usage(), c.summary),
+            )
+        })
+        .collect();
+    let line = generator().into_root_schema_for::<crate::engine::Outcome>();
+    out.push((
+        "line.json".into(),
+        finish(
+            line,
+            "line",
+            "one command's run",
+            "the command, its result (the command's own schema), its error, whether the \
+             result is whole and what it cost",
+        ),
+    ));
+    out
+}
