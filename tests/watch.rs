@@ -140,7 +140,9 @@ fn a_wrong_key_is_a_state_of_its_own() {
             }
             all.push_str(&String::from_utf8_lossy(&buf[..n]));
             // (A line may come in pieces: wait for all of it.)
-            if all.contains("wrong-key: offers arrive but do not authenticate") {
+            if all.contains("wrong-key: offers arrive but do not authenticate")
+                && all.contains("does not authenticate: wrong key?")
+            {
                 break;
             }
         }
@@ -157,6 +159,12 @@ fn a_wrong_key_is_a_state_of_its_own() {
         all.contains("target: wrong-key: offers arrive but do not authenticate"),
         "{all}"
     );
+    // The session's own log lines say which watched target they are about.
+    let line = all
+        .lines()
+        .find(|l| l.contains("does not authenticate: wrong key?"))
+        .unwrap_or_else(|| panic!("no log line from the session: {all}"));
+    assert!(line.contains("target{name=target}"), "{line}");
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! and the offsets of KSPECIAL_REGISTERS and the control-space indices. Below both the KDNET
 //! protocol (which carries it) and the dump reader (which stores it), and knowing neither.
 
+pub mod le;
+
 use serde::Serialize;
 
 /// Bytes that do not make a CONTEXT.

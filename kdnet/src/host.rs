@@ -127,7 +127,8 @@ impl Host {
             snapshot: snapshot.clone(),
             waiting: HashMap::new(),
         };
-        tokio::spawn(driver.run());
+        // The driver logs under the caller's span (a watcher's target, say).
+        tokio::spawn(tracing::Instrument::in_current_span(driver.run()));
         Ok(Host {
             tx,
             events,

@@ -4,6 +4,7 @@
 //! debugger data block, plus the driver list). Every offset and count read from the file is
 //! checked against the file before use. The format facts are summarised in docs/dumps.md.
 
+use kdnet_arch::le::Le;
 use std::fs::File;
 use std::path::Path;
 
@@ -152,15 +153,6 @@ fn read_at(backing: &Backing, off: u64, buf: &mut [u8]) -> std::io::Result<usize
     }
 }
 
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4)
-        .map_or(0, |x| u32::from_le_bytes(x.try_into().unwrap_or([0; 4])))
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8)
-        .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
-}
-
 impl DumpFile {
     /// Opens a dump.
     pub fn open(path: &Path) -> Result<DumpFile, DumpError> {
@@ -198,31 +190,31 @@ impl DumpFile {
                 String::from_utf8_lossy(&h[4..8])
             )));
         }
-        if u32_at(&h, 0x30) != 0x8664 {
+        if Le(&h).u32(0x30) != 0x8664 {
             return Err(DumpError::NotADump(format!(
                 "machine {:#x} is not x64",
-                u32_at(&h, 0x30)
+                Le(&h).u32(0x30)
             )));
         }
-        let dump_type = u32_at(&h, 0xF98);
+        let dump_type = Le(&h).u32(0xF98);
         let filler_or = |v: u64| (v as u32 != FILLER && v != 0).then_some(v);
         let mut info = TargetInfo {
-            build: u32_at(&h, 0xC),
+            build: Le(&h).u32(0xC),
             kernel_base: None,
-            ps_loaded_module_list: filler_or(u64_at(&h, 0x20)),
-            ps_active_process_head: filler_or(u64_at(&h, 0x28)),
+            ps_loaded_module_list: filler_or(Le(&h).u64(0x20)),
+            ps_active_process_head: filler_or(Le(&h).u64(0x28)),
             debugger_data_list: None,
-            kd_debugger_data_block: filler_or(u64_at(&h, 0x80)),
-            directory_table_base: filler_or(u64_at(&h, 0x10)),
-            processors: u32_at(&h, 0x34).clamp(1, 4096),
+            kd_debugger_data_block: filler_or(Le(&h).u64(0x80)),
+            directory_table_base: filler_or(Le(&h).u64(0x10)),
+            processors: Le(&h).u32(0x34).clamp(1, 4096),
             current_processor: 0,
             bugcheck: Some((
-                u32_at(&h, 0x38),
+                Le(&h).u32(0x38),
                 [
-                    u64_at(&h, 0x40),
-                    u64_at(&h, 0x48),
-                    u64_at(&h, 0x50),
-                    u64_at(&h, 0x58),
+                    Le(&h).u64(0x40),
+                    Le(&h).u64(0x48),
+                    Le(&h).u64(0x50),
+                    Le(&h).u64(0x58),
                 ],
             )),
             live: false,
@@ -244,15 +236,15 @@ impl DumpFile {
         };
         match dump_type {
             1 => {
-                let n = u32_at(&h, 0x88);
+                let n = Le(&h).u32(0x88);
                 if n == FILLER || n > 43 {
                     return Err(DumpError::Damaged(format!("{n:#x} physical memory runs")));
                 }
                 let mut runs = Vec::new();
                 let mut index = 0u64;
                 for i in 0..n as usize {
-                    let base = u64_at(&h, 0x98 + 16 * i);
-                    let count = u64_at(&h, 0xA0 + 16 * i);
+                    let base = Le(&h).u64(0x98 + 16 * i);
+                    let count = Le(&h).u64(0xA0 + 16 * i);
                     // x64 physical addresses have 52 bits: page numbers below 2^40.
                     if count > MAX_PFN || base > MAX_PFN - count {
                         return Err(DumpError::Damaged(format!(
@@ -277,9 +269,9 @@ impl DumpFile {
                 if !matches!(&b[..4], b"SDMP" | b"FDMP") || &b[4..8] != b"DUMP" {
                     return Err(DumpError::Unsupported(dump_type));
                 }
-                let first = u64_at(&b, 0x20);
-                let present = u64_at(&b, 0x28);
-                let pages = u64_at(&b, 0x30);
+                let first = Le(&b).u64(0x20);
+                let present = Le(&b).u64(0x28);
+                let pages = Le(&b).u64(0x30);
                 if pages > MAX_PFN || first > size {
                     return Err(DumpError::Damaged(format!(
                         "bitmap header: {pages} pages, data at {first:#x}"
@@ -353,7 +345,7 @@ impl DumpFile {
 
     fn open_triage(&mut self, info: &mut TargetInfo) -> Result<(), DumpError> {
         let t = self.slice(0x2000, 0x80, "the triage header")?;
-        let field = |o: usize| u64::from(u32_at(&t, o));
+        let field = |o: usize| u64::from(Le(&t).u32(o));
         let valid = field(0x08);
         if valid + 4 <= self.size {
             let v = self.slice(valid, 4, "the triage end marker")?;
@@ -368,11 +360,11 @@ impl DumpFile {
                 regions.push(Region { va, off, len });
             }
         };
-        let top = u64_at(&t, 0x48);
+        let top = Le(&t).u64(0x48);
         let (stack_off, stack_len) = (field(0x28), field(0x2C));
         self.slice(stack_off, stack_len, "the call stack")?;
         add(top, stack_off, stack_len);
-        let (dp_addr, dp_off, dp_len) = (u64_at(&t, 0x60), field(0x68), field(0x6C));
+        let (dp_addr, dp_off, dp_len) = (Le(&t).u64(0x60), field(0x68), field(0x6C));
         if dp_len != 0 {
             self.slice(dp_off, dp_len, "the data page")?;
             add(dp_addr, dp_off, dp_len);
@@ -394,9 +386,9 @@ impl DumpFile {
         let table = self.slice(blocks_off, blocks * 16, "the data block table")?;
         for i in 0..blocks as usize {
             let (va, off, len) = (
-                u64_at(&table, 16 * i),
-                u64::from(u32_at(&table, 16 * i + 8)),
-                u64::from(u32_at(&table, 16 * i + 12)),
+                Le(&table).u64(16 * i),
+                u64::from(Le(&table).u32(16 * i + 8)),
+                u64::from(Le(&table).u32(16 * i + 12)),
             );
             if off + len > self.size {
                 return Err(DumpError::Damaged(format!(
@@ -423,11 +415,11 @@ impl DumpFile {
             let prcb = self.slice(prcb_off, size_prcb, "the KPRCB copy")?;
             let sr = k16(0x2F2) as usize;
             self.special = prcb.get(sr..sr + 0xE0).map(<[u8]>::to_vec);
-            let current = u64_at(&prcb, k16(0x2B4) as usize);
+            let current = Le(&prcb).u64(k16(0x2B4) as usize);
             if thread_off != 0 && size_thread != 0 && current != 0 {
                 let thread = self.slice(thread_off, size_thread, "the thread copy")?;
                 add(current, thread_off, size_thread);
-                let process = u64_at(&thread, k16(0x2A0) as usize);
+                let process = Le(&thread).u64(k16(0x2A0) as usize);
                 if proc_off != 0 && size_process != 0 && process != 0 {
                     add(process, proc_off, size_process);
                 }
@@ -452,16 +444,16 @@ impl DumpFile {
             let mut mods = Vec::with_capacity(count as usize);
             for i in 0..count as usize {
                 let e = &list[i * stride as usize..];
-                let name_at = u64::from(u32_at(e, 0));
+                let name_at = u64::from(Le(e).u32(0));
                 let name = self.dump_string(name_at).unwrap_or_default();
                 let file = name.rsplit('\\').next().unwrap_or(&name).to_string();
                 mods.push(ModuleRecord {
                     name: file,
                     path: name,
-                    base: u64_at(e, 0x38),
-                    size: u32_at(e, 0x48),
-                    checksum: u32_at(e, 0x80),
-                    timestamp: u32_at(e, 0x88),
+                    base: Le(e).u64(0x38),
+                    size: Le(e).u32(0x48),
+                    checksum: Le(e).u32(0x80),
+                    timestamp: Le(e).u32(0x88),
                 });
             }
             if let Some(first) = mods.first() {
@@ -473,13 +465,9 @@ impl DumpFile {
     }
 
     fn dump_string(&self, off: u64) -> Option<String> {
-        let len = u64::from(u32_at(&self.slice(off, 4, "a driver name").ok()?, 0)).min(1024);
+        let len = u64::from(Le(&self.slice(off, 4, "a driver name").ok()?).u32(0)).min(1024);
         let raw = self.slice(off + 4, len * 2, "a driver name").ok()?;
-        let units: Vec<u16> = raw
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        Some(String::from_utf16_lossy(&units))
+        Some(kdnet_arch::le::utf16(&raw))
     }
 
     fn phys_offset(&self, pfn: u64) -> Option<u64> {

@@ -124,6 +124,14 @@ impl std::fmt::Debug for Memory {
     }
 }
 
+/// Where a page walk ended.
+enum Walk {
+    /// At this physical address.
+    Mapped(u64),
+    /// At an entry that is not present, at this level (0: the PTE).
+    Absent { level: u8, entry: u64 },
+}
+
 /// Whether an address is canonical for 48-bit (or, with `la57`, 57-bit) virtual addresses.
 pub fn canonical(va: u64, levels: u32) -> bool {
     let bits = if levels == 5 { 56 } else { 47 };
@@ -568,18 +576,13 @@ impl Memory {
             return Err(TargetError::NonCanonical(va));
         }
         self.refresh();
-        let mut table = space.dtb & ADDR;
-        for level in (0..self.levels).rev() {
-            let idx = (va >> (12 + 9 * level)) & 0x1ff;
-            let e = self.table_entry(table + 8 * idx)?;
-            if e & 1 == 0 {
+        match self.walk(space, va)? {
+            Walk::Mapped(pa) => Ok(pa),
+            Walk::Absent { level, entry: e } => {
                 let reason = if e == 0 {
-                    NotPresent::NotMapped { level: level as u8 }
+                    NotPresent::NotMapped { level }
                 } else if level > 0 {
-                    NotPresent::Invalid {
-                        level: level as u8,
-                        entry: e,
-                    }
+                    NotPresent::Invalid { level, entry: e }
                 } else if e & (1 << 10) != 0 {
                     NotPresent::Prototype { pte: e }
                 } else if e & (1 << 11) != 0 {
@@ -587,18 +590,34 @@ impl Memory {
                 } else {
                     NotPresent::PagedOut { pte: e }
                 };
-                return Err(TargetError::NotPresent {
+                Err(TargetError::NotPresent {
                     address: va,
                     reason,
+                })
+            }
+        }
+    }
+
+    /// The page walk of a canonical `va`: where it lands, or the level whose entry is not
+    /// present (0 is the PTE) and that entry. Large pages (PDE, PDPTE) end the walk.
+    fn walk(&mut self, space: Space, va: u64) -> Result<Walk, TargetError> {
+        let mut table = space.dtb & ADDR;
+        for level in (0..self.levels).rev() {
+            let idx = (va >> (12 + 9 * level)) & 0x1ff;
+            let e = self.table_entry(table + 8 * idx)?;
+            if e & 1 == 0 {
+                return Ok(Walk::Absent {
+                    level: level as u8,
+                    entry: e,
                 });
             }
             if (level == 1 || level == 2) && e & 0x80 != 0 {
                 let size = 1u64 << (12 + 9 * level);
-                return Ok((e & ADDR & !(size - 1)) | (va & (size - 1)));
+                return Ok(Walk::Mapped((e & ADDR & !(size - 1)) | (va & (size - 1))));
             }
             table = e & ADDR;
         }
-        Ok(table | (va & (PAGE - 1)))
+        Ok(Walk::Mapped(table | (va & (PAGE - 1))))
     }
 
     /// The first address at or after `va` (below `end`) whose page is present, skipping whole
@@ -624,7 +643,7 @@ impl Memory {
     ) -> Result<Option<u64>, TargetError> {
         va &= !(PAGE - 1);
         let mut steps = 0u32;
-        'outer: while va < end {
+        while va < end {
             steps += 1;
             if steps > 1 << 20 {
                 return Err(TargetError::TooLarge {
@@ -643,25 +662,17 @@ impl Memory {
                 va = next;
                 continue;
             }
-            let mut table = space.dtb & ADDR;
-            for level in (0..self.levels).rev() {
-                let idx = (va >> (12 + 9 * level)) & 0x1ff;
-                let e = self.table_entry(table + 8 * idx)?;
-                let span = 1u64 << (12 + 9 * level);
-                if e & 1 == 0 {
-                    // Not present at this level: the whole span is absent.
+            match self.walk(space, va)? {
+                Walk::Mapped(_) => return Ok(Some(va)),
+                Walk::Absent { level, .. } => {
+                    // Not present at this level: the whole span it maps is absent.
+                    let span = 1u64 << (12 + 9 * u32::from(level));
                     match (va & !(span - 1)).checked_add(span) {
                         Some(n) => va = n,
                         None => return Ok(None),
                     }
-                    continue 'outer;
                 }
-                if (level == 1 || level == 2) && e & 0x80 != 0 {
-                    return Ok(Some(va));
-                }
-                table = e & ADDR;
             }
-            return Ok(Some(va));
         }
         Ok(None)
     }

@@ -2,6 +2,7 @@
 //! record naming the PDB, exports, and the exception directory (`.pdata`). Every count and
 //! offset read from the image is bounded before it is used.
 
+use kdnet_arch::le::{u16_at, u32_at};
 use kdnet_symbols::PdbId;
 
 /// Why an image could not be read.
@@ -65,13 +66,6 @@ pub const DIR_EXPORT: usize = 0;
 pub const DIR_EXCEPTION: usize = 3;
 /// Debug directory.
 pub const DIR_DEBUG: usize = 6;
-
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
 
 /// Parses the headers from the first bytes of an image (at least the header page).
 pub fn headers(h: &[u8]) -> Result<Headers, PeError> {

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 use anyhow::Context as _;
 use kdnet_live::Session;
@@ -182,10 +183,18 @@ pub enum Control {
 }
 
 /// Listens for each target; Err holds the exit code (the reason is printed).
+/// The span every log line about one watched target carries (`target{name=…}`). At the
+/// highest level, so that whatever level the log is filtered to, its lines keep it.
+fn target_span(name: &str) -> tracing::Span {
+    tracing::error_span!("target", name = %name)
+}
+
 pub async fn bind_all(targets: &[TargetSpec]) -> Result<Vec<Session>, u8> {
     let mut hosts = Vec::new();
     for t in targets {
-        match Session::listen(t.host.clone()).await {
+        // The session's own task logs under the target's span.
+        let span = target_span(&t.name);
+        match Session::listen(t.host.clone()).instrument(span).await {
             Ok(h) => hosts.push(h),
             Err(e) => {
                 eprintln!(
@@ -292,6 +301,7 @@ pub async fn watch(
         hub.add(&spec.name, &spec.tags, host.local_addr().to_string());
         let (tx, rx) = mpsc::channel(16);
         queues.insert(spec.name.clone(), tx);
+        let span = target_span(&spec.name);
         let actor = target::Actor::new(
             spec,
             host,
@@ -302,7 +312,7 @@ pub async fn watch(
             lease,
             stop_rx.clone(),
         );
-        tasks.push(tokio::spawn(actor.run()));
+        tasks.push(tokio::spawn(actor.run().instrument(span)));
     }
     let queues: control::Targets = Arc::new(queues);
     #[cfg(unix)]

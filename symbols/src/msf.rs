@@ -11,6 +11,8 @@
 //! file, and all streams together use no more pages than the file has. A stream read through
 //! [`Msf::stream`] therefore never asks for more bytes than the file holds.
 
+use kdnet_arch::le::u32_at;
+
 /// The signature of an MSF 7.00 file (the "big" MSF of every PDB since Visual C++ 7).
 pub const MAGIC: &[u8; 32] = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\0\0\0";
 /// The signature of the MSF 2.00 files of Visual C++ 6 and earlier, which are not read.
@@ -37,11 +39,6 @@ pub struct Msf<'a> {
 struct StreamDesc {
     size: usize,
     pages: Vec<u32>,
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at.checked_add(4)?)
-        .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
 }
 
 impl<'a> Msf<'a> {

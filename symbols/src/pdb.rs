@@ -11,6 +11,7 @@
 //! crate, only after the checks, and only the public-symbol records are decoded (a fault inside
 //! that reader is contained and becomes an error).
 
+use kdnet_arch::le::{u16_at, u32_at};
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::Path;
@@ -102,16 +103,6 @@ pub fn identity(bytes: Vec<u8>, name: &str) -> Result<PdbId, SymError> {
 /// Parses a PDB's public symbols and types.
 pub fn parse(bytes: Vec<u8>, name: &str) -> Result<TypeTable, SymError> {
     contained(name, || parse_inner(&bytes, name))
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at.checked_add(2)?)
-        .map(|x| u16::from_le_bytes([x[0], x[1]]))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at.checked_add(4)?)
-        .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
 }
 
 /// The header of a type stream (TPI or IPI), checked against the stream.

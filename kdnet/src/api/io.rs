@@ -1,5 +1,6 @@
 //! DBGKD_DEBUG_IO (DbgPrint / DbgPrompt) and DBGKD_FILE_IO (kdfiles).
 
+use kdnet_arch::le::Le;
 use serde::Serialize;
 
 use super::ApiError;
@@ -39,11 +40,6 @@ pub enum DebugIo {
     },
 }
 
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4)
-        .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
-}
-
 impl DebugIo {
     /// Decodes DEBUG_IO packet data.
     pub fn decode(b: &[u8]) -> Result<DebugIo, ApiError> {
@@ -54,17 +50,17 @@ impl DebugIo {
                 have: b.len(),
             });
         }
-        let api = u32_at(b, 0);
+        let api = Le(b).u32(0);
         let processor = u16::from_le_bytes([b[6], b[7]]);
         let body = &b[DEBUG_IO_HEADER..];
-        let len = (u32_at(b, 8) as usize).min(body.len());
+        let len = (Le(b).u32(8) as usize).min(body.len());
         let text = String::from_utf8_lossy(&body[..len]).into_owned();
         Ok(match api {
             PRINT_STRING => DebugIo::PrintString { processor, text },
             GET_STRING => DebugIo::GetString {
                 processor,
                 prompt: text,
-                max_length: u32_at(b, 12),
+                max_length: Le(b).u32(12),
             },
             api => DebugIo::Other { api },
         })
@@ -168,14 +164,6 @@ pub enum FileOp {
     Other,
 }
 
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8).map_or(0, |x| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(x);
-        u64::from_le_bytes(a)
-    })
-}
-
 impl FileIo {
     /// Decodes FILE_IO packet data.
     pub fn decode(b: &[u8]) -> Result<FileIo, ApiError> {
@@ -186,43 +174,39 @@ impl FileIo {
                 have: b.len(),
             });
         }
-        let api = u32_at(b, 0);
+        let api = Le(b).u32(0);
         let op = match api {
             CREATE_FILE => {
-                let units: Vec<u16> = b[FILE_IO_HEADER..]
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .take_while(|&u| u != 0)
-                    .collect();
+                let name = kdnet_arch::le::utf16(&b[FILE_IO_HEADER..]);
                 FileOp::CreateFile {
-                    desired_access: u32_at(b, 0x08),
-                    file_attributes: u32_at(b, 0x0C),
-                    share_access: u32_at(b, 0x10),
-                    create_disposition: u32_at(b, 0x14),
-                    create_options: u32_at(b, 0x18),
-                    handle: u64_at(b, 0x20),
-                    length: u64_at(b, 0x28),
-                    name: String::from_utf16_lossy(&units),
+                    desired_access: Le(b).u32(0x08),
+                    file_attributes: Le(b).u32(0x0C),
+                    share_access: Le(b).u32(0x10),
+                    create_disposition: Le(b).u32(0x14),
+                    create_options: Le(b).u32(0x18),
+                    handle: Le(b).u64(0x20),
+                    length: Le(b).u64(0x28),
+                    name: name.split('\0').next().unwrap_or("").to_string(),
                 }
             }
             READ_FILE => FileOp::ReadFile {
-                handle: u64_at(b, 0x08),
-                offset: u64_at(b, 0x10),
-                length: u32_at(b, 0x18),
+                handle: Le(b).u64(0x08),
+                offset: Le(b).u64(0x10),
+                length: Le(b).u32(0x18),
             },
             WRITE_FILE => FileOp::WriteFile {
-                handle: u64_at(b, 0x08),
-                offset: u64_at(b, 0x10),
-                length: u32_at(b, 0x18),
+                handle: Le(b).u64(0x08),
+                offset: Le(b).u64(0x10),
+                length: Le(b).u32(0x18),
             },
             CLOSE_FILE => FileOp::CloseFile {
-                handle: u64_at(b, 0x08),
+                handle: Le(b).u64(0x08),
             },
             _ => FileOp::Other,
         };
         Ok(FileIo {
             api,
-            status: u32_at(b, 4),
+            status: Le(b).u32(4),
             op,
         })
     }

@@ -1,6 +1,7 @@
 //! DBGKD_WAIT_STATE_CHANGE64 for x64: the target reports that it stopped (exception, module
 //! load/unload, command string). 0xF0 bytes, then extra data.
 
+use kdnet_arch::le::Le;
 use serde::Serialize;
 
 use super::ApiError;
@@ -125,22 +126,6 @@ pub struct StateChange64 {
     pub control: ControlReport,
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2)
-        .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4)
-        .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8).map_or(0, |x| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(x);
-        u64::from_le_bytes(a)
-    })
-}
-
 /// A NUL-terminated ANSI string from `b` (lossy, bounded by the slice).
 pub(crate) fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
@@ -157,28 +142,28 @@ impl StateChange64 {
                 have: b.len(),
             });
         }
-        let new_state = u32_at(b, 0);
+        let new_state = Le(b).u32(0);
         let extra = &b[STATE_CHANGE_LEN..];
         let event = match new_state & !STATE_ALTERNATE {
             STATE_EXCEPTION => {
-                let n = (u32_at(b, 0x38) as usize).min(15);
+                let n = (Le(b).u32(0x38) as usize).min(15);
                 Exception64 {
-                    code: u32_at(b, 0x20),
-                    flags: u32_at(b, 0x24),
-                    record: u64_at(b, 0x28),
-                    address: u64_at(b, 0x30),
-                    parameters: (0..n).map(|i| u64_at(b, 0x40 + 8 * i)).collect(),
-                    first_chance: u32_at(b, 0xB8) != 0,
+                    code: Le(b).u32(0x20),
+                    flags: Le(b).u32(0x24),
+                    record: Le(b).u64(0x28),
+                    address: Le(b).u64(0x30),
+                    parameters: (0..n).map(|i| Le(b).u64(0x40 + 8 * i)).collect(),
+                    first_chance: Le(b).u32(0xB8) != 0,
                 }
                 .into()
             }
             STATE_LOAD_SYMBOLS => {
-                let len = (u32_at(b, 0x20) as usize).min(extra.len());
+                let len = (Le(b).u32(0x20) as usize).min(extra.len());
                 StateEvent::LoadSymbols(LoadSymbols64 {
-                    base: u64_at(b, 0x28),
-                    process_id: u64_at(b, 0x30),
-                    checksum: u32_at(b, 0x38),
-                    size: u32_at(b, 0x3C),
+                    base: Le(b).u64(0x28),
+                    process_id: Le(b).u64(0x30),
+                    checksum: Le(b).u32(0x38),
+                    size: Le(b).u32(0x3C),
                     unload: b[0x40] != 0,
                     path: c_string(&extra[..len]),
                 })
@@ -197,23 +182,23 @@ impl StateChange64 {
         stream.copy_from_slice(&b[0xD8..0xE8]);
         Ok(StateChange64 {
             new_state,
-            processor_level: u16_at(b, 4),
-            processor: u16_at(b, 6),
-            number_processors: u32_at(b, 8),
-            thread: u64_at(b, 0x10),
-            program_counter: u64_at(b, 0x18),
+            processor_level: Le(b).u16(4),
+            processor: Le(b).u16(6),
+            number_processors: Le(b).u32(8),
+            thread: Le(b).u64(0x10),
+            program_counter: Le(b).u64(0x18),
             event,
             control: ControlReport {
-                dr6: u64_at(b, 0xC0),
-                dr7: u64_at(b, 0xC8),
-                eflags: u32_at(b, 0xD0),
-                instruction_count: u16_at(b, 0xD4),
-                report_flags: u16_at(b, 0xD6),
+                dr6: Le(b).u64(0xC0),
+                dr7: Le(b).u64(0xC8),
+                eflags: Le(b).u32(0xD0),
+                instruction_count: Le(b).u16(0xD4),
+                report_flags: Le(b).u16(0xD6),
                 instruction_stream: stream,
-                seg_cs: u16_at(b, 0xE8),
-                seg_ds: u16_at(b, 0xEA),
-                seg_es: u16_at(b, 0xEC),
-                seg_fs: u16_at(b, 0xEE),
+                seg_cs: Le(b).u16(0xE8),
+                seg_ds: Le(b).u16(0xEA),
+                seg_es: Le(b).u16(0xEC),
+                seg_fs: Le(b).u16(0xEE),
             },
         })
     }

@@ -6,6 +6,7 @@ pub mod procs;
 pub mod unwind;
 pub mod view;
 
+use kdnet_arch::le::Le;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -535,18 +536,14 @@ impl Kernel {
     /// Reads a UNICODE_STRING at `at` (bounded to 1024 characters).
     pub fn unicode_string(&mut self, at: u64) -> Result<String, ModelError> {
         let b = self.mem.kread(at, 16)?;
-        let len = usize::from(u16::from_le_bytes([b[0], b[1]])).min(2048);
-        let buf = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+        let len = usize::from(Le(&b).u16(0)).min(2048);
+        let buf = Le(&b).u64(8);
         if len == 0 || buf == 0 {
             return Ok(String::new());
         }
         // Names usually sit right after their structure: read on to the page end.
         let raw = self.mem.kread_ahead(buf, len & !1)?;
-        let units: Vec<u16> = raw
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        Ok(String::from_utf16_lossy(&units))
+        Ok(kdnet_arch::le::utf16(&raw))
     }
 
     // ---- modules ----

@@ -8,6 +8,7 @@
 //! function without unwind data is a leaf. The walk stops at RIP 0 or outside every module, when
 //! RSP does not increase or leaves the stack, or after 256 frames.
 
+use kdnet_arch::le::Le;
 use kdnet_arch::{Context, Reg};
 use serde::Serialize;
 
@@ -79,11 +80,6 @@ pub struct Stack {
     /// read failed, no unwind data, a limit); a stack that is not resident is whole (there is
     /// nothing in memory to show, and `note` says so).
     pub complete: bool,
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2)
-        .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
 }
 
 impl Kernel {
@@ -268,7 +264,7 @@ impl Kernel {
                 let code_offset = u32::from(codes[2 * i]);
                 let op = codes[2 * i + 1] & 0xf;
                 let info = codes[2 * i + 1] >> 4;
-                let slot = |j: usize| u16_at(&codes, 2 * (i + j));
+                let slot = |j: usize| Le(&codes).u16(2 * (i + j));
                 let slots = match op {
                     0 | 2 | 3 | 10 => 1,
                     1 => {
