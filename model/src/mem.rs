@@ -282,12 +282,6 @@ impl Memory {
         &self.touched
     }
 
-    /// The cached contents of a physical page, if every byte of it was read.
-    pub fn cached_page(&self, pfn: u64) -> Option<&[u8; PAGE as usize]> {
-        let p = self.phys.get(&pfn)?;
-        (p.valid == [u64::MAX; GRANULES_WORDS]).then_some(&*p.data)
-    }
-
     /// Every cached physical page, whole or in part (bytes never read are zero): what a dump
     /// of just the memory read so far holds.
     pub fn snapshot_pages(&self) -> std::collections::BTreeMap<u64, Vec<u8>> {
@@ -388,11 +382,6 @@ impl Memory {
         let s = Space { dtb: dtb & ADDR };
         self.kernel = Some(s);
         Ok(s)
-    }
-
-    /// Uses `dtb` as the kernel address space from now on.
-    pub fn set_kernel_space(&mut self, dtb: u64) {
-        self.kernel = Some(Space { dtb: dtb & ADDR });
     }
 
     /// Paging levels (4 or 5).

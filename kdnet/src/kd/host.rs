@@ -260,11 +260,6 @@ impl HostKd {
         }
     }
 
-    /// Queues a RESEND (asks the target for its pending packet).
-    pub fn request_resend(&mut self) {
-        self.push_control(PacketType::Resend, 0);
-    }
-
     fn push_control(&mut self, kind: PacketType, id: u32) {
         self.transmit.push_back(Packet::control(kind, id).encode());
         self.stats.control_sent += 1;

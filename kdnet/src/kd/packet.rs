@@ -111,13 +111,6 @@ impl PacketType {
         }
     }
 
-    /// Whether packets of this type use the control leader.
-    pub fn is_control(self) -> bool {
-        matches!(
-            self,
-            PacketType::Acknowledge | PacketType::Resend | PacketType::Reset
-        )
-    }
 }
 
 impl fmt::Display for PacketType {

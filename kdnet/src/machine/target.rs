@@ -327,11 +327,6 @@ impl TargetMachine {
         self.wire.debugger()
     }
 
-    /// The handler.
-    pub fn handler_mut(&mut self) -> &mut dyn TargetHandler {
-        &mut *self.handler
-    }
-
     fn set_running(&mut self, running: bool) {
         self.kd.set_accept_data(!running);
         self.running = running;
