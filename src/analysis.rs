@@ -147,7 +147,7 @@ pub fn print_event(ev: &Event, style: Style) {
 /// answering ends the run and is "no target".
 pub fn run_script(
     e: &mut Engine,
-    vars: &mut HashMap<String, serde_json::Value>,
+    vars: &mut HashMap<String, Value>,
     text: &str,
     origin: &str,
     style: Style,

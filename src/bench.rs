@@ -350,15 +350,8 @@ fn machine_bench(reads: u32) {
 /// CPU time this process has used (user + system).
 fn cpu_time() -> Duration {
     #[cfg(unix)]
-    {
-        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: getrusage writes into the struct we own.
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
-            let tv = |t: libc::timeval| {
-                Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-            };
-            return tv(u.ru_utime) + tv(u.ru_stime);
-        }
+    if let Some(t) = crate::sys::cpu_time() {
+        return t;
     }
     Duration::ZERO
 }
@@ -426,7 +419,7 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
             let t = Instant::now();
             let mut e = kdnet_commands::engine::Engine::new(h.open(rt, None)?);
             e.kernel.mem.invalidate();
-            let stmts = kdnet_commands::script::parse(crate::watch::bundle::HANG_SCRIPT)
+            let stmts = kdnet_commands::script::parse(watch::bundle::HANG_SCRIPT)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let before = e.kernel.mem.stats();
             let dir = std::env::temp_dir();

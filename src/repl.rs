@@ -628,11 +628,7 @@ fn watch_interrupts(host: Option<live::Session>, cancel: Arc<AtomicBool>, busy: 
     // The line editor's own SIGINT handler goes: chained behind ours it would leave a stale
     // interrupt that ends the next prompt as if Ctrl-C had been typed there.
     #[cfg(unix)]
-    // SAFETY: setting a signal's disposition to the default is async-signal-safe and has no
-    // preconditions.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-    }
+    crate::sys::default_sigint();
     #[cfg(unix)]
     let mut sigint = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
     {

@@ -360,7 +360,7 @@ fn a_hundred_thousand_reads_through_loss_duplication_and_reordering() {
     );
     w.connect();
     w.break_in();
-    let cpu = std::time::Instant::now();
+    let cpu = Instant::now();
     let mut rng = SplitMix64::new(42);
     let mut bytes = 0u64;
     for i in 0..100_000u32 {

@@ -383,16 +383,10 @@ fn lock_file(path: &Path) -> anyhow::Result<std::fs::File> {
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            anyhow::bail!(
-                "cannot lock {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
+    match crate::sys::try_lock(&f) {
+        Ok(true) => {}
+        Ok(false) => anyhow::bail!("cannot lock {}: another process holds it", path.display()),
+        Err(e) => anyhow::bail!("cannot lock {}: {e}", path.display()),
     }
     Ok(f)
 }
@@ -401,12 +395,11 @@ fn lock_file(path: &Path) -> anyhow::Result<std::fs::File> {
 fn abandoned(dir: &Path) -> bool {
     #[cfg(unix)]
     {
-        use std::os::fd::AsRawFd as _;
         let Ok(f) = std::fs::OpenOptions::new().read(true).open(dir.join(LOCK)) else {
             return true;
         };
-        // SAFETY: as in lock_file; the lock is dropped with the file.
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        // Nobody holds it if we can take it (the lock goes with the file).
+        crate::sys::try_lock(&f).unwrap_or(false)
     }
     #[cfg(not(unix))]
     {

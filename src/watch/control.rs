@@ -36,8 +36,7 @@ pub fn default_path() -> PathBuf {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("kdnet").join("watch.sock"),
         _ => {
             #[cfg(unix)]
-            // SAFETY: getuid has no preconditions and cannot fail.
-            let uid = unsafe { libc::getuid() };
+            let uid = crate::sys::uid();
             #[cfg(not(unix))]
             let uid = 0;
             std::env::temp_dir()
@@ -56,8 +55,7 @@ pub type Targets = Arc<BTreeMap<String, mpsc::Sender<Request>>>;
 pub fn check_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = crate::sys::uid();
     if !m.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
@@ -109,11 +107,9 @@ pub async fn listen(path: &Path) -> Result<tokio::net::UnixListener, String> {
             .map_err(|e| format!("removing the stale socket {}: {e}", path.display()))?;
     }
     // Owner-only from the start: no moment where others could connect.
-    // SAFETY: umask only swaps the process's file-creation mask.
-    let old = unsafe { libc::umask(0o177) };
+    let old = crate::sys::umask(0o177);
     let l = tokio::net::UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    crate::sys::umask(old);
     let l = l.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     Ok(l)

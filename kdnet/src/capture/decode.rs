@@ -432,14 +432,12 @@ impl Record {
         if let Some(sc) = &self.state_change {
             s.push_str(&format!(
                 " {} pc {:#x}",
-                crate::api::state_change::state_name(sc.new_state),
+                api::state_change::state_name(sc.new_state),
                 sc.program_counter
             ));
             match &sc.event {
-                crate::api::StateEvent::Exception(e) => {
-                    s.push_str(&format!(" exception {:#x}", e.code))
-                }
-                crate::api::StateEvent::LoadSymbols(l) => s.push_str(&format!(
+                api::StateEvent::Exception(e) => s.push_str(&format!(" exception {:#x}", e.code)),
+                api::StateEvent::LoadSymbols(l) => s.push_str(&format!(
                     " {} {:?} base {:#x}",
                     if l.unload { "unload" } else { "load" },
                     l.path,
@@ -453,7 +451,7 @@ impl Record {
         }
         if let Some(f) = &self.file_io {
             match &f.op {
-                crate::api::FileOp::CreateFile { name, .. } => {
+                api::FileOp::CreateFile { name, .. } => {
                     s.push_str(&format!(" CreateFile {name:?} status {:#x}", f.status))
                 }
                 op => s.push_str(&format!(" {op:?} status {:#x}", f.status)),

@@ -110,7 +110,6 @@ impl PacketType {
             PacketType::Other(_) => "PACKET_TYPE_UNKNOWN",
         }
     }
-
 }
 
 impl fmt::Display for PacketType {
