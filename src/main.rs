@@ -13,6 +13,7 @@ mod repl;
 mod run;
 mod signals;
 mod sim;
+mod symbols;
 mod watch;
 
 use std::path::PathBuf;
