@@ -151,7 +151,8 @@ fn build_of(file: &Path) -> u32 {
 
 const HEADER: &str = "\
 # What the commands look up in the kernel's table, recorded by running every registered command's
-# examples on the simulator over the real tables of every build (commands/tests/table_lookups.rs).
+# examples and bundled scripts on the simulator over the real tables of ../shared/symbols
+# (every build the simulator builds; commands/tests/table_lookups.rs).
 # Generated: rerun that test with KDNET_BLESS=1 to rewrite it, never edit. The simulator's compact
 # built-in table (symbols/builtin) carries what of this the 20348 table has.
 ";
