@@ -197,7 +197,6 @@ mod tests {
     use kdnet_model::nt::Kernel;
     use kdnet_model::target::TargetError;
     use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
-    use kdnet_symbols::path::SymbolPath;
     use kdnet_testkit::faulty::{Faults, FaultyTarget};
     use kdnet_testkit::local::LocalTarget;
 
@@ -225,7 +224,7 @@ mod tests {
         let cpus = machine.system().cpus.len() as u32;
         let faults = Faults::new();
         let target = FaultyTarget::new(Box::new(LocalTarget::new(machine, cpus)), faults.clone());
-        let kernel = Kernel::open(Box::new(target), SymbolPath::parse("")).unwrap();
+        let kernel = Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path("")).unwrap();
         (Engine::new(kernel), faults)
     }
 

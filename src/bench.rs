@@ -417,7 +417,8 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
     let (base_rts, base_bytes, base_time) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Duration)> {
             let t = Instant::now();
-            let mut e = kdnet_commands::engine::Engine::new(h.open(rt, None)?);
+            let mut e =
+                kdnet_commands::engine::Engine::new(h.open(rt, crate::symbols::path(None))?);
             e.kernel.mem.invalidate();
             let stmts = kdnet_commands::script::parse(watch::bundle::HANG_SCRIPT)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -618,10 +619,8 @@ async fn commands_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
     let h = host.clone();
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<CommandRow>> {
         let target = kdnet_live::LiveTarget::new(h, rt)?;
-        let k = kdnet_model::nt::Kernel::open(
-            Box::new(target),
-            kdnet_symbols::path::SymbolPath::parse(""),
-        )?;
+        let k =
+            kdnet_model::nt::Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path(""))?;
         let mut e = kdnet_commands::engine::Engine::new(k);
         let commands = [
             "lm".to_string(),
@@ -756,7 +755,7 @@ async fn list_bench(delay: Duration, entries: u32) -> anyhow::Result<()> {
     let (walked, model_rts, model_bytes, model_time, (pages, least)) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<WalkFigures> {
             let target = kdnet_live::LiveTarget::new(h, rt)?;
-            let path = kdnet_symbols::path::SymbolPath::parse("");
+            let path = kdnet_sim::symbols::symbol_path("");
             let mut k = kdnet_model::nt::Kernel::open(Box::new(target), path)?;
             let before = k.mem.stats();
             let t = Instant::now();

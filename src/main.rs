@@ -13,6 +13,7 @@ mod repl;
 mod run;
 mod signals;
 mod sim;
+mod symbols;
 mod sys;
 mod watch;
 

@@ -6,7 +6,6 @@ use anyhow::Context as _;
 use kdnet_commands::engine::Engine;
 use kdnet_model::dump::DumpFile;
 use kdnet_model::nt::Kernel;
-use kdnet_symbols::path::SymbolPath;
 
 use crate::analysis::{self, Style};
 
@@ -61,7 +60,7 @@ fn open(a: Args, verbose: bool) -> anyhow::Result<u8> {
         }
     };
     let dump = DumpFile::open(&a.file)?;
-    let path = SymbolPath::from_args_and_env(a.symbols.as_deref());
+    let path = crate::symbols::path(a.symbols.as_deref());
     let kernel = Kernel::open(Box::new(dump), path)
         .with_context(|| format!("reading the kernel in {}", a.file.display()))?;
     let mut e = Engine::new(kernel);

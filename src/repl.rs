@@ -175,7 +175,10 @@ impl Control for LiveControl {
     }
     fn open(&mut self) -> Result<Engine, String> {
         self.host
-            .open(self.rt.clone(), self.symbols.as_deref())
+            .open(
+                self.rt.clone(),
+                crate::symbols::path(self.symbols.as_deref()),
+            )
             .map(Engine::new)
             .map_err(|e| e.to_string())
     }

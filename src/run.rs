@@ -129,7 +129,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let cancel_analysis = cancel.clone();
     let mut analysis =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u8, Option<String>)> {
-            let mut e = match h.open(rt, symbols.as_deref()) {
+            let mut e = match h.open(rt, crate::symbols::path(symbols.as_deref())) {
                 Ok(k) => Engine::new(k),
                 Err(SessionError::Version(TargetError::Gone(why))) => {
                     return Ok((exit::NO_CONNECTION, Some(why)));

@@ -12,7 +12,6 @@ use kdnet_commands::engine::Engine;
 use kdnet_model::dump::{WriteKind, write_dump};
 use kdnet_model::nt::Kernel;
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
-use kdnet_symbols::path::SymbolPath;
 use kdnet_testkit::local::LocalTarget;
 
 /// Reads the simulated machine (built-in layout) in process, then writes a bitmap dump of what
@@ -34,7 +33,7 @@ fn partial_dump(path: &Path, missing: usize) -> Vec<String> {
     let cpus = machine.system().cpus.len() as u32;
     let kernel = Kernel::open(
         Box::new(LocalTarget::new(machine, cpus)),
-        SymbolPath::parse(""),
+        kdnet_sim::symbols::symbol_path(""),
     )
     .unwrap();
     let mut e = Engine::new(kernel);

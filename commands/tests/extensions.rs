@@ -377,7 +377,7 @@ fn locks_total_of_the_reported_machine() {
     let facts = machine.facts().clone();
     let cpus = machine.system().cpus.len() as u32;
     let target = kdnet_testkit::local::LocalTarget::new(machine, cpus);
-    let k = Kernel::open(Box::new(target), SymbolPath::parse("")).unwrap();
+    let k = Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path("")).unwrap();
     let mut e = Engine::new(k);
     let o = e.run("!locks");
     assert!(o.ok(), "{:?}", o.error);

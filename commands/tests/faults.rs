@@ -10,7 +10,6 @@ use kdnet_model::nt::Kernel;
 use kdnet_model::target::TargetError;
 use kdnet_sim::scenario::Facts;
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
-use kdnet_symbols::path::SymbolPath;
 use kdnet_testkit::faulty::{Faults, FaultyTarget};
 use kdnet_testkit::local::LocalTarget;
 use serde_json::Value;
@@ -39,7 +38,7 @@ fn engine_with(scenario: Scenario, before_open: impl FnOnce(&Faults)) -> (Engine
     let faults = Faults::new();
     before_open(&faults);
     let target = FaultyTarget::new(Box::new(LocalTarget::new(machine, cpus)), faults.clone());
-    let kernel = Kernel::open(Box::new(target), SymbolPath::parse("")).unwrap();
+    let kernel = Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path("")).unwrap();
     (Engine::new(kernel), faults, facts)
 }
 

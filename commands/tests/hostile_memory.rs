@@ -10,7 +10,6 @@ use kdnet::target::{StopReason, TargetHandler};
 use kdnet_commands::engine::Engine;
 use kdnet_model::nt::Kernel;
 use kdnet_sim::{Machine, Scenario, SimConfig};
-use kdnet_symbols::path::SymbolPath;
 use kdnet_testkit::local::LocalTarget;
 use proptest::prelude::*;
 
@@ -110,7 +109,7 @@ fn work_over(m: &Arc<Mutex<Machine>>, seed: u64, rate: u64, pool_at: u64) -> Opt
     };
     let target = LocalTarget::new(liar, 4);
     // The kernel may not even be found in memory this damaged: that is an error, not a panic.
-    let k = match Kernel::open(Box::new(target), SymbolPath::parse("")) {
+    let k = match Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path("")) {
         Ok(k) => k,
         Err(err) => {
             eprintln!("rate {rate}: open failed: {err}");
@@ -202,7 +201,11 @@ fn a_budget_stops_a_long_walk_with_a_note() {
         seed: 0,
         rate: 0,
     };
-    let k = Kernel::open(Box::new(LocalTarget::new(liar, 4)), SymbolPath::parse("")).unwrap();
+    let k = Kernel::open(
+        Box::new(LocalTarget::new(liar, 4)),
+        kdnet_sim::symbols::symbol_path(""),
+    )
+    .unwrap();
     let mut e = Engine::new(k);
     let o = e.run("!locks --max-seconds 0.000001");
     // Either the walk stopped with its note, or the command stopped saying the budget ran out.

@@ -13,7 +13,6 @@ use kdnet_commands::engine::Engine;
 use kdnet_live::LiveTarget;
 use kdnet_model::nt::Kernel;
 use kdnet_sim::{Scenario, SimConfig};
-use kdnet_symbols::path::SymbolPath;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_over_kdnet() {
@@ -43,7 +42,7 @@ async fn the_model_over_kdnet() {
     let h = host.clone();
     let (mut engine, first_cost) = tokio::task::spawn_blocking(move || {
         let target = LiveTarget::new(h, rt).unwrap();
-        let mut k = Kernel::open(Box::new(target), SymbolPath::parse("")).unwrap();
+        let mut k = Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path("")).unwrap();
         assert_eq!(k.nt_source, "built-in");
         assert_eq!(k.build, 20348);
         let kdbg = k.kdbg().unwrap();

@@ -15,7 +15,6 @@ use kdnet_commands::registry::{COMMANDS, SCHEMA_VERSION, schemas};
 use kdnet_model::nt::Kernel;
 use kdnet_sim::scenario::Facts;
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
-use kdnet_symbols::path::SymbolPath;
 use kdnet_testkit::local::LocalTarget;
 use serde_json::Value;
 
@@ -148,7 +147,7 @@ fn engine(scenario: Scenario) -> (Engine, Facts) {
     let facts = machine.facts().clone();
     let cpus = machine.system().cpus.len() as u32;
     let target = LocalTarget::new(machine, cpus);
-    let kernel = Kernel::open(Box::new(target), SymbolPath::parse("")).unwrap();
+    let kernel = Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path("")).unwrap();
     (Engine::new(kernel), facts)
 }
 

@@ -8,7 +8,6 @@ use kdnet_commands::engine::Engine;
 use kdnet_commands::script::{self, Event, Runner};
 use kdnet_model::nt::Kernel;
 use kdnet_sim::{Machine, SimConfig};
-use kdnet_symbols::path::SymbolPath;
 use kdnet_testkit::local::LocalTarget;
 
 fn engine() -> Engine {
@@ -18,7 +17,7 @@ fn engine() -> Engine {
     let cpus = machine.system().cpus.len() as u32;
     let k = Kernel::open(
         Box::new(LocalTarget::new(machine, cpus)),
-        SymbolPath::parse(""),
+        kdnet_sim::symbols::symbol_path(""),
     )
     .unwrap();
     Engine::new(k)

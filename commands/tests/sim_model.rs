@@ -13,7 +13,6 @@ use kdnet_model::nt::Kernel;
 use kdnet_model::target::Target;
 use kdnet_model::target::{NotPresent, TargetError};
 use kdnet_sim::Scenario;
-use kdnet_symbols::path::SymbolPath;
 
 fn check_modules(k: &mut Kernel, p: &Planted) {
     let mods = k.modules().unwrap().to_vec();
@@ -348,7 +347,7 @@ fn a_dump_of_what_was_read_answers_the_same() {
     let d = DumpFile::open(&path).unwrap();
     assert_eq!(d.kind, DumpKind::Bitmap);
     assert_eq!(d.page_count(), pages.len() as u64);
-    let sym = SymbolPath::parse(
+    let sym = kdnet_sim::symbols::symbol_path(
         &common::shared()
             .unwrap()
             .join("symbols")

@@ -526,11 +526,15 @@ impl Session {
         }
     }
 
-    /// The kernel model over the stopped target. It blocks on `rt`: call it from a thread
-    /// that is not running the runtime (e.g. inside `spawn_blocking`).
-    pub fn open(&self, rt: Handle, symbols: Option<&str>) -> Result<Kernel, SessionError> {
+    /// The kernel model over the stopped target, its symbols found along `path`. It blocks on
+    /// `rt`: call it from a thread that is not running the runtime (e.g. inside
+    /// `spawn_blocking`).
+    pub fn open(
+        &self,
+        rt: Handle,
+        path: kdnet_symbols::path::SymbolPath,
+    ) -> Result<Kernel, SessionError> {
         let target = LiveTarget::new(self.host.clone(), rt).map_err(SessionError::Version)?;
-        let path = kdnet_symbols::path::SymbolPath::from_args_and_env(symbols);
         Kernel::open(Box::new(target), path).map_err(|e| SessionError::Kernel(e.to_string()))
     }
 }

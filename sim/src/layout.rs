@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kdnet_symbols::{TypeTable, builtin, isf};
+use kdnet_symbols::{Lookups, TypeTable, builtin, isf};
 
 use crate::{SimError, TableSource};
 
@@ -75,108 +75,15 @@ pub fn load(build: u32, source: &TableSource) -> Result<TypeTable, SimError> {
     }
 }
 
-/// Extra nt layout the analysis commands read beyond what the simulator writes: the whole of
-/// these types, these enums and these symbols go into the compact demo table too.
-pub const COMMAND_TYPES: &[&str] = &[
-    "_LIST_ENTRY",
-    "_UNICODE_STRING",
-    "_DISPATCHER_HEADER",
-    "_KEVENT",
-    "_KSEMAPHORE",
-    "_KMUTANT",
-    "_KQUEUE",
-    "_KWAIT_BLOCK",
-    "_KWAIT_CHAIN",
-    "_KWAIT_CHAIN_ENTRY",
-    "_ERESOURCE",
-    "_OWNER_ENTRY",
-    "_KTHREAD",
-    "_ETHREAD",
-    "_KPROCESS",
-    "_EPROCESS",
-    "_KPCR",
-    "_KPRCB",
-    "_KPROCESSOR_STATE",
-    "_KSPECIAL_REGISTERS",
-    "_CONTEXT",
-    "_KTRAP_FRAME",
-    "_KAPC_STATE",
-    "_CLIENT_ID",
-    "_KLDR_DATA_TABLE_ENTRY",
-    "_POOL_HEADER",
-    "_POOL_TRACKER_TABLE",
-    "_POOL_TRACKER_BIG_PAGES",
-    "_KUSER_SHARED_DATA",
-    "_KSYSTEM_TIME",
-    "_IRP",
-    "_OBJECT_HEADER",
-    "_MMPAGING_FILE",
-    "_MMPFNLIST",
-    "_MI_PARTITION",
-    "_MI_VISIBLE_PARTITION",
-    "_MI_PARTITION_COMMIT",
-    "_MI_SYSTEM_INFORMATION",
-    "_MI_VISIBLE_STATE",
-    "_MI_POOL_STATE",
-    "_MI_SYSTEM_PTE_TYPE",
-    "_MM_PAGED_POOL_INFO",
-    "_EX_POOL_HEAP_MANAGER_STATE",
-    "_EX_HEAP_POOL_NODE",
-    "_RTLP_HP_HEAP_MANAGER",
-    "_RTLP_HP_HEAP_GLOBALS",
-    "_SEGMENT_HEAP",
-    "_HEAP_SEG_CONTEXT",
-    "_HEAP_PAGE_SEGMENT",
-    "_HEAP_PAGE_RANGE_DESCRIPTOR",
-    "_HEAP_VS_SUBSEGMENT",
-    "_HEAP_VS_CHUNK_HEADER",
-    "_HEAP_VS_CHUNK_HEADER_SIZE",
-    "_HEAP_LFH_SUBSEGMENT",
-    "_MMPTE_HARDWARE",
-];
+/// What the commands look up in the kernel's table (`sim/command-lookups.txt`, recorded from
+/// the commands by `commands/tests/table_lookups.rs`): the compact demo table carries it too.
+pub const COMMAND_LOOKUPS: &str = include_str!("../command-lookups.txt");
 
-/// Enums the commands name.
-pub const COMMAND_ENUMS: &[&str] = &[
-    "_KWAIT_REASON",
-    "_KTHREAD_STATE",
-    "_KOBJECTS",
-    "_POOL_TYPE",
-    "_KWAIT_BLOCK_STATE",
-    "_WAIT_TYPE",
-    "_MODE",
-];
-
-/// Symbols the commands read.
-pub const COMMAND_SYMBOLS: &[&str] = &[
-    "KdDebuggerDataBlock",
-    "KdpDataBlockEncoded",
-    "KiWaitNever",
-    "KiWaitAlways",
-    "KdpDebuggerDataListHead",
-    "PsLoadedModuleList",
-    "PsActiveProcessHead",
-    "ExpSystemResourcesList",
-    "KiBugCheckData",
-    "KiProcessorBlock",
-    "KeNumberProcessors",
-    "KeMaximumIncrement",
-    "PoolBigPageTable",
-    "PoolBigPageTableSize",
-    "PoolTrackTable",
-    "PoolTrackTableSize",
-    "ExPoolTagTables",
-    "ExPoolState",
-    "RtlpHpHeapGlobals",
-    "MiSystemPartition",
-    "MiState",
-    "MiVisibleState",
-    "MmPteBase",
-    "PsIdleProcess",
-    "MmUnloadedDrivers",
-    "MmLastUnloadedDriver",
-    "KiBugCheckDriver",
-    "ExPoolFailures",
-];
+/// [`COMMAND_LOOKUPS`] read.
+pub fn command_lookups() -> Result<Lookups, SimError> {
+    Lookups::parse(COMMAND_LOOKUPS)
+        .map_err(|e| SimError::Config(format!("sim/command-lookups.txt: {e}")))
+}
 
 /// Builds the compact demo table from the real 20348 table at `full`: what every scenario
 /// uses, plus what the commands read.
@@ -197,25 +104,41 @@ pub fn demo_table_json(full: &Path) -> Result<String, SimError> {
         let (sys, _, _) = crate::scenario::build_with_table(&config, table.clone())?;
         usage.merge(&sys.k.usage());
     }
+    let wanted = command_lookups()?;
     let mut types: Vec<&str> = usage.types.iter().map(String::as_str).collect();
-    types.extend(COMMAND_TYPES.iter().copied().filter(|t| table.has_type(t)));
-    let fields: Vec<(&str, &str)> = usage
+    types.extend(
+        wanted
+            .types
+            .iter()
+            .map(String::as_str)
+            .filter(|t| table.has_type(t)),
+    );
+    let mut fields: Vec<(&str, &str)> = usage
         .fields
         .iter()
         .map(|(t, p)| (t.as_str(), p.as_str()))
         .collect();
+    fields.extend(
+        wanted
+            .fields
+            .iter()
+            .map(|(t, p)| (t.as_str(), p.as_str()))
+            .filter(|(t, p)| table.has_field(t, p)),
+    );
     let mut enums: Vec<&str> = usage.enums.iter().map(String::as_str).collect();
     enums.extend(
-        COMMAND_ENUMS
+        wanted
+            .enums
             .iter()
-            .copied()
+            .map(String::as_str)
             .filter(|e| table.enumeration(e).is_ok()),
     );
     let mut symbols: Vec<&str> = usage.symbols.iter().map(String::as_str).collect();
     symbols.extend(
-        COMMAND_SYMBOLS
+        wanted
+            .symbols
             .iter()
-            .copied()
+            .map(String::as_str)
             .filter(|s| table.symbol(s).is_some()),
     );
     symbols.sort();

@@ -9,7 +9,8 @@
 //!
 //! What is the simulator's own (not from a kernel table) is documented where it is built:
 //! `KDDEBUGGER_DATA64` (public SDK layout, see `kdnet_symbols::builtin`), the NDIS structures
-//! (`ndis` module), the modules other than nt (invented images with exports), and choices the
+//! (`ndis_layout`, served to debuggers by [`symbols::tables`], which whoever runs the
+//! simulator adds to its symbol path), the modules other than nt (invented images with exports), and choices the
 //! facts leave open (pool in-use bit, resource wait chains on 17763+).
 
 pub mod image;
@@ -18,8 +19,10 @@ pub mod layout;
 pub mod machine;
 pub mod mem;
 pub mod ndis;
+pub mod ndis_layout;
 pub mod pool;
 pub mod scenario;
+pub mod symbols;
 pub mod system;
 
 use std::path::PathBuf;

@@ -58,13 +58,23 @@ impl std::fmt::Debug for Machine {
 impl Machine {
     /// Builds the machine for `config`.
     pub fn build(config: SimConfig) -> Result<Machine, SimError> {
+        let nt = crate::layout::load(config.build, &config.table)?;
+        Machine::build_with_table(config, nt)
+    }
+
+    /// Builds the machine for `config` with an already loaded nt table (`config.table` is not
+    /// read).
+    pub fn build_with_table(
+        config: SimConfig,
+        nt: kdnet_symbols::TypeTable,
+    ) -> Result<Machine, SimError> {
         let (sys, facts, version, pending_hang, phase) = match config.hang_after {
             Some(after) if config.scenario.can_delay() => {
                 let mut healthy = config.clone();
                 healthy.scenario = crate::Scenario::Healthy;
-                let (sys, facts, version) = scenario::build(&healthy)?;
+                let (sys, facts, version) = scenario::build_with_table(&healthy, nt.clone())?;
                 let hung = config.clone();
-                let build_hung: Later = Box::new(move || scenario::build(&hung));
+                let build_hung: Later = Box::new(move || scenario::build_with_table(&hung, nt));
                 // The healthy period starts once the machine is built, however long that took.
                 (
                     sys,
@@ -75,7 +85,7 @@ impl Machine {
                 )
             }
             _ => {
-                let (sys, facts, version) = scenario::build(&config)?;
+                let (sys, facts, version) = scenario::build_with_table(&config, nt)?;
                 (sys, facts, version, None, Phase::Hung)
             }
         };

@@ -1,11 +1,11 @@
-//! NDIS state of the simulated machine, in the project's own NDIS layout
-//! (`kdnet_symbols::ndis`): drivers, miniports, protocols and their bindings, filters, NBL
+//! NDIS state of the simulated machine, in the simulator's own NDIS layout
+//! ([`crate::ndis_layout`]): drivers, miniports, protocols and their bindings, filters, NBL
 //! trackers, and NBL pools whose NBLs carry their current owner in the tracker slot.
 
-use kdnet_symbols::TypeTable;
-use kdnet_symbols::ndis::{
-    self, NBL_HOME, TYPE_FILTER, TYPE_MINIPORT, TYPE_OPEN, TYPE_POOL, TYPE_PROTOCOL,
+use crate::ndis_layout::{
+    self as ndis, NBL_HOME, TYPE_FILTER, TYPE_MINIPORT, TYPE_OPEN, TYPE_POOL, TYPE_PROTOCOL,
 };
+use kdnet_symbols::TypeTable;
 
 use crate::SimError;
 use crate::kernel::Kernel;

@@ -306,7 +306,7 @@ impl System {
         // ndis.sys carries the identity of the project's NDIS layout, so a debugger finds
         // its symbols; the other drivers have invented identities (exports only).
         let pdb = if file.eq_ignore_ascii_case("ndis.sys") {
-            kdnet_symbols::ndis::pdb(self.k.build)
+            crate::ndis_layout::pdb(self.k.build)
         } else {
             invented_pdb(file)
         };

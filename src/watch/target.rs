@@ -354,7 +354,7 @@ impl Actor {
         let rt = tokio::runtime::Handle::current();
         let symbols = self.spec.symbols.clone();
         tokio::task::spawn_blocking(move || {
-            host.open(rt, symbols.as_deref())
+            host.open(rt, crate::symbols::path(symbols.as_deref()))
                 .map(Engine::new)
                 .map_err(|e| e.to_string())
         })
@@ -502,7 +502,7 @@ impl Actor {
             let mut e = match engine {
                 Some(e) => e,
                 None => host
-                    .open(rt, symbols.as_deref())
+                    .open(rt, crate::symbols::path(symbols.as_deref()))
                     .map(Engine::new)
                     .map_err(|e| e.to_string())?,
             };

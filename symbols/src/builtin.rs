@@ -283,14 +283,11 @@ pub fn nt_demo() -> TypeTable {
     })
 }
 
-/// The built-in table for a PDB identity: the demo kernel, or the simulated ndis.sys of a build.
+/// The built-in table for a PDB identity: the demo kernel's.
 pub fn by_id(id: &PdbId) -> Option<TypeTable> {
     if id.guid == NT_DEMO_GUID && id.age == 1 && id.name.eq_ignore_ascii_case("ntkrnlmp.pdb") {
         let t = nt_demo();
         return (t.counts().0 > 0).then_some(t);
     }
-    [7601u32, 9600, 14393, 17763, 19041, 20348, 22000]
-        .into_iter()
-        .find(|b| crate::ndis::pdb(*b) == *id)
-        .map(crate::ndis::table)
+    None
 }

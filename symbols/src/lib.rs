@@ -4,12 +4,11 @@
 pub mod builtin;
 pub mod isf;
 pub mod msf;
-pub mod ndis;
 pub mod path;
 pub mod pdb;
 pub mod table;
 
-pub use table::{Enum, Field, FieldRef, PdbId, Ty, TypeTable, Udt, UdtKind};
+pub use table::{Enum, Field, FieldRef, Lookups, PdbId, Recording, Ty, TypeTable, Udt, UdtKind};
 
 /// Errors of the symbol layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

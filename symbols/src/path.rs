@@ -4,11 +4,14 @@
 //! Each directory is searched for a Volatility 3 table (`<pdb>/<GUID>-<age>.json[.xz]`) and for
 //! a PDB in a symbol-store layout (`<pdb>/<GUID><AGE>/<pdb>`). A server entry checks its cache
 //! first and otherwise downloads `URL/<pdb>/<GUID><AGE>/<pdb>` into the cache, atomically (a
-//! half-written file is never used), with a timeout and a clear message when offline. The
+//! half-written file is never used), with a timeout and a clear message when offline. Tables
+//! a caller adds ([`Tables`], e.g. a simulated target's own layouts) come next, and the
 //! project's built-in tables are the last resort.
 
+use std::fmt;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::table::{PdbId, TypeTable};
@@ -28,14 +31,41 @@ pub enum PathEntry {
     },
 }
 
+/// Tables a caller supplies beside the symbol path, found by PDB identity: layouts that are
+/// in no file, such as the invented modules of a simulated target. The symbol layer knows none
+/// itself; whoever runs such a target adds its tables with [`SymbolPath::with_tables`].
+pub trait Tables: Send + Sync + fmt::Debug {
+    /// What [`Found::source`] says for a table from here.
+    fn source(&self) -> &str;
+    /// The table for `id`, if this provider has it.
+    fn table(&self, id: &PdbId) -> Option<TypeTable>;
+}
+
 /// A parsed symbol path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SymbolPath {
     /// Entries, searched in order.
     pub entries: Vec<PathEntry>,
     /// Longest wait for one download.
     pub timeout: Duration,
+    /// Tables added by the caller, searched after the entries and before the built-in tables.
+    pub tables: Vec<Arc<dyn Tables>>,
 }
+
+impl PartialEq for SymbolPath {
+    fn eq(&self, other: &SymbolPath) -> bool {
+        self.entries == other.entries
+            && self.timeout == other.timeout
+            && self.tables.len() == other.tables.len()
+            && self
+                .tables
+                .iter()
+                .zip(&other.tables)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for SymbolPath {}
 
 /// Where a table came from.
 #[derive(Debug, Clone)]
@@ -105,7 +135,14 @@ impl SymbolPath {
         SymbolPath {
             entries,
             timeout: Duration::from_secs(60),
+            tables: Vec::new(),
         }
+    }
+
+    /// The path with `tables` searched after its entries (see [`Tables`]).
+    pub fn with_tables(mut self, tables: Arc<dyn Tables>) -> SymbolPath {
+        self.tables.push(tables);
+        self
     }
 
     /// `--symbols` if given, then `_NT_SYMBOL_PATH`.
@@ -118,7 +155,8 @@ impl SymbolPath {
         SymbolPath::parse(&text)
     }
 
-    /// Finds the table for `id`: along the path, then the built-in tables. `Ok(None)` when
+    /// Finds the table for `id`: along the path, then the caller's [`Tables`], then the
+    /// built-in tables. `Ok(None)` when
     /// nothing has it; errors only for files that exist but are damaged or for a download that
     /// failed in a way worth reporting (they are also skipped over if a later entry has it).
     pub fn find(&self, id: &PdbId) -> Result<Option<Found>, SymError> {
@@ -139,6 +177,14 @@ impl SymbolPath {
                     tracing::warn!("{e}");
                     first_error.get_or_insert(e);
                 }
+            }
+        }
+        for t in &self.tables {
+            if let Some(table) = t.table(id) {
+                return Ok(Some(Found {
+                    table,
+                    source: t.source().to_string(),
+                }));
             }
         }
         if let Some(t) = builtin::by_id(id) {

@@ -1,9 +1,14 @@
 //! One model of a module's types and symbols, whatever the source (ISF table, PDB), and the
 //! layout queries everything else uses: sizes, field offsets and bit positions along nested
 //! paths, enum names and values, symbol addresses and the nearest symbol to an address.
+//!
+//! A table can record the lookups made through it ([`TypeTable::record`]): which types, field
+//! paths, enums and symbols were asked for. It is off unless asked for; the compact built-in
+//! table is cut to what the commands are recorded asking.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use crate::SymError;
 
@@ -198,6 +203,85 @@ pub struct TableParts<'a> {
     pub symbols: &'a HashMap<String, u64>,
 }
 
+/// What was asked of a table while it recorded (see [`TypeTable::record`]). Names are as the
+/// table spells them when it has them (`KTHREAD` asked, `_KTHREAD` recorded), as asked when it
+/// does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookups {
+    /// Structs and unions asked for by name (their size, their fields, whether they exist).
+    pub types: BTreeSet<String>,
+    /// Field paths asked for: (type, path), every array index written `[0]`.
+    pub fields: BTreeSet<(String, String)>,
+    /// Enums asked for.
+    pub enums: BTreeSet<String>,
+    /// Symbols asked for by name.
+    pub symbols: BTreeSet<String>,
+}
+
+impl Lookups {
+    /// Adds what `other` holds.
+    pub fn merge(&mut self, other: &Lookups) {
+        self.types.extend(other.types.iter().cloned());
+        self.fields.extend(other.fields.iter().cloned());
+        self.enums.extend(other.enums.iter().cloned());
+        self.symbols.extend(other.symbols.iter().cloned());
+    }
+
+    /// One line per lookup (`type NAME`, `field TYPE PATH`, `enum NAME`, `symbol NAME`), in
+    /// that order and sorted: the form [`Lookups::parse`] reads.
+    pub fn to_lines(&self) -> String {
+        let mut out = String::new();
+        for t in &self.types {
+            out.push_str(&format!("type {t}\n"));
+        }
+        for (t, p) in &self.fields {
+            out.push_str(&format!("field {t} {p}\n"));
+        }
+        for e in &self.enums {
+            out.push_str(&format!("enum {e}\n"));
+        }
+        for s in &self.symbols {
+            out.push_str(&format!("symbol {s}\n"));
+        }
+        out
+    }
+
+    /// Reads [`Lookups::to_lines`]' form; blank lines and `#` comments are skipped.
+    pub fn parse(text: &str) -> Result<Lookups, String> {
+        let mut l = Lookups::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = || format!("line {}: {line:?} is not a lookup", n + 1);
+            let (kind, rest) = line.split_once(' ').ok_or_else(bad)?;
+            match kind {
+                "type" => l.types.insert(rest.to_string()),
+                "field" => {
+                    let (t, p) = rest.split_once(' ').ok_or_else(bad)?;
+                    l.fields.insert((t.to_string(), p.to_string()))
+                }
+                "enum" => l.enums.insert(rest.to_string()),
+                "symbol" => l.symbols.insert(rest.to_string()),
+                _ => return Err(bad()),
+            };
+        }
+        Ok(l)
+    }
+}
+
+/// A recording of a table's lookups, shared by the table and its clones.
+#[derive(Debug, Clone, Default)]
+pub struct Recording(Arc<Mutex<Lookups>>);
+
+impl Recording {
+    /// What has been asked so far.
+    pub fn lookups(&self) -> Lookups {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
 /// Types and symbols of one module (one PDB).
 #[derive(Debug, Clone, Default)]
 pub struct TypeTable {
@@ -208,6 +292,7 @@ pub struct TypeTable {
     base: HashMap<String, (u64, bool)>,
     symbols: HashMap<String, u64>,
     by_rva: Vec<(u64, String)>,
+    recording: Option<Recording>,
 }
 
 /// Largest array index accepted in a field path.
@@ -264,12 +349,58 @@ impl TypeTable {
         (self.udts.len(), self.enums.len(), self.symbols.len())
     }
 
-    /// A struct or union by name; `KTHREAD` finds `_KTHREAD`.
-    pub fn udt(&self, name: &str) -> Result<&Udt, SymError> {
+    /// Starts recording the lookups made through this table and the clones made from now on;
+    /// the recording returned reads them.
+    pub fn record(&mut self) -> Recording {
+        let r = Recording::default();
+        self.recording = Some(r.clone());
+        r
+    }
+
+    fn note(&self, f: impl FnOnce(&mut Lookups)) {
+        if let Some(r) = &self.recording
+            && let Ok(mut l) = r.0.lock()
+        {
+            f(&mut l);
+        }
+    }
+
+    fn note_type(&self, name: &str) {
+        if self.recording.is_some() {
+            let name = self.find_udt(name).map_or(name, |u| u.name.as_str());
+            self.note(|l| {
+                l.types.insert(name.to_string());
+            });
+        }
+    }
+
+    fn note_enum(&self, name: &str) {
+        if self.recording.is_some() {
+            let name = self.find_enum(name).map_or(name, |e| e.name.as_str());
+            self.note(|l| {
+                l.enums.insert(name.to_string());
+            });
+        }
+    }
+
+    fn find_udt(&self, name: &str) -> Result<&Udt, SymError> {
         self.udts
             .get(name)
             .or_else(|| self.udts.get(&format!("_{name}")))
             .ok_or_else(|| SymError::NoType(name.to_string()))
+    }
+
+    fn find_enum(&self, name: &str) -> Result<&Enum, SymError> {
+        self.enums
+            .get(name)
+            .or_else(|| self.enums.get(&format!("_{name}")))
+            .ok_or_else(|| SymError::NoType(name.to_string()))
+    }
+
+    /// A struct or union by name; `KTHREAD` finds `_KTHREAD`.
+    pub fn udt(&self, name: &str) -> Result<&Udt, SymError> {
+        self.note_type(name);
+        self.find_udt(name)
     }
 
     /// Whether the type exists.
@@ -284,35 +415,52 @@ impl TypeTable {
 
     /// An enum by name.
     pub fn enumeration(&self, name: &str) -> Result<&Enum, SymError> {
-        self.enums
-            .get(name)
-            .or_else(|| self.enums.get(&format!("_{name}")))
-            .ok_or_else(|| SymError::NoType(name.to_string()))
+        self.note_enum(name);
+        self.find_enum(name)
     }
 
     /// Size of a named type.
     pub fn size_of(&self, name: &str) -> Result<u64, SymError> {
-        if let Ok(u) = self.udt(name) {
+        if let Ok(u) = self.find_udt(name) {
+            self.note_type(name);
             return Ok(u.size);
         }
-        if let Ok(e) = self.enumeration(name) {
+        if let Ok(e) = self.find_enum(name) {
+            self.note_enum(name);
             return Ok(e.size);
         }
-        self.base
-            .get(name)
-            .map(|b| b.0)
-            .ok_or_else(|| SymError::NoType(name.to_string()))
+        match self.base.get(name) {
+            Some(b) => Ok(b.0),
+            None => {
+                self.note_type(name);
+                Err(SymError::NoType(name.to_string()))
+            }
+        }
     }
 
     /// Size of a type reference.
     pub fn ty_size(&self, ty: &Ty) -> Result<u64, SymError> {
+        self.ty_size_as(ty, true)
+    }
+
+    fn ty_size_as(&self, ty: &Ty, noted: bool) -> Result<u64, SymError> {
         Ok(match ty {
             Ty::Base { size, .. } => *size,
             Ty::Pointer(_) => 8,
-            Ty::Udt(n) => self.udt(n)?.size,
-            Ty::Enum(n) => self.enumeration(n).map_or(4, |e| e.size),
-            Ty::Array { count, elem } => count.saturating_mul(self.ty_size(elem)?),
-            Ty::Bitfield { base, .. } => self.ty_size(base)?,
+            Ty::Udt(n) => {
+                if noted {
+                    self.note_type(n);
+                }
+                self.find_udt(n)?.size
+            }
+            Ty::Enum(n) => {
+                if noted {
+                    self.note_enum(n);
+                }
+                self.find_enum(n).map_or(4, |e| e.size)
+            }
+            Ty::Array { count, elem } => count.saturating_mul(self.ty_size_as(elem, noted)?),
+            Ty::Bitfield { base, .. } => self.ty_size_as(base, noted)?,
             Ty::Function | Ty::Void => 0,
         })
     }
@@ -320,7 +468,14 @@ impl TypeTable {
     /// Resolves a field path such as `Tcb.WaitBlockList`, `WaitBlock[2].Object` or
     /// `ProcessorState.ContextFrame.Rip` within `ty`.
     pub fn field(&self, ty: &str, path: &str) -> Result<FieldRef, SymError> {
-        let mut cur = Ty::Udt(self.udt(ty)?.name.clone());
+        if self.recording.is_some() {
+            let t = self.find_udt(ty).map_or(ty, |u| u.name.as_str());
+            let p = indices_as_zero(path);
+            self.note(|l| {
+                l.fields.insert((t.to_string(), p));
+            });
+        }
+        let mut cur = Ty::Udt(self.find_udt(ty)?.name.clone());
         let mut offset = 0u64;
         let err = || SymError::NoField {
             ty: ty.to_string(),
@@ -329,7 +484,7 @@ impl TypeTable {
         for part in path.split('.') {
             let (name, indices) = split_indices(part).ok_or_else(err)?;
             let udt = match &cur {
-                Ty::Udt(n) => self.udt(n)?,
+                Ty::Udt(n) => self.find_udt(n)?,
                 _ => return Err(err()),
             };
             let f = udt.field(name).ok_or_else(err)?;
@@ -347,7 +502,7 @@ impl TypeTable {
                     });
                 }
                 offset = idx
-                    .checked_mul(self.ty_size(&elem)?)
+                    .checked_mul(self.ty_size_as(&elem, false)?)
                     .and_then(|d| offset.checked_add(d))
                     .ok_or_else(err)?;
                 cur = *elem;
@@ -368,6 +523,9 @@ impl TypeTable {
 
     /// A symbol's RVA.
     pub fn symbol(&self, name: &str) -> Option<u64> {
+        self.note(|l| {
+            l.symbols.insert(name.to_string());
+        });
         self.symbols.get(name).copied()
     }
 
@@ -436,11 +594,11 @@ impl TypeTable {
         out.base = self.base.clone();
         let mut want: Vec<String> = Vec::new();
         for t in types {
-            want.push(self.udt(t)?.name.clone());
+            want.push(self.find_udt(t)?.name.clone());
         }
         for (t, path) in fields {
             // Every struct along the path.
-            let mut cur = self.udt(t)?.name.clone();
+            let mut cur = self.find_udt(t)?.name.clone();
             want.push(cur.clone());
             for part in path.split('.') {
                 let (name, _) = split_indices(part).ok_or_else(|| SymError::NoField {
@@ -474,10 +632,10 @@ impl TypeTable {
         want.sort();
         want.dedup();
         for n in &want {
-            let u = self.udt(n)?.clone();
+            let u = self.find_udt(n)?.clone();
             for f in &u.fields {
                 collect_enums(&f.ty, &mut |e| {
-                    if let Ok(en) = self.enumeration(e) {
+                    if let Ok(en) = self.find_enum(e) {
                         out.enums.insert(en.name.clone(), en.clone());
                     }
                 });
@@ -485,11 +643,17 @@ impl TypeTable {
             out.udts.insert(u.name.clone(), u);
         }
         for e in enums {
-            let en = self.enumeration(e)?.clone();
+            let en = self.find_enum(e)?.clone();
             out.enums.insert(en.name.clone(), en);
         }
         for s in symbols {
-            out.symbols.insert(s.to_string(), self.require_symbol(s)?);
+            out.symbols.insert(
+                s.to_string(),
+                self.symbols
+                    .get(*s)
+                    .copied()
+                    .ok_or_else(|| SymError::NoSymbol(s.to_string()))?,
+            );
         }
         out.finish();
         Ok(out)
@@ -514,6 +678,28 @@ fn collect_enums(ty: &Ty, f: &mut dyn FnMut(&str)) {
         }
         _ => {}
     }
+}
+
+/// A field path with every array index written `[0]`: `WaitBlock[2].Object` →
+/// `WaitBlock[0].Object`.
+fn indices_as_zero(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut inside = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                inside = true;
+                out.push_str("[0");
+            }
+            ']' => {
+                inside = false;
+                out.push(']');
+            }
+            _ if inside => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// `Name[1][2]` → ("Name", [1, 2]).
@@ -611,6 +797,34 @@ mod tests {
         assert!(t.field("_OUTER", "Inner.A.B").is_err());
         assert!(t.field("_OUTER", "Arr[x]").is_err());
         assert!(t.field("_NOPE", "A").is_err());
+    }
+
+    #[test]
+    fn lookups_are_recorded_when_asked_only() {
+        let mut t = table();
+        assert_eq!(t.offset("_OUTER", "Arr[2].A").unwrap(), 0x18 + 16);
+        let r = t.record();
+        let c = t.clone();
+        assert_eq!(c.offset("OUTER", "Arr[2].A").unwrap(), 0x18 + 16);
+        assert!(c.field("_OUTER", "Nope").is_err());
+        assert!(c.has_type("INNER"));
+        assert!(!c.has_type("_MISSING"));
+        assert_eq!(c.size_of("unsigned long").ok(), None);
+        assert_eq!(c.symbol("Alpha"), Some(0x1000));
+        assert!(c.require_symbol("Gamma").is_err());
+        let l = r.lookups();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(l.types, s(&["_INNER", "_MISSING", "unsigned long"]));
+        assert_eq!(
+            l.fields,
+            [("_OUTER", "Arr[0].A"), ("_OUTER", "Nope")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        );
+        assert_eq!(l.symbols, s(&["Alpha", "Gamma"]));
+        assert_eq!(Lookups::parse(&l.to_lines()).unwrap(), l);
+        assert!(Lookups::parse("kind x").is_err());
     }
 
     #[test]

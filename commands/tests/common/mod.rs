@@ -7,7 +7,6 @@ use kdnet_model::nt::Kernel;
 use kdnet_sim::scenario::Facts;
 use kdnet_sim::system::{ModuleRec, ThreadRec};
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
-use kdnet_symbols::path::SymbolPath;
 use kdnet_testkit::local::LocalTarget;
 
 /// ../shared, or None (with a note) when it is absent and not required.
@@ -66,7 +65,7 @@ pub fn sim_kernel_with(
     };
     let cpus = sys.cpus.len() as u32;
     let target = LocalTarget::new(machine, cpus);
-    let path = SymbolPath::parse(&dir.join("symbols").display().to_string());
+    let path = kdnet_sim::symbols::symbol_path(&dir.join("symbols").display().to_string());
     let k = Kernel::open(Box::new(target), path).unwrap();
     Some((k, planted))
 }

@@ -19,9 +19,12 @@
 //!   `ndisGlobalNblPoolList`. These are the simulator's own, as the real list is not public.
 //!
 //! Real ndis.sys builds differ; on a real target the commands use ndis.pdb from the symbol
-//! server instead.
+//! server instead. The symbol layer does not know this layout: the simulator's [`Tables`]
+//! (`crate::symbols`) serve it to whoever adds them to the symbol path.
+//!
+//! [`Tables`]: kdnet_symbols::path::Tables
 
-use crate::table::{Enum, Field, PdbId, Ty, TypeTable, Udt, UdtKind};
+use kdnet_symbols::{Enum, Field, PdbId, Ty, TypeTable, Udt, UdtKind};
 
 /// NDIS object type byte of a miniport block.
 pub const TYPE_MINIPORT: u8 = 0x11;

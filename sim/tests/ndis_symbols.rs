@@ -1,0 +1,70 @@
+//! The simulator's NDIS layout reaches a debugger only through the tables it adds to the symbol
+//! path, and never stands in for a real ndis.pdb: with the simulator's tables on the path, the
+//! real ndis.pdb of ../shared/pdbs still answers for its own identity, with its own layouts.
+
+use kdnet_sim::ndis_layout;
+use kdnet_sim::symbols::symbol_path;
+use kdnet_symbols::path::SymbolPath;
+use kdnet_symbols::{PdbId, pdb};
+
+#[test]
+fn the_simulated_ndis_is_found_only_through_the_simulators_tables() {
+    for build in [7601, 9600, 14393, 17763, 19041, 20348, 22000] {
+        let id = ndis_layout::pdb(build);
+        assert!(
+            SymbolPath::parse("").find(&id).unwrap().is_none(),
+            "{build}"
+        );
+        let found = symbol_path("").find(&id).unwrap().unwrap();
+        assert_eq!(found.source, "built-in");
+        assert_eq!(
+            found
+                .table
+                .offset("_NET_BUFFER_LIST", "NetBufferListInfo")
+                .ok(),
+            ndis_layout::table(build)
+                .offset("_NET_BUFFER_LIST", "NetBufferListInfo")
+                .ok()
+        );
+    }
+}
+
+#[test]
+fn a_real_ndis_pdb_still_comes_from_the_real_file() {
+    let Some(dir) = kdnet_testkit::shared("pdbs/ndis.pdb") else {
+        return;
+    };
+    let dir = dir.join("pdbs");
+    let file = dir.join("ndis.pdb");
+    let id = pdb::identity(std::fs::read(&file).unwrap(), "ndis.pdb").unwrap();
+    assert_eq!(
+        id,
+        PdbId {
+            guid: "6ABBF3711A187DC5033358115921C89D".into(),
+            age: id.age,
+            name: "ndis.pdb".into(),
+        }
+    );
+    let found = symbol_path(&dir.display().to_string())
+        .find(&id)
+        .unwrap()
+        .unwrap();
+    assert!(found.source.ends_with("ndis.pdb"), "{}", found.source);
+    let real = found.table;
+    assert_eq!(real.id.as_ref(), Some(&id));
+    for ty in [
+        "_NDIS_MINIPORT_BLOCK",
+        "_NET_BUFFER_LIST",
+        "_NDIS_NBL_TRACKER",
+    ] {
+        assert!(real.has_type(ty), "{ty}");
+    }
+    // The real layout, not the simulator's.
+    let sim = ndis_layout::table(20348);
+    assert_ne!(
+        real.size_of("_NDIS_MINIPORT_BLOCK").ok(),
+        sim.size_of("_NDIS_MINIPORT_BLOCK").ok()
+    );
+    // Without the file on the path, the simulator's tables do not answer for it.
+    assert!(symbol_path("").find(&id).unwrap().is_none());
+}
