@@ -161,7 +161,7 @@ pub enum Analysis {
     /// The machine did not crash (or the dump holds no code).
     NoBugcheck(NoBugcheck),
     /// The bugcheck and what it points at.
-    Bugcheck(Bugcheck),
+    Bugcheck(Box<Bugcheck>),
 }
 
 /// No bugcheck.
@@ -313,7 +313,7 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
         (Some(s), _) => format!("0x{code:X}_{}", s.split('+').next().unwrap_or(s.as_str())),
         (None, _) => format!("0x{code:X}_nt"),
     };
-    Ok(Analysis::Bugcheck(Bugcheck {
+    Ok(Analysis::Bugcheck(Box::new(Bugcheck {
         bugcheck_code: code,
         bugcheck_name: name,
         parameters: p,
@@ -338,7 +338,7 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
         module: module.as_ref().map(|m| m.short.clone()),
         image: module.map(|m| m.name),
         failure_bucket: bucket,
-    }))
+    })))
 }
 
 impl Render for Analysis {

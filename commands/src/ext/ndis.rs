@@ -256,7 +256,7 @@ pub enum Miniports {
     /// Without a handle: every miniport.
     List(MiniportList),
     /// With a handle: its state block.
-    One(Miniport),
+    One(Box<Miniport>),
 }
 
 /// Every miniport.
@@ -338,7 +338,7 @@ pub fn miniport(e: &mut Engine, _verb: &str, args: &Args<'_>) -> Result<Miniport
     };
     let m = model::miniport(&mut e.kernel, &t, handle)?
         .ok_or_else(|| CmdError::Usage(format!("{handle:x} is not a miniport block")))?;
-    Ok(Miniports::One(Miniport {
+    Ok(Miniports::One(Box::new(Miniport {
         miniport: m.handle,
         name: m.name,
         driver: m.driver,
@@ -357,7 +357,7 @@ pub fn miniport(e: &mut Engine, _verb: &str, args: &Args<'_>) -> Result<Miniport
         receive_nbls_outstanding: m.receive_nbls_outstanding,
         ndis_version: m.ndis_version,
         device_object: m.device_object,
-    }))
+    })))
 }
 
 impl Render for Miniports {
