@@ -14,7 +14,7 @@ use crate::nt::{Kernel, ModelError};
 /// Tracker slot value of an NBL that is back with the component that allocated it.
 const NBL_HOME: u64 = 0x18;
 /// NDIS object type bytes.
-pub const TYPE_MINIPORT: u8 = 0x11;
+const TYPE_MINIPORT: u8 = 0x11;
 const TYPE_FILTER: u8 = 0x12;
 const TYPE_OPEN: u8 = 0x05;
 /// Bounds on what is walked.
