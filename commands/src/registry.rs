@@ -299,16 +299,17 @@ pub static COMMANDS: &[Command] = &[
         "each processor's current and next thread, idle processors; `-t` adds their stacks",
         ["!running", "!running -t"]
     ),
-    untyped!(
-        "!analyze",
-        [],
-        "analyze",
-        "the bugcheck, its parameters, the faulting module and stack, a failure bucket",
-        "!analyze [-v]",
-        |e, _, a| crate::ext::analyze::command(e, a),
-        "bugcheck name, parameters and what they mean, the stopped processor's process and stack, the faulting module (the module of the exception address when the code carries one, otherwise the first frame outside nt and hal), a failure bucket; on a machine that did not crash it says so",
-        ["!analyze -v"]
-    ),
+    command! {
+        name: "!analyze", aliases: [], id: "analyze",
+        summary: "the bugcheck, its parameters, the faulting module and stack, a failure bucket",
+        doc: "bugcheck name, parameters and what they mean, the stopped processor's process and \
+              stack, the faulting module (the module of the exception address when the code \
+              carries one, otherwise the first frame outside nt and hal), a failure bucket; on a \
+              machine that did not crash it says so",
+        syntax: crate::ext::analyze::SYNTAX, usage: None,
+        examples: ["!analyze -v", "!analyze"],
+        run: crate::ext::analyze::run => crate::ext::analyze::Analysis,
+    },
     untyped!(
         "!deadlock",
         [],
@@ -329,66 +330,64 @@ pub static COMMANDS: &[Command] = &[
         "kdnet's own: the watcher's sample. Threads waiting on an ERESOURCE, mutant, fast mutex or PnP lock (`PiEngineLock`, `IopDeviceTreeLock`, …) longer than SECONDS (60), resources with exclusive waiters held that long, PnP locks whose holder is itself stuck in a wait, wait-for cycles; also the commit-failure count and the pending NBLs, which the watcher compares between samples",
         ["!hangcheck", "!hangcheck 0"]
     ),
-    untyped!(
-        "!vm",
-        [],
-        "vm",
-        "page files, memory and commit counters, failed commit requests, per-process commit",
-        "!vm [FLAGS]",
-        |e, _, a| crate::ext::vm::command(e, a),
-        "page files, memory counters, pool usage, the commit breakdown, `Sum System Commit`, `Total Private`, `Misc/Transient Commit`, committed and limit, the `N commit requests have failed` banner (ChargeCommitmentFailures[0] + [1]) and the other warnings, the per-process commit table (flag 1 leaves it out)",
-        ["!vm", "!vm 1"]
-    ),
-    untyped!(
-        "!pool",
-        [],
-        "pool",
-        "the pool page around an address, its blocks and corruption",
-        "!pool ADDR [FLAGS]",
-        |e, _, a| crate::ext::pool::pool_command(e, a),
-        "the page around ADDR: classic `_POOL_HEADER` chains, segment-heap LFH and VS subsegments, big allocations, special pool; `*` marks the block holding ADDR; a broken chain is reported at the exact header with what was expected and the 16 bytes found; flag 2 shows only the block",
-        ["!pool {pool}", "!pool {special}", "!pool {pool} 2"]
-    ),
-    untyped!(
-        "!poolused",
-        [],
-        "poolused",
-        "outstanding allocations and bytes per pool tag",
-        "!poolused [FLAGS] [PATTERN]",
-        |e, _, a| crate::ext::pool::poolused_command(e, a),
-        "outstanding allocations and bytes per tag from the tracker tables (global and per-processor); flag 2 sorts by non-paged bytes, 4 by paged",
-        ["!poolused", "!poolused 2", "!poolused 4 Ac*"]
-    ),
-    untyped!(
-        "!poolfind",
-        [],
-        "poolfind",
-        "pool blocks with a tag",
-        "!poolfind TAG [0|1]",
-        |e, _, a| crate::ext::pool::poolfind_command(e, a),
-        "blocks with a tag: the big-page table, then the pool regions, searched on the target (one request per present run) and checked header by header",
-        ["!poolfind AcBf", "!poolfind AcBf 1"]
-    ),
-    untyped!(
-        "!ndiskd.pendingnbls",
-        [],
-        "ndiskd.pendingnbls",
-        "NBL pools and every NBL away from home with who holds it",
-        "!ndiskd.pendingnbls",
-        |e, _, a| crate::ext::ndis::pendingnbls_command(e, a),
-        "NBL pools, freed NBLs, every NBL away from home and who holds it, `Found P pending NBL(s) of T total NBL(s)`; with owner tracking off, how to turn it on",
-        ["!ndiskd.pendingnbls"]
-    ),
-    untyped!(
-        "!ndiskd.miniport",
-        ["!ndiskd.miniports", "!ndiskd.netadapter"],
-        "ndiskd.miniport",
-        "the miniports; with a handle, its state block",
-        "!ndiskd.miniport [HANDLE]",
-        |e, _, a| crate::ext::ndis::miniport_command(e, a),
-        "the miniports; with a handle, its state block",
-        ["!ndiskd.miniport", "!ndiskd.miniport {miniport}"]
-    ),
+    command! {
+        name: "!vm", aliases: [], id: "vm",
+        summary: "page files, memory and commit counters, failed commit requests, per-process commit",
+        doc: "page files, memory counters, pool usage, the commit breakdown, `Sum System Commit`, \
+              `Total Private`, `Misc/Transient Commit`, committed and limit, the `N commit \
+              requests have failed` banner (ChargeCommitmentFailures[0] + [1]) and the other \
+              warnings, the per-process commit table (flag 1 leaves it out)",
+        syntax: crate::ext::vm::SYNTAX, usage: None,
+        examples: ["!vm", "!vm 1"],
+        run: crate::ext::vm::run => crate::ext::vm::VirtualMemory,
+    },
+    command! {
+        name: "!pool", aliases: [], id: "pool",
+        summary: "the pool page around an address, its blocks and corruption",
+        doc: "the page around ADDR: classic `_POOL_HEADER` chains, segment-heap LFH and VS \
+              subsegments, big allocations, special pool; `*` marks the block holding ADDR; a \
+              broken chain is reported at the exact header with what was expected and the 16 \
+              bytes found; flag 2 shows only the block",
+        syntax: crate::ext::pool::page::SYNTAX, usage: None,
+        examples: ["!pool {pool}", "!pool {special}", "!pool {pool} 2"],
+        run: crate::ext::pool::page::run => crate::ext::pool::page::PoolPage,
+    },
+    command! {
+        name: "!poolused", aliases: [], id: "poolused",
+        summary: "outstanding allocations and bytes per pool tag",
+        doc: "outstanding allocations and bytes per tag from the tracker tables (global and \
+              per-processor); flag 2 sorts by non-paged bytes, 4 by paged",
+        syntax: crate::ext::pool::used::SYNTAX, usage: None,
+        examples: ["!poolused", "!poolused 2", "!poolused 4 Ac*"],
+        run: crate::ext::pool::used::run => crate::ext::pool::used::PoolUsed,
+    },
+    command! {
+        name: "!poolfind", aliases: [], id: "poolfind",
+        summary: "pool blocks with a tag",
+        doc: "blocks with a tag: the big-page table, then the pool regions, searched on the \
+              target (one request per present run) and checked header by header",
+        syntax: crate::ext::pool::find::SYNTAX, usage: None,
+        examples: ["!poolfind AcBf", "!poolfind AcBf 1"],
+        run: crate::ext::pool::find::run => crate::ext::pool::find::PoolFind,
+    },
+    command! {
+        name: "!ndiskd.pendingnbls", aliases: [], id: "ndiskd.pendingnbls",
+        summary: "NBL pools and every NBL away from home with who holds it",
+        doc: "NBL pools, freed NBLs, every NBL away from home and who holds it, `Found P pending \
+              NBL(s) of T total NBL(s)`; with owner tracking off, how to turn it on",
+        syntax: crate::ext::ndis::PENDINGNBLS, usage: None,
+        examples: ["!ndiskd.pendingnbls"],
+        run: crate::ext::ndis::pendingnbls => crate::ext::ndis::PendingNbls,
+    },
+    command! {
+        name: "!ndiskd.miniport", aliases: ["!ndiskd.miniports", "!ndiskd.netadapter"],
+        id: "ndiskd.miniport",
+        summary: "the miniports; with a handle, its state block",
+        doc: "the miniports; with a handle, its state block",
+        syntax: crate::ext::ndis::MINIPORT, usage: None,
+        examples: ["!ndiskd.miniport", "!ndiskd.miniport {miniport}"],
+        run: crate::ext::ndis::miniport => crate::ext::ndis::Miniports,
+    },
     command! {
         name: ".help", aliases: [], id: "help",
         summary: "the commands, or one command's usage, flags and examples",

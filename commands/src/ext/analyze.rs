@@ -3,9 +3,12 @@
 //! exception address when the bugcheck carries one, otherwise the first frame outside the
 //! kernel and HAL. No guesses beyond that.
 
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use crate::engine::{CmdError, Engine, Output, addr};
+use crate::args::{Args, Syntax, flag};
+use crate::engine::{CmdError, Engine, addr};
+use crate::registry::Render;
 use kdnet_model::nt::unwind::Regs;
 
 /// Bugcheck names and what their parameters are (public bugcheck code reference).
@@ -144,42 +147,96 @@ fn exception_address(code: u32, p: &[u64; 4]) -> Option<u64> {
     }
 }
 
+/// `!analyze [-v]` (the analysis is always the verbose one).
+pub const SYNTAX: Syntax = Syntax {
+    flags: &[flag("-v", "verbose: the analysis in full (it always is)")],
+    params: &[],
+    length: false,
+};
+
+/// What `!analyze` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Analysis {
+    /// The machine did not crash (or the dump holds no code).
+    NoBugcheck(NoBugcheck),
+    /// The bugcheck and what it points at.
+    Bugcheck(Box<Bugcheck>),
+}
+
+/// No bugcheck.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct NoBugcheck {
+    /// No code (null).
+    pub bugcheck_code: (),
+    /// No parameters (null).
+    pub parameters: (),
+    /// A live target (stopped by the debugger) rather than a dump.
+    #[serde(skip)]
+    pub live: bool,
+}
+
+/// A bugcheck analysed.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Bugcheck {
+    /// The bugcheck code.
+    pub bugcheck_code: u32,
+    /// Its name (`BUGCHECK_<code>` when not known).
+    pub bugcheck_name: String,
+    /// Its four parameters.
+    pub parameters: [u64; 4],
+    /// What each parameter is (empty when not known).
+    pub parameter_names: [String; 4],
+    /// The processor that stopped.
+    pub processor: u32,
+    /// The thread running on it (null when it could not be read).
+    pub thread: Option<u64>,
+    /// Its process's image name (null when it could not be read).
+    pub process_name: Option<String>,
+    /// Its stack.
+    pub frames: Vec<Frame>,
+    /// Why the stack walk ended where it did (null when it ended normally).
+    pub stack_note: Option<String>,
+    /// The faulting instruction: the exception address when the code carries one in a module,
+    /// else the first frame outside nt and hal (null when neither).
+    pub faulting_ip: Option<u64>,
+    /// The symbol there.
+    pub symbol: Option<String>,
+    /// Its module's short name.
+    pub module: Option<String>,
+    /// Its module's file name.
+    pub image: Option<String>,
+    /// The failure bucket: `0x<code>_<symbol without offset>`, or `0x<code>_nt`.
+    pub failure_bucket: String,
+}
+
+/// One stack frame.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Frame {
+    /// The stack pointer in it.
+    pub child_sp: u64,
+    /// Where it returns to.
+    pub return_address: u64,
+    /// Where it is (`module!symbol+offset`).
+    pub call_site: String,
+    /// Its module (null outside any).
+    pub module: Option<String>,
+    /// The four home-slot arguments (the text's middle columns).
+    #[serde(skip)]
+    pub args: [u64; 4],
+}
+
 /// `!analyze [-v]`.
-pub fn command(e: &mut Engine, _args: &str) -> Result<Output, CmdError> {
+pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, CmdError> {
     let bug = e.kernel.bugcheck()?;
     let Some((code, p)) = bug else {
-        let live = e.kernel.mem.info().live;
-        let text = if live {
-            "No bugcheck: KiBugCheckData holds no code. The target was stopped by the debugger, \
-not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
-                .to_string()
-        } else {
-            "No bugcheck code in this dump.\n".to_string()
-        };
-        return Ok(Output {
-            text,
-            json: json!({ "bugcheck_code": Value::Null, "parameters": Value::Null }),
-        });
+        return Ok(Analysis::NoBugcheck(NoBugcheck {
+            bugcheck_code: (),
+            parameters: (),
+            live: e.kernel.mem.info().live,
+        }));
     };
     let (name, names) = describe(code);
-    let mut text = String::new();
-    let stars = "*".repeat(79);
-    text.push_str(&format!(
-        "{stars}\n*{:^77}*\n*{:^77}*\n*{:^77}*\n{stars}\n\n",
-        "", "Bugcheck Analysis", ""
-    ));
-    text.push_str(&format!("{name} ({code:x})\nArguments:\n"));
-    for (i, v) in p.iter().enumerate() {
-        if names[i].is_empty() {
-            text.push_str(&format!("Arg{}: {:016x}\n", i + 1, v));
-        } else {
-            text.push_str(&format!("Arg{}: {:016x}, {}\n", i + 1, v, names[i]));
-        }
-    }
-    text.push_str(&format!("\nBUGCHECK_CODE:  {code:x}\n"));
-    for (i, v) in p.iter().enumerate() {
-        text.push_str(&format!("\nBUGCHECK_P{}: {:x}\n", i + 1, v));
-    }
     // The processor that stopped: its thread, process and stack.
     let n = e.processor;
     let ctx = e.context(n)?;
@@ -220,30 +277,11 @@ not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
         }
         None => None,
     };
-    if let Some(pr) = &process {
-        text.push_str(&format!("\nPROCESS_NAME:  {}\n", pr.name));
-    }
     let bounds = thread
         .as_ref()
         .map(|t| (t.stack_limit, t.stack_base))
         .filter(|(lo, hi)| lo < hi);
     let stack = e.kernel.unwind(Regs::from_context(&ctx), bounds, true);
-    text.push_str("\nSTACK_TEXT:  \n");
-    for f in &stack.frames {
-        text.push_str(&format!(
-            "{} {} : {} {} {} {} : {}\n",
-            addr(f.child_sp),
-            addr(f.return_address),
-            addr(f.args[0]),
-            addr(f.args[1]),
-            addr(f.args[2]),
-            addr(f.args[3]),
-            f.call_site
-        ));
-    }
-    if let Some(note) = &stack.note {
-        text.push_str(&format!("({note})\n"));
-    }
     if !stack.complete {
         e.kernel.note_incomplete(format!(
             "the stack walk stopped early: {}",
@@ -271,42 +309,102 @@ not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
         }
         None => (None, None),
     };
-    if let Some(s) = &symbol {
-        text.push_str(&format!("\nSYMBOL_NAME:  {}\n", s.replace("+0x", "+")));
-    }
-    if let Some(m) = &module {
-        text.push_str(&format!(
-            "\nMODULE_NAME: {}\n\nIMAGE_NAME:  {}\n",
-            m.short, m.name
-        ));
-    }
     let bucket = match (&symbol, &module) {
         (Some(s), _) => format!("0x{code:X}_{}", s.split('+').next().unwrap_or(s.as_str())),
         (None, _) => format!("0x{code:X}_nt"),
     };
-    text.push_str(&format!("\nFAILURE_BUCKET_ID:  {bucket}\n"));
-    let frames: Vec<Value> = stack
-        .frames
-        .iter()
-        .map(|f| json!({ "child_sp": f.child_sp, "return_address": f.return_address, "call_site": f.call_site, "module": f.module }))
-        .collect();
-    Ok(Output {
-        text,
-        json: json!({
-            "bugcheck_code": code,
-            "bugcheck_name": name,
-            "parameters": p,
-            "parameter_names": names,
-            "processor": n,
-            "thread": thread.as_ref().map(|t| t.ethread),
-            "process_name": process.as_ref().map(|p| p.name.clone()),
-            "frames": frames,
-            "stack_note": stack.note,
-            "faulting_ip": faulting_ip,
-            "symbol": symbol,
-            "module": module.as_ref().map(|m| m.short.clone()),
-            "image": module.as_ref().map(|m| m.name.clone()),
-            "failure_bucket": bucket,
-        }),
-    })
+    Ok(Analysis::Bugcheck(Box::new(Bugcheck {
+        bugcheck_code: code,
+        bugcheck_name: name,
+        parameters: p,
+        parameter_names: names.map(str::to_string),
+        processor: n,
+        thread: thread.as_ref().map(|t| t.ethread),
+        process_name: process.map(|p| p.name),
+        frames: stack
+            .frames
+            .iter()
+            .map(|f| Frame {
+                child_sp: f.child_sp,
+                return_address: f.return_address,
+                call_site: f.call_site.clone(),
+                module: f.module.clone(),
+                args: f.args,
+            })
+            .collect(),
+        stack_note: stack.note,
+        faulting_ip,
+        symbol,
+        module: module.as_ref().map(|m| m.short.clone()),
+        image: module.map(|m| m.name),
+        failure_bucket: bucket,
+    })))
+}
+
+impl Render for Analysis {
+    fn render(&self, out: &mut String) {
+        let b = match self {
+            Analysis::NoBugcheck(n) => {
+                out.push_str(if n.live {
+                    "No bugcheck: KiBugCheckData holds no code. The target was stopped by the \
+debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
+                } else {
+                    "No bugcheck code in this dump.\n"
+                });
+                return;
+            }
+            Analysis::Bugcheck(b) => b,
+        };
+        let stars = "*".repeat(79);
+        out.push_str(&format!(
+            "{stars}\n*{:^77}*\n*{:^77}*\n*{:^77}*\n{stars}\n\n",
+            "", "Bugcheck Analysis", ""
+        ));
+        out.push_str(&format!(
+            "{} ({:x})\nArguments:\n",
+            b.bugcheck_name, b.bugcheck_code
+        ));
+        for (i, v) in b.parameters.iter().enumerate() {
+            if b.parameter_names[i].is_empty() {
+                out.push_str(&format!("Arg{}: {:016x}\n", i + 1, v));
+            } else {
+                out.push_str(&format!(
+                    "Arg{}: {:016x}, {}\n",
+                    i + 1,
+                    v,
+                    b.parameter_names[i]
+                ));
+            }
+        }
+        out.push_str(&format!("\nBUGCHECK_CODE:  {:x}\n", b.bugcheck_code));
+        for (i, v) in b.parameters.iter().enumerate() {
+            out.push_str(&format!("\nBUGCHECK_P{}: {:x}\n", i + 1, v));
+        }
+        if let Some(name) = &b.process_name {
+            out.push_str(&format!("\nPROCESS_NAME:  {name}\n"));
+        }
+        out.push_str("\nSTACK_TEXT:  \n");
+        for f in &b.frames {
+            out.push_str(&format!(
+                "{} {} : {} {} {} {} : {}\n",
+                addr(f.child_sp),
+                addr(f.return_address),
+                addr(f.args[0]),
+                addr(f.args[1]),
+                addr(f.args[2]),
+                addr(f.args[3]),
+                f.call_site
+            ));
+        }
+        if let Some(note) = &b.stack_note {
+            out.push_str(&format!("({note})\n"));
+        }
+        if let Some(s) = &b.symbol {
+            out.push_str(&format!("\nSYMBOL_NAME:  {}\n", s.replace("+0x", "+")));
+        }
+        if let (Some(m), Some(i)) = (&b.module, &b.image) {
+            out.push_str(&format!("\nMODULE_NAME: {m}\n\nIMAGE_NAME:  {i}\n"));
+        }
+        out.push_str(&format!("\nFAILURE_BUCKET_ID:  {}\n", b.failure_bucket));
+    }
 }

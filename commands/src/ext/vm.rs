@@ -1,348 +1,84 @@
-//! `!vm`: the memory manager's counters: page files, physical and available pages, pool usage,
-//! the commit breakdown and its derived lines, the commit-failure banner, warnings, and the
-//! per-process commit table. On 7601/9600 the counters are plain globals; from 1607 they live
-//! in the system partition (`MiSystemPartition.Vp`, `.Commit`) and `MiState` (`.Vs`, `.Pools`).
-//! A counter the build does not keep is left out, never guessed.
+//! `!vm [FLAGS]`: the memory manager's counters ([`kdnet_model::nt::vm`]) as WinDbg shows
+//! them: page files, memory and pool counters, the commit breakdown and its derived lines, the
+//! commit-failure banner, warnings, and the per-process commit table.
 
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
-use crate::engine::{CmdError, Engine, Output};
-use kdnet_model::nt::{Kernel, ModelError};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-/// A page file: name, current, free, minimum, maximum (pages).
-pub type PagingFile = (String, u64, u64, u64, u64);
+use crate::args::{Args, Syntax, opt_expr};
+use crate::engine::{CmdError, Engine};
+use crate::registry::Render;
+pub use kdnet_model::nt::vm::{banner_failures, failure_counts};
 
-/// The counters read, in pages (`None` when the build does not keep one).
-#[derive(Debug, Clone, Default)]
-pub struct Vm {
-    /// Page files: name, current, free, minimum, maximum (pages).
-    pub paging_files: Vec<PagingFile>,
-    /// Why the list of page files is not whole, when it is not (a read failed).
-    pub paging_files_unreadable: Option<String>,
-    /// Named counters in display order.
-    pub lines: Vec<(&'static str, Option<u64>)>,
-    /// Commit charged and the limit.
-    pub committed: u64,
-    /// Commit limit.
-    pub limit: u64,
-    /// Maximum the limit can grow to.
-    pub limit_maximum: Option<u64>,
-    /// Peak commit.
-    pub peak: Option<u64>,
-    /// ChargeCommitmentFailures[0..4].
-    pub failures: [u32; 4],
-    /// Pool allocation failures, where kept.
-    pub pool_failures: Option<u64>,
-    /// Per process (pid, image, commit pages), by commit, descending.
-    pub processes: Vec<(u64, String, u64)>,
+/// `!vm [FLAGS]`.
+pub const SYNTAX: Syntax = Syntax::params(&[opt_expr("FLAGS")]);
+
+/// What `!vm` shows. Counts are in 4 KB pages.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct VirtualMemory {
+    /// Failed commit requests, as the banner counts them (ChargeCommitmentFailures[0] + [1]).
+    pub commit_failures: u64,
+    /// The four ChargeCommitmentFailures counters.
+    pub commit_failure_counts: [u32; 4],
+    /// Commit charged.
+    pub committed_pages: u64,
+    /// The commit limit.
+    pub commit_limit_pages: u64,
+    /// What the commit limit can grow to (null when the build does not keep it).
+    pub commit_limit_maximum_pages: Option<u64>,
+    /// The peak commit (null when the build does not keep it).
+    pub peak_commit_pages: Option<u64>,
+    /// The system's commit lines summed (`Sum System Commit`).
+    pub sum_system_commit_pages: u64,
+    /// The processes' commit summed (`Total Private`).
+    pub total_private_pages: u64,
+    /// Committed minus the two sums above (`Misc/Transient Commit`; negative when they exceed
+    /// it).
+    pub misc_transient_pages: i64,
+    /// The page files (null when the list could not be read).
+    pub paging_files: Option<Vec<PagingFile>>,
+    /// Each counter line the build has, by its label in lower case with `_` for spaces
+    /// (`physical_memory`, `available_pages`, `nonpagedpool_usage`, `process_commit`, …): null
+    /// when the build does not keep it or it could not be read.
+    pub counters: BTreeMap<String, Option<u64>>,
+    /// The warnings, as the text's `**********` lines say them.
+    pub warnings: Vec<String>,
+    /// Each process's commit, the most first.
+    pub processes: Vec<ProcessCommit>,
+    /// When the page files could not all be read: why, and those that were.
+    #[serde(skip)]
+    pub unreadable_paging_files: Option<(String, Vec<PagingFile>)>,
+    /// Whether the text shows the process table (flag 1 leaves it out).
+    #[serde(skip)]
+    pub show_processes: bool,
 }
 
-/// A global of `size` bytes: `Ok(None)` when the build has no such symbol, `Err` when it could
-/// not be read. Globals lie together in the kernel's data: a miss reads on to the end of the
-/// page.
-fn global_value(k: &mut Kernel, name: &str, size: usize) -> Result<Option<u64>, ModelError> {
-    let Ok(a) = k.sym(name) else {
-        return Ok(None);
-    };
-    let b = k.mem.kread_ahead(a, size)?;
-    let mut v = [0u8; 8];
-    v[..size].copy_from_slice(&b[..size]);
-    Ok(Some(u64::from_le_bytes(v)))
+/// A page file.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PagingFile {
+    /// Its name.
+    pub name: String,
+    /// Its current size.
+    pub current_pages: u64,
+    /// Its free space.
+    pub free_pages: u64,
+    /// Its minimum size.
+    pub minimum_pages: u64,
+    /// Its maximum size.
+    pub maximum_pages: u64,
 }
 
-/// A counter for display: one the build does not keep is `None`; one that could not be read
-/// is `None` too, and the result says it is incomplete.
-fn counter(k: &mut Kernel, what: &str, r: Result<Option<u64>, ModelError>) -> Option<u64> {
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            k.note_incomplete(format!("{what} is unreadable: {e}"));
-            None
-        }
-    }
-}
-
-fn global(k: &mut Kernel, name: &str) -> Option<u64> {
-    let r = global_value(k, name, 8);
-    counter(k, name, r)
-}
-
-fn global32(k: &mut Kernel, name: &str) -> Option<u64> {
-    let r = global_value(k, name, 4);
-    counter(k, name, r)
-}
-
-/// A field of a structure at a global, read with the table's layout and size: `Ok(None)`
-/// when the build has no such symbol or field, `Err` when it could not be read.
-fn field_value(k: &mut Kernel, sym: &str, ty: &str, path: &str) -> Result<Option<u64>, ModelError> {
-    let nt = k.nt()?;
-    let Ok(f) = nt.field(ty, path) else {
-        return Ok(None);
-    };
-    let Ok(size) = nt.ty_size(&f.ty) else {
-        return Ok(None);
-    };
-    let size = size.clamp(1, 8) as usize;
-    let Ok(base) = k.sym(sym) else {
-        return Ok(None);
-    };
-    let b = k.mem.kread_ahead(base + f.offset, size)?;
-    let mut v = [0u8; 8];
-    v[..size].copy_from_slice(&b[..size]);
-    let mut x = u64::from_le_bytes(v);
-    if let Some((pos, len)) = f.bits() {
-        x = (x >> pos) & if len >= 64 { u64::MAX } else { (1 << len) - 1 };
-    }
-    Ok(Some(x))
-}
-
-fn field(k: &mut Kernel, sym: &str, ty: &str, path: &str) -> Option<u64> {
-    let r = field_value(k, sym, ty, path);
-    counter(k, &format!("{sym}.{path}"), r)
-}
-
-fn paging_file(k: &mut Kernel, pf: u64) -> Result<Option<PagingFile>, ModelError> {
-    if pf == 0 {
-        return Ok(None);
-    }
-    let v = k.view("_MMPAGING_FILE", pf)?;
-    let name = match v.addr_of("PageFileName").map(|a| k.unicode_string(a)) {
-        Ok(Ok(n)) => n,
-        Ok(Err(ModelError::Target(e))) if !e.is_transient() => "(name paged out)".into(),
-        Ok(Err(e)) => {
-            k.note_incomplete(format!("the name of page file {pf:#x} is unreadable: {e}"));
-            "(name unreadable)".into()
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(Some((
-        name,
-        v.get_or("Size", 0),
-        v.get_or("FreeSpace", 0),
-        v.get_or("MinimumSize", 0),
-        v.get_or("MaximumSize", 0),
-    )))
-}
-
-/// The page files from their count and pointers (`pointer(k, i)` reads the i-th), noting in
-/// `vm` when the list could not be read whole.
-fn paging_files(
-    k: &mut Kernel,
-    vm: &mut Vm,
-    count: Result<Option<u64>, ModelError>,
-    pointer: impl Fn(&mut Kernel, u64) -> Result<Option<u64>, ModelError>,
-) {
-    let n = match count {
-        Ok(n) => n.unwrap_or(0).min(16),
-        Err(e) => {
-            vm.paging_files_unreadable =
-                Some(format!("the number of page files is unreadable: {e}"));
-            return;
-        }
-    };
-    for i in 0..n {
-        let pf = pointer(k, i).and_then(|pf| match pf {
-            Some(pf) => paging_file(k, pf),
-            None => Ok(None),
-        });
-        match pf {
-            Ok(p) => vm.paging_files.extend(p),
-            Err(e) => {
-                vm.paging_files_unreadable = Some(format!("page file {i} is unreadable: {e}"));
-            }
-        }
-    }
-}
-
-/// Reads every counter the build keeps.
-/// The four ChargeCommitmentFailures counters: a global array on 7601/9600, the system
-/// partition's after.
-pub fn failure_counts(k: &mut Kernel) -> Result<[u32; 4], ModelError> {
-    let mut out = [0u32; 4];
-    if k.has_sym("MiChargeCommitmentFailures") {
-        let a = k.sym("MiChargeCommitmentFailures")?;
-        for (i, v) in out.iter_mut().enumerate() {
-            *v = k.mem.u32(a + 4 * i as u64)?;
-        }
-    } else {
-        for (i, v) in out.iter_mut().enumerate() {
-            // A read that fails is that error, never "the partition has none".
-            *v = field_value(
-                k,
-                "MiSystemPartition",
-                "_MI_PARTITION",
-                &format!("Vp.ChargeCommitmentFailures[{i}]"),
-            )?
-            .ok_or_else(|| {
-                ModelError::Corrupt("the partition has no ChargeCommitmentFailures".into())
-            })? as u32;
-        }
-    }
-    Ok(out)
-}
-
-/// The commit failures WinDbg's banner counts (members 0 and 1).
-pub fn banner_failures(f: &[u32; 4]) -> u64 {
-    u64::from(f[0]) + u64::from(f[1])
-}
-
-pub fn read(k: &mut Kernel) -> Result<Vm, ModelError> {
-    let mut vm = Vm::default();
-    let classic = k.has_sym("MiChargeCommitmentFailures");
-    if classic {
-        let n = global_value(k, "MmNumberOfPagingFiles", 4);
-        if let Ok(base) = k.sym("MmPagingFile") {
-            paging_files(k, &mut vm, n, |k, i| Ok(Some(k.mem.u64(base + 8 * i)?)));
-        }
-        vm.failures = failure_counts(k)?;
-        vm.committed = global(k, "MmTotalCommittedPages").unwrap_or(0);
-        vm.limit = global(k, "MmTotalCommitLimit").unwrap_or(0);
-        vm.limit_maximum = global(k, "MmTotalCommitLimitMaximum");
-        vm.peak = global(k, "MmPeakCommitment");
-        let bytes_pages = |v: Option<u64>| v.map(|b| b / 4096);
-        let modified = field(k, "MmModifiedPageListHead", "_MMPFNLIST", "Total");
-        let no_write = field(k, "MmModifiedNoWritePageListHead", "_MMPFNLIST", "Total");
-        let ptes = field(
-            k,
-            "MiSystemPteInfo",
-            "_MI_SYSTEM_PTE_TYPE",
-            "TotalFreeSystemPtes",
-        );
-        let paged = field(
-            k,
-            "MmPagedPoolInfo",
-            "_MM_PAGED_POOL_INFO",
-            "AllocatedPagedPool",
-        );
-        let kernel_stacks =
-            global(k, "MmKernelStackPages").or_else(|| global(k, "MiKernelStackPages"));
-        vm.lines = vec![
-            ("Physical Memory", global(k, "MmNumberOfPhysicalPages")),
-            ("Available Pages", global(k, "MmAvailablePages")),
-            ("ResAvail Pages", global(k, "MmResidentAvailablePages")),
-            ("Free System PTEs", ptes),
-            ("Modified Pages", modified),
-            ("Modified PF Pages", global(k, "MmTotalPagesForPagingFile")),
-            ("Modified No Write Pages", no_write),
-            ("NonPagedPool Usage", global(k, "MmAllocatedNonPagedPool")),
-            (
-                "NonPagedPool Max",
-                bytes_pages(global(k, "MmMaximumNonPagedPoolInBytes")),
-            ),
-            ("PagedPool Usage", paged),
-            (
-                "PagedPool Maximum",
-                bytes_pages(global(k, "MmSizeOfPagedPoolInBytes")),
-            ),
-            ("Shared Commit", global(k, "MmSharedCommit")),
-            ("Special Pool", global(k, "MmSpecialPagesInUse")),
-            ("Kernel Stacks", kernel_stacks),
-            ("Pages For MDLs", global(k, "MmMdlPagesAllocated")),
-            ("PagedPool Commit", global(k, "MmPagedPoolCommit")),
-            ("Driver Commit", global(k, "MmDriverCommit")),
-            ("Process Commit", global(k, "MmProcessCommit")),
-        ];
-        vm.pool_failures = global32(k, "ExPoolFailures");
-    } else {
-        let part = "MiSystemPartition";
-        let pt = "_MI_PARTITION";
-        let st = "MiState";
-        let stt = "_MI_SYSTEM_INFORMATION";
-        let n = field_value(k, part, pt, "Vp.NumberOfPagingFiles");
-        paging_files(k, &mut vm, n, |k, i| {
-            field_value(k, part, pt, &format!("Vp.PagingFile[{i}]"))
-        });
-        vm.failures = failure_counts(k)?;
-        vm.committed = field(k, part, pt, "Vp.TotalCommittedPages").unwrap_or(0);
-        vm.limit = field(k, part, pt, "Vp.TotalCommitLimit").unwrap_or(0);
-        vm.limit_maximum = field(k, part, pt, "Commit.TotalCommitLimitMaximum");
-        vm.peak = field(k, part, pt, "Commit.PeakCommitment");
-        let shared =
-            field(k, part, pt, "Vp.SharedCommit").or_else(|| field(k, st, stt, "Vs.SharedCommit"));
-        vm.lines = vec![
-            (
-                "Physical Memory",
-                field(k, part, pt, "Vp.NumberOfPhysicalPages"),
-            ),
-            ("Available Pages", field(k, part, pt, "Vp.AvailablePages")),
-            (
-                "ResAvail Pages",
-                field(k, part, pt, "Vp.ResidentAvailablePages"),
-            ),
-            (
-                "Free System PTEs",
-                field(k, st, stt, "Vs.SystemPteInfo.TotalFreeSystemPtes"),
-            ),
-            (
-                "Modified Pages",
-                field(k, part, pt, "Vp.ModifiedPageListHead.Total"),
-            ),
-            (
-                "Modified PF Pages",
-                field(k, part, pt, "Vp.TotalPagesForPagingFile"),
-            ),
-            (
-                "Modified No Write Pages",
-                field(k, part, pt, "Vp.ModifiedNoWritePageListHead.Total"),
-            ),
-            (
-                "NonPagedPool Usage",
-                field(k, st, stt, "Pools.AllocatedNonPagedPool"),
-            ),
-            (
-                "NonPagedPool Max",
-                field(k, st, stt, "Vs.MaximumNonPagedPoolInPages"),
-            ),
-            (
-                "PagedPool Usage",
-                field(k, st, stt, "Vs.PagedPoolInfo.AllocatedPagedPool"),
-            ),
-            (
-                "PagedPool Maximum",
-                field(k, st, stt, "Vs.SizeOfPagedPoolInPages"),
-            ),
-            ("Shared Commit", shared),
-            ("Special Pool", field(k, st, stt, "Vs.SpecialPagesInUse")),
-            ("Pages For MDLs", field(k, st, stt, "Vs.MdlPagesAllocated")),
-            (
-                "NonPagedPool Commit",
-                field(k, st, stt, "Vs.NonPagedPoolCommit"),
-            ),
-            ("Driver Commit", field(k, st, stt, "Vs.DriverCommit")),
-            ("Boot Commit", field(k, st, stt, "Vs.BootCommit")),
-            (
-                "PFN Array Commit",
-                field(k, st, stt, "Vs.PfnDatabaseCommit"),
-            ),
-            (
-                "System PageTables",
-                field(k, st, stt, "Vs.SystemPageTableCommit"),
-            ),
-            (
-                "ProcessLockedFilePages",
-                field(k, part, pt, "Vp.ProcessLockedFilePages"),
-            ),
-            (
-                "Pagefile Hash Pages",
-                field(k, st, stt, "Vs.PagefileHashPages"),
-            ),
-            ("Process Commit", field(k, st, stt, "Vs.ProcessCommit")),
-        ];
-    }
-    let (procs, note) = k.processes()?;
-    if let Some(n) = note {
-        k.note_incomplete(format!("process list (the commit table): {n}"));
-    }
-    if let Some(why) = &vm.paging_files_unreadable {
-        k.note_incomplete(why.clone());
-    }
-    let mut list: Vec<(u64, String, u64)> = procs
-        .into_iter()
-        .map(|p| (p.pid, p.name, p.commit))
-        .collect();
-    list.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
-    vm.processes = list;
-    Ok(vm)
+/// One process's commit.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProcessCommit {
+    /// Its id.
+    pub pid: u64,
+    /// Its image name.
+    pub image: String,
+    /// Its commit charge.
+    pub commit_pages: u64,
 }
 
 fn kb(pages: u64) -> u64 {
@@ -357,6 +93,26 @@ fn line(label: &str, pages: u64) -> String {
         kb(pages)
     )
 }
+
+/// A counter's member name in `counters`.
+fn key(label: &str) -> String {
+    label.to_ascii_lowercase().replace([' ', '/'], "_")
+}
+
+/// Lines that are not commit, in display order (every build lists them in this order).
+const MEMORY: [&str; 11] = [
+    "Physical Memory",
+    "Available Pages",
+    "ResAvail Pages",
+    "Free System PTEs",
+    "Modified Pages",
+    "Modified PF Pages",
+    "Modified No Write Pages",
+    "NonPagedPool Usage",
+    "NonPagedPool Max",
+    "PagedPool Usage",
+    "PagedPool Maximum",
+];
 
 /// Lines that are commit charged to the system (summed into `Sum System Commit`).
 const SYSTEM_COMMIT: [&str; 13] = [
@@ -376,61 +132,18 @@ const SYSTEM_COMMIT: [&str; 13] = [
 ];
 
 /// `!vm [FLAGS]`: flag 1 leaves out the process table.
-pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
-    let flags = match args.split_whitespace().next() {
-        Some(f) => e.eval(f)?,
-        None => 0,
-    };
-    let vm = read(&mut e.kernel)?;
+pub fn run(e: &mut Engine, _verb: &str, args: &Args<'_>) -> Result<VirtualMemory, CmdError> {
+    let flags = args.expr(e, "FLAGS")?.unwrap_or(0);
+    let vm = kdnet_model::nt::vm::read(&mut e.kernel)?;
     let get = |name: &str| vm.lines.iter().find(|l| l.0 == name).and_then(|l| l.1);
-    let mut text = String::new();
-    if let Some(why) = &vm.paging_files_unreadable {
-        text.push_str(&format!("Page File: ? ({why})\n"));
-    }
-    for (name, cur, free, min, max) in &vm.paging_files {
-        text.push_str(&format!(
-            "Page File: {name}\n  Current: {:>11} Kb  Free Space: {:>11} Kb\n  Minimum: {:>11} Kb  Maximum:    {:>11} Kb\n",
-            kb(*cur),
-            kb(*free),
-            kb(*min),
-            kb(*max)
-        ));
-    }
-    for (label, v) in &vm.lines {
-        if SYSTEM_COMMIT.contains(label) {
-            continue;
-        }
-        if let Some(v) = v {
-            text.push_str(&line(label, *v));
-        }
-    }
-    let mut sum = 0u64;
-    for label in SYSTEM_COMMIT {
-        if let Some(v) = get(label) {
-            text.push_str(&line(label, v));
-            sum = sum.saturating_add(v);
-        }
-    }
+    let sum = SYSTEM_COMMIT
+        .iter()
+        .filter_map(|l| get(l))
+        .fold(0u64, |a, v| a.saturating_add(v));
     let private: u64 = vm.processes.iter().fold(0u64, |a, p| a.saturating_add(p.2));
     let misc = (vm.committed as i64)
         .wrapping_sub(sum as i64)
         .wrapping_sub(private as i64);
-    text.push_str(&line("Sum System Commit", sum));
-    text.push_str(&line("Total Private", private));
-    text.push_str(&format!(
-        "{:<26}{:>10} ({:>12} Kb)\n",
-        "Misc/Transient Commit:",
-        misc,
-        misc.saturating_mul(4)
-    ));
-    text.push_str(&line("Committed pages", vm.committed));
-    text.push_str(&line("Commit limit", vm.limit));
-    if let Some(p) = vm.peak {
-        text.push_str(&line("Peak commit", p));
-    }
-    if let Some(m) = vm.limit_maximum {
-        text.push_str(&line("Commit limit maximum", m));
-    }
     // Warnings, as the classic extension raised them.
     let mut warnings = Vec::new();
     let failed = banner_failures(&vm.failures);
@@ -469,55 +182,109 @@ pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
     {
         warnings.push("High Number Of Modified Pages".into());
     }
-    for w in &warnings {
-        text.push_str(&format!("\n\t********** {w} **********\n"));
-    }
-    if flags & 1 == 0 {
-        text.push_str(&format!(
-            "\n{:>8} {:<32}{:>14} {:>16}\n",
-            "Pid", "ImageName", "Commit", "(Kb)"
-        ));
-        for (pid, name, commit) in &vm.processes {
-            text.push_str(&format!(
-                "{:>8} {:<32}{:>14} ({:>10} Kb)\n",
-                format!("{pid:04x}"),
-                name,
-                commit,
-                kb(*commit)
-            ));
-        }
-    }
-    let counters: serde_json::Map<String, Value> = vm
-        .lines
+    let files: Vec<PagingFile> = vm
+        .paging_files
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_ascii_lowercase().replace([' ', '/'], "_"),
-                v.map_or(Value::Null, |x| json!(x)),
-            )
+        .map(|(name, cur, free, min, max)| PagingFile {
+            name: name.clone(),
+            current_pages: *cur,
+            free_pages: *free,
+            minimum_pages: *min,
+            maximum_pages: *max,
         })
         .collect();
-    Ok(Output {
-        text,
-        json: json!({
-            "commit_failures": failed,
-            "commit_failure_counts": vm.failures,
-            "committed_pages": vm.committed,
-            "commit_limit_pages": vm.limit,
-            "commit_limit_maximum_pages": vm.limit_maximum,
-            "peak_commit_pages": vm.peak,
-            "sum_system_commit_pages": sum,
-            "total_private_pages": private,
-            "misc_transient_pages": misc,
-            // Not known (null) rather than none when the list could not be read.
-            "paging_files": vm.paging_files_unreadable.is_none().then(|| vm.paging_files.iter().map(|(n, c, f, mi, ma)| json!({
-                "name": n, "current_pages": c, "free_pages": f, "minimum_pages": mi, "maximum_pages": ma,
-            })).collect::<Vec<_>>()),
-            "counters": counters,
-            "warnings": warnings,
-            "processes": vm.processes.iter().map(|(pid, name, c)| json!({
-                "pid": pid, "image": name, "commit_pages": c,
-            })).collect::<Vec<_>>(),
-        }),
+    let (paging_files, unreadable_paging_files) = match &vm.paging_files_unreadable {
+        // Not known (null) rather than none when the list could not be read.
+        Some(why) => (None, Some((why.clone(), files))),
+        None => (Some(files), None),
+    };
+    Ok(VirtualMemory {
+        commit_failures: failed,
+        commit_failure_counts: vm.failures,
+        committed_pages: vm.committed,
+        commit_limit_pages: vm.limit,
+        commit_limit_maximum_pages: vm.limit_maximum,
+        peak_commit_pages: vm.peak,
+        sum_system_commit_pages: sum,
+        total_private_pages: private,
+        misc_transient_pages: misc,
+        paging_files,
+        counters: vm.lines.iter().map(|(l, v)| (key(l), *v)).collect(),
+        warnings,
+        processes: vm
+            .processes
+            .iter()
+            .map(|(pid, image, commit)| ProcessCommit {
+                pid: *pid,
+                image: image.clone(),
+                commit_pages: *commit,
+            })
+            .collect(),
+        unreadable_paging_files,
+        show_processes: flags & 1 == 0,
     })
+}
+
+impl Render for VirtualMemory {
+    fn render(&self, out: &mut String) {
+        let get = |label: &str| self.counters.get(&key(label)).copied().flatten();
+        let files = match (&self.unreadable_paging_files, &self.paging_files) {
+            (Some((why, read)), _) => {
+                out.push_str(&format!("Page File: ? ({why})\n"));
+                read.as_slice()
+            }
+            (None, Some(files)) => files.as_slice(),
+            (None, None) => &[],
+        };
+        for f in files {
+            out.push_str(&format!(
+                "Page File: {}\n  Current: {:>11} Kb  Free Space: {:>11} Kb\n  Minimum: {:>11} Kb  Maximum:    {:>11} Kb\n",
+                f.name,
+                kb(f.current_pages),
+                kb(f.free_pages),
+                kb(f.minimum_pages),
+                kb(f.maximum_pages)
+            ));
+        }
+        for label in MEMORY.iter().chain(SYSTEM_COMMIT.iter()) {
+            if let Some(v) = get(label) {
+                out.push_str(&line(label, v));
+            }
+        }
+        let misc = self.misc_transient_pages;
+        out.push_str(&line("Sum System Commit", self.sum_system_commit_pages));
+        out.push_str(&line("Total Private", self.total_private_pages));
+        out.push_str(&format!(
+            "{:<26}{:>10} ({:>12} Kb)\n",
+            "Misc/Transient Commit:",
+            misc,
+            misc.saturating_mul(4)
+        ));
+        out.push_str(&line("Committed pages", self.committed_pages));
+        out.push_str(&line("Commit limit", self.commit_limit_pages));
+        if let Some(p) = self.peak_commit_pages {
+            out.push_str(&line("Peak commit", p));
+        }
+        if let Some(m) = self.commit_limit_maximum_pages {
+            out.push_str(&line("Commit limit maximum", m));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("\n\t********** {w} **********\n"));
+        }
+        if self.show_processes {
+            out.push_str(&format!(
+                "\n{:>8} {:<32}{:>14} {:>16}\n",
+                "Pid", "ImageName", "Commit", "(Kb)"
+            ));
+            for p in &self.processes {
+                out.push_str(&format!(
+                    "{:>8} {:<32}{:>14} ({:>10} Kb)\n",
+                    format!("{:04x}", p.pid),
+                    p.image,
+                    p.commit_pages,
+                    kb(p.commit_pages)
+                ));
+            }
+        }
+    }
 }

@@ -2,9 +2,12 @@
 //! symbols, processes, threads, processors, wait analysis, stacks and bugcheck data — the same
 //! code for live sessions and dumps, with every offset from the symbol table.
 
+pub mod ndis;
+pub mod pool;
 pub mod procs;
 pub mod unwind;
 pub mod view;
+pub mod vm;
 
 use kdnet_arch::le::Le;
 use std::collections::HashSet;

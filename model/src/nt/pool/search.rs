@@ -1,0 +1,154 @@
+//! The search for a tag: the big-page table, then the pool regions, searched on the target
+//! (one request per run of present pages where the target can) and checked header by header.
+
+use super::{PAGE, big_pages, header_fields};
+use crate::nt::{Kernel, ModelError};
+use crate::target::TargetError;
+
+/// Pool ranges to search: (start, end, paged).
+fn pool_ranges(k: &mut Kernel) -> Vec<(u64, u64, bool)> {
+    let mut out = Vec::new();
+    let Ok(nt) = k.nt() else { return out };
+    if let Ok(st) = k.sym("MiState")
+        && nt.has_field("_MI_SYSTEM_INFORMATION", "Vs.SystemVaRegions")
+    {
+        for (name, paged) in [
+            ("AssignedRegionNonPagedPool", false),
+            ("AssignedRegionPagedPool", true),
+        ] {
+            let Ok(i) = nt.enum_value("_MI_ASSIGNED_REGION_TYPES", name) else {
+                continue;
+            };
+            let p = format!("Vs.SystemVaRegions[{i}]");
+            let (Ok(b), Ok(n)) = (
+                nt.offset("_MI_SYSTEM_INFORMATION", &format!("{p}.BaseAddress")),
+                nt.offset("_MI_SYSTEM_INFORMATION", &format!("{p}.NumberOfBytes")),
+            ) else {
+                continue;
+            };
+            match (k.mem.u64(st + b), k.mem.u64(st + n)) {
+                (Ok(base), Ok(len)) if base != 0 => {
+                    out.push((base, base.saturating_add(len), paged));
+                }
+                (Ok(_), Ok(_)) => {}
+                (Err(e), _) | (_, Err(e)) => k.note_incomplete(format!(
+                    "the bounds of {name} are unreadable ({e}): it is not searched"
+                )),
+            }
+        }
+        return out;
+    }
+    let g = |k: &mut Kernel, s: &str| {
+        let a = k.sym(s).ok()?;
+        match k.mem.u64(a) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                k.note_incomplete(format!("{s} is unreadable ({e}): its pool is not searched"));
+                None
+            }
+        }
+    };
+    if let (Some(s), Some(m)) = (
+        g(k, "MmNonPagedPoolStart"),
+        g(k, "MmMaximumNonPagedPoolInBytes"),
+    ) {
+        out.push((s, s.saturating_add(m), false));
+    }
+    if let (Some(e), Some(n)) = (g(k, "MmPagedPoolEnd"), g(k, "MmSizeOfPagedPoolInBytes")) {
+        out.push((e.saturating_sub(n), e, true));
+    }
+    out
+}
+
+/// A block found by tag: (header, bytes, paged, allocated).
+pub type Found = (u64, u64, bool, bool);
+
+/// Every block with `tag`, big allocations included.
+pub fn find_tag(
+    k: &mut Kernel,
+    tag: u32,
+    want_paged: Option<bool>,
+    limit: usize,
+) -> Result<(Vec<Found>, Vec<String>), ModelError> {
+    let mut hits = Vec::new();
+    let mut notes = Vec::new();
+    for (va, key, size, ty, free) in big_pages(k)? {
+        if key & 0x7fff_ffff == tag & 0x7fff_ffff && !free {
+            let paged = ty & 1 == 1;
+            if want_paged.is_none_or(|p| p == paged) {
+                hits.push((va, size, paged, true));
+            }
+        }
+    }
+    let space = k.mem.kernel_space()?;
+    let pattern = tag.to_le_bytes();
+    // Classic blocks never cross a page; segment-heap VS chunks may.
+    let classic = k.build < 18362;
+    for (start, end, paged) in pool_ranges(k) {
+        if want_paged.is_some_and(|p| p != paged) {
+            continue;
+        }
+        let mut at = start;
+        while at < end && hits.len() < limit {
+            let Some(page) = k.mem.next_present(space, at, end)? else {
+                break;
+            };
+            // A run of present pages, searched on the target in one request where it can.
+            let mut run_end = page + PAGE;
+            while run_end < end && run_end - page < 1 << 24 {
+                match k.mem.translate(space, run_end) {
+                    Ok(_) => run_end += PAGE,
+                    Err(_) => break,
+                }
+            }
+            let mut from = page;
+            while from < run_end && hits.len() < limit {
+                let found = match k.mem.search(from, run_end - from, &pattern) {
+                    Some(r) => r?,
+                    None => scan(k, from, run_end, &pattern)?,
+                };
+                let Some(hit) = found else { break };
+                // The tag is at +4 of a 16-byte aligned header.
+                let header = hit.wrapping_sub(4);
+                if header % 16 == 0
+                    && let Ok(h) = k.mem.kread(header, 16)
+                    && let Ok((_, units, ty, _)) = header_fields(k, &h)
+                    && units != 0
+                    && ty & 0x2 != 0
+                    && (!classic || (header & (PAGE - 1)) + units * 16 <= PAGE)
+                {
+                    hits.push((header, units * 16, paged, true));
+                }
+                from = hit + 1;
+            }
+            at = run_end;
+        }
+    }
+    if hits.len() >= limit {
+        notes.push(format!("stopped after {limit} matches"));
+        k.note_incomplete(format!("stopped after {limit} matches"));
+    }
+    hits.sort();
+    hits.dedup();
+    Ok((hits, notes))
+}
+
+/// Reads `[from, to)` page by page and returns the first match of `pattern`.
+fn scan(k: &mut Kernel, from: u64, to: u64, pattern: &[u8]) -> Result<Option<u64>, ModelError> {
+    let mut at = from;
+    while at < to {
+        let n = ((to - at).min(PAGE - (at & (PAGE - 1)))) as usize;
+        match k.mem.kread(at, n) {
+            Ok(b) => {
+                if let Some(i) = b.windows(pattern.len()).position(|w| w == pattern) {
+                    return Ok(Some(at + i as u64));
+                }
+            }
+            Err(TargetError::NotPresent { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Overlap so a match across the page boundary is seen.
+        at += (n as u64).saturating_sub(pattern.len() as u64 - 1).max(1);
+    }
+    Ok(None)
+}
