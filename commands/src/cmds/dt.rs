@@ -134,7 +134,7 @@ pub(crate) fn field_value(table: &TypeTable, t: &Ty, bytes: Option<&[u8]>) -> (F
             } else {
                 raw & ((1u64 << len) - 1)
             };
-            (FieldValue::Unsigned(v), Shown::Bits(u32::from(*len)))
+            (FieldValue::Unsigned(v), Shown::Bits(*len))
         }
         Ty::Array { count, elem } if matches!(elem.as_ref(), Ty::Base { size: 1, .. }) => {
             let n = (*count as usize).min(b.len());
