@@ -385,4 +385,19 @@ mod tests {
             ("[4] _KWAIT_BLOCK".into(), serde_json::Value::Null)
         );
     }
+
+    #[test]
+    fn the_dt_syntax() {
+        let a = SYNTAX
+            .parse("dt", "nt!_EPROCESS poi(@$proc + 0) Image*")
+            .unwrap();
+        assert_eq!(a.text("TYPE"), Some("nt!_EPROCESS"));
+        assert_eq!(a.text("ADDR"), Some("poi(@$proc + 0)"));
+        assert_eq!(a.text("FIELD"), Some("Image*"));
+        let a = SYNTAX.parse("dt", "_KTHREAD State").unwrap();
+        assert_eq!((a.text("ADDR"), a.text("FIELD")), (Some("State"), None));
+        assert!(SYNTAX.parse("dt", "").is_err());
+        assert!(SYNTAX.parse("dt", "a b c d").is_err());
+        assert_eq!(SYNTAX.usage(), "TYPE [ADDR] [FIELD]");
+    }
 }

@@ -138,3 +138,42 @@ impl Render for Modules {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_module_without_trailing_blanks() {
+        let m = |name: &str, symbols, file: Option<&str>| Module {
+            name: name.into(),
+            image: format!("{name}.sys"),
+            path: format!("\\SystemRoot\\system32\\drivers\\{name}.sys"),
+            base: 0xfffff805_5c400000,
+            end: 0xfffff805_5c500000,
+            size: 0x10_0000,
+            timestamp: None,
+            symbols,
+            symbol_file: file.map(str::to_string),
+        };
+        let list = Modules {
+            modules: vec![
+                m("nt", SymbolState::Pdb, Some("ntkrnlmp.pdb")),
+                m("ndis", SymbolState::Deferred, None),
+            ],
+        };
+        let mut text = String::new();
+        list.render(&mut text);
+        assert_eq!(
+            text,
+            "start             end                 module name\n\
+             fffff805`5c400000 fffff805`5c500000   nt         (pdb symbols)          ntkrnlmp.pdb\n\
+             fffff805`5c400000 fffff805`5c500000   ndis       (deferred)\n"
+        );
+        let j = serde_json::to_value(&list).unwrap();
+        assert_eq!(j["modules"][1]["symbols"], "deferred");
+        assert_eq!(j["modules"][1]["symbol_file"], serde_json::Value::Null);
+        assert_eq!(j["modules"][0]["timestamp"], serde_json::Value::Null);
+        assert_eq!(j["modules"][0].as_object().unwrap().len(), 9);
+    }
+}

@@ -39,3 +39,23 @@ impl Render for Switched {
     /// Nothing: WinDbg's prompt shows the processor.
     fn render(&self, _out: &mut String) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_number_is_decimal_and_may_be_missing() {
+        let a = SYNTAX.parse("~Ns", "12").unwrap();
+        assert_eq!(a.text("N"), Some("12"));
+        assert_eq!(SYNTAX.parse("~Ns", "").unwrap().text("N"), None);
+        let s = Switched { processor: 3 };
+        let mut text = String::new();
+        s.render(&mut text);
+        assert!(text.is_empty());
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::json!({"processor": 3})
+        );
+    }
+}

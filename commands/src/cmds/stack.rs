@@ -183,4 +183,11 @@ mod tests {
         assert_eq!(j["frames"][0]["args"], serde_json::json!([1, 2, 3, 4]));
         assert_eq!(j.as_object().unwrap().len(), 3);
     }
+
+    #[test]
+    fn the_k_syntax() {
+        assert_eq!(SYNTAX.parse("k", "5").unwrap().text("COUNT"), Some("5"));
+        assert_eq!(SYNTAX.parse("k", "").unwrap().text("COUNT"), None);
+        assert!(SYNTAX.parse("k", "5 6").is_err());
+    }
 }

@@ -62,3 +62,38 @@ impl Render for Version {
         out.push_str(&format!("Symbols: {}\n", self.symbols));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_product_from_the_build() {
+        let mut v = Version {
+            build: 7601,
+            kernel_base: 0xfffff800_02a00000,
+            ps_loaded_module_list: None,
+            processors: 2,
+            live: false,
+            target: "memory.dmp".into(),
+            symbols: "built-in".into(),
+        };
+        let mut text = String::new();
+        v.render(&mut text);
+        assert_eq!(
+            text,
+            "Windows 7 Kernel Version 7601 MP (2 procs) Free x64\n\
+             Kernel base = 0xfffff800`02a00000 PsLoadedModuleList = 0x?\n\
+             Target: memory.dmp\nSymbols: built-in\n"
+        );
+        v.build = 20348;
+        v.ps_loaded_module_list = Some(0x10);
+        let mut text = String::new();
+        v.render(&mut text);
+        assert!(text.starts_with("Windows 10 Kernel Version 20348 MP (2 procs)"));
+        assert!(text.contains("PsLoadedModuleList = 0x00000000`00000010\n"));
+        let j = serde_json::to_value(&v).unwrap();
+        assert_eq!(j.as_object().unwrap().len(), 7);
+        assert_eq!(j["ps_loaded_module_list"], 0x10);
+    }
+}
