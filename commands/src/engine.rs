@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use kdnet_arch::{Context, Reg};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::expr::{self, Env, ExprError};
 use kdnet_model::mem::MemStats;
@@ -397,26 +397,6 @@ finished"
             return crate::registry::run(self, "~Ns", n);
         }
         crate::registry::run(self, verb, args)
-    }
-
-    /// `~Ns`: makes processor `n` (decimal) the current one.
-    pub(crate) fn switch_processor(&mut self, n: &str) -> Result<Output, CmdError> {
-        let n: u32 = n
-            .parse()
-            .map_err(|_| CmdError::Usage(format!("~{n}s: not a processor number")))?;
-        let count = self.kernel.mem.info().processors.max(1);
-        if n >= count {
-            return Err(CmdError::Usage(format!(
-                "~{n}s: there are {count} processors (0 to {})",
-                count - 1
-            )));
-        }
-        self.context(n)?;
-        self.processor = n;
-        Ok(Output {
-            text: String::new(),
-            json: json!({ "processor": n }),
-        })
     }
 
     /// Evaluates an expression against this target.

@@ -3,7 +3,7 @@
 //! (the CLI, the watcher) run them; the model below knows nothing of them.
 
 pub mod args;
-mod basic;
+mod cmds;
 pub mod engine;
 pub mod expr;
 pub mod ext;

@@ -145,110 +145,88 @@ pub static COMMANDS: &[Command] = &[
         name: "?", aliases: [], id: "evaluate",
         summary: "evaluates an expression",
         doc: "evaluates: `Evaluate expression: <signed decimal> = <hex>`",
-        syntax: crate::basic::EVALUATE, usage: None,
+        syntax: crate::cmds::evaluate::SYNTAX, usage: None,
         examples: ["? 1 + 2", "? @$thread", "? nt!KiWaitNever"],
-        run: crate::basic::evaluate => crate::basic::Evaluated,
+        run: crate::cmds::evaluate::run => crate::cmds::evaluate::Evaluated,
     },
-    untyped!(
-        "lm",
-        [],
-        "lm",
-        "loaded modules sorted by address, with their symbol state",
-        "lm [m PATTERN]",
-        |e, _, a| crate::basic::lm(e, a),
-        "loaded modules sorted by address, with symbol state (`pdb symbols`, `export symbols`, `no symbols`, `deferred` when not loaded yet); `*` and `?` in the pattern",
-        ["lm", "lm m nt*"]
-    ),
-    untyped!(
-        "db",
-        ["dw", "dd", "dq", "dp"],
-        "display",
-        "memory as bytes (with ASCII), words, dwords, qwords; unreadable memory shows as ??",
-        "db|dw|dd|dq|dp ADDR [L COUNT | END]",
-        crate::basic::display,
-        "memory as bytes (with ASCII), words, dwords, qwords; unreadable memory shows as `??`",
-        [
-            "db @rsp",
-            "dw @rsp L4",
-            "dd nt!KiWaitNever L1",
-            "dq @rsp L2",
-            "dp @rsp L2"
-        ]
-    ),
-    untyped!(
-        "dps",
-        ["dqs"],
-        "display-symbols",
-        "pointers with the symbol each points at",
-        "dps ADDR [L COUNT | END]",
-        crate::basic::display,
-        "pointers with the symbol each points at",
-        ["dps @rsp L8"]
-    ),
-    untyped!(
-        "dt",
-        [],
-        "dt",
-        "a type's fields; with an address, their values",
-        "dt [MODULE!]TYPE [ADDR] [FIELD]",
-        |e, _, a| crate::basic::dt(e, a),
-        "a type's fields (offsets, types, bitfield positions); with an address, their values; FIELD is a name, a pattern (`Image*`) or a nested path (`Tcb.State`)",
-        [
-            "dt nt!_KTHREAD @$thread",
-            "dt _LIST_ENTRY",
-            "dt nt!_EPROCESS @$proc Image*"
-        ]
-    ),
-    untyped!(
-        "k",
-        ["kn", "kb", "kp"],
-        "stack",
-        "the current processor's stack; kb and kp show the four home-slot arguments",
-        "k [COUNT]",
-        crate::basic::stack,
-        "the current processor's stack: frame number, Child-SP, return address, call site; `kb` shows the four home-slot arguments",
-        ["k", "k 5"]
-    ),
-    untyped!(
-        "ln",
-        [],
-        "ln",
-        "the nearest symbols before and after an address",
-        "ln ADDR",
-        |e, _, a| crate::basic::ln(e, a),
-        "the nearest symbols before and after an address, and exact matches",
-        ["ln @rip", "ln nt!KiWaitNever"]
-    ),
-    untyped!(
-        "r",
-        [],
-        "r",
-        "the current processor's registers, flags and segments",
-        "r [REG,…]",
-        |e, _, a| crate::basic::registers(e, a),
-        "the current processor's registers, flags and segments",
-        ["r", "r rip,rsp"]
-    ),
-    untyped!(
-        "~Ns",
-        [],
-        "processor",
-        "switches to processor N (decimal)",
-        "~Ns",
-        |e: &mut Engine, _, a: &str| e.switch_processor(a),
-        "switch to processor N: `r` and `k` then show its registers and stack (in a dump, from its KPRCB's saved state)",
-        ["~1s"]
-    ),
-    untyped!(
-        "vertarget",
-        ["version"],
-        "vertarget",
-        "the target's build, processors, kernel base, module list, symbol source",
-        "vertarget",
-        |e, _, _| crate::basic::vertarget(e),
-        "the target's build, processors, kernel base, module list, symbol source",
-        ["vertarget"]
-    ),
+    command! {
+        name: "lm", aliases: [], id: "lm",
+        summary: "loaded modules sorted by address, with their symbol state",
+        doc: "loaded modules sorted by address, with symbol state (`pdb symbols`, `export \
+              symbols`, `no symbols`, `deferred` when not loaded yet); `*` and `?` in the pattern",
+        syntax: crate::cmds::lm::SYNTAX, usage: Some("lm [m PATTERN]"),
+        examples: ["lm", "lm m nt*"],
+        run: crate::cmds::lm::run => crate::cmds::lm::Modules,
+    },
+    command! {
+        name: "db", aliases: ["dw", "dd", "dq", "dp"], id: "display",
+        summary: "memory as bytes (with ASCII), words, dwords, qwords; unreadable memory shows as ??",
+        doc: "memory as bytes (with ASCII), words, dwords, qwords; unreadable memory shows as \
+              `??`; from ADDR to END (inclusive) or COUNT units (128 bytes by default)",
+        syntax: crate::cmds::display::SYNTAX, usage: Some("db|dw|dd|dq|dp ADDR [END] [L COUNT]"),
+        examples: ["db @rsp", "dw @rsp L4", "dd nt!KiWaitNever L1", "dq @rsp L2", "dp @rsp L2",
+                   "dq poi(@rsp) L2", "dd @rsp @rsp+0x10"],
+        run: crate::cmds::display::memory => crate::cmds::display::Memory,
+    },
+    command! {
+        name: "dps", aliases: ["dqs"], id: "display-symbols",
+        summary: "pointers with the symbol each points at",
+        doc: "pointers with the symbol each points at",
+        syntax: crate::cmds::display::SYNTAX, usage: None,
+        examples: ["dps @rsp L8"],
+        run: crate::cmds::display::pointers => crate::cmds::display::Pointers,
+    },
+    command! {
+        name: "dt", aliases: [], id: "dt",
+        summary: "a type's fields; with an address, their values",
+        doc: "a type's fields (offsets, types, bitfield positions); with an address, their \
+              values; FIELD is a name, a pattern (`Image*`) or a nested path (`Tcb.State`)",
+        syntax: crate::cmds::dt::SYNTAX, usage: Some("dt [MODULE!]TYPE [ADDR] [FIELD]"),
+        examples: ["dt nt!_KTHREAD @$thread", "dt _LIST_ENTRY", "dt nt!_EPROCESS @$proc Image*"],
+        run: crate::cmds::dt::run => crate::cmds::dt::Layout,
+    },
+    command! {
+        name: "k", aliases: ["kn", "kb", "kp"], id: "stack",
+        summary: "the current processor's stack; kb and kp show the four home-slot arguments",
+        doc: "the current processor's stack: frame number, Child-SP, return address, call site; \
+              `kb` shows the four home-slot arguments",
+        syntax: crate::cmds::stack::SYNTAX, usage: None,
+        examples: ["k", "k 5", "kb 3"],
+        run: crate::cmds::stack::run => crate::cmds::stack::Stack,
+    },
+    command! {
+        name: "ln", aliases: [], id: "ln",
+        summary: "the nearest symbols before and after an address",
+        doc: "the nearest symbols before and after an address, and exact matches",
+        syntax: crate::cmds::ln::SYNTAX, usage: None,
+        examples: ["ln @rip", "ln nt!KiWaitNever"],
+        run: crate::cmds::ln::run => crate::cmds::ln::Nearest,
+    },
+    command! {
+        name: "r", aliases: [], id: "r",
+        summary: "the current processor's registers, flags and segments",
+        doc: "the current processor's registers, flags and segments",
+        syntax: crate::cmds::registers::SYNTAX, usage: None,
+        examples: ["r", "r rip,rsp"],
+        run: crate::cmds::registers::run => crate::cmds::registers::Registers,
+    },
+    command! {
+        name: "~Ns", aliases: [], id: "processor",
+        summary: "switches to processor N (decimal)",
+        doc: "switch to processor N: `r` and `k` then show its registers and stack (in a dump, \
+              from its KPRCB's saved state)",
+        syntax: crate::cmds::processor::SYNTAX, usage: Some("~Ns"),
+        examples: ["~1s"],
+        run: crate::cmds::processor::run => crate::cmds::processor::Switched,
+    },
+    command! {
+        name: "vertarget", aliases: ["version"], id: "vertarget",
+        summary: "the target's build, processors, kernel base, module list, symbol source",
+        doc: "the target's build, processors, kernel base, module list, symbol source",
+        syntax: crate::args::Syntax::NONE, usage: None,
+        examples: ["vertarget"],
+        run: crate::cmds::vertarget::run => crate::cmds::vertarget::Version,
+    },
     untyped!(
         "!locks",
         ["!kdexts.locks"],

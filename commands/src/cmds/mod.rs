@@ -1,0 +1,15 @@
+//! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `dt`, `k`…, `ln`, `r`, `~Ns`,
+//! `vertarget`. Each declares its arguments (a [`crate::args::Syntax`]), runs on the engine and
+//! returns a typed result that renders WinDbg's layout; its `command!` line is in
+//! [`crate::registry::COMMANDS`].
+
+pub(crate) mod common;
+pub(crate) mod display;
+pub(crate) mod dt;
+pub(crate) mod evaluate;
+pub(crate) mod lm;
+pub(crate) mod ln;
+pub(crate) mod processor;
+pub(crate) mod registers;
+pub(crate) mod stack;
+pub(crate) mod vertarget;

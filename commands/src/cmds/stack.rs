@@ -1,0 +1,193 @@
+//! `k [COUNT]` (also `kn`): the current processor's stack; `kb`/`kp` show each frame's four
+//! home-slot arguments instead of its Child-SP.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::args::{Args, Syntax, opt_expr};
+use crate::engine::{CmdError, Engine, addr};
+use crate::registry::Render;
+use kdnet_model::nt::unwind::Regs;
+
+/// Most frames shown.
+const MAX_FRAMES: u64 = 256;
+
+/// `k [COUNT]`.
+pub(crate) const SYNTAX: Syntax = Syntax::params(&[opt_expr("COUNT")]);
+
+/// A processor's stack.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub(crate) struct Stack {
+    /// The processor whose stack it is.
+    pub processor: u32,
+    /// The frames, innermost first.
+    pub frames: Vec<Frame>,
+    /// Why the walk stopped early, or why there is nothing to walk (null when it did not).
+    pub note: Option<String>,
+    /// Which columns the text shows (`kb`/`kp`: the arguments); not part of the data.
+    #[serde(skip)]
+    pub layout: Layout,
+}
+
+/// Which columns a stack's text shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Layout {
+    /// `k`: Child-SP, return address, call site.
+    #[default]
+    ChildSp,
+    /// `kb`, `kp`: return address, the four home-slot arguments, call site.
+    Arguments,
+}
+
+/// One frame.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub(crate) struct Frame {
+    /// The frame number (0 is the innermost).
+    pub number: usize,
+    /// RSP in this frame (Child-SP).
+    pub child_sp: u64,
+    /// Where this frame returns to.
+    pub return_address: u64,
+    /// RIP in this frame.
+    pub ip: u64,
+    /// `module!symbol+offset` of RIP.
+    pub call_site: String,
+    /// The module RIP is in (null when in none).
+    pub module: Option<String>,
+    /// The four home slots of the frame's arguments (what `kb` shows).
+    pub args: [u64; 4],
+}
+
+pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Stack, CmdError> {
+    let max = match a.expr(e, "COUNT")? {
+        Some(n) => n.clamp(1, MAX_FRAMES) as usize,
+        None => MAX_FRAMES as usize,
+    };
+    let n = e.processor;
+    let ctx = e.context(n)?;
+    // The stack bounds of the current thread, when the model can read it.
+    let bounds = e
+        .kernel
+        .processors()
+        .ok()
+        .and_then(|cpus| cpus.into_iter().find(|c| c.number == n))
+        .and_then(|c| e.kernel.thread(c.current).ok())
+        .map(|t| (t.stack_limit, t.stack_base))
+        .filter(|(lo, hi)| lo < hi);
+    let s = e.kernel.unwind(Regs::from_context(&ctx), bounds, true);
+    if !s.complete {
+        e.kernel.note_incomplete(format!(
+            "the stack walk stopped early: {}",
+            s.note.as_deref().unwrap_or("the walk ended")
+        ));
+    }
+    let frames = s
+        .frames
+        .into_iter()
+        .take(max)
+        .map(|f| Frame {
+            number: f.number,
+            child_sp: f.child_sp,
+            return_address: f.return_address,
+            ip: f.ip,
+            call_site: f.call_site,
+            module: f.module,
+            args: f.args,
+        })
+        .collect();
+    Ok(Stack {
+        processor: n,
+        frames,
+        note: s.note,
+        layout: if verb == "kb" || verb == "kp" {
+            Layout::Arguments
+        } else {
+            Layout::ChildSp
+        },
+    })
+}
+
+impl Render for Stack {
+    fn render(&self, out: &mut String) {
+        match self.layout {
+            Layout::Arguments => out.push_str(
+                " # RetAddr               : Args to Child                                                           : Call Site\n",
+            ),
+            Layout::ChildSp => {
+                out.push_str(" # Child-SP          RetAddr               Call Site\n")
+            }
+        }
+        for f in &self.frames {
+            match self.layout {
+                Layout::Arguments => out.push_str(&format!(
+                    "{:02x} {}     : {} {} {} {} : {}\n",
+                    f.number,
+                    addr(f.return_address),
+                    addr(f.args[0]),
+                    addr(f.args[1]),
+                    addr(f.args[2]),
+                    addr(f.args[3]),
+                    f.call_site
+                )),
+                Layout::ChildSp => out.push_str(&format!(
+                    "{:02x} {} {}     {}\n",
+                    f.number,
+                    addr(f.child_sp),
+                    addr(f.return_address),
+                    f.call_site
+                )),
+            }
+        }
+        if let Some(note) = &self.note {
+            out.push_str(&format!("({note})\n"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_layouts() {
+        let mut s = Stack {
+            processor: 0,
+            frames: vec![Frame {
+                number: 0,
+                child_sp: 0xfffff805_00001000,
+                return_address: 0xfffff805_5c400010,
+                ip: 0xfffff805_5c400000,
+                call_site: "nt!KeBugCheckEx".into(),
+                module: Some("nt".into()),
+                args: [1, 2, 3, 4],
+            }],
+            note: Some("no unwind data".into()),
+            layout: Layout::ChildSp,
+        };
+        let mut text = String::new();
+        s.render(&mut text);
+        assert_eq!(
+            text,
+            " # Child-SP          RetAddr               Call Site\n\
+             00 fffff805`00001000 fffff805`5c400010     nt!KeBugCheckEx\n\
+             (no unwind data)\n"
+        );
+        s.layout = Layout::Arguments;
+        let mut text = String::new();
+        s.render(&mut text);
+        assert!(text.contains(
+            "00 fffff805`5c400010     : 00000000`00000001 00000000`00000002 \
+             00000000`00000003 00000000`00000004 : nt!KeBugCheckEx\n"
+        ));
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["frames"][0]["args"], serde_json::json!([1, 2, 3, 4]));
+        assert_eq!(j.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_k_syntax() {
+        assert_eq!(SYNTAX.parse("k", "5").unwrap().text("COUNT"), Some("5"));
+        assert_eq!(SYNTAX.parse("k", "").unwrap().text("COUNT"), None);
+        assert!(SYNTAX.parse("k", "5 6").is_err());
+    }
+}

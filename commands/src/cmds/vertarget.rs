@@ -1,0 +1,99 @@
+//! `vertarget`: the target's build, processors, kernel base, module list and symbol source.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::args::Args;
+use crate::engine::{CmdError, Engine, addr};
+use crate::registry::Render;
+
+/// What `vertarget` tells of the target.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub(crate) struct Version {
+    /// The Windows build number.
+    pub build: u32,
+    /// Where nt is loaded.
+    pub kernel_base: u64,
+    /// The address of `nt!PsLoadedModuleList` (null when not known).
+    pub ps_loaded_module_list: Option<u64>,
+    /// How many processors.
+    pub processors: u32,
+    /// Whether it is a live machine (false: a dump).
+    pub live: bool,
+    /// What the target is (the connection or the dump file).
+    pub target: String,
+    /// Where nt's symbols came from.
+    pub symbols: String,
+}
+
+pub(crate) fn run(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Version, CmdError> {
+    let info = e.kernel.mem.info().clone();
+    let ps_loaded_module_list = info
+        .ps_loaded_module_list
+        .or_else(|| e.kernel.sym("PsLoadedModuleList").ok());
+    Ok(Version {
+        build: e.kernel.build,
+        kernel_base: e.kernel.base,
+        ps_loaded_module_list,
+        processors: info.processors,
+        live: info.live,
+        target: info.description,
+        symbols: e.kernel.nt_source.clone(),
+    })
+}
+
+impl Render for Version {
+    fn render(&self, out: &mut String) {
+        let product = match self.build {
+            0..=7601 => "Windows 7",
+            7602..=9600 => "Windows 8.1",
+            _ => "Windows 10",
+        };
+        out.push_str(&format!(
+            "{product} Kernel Version {} MP ({} procs) Free x64\n",
+            self.build, self.processors
+        ));
+        out.push_str(&format!(
+            "Kernel base = 0x{} PsLoadedModuleList = 0x{}\n",
+            addr(self.kernel_base),
+            self.ps_loaded_module_list.map_or("?".into(), addr)
+        ));
+        out.push_str(&format!("Target: {}\n", self.target));
+        out.push_str(&format!("Symbols: {}\n", self.symbols));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_product_from_the_build() {
+        let mut v = Version {
+            build: 7601,
+            kernel_base: 0xfffff800_02a00000,
+            ps_loaded_module_list: None,
+            processors: 2,
+            live: false,
+            target: "memory.dmp".into(),
+            symbols: "built-in".into(),
+        };
+        let mut text = String::new();
+        v.render(&mut text);
+        assert_eq!(
+            text,
+            "Windows 7 Kernel Version 7601 MP (2 procs) Free x64\n\
+             Kernel base = 0xfffff800`02a00000 PsLoadedModuleList = 0x?\n\
+             Target: memory.dmp\nSymbols: built-in\n"
+        );
+        v.build = 20348;
+        v.ps_loaded_module_list = Some(0x10);
+        let mut text = String::new();
+        v.render(&mut text);
+        assert!(text.starts_with("Windows 10 Kernel Version 20348 MP (2 procs)"));
+        assert!(text.contains("PsLoadedModuleList = 0x00000000`00000010\n"));
+        let j = serde_json::to_value(&v).unwrap();
+        assert_eq!(j.as_object().unwrap().len(), 7);
+        assert_eq!(j["ps_loaded_module_list"], 0x10);
+    }
+}
