@@ -223,7 +223,7 @@ pub static COMMANDS: &[Command] = &[
         name: "vertarget", aliases: ["version"], id: "vertarget",
         summary: "the target's build, processors, kernel base, module list, symbol source",
         doc: "the target's build, processors, kernel base, module list, symbol source",
-        syntax: crate::args::Syntax::NONE, usage: None,
+        syntax: Syntax::NONE, usage: None,
         examples: ["vertarget"],
         run: crate::cmds::vertarget::run => crate::cmds::vertarget::Version,
     },
