@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{deadlock, locks, ndis, vm};
+use super::{ndis, vm};
 use crate::engine::{CmdError, Engine, Output, addr};
+use kdnet_model::nt::{locks, waitgraph};
 
 /// The PnP manager's locks, by their globals.
 pub const PNP_LOCKS: &[&str] = &[
@@ -115,12 +116,12 @@ fn kind_of(edge_kind: &str) -> &'static str {
 
 /// Takes a sample of the stopped machine.
 pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
-    let g = deadlock::build(e)?;
+    let g = waitgraph::build(&mut e.kernel)?;
     let mut s = Sample {
         notes: g.notes.clone(),
         ..Sample::default()
     };
-    s.cycles = deadlock::find_cycles(&g.edges);
+    s.cycles = waitgraph::find_cycles(&g.edges);
     let pnp: Vec<(u64, &str)> = PNP_LOCKS
         .iter()
         .filter_map(|n| e.kernel.sym(n).ok().map(|a| (a, *n)))

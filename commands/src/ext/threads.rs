@@ -7,40 +7,7 @@ use serde_json::{Value, json};
 use crate::engine::{CmdError, Engine, Output, addr};
 use kdnet_model::nt::Kernel;
 use kdnet_model::nt::procs::{Process, Thread};
-use kdnet_model::nt::unwind::Stack;
-
-/// Frames of the generic wait and scheduler path, skipped when naming what a thread is
-/// blocked in.
-const WAIT_PATH: [&str; 28] = [
-    "KiSwapContext",
-    "SwapContext",
-    "KiSwapThread",
-    "KiCommitThreadWait",
-    "KeWaitForSingleObject",
-    "KeWaitForMultipleObjects",
-    "KeWaitForMutexObject",
-    "KeRemoveQueueEx",
-    "KeRemoveQueue",
-    "KeDelayExecutionThread",
-    "KiSchedulerApc",
-    "KiDeliverApc",
-    "KiCheckForKernelApcDelivery",
-    "ExpWaitForResource",
-    "ExfAcquirePushLockExclusiveEx",
-    "ExfAcquirePushLockSharedEx",
-    "ExpAcquireFastMutexContended",
-    "KeAcquireGuardedMutex",
-    "ExAcquireFastMutex",
-    "AlpcpSignalAndWait",
-    "AlpcpWaitForSingleObject",
-    "KiIdleLoop",
-    "ExAcquireResourceExclusiveLite",
-    "ExAcquireResourceSharedLite",
-    "ExAcquireSharedStarveExclusive",
-    "ExAcquireSharedWaitForExclusive",
-    "ExAcquireFastMutexUnsafe",
-    "KeAcquireGuardedMutexUnsafe",
-];
+use kdnet_model::nt::threads::blocker;
 
 /// `Ticks: N (d:hh:mm:ss.mmm)`.
 pub fn ticks_text(ticks: u64, increment: u64) -> String {
@@ -56,29 +23,6 @@ pub fn ticks_text(ticks: u64, increment: u64) -> String {
     )
 }
 
-/// The frame a thread is blocked in: the first one off the generic wait path.
-pub fn blocker(stack: &Stack) -> Option<String> {
-    stack
-        .frames
-        .iter()
-        .find(|f| {
-            let name = f.call_site.split('!').nth(1).unwrap_or(&f.call_site);
-            let func = name.split('+').next().unwrap_or(name);
-            !WAIT_PATH.contains(&func)
-        })
-        .map(|f| f.call_site.clone())
-}
-
-/// A thread's stack, started from its processor's registers when it runs.
-pub fn stack_of(e: &mut Engine, t: &Thread) -> Result<Stack, CmdError> {
-    let ctx = if t.state == 2 {
-        e.context(t.processor as u32).ok()
-    } else {
-        None
-    };
-    Ok(e.kernel.thread_stack(t, ctx.as_ref())?)
-}
-
 fn hex_addr(a: u64) -> String {
     format!("{a:016x}")
 }
@@ -92,19 +36,6 @@ fn process_name(k: &mut Kernel, eprocess: u64) -> String {
             k.note_incomplete(format!("process {eprocess:x} is unreadable: {e}"));
             "?".into()
         }
-    }
-}
-
-/// Says in the result that a thread's stack is not whole.
-pub fn note_stack(k: &mut Kernel, t: &Thread, st: &Stack) {
-    if !st.complete {
-        k.note_incomplete(format!(
-            "the stack of thread {:x} ({:x}.{:x}) stops early: {}",
-            t.ethread,
-            t.pid,
-            t.tid,
-            st.note.as_deref().unwrap_or("the walk ended")
-        ));
     }
 }
 
@@ -269,7 +200,7 @@ pub fn thread_block(
     let mut stack_note = None;
     let mut blocked_in = None;
     if with_stack {
-        let st = stack_of(e, t)?;
+        let st = e.kernel.stack_of(t)?;
         s.push_str("Child-SP          RetAddr               Call Site\n");
         for f in &st.frames {
             s.push_str(&format!(
@@ -287,7 +218,7 @@ pub fn thread_block(
         if let Some(n) = &st.note {
             s.push_str(&format!("({n})\n"));
         }
-        note_stack(&mut e.kernel, t, &st);
+        e.kernel.note_stack(t, &st);
         blocked_in = blocker(&st);
         stack_note = st.note;
     }
@@ -325,10 +256,8 @@ pub fn thread_block(
 /// The current thread of the engine's processor.
 fn current_thread(e: &mut Engine) -> Result<u64, CmdError> {
     let n = e.processor;
-    let cpus = e.kernel.processors()?;
-    cpus.iter()
-        .find(|c| c.number == n)
-        .map(|c| c.current)
+    e.kernel
+        .current_thread(n)?
         .ok_or_else(|| CmdError::Usage(format!("processor {n} has no current thread")))
 }
 
@@ -348,41 +277,8 @@ pub fn thread_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
     Ok(Output { text, json })
 }
 
-/// A process and its threads.
-pub type ProcessThreads = (Process, Vec<Thread>);
-
 /// Threads (pid, tid, ETHREAD) that share one stack.
 type Group = (Vec<String>, Vec<(u64, u64, u64)>);
-
-/// Every process with its threads, and notes on what could not be read.
-pub fn all_threads(e: &mut Engine) -> Result<(Vec<ProcessThreads>, Vec<String>), CmdError> {
-    let mut notes = Vec::new();
-    let (procs, note) = e.kernel.processes()?;
-    notes.extend(note.map(|n| format!("process list: {n}")));
-    let mut out = Vec::new();
-    for p in procs {
-        match e.kernel.threads_of(p.eprocess) {
-            Ok((threads, note)) => {
-                if let Some(n) = note {
-                    notes.push(format!("{} ({:x}): {n}", p.name, p.eprocess));
-                }
-                out.push((p, threads));
-            }
-            Err(err) => {
-                notes.push(format!(
-                    "{} ({:x}): threads unreadable: {err}",
-                    p.name, p.eprocess
-                ));
-                out.push((p, Vec::new()));
-            }
-        }
-    }
-    // Every one of these leaves threads out.
-    for n in &notes {
-        e.kernel.note_incomplete(n.clone());
-    }
-    Ok((out, notes))
-}
 
 fn process_lines(k: &mut Kernel, p: &Process) -> String {
     let session = if p.session == 0 {
@@ -498,7 +394,7 @@ pub fn stacks_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
             f => filter = Some(f.to_ascii_lowercase()),
         }
     }
-    let (all, notes) = all_threads(e)?;
+    let (all, notes) = e.kernel.all_threads()?;
     let mut text = String::from("Proc.Thread  .Thread  Ticks   ThreadState Blocker\n");
     let mut threads_json = Vec::new();
     let mut groups: BTreeMap<Vec<String>, Vec<(u64, u64, u64)>> = BTreeMap::new();
@@ -511,7 +407,7 @@ pub fn stacks_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
     for (p, threads) in &all {
         let mut header_done = false;
         for t in threads {
-            let st = match stack_of(e, t) {
+            let st = match e.kernel.stack_of(t) {
                 Ok(st) => st,
                 Err(err) => {
                     notes.push(format!(
@@ -709,8 +605,8 @@ pub fn running_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
                     text.push_str(&format!("       (thread unreadable: {err})\n"));
                 }
                 Ok(t) => {
-                    let st = stack_of(e, &t)?;
-                    note_stack(&mut e.kernel, &t, &st);
+                    let st = e.kernel.stack_of(&t)?;
+                    e.kernel.note_stack(&t, &st);
                     for f in &st.frames {
                         text.push_str(&format!(
                             "       {} {}     {}\n",

@@ -2,11 +2,14 @@
 //! symbols, processes, threads, processors, wait analysis, stacks and bugcheck data — the same
 //! code for live sessions and dumps, with every offset from the symbol table.
 
+pub mod locks;
 pub mod procs;
+pub mod threads;
 pub mod unwind;
 pub mod view;
+pub mod waitgraph;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kdnet_symbols::path::SymbolPath;
@@ -210,6 +213,10 @@ pub struct Kernel {
     modules_partial: Option<String>,
     /// Reading the module list failed during this command.
     modules_error: Option<ModelError>,
+    /// Processors' registers read while the target stays stopped.
+    contexts: HashMap<u32, kdnet_arch::Context>,
+    /// The memory epoch `contexts` belong to.
+    contexts_epoch: u64,
 }
 
 /// Most reasons one command's result keeps for being incomplete.
@@ -279,6 +286,8 @@ impl Kernel {
             nt_retry: None,
             modules_partial: None,
             modules_error: None,
+            contexts: HashMap::new(),
+            contexts_epoch: 0,
         };
         if k.base == 0 {
             // Dumps: the first loader entry is the kernel.
@@ -403,6 +412,28 @@ impl Kernel {
         if self.nt.is_none() && self.nt_retry.is_some() {
             self.load_nt_symbols();
         }
+    }
+
+    /// Forgets what was read of the target (it ran): cached memory and registers.
+    pub fn invalidate(&mut self) {
+        self.contexts.clear();
+        self.mem.invalidate();
+    }
+
+    /// The registers of processor `n` ([`Kernel::processor_context`]), kept while the target
+    /// stays stopped.
+    pub fn context(&mut self, n: u32) -> Result<kdnet_arch::Context, ModelError> {
+        let e = self.mem.epoch();
+        if e != self.contexts_epoch {
+            self.contexts_epoch = e;
+            self.contexts.clear();
+        }
+        if let Some(c) = self.contexts.get(&n) {
+            return Ok(c.clone());
+        }
+        let c = self.processor_context(n)?;
+        self.contexts.insert(n, c.clone());
+        Ok(c)
     }
 
     /// Records why what the current command reads is not whole: a walk that stopped early, a
