@@ -2,130 +2,269 @@
 //! with its threads, objects and wait times, and the threads waiting behind a cycle or piling
 //! up behind one thread.
 
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use crate::engine::{CmdError, Engine, Output};
-use kdnet_model::nt::waitgraph::{self, Graph};
+use crate::args::Args;
+use crate::engine::{CmdError, Engine};
+use crate::registry::Render;
+use kdnet_model::nt::waitgraph::{self, Edge, Graph};
 
-fn describe(g: &Graph, t: u64) -> String {
-    match g.nodes.get(&t) {
-        Some(n) => {
-            let wait = match n.thread.wait_seconds {
-                Some(s) if n.thread.state == 5 => {
-                    format!("{} {:.0} s", n.thread.wait_reason_name, s)
-                }
-                _ => n.thread.state_name.clone(),
-            };
-            format!(
-                "thread {:x} ({} {:x}.{:x}, {wait}){}",
-                t,
-                n.image,
-                n.thread.pid,
-                n.thread.tid,
-                n.blocker
-                    .as_ref()
-                    .map(|b| format!(" in {b}"))
-                    .unwrap_or_default()
-            )
+/// A thread on the graph.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum GraphThread {
+    /// A thread that was read.
+    Known {
+        /// ETHREAD.
+        thread: u64,
+        /// Its process's image name.
+        image: String,
+        /// Process id.
+        pid: u64,
+        /// Thread id.
+        tid: u64,
+        /// Its state's name.
+        state: String,
+        /// Why it waits (null when it does not).
+        wait_reason: Option<String>,
+        /// How long it has waited (seconds).
+        wait_seconds: Option<f64>,
+        /// The frame it is blocked in.
+        blocker: Option<String>,
+    },
+    /// A thread that could not be read.
+    Unknown {
+        /// ETHREAD.
+        thread: u64,
+    },
+}
+
+impl GraphThread {
+    fn of(g: &Graph, t: u64) -> GraphThread {
+        match g.nodes.get(&t) {
+            Some(n) => GraphThread::Known {
+                thread: t,
+                image: n.image.clone(),
+                pid: n.thread.pid,
+                tid: n.thread.tid,
+                state: n.thread.state_name.clone(),
+                wait_reason: (n.thread.state == 5).then(|| n.thread.wait_reason_name.clone()),
+                wait_seconds: n.thread.wait_seconds,
+                blocker: n.blocker.clone(),
+            },
+            None => GraphThread::Unknown { thread: t },
         }
-        None => format!("thread {t:x}"),
+    }
+
+    fn id(&self) -> u64 {
+        match self {
+            GraphThread::Known { thread, .. } | GraphThread::Unknown { thread } => *thread,
+        }
+    }
+
+    /// `thread ADDR (image pid.tid, WrResource 75 s) in BLOCKER`.
+    fn describe(&self) -> String {
+        match self {
+            GraphThread::Known {
+                thread,
+                image,
+                pid,
+                tid,
+                state,
+                wait_reason,
+                wait_seconds,
+                blocker,
+            } => {
+                let wait = match (wait_reason, wait_seconds) {
+                    (Some(r), Some(s)) => format!("{r} {s:.0} s"),
+                    _ => state.clone(),
+                };
+                format!(
+                    "thread {thread:x} ({image} {pid:x}.{tid:x}, {wait}){}",
+                    blocker
+                        .as_ref()
+                        .map(|b| format!(" in {b}"))
+                        .unwrap_or_default()
+                )
+            }
+            GraphThread::Unknown { thread } => format!("thread {thread:x}"),
+        }
     }
 }
 
-fn thread_json(g: &Graph, t: u64) -> serde_json::Value {
-    match g.nodes.get(&t) {
-        Some(n) => json!({
-            "thread": t,
-            "image": n.image,
-            "pid": n.thread.pid,
-            "tid": n.thread.tid,
-            "state": n.thread.state_name,
-            "wait_reason": (n.thread.state == 5).then_some(n.thread.wait_reason_name.clone()),
-            "wait_seconds": n.thread.wait_seconds,
-            "blocker": n.blocker,
-        }),
-        None => json!({ "thread": t }),
+/// One wait: who waits for whom, on what.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct GraphEdge {
+    /// The waiting thread.
+    pub waiter: u64,
+    /// What it waits on.
+    pub object: u64,
+    /// Its kind (`Mutant`, `ERESOURCE (exclusive wait)`, `FAST_MUTEX`, …).
+    pub kind: String,
+    /// Who holds it.
+    pub owner: u64,
+}
+
+impl From<&Edge> for GraphEdge {
+    fn from(x: &Edge) -> GraphEdge {
+        GraphEdge {
+            waiter: x.waiter,
+            object: x.object,
+            kind: x.kind.clone(),
+            owner: x.owner,
+        }
     }
+}
+
+/// A wait that keeps a cycle.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CycleStep {
+    /// The waiting thread.
+    pub thread: GraphThread,
+    /// What it waits on.
+    pub object: u64,
+    /// Its kind.
+    pub kind: String,
+    /// Who holds it (the next thread of the cycle).
+    pub owner: u64,
+}
+
+/// A deadlock.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DeadlockCycle {
+    /// The threads that wait for each other.
+    pub threads: Vec<u64>,
+    /// The objects they wait on.
+    pub objects: Vec<u64>,
+    /// Each thread's wait that keeps the cycle.
+    pub steps: Vec<CycleStep>,
+}
+
+/// Threads waiting behind one thread.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WaitChain {
+    /// Where the waits end.
+    pub end: GraphThread,
+    /// Whether that thread is deadlocked.
+    pub ends_in_deadlock: bool,
+    /// The threads waiting behind it.
+    pub waiters: Vec<u64>,
+    /// The longest path of waits that ends there.
+    pub longest: Vec<u64>,
+}
+
+/// What `!deadlock` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Deadlock {
+    /// The wait-for cycles.
+    pub cycles: Vec<DeadlockCycle>,
+    /// Threads piling up behind one thread or a deadlock.
+    pub chains: Vec<WaitChain>,
+    /// Every wait with a known owner.
+    pub edges: Vec<GraphEdge>,
+    /// Every thread on an edge.
+    pub threads: Vec<GraphThread>,
+    /// What could not be examined.
+    pub notes: Vec<String>,
 }
 
 /// `!deadlock`.
-pub fn command(e: &mut Engine, _args: &str) -> Result<Output, CmdError> {
+pub fn command(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Deadlock, CmdError> {
     let g = waitgraph::build(&mut e.kernel)?;
     let cycles = waitgraph::cycles(&g);
     let pile_ups = waitgraph::pile_ups(&g, &cycles);
-    let mut text = String::new();
-    let mut cycles_json = Vec::new();
-    if cycles.is_empty() {
-        text.push_str("No deadlock: the wait-for graph has no cycle.\n");
-    }
-    for (i, c) in cycles.iter().enumerate() {
-        text.push_str(&format!(
-            "DEADLOCK {}: {} threads wait for each other\n",
-            i + 1,
-            c.threads.len()
-        ));
-        let mut steps = Vec::new();
-        for t in &c.threads {
-            text.push_str(&format!("    {}\n", describe(&g, *t)));
-            if let Some(x) = c.steps.iter().find(|x| x.waiter == *t) {
-                text.push_str(&format!(
-                    "        waits for {} {:x}, held by thread {:x}\n",
-                    x.kind, x.object, x.owner
-                ));
-                steps.push(json!({ "thread": thread_json(&g, *t), "object": x.object, "kind": x.kind, "owner": x.owner }));
-            }
-        }
-        let objects: Vec<u64> = c.steps.iter().map(|x| x.object).collect();
-        cycles_json.push(json!({ "threads": c.threads, "objects": objects, "steps": steps }));
-        text.push('\n');
-    }
-    let mut chains_json = Vec::new();
-    let mut chain_text = String::new();
-    for p in &pile_ups {
-        chain_text.push_str(&format!(
-            "    {} thread(s) wait behind {}{}\n",
-            p.waiters.len(),
-            describe(&g, p.end),
-            if p.ends_in_deadlock {
-                ", which is deadlocked"
-            } else {
-                ""
-            }
-        ));
-        for w in p.waiters.iter().take(16) {
-            chain_text.push_str(&format!("        {}\n", describe(&g, *w)));
-        }
-        if p.waiters.len() > 16 {
-            chain_text.push_str(&format!("        … and {} more\n", p.waiters.len() - 16));
-        }
-        chains_json.push(json!({
-            "end": thread_json(&g, p.end),
-            "ends_in_deadlock": p.ends_in_deadlock,
-            "waiters": p.waiters,
-            "longest": p.longest,
-        }));
-    }
-    if !chain_text.is_empty() {
-        text.push_str("Wait chains:\n");
-        text.push_str(&chain_text);
-    }
-    text.push_str(&format!(
-        "\n{} waits with a known owner examined, {} cycle(s), {} chain(s)\n",
-        g.edges.len(),
-        cycles.len(),
-        chains_json.len()
-    ));
-    for n in &g.notes {
-        text.push_str(&format!("NOTE: {n}\n"));
-    }
-    Ok(Output {
-        text,
-        json: json!({
-            "cycles": cycles_json,
-            "chains": chains_json,
-            "edges": g.edges,
-            "threads": g.nodes.keys().map(|t| thread_json(&g, *t)).collect::<Vec<_>>(),
-            "notes": g.notes,
-        }),
+    Ok(Deadlock {
+        cycles: cycles
+            .iter()
+            .map(|c| DeadlockCycle {
+                threads: c.threads.clone(),
+                objects: c.steps.iter().map(|x| x.object).collect(),
+                steps: c
+                    .steps
+                    .iter()
+                    .map(|x| CycleStep {
+                        thread: GraphThread::of(&g, x.waiter),
+                        object: x.object,
+                        kind: x.kind.clone(),
+                        owner: x.owner,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        chains: pile_ups
+            .iter()
+            .map(|p| WaitChain {
+                end: GraphThread::of(&g, p.end),
+                ends_in_deadlock: p.ends_in_deadlock,
+                waiters: p.waiters.clone(),
+                longest: p.longest.clone(),
+            })
+            .collect(),
+        edges: g.edges.iter().map(GraphEdge::from).collect(),
+        threads: g.nodes.keys().map(|t| GraphThread::of(&g, *t)).collect(),
+        notes: g.notes.clone(),
     })
+}
+
+impl Render for Deadlock {
+    fn render(&self, text: &mut String) {
+        let describe = |t: u64| {
+            self.threads
+                .iter()
+                .find(|x| x.id() == t)
+                .map(GraphThread::describe)
+                .unwrap_or_else(|| format!("thread {t:x}"))
+        };
+        if self.cycles.is_empty() {
+            text.push_str("No deadlock: the wait-for graph has no cycle.\n");
+        }
+        for (i, c) in self.cycles.iter().enumerate() {
+            text.push_str(&format!(
+                "DEADLOCK {}: {} threads wait for each other\n",
+                i + 1,
+                c.threads.len()
+            ));
+            for t in &c.threads {
+                text.push_str(&format!("    {}\n", describe(*t)));
+                if let Some(x) = c.steps.iter().find(|x| x.thread.id() == *t) {
+                    text.push_str(&format!(
+                        "        waits for {} {:x}, held by thread {:x}\n",
+                        x.kind, x.object, x.owner
+                    ));
+                }
+            }
+            text.push('\n');
+        }
+        if !self.chains.is_empty() {
+            text.push_str("Wait chains:\n");
+        }
+        for p in &self.chains {
+            text.push_str(&format!(
+                "    {} thread(s) wait behind {}{}\n",
+                p.waiters.len(),
+                p.end.describe(),
+                if p.ends_in_deadlock {
+                    ", which is deadlocked"
+                } else {
+                    ""
+                }
+            ));
+            for w in p.waiters.iter().take(16) {
+                text.push_str(&format!("        {}\n", describe(*w)));
+            }
+            if p.waiters.len() > 16 {
+                text.push_str(&format!("        … and {} more\n", p.waiters.len() - 16));
+            }
+        }
+        text.push_str(&format!(
+            "\n{} waits with a known owner examined, {} cycle(s), {} chain(s)\n",
+            self.edges.len(),
+            self.cycles.len(),
+            self.chains.len()
+        ));
+        for n in &self.notes {
+            text.push_str(&format!("NOTE: {n}\n"));
+        }
+    }
 }

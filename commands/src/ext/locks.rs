@@ -2,10 +2,168 @@
 //! [`kdnet_model::nt::locks`]): held ones with their owners, waiters and contention, and the
 //! `N total locks, M locks currently held` summary.
 
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use crate::engine::{CmdError, Engine, Output};
-use kdnet_model::nt::locks::walk;
+use crate::args::{Args, Syntax, flag, opt_expr};
+use crate::engine::{CmdError, Engine};
+use crate::registry::Render;
+use kdnet_model::nt::locks::{Held, Owner, walk};
+
+/// `!locks [-v] [-d] [-p] [ADDR]`.
+pub const SYNTAX: Syntax = Syntax {
+    flags: &[
+        flag("-v", "every resource, held or not"),
+        flag("-d", "as -v"),
+        flag(
+            "-p",
+            "accepted, as WinDbg's (performance data is not shown)",
+        ),
+    ],
+    params: &[opt_expr("ADDR")],
+    length: false,
+};
+
+/// An owner entry of a resource.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LockOwner {
+    /// The value in the entry (a thread, or an owner pointer with its low bits set).
+    pub value: u64,
+    /// The thread, after clearing owner-pointer bits.
+    pub thread: u64,
+    /// Recursion count.
+    pub count: u64,
+    /// Believed a current owner (`<*>`).
+    pub current: bool,
+    /// Set through ExSetResourceOwnerPointer.
+    pub owner_pointer: bool,
+    /// The cleared value is not a thread.
+    pub unknown: bool,
+}
+
+impl From<&Owner> for LockOwner {
+    fn from(o: &Owner) -> LockOwner {
+        LockOwner {
+            value: o.value,
+            thread: o.thread,
+            count: o.count,
+            current: o.current,
+            owner_pointer: o.owner_pointer,
+            unknown: o.unknown,
+        }
+    }
+}
+
+/// One resource shown.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Resource {
+    /// Its address.
+    pub address: u64,
+    /// Its symbol, for globals.
+    pub symbol: Option<String>,
+    /// `exclusive`, `shared` or `available`.
+    pub state: String,
+    /// ActiveCount.
+    pub active_count: i64,
+    /// The owner, when owned exclusively.
+    pub exclusive_owner: Option<u64>,
+    /// The owning threads, when shared.
+    pub shared_owners: Vec<u64>,
+    /// The owner entries.
+    pub owners: Vec<LockOwner>,
+    /// ContentionCount.
+    pub contention_count: u64,
+    /// Threads waiting for shared access.
+    pub shared_waiters: Vec<u64>,
+    /// Threads waiting for exclusive access.
+    pub exclusive_waiters: Vec<u64>,
+    /// NumberOfSharedWaiters.
+    pub number_of_shared_waiters: u64,
+    /// NumberOfExclusiveWaiters.
+    pub number_of_exclusive_waiters: u64,
+    /// Anything that did not add up.
+    pub warnings: Vec<String>,
+    /// Resources skipped (not held) before this one, for the progress dots.
+    #[serde(skip)]
+    pub skipped_before: u64,
+}
+
+impl From<&Held> for Resource {
+    fn from(h: &Held) -> Resource {
+        Resource {
+            address: h.address,
+            symbol: h.symbol.clone(),
+            state: if h.active_count == 0 {
+                "available"
+            } else if h.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            }
+            .into(),
+            active_count: h.active_count,
+            exclusive_owner: h
+                .exclusive
+                .then(|| h.owners.first().map(|o| o.thread))
+                .flatten(),
+            shared_owners: if h.exclusive {
+                Vec::new()
+            } else {
+                h.owners.iter().map(|o| o.thread).collect()
+            },
+            owners: h.owners.iter().map(LockOwner::from).collect(),
+            contention_count: h.contention_count,
+            shared_waiters: h.shared_waiters.clone(),
+            exclusive_waiters: h.exclusive_waiters.clone(),
+            number_of_shared_waiters: h.shared_waiter_count,
+            number_of_exclusive_waiters: h.exclusive_waiter_count,
+            warnings: h.warnings.clone(),
+            skipped_before: 0,
+        }
+    }
+}
+
+/// What `!locks` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Locks {
+    /// Resources visited.
+    pub total_locks: u64,
+    /// Resources held.
+    pub held_locks: usize,
+    /// The resources shown: the held ones (every one with -v).
+    pub held: Vec<Resource>,
+    /// Whether the whole list was walked.
+    pub complete: bool,
+    /// Why the walk ended early.
+    pub note: Option<String>,
+    /// Resources skipped after the last one shown, for the progress dots.
+    #[serde(skip)]
+    pub skipped_after: u64,
+}
+
+/// `!locks [-v] [-d] [-p] [ADDR]`.
+pub fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Locks, CmdError> {
+    let verbose = a.flag("-v") || a.flag("-d");
+    let only = a.expr(e, "ADDR")?;
+    let locks = walk(&mut e.kernel, verbose, only)?;
+    let held: Vec<Resource> = locks
+        .held
+        .iter()
+        .zip(&locks.skipped_before)
+        .map(|(h, skipped)| Resource {
+            skipped_before: *skipped,
+            ..Resource::from(h)
+        })
+        .collect();
+    Ok(Locks {
+        total_locks: locks.total,
+        held_locks: locks.held.iter().filter(|h| h.active_count != 0).count(),
+        held,
+        complete: locks.note.is_none(),
+        note: locks.note,
+        skipped_after: locks.skipped_after,
+    })
+}
 
 fn progress(text: &mut String, skipped: u64) {
     if skipped > 0 {
@@ -17,132 +175,84 @@ fn progress(text: &mut String, skipped: u64) {
     }
 }
 
-/// `!locks [-v] [ADDRESS]`.
-pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
-    let mut verbose = false;
-    let mut only = None;
-    for a in args.split_whitespace() {
-        match a {
-            "-v" | "-d" => verbose = true,
-            "-p" => {}
-            other if other.starts_with('-') => {
-                return Err(CmdError::Usage(format!(
-                    "!locks: unknown option {other} (use -v, -d, -p or an address)"
-                )));
+impl Render for Locks {
+    fn render(&self, text: &mut String) {
+        text.push_str("**** DUMP OF ALL RESOURCE OBJECTS ****\n");
+        for h in &self.held {
+            progress(text, h.skipped_before);
+            let name = match &h.symbol {
+                Some(s) => format!("{s} (0x{:x})", h.address),
+                None => format!("0x{:x}", h.address),
+            };
+            let state = match h.state.as_str() {
+                "available" => "Available".to_string(),
+                "exclusive" => "Exclusively owned".to_string(),
+                _ => format!("Shared {} owning threads", h.active_count),
+            };
+            text.push_str(&format!("Resource @ {name}    {state}\n"));
+            if h.contention_count != 0 {
+                text.push_str(&format!("    Contention Count = {}\n", h.contention_count));
             }
-            other => only = Some(e.eval(other)?),
-        }
-    }
-    let locks = walk(&mut e.kernel, verbose, only)?;
-    let mut text = String::from("**** DUMP OF ALL RESOURCE OBJECTS ****\n");
-    for (h, skipped) in locks.held.iter().zip(&locks.skipped_before) {
-        progress(&mut text, *skipped);
-        let name = match &h.symbol {
-            Some(s) => format!("{s} (0x{:x})", h.address),
-            None => format!("0x{:x}", h.address),
-        };
-        let state = if h.active_count == 0 {
-            "Available".to_string()
-        } else if h.exclusive {
-            "Exclusively owned".to_string()
-        } else {
-            format!("Shared {} owning threads", h.active_count)
-        };
-        text.push_str(&format!("Resource @ {name}    {state}\n"));
-        if h.contention_count != 0 {
-            text.push_str(&format!("    Contention Count = {}\n", h.contention_count));
-        }
-        if h.shared_waiter_count != 0 {
-            text.push_str(&format!(
-                "    NumberOfSharedWaiters = {}\n",
-                h.shared_waiter_count
-            ));
-        }
-        if h.exclusive_waiter_count != 0 {
-            text.push_str(&format!(
-                "    NumberOfExclusiveWaiters = {}\n",
-                h.exclusive_waiter_count
-            ));
-        }
-        if !h.owners.is_empty() {
-            text.push_str("     Threads:");
-            for o in &h.owners {
+            if h.number_of_shared_waiters != 0 {
                 text.push_str(&format!(
-                    " {:x}-{:02x}{}",
-                    o.value,
-                    o.count,
-                    if o.current { "<*>" } else { "" }
+                    "    NumberOfSharedWaiters = {}\n",
+                    h.number_of_shared_waiters
                 ));
-                if o.owner_pointer {
-                    if o.unknown {
-                        text.push_str(" *** Unknown owner, possibly FileSystem");
-                    } else {
-                        text.push_str(&format!(" *** Actual Thread {:x}", o.thread));
+            }
+            if h.number_of_exclusive_waiters != 0 {
+                text.push_str(&format!(
+                    "    NumberOfExclusiveWaiters = {}\n",
+                    h.number_of_exclusive_waiters
+                ));
+            }
+            if !h.owners.is_empty() {
+                text.push_str("     Threads:");
+                for o in &h.owners {
+                    text.push_str(&format!(
+                        " {:x}-{:02x}{}",
+                        o.value,
+                        o.count,
+                        if o.current { "<*>" } else { "" }
+                    ));
+                    if o.owner_pointer {
+                        if o.unknown {
+                            text.push_str(" *** Unknown owner, possibly FileSystem");
+                        } else {
+                            text.push_str(&format!(" *** Actual Thread {:x}", o.thread));
+                        }
                     }
                 }
+                text.push('\n');
+            }
+            for (label, list) in [
+                ("Threads Waiting On Shared Access", &h.shared_waiters),
+                ("Threads Waiting On Exclusive Access", &h.exclusive_waiters),
+            ] {
+                if list.is_empty() {
+                    continue;
+                }
+                text.push_str(&format!("     {label}:\n"));
+                for chunk in list.chunks(4) {
+                    let line: Vec<String> = chunk.iter().map(|t| format!("{t:016x}")).collect();
+                    text.push_str(&format!("              {}\n", line.join("       ")));
+                }
+            }
+            for w in &h.warnings {
+                text.push_str(&format!("    WARNING: {w}\n"));
             }
             text.push('\n');
         }
-        for (label, list) in [
-            ("Threads Waiting On Shared Access", &h.shared_waiters),
-            ("Threads Waiting On Exclusive Access", &h.exclusive_waiters),
-        ] {
-            if list.is_empty() {
-                continue;
-            }
-            text.push_str(&format!("     {label}:\n"));
-            for chunk in list.chunks(4) {
-                let line: Vec<String> = chunk.iter().map(|t| format!("{t:016x}")).collect();
-                text.push_str(&format!("              {}\n", line.join("       ")));
-            }
+        progress(text, self.skipped_after);
+        if self.held_locks > 0 {
+            text.push_str(&format!(
+                "{} total locks, {} locks currently held\n",
+                self.total_locks, self.held_locks
+            ));
+        } else {
+            text.push_str(&format!("{} total locks\n", self.total_locks));
         }
-        for w in &h.warnings {
-            text.push_str(&format!("    WARNING: {w}\n"));
+        if let Some(n) = &self.note {
+            text.push_str(&format!("NOTE: {n}\n"));
         }
-        text.push('\n');
     }
-    progress(&mut text, locks.skipped_after);
-    let held_count = locks.held.iter().filter(|h| h.active_count != 0).count();
-    if held_count > 0 {
-        text.push_str(&format!(
-            "{} total locks, {} locks currently held\n",
-            locks.total, held_count
-        ));
-    } else {
-        text.push_str(&format!("{} total locks\n", locks.total));
-    }
-    if let Some(n) = &locks.note {
-        text.push_str(&format!("NOTE: {n}\n"));
-    }
-    let held: Vec<_> = locks
-        .held
-        .iter()
-        .map(|h| {
-            json!({
-                "address": h.address,
-                "symbol": h.symbol,
-                "state": if h.active_count == 0 { "available" } else if h.exclusive { "exclusive" } else { "shared" },
-                "active_count": h.active_count,
-                "exclusive_owner": h.exclusive.then(|| h.owners.first().map(|o| o.thread)).flatten(),
-                "shared_owners": if h.exclusive { vec![] } else { h.owners.iter().map(|o| o.thread).collect::<Vec<_>>() },
-                "owners": h.owners,
-                "contention_count": h.contention_count,
-                "shared_waiters": h.shared_waiters,
-                "exclusive_waiters": h.exclusive_waiters,
-                "number_of_shared_waiters": h.shared_waiter_count,
-                "number_of_exclusive_waiters": h.exclusive_waiter_count,
-                "warnings": h.warnings,
-            })
-        })
-        .collect();
-    Ok(Output {
-        text,
-        json: json!({
-            "total_locks": locks.total,
-            "held_locks": held_count,
-            "held": held,
-            "complete": locks.note.is_none(),
-            "note": locks.note,
-        }),
-    })
 }
