@@ -754,7 +754,7 @@ pub fn stacks_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Stack
         }
     }
     // Identical stacks, most common first.
-    let mut ordered: Vec<(Vec<String>, Vec<(u64, u64, u64)>)> = groups.into_iter().collect();
+    let mut ordered: Vec<Group> = groups.into_iter().collect();
     ordered.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
     let groups = ordered
         .into_iter()
@@ -841,6 +841,9 @@ impl Render for Stacks {
         }
     }
 }
+
+/// Threads (pid, tid, ETHREAD) that share one stack.
+type Group = (Vec<String>, Vec<(u64, u64, u64)>);
 
 // ---- !running ----
 
