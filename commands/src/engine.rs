@@ -2,8 +2,6 @@
 //! WinDbg-style commands and gives each one's text (in WinDbg's layout), a JSON value with the
 //! numbers, and what it cost in round trips and bytes.
 
-use std::collections::HashMap;
-
 use kdnet_arch::{Context, Reg};
 use serde::Serialize;
 use serde_json::Value;
@@ -131,8 +129,6 @@ pub struct Engine {
     pub kernel: Kernel,
     /// The processor `r` and `k` show.
     pub processor: u32,
-    contexts: HashMap<u32, Context>,
-    epoch: u64,
     /// The longest a command may run (`--max-seconds N` on a command overrides it); a command
     /// that runs out stops with what it has and says so.
     pub budget: Option<std::time::Duration>,
@@ -204,8 +200,6 @@ impl Engine {
         Engine {
             kernel,
             processor,
-            contexts: HashMap::new(),
-            epoch: 0,
             budget: None,
             deadline: None,
         }
@@ -213,23 +207,13 @@ impl Engine {
 
     /// Forgets cached state (the target ran).
     pub fn invalidate(&mut self) {
-        self.contexts.clear();
-        self.kernel.mem.invalidate();
+        self.kernel.invalidate();
     }
 
-    /// The registers of processor `n`.
+    /// The registers of processor `n` (kept by the kernel model while the target stays
+    /// stopped).
     pub fn context(&mut self, n: u32) -> Result<Context, CmdError> {
-        let e = self.kernel.mem.epoch();
-        if e != self.epoch {
-            self.epoch = e;
-            self.contexts.clear();
-        }
-        if let Some(c) = self.contexts.get(&n) {
-            return Ok(c.clone());
-        }
-        let c = self.kernel.processor_context(n)?;
-        self.contexts.insert(n, c.clone());
-        Ok(c)
+        Ok(self.kernel.context(n)?)
     }
 
     /// Runs every command of a line.

@@ -115,30 +115,6 @@ macro_rules! command {
     };
 }
 
-/// A command not yet converted to a typed result: its handler builds its own output.
-/// (Transitional: every command is to be typed; the schema test refuses these.)
-macro_rules! untyped {
-    ($name:literal, [$($alias:literal),*], $id:literal, $summary:literal, $usage:literal,
-     $handler:expr, $doc:literal, [$($ex:literal),*]) => {
-        $crate::registry::Command {
-            name: $name,
-            aliases: &[$($alias),*],
-            summary: $summary,
-            doc: $doc,
-            examples: &[$($ex),*],
-            syntax: $crate::args::Syntax::params(&[$crate::args::Param {
-                name: "ARGS",
-                kind: $crate::args::Kind::Rest,
-                optional: true,
-            }]),
-            usage: Some($usage),
-            id: $id,
-            handler: |e, verb, a| $handler(e, verb, a.text("ARGS").unwrap_or("")),
-            schema: $crate::registry::schema_of::<serde_json::Value>,
-        }
-    };
-}
-
 /// Every command, in the order `.help` lists them.
 pub static COMMANDS: &[Command] = &[
     command! {
@@ -227,56 +203,52 @@ pub static COMMANDS: &[Command] = &[
         examples: ["vertarget"],
         run: crate::cmds::vertarget::run => crate::cmds::vertarget::Version,
     },
-    untyped!(
-        "!locks",
-        ["!kdexts.locks"],
-        "locks",
-        "executive resources: held ones (all with -v), owners, waiters, contention",
-        "!locks [-v] [ADDR]",
-        |e, _, a| crate::ext::locks::command(e, a),
-        "executive resources: held ones (all with `-v`), owners with `<*>`, waiters, contention, `N total locks, M locks currently held`; progress dots as WinDbg prints them",
-        ["!locks", "!locks -v", "!locks {lock}"]
-    ),
-    untyped!(
-        "!thread",
-        [],
-        "thread",
-        "a thread: state, waits, IRPs, process, times, start addresses, the stack",
-        "!thread [ADDR] [FLAGS]",
-        |e, _, a| crate::ext::threads::thread_command(e, a),
-        "a thread (the current one by default): state, wait reason and mode, waited objects (mutant owner, semaphore limit), IRPs, owning and attached process, wait age, times, start addresses, stack bounds, the stack",
-        ["!thread", "!thread {thread}"]
-    ),
-    untyped!(
-        "!process",
-        [],
-        "process",
-        "processes; flags 2 and 4 add threads and their stacks",
-        "!process [ADDR|0] [FLAGS] [IMAGE]",
-        |e, _, a| crate::ext::threads::process_command(e, a),
-        "processes; flag 2/4 add threads and their stacks",
-        ["!process 0 0", "!process 0 7"]
-    ),
-    untyped!(
-        "!stacks",
-        [],
-        "stacks",
-        "every thread with what it is blocked in, then threads grouped by identical stacks",
-        "!stacks [0|1|2] [FILTER]",
-        |e, _, a| crate::ext::threads::stacks_command(e, a),
-        "every thread with what it is blocked in (the first frame off the generic wait path), then threads grouped by identical stacks; 1 adds threads whose stack is paged out, 2 prints whole stacks; FILTER keeps threads whose stack mentions it",
-        ["!stacks", "!stacks 2", "!stacks 1 Wait"]
-    ),
-    untyped!(
-        "!running",
-        [],
-        "running",
-        "each processor's current and next thread",
-        "!running [-t]",
-        |e, _, a| crate::ext::threads::running_command(e, a),
-        "each processor's current and next thread, idle processors; `-t` adds their stacks",
-        ["!running", "!running -t"]
-    ),
+    command! {
+        name: "!locks", aliases: ["!kdexts.locks"], id: "locks",
+        summary: "executive resources: held ones (all with -v), owners, waiters, contention",
+        doc: "executive resources: held ones (all with `-v`), owners with `<*>`, waiters, \
+              contention, `N total locks, M locks currently held`; progress dots as WinDbg \
+              prints them",
+        syntax: crate::ext::locks::SYNTAX, usage: None,
+        examples: ["!locks", "!locks -v", "!locks {lock}"],
+        run: crate::ext::locks::run => crate::ext::locks::Locks,
+    },
+    command! {
+        name: "!thread", aliases: [], id: "thread",
+        summary: "a thread: state, waits, IRPs, process, times, start addresses, the stack",
+        doc: "a thread (the current one by default): state, wait reason and mode, waited \
+              objects (mutant owner, semaphore limit), IRPs, owning and attached process, wait \
+              age, times, start addresses, stack bounds, the stack",
+        syntax: crate::ext::threads::THREAD, usage: Some("!thread [ADDR|-1] [FLAGS]"),
+        examples: ["!thread", "!thread {thread}", "!thread -1 0"],
+        run: crate::ext::threads::thread_command => crate::ext::threads::ThreadInfo,
+    },
+    command! {
+        name: "!process", aliases: [], id: "process",
+        summary: "processes; flags 2 and 4 add threads and their stacks",
+        doc: "processes; flag 2/4 add threads and their stacks",
+        syntax: crate::ext::threads::PROCESS, usage: Some("!process [ADDR|0] [FLAGS] [IMAGE]"),
+        examples: ["!process 0 0", "!process 0 7", "!process 0 2 System"],
+        run: crate::ext::threads::process_command => crate::ext::threads::Processes,
+    },
+    command! {
+        name: "!stacks", aliases: [], id: "stacks",
+        summary: "every thread with what it is blocked in, then threads grouped by identical stacks",
+        doc: "every thread with what it is blocked in (the first frame off the generic wait \
+              path), then threads grouped by identical stacks; 1 adds threads whose stack is \
+              paged out, 2 prints whole stacks; FILTER keeps threads whose stack mentions it",
+        syntax: crate::ext::threads::STACKS, usage: Some("!stacks [0|1|2] [FILTER]"),
+        examples: ["!stacks", "!stacks 2", "!stacks 1 Wait"],
+        run: crate::ext::threads::stacks_command => crate::ext::threads::Stacks,
+    },
+    command! {
+        name: "!running", aliases: [], id: "running",
+        summary: "each processor's current and next thread",
+        doc: "each processor's current and next thread, idle processors; `-t` adds their stacks",
+        syntax: crate::ext::threads::RUNNING, usage: None,
+        examples: ["!running", "!running -t", "!running -i -t"],
+        run: crate::ext::threads::running_command => crate::ext::threads::Running,
+    },
     command! {
         name: "!analyze", aliases: [], id: "analyze",
         summary: "the bugcheck, its parameters, the faulting module and stack, a failure bucket",
@@ -288,26 +260,28 @@ pub static COMMANDS: &[Command] = &[
         examples: ["!analyze -v", "!analyze"],
         run: crate::ext::analyze::run => crate::ext::analyze::Analysis,
     },
-    untyped!(
-        "!deadlock",
-        [],
-        "deadlock",
-        "the wait-for graph: cycles, threads waiting behind them, pile-ups",
-        "!deadlock",
-        |e, _, a| crate::ext::deadlock::command(e, a),
-        "the wait-for graph: mutant owners, executive resources (owners ↔ waiters), fast/guarded mutexes, threads waited for; each cycle with its threads, objects and wait times; threads waiting behind a cycle or piling up behind one thread",
-        ["!deadlock"]
-    ),
-    untyped!(
-        "!hangcheck",
-        [],
-        "hangcheck",
-        "the watcher's sample: long waits on locks, held resources, cycles, commit, pending NBLs",
-        "!hangcheck [SECONDS]",
-        |e, _, a| crate::ext::hangcheck::command(e, a),
-        "kdnet's own: the watcher's sample. Threads waiting on an ERESOURCE, mutant, fast mutex or PnP lock (`PiEngineLock`, `IopDeviceTreeLock`, …) longer than SECONDS (60), resources with exclusive waiters held that long, PnP locks whose holder is itself stuck in a wait, wait-for cycles; also the commit-failure count and the pending NBLs, which the watcher compares between samples",
-        ["!hangcheck", "!hangcheck 0"]
-    ),
+    command! {
+        name: "!deadlock", aliases: [], id: "deadlock",
+        summary: "the wait-for graph: cycles, threads waiting behind them, pile-ups",
+        doc: "the wait-for graph: mutant owners, executive resources (owners ↔ waiters), \
+              fast/guarded mutexes, threads waited for; each cycle with its threads, objects \
+              and wait times; threads waiting behind a cycle or piling up behind one thread",
+        syntax: Syntax::NONE, usage: None,
+        examples: ["!deadlock"],
+        run: crate::ext::deadlock::command => crate::ext::deadlock::Deadlock,
+    },
+    command! {
+        name: "!hangcheck", aliases: [], id: "hangcheck",
+        summary: "the watcher's sample: long waits on locks, held resources, cycles, commit, pending NBLs",
+        doc: "kdnet's own: the watcher's sample. Threads waiting on an ERESOURCE, mutant, fast \
+              mutex or PnP lock (`PiEngineLock`, `IopDeviceTreeLock`, …) longer than SECONDS \
+              (60), resources with exclusive waiters held that long, PnP locks whose holder is \
+              itself stuck in a wait, wait-for cycles; also the commit-failure count and the \
+              pending NBLs, which the watcher compares between samples",
+        syntax: crate::ext::hangcheck::SYNTAX, usage: None,
+        examples: ["!hangcheck", "!hangcheck 0"],
+        run: crate::ext::hangcheck::command => crate::ext::hangcheck::HangCheck,
+    },
     command! {
         name: "!vm", aliases: [], id: "vm",
         summary: "page files, memory and commit counters, failed commit requests, per-process commit",

@@ -1,494 +1,270 @@
-//! `!deadlock`: a wait-for graph of threads. A waiting thread points at the owners of what it
-//! waits for: mutant owners (from the mutant), executive resources (owners from the resource
-//! walk, waiters from its wait lists or chains), fast and guarded mutexes (the owner beside the
-//! event they wait on), and threads waited for by their handle (termination). Cycles are
-//! deadlocks; chains of two or more waits are convoys, reported with the threads, objects and
-//! wait times on them.
+//! `!deadlock`: the wait-for graph of threads ([`kdnet_model::nt::waitgraph`]): each cycle
+//! with its threads, objects and wait times, and the threads waiting behind a cycle or piling
+//! up behind one thread.
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::json;
 
-use super::locks;
-use super::threads::{all_threads, blocker, stack_of};
-use crate::engine::{CmdError, Engine, Output};
-use kdnet_model::nt::procs::Thread;
+use crate::args::Args;
+use crate::engine::{CmdError, Engine};
+use crate::registry::Render;
+use kdnet_model::nt::waitgraph::{self, Edge, Graph};
 
-/// Why one thread waits for another.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Edge {
+/// A thread on the graph.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum GraphThread {
+    /// A thread that was read.
+    Known {
+        /// ETHREAD.
+        thread: u64,
+        /// Its process's image name.
+        image: String,
+        /// Process id.
+        pid: u64,
+        /// Thread id.
+        tid: u64,
+        /// Its state's name.
+        state: String,
+        /// Why it waits (null when it does not).
+        wait_reason: Option<String>,
+        /// How long it has waited (seconds).
+        wait_seconds: Option<f64>,
+        /// The frame it is blocked in.
+        blocker: Option<String>,
+    },
+    /// A thread that could not be read.
+    Unknown {
+        /// ETHREAD.
+        thread: u64,
+    },
+}
+
+impl GraphThread {
+    fn of(g: &Graph, t: u64) -> GraphThread {
+        match g.nodes.get(&t) {
+            Some(n) => GraphThread::Known {
+                thread: t,
+                image: n.image.clone(),
+                pid: n.thread.pid,
+                tid: n.thread.tid,
+                state: n.thread.state_name.clone(),
+                wait_reason: (n.thread.state == 5).then(|| n.thread.wait_reason_name.clone()),
+                wait_seconds: n.thread.wait_seconds,
+                blocker: n.blocker.clone(),
+            },
+            None => GraphThread::Unknown { thread: t },
+        }
+    }
+
+    fn id(&self) -> u64 {
+        match self {
+            GraphThread::Known { thread, .. } | GraphThread::Unknown { thread } => *thread,
+        }
+    }
+
+    /// `thread ADDR (image pid.tid, WrResource 75 s) in BLOCKER`.
+    fn describe(&self) -> String {
+        match self {
+            GraphThread::Known {
+                thread,
+                image,
+                pid,
+                tid,
+                state,
+                wait_reason,
+                wait_seconds,
+                blocker,
+            } => {
+                let wait = match (wait_reason, wait_seconds) {
+                    (Some(r), Some(s)) => format!("{r} {s:.0} s"),
+                    _ => state.clone(),
+                };
+                format!(
+                    "thread {thread:x} ({image} {pid:x}.{tid:x}, {wait}){}",
+                    blocker
+                        .as_ref()
+                        .map(|b| format!(" in {b}"))
+                        .unwrap_or_default()
+                )
+            }
+            GraphThread::Unknown { thread } => format!("thread {thread:x}"),
+        }
+    }
+}
+
+/// One wait: who waits for whom, on what.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct GraphEdge {
     /// The waiting thread.
     pub waiter: u64,
     /// What it waits on.
     pub object: u64,
-    /// Its kind (`Mutant`, `ERESOURCE exclusive`, …).
+    /// Its kind (`Mutant`, `ERESOURCE (exclusive wait)`, `FAST_MUTEX`, …).
     pub kind: String,
     /// Who holds it.
     pub owner: u64,
 }
 
-/// A thread on the graph.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// The thread.
-    pub thread: Thread,
-    /// Its process's image name.
-    pub image: String,
-    /// The frame it is blocked in.
-    pub blocker: Option<String>,
+impl From<&Edge> for GraphEdge {
+    fn from(x: &Edge) -> GraphEdge {
+        GraphEdge {
+            waiter: x.waiter,
+            object: x.object,
+            kind: x.kind.clone(),
+            owner: x.owner,
+        }
+    }
 }
 
-/// The graph and what it finds.
-#[derive(Debug, Clone, Default)]
-pub struct Graph {
-    /// Who waits for whom.
-    pub edges: Vec<Edge>,
-    /// The threads on edges.
-    pub nodes: BTreeMap<u64, Node>,
-    /// The held executive resources, when the resource list was walked.
-    pub held: Vec<locks::Held>,
+/// A wait that keeps a cycle.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CycleStep {
+    /// The waiting thread.
+    pub thread: GraphThread,
+    /// What it waits on.
+    pub object: u64,
+    /// Its kind.
+    pub kind: String,
+    /// Who holds it (the next thread of the cycle).
+    pub owner: u64,
+}
+
+/// A deadlock.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DeadlockCycle {
+    /// The threads that wait for each other.
+    pub threads: Vec<u64>,
+    /// The objects they wait on.
+    pub objects: Vec<u64>,
+    /// Each thread's wait that keeps the cycle.
+    pub steps: Vec<CycleStep>,
+}
+
+/// Threads waiting behind one thread.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WaitChain {
+    /// Where the waits end.
+    pub end: GraphThread,
+    /// Whether that thread is deadlocked.
+    pub ends_in_deadlock: bool,
+    /// The threads waiting behind it.
+    pub waiters: Vec<u64>,
+    /// The longest path of waits that ends there.
+    pub longest: Vec<u64>,
+}
+
+/// What `!deadlock` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Deadlock {
+    /// The wait-for cycles.
+    pub cycles: Vec<DeadlockCycle>,
+    /// Threads piling up behind one thread or a deadlock.
+    pub chains: Vec<WaitChain>,
+    /// Every wait with a known owner.
+    pub edges: Vec<GraphEdge>,
+    /// Every thread on an edge.
+    pub threads: Vec<GraphThread>,
     /// What could not be examined.
     pub notes: Vec<String>,
 }
 
-/// The wait-for cycles among `edges` (strongly connected components of two or more threads,
-/// or a thread waiting for itself).
-pub fn find_cycles(edges: &[Edge]) -> Vec<Vec<u64>> {
-    // Tarjan's strongly connected components, iteratively.
-    let mut adj: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for e in edges {
-        adj.entry(e.waiter).or_default().push(e.owner);
-        adj.entry(e.owner).or_default();
-    }
-    let nodes: Vec<u64> = adj.keys().copied().collect();
-    let mut index: BTreeMap<u64, usize> = BTreeMap::new();
-    let mut low: BTreeMap<u64, usize> = BTreeMap::new();
-    let mut on_stack = BTreeSet::new();
-    let mut stack = Vec::new();
-    let mut next = 0usize;
-    let mut out = Vec::new();
-    for &start in &nodes {
-        if index.contains_key(&start) {
-            continue;
-        }
-        let mut work: Vec<(u64, usize)> = vec![(start, 0)];
-        while let Some((v, i)) = work.pop() {
-            if i == 0 {
-                index.insert(v, next);
-                low.insert(v, next);
-                next += 1;
-                stack.push(v);
-                on_stack.insert(v);
-            }
-            let succ = &adj[&v];
-            if i < succ.len() {
-                work.push((v, i + 1));
-                let w = succ[i];
-                if !index.contains_key(&w) {
-                    work.push((w, 0));
-                } else if on_stack.contains(&w) {
-                    let lw = index[&w].min(low[&v]);
-                    low.insert(v, lw);
-                }
-                continue;
-            }
-            // All successors done: fold their low-links, then maybe pop a component.
-            for &w in succ {
-                if on_stack.contains(&w) {
-                    let lw = low[&w].min(low[&v]);
-                    low.insert(v, lw);
-                }
-            }
-            if low[&v] == index[&v] {
-                let mut comp = Vec::new();
-                while let Some(w) = stack.pop() {
-                    on_stack.remove(&w);
-                    comp.push(w);
-                    if w == v {
-                        break;
-                    }
-                }
-                let self_loop = comp.len() == 1 && adj[&v].contains(&v);
-                if comp.len() > 1 || self_loop {
-                    comp.reverse();
-                    out.push(comp);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Builds the graph of every waiting thread.
-pub fn build(e: &mut Engine) -> Result<Graph, CmdError> {
-    let mut g = Graph::default();
-    let (all, notes) = all_threads(e)?;
-    g.notes.extend(notes);
-    let mut waiting = Vec::new();
-    for (p, threads) in all {
-        for t in threads {
-            if t.state == 5 {
-                waiting.push((t, p.name.clone()));
-            }
-        }
-    }
-    // Executive resources: waiters → owners.
-    if waiting
-        .iter()
-        .any(|(t, _)| t.wait_reason_name == "WrResource")
-    {
-        match locks::walk(&mut e.kernel, false, None) {
-            Ok(l) => {
-                if let Some(n) = l.note {
-                    g.notes.push(format!("resource walk: {n}"));
-                }
-                for h in &l.held {
-                    for (list, kind) in [
-                        (&h.exclusive_waiters, "ERESOURCE (exclusive wait)"),
-                        (&h.shared_waiters, "ERESOURCE (shared wait)"),
-                    ] {
-                        for w in list {
-                            for o in h.owners.iter().filter(|o| o.current && o.thread != 0) {
-                                g.edges.push(Edge {
-                                    waiter: *w,
-                                    object: h.address,
-                                    kind: kind.into(),
-                                    owner: o.thread,
-                                });
-                            }
-                        }
-                    }
-                }
-                g.held = l.held;
-            }
-            Err(err) => {
-                let n = format!("resources not examined: {err}");
-                e.kernel.note_incomplete(n.clone());
-                g.notes.push(n);
-            }
-        }
-    }
-    for (t, _) in &waiting {
-        for w in &t.waits {
-            match w.type_code {
-                2 => {
-                    if let Some(o) = w.owner {
-                        g.edges.push(Edge {
-                            waiter: t.ethread,
-                            object: w.object,
-                            kind: "Mutant".into(),
-                            owner: o,
-                        });
-                    }
-                }
-                6 if w.object != t.ethread => g.edges.push(Edge {
-                    waiter: t.ethread,
-                    object: w.object,
-                    kind: "Thread (termination)".into(),
-                    owner: w.object,
-                }),
-                0 | 1
-                    if matches!(
-                        t.wait_reason_name.as_str(),
-                        "WrFastMutex" | "WrGuardedMutex"
-                    ) =>
-                {
-                    // The event sits at +0x18 of a FAST_MUTEX / KGUARDED_MUTEX; Owner at +8.
-                    match e.kernel.mem.u64(w.object - 0x18 + 8) {
-                        Ok(owner) => {
-                            let owner = owner & !0xf;
-                            if owner != 0 && e.kernel.mem.u8(owner).is_ok_and(|ty| ty == 6) {
-                                g.edges.push(Edge {
-                                    waiter: t.ethread,
-                                    object: w.object - 0x18,
-                                    kind: "FAST_MUTEX".into(),
-                                    owner,
-                                });
-                            }
-                        }
-                        Err(err) => {
-                            let n = format!(
-                                "the owner of the mutex {:x} that thread {:x} waits for is unreadable: {err}",
-                                w.object - 0x18,
-                                t.ethread
-                            );
-                            e.kernel.note_incomplete(n.clone());
-                            g.notes.push(n);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    g.edges.sort_by_key(|x| (x.waiter, x.owner, x.object));
-    g.edges.dedup();
-    // The threads on edges, with what they are blocked in.
-    let mut involved: BTreeSet<u64> = BTreeSet::new();
-    for x in &g.edges {
-        involved.insert(x.waiter);
-        involved.insert(x.owner);
-    }
-    let by_addr: BTreeMap<u64, (Thread, String)> = waiting
-        .into_iter()
-        .map(|(t, img)| (t.ethread, (t, img)))
-        .collect();
-    for a in involved {
-        let (t, image) = match by_addr.get(&a) {
-            Some((t, i)) => (t.clone(), i.clone()),
-            None => match e.kernel.thread(a) {
-                Ok(t) => {
-                    let img = e
-                        .kernel
-                        .process(t.process)
-                        .map(|p| p.name)
-                        .unwrap_or_default();
-                    (t, img)
-                }
-                Err(err) => {
-                    let n = format!("thread {a:x} unreadable: {err}");
-                    e.kernel.note_incomplete(n.clone());
-                    g.notes.push(n);
-                    continue;
-                }
-            },
-        };
-        let b = match stack_of(e, &t) {
-            Ok(s) => {
-                let b = blocker(&s);
-                // A stack that stops early may stop before the frame the thread is blocked in.
-                if b.is_none() && !s.complete {
-                    super::threads::note_stack(&mut e.kernel, &t, &s);
-                }
-                b
-            }
-            Err(err) => {
-                e.kernel
-                    .note_incomplete(format!("the stack of thread {a:x} is unreadable: {err}"));
-                None
-            }
-        };
-        g.nodes.insert(
-            a,
-            Node {
-                thread: t,
-                image,
-                blocker: b,
-            },
-        );
-    }
-    Ok(g)
-}
-
-fn describe(g: &Graph, t: u64) -> String {
-    match g.nodes.get(&t) {
-        Some(n) => {
-            let wait = match n.thread.wait_seconds {
-                Some(s) if n.thread.state == 5 => {
-                    format!("{} {:.0} s", n.thread.wait_reason_name, s)
-                }
-                _ => n.thread.state_name.clone(),
-            };
-            format!(
-                "thread {:x} ({} {:x}.{:x}, {wait}){}",
-                t,
-                n.image,
-                n.thread.pid,
-                n.thread.tid,
-                n.blocker
-                    .as_ref()
-                    .map(|b| format!(" in {b}"))
-                    .unwrap_or_default()
-            )
-        }
-        None => format!("thread {t:x}"),
-    }
-}
-
-fn thread_json(g: &Graph, t: u64) -> serde_json::Value {
-    match g.nodes.get(&t) {
-        Some(n) => json!({
-            "thread": t,
-            "image": n.image,
-            "pid": n.thread.pid,
-            "tid": n.thread.tid,
-            "state": n.thread.state_name,
-            "wait_reason": (n.thread.state == 5).then_some(n.thread.wait_reason_name.clone()),
-            "wait_seconds": n.thread.wait_seconds,
-            "blocker": n.blocker,
-        }),
-        None => json!({ "thread": t }),
-    }
-}
-
 /// `!deadlock`.
-pub fn command(e: &mut Engine, _args: &str) -> Result<Output, CmdError> {
-    let g = build(e)?;
-    let cycles = find_cycles(&g.edges);
-    let in_cycle: BTreeSet<u64> = cycles.iter().flatten().copied().collect();
-    let mut text = String::new();
-    let mut cycles_json = Vec::new();
-    if cycles.is_empty() {
-        text.push_str("No deadlock: the wait-for graph has no cycle.\n");
-    }
-    for (i, c) in cycles.iter().enumerate() {
-        text.push_str(&format!(
-            "DEADLOCK {}: {} threads wait for each other\n",
-            i + 1,
-            c.len()
-        ));
-        let mut steps = Vec::new();
-        for t in c {
-            // The edge that keeps the cycle: to the next member.
-            let edge = g
-                .edges
-                .iter()
-                .find(|x| x.waiter == *t && c.contains(&x.owner));
-            text.push_str(&format!("    {}\n", describe(&g, *t)));
-            if let Some(x) = edge {
-                text.push_str(&format!(
-                    "        waits for {} {:x}, held by thread {:x}\n",
-                    x.kind, x.object, x.owner
-                ));
-                steps.push(json!({ "thread": thread_json(&g, *t), "object": x.object, "kind": x.kind, "owner": x.owner }));
-            }
-        }
-        let objects: Vec<u64> = c
+pub fn command(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Deadlock, CmdError> {
+    let g = waitgraph::build(&mut e.kernel)?;
+    let cycles = waitgraph::cycles(&g);
+    let pile_ups = waitgraph::pile_ups(&g, &cycles);
+    Ok(Deadlock {
+        cycles: cycles
             .iter()
-            .filter_map(|t| {
-                g.edges
+            .map(|c| DeadlockCycle {
+                threads: c.threads.clone(),
+                objects: c.steps.iter().map(|x| x.object).collect(),
+                steps: c
+                    .steps
                     .iter()
-                    .find(|x| x.waiter == *t && c.contains(&x.owner))
-                    .map(|x| x.object)
+                    .map(|x| CycleStep {
+                        thread: GraphThread::of(&g, x.waiter),
+                        object: x.object,
+                        kind: x.kind.clone(),
+                        owner: x.owner,
+                    })
+                    .collect(),
             })
-            .collect();
-        cycles_json.push(json!({ "threads": c, "objects": objects, "steps": steps }));
-        text.push('\n');
-    }
-    // Convoys: every waiter whose waits lead on through owners, grouped by where they end (a
-    // deadlock, or a thread that is not waiting), reported for the threads nobody waits for.
-    let waited_for: BTreeSet<u64> = g.edges.iter().map(|x| x.owner).collect();
-    let starts: BTreeSet<u64> = g
-        .edges
-        .iter()
-        .map(|x| x.waiter)
-        .filter(|w| !in_cycle.contains(w))
-        .collect();
-    // (end thread, ends in a deadlock) → the waiters behind it and the longest path.
-    let mut behind: BTreeMap<(u64, bool), (Vec<u64>, Vec<u64>)> = BTreeMap::new();
-    for s in starts {
-        let mut path = vec![s];
-        let mut cur = s;
-        let mut deadlocked = false;
-        while let Some(x) = g.edges.iter().find(|x| x.waiter == cur) {
-            if in_cycle.contains(&x.owner) {
-                deadlocked = true;
-                cur = x.owner;
-                break;
-            }
-            if path.contains(&x.owner) || path.len() > 64 {
-                break;
-            }
-            path.push(x.owner);
-            cur = x.owner;
-        }
-        let entry = behind.entry((cur, deadlocked)).or_default();
-        if s != cur {
-            entry.0.push(s);
-        }
-        if path.len() > entry.1.len() {
-            entry.1 = path;
-        }
-    }
-    let mut chains_json = Vec::new();
-    let mut chain_text = String::new();
-    for ((end, deadlocked), (waiters, longest)) in &behind {
-        // A single wait on a running thread is ordinary; report what piles up or deadlocks.
-        if waiters.is_empty() || (!deadlocked && waiters.len() < 2 && longest.len() < 3) {
-            continue;
-        }
-        let _ = waited_for.contains(end);
-        chain_text.push_str(&format!(
-            "    {} thread(s) wait behind {}{}
-",
-            waiters.len(),
-            describe(&g, *end),
-            if *deadlocked {
-                ", which is deadlocked"
-            } else {
-                ""
-            }
-        ));
-        for w in waiters.iter().take(16) {
-            chain_text.push_str(&format!(
-                "        {}
-",
-                describe(&g, *w)
-            ));
-        }
-        if waiters.len() > 16 {
-            chain_text.push_str(&format!(
-                "        … and {} more
-",
-                waiters.len() - 16
-            ));
-        }
-        chains_json.push(json!({
-            "end": thread_json(&g, *end),
-            "ends_in_deadlock": deadlocked,
-            "waiters": waiters,
-            "longest": longest,
-        }));
-    }
-    if !chain_text.is_empty() {
-        text.push_str("Wait chains:\n");
-        text.push_str(&chain_text);
-    }
-    text.push_str(&format!(
-        "\n{} waits with a known owner examined, {} cycle(s), {} chain(s)\n",
-        g.edges.len(),
-        cycles.len(),
-        chains_json.len()
-    ));
-    for n in &g.notes {
-        text.push_str(&format!("NOTE: {n}\n"));
-    }
-    Ok(Output {
-        text,
-        json: json!({
-            "cycles": cycles_json,
-            "chains": chains_json,
-            "edges": g.edges,
-            "threads": g.nodes.keys().map(|t| thread_json(&g, *t)).collect::<Vec<_>>(),
-            "notes": g.notes,
-        }),
+            .collect(),
+        chains: pile_ups
+            .iter()
+            .map(|p| WaitChain {
+                end: GraphThread::of(&g, p.end),
+                ends_in_deadlock: p.ends_in_deadlock,
+                waiters: p.waiters.clone(),
+                longest: p.longest.clone(),
+            })
+            .collect(),
+        edges: g.edges.iter().map(GraphEdge::from).collect(),
+        threads: g.nodes.keys().map(|t| GraphThread::of(&g, *t)).collect(),
+        notes: g.notes.clone(),
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn e(w: u64, o: u64) -> Edge {
-        Edge {
-            waiter: w,
-            object: 0,
-            kind: String::new(),
-            owner: o,
+impl Render for Deadlock {
+    fn render(&self, text: &mut String) {
+        let describe = |t: u64| {
+            self.threads
+                .iter()
+                .find(|x| x.id() == t)
+                .map(GraphThread::describe)
+                .unwrap_or_else(|| format!("thread {t:x}"))
+        };
+        if self.cycles.is_empty() {
+            text.push_str("No deadlock: the wait-for graph has no cycle.\n");
         }
-    }
-
-    #[test]
-    fn cycles_are_found_and_chains_are_not_cycles() {
-        // 1 → 2 → 1 is a cycle; 3 → 1 leads into it; 4 → 5 → 6 is a chain.
-        let edges = vec![e(1, 2), e(2, 1), e(3, 1), e(4, 5), e(5, 6), e(7, 7)];
-        let mut c = find_cycles(&edges);
-        c.sort();
-        assert_eq!(c, vec![vec![1, 2], vec![7]]);
-        assert!(find_cycles(&[e(1, 2), e(2, 3)]).is_empty());
-        // A long cycle.
-        let ring: Vec<Edge> = (0..1000).map(|i| e(i, (i + 1) % 1000)).collect();
-        assert_eq!(find_cycles(&ring)[0].len(), 1000);
+        for (i, c) in self.cycles.iter().enumerate() {
+            text.push_str(&format!(
+                "DEADLOCK {}: {} threads wait for each other\n",
+                i + 1,
+                c.threads.len()
+            ));
+            for t in &c.threads {
+                text.push_str(&format!("    {}\n", describe(*t)));
+                if let Some(x) = c.steps.iter().find(|x| x.thread.id() == *t) {
+                    text.push_str(&format!(
+                        "        waits for {} {:x}, held by thread {:x}\n",
+                        x.kind, x.object, x.owner
+                    ));
+                }
+            }
+            text.push('\n');
+        }
+        if !self.chains.is_empty() {
+            text.push_str("Wait chains:\n");
+        }
+        for p in &self.chains {
+            text.push_str(&format!(
+                "    {} thread(s) wait behind {}{}\n",
+                p.waiters.len(),
+                p.end.describe(),
+                if p.ends_in_deadlock {
+                    ", which is deadlocked"
+                } else {
+                    ""
+                }
+            ));
+            for w in p.waiters.iter().take(16) {
+                text.push_str(&format!("        {}\n", describe(*w)));
+            }
+            if p.waiters.len() > 16 {
+                text.push_str(&format!("        … and {} more\n", p.waiters.len() - 16));
+            }
+        }
+        text.push_str(&format!(
+            "\n{} waits with a known owner examined, {} cycle(s), {} chain(s)\n",
+            self.edges.len(),
+            self.cycles.len(),
+            self.chains.len()
+        ));
+        for n in &self.notes {
+            text.push_str(&format!("NOTE: {n}\n"));
+        }
     }
 }

@@ -7,11 +7,14 @@
 
 use std::collections::BTreeSet;
 
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::json;
 
-use super::{deadlock, locks, ndis, vm};
-use crate::engine::{CmdError, Engine, Output, addr};
+use super::{ndis, vm};
+use crate::args::{Args, Kind, Param, Syntax};
+use crate::engine::{CmdError, Engine, addr};
+use crate::registry::Render;
+use kdnet_model::nt::{locks, waitgraph};
 
 /// The PnP manager's locks, by their globals.
 pub const PNP_LOCKS: &[&str] = &[
@@ -23,7 +26,7 @@ pub const PNP_LOCKS: &[&str] = &[
 ];
 
 /// When a wait counts as hung.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
 pub struct Thresholds {
     /// A wait on a resource, mutant or PnP lock longer than this (seconds).
     pub wait_seconds: f64,
@@ -42,7 +45,7 @@ impl Default for Thresholds {
 }
 
 /// A thread waiting too long.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
 pub struct LongWait {
     /// The waiting thread.
     pub thread: u64,
@@ -59,7 +62,7 @@ pub struct LongWait {
 }
 
 /// A lock held too long.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
 pub struct HeldLong {
     /// The resource.
     pub resource: u64,
@@ -93,7 +96,7 @@ pub struct Sample {
 }
 
 /// Something that looks hung.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
 pub struct Finding {
     /// `deadlock`, `long-wait`, `held-long`, `commit-failures-rising`, `nbls-not-draining`.
     pub kind: &'static str,
@@ -115,12 +118,12 @@ fn kind_of(edge_kind: &str) -> &'static str {
 
 /// Takes a sample of the stopped machine.
 pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
-    let g = deadlock::build(e)?;
+    let g = waitgraph::build(&mut e.kernel)?;
     let mut s = Sample {
         notes: g.notes.clone(),
         ..Sample::default()
     };
-    s.cycles = deadlock::find_cycles(&g.edges);
+    s.cycles = waitgraph::find_cycles(&g.edges);
     let pnp: Vec<(u64, &str)> = PNP_LOCKS
         .iter()
         .filter_map(|n| e.kernel.sym(n).ok().map(|a| (a, *n)))
@@ -345,53 +348,76 @@ pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
     out
 }
 
-/// `!hangcheck [WAIT_SECONDS]`: one sample and what it finds on its own.
-pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
+/// `!hangcheck [SECONDS]`.
+pub const SYNTAX: Syntax = Syntax::params(&[Param {
+    name: "SECONDS",
+    kind: Kind::Seconds,
+    optional: true,
+}]);
+
+/// What `!hangcheck` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HangCheck {
+    /// When a wait counts as hung.
+    pub thresholds: Thresholds,
+    /// What looks hung.
+    pub findings: Vec<Finding>,
+    /// Threads waiting too long on a resource, mutant or PnP lock.
+    pub long_waits: Vec<LongWait>,
+    /// Locks held too long.
+    pub held_long: Vec<HeldLong>,
+    /// Wait-for cycles (threads).
+    pub cycles: Vec<Vec<u64>>,
+    /// Commit failures (banner count), when readable.
+    pub commit_failures: Option<u64>,
+    /// How many NBLs are pending (null when not known).
+    pub pending_nbls: Option<usize>,
+    /// What could not be examined.
+    pub notes: Vec<String>,
+}
+
+/// `!hangcheck [SECONDS]`: one sample and what it finds on its own.
+pub fn command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<HangCheck, CmdError> {
     let mut th = Thresholds::default();
-    if let Some(a) = args.split_whitespace().next() {
-        th.wait_seconds = a
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| {
-                CmdError::Usage(format!("!hangcheck: {a:?} is not a number of seconds"))
-            })?;
-        th.held_seconds = th.wait_seconds;
+    if let Some(secs) = a.seconds("SECONDS")? {
+        th.wait_seconds = secs;
+        th.held_seconds = secs;
     }
     let s = sample(e, &th)?;
     let findings = judge(None, &s);
-    let mut text = String::new();
-    if findings.is_empty() {
-        text.push_str(&format!(
-            "No hang found (waits over {:.0} s on resources, mutants and PnP locks; locks held that long; wait-for cycles).\n",
-            th.wait_seconds
-        ));
-    }
-    for f in &findings {
-        text.push_str(&format!("{}: {}\n", f.kind.to_uppercase(), f.summary));
-    }
-    if let Some(c) = s.commit_failures {
-        text.push_str(&format!("Commit failures so far: {c}\n"));
-    }
-    if let Some(p) = &s.pending_nbls {
-        text.push_str(&format!("Pending NBLs: {}\n", p.len()));
-    }
-    for n in &s.notes {
-        text.push_str(&format!("NOTE: {n}\n"));
-    }
-    Ok(Output {
-        text,
-        json: json!({
-            "thresholds": th,
-            "findings": findings,
-            "long_waits": s.long_waits,
-            "held_long": s.held_long,
-            "cycles": s.cycles,
-            "commit_failures": s.commit_failures,
-            "pending_nbls": s.pending_nbls.as_ref().map(|p| p.len()),
-            "notes": s.notes,
-        }),
+    Ok(HangCheck {
+        thresholds: th,
+        findings,
+        long_waits: s.long_waits,
+        held_long: s.held_long,
+        cycles: s.cycles,
+        commit_failures: s.commit_failures,
+        pending_nbls: s.pending_nbls.as_ref().map(Vec::len),
+        notes: s.notes,
     })
+}
+
+impl Render for HangCheck {
+    fn render(&self, text: &mut String) {
+        if self.findings.is_empty() {
+            text.push_str(&format!(
+                "No hang found (waits over {:.0} s on resources, mutants and PnP locks; locks held that long; wait-for cycles).\n",
+                self.thresholds.wait_seconds
+            ));
+        }
+        for f in &self.findings {
+            text.push_str(&format!("{}: {}\n", f.kind.to_uppercase(), f.summary));
+        }
+        if let Some(c) = self.commit_failures {
+            text.push_str(&format!("Commit failures so far: {c}\n"));
+        }
+        if let Some(p) = self.pending_nbls {
+            text.push_str(&format!("Pending NBLs: {p}\n"));
+        }
+        for n in &self.notes {
+            text.push_str(&format!("NOTE: {n}\n"));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,29 +1,32 @@
-//! `!locks`: executive resources on `nt!ExpSystemResourcesList`: held ones with their owners,
-//! waiters and contention, and the `N total locks, M locks currently held` summary.
-//!
-//! One read per resource (its whole ERESOURCE, with read-ahead along the list), then for each
-//! held one its owner table in one read and its waiters: the dispatcher wait list of the
-//! event/semaphore (7601/9600) or the wait-chain entries (later builds), cross-checked against
-//! the NumberOf*Waiters counters.
+//! `!locks`: executive resources on `nt!ExpSystemResourcesList` (the walk is the model's,
+//! [`kdnet_model::nt::locks`]): held ones with their owners, waiters and contention, and the
+//! `N total locks, M locks currently held` summary.
 
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::json;
 
-use crate::engine::{CmdError, Engine, Output};
-use kdnet_model::nt::view::View;
-use kdnet_model::nt::{Kernel, ModelError};
-use kdnet_model::target::TargetError;
+use crate::args::{Args, Syntax, flag, opt_expr};
+use crate::engine::{CmdError, Engine};
+use crate::registry::Render;
+use kdnet_model::nt::locks::{Held, Owner, walk};
 
-/// Largest owner table read (the classic extension refused more than 2000).
-const MAX_OWNER_TABLE: u64 = 2000;
-/// Largest waiter list followed.
-const MAX_WAITERS: usize = 4096;
-/// `Flag`: owned exclusively.
-const OWNED_EXCLUSIVE: u64 = 0x80;
+/// `!locks [-v] [-d] [-p] [ADDR]`.
+pub const SYNTAX: Syntax = Syntax {
+    flags: &[
+        flag("-v", "every resource, held or not"),
+        flag("-d", "as -v"),
+        flag(
+            "-p",
+            "accepted, as WinDbg's (performance data is not shown)",
+        ),
+    ],
+    params: &[opt_expr("ADDR")],
+    length: false,
+};
 
-/// An owner entry.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Owner {
+/// An owner entry of a resource.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LockOwner {
     /// The value in the entry (a thread, or an owner pointer with its low bits set).
     pub value: u64,
     /// The thread, after clearing owner-pointer bits.
@@ -38,285 +41,128 @@ pub struct Owner {
     pub unknown: bool,
 }
 
-/// A held resource.
-#[derive(Debug, Clone, Serialize)]
-pub struct Held {
+impl From<&Owner> for LockOwner {
+    fn from(o: &Owner) -> LockOwner {
+        LockOwner {
+            value: o.value,
+            thread: o.thread,
+            count: o.count,
+            current: o.current,
+            owner_pointer: o.owner_pointer,
+            unknown: o.unknown,
+        }
+    }
+}
+
+/// One resource shown.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Resource {
     /// Its address.
     pub address: u64,
     /// Its symbol, for globals.
     pub symbol: Option<String>,
-    /// Owned exclusively.
-    pub exclusive: bool,
+    /// `exclusive`, `shared` or `available`.
+    pub state: String,
     /// ActiveCount.
     pub active_count: i64,
-    /// Owners.
-    pub owners: Vec<Owner>,
+    /// The owner, when owned exclusively.
+    pub exclusive_owner: Option<u64>,
+    /// The owning threads, when shared.
+    pub shared_owners: Vec<u64>,
+    /// The owner entries.
+    pub owners: Vec<LockOwner>,
     /// ContentionCount.
     pub contention_count: u64,
-    /// NumberOfSharedWaiters.
-    pub shared_waiter_count: u64,
-    /// NumberOfExclusiveWaiters.
-    pub exclusive_waiter_count: u64,
     /// Threads waiting for shared access.
     pub shared_waiters: Vec<u64>,
     /// Threads waiting for exclusive access.
     pub exclusive_waiters: Vec<u64>,
+    /// NumberOfSharedWaiters.
+    pub number_of_shared_waiters: u64,
+    /// NumberOfExclusiveWaiters.
+    pub number_of_exclusive_waiters: u64,
     /// Anything that did not add up.
     pub warnings: Vec<String>,
+    /// Resources skipped (not held) before this one, for the progress dots.
+    #[serde(skip)]
+    pub skipped_before: u64,
 }
 
-/// What the walk found.
-#[derive(Debug, Clone, Default)]
+impl From<&Held> for Resource {
+    fn from(h: &Held) -> Resource {
+        Resource {
+            address: h.address,
+            symbol: h.symbol.clone(),
+            state: if h.active_count == 0 {
+                "available"
+            } else if h.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            }
+            .into(),
+            active_count: h.active_count,
+            exclusive_owner: h
+                .exclusive
+                .then(|| h.owners.first().map(|o| o.thread))
+                .flatten(),
+            shared_owners: if h.exclusive {
+                Vec::new()
+            } else {
+                h.owners.iter().map(|o| o.thread).collect()
+            },
+            owners: h.owners.iter().map(LockOwner::from).collect(),
+            contention_count: h.contention_count,
+            shared_waiters: h.shared_waiters.clone(),
+            exclusive_waiters: h.exclusive_waiters.clone(),
+            number_of_shared_waiters: h.shared_waiter_count,
+            number_of_exclusive_waiters: h.exclusive_waiter_count,
+            warnings: h.warnings.clone(),
+            skipped_before: 0,
+        }
+    }
+}
+
+/// What `!locks` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Locks {
     /// Resources visited.
-    pub total: u64,
-    /// The held ones (or all, verbose).
-    pub held: Vec<Held>,
-    /// Resources skipped between displayed ones, per displayed one (for the progress dots).
-    pub skipped_before: Vec<u64>,
-    /// Skipped after the last displayed one.
-    pub skipped_after: u64,
+    pub total_locks: u64,
+    /// Resources held.
+    pub held_locks: usize,
+    /// The resources shown: the held ones (every one with -v).
+    pub held: Vec<Resource>,
+    /// Whether the whole list was walked.
+    pub complete: bool,
     /// Why the walk ended early.
     pub note: Option<String>,
+    /// Resources skipped after the last one shown, for the progress dots.
+    #[serde(skip)]
+    pub skipped_after: u64,
 }
 
-fn is_thread(k: &mut Kernel, a: u64) -> bool {
-    a != 0 && a.is_multiple_of(8) && k.mem.u8(a).is_ok_and(|t| t == 6)
-}
-
-/// Threads on a dispatcher object's wait list (`Header.WaitListHead` → `_KWAIT_BLOCK`).
-fn wait_list_threads(k: &mut Kernel, object: u64) -> Result<Vec<u64>, ModelError> {
-    let nt = k.nt()?;
-    let head = object + nt.offset("_DISPATCHER_HEADER", "WaitListHead")?;
-    let link = nt.offset("_KWAIT_BLOCK", "WaitListEntry")?;
-    let thread = nt.offset("_KWAIT_BLOCK", "Thread")?;
-    let w = k.walk_list(head, None, MAX_WAITERS, false)?;
-    if let Some(n) = &w.note {
-        k.note_incomplete(format!("the waiters of {object:#x}: {n}"));
-    }
-    let mut out = Vec::new();
-    for e in w.entries {
-        match k.mem.u64(e - link + thread) {
-            Ok(t) => out.push(t),
-            Err(err) => k.note_incomplete(format!(
-                "a waiter of {object:#x} (wait block {:#x}) is unreadable: {err}",
-                e - link
-            )),
-        }
-    }
-    Ok(out)
-}
-
-/// Threads on a wait chain (17763+: a circular list of `_KWAIT_CHAIN_ENTRY` from the first).
-fn wait_chain_threads(k: &mut Kernel, first: u64) -> Result<Vec<u64>, ModelError> {
-    let nt = k.nt()?;
-    let thread_off = nt.offset("_KWAIT_CHAIN_ENTRY", "Thread").ok();
-    let event_off = nt.offset("_KWAIT_CHAIN_ENTRY", "Event")?;
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut cur = first;
-    while cur != 0 && out.len() < MAX_WAITERS {
-        if !seen.insert(cur) {
-            k.note_incomplete(format!("the wait chain from {first:#x} loops at {cur:#x}"));
-            break;
-        }
-        match thread_off {
-            Some(o) => out.push(k.mem.u64(cur + o)?),
-            // 14393: the thread is the one waiting on the entry's event.
-            None => out.extend(wait_list_threads(k, cur + event_off)?),
-        }
-        let next = k.mem.u64(cur)?;
-        if next == first {
-            break;
-        }
-        cur = next;
-    }
-    if out.len() >= MAX_WAITERS {
-        k.note_incomplete(format!(
-            "the wait chain from {first:#x} was followed for {MAX_WAITERS} waiters only"
-        ));
-    }
-    Ok(out)
-}
-
-/// The waiters of one side (shared or exclusive) of a resource, whichever form the field has.
-fn waiters(k: &mut Kernel, field_value: u64) -> Result<Vec<u64>, ModelError> {
-    if field_value == 0 {
-        return Ok(Vec::new());
-    }
-    let ty = k.mem.u8(field_value)?;
-    // A dispatcher object (event 0/1, semaphore 5) is the 7601/9600 form.
-    let chain = k.nt()?.has_type("_KWAIT_CHAIN_ENTRY") && !matches!(ty, 0 | 1 | 5);
-    if chain {
-        wait_chain_threads(k, field_value)
-    } else {
-        wait_list_threads(k, field_value)
-    }
-}
-
-fn held_from(k: &mut Kernel, v: &View) -> Result<Held, ModelError> {
-    let addr = v.addr;
-    let flag = v.get("Flag")?;
-    let active = v.get_signed("ActiveCount")?;
-    let mut owners = Vec::new();
-    let mut raw_owners: Vec<(u64, u64)> = Vec::new();
-    let inline = v.get("OwnerEntry.OwnerThread")?;
-    if inline != 0 {
-        raw_owners.push((inline, v.get("OwnerEntry.OwnerCount")?));
-    }
-    let table = v.get("OwnerTable")?;
-    let mut warnings = Vec::new();
-    if table != 0 {
-        let nt = k.nt()?;
-        let esize = nt.size_of("_OWNER_ENTRY")?;
-        let size = k.mem.u32(table + nt.offset("_OWNER_ENTRY", "TableSize")?)? as u64;
-        if size > MAX_OWNER_TABLE {
-            warnings.push(format!("owner table of {size} entries is not plausible"));
-        } else if size > 1 {
-            let bytes = k.mem.kread(table, (size * esize) as usize)?;
-            for i in 1..size {
-                let e = View::new(
-                    nt.clone(),
-                    "_OWNER_ENTRY",
-                    table + i * esize,
-                    bytes[(i * esize) as usize..((i + 1) * esize) as usize].to_vec(),
-                );
-                let t = e.get("OwnerThread")?;
-                if t != 0 {
-                    raw_owners.push((t, e.get("OwnerCount")?));
-                }
-            }
-        }
-    }
-    let shared_count = v.get("NumberOfSharedWaiters")?;
-    let exclusive_count = v.get("NumberOfExclusiveWaiters")?;
-    let shared_waiters = waiters(k, v.get("SharedWaiters")?)?;
-    let exclusive_waiters = waiters(k, v.get("ExclusiveWaiters")?)?;
-    if shared_waiters.len() as u64 != shared_count {
-        warnings.push(format!(
-            "NumberOfSharedWaiters is {shared_count} but {} threads wait for shared access",
-            shared_waiters.len()
-        ));
-    }
-    if exclusive_waiters.len() as u64 != exclusive_count {
-        warnings.push(format!(
-            "NumberOfExclusiveWaiters is {exclusive_count} but {} threads wait for exclusive access",
-            exclusive_waiters.len()
-        ));
-    }
-    let exclusive = flag & OWNED_EXCLUSIVE != 0;
-    for (value, count) in raw_owners {
-        let owner_pointer = value & 3 == 3;
-        let thread = value & !3;
-        let unknown = owner_pointer && !is_thread(k, thread);
-        // Classic rule: a shared owner that also waits for shared access is not yet an owner.
-        let current = !(active > 0 && !exclusive && shared_waiters.contains(&thread));
-        owners.push(Owner {
-            value,
-            thread,
-            count,
-            current,
-            owner_pointer,
-            unknown,
-        });
-    }
-    let symbol = k
-        .symbol_parts(addr)
-        .and_then(|(m, s, off)| s.filter(|_| off == 0).map(|s| format!("{m}!{s}")));
-    Ok(Held {
-        address: addr,
-        symbol,
-        exclusive,
-        active_count: active,
-        owners,
-        contention_count: v.get("ContentionCount")?,
-        shared_waiter_count: shared_count,
-        exclusive_waiter_count: exclusive_count,
-        shared_waiters,
-        exclusive_waiters,
-        warnings,
+/// `!locks [-v] [-d] [-p] [ADDR]`.
+pub fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Locks, CmdError> {
+    let verbose = a.flag("-v") || a.flag("-d");
+    let only = a.expr(e, "ADDR")?;
+    let locks = walk(&mut e.kernel, verbose, only)?;
+    let held: Vec<Resource> = locks
+        .held
+        .iter()
+        .zip(&locks.skipped_before)
+        .map(|(h, skipped)| Resource {
+            skipped_before: *skipped,
+            ..Resource::from(h)
+        })
+        .collect();
+    Ok(Locks {
+        total_locks: locks.total,
+        held_locks: locks.held.iter().filter(|h| h.active_count != 0).count(),
+        held,
+        complete: locks.note.is_none(),
+        note: locks.note,
+        skipped_after: locks.skipped_after,
     })
-}
-
-/// Walks the resource list. `verbose` shows every resource, held or not; `only` one address.
-pub fn walk(k: &mut Kernel, verbose: bool, only: Option<u64>) -> Result<Locks, ModelError> {
-    let nt = k.nt()?;
-    let size = nt.size_of("_ERESOURCE")? as usize;
-    let mut out = Locks::default();
-    if let Some(a) = only {
-        let v = k.view("_ERESOURCE", a)?;
-        out.total = 1;
-        out.held.push(held_from(k, &v)?);
-        out.skipped_before.push(0);
-        return Ok(out);
-    }
-    let head = k.sym("ExpSystemResourcesList")?;
-    let link = nt.offset("_ERESOURCE", "SystemResourcesList")?;
-    let w = k.walk_list(head, Some((link, size)), kdnet_model::nt::MAX_LIST, true)?;
-    out.note = w.note.map(|n| {
-        if n.contains("time budget") {
-            format!(
-                "stopped after {} resources: the time budget ran out before the end of the list",
-                w.entries.len()
-            )
-        } else {
-            format!("stopped after {} resources: {n}", w.entries.len())
-        }
-    });
-    let mut skipped = 0u64;
-    for (entry, bytes) in w.entries.iter().zip(w.nodes) {
-        out.total += 1;
-        let v = View::new(nt.clone(), "_ERESOURCE", entry - link, bytes);
-        let active = v.get_signed("ActiveCount")?;
-        if active == 0 && !verbose {
-            skipped += 1;
-            continue;
-        }
-        match held_from(k, &v) {
-            Ok(h) => out.held.push(h),
-            Err(ModelError::Target(e @ (TargetError::OutOfTime | TargetError::Cancelled))) => {
-                let why = if matches!(e, TargetError::Cancelled) {
-                    "cancelled"
-                } else {
-                    "the time budget ran out"
-                };
-                out.note = Some(format!("stopped after {} resources: {why}", out.total));
-                break;
-            }
-            Err(e) => {
-                let mut h = held_from_error(&v, &e);
-                h.warnings.push(format!("could not read all of it: {e}"));
-                k.note_incomplete(format!(
-                    "resource {:#x} could not be read whole: {e}",
-                    v.addr
-                ));
-                out.held.push(h);
-            }
-        }
-        out.skipped_before.push(skipped);
-        skipped = 0;
-    }
-    out.skipped_after = skipped;
-    if let Some(n) = &out.note {
-        k.note_incomplete(n.clone());
-    }
-    Ok(out)
-}
-
-fn held_from_error(v: &View, _e: &ModelError) -> Held {
-    Held {
-        address: v.addr,
-        symbol: None,
-        exclusive: v.get_or("Flag", 0) & OWNED_EXCLUSIVE != 0,
-        active_count: v.get_signed("ActiveCount").unwrap_or(0),
-        owners: Vec::new(),
-        contention_count: v.get_or("ContentionCount", 0),
-        shared_waiter_count: v.get_or("NumberOfSharedWaiters", 0),
-        exclusive_waiter_count: v.get_or("NumberOfExclusiveWaiters", 0),
-        shared_waiters: Vec::new(),
-        exclusive_waiters: Vec::new(),
-        warnings: Vec::new(),
-    }
 }
 
 fn progress(text: &mut String, skipped: u64) {
@@ -329,132 +175,84 @@ fn progress(text: &mut String, skipped: u64) {
     }
 }
 
-/// `!locks [-v] [ADDRESS]`.
-pub fn command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
-    let mut verbose = false;
-    let mut only = None;
-    for a in args.split_whitespace() {
-        match a {
-            "-v" | "-d" => verbose = true,
-            "-p" => {}
-            other if other.starts_with('-') => {
-                return Err(CmdError::Usage(format!(
-                    "!locks: unknown option {other} (use -v, -d, -p or an address)"
-                )));
+impl Render for Locks {
+    fn render(&self, text: &mut String) {
+        text.push_str("**** DUMP OF ALL RESOURCE OBJECTS ****\n");
+        for h in &self.held {
+            progress(text, h.skipped_before);
+            let name = match &h.symbol {
+                Some(s) => format!("{s} (0x{:x})", h.address),
+                None => format!("0x{:x}", h.address),
+            };
+            let state = match h.state.as_str() {
+                "available" => "Available".to_string(),
+                "exclusive" => "Exclusively owned".to_string(),
+                _ => format!("Shared {} owning threads", h.active_count),
+            };
+            text.push_str(&format!("Resource @ {name}    {state}\n"));
+            if h.contention_count != 0 {
+                text.push_str(&format!("    Contention Count = {}\n", h.contention_count));
             }
-            other => only = Some(e.eval(other)?),
-        }
-    }
-    let locks = walk(&mut e.kernel, verbose, only)?;
-    let mut text = String::from("**** DUMP OF ALL RESOURCE OBJECTS ****\n");
-    for (h, skipped) in locks.held.iter().zip(&locks.skipped_before) {
-        progress(&mut text, *skipped);
-        let name = match &h.symbol {
-            Some(s) => format!("{s} (0x{:x})", h.address),
-            None => format!("0x{:x}", h.address),
-        };
-        let state = if h.active_count == 0 {
-            "Available".to_string()
-        } else if h.exclusive {
-            "Exclusively owned".to_string()
-        } else {
-            format!("Shared {} owning threads", h.active_count)
-        };
-        text.push_str(&format!("Resource @ {name}    {state}\n"));
-        if h.contention_count != 0 {
-            text.push_str(&format!("    Contention Count = {}\n", h.contention_count));
-        }
-        if h.shared_waiter_count != 0 {
-            text.push_str(&format!(
-                "    NumberOfSharedWaiters = {}\n",
-                h.shared_waiter_count
-            ));
-        }
-        if h.exclusive_waiter_count != 0 {
-            text.push_str(&format!(
-                "    NumberOfExclusiveWaiters = {}\n",
-                h.exclusive_waiter_count
-            ));
-        }
-        if !h.owners.is_empty() {
-            text.push_str("     Threads:");
-            for o in &h.owners {
+            if h.number_of_shared_waiters != 0 {
                 text.push_str(&format!(
-                    " {:x}-{:02x}{}",
-                    o.value,
-                    o.count,
-                    if o.current { "<*>" } else { "" }
+                    "    NumberOfSharedWaiters = {}\n",
+                    h.number_of_shared_waiters
                 ));
-                if o.owner_pointer {
-                    if o.unknown {
-                        text.push_str(" *** Unknown owner, possibly FileSystem");
-                    } else {
-                        text.push_str(&format!(" *** Actual Thread {:x}", o.thread));
+            }
+            if h.number_of_exclusive_waiters != 0 {
+                text.push_str(&format!(
+                    "    NumberOfExclusiveWaiters = {}\n",
+                    h.number_of_exclusive_waiters
+                ));
+            }
+            if !h.owners.is_empty() {
+                text.push_str("     Threads:");
+                for o in &h.owners {
+                    text.push_str(&format!(
+                        " {:x}-{:02x}{}",
+                        o.value,
+                        o.count,
+                        if o.current { "<*>" } else { "" }
+                    ));
+                    if o.owner_pointer {
+                        if o.unknown {
+                            text.push_str(" *** Unknown owner, possibly FileSystem");
+                        } else {
+                            text.push_str(&format!(" *** Actual Thread {:x}", o.thread));
+                        }
                     }
                 }
+                text.push('\n');
+            }
+            for (label, list) in [
+                ("Threads Waiting On Shared Access", &h.shared_waiters),
+                ("Threads Waiting On Exclusive Access", &h.exclusive_waiters),
+            ] {
+                if list.is_empty() {
+                    continue;
+                }
+                text.push_str(&format!("     {label}:\n"));
+                for chunk in list.chunks(4) {
+                    let line: Vec<String> = chunk.iter().map(|t| format!("{t:016x}")).collect();
+                    text.push_str(&format!("              {}\n", line.join("       ")));
+                }
+            }
+            for w in &h.warnings {
+                text.push_str(&format!("    WARNING: {w}\n"));
             }
             text.push('\n');
         }
-        for (label, list) in [
-            ("Threads Waiting On Shared Access", &h.shared_waiters),
-            ("Threads Waiting On Exclusive Access", &h.exclusive_waiters),
-        ] {
-            if list.is_empty() {
-                continue;
-            }
-            text.push_str(&format!("     {label}:\n"));
-            for chunk in list.chunks(4) {
-                let line: Vec<String> = chunk.iter().map(|t| format!("{t:016x}")).collect();
-                text.push_str(&format!("              {}\n", line.join("       ")));
-            }
+        progress(text, self.skipped_after);
+        if self.held_locks > 0 {
+            text.push_str(&format!(
+                "{} total locks, {} locks currently held\n",
+                self.total_locks, self.held_locks
+            ));
+        } else {
+            text.push_str(&format!("{} total locks\n", self.total_locks));
         }
-        for w in &h.warnings {
-            text.push_str(&format!("    WARNING: {w}\n"));
+        if let Some(n) = &self.note {
+            text.push_str(&format!("NOTE: {n}\n"));
         }
-        text.push('\n');
     }
-    progress(&mut text, locks.skipped_after);
-    let held_count = locks.held.iter().filter(|h| h.active_count != 0).count();
-    if held_count > 0 {
-        text.push_str(&format!(
-            "{} total locks, {} locks currently held\n",
-            locks.total, held_count
-        ));
-    } else {
-        text.push_str(&format!("{} total locks\n", locks.total));
-    }
-    if let Some(n) = &locks.note {
-        text.push_str(&format!("NOTE: {n}\n"));
-    }
-    let held: Vec<_> = locks
-        .held
-        .iter()
-        .map(|h| {
-            json!({
-                "address": h.address,
-                "symbol": h.symbol,
-                "state": if h.active_count == 0 { "available" } else if h.exclusive { "exclusive" } else { "shared" },
-                "active_count": h.active_count,
-                "exclusive_owner": h.exclusive.then(|| h.owners.first().map(|o| o.thread)).flatten(),
-                "shared_owners": if h.exclusive { vec![] } else { h.owners.iter().map(|o| o.thread).collect::<Vec<_>>() },
-                "owners": h.owners,
-                "contention_count": h.contention_count,
-                "shared_waiters": h.shared_waiters,
-                "exclusive_waiters": h.exclusive_waiters,
-                "number_of_shared_waiters": h.shared_waiter_count,
-                "number_of_exclusive_waiters": h.exclusive_waiter_count,
-                "warnings": h.warnings,
-            })
-        })
-        .collect();
-    Ok(Output {
-        text,
-        json: json!({
-            "total_locks": locks.total,
-            "held_locks": held_count,
-            "held": held,
-            "complete": locks.note.is_none(),
-            "note": locks.note,
-        }),
-    })
 }

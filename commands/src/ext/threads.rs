@@ -1,46 +1,18 @@
 //! Hang helpers over threads and processes: `!thread`, `!process`, `!stacks`, `!running`.
+//! What they read is the model's ([`kdnet_model::nt::threads`]); here the arguments, the
+//! results and their text.
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use crate::engine::{CmdError, Engine, Output, addr};
+use crate::args::{Args, Syntax, flag, opt_expr, opt_word};
+use crate::engine::{CmdError, Engine, addr};
+use crate::registry::Render;
 use kdnet_model::nt::Kernel;
 use kdnet_model::nt::procs::{Process, Thread};
-use kdnet_model::nt::unwind::Stack;
-
-/// Frames of the generic wait and scheduler path, skipped when naming what a thread is
-/// blocked in.
-const WAIT_PATH: [&str; 28] = [
-    "KiSwapContext",
-    "SwapContext",
-    "KiSwapThread",
-    "KiCommitThreadWait",
-    "KeWaitForSingleObject",
-    "KeWaitForMultipleObjects",
-    "KeWaitForMutexObject",
-    "KeRemoveQueueEx",
-    "KeRemoveQueue",
-    "KeDelayExecutionThread",
-    "KiSchedulerApc",
-    "KiDeliverApc",
-    "KiCheckForKernelApcDelivery",
-    "ExpWaitForResource",
-    "ExfAcquirePushLockExclusiveEx",
-    "ExfAcquirePushLockSharedEx",
-    "ExpAcquireFastMutexContended",
-    "KeAcquireGuardedMutex",
-    "ExAcquireFastMutex",
-    "AlpcpSignalAndWait",
-    "AlpcpWaitForSingleObject",
-    "KiIdleLoop",
-    "ExAcquireResourceExclusiveLite",
-    "ExAcquireResourceSharedLite",
-    "ExAcquireSharedStarveExclusive",
-    "ExAcquireSharedWaitForExclusive",
-    "ExAcquireFastMutexUnsafe",
-    "KeAcquireGuardedMutexUnsafe",
-];
+use kdnet_model::nt::threads::blocker;
 
 /// `Ticks: N (d:hh:mm:ss.mmm)`.
 pub fn ticks_text(ticks: u64, increment: u64) -> String {
@@ -54,29 +26,6 @@ pub fn ticks_text(ticks: u64, increment: u64) -> String {
         s % 60,
         ms
     )
-}
-
-/// The frame a thread is blocked in: the first one off the generic wait path.
-pub fn blocker(stack: &Stack) -> Option<String> {
-    stack
-        .frames
-        .iter()
-        .find(|f| {
-            let name = f.call_site.split('!').nth(1).unwrap_or(&f.call_site);
-            let func = name.split('+').next().unwrap_or(name);
-            !WAIT_PATH.contains(&func)
-        })
-        .map(|f| f.call_site.clone())
-}
-
-/// A thread's stack, started from its processor's registers when it runs.
-pub fn stack_of(e: &mut Engine, t: &Thread) -> Result<Stack, CmdError> {
-    let ctx = if t.state == 2 {
-        e.context(t.processor as u32).ok()
-    } else {
-        None
-    };
-    Ok(e.kernel.thread_stack(t, ctx.as_ref())?)
 }
 
 fn hex_addr(a: u64) -> String {
@@ -95,57 +44,130 @@ fn process_name(k: &mut Kernel, eprocess: u64) -> String {
     }
 }
 
-/// Says in the result that a thread's stack is not whole.
-pub fn note_stack(k: &mut Kernel, t: &Thread, st: &Stack) {
-    if !st.complete {
-        k.note_incomplete(format!(
-            "the stack of thread {:x} ({:x}.{:x}) stops early: {}",
-            t.ethread,
-            t.pid,
-            t.tid,
-            st.note.as_deref().unwrap_or("the walk ended")
-        ));
-    }
+// ---- !thread ----
+
+/// `!thread [ADDR|-1] [FLAGS]`.
+pub const THREAD: Syntax = Syntax::params(&[opt_expr("ADDR"), opt_expr("FLAGS")]);
+
+/// An object a thread waits on.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Waited {
+    /// Its address.
+    pub object: u64,
+    /// Its type name.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// DISPATCHER_HEADER.Type.
+    pub type_code: u8,
+    /// The owner, for a mutant.
+    pub owner: Option<u64>,
+    /// What the line adds after the type (a mutant's owner, a semaphore's limit).
+    #[serde(skip)]
+    pub extra: String,
 }
 
-/// `!thread`'s block for one thread, and its JSON.
-pub fn thread_block(
-    e: &mut Engine,
-    t: &Thread,
+/// One frame of a thread's stack.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ThreadFrame {
+    /// RSP in this frame.
+    pub child_sp: u64,
+    /// Where it returns to.
+    pub return_address: u64,
+    /// `module!symbol+offset`.
+    pub call_site: String,
+}
+
+/// An IRP on a thread's list, as its line shows it.
+#[derive(Debug, Clone)]
+pub struct IrpLine {
+    /// Its address.
+    pub irp: u64,
+    /// Type, size, flags and MDL, or why it could not be read.
+    pub fields: Result<(u16, u16, u32, u64), String>,
+}
+
+/// A thread (`!thread`, and each thread of `!process` with thread flags).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ThreadInfo {
+    /// ETHREAD.
+    pub thread: u64,
+    /// The owning EPROCESS.
+    pub process: u64,
+    /// The owning process's image name.
+    pub image: String,
+    /// Process id.
+    pub pid: u64,
+    /// Thread id.
+    pub tid: u64,
+    /// Its state's name.
+    pub state: String,
+    /// The processor it last ran on.
+    pub processor: u64,
+    /// Why it waits (null when it does not).
+    pub wait_reason: Option<String>,
+    /// `KernelMode` or `UserMode` (null when it does not wait).
+    pub wait_mode: Option<String>,
+    /// Whether the wait is alertable.
+    pub alertable: bool,
+    /// The tick count its wait began at.
+    pub wait_start_tick: u64,
+    /// How many ticks it has waited.
+    pub wait_ticks: Option<u64>,
+    /// How long it has waited (seconds).
+    pub wait_seconds: Option<f64>,
+    /// What it waits on.
+    pub waits: Vec<Waited>,
+    /// Its IRPs.
+    pub irps: Vec<u64>,
+    /// The process it is attached to.
+    pub attached_process: Option<u64>,
+    /// Its start address.
+    pub start_address: u64,
+    /// Its Win32 start address.
+    pub win32_start_address: u64,
+    /// Priority.
+    pub priority: i64,
+    /// BasePriority.
+    pub base_priority: i64,
+    /// Context switches.
+    pub context_switches: u64,
+    /// Whether its kernel stack is resident.
+    pub stack_resident: bool,
+    /// Its stack (empty when not asked for).
+    pub frames: Vec<ThreadFrame>,
+    /// Why the stack walk stopped early, or what it is.
+    pub stack_note: Option<String>,
+    /// The frame it is blocked in.
+    pub blocker: Option<String>,
+    /// The rest of what its text shows.
+    #[serde(skip)]
+    pub shown: ThreadShown,
+}
+
+/// What `!thread`'s text shows beyond the data.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadShown {
+    state_code: u8,
+    teb: u64,
+    win32_thread: u64,
+    irps: Vec<IrpLine>,
+    attached_image: String,
+    increment: u64,
+    user_time: u64,
+    kernel_time: u64,
+    win32_start: String,
+    start: String,
+    initial_stack: u64,
+    kernel_stack: u64,
+    stack_base: u64,
+    stack_limit: u64,
     with_stack: bool,
-) -> Result<(String, Value), CmdError> {
+}
+
+/// Reads what `!thread` shows of `t`.
+pub fn thread_info(e: &mut Engine, t: &Thread, with_stack: bool) -> Result<ThreadInfo, CmdError> {
     let k = &mut e.kernel;
-    let (_, inc) = k.clock().unwrap_or((0, 156_250));
-    let mut s = format!(
-        "THREAD {}  Cid {:04x}.{:04x}  Teb: {} Win32Thread: {} ",
-        hex_addr(t.ethread),
-        t.pid,
-        t.tid,
-        hex_addr(t.teb),
-        hex_addr(t.win32_thread)
-    );
-    match t.state {
-        2 => s.push_str(&format!("RUNNING on processor {}\n", t.processor)),
-        5 => s.push_str(&format!(
-            "WAIT: ({}) {} {}\n",
-            t.wait_reason_name,
-            if t.wait_mode == 0 {
-                "KernelMode"
-            } else {
-                "UserMode"
-            },
-            if t.alertable {
-                "Alertable"
-            } else {
-                "Non-Alertable"
-            }
-        )),
-        _ => s.push_str(&format!(
-            "{} on processor {}\n",
-            t.state_name.to_ascii_uppercase(),
-            t.processor
-        )),
-    }
+    let (_, increment) = k.clock().unwrap_or((0, 156_250));
     let mut waits = Vec::new();
     for w in &t.waits {
         let extra = match (w.type_code, w.owner) {
@@ -170,222 +192,303 @@ pub fn thread_block(
             }
             _ => String::new(),
         };
-        s.push_str(&format!(
-            "    {}  {}{}\n",
-            hex_addr(w.object),
-            w.type_name,
-            extra
-        ));
-        waits.push(json!({
-            "object": w.object,
-            "type": w.type_name,
-            "type_code": w.type_code,
-            "owner": w.owner,
-        }));
+        waits.push(Waited {
+            object: w.object,
+            type_name: w.type_name.clone(),
+            type_code: w.type_code,
+            owner: w.owner,
+            extra,
+        });
     }
-    if !t.irps.is_empty() {
-        s.push_str("IRP List:\n");
-        for irp in &t.irps {
-            let b = match k.mem.kread(*irp, 0x18) {
-                Ok(b) => b,
-                Err(e) => {
-                    k.note_incomplete(format!("IRP {irp:x} is unreadable: {e}"));
-                    s.push_str(&format!("    {}: (unreadable: {e})\n", hex_addr(*irp)));
-                    continue;
-                }
-            };
-            let g16 = |o: usize| {
-                b.get(o..o + 2)
-                    .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
-            };
-            let g32 = |o: usize| {
-                b.get(o..o + 4)
-                    .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
-            };
-            let g64 = |o: usize| {
-                b.get(o..o + 8)
-                    .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
-            };
-            s.push_str(&format!(
-                "    {}: ({:04x},{:04x}) Flags: {:08x}  Mdl: {}\n",
-                hex_addr(*irp),
-                g16(0),
-                g16(2),
-                g32(0x10),
-                hex_addr(g64(8))
-            ));
-        }
+    let mut irps = Vec::new();
+    for irp in &t.irps {
+        let fields = match k.mem.kread(*irp, 0x18) {
+            Ok(b) => {
+                let g16 = |o: usize| {
+                    b.get(o..o + 2)
+                        .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
+                };
+                let g32 = |o: usize| {
+                    b.get(o..o + 4)
+                        .map_or(0, |x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+                };
+                let g64 = |o: usize| {
+                    b.get(o..o + 8)
+                        .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
+                };
+                Ok((g16(0), g16(2), g32(0x10), g64(8)))
+            }
+            Err(e) => {
+                k.note_incomplete(format!("IRP {irp:x} is unreadable: {e}"));
+                Err(e.to_string())
+            }
+        };
+        irps.push(IrpLine { irp: *irp, fields });
     }
-    let owner = process_name(k, t.process);
-    s.push_str(&format!(
-        "Owning Process            {}       Image:         {}\n",
-        hex_addr(t.process),
-        owner
-    ));
-    match t.attached_process {
-        Some(p) => {
-            let name = process_name(k, p);
-            s.push_str(&format!(
-                "Attached Process          {}       Image:         {}\n",
-                hex_addr(p),
-                name
-            ));
-        }
-        None => s.push_str("Attached Process          N/A            Image:         N/A\n"),
-    }
-    match t.wait_ticks {
-        Some(ticks) => s.push_str(&format!(
-            "Wait Start TickCount      {}           Ticks: {} ({})\n",
-            t.wait_tick,
-            ticks,
-            ticks_text(ticks, inc)
-        )),
-        None => s.push_str(&format!("Wait Start TickCount      {}\n", t.wait_tick)),
-    }
-    s.push_str(&format!(
-        "Context Switch Count      {}\n",
-        t.context_switches
-    ));
-    s.push_str(&format!(
-        "UserTime                  {}\nKernelTime                {}\n",
-        ticks_text(t.user_time, inc),
-        ticks_text(t.kernel_time, inc)
-    ));
-    let win32 = k.symbolize(t.win32_start_address);
+    let image = process_name(k, t.process);
+    let attached_image = match t.attached_process {
+        Some(p) => process_name(k, p),
+        None => String::new(),
+    };
+    let win32_start = k.symbolize(t.win32_start_address);
     let start = k.symbolize(t.start_address);
-    s.push_str(&format!(
-        "Win32 Start Address {} (0x{:x})\nStart Address {} (0x{:x})\n",
-        win32, t.win32_start_address, start, t.start_address
-    ));
-    s.push_str(&format!(
-        "Stack Init {:x} Current {:x}\nBase {:x} Limit {:x} Call 0000000000000000\n",
-        t.initial_stack, t.kernel_stack, t.stack_base, t.stack_limit
-    ));
-    s.push_str(&format!(
-        "Priority {} BasePriority {}\n",
-        t.priority, t.base_priority
-    ));
     let mut frames = Vec::new();
     let mut stack_note = None;
     let mut blocked_in = None;
     if with_stack {
-        let st = stack_of(e, t)?;
-        s.push_str("Child-SP          RetAddr               Call Site\n");
-        for f in &st.frames {
-            s.push_str(&format!(
-                "{} {}     {}\n",
-                addr(f.child_sp),
-                addr(f.return_address),
-                f.call_site
-            ));
-            frames.push(json!({
-                "child_sp": f.child_sp,
-                "return_address": f.return_address,
-                "call_site": f.call_site,
-            }));
-        }
-        if let Some(n) = &st.note {
-            s.push_str(&format!("({n})\n"));
-        }
-        note_stack(&mut e.kernel, t, &st);
+        let st = e.kernel.stack_of(t)?;
+        frames = st
+            .frames
+            .iter()
+            .map(|f| ThreadFrame {
+                child_sp: f.child_sp,
+                return_address: f.return_address,
+                call_site: f.call_site.clone(),
+            })
+            .collect();
+        e.kernel.note_stack(t, &st);
         blocked_in = blocker(&st);
         stack_note = st.note;
     }
-    s.push('\n');
-    let j = json!({
-        "thread": t.ethread,
-        "process": t.process,
-        "image": owner,
-        "pid": t.pid,
-        "tid": t.tid,
-        "state": t.state_name,
-        "processor": t.processor,
-        "wait_reason": (t.state == 5).then_some(t.wait_reason_name.clone()),
-        "wait_mode": (t.state == 5).then_some(if t.wait_mode == 0 { "KernelMode" } else { "UserMode" }),
-        "alertable": t.alertable,
-        "wait_start_tick": t.wait_tick,
-        "wait_ticks": t.wait_ticks,
-        "wait_seconds": t.wait_seconds,
-        "waits": waits,
-        "irps": t.irps,
-        "attached_process": t.attached_process,
-        "start_address": t.start_address,
-        "win32_start_address": t.win32_start_address,
-        "priority": t.priority,
-        "base_priority": t.base_priority,
-        "context_switches": t.context_switches,
-        "stack_resident": t.stack_resident,
-        "frames": frames,
-        "stack_note": stack_note,
-        "blocker": blocked_in,
-    });
-    Ok((s, j))
+    let waiting = t.state == 5;
+    Ok(ThreadInfo {
+        thread: t.ethread,
+        process: t.process,
+        image,
+        pid: t.pid,
+        tid: t.tid,
+        state: t.state_name.clone(),
+        processor: t.processor,
+        wait_reason: waiting.then(|| t.wait_reason_name.clone()),
+        wait_mode: waiting.then(|| {
+            if t.wait_mode == 0 {
+                "KernelMode"
+            } else {
+                "UserMode"
+            }
+            .to_string()
+        }),
+        alertable: t.alertable,
+        wait_start_tick: t.wait_tick,
+        wait_ticks: t.wait_ticks,
+        wait_seconds: t.wait_seconds,
+        waits,
+        irps: t.irps.clone(),
+        attached_process: t.attached_process,
+        start_address: t.start_address,
+        win32_start_address: t.win32_start_address,
+        priority: t.priority,
+        base_priority: t.base_priority,
+        context_switches: t.context_switches,
+        stack_resident: t.stack_resident,
+        frames,
+        stack_note,
+        blocker: blocked_in,
+        shown: ThreadShown {
+            state_code: t.state,
+            teb: t.teb,
+            win32_thread: t.win32_thread,
+            irps,
+            attached_image,
+            increment,
+            user_time: t.user_time,
+            kernel_time: t.kernel_time,
+            win32_start,
+            start,
+            initial_stack: t.initial_stack,
+            kernel_stack: t.kernel_stack,
+            stack_base: t.stack_base,
+            stack_limit: t.stack_limit,
+            with_stack,
+        },
+    })
+}
+
+impl Render for ThreadInfo {
+    fn render(&self, s: &mut String) {
+        let x = &self.shown;
+        s.push_str(&format!(
+            "THREAD {}  Cid {:04x}.{:04x}  Teb: {} Win32Thread: {} ",
+            hex_addr(self.thread),
+            self.pid,
+            self.tid,
+            hex_addr(x.teb),
+            hex_addr(x.win32_thread)
+        ));
+        match x.state_code {
+            2 => s.push_str(&format!("RUNNING on processor {}\n", self.processor)),
+            5 => s.push_str(&format!(
+                "WAIT: ({}) {} {}\n",
+                self.wait_reason.as_deref().unwrap_or(""),
+                self.wait_mode.as_deref().unwrap_or(""),
+                if self.alertable {
+                    "Alertable"
+                } else {
+                    "Non-Alertable"
+                }
+            )),
+            _ => s.push_str(&format!(
+                "{} on processor {}\n",
+                self.state.to_ascii_uppercase(),
+                self.processor
+            )),
+        }
+        for w in &self.waits {
+            s.push_str(&format!(
+                "    {}  {}{}\n",
+                hex_addr(w.object),
+                w.type_name,
+                w.extra
+            ));
+        }
+        if !x.irps.is_empty() {
+            s.push_str("IRP List:\n");
+            for i in &x.irps {
+                match &i.fields {
+                    Ok((ty, size, flags, mdl)) => s.push_str(&format!(
+                        "    {}: ({:04x},{:04x}) Flags: {:08x}  Mdl: {}\n",
+                        hex_addr(i.irp),
+                        ty,
+                        size,
+                        flags,
+                        hex_addr(*mdl)
+                    )),
+                    Err(e) => s.push_str(&format!("    {}: (unreadable: {e})\n", hex_addr(i.irp))),
+                }
+            }
+        }
+        s.push_str(&format!(
+            "Owning Process            {}       Image:         {}\n",
+            hex_addr(self.process),
+            self.image
+        ));
+        match self.attached_process {
+            Some(p) => s.push_str(&format!(
+                "Attached Process          {}       Image:         {}\n",
+                hex_addr(p),
+                x.attached_image
+            )),
+            None => s.push_str("Attached Process          N/A            Image:         N/A\n"),
+        }
+        match self.wait_ticks {
+            Some(ticks) => s.push_str(&format!(
+                "Wait Start TickCount      {}           Ticks: {} ({})\n",
+                self.wait_start_tick,
+                ticks,
+                ticks_text(ticks, x.increment)
+            )),
+            None => s.push_str(&format!(
+                "Wait Start TickCount      {}\n",
+                self.wait_start_tick
+            )),
+        }
+        s.push_str(&format!(
+            "Context Switch Count      {}\n",
+            self.context_switches
+        ));
+        s.push_str(&format!(
+            "UserTime                  {}\nKernelTime                {}\n",
+            ticks_text(x.user_time, x.increment),
+            ticks_text(x.kernel_time, x.increment)
+        ));
+        s.push_str(&format!(
+            "Win32 Start Address {} (0x{:x})\nStart Address {} (0x{:x})\n",
+            x.win32_start, self.win32_start_address, x.start, self.start_address
+        ));
+        s.push_str(&format!(
+            "Stack Init {:x} Current {:x}\nBase {:x} Limit {:x} Call 0000000000000000\n",
+            x.initial_stack, x.kernel_stack, x.stack_base, x.stack_limit
+        ));
+        s.push_str(&format!(
+            "Priority {} BasePriority {}\n",
+            self.priority, self.base_priority
+        ));
+        if x.with_stack {
+            s.push_str("Child-SP          RetAddr               Call Site\n");
+            for f in &self.frames {
+                s.push_str(&format!(
+                    "{} {}     {}\n",
+                    addr(f.child_sp),
+                    addr(f.return_address),
+                    f.call_site
+                ));
+            }
+            if let Some(n) = &self.stack_note {
+                s.push_str(&format!("({n})\n"));
+            }
+        }
+        s.push('\n');
+    }
 }
 
 /// The current thread of the engine's processor.
 fn current_thread(e: &mut Engine) -> Result<u64, CmdError> {
     let n = e.processor;
-    let cpus = e.kernel.processors()?;
-    cpus.iter()
-        .find(|c| c.number == n)
-        .map(|c| c.current)
+    e.kernel
+        .current_thread(n)?
         .ok_or_else(|| CmdError::Usage(format!("processor {n} has no current thread")))
 }
 
-/// `!thread [ADDR] [FLAGS]`.
-pub fn thread_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
-    let mut parts = args.split_whitespace();
-    let et = match parts.next() {
-        Some(a) if a != "-1" => e.eval(a)?,
+/// `!thread [ADDR|-1] [FLAGS]`.
+pub fn thread_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<ThreadInfo, CmdError> {
+    let et = match a.text("ADDR") {
+        Some(t) if t != "-1" => e.eval(t)?,
         _ => current_thread(e)?,
     };
-    let flags = match parts.next() {
-        Some(f) => e.eval(f)?,
-        None => 0x1f,
-    };
+    let flags = a.expr(e, "FLAGS")?.unwrap_or(0x1f);
     let t = e.kernel.thread(et)?;
-    let (text, json) = thread_block(e, &t, flags & 0x6 != 0 || flags == 0x1f)?;
-    Ok(Output { text, json })
+    thread_info(e, &t, flags & 0x6 != 0 || flags == 0x1f)
 }
 
-/// A process and its threads.
-pub type ProcessThreads = (Process, Vec<Thread>);
+// ---- !process ----
 
-/// Threads (pid, tid, ETHREAD) that share one stack.
-type Group = (Vec<String>, Vec<(u64, u64, u64)>);
+/// `!process [ADDR|0] [FLAGS] [IMAGE]`.
+pub const PROCESS: Syntax =
+    Syntax::params(&[opt_expr("ADDR"), opt_expr("FLAGS"), opt_word("IMAGE")]);
 
-/// Every process with its threads, and notes on what could not be read.
-pub fn all_threads(e: &mut Engine) -> Result<(Vec<ProcessThreads>, Vec<String>), CmdError> {
-    let mut notes = Vec::new();
-    let (procs, note) = e.kernel.processes()?;
-    notes.extend(note.map(|n| format!("process list: {n}")));
-    let mut out = Vec::new();
-    for p in procs {
-        match e.kernel.threads_of(p.eprocess) {
-            Ok((threads, note)) => {
-                if let Some(n) = note {
-                    notes.push(format!("{} ({:x}): {n}", p.name, p.eprocess));
-                }
-                out.push((p, threads));
-            }
-            Err(err) => {
-                notes.push(format!(
-                    "{} ({:x}): threads unreadable: {err}",
-                    p.name, p.eprocess
-                ));
-                out.push((p, Vec::new()));
-            }
-        }
-    }
-    // Every one of these leaves threads out.
-    for n in &notes {
-        e.kernel.note_incomplete(n.clone());
-    }
-    Ok((out, notes))
+/// A process of `!process`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProcessInfo {
+    /// EPROCESS.
+    pub process: u64,
+    /// Process id.
+    pub pid: u64,
+    /// The parent's process id.
+    pub parent_pid: u64,
+    /// ImageFileName.
+    pub image: String,
+    /// DirectoryTableBase.
+    pub dir_base: u64,
+    /// Peb.
+    pub peb: u64,
+    /// ObjectTable.
+    pub object_table: u64,
+    /// Its threads (with thread flags 2 or 4 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<Vec<ThreadInfo>>,
+    /// Its session id as shown (`none`, `?` when unreadable).
+    #[serde(skip)]
+    pub session: String,
+    /// Why its thread list is not whole.
+    #[serde(skip)]
+    pub threads_note: Option<String>,
 }
 
-fn process_lines(k: &mut Kernel, p: &Process) -> String {
-    let session = if p.session == 0 {
+/// What `!process` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Processes {
+    /// The processes.
+    pub processes: Vec<ProcessInfo>,
+    /// Whether every process was asked for (the text's banner).
+    #[serde(skip)]
+    pub all: bool,
+    /// Why the process list is not whole.
+    #[serde(skip)]
+    pub list_note: Option<String>,
+}
+
+fn session_text(k: &mut Kernel, p: &Process) -> String {
+    if p.session == 0 {
         "none".to_string()
     } else {
         match k.mem.u32(p.session + 8) {
@@ -398,120 +501,199 @@ fn process_lines(k: &mut Kernel, p: &Process) -> String {
                 "?".into()
             }
         }
-    };
-    format!(
-        "PROCESS {}\n    SessionId: {}  Cid: {:04x}    Peb: {:08x}  ParentCid: {:04x}\n    DirBase: {:08x}  ObjectTable: {}  HandleCount: <Data Not Accessible>\n    Image: {}\n",
-        hex_addr(p.eprocess),
-        session,
-        p.pid,
-        p.peb,
-        p.parent,
-        p.dtb,
-        hex_addr(p.object_table),
-        p.name
-    )
-}
-
-fn process_json(p: &Process) -> Value {
-    json!({
-        "process": p.eprocess,
-        "pid": p.pid,
-        "parent_pid": p.parent,
-        "image": p.name,
-        "dir_base": p.dtb,
-        "peb": p.peb,
-        "object_table": p.object_table,
-    })
+    }
 }
 
 /// `!process [0|ADDR] [FLAGS] [IMAGE]`: 0 0 lists processes; flags with bit 1/2 add threads
 /// (and their stacks).
-pub fn process_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
-    let parts: Vec<&str> = args.split_whitespace().collect();
-    let which = match parts.first() {
-        Some(a) => e.eval(a)?,
-        None => 0,
-    };
-    let flags = match parts.get(1) {
-        Some(f) => e.eval(f)?,
-        None => 0,
-    };
-    let image = parts.get(2).map(|s| s.to_ascii_lowercase());
-    let mut text = String::new();
-    let mut list = Vec::new();
+pub fn process_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Processes, CmdError> {
+    let which = a.expr(e, "ADDR")?.unwrap_or(0);
+    let flags = a.expr(e, "FLAGS")?.unwrap_or(0);
+    let image = a.text("IMAGE").map(str::to_ascii_lowercase);
+    let mut list_note = None;
     let procs: Vec<Process> = if which == 0 {
-        text.push_str("**** NT ACTIVE PROCESS DUMP ****\n");
         let (p, note) = e.kernel.processes()?;
         if let Some(n) = note {
-            text.push_str(&format!("NOTE: {n}\n"));
             e.kernel.note_incomplete(format!("process list: {n}"));
+            list_note = Some(n);
         }
         p
     } else {
         vec![e.kernel.process(which)?]
     };
+    let mut list = Vec::new();
     for p in procs {
         if let Some(img) = &image
             && !p.name.to_ascii_lowercase().starts_with(img.as_str())
         {
             continue;
         }
-        text.push_str(&process_lines(&mut e.kernel, &p));
-        let mut pj = process_json(&p);
+        let session = session_text(&mut e.kernel, &p);
+        let mut threads = None;
+        let mut threads_note = None;
         if flags & 0x6 != 0 {
-            text.push('\n');
-            let (threads, note) = e.kernel.threads_of(p.eprocess)?;
+            let (ts, note) = e.kernel.threads_of(p.eprocess)?;
             let mut tj = Vec::new();
-            for t in threads {
-                let (tt, j) = thread_block(e, &t, flags & 0x4 != 0)?;
-                for line in tt.lines() {
-                    text.push_str("        ");
-                    text.push_str(line);
-                    text.push('\n');
-                }
-                tj.push(j);
+            for t in ts {
+                tj.push(thread_info(e, &t, flags & 0x4 != 0)?);
             }
             if let Some(n) = note {
-                text.push_str(&format!("        NOTE: {n}\n"));
                 e.kernel
                     .note_incomplete(format!("threads of {} ({:x}): {n}", p.name, p.eprocess));
+                threads_note = Some(n);
             }
-            pj["threads"] = json!(tj);
+            threads = Some(tj);
         }
-        text.push('\n');
-        list.push(pj);
+        list.push(ProcessInfo {
+            process: p.eprocess,
+            pid: p.pid,
+            parent_pid: p.parent,
+            image: p.name,
+            dir_base: p.dtb,
+            peb: p.peb,
+            object_table: p.object_table,
+            threads,
+            session,
+            threads_note,
+        });
     }
-    Ok(Output {
-        text,
-        json: json!({ "processes": list }),
+    Ok(Processes {
+        processes: list,
+        all: which == 0,
+        list_note,
     })
+}
+
+impl Render for Processes {
+    fn render(&self, text: &mut String) {
+        if self.all {
+            text.push_str("**** NT ACTIVE PROCESS DUMP ****\n");
+            if let Some(n) = &self.list_note {
+                text.push_str(&format!("NOTE: {n}\n"));
+            }
+        }
+        for p in &self.processes {
+            text.push_str(&format!(
+                "PROCESS {}\n    SessionId: {}  Cid: {:04x}    Peb: {:08x}  ParentCid: {:04x}\n    DirBase: {:08x}  ObjectTable: {}  HandleCount: <Data Not Accessible>\n    Image: {}\n",
+                hex_addr(p.process),
+                p.session,
+                p.pid,
+                p.peb,
+                p.parent_pid,
+                p.dir_base,
+                hex_addr(p.object_table),
+                p.image
+            ));
+            if let Some(threads) = &p.threads {
+                text.push('\n');
+                for t in threads {
+                    let mut tt = String::new();
+                    t.render(&mut tt);
+                    for line in tt.lines() {
+                        text.push_str("        ");
+                        text.push_str(line);
+                        text.push('\n');
+                    }
+                }
+                if let Some(n) = &p.threads_note {
+                    text.push_str(&format!("        NOTE: {n}\n"));
+                }
+            }
+            text.push('\n');
+        }
+    }
+}
+
+// ---- !stacks ----
+
+/// `!stacks [0|1|2] [FILTER]`.
+pub const STACKS: Syntax = Syntax::params(&[opt_word("DETAIL"), opt_word("FILTER")]);
+
+/// A thread of `!stacks`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StackThread {
+    /// Process id.
+    pub pid: u64,
+    /// Thread id.
+    pub tid: u64,
+    /// ETHREAD.
+    pub thread: u64,
+    /// EPROCESS.
+    pub process: u64,
+    /// The process's image name.
+    pub image: String,
+    /// Its state's name.
+    pub state: String,
+    /// Why it waits (null when it does not).
+    pub wait_reason: Option<String>,
+    /// How many ticks it has waited.
+    pub wait_ticks: Option<u64>,
+    /// The frame it is blocked in.
+    pub blocker: Option<String>,
+    /// Its stack's call sites.
+    pub frames: Vec<String>,
+    /// Whether its kernel stack is resident.
+    pub stack_resident: bool,
+    /// Whether the stack walk reached its end.
+    pub stack_complete: bool,
+    /// Why the walk stopped early, or what the stack is.
+    pub stack_note: Option<String>,
+    /// Its state's number.
+    #[serde(skip)]
+    pub state_code: u8,
+}
+
+/// Threads with one stack.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StackGroup {
+    /// How many.
+    pub count: usize,
+    /// Their ETHREADs.
+    pub threads: Vec<u64>,
+    /// The stack's call sites.
+    pub frames: Vec<String>,
+    /// Their (pid, tid).
+    #[serde(skip)]
+    pub ids: Vec<(u64, u64)>,
+}
+
+/// What `!stacks` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Stacks {
+    /// The threads shown.
+    pub threads: Vec<StackThread>,
+    /// Identical stacks, most common first.
+    pub groups: Vec<StackGroup>,
+    /// Threads whose stack is paged out.
+    pub paged_out: usize,
+    /// What could not be read.
+    pub notes: Vec<String>,
+    /// 0, 1 or 2.
+    #[serde(skip)]
+    pub detail: u64,
 }
 
 /// `!stacks [0|1|2] [FILTER]`: every thread with what it is blocked in, then the threads
 /// grouped by identical stacks.
-pub fn stacks_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
+pub fn stacks_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Stacks, CmdError> {
     let mut detail = 0u64;
     let mut filter: Option<String> = None;
-    for a in args.split_whitespace() {
-        match a {
-            "0" | "1" | "2" => detail = a.parse().unwrap_or(0),
+    for w in [a.text("DETAIL"), a.text("FILTER")].into_iter().flatten() {
+        match w {
+            "0" | "1" | "2" => detail = w.parse().unwrap_or(0),
             f => filter = Some(f.to_ascii_lowercase()),
         }
     }
-    let (all, notes) = all_threads(e)?;
-    let mut text = String::from("Proc.Thread  .Thread  Ticks   ThreadState Blocker\n");
-    let mut threads_json = Vec::new();
+    let (all, mut notes) = e.kernel.all_threads()?;
+    let mut threads = Vec::new();
     let mut groups: BTreeMap<Vec<String>, Vec<(u64, u64, u64)>> = BTreeMap::new();
-    let mut shown = 0usize;
     let mut paged_out = 0usize;
-    let mut notes = notes;
     // Threads whose stacks stop early: (pid, tid, why) of the first, and how many.
     let mut partial: Option<(u64, u64, String)> = None;
     let mut partial_count = 0usize;
-    for (p, threads) in &all {
-        let mut header_done = false;
-        for t in threads {
-            let st = match stack_of(e, t) {
+    for (p, ts) in &all {
+        for t in ts {
+            let st = match e.kernel.stack_of(t) {
                 Ok(st) => st,
                 Err(err) => {
                     notes.push(format!(
@@ -549,88 +731,40 @@ pub fn stacks_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
                     continue;
                 }
             }
-            if !header_done {
-                text.push_str(&format!(
-                    "                            [{} {}]\n",
-                    hex_addr(p.eprocess),
-                    p.name
-                ));
-                header_done = true;
-            }
-            let state = match t.state {
-                5 => "Blocked",
-                2 => "RUNNING",
-                1 => "READY",
-                _ => t.state_name.as_str(),
-            };
-            let block = if t.stack_resident {
-                blocker(&st).unwrap_or_default()
-            } else {
-                "Stack paged out".into()
-            };
-            text.push_str(&format!(
-                "{:4x}.{:06x}  {} {:07x} {:<11} {}\n",
-                t.pid,
-                t.tid,
-                hex_addr(t.ethread),
-                t.wait_ticks.unwrap_or(0),
-                state,
-                block
-            ));
-            if detail == 2 {
-                for s in &sites {
-                    text.push_str(&format!("                                        {s}\n"));
-                }
-            }
-            shown += 1;
             groups
                 .entry(sites.clone())
                 .or_default()
                 .push((t.pid, t.tid, t.ethread));
-            threads_json.push(json!({
-                "pid": t.pid,
-                "tid": t.tid,
-                "thread": t.ethread,
-                "process": p.eprocess,
-                "image": p.name,
-                "state": t.state_name,
-                "wait_reason": (t.state == 5).then_some(t.wait_reason_name.clone()),
-                "wait_ticks": t.wait_ticks,
-                "blocker": blocker(&st),
-                "frames": sites,
-                "stack_resident": t.stack_resident,
-                "stack_complete": st.complete,
-                "stack_note": st.note,
-            }));
+            threads.push(StackThread {
+                pid: t.pid,
+                tid: t.tid,
+                thread: t.ethread,
+                process: p.eprocess,
+                image: p.name.clone(),
+                state: t.state_name.clone(),
+                wait_reason: (t.state == 5).then(|| t.wait_reason_name.clone()),
+                wait_ticks: t.wait_ticks,
+                blocker: blocker(&st),
+                frames: sites,
+                stack_resident: t.stack_resident,
+                stack_complete: st.complete,
+                stack_note: st.note,
+                state_code: t.state,
+            });
         }
     }
     // Identical stacks, most common first.
     let mut ordered: Vec<Group> = groups.into_iter().collect();
     ordered.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
-    text.push_str(&format!(
-        "\nThreads Processed: {shown}\n\n{} distinct stacks:\n",
-        ordered.len()
-    ));
-    let mut groups_json = Vec::new();
-    for (sites, members) in &ordered {
-        let ids: Vec<String> = members
-            .iter()
-            .map(|(pid, tid, _)| format!("{pid:x}.{tid:x}"))
-            .collect();
-        text.push_str(&format!(
-            "\n{} thread(s): {}\n",
-            members.len(),
-            ids.join(" ")
-        ));
-        for s in sites {
-            text.push_str(&format!("    {s}\n"));
-        }
-        groups_json.push(json!({
-            "count": members.len(),
-            "threads": members.iter().map(|m| m.2).collect::<Vec<_>>(),
-            "frames": sites,
-        }));
-    }
+    let groups = ordered
+        .into_iter()
+        .map(|(frames, members)| StackGroup {
+            count: members.len(),
+            threads: members.iter().map(|m| m.2).collect(),
+            ids: members.iter().map(|m| (m.0, m.1)).collect(),
+            frames,
+        })
+        .collect();
     if let Some((pid, tid, why)) = &partial {
         let n = format!(
             "{partial_count} thread stack(s) stop early (the first, {pid:x}.{tid:x}: {why})"
@@ -638,23 +772,144 @@ pub fn stacks_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
         e.kernel.note_incomplete(n.clone());
         notes.push(n);
     }
-    for n in &notes {
-        text.push_str(&format!("NOTE: {n}\n"));
-    }
-    Ok(Output {
-        text,
-        json: json!({
-            "threads": threads_json,
-            "groups": groups_json,
-            "paged_out": paged_out,
-            "notes": notes,
-        }),
+    Ok(Stacks {
+        threads,
+        groups,
+        paged_out,
+        notes,
+        detail,
     })
 }
 
-/// `!running [-t]`: what every processor runs.
-pub fn running_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
-    let with_stacks = args.split_whitespace().any(|a| a == "-t");
+impl Render for Stacks {
+    fn render(&self, text: &mut String) {
+        text.push_str("Proc.Thread  .Thread  Ticks   ThreadState Blocker\n");
+        let mut last_process = None;
+        for t in &self.threads {
+            if last_process != Some(t.process) {
+                text.push_str(&format!(
+                    "                            [{} {}]\n",
+                    hex_addr(t.process),
+                    t.image
+                ));
+                last_process = Some(t.process);
+            }
+            let state = match t.state_code {
+                5 => "Blocked",
+                2 => "RUNNING",
+                1 => "READY",
+                _ => t.state.as_str(),
+            };
+            let block = if t.stack_resident {
+                t.blocker.clone().unwrap_or_default()
+            } else {
+                "Stack paged out".into()
+            };
+            text.push_str(&format!(
+                "{:4x}.{:06x}  {} {:07x} {:<11} {}\n",
+                t.pid,
+                t.tid,
+                hex_addr(t.thread),
+                t.wait_ticks.unwrap_or(0),
+                state,
+                block
+            ));
+            if self.detail == 2 {
+                for s in &t.frames {
+                    text.push_str(&format!("                                        {s}\n"));
+                }
+            }
+        }
+        text.push_str(&format!(
+            "\nThreads Processed: {}\n\n{} distinct stacks:\n",
+            self.threads.len(),
+            self.groups.len()
+        ));
+        for g in &self.groups {
+            let ids: Vec<String> = g
+                .ids
+                .iter()
+                .map(|(pid, tid)| format!("{pid:x}.{tid:x}"))
+                .collect();
+            text.push_str(&format!("\n{} thread(s): {}\n", g.count, ids.join(" ")));
+            for s in &g.frames {
+                text.push_str(&format!("    {s}\n"));
+            }
+        }
+        for n in &self.notes {
+            text.push_str(&format!("NOTE: {n}\n"));
+        }
+    }
+}
+
+/// Threads (pid, tid, ETHREAD) that share one stack.
+type Group = (Vec<String>, Vec<(u64, u64, u64)>);
+
+// ---- !running ----
+
+/// `!running [-i] [-t]`.
+pub const RUNNING: Syntax = Syntax {
+    flags: &[
+        flag(
+            "-i",
+            "accepted, as WinDbg's (idle processors are always shown)",
+        ),
+        flag("-t", "each running thread's stack"),
+    ],
+    params: &[],
+    length: false,
+};
+
+/// A processor of `!running`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunningProcessor {
+    /// Its number.
+    pub processor: u32,
+    /// KPRCB.
+    pub prcb: u64,
+    /// The thread it runs.
+    pub current: u64,
+    /// The thread it runs next (null when none).
+    pub next: Option<u64>,
+    /// Its idle thread.
+    pub idle_thread: u64,
+    /// Whether it runs its idle thread.
+    pub idle: bool,
+    /// The running thread's call sites (with -t).
+    pub frames: Vec<String>,
+    /// What the text shows beyond the data.
+    #[serde(skip)]
+    pub shown: RunningShown,
+}
+
+/// What `!running`'s text shows of a processor beyond the data.
+#[derive(Debug, Clone, Default)]
+pub struct RunningShown {
+    current_priority: Option<i64>,
+    next_priority: Option<i64>,
+    /// The stack was asked for.
+    with_stack: bool,
+    /// Why the running thread could not be read.
+    unreadable: Option<String>,
+    /// (Child-SP, return address) of each frame.
+    frames: Vec<(u64, u64)>,
+    note: Option<String>,
+}
+
+/// What `!running` found.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Running {
+    /// A mask of the processors.
+    pub system_processors: u64,
+    /// A mask of the idle processors.
+    pub idle_processors: u64,
+    /// Each processor.
+    pub processors: Vec<RunningProcessor>,
+}
+
+/// `!running [-i] [-t]`: what every processor runs.
+pub fn running_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Running, CmdError> {
+    let with_stacks = a.flag("-t");
     let cpus = e.kernel.processors()?;
     let mut system = 0u64;
     let mut idle = 0u64;
@@ -666,9 +921,6 @@ pub fn running_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
             }
         }
     }
-    let mut text = format!(
-        "System Processors:  ({system:016x})\n  Idle Processors:  ({idle:016x})\n\n       Prcbs             Current         (pri) Next            (pri) Idle\n"
-    );
     let mut list = Vec::new();
     for c in &cpus {
         // Only the priority byte of each thread.
@@ -678,67 +930,92 @@ pub fn running_command(e: &mut Engine, args: &str) -> Result<Output, CmdError> {
                 .then(|| k.mem.u8(t + off).ok().map(|p| i64::from(p as i8)))
                 .flatten()
         };
-        let cur_pri = pri(&mut e.kernel, c.current);
-        let next_pri = pri(&mut e.kernel, c.next);
-        text.push_str(&format!(
-            "  {:<3}  {}  {} ({:>2}) {} {} {}\n",
-            c.number,
-            hex_addr(c.prcb),
-            hex_addr(c.current),
-            cur_pri.unwrap_or(0),
-            if c.next == 0 {
-                "                ".to_string()
-            } else {
-                hex_addr(c.next)
-            },
-            if c.next == 0 {
-                "    ".to_string()
-            } else {
-                format!("({:>2})", next_pri.unwrap_or(0))
-            },
-            hex_addr(c.idle)
-        ));
+        let mut shown = RunningShown {
+            current_priority: pri(&mut e.kernel, c.current),
+            next_priority: pri(&mut e.kernel, c.next),
+            ..RunningShown::default()
+        };
         let mut frames = Vec::new();
         if with_stacks && c.current != c.idle {
+            shown.with_stack = true;
             match e.kernel.thread(c.current) {
                 Err(err) => {
                     e.kernel.note_incomplete(format!(
                         "the thread running on processor {} ({:x}) is unreadable: {err}",
                         c.number, c.current
                     ));
-                    text.push_str(&format!("       (thread unreadable: {err})\n"));
+                    shown.unreadable = Some(err.to_string());
                 }
                 Ok(t) => {
-                    let st = stack_of(e, &t)?;
-                    note_stack(&mut e.kernel, &t, &st);
+                    let st = e.kernel.stack_of(&t)?;
+                    e.kernel.note_stack(&t, &st);
                     for f in &st.frames {
-                        text.push_str(&format!(
-                            "       {} {}     {}\n",
-                            addr(f.child_sp),
-                            addr(f.return_address),
-                            f.call_site
-                        ));
+                        shown.frames.push((f.child_sp, f.return_address));
                         frames.push(f.call_site.clone());
                     }
-                    if let Some(n) = &st.note {
-                        text.push_str(&format!("       ({n})\n"));
-                    }
+                    shown.note = st.note;
                 }
             }
-            text.push('\n');
         }
-        list.push(json!({
-            "processor": c.number,
-            "prcb": c.prcb,
-            "current": c.current,
-            "next": (c.next != 0).then_some(c.next),
-            "idle_thread": c.idle,
-            "idle": c.current == c.idle,
-            "frames": frames,
-        }));
+        list.push(RunningProcessor {
+            processor: c.number,
+            prcb: c.prcb,
+            current: c.current,
+            next: (c.next != 0).then_some(c.next),
+            idle_thread: c.idle,
+            idle: c.current == c.idle,
+            frames,
+            shown,
+        });
     }
-    Ok(Output {
-        text,
-        json: json!({ "system_processors": system, "idle_processors": idle, "processors": list }),
+    Ok(Running {
+        system_processors: system,
+        idle_processors: idle,
+        processors: list,
     })
+}
+
+impl Render for Running {
+    fn render(&self, text: &mut String) {
+        text.push_str(&format!(
+            "System Processors:  ({:016x})\n  Idle Processors:  ({:016x})\n\n       Prcbs             Current         (pri) Next            (pri) Idle\n",
+            self.system_processors, self.idle_processors
+        ));
+        for c in &self.processors {
+            let x = &c.shown;
+            text.push_str(&format!(
+                "  {:<3}  {}  {} ({:>2}) {} {} {}\n",
+                c.processor,
+                hex_addr(c.prcb),
+                hex_addr(c.current),
+                x.current_priority.unwrap_or(0),
+                match c.next {
+                    None => "                ".to_string(),
+                    Some(n) => hex_addr(n),
+                },
+                match c.next {
+                    None => "    ".to_string(),
+                    Some(_) => format!("({:>2})", x.next_priority.unwrap_or(0)),
+                },
+                hex_addr(c.idle_thread)
+            ));
+            if x.with_stack {
+                if let Some(err) = &x.unreadable {
+                    text.push_str(&format!("       (thread unreadable: {err})\n"));
+                }
+                for ((sp, ret), site) in x.frames.iter().zip(&c.frames) {
+                    text.push_str(&format!(
+                        "       {} {}     {}\n",
+                        addr(*sp),
+                        addr(*ret),
+                        site
+                    ));
+                }
+                if let Some(n) = &x.note {
+                    text.push_str(&format!("       ({n})\n"));
+                }
+                text.push('\n');
+            }
+        }
+    }
 }

@@ -2,15 +2,18 @@
 //! symbols, processes, threads, processors, wait analysis, stacks and bugcheck data — the same
 //! code for live sessions and dumps, with every offset from the symbol table.
 
+pub mod locks;
 pub mod ndis;
 pub mod pool;
 pub mod procs;
+pub mod threads;
 pub mod unwind;
 pub mod view;
 pub mod vm;
+pub mod waitgraph;
 
 use kdnet_arch::le::Le;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kdnet_symbols::path::SymbolPath;
@@ -200,7 +203,7 @@ pub struct Kernel {
     epoch: u64,
     /// Read-only image bytes (unwind data) by (module base, RVA, length): images do not change
     /// while loaded, so these outlive the memory cache.
-    image_cache: std::collections::HashMap<(u64, u32, u32, usize), Vec<u8>>,
+    image_cache: HashMap<(u64, u32, u32, usize), Vec<u8>>,
     /// Warnings gathered while building the model.
     pub notes: Vec<String>,
     /// Why what the current command reads is not whole (see [`Kernel::note_incomplete`]).
@@ -214,6 +217,10 @@ pub struct Kernel {
     modules_partial: Option<String>,
     /// Reading the module list failed during this command.
     modules_error: Option<ModelError>,
+    /// Processors' registers read while the target stays stopped.
+    contexts: HashMap<u32, kdnet_arch::Context>,
+    /// The memory epoch `contexts` belong to.
+    contexts_epoch: u64,
 }
 
 /// Most reasons one command's result keeps for being incomplete.
@@ -276,13 +283,15 @@ impl Kernel {
             earlier: Vec::new(),
             kdbg: None,
             epoch: 0,
-            image_cache: std::collections::HashMap::new(),
+            image_cache: HashMap::new(),
             notes: Vec::new(),
             gaps: Vec::new(),
             gaps_dropped: 0,
             nt_retry: None,
             modules_partial: None,
             modules_error: None,
+            contexts: HashMap::new(),
+            contexts_epoch: 0,
         };
         if k.base == 0 {
             // Dumps: the first loader entry is the kernel.
@@ -407,6 +416,28 @@ impl Kernel {
         if self.nt.is_none() && self.nt_retry.is_some() {
             self.load_nt_symbols();
         }
+    }
+
+    /// Forgets what was read of the target (it ran): cached memory and registers.
+    pub fn invalidate(&mut self) {
+        self.contexts.clear();
+        self.mem.invalidate();
+    }
+
+    /// The registers of processor `n` ([`Kernel::processor_context`]), kept while the target
+    /// stays stopped.
+    pub fn context(&mut self, n: u32) -> Result<kdnet_arch::Context, ModelError> {
+        let e = self.mem.epoch();
+        if e != self.contexts_epoch {
+            self.contexts_epoch = e;
+            self.contexts.clear();
+        }
+        if let Some(c) = self.contexts.get(&n) {
+            return Ok(c.clone());
+        }
+        let c = self.processor_context(n)?;
+        self.contexts.insert(n, c.clone());
+        Ok(c)
     }
 
     /// Records why what the current command reads is not whole: a walk that stopped early, a
