@@ -88,7 +88,7 @@ Ctrl-C during a command cancels the command.
 
 /// `.help [NAME]` at the prompt (also while the target runs: it needs no target).
 fn prompt_help(topic: Option<&str>) -> String {
-    match kdnet_commands::help::help(topic) {
+    match kdnet_commands::cmds::help::help(topic) {
         Ok(h) => {
             let mut text = String::new();
             h.render(&mut text);

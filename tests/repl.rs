@@ -293,11 +293,16 @@ fn piped_input_runs_the_same_language_and_leaves_the_target_running() {
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let (out, err, code) = piped(
         &a,
-        "$v = vertarget\n.echo build $v.build\ng\nk\n.break\n.if ($v.build == 0n20348) { .echo right build }\n.reboot\n.break\n$w = vertarget\n.echo base again $w.kernel_base\nq\n",
+        "$v = vertarget\n.echo build $v.build\ng\n.help\nk\n.break\n.help !locks\n$h = .help lm\n.echo usage $h.commands[0].usage\n.if ($v.build == 0n20348) { .echo right build }\n.reboot\n.break\n$w = vertarget\n.echo base again $w.kernel_base\nq\n",
     );
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(out.contains("build 20348"), "{out}");
     assert!(out.contains("right build"), "{out}");
+    // .help from the registry, also while the target runs (it needs none), and as data.
+    assert!(out.contains("Commands (.help NAME for one):"), "{out}");
+    assert!(out.contains("At the prompt: g (continue)"), "{out}");
+    assert!(out.contains("!locks [-v]"), "{out}");
+    assert!(out.contains("usage lm [m PATTERN]"), "{out}");
     // .reboot waits for the new boot's handshake; the model is read again after it.
     assert!(err.contains("the target is back"), "{err}");
     assert!(out.contains("base again 0xfffff8"), "{out}");

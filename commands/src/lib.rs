@@ -3,10 +3,9 @@
 //! (the CLI, the watcher) run them; the model below knows nothing of them.
 
 pub mod args;
-mod cmds;
+pub mod cmds;
 pub mod engine;
 pub mod expr;
 pub mod ext;
-pub mod help;
 pub mod registry;
 pub mod script;

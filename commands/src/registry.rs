@@ -345,9 +345,9 @@ pub static COMMANDS: &[Command] = &[
         summary: "the commands, or one command's usage, flags and examples",
         doc: "the commands and the script statements; `.help NAME`: one command's usage, \
               aliases, flags and examples",
-        syntax: crate::help::SYNTAX, usage: None,
+        syntax: crate::cmds::help::SYNTAX, usage: None,
         examples: [".help", ".help lm", ".help !locks"],
-        run: crate::help::run => crate::help::Help,
+        run: crate::cmds::help::run => crate::cmds::help::Help,
     },
 ];
 

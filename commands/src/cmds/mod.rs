@@ -1,5 +1,5 @@
 //! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `dt`, `k`…, `ln`, `r`, `~Ns`,
-//! `vertarget`. Each declares its arguments (a [`crate::args::Syntax`]), runs on the engine and
+//! `vertarget`, `.help`. Each declares its arguments (a [`crate::args::Syntax`]), runs on the engine and
 //! returns a typed result that renders WinDbg's layout; its `command!` line is in
 //! [`crate::registry::COMMANDS`].
 
@@ -7,6 +7,7 @@ pub(crate) mod common;
 pub(crate) mod display;
 pub(crate) mod dt;
 pub(crate) mod evaluate;
+pub mod help;
 pub(crate) mod lm;
 pub(crate) mod ln;
 pub(crate) mod processor;
