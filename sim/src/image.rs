@@ -275,29 +275,9 @@ impl Image {
         self.calls.push(ret_rva);
     }
 
-    /// Writes headers, sections, exports, debug directory, .pdata/.xdata, prologs and call
-    /// sites into memory.
-    pub fn write(&mut self, k: &mut Kernel) -> Result<(), SimError> {
-        let base = self.base;
-        // --- tail layout: .pdata, then .rdata with xdata, export directory, debug data.
-        let pdata_rva = self.tail;
-        let pdata_size = 12 * self.frames.len() as u32;
-        let mut rdata_rva = (pdata_rva + pdata_size).div_ceil(0x1000) * 0x1000;
-        if rdata_rva == pdata_rva {
-            rdata_rva += 0x1000;
-        }
-        let mut rdata: Vec<u8> = Vec::new();
-        let mut pdata: Vec<u8> = Vec::new();
-        for f in self.frames.values_mut() {
-            while !rdata.len().is_multiple_of(4) {
-                rdata.push(0);
-            }
-            f.unwind_rva = rdata_rva + rdata.len() as u32;
-            rdata.extend_from_slice(&f.unwind_info());
-            pdata.extend_from_slice(&f.rva.to_le_bytes());
-            pdata.extend_from_slice(&f.end.to_le_bytes());
-            pdata.extend_from_slice(&f.unwind_rva.to_le_bytes());
-        }
+    /// Appends the export directory (its functions, names, ordinals and strings) to `rdata`,
+    /// which starts at `rdata_rva`; returns the directory's RVA and size.
+    fn append_exports(&self, rdata: &mut Vec<u8>, rdata_rva: u32) -> (u32, u32) {
         // Export directory.
         while !rdata.len().is_multiple_of(8) {
             rdata.push(0);
@@ -342,6 +322,12 @@ impl Image {
         }
         rdata.extend_from_slice(&strings);
         let export_size = rdata_rva + rdata.len() as u32 - export_rva;
+        (export_rva, export_size)
+    }
+
+    /// Appends the debug directory and its CodeView RSDS record to `rdata`, which starts at
+    /// `rdata_rva`; returns the directory's RVA.
+    fn append_debug(&self, rdata: &mut Vec<u8>, rdata_rva: u32) -> u32 {
         // Debug directory + CodeView RSDS record.
         while !rdata.len().is_multiple_of(8) {
             rdata.push(0);
@@ -362,6 +348,34 @@ impl Image {
         dd[0x18..0x1C].copy_from_slice(&cv_rva.to_le_bytes());
         rdata.extend_from_slice(&dd);
         rdata.extend_from_slice(&cv);
+        debug_rva
+    }
+
+    /// Writes headers, sections, exports, debug directory, .pdata/.xdata, prologs and call
+    /// sites into memory.
+    pub fn write(&mut self, k: &mut Kernel) -> Result<(), SimError> {
+        let base = self.base;
+        // --- tail layout: .pdata, then .rdata with xdata, export directory, debug data.
+        let pdata_rva = self.tail;
+        let pdata_size = 12 * self.frames.len() as u32;
+        let mut rdata_rva = (pdata_rva + pdata_size).div_ceil(0x1000) * 0x1000;
+        if rdata_rva == pdata_rva {
+            rdata_rva += 0x1000;
+        }
+        let mut rdata: Vec<u8> = Vec::new();
+        let mut pdata: Vec<u8> = Vec::new();
+        for f in self.frames.values_mut() {
+            while !rdata.len().is_multiple_of(4) {
+                rdata.push(0);
+            }
+            f.unwind_rva = rdata_rva + rdata.len() as u32;
+            rdata.extend_from_slice(&f.unwind_info());
+            pdata.extend_from_slice(&f.rva.to_le_bytes());
+            pdata.extend_from_slice(&f.end.to_le_bytes());
+            pdata.extend_from_slice(&f.unwind_rva.to_le_bytes());
+        }
+        let (export_rva, export_size) = self.append_exports(&mut rdata, rdata_rva);
+        let debug_rva = self.append_debug(&mut rdata, rdata_rva);
         let rdata_size = rdata.len() as u32;
         self.size = (rdata_rva + rdata_size).div_ceil(0x1000) * 0x1000;
 

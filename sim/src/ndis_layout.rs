@@ -116,6 +116,19 @@ fn add_enum(t: &mut TypeTable, name: &str, constants: &[(&str, i64)]) {
 /// The simulated ndis.sys table for a build.
 pub fn table(build: u32) -> TypeTable {
     let mut t = TypeTable::new(Some(pdb(build)));
+    add_base_types(&mut t);
+    add_component_blocks(&mut t);
+    add_nbl_types(&mut t);
+    add_enums(&mut t, build);
+    for (n, rva) in GLOBALS {
+        t.insert_symbol(n, *rva);
+    }
+    t.finish();
+    t
+}
+
+/// The base types, lists, strings and the NDIS object header.
+fn add_base_types(t: &mut TypeTable) {
     for (n, sz) in [
         ("unsigned char", 1),
         ("unsigned short", 2),
@@ -126,13 +139,13 @@ pub fn table(build: u32) -> TypeTable {
         t.insert_base(n, sz, false);
     }
     add(
-        &mut t,
+        t,
         "_LIST_ENTRY",
         0x10,
         vec![("Flink", 0, p()), ("Blink", 8, p())],
     );
     add(
-        &mut t,
+        t,
         "_UNICODE_STRING",
         0x10,
         vec![
@@ -142,7 +155,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NDIS_OBJECT_HEADER",
         4,
         vec![
@@ -151,8 +164,12 @@ pub fn table(build: u32) -> TypeTable {
             ("Size", 2, u("unsigned short", 2)),
         ],
     );
+}
+
+/// The NBL tracker and the driver, miniport, protocol, open and filter blocks.
+fn add_component_blocks(t: &mut TypeTable) {
     add(
-        &mut t,
+        t,
         "_NDIS_NBL_TRACKER",
         0x48,
         vec![
@@ -174,7 +191,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NDIS_M_DRIVER_BLOCK",
         0x80,
         vec![
@@ -190,7 +207,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NDIS_MINIPORT_BLOCK",
         0x400,
         vec![
@@ -230,7 +247,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NDIS_PROTOCOL_BLOCK",
         0x80,
         vec![
@@ -242,7 +259,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NDIS_OPEN_BLOCK",
         0x100,
         vec![
@@ -257,7 +274,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NDIS_FILTER_BLOCK",
         0x100,
         vec![
@@ -271,8 +288,12 @@ pub fn table(build: u32) -> TypeTable {
             ("State", 0x48, e("_NDIS_MINIPORT_STATE")),
         ],
     );
+}
+
+/// NBL pools, their blocks, NET_BUFFER and NET_BUFFER_LIST.
+fn add_nbl_types(t: &mut TypeTable) {
     add(
-        &mut t,
+        t,
         "_NDIS_POOL_HEADER",
         0x80,
         vec![
@@ -292,7 +313,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NDIS_NBL_BLOCK",
         0x20,
         vec![
@@ -303,7 +324,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NET_BUFFER",
         0x50,
         vec![
@@ -316,7 +337,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add(
-        &mut t,
+        t,
         "_NET_BUFFER_LIST",
         0x88 + 8 * NBL_INFO_COUNT,
         vec![
@@ -365,8 +386,12 @@ pub fn table(build: u32) -> TypeTable {
             ),
         ],
     );
+}
+
+/// The enumerations (the NBL info slot of the owner tracker depends on the build).
+fn add_enums(t: &mut TypeTable, build: u32) {
     add_enum(
-        &mut t,
+        t,
         "_NDIS_NET_BUFFER_LIST_INFO",
         &[
             ("NetBufferListInfoReserved1", tracker_slot(build)),
@@ -374,7 +399,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add_enum(
-        &mut t,
+        t,
         "_NDIS_MEDIUM",
         &[
             ("NdisMedium802_3", 0),
@@ -385,7 +410,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add_enum(
-        &mut t,
+        t,
         "_NDIS_PNP_DEVICE_STATE",
         &[
             ("NdisPnPDeviceAdded", 0),
@@ -398,7 +423,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add_enum(
-        &mut t,
+        t,
         "_NDIS_MINIPORT_STATE",
         &[
             ("NdisMiniportUnknown", 0),
@@ -411,7 +436,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add_enum(
-        &mut t,
+        t,
         "_NDIS_DATAPATH_STATE",
         &[
             ("NdisDatapathNormal", 0),
@@ -420,7 +445,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add_enum(
-        &mut t,
+        t,
         "_NET_IF_OPER_STATUS",
         &[
             ("NET_IF_OPER_STATUS_UP", 1),
@@ -433,7 +458,7 @@ pub fn table(build: u32) -> TypeTable {
         ],
     );
     add_enum(
-        &mut t,
+        t,
         "_NDIS_NBL_TRACKER_MODE",
         &[
             ("NdisTrackNblDisabled", 0),
@@ -441,9 +466,4 @@ pub fn table(build: u32) -> TypeTable {
             ("NdisTrackNblFullLogNoStack", 3),
         ],
     );
-    for (n, rva) in GLOBALS {
-        t.insert_symbol(n, *rva);
-    }
-    t.finish();
-    t
 }

@@ -1,0 +1,101 @@
+//! What a scenario planted: the answers the commands must find.
+
+use crate::ndis::NdisFacts;
+
+/// A held lock as planted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLock {
+    /// ERESOURCE address.
+    pub address: u64,
+    /// Its symbol, for globals.
+    pub symbol: Option<String>,
+    /// Exclusive owner (ETHREAD).
+    pub exclusive_owner: Option<u64>,
+    /// Shared owners.
+    pub shared_owners: Vec<u64>,
+    /// ContentionCount.
+    pub contention: u32,
+    /// Threads waiting shared.
+    pub shared_waiters: Vec<u64>,
+    /// Threads waiting exclusive.
+    pub exclusive_waiters: Vec<u64>,
+}
+
+/// Pool corruption as planted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    /// The overrun allocation (its data address).
+    pub victim_of_overrun: u64,
+    /// The header that was smashed.
+    pub smashed_header: u64,
+    /// Its page.
+    pub page: u64,
+    /// The BlockSize (16-byte units) that should be there.
+    pub expected_block_units: u64,
+    /// The bytes now there.
+    pub found: [u8; 16],
+    /// A special-pool allocation (data address) and its tag.
+    pub special: u64,
+    /// The driver that did it.
+    pub driver: String,
+}
+
+/// The deadlock as planted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadlock {
+    /// The two threads of the cycle.
+    pub threads: [u64; 2],
+    /// The two resources: `resources[i]` is owned by `threads[i]` and waited for by the other.
+    pub resources: [u64; 2],
+    /// The thread waiting on the mutant, and the mutant (owned by `threads[0]`).
+    pub mutant_waiter: u64,
+    /// The mutant.
+    pub mutant: u64,
+    /// Threads queued as shared waiters behind them.
+    pub queued: Vec<u64>,
+}
+
+/// What a scenario planted: the answers the commands must find.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Scenario name.
+    pub scenario: String,
+    /// Build.
+    pub build: u32,
+    /// ERESOURCEs on the list.
+    pub total_resources: u32,
+    /// The held ones.
+    pub held: Vec<HeldLock>,
+    /// The hung thread (ETHREAD) and how long it has waited (seconds).
+    pub hung_thread: Option<(u64, u64)>,
+    /// NDIS.
+    pub ndis: NdisFacts,
+    /// Whether NBL tracking is on.
+    pub nbl_tracking: bool,
+    /// `N commit requests have failed`.
+    pub commit_failures: u64,
+    /// Committed pages and the limit.
+    pub committed: u64,
+    /// Commit limit (pages).
+    pub commit_limit: u64,
+    /// Pool corruption.
+    pub corruption: Option<Corruption>,
+    /// Deadlock.
+    pub deadlock: Option<Deadlock>,
+    /// Bugcheck code and parameters.
+    pub bugcheck: Option<(u32, [u64; 4])>,
+    /// Lines the target prints once the hang begins.
+    pub prints_when_hung: Vec<String>,
+    /// A line it prints now and then.
+    pub heartbeat: String,
+    /// Processes (EPROCESS, pid, name).
+    pub processes: Vec<(u64, u64, String)>,
+    /// Pages whose PTE is a page-file reference (reads fail).
+    pub paged_out: Vec<u64>,
+    /// Pages whose PTE is in transition (resident, but not valid: reads fail on a live target).
+    pub transition: Vec<u64>,
+    /// A thread whose kernel stack is swapped out (KernelStackResident clear).
+    pub swapped_stack_thread: Option<u64>,
+    /// Thread count.
+    pub threads: usize,
+}

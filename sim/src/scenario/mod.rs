@@ -1,0 +1,206 @@
+//! The hang scenarios, each from a real report, on a common base system.
+
+mod base;
+mod bugcheck;
+mod deadlock;
+mod facts;
+mod healthy;
+mod mm;
+mod nbl_hang;
+mod pool_corruption;
+mod stacks;
+
+pub use base::MODULES;
+pub use bugcheck::write_bugcheck;
+pub use facts::{Corruption, Deadlock, Facts, HeldLock};
+pub use mm::MmFigures;
+
+use kdnet::api::GetVersion64;
+
+use crate::SimError;
+use crate::ndis::{self, NdisSetup};
+use crate::system::{System, ThreadState};
+use crate::{SimConfig, layout};
+
+use base::base_system;
+use bugcheck::bugcheck;
+use deadlock::deadlock;
+use healthy::healthy;
+use mm::write_mm;
+use nbl_hang::nbl_hang;
+use pool_corruption::pool_corruption;
+use stacks::{stack, user_tail, waiting};
+
+/// ERESOURCEs in existence in the reported PnP/NBL hang.
+pub const NBL_HANG_RESOURCES: u32 = 84_372;
+/// Commit requests that failed in the reported commit exhaustion.
+pub const COMMIT_FAILURES: u64 = 48_440;
+
+/// The scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// A PnP remove blocked on a NIC miniport holding every NBL.
+    NblHang,
+    /// Commit exhausted: charges failing, page file at its maximum.
+    CommitFailures,
+    /// A driver overran a pool allocation into the next one's header.
+    PoolCorruption,
+    /// Two workers each own a resource the other waits for.
+    Deadlock,
+    /// A fatal error: 0x44 MULTIPLE_IRP_COMPLETE_REQUESTS.
+    Bugcheck,
+    /// Busy but fine.
+    Healthy,
+}
+
+impl Scenario {
+    /// All scenarios.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::NblHang,
+        Scenario::CommitFailures,
+        Scenario::PoolCorruption,
+        Scenario::Deadlock,
+        Scenario::Bugcheck,
+        Scenario::Healthy,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::NblHang => "nbl-hang",
+            Scenario::CommitFailures => "commit-failures",
+            Scenario::PoolCorruption => "pool-corruption",
+            Scenario::Deadlock => "deadlock",
+            Scenario::Bugcheck => "bugcheck",
+            Scenario::Healthy => "healthy",
+        }
+    }
+
+    /// By name.
+    pub fn parse(s: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Whether the scenario can begin after a healthy period.
+    pub fn can_delay(self) -> bool {
+        !matches!(self, Scenario::Healthy | Scenario::Bugcheck)
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+/// Fills the resource list to `total` with unheld pool resources.
+fn fill_resources(sys: &mut System, total: u32) -> Result<(), SimError> {
+    while (sys.resources.len() as u32) < total {
+        sys.resource()?;
+    }
+    Ok(())
+}
+
+/// Builds the machine for `config`: the system, what was planted, the GetVersion block.
+pub fn build(config: &SimConfig) -> Result<(System, Facts, GetVersion64), SimError> {
+    let nt = layout::load(config.build, &config.table)?;
+    build_with_table(config, nt)
+}
+
+/// Builds the machine with an already loaded nt table.
+pub fn build_with_table(
+    config: &SimConfig,
+    nt: kdnet_symbols::TypeTable,
+) -> Result<(System, Facts, GetVersion64), SimError> {
+    let (mut sys, base) = base_system(config, nt)?;
+    let mut facts = Facts {
+        scenario: config.scenario.name().into(),
+        build: config.build,
+        heartbeat: String::new(),
+        ..Facts::default()
+    };
+    let mut mm = MmFigures::healthy();
+    let mut commits: Vec<(usize, u64)> = base
+        .user_procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, 900 + 613 * i as u64))
+        .collect();
+    let mut ndis_setup = NdisSetup {
+        tracking: false,
+        hang: false,
+    };
+    let resources_wanted = config.resources.max(sys.resources.len() as u32 + 64);
+    match config.scenario {
+        Scenario::NblHang => {
+            ndis_setup = NdisSetup {
+                tracking: true,
+                hang: true,
+            };
+            nbl_hang(&mut sys, &base, &mut facts)?;
+            facts.heartbeat = "ndis: miniport \"My Ethernet 1Gb 4-port Adapter\" pause pending: waiting for 1854 outstanding send NBLs\n".into();
+            facts.prints_when_hung = vec!["PnP: query-remove of PCI\\VEN_8086&DEV_1521 vetoed? no — removal in progress, waiting for NDIS bindings to close\n".into()];
+        }
+        Scenario::CommitFailures => {
+            mm = MmFigures::exhausted();
+            let hog =
+                sys.new_process("leakyapp.exe", None, sys.processes[base.user_procs[3]].pid)?;
+            let ev = sys.event("EventNotificationObject", "Even")?;
+            let mut calls = waiting(&[
+                "nt!KeWaitForSingleObject+0x233",
+                "nt!NtWaitForSingleObject+0x118",
+            ]);
+            calls.extend(stack(&user_tail()));
+            let t = sys.new_thread(
+                hog,
+                "nt!KiStartSystemThread",
+                &calls,
+                ThreadState::Waiting,
+                0,
+            )?;
+            sys.wait(t, &[ev], "UserRequest", 12)?;
+            commits.push((hog, 6_512_003));
+            facts.heartbeat = "Memory: commit charge at limit (8175615 / 8175677 pages)\n".into();
+        }
+        Scenario::PoolCorruption => {
+            facts.corruption = Some(pool_corruption(&mut sys)?);
+            mm.special_pool = 2;
+        }
+        Scenario::Deadlock => {
+            facts.deadlock = Some(deadlock(&mut sys, &base, &mut facts)?);
+            facts.heartbeat =
+                "vmcompute: container 5f1c0a: waiting for CimFS mount (retry 3)\n".into();
+        }
+        Scenario::Bugcheck => {
+            let (code, params) = bugcheck(&mut sys, &base)?;
+            facts.bugcheck = Some((code, params));
+            facts.prints_when_hung = vec![format!(
+                "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
+                params[0], params[1], params[2], params[3]
+            )];
+        }
+        Scenario::Healthy => {
+            healthy(&mut sys, &base)?;
+            facts.heartbeat = "svchost: periodic maintenance finished\n".into();
+        }
+    }
+    let _ = base.worker_queue;
+    facts.nbl_tracking = ndis_setup.tracking;
+    facts.ndis = ndis::build(&mut sys, ndis_setup)?;
+    fill_resources(&mut sys, resources_wanted)?;
+    facts.total_resources = sys.resources.len() as u32;
+    facts.commit_failures = u64::from(mm.failures[0]) + u64::from(mm.failures[1]);
+    facts.committed = mm.committed;
+    facts.commit_limit = mm.limit;
+    write_mm(&mut sys, &mm, &commits)?;
+    let version = sys.finish()?;
+    facts.processes = sys
+        .processes
+        .iter()
+        .map(|p| (p.eprocess, p.pid, p.name.clone()))
+        .collect();
+    facts.threads = sys.threads.len();
+    facts.paged_out = base.paged_out.clone();
+    facts.transition = base.transition.clone();
+    facts.swapped_stack_thread = base.swapped;
+    Ok((sys, facts, version))
+}

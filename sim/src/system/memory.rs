@@ -1,0 +1,82 @@
+//! The memory manager's record of where the system regions live.
+
+use crate::SimError;
+use crate::kernel::Region;
+
+use super::System;
+
+impl System {
+    /// Records where the pools live, as the memory manager does: the per-PML4-slot system VA
+    /// types and the assigned regions (1607+), or the pool bounds globals (7601).
+    pub(super) fn write_va_regions(&mut self) -> Result<(), SimError> {
+        const SLOT: u64 = 1 << 39;
+        let regions = [
+            (
+                Region::NonPagedPool,
+                "MiVaNonPagedPool",
+                "AssignedRegionNonPagedPool",
+            ),
+            (
+                Region::PagedPool,
+                "MiVaPagedPool",
+                "AssignedRegionPagedPool",
+            ),
+            (
+                Region::Stacks,
+                "MiVaKernelStacks",
+                "AssignedRegionKernelStacks",
+            ),
+            (
+                Region::SpecialPool,
+                "MiVaSpecialPoolNonPaged",
+                "AssignedRegionSpecialPoolNonPaged",
+            ),
+        ];
+        let k = &mut self.k;
+        if k.has("_MI_SYSTEM_INFORMATION", "Vs.SystemVaType") {
+            let st = k.sym("MiState")?;
+            for (region, va_type, assigned) in regions {
+                let base = k.region_start(region);
+                // Special pool is typed paged where the build has no non-paged kind.
+                let ty = k
+                    .enum_value("_MI_SYSTEM_VA_TYPE", va_type)
+                    .or_else(|_| k.enum_value("_MI_SYSTEM_VA_TYPE", "MiVaSpecialPoolPaged"));
+                if let Ok(ty) = ty {
+                    // One entry per kernel-half PML4 slot.
+                    let slot = ((base >> 39) & 0x1ff) - 256;
+                    k.set(
+                        st,
+                        "_MI_SYSTEM_INFORMATION",
+                        &format!("Vs.SystemVaType[{slot}]"),
+                        ty as u64,
+                    )?;
+                }
+                if let Ok(i) = k.enum_value("_MI_ASSIGNED_REGION_TYPES", assigned) {
+                    let path = format!("Vs.SystemVaRegions[{i}]");
+                    k.set(
+                        st,
+                        "_MI_SYSTEM_INFORMATION",
+                        &format!("{path}.BaseAddress"),
+                        base,
+                    )?;
+                    k.set(
+                        st,
+                        "_MI_SYSTEM_INFORMATION",
+                        &format!("{path}.NumberOfBytes"),
+                        SLOT,
+                    )?;
+                }
+            }
+        } else if k.has_sym("MmNonPagedPoolStart") {
+            let np = k.region_start(Region::NonPagedPool);
+            let a = k.sym("MmNonPagedPoolStart")?;
+            k.w64(a, np);
+            if k.has_sym("MmPagedPoolEnd") {
+                let end = k.region_start(Region::PagedPool) + SLOT / 16 - 1;
+                let a = k.sym("MmPagedPoolEnd")?;
+                k.w64(a, end);
+            }
+        }
+        Ok(())
+    }
+}

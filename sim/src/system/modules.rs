@@ -1,0 +1,134 @@
+//! Loaded modules: the images the simulator invents, the functions on their stacks, and the
+//! loader list a debugger walks.
+
+use crate::SimError;
+use crate::image::{Frame, Image, frame_for, switch_frame};
+use crate::kernel::Region;
+use crate::pool::{PoolKind, tag};
+
+use super::{ModuleRec, System, invented_pdb};
+
+impl System {
+    /// Loads a driver module the simulator invents; returns its index.
+    pub fn add_module(&mut self, file: &str, short: &str) -> usize {
+        let prev = self
+            .modules
+            .last()
+            .map_or(self.k.region_start(Region::Drivers), |m| {
+                m.image.base + u64::from(m.image.size)
+            });
+        let base = if self.modules.len() == 1 {
+            self.k.region_start(Region::Drivers)
+        } else {
+            (prev + 0x10000).div_ceil(0x10000) * 0x10000
+        };
+        let path = if file.ends_with(".dll") {
+            format!("\\SystemRoot\\system32\\{file}")
+        } else {
+            format!("\\SystemRoot\\System32\\drivers\\{file}")
+        };
+        // ndis.sys carries the identity of the project's NDIS layout, so a debugger finds
+        // its symbols; the other drivers have invented identities (exports only).
+        let pdb = if file.eq_ignore_ascii_case("ndis.sys") {
+            crate::ndis_layout::pdb(self.k.build)
+        } else {
+            invented_pdb(file)
+        };
+        let mut img = Image::new(
+            file,
+            &path,
+            base,
+            0x20000,
+            pdb,
+            0x6100_0000 + self.modules.len() as u32 * 0x1357,
+        );
+        img.size = 0x40000;
+        self.modules.push(ModuleRec {
+            image: img,
+            short: short.to_string(),
+            has_table: false,
+        });
+        self.modules.len() - 1
+    }
+
+    /// The module with a short name.
+    pub fn module(&self, short: &str) -> Option<usize> {
+        self.modules
+            .iter()
+            .position(|m| m.short.eq_ignore_ascii_case(short))
+    }
+
+    /// The address of `module!function` and its frame, registering the frame on first use.
+    pub fn function(&mut self, module: &str, function: &str) -> Result<(u64, Frame), SimError> {
+        let mi = self
+            .module(module)
+            .ok_or_else(|| SimError::Config(format!("no module {module}")))?;
+        if self.modules[mi].has_table {
+            let (rva, next) = self.k.function_rva(function)?;
+            let rva = rva as u32;
+            let next = next.unwrap_or(u64::from(rva) + 0x400) as u32;
+            let end = next.min(rva + 0x800).max(rva + 0x10);
+            let frame = match function {
+                "KiSwapContext" => switch_frame(rva, end),
+                _ => with_min_alloc(frame_for(function, rva, end), function),
+            };
+            let f = self.modules[mi].image.add_frame(frame).clone();
+            Ok((self.modules[mi].image.base + u64::from(rva), f))
+        } else {
+            let img = &mut self.modules[mi].image;
+            let rva = img.define_function(function, 0x600);
+            let frame = with_min_alloc(frame_for(function, rva, rva + 0x600), function);
+            let f = img.add_frame(frame).clone();
+            Ok((img.base + u64::from(rva), f))
+        }
+    }
+
+    pub(super) fn write_module_list(&mut self) -> Result<(), SimError> {
+        let head = self.k.sym("PsLoadedModuleList")?;
+        let ty = if self.k.has_type("_KLDR_DATA_TABLE_ENTRY") {
+            "_KLDR_DATA_TABLE_ENTRY"
+        } else {
+            "_LDR_DATA_TABLE_ENTRY"
+        };
+        let size = self.k.size(ty)?;
+        for i in 0..self.modules.len() {
+            let (base, size_of_image, path, file) = {
+                let m = &self.modules[i].image;
+                (m.base, m.size, m.path.clone(), m.name.clone())
+            };
+            let e = self
+                .pool
+                .alloc(&mut self.k, PoolKind::NonPaged, size + 0x200, tag("MmLd"))?;
+            let strings = e + size.div_ceil(16) * 16;
+            let k = &mut self.k;
+            k.list_append(head, e + k.off(ty, "InLoadOrderLinks")?);
+            k.set(e, ty, "DllBase", base)?;
+            k.set(e, ty, "EntryPoint", base + 0x1000)?;
+            k.set(e, ty, "SizeOfImage", u64::from(size_of_image))?;
+            k.unicode_string(e + k.off(ty, "FullDllName")?, strings, &path);
+            let short_at = strings + (path.len() as u64 + 1) * 2;
+            k.unicode_string(
+                e + k.off(ty, "BaseDllName")?,
+                short_at.div_ceil(8) * 8,
+                &file,
+            );
+        }
+        Ok(())
+    }
+}
+
+fn with_min_alloc(mut f: Frame, function: &str) -> Frame {
+    // Frames that hold a structure in their locals get room for it.
+    let min = match function {
+        "ExpWaitForResource" => 0x60,
+        "ExWaitForRundownProtectionReleaseCacheAware" => 0x50,
+        _ => 0,
+    };
+    if f.alloc < min {
+        f.alloc = min;
+        if !(8 + f.size_to_return()).is_multiple_of(16) {
+            f.alloc += 8;
+        }
+    }
+    f
+}
