@@ -1,0 +1,199 @@
+//! Tests of the memory layer over a flat simulated physical memory.
+
+use super::*;
+use crate::target::NotPresent;
+use kdnet_arch::Context;
+
+/// A flat physical memory with a page table mapping a few pages, counting requests.
+struct Flat {
+    mem: HashMap<u64, u8>,
+    requests: u64,
+    bytes: u64,
+    /// CR3 and CR4 given by control space (no directory table base in the target facts).
+    cr: Option<(u64, u64)>,
+}
+
+impl Flat {
+    fn w64(&mut self, a: u64, v: u64) {
+        for (i, b) in v.to_le_bytes().iter().enumerate() {
+            self.mem.insert(a + i as u64, *b);
+        }
+    }
+}
+
+impl Target for Flat {
+    fn info(&self) -> TargetInfo {
+        TargetInfo {
+            directory_table_base: self.cr.is_none().then_some(0x1000),
+            ..TargetInfo::default()
+        }
+    }
+    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.requests += 1;
+        self.bytes += buf.len() as u64;
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = address + i as u64;
+            // Page-table pages are zero where unset; data pages hold their address's low byte.
+            let filler = if a < 0x10_0000 { 0 } else { a as u8 };
+            *b = self.mem.get(&a).copied().unwrap_or(filler);
+        }
+        Ok(buf.len())
+    }
+    fn max_transfer(&self) -> usize {
+        3944
+    }
+    fn context(&mut self, _p: u32) -> Result<Context, TargetError> {
+        Ok(Context::new())
+    }
+    fn special_registers(&mut self, _p: u32) -> Result<Vec<u8>, TargetError> {
+        let mut v = vec![0; 0xe0];
+        if let Some((cr3, cr4)) = self.cr {
+            v[0x10..0x18].copy_from_slice(&cr3.to_le_bytes());
+            v[0x18..0x20].copy_from_slice(&cr4.to_le_bytes());
+        }
+        Ok(v)
+    }
+    fn control_pointer(&mut self, _p: u32, _i: u64) -> Result<u64, TargetError> {
+        Ok(0)
+    }
+    fn stats(&self) -> TransportStats {
+        TransportStats {
+            round_trips: self.requests,
+            bytes: self.bytes,
+        }
+    }
+}
+
+fn flat() -> Flat {
+    let mut f = Flat {
+        mem: HashMap::new(),
+        requests: 0,
+        bytes: 0,
+        cr: None,
+    };
+    // PML4 0x1000 → PDPT 0x2000 → PD 0x3000 → PT 0x4000, all for VA 0xffff800000000000+.
+    let va: u64 = 0xffff_8000_0010_0000;
+    f.w64(0x1000 + 8 * ((va >> 39) & 0x1ff), 0x2000 | 3);
+    f.w64(0x2000 + 8 * ((va >> 30) & 0x1ff), 0x3000 | 3);
+    f.w64(0x3000 + 8 * ((va >> 21) & 0x1ff), 0x4000 | 3);
+    // Four contiguous pages at 0x100000, then one elsewhere, then a paged-out one.
+    for i in 0..4u64 {
+        f.w64(
+            0x4000 + 8 * (((va >> 12) & 0x1ff) + i),
+            (0x10_0000 + i * PAGE) | 3,
+        );
+    }
+    f.w64(0x4000 + 8 * (((va >> 12) & 0x1ff) + 4), 0x20_0000 | 3);
+    f.w64(0x4000 + 8 * (((va >> 12) & 0x1ff) + 5), 0x0123_0000_0080);
+    // A 2 MB page one PDE up.
+    f.w64(0x3000 + 8 * (((va >> 21) & 0x1ff) + 1), 0x4000_0000 | 0x83);
+    f
+}
+
+const VA: u64 = 0xffff_8000_0010_0000;
+
+#[test]
+fn translation_large_pages_and_not_present_reasons() {
+    let mut m = Memory::new(Box::new(flat()));
+    let s = m.kernel_space().unwrap();
+    assert_eq!(m.translate(s, VA + 0x10).unwrap(), 0x10_0010);
+    assert_eq!(m.translate(s, VA + 4 * PAGE).unwrap(), 0x20_0000);
+    assert_eq!(
+        m.translate(s, VA + 0x20_0000 + 0x1234).unwrap(),
+        0x4010_1234
+    );
+    let e = m.translate(s, VA + 5 * PAGE).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TargetError::NotPresent {
+                reason: NotPresent::PagedOut { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = m.translate(s, VA + 6 * PAGE).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TargetError::NotPresent {
+                reason: NotPresent::NotMapped { level: 0 },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(matches!(
+        m.translate(s, 0x0000_8000_0000_0000),
+        Err(TargetError::NonCanonical(_))
+    ));
+}
+
+#[test]
+fn five_level_paging_and_huge_pages() {
+    // CR4.LA57 set: a PML5 at 0x9000 above the same PML4.
+    let mut f = flat();
+    f.cr = Some((0x9000, 1 << 12));
+    let va5: u64 = 0xff91_2345_6780_0000;
+    let idx = |va: u64, level: u32| (va >> (12 + 9 * level)) & 0x1ff;
+    f.w64(0x9000 + 8 * idx(va5, 4), 0xa000 | 3);
+    f.w64(0xa000 + 8 * idx(va5, 3), 0xb000 | 3);
+    // A 1 GB page at the PDPT level.
+    f.w64(0xb000 + 8 * idx(va5, 2), 0x1_c000_0000 | 0x83);
+    // The 4-level kernel mapping, reached through PML5 entry 0x1ff.
+    f.w64(0x9000 + 8 * 0x1ff, 0x1000 | 3);
+    let mut m = Memory::new(Box::new(f));
+    let s = m.kernel_space().unwrap();
+    assert_eq!(m.paging_levels(), 5);
+    assert_eq!(s.dtb, 0x9000);
+    assert_eq!(
+        m.translate(s, va5 + 0x1234_5678).unwrap(),
+        0x1_c000_0000 + ((va5 + 0x1234_5678) & 0x3fff_ffff)
+    );
+    // A 57-bit canonical address that a 4-level walk would refuse.
+    assert!(canonical(va5, 5) && !canonical(va5, 4));
+    let kva = 0xffff_8000_0010_0000u64 | (0x1ff << 48);
+    assert_eq!(m.translate(s, kva + 8).unwrap(), 0x10_0008);
+    assert!(matches!(
+        m.translate(s, 0x0100_0000_0000_0000),
+        Err(TargetError::NonCanonical(_))
+    ));
+}
+
+#[test]
+fn cache_coalescing_and_read_ahead() {
+    let mut m = Memory::new(Box::new(flat()));
+    let s = m.kernel_space().unwrap();
+    // A read across three physically contiguous pages is one request (plus page tables).
+    m.read(s, VA + 0x800, 2 * PAGE as usize).unwrap();
+    let before = m.stats().transport.round_trips;
+    // Cached now.
+    let b = m.read(s, VA + 0x900, 0x100).unwrap();
+    assert_eq!(b[0], 0x00, "byte at pa 0x100900 is its low address byte");
+    assert_eq!(m.stats().transport.round_trips, before);
+    // Read-ahead: one small read fetches a whole transfer's worth of what follows.
+    let mut m = Memory::new(Box::new(flat()));
+    let s = m.kernel_space().unwrap();
+    m.read_ahead(s, VA + 0x10, 0x68).unwrap();
+    let rt = m.stats().transport.round_trips;
+    for i in 1..30u64 {
+        m.read_ahead(s, VA + 0x10 + i * 0x80, 0x68).unwrap();
+    }
+    assert_eq!(
+        m.stats().transport.round_trips,
+        rt,
+        "served from the read-ahead"
+    );
+    // Reads that straddle a physical discontinuity still come back right.
+    let b = m.read(s, VA + 4 * PAGE - 8, 16).unwrap();
+    assert_eq!(b[8], 0x00);
+    assert_eq!(b[7], 0xff);
+    // Paged-out pages fail with the reason; absurd sizes are refused.
+    assert!(m.read(s, VA + 5 * PAGE, 8).is_err());
+    assert!(matches!(
+        m.read(s, VA, MAX_READ + 1),
+        Err(TargetError::TooLarge { .. })
+    ));
+    assert!(m.touched_pages().contains(&0x100));
+}

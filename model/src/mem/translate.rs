@@ -1,0 +1,186 @@
+//! Address translation: the kernel address space, the x64 page walk (4 or 5 levels, large
+//! pages) and the search for the next present page.
+
+use super::{ADDR, Memory, PAGE, Space, TABLE_CHUNK};
+use crate::target::{NotPresent, TargetError};
+
+/// Where a page walk ended.
+enum Walk {
+    /// At this physical address.
+    Mapped(u64),
+    /// At an entry that is not present, at this level (0: the PTE).
+    Absent { level: u8, entry: u64 },
+}
+
+/// Whether an address is canonical for 48-bit (or, with `la57`, 57-bit) virtual addresses.
+pub fn canonical(va: u64, levels: u32) -> bool {
+    let bits = if levels == 5 { 56 } else { 47 };
+    let top = va >> bits;
+    top == 0 || top == (1u64 << (64 - bits)) - 1
+}
+
+impl Memory {
+    /// The kernel address space: the target's directory table base, or processor 0's CR3
+    /// (whose CR4 also tells 4- or 5-level paging).
+    pub fn kernel_space(&mut self) -> Result<Space, TargetError> {
+        if let Some(s) = self.kernel {
+            return Ok(s);
+        }
+        let dtb = match self.info.directory_table_base {
+            Some(d) => d,
+            None => {
+                self.check_gone()?;
+                let sr = match self.target.special_registers(0) {
+                    Ok(sr) => sr,
+                    Err(e) => {
+                        self.record(&e, || "reading processor 0's special registers".into());
+                        return Err(e);
+                    }
+                };
+                let q = |o: usize| {
+                    sr.get(o..o + 8)
+                        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                };
+                if q(0x18) & (1 << 12) != 0 {
+                    self.levels = 5;
+                }
+                q(0x10)
+            }
+        };
+        let s = Space { dtb: dtb & ADDR };
+        self.kernel = Some(s);
+        Ok(s)
+    }
+
+    /// Paging levels (4 or 5).
+    pub fn paging_levels(&self) -> u32 {
+        self.levels
+    }
+
+    fn table_entry(&mut self, entry_pa: u64) -> Result<u64, TargetError> {
+        self.stats.translations += 1;
+        self.note_needed(entry_pa, 8);
+        if !self.cached(entry_pa, 8) {
+            let chunk = entry_pa & !(TABLE_CHUNK - 1);
+            self.fetch(chunk, TABLE_CHUNK)?;
+        }
+        let mut b = [0u8; 8];
+        self.copy_out(entry_pa, &mut b);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Translates `va` in `space`.
+    pub fn translate(&mut self, space: Space, va: u64) -> Result<u64, TargetError> {
+        let r = self.translate_inner(space, va);
+        if let Err(e) = &r {
+            self.record(e, || format!("translation of {va:#x}"));
+        }
+        r
+    }
+
+    pub(super) fn translate_inner(&mut self, space: Space, va: u64) -> Result<u64, TargetError> {
+        if !canonical(va, self.levels) {
+            return Err(TargetError::NonCanonical(va));
+        }
+        self.refresh();
+        match self.walk(space, va)? {
+            Walk::Mapped(pa) => Ok(pa),
+            Walk::Absent { level, entry: e } => {
+                let reason = if e == 0 {
+                    NotPresent::NotMapped { level }
+                } else if level > 0 {
+                    NotPresent::Invalid { level, entry: e }
+                } else if e & (1 << 10) != 0 {
+                    NotPresent::Prototype { pte: e }
+                } else if e & (1 << 11) != 0 {
+                    NotPresent::Transition { pte: e }
+                } else {
+                    NotPresent::PagedOut { pte: e }
+                };
+                Err(TargetError::NotPresent {
+                    address: va,
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// The page walk of a canonical `va`: where it lands, or the level whose entry is not
+    /// present (0 is the PTE) and that entry. Large pages (PDE, PDPTE) end the walk.
+    fn walk(&mut self, space: Space, va: u64) -> Result<Walk, TargetError> {
+        let mut table = space.dtb & ADDR;
+        for level in (0..self.levels).rev() {
+            let idx = (va >> (12 + 9 * level)) & 0x1ff;
+            let e = self.table_entry(table + 8 * idx)?;
+            if e & 1 == 0 {
+                return Ok(Walk::Absent {
+                    level: level as u8,
+                    entry: e,
+                });
+            }
+            if (level == 1 || level == 2) && e & 0x80 != 0 {
+                let size = 1u64 << (12 + 9 * level);
+                return Ok(Walk::Mapped((e & ADDR & !(size - 1)) | (va & (size - 1))));
+            }
+            table = e & ADDR;
+        }
+        Ok(Walk::Mapped(table | (va & (PAGE - 1))))
+    }
+
+    /// The first address at or after `va` (below `end`) whose page is present, skipping whole
+    /// unmapped page-table ranges at once; `None` when there is none.
+    pub fn next_present(
+        &mut self,
+        space: Space,
+        va: u64,
+        end: u64,
+    ) -> Result<Option<u64>, TargetError> {
+        let r = self.next_present_inner(space, va, end);
+        if let Err(e) = &r {
+            self.record(e, || format!("page-table walk from {va:#x}"));
+        }
+        r
+    }
+
+    fn next_present_inner(
+        &mut self,
+        space: Space,
+        mut va: u64,
+        end: u64,
+    ) -> Result<Option<u64>, TargetError> {
+        va &= !(PAGE - 1);
+        let mut steps = 0u32;
+        while va < end {
+            steps += 1;
+            if steps > 1 << 20 {
+                return Err(TargetError::TooLarge {
+                    what: "pages probed",
+                    value: u64::from(steps),
+                    limit: 1 << 20,
+                });
+            }
+            if !canonical(va, self.levels) {
+                // Jump to the start of the kernel half.
+                let bits = if self.levels == 5 { 56 } else { 47 };
+                let next = !((1u64 << bits) - 1);
+                if next <= va {
+                    return Ok(None);
+                }
+                va = next;
+                continue;
+            }
+            match self.walk(space, va)? {
+                Walk::Mapped(_) => return Ok(Some(va)),
+                Walk::Absent { level, .. } => {
+                    // Not present at this level: the whole span it maps is absent.
+                    let span = 1u64 << (12 + 9 * u32::from(level));
+                    match (va & !(span - 1)).checked_add(span) {
+                        Some(n) => va = n,
+                        None => return Ok(None),
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
