@@ -7,7 +7,6 @@
 //! without it the test says it skipped, and `KDNET_REQUIRE_JSONSCHEMA=1` (set by CI, which
 //! installs it) makes that a failure.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kdnet_commands::engine::Engine;
@@ -17,6 +16,8 @@ use kdnet_sim::scenario::Facts;
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
 use kdnet_testkit::local::LocalTarget;
 use serde_json::Value;
+
+mod common;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -151,56 +152,24 @@ fn engine(scenario: Scenario) -> (Engine, Facts) {
     (Engine::new(kernel), facts)
 }
 
-/// What a scenario planted that examples may name: `{lock}`, `{thread}`, `{pool}`,
-/// `{miniport}`, `{special}`.
-fn planted(f: &Facts) -> BTreeMap<&'static str, u64> {
-    let mut m = BTreeMap::new();
-    if let Some(l) = f.held.first() {
-        m.insert("lock", l.address);
-    }
-    if let Some((t, _)) = f.hung_thread {
-        m.insert("thread", t);
-    }
-    if let Some(c) = &f.corruption {
-        m.insert("pool", c.victim_of_overrun);
-        m.insert("special", c.special);
-    }
-    if f.ndis.holder != 0 {
-        m.insert("miniport", f.ndis.holder);
-    }
-    m
-}
-
 /// Each example of each command, on each scenario where what it names was planted:
 /// (command id, command line, its result).
 fn results() -> Vec<(&'static str, String, Value)> {
     let mut out = Vec::new();
     for scenario in Scenario::ALL {
         let (mut e, facts) = engine(scenario);
-        let planted = planted(&facts);
-        for c in COMMANDS {
-            'examples: for x in c.examples {
-                let mut line = x.to_string();
-                while let Some(i) = line.find('{') {
-                    let j = line[i..].find('}').unwrap() + i;
-                    let key = line[i + 1..j].to_string();
-                    match planted.get(key.as_str()) {
-                        Some(v) => line.replace_range(i..=j, &format!("{v:x}")),
-                        None => continue 'examples,
-                    }
-                }
-                let o = e.run(line.trim());
-                if let Some(err) = &o.error {
-                    // Some commands have nothing to say in some scenarios (no bugcheck, no
-                    // NDIS); that is an error by design, not a result to validate.
-                    assert!(
-                        !err.contains("internal error"),
-                        "{line} on {scenario}: {err}"
-                    );
-                    continue;
-                }
-                out.push((c.id, format!("{line} ({scenario})"), o.result));
+        for (c, line) in common::example_lines(&facts) {
+            let o = e.run(&line);
+            if let Some(err) = &o.error {
+                // Some commands have nothing to say in some scenarios (no bugcheck, no
+                // NDIS); that is an error by design, not a result to validate.
+                assert!(
+                    !err.contains("internal error"),
+                    "{line} on {scenario}: {err}"
+                );
+                continue;
             }
+            out.push((c.id, format!("{line} ({scenario})"), o.result));
         }
     }
     out

@@ -7,11 +7,9 @@
 //! commands look up. `KDNET_BLESS=1` rewrites it; then regenerate the built-in table
 //! (`scripts/gen-builtin-tables.sh`, checked by kdnet-sim's `builtin_table` test).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kdnet_commands::engine::Engine;
-use kdnet_commands::registry::COMMANDS;
 use kdnet_commands::script::{Runner, parse};
 use kdnet_model::nt::Kernel;
 use kdnet_sim::scenario::Facts;
@@ -19,6 +17,8 @@ use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
 use kdnet_symbols::path::{SymbolPath, Tables};
 use kdnet_symbols::{Lookups, PdbId, TypeTable, isf};
 use kdnet_testkit::local::LocalTarget;
+
+mod common;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -38,42 +38,10 @@ impl Tables for Recorded {
     }
 }
 
-/// What a scenario planted that examples may name (as in the registry test).
-fn planted(f: &Facts) -> BTreeMap<&'static str, u64> {
-    let mut m = BTreeMap::new();
-    if let Some(l) = f.held.first() {
-        m.insert("lock", l.address);
-    }
-    if let Some((t, _)) = f.hung_thread {
-        m.insert("thread", t);
-    }
-    if let Some(c) = &f.corruption {
-        m.insert("pool", c.victim_of_overrun);
-        m.insert("special", c.special);
-    }
-    if f.ndis.holder != 0 {
-        m.insert("miniport", f.ndis.holder);
-    }
-    m
-}
-
 /// Every example of every command, then every bundled script, on `e`.
 fn run_everything(e: &mut Engine, facts: &Facts, scratch: &Path) {
-    let planted = planted(facts);
-    for c in COMMANDS {
-        'examples: for x in c.examples {
-            let mut line = x.to_string();
-            while let Some(i) = line.find('{') {
-                let Some(j) = line[i..].find('}').map(|j| j + i) else {
-                    break;
-                };
-                match planted.get(&line[i + 1..j]) {
-                    Some(v) => line.replace_range(i..=j, &format!("{v:x}")),
-                    None => continue 'examples,
-                }
-            }
-            let _ = e.run(line.trim());
-        }
+    for (_, line) in common::example_lines(facts) {
+        let _ = e.run(&line);
     }
     for name in ["hang.kds", "network-hang.kds", "bugcheck.kds"] {
         let text = std::fs::read_to_string(repo().join("scripts").join(name)).unwrap();

@@ -177,37 +177,35 @@ impl AllRegisters {
         let flag = |bit: u32, on: &'static str, off: &'static str| {
             if efl >> bit & 1 == 1 { on } else { off }
         };
-        out.push_str(&format!(
-            "{} {} {}\n",
-            g("rax", self.rax),
-            g("rbx", self.rbx),
-            g("rcx", self.rcx)
-        ));
-        out.push_str(&format!(
-            "{} {} {}\n",
-            g("rdx", self.rdx),
-            g("rsi", self.rsi),
-            g("rdi", self.rdi)
-        ));
-        out.push_str(&format!(
-            "{} {} {}\n",
-            g("rip", self.rip),
-            g("rsp", self.rsp),
-            g("rbp", self.rbp)
-        ));
-        out.push_str(&format!(
-            "{} {} {}\n",
-            p("r8", self.r8),
-            p("r9", self.r9),
-            p("r10", self.r10)
-        ));
-        out.push_str(&format!(
-            "{} {} {}\n",
-            p("r11", self.r11),
-            p("r12", self.r12),
-            p("r13", self.r13)
-        ));
-        out.push_str(&format!("{} {}\n", p("r14", self.r14), p("r15", self.r15)));
+        // WinDbg's rows: the first three with names as they are, r8 on right-aligned.
+        let rows: [(&[(&str, u64)], bool); 6] = [
+            (
+                &[("rax", self.rax), ("rbx", self.rbx), ("rcx", self.rcx)],
+                false,
+            ),
+            (
+                &[("rdx", self.rdx), ("rsi", self.rsi), ("rdi", self.rdi)],
+                false,
+            ),
+            (
+                &[("rip", self.rip), ("rsp", self.rsp), ("rbp", self.rbp)],
+                false,
+            ),
+            (&[("r8", self.r8), ("r9", self.r9), ("r10", self.r10)], true),
+            (
+                &[("r11", self.r11), ("r12", self.r12), ("r13", self.r13)],
+                true,
+            ),
+            (&[("r14", self.r14), ("r15", self.r15)], true),
+        ];
+        for (regs, aligned) in rows {
+            let cells: Vec<String> = regs
+                .iter()
+                .map(|&(n, v)| if aligned { p(n, v) } else { g(n, v) })
+                .collect();
+            out.push_str(&cells.join(" "));
+            out.push('\n');
+        }
         out.push_str(&format!(
             "iopl={}         {} {} {} {} {} {} {} {}\n",
             efl >> 12 & 3,

@@ -4,6 +4,7 @@
 
 #[path = "../../../model/tests/common/mod.rs"]
 mod sim;
+#[allow(unused_imports)]
 pub use sim::*;
 
 /// A symbol server on loopback serving `files` (URL path → body) under `/symbols`; every other
@@ -44,4 +45,45 @@ pub fn symbol_server(files: Vec<(String, Vec<u8>)>) -> String {
         }
     });
     format!("http://{addr}/symbols")
+}
+
+/// Every registered command's examples as command lines for a scenario: `{lock}`, `{thread}`,
+/// `{pool}`, `{special}` and `{miniport}` become what the scenario planted; an example that
+/// names something the scenario did not plant is left out.
+pub fn example_lines(
+    f: &kdnet_sim::scenario::Facts,
+) -> Vec<(&'static kdnet_commands::registry::Command, String)> {
+    let mut planted = std::collections::BTreeMap::new();
+    if let Some(l) = f.held.first() {
+        planted.insert("lock", l.address);
+    }
+    if let Some((t, _)) = f.hung_thread {
+        planted.insert("thread", t);
+    }
+    if let Some(c) = &f.corruption {
+        planted.insert("pool", c.victim_of_overrun);
+        planted.insert("special", c.special);
+    }
+    if f.ndis.holder != 0 {
+        planted.insert("miniport", f.ndis.holder);
+    }
+    let mut out = Vec::new();
+    for c in kdnet_commands::registry::COMMANDS {
+        'examples: for x in c.examples {
+            let mut line = x.to_string();
+            while let Some(i) = line.find('{') {
+                let j = line[i..]
+                    .find('}')
+                    .map(|j| j + i)
+                    .unwrap_or_else(|| panic!("{x}: a '{{' without its '}}'"));
+                let key = line[i + 1..j].to_string();
+                match planted.get(key.as_str()) {
+                    Some(v) => line.replace_range(i..=j, &format!("{v:x}")),
+                    None => continue 'examples,
+                }
+            }
+            out.push((c, line.trim().to_string()));
+        }
+    }
+    out
 }
