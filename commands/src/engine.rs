@@ -2,7 +2,7 @@
 //! WinDbg-style commands and gives each one's text (in WinDbg's layout), a JSON value with the
 //! numbers, and what it cost in round trips and bytes.
 
-use kdnet_arch::{Context, Reg};
+use kdnet_arch::Context;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -135,6 +135,12 @@ pub struct Engine {
     /// No command runs past this instant (a whole capture's stop budget); a command started
     /// after it fails at once.
     pub deadline: Option<std::time::Instant>,
+    /// The user registers `$t0`–`$t19` (`r $t0 = …`).
+    pub user_registers: [u64; 20],
+    /// `$p`: the first value the last `d*` command showed.
+    pub last_shown: Option<u64>,
+    /// The register mask plain `r` shows (`rm`).
+    pub register_mask: u32,
 }
 
 impl std::fmt::Debug for Engine {
@@ -202,6 +208,9 @@ impl Engine {
             processor,
             budget: None,
             deadline: None,
+            user_registers: [0; 20],
+            last_shown: None,
+            register_mask: crate::cmds::registers::DEFAULT_MASK,
         }
     }
 
@@ -373,6 +382,10 @@ finished"
         {
             return crate::registry::run(self, "?", &format!("{rest} {args}"));
         }
+        // `rM MASK`: `r` with a register mask for once (`rm` sets the mask itself).
+        if verb == "rM" {
+            return crate::registry::run(self, "r", &format!("M {args}"));
+        }
         // `~Ns`: switch to processor N (decimal, as WinDbg takes it).
         if let Some(n) = verb
             .strip_prefix('~')
@@ -390,6 +403,143 @@ finished"
         }
         let mut env = EngineEnv { e: self };
         Ok(expr::evaluate(text, &mut env)?)
+    }
+}
+
+impl Engine {
+    /// A register of the current processor (`rax`, `eax`, `zf`, `cr3`, `dr7`, `gdtr`, …) or a
+    /// pseudo-register (`$thread`, `$t0`, …), by name without `@`.
+    pub fn register(&mut self, name: &str) -> Result<u64, ExprError> {
+        let lower = name.to_ascii_lowercase();
+        if let Some(p) = lower.strip_prefix('$') {
+            return self.pseudo_register(p);
+        }
+        let def =
+            crate::regs::lookup(&lower).ok_or_else(|| ExprError::BadRegister(lower.clone()))?;
+        let n = self.processor;
+        let unavailable = |why: String| ExprError::Unavailable {
+            name: format!("@{lower}"),
+            why,
+        };
+        let c = self.context(n).map_err(|e| unavailable(e.to_string()))?;
+        let special = if def.special() {
+            self.kernel
+                .mem
+                .target()
+                .special_registers(n)
+                .map_err(|e| unavailable(format!("the processor's control registers: {e}")))?
+        } else {
+            Vec::new()
+        };
+        def.value(&c, &special)
+            .ok_or_else(|| unavailable("not in what the target reported".into()))
+    }
+
+    fn pseudo_register(&mut self, p: &str) -> Result<u64, ExprError> {
+        let name = format!("${p}");
+        let unavailable = |why: String| ExprError::Unavailable {
+            name: format!("@{name}"),
+            why,
+        };
+        if let Some(i) = expr::user_register(p) {
+            return Ok(self.user_registers[i]);
+        }
+        let n = self.processor;
+        let cpu = |e: &mut Engine| -> Result<kdnet_model::nt::procs::Processor, ExprError> {
+            let cpus = e
+                .kernel
+                .processors()
+                .map_err(|x| unavailable(x.to_string()))?;
+            cpus.into_iter()
+                .find(|c| c.number == n)
+                .ok_or_else(|| unavailable(format!("processor {n} is not in the processor block")))
+        };
+        let thread = |e: &mut Engine| -> Result<kdnet_model::nt::procs::Thread, ExprError> {
+            let c = cpu(e)?;
+            e.kernel
+                .thread(c.current)
+                .map_err(|x| unavailable(x.to_string()))
+        };
+        let reg = |e: &mut Engine, r: &str| e.register(r);
+        let bug = |e: &mut Engine, i: usize| -> Result<u64, ExprError> {
+            match e
+                .kernel
+                .bugcheck()
+                .map_err(|x| unavailable(x.to_string()))?
+            {
+                Some((code, params)) => Ok(if i == 0 {
+                    u64::from(code)
+                } else {
+                    params[i - 1]
+                }),
+                None => Err(unavailable("the target has not bugchecked".into())),
+            }
+        };
+        match p {
+            "ip" => reg(self, "rip"),
+            "csp" => reg(self, "rsp"),
+            "retreg" | "retreg64" => reg(self, "rax"),
+            "ptrsize" => Ok(8),
+            "pagesize" => Ok(0x1000),
+            "p" => self
+                .last_shown
+                .ok_or_else(|| unavailable("no d* command has shown a value yet".into())),
+            "prcb" => Ok(cpu(self)?.prcb),
+            "pcr" => Ok(cpu(self)?.kpcr),
+            "thread" => Ok(cpu(self)?.current),
+            "proc" => {
+                let t = thread(self)?;
+                Ok(t.attached_process.unwrap_or(t.process))
+            }
+            "teb" => Ok(thread(self)?.teb),
+            "tid" => Ok(thread(self)?.tid),
+            "tpid" => Ok(thread(self)?.pid),
+            "peb" => {
+                let t = thread(self)?;
+                let p = self
+                    .kernel
+                    .process(t.attached_process.unwrap_or(t.process))
+                    .map_err(|x| unavailable(x.to_string()))?;
+                Ok(p.peb)
+            }
+            "ra" => {
+                let c = self.context(n).map_err(|x| unavailable(x.to_string()))?;
+                let s =
+                    self.kernel
+                        .unwind(kdnet_model::nt::unwind::Regs::from_context(&c), None, true);
+                match s.frames.first() {
+                    Some(f) if f.return_address != 0 => Ok(f.return_address),
+                    _ => Err(unavailable(format!(
+                        "the first frame has no return address ({})",
+                        s.note.as_deref().unwrap_or("no unwind data")
+                    ))),
+                }
+            }
+            "exentry" => {
+                let nt = self
+                    .kernel
+                    .modules()
+                    .map_err(|x| unavailable(x.to_string()))?
+                    .first()
+                    .map(|m| m.base)
+                    .ok_or_else(|| unavailable("no kernel module".into()))?;
+                let h = self
+                    .kernel
+                    .mem
+                    .kread(nt, 0x1000)
+                    .map_err(|x| unavailable(x.to_string()))?;
+                let rva = kdnet_model::pe::headers(&h)
+                    .map_err(|x| unavailable(format!("the kernel's headers: {x}")))?
+                    .entry_point;
+                Ok(nt + u64::from(rva))
+            }
+            "bug_code" => bug(self, 0),
+            "bug_param1" => bug(self, 1),
+            "bug_param2" => bug(self, 2),
+            "bug_param3" => bug(self, 3),
+            "bug_param4" => bug(self, 4),
+            _ => Err(ExprError::BadRegister(name)),
+        }
     }
 }
 
@@ -425,27 +575,8 @@ impl Env for EngineEnv<'_> {
         mods.iter().find_map(|m| k.resolve(&m.short, name))
     }
 
-    fn register(&mut self, name: &str) -> Option<u64> {
-        let n = self.e.processor;
-        let c = self.e.context(n).ok()?;
-        let name = match name {
-            "$ip" => "rip",
-            "$csp" => "rsp",
-            other => other,
-        };
-        if name == "$proc" || name == "$thread" || name == "$prcb" {
-            let cpus = self.e.kernel.processors().ok()?;
-            let p = cpus.iter().find(|p| p.number == n)?;
-            return match name {
-                "$prcb" => Some(p.prcb),
-                "$thread" => Some(p.current),
-                _ => {
-                    let t = self.e.kernel.thread(p.current).ok()?;
-                    Some(t.attached_process.unwrap_or(t.process))
-                }
-            };
-        }
-        Reg::from_name(name).map(|r| c.reg(r))
+    fn register(&mut self, name: &str) -> Result<u64, ExprError> {
+        self.e.register(name)
     }
 
     fn read(&mut self, addr: u64, size: u8) -> Option<u64> {

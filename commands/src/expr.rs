@@ -102,6 +102,14 @@ pub enum ExprError {
     /// A register that does not exist.
     #[error("bad register '@{0}'")]
     BadRegister(String),
+    /// A register or pseudo-register that has no value here (the reason says why).
+    #[error("{name}: {why}")]
+    Unavailable {
+        /// The register as written (`@$ra`).
+        name: String,
+        /// Why it has no value.
+        why: String,
+    },
     /// Memory that cannot be read.
     #[error("memory access error at {0:#x}")]
     Memory(u64),
@@ -114,8 +122,9 @@ pub enum ExprError {
 pub trait Env {
     /// A symbol's address (or a module's base when `module` is None and `name` is a module).
     fn symbol(&mut self, module: Option<&str>, name: &str) -> Option<u64>;
-    /// A register of the current context.
-    fn register(&mut self, name: &str) -> Option<u64>;
+    /// A register of the current context, or a pseudo-register (`$thread`), by its lower-case
+    /// name without `@`.
+    fn register(&mut self, name: &str) -> Result<u64, ExprError>;
     /// `size` bytes at `addr`, little-endian.
     fn read(&mut self, addr: u64, size: u8) -> Option<u64>;
 }
@@ -225,14 +234,77 @@ fn symbol(i: In<'_>) -> Res<'_> {
 }
 
 fn register(i: In<'_>) -> Res<'_> {
-    map(
-        preceded(
-            char('@'),
-            take_while1(|c: char| c.is_ascii_alphanumeric() || c == '$'),
+    let name = |i| take_while1(|c: char| c.is_ascii_alphanumeric() || c == '_').parse(i);
+    alt((
+        // `@rax`, `@$thread`.
+        map(
+            preceded(char('@'), recognize(pair(opt(char('$')), name))),
+            |r: &str| Expr::Reg(r.to_ascii_lowercase()),
         ),
-        |r: &str| Expr::Reg(r.to_ascii_lowercase()),
-    )
+        // `$thread` without `@`, as WinDbg takes pseudo-registers.
+        map(recognize(pair(char('$'), name)), |r: &str| {
+            Expr::Reg(r.to_ascii_lowercase())
+        }),
+    ))
     .parse(i)
+}
+
+/// WinDbg's pseudo-registers this debugger knows (without `$`; `t0`–`t19` besides): an
+/// expression takes them as `@$name` or `$name`, and the script language keeps its variables
+/// off these names.
+pub const PSEUDO_REGISTERS: &[&str] = &[
+    "thread",
+    "proc",
+    "prcb",
+    "pcr",
+    "teb",
+    "peb",
+    "tid",
+    "tpid",
+    "ip",
+    "ra",
+    "csp",
+    "retreg",
+    "retreg64",
+    "exentry",
+    "p",
+    "ptrsize",
+    "pagesize",
+    "bug_code",
+    "bug_param1",
+    "bug_param2",
+    "bug_param3",
+    "bug_param4",
+];
+
+/// Whether `name` (without `$`) is a pseudo-register: one of [`PSEUDO_REGISTERS`] or a user
+/// register `t0`–`t19`.
+pub fn is_pseudo_register(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    PSEUDO_REGISTERS.contains(&n.as_str()) || user_register(&n).is_some()
+}
+
+/// The index of user register `tN` (0–19).
+pub fn user_register(name: &str) -> Option<usize> {
+    let d = name.strip_prefix('t').or_else(|| name.strip_prefix('T'))?;
+    if d.is_empty()
+        || d.len() > 2
+        || !d.bytes().all(|b| b.is_ascii_digit())
+        || d.starts_with('0') && d.len() > 1
+    {
+        return None;
+    }
+    d.parse::<usize>().ok().filter(|n| *n < 20)
+}
+
+#[cfg(test)]
+#[test]
+fn pseudo_register_names() {
+    assert!(is_pseudo_register("thread") && is_pseudo_register("T19") && is_pseudo_register("t0"));
+    assert!(
+        !is_pseudo_register("t20") && !is_pseudo_register("t01") && !is_pseudo_register("locks")
+    );
+    assert_eq!(user_register("t7"), Some(7));
 }
 
 fn deref(i: In<'_>) -> Res<'_> {
@@ -413,9 +485,7 @@ pub fn eval(e: &Expr, env: &mut dyn Env) -> Result<u64, ExprError> {
                 }));
             }
         },
-        Expr::Reg(r) => env
-            .register(r)
-            .ok_or_else(|| ExprError::BadRegister(r.clone()))?,
+        Expr::Reg(r) => env.register(r)?,
         Expr::Deref { size, addr } => {
             let a = eval(addr, env)?;
             env.read(a, *size).ok_or(ExprError::Memory(a))?
@@ -465,11 +535,12 @@ mod tests {
                 _ => None,
             }
         }
-        fn register(&mut self, name: &str) -> Option<u64> {
+        fn register(&mut self, name: &str) -> Result<u64, ExprError> {
             match name {
-                "rsp" => Some(0x1000),
-                "$ip" | "rip" => Some(0x2000),
-                _ => None,
+                "rsp" => Ok(0x1000),
+                "$ip" | "rip" => Ok(0x2000),
+                "$t3" => Ok(7),
+                _ => Err(ExprError::BadRegister(name.into())),
             }
         }
         fn read(&mut self, addr: u64, size: u8) -> Option<u64> {
@@ -498,6 +569,10 @@ mod tests {
         assert_eq!(ev("nt + 0x100"), Ok(0xfffff805_5c400100));
         assert_eq!(ev("KeBugCheckEx"), Ok(0xfffff805_5c500000));
         assert_eq!(ev("@rsp+@$ip"), Ok(0x3000));
+        // Pseudo-registers with or without `@`.
+        assert_eq!(ev("$ip+$t3"), Ok(0x2007));
+        assert_eq!(ev("@$T3*2"), Ok(14));
+        assert!(matches!(ev("$nope"), Err(ExprError::BadRegister(_))));
         assert_eq!(ev("poi(@rsp)"), Ok(0x1122_3344_5566_7788));
         assert_eq!(ev("dwo(@rsp)"), Ok(0x5566_7788));
         assert_eq!(ev("by(1000)"), Ok(0x88));

@@ -8,4 +8,5 @@ pub mod engine;
 pub mod expr;
 pub mod ext;
 pub mod registry;
+mod regs;
 pub mod script;

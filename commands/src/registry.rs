@@ -183,8 +183,18 @@ pub static COMMANDS: &[Command] = &[
         summary: "the current processor's registers, flags and segments",
         doc: "the current processor's registers, flags and segments",
         syntax: crate::cmds::registers::SYNTAX, usage: None,
-        examples: ["r", "r rip,rsp"],
+        examples: ["r", "r rip,rsp", "r cr3", "r eax, zf", "r @$thread", "r $t0 = @$prcb + 8", "rM 0xa2"],
         run: crate::cmds::registers::run => crate::cmds::registers::Registers,
+    },
+    command! {
+        name: "rm", aliases: [], id: "register-mask",
+        summary: "shows or sets the register mask `r` uses",
+        doc: "show or set the register mask plain `r` uses: 0x2 the integer registers, 0x20 the \
+              debug registers and CR4, 0x80 the control registers, 0x100 the descriptor tables \
+              (`rM MASK` uses a mask once)",
+        syntax: crate::cmds::registers::MASK_SYNTAX, usage: None,
+        examples: ["rm", "rm 0xa2"],
+        run: crate::cmds::registers::mask => crate::cmds::registers::RegisterMask,
     },
     command! {
         name: "~Ns", aliases: [], id: "processor",

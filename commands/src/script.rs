@@ -5,7 +5,7 @@
 //! $locks = !locks                       $$ a named result (its JSON)
 //! .foreach (h in $locks.held) { !thread $h.exclusive_owner }
 //! .if ($vm.commit_failures > 0) { .echo commit is failing: $vm.commit_failures } .else { .echo ok }
-//! .time 30                              $$ each command from here may run 30 s
+//! .timeout 30                           $$ each command from here may run 30 s
 //! .snapshot hang                        $$ write what has been read to hang.dmp
 //! ```
 //!
@@ -82,7 +82,7 @@ pub enum Stmt {
         /// Where it is.
         pos: Pos,
     },
-    /// `.time SECONDS` (0: no limit).
+    /// `.timeout SECONDS` (0: no limit; `.time SECONDS` is its older spelling).
     Time {
         /// Seconds.
         seconds: f64,
@@ -266,6 +266,7 @@ fn statement<'a>(full: &'a str, i: In<'a>) -> Result<(In<'a>, Stmt), ParseError>
             };
             err(at, "expected .foreach (NAME in $VARIABLE) { … }")
         })?;
+        check_variable(full, i, var)?;
         let (rest, body) = block(full, rest)?;
         return Ok((
             rest,
@@ -301,14 +302,22 @@ fn statement<'a>(full: &'a str, i: In<'a>) -> Result<(In<'a>, Stmt), ParseError>
         let (rest, text) = command_text(rest);
         return Ok((rest, Stmt::Echo { text, pos }));
     }
-    if let Some(rest) = i.strip_prefix(".time") {
+    // `.timeout SECONDS`; `.time SECONDS` is its older spelling (`.time` alone is WinDbg's
+    // command, which shows the target's clock).
+    let timeout = i.strip_prefix(".timeout").or_else(|| {
+        i.strip_prefix(".time")
+            .filter(|r| r.starts_with([' ', '\t']))
+    });
+    if let Some(rest) = timeout {
         let (rest, text) = command_text(rest);
-        let seconds: f64 = text
-            .parse()
-            .ok()
-            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| err(i, "expected .time SECONDS"))?;
-        return Ok((rest, Stmt::Time { seconds, pos }));
+        if i.starts_with(".timeout") || !text.is_empty() {
+            let seconds: f64 = text
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| err(i, "expected .timeout SECONDS"))?;
+            return Ok((rest, Stmt::Time { seconds, pos }));
+        }
     }
     if let Some(rest) = i.strip_prefix(".snapshot") {
         let (rest, text) = command_text(rest);
@@ -335,6 +344,7 @@ fn statement<'a>(full: &'a str, i: In<'a>) -> Result<(In<'a>, Stmt), ParseError>
             if text.is_empty() {
                 return Err(err(after, "expected a command after '='"));
             }
+            check_variable(full, i, name)?;
             return Ok((
                 rest,
                 Stmt::Assign {
@@ -461,6 +471,29 @@ pub fn echo_text(v: &Value) -> String {
     }
 }
 
+/// Whether `rest` (after a `$`) starts with the name of a WinDbg pseudo-register: the script
+/// leaves those to the expression evaluator, `$thread` as well as `@$thread`.
+fn pseudo_at(rest: &str) -> bool {
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    crate::expr::is_pseudo_register(&rest[..end])
+}
+
+/// Refuses a script variable named like a pseudo-register (it would hide it).
+fn check_variable<'a>(full: &'a str, at: In<'a>, name: &str) -> Result<(), ParseError> {
+    if crate::expr::is_pseudo_register(name) {
+        return Err(ParseError {
+            pos: pos_of(full, at),
+            message: format!(
+                "${name} is a WinDbg pseudo-register; name the variable otherwise (a user \
+                 register is set with `r ${name} = …`)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn substitute_as(
     text: &str,
     vars: &HashMap<String, Value>,
@@ -473,6 +506,8 @@ fn substitute_as(
         if b[i] == b'$'
             && b.get(i + 1)
                 .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+            && !(i > 0 && b[i - 1] == b'@')
+            && !pseudo_at(&text[i + 1..])
         {
             let start = i + 1;
             let mut end = start;
@@ -972,7 +1007,7 @@ mod tests {
     #[test]
     fn statements_blocks_and_comments() {
         let s = parse(
-            "$$ a hang capture\n$locks = !locks\n.foreach (h in $locks.held) {\n  !thread $h.exclusive_owner; k\n}\n.if ($vm.commit_failures > 0) { .echo failing } .else { .echo fine }\n.time 30\n.snapshot hang-1 $$ done\nlm",
+            "$$ a hang capture\n$locks = !locks\n.foreach (h in $locks.held) {\n  !thread $h.exclusive_owner; k\n}\n.if ($vm.commit_failures > 0) { .echo failing } .else { .echo fine }\n.timeout 30\n.snapshot hang-1 $$ done\nlm",
         )
         .unwrap();
         assert_eq!(s.len(), 6);
@@ -1066,6 +1101,30 @@ mod tests {
             substitute("$$ not a var? 5$", &vars).unwrap(),
             "$$ not a var? 5$"
         );
+        // WinDbg's pseudo-registers pass through to the evaluator, with `@` or without.
+        assert_eq!(
+            substitute(
+                "dt nt!_KTHREAD @$thread State; ? $proc + $t.pid; r $t0 = @$prcb",
+                &vars
+            )
+            .unwrap(),
+            "dt nt!_KTHREAD @$thread State; ? $proc + 0x4; r $t0 = @$prcb"
+        );
+        assert_eq!(substitute("? @$t; ? $T19", &vars).unwrap(), "? @$t; ? $T19");
+    }
+
+    #[test]
+    fn variables_keep_off_pseudo_register_names() {
+        for bad in [
+            "$thread = !thread",
+            "$t0 = ? 1",
+            "$p = r",
+            ".foreach (proc in $x) { r }",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.message.contains("pseudo-register"), "{bad}: {e:?}");
+        }
+        assert!(parse("$threads = !thread; $t20 = r").is_ok());
     }
 
     #[test]

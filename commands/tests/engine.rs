@@ -188,3 +188,70 @@ fn command_lines_split_at_semicolons() {
     assert_eq!(split_commands(".echo \"a;b\"; k"), [".echo \"a;b\"", "k"]);
     assert!(split_commands(" ; ;").is_empty());
 }
+
+#[test]
+fn pseudo_registers_and_every_register_name() {
+    let mut cr3 = 0;
+    let Some((k, p)) = common::sim_kernel_with(20348, Scenario::Deadlock, |m| {
+        cr3 = m.system().k.space.cr3;
+    }) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let value = |e: &mut Engine, c: &str| -> u64 {
+        let (_, j) = one(e, c);
+        j["value"].as_u64().unwrap_or_else(|| panic!("{c}: {j}"))
+    };
+    let (prcb, current) = p.cpus[e.processor as usize];
+    // The current thread, process and processor, with `@` and without.
+    assert_eq!(value(&mut e, "? @$thread"), current);
+    assert_eq!(value(&mut e, "? $thread"), current);
+    assert_eq!(value(&mut e, "? @$prcb"), prcb);
+    let t = p.threads.iter().find(|t| t.ethread == current).unwrap();
+    let (eprocess, pid, _) = p.facts.processes[t.process].clone();
+    assert_eq!(value(&mut e, "? @$proc"), eprocess);
+    assert_eq!(value(&mut e, "? $tpid"), pid);
+    assert_eq!(value(&mut e, "? $tid"), t.tid);
+    // The first example of docs/commands.md.
+    let (text, _) = one(&mut e, "dt nt!_KTHREAD @$thread State");
+    assert!(text.contains("State"), "{text}");
+    // $ip and $csp are rip and rsp; $ra is frame 0's return address.
+    let (_, r) = one(&mut e, "r rip, rsp");
+    assert_eq!(Some(value(&mut e, "? $ip")), r["rip"].as_u64());
+    assert_eq!(Some(value(&mut e, "? @$csp")), r["rsp"].as_u64());
+    let (_, k) = one(&mut e, "k 1");
+    assert_eq!(
+        Some(value(&mut e, "? @$ra")),
+        k["frames"][0]["return_address"].as_u64()
+    );
+    // $p: the first value the last d* command showed.
+    let (_, d) = one(&mut e, "dq @$prcb L2");
+    assert_eq!(Some(value(&mut e, "? $p")), d["values"][0].as_u64());
+    // User registers.
+    one(&mut e, "r $t0 = @$prcb + 8");
+    assert_eq!(value(&mut e, "? $t0 - 8"), prcb);
+    assert_eq!(value(&mut e, "? @$t1"), 0);
+    let o = e.run("r rax = 1");
+    assert!(o.error.unwrap().contains("cannot set 'rax'"));
+    // Control registers from the processor's special registers; parts of registers and flags.
+    let (text, j) = one(&mut e, "r cr3");
+    assert_eq!(j["cr3"].as_u64(), Some(cr3));
+    assert_eq!(text, format!("cr3={cr3:016x}\n"));
+    let (text, j) = one(&mut e, "r eax, al, zf, cs");
+    let rax = value(&mut e, "? @rax");
+    assert_eq!(j["eax"].as_u64(), Some(rax & 0xffff_ffff));
+    assert_eq!(j["al"].as_u64(), Some(rax & 0xff));
+    assert!(text.contains("cs=0010\n"), "{text}");
+    assert!(text.starts_with(&format!("eax={:08x}\nal={:02x}\n", rax as u32, rax as u8)));
+    // rM 0x80 adds the control registers to the usual rows.
+    let (text, j) = one(&mut e, "rM 0x82");
+    assert_eq!(j["other"]["cr3"].as_u64(), Some(cr3));
+    assert!(text.contains(&format!("cr3={cr3:016x}")), "{text}");
+    assert!(text.contains("rax="));
+    // $exentry is in nt; an unknown pseudo-register is an error, not zero.
+    let entry = value(&mut e, "? $exentry");
+    assert!(entry > p.kernel_base && entry < p.kernel_base + u64::from(p.modules[0].2));
+    assert!(e.run("? $nosuch").error.unwrap().contains("bad register"));
+    let o = e.run("? $bug_code");
+    assert!(o.error.unwrap().contains("not bugchecked"));
+}

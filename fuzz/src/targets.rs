@@ -225,8 +225,10 @@ impl expr::Env for Env {
             _ => None,
         }
     }
-    fn register(&mut self, name: &str) -> Option<u64> {
-        (name == "rsp").then_some(0x1000)
+    fn register(&mut self, name: &str) -> Result<u64, kdnet_commands::expr::ExprError> {
+        (name == "rsp")
+            .then_some(0x1000)
+            .ok_or_else(|| kdnet_commands::expr::ExprError::BadRegister(name.into()))
     }
     fn read(&mut self, addr: u64, _size: u8) -> Option<u64> {
         (addr < 0x2000).then_some(addr)

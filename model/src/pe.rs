@@ -52,6 +52,8 @@ pub struct Headers {
     pub timestamp: u32,
     /// SizeOfImage.
     pub size_of_image: u32,
+    /// AddressOfEntryPoint (an RVA).
+    pub entry_point: u32,
     /// CheckSum.
     pub checksum: u32,
     /// Data directories (RVA, size).
@@ -86,6 +88,7 @@ pub fn headers(h: &[u8]) -> Result<Headers, PeError> {
         return Err(PeError::NotPe("not a PE32+ optional header"));
     }
     let size_of_image = u32_at(h, oh + 56).ok_or(PeError::NotPe("short optional header"))?;
+    let entry_point = u32_at(h, oh + 16).unwrap_or(0);
     let checksum = u32_at(h, oh + 64).unwrap_or(0);
     let ndirs = (u32_at(h, oh + 108).unwrap_or(0) as usize).min(16);
     let mut directories = Vec::with_capacity(ndirs);
@@ -111,6 +114,7 @@ pub fn headers(h: &[u8]) -> Result<Headers, PeError> {
         machine,
         timestamp,
         size_of_image,
+        entry_point,
         checksum,
         directories,
         sections,

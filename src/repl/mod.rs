@@ -78,6 +78,7 @@ const PROMPT_WORDS: &[&str] = &[
     ".help",
     ".echo",
     ".time",
+    ".timeout",
     ".snapshot",
     ".foreach",
     ".if",

@@ -111,10 +111,12 @@ fn read(e: &mut Engine, start: u64, count: u64, unit: u64) -> Vec<Option<u64>> {
 pub(crate) fn memory(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Memory, CmdError> {
     let (unit, _, default) = shape(verb);
     let (address, count) = range(e, a, unit, default)?;
+    let values = read(e, address, count, unit);
+    e.last_shown = values.first().copied().flatten();
     Ok(Memory {
         address,
         unit_bytes: unit,
-        values: read(e, address, count, unit),
+        values,
     })
 }
 
@@ -122,6 +124,7 @@ pub(crate) fn pointers(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Point
     let (unit, _, default) = shape(verb);
     let (address, count) = range(e, a, unit, default)?;
     let values = read(e, address, count, unit);
+    e.last_shown = values.first().copied().flatten();
     let symbols = values
         .iter()
         .map(|v| {

@@ -26,7 +26,7 @@ pub const STATEMENTS: &[(&str, &str)] = &[
     (".if (EXPR) { … } .else { … }", "an expression decides"),
     (".echo TEXT", "prints TEXT"),
     (
-        ".time SECONDS",
+        ".timeout SECONDS",
         "each command after it may run that long (0: no limit)",
     ),
     (

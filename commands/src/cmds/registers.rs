@@ -1,5 +1,8 @@
 //! `r [REG,…]`: the current processor's registers, flags and segments; with names, only those
-//! registers.
+//! registers (any x64 name WinDbg takes: `eax`, `al`, `zf`, `cr3`, `dr7`, `gdtr`, and
+//! pseudo-registers such as `$thread`); `r $t0 = EXPR` sets a user register; `rM MASK` shows
+//! the groups of the mask (0x20 debug registers and CR4, 0x80 control registers, 0x100
+//! descriptor tables); `rm [MASK]` shows or sets the mask plain `r` uses.
 
 use std::collections::BTreeMap;
 
@@ -69,6 +72,13 @@ pub(crate) struct AllRegisters {
     pub efl: u32,
     /// The processor they are of.
     pub processor: u32,
+    /// The registers the mask added beyond the general ones (`rM 0xa0`: debug and control
+    /// registers), by name; absent when none were asked for.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, u64>,
+    /// The mask's groups in display order, each a row of names (the text shows them so).
+    #[serde(skip)]
+    pub other_rows: Vec<Vec<(String, usize)>>,
     /// The segment selectors (shown in the text only).
     #[serde(skip)]
     pub segments: Segments,
@@ -88,16 +98,30 @@ pub(crate) struct Segments {
     pub gs: u16,
 }
 
-/// The registers asked for: each by its lower-case name (`rip`), its value.
+/// The registers asked for: each by its lower-case name (`rip`, `$thread`), its value.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct ChosenRegisters {
     /// Register name → value.
     #[serde(flatten)]
     pub values: BTreeMap<String, u64>,
-    /// The names in the order asked for (the text shows them so).
+    /// The names in the order asked for, with the hex digits each is shown with (the text
+    /// shows them so).
     #[serde(skip)]
-    pub order: Vec<String>,
+    pub order: Vec<(String, usize)>,
 }
+
+/// The register groups of `rM`, beyond the general registers: (mask bit, rows of names).
+const GROUPS: &[(u32, &[&[&str]])] = &[
+    (
+        0x20,
+        &[&["dr0", "dr1", "dr2"], &["dr3", "dr6", "dr7", "cr4"]],
+    ),
+    (0x80, &[&["cr0", "cr2", "cr3"], &["cr8"]]),
+    (0x100, &[&["gdtr", "gdtl", "idtr", "idtl", "tr", "ldtr"]]),
+];
+
+/// The mask plain `r` uses, as WinDbg's x64 default (0x2: the integer registers).
+pub(crate) const DEFAULT_MASK: u32 = 0x2;
 
 fn seg(c: &Context, off: usize) -> u16 {
     let b = c.as_bytes();
@@ -107,19 +131,79 @@ fn seg(c: &Context, off: usize) -> u16 {
     }
 }
 
+/// A register's value for `r`, with the digits it is shown with.
+fn value_of(e: &mut Engine, name: &str) -> Result<(String, u64, usize), CmdError> {
+    let name = name.trim().trim_start_matches('@').to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(CmdError::Usage("a register name is needed".into()));
+    }
+    let digits = match crate::regs::lookup(&name) {
+        Some(d) => d.digits(),
+        None if name.starts_with('$') => 16,
+        None => return Err(CmdError::Usage(format!("bad register '{name}'"))),
+    };
+    let v = e.register(&name)?;
+    Ok((name, v, digits))
+}
+
 pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Registers, CmdError> {
-    let c = e.context(e.processor)?;
-    if let Some(names) = a.text("REG,") {
+    let text = a.text("REG,").unwrap_or("").trim();
+    // `rM MASK [REG,…]` arrives as `M MASK …`.
+    let (mask, text) = match text.strip_prefix("M ") {
+        Some(rest) => {
+            let rest = rest.trim_start();
+            let (m, more) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            let mask = e.eval(m)?;
+            let mask = u32::try_from(mask)
+                .map_err(|_| CmdError::Usage(format!("register mask {mask:#x} is too large")))?;
+            (mask, more.trim())
+        }
+        None => (e.register_mask, text),
+    };
+    // `r $t0 = EXPR`.
+    if let Some((lhs, rhs)) = text.split_once('=')
+        && !rhs.starts_with('=')
+    {
+        let name = lhs.trim().trim_start_matches('@').to_ascii_lowercase();
+        let value = e.eval(rhs)?;
+        let Some(i) = name.strip_prefix('$').and_then(crate::expr::user_register) else {
+            return Err(CmdError::Usage(format!(
+                "cannot set '{name}': only the user registers $t0-$t19 can be set (a stopped \
+                 target's registers stay as they are)"
+            )));
+        };
+        e.user_registers[i] = value;
+        return Ok(Registers::Chosen(ChosenRegisters {
+            values: [(name.clone(), value)].into(),
+            order: vec![(name, 16)],
+        }));
+    }
+    if !text.is_empty() {
         let mut values = BTreeMap::new();
         let mut order = Vec::new();
-        for name in names.split([',', ' ']).filter(|s| !s.is_empty()) {
-            let name = name.trim_start_matches('@');
-            let r = Reg::from_name(name)
-                .ok_or_else(|| CmdError::Usage(format!("bad register '{name}'")))?;
-            values.insert(r.name().to_string(), c.reg(r));
-            order.push(r.name().to_string());
+        for name in text.split([',', ' ']).filter(|s| !s.is_empty()) {
+            let (name, v, digits) = value_of(e, name)?;
+            values.insert(name.clone(), v);
+            order.push((name, digits));
         }
         return Ok(Registers::Chosen(ChosenRegisters { values, order }));
+    }
+    let c = e.context(e.processor)?;
+    let mut other = BTreeMap::new();
+    let mut other_rows = Vec::new();
+    for (bit, rows) in GROUPS {
+        if mask & bit == 0 {
+            continue;
+        }
+        for row in *rows {
+            let mut shown = Vec::new();
+            for name in *row {
+                let (name, v, digits) = value_of(e, name)?;
+                other.insert(name.clone(), v);
+                shown.push((name, digits));
+            }
+            other_rows.push(shown);
+        }
     }
     let rip = c.reg(Reg::Rip);
     Ok(Registers::All(AllRegisters {
@@ -142,6 +226,8 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Registers
         rip,
         efl: c.eflags(),
         processor: e.processor,
+        other,
+        other_rows,
         segments: Segments {
             cs: seg(&c, 0x38),
             ss: seg(&c, 0x42),
@@ -154,13 +240,61 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Registers
     }))
 }
 
+/// `rm [MASK]`.
+pub(crate) const MASK_SYNTAX: Syntax = Syntax::params(&[Param {
+    name: "MASK",
+    kind: Kind::Expr,
+    optional: true,
+}]);
+
+/// The register mask plain `r` uses.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub(crate) struct RegisterMask {
+    /// The mask (0x2 integer registers, 0x20 debug registers and CR4, 0x80 control registers,
+    /// 0x100 descriptor tables).
+    pub mask: u32,
+}
+
+pub(crate) fn mask(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<RegisterMask, CmdError> {
+    if let Some(m) = a.expr(e, "MASK")? {
+        let known = 0x1 | 0x2 | 0x8 | GROUPS.iter().map(|g| g.0).fold(0, |a, b| a | b);
+        if m & !u64::from(known) != 0 {
+            return Err(CmdError::Usage(format!(
+                "register mask {m:#x} has bits this debugger does not show (it knows {known:#x})"
+            )));
+        }
+        e.register_mask = m as u32;
+    }
+    Ok(RegisterMask {
+        mask: e.register_mask,
+    })
+}
+
+impl Render for RegisterMask {
+    fn render(&self, out: &mut String) {
+        out.push_str(&format!("Register output mask is {:x}:\n", self.mask));
+        for (bit, what) in [
+            (0x2, "Integer state (64-bit)"),
+            (0x1, "Integer state (32-bit)"),
+            (0x8, "Segment registers"),
+            (0x20, "Debug registers"),
+            (0x80, "Control registers"),
+            (0x100, "Descriptor and task state"),
+        ] {
+            if self.mask & bit != 0 {
+                out.push_str(&format!("    {bit:4x} - {what}\n"));
+            }
+        }
+    }
+}
+
 impl Render for Registers {
     fn render(&self, out: &mut String) {
         match self {
             Registers::Chosen(c) => {
-                for name in &c.order {
+                for (name, digits) in &c.order {
                     if let Some(v) = c.values.get(name) {
-                        out.push_str(&format!("{name}={v:016x}\n"));
+                        out.push_str(&format!("{name}={v:0digits$x}\n"));
                     }
                 }
             }
@@ -223,6 +357,14 @@ impl AllRegisters {
             "cs={:04x}  ss={:04x}  ds={:04x}  es={:04x}  fs={:04x}  gs={:04x}             efl={:08x}\n",
             s.cs, s.ss, s.ds, s.es, s.fs, s.gs, efl
         ));
+        for row in &self.other_rows {
+            let cells: Vec<String> = row
+                .iter()
+                .filter_map(|(n, d)| self.other.get(n).map(|v| format!("{n}={v:0d$x}", d = *d)))
+                .collect();
+            out.push_str(&cells.join(" "));
+            out.push('\n');
+        }
         out.push_str(&format!("{}:\n", self.rip_symbol));
     }
 }
@@ -235,7 +377,7 @@ mod tests {
     fn chosen_in_the_order_asked() {
         let r = Registers::Chosen(ChosenRegisters {
             values: [("rip".to_string(), 0x10u64), ("rsp".to_string(), 0x20)].into(),
-            order: vec!["rsp".into(), "rip".into()],
+            order: vec![("rsp".into(), 16), ("rip".into(), 16)],
         });
         let mut t = String::new();
         r.render(&mut t);
@@ -272,6 +414,8 @@ mod tests {
             rip: c.reg(Reg::Rip),
             efl: 0x246,
             processor: 1,
+            other: BTreeMap::new(),
+            other_rows: Vec::new(),
             segments: Segments::default(),
             rip_symbol: "nt!KeBugCheckEx".into(),
         };
