@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use kdnet_commands::engine::{Engine, Outcome, addr};
+use kdnet_commands::hex::Hex;
 use kdnet_commands::script::{self, Event, Runner};
 use serde_json::{Value, json};
 
@@ -27,16 +28,25 @@ pub fn banner(e: &mut Engine, style: Style) {
     let bugcheck = e.kernel.bugcheck().ok().flatten();
     if style.json {
         let line = json!({
-            "schema": 1,
-            "target": {
+            "type": "target",
+            "command": "",
+            "result": {
+                "schema": kdnet_commands::registry::SCHEMA_VERSION,
                 "description": info.description,
                 "live": info.live,
                 "build": e.kernel.build,
-                "kernel_base": e.kernel.base,
+                "kernel_base": Hex(e.kernel.base),
                 "processors": info.processors,
                 "symbols": e.kernel.nt_source,
-                "bugcheck": bugcheck.map(|(c, p)| json!({ "code": c, "parameters": p })),
+                "bugcheck": bugcheck.map(|(c, p)| json!({
+                    "code": c,
+                    "parameters": p.map(Hex),
+                })),
             },
+            "error": null,
+            "complete": true,
+            "incomplete": [],
+            "cost": kdnet_commands::engine::Cost::default(),
         });
         outln!("{line}");
         return;
@@ -105,17 +115,17 @@ pub fn format_outcome(o: &Outcome, processor: u32, style: Style) -> String {
     t
 }
 
-/// One event of a script run as JSON (what `--json` prints for it).
+/// One event of a script run as JSON (what `--json` prints for it): the same envelope for
+/// every kind of line.
 pub fn event_json(ev: &Event) -> Value {
-    match ev {
-        Event::Outcome(o, _) => serde_json::to_value(o)
-            .unwrap_or_else(|e| json!({ "command": o.command, "error": e.to_string() })),
-        Event::Echo(t) => json!({ "echo": t }),
-        Event::Snapshot(p) => json!({ "snapshot": p }),
-        Event::Error { pos, message } => {
-            json!({ "error": message, "line": pos.line, "column": pos.column })
-        }
-    }
+    let line = ev.line();
+    serde_json::to_value(&line).unwrap_or_else(|e| {
+        json!({
+            "type": "error", "command": line.command, "result": null,
+            "error": format!("the result could not be written as JSON: {e}"),
+            "complete": false, "incomplete": [], "cost": line.cost,
+        })
+    })
 }
 
 /// One event of a script run as it is printed.
@@ -127,7 +137,7 @@ pub fn format_event(ev: &Event, style: Style) -> String {
         Event::Outcome(o, processor) => format_outcome(o, *processor, style),
         Event::Echo(t) => format!("{t}\n"),
         Event::Snapshot(p) => format!("snapshot written: {}\n", p.display()),
-        Event::Error { pos, message } => {
+        Event::Error { pos, message, .. } => {
             format!(
                 "error: line {}, column {}: {message}\n",
                 pos.line, pos.column

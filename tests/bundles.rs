@@ -201,7 +201,7 @@ fn partial_bundles_of_a_killed_watcher_are_removed_at_start_and_a_live_one_is_ke
     // written before the bundle was published.
     let json = std::fs::read_to_string(b.join("report.json")).unwrap();
     let txt = std::fs::read_to_string(b.join("report.txt")).unwrap();
-    assert!(json.contains("\"snapshot\": \"early.dmp\""), "{json}");
+    assert!(json.contains("\"path\": \"early.dmp\""), "{json}");
     assert!(txt.contains("snapshot written: early.dmp"), "{txt}");
     assert!(!json.contains(".partial") && !txt.contains(".partial"));
     assert!(b.join("early.dmp").is_file());

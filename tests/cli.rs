@@ -461,8 +461,9 @@ fn open_runs_commands_on_the_triage_dump() {
     assert_eq!(out.status.code(), Some(1), "a failed command fails the run");
     let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(lines.len(), 3);
-    assert_eq!(lines[0]["target"]["build"], 19041);
-    assert_eq!(lines[0]["target"]["bugcheck"]["code"], 0x1000_007e);
+    assert_eq!(lines[0]["type"], "target");
+    assert_eq!(lines[0]["result"]["build"], 19041);
+    assert_eq!(lines[0]["result"]["bugcheck"]["code"], 0x1000_007e);
     assert_eq!(lines[1]["command"], "lm");
     assert_eq!(lines[1]["result"]["modules"].as_array().unwrap().len(), 151);
     assert!(lines[1]["cost"]["round_trips"].is_u64());
@@ -618,4 +619,93 @@ fn run_answers_the_hang_commands_as_json() {
     );
     assert_eq!(lines[3]["result"]["commit_failures"], 0);
     assert!(lines[1]["cost"]["round_trips"].as_u64().unwrap() > 0);
+}
+
+/// jq, or None (with a note) when it is absent and not required (CI installs Debian's and sets
+/// KDNET_REQUIRE_JQ).
+fn jq() -> Option<PathBuf> {
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join("jq");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    assert!(
+        std::env::var_os("KDNET_REQUIRE_JQ").is_none(),
+        "KDNET_REQUIRE_JQ is set but no jq was found"
+    );
+    eprintln!("skipping: no jq on PATH");
+    None
+}
+
+/// An address survives jq (1.6 rounds JSON numbers past 2^53): the lock owner `!locks --json`
+/// names, taken out with `jq -r` and handed to `!thread`, is the same thread.
+#[test]
+fn a_lock_owner_through_jq_is_the_same_thread() {
+    let Some(jq) = jq() else { return };
+    let port = free_udp_port();
+    let mut sim = kdnet()
+        .args([
+            "sim",
+            "--host",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            "7.7.7.8",
+        ])
+        .args([
+            "--scenario",
+            "deadlock",
+            "--resources",
+            "300",
+            "--duration",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = |command: &str| -> Vec<u8> {
+        let out = kdnet()
+            .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--key", "7.7.7.8", "--connect-timeout", "30s", "--json"])
+            .args(["--max-seconds", "60", "-c", command])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let jq_r = |input: &[u8], filter: &str| -> String {
+        use std::io::Write;
+        let mut c = std::process::Command::new(&jq)
+            .args(["-r", filter])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input).unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let locks = run("!locks");
+    let owner = jq_r(
+        &locks,
+        r#"select(.type == "command") | .result.held[] | select(.exclusive_owner != null) | .exclusive_owner"#,
+    );
+    let owner = owner.lines().next().unwrap().to_string();
+    // A full 64-bit kernel address, exactly as the result holds it.
+    assert!(owner.starts_with("0xffff") && owner.len() == 18, "{owner}");
+    let thread = run(&format!("!thread {owner}"));
+    let again = jq_r(&thread, r#"select(.type == "command") | .result.thread"#);
+    assert_eq!(again, owner);
+    // The line names the command as it ran.
+    let text = jq_r(&thread, r#"select(.type == "command") | .command"#);
+    assert_eq!(text, format!("!thread {owner}"));
+    sim.kill().ok();
+    sim.wait().ok();
 }

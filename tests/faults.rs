@@ -113,7 +113,7 @@ fn signal(child: &Child, sig: i32) {
 fn results(stdout: &str) -> Vec<serde_json::Value> {
     json_lines(stdout)
         .into_iter()
-        .filter(|v| v.get("command").is_some())
+        .filter(|v| v["type"] == "command")
         .map(|mut v| {
             v.as_object_mut().unwrap().remove("cost");
             v

@@ -48,7 +48,7 @@ fn partial_dump(path: &Path, missing: usize) -> Vec<String> {
     assert!(procs.len() > missing + 1, "{} processes", procs.len());
     let header = e.kernel.dump_header("partial").unwrap();
     let mut pages = e.kernel.mem.snapshot_pages();
-    let gone = procs[missing]["process"].as_u64().unwrap();
+    let gone = kdnet_commands::hex::parse(&procs[missing]["process"]).unwrap();
     let space = e.kernel.mem.kernel_space().unwrap();
     let pa = e.kernel.mem.translate(space, gone).unwrap();
     assert!(pages.remove(&(pa / 0x1000)).is_some());

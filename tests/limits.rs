@@ -193,10 +193,14 @@ fn max_seconds_bounds_the_whole_script_and_says_what_it_skipped() {
     let held = locks["result"]["held"].as_array().unwrap().len() as u64;
     assert_eq!(held, 2000);
     // The first !locks of the loop and after; the one cut by the deadline failed.
-    let done = lines.iter().filter(|v| v["command"] == "!locks").count() as u64;
+    let done = lines
+        .iter()
+        .filter(|v| v["type"] == "command" && v["command"] == "!locks")
+        .count() as u64;
     let last = lines.last().unwrap();
     let message = last["error"].as_str().unwrap();
-    assert_eq!(last["line"], 3, "{last}");
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["position"]["line"], 3, "{last}");
     assert!(
         message.starts_with("stopped here: the time budget for the whole run ran out; not run: "),
         "{message}"
@@ -214,7 +218,7 @@ fn max_seconds_bounds_the_whole_script_and_says_what_it_skipped() {
     let (statements, iterations) = (n(" statement"), n(" loop iteration"));
     assert!(done > 0 && iterations > 0, "{message}");
     assert!(
-        !lines.iter().any(|v| v["echo"] == "never"),
+        !lines.iter().any(|v| v["result"]["text"] == "never"),
         "the script ran to its end"
     );
     // It stopped at the inner loop's `!locks` (that one, and `.echo never`, not run), or at the

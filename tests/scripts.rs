@@ -58,7 +58,8 @@ fn outcomes<'a>(lines: &'a [Value], command: &str) -> Vec<&'a Value> {
 fn echoes(lines: &[Value]) -> Vec<String> {
     lines
         .iter()
-        .filter_map(|l| l["echo"].as_str().map(str::to_string))
+        .filter(|l| l["type"] == "echo")
+        .filter_map(|l| l["result"]["text"].as_str().map(str::to_string))
         .collect()
 }
 
@@ -91,12 +92,12 @@ fn hang_script_finds_the_deadlock_and_writes_a_snapshot() {
         .unwrap()
         .iter()
         .flat_map(|h| h["owners"].as_array().unwrap().clone())
-        .map(|o| o["thread"].as_u64().unwrap())
+        .map(|o| kdnet_commands::hex::parse(&o["thread"]).unwrap())
         .collect();
     owners.sort();
     let mut looked: Vec<u64> = outcomes(&lines, "!thread")
         .iter()
-        .map(|o| o["result"]["thread"].as_u64().unwrap())
+        .map(|o| kdnet_commands::hex::parse(&o["result"]["thread"]).unwrap())
         .collect();
     looked.sort();
     assert_eq!(owners.len(), 2);
@@ -112,7 +113,8 @@ fn hang_script_finds_the_deadlock_and_writes_a_snapshot() {
     // The snapshot holds what was read: the same deadlock, offline.
     let snap = lines
         .iter()
-        .find_map(|l| l["snapshot"].as_str())
+        .filter(|l| l["type"] == "snapshot")
+        .find_map(|l| l["result"]["path"].as_str())
         .expect("a snapshot line");
     assert!(snap.ends_with("hang.dmp"), "{snap}");
     let o = kdnet()
@@ -193,7 +195,7 @@ fn bugcheck_script_analyzes_the_crash() {
         &out,
     );
     assert_eq!(code, Some(0), "{err}\n{lines:?}");
-    assert_eq!(lines[0]["target"]["bugcheck"]["code"], 0x44);
+    assert_eq!(lines[0]["result"]["bugcheck"]["code"], 0x44);
     let a = outcomes(&lines, "!analyze")[0];
     assert_eq!(a["result"]["bugcheck_code"], 0x44);
     assert!(

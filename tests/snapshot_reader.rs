@@ -36,14 +36,14 @@ fn the_snapshot_parses_with_an_independent_reader() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p.as_u64().unwrap())
+        .map(|p| kdnet_commands::hex::parse(p).unwrap())
         .collect();
     assert_eq!(h.bug_check_code_parameters.to_vec(), params);
     assert_eq!(h.number_processors, 4);
     assert_ne!(h.kd_debugger_data_block, 0);
     assert!(dump.physmem().len() > 20, "{} pages", dump.physmem().len());
     // It walked PsLoadedModuleList through the dump's own pages.
-    let kernel_base = report["kernel_base"].as_u64().unwrap();
+    let kernel_base = kdnet_commands::hex::parse(&report["kernel_base"]).unwrap();
     let nt = dump
         .kernel_modules()
         .find(|(_, name)| name.to_ascii_lowercase().ends_with("\\ntoskrnl.exe"))

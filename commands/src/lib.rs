@@ -7,6 +7,7 @@ pub mod cmds;
 pub mod engine;
 pub mod expr;
 pub mod ext;
+pub mod hex;
 pub mod registry;
 mod regs;
 pub mod script;

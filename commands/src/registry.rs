@@ -41,7 +41,7 @@ pub struct Command {
     pub syntax: Syntax,
     /// The usage line, when the declared arguments do not say it all (`!process 0 7 [IMAGE]`).
     pub usage: Option<&'static str>,
-    /// The file name of its result's schema (`docs/schema/v1/<id>.json`).
+    /// The file name of its result's schema (`docs/schema/v2/<id>.json`).
     pub id: &'static str,
     /// Runs it.
     pub handler: Handler,
@@ -129,9 +129,13 @@ pub static COMMANDS: &[Command] = &[
         name: "lm", aliases: [], id: "lm",
         summary: "loaded modules sorted by address, with their symbol state",
         doc: "loaded modules sorted by address, with symbol state (`pdb symbols`, `export \
-              symbols`, `no symbols`, `deferred` when not loaded yet); `*` and `?` in the pattern",
-        syntax: crate::cmds::lm::SYNTAX, usage: Some("lm [m PATTERN]"),
-        examples: ["lm", "lm m nt*"],
+              symbols`, `no symbols`, `deferred` when not loaded yet); `*` and `?` in the \
+              pattern; options run together or apart: `v` verbose (path, timestamp, checksum, \
+              size, PDB), `f` full path, `n` image name, `t` timestamp, `l` symbols loaded, `e` \
+              symbol problems, `k`/`o` (every module here), `u` (none), `a ADDR` the module \
+              holding ADDR",
+        syntax: crate::cmds::lm::SYNTAX, usage: Some("lm [v|f|n|t|l|e|k|u|o…] [a ADDR] [m PATTERN]"),
+        examples: ["lm", "lm m nt*", "lm vm nt", "lm f", "lm t m nd*", "lm a nt+0x1000"],
         run: crate::cmds::lm::run => crate::cmds::lm::Modules,
     },
     command! {
@@ -380,9 +384,9 @@ pub fn run(e: &mut Engine, verb: &str, args: &str) -> Result<Output, CmdError> {
     (c.handler)(e, &verb.to_ascii_lowercase(), &parsed)
 }
 
-/// The version of the published JSON schemas (`docs/schema/v1/`); it changes when a result
+/// The version of the published JSON schemas (`docs/schema/v2/`); it changes when a result
 /// changes in a way a consumer could trip on (a member removed, renamed or retyped).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Makes every object schema closed: a member a result carries is a member its schema names.
 fn close(v: &mut serde_json::Value) {
@@ -424,15 +428,16 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
             )
         })
         .collect();
-    let line = generator().into_root_schema_for::<crate::engine::Outcome>();
+    let line = generator().into_root_schema_for::<crate::script::Line>();
     out.push((
         "line.json".into(),
         finish(
             line,
             "line",
-            "one command's run",
-            "the command, its result (the command's own schema), its error, whether the \
-             result is whole and what it cost",
+            "one line of --json output",
+            "what the line is (a command's run, an .echo, a .snapshot, a script step's \
+             error), the command, its result (the command's own schema), its error, whether \
+             the result is whole and what it cost",
         ),
     ));
     out

@@ -111,6 +111,19 @@ impl Stmt {
             | Stmt::Snapshot { pos, .. } => *pos,
         }
     }
+
+    /// The statement as written (a block's head without its body).
+    pub fn source(&self) -> String {
+        match self {
+            Stmt::Command { text, .. } => text.clone(),
+            Stmt::Assign { name, text, .. } => format!("${name} = {text}"),
+            Stmt::Foreach { var, source, .. } => format!(".foreach ({var} in ${source})"),
+            Stmt::If { cond, .. } => format!(".if ({cond})"),
+            Stmt::Echo { text, .. } => format!(".echo {text}"),
+            Stmt::Time { seconds, .. } => format!(".timeout {seconds}"),
+            Stmt::Snapshot { name, .. } => format!(".snapshot {name}"),
+        }
+    }
 }
 
 /// A syntax error.
@@ -535,6 +548,113 @@ fn substitute_as(
     Ok(out)
 }
 
+/// One line of `--json` output: every event of a run in the same envelope. `type` says which
+/// event it is; `command` is the command or statement as run; `result` the command's result
+/// (its own schema), `{"text": …}` for `.echo`, `{"path": …}` for `.snapshot`, null on error.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct Line {
+    /// What the line is.
+    #[serde(rename = "type")]
+    pub kind: LineType,
+    /// The command (or script statement) as run, variables substituted.
+    pub command: String,
+    /// Its output as data (null when it failed).
+    pub result: Value,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Whether the result is whole: false when the command failed, or when it could not read
+    /// all it needed (a read failed, a walk stopped early at a limit, a broken list or the time
+    /// budget); `incomplete` says why.
+    pub complete: bool,
+    /// Why the result is not whole (empty when it is, or when the command failed).
+    pub incomplete: Vec<String>,
+    /// What it cost.
+    pub cost: crate::engine::Cost,
+    /// Where in the script a failed step is (errors only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+    /// The command's output in WinDbg's layout (answers of a watcher's control socket only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// What a [`Line`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LineType {
+    /// A command ran.
+    Command,
+    /// `.echo`.
+    Echo,
+    /// `.snapshot` wrote a file.
+    Snapshot,
+    /// A script step failed before it could run (an unset variable, a list that is not one, a
+    /// run stopped early).
+    Error,
+}
+
+/// A position in a script, for JSON.
+#[derive(Debug, Clone, Copy, serde::Serialize, schemars::JsonSchema)]
+pub struct Position {
+    /// Line (1-based).
+    pub line: usize,
+    /// Column (1-based).
+    pub column: usize,
+}
+
+impl Event {
+    /// The event as one JSON line's envelope.
+    pub fn line(&self) -> Line {
+        let plain = |kind, command: String, result: Value| Line {
+            kind,
+            command,
+            result,
+            error: None,
+            complete: true,
+            incomplete: Vec::new(),
+            cost: crate::engine::Cost::default(),
+            position: None,
+            text: None,
+        };
+        match self {
+            Event::Outcome(o, _) => Line {
+                kind: LineType::Command,
+                command: o.command.clone(),
+                result: o.result.clone(),
+                error: o.error.clone(),
+                complete: o.complete,
+                incomplete: o.incomplete.clone(),
+                cost: o.cost,
+                position: None,
+                text: None,
+            },
+            Event::Echo(t) => plain(
+                LineType::Echo,
+                ".echo".into(),
+                serde_json::json!({ "text": t }),
+            ),
+            Event::Snapshot(p) => plain(
+                LineType::Snapshot,
+                ".snapshot".into(),
+                serde_json::json!({ "path": p }),
+            ),
+            Event::Error {
+                pos,
+                statement,
+                message,
+            } => Line {
+                error: Some(message.clone()),
+                complete: false,
+                position: Some(Position {
+                    line: pos.line,
+                    column: pos.column,
+                }),
+                ..plain(LineType::Error, statement.clone(), Value::Null)
+            },
+        }
+    }
+}
+
 /// What running a script produces, in order.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -548,6 +668,8 @@ pub enum Event {
     Error {
         /// Where.
         pos: Pos,
+        /// The statement, as written.
+        statement: String,
         /// Why.
         message: String,
     },
@@ -566,7 +688,7 @@ pub const MAX_RESULT_JSON: usize = 4 << 20;
 #[derive(Debug, Clone)]
 struct Halt {
     /// The statement it stopped at.
-    pos: Pos,
+    stmt: Stmt,
     /// Why.
     why: String,
     /// Statements not run (the one it stopped at included), at every nesting level.
@@ -776,9 +898,13 @@ impl<'a> Runner<'a> {
         self.gone.as_deref()
     }
 
-    fn error(&mut self, pos: Pos, message: String, sink: &mut dyn FnMut(Event)) {
+    fn error(&mut self, s: &Stmt, message: String, sink: &mut dyn FnMut(Event)) {
         self.failed = true;
-        sink(Event::Error { pos, message });
+        sink(Event::Error {
+            pos: s.pos(),
+            statement: s.source(),
+            message,
+        });
     }
 
     /// Why the run must stop before `s`, if it must.
@@ -857,7 +983,7 @@ impl<'a> Runner<'a> {
                 ));
             }
             self.error(
-                h.pos,
+                &h.stmt,
                 format!("stopped here: {}; not run: {not_run}", h.why),
                 sink,
             );
@@ -871,7 +997,7 @@ impl<'a> Runner<'a> {
                 self.steps += 1;
                 if let Some(why) = self.limit_reached() {
                     self.halt = Some(Halt {
-                        pos: s.pos(),
+                        stmt: s.clone(),
                         why,
                         statements: 0,
                         iterations: 0,
@@ -883,35 +1009,32 @@ impl<'a> Runner<'a> {
                 return;
             }
             match s {
-                Stmt::Command { text, pos } => match substitute(text, &self.vars) {
+                Stmt::Command { text, .. } => match substitute(text, &self.vars) {
                     Ok(t) => {
                         let o = self.engine.run(&t);
                         self.outcome(o, sink);
                     }
-                    Err(e) => self.error(*pos, e, sink),
+                    Err(e) => self.error(s, e, sink),
                 },
-                Stmt::Assign { name, text, pos } => match substitute(text, &self.vars) {
+                Stmt::Assign { name, text, .. } => match substitute(text, &self.vars) {
                     Ok(t) => {
                         let o = self.engine.run(&t);
                         self.vars.insert(name.clone(), o.result.clone());
                         self.outcome(o, sink);
                     }
-                    Err(e) => self.error(*pos, e, sink),
+                    Err(e) => self.error(s, e, sink),
                 },
                 Stmt::Foreach {
-                    var,
-                    source,
-                    body,
-                    pos,
+                    var, source, body, ..
                 } => {
                     let items = match lookup(&self.vars, source) {
                         Some(Value::Array(a)) => a.clone(),
                         Some(_) => {
-                            self.error(*pos, format!("${source} is not a list"), sink);
+                            self.error(s, format!("${source} is not a list"), sink);
                             continue;
                         }
                         None => {
-                            self.error(*pos, format!("${source} is not set"), sink);
+                            self.error(s, format!("${source} is not set"), sink);
                             continue;
                         }
                     };
@@ -929,7 +1052,7 @@ impl<'a> Runner<'a> {
                     cond,
                     then,
                     otherwise,
-                    pos,
+                    ..
                 } => {
                     let value = substitute(cond, &self.vars)
                         .and_then(|c| self.engine.eval(&c).map_err(|e| e.to_string()));
@@ -939,23 +1062,23 @@ impl<'a> Runner<'a> {
                     match value {
                         Ok(v) if v != 0 => self.block(then, sink),
                         Ok(_) => self.block(otherwise, sink),
-                        Err(e) => self.error(*pos, e, sink),
+                        Err(e) => self.error(s, e, sink),
                     }
                 }
-                Stmt::Echo { text, pos } => match substitute_as(text, &self.vars, echo_text) {
+                Stmt::Echo { text, .. } => match substitute_as(text, &self.vars, echo_text) {
                     Ok(t) => {
                         self.output += t.len();
                         sink(Event::Echo(t));
                     }
-                    Err(e) => self.error(*pos, e, sink),
+                    Err(e) => self.error(s, e, sink),
                 },
                 Stmt::Time { seconds, .. } => {
                     self.engine.budget = (*seconds > 0.0)
                         .then(|| std::time::Duration::from_secs_f64(seconds.min(1e7)));
                 }
-                Stmt::Snapshot { name, pos } => match self.snapshot(name) {
+                Stmt::Snapshot { name, .. } => match self.snapshot(name) {
                     Ok(p) => sink(Event::Snapshot(p)),
-                    Err(e) => self.error(*pos, e, sink),
+                    Err(e) => self.error(s, e, sink),
                 },
             }
         }

@@ -14,7 +14,7 @@ use serde_json::Value;
 fn one(e: &mut Engine, cmd: &str) -> (String, Value) {
     let o = e.run(cmd);
     assert!(o.ok(), "{cmd}: {:?}", o.error);
-    (o.text, o.result)
+    (o.text, common::numbers(o.result))
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn commands_on_the_simulated_kernel() {
     assert!(text.contains("iopl="));
     let rip = j["rip"].as_u64().unwrap();
     assert_eq!(
-        e.run("? @rip").result["value"].as_u64(),
+        common::numbers(e.run("? @rip").result)["value"].as_u64(),
         Some(rip),
         "registers in expressions"
     );
@@ -151,7 +151,7 @@ fn commands_on_the_simulated_kernel() {
     assert!(!o.ok());
     let all = e.run_line("? 1; ? 2 ;; frobnicate");
     assert_eq!(all.len(), 3);
-    assert_eq!(all[1].result["value"], 2);
+    assert_eq!(all[1].result["value"], "0x0000000000000002");
     assert!(!all[2].ok());
 }
 
@@ -254,4 +254,43 @@ fn pseudo_registers_and_every_register_name() {
     assert!(e.run("? $nosuch").error.unwrap().contains("bad register"));
     let o = e.run("? $bug_code");
     assert!(o.error.unwrap().contains("not bugchecked"));
+}
+
+#[test]
+fn lm_takes_windbg_options() {
+    let Some((k, p)) = sim_kernel(20348, Scenario::Healthy) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    // `lm vm nt` and `lm v m nt`: only nt, with its details.
+    for c in ["lm vm nt", "lm v m nt"] {
+        let (text, j) = one(&mut e, c);
+        let mods = j["modules"].as_array().unwrap();
+        assert_eq!(mods.len(), 1, "{c}: {text}");
+        assert_eq!(mods[0]["name"], "nt");
+        assert_eq!(mods[0]["base"].as_u64(), Some(p.kernel_base));
+        assert!(mods[0]["checksum"].is_u64(), "{c}: {j}");
+        assert!(text.contains("    Image path: "), "{text}");
+        assert!(text.contains("    ImageSize:        "), "{text}");
+        assert!(text.contains("    CheckSum:         "), "{text}");
+        assert_eq!(text.matches("    Image name: ").count(), 1, "{text}");
+    }
+    // f: the full path; n: the image name; a: the module holding an address.
+    let (text, _) = one(&mut e, "lm f m nt");
+    let (_, j) = one(&mut e, "lm m nt");
+    let path = j["modules"][0]["path"].as_str().unwrap().to_string();
+    assert!(text.lines().nth(1).unwrap().ends_with(&path), "{text}");
+    let (text, _) = one(&mut e, "lm n");
+    assert!(text.contains(&p.modules[0].0), "{text}");
+    let (_, j) = one(&mut e, &format!("lm a {:#x}", p.kernel_base + 0x1234));
+    assert_eq!(j["modules"].as_array().unwrap().len(), 1);
+    assert_eq!(j["modules"][0]["name"], "nt");
+    // u: a kernel target's loader list has no user modules; a bad option is an error.
+    let (_, j) = one(&mut e, "lm u");
+    assert!(j["modules"].as_array().unwrap().is_empty());
+    assert!(e.run("lm q").error.unwrap().contains("unknown option"));
+    assert_eq!(
+        one(&mut e, "lm").1["modules"].as_array().unwrap().len(),
+        p.modules.len()
+    );
 }

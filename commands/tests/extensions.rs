@@ -23,7 +23,7 @@ fn run(e: &mut Engine, cmd: &str) -> Value {
     let o = e.run(cmd);
     assert!(o.ok(), "{cmd}: {:?}", o.error);
     assert!(!o.text.is_empty(), "{cmd} printed nothing");
-    o.result
+    common::numbers(o.result)
 }
 
 fn set(v: &Value) -> BTreeSet<u64> {
@@ -37,7 +37,7 @@ fn set(v: &Value) -> BTreeSet<u64> {
 fn check_locks(e: &mut Engine, p: &Planted) {
     let o = e.run("!locks");
     assert!(o.ok(), "{:?}", o.error);
-    let j = &o.result;
+    let j = &common::numbers(o.result.clone());
     assert_eq!(
         j["total_locks"].as_u64(),
         Some(u64::from(p.facts.total_resources))
@@ -190,7 +190,7 @@ fn commit_failures_on_every_build() {
         };
         let o = e.run("!vm");
         assert!(o.ok(), "{:?}", o.error);
-        let j = &o.result;
+        let j = &common::numbers(o.result.clone());
         assert_eq!(j["commit_failures"].as_u64(), Some(p.facts.commit_failures));
         assert_eq!(p.facts.commit_failures, 48_440);
         assert_eq!(j["committed_pages"].as_u64(), Some(p.facts.committed));

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use kdnet_commands::engine::Engine;
 use kdnet_commands::registry::{COMMANDS, SCHEMA_VERSION, schemas};
+use kdnet_commands::script::Event;
 use kdnet_model::nt::Kernel;
 use kdnet_sim::scenario::Facts;
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
@@ -210,7 +211,7 @@ fn every_command_emits_json_its_schema_accepts() {
     std::fs::write(dir.join("results.jsonl"), lines.join("\n")).unwrap();
     // The line envelope of one command, too.
     let (mut e, _) = engine(Scenario::Healthy);
-    let line = serde_json::to_string(&e.run("lm")).unwrap();
+    let line = serde_json::to_string(&Event::Outcome(e.run("lm"), 0).line()).unwrap();
     std::fs::write(dir.join("line.json"), line).unwrap();
     let script = r#"
 import json, sys, pathlib

@@ -34,7 +34,7 @@ fn errors(events: &[Event]) -> Vec<(usize, String)> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Error { pos, message } => Some((pos.line, message.clone())),
+            Event::Error { pos, message, .. } => Some((pos.line, message.clone())),
             _ => None,
         })
         .collect()

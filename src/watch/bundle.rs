@@ -202,7 +202,7 @@ pub fn summary(f: &Value) -> Vec<String> {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(Value::as_u64)
+            .filter_map(kdnet_commands::hex::parse)
             .map(|t| format!("{t:x}"))
             .collect();
         out.push(format!(
@@ -218,9 +218,8 @@ pub fn summary(f: &Value) -> Vec<String> {
         let name = h["symbol"]
             .as_str()
             .map(str::to_string)
-            .unwrap_or_else(|| addr(h["address"].as_u64().unwrap_or(0)));
-        let owner = h["exclusive_owner"]
-            .as_u64()
+            .unwrap_or_else(|| addr(kdnet_commands::hex::parse(&h["address"]).unwrap_or(0)));
+        let owner = kdnet_commands::hex::parse(&h["exclusive_owner"])
             .map(|o| format!(" by thread {o:x}"))
             .unwrap_or_default();
         out.push(format!(
@@ -248,9 +247,9 @@ pub fn summary(f: &Value) -> Vec<String> {
                     (Some(n), _) if !n.is_empty() => n.to_string(),
                     (_, Some(e)) => format!(
                         "holder {:x} (its name could not be read: {e})",
-                        h["handle"].as_u64().unwrap_or(0)
+                        kdnet_commands::hex::parse(&h["handle"]).unwrap_or(0)
                     ),
-                    _ => match h["handle"].as_u64() {
+                    _ => match kdnet_commands::hex::parse(&h["handle"]) {
                         Some(a) => format!("holder {a:x} (its name could not be read)"),
                         None => "an unknown holder (its name could not be read)".to_string(),
                     },
@@ -619,14 +618,17 @@ pub fn write(
     let info = |missing: &[String]| {
         let incomplete = incomplete(missing);
         json!({
-            "schema": 1,
+            "schema": kdnet_commands::registry::SCHEMA_VERSION,
             "target": job.name,
             "tags": job.tags,
             "description": description,
             "build": build,
-            "kernel_base": kernel_base,
+            "kernel_base": kdnet_commands::hex::Hex(kernel_base),
             "trigger": job.trigger,
-            "bugcheck": bugcheck.map(|(c, p)| json!({ "code": c, "parameters": p })),
+            "bugcheck": bugcheck.map(|(c, p)| json!({
+                "code": c,
+                "parameters": p.map(kdnet_commands::hex::Hex),
+            })),
             "started": stamp,
             "finished": finished,
             "stopped_seconds": stopped_seconds,

@@ -398,7 +398,9 @@ fn print_answer(v: &Value, json_out: bool) {
             if let Some(e) = r["error"].as_str() {
                 println!("error: {e}");
             }
-            if let Some(e) = r["echo"].as_str() {
+            if r["type"] == "echo"
+                && let Some(e) = r["result"]["text"].as_str()
+            {
                 println!("{e}");
             }
         }

@@ -24,7 +24,12 @@ pub fn esc(s: &str) -> String {
 }
 
 fn hex(v: &Value) -> String {
-    v.as_u64().map_or_else(|| "?".into(), |a| format!("{a:x}"))
+    addr_of(v).map_or_else(|| "?".into(), |a| format!("{a:x}"))
+}
+
+/// An address from the JSON: a `"0x…"` string, or a number.
+fn addr_of(v: &Value) -> Option<u64> {
+    kdnet_commands::hex::parse(v)
 }
 
 fn short(a: u64) -> String {
@@ -43,17 +48,17 @@ pub fn graph_svg(edges: &[Value], threads: &[Value], cycles: &[Value]) -> Option
     let in_cycle: std::collections::BTreeSet<u64> = cycles
         .iter()
         .flat_map(|c| c["threads"].as_array().into_iter().flatten())
-        .filter_map(Value::as_u64)
+        .filter_map(addr_of)
         .collect();
     let info: BTreeMap<u64, &Value> = threads
         .iter()
-        .filter_map(|t| t["thread"].as_u64().map(|a| (a, t)))
+        .filter_map(|t| addr_of(&t["thread"]).map(|a| (a, t)))
         .collect();
     // Threads: cycle members first, then the rest in address order; bounded for the page.
     let mut ts: Vec<u64> = Vec::new();
     for e in edges {
         for k in ["waiter", "owner"] {
-            if let Some(t) = e[k].as_u64()
+            if let Some(t) = addr_of(&e[k])
                 && !ts.contains(&t)
             {
                 ts.push(t);
@@ -78,9 +83,9 @@ pub fn graph_svg(edges: &[Value], threads: &[Value], cycles: &[Value]) -> Option
     let mut objects: BTreeMap<u64, (String, Vec<u64>)> = BTreeMap::new();
     for e in edges {
         let (Some(o), Some(wt), Some(ow)) = (
-            e["object"].as_u64(),
-            e["waiter"].as_u64(),
-            e["owner"].as_u64(),
+            addr_of(&e["object"]),
+            addr_of(&e["waiter"]),
+            addr_of(&e["owner"]),
         ) else {
             continue;
         };
@@ -116,9 +121,9 @@ pub fn graph_svg(edges: &[Value], threads: &[Value], cycles: &[Value]) -> Option
     );
     for e in edges {
         let (Some(o), Some(wt), Some(ow)) = (
-            e["object"].as_u64(),
-            e["waiter"].as_u64(),
-            e["owner"].as_u64(),
+            addr_of(&e["object"]),
+            addr_of(&e["waiter"]),
+            addr_of(&e["owner"]),
         ) else {
             continue;
         };
@@ -233,7 +238,7 @@ impl Cell {
                 .map(|n| n.to_string())
                 .or_else(|| v[*k].as_u64().map(|n| n.to_string()))
                 .unwrap_or_default(),
-            Cell::Hex(k) => v[*k].as_u64().map_or(String::new(), |a| format!("{a:x}")),
+            Cell::Hex(k) => addr_of(&v[*k]).map_or(String::new(), |a| format!("{a:x}")),
             Cell::SymbolOr(sym, a) => v[*sym]
                 .as_str()
                 .map_or_else(|| Cell::Hex(a).of(v), str::to_string),

@@ -23,10 +23,14 @@ pub(crate) const SYNTAX: Syntax = Syntax {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct Memory {
     /// The first address shown.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// The size of each value: 1, 2, 4 or 8.
     pub unit_bytes: u64,
     /// The values, in address order (null where the memory could not be read).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<Option<crate::hex::Hex>>")]
     pub values: Vec<Option<u64>>,
 }
 
@@ -34,10 +38,14 @@ pub(crate) struct Memory {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct Pointers {
     /// The first address shown.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// The size of each value: 8.
     pub unit_bytes: u64,
     /// The pointers, in address order (null where the memory could not be read).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<Option<crate::hex::Hex>>")]
     pub values: Vec<Option<u64>>,
     /// For each pointer, `module!symbol+offset` it points at (null when it points into no
     /// module or could not be read).
@@ -305,7 +313,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             j,
-            serde_json::json!({"address": 1, "unit_bytes": 8, "values": [null, 3]})
+            serde_json::json!({
+                "address": "0x0000000000000001", "unit_bytes": 8,
+                "values": [null, "0x0000000000000003"]
+            })
         );
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct Layout {
     /// Its size in bytes.
     pub size: u64,
     /// Where the values were read (null: the layout only).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
     pub address: Option<u64>,
     /// The fields shown (all, or those FIELD names), in offset order.
     pub fields: Vec<Field>,
@@ -52,8 +54,14 @@ pub(crate) struct Field {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub(crate) enum FieldValue {
-    /// An unsigned number: an unsigned integer, a character, a pointer, a bit field.
+    /// An unsigned number: an unsigned integer of up to 4 bytes, a character, a bit field.
     Unsigned(u64),
+    /// A pointer or an 8-byte unsigned integer, as a hex string (`"0xffffc18a00120638"`).
+    Wide(
+        #[serde(serialize_with = "crate::hex::ser")]
+        #[schemars(with = "crate::hex::Hex")]
+        u64,
+    ),
     /// A signed number: a signed integer, an enumeration.
     Signed(i64),
     /// A character array, up to its first NUL.
@@ -109,13 +117,11 @@ pub(crate) fn field_value(table: &TypeTable, t: &Ty, bytes: Option<&[u8]>) -> (F
                         Shown::Number,
                     )
                 }
+                _ if *size >= 8 => (FieldValue::Wide(v), Shown::Number),
                 _ => (FieldValue::Unsigned(v), Shown::Number),
             }
         }
-        Ty::Pointer(_) => (
-            FieldValue::Unsigned(le(&b[..8.min(b.len())])),
-            Shown::Pointer,
-        ),
+        Ty::Pointer(_) => (FieldValue::Wide(le(&b[..8.min(b.len())])), Shown::Pointer),
         Ty::Enum(n) => {
             let size = table.enumeration(n).map_or(4, |e| e.size).clamp(1, 8) as usize;
             let v = le(&b[..size.min(b.len())]);
@@ -164,8 +170,8 @@ impl Field {
             }
             (Shown::Number | Shown::Enumerator(None), FieldValue::Signed(s)) => format!("0n{s}"),
             (Shown::Enumerator(Some(name)), FieldValue::Signed(s)) => format!("0n{s} ( {name} )"),
-            (Shown::Number, FieldValue::Unsigned(v)) => format!("{v:#x}"),
-            (Shown::Pointer, FieldValue::Unsigned(v)) => format!(
+            (Shown::Number, FieldValue::Unsigned(v) | FieldValue::Wide(v)) => format!("{v:#x}"),
+            (Shown::Pointer, FieldValue::Wide(v)) => format!(
                 "0x{} {}",
                 addr(*v),
                 self.ty.strip_prefix("Ptr64 ").unwrap_or(&self.ty)
@@ -365,7 +371,7 @@ mod tests {
             shown(&p, Some(&0xfffff805_5c400000u64.to_le_bytes())),
             (
                 "0xfffff805`5c400000 _KTHREAD".into(),
-                0xfffff805_5c400000u64.into()
+                "0xfffff8055c400000".into()
             )
         );
         let name = Ty::Array {

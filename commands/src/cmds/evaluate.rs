@@ -18,6 +18,8 @@ pub(crate) const SYNTAX: Syntax = Syntax::params(&[Param {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct Evaluated {
     /// The value, as a 64-bit unsigned number.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub value: u64,
 }
 

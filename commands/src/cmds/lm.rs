@@ -1,4 +1,9 @@
-//! `lm [m PATTERN]`: the loaded modules, sorted by address, with their symbol state.
+//! `lm [OPTIONS] [a ADDR] [m PATTERN]`: the loaded modules, sorted by address, with their
+//! symbol state. Options as WinDbg takes them, run together or apart (`lm vm nt`, `lm v m nt`):
+//! `v` verbose (path, timestamp, checksum, size, PDB of each), `f` the full path, `n` the image
+//! name, `t` the timestamp, `l` only modules with symbols loaded, `e` only modules with a symbol
+//! problem, `k` kernel modules (all of them here), `u` user modules (none: the loader list of a
+//! kernel target has none), `o` loaded modules (all of them here).
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -9,7 +14,7 @@ use crate::engine::{CmdError, Engine, addr};
 use crate::registry::Render;
 use kdnet_model::nt::ModuleSymbols;
 
-/// `lm [m PATTERN]` (also `lm mPATTERN`): the rest of the line, as written.
+/// `lm [OPTIONS] [a ADDR] [m PATTERN]` (also `lm mPATTERN`): the rest of the line, as written.
 pub(crate) const SYNTAX: Syntax = Syntax::params(&[Param {
     name: "ARGS",
     kind: Kind::Rest,
@@ -21,6 +26,83 @@ pub(crate) const SYNTAX: Syntax = Syntax::params(&[Param {
 pub(crate) struct Modules {
     /// The modules (those whose name matches the pattern, with one), sorted by base address.
     pub modules: Vec<Module>,
+    /// How the text lays them out (`v`, `f`, `n`, `t`); not part of the data.
+    #[serde(skip)]
+    pub layout: Layout,
+}
+
+/// Which of `lm`'s layouts the text uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// `v`: a block of details under each module.
+    pub verbose: bool,
+    /// `f`: the full path instead of the symbol state.
+    pub full_path: bool,
+    /// `n`: the image name instead of the symbol state.
+    pub image_name: bool,
+    /// `t`: the timestamp instead of the symbol state.
+    pub timestamp: bool,
+}
+
+/// What `lm`'s arguments ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Options {
+    pub layout: Layout,
+    /// `l`: only modules whose symbols are loaded.
+    pub loaded_symbols: bool,
+    /// `e`: only modules with a symbol problem.
+    pub symbol_problems: bool,
+    /// `u`: only user-mode modules.
+    pub user: bool,
+    /// `m PATTERN`.
+    pub pattern: Option<String>,
+    /// `a ADDR`: the module holding ADDR (an expression, evaluated later).
+    pub address: Option<String>,
+}
+
+/// Parses `lm`'s arguments: option letters (together or apart), then `a ADDR` or `m PATTERN`.
+pub(crate) fn options(text: &str) -> Result<Options, CmdError> {
+    let mut o = Options::default();
+    let mut rest = text.trim();
+    while let Some(c) = rest.chars().next() {
+        let after = rest[c.len_utf8()..].trim_start();
+        match c {
+            'm' | 'M' => {
+                if after.is_empty() {
+                    return Err(CmdError::Usage("lm m needs a pattern".into()));
+                }
+                o.pattern = Some(after.to_ascii_lowercase());
+                return Ok(o);
+            }
+            'a' => {
+                if after.is_empty() {
+                    return Err(CmdError::Usage("lm a needs an address".into()));
+                }
+                o.address = Some(after.to_string());
+                return Ok(o);
+            }
+            'v' => o.layout.verbose = true,
+            'f' => o.layout.full_path = true,
+            'n' => o.layout.image_name = true,
+            't' => o.layout.timestamp = true,
+            'l' => o.loaded_symbols = true,
+            'e' => o.symbol_problems = true,
+            'u' => o.user = true,
+            'k' | 'o' => {}
+            ' ' | '\t' => {}
+            other => {
+                return Err(CmdError::Usage(format!(
+                    "lm: unknown option '{other}' (v f n t l e k u o, a ADDR, m PATTERN)"
+                )));
+            }
+        }
+        rest = if c.is_whitespace() {
+            rest.trim_start()
+        } else {
+            &rest[c.len_utf8()..]
+        };
+    }
+    Ok(o)
 }
 
 /// One loaded module.
@@ -33,8 +115,12 @@ pub(crate) struct Module {
     /// The full path the loader recorded.
     pub path: String,
     /// The base address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub base: u64,
     /// The first address past the image.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub end: u64,
     /// SizeOfImage.
     pub size: u32,
@@ -44,6 +130,11 @@ pub(crate) struct Module {
     pub symbols: SymbolState,
     /// The PDB the symbols came from (null without PDB symbols).
     pub symbol_file: Option<String>,
+    /// The image's CheckSum (with `v`; null otherwise or when the header could not be read).
+    pub checksum: Option<u32>,
+    /// The PDB the image names: file name, GUID and age (`ntkrnlmp.pdb 22597D0B…1`), when
+    /// known.
+    pub pdb: Option<String>,
 }
 
 /// Where a module's symbols come from.
@@ -72,14 +163,12 @@ impl SymbolState {
 }
 
 pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Modules, CmdError> {
-    // `lm m pattern` / `lm mpattern`: modules whose name matches.
-    let pattern = a
-        .text("ARGS")
-        .unwrap_or("")
-        .strip_prefix('m')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| p.to_ascii_lowercase());
+    let o = options(a.text("ARGS").unwrap_or(""))?;
+    let pattern = o.pattern.clone();
+    let at = match &o.address {
+        Some(x) => Some(e.eval(x)?),
+        None => None,
+    };
     // The kernel's symbols are loaded already: show them as such.
     if e.kernel.nt.is_some() {
         let base = e.kernel.base;
@@ -89,13 +178,16 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Modules, 
     }
     let mut mods = e.kernel.modules()?.to_vec();
     mods.sort_by_key(|m| m.base);
-    let modules = mods
+    let mut modules: Vec<Module> = mods
         .iter()
         .filter(|m| {
             pattern
                 .as_deref()
                 .is_none_or(|p| glob(p, &m.short.to_ascii_lowercase()))
         })
+        .filter(|m| at.is_none_or(|a| a >= m.base && a - m.base < u64::from(m.size)))
+        // The loader's list of a kernel target holds kernel modules only.
+        .filter(|_| !o.user)
         .map(|m| {
             let (symbols, symbol_file) = match m.symbols() {
                 Some(ModuleSymbols::Table { source, .. }) => {
@@ -115,26 +207,118 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Modules, 
                 timestamp: m.timestamp,
                 symbols,
                 symbol_file,
+                checksum: None,
+                pdb: m
+                    .pdb
+                    .as_ref()
+                    .map(|p| format!("{} {}{:X}", p.name, p.guid, p.age)),
             }
         })
+        .filter(|m| {
+            !o.loaded_symbols || matches!(m.symbols, SymbolState::Pdb | SymbolState::Export)
+        })
+        .filter(|m| !o.symbol_problems || m.symbols == SymbolState::None)
         .collect();
-    Ok(Modules { modules })
+    if o.layout.verbose {
+        // The header page of each image listed: its checksum.
+        for m in &mut modules {
+            if let Ok(h) = e.kernel.mem.kread(m.base, 0x400)
+                && let Ok(h) = kdnet_model::pe::headers(&h)
+            {
+                m.checksum = Some(h.checksum);
+                m.timestamp = m.timestamp.or(Some(h.timestamp));
+            } else {
+                e.kernel.note_incomplete(format!(
+                    "the headers of {} at {} could not be read",
+                    m.name,
+                    addr(m.base)
+                ));
+            }
+        }
+    }
+    Ok(Modules {
+        modules,
+        layout: o.layout,
+    })
+}
+
+/// A TimeDateStamp as WinDbg shows it (`Wed Jun  9 06:21:35 2021`), in UTC.
+pub(crate) fn stamp_text(t: u32) -> String {
+    let secs = i64::from(t);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, mo, d) = civil(days);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(mo - 1) as usize];
+    format!(
+        "{wd} {mon} {d:>2} {:02}:{:02}:{:02} {y}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (the proleptic Gregorian calendar).
+pub(crate) fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 impl Render for Modules {
     fn render(&self, out: &mut String) {
         out.push_str("start             end                 module name\n");
+        let l = self.layout;
         for m in &self.modules {
-            let line = format!(
-                "{} {}   {:<10} {:<22} {}",
-                addr(m.base),
-                addr(m.end),
-                m.name,
-                m.symbols.label(),
-                m.symbol_file.as_deref().unwrap_or("")
-            );
+            let what = if l.full_path {
+                m.path.clone()
+            } else if l.image_name {
+                m.image.clone()
+            } else if l.timestamp {
+                match m.timestamp {
+                    Some(t) => format!("{} ({t:08X})", stamp_text(t)),
+                    None => "(timestamp not known)".into(),
+                }
+            } else {
+                format!(
+                    "{:<22} {}",
+                    m.symbols.label(),
+                    m.symbol_file.as_deref().unwrap_or("")
+                )
+            };
+            let line = format!("{} {}   {:<10} {what}", addr(m.base), addr(m.end), m.name);
             out.push_str(line.trim_end());
             out.push('\n');
+            if l.verbose {
+                out.push_str(&format!("    Image path: {}\n", m.path));
+                out.push_str(&format!("    Image name: {}\n", m.image));
+                match m.timestamp {
+                    Some(t) => out.push_str(&format!(
+                        "    Timestamp:        {} ({t:08X})\n",
+                        stamp_text(t)
+                    )),
+                    None => out.push_str("    Timestamp:        not known\n"),
+                }
+                match m.checksum {
+                    Some(c) => out.push_str(&format!("    CheckSum:         {c:08X}\n")),
+                    None => out.push_str("    CheckSum:         not read\n"),
+                }
+                out.push_str(&format!("    ImageSize:        {:08X}\n", m.size));
+                if let Some(p) = &m.pdb {
+                    out.push_str(&format!("    PDB:              {p}\n"));
+                }
+                if let Some(f) = &m.symbol_file {
+                    out.push_str(&format!("    Symbol file:      {f}\n"));
+                }
+            }
         }
     }
 }
@@ -155,12 +339,15 @@ mod tests {
             timestamp: None,
             symbols,
             symbol_file: file.map(str::to_string),
+            checksum: None,
+            pdb: None,
         };
         let list = Modules {
             modules: vec![
                 m("nt", SymbolState::Pdb, Some("ntkrnlmp.pdb")),
                 m("ndis", SymbolState::Deferred, None),
             ],
+            layout: Layout::default(),
         };
         let mut text = String::new();
         list.render(&mut text);
@@ -174,6 +361,25 @@ mod tests {
         assert_eq!(j["modules"][1]["symbols"], "deferred");
         assert_eq!(j["modules"][1]["symbol_file"], serde_json::Value::Null);
         assert_eq!(j["modules"][0]["timestamp"], serde_json::Value::Null);
-        assert_eq!(j["modules"][0].as_object().unwrap().len(), 9);
+        assert_eq!(j["modules"][0].as_object().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn options_together_or_apart() {
+        let vm = options("vm nt").unwrap();
+        assert!(vm.layout.verbose);
+        assert_eq!(vm.pattern.as_deref(), Some("nt"));
+        assert_eq!(options("v m nt").unwrap(), vm);
+        assert_eq!(options("mnd*").unwrap().pattern.as_deref(), Some("nd*"));
+        let f = options("f").unwrap();
+        assert!(f.layout.full_path && f.pattern.is_none());
+        assert_eq!(
+            options("a fffff805`5c400000").unwrap().address.as_deref(),
+            Some("fffff805`5c400000")
+        );
+        assert!(options("q").is_err());
+        assert!(options("m").is_err());
+        assert_eq!(stamp_text(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(stamp_text(0x60c05a7f), "Wed Jun  9 06:06:55 2021");
     }
 }

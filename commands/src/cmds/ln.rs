@@ -27,12 +27,16 @@ pub(crate) enum Nearest {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct AtSymbol {
     /// The address asked about.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// The module that holds it (short name).
     pub module: String,
     /// The nearest symbol at or before it.
     pub symbol: String,
     /// Where that symbol is.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub symbol_address: u64,
     /// How far past the symbol the address is (0: an exact match).
     pub offset: u64,
@@ -46,6 +50,8 @@ pub(crate) struct NextSymbol {
     /// Its name.
     pub symbol: String,
     /// Its address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
 }
 
@@ -53,6 +59,8 @@ pub(crate) struct NextSymbol {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct InModule {
     /// The address asked about.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// The module that holds it (short name).
     pub module: String,
@@ -66,6 +74,8 @@ pub(crate) struct InModule {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct Unmapped {
     /// The address asked about.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// Always null: no symbol.
     pub symbol: (),
@@ -175,7 +185,7 @@ mod tests {
         assert_eq!(text(&n), "No symbols at 00000000`00000010\n");
         assert_eq!(
             serde_json::to_value(&n).unwrap(),
-            serde_json::json!({"address": 16, "symbol": null})
+            serde_json::json!({"address": "0x0000000000000010", "symbol": null})
         );
         let n = Nearest::Module(InModule {
             address: 0x1010,
@@ -186,7 +196,9 @@ mod tests {
         assert_eq!(text(&n), "(00000000`00001000)   amdppm+0x10\n");
         assert_eq!(
             serde_json::to_value(&n).unwrap(),
-            serde_json::json!({"address": 0x1010, "module": "amdppm", "symbol": null, "offset": 16})
+            serde_json::json!({
+                "address": "0x0000000000001010", "module": "amdppm", "symbol": null, "offset": 16
+            })
         );
         let n = Nearest::Symbol(AtSymbol {
             address: 0x1000,

@@ -35,46 +35,81 @@ pub(crate) enum Registers {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct AllRegisters {
     /// RAX.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rax: u64,
     /// RCX.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rcx: u64,
     /// RDX.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rdx: u64,
     /// RBX.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rbx: u64,
     /// RSP.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rsp: u64,
     /// RBP.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rbp: u64,
     /// RSI.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rsi: u64,
     /// RDI.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rdi: u64,
     /// R8.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub r8: u64,
     /// R9.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub r9: u64,
     /// R10.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub r10: u64,
     /// R11.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub r11: u64,
     /// R12.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub r12: u64,
     /// R13.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub r13: u64,
     /// R14.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub r14: u64,
     /// R15.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub r15: u64,
     /// RIP.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub rip: u64,
     /// EFlags.
     pub efl: u32,
     /// The processor they are of.
     pub processor: u32,
     /// The registers the mask added beyond the general ones (`rM 0xa0`: debug and control
-    /// registers), by name; absent when none were asked for.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    /// registers), by name; empty when none were asked for.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "BTreeMap<String, crate::hex::Hex>")]
     pub other: BTreeMap<String, u64>,
     /// The mask's groups in display order, each a row of names (the text shows them so).
     #[serde(skip)]
@@ -103,6 +138,8 @@ pub(crate) struct Segments {
 pub(crate) struct ChosenRegisters {
     /// Register name → value.
     #[serde(flatten)]
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "BTreeMap<String, crate::hex::Hex>")]
     pub values: BTreeMap<String, u64>,
     /// The names in the order asked for, with the hex digits each is shown with (the text
     /// shows them so).
@@ -384,7 +421,7 @@ mod tests {
         assert_eq!(t, "rsp=0000000000000020\nrip=0000000000000010\n");
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
-            serde_json::json!({"rip": 16, "rsp": 32})
+            serde_json::json!({"rip": "0x0000000000000010", "rsp": "0x0000000000000020"})
         );
     }
 
@@ -421,9 +458,14 @@ mod tests {
         };
         let j = serde_json::to_value(Registers::All(all)).unwrap();
         let o = j.as_object().unwrap();
-        assert_eq!(o.len(), Reg::ALL.len() + 2);
+        assert_eq!(o.len(), Reg::ALL.len() + 3);
         for (i, r) in Reg::ALL.into_iter().enumerate() {
-            assert_eq!(o[r.name()], i as u64 + 1, "{}", r.name());
+            assert_eq!(
+                crate::hex::parse(&o[r.name()]),
+                Some(i as u64 + 1),
+                "{}",
+                r.name()
+            );
         }
         assert_eq!(
             (o["efl"].as_u64(), o["processor"].as_u64()),

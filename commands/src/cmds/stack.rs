@@ -45,16 +45,24 @@ pub(crate) struct Frame {
     /// The frame number (0 is the innermost).
     pub number: usize,
     /// RSP in this frame (Child-SP).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub child_sp: u64,
     /// Where this frame returns to.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub return_address: u64,
     /// RIP in this frame.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub ip: u64,
     /// `module!symbol+offset` of RIP.
     pub call_site: String,
     /// The module RIP is in (null when in none).
     pub module: Option<String>,
     /// The four home slots of the frame's arguments (what `kb` shows).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "[crate::hex::Hex; 4]")]
     pub args: [u64; 4],
 }
 
@@ -180,7 +188,15 @@ mod tests {
              00000000`00000003 00000000`00000004 : nt!KeBugCheckEx\n"
         ));
         let j = serde_json::to_value(&s).unwrap();
-        assert_eq!(j["frames"][0]["args"], serde_json::json!([1, 2, 3, 4]));
+        assert_eq!(
+            j["frames"][0]["args"],
+            serde_json::json!([
+                "0x0000000000000001",
+                "0x0000000000000002",
+                "0x0000000000000003",
+                "0x0000000000000004"
+            ])
+        );
         assert_eq!(j.as_object().unwrap().len(), 3);
     }
 

@@ -13,8 +13,12 @@ pub(crate) struct Version {
     /// The Windows build number.
     pub build: u32,
     /// Where nt is loaded.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub kernel_base: u64,
     /// The address of `nt!PsLoadedModuleList` (null when not known).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
     pub ps_loaded_module_list: Option<u64>,
     /// How many processors.
     pub processors: u32,
@@ -94,6 +98,6 @@ mod tests {
         assert!(text.contains("PsLoadedModuleList = 0x00000000`00000010\n"));
         let j = serde_json::to_value(&v).unwrap();
         assert_eq!(j.as_object().unwrap().len(), 7);
-        assert_eq!(j["ps_loaded_module_list"], 0x10);
+        assert_eq!(j["ps_loaded_module_list"], "0x0000000000000010");
     }
 }

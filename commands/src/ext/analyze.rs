@@ -184,12 +184,16 @@ pub struct Bugcheck {
     /// Its name (`BUGCHECK_<code>` when not known).
     pub bugcheck_name: String,
     /// Its four parameters.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "[crate::hex::Hex; 4]")]
     pub parameters: [u64; 4],
     /// What each parameter is (empty when not known).
     pub parameter_names: [String; 4],
     /// The processor that stopped.
     pub processor: u32,
     /// The thread running on it (null when it could not be read).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
     pub thread: Option<u64>,
     /// Its process's image name (null when it could not be read).
     pub process_name: Option<String>,
@@ -199,6 +203,8 @@ pub struct Bugcheck {
     pub stack_note: Option<String>,
     /// The faulting instruction: the exception address when the code carries one in a module,
     /// else the first frame outside nt and hal (null when neither).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
     pub faulting_ip: Option<u64>,
     /// The symbol there.
     pub symbol: Option<String>,
@@ -214,8 +220,12 @@ pub struct Bugcheck {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Frame {
     /// The stack pointer in it.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub child_sp: u64,
     /// Where it returns to.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub return_address: u64,
     /// Where it is (`module!symbol+offset`).
     pub call_site: String,

@@ -17,6 +17,8 @@ pub enum GraphThread {
     /// A thread that was read.
     Known {
         /// ETHREAD.
+        #[serde(serialize_with = "crate::hex::ser")]
+        #[schemars(with = "crate::hex::Hex")]
         thread: u64,
         /// Its process's image name.
         image: String,
@@ -36,6 +38,8 @@ pub enum GraphThread {
     /// A thread that could not be read.
     Unknown {
         /// ETHREAD.
+        #[serde(serialize_with = "crate::hex::ser")]
+        #[schemars(with = "crate::hex::Hex")]
         thread: u64,
     },
 }
@@ -97,12 +101,18 @@ impl GraphThread {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct GraphEdge {
     /// The waiting thread.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub waiter: u64,
     /// What it waits on.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub object: u64,
     /// Its kind (`Mutant`, `ERESOURCE (exclusive wait)`, `FAST_MUTEX`, …).
     pub kind: String,
     /// Who holds it.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub owner: u64,
 }
 
@@ -123,10 +133,14 @@ pub struct CycleStep {
     /// The waiting thread.
     pub thread: GraphThread,
     /// What it waits on.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub object: u64,
     /// Its kind.
     pub kind: String,
     /// Who holds it (the next thread of the cycle).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub owner: u64,
 }
 
@@ -134,8 +148,12 @@ pub struct CycleStep {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct DeadlockCycle {
     /// The threads that wait for each other.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub threads: Vec<u64>,
     /// The objects they wait on.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub objects: Vec<u64>,
     /// Each thread's wait that keeps the cycle.
     pub steps: Vec<CycleStep>,
@@ -149,8 +167,12 @@ pub struct WaitChain {
     /// Whether that thread is deadlocked.
     pub ends_in_deadlock: bool,
     /// The threads waiting behind it.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub waiters: Vec<u64>,
     /// The longest path of waits that ends there.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub longest: Vec<u64>,
 }
 

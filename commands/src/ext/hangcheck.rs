@@ -48,10 +48,14 @@ impl Default for Thresholds {
 #[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
 pub struct LongWait {
     /// The waiting thread.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub thread: u64,
     /// Its process's image.
     pub image: String,
     /// What it waits on.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub object: u64,
     /// The object's symbol, for globals.
     pub symbol: Option<String>,
@@ -65,10 +69,14 @@ pub struct LongWait {
 #[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
 pub struct HeldLong {
     /// The resource.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub resource: u64,
     /// Its symbol.
     pub symbol: Option<String>,
     /// The owning threads.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub owners: Vec<u64>,
     /// Threads waiting for exclusive access.
     pub exclusive_waiters: u64,
@@ -86,10 +94,12 @@ pub struct Sample {
     /// Locks held too long.
     pub held_long: Vec<HeldLong>,
     /// Wait-for cycles (threads).
+    #[serde(serialize_with = "crate::hex::ser")]
     pub cycles: Vec<Vec<u64>>,
     /// Commit failures (banner count), when readable.
     pub commit_failures: Option<u64>,
     /// Pending NBLs, when ndis.sys and its symbols are there and tracking is on.
+    #[serde(serialize_with = "crate::hex::ser")]
     pub pending_nbls: Option<Vec<u64>>,
     /// What could not be examined.
     pub notes: Vec<String>,
@@ -367,6 +377,8 @@ pub struct HangCheck {
     /// Locks held too long.
     pub held_long: Vec<HeldLong>,
     /// Wait-for cycles (threads).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<Vec<crate::hex::Hex>>")]
     pub cycles: Vec<Vec<u64>>,
     /// Commit failures (banner count), when readable.
     pub commit_failures: Option<u64>,

@@ -28,8 +28,12 @@ pub const SYNTAX: Syntax = Syntax {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct LockOwner {
     /// The value in the entry (a thread, or an owner pointer with its low bits set).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub value: u64,
     /// The thread, after clearing owner-pointer bits.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub thread: u64,
     /// Recursion count.
     pub count: u64,
@@ -58,6 +62,8 @@ impl From<&Owner> for LockOwner {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Resource {
     /// Its address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// Its symbol, for globals.
     pub symbol: Option<String>,
@@ -66,16 +72,24 @@ pub struct Resource {
     /// ActiveCount.
     pub active_count: i64,
     /// The owner, when owned exclusively.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
     pub exclusive_owner: Option<u64>,
     /// The owning threads, when shared.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub shared_owners: Vec<u64>,
     /// The owner entries.
     pub owners: Vec<LockOwner>,
     /// ContentionCount.
     pub contention_count: u64,
     /// Threads waiting for shared access.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub shared_waiters: Vec<u64>,
     /// Threads waiting for exclusive access.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub exclusive_waiters: Vec<u64>,
     /// NumberOfSharedWaiters.
     pub number_of_shared_waiters: u64,

@@ -104,6 +104,8 @@ pub struct Tracked {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Holder {
     /// Its handle (miniport, filter or open block).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub handle: u64,
     /// Its name (null when it could not be read).
     pub name: Option<String>,
@@ -119,8 +121,12 @@ pub struct Holder {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct PendingNbl {
     /// The NBL.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub nbl: u64,
     /// The handle of the component holding it.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub holder: u64,
 }
 
@@ -270,8 +276,12 @@ pub struct MiniportList {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct MiniportRow {
     /// Its block (the handle `!ndiskd.miniport` takes).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub miniport: u64,
     /// Its driver's block.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub driver: u64,
     /// Its name.
     pub name: String,
@@ -281,10 +291,14 @@ pub struct MiniportRow {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Miniport {
     /// Its block.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub miniport: u64,
     /// Its name.
     pub name: String,
     /// Its driver's block.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub driver: u64,
     /// The driver's service name.
     pub service: String,

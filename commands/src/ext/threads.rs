@@ -53,6 +53,8 @@ pub const THREAD: Syntax = Syntax::params(&[opt_expr("ADDR"), opt_expr("FLAGS")]
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Waited {
     /// Its address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub object: u64,
     /// Its type name.
     #[serde(rename = "type")]
@@ -60,6 +62,8 @@ pub struct Waited {
     /// DISPATCHER_HEADER.Type.
     pub type_code: u8,
     /// The owner, for a mutant.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
     pub owner: Option<u64>,
     /// What the line adds after the type (a mutant's owner, a semaphore's limit).
     #[serde(skip)]
@@ -70,8 +74,12 @@ pub struct Waited {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ThreadFrame {
     /// RSP in this frame.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub child_sp: u64,
     /// Where it returns to.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub return_address: u64,
     /// `module!symbol+offset`.
     pub call_site: String,
@@ -90,8 +98,12 @@ pub struct IrpLine {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ThreadInfo {
     /// ETHREAD.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub thread: u64,
     /// The owning EPROCESS.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub process: u64,
     /// The owning process's image name.
     pub image: String,
@@ -118,12 +130,20 @@ pub struct ThreadInfo {
     /// What it waits on.
     pub waits: Vec<Waited>,
     /// Its IRPs.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub irps: Vec<u64>,
     /// The process it is attached to.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
     pub attached_process: Option<u64>,
     /// Its start address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub start_address: u64,
     /// Its Win32 start address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub win32_start_address: u64,
     /// Priority.
     pub priority: i64,
@@ -450,6 +470,8 @@ pub const PROCESS: Syntax =
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ProcessInfo {
     /// EPROCESS.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub process: u64,
     /// Process id.
     pub pid: u64,
@@ -458,10 +480,16 @@ pub struct ProcessInfo {
     /// ImageFileName.
     pub image: String,
     /// DirectoryTableBase.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub dir_base: u64,
     /// Peb.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub peb: u64,
     /// ObjectTable.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub object_table: u64,
     /// Its threads (with thread flags 2 or 4 only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -617,8 +645,12 @@ pub struct StackThread {
     /// Thread id.
     pub tid: u64,
     /// ETHREAD.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub thread: u64,
     /// EPROCESS.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub process: u64,
     /// The process's image name.
     pub image: String,
@@ -649,6 +681,8 @@ pub struct StackGroup {
     /// How many.
     pub count: usize,
     /// Their ETHREADs.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
     pub threads: Vec<u64>,
     /// The stack's call sites.
     pub frames: Vec<String>,
@@ -866,12 +900,20 @@ pub struct RunningProcessor {
     /// Its number.
     pub processor: u32,
     /// KPRCB.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub prcb: u64,
     /// The thread it runs.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub current: u64,
     /// The thread it runs next (null when none).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
     pub next: Option<u64>,
     /// Its idle thread.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub idle_thread: u64,
     /// Whether it runs its idle thread.
     pub idle: bool,

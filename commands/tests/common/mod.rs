@@ -87,3 +87,19 @@ pub fn example_lines(
     }
     out
 }
+
+/// A result with its 64-bit values (the JSON's `"0x…"` strings) as numbers again, for tests
+/// that compare them with what the simulator planted. The strings' form is checked where it is
+/// the subject (the hex unit tests, the published schemas, the jq test).
+pub fn numbers(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => match kdnet_commands::hex::parse(&Value::String(s.clone())) {
+            Some(n) if s.len() == 18 => Value::from(n),
+            _ => Value::String(s),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, numbers(v))).collect()),
+        v => v,
+    }
+}

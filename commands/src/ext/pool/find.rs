@@ -32,6 +32,8 @@ pub struct PoolFind {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Match {
     /// Its header (its start, for a big allocation).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// Its bytes.
     pub size: u64,

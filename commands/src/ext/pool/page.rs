@@ -56,6 +56,8 @@ pub enum Kind {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Chunk {
     /// The address of its header (of its data, for big and special-pool allocations).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// Its bytes, header included.
     pub size: u64,
@@ -75,6 +77,8 @@ pub struct Chunk {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Corruption {
     /// The header that does not fit.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
     pub address: u64,
     /// Its offset in the page.
     pub page_offset: u64,
