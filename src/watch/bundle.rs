@@ -250,7 +250,12 @@ fn wait_ends(f: &Value, steps: &[Value]) -> Value {
         let rundown = std::iter::once(blocker)
             .chain(frames.iter().map(String::as_str))
             .any(|f| f.contains("!ExWaitForRundownProtectionRelease"));
-        let in_ndis = frames.iter().any(|f| f.starts_with("ndis!"));
+        // `ndis!ndisPnPRemoveDevice+0x27f`, or `ndis+0x2abf` without its symbols.
+        let in_ndis = frames.iter().any(|f| {
+            f.split(['!', '+'])
+                .next()
+                .is_some_and(|m| m.eq_ignore_ascii_case("ndis"))
+        });
         for w in t["waits"].as_array().into_iter().flatten() {
             if addr_of(&w["object"]).is_none() {
                 continue;
@@ -1023,7 +1028,7 @@ an unknown holder (its name could not be read) holds 2"
             json!({ "command": "!thread 2", "result": { "thread": 2, "frames": [
                 { "call_site": "nt!ExWaitForRundownProtectionReleaseCacheAware+0xd6" },
                 { "call_site": "tcpip!FlPnpEvent+0x1c2" },
-                { "call_site": "ndis!ndisPnPRemoveDevice+0x27f" } ] } }),
+                { "call_site": "ndis+0x2abf" } ] } }),
             json!({ "command": "!ndiskd.pendingnbls", "result": { "pending": 1854,
                 "holders": [ { "handle": "0xffff900000002000", "name": "My Ethernet", "kind": "NetAdapter", "count": 1854 } ] } }),
         ];

@@ -620,8 +620,8 @@ impl Graph {
             }
         }
         for _ in 0..4 {
-            for li in 1..depth {
-                let mut keyed: Vec<(f64, usize)> = layers[li]
+            for (li, layer) in layers.iter_mut().enumerate().skip(1) {
+                let mut keyed: Vec<(f64, usize)> = layer
                     .iter()
                     .map(|v| {
                         let p: Vec<f64> = self
@@ -639,8 +639,8 @@ impl Graph {
                     })
                     .collect();
                 keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
-                layers[li] = keyed.into_iter().map(|(_, v)| v).collect();
-                for (i, v) in layers[li].iter().enumerate() {
+                *layer = keyed.into_iter().map(|(_, v)| v).collect();
+                for (i, v) in layer.iter().enumerate() {
                     pos[*v] = i as f64;
                 }
             }
@@ -722,9 +722,16 @@ impl Graph {
                 bows += 24.0;
                 // A quadratic curve reaches halfway to its control point.
                 let c = (2.0 * clear - (a.x + b.x) / 2.0, (a.y + b.y) / 2.0);
-                right = right.max(clear + MARGIN + 10.0);
                 let start = border(a, unit((a.x, a.y), c));
                 let tip = border(b, unit((b.x, b.y), c));
+                // The picture is as wide as the curve's farthest point.
+                let far = (0..=32)
+                    .map(|i| {
+                        let t = f64::from(i) / 32.0;
+                        (1.0 - t) * (1.0 - t) * start.0 + 2.0 * t * (1.0 - t) * c.0 + t * t * tip.0
+                    })
+                    .fold(0.0, f64::max);
+                right = right.max(far + MARGIN);
                 let dir = unit(c, tip);
                 let end = (tip.0 - dir.0 * ARROW, tip.1 - dir.1 * ARROW);
                 (
@@ -1216,12 +1223,14 @@ mod tests {
         );
     }
 
+    fn num_attr(s: &str, k: &str) -> f64 {
+        let i = s.find(&format!(" {k}=\"")).unwrap() + k.len() + 3;
+        s[i..].split('"').next().unwrap().parse().unwrap()
+    }
+
     /// The (x2, y2, dx, dy) of each edge and the boxes (x, y, w, h) of the picture.
     fn geometry(svg: &str) -> (Vec<[f64; 4]>, Vec<[f64; 4]>) {
-        let num = |s: &str, k: &str| -> f64 {
-            let i = s.find(&format!(" {k}=\"")).unwrap() + k.len() + 3;
-            s[i..].split('"').next().unwrap().parse().unwrap()
-        };
+        let num = num_attr;
         let edges = svg
             .split("<path class=\"edge")
             .skip(1)
@@ -1275,6 +1284,28 @@ mod tests {
                     .any(|b| bx > b[0] && bx < b[0] + b[2] && by > b[1] && by < b[1] + b[3]),
                 "the arrowhead ending at ({x}, {y}) is under a box"
             );
+        }
+        // Curves (the edge closing the cycle) stay inside the picture.
+        let vw = num_attr(&svg, "data-vw");
+        for d in svg
+            .split(" d=\"M")
+            .skip(1)
+            .filter_map(|d| d.split('"').next())
+        {
+            let n: Vec<f64> = d
+                .split([',', ' ', 'Q', 'L'])
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if let [x0, _, cx, _, x1, _] = n[..] {
+                for i in 0..=32 {
+                    let t = f64::from(i) / 32.0;
+                    let x = (1.0 - t) * (1.0 - t) * x0 + 2.0 * t * (1.0 - t) * cx + t * t * x1;
+                    assert!(
+                        x >= 0.0 && x <= vw,
+                        "the curve {d} leaves the picture ({vw} wide)"
+                    );
+                }
+            }
         }
         // Boxes do not overlap.
         for (i, a) in boxes.iter().enumerate() {
