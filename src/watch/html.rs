@@ -70,6 +70,8 @@ const GAP_X: f64 = 40.0;
 const GAP_Y: f64 = 64.0;
 /// Length of an arrowhead: lines stop this much before the border they point to.
 const ARROW: f64 = 10.0;
+/// The widest row of boxes; a wider layer goes on in the next row.
+const MAX_ROW: f64 = 1200.0;
 /// Margin around the graph.
 const MARGIN: f64 = 20.0;
 
@@ -106,6 +108,20 @@ struct Node {
     h: f64,
     x: f64,
     y: f64,
+}
+
+/// How an edge is drawn.
+struct Shape {
+    /// The path, ending [`ARROW`] before the tip.
+    d: String,
+    /// Where the arrow's tip touches the border of the box it points to.
+    tip: (f64, f64),
+    /// The direction of the arrow there (unit).
+    dir: (f64, f64),
+    /// The rightmost point the edge reaches.
+    far: f64,
+    /// Whether it bows out.
+    curved: bool,
 }
 
 struct GEdge {
@@ -325,7 +341,7 @@ impl Graph {
             let mut lines = vec![format!("thread {}", windbg(t))];
             match info.get(&t) {
                 Some(i) if i.get("image").is_some() => {
-                    let ids = match (i["pid"].as_u64(), i["tid"].as_u64()) {
+                    let ids = match (addr_of(&i["pid"]), addr_of(&i["tid"])) {
                         (Some(p), Some(t)) => format!(" {p:x}.{t:x}"),
                         _ => String::new(),
                     };
@@ -536,9 +552,11 @@ impl Graph {
         Some(g)
     }
 
-    /// Lays the graph out in layers from top to bottom (waiters above what they wait for),
-    /// returning the size of the picture and which edges close a cycle (drawn upward).
-    fn layout(&mut self) -> (f64, f64, Vec<bool>) {
+    /// Lays the graph out: each connected part in layers from top to bottom (waiters above
+    /// what they wait for, a layer wider than a row over several rows), the parts side by side
+    /// in rows of at most [`MAX_ROW`]. Returns the size of the picture, which edges close a
+    /// cycle (drawn upward), and the part of each node.
+    fn layout(&mut self) -> (f64, f64, Vec<bool>, Vec<usize>) {
         let n = self.nodes.len();
         let mut indeg = vec![0usize; n];
         for e in &self.edges {
@@ -607,77 +625,211 @@ impl Graph {
                 rank[v] = rank[v].max(s.saturating_sub(1));
             }
         }
-        let depth = rank.iter().copied().max().unwrap_or(0) + 1;
-        let mut layers: Vec<Vec<usize>> = vec![Vec::new(); depth];
-        for v in 0..n {
-            layers[rank[v]].push(v);
-        }
-        // Order each layer by where its predecessors are (a few sweeps).
-        let mut pos = vec![0.0f64; n];
-        for l in &layers {
-            for (i, v) in l.iter().enumerate() {
-                pos[*v] = i as f64;
+        // The connected parts, in the order of their first node.
+        let mut part: Vec<usize> = (0..n).collect();
+        fn root(part: &mut [usize], mut v: usize) -> usize {
+            while part[v] != v {
+                part[v] = part[part[v]];
+                v = part[v];
             }
+            v
         }
-        for _ in 0..4 {
-            for (li, layer) in layers.iter_mut().enumerate().skip(1) {
-                let mut keyed: Vec<(f64, usize)> = layer
-                    .iter()
-                    .map(|v| {
-                        let p: Vec<f64> = self
-                            .edges
-                            .iter()
-                            .filter(|e| e.to == *v && rank[e.from] + 1 == li)
-                            .map(|e| pos[e.from])
-                            .collect();
-                        let b = if p.is_empty() {
-                            pos[*v]
-                        } else {
-                            p.iter().sum::<f64>() / p.len() as f64
-                        };
-                        (b, *v)
-                    })
-                    .collect();
-                keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
-                *layer = keyed.into_iter().map(|(_, v)| v).collect();
-                for (i, v) in layer.iter().enumerate() {
+        for e in &self.edges {
+            let (a, b) = (root(&mut part, e.from), root(&mut part, e.to));
+            part[a.max(b)] = a.min(b);
+        }
+        let part: Vec<usize> = (0..n).map(|v| root(&mut part, v)).collect();
+        let mut parts: Vec<usize> = part.clone();
+        parts.sort_unstable();
+        parts.dedup();
+        let mut pos = vec![0.0f64; n];
+        let (mut x0, mut y0, mut shelf, mut right) = (MARGIN, MARGIN, 0.0f64, 0.0f64);
+        for p in parts {
+            let members: Vec<usize> = (0..n).filter(|v| part[*v] == p).collect();
+            let lo = members.iter().map(|v| rank[*v]).min().unwrap_or(0);
+            let depth = members.iter().map(|v| rank[*v] - lo).max().unwrap_or(0) + 1;
+            let mut layers: Vec<Vec<usize>> = vec![Vec::new(); depth];
+            for v in &members {
+                layers[rank[*v] - lo].push(*v);
+            }
+            // Order each layer by where its predecessors are (a few sweeps).
+            for l in &layers {
+                for (i, v) in l.iter().enumerate() {
                     pos[*v] = i as f64;
                 }
             }
-        }
-        // Coordinates: layers centered under each other.
-        let widths: Vec<f64> = layers
-            .iter()
-            .map(|l| {
-                l.iter().map(|v| self.nodes[*v].w).sum::<f64>()
-                    + GAP_X * l.len().saturating_sub(1) as f64
-            })
-            .collect();
-        let inner = widths.iter().copied().fold(0.0, f64::max);
-        let mut y = MARGIN;
-        for (li, l) in layers.iter().enumerate() {
-            let h = l.iter().map(|v| self.nodes[*v].h).fold(0.0, f64::max);
-            let mut x = MARGIN + (inner - widths[li]) / 2.0;
-            for v in l {
-                let nd = &mut self.nodes[*v];
-                nd.x = x + nd.w / 2.0;
-                nd.y = y + h / 2.0;
-                x += nd.w + GAP_X;
+            for _ in 0..4 {
+                for (li, layer) in layers.iter_mut().enumerate().skip(1) {
+                    let mut keyed: Vec<(f64, usize)> = layer
+                        .iter()
+                        .map(|v| {
+                            let p: Vec<f64> = self
+                                .edges
+                                .iter()
+                                .filter(|e| e.to == *v && rank[e.from] - lo + 1 == li)
+                                .map(|e| pos[e.from])
+                                .collect();
+                            let b = if p.is_empty() {
+                                pos[*v]
+                            } else {
+                                p.iter().sum::<f64>() / p.len() as f64
+                            };
+                            (b, *v)
+                        })
+                        .collect();
+                    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    *layer = keyed.into_iter().map(|(_, v)| v).collect();
+                    for (i, v) in layer.iter().enumerate() {
+                        pos[*v] = i as f64;
+                    }
+                }
             }
-            y += h + GAP_Y;
+            // A layer wider than a row goes on over several rows.
+            let mut rows: Vec<Vec<usize>> = Vec::new();
+            for l in &layers {
+                let mut row: Vec<usize> = Vec::new();
+                let mut width = 0.0;
+                for v in l {
+                    let w = self.nodes[*v].w;
+                    if !row.is_empty() && width + GAP_X + w > MAX_ROW {
+                        rows.push(std::mem::take(&mut row));
+                        width = 0.0;
+                    }
+                    width += if row.is_empty() { w } else { GAP_X + w };
+                    row.push(*v);
+                }
+                rows.push(row);
+            }
+            // Rows centered under each other, from (0, 0).
+            let widths: Vec<f64> = rows
+                .iter()
+                .map(|l| {
+                    l.iter().map(|v| self.nodes[*v].w).sum::<f64>()
+                        + GAP_X * l.len().saturating_sub(1) as f64
+                })
+                .collect();
+            let inner = widths.iter().copied().fold(0.0, f64::max);
+            let mut y = 0.0;
+            for (ri, l) in rows.iter().enumerate() {
+                let h = l.iter().map(|v| self.nodes[*v].h).fold(0.0, f64::max);
+                let mut x = (inner - widths[ri]) / 2.0;
+                for v in l {
+                    let nd = &mut self.nodes[*v];
+                    nd.x = x + nd.w / 2.0;
+                    nd.y = y + h / 2.0;
+                    x += nd.w + GAP_X;
+                }
+                y += h + GAP_Y;
+            }
+            let height = y - GAP_Y;
+            // As wide as its curves reach.
+            let mut bows = 0;
+            let mut width = inner;
+            for j in 0..self.edges.len() {
+                if part[self.edges[j].from] == p {
+                    let s = self.shape(j, back[j], &members, bows);
+                    if s.curved {
+                        bows += 1;
+                    }
+                    width = width.max(s.far + 4.0);
+                }
+            }
+            if x0 > MARGIN && x0 + width > MARGIN + MAX_ROW {
+                x0 = MARGIN;
+                y0 += shelf + GAP_Y;
+                shelf = 0.0;
+            }
+            for v in &members {
+                self.nodes[*v].x += x0;
+                self.nodes[*v].y += y0;
+            }
+            right = right.max(x0 + width);
+            shelf = shelf.max(height);
+            x0 += width + 2.0 * GAP_X;
         }
-        let height = y - GAP_Y + MARGIN;
-        (inner + 2.0 * MARGIN, height, back)
+        (right + MARGIN, y0 + shelf + MARGIN, back, part)
+    }
+
+    /// How edge `j` is drawn: straight from border to border, unless it closes a cycle or
+    /// would cross a box of its part (`members`); then it bows out to the right, `bows`
+    /// curves farther than the ones before.
+    fn shape(&self, j: usize, back: bool, members: &[usize], bows: usize) -> Shape {
+        let e = &self.edges[j];
+        let (a, b) = (&self.nodes[e.from], &self.nodes[e.to]);
+        let crosses = members.iter().any(|v| {
+            let m = &self.nodes[*v];
+            *v != e.from
+                && *v != e.to
+                && (1..64).any(|i| {
+                    let t = f64::from(i) / 64.0;
+                    let (x, y) = (a.x + (b.x - a.x) * t, a.y + (b.y - a.y) * t);
+                    (x - m.x).abs() < m.w / 2.0 + 4.0 && (y - m.y).abs() < m.h / 2.0 + 4.0
+                })
+        });
+        if !back && !crosses {
+            let dir = unit((a.x, a.y), (b.x, b.y));
+            let start = border(a, dir);
+            let tip = border(b, (-dir.0, -dir.1));
+            let end = (tip.0 - dir.0 * ARROW, tip.1 - dir.1 * ARROW);
+            return Shape {
+                d: format!("M{:.1},{:.1} L{:.1},{:.1}", start.0, start.1, end.0, end.1),
+                tip,
+                dir,
+                far: start.0.max(tip.0),
+                curved: false,
+            };
+        }
+        let (lo, hi) = (a.y.min(b.y), a.y.max(b.y));
+        let clear = members
+            .iter()
+            .map(|v| &self.nodes[*v])
+            .filter(|m| m.y + m.h / 2.0 >= lo && m.y - m.h / 2.0 <= hi)
+            .map(|m| m.x + m.w / 2.0)
+            .fold(0.0, f64::max)
+            + 30.0
+            + 24.0 * bows as f64;
+        // A quadratic curve reaches halfway to its control point.
+        let c = (2.0 * clear - (a.x + b.x) / 2.0, (a.y + b.y) / 2.0);
+        let start = border(a, unit((a.x, a.y), c));
+        let tip = border(b, unit((b.x, b.y), c));
+        let far = (0..=32)
+            .map(|i| {
+                let t = f64::from(i) / 32.0;
+                (1.0 - t) * (1.0 - t) * start.0 + 2.0 * t * (1.0 - t) * c.0 + t * t * tip.0
+            })
+            .fold(0.0, f64::max);
+        let dir = unit(c, tip);
+        let end = (tip.0 - dir.0 * ARROW, tip.1 - dir.1 * ARROW);
+        Shape {
+            d: format!(
+                "M{:.1},{:.1} Q{:.1},{:.1} {:.1},{:.1}",
+                start.0, start.1, c.0, c.1, end.0, end.1
+            ),
+            tip,
+            dir,
+            far,
+            curved: true,
+        }
     }
 
     fn svg(mut self) -> String {
-        let (mut w, h, back) = self.layout();
-        // Edges that skip layers or go back up bow out to the right of what they pass.
+        let (w, h, back, part) = self.layout();
         let mut drawn: Vec<String> = Vec::new();
-        let mut bows = 0.0;
-        let mut right = w;
+        let mut bows: BTreeMap<usize, usize> = BTreeMap::new();
         for (j, e) in self.edges.iter().enumerate() {
-            let (a, b) = (&self.nodes[e.from], &self.nodes[e.to]);
+            let p = part[e.from];
+            let members: Vec<usize> = (0..self.nodes.len()).filter(|v| part[*v] == p).collect();
+            let bow = bows.entry(p).or_default();
+            let Shape {
+                d,
+                tip,
+                dir,
+                curved,
+                ..
+            } = self.shape(j, back[j], &members, *bow);
+            if curved {
+                *bow += 1;
+            }
             let (color, marker, width, class) = match (e.hot, e.rel) {
                 (true, _) => (CYCLE_COLOR, "arrow-cycle", 3.0, "cycle"),
                 (false, Rel::Wait) => (WAIT_COLOR, "arrow-wait", 1.6, "wait"),
@@ -694,55 +846,6 @@ impl Graph {
             } else {
                 ""
             };
-            let (lo, hi) = (a.y.min(b.y), a.y.max(b.y));
-            let between: Vec<&Node> = self
-                .nodes
-                .iter()
-                .filter(|n| n.y > lo + 1.0 && n.y < hi - 1.0)
-                .collect();
-            let straight = !back[j] && between.is_empty();
-            let (d, tip, dir) = if straight {
-                let dir = unit((a.x, a.y), (b.x, b.y));
-                let start = border(a, dir);
-                let tip = border(b, (-dir.0, -dir.1));
-                let end = (tip.0 - dir.0 * ARROW, tip.1 - dir.1 * ARROW);
-                (
-                    format!("M{:.1},{:.1} L{:.1},{:.1}", start.0, start.1, end.0, end.1),
-                    tip,
-                    dir,
-                )
-            } else {
-                let clear = between
-                    .iter()
-                    .map(|n| n.x + n.w / 2.0)
-                    .chain([a.x + a.w / 2.0, b.x + b.w / 2.0])
-                    .fold(0.0, f64::max)
-                    + 30.0
-                    + bows;
-                bows += 24.0;
-                // A quadratic curve reaches halfway to its control point.
-                let c = (2.0 * clear - (a.x + b.x) / 2.0, (a.y + b.y) / 2.0);
-                let start = border(a, unit((a.x, a.y), c));
-                let tip = border(b, unit((b.x, b.y), c));
-                // The picture is as wide as the curve's farthest point.
-                let far = (0..=32)
-                    .map(|i| {
-                        let t = f64::from(i) / 32.0;
-                        (1.0 - t) * (1.0 - t) * start.0 + 2.0 * t * (1.0 - t) * c.0 + t * t * tip.0
-                    })
-                    .fold(0.0, f64::max);
-                right = right.max(far + MARGIN);
-                let dir = unit(c, tip);
-                let end = (tip.0 - dir.0 * ARROW, tip.1 - dir.1 * ARROW);
-                (
-                    format!(
-                        "M{:.1},{:.1} Q{:.1},{:.1} {:.1},{:.1}",
-                        start.0, start.1, c.0, c.1, end.0, end.1
-                    ),
-                    tip,
-                    dir,
-                )
-            };
             drawn.push(format!(
                 r#"<path class="edge {kind}{}" d="{d}" fill="none" stroke="{color}" stroke-width="{width}"{dash} marker-end="url(#{marker})" data-x2="{:.1}" data-y2="{:.1}" data-dx="{:.3}" data-dy="{:.3}" data-color="{color}"><title>{}</title></path>"#,
                 if class == "cycle" { " cycle" } else { "" },
@@ -753,7 +856,7 @@ impl Graph {
                 esc(&e.title)
             ));
         }
-        w = right.ceil();
+        let (w, h) = (w.ceil(), h.ceil());
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -1309,6 +1412,33 @@ mod tests {
         }
         // Boxes do not overlap.
         for (i, a) in boxes.iter().enumerate() {
+            for b in &boxes[i + 1..] {
+                let apart = a[0] + a[2] <= b[0]
+                    || b[0] + b[2] <= a[0]
+                    || a[1] + a[3] <= b[1]
+                    || b[1] + b[3] <= a[1];
+                assert!(apart, "{a:?} overlaps {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_wide_graph_goes_on_over_rows() {
+        // Forty threads, each waiting on its own mutant held by its own owner.
+        let edges: Vec<Value> = (0..40u64)
+            .map(|i| {
+                json!({ "waiter": 0x1000 + i, "object": 0x9000 + i, "kind": "Mutant",
+                        "owner": format!("0x{:016x}", 0x5000 + i) })
+            })
+            .collect();
+        let svg = graph_svg(&json!({ "wait_edges": edges })).unwrap();
+        let vw = num_attr(&svg, "data-vw");
+        assert!(vw <= MAX_ROW + 2.0 * MARGIN, "{vw} wide");
+        assert_eq!(svg.matches("class=\"node thread\"").count(), 80);
+        let (edges, boxes) = geometry(&svg);
+        assert_eq!(edges.len(), 80);
+        for (i, a) in boxes.iter().enumerate() {
+            assert!(a[0] >= 0.0 && a[0] + a[2] <= vw);
             for b in &boxes[i + 1..] {
                 let apart = a[0] + a[2] <= b[0]
                     || b[0] + b[2] <= a[0]
