@@ -258,7 +258,7 @@ sample_every = "1h"
     assert!(images.contains(&"vmcompute.exe") && images.contains(&"containerd.exe"));
     assert!(j["findings"]["locks_held"].as_array().unwrap().len() >= 2);
     let html = std::fs::read_to_string(dl.join("report.html")).unwrap();
-    assert!(html.contains("<svg id=\"waitgraph\"") && html.contains("class=\"wait cycle\""));
+    assert!(html.contains("<svg id=\"waitgraph\"") && html.contains("class=\"edge wait cycle\""));
     let bc = all
         .iter()
         .find(|b| {

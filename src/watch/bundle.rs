@@ -19,8 +19,9 @@ use kdnet_commands::script::{self, Runner};
 use kdnet_model::dump::{self, DumpHeader};
 use serde_json::{Value, json};
 
-use super::html;
+use super::html::{self, addr_of};
 use crate::analysis::{self, Style};
+use kdnet_commands::ext::hangcheck::Severity;
 
 /// The capture scripts built into the binary.
 pub const HANG_SCRIPT: &str = include_str!("../../scripts/hang.kds");
@@ -102,6 +103,7 @@ pub fn findings(steps: &[Value], bugcheck: Option<(u32, [u64; 4])>, trigger: &Tr
         "commit_failures": Value::Null,
         "pending_nbls": Value::Null,
         "nbl_holders": Value::Null,
+        "wait_ends": Value::Null,
         "analysis": Value::Null,
         "sample": trigger.sample.clone(),
     });
@@ -170,31 +172,144 @@ pub fn findings(steps: &[Value], bugcheck: Option<(u32, [u64; 4])>, trigger: &Tr
             _ => {}
         }
     }
+    f["wait_ends"] = wait_ends(&f, steps);
     f
+}
+
+/// The call sites of each thread's stack that a `!thread` or `!stacks` step showed.
+fn stacks_of(steps: &[Value]) -> BTreeMap<u64, Vec<String>> {
+    let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for s in steps {
+        let (Some(cmd), Some(r)) = (s.get("command").and_then(Value::as_str), s.get("result"))
+        else {
+            continue;
+        };
+        match first_word(cmd).as_str() {
+            "!thread" => {
+                if let Some(t) = addr_of(&r["thread"]) {
+                    let frames: Vec<String> = r["frames"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f["call_site"].as_str().map(str::to_string))
+                        .collect();
+                    out.entry(t).or_insert(frames);
+                }
+            }
+            "!stacks" => {
+                for x in r["threads"].as_array().into_iter().flatten() {
+                    if let Some(t) = addr_of(&x["thread"]) {
+                        let frames: Vec<String> = x["frames"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|f| f.as_str().map(str::to_string))
+                            .collect();
+                        out.entry(t).or_insert(frames);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Where the wait chains go on past the last thread with a known owner: each waiting thread
+/// on the graph that waits for no owner, the objects it waits on, and who holds them when the
+/// results tell. A wait for rundown protection in a stack through NDIS (a binding being closed)
+/// ends when the pending NBLs come back: their holders (`!ndiskd.pendingnbls`) hold it.
+fn wait_ends(f: &Value, steps: &[Value]) -> Value {
+    let Some(threads) = f["wait_threads"].as_array() else {
+        return Value::Null;
+    };
+    let waiters: std::collections::BTreeSet<u64> = f["wait_edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| addr_of(&x["waiter"]))
+        .collect();
+    let stacks = stacks_of(steps);
+    let holders: Vec<Value> = f["nbl_holders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["count"].as_u64().is_some_and(|n| n > 0) && addr_of(&h["handle"]).is_some())
+        .map(|h| h["handle"].clone())
+        .collect();
+    let mut out = Vec::new();
+    for t in threads {
+        let Some(a) = addr_of(&t["thread"]) else {
+            continue;
+        };
+        if waiters.contains(&a) || t["wait_reason"].is_null() {
+            continue;
+        }
+        let frames = stacks.get(&a).map_or(&[][..], Vec::as_slice);
+        let blocker = t["blocker"].as_str().unwrap_or("");
+        let rundown = std::iter::once(blocker)
+            .chain(frames.iter().map(String::as_str))
+            .any(|f| f.contains("!ExWaitForRundownProtectionRelease"));
+        // `ndis!ndisPnPRemoveDevice+0x27f`, or `ndis+0x2abf` without its symbols.
+        let in_ndis = frames.iter().any(|f| {
+            f.split(['!', '+'])
+                .next()
+                .is_some_and(|m| m.eq_ignore_ascii_case("ndis"))
+        });
+        for w in t["waits"].as_array().into_iter().flatten() {
+            if addr_of(&w["object"]).is_none() {
+                continue;
+            }
+            let event = matches!(
+                w["type_name"].as_str(),
+                Some("NotificationEvent" | "SynchronizationEvent")
+            );
+            let via = (rundown && event).then_some("rundown protection");
+            let held_by = if via.is_some() && in_ndis {
+                holders.clone()
+            } else {
+                Vec::new()
+            };
+            out.push(json!({
+                "thread": t["thread"],
+                "object": w["object"],
+                "type_name": w["type_name"],
+                "symbol": w["symbol"],
+                "via": via,
+                "held_by": held_by,
+            }));
+        }
+    }
+    Value::Array(out)
 }
 
 /// The most held locks the summary names one by one.
 const MAX_LOCK_LINES: usize = 20;
 
-/// One line per finding (held locks: the first 20, then how many more).
-pub fn summary(f: &Value) -> Vec<String> {
+/// One line per finding with its severity (held locks: the first 20, then how many more): a
+/// bugcheck or a deadlock is an error; a lock held with waiters, failing commits and pending
+/// packets are warnings; a lock held without waiters and the top pool tag are information.
+pub fn summary(f: &Value) -> Vec<(Severity, String)> {
     let mut out = Vec::new();
     if let Some(b) = f["bugcheck"].as_object() {
         let name = f["analysis"]["bugcheck_name"].as_str().unwrap_or("");
         let module = f["analysis"]["module"].as_str().unwrap_or("");
-        out.push(format!(
-            "bugcheck {:#x}{}{}",
-            b["code"].as_u64().unwrap_or(0),
-            if name.is_empty() {
-                String::new()
-            } else {
-                format!(" {name}")
-            },
-            if module.is_empty() {
-                String::new()
-            } else {
-                format!(" in {module}")
-            }
+        out.push((
+            Severity::Error,
+            format!(
+                "bugcheck {:#x}{}{}",
+                b["code"].as_u64().unwrap_or(0),
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {name}")
+                },
+                if module.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in {module}")
+                }
+            ),
         ));
     }
     for c in f["deadlock_cycles"].as_array().into_iter().flatten() {
@@ -202,13 +317,16 @@ pub fn summary(f: &Value) -> Vec<String> {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(kdnet_commands::hex::parse)
+            .filter_map(addr_of)
             .map(|t| format!("{t:x}"))
             .collect();
-        out.push(format!(
-            "deadlock: {} threads wait for each other ({})",
-            threads.len(),
-            threads.join(", ")
+        out.push((
+            Severity::Error,
+            format!(
+                "deadlock: {} threads wait for each other ({})",
+                threads.len(),
+                threads.join(", ")
+            ),
         ));
     }
     let held = f["locks_held"].as_array().map_or(&[][..], Vec::as_slice);
@@ -218,23 +336,37 @@ pub fn summary(f: &Value) -> Vec<String> {
         let name = h["symbol"]
             .as_str()
             .map(str::to_string)
-            .unwrap_or_else(|| addr(kdnet_commands::hex::parse(&h["address"]).unwrap_or(0)));
-        let owner = kdnet_commands::hex::parse(&h["exclusive_owner"])
+            .unwrap_or_else(|| addr(addr_of(&h["address"]).unwrap_or(0)));
+        let owner = addr_of(&h["exclusive_owner"])
             .map(|o| format!(" by thread {o:x}"))
             .unwrap_or_default();
-        out.push(format!(
-            "lock {name} held {}{owner}, {waiters} waiter(s)",
-            h["state"].as_str().unwrap_or("")
+        let severity = if waiters > 0 {
+            Severity::Warning
+        } else {
+            Severity::Information
+        };
+        out.push((
+            severity,
+            format!(
+                "lock {name} held {}{owner}, {waiters} waiter(s)",
+                h["state"].as_str().unwrap_or("")
+            ),
         ));
     }
     if held.len() > MAX_LOCK_LINES {
-        out.push(format!(
-            "and {} more held locks (report.json: findings.locks_held)",
-            held.len() - MAX_LOCK_LINES
+        out.push((
+            Severity::Information,
+            format!(
+                "and {} more held locks (report.json: findings.locks_held)",
+                held.len() - MAX_LOCK_LINES
+            ),
         ));
     }
     if let Some(n) = f["commit_failures"].as_u64().filter(|n| *n > 0) {
-        out.push(format!("{n} commit requests have failed"));
+        out.push((
+            Severity::Warning,
+            format!("{n} commit requests have failed"),
+        ));
     }
     if let Some(n) = f["pending_nbls"].as_u64().filter(|n| *n > 0) {
         let who: Vec<String> = f["nbl_holders"]
@@ -247,9 +379,9 @@ pub fn summary(f: &Value) -> Vec<String> {
                     (Some(n), _) if !n.is_empty() => n.to_string(),
                     (_, Some(e)) => format!(
                         "holder {:x} (its name could not be read: {e})",
-                        kdnet_commands::hex::parse(&h["handle"]).unwrap_or(0)
+                        addr_of(&h["handle"]).unwrap_or(0)
                     ),
-                    _ => match kdnet_commands::hex::parse(&h["handle"]) {
+                    _ => match addr_of(&h["handle"]) {
                         Some(a) => format!("holder {a:x} (its name could not be read)"),
                         None => "an unknown holder (its name could not be read)".to_string(),
                     },
@@ -257,13 +389,19 @@ pub fn summary(f: &Value) -> Vec<String> {
                 format!("{name} holds {}", h["count"].as_u64().unwrap_or(0))
             })
             .collect();
-        out.push(format!("{n} NBLs pending: {}", who.join("; ")));
+        out.push((
+            Severity::Warning,
+            format!("{n} NBLs pending: {}", who.join("; ")),
+        ));
     }
     if let Some(t) = f["top_pool_tags"].as_array().and_then(|t| t.first()) {
-        out.push(format!(
-            "top pool tag {} ({} nonpaged bytes)",
-            t["tag"].as_str().unwrap_or("?"),
-            t["nonpaged_bytes"].as_u64().unwrap_or(0)
+        out.push((
+            Severity::Information,
+            format!(
+                "top pool tag {} ({} nonpaged bytes)",
+                t["tag"].as_str().unwrap_or("?"),
+                t["nonpaged_bytes"].as_u64().unwrap_or(0)
+            ),
         ));
     }
     out
@@ -605,7 +743,9 @@ pub fn write(
         missing.insert(0, format!("snapshot.dmp: {e}"));
     }
     let found = findings(&steps, bugcheck, &job.trigger);
-    let lines = summary(&found);
+    let graded = summary(&found);
+    let lines: Vec<String> = graded.iter().map(|(_, l)| l.clone()).collect();
+    let severities: Vec<&str> = graded.iter().map(|(s, _)| s.name()).collect();
     let finished = super::utc_stamp(super::now_secs());
     let stopped_seconds = stopped.unwrap_or(seconds);
     let incomplete = |missing: &[String]| -> Option<String> {
@@ -643,6 +783,7 @@ pub fn write(
             "snapshot": snapshot_error.as_ref().map_or(json!("snapshot.dmp"), |e| json!({ "error": e })),
             "findings": found,
             "summary": lines,
+            "summary_severity": severities,
             "steps": steps,
         })
     };
@@ -744,6 +885,11 @@ pub fn write(
 mod tests {
     use super::*;
 
+    /// The summary's lines without their severities.
+    fn texts(s: Vec<(Severity, String)>) -> Vec<String> {
+        s.into_iter().map(|(_, l)| l).collect()
+    }
+
     #[test]
     fn findings_come_from_whatever_ran() {
         let steps = vec![
@@ -766,7 +912,15 @@ mod tests {
             f["deadlock_cycles"].is_null(),
             "a failed step gives nothing"
         );
-        let s = summary(&f);
+        let graded = summary(&f);
+        assert!(
+            graded.contains(&(
+                Severity::Warning,
+                "1854 NBLs pending: My Ethernet holds 1854".to_string()
+            )),
+            "{graded:?}"
+        );
+        let s = texts(graded);
         assert!(
             s.contains(
                 &"lock nt!PiEngineLock held exclusive by thread abc, 2 waiter(s)".to_string()
@@ -778,7 +932,7 @@ mod tests {
         let unread = json!({ "pending_nbls": 9, "nbl_holders": [
             { "handle": 0xffff_1234u64, "name": null, "name_error": "read of 0x10 bytes at 0x5 failed: target: no reply", "count": 9 } ] });
         assert_eq!(
-            summary(&unread),
+            texts(summary(&unread)),
             [
                 "9 NBLs pending: holder ffff1234 (its name could not be read: read of 0x10 bytes at 0x5 failed: target: no reply) holds 9"
             ]
@@ -794,7 +948,12 @@ mod tests {
             &t,
         );
         assert_eq!(f["locks_held"].as_array().unwrap().len(), 30);
-        let s = summary(&f);
+        let graded = summary(&f);
+        assert!(
+            graded.iter().all(|(sev, _)| *sev == Severity::Information),
+            "held without waiters: {graded:?}"
+        );
+        let s = texts(graded);
         assert_eq!(s.len(), 21, "{s:?}");
         assert_eq!(
             s[20],
@@ -806,7 +965,7 @@ mod tests {
             "holders": [ { "handle": 0xffffa001u64, "name": "", "count": 1854 },
                          { "name": null, "count": 2 } ] } }),
         ];
-        let s = summary(&findings(&steps, None, &t));
+        let s = texts(summary(&findings(&steps, None, &t)));
         assert_eq!(
             s,
             vec![
@@ -815,6 +974,77 @@ an unknown holder (its name could not be read) holds 2"
                     .to_string()
             ]
         );
+    }
+
+    #[test]
+    fn severities_and_addresses_as_strings() {
+        // Addresses may come as numbers or as "0x" strings of 16 digits; both read alike.
+        let f = json!({
+            "bugcheck": { "code": 0x44, "parameters": [0, 0, 0, 0] },
+            "deadlock_cycles": [ { "threads": ["0xffffc18a00120638", 0xffffc18a00130638u64] } ],
+            "locks_held": [ { "address": "0xfffff80012345678", "state": "exclusive",
+                "exclusive_owner": "0xffffc18a00120638", "exclusive_waiters": 1, "shared_waiters": 0 } ],
+            "top_pool_tags": [ { "tag": "Muta", "nonpaged_bytes": 4096 } ],
+        });
+        assert_eq!(
+            summary(&f),
+            [
+                (Severity::Error, "bugcheck 0x44".to_string()),
+                (
+                    Severity::Error,
+                    "deadlock: 2 threads wait for each other (ffffc18a00120638, ffffc18a00130638)"
+                        .to_string()
+                ),
+                (
+                    Severity::Warning,
+                    "lock fffff800`12345678 held exclusive by thread ffffc18a00120638, 1 waiter(s)"
+                        .to_string()
+                ),
+                (
+                    Severity::Information,
+                    "top pool tag Muta (4096 nonpaged bytes)".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_chain_goes_on_past_the_last_owner() {
+        // A thread owning a lock others wait for waits itself for a rundown in NDIS: the
+        // packets' holder is where the chain ends.
+        let t = Trigger {
+            kind: "manual".into(),
+            detail: String::new(),
+            sample: None,
+        };
+        let steps = vec![
+            json!({ "command": "!deadlock", "result": {
+                "cycles": [], "chains": [], "notes": [],
+                "edges": [ { "waiter": 1, "object": 10, "symbol": "nt!PiEngineLock",
+                             "kind": "ERESOURCE (exclusive wait)", "owner": "0x0000000000000002" } ],
+                "threads": [
+                    { "thread": 1, "image": "System", "wait_reason": "WrResource", "waits": [] },
+                    { "thread": 2, "image": "System", "wait_reason": "Executive",
+                      "blocker": "nt!ExWaitForRundownProtectionReleaseCacheAware+0xd6",
+                      "waits": [ { "object": "0xffff800000001020", "type_name": "NotificationEvent", "symbol": null } ] },
+                ] } }),
+            json!({ "command": "!thread 2", "result": { "thread": 2, "frames": [
+                { "call_site": "nt!ExWaitForRundownProtectionReleaseCacheAware+0xd6" },
+                { "call_site": "tcpip!FlPnpEvent+0x1c2" },
+                { "call_site": "ndis+0x2abf" } ] } }),
+            json!({ "command": "!ndiskd.pendingnbls", "result": { "pending": 1854,
+                "holders": [ { "handle": "0xffff900000002000", "name": "My Ethernet", "kind": "NetAdapter", "count": 1854 } ] } }),
+        ];
+        let f = findings(&steps, None, &t);
+        assert_eq!(
+            f["wait_ends"],
+            json!([ { "thread": 2, "object": "0xffff800000001020", "type_name": "NotificationEvent",
+                      "symbol": null, "via": "rundown protection", "held_by": ["0xffff900000002000"] } ])
+        );
+        // Without a stack through NDIS the holder is not guessed.
+        let f = findings(&[steps[0].clone(), steps[2].clone()], None, &t);
+        assert_eq!(f["wait_ends"][0]["held_by"], json!([]));
+        assert_eq!(f["wait_ends"][0]["via"], "rundown protection");
     }
 
     #[test]

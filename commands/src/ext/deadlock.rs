@@ -2,6 +2,8 @@
 //! with its threads, objects and wait times, and the threads waiting behind a cycle or piling
 //! up behind one thread.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -34,6 +36,9 @@ pub enum GraphThread {
         wait_seconds: Option<f64>,
         /// The frame it is blocked in.
         blocker: Option<String>,
+        /// The objects it waits on (as `!thread` lists them), whether or not their owner is
+        /// known.
+        waits: Vec<ThreadWait>,
     },
     /// A thread that could not be read.
     Unknown {
@@ -44,8 +49,21 @@ pub enum GraphThread {
     },
 }
 
+/// An object a thread on the graph waits on.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ThreadWait {
+    /// Its address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub object: u64,
+    /// Its dispatcher type as WinDbg names it (`NotificationEvent`, `Mutant`, …).
+    pub type_name: String,
+    /// Its symbol, for globals (null otherwise).
+    pub symbol: Option<String>,
+}
+
 impl GraphThread {
-    fn of(g: &Graph, t: u64) -> GraphThread {
+    fn of(g: &Graph, names: &BTreeMap<u64, String>, t: u64) -> GraphThread {
         match g.nodes.get(&t) {
             Some(n) => GraphThread::Known {
                 thread: t,
@@ -56,6 +74,16 @@ impl GraphThread {
                 wait_reason: (n.thread.state == 5).then(|| n.thread.wait_reason_name.clone()),
                 wait_seconds: n.thread.wait_seconds,
                 blocker: n.blocker.clone(),
+                waits: n
+                    .thread
+                    .waits
+                    .iter()
+                    .map(|w| ThreadWait {
+                        object: w.object,
+                        type_name: w.type_name.clone(),
+                        symbol: names.get(&w.object).cloned(),
+                    })
+                    .collect(),
             },
             None => GraphThread::Unknown { thread: t },
         }
@@ -79,6 +107,7 @@ impl GraphThread {
                 wait_reason,
                 wait_seconds,
                 blocker,
+                ..
             } => {
                 let wait = match (wait_reason, wait_seconds) {
                     (Some(r), Some(s)) => format!("{r} {s:.0} s"),
@@ -108,6 +137,8 @@ pub struct GraphEdge {
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "crate::hex::Hex")]
     pub object: u64,
+    /// Its symbol, for globals (`nt!PiEngineLock`; null otherwise).
+    pub symbol: Option<String>,
     /// Its kind (`Mutant`, `ERESOURCE (exclusive wait)`, `FAST_MUTEX`, …).
     pub kind: String,
     /// Who holds it.
@@ -116,15 +147,44 @@ pub struct GraphEdge {
     pub owner: u64,
 }
 
-impl From<&Edge> for GraphEdge {
-    fn from(x: &Edge) -> GraphEdge {
+impl GraphEdge {
+    fn of(x: &Edge, names: &BTreeMap<u64, String>) -> GraphEdge {
         GraphEdge {
             waiter: x.waiter,
             object: x.object,
+            symbol: names.get(&x.object).cloned(),
             kind: x.kind.clone(),
             owner: x.owner,
         }
     }
+}
+
+/// The symbols of the objects on the graph that are globals (`nt!PiEngineLock`): from the
+/// resource walk, else from the kernel's symbols.
+fn global_names(e: &mut Engine, g: &Graph) -> BTreeMap<u64, String> {
+    let mut names: BTreeMap<u64, String> = g
+        .held
+        .iter()
+        .filter_map(|h| h.symbol.clone().map(|s| (h.address, s)))
+        .collect();
+    let objects: Vec<u64> = g
+        .edges
+        .iter()
+        .map(|x| x.object)
+        .chain(
+            g.nodes
+                .values()
+                .flat_map(|n| n.thread.waits.iter().map(|w| w.object)),
+        )
+        .collect();
+    for o in objects {
+        if !names.contains_key(&o)
+            && let Some(s) = e.kernel.global_name(o)
+        {
+            names.insert(o, s);
+        }
+    }
+    names
 }
 
 /// A wait that keeps a cycle.
@@ -196,6 +256,7 @@ pub fn command(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Deadlock, C
     let g = waitgraph::build(&mut e.kernel)?;
     let cycles = waitgraph::cycles(&g);
     let pile_ups = waitgraph::pile_ups(&g, &cycles);
+    let names = global_names(e, &g);
     Ok(Deadlock {
         cycles: cycles
             .iter()
@@ -206,7 +267,7 @@ pub fn command(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Deadlock, C
                     .steps
                     .iter()
                     .map(|x| CycleStep {
-                        thread: GraphThread::of(&g, x.waiter),
+                        thread: GraphThread::of(&g, &names, x.waiter),
                         object: x.object,
                         kind: x.kind.clone(),
                         owner: x.owner,
@@ -217,14 +278,18 @@ pub fn command(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Deadlock, C
         chains: pile_ups
             .iter()
             .map(|p| WaitChain {
-                end: GraphThread::of(&g, p.end),
+                end: GraphThread::of(&g, &names, p.end),
                 ends_in_deadlock: p.ends_in_deadlock,
                 waiters: p.waiters.clone(),
                 longest: p.longest.clone(),
             })
             .collect(),
-        edges: g.edges.iter().map(GraphEdge::from).collect(),
-        threads: g.nodes.keys().map(|t| GraphThread::of(&g, *t)).collect(),
+        edges: g.edges.iter().map(|x| GraphEdge::of(x, &names)).collect(),
+        threads: g
+            .nodes
+            .keys()
+            .map(|t| GraphThread::of(&g, &names, *t))
+            .collect(),
         notes: g.notes.clone(),
     })
 }

@@ -105,11 +105,37 @@ pub struct Sample {
     pub notes: Vec<String>,
 }
 
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The machine is broken: a deadlock, a bugcheck.
+    Error,
+    /// Something is stuck or draining badly: a long wait, a lock held long, packets held.
+    Warning,
+    /// Worth knowing: statistics such as the top pool tag.
+    Information,
+}
+
+impl Severity {
+    /// `error`, `warning`, `information`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Information => "information",
+        }
+    }
+}
+
 /// Something that looks hung.
 #[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
 pub struct Finding {
     /// `deadlock`, `long-wait`, `held-long`, `commit-failures-rising`, `nbls-not-draining`.
     pub kind: &'static str,
+    /// `error` (a deadlock), `warning` (a long wait, a lock held long, rising commit
+    /// failures, packets not draining) or `information`.
+    pub severity: Severity,
     /// One line for people.
     pub summary: String,
 }
@@ -296,6 +322,7 @@ pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
     for c in &cur.cycles {
         out.push(Finding {
             kind: "deadlock",
+            severity: Severity::Error,
             summary: format!(
                 "wait-for cycle of {} threads: {}",
                 c.len(),
@@ -309,6 +336,7 @@ pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
     for w in &cur.long_waits {
         out.push(Finding {
             kind: "long-wait",
+            severity: Severity::Warning,
             summary: format!(
                 "thread {:x} ({}) has waited {:.0} s on {} {}",
                 w.thread,
@@ -322,6 +350,7 @@ pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
     for h in &cur.held_long {
         out.push(Finding {
             kind: "held-long",
+            severity: Severity::Warning,
             summary: format!(
                 "{} held at least {:.0} s: {}",
                 h.symbol.clone().unwrap_or_else(|| addr(h.resource)),
@@ -338,6 +367,7 @@ pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
     {
         out.push(Finding {
             kind: "commit-failures-rising",
+            severity: Severity::Warning,
             summary: format!("commit failures rose from {a} to {b} since the last sample"),
         });
     }
@@ -347,6 +377,7 @@ pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
         if still > 0 && b.len() >= a.len() {
             out.push(Finding {
                 kind: "nbls-not-draining",
+                severity: Severity::Warning,
                 summary: format!(
                     "{} NBLs pending ({} last sample), {still} of them pending then too",
                     b.len(),

@@ -218,9 +218,7 @@ fn held_from(k: &mut Kernel, v: &View) -> Result<Held, ModelError> {
             unknown,
         });
     }
-    let symbol = k
-        .symbol_parts(addr)
-        .and_then(|(m, s, off)| s.filter(|_| off == 0).map(|s| format!("{m}!{s}")));
+    let symbol = k.global_name(addr);
     Ok(Held {
         address: addr,
         symbol,

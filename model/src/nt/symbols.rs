@@ -294,6 +294,12 @@ impl Kernel {
         }
     }
 
+    /// `module!symbol` when a symbol starts exactly at `addr` (a global), as WinDbg names it.
+    pub fn global_name(&mut self, addr: u64) -> Option<String> {
+        self.symbol_parts(addr)
+            .and_then(|(m, s, off)| s.filter(|_| off == 0).map(|s| format!("{m}!{s}")))
+    }
+
     /// (module, symbol, offset) for an address.
     pub fn symbol_parts(&mut self, addr: u64) -> Option<(String, Option<String>, u64)> {
         let i = self.module_index(addr)?;
