@@ -134,6 +134,10 @@ pub fn format_event(ev: &Event, style: Style) -> String {
         return format!("{}\n", event_json(ev));
     }
     match ev {
+        // `.cls` at a terminal prompt (which does not echo commands) clears the screen.
+        Event::Outcome(o, _) if o.command == ".cls" && o.ok() && !style.echo => {
+            "\x1b[H\x1b[2J".to_string()
+        }
         Event::Outcome(o, processor) => format_outcome(o, *processor, style),
         Event::Echo(t) => format!("{t}\n"),
         Event::Snapshot(p) => format!("snapshot written: {}\n", p.display()),

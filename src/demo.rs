@@ -30,7 +30,7 @@ pub struct Args {
     hang_after: Duration,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<u8> {
+pub async fn run(args: Args, verbose: bool) -> anyhow::Result<u8> {
     let start = Instant::now();
     let t = || format!("[{:7.3}s]", start.elapsed().as_secs_f64());
     let key = live::random_key();
@@ -122,8 +122,24 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         "  or offline: kdnet open {} -c \"!locks; !ndiskd.pendingnbls\"",
         bundle.join("snapshot.dmp").display()
     );
+    outln!("what the findings mean:");
+    for line in [
+        "  nt!PiEngineLock: the PnP engine's lock, held by the thread removing the network \
+         adapter; the other PnP work waits behind it",
+        "  nt!IopDeviceTreeLock: the device tree lock, held shared by that same thread (nobody \
+         waits on it: information only)",
+        "  NBLs pending: packets (net buffer lists) NDIS handed the NIC's miniport driver that it \
+         never returned; the remove waits for them to come back, so the miniport is the culprit",
+        "  top pool tag Res: the pool of executive resources (ERESOURCE locks); the machine has \
+         thousands of them, so it is the biggest user of pool, not a leak",
+    ] {
+        outln!("{line}");
+    }
     let hs = host.traffic();
     let ts = running.target.shutdown().await;
+    if !verbose {
+        return Ok(exit::OK);
+    }
     outln!(
         "debugger: round trips {}, datagrams sent {} received {}, bytes sent {} received {}",
         hs.round_trips,

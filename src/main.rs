@@ -92,8 +92,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the simulated Windows kernel and this debugger in one process over encrypted KDNET on
-    /// loopback: handshake, break-in, version, kernel base, modules.
+    /// The built-in demo: a simulated Windows Server 2022 machine runs healthy, then hangs (a
+    /// PnP remove waits on NDIS, which waits on packets a NIC miniport never returns); a watcher
+    /// samples it over encrypted KDNET on loopback, notices, breaks in, captures a bundle
+    /// (report.html, report.json, snapshot.dmp) and lets the machine go on. `-v` adds the
+    /// protocol's counters.
     Demo(demo::Args),
     /// Decode a pcap/pcapng capture (gzip too) of a KDNET session.
     Decode(decode::Args),
@@ -177,7 +180,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo(a) => demo::run(a).await,
+            Command::Demo(a) => demo::run(a, verbose).await,
             Command::Decode(a) => decode::run(a),
             Command::Bench(a) => bench::run(a).await,
             Command::Sim(a) => sim::run(*a).await,

@@ -36,6 +36,13 @@ fn demo_catches_the_hang_and_leaves_a_bundle() {
         "{text}"
     );
     assert!(text.contains("the machine runs again"), "{text}");
+    // Each finding explained in a line; the protocol's counters only with -v.
+    assert!(
+        text.contains("top pool tag Res (") && text.contains(": executive resources (ERESOURCE"),
+        "{text}"
+    );
+    assert!(text.contains("what the findings mean:"), "{text}");
+    assert!(!text.contains("target counters"), "{text}");
     let bundle = text
         .lines()
         .find_map(|l| l.strip_prefix("bundle: "))

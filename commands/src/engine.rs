@@ -141,6 +141,8 @@ pub struct Engine {
     pub last_shown: Option<u64>,
     /// The register mask plain `r` shows (`rm`).
     pub register_mask: u32,
+    /// The session log (`.logopen`): each command and its output as the prompt shows them.
+    pub log: Option<crate::cmds::session::SessionLog>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -211,6 +213,7 @@ impl Engine {
             user_registers: [0; 20],
             last_shown: None,
             register_mask: crate::cmds::registers::DEFAULT_MASK,
+            log: None,
         }
     }
 
@@ -230,8 +233,35 @@ impl Engine {
         split_commands(line).iter().map(|c| self.run(c)).collect()
     }
 
-    /// Runs one command.
+    /// Runs one command (and writes it with its output to the session log, when one is open).
     pub fn run(&mut self, command: &str) -> Outcome {
+        let processor = self.processor;
+        let mut o = self.run_unlogged(command);
+        if let Some(log) = &mut self.log {
+            let mut t = format!("{processor}: kd> {}\n{}", o.command, o.text);
+            if let Some(e) = &o.error {
+                t.push_str(&format!("error: {e}\n"));
+            }
+            if let Err(why) = log.write(&t) {
+                self.log = None;
+                o.text.push_str(&format!(
+                    "warning: the log file could not be written ({why}); it is closed\n"
+                ));
+            }
+        }
+        o
+    }
+
+    /// Writes text that is not a command's (a script's `.echo`) to the session log.
+    pub fn log_text(&mut self, text: &str) {
+        if let Some(log) = &mut self.log
+            && log.write(text).is_err()
+        {
+            self.log = None;
+        }
+    }
+
+    fn run_unlogged(&mut self, command: &str) -> Outcome {
         let before = self.kernel.mem.stats();
         let (command, budget) = match take_budget(command) {
             Ok(x) => x,

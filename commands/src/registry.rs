@@ -210,6 +210,73 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::processor::run => crate::cmds::processor::Switched,
     },
     command! {
+        name: ".bugcheck", aliases: [], id: "bugcheck",
+        summary: "the bugcheck code and its four parameters",
+        doc: "the bugcheck code and its four parameters (code 0 and a note when the target has \
+              not bugchecked)",
+        syntax: Syntax::NONE, usage: None,
+        examples: [".bugcheck"],
+        run: crate::cmds::session::bugcheck => crate::cmds::session::Bugcheck,
+    },
+    command! {
+        name: ".lastevent", aliases: [], id: "lastevent",
+        summary: "why the target stopped",
+        doc: "why the target stopped, as the target reported it (a break-in, an exception, a \
+              bugcheck)",
+        syntax: Syntax::NONE, usage: None,
+        examples: [".lastevent"],
+        run: crate::cmds::session::last_event => crate::cmds::session::LastEvent,
+    },
+    command! {
+        name: ".time", aliases: [], id: "time",
+        summary: "the target's clock and uptime",
+        doc: "the target's system time (UTC, with its time zone) and how long it has run, from \
+              KUSER_SHARED_DATA",
+        syntax: Syntax::NONE, usage: None,
+        examples: [".time"],
+        run: crate::cmds::session::time => crate::cmds::session::Time,
+    },
+    command! {
+        name: ".cls", aliases: [], id: "cls",
+        summary: "clears the prompt's screen",
+        doc: "clear the prompt's screen (does nothing in scripts and JSON)",
+        syntax: Syntax::NONE, usage: None,
+        examples: [".cls"],
+        run: crate::cmds::session::cls => crate::cmds::session::Cleared,
+    },
+    command! {
+        name: ".reload", aliases: [], id: "reload",
+        summary: "reads the module list and symbols again (/f: load them now; or one module)",
+        doc: "read the module list again and look for every module's symbols again along the \
+              symbol path (`/f`: load them now rather than when first needed; `MODULE`: only \
+              that one)",
+        syntax: crate::cmds::session::REST, usage: Some(".reload [/f] [MODULE]"),
+        examples: [".reload", ".reload /f nt", ".reload ndis.sys"],
+        run: crate::cmds::session::reload => crate::cmds::session::Reloaded,
+    },
+    command! {
+        name: ".sympath", aliases: [".sympath+", ".symfix", ".symfix+"], id: "sympath",
+        summary: "shows or sets the symbol path (`+`: adds to it); .symfix: Microsoft's server",
+        doc: "show the symbol path, set it (`.sympath PATH`) or add to it (`.sympath+ PATH`), \
+              in WinDbg's syntax (`srv*CACHE*URL;DIR`); `.symfix [CACHE]` sets it to \
+              Microsoft's public symbol server with a local cache (`.symfix+` adds that); the \
+              symbols are looked for along the new path at once (`.reload` as WinDbg needs is \
+              done for you)",
+        syntax: crate::cmds::session::REST, usage: Some(".sympath[+] [PATH] | .symfix[+] [CACHE]"),
+        examples: [".sympath"],
+        run: crate::cmds::session::sympath => crate::cmds::session::SymPath,
+    },
+    command! {
+        name: ".logopen", aliases: [".logappend", ".logclose"], id: "log",
+        summary: "opens (or appends to, or closes) the session log",
+        doc: "write every command and its output from here on to FILE (`.logopen` starts it \
+              anew, `.logappend` adds to it; owner-only, it holds kernel memory); `.logclose` \
+              closes it",
+        syntax: crate::cmds::session::REST, usage: Some(".logopen FILE | .logappend FILE | .logclose"),
+        examples: [".logclose"],
+        run: crate::cmds::session::log => crate::cmds::session::Log,
+    },
+    command! {
         name: "vertarget", aliases: ["version"], id: "vertarget",
         summary: "the target's build, processors, kernel base, module list, symbol source",
         doc: "the target's build, processors, kernel base, module list, symbol source",

@@ -1068,6 +1068,7 @@ impl<'a> Runner<'a> {
                 Stmt::Echo { text, .. } => match substitute_as(text, &self.vars, echo_text) {
                     Ok(t) => {
                         self.output += t.len();
+                        self.engine.log_text(&format!("{t}\n"));
                         sink(Event::Echo(t));
                     }
                     Err(e) => self.error(s, e, sink),

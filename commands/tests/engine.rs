@@ -294,3 +294,88 @@ fn lm_takes_windbg_options() {
         p.modules.len()
     );
 }
+
+#[test]
+fn session_commands() {
+    let Some((k, p)) = sim_kernel(20348, Scenario::Bugcheck) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    // .bugcheck: the code and parameters the scenario planted.
+    let (code, params) = p.facts.bugcheck.unwrap();
+    let (text, j) = one(&mut e, ".bugcheck");
+    assert_eq!(j["code"].as_u64(), Some(u64::from(code)));
+    assert_eq!(j["parameters"][0].as_u64(), Some(params[0]));
+    assert!(
+        text.starts_with(&format!("Bugcheck code {code:08X}\nArguments ")),
+        "{text}"
+    );
+    // .lastevent: an in-process simulator does not report its stop; the bugcheck stands in.
+    let (text, _) = one(&mut e, ".lastevent");
+    assert!(
+        text.starts_with(&format!("Last event: Bugcheck {code:08X}")),
+        "{text}"
+    );
+    // .time and vertarget: the clock the simulator keeps (booted 2025-11-30 08:00 UTC).
+    let (text, j) = one(&mut e, ".time");
+    let up = j["uptime_seconds"].as_f64().unwrap();
+    assert!(up >= 4.0 * 3600.0, "{up}");
+    assert!(
+        j["system_time"]
+            .as_str()
+            .unwrap()
+            .starts_with("2025-11-30T"),
+        "{j}"
+    );
+    assert!(text.contains("System Uptime: 0 days "), "{text}");
+    let (text, j) = one(&mut e, "vertarget");
+    assert_eq!(
+        j["build_lab"].as_str(),
+        Some("20348.1.amd64fre.kdnet_sim.261130-0800")
+    );
+    assert!(text.contains("Built by: 20348.1.amd64fre"), "{text}");
+    assert!(text.contains("System Uptime: 0 days "), "{text}");
+    // .reload /f nt: nt's symbols again; .reload: every module listed again.
+    let (_, j) = one(&mut e, ".reload /f nt");
+    assert_eq!(j["loaded"], serde_json::json!(["nt"]));
+    let (_, j) = one(&mut e, ".reload");
+    assert_eq!(j["modules"].as_u64(), Some(p.modules.len() as u64));
+    assert!(e.run(".reload nosuchdriver").error.is_some());
+    one(&mut e, "? nt!KiWaitNever");
+    // .sympath shows the path; .sympath+ adds to it and looks again (nt stays found).
+    let (text, _) = one(&mut e, ".sympath");
+    assert!(text.starts_with("Symbol search path is: "), "{text}");
+    let dir = std::env::temp_dir().join(format!("kdnet-sympath-{}", std::process::id()));
+    let (_, j) = one(&mut e, &format!(".sympath+ {}", dir.display()));
+    assert!(
+        j["path"]
+            .as_str()
+            .unwrap()
+            .ends_with(&dir.display().to_string())
+    );
+    assert!(
+        !j["kernel_symbols"].as_str().unwrap().contains("not on"),
+        "{j}"
+    );
+    one(&mut e, "? nt!KiWaitNever");
+    // .logopen: every command and its output from there on, until .logclose.
+    let log = std::env::temp_dir().join(format!("kdnet-log-{}.txt", std::process::id()));
+    let (text, _) = one(&mut e, &format!(".logopen {}", log.display()));
+    assert!(text.starts_with("Opened log file"), "{text}");
+    let (lm, _) = one(&mut e, "lm m nt");
+    one(&mut e, ".logclose");
+    one(&mut e, "k");
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(written.contains(&format!("kd> lm m nt\n{lm}")), "{written}");
+    assert!(!written.contains("kd> k\n"), "{written}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+    std::fs::remove_file(&log).ok();
+    // .cls says nothing (the prompt clears its screen).
+    let (text, _) = one(&mut e, ".cls");
+    assert!(text.is_empty());
+}

@@ -88,7 +88,9 @@ fn host_stops(host: &Host) -> u64 {
 
 impl Target for LiveTarget {
     fn info(&self) -> TargetInfo {
-        self.info.clone()
+        let mut i = self.info.clone();
+        i.last_event = self.host.state().stop.as_ref().map(describe);
+        i
     }
 
     fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> Result<usize, TargetError> {

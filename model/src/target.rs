@@ -141,6 +141,9 @@ pub struct TargetInfo {
     pub bugcheck: Option<(u32, [u64; 4])>,
     /// A live session (the target is stopped now, but runs again after `g`).
     pub live: bool,
+    /// Why the target stopped, as WinDbg says it (`Break instruction exception - code 80000003
+    /// (first chance) on processor 0`), when the target knows (live sessions).
+    pub last_event: Option<String>,
     /// A description for headers (`KDNET 127.0.0.1:51000`, `triage dump foo.dmp`).
     pub description: String,
 }

@@ -395,16 +395,33 @@ pub fn summary(f: &Value) -> Vec<(Severity, String)> {
         ));
     }
     if let Some(t) = f["top_pool_tags"].as_array().and_then(|t| t.first()) {
+        let tag = t["tag"].as_str().unwrap_or("?").trim_end();
         out.push((
             Severity::Information,
             format!(
-                "top pool tag {} ({} nonpaged bytes)",
-                t["tag"].as_str().unwrap_or("?"),
-                t["nonpaged_bytes"].as_u64().unwrap_or(0)
+                "top pool tag {tag} ({} nonpaged bytes){}",
+                t["nonpaged_bytes"].as_u64().unwrap_or(0),
+                pool_tag_meaning(tag).map_or(String::new(), |m| format!(": {m}"))
             ),
         ));
     }
     out
+}
+
+/// What a few well-known kernel pool tags hold (the tag is the allocator's four characters).
+fn pool_tag_meaning(tag: &str) -> Option<&'static str> {
+    Some(match tag.trim_end() {
+        "Res" => "executive resources (ERESOURCE locks)",
+        "Thre" => "thread objects (ETHREAD)",
+        "Proc" => "process objects (EPROCESS)",
+        "File" => "file objects",
+        "Irp" => "I/O request packets",
+        "Muta" => "mutant objects",
+        "Even" => "event objects",
+        "MmSt" => "memory manager section tables",
+        "NDnb" | "NDnd" => "NDIS net buffer lists",
+        _ => return None,
+    })
 }
 
 fn slug(s: &str) -> String {
@@ -1002,7 +1019,7 @@ an unknown holder (its name could not be read) holds 2"
                 ),
                 (
                     Severity::Information,
-                    "top pool tag Muta (4096 nonpaged bytes)".to_string()
+                    "top pool tag Muta (4096 nonpaged bytes): mutant objects".to_string()
                 ),
             ]
         );

@@ -139,6 +139,19 @@ impl SymbolPath {
         }
     }
 
+    /// The path in WinDbg's syntax (`srv*CACHE*URL;DIR`), as `.sympath` shows it.
+    pub fn text(&self) -> String {
+        let parts: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| match e {
+                PathEntry::Dir(d) => d.display().to_string(),
+                PathEntry::Server { cache, url } => format!("srv*{}*{url}", cache.display()),
+            })
+            .collect();
+        parts.join(";")
+    }
+
     /// The path with `tables` searched after its entries (see [`Tables`]).
     pub fn with_tables(mut self, tables: Arc<dyn Tables>) -> SymbolPath {
         self.tables.push(tables);

@@ -12,5 +12,6 @@ pub(crate) mod lm;
 pub(crate) mod ln;
 pub(crate) mod processor;
 pub(crate) mod registers;
+pub mod session;
 pub(crate) mod stack;
 pub(crate) mod vertarget;

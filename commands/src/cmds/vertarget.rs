@@ -28,6 +28,11 @@ pub(crate) struct Version {
     pub target: String,
     /// Where nt's symbols came from.
     pub symbols: String,
+    /// The build lab string (`nt!NtBuildLab`: `20348.1.amd64fre.fe_release.210507-1500`;
+    /// null when it could not be read).
+    pub build_lab: Option<String>,
+    /// Seconds since boot (null when the clock could not be read).
+    pub uptime_seconds: Option<f64>,
 }
 
 pub(crate) fn run(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Version, CmdError> {
@@ -35,7 +40,32 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Version,
     let ps_loaded_module_list = info
         .ps_loaded_module_list
         .or_else(|| e.kernel.sym("PsLoadedModuleList").ok());
+    // Both need the kernel's symbols and pages a triage dump may lack: said, not guessed.
+    let build_lab = match e.kernel.sym("NtBuildLab") {
+        Ok(at) => match e.kernel.mem.kread(at, 128) {
+            Ok(b) => {
+                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+                Some(String::from_utf8_lossy(&b[..end]).into_owned())
+            }
+            Err(x) => {
+                e.kernel
+                    .note_incomplete(format!("nt!NtBuildLab could not be read: {x}"));
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    let uptime_seconds = match e.kernel.clocks() {
+        Ok((_, interrupt, _)) => Some(interrupt as f64 / 1e7),
+        Err(x) => {
+            e.kernel
+                .note_incomplete(format!("the uptime could not be read: {x}"));
+            None
+        }
+    };
     Ok(Version {
+        build_lab,
+        uptime_seconds,
         build: e.kernel.build,
         kernel_base: e.kernel.base,
         ps_loaded_module_list,
@@ -62,6 +92,15 @@ impl Render for Version {
             addr(self.kernel_base),
             self.ps_loaded_module_list.map_or("?".into(), addr)
         ));
+        if let Some(lab) = &self.build_lab {
+            out.push_str(&format!("Built by: {lab}\n"));
+        }
+        if let Some(s) = self.uptime_seconds {
+            out.push_str(&format!(
+                "System Uptime: {}\n",
+                super::session::uptime_text(s)
+            ));
+        }
         out.push_str(&format!("Target: {}\n", self.target));
         out.push_str(&format!("Symbols: {}\n", self.symbols));
     }
@@ -81,6 +120,8 @@ mod tests {
             live: false,
             target: "memory.dmp".into(),
             symbols: "built-in".into(),
+            build_lab: None,
+            uptime_seconds: None,
         };
         let mut text = String::new();
         v.render(&mut text);
@@ -97,7 +138,7 @@ mod tests {
         assert!(text.starts_with("Windows 10 Kernel Version 20348 MP (2 procs)"));
         assert!(text.contains("PsLoadedModuleList = 0x00000000`00000010\n"));
         let j = serde_json::to_value(&v).unwrap();
-        assert_eq!(j.as_object().unwrap().len(), 7);
+        assert_eq!(j.as_object().unwrap().len(), 9);
         assert_eq!(j["ps_loaded_module_list"], "0x0000000000000010");
     }
 }

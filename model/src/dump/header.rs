@@ -51,6 +51,7 @@ pub(super) fn header_info(h: &[u8]) -> TargetInfo {
             ],
         )),
         live: false,
+        last_event: None,
         description: String::new(),
     }
 }

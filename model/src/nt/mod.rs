@@ -159,6 +159,55 @@ impl Kernel {
         Ok(k)
     }
 
+    /// Reads the module list and symbols again, as `.reload` does: the loader's list is walked
+    /// anew and every module's symbols are looked for again along the (possibly new) symbol
+    /// path; the kernel's own table too unless `only` names another module. With `force`, the
+    /// symbols of every module (or of `only`) are loaded now instead of when first needed.
+    /// Returns the modules whose symbols were loaded now.
+    pub fn reload(&mut self, only: Option<&str>, force: bool) -> Result<Vec<String>, ModelError> {
+        let is = |m: &Module, name: &str| {
+            m.short.eq_ignore_ascii_case(name)
+                || m.name.eq_ignore_ascii_case(name)
+                || m.name
+                    .rsplit_once('.')
+                    .is_some_and(|(stem, _)| stem.eq_ignore_ascii_case(name))
+        };
+        let nt_too = match only {
+            None => true,
+            Some(name) => self.modules()?.first().is_some_and(|nt| is(nt, name)),
+        };
+        if nt_too {
+            self.nt = None;
+            self.load_nt_symbols();
+        }
+        // Forget the walked list, and the symbols kept from earlier stops (all of them, or the
+        // one module's).
+        self.modules = None;
+        match only {
+            None => self.earlier.clear(),
+            Some(name) => self.earlier.retain(|m| !is(m, name)),
+        }
+        self.image_cache.clear();
+        let mods = self.modules()?.to_vec();
+        if let Some(name) = only
+            && !mods.iter().any(|m| is(m, name))
+        {
+            return Err(ModelError::Corrupt(format!(
+                "no loaded module is named {name}"
+            )));
+        }
+        let mut loaded = Vec::new();
+        if force {
+            for (i, m) in mods.iter().enumerate() {
+                if only.is_none_or(|name| is(m, name)) {
+                    self.module_symbols(i);
+                    loaded.push(m.short.clone());
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
     fn load_nt_symbols(&mut self) {
         self.nt_retry = None;
         let (id, failed) = {

@@ -194,7 +194,7 @@ impl Kernel {
             Some(h) => h,
             None => self.sym("PsLoadedModuleList")?,
         };
-        // Loader entry fields are at the same offsets on every x64 build (extensions.md §1.4).
+        // Loader entry fields are at the same offsets on every x64 build (checked against every real table the tests have).
         let (dll_base, size_of_image, full, short, node) = match &self.nt {
             Some(t) => {
                 let ty = if t.has_type("_KLDR_DATA_TABLE_ENTRY") {

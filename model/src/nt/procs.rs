@@ -191,6 +191,30 @@ impl Kernel {
         Ok((tick, if inc == 0 { 156_250 } else { inc }))
     }
 
+    /// The target's clocks from KUSER_SHARED_DATA, in 100 ns units: (system time as a
+    /// FILETIME (UTC), interrupt time (since boot), time-zone bias (UTC minus local)).
+    pub fn clocks(&mut self) -> Result<(u64, u64, i64), ModelError> {
+        let nt = self.nt()?;
+        let read = |k: &mut Kernel, field: &str| -> Result<u64, ModelError> {
+            let f = nt.field("_KUSER_SHARED_DATA", field)?;
+            let b = k.mem.kread(KUSER_SHARED_DATA + f.offset, 12)?;
+            let q = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
+            // KSYSTEM_TIME: LowPart, High1Time, High2Time (equal unless read mid-update).
+            let (low, high1, high2) = (q(0), q(4), q(8));
+            if high1 != high2 {
+                return Err(ModelError::Corrupt(format!(
+                    "KUSER_SHARED_DATA.{field} was being updated (High1Time {high1:#x}, \
+                     High2Time {high2:#x})"
+                )));
+            }
+            Ok((u64::from(high1) << 32) | u64::from(low))
+        };
+        let system = read(self, "SystemTime")?;
+        let interrupt = read(self, "InterruptTime")?;
+        let bias = read(self, "TimeZoneBias")? as i64;
+        Ok((system, interrupt, bias))
+    }
+
     /// Every process on PsActiveProcessHead.
     pub fn processes(&mut self) -> Result<(Vec<Process>, Option<String>), ModelError> {
         let nt = self.nt()?;

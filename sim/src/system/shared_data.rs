@@ -5,6 +5,10 @@ use crate::kernel::{KUSER_SHARED_DATA, Kernel};
 
 use super::{MAXIMUM_INCREMENT, System};
 
+/// When the simulated machine booted, as a FILETIME (100 ns since 1601, UTC): 2025-11-30
+/// 08:00:00 UTC.
+pub const BOOT_TIME: u64 = (1_764_489_600 + 11_644_473_600) * 10_000_000;
+
 impl System {
     pub(super) fn write_kuser(&mut self) -> Result<(), SimError> {
         let k = &mut self.k;
@@ -22,6 +26,11 @@ impl System {
         k.set(u, t, "InterruptTime.LowPart", interrupt & 0xffff_ffff)?;
         k.set(u, t, "InterruptTime.High1Time", interrupt >> 32)?;
         k.set(u, t, "InterruptTime.High2Time", interrupt >> 32)?;
+        // The wall clock: booted at BOOT_TIME, UTC (no time-zone bias).
+        let system = BOOT_TIME + interrupt;
+        k.set(u, t, "SystemTime.LowPart", system & 0xffff_ffff)?;
+        k.set(u, t, "SystemTime.High1Time", system >> 32)?;
+        k.set(u, t, "SystemTime.High2Time", system >> 32)?;
         k.set(u, t, "NtMajorVersion", if k.build < 9200 { 6 } else { 10 })?;
         k.set(u, t, "NtMinorVersion", if k.build < 9200 { 1 } else { 0 })?;
         if k.has(t, "NtBuildNumber") {
@@ -29,6 +38,19 @@ impl System {
             k.set(u, t, "NtBuildNumber", b)?;
         }
         k.set(u, t, "NtProductType", 3)?;
+        k.set(u, t, "TimeZoneBias.LowPart", 0)?;
+        k.set(u, t, "TimeZoneBias.High1Time", 0)?;
+        k.set(u, t, "TimeZoneBias.High2Time", 0)?;
+        // What `vertarget` shows as "Built by": the build lab string.
+        if k.has_sym("NtBuildLab") {
+            let lab = format!("{}.1.amd64fre.kdnet_sim.261130-0800\0", k.build);
+            let at = k.sym("NtBuildLab")?;
+            k.write(at, lab.as_bytes());
+        }
+        if k.has_sym("KeBootTime") {
+            let at = k.sym("KeBootTime")?;
+            k.w64(at, BOOT_TIME);
+        }
         k.set(u, t, "KdDebuggerEnabled", 3)?;
         Ok(())
     }
@@ -47,6 +69,11 @@ impl System {
         k.set(u, t, "InterruptTime.LowPart", interrupt & 0xffff_ffff)?;
         k.set(u, t, "InterruptTime.High1Time", interrupt >> 32)?;
         k.set(u, t, "InterruptTime.High2Time", interrupt >> 32)?;
+        // The wall clock: booted at BOOT_TIME, UTC (no time-zone bias).
+        let system = BOOT_TIME + interrupt;
+        k.set(u, t, "SystemTime.LowPart", system & 0xffff_ffff)?;
+        k.set(u, t, "SystemTime.High1Time", system >> 32)?;
+        k.set(u, t, "SystemTime.High2Time", system >> 32)?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::nt::{Kernel, ModelError};
 
-/// Mixed into segment signatures (facts: extensions.md §3.3).
+/// Mixed into segment signatures (a constant of the segment heap, from public write-ups of it).
 const SEGMENT_SIGNATURE_XOR: u64 = 0xA2E6_4EAD_A2E6_4EAD;
 /// First descriptor of an allocated page range.
 const TREE_SIGNATURE: u32 = 0xCCDD_CCDD;
