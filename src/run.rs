@@ -16,6 +16,7 @@ use crate::analysis::{self, Style};
 use crate::connect::{self, ConnectArgs};
 use crate::exit;
 use crate::signals::{self, Ending};
+use crate::watch::bundle;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,6 +31,11 @@ pub struct Args {
     /// Where `.snapshot` writes its dumps.
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Write the bundle a watcher writes (report.txt, report.json, report.html, snapshot.dmp)
+    /// into a new directory under DIR, from the -c commands and --script (without them: the
+    /// built-in hang.kds, or bugcheck.kds after a bugcheck); prints the findings and its path.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
     /// Symbol path in WinDbg's syntax (`srv*CACHE*URL;DIR`); _NT_SYMBOL_PATH is added.
     #[arg(long)]
     symbols: Option<String>,
@@ -73,7 +79,7 @@ pub fn work_from(
 
 pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let work = match work_from(a.commands.as_deref(), a.script.as_ref()) {
-        Ok(w) if !w.is_empty() => w,
+        Ok(w) if !w.is_empty() || a.bundle.is_some() => w,
         Ok(_) => {
             eprintln!("kdnet: give the commands with -c or --script (or use `kdnet repl`)");
             return Ok(exit::BAD_ARGUMENTS);
@@ -112,6 +118,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     };
     // The whole run's commands end by this instant (the target stopped at the break-in).
     let deadline = budget.map(|b| Instant::now() + b);
+    let stop_started = Instant::now();
     eprintln!(
         "kdnet: stopped on processor {} of {}",
         stop.processor, stop.processors
@@ -127,6 +134,10 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let out = a.out.clone();
     let cancel = Arc::new(AtomicBool::new(false));
     let cancel_analysis = cancel.clone();
+    let job = a.bundle.clone().map(|dir| bundle_job(dir, &work, budget));
+    let job_analysis = job.clone();
+    let gathered: Arc<std::sync::Mutex<Option<bundle::Gathered>>> = Arc::default();
+    let gathered_analysis = gathered.clone();
     let mut analysis =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u8, Option<String>)> {
             let mut e = match h.open(rt, crate::symbols::path(symbols.as_deref())) {
@@ -138,6 +149,15 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
             };
             e.kernel.mem.set_cancel(Some(cancel_analysis));
             e.deadline = deadline;
+            if let Some(job) = job_analysis {
+                // The watcher's capture, by hand: gathered now, written once the target runs.
+                let stamp = crate::watch::utc_stamp(crate::watch::now_secs());
+                let g = bundle::gather(&mut e, &job, &bundle::Lost::default(), &stamp)?;
+                *gathered_analysis
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the capture's lock was poisoned"))? = Some(g);
+                return Ok((exit::OK, e.target_gone()));
+            }
             analysis::banner(&mut e, style);
             let code = analysis::run_work(&mut e, &work, style, &out);
             Ok((code, e.target_gone()))
@@ -172,10 +192,86 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         }
         code
     };
+    let stopped = stop_started.elapsed().as_secs_f64();
+    let code = match (job, gathered.lock().ok().and_then(|mut g| g.take())) {
+        (Some(job), Some(g)) => {
+            let traffic = host.traffic();
+            let left = a.leave_stopped.then_some(()).is_none();
+            let c = tokio::task::spawn_blocking(move || {
+                bundle::write(g, &job, left.then_some(stopped), Some(&traffic))
+            })
+            .await
+            .context("the bundle thread failed")??;
+            if a.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "type": "bundle", "command": "", "result": {
+                            "path": c.dir, "complete": c.complete,
+                            "failed_steps": c.failed_steps, "findings": c.summary,
+                            "round_trips": c.round_trips, "bytes": c.bytes,
+                            "stopped_seconds": c.seconds,
+                        },
+                        "error": null, "complete": c.complete, "incomplete": [],
+                        "cost": { "round_trips": c.round_trips, "bytes": c.bytes, "cache_hits": 0 },
+                    })
+                );
+            } else {
+                outln!("bundle: {}", c.dir.display());
+                for f in &c.summary {
+                    outln!("  - {f}");
+                }
+                outln!(
+                    "  {}; {} round trips, {} bytes, the target stopped {:.2} s",
+                    if c.complete {
+                        "complete"
+                    } else {
+                        "INCOMPLETE (report.txt says why)"
+                    },
+                    c.round_trips,
+                    c.bytes,
+                    c.seconds
+                );
+            }
+            let mine = if c.failed_steps > 0 {
+                exit::FAILED
+            } else if !c.complete {
+                exit::INCOMPLETE
+            } else {
+                exit::OK
+            };
+            exit::worst(code, mine)
+        }
+        _ => code,
+    };
     if verbose {
         eprintln!("kdnet: {}", host.traffic().summary());
     }
     Ok(code)
+}
+
+/// The capture `--bundle DIR` makes: the -c commands and the script as one capture script
+/// (none: the built-in one), the run's budget as the stop budget.
+fn bundle_job(dir: PathBuf, work: &[(String, String)], budget: Option<Duration>) -> bundle::Job {
+    let script = (!work.is_empty()).then(|| {
+        let origin: Vec<&str> = work.iter().map(|(o, _)| o.as_str()).collect();
+        let text: Vec<&str> = work.iter().map(|(_, t)| t.as_str()).collect();
+        (origin.join(" + "), text.join("\n"))
+    });
+    bundle::Job {
+        name: "run".into(),
+        tags: Vec::new(),
+        out: dir,
+        trigger: bundle::Trigger {
+            kind: "manual".into(),
+            detail: "kdnet run --bundle".into(),
+            sample: None,
+        },
+        script,
+        started: Instant::now(),
+        budget: budget.unwrap_or(Duration::from_secs(300)),
+        command_budget: Duration::from_secs(120),
+    }
 }
 
 /// A target that stopped answering while this run held it stopped: waits up to `grace` for it

@@ -716,3 +716,69 @@ fn a_lock_owner_through_jq_is_the_same_thread() {
     sim.kill().ok();
     sim.wait().ok();
 }
+
+/// `kdnet run --bundle DIR` writes the bundle a watcher writes, from a headless run.
+#[test]
+fn run_writes_a_watchers_bundle() {
+    let port = free_udp_port();
+    let dir = common::temp_dir("run-bundle");
+    let mut sim = kdnet()
+        .args([
+            "sim",
+            "--host",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            "7.7.7.9",
+        ])
+        .args([
+            "--scenario",
+            "deadlock",
+            "--resources",
+            "300",
+            "--duration",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = kdnet()
+        .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--key",
+            "7.7.7.9",
+            "--connect-timeout",
+            "30s",
+            "--max-seconds",
+            "60",
+        ])
+        .arg("--bundle")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    sim.kill().ok();
+    sim.wait().ok();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}{err}");
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("bundle: "))
+        .expect(&text);
+    let b = PathBuf::from(path);
+    assert!(b.starts_with(&dir), "{path}");
+    for f in ["report.txt", "report.json", "report.html", "snapshot.dmp"] {
+        assert!(b.join(f).is_file(), "{f} missing in {b:?}");
+    }
+    // The built-in hang.kds ran: the deadlock's cycle is a finding, and the target went on.
+    assert!(
+        text.contains("deadlock: 2 threads wait for each other"),
+        "{text}"
+    );
+    assert!(err.contains("the target continues"), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["trigger"]["kind"], "manual");
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["left_stopped"], false);
+}
