@@ -302,7 +302,10 @@ fn piped_input_runs_the_same_language_and_leaves_the_target_running() {
     assert!(out.contains("Commands (.help NAME for one):"), "{out}");
     assert!(out.contains("At the prompt: g (continue)"), "{out}");
     assert!(out.contains("!locks [-v]"), "{out}");
-    assert!(out.contains("usage lm [m PATTERN]"), "{out}");
+    assert!(
+        out.contains("usage lm [v|f|n|t|l|e|k|u|o…] [a ADDR] [m PATTERN]"),
+        "{out}"
+    );
     // .reboot waits for the new boot's handshake; the model is read again after it.
     assert!(err.contains("the target is back"), "{err}");
     assert!(out.contains("base again 0xfffff8"), "{out}");
