@@ -25,6 +25,10 @@ pub enum CmdError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The command could not do what it was asked, for a reason it names (memory it must read
+    /// whole that cannot be read, a file it cannot write).
+    #[error("{0}")]
+    Failed(String),
     /// The command itself went wrong (a bug in this tool); the session goes on.
     #[error("internal error in this command (please report it): {0}")]
     Internal(String),

@@ -157,6 +157,17 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::display::pointers => crate::cmds::display::Pointers,
     },
     command! {
+        name: ".writemem", aliases: [], id: "writemem",
+        summary: "writes a range of memory to a file",
+        doc: "writes memory from ADDR to END (inclusive) or COUNT bytes (`L?COUNT` too) to FILE, \
+              256 MB at most; read in full requests where the pages are physically contiguous; \
+              the file appears whole (mode 0600) or not at all: an unreadable address fails the \
+              command and names it; a relative FILE is relative to the current directory",
+        syntax: crate::cmds::writemem::SYNTAX, usage: None,
+        examples: [".writemem {dir}/nt.bin nt L?1000", ".writemem {dir}/kd.bin nt nt+0x1fff"],
+        run: crate::cmds::writemem::run => crate::cmds::writemem::Written,
+    },
+    command! {
         name: "dt", aliases: [], id: "dt",
         summary: "a type's fields; with an address, their values",
         doc: "a type's fields (offsets, types, bitfield positions); with an address, their \

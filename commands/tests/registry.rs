@@ -154,12 +154,12 @@ fn engine(scenario: Scenario) -> (Engine, Facts) {
 }
 
 /// Each example of each command, on each scenario where what it names was planted:
-/// (command id, command line, its result).
-fn results() -> Vec<(&'static str, String, Value)> {
+/// (command id, command line, its result). Examples that write files write them in `dir`.
+fn results(dir: &Path) -> Vec<(&'static str, String, Value)> {
     let mut out = Vec::new();
     for scenario in Scenario::ALL {
         let (mut e, facts) = engine(scenario);
-        for (c, line) in common::example_lines(&facts) {
+        for (c, line) in common::example_lines(&facts, dir) {
             let o = e.run(&line);
             if let Some(err) = &o.error {
                 // Some commands have nothing to say in some scenarios (no bugcheck, no
@@ -178,7 +178,13 @@ fn results() -> Vec<(&'static str, String, Value)> {
 
 #[test]
 fn every_command_emits_json_its_schema_accepts() {
-    let results = results();
+    let dir = tempdir();
+    let results = results(&dir);
+    // The examples that write files wrote them there, whole.
+    assert_eq!(
+        std::fs::metadata(dir.join("nt.bin")).map(|m| m.len()).ok(),
+        Some(0x1000)
+    );
     // Every command produced a result somewhere, so every schema is exercised.
     for c in COMMANDS {
         assert!(
@@ -201,9 +207,9 @@ fn every_command_emits_json_its_schema_accepts() {
             "NOTE: the results were not validated: {python} lacks the jsonschema module \
              (pip install jsonschema)"
         );
+        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
-    let dir = tempdir();
     let lines: Vec<String> = results
         .iter()
         .map(|(id, line, v)| serde_json::json!({"id": id, "line": line, "result": v}).to_string())

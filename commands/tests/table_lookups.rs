@@ -40,7 +40,7 @@ impl Tables for Recorded {
 
 /// Every example of every command, then every bundled script, on `e`.
 fn run_everything(e: &mut Engine, facts: &Facts, scratch: &Path) {
-    for (_, line) in common::example_lines(facts) {
+    for (_, line) in common::example_lines(facts, scratch) {
         let _ = e.run(&line);
     }
     for name in ["hang.kds", "network-hang.kds", "bugcheck.kds"] {

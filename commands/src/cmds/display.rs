@@ -2,6 +2,9 @@
 //! or qwords; `dps`/`dqs`: pointers with the symbol each points at. Unreadable memory shows as
 //! `??` (null in the JSON), and the rest still shows.
 
+use std::ops::ControlFlow;
+
+use kdnet_model::mem::Piece;
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -92,20 +95,20 @@ fn range(e: &mut Engine, a: &Args<'_>, unit: u64, default: u64) -> Result<(u64, 
     Ok((start, count))
 }
 
-/// Reads `count` units of `unit` bytes from `start`, page by page, so one unreadable page
-/// shows as unknown and the rest still shows.
+/// Reads `count` units of `unit` bytes from `start` through the memory layer's long reads
+/// (large pieces, so physically contiguous pages go out in full requests; a piece that fails is
+/// read again in halves down to pages), so one unreadable page shows as unknown and the rest
+/// still shows.
 fn read(e: &mut Engine, start: u64, count: u64, unit: u64) -> Vec<Option<u64>> {
-    let len = (count * unit) as usize;
-    let mut bytes: Vec<Option<u8>> = Vec::with_capacity(len);
-    let mut at = start;
-    while bytes.len() < len {
-        let n = ((len - bytes.len()) as u64).min(0x1000 - (at & 0xfff)) as usize;
-        match e.kernel.mem.kread(at, n) {
-            Ok(b) => bytes.extend(b.into_iter().map(Some)),
-            Err(_) => bytes.extend(std::iter::repeat_n(None, n)),
+    let len = count * unit;
+    let mut bytes: Vec<Option<u8>> = Vec::with_capacity(len as usize);
+    e.kernel.mem.kread_range(start, len, |_, piece| {
+        match piece {
+            Piece::Read(b) => bytes.extend(b.iter().copied().map(Some)),
+            Piece::Unreadable { len, .. } => bytes.extend(std::iter::repeat_n(None, len as usize)),
         }
-        at = at.wrapping_add(n as u64);
-    }
+        ControlFlow::Continue(())
+    });
     bytes
         .chunks(unit as usize)
         .map(|c| {

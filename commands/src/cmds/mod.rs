@@ -1,5 +1,5 @@
 //! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `dt`, `k`…, `ln`, `r`, `~Ns`,
-//! `vertarget`, `.help`. Each declares its arguments (a [`crate::args::Syntax`]), runs on the engine and
+//! `vertarget`, `.writemem`, `.help`. Each declares its arguments (a [`crate::args::Syntax`]), runs on the engine and
 //! returns a typed result that renders WinDbg's layout; its `command!` line is in
 //! [`crate::registry::COMMANDS`].
 
@@ -15,3 +15,4 @@ pub(crate) mod registers;
 pub mod session;
 pub(crate) mod stack;
 pub(crate) mod vertarget;
+pub(crate) mod writemem;

@@ -48,10 +48,12 @@ pub fn symbol_server(files: Vec<(String, Vec<u8>)>) -> String {
 }
 
 /// Every registered command's examples as command lines for a scenario: `{lock}`, `{thread}`,
-/// `{pool}`, `{special}` and `{miniport}` become what the scenario planted; an example that
-/// names something the scenario did not plant is left out.
+/// `{pool}`, `{special}` and `{miniport}` become what the scenario planted, `{dir}` the
+/// directory `dir` (where examples write their files); an example that names something the
+/// scenario did not plant is left out.
 pub fn example_lines(
     f: &kdnet_sim::scenario::Facts,
+    dir: &std::path::Path,
 ) -> Vec<(&'static kdnet_commands::registry::Command, String)> {
     let mut planted = std::collections::BTreeMap::new();
     if let Some(l) = f.held.first() {
@@ -77,6 +79,10 @@ pub fn example_lines(
                     .map(|j| j + i)
                     .unwrap_or_else(|| panic!("{x}: a '{{' without its '}}'"));
                 let key = line[i + 1..j].to_string();
+                if key == "dir" {
+                    line.replace_range(i..=j, &dir.display().to_string());
+                    continue;
+                }
                 match planted.get(key.as_str()) {
                     Some(v) => line.replace_range(i..=j, &format!("{v:x}")),
                     None => continue 'examples,

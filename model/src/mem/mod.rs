@@ -99,6 +99,7 @@ impl std::fmt::Debug for Memory {
 }
 
 mod cache;
+mod range;
 mod read;
 mod translate;
 
@@ -106,6 +107,7 @@ mod translate;
 mod tests;
 
 use cache::CachedPage;
+pub use range::{Piece, RANGE_PIECE};
 pub use translate::canonical;
 
 impl Memory {

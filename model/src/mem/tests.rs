@@ -197,3 +197,66 @@ fn cache_coalescing_and_read_ahead() {
     ));
     assert!(m.touched_pages().contains(&0x100));
 }
+
+#[test]
+fn long_reads_in_pieces_with_unreadable_pages_in_place() {
+    let mut m = Memory::new(Box::new(flat()));
+    let s = m.kernel_space().unwrap();
+    // Pages 0-3 contiguous, 4 elsewhere, 5 paged out, 6 not mapped.
+    let mut got: Vec<(u64, Result<Vec<u8>, u64>)> = Vec::new();
+    m.read_range(s, VA + 0x800, 7 * PAGE - 0x800, |at, p| {
+        got.push((
+            at,
+            match p {
+                Piece::Read(b) => Ok(b.to_vec()),
+                Piece::Unreadable { len, .. } => Err(len),
+            },
+        ));
+        std::ops::ControlFlow::Continue(())
+    });
+    let mut at = VA + 0x800;
+    let mut holes = Vec::new();
+    for (a, r) in &got {
+        assert_eq!(*a, at, "pieces in address order, without gaps");
+        match r {
+            Ok(b) => {
+                for (i, x) in b.iter().enumerate() {
+                    let va = at + i as u64;
+                    let pa = if va < VA + 4 * PAGE {
+                        0x10_0000 + (va - VA)
+                    } else {
+                        0x20_0000 + (va - VA - 4 * PAGE)
+                    };
+                    assert_eq!(*x, pa as u8, "{va:#x}");
+                }
+                at += b.len() as u64;
+            }
+            Err(len) => {
+                holes.push((*a, *len));
+                at += len;
+            }
+        }
+    }
+    assert_eq!(at, VA + 7 * PAGE);
+    assert_eq!(holes, vec![(VA + 5 * PAGE, PAGE), (VA + 6 * PAGE, PAGE)]);
+    // The contiguous part came in full requests: 0x3800 bytes over 3,944-byte transfers.
+    let mut m = Memory::new(Box::new(flat()));
+    let s = m.kernel_space().unwrap();
+    m.read(s, VA, 8).unwrap();
+    let before = m.stats().transport.round_trips;
+    m.read_range(s, VA + 0x800, 4 * PAGE - 0x800, |_, p| {
+        assert!(matches!(p, Piece::Read(_)));
+        std::ops::ControlFlow::Continue(())
+    });
+    assert_eq!(
+        m.stats().transport.round_trips - before,
+        (4 * PAGE - 0x800).div_ceil(3944)
+    );
+    // The caller may stop the read.
+    let mut calls = 0;
+    m.read_range(s, VA + 5 * PAGE, 2 * PAGE, |_, _| {
+        calls += 1;
+        std::ops::ControlFlow::Break(())
+    });
+    assert_eq!(calls, 1);
+}
