@@ -177,12 +177,14 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::dt::run => crate::cmds::dt::Layout,
     },
     command! {
-        name: "k", aliases: ["kn", "kb", "kp"], id: "stack",
-        summary: "the current processor's stack; kb and kp show the four home-slot arguments",
+        name: "k", aliases: ["kn", "kb", "kp", "kc", "kf"], id: "stack",
+        summary: "the current processor's stack; kb/kp add the home-slot arguments, kc call sites only, kf frame sizes",
         doc: "the current processor's stack: frame number, Child-SP, return address, call site; \
-              `kb` shows the four home-slot arguments",
+              `kb` adds the four home-slot arguments (`kp` the same: parameter names need \
+              private symbols), `kc` shows the call sites only, `kf` the stack memory each \
+              frame uses",
         syntax: crate::cmds::stack::SYNTAX, usage: None,
-        examples: ["k", "k 5", "kb 3"],
+        examples: ["k", "k 5", "kb 3", "kc", "kf 4"],
         run: crate::cmds::stack::run => crate::cmds::stack::Stack,
     },
     command! {

@@ -119,7 +119,29 @@ fn commands_on_the_simulated_kernel() {
         assert_eq!(f["child_sp"].as_u64(), Some(*rsp));
     }
     let (text, _) = one(&mut e, "kb");
-    assert!(text.contains("Args to Child"));
+    assert!(text.contains(" # Child-SP          RetAddr               : Args to Child"));
+    let second = &frames[1];
+    assert!(
+        text.contains(&format!(
+            "01 {:08x}`{:08x} ",
+            second["child_sp"].as_u64().unwrap() >> 32,
+            second["child_sp"].as_u64().unwrap() as u32
+        )),
+        "{text}"
+    );
+    // kc: call sites only, one line per frame; kf: each frame's stack use.
+    let (text, _) = one(&mut e, "kc");
+    assert_eq!(text.lines().count(), frames.len() + 1, "{text}");
+    assert!(text.lines().nth(1).unwrap().starts_with("00 nt!"), "{text}");
+    let (text, _) = one(&mut e, "kf");
+    let used = second["child_sp"].as_u64().unwrap() - frames[0]["child_sp"].as_u64().unwrap();
+    assert!(
+        text.lines()
+            .nth(2)
+            .unwrap()
+            .starts_with(&format!("01 {used:>8x}  ")),
+        "{text}"
+    );
 
     // ln: an address inside a function, and an exact one.
     let f = e.kernel.sym("KeBugCheckEx").unwrap();

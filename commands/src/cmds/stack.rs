@@ -1,5 +1,6 @@
-//! `k [COUNT]` (also `kn`): the current processor's stack; `kb`/`kp` show each frame's four
-//! home-slot arguments instead of its Child-SP.
+//! `k [COUNT]` (also `kn`): the current processor's stack; `kb`/`kp` add each frame's four
+//! home-slot arguments (`kp` as `kb`: parameter names need private symbols); `kc` shows only
+//! the call sites; `kf` adds the stack memory each frame uses.
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -35,8 +36,12 @@ pub(crate) enum Layout {
     /// `k`: Child-SP, return address, call site.
     #[default]
     ChildSp,
-    /// `kb`, `kp`: return address, the four home-slot arguments, call site.
+    /// `kb`, `kp`: Child-SP, return address, the four home-slot arguments, call site.
     Arguments,
+    /// `kc`: the call site only.
+    CallSites,
+    /// `kf`: the stack memory each frame uses, then as `k`.
+    FrameMemory,
 }
 
 /// One frame.
@@ -107,10 +112,11 @@ pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Stack, Cmd
         processor: n,
         frames,
         note: s.note,
-        layout: if verb == "kb" || verb == "kp" {
-            Layout::Arguments
-        } else {
-            Layout::ChildSp
+        layout: match verb {
+            "kb" | "kp" => Layout::Arguments,
+            "kc" => Layout::CallSites,
+            "kf" => Layout::FrameMemory,
+            _ => Layout::ChildSp,
         },
     })
 }
@@ -119,17 +125,38 @@ impl Render for Stack {
     fn render(&self, out: &mut String) {
         match self.layout {
             Layout::Arguments => out.push_str(
-                " # RetAddr               : Args to Child                                                           : Call Site\n",
+                " # Child-SP          RetAddr               : Args to Child                                                           : Call Site\n",
             ),
             Layout::ChildSp => {
                 out.push_str(" # Child-SP          RetAddr               Call Site\n")
             }
+            Layout::CallSites => out.push_str(" # Call Site\n"),
+            Layout::FrameMemory => out.push_str(
+                " #   Memory  Child-SP          RetAddr               Call Site\n",
+            ),
         }
+        let mut previous_sp: Option<u64> = None;
         for f in &self.frames {
             match self.layout {
+                Layout::CallSites => out.push_str(&format!("{:02x} {}\n", f.number, f.call_site)),
+                Layout::FrameMemory => {
+                    // What the frame before it (deeper) took of the stack: the distance
+                    // between the two Child-SPs.
+                    let memory = previous_sp
+                        .filter(|p| f.child_sp >= *p)
+                        .map_or(String::new(), |p| format!("{:x}", f.child_sp - p));
+                    out.push_str(&format!(
+                        "{:02x} {memory:>8}  {} {}     {}\n",
+                        f.number,
+                        addr(f.child_sp),
+                        addr(f.return_address),
+                        f.call_site
+                    ));
+                }
                 Layout::Arguments => out.push_str(&format!(
-                    "{:02x} {}     : {} {} {} {} : {}\n",
+                    "{:02x} {} {}     : {} {} {} {} : {}\n",
                     f.number,
+                    addr(f.child_sp),
                     addr(f.return_address),
                     addr(f.args[0]),
                     addr(f.args[1]),
@@ -145,6 +172,7 @@ impl Render for Stack {
                     f.call_site
                 )),
             }
+            previous_sp = Some(f.child_sp);
         }
         if let Some(note) = &self.note {
             out.push_str(&format!("({note})\n"));
@@ -184,9 +212,28 @@ mod tests {
         let mut text = String::new();
         s.render(&mut text);
         assert!(text.contains(
-            "00 fffff805`5c400010     : 00000000`00000001 00000000`00000002 \
+            "00 fffff805`00001000 fffff805`5c400010     : 00000000`00000001 00000000`00000002 \
              00000000`00000003 00000000`00000004 : nt!KeBugCheckEx\n"
         ));
+        s.layout = Layout::CallSites;
+        let mut text = String::new();
+        s.render(&mut text);
+        assert_eq!(text, " # Call Site\n00 nt!KeBugCheckEx\n(no unwind data)\n");
+        // kf: the second frame used 0x48 bytes of stack above the first.
+        let mut two = s.clone();
+        let mut f1 = two.frames[0].clone();
+        f1.number = 1;
+        f1.child_sp += 0x48;
+        two.frames.push(f1);
+        two.layout = Layout::FrameMemory;
+        let mut text = String::new();
+        two.render(&mut text);
+        assert!(
+            text.contains(
+                "\n01       48  fffff805`00001048 fffff805`5c400010     nt!KeBugCheckEx\n"
+            ),
+            "{text}"
+        );
         let j = serde_json::to_value(&s).unwrap();
         assert_eq!(
             j["frames"][0]["args"],
