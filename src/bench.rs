@@ -605,6 +605,27 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
     Ok(())
 }
 
+/// A simulated machine over a link with `delay` each way, connected and stopped.
+async fn stopped_sim(
+    config: kdnet_sim::SimConfig,
+    delay: Duration,
+) -> anyhow::Result<(Host, kdnet_sim::Running)> {
+    let key = Key::from_bytes(kdnet::rng::os_random_32());
+    let host = Host::bind(HostConfig::new("127.0.0.1:0".parse()?, key.clone())).await?;
+    let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
+    tc.offer_interval = Duration::from_millis(500);
+    let link = LinkConfig {
+        latency: delay,
+        ..LinkConfig::default()
+    };
+    let sim = kdnet_sim::start(config, tc, Some(link)).await?;
+    host.wait_connected(Duration::from_secs(10)).await?;
+    host.break_in(Duration::from_secs(10))
+        .await
+        .context("break-in")?;
+    Ok((host, sim))
+}
+
 /// One command's figures: name, round trips, bytes, least round trips, pages, time, success.
 type CommandRow = (String, u64, u64, u64, usize, Duration, bool);
 
@@ -717,22 +738,10 @@ type WalkFigures = (usize, u64, u64, Duration, (usize, u64));
 /// Walks ExpSystemResourcesList of a simulated kernel with `entries` resources, twice: a read
 /// per node, then the kernel model.
 async fn list_bench(delay: Duration, entries: u32) -> anyhow::Result<()> {
-    let key = Key::from_bytes(kdnet::rng::os_random_32());
-    let host = Host::bind(HostConfig::new("127.0.0.1:0".parse()?, key.clone())).await?;
     let mut config = kdnet_sim::SimConfig::demo();
     config.scenario = kdnet_sim::Scenario::Healthy;
     config.resources = entries;
-    let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
-    tc.offer_interval = Duration::from_millis(500);
-    let link = LinkConfig {
-        latency: delay,
-        ..LinkConfig::default()
-    };
-    let sim = kdnet_sim::start(config, tc, Some(link)).await?;
-    host.wait_connected(Duration::from_secs(10)).await?;
-    host.break_in(Duration::from_secs(10))
-        .await
-        .context("break-in")?;
+    let (host, sim) = stopped_sim(config, delay).await?;
     let nt = kdnet_symbols::builtin::nt_demo();
     let v = host.get_version().await?;
     let head = v.kern_base + nt.require_symbol("ExpSystemResourcesList")?;
@@ -866,22 +875,10 @@ type ReadRow = (String, u64, u64, Duration, bool);
 async fn memory_bench(delay: Duration) -> anyhow::Result<()> {
     const RANGE: u64 = 8 << 20;
     const DISPLAY: u64 = 1 << 20;
-    let key = Key::from_bytes(kdnet::rng::os_random_32());
-    let host = Host::bind(HostConfig::new("127.0.0.1:0".parse()?, key.clone())).await?;
     let mut config = kdnet_sim::SimConfig::demo();
     config.scenario = kdnet_sim::Scenario::Healthy;
     config.resources = 500;
-    let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
-    tc.offer_interval = Duration::from_millis(500);
-    let link = LinkConfig {
-        latency: delay,
-        ..LinkConfig::default()
-    };
-    let sim = kdnet_sim::start(config, tc, Some(link)).await?;
-    host.wait_connected(Duration::from_secs(10)).await?;
-    host.break_in(Duration::from_secs(10))
-        .await
-        .context("break-in")?;
+    let (host, sim) = stopped_sim(config, delay).await?;
     let out = std::env::temp_dir().join(format!("kdnet-bench-mem-{}", std::process::id()));
     std::fs::create_dir_all(&out)?;
     let file = out.join("nt.bin");

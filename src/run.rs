@@ -163,7 +163,20 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
             Ok((code, e.target_gone()))
         });
     let (code, gone) = tokio::select! {
-        r = &mut analysis => r.context("the analysis thread failed")??,
+        r = &mut analysis => match r.context("the analysis thread failed").and_then(|x| x) {
+            Ok(v) => v,
+            Err(e) => {
+                // The kernel could not be read or the bundle's directory could not be made:
+                // the target this run stopped goes on all the same.
+                if !a.leave_stopped {
+                    match host.go().await {
+                        Ok(()) => eprintln!("kdnet: the target continues"),
+                        Err(e) => eprintln!("kdnet: could not let the target continue: {e}"),
+                    }
+                }
+                return Err(e);
+            }
+        },
         s = signals.next() => {
             // The analysis stops at its next read; the target continues now.
             cancel.store(true, Ordering::SeqCst);
@@ -172,7 +185,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
             std::process::exit(i32::from(code));
         }
     };
-    let code = if let Some(why) = gone {
+    let code = if let Some(why) = &gone {
         eprintln!("kdnet: no answer from the target: {why}");
         if !a.leave_stopped {
             tokio::select! {
@@ -196,9 +209,10 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let code = match (job, gathered.lock().ok().and_then(|mut g| g.take())) {
         (Some(job), Some(g)) => {
             let traffic = host.traffic();
-            let left = a.leave_stopped.then_some(()).is_none();
+            // How long the target was kept stopped (None: it stays stopped).
+            let stopped = (!a.leave_stopped && gone.is_none()).then_some(stopped);
             let c = tokio::task::spawn_blocking(move || {
-                bundle::write(g, &job, left.then_some(stopped), Some(&traffic))
+                bundle::write(g, &job, stopped, Some(&traffic))
             })
             .await
             .context("the bundle thread failed")??;

@@ -628,6 +628,23 @@ fn run_answers_the_hang_commands_as_json() {
     assert!(lines[1]["cost"]["round_trips"].as_u64().unwrap() > 0);
 }
 
+/// The simulated deadlock (a small one) for a minute, on loopback at `port` (killed on drop).
+fn deadlock_sim(port: u16, key: &str) -> common::Sim {
+    common::Sim::start_for(
+        port,
+        key,
+        "60s",
+        &[
+            "--scenario",
+            "deadlock",
+            "--resources",
+            "300",
+            "--print-every",
+            "1s",
+        ],
+    )
+}
+
 /// jq, or None (with a note) when it is absent and not required (CI installs Debian's and sets
 /// KDNET_REQUIRE_JQ).
 fn jq() -> Option<PathBuf> {
@@ -651,26 +668,7 @@ fn jq() -> Option<PathBuf> {
 fn a_lock_owner_through_jq_is_the_same_thread() {
     let Some(jq) = jq() else { return };
     let port = free_udp_port();
-    let mut sim = kdnet()
-        .args([
-            "sim",
-            "--host",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-            "7.7.7.8",
-        ])
-        .args([
-            "--scenario",
-            "deadlock",
-            "--resources",
-            "300",
-            "--duration",
-            "60s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _sim = deadlock_sim(port, "7.7.7.8");
     let run = |command: &str| -> Vec<u8> {
         let out = kdnet()
             .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -713,8 +711,6 @@ fn a_lock_owner_through_jq_is_the_same_thread() {
     // The line names the command as it ran.
     let text = jq_r(&thread, r#"select(.type == "command") | .command"#);
     assert_eq!(text, format!("!thread {owner}"));
-    sim.kill().ok();
-    sim.wait().ok();
 }
 
 /// `kdnet run --bundle DIR` writes the bundle a watcher writes, from a headless run.
@@ -722,26 +718,7 @@ fn a_lock_owner_through_jq_is_the_same_thread() {
 fn run_writes_a_watchers_bundle() {
     let port = free_udp_port();
     let dir = common::temp_dir("run-bundle");
-    let mut sim = kdnet()
-        .args([
-            "sim",
-            "--host",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-            "7.7.7.9",
-        ])
-        .args([
-            "--scenario",
-            "deadlock",
-            "--resources",
-            "300",
-            "--duration",
-            "60s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _sim = deadlock_sim(port, "7.7.7.9");
     let out = kdnet()
         .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([
@@ -756,8 +733,6 @@ fn run_writes_a_watchers_bundle() {
         .arg(&dir)
         .output()
         .unwrap();
-    sim.kill().ok();
-    sim.wait().ok();
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}{err}");
@@ -781,4 +756,33 @@ fn run_writes_a_watchers_bundle() {
     assert_eq!(report["trigger"]["kind"], "manual");
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["left_stopped"], false);
+}
+
+/// A bundle that cannot be made (its directory cannot be created) is an error, and the target
+/// the run stopped goes on all the same.
+#[test]
+fn run_whose_bundle_cannot_be_made_lets_the_target_go_on() {
+    let port = free_udp_port();
+    let dir = common::temp_dir("run-bundle-bad");
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let _sim = deadlock_sim(port, "7.7.7.10");
+    let out = kdnet()
+        .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--key",
+            "7.7.7.10",
+            "--connect-timeout",
+            "30s",
+            "--max-seconds",
+            "60",
+        ])
+        .arg("--bundle")
+        .arg(blocker.join("under"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("the target continues"), "{err}");
+    common::assert_target_runs(port, "7.7.7.10", "vmcompute: container");
 }

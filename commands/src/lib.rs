@@ -3,6 +3,7 @@
 //! (the CLI, the watcher) run them; the model below knows nothing of them.
 
 pub mod args;
+pub mod calendar;
 pub mod cmds;
 pub mod engine;
 pub mod expr;

@@ -363,6 +363,25 @@ fn session_commands() {
     let (_, j) = one(&mut e, ".reload");
     assert_eq!(j["modules"].as_u64(), Some(p.modules.len() as u64));
     assert!(e.run(".reload nosuchdriver").error.is_some());
+    assert!(
+        e.run(".reload /x")
+            .error
+            .unwrap()
+            .contains("unknown option")
+    );
+    assert!(e.run("rm 0x4000").error.unwrap().contains("does not show"));
+    assert!(
+        e.run(".logopen")
+            .error
+            .unwrap()
+            .contains("needs a file name")
+    );
+    assert!(
+        e.run(".logopen /nonexistent-dir/x.log")
+            .error
+            .unwrap()
+            .contains("cannot open log file")
+    );
     one(&mut e, "? nt!KiWaitNever");
     // .sympath shows the path; .sympath+ adds to it and looks again (nt stays found).
     let (text, _) = one(&mut e, ".sympath");

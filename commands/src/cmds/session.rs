@@ -123,7 +123,7 @@ pub(crate) fn uptime_text(seconds: f64) -> String {
 pub(crate) fn time(e: &mut Engine, _v: &str, _a: &Args<'_>) -> Result<Time, CmdError> {
     let (system, interrupt, bias) = e.kernel.clocks()?;
     let (secs, ms) = unix_of(system);
-    let (y, mo, d) = super::lm::civil(secs.div_euclid(86_400));
+    let (y, mo, d) = crate::calendar::civil(secs.div_euclid(86_400));
     let r = secs.rem_euclid(86_400);
     Ok(Time {
         system_time: format!(
@@ -175,6 +175,8 @@ pub(crate) struct Reloaded {
     pub modules: usize,
     /// The modules whose symbols were loaded now (`/f`).
     pub loaded: Vec<String>,
+    /// The modules `/f` found no symbols for, each with why (`name: why`).
+    pub without_symbols: Vec<String>,
     /// Where nt's symbols came from, or why there are none.
     pub kernel_symbols: String,
 }
@@ -199,12 +201,17 @@ pub(crate) fn reload(e: &mut Engine, _v: &str, a: &Args<'_>) -> Result<Reloaded,
             w => module = Some(w.split('=').next().unwrap_or(w).to_string()),
         }
     }
-    let loaded = e.kernel.reload(module.as_deref(), force)?;
+    let kdnet_model::nt::Reloaded { loaded, missing } =
+        e.kernel.reload(module.as_deref(), force)?;
     let modules = e.kernel.modules()?.len();
     Ok(Reloaded {
         module,
         modules,
         loaded,
+        without_symbols: missing
+            .into_iter()
+            .map(|(m, why)| format!("{m}: {why}"))
+            .collect(),
         kernel_symbols: e.kernel.nt_source.clone(),
     })
 }
@@ -218,6 +225,9 @@ impl Render for Reloaded {
         ));
         if !self.loaded.is_empty() {
             out.push_str(&format!("Symbols loaded now: {}\n", self.loaded.join(" ")));
+        }
+        for m in &self.without_symbols {
+            out.push_str(&format!("*** ERROR: no symbols for {m}\n"));
         }
     }
 }

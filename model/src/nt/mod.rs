@@ -102,6 +102,15 @@ pub struct Kernel {
     contexts_epoch: u64,
 }
 
+/// What [`Kernel::reload`] with `force` did.
+#[derive(Debug, Clone, Default)]
+pub struct Reloaded {
+    /// Modules whose symbols (a table or the exports) were loaded now.
+    pub loaded: Vec<String>,
+    /// Modules without symbols, each with why.
+    pub missing: Vec<(String, String)>,
+}
+
 /// Most reasons one command's result keeps for being incomplete.
 const MAX_GAPS: usize = 32;
 
@@ -163,8 +172,9 @@ impl Kernel {
     /// anew and every module's symbols are looked for again along the (possibly new) symbol
     /// path; the kernel's own table too unless `only` names another module. With `force`, the
     /// symbols of every module (or of `only`) are loaded now instead of when first needed.
-    /// Returns the modules whose symbols were loaded now.
-    pub fn reload(&mut self, only: Option<&str>, force: bool) -> Result<Vec<String>, ModelError> {
+    /// Says, with `force`, which modules' symbols were loaded now and for which none could be
+    /// found.
+    pub fn reload(&mut self, only: Option<&str>, force: bool) -> Result<Reloaded, ModelError> {
         let is = |m: &Module, name: &str| {
             m.short.eq_ignore_ascii_case(name)
                 || m.name.eq_ignore_ascii_case(name)
@@ -196,16 +206,23 @@ impl Kernel {
                 "no loaded module is named {name}"
             )));
         }
-        let mut loaded = Vec::new();
+        let (mut loaded, mut missing) = (Vec::new(), Vec::new());
         if force {
             for (i, m) in mods.iter().enumerate() {
                 if only.is_none_or(|name| is(m, name)) {
-                    self.module_symbols(i);
-                    loaded.push(m.short.clone());
+                    match self.module_symbols(i).as_deref() {
+                        Some(ModuleSymbols::Table { .. } | ModuleSymbols::Exports(_)) => {
+                            loaded.push(m.short.clone());
+                        }
+                        Some(ModuleSymbols::None(why)) => {
+                            missing.push((m.short.clone(), why.clone()));
+                        }
+                        None => missing.push((m.short.clone(), "not loaded".into())),
+                    }
                 }
             }
         }
-        Ok(loaded)
+        Ok(Reloaded { loaded, missing })
     }
 
     fn load_nt_symbols(&mut self) {

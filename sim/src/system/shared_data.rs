@@ -15,22 +15,7 @@ impl System {
         let u = KUSER_SHARED_DATA;
         let t = "_KUSER_SHARED_DATA";
         k.set(u, t, "TickCountMultiplier", 0x0fa0_0000)?;
-        let tick = self.now_tick;
-        if k.has(t, "TickCountQuad") {
-            k.set(u, t, "TickCountQuad", tick)?;
-        }
-        k.set(u, t, "TickCount.LowPart", tick & 0xffff_ffff)?;
-        k.set(u, t, "TickCount.High1Time", tick >> 32)?;
-        k.set(u, t, "TickCount.High2Time", tick >> 32)?;
-        let interrupt = tick * MAXIMUM_INCREMENT;
-        k.set(u, t, "InterruptTime.LowPart", interrupt & 0xffff_ffff)?;
-        k.set(u, t, "InterruptTime.High1Time", interrupt >> 32)?;
-        k.set(u, t, "InterruptTime.High2Time", interrupt >> 32)?;
-        // The wall clock: booted at BOOT_TIME, UTC (no time-zone bias).
-        let system = BOOT_TIME + interrupt;
-        k.set(u, t, "SystemTime.LowPart", system & 0xffff_ffff)?;
-        k.set(u, t, "SystemTime.High1Time", system >> 32)?;
-        k.set(u, t, "SystemTime.High2Time", system >> 32)?;
+        Self::set_tick(k, self.now_tick)?;
         k.set(u, t, "NtMajorVersion", if k.build < 9200 { 6 } else { 10 })?;
         k.set(u, t, "NtMinorVersion", if k.build < 9200 { 1 } else { 0 })?;
         if k.has(t, "NtBuildNumber") {
