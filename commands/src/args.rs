@@ -232,7 +232,7 @@ impl Syntax {
 
 /// Splits one token off the front of `s` (trimmed): a quoted string (without its quotes), or
 /// a run of characters up to whitespace outside parentheses.
-fn split_token(s: &str) -> Result<(&str, &str), String> {
+pub(crate) fn split_token(s: &str) -> Result<(&str, &str), String> {
     let s = s.trim_start();
     if s.is_empty() {
         return Err("an argument is missing".into());

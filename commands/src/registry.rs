@@ -171,10 +171,24 @@ pub static COMMANDS: &[Command] = &[
         name: "dt", aliases: [], id: "dt",
         summary: "a type's fields; with an address, their values",
         doc: "a type's fields (offsets, types, bitfield positions); with an address, their \
-              values; FIELD is a name, a pattern (`Image*`) or a nested path (`Tcb.State`)",
-        syntax: crate::cmds::dt::SYNTAX, usage: Some("dt [MODULE!]TYPE [ADDR] [FIELD]"),
-        examples: ["dt nt!_KTHREAD @$thread", "dt _LIST_ENTRY", "dt nt!_EPROCESS @$proc Image*"],
-        run: crate::cmds::dt::run => crate::cmds::dt::Layout,
+              values (an embedded `_LIST_ENTRY` as its links, a `_UNICODE_STRING` as its text, \
+              a null pointer as `(null)`); FIELD is a name, a pattern (`Image*`), a nested \
+              path (`Tcb.State`), several of them, or with `-y` a name's start; a TYPE with \
+              `*` lists the types it matches (`dt nt!_KTH*`). `-r[N]` expands embedded \
+              structures and what pointers lead to, N levels (1-9; `-r` alone 9); `-b` \
+              expands embedded structures and arrays fully and the structure's own pointers \
+              once; `-a[N]` shows array elements one per line; `-l FIELD` walks a list \
+              through FIELD from ADDR, one record after another, until it returns to ADDR \
+              or reaches null; `-c` compact, `-v` sizes and member counts, `-o` no offsets, \
+              `-i` no indent, `-n NAME` a field name that looks like a number. Bounded: \
+              20,000 lines, 512 reads past the structure, 4,096 elements and 4,096 records; \
+              a result cut at a bound says so",
+        syntax: crate::cmds::dt::SYNTAX, usage: Some(crate::cmds::dt::USAGE),
+        examples: ["dt nt!_KTHREAD @$thread", "dt _LIST_ENTRY", "dt nt!_EPROCESS @$proc Image*",
+                   "dt -r1 nt!_KTHREAD @$thread ApcState", "dt -a nt!_KTHREAD @$thread WaitBlock",
+                   "dt nt!_KPRCB*", "dt -v _LIST_ENTRY",
+                   "dt nt!_EPROCESS -l ActiveProcessLinks.Flink @$proc UniqueProcessId ImageFileName"],
+        run: crate::cmds::dt::run => crate::cmds::dt::Dt,
     },
     command! {
         name: "k", aliases: ["kn", "kb", "kp", "kc", "kf"], id: "stack",

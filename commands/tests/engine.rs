@@ -95,7 +95,7 @@ fn commands_on_the_simulated_kernel() {
     let (et, _) = p.facts.hung_thread.unwrap();
     let (text, j) = one(&mut e, &format!("dt nt!_ETHREAD {et:x} Tcb.State"));
     assert_eq!(j["fields"][0]["value"].as_u64(), Some(5));
-    assert!(text.contains("Tcb.State : 0x5 ''"), "{text}");
+    assert!(text.contains("Tcb.State        : 0x5 ''"), "{text}");
     let (text, _) = one(&mut e, "dt _KTHREAD");
     assert!(text.contains(": Pos "), "bitfields without an address");
     assert!(text.contains(": _DISPATCHER_HEADER"));

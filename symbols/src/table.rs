@@ -413,6 +413,11 @@ impl TypeTable {
         self.udts.keys().map(String::as_str)
     }
 
+    /// All enum names.
+    pub fn enum_names(&self) -> impl Iterator<Item = &str> {
+        self.enums.keys().map(String::as_str)
+    }
+
     /// An enum by name.
     pub fn enumeration(&self, name: &str) -> Result<&Enum, SymError> {
         self.note_enum(name);
