@@ -313,10 +313,11 @@ pub static COMMANDS: &[Command] = &[
     },
     command! {
         name: "!locks", aliases: ["!kdexts.locks"], id: "locks",
-        summary: "executive resources: held ones (all with -v), owners, waiters, contention",
-        doc: "executive resources: held ones (all with `-v`), owners with `<*>`, waiters, \
-              contention, `N total locks, M locks currently held`; progress dots as WinDbg \
-              prints them",
+        summary: "executive resources: held ones (all with -v or -d), owners, waiters, contention",
+        doc: "executive resources: held ones (all with `-v` or `-d`), owners with `<*>`, \
+              waiters, contention, `N total locks, M locks currently held`; progress dots as \
+              WinDbg prints them; `-v` also shows each owner thread as `!thread` does, with its \
+              stack (the first 64 owner threads; each read once)",
         syntax: crate::ext::locks::SYNTAX, usage: None,
         examples: ["!locks", "!locks -v", "!locks {lock}"],
         run: crate::ext::locks::run => crate::ext::locks::Locks,

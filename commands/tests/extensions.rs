@@ -80,6 +80,31 @@ fn check_locks(e: &mut Engine, p: &Planted) {
         p.facts.total_resources,
         held.len()
     )));
+    // -v: every resource, and each owner thread in full with its stack, as !thread shows it.
+    let o = e.run("!locks -v");
+    assert!(o.ok() && o.complete, "{:?} {:?}", o.error, o.incomplete);
+    let j = &common::numbers(o.result.clone());
+    let all = j["held"].as_array().unwrap();
+    assert_eq!(all.len() as u64, u64::from(p.facts.total_resources));
+    for want in &p.facts.held {
+        let h = all
+            .iter()
+            .find(|h| h["address"].as_u64() == Some(want.address))
+            .unwrap();
+        for owner in h["owners"].as_array().unwrap() {
+            let thread = owner["thread"].as_u64().unwrap();
+            let details = &owner["details"];
+            assert_eq!(details["thread"].as_u64(), Some(thread), "{owner}");
+            assert!(!details["frames"].as_array().unwrap().is_empty(), "{owner}");
+            assert!(o.text.contains(&format!("\n     THREAD {thread:x}  Cid ")));
+        }
+    }
+    assert!(
+        all.iter()
+            .filter(|h| h["active_count"] == 0)
+            .flat_map(|h| h["owners"].as_array().unwrap())
+            .all(|o| o.get("details").is_none())
+    );
 }
 
 #[test]

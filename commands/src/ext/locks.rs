@@ -7,14 +7,18 @@ use serde::Serialize;
 
 use crate::args::{Args, Syntax, flag, opt_expr};
 use crate::engine::{CmdError, Engine};
+use crate::ext::threads::{ThreadInfo, thread_info};
 use crate::registry::Render;
 use kdnet_model::nt::locks::{Held, Owner, walk};
 
 /// `!locks [-v] [-d] [-p] [ADDR]`.
 pub const SYNTAX: Syntax = Syntax {
     flags: &[
-        flag("-v", "every resource, held or not"),
-        flag("-d", "as -v"),
+        flag(
+            "-v",
+            "every resource, held or not, and each owner thread with its stack",
+        ),
+        flag("-d", "every resource, held or not"),
         flag(
             "-p",
             "accepted, as WinDbg's (performance data is not shown)",
@@ -43,6 +47,12 @@ pub struct LockOwner {
     pub owner_pointer: bool,
     /// The cleared value is not a thread.
     pub unknown: bool,
+    /// `-v`: the owner thread as `!thread` shows it, with its stack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<ThreadInfo>>,
+    /// `-v`: why the owner thread could not be shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_error: Option<String>,
 }
 
 impl From<&Owner> for LockOwner {
@@ -54,6 +64,8 @@ impl From<&Owner> for LockOwner {
             current: o.current,
             owner_pointer: o.owner_pointer,
             unknown: o.unknown,
+            details: None,
+            details_error: None,
         }
     }
 }
@@ -157,10 +169,11 @@ pub struct Locks {
 
 /// `!locks [-v] [-d] [-p] [ADDR]`.
 pub fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Locks, CmdError> {
-    let verbose = a.flag("-v") || a.flag("-d");
+    let verbose = a.flag("-v");
     let only = a.expr(e, "ADDR")?;
-    let locks = walk(&mut e.kernel, verbose, only)?;
-    let held: Vec<Resource> = locks
+    let all = verbose || a.flag("-d");
+    let locks = walk(&mut e.kernel, all, only)?;
+    let mut held: Vec<Resource> = locks
         .held
         .iter()
         .zip(&locks.skipped_before)
@@ -169,6 +182,9 @@ pub fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Locks, CmdError>
             ..Resource::from(h)
         })
         .collect();
+    if verbose {
+        owner_details(e, &mut held);
+    }
     Ok(Locks {
         total_locks: locks.total,
         held_locks: locks.held.iter().filter(|h| h.active_count != 0).count(),
@@ -177,6 +193,42 @@ pub fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Locks, CmdError>
         note: locks.note,
         skipped_after: locks.skipped_after,
     })
+}
+
+/// Most owner threads `-v` shows in full.
+const MAX_OWNERS_SHOWN: usize = 64;
+
+/// `-v`: each owner thread of a held resource as `!thread` shows it, each thread read once.
+fn owner_details(e: &mut Engine, held: &mut [Resource]) {
+    let mut seen: std::collections::HashMap<u64, Result<Box<ThreadInfo>, String>> =
+        std::collections::HashMap::new();
+    for owner in held
+        .iter_mut()
+        .filter(|r| r.active_count != 0)
+        .flat_map(|r| r.owners.iter_mut())
+        .filter(|o| !o.unknown && o.thread != 0)
+    {
+        if !seen.contains_key(&owner.thread) {
+            if seen.len() >= MAX_OWNERS_SHOWN {
+                e.kernel.note_incomplete(format!(
+                    "!locks -v: the first {MAX_OWNERS_SHOWN} owner threads are shown in full"
+                ));
+                break;
+            }
+            let info = e
+                .kernel
+                .thread(owner.thread)
+                .map_err(CmdError::from)
+                .and_then(|t| thread_info(e, &t, true))
+                .map(Box::new)
+                .map_err(|err| err.to_string());
+            seen.insert(owner.thread, info);
+        }
+        match &seen[&owner.thread] {
+            Ok(info) => owner.details = Some(info.clone()),
+            Err(why) => owner.details_error = Some(why.clone()),
+        }
+    }
 }
 
 fn progress(text: &mut String, skipped: u64) {
@@ -237,6 +289,22 @@ impl Render for Locks {
                     }
                 }
                 text.push('\n');
+                for o in &h.owners {
+                    if let Some(info) = &o.details {
+                        let mut block = String::new();
+                        info.render(&mut block);
+                        text.push('\n');
+                        for line in block.lines() {
+                            if line.is_empty() {
+                                text.push('\n');
+                            } else {
+                                text.push_str(&format!("     {line}\n"));
+                            }
+                        }
+                    } else if let Some(why) = &o.details_error {
+                        text.push_str(&format!("     THREAD {:x}: {why}\n", o.thread));
+                    }
+                }
             }
             for (label, list) in [
                 ("Threads Waiting On Shared Access", &h.shared_waiters),
