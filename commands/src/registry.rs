@@ -168,6 +168,21 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::writemem::run => crate::cmds::writemem::Written,
     },
     command! {
+        name: "s", aliases: [], id: "search",
+        summary: "searches memory for bytes, words, dwords, qwords or a string",
+        doc: "searches ADDR to END (inclusive), or BYTES bytes (`L?` past 256 MB), for \
+              PATTERN: bytes by default, `-w`/`-d`/`-q` words, dwords, qwords (matches aligned \
+              to their size; `'MZ'` is a character constant), `-a` an ASCII and `-u` a UTF-16 \
+              string; each match is shown as a line of memory from it, or with `-[1]` as its \
+              address only. On a live target each run of mapped pages is searched on the \
+              target's side (one request per match); unmapped pages are counted, not read; \
+              4,096 matches at most, and a search cut there says so",
+        syntax: crate::cmds::search::SYNTAX, usage: Some(crate::cmds::search::USAGE),
+        examples: ["s -[1]b nt L?1000 4d 5a", "s -q @$prcb L?4000 @$thread",
+                   "s -a nt L?2000 \"PAGE\""],
+        run: crate::cmds::search::run => crate::cmds::search::Found,
+    },
+    command! {
         name: "dt", aliases: [], id: "dt",
         summary: "a type's fields; with an address, their values",
         doc: "a type's fields (offsets, types, bitfield positions); with an address, their \

@@ -99,7 +99,7 @@ fn range(e: &mut Engine, a: &Args<'_>, unit: u64, default: u64) -> Result<(u64, 
 /// (large pieces, so physically contiguous pages go out in full requests; a piece that fails is
 /// read again in halves down to pages), so one unreadable page shows as unknown and the rest
 /// still shows.
-fn read(e: &mut Engine, start: u64, count: u64, unit: u64) -> Vec<Option<u64>> {
+pub(crate) fn read(e: &mut Engine, start: u64, count: u64, unit: u64) -> Vec<Option<u64>> {
     let len = count * unit;
     let mut bytes: Vec<Option<u8>> = Vec::with_capacity(len as usize);
     e.kernel.mem.kread_range(start, len, |_, piece| {
@@ -164,7 +164,13 @@ fn cell(v: Option<u64>, unit: u64) -> String {
 }
 
 /// The lines: the address of each line's first value, then its values (bytes with ASCII).
-fn lines(out: &mut String, address: u64, unit: u64, values: &[Option<u64>], per_line: usize) {
+pub(crate) fn lines(
+    out: &mut String,
+    address: u64,
+    unit: u64,
+    values: &[Option<u64>],
+    per_line: usize,
+) {
     for (line, row) in values.chunks(per_line.max(1)).enumerate() {
         let at = address.wrapping_add((line * per_line) as u64 * unit);
         out.push_str(&addr(at));

@@ -12,6 +12,7 @@ pub(crate) mod lm;
 pub(crate) mod ln;
 pub(crate) mod processor;
 pub(crate) mod registers;
+pub(crate) mod search;
 pub mod session;
 pub(crate) mod stack;
 pub(crate) mod vertarget;
