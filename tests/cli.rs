@@ -541,7 +541,7 @@ fn run_attaches_to_a_live_target_runs_commands_and_lets_it_go() {
         "{text}"
     );
     assert!(text.contains("Evaluate expression: "), "{text}");
-    assert!(text.contains("Number : 0"), "{text}");
+    assert!(text.contains("   +0x024 Number           : 0"), "{text}");
     sim.kill().ok();
     sim.wait().ok();
 

@@ -420,6 +420,22 @@ finished"
         if verb == "rM" {
             return crate::registry::run(self, "r", &format!("M {args}"));
         }
+        // `k` with its option letters run together (`kbn`, `kpL`, `kfn`): `n` (frame numbers)
+        // is always on and `L` (no source lines) has nothing to hide here, so the layout
+        // letter decides.
+        if verb.len() > 2
+            && let Some(letters) = verb.strip_prefix('k')
+            && letters.chars().all(|c| "bpcfnL".contains(c))
+        {
+            let layout = ['b', 'p', 'c', 'f']
+                .into_iter()
+                .filter(|c| letters.contains(*c))
+                .collect::<Vec<_>>();
+            if layout.len() <= 1 {
+                let canonical = layout.first().map_or("k".to_string(), |c| format!("k{c}"));
+                return crate::registry::run(self, &canonical, args);
+            }
+        }
         // `~Ns`: switch to processor N (decimal, as WinDbg takes it).
         if let Some(n) = verb
             .strip_prefix('~')

@@ -211,9 +211,12 @@ pub static COMMANDS: &[Command] = &[
         doc: "the current processor's stack: frame number, Child-SP, return address, call site; \
               `kb` adds the four home-slot arguments (`kp` the same: parameter names need \
               private symbols), `kc` shows the call sites only, `kf` the stack memory each \
-              frame uses",
-        syntax: crate::cmds::stack::SYNTAX, usage: None,
-        examples: ["k", "k 5", "kb 3", "kc", "kf 4"],
+              frame uses; the letters run together as WinDbg takes them (`kbn`, `kpL`: frame \
+              numbers are always shown, and there are no source lines to hide); \
+              `= BasePtr StackPtr InstructionPtr` walks from those registers instead of the \
+              processor's (a stack found by hand, a saved context)",
+        syntax: crate::cmds::stack::SYNTAX, usage: Some(crate::cmds::stack::USAGE),
+        examples: ["k", "k 5", "kb 3", "kc", "kf 4", "kbn 2", "k = @rbp @rsp @rip 3"],
         run: crate::cmds::stack::run => crate::cmds::stack::Stack,
     },
     command! {
@@ -349,8 +352,12 @@ pub static COMMANDS: &[Command] = &[
     },
     command! {
         name: "!process", aliases: [], id: "process",
-        summary: "processes; flags 2 and 4 add threads and their stacks",
-        doc: "processes; flag 2/4 add threads and their stacks",
+        summary: "processes; flag 1 adds token, VADs, working set and times; 2 and 4 threads and stacks",
+        doc: "processes with their handle counts; flag 1 adds what WinDbg shows of each \
+              (VAD root and count, private/modified/locked pages, device map, token, elapsed, \
+              user and kernel time, working set, virtual size, page faults, base priority, \
+              commit charge, job; a field the build's EPROCESS lacks shows `?`); flag 2/4 add \
+              threads and their stacks",
         syntax: crate::ext::threads::PROCESS, usage: Some("!process [ADDR|0] [FLAGS] [IMAGE]"),
         examples: ["!process 0 0", "!process 0 7", "!process 0 2 System"],
         run: crate::ext::threads::process_command => crate::ext::threads::Processes,

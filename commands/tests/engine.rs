@@ -142,6 +142,34 @@ fn commands_on_the_simulated_kernel() {
             .starts_with(&format!("01 {used:>8x}  ")),
         "{text}"
     );
+    // The letters run together as WinDbg takes them; `kbn 2` is `kb 2`.
+    let (text, j) = one(&mut e, "kbn 2");
+    assert_eq!(j["frames"].as_array().unwrap().len(), 2);
+    assert!(text.contains(": Args to Child"), "{text}");
+    let (_, j) = one(&mut e, "kpL");
+    assert_eq!(j["frames"].as_array().unwrap().len(), frames.len());
+    assert!(!e.run("kbc").ok(), "two layouts at once");
+    // `k = BasePtr StackPtr InstructionPtr`: walking from frame 1's registers gives the rest
+    // of the stack.
+    let (_, j) = one(
+        &mut e,
+        &format!(
+            "k = @rbp {:#x} {:#x}",
+            second["child_sp"].as_u64().unwrap(),
+            second["ip"].as_u64().unwrap()
+        ),
+    );
+    let from_one = j["frames"].as_array().unwrap();
+    assert_eq!(from_one.len(), frames.len() - 1);
+    for (a, b) in from_one.iter().zip(&frames[1..]) {
+        assert_eq!(a["call_site"], b["call_site"]);
+        assert_eq!(a["child_sp"], b["child_sp"]);
+    }
+    let (_, j) = one(&mut e, "k =@rbp @rsp @rip 1");
+    assert_eq!(j["frames"].as_array().unwrap().len(), 1);
+    for bad in ["k = 1 2", "k 1 2", "k = 1 2 3 4 5"] {
+        assert!(!e.run(bad).ok(), "{bad}");
+    }
 
     // ln: an address inside a function, and an exact one.
     let f = e.kernel.sym("KeBugCheckEx").unwrap();

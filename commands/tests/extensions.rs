@@ -527,3 +527,78 @@ fn processor_switch_and_hangcheck_refuse_bad_arguments() {
     let r = run(&mut e, "r");
     assert_eq!(r["processor"], 1);
 }
+
+#[test]
+fn process_details_and_impersonation_on_every_build() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::Deadlock) else {
+            return;
+        };
+        // Every listed process's handle count, as its handle table keeps it (summed over the
+        // free lists on the builds that have them).
+        let o = e.run("!process 0 0");
+        assert!(o.ok() && o.complete, "{build}: {:?}", o.incomplete);
+        let j = common::numbers(o.result);
+        let listed = j["processes"].as_array().unwrap();
+        assert!(listed.len() > 5);
+        for proc in listed {
+            let at = proc["process"].as_u64().unwrap();
+            let i = p.facts.processes.iter().position(|x| x.0 == at).unwrap();
+            let planted = &p.facts.process_details[i];
+            assert_eq!(proc["handle_count"].as_u64(), Some(planted.handle_count));
+            assert!(
+                o.text
+                    .contains(&format!("HandleCount: {}.", planted.handle_count))
+            );
+        }
+        // Flag 1: token, VAD root and count, working set, virtual size.
+        let i = p
+            .facts
+            .processes
+            .iter()
+            .position(|x| x.2 == "lsass.exe")
+            .unwrap();
+        let (ep, planted) = (p.facts.processes[i].0, &p.facts.process_details[i]);
+        let o = e.run(&format!("!process {ep:x} 1"));
+        assert!(
+            o.ok() && o.complete,
+            "{build}: {:?} {:?}",
+            o.error,
+            o.incomplete
+        );
+        let j = common::numbers(o.result);
+        let d = &j["processes"][0]["details"];
+        assert_eq!(d["token"].as_u64(), Some(planted.token), "{build}");
+        assert_eq!(planted.token & 0xf, 0);
+        assert_eq!(d["vad_root"].as_u64(), Some(planted.vad_root));
+        assert_eq!(d["vads"].as_u64(), Some(planted.vad_count));
+        assert_eq!(d["working_set"].as_u64(), Some(planted.working_set.0));
+        assert_eq!(d["working_set_max"].as_u64(), Some(planted.working_set.2));
+        assert_eq!(d["virtual_size"].as_u64(), Some(planted.virtual_size));
+        assert!(d["elapsed_seconds"].as_f64().unwrap() > 0.0);
+        assert!(o.text.contains(&format!(
+            "    Token                             {:016x}\n",
+            planted.token
+        )));
+        assert!(o.text.contains(&format!(
+            "    VadRoot {:016x} Vads {} ",
+            planted.vad_root, planted.vad_count
+        )));
+        assert!(o.text.contains("Working Set Sizes (now,min,max)  ("));
+        // The impersonating thread says whose token it holds; the others that they do not.
+        let (thread, token, level) = p.facts.impersonating.unwrap();
+        assert_eq!(token, planted.token);
+        let o = e.run(&format!("!thread {thread:x}"));
+        let j = common::numbers(o.result.clone());
+        assert_eq!(j["impersonation"]["token"].as_u64(), Some(token), "{build}");
+        assert_eq!(j["impersonation"]["level"], "Impersonation");
+        assert_eq!(level, 2);
+        assert!(o.text.contains(&format!(
+            "Impersonation token:  {token:016x} (Level Impersonation)"
+        )));
+        let o = e.run("!thread");
+        assert!(o.text.contains("Not impersonating") || o.text.contains("Impersonation token"));
+        let j = common::numbers(o.result);
+        assert!(j["thread"].as_u64() != Some(thread) || j.get("impersonation").is_some());
+    }
+}

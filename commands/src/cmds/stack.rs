@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::args::{Args, Syntax, opt_expr};
+use crate::args::{Args, Kind, Param, Syntax, split_token};
 use crate::engine::{CmdError, Engine, addr};
 use crate::registry::Render;
 use kdnet_model::nt::unwind::Regs;
@@ -13,8 +13,52 @@ use kdnet_model::nt::unwind::Regs;
 /// Most frames shown.
 const MAX_FRAMES: u64 = 256;
 
-/// `k [COUNT]`.
-pub(crate) const SYNTAX: Syntax = Syntax::params(&[opt_expr("COUNT")]);
+/// `k [= BasePtr StackPtr InstructionPtr] [COUNT]`: the rest of the line, as written.
+pub(crate) const SYNTAX: Syntax = Syntax::params(&[Param {
+    name: "ARGS",
+    kind: Kind::Rest,
+    optional: true,
+}]);
+
+/// The usage line.
+pub(crate) const USAGE: &str = "k[b|p|c|f][n][L] [= BasePtr StackPtr InstructionPtr] [COUNT]";
+
+/// `k`'s arguments: where to start (`= rbp rsp rip`), and how many frames.
+fn request(text: &str) -> Result<(Option<[&str; 3]>, Option<&str>), CmdError> {
+    let usage = |why: String| CmdError::Usage(format!("k: {why}; usage: {USAGE}"));
+    let mut tokens = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let (t, after) = split_token(rest).map_err(usage)?;
+        tokens.push(t);
+        rest = after.trim_start();
+    }
+    let mut start = None;
+    let mut i = 0;
+    if let Some(first) = tokens.first()
+        && first.starts_with('=')
+    {
+        // `= a b c` or `=a b c`.
+        let mut words: Vec<&str> = Vec::new();
+        if first.len() > 1 {
+            words.push(&first[1..]);
+        }
+        i = 1;
+        while words.len() < 3 {
+            let w = tokens
+                .get(i)
+                .ok_or_else(|| usage("= needs BasePtr, StackPtr and InstructionPtr".into()))?;
+            words.push(w);
+            i += 1;
+        }
+        start = Some([words[0], words[1], words[2]]);
+    }
+    let count = tokens.get(i).copied();
+    if tokens.len() > i + 1 {
+        return Err(usage(format!("unexpected {:?}", tokens[i + 1])));
+    }
+    Ok((start, count))
+}
 
 /// A processor's stack.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -72,13 +116,23 @@ pub(crate) struct Frame {
 }
 
 pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Stack, CmdError> {
-    let max = match a.expr(e, "COUNT")? {
+    let (start, count) = request(a.text("ARGS").unwrap_or(""))?;
+    let max = match count.map(|c| e.eval(c)).transpose()? {
         Some(n) => n.clamp(1, MAX_FRAMES) as usize,
         None => MAX_FRAMES as usize,
     };
     let n = e.processor;
     let ctx = e.context(n)?;
-    // The stack bounds of the current thread, when the model can read it.
+    let mut regs = Regs::from_context(&ctx);
+    if let Some([bp, sp, ip]) = start {
+        // `k = BasePtr StackPtr InstructionPtr`: walk from there instead.
+        regs.gpr[5] = e.eval(bp)?;
+        regs.gpr[4] = e.eval(sp)?;
+        regs.rip = e.eval(ip)?;
+    }
+    // The stack bounds of the current thread, when the model can read it and the walk starts
+    // inside them.
+    let rsp = regs.rsp();
     let bounds = e
         .kernel
         .processors()
@@ -86,8 +140,8 @@ pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Stack, Cmd
         .and_then(|cpus| cpus.into_iter().find(|c| c.number == n))
         .and_then(|c| e.kernel.thread(c.current).ok())
         .map(|t| (t.stack_limit, t.stack_base))
-        .filter(|(lo, hi)| lo < hi);
-    let s = e.kernel.unwind(Regs::from_context(&ctx), bounds, true);
+        .filter(|(lo, hi)| lo < hi && (*lo..*hi).contains(&rsp));
+    let s = e.kernel.unwind(regs, bounds, true);
     if !s.complete {
         e.kernel.note_incomplete(format!(
             "the stack walk stopped early: {}",
@@ -249,8 +303,18 @@ mod tests {
 
     #[test]
     fn the_k_syntax() {
-        assert_eq!(SYNTAX.parse("k", "5").unwrap().text("COUNT"), Some("5"));
-        assert_eq!(SYNTAX.parse("k", "").unwrap().text("COUNT"), None);
-        assert!(SYNTAX.parse("k", "5 6").is_err());
+        assert_eq!(request("5").unwrap(), (None, Some("5")));
+        assert_eq!(request("").unwrap(), (None, None));
+        assert_eq!(
+            request("= @rbp @rsp @rip 3").unwrap(),
+            (Some(["@rbp", "@rsp", "@rip"]), Some("3"))
+        );
+        assert_eq!(
+            request("=1 poi(@rsp) 3").unwrap(),
+            (Some(["1", "poi(@rsp)", "3"]), None)
+        );
+        for bad in ["5 6", "= 1 2", "= 1 2 3 4 5"] {
+            assert!(request(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -159,9 +159,23 @@ pub struct ThreadInfo {
     pub stack_note: Option<String>,
     /// The frame it is blocked in.
     pub blocker: Option<String>,
+    /// The client token it impersonates (null: not impersonating).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impersonation: Option<Impersonation>,
     /// The rest of what its text shows.
     #[serde(skip)]
     pub shown: ThreadShown,
+}
+
+/// A thread's impersonation of a client.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Impersonation {
+    /// The client's token.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub token: u64,
+    /// `Anonymous`, `Identification`, `Impersonation` or `Delegation`.
+    pub level: String,
 }
 
 /// What `!thread`'s text shows beyond the data.
@@ -304,6 +318,12 @@ pub fn thread_info(e: &mut Engine, t: &Thread, with_stack: bool) -> Result<Threa
         frames,
         stack_note,
         blocker: blocked_in,
+        impersonation: t.impersonation.map(|(token, level)| Impersonation {
+            token,
+            level: ["Anonymous", "Identification", "Impersonation", "Delegation"]
+                [(level & 3) as usize]
+                .to_string(),
+        }),
         shown: ThreadShown {
             state_code: t.state,
             teb: t.teb,
@@ -376,6 +396,14 @@ impl Render for ThreadInfo {
                     Err(e) => s.push_str(&format!("    {}: (unreadable: {e})\n", hex_addr(i.irp))),
                 }
             }
+        }
+        match &self.impersonation {
+            Some(i) => s.push_str(&format!(
+                "Impersonation token:  {} (Level {})\n",
+                hex_addr(i.token),
+                i.level
+            )),
+            None => s.push_str("Not impersonating\n"),
         }
         s.push_str(&format!(
             "Owning Process            {}       Image:         {}\n",
@@ -491,6 +519,11 @@ pub struct ProcessInfo {
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "crate::hex::Hex")]
     pub object_table: u64,
+    /// Handles in use (null: no handle table, or it could not be read).
+    pub handle_count: Option<u64>,
+    /// With flag 1: what WinDbg shows of the process beyond its identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<ProcessDetailsShown>,
     /// Its threads (with thread flags 2 or 4 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<Vec<ThreadInfo>>,
@@ -500,6 +533,127 @@ pub struct ProcessInfo {
     /// Why its thread list is not whole.
     #[serde(skip)]
     pub threads_note: Option<String>,
+}
+
+/// What `!process` with flag 1 shows of a process beyond its identity (null where the build's
+/// EPROCESS lacks the field).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProcessDetailsShown {
+    /// The root node of its VAD tree.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub vad_root: Option<u64>,
+    /// VADs in the tree.
+    pub vads: Option<u64>,
+    /// CloneRoot.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub clone_root: Option<u64>,
+    /// Private pages.
+    pub private_pages: Option<u64>,
+    /// Modified pages.
+    pub modified_pages: Option<u64>,
+    /// Locked pages.
+    pub locked_pages: Option<u64>,
+    /// DeviceMap.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub device_map: Option<u64>,
+    /// The primary token.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub token: Option<u64>,
+    /// Seconds since it was created (by the target's clock).
+    pub elapsed_seconds: Option<f64>,
+    /// User-mode time, seconds.
+    pub user_seconds: Option<f64>,
+    /// Kernel-mode time, seconds.
+    pub kernel_seconds: Option<f64>,
+    /// Working-set pages now.
+    pub working_set: Option<u64>,
+    /// Minimum working set, pages.
+    pub working_set_min: Option<u64>,
+    /// Maximum working set, pages.
+    pub working_set_max: Option<u64>,
+    /// Peak working set, pages.
+    pub peak_working_set: Option<u64>,
+    /// Virtual size, bytes.
+    pub virtual_size: Option<u64>,
+    /// Peak virtual size, bytes.
+    pub peak_virtual_size: Option<u64>,
+    /// Page faults.
+    pub page_faults: Option<u64>,
+    /// Base priority.
+    pub base_priority: Option<i64>,
+    /// CommitCharge, pages.
+    pub commit_charge: u64,
+    /// Its job (null: none).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub job: Option<u64>,
+}
+
+/// `hh:mm:ss.mmm` from seconds, as `!process` shows times.
+fn clock_text(seconds: f64) -> String {
+    let ms = (seconds * 1000.0).round() as u64;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+impl ProcessDetailsShown {
+    fn render(&self, text: &mut String) {
+        let n = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+        let a = |v: Option<u64>| v.map_or("?".to_string(), hex_addr);
+        text.push_str(&format!(
+            "    VadRoot {} Vads {} Clone {} Private {}. Modified {}. Locked {}.\n",
+            a(self.vad_root),
+            n(self.vads),
+            self.clone_root
+                .map_or("?".to_string(), |c| format!("{c:x}")),
+            n(self.private_pages),
+            n(self.modified_pages),
+            n(self.locked_pages)
+        ));
+        text.push_str(&format!("    DeviceMap {}\n", a(self.device_map)));
+        let row = |text: &mut String, label: &str, value: String| {
+            text.push_str(&format!("    {label:<34}{value}\n"));
+        };
+        row(text, "Token", a(self.token));
+        let t = |v: Option<f64>| v.map_or("?".to_string(), clock_text);
+        row(text, "ElapsedTime", t(self.elapsed_seconds));
+        row(text, "UserTime", t(self.user_seconds));
+        row(text, "KernelTime", t(self.kernel_seconds));
+        if let (Some(now), Some(min), Some(max)) =
+            (self.working_set, self.working_set_min, self.working_set_max)
+        {
+            text.push_str(&format!(
+                "    Working Set Sizes (now,min,max)  ({now}, {min}, {max}) ({}KB, {}KB, {}KB)\n",
+                now * 4,
+                min * 4,
+                max * 4
+            ));
+        }
+        row(text, "PeakWorkingSetSize", n(self.peak_working_set));
+        let mb = |v: Option<u64>| v.map_or("?".to_string(), |v| format!("{} Mb", v >> 20));
+        row(text, "VirtualSize", mb(self.virtual_size));
+        row(text, "PeakVirtualSize", mb(self.peak_virtual_size));
+        row(text, "PageFaultCount", n(self.page_faults));
+        row(
+            text,
+            "BasePriority",
+            self.base_priority
+                .map_or("?".to_string(), |p| p.to_string()),
+        );
+        row(text, "CommitCharge", self.commit_charge.to_string());
+        if let Some(j) = self.job.filter(|j| *j != 0) {
+            row(text, "Job", hex_addr(j));
+        }
+    }
 }
 
 /// What `!process` found.
@@ -557,6 +711,21 @@ pub fn process_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Proc
             continue;
         }
         let session = session_text(&mut e.kernel, &p);
+        let handle_count = match e.kernel.handle_count(p.object_table) {
+            Ok(n) => n,
+            Err(err) => {
+                e.kernel.note_incomplete(format!(
+                    "the handle table of {} ({:x}) is unreadable: {err}",
+                    p.name, p.eprocess
+                ));
+                None
+            }
+        };
+        let details = if flags & 1 != 0 {
+            Some(process_details(e, &p)?)
+        } else {
+            None
+        };
         let mut threads = None;
         let mut threads_note = None;
         if flags & 0x6 != 0 {
@@ -580,6 +749,8 @@ pub fn process_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Proc
             dir_base: p.dtb,
             peb: p.peb,
             object_table: p.object_table,
+            handle_count,
+            details,
             threads,
             session,
             threads_note,
@@ -602,7 +773,7 @@ impl Render for Processes {
         }
         for p in &self.processes {
             text.push_str(&format!(
-                "PROCESS {}\n    SessionId: {}  Cid: {:04x}    Peb: {:08x}  ParentCid: {:04x}\n    DirBase: {:08x}  ObjectTable: {}  HandleCount: <Data Not Accessible>\n    Image: {}\n",
+                "PROCESS {}\n    SessionId: {}  Cid: {:04x}    Peb: {:08x}  ParentCid: {:04x}\n    DirBase: {:08x}  ObjectTable: {}  HandleCount: {}\n    Image: {}\n",
                 hex_addr(p.process),
                 p.session,
                 p.pid,
@@ -610,8 +781,13 @@ impl Render for Processes {
                 p.parent_pid,
                 p.dir_base,
                 hex_addr(p.object_table),
+                p.handle_count
+                    .map_or("<Data Not Accessible>".to_string(), |n| format!("{n}.")),
                 p.image
             ));
+            if let Some(d) = &p.details {
+                d.render(text);
+            }
             if let Some(threads) = &p.threads {
                 text.push('\n');
                 for t in threads {
@@ -630,6 +806,42 @@ impl Render for Processes {
             text.push('\n');
         }
     }
+}
+
+/// Reads what flag 1 of `!process` shows of `p`.
+fn process_details(e: &mut Engine, p: &Process) -> Result<ProcessDetailsShown, CmdError> {
+    let d = e.kernel.process_details(p.eprocess)?;
+    let (_, increment) = e.kernel.clock().unwrap_or((0, 156_250));
+    let now = e.kernel.clocks().ok().map(|(system, _, _)| system);
+    let seconds = |ticks: Option<u64>| ticks.map(|t| t as f64 * increment as f64 / 1e7);
+    Ok(ProcessDetailsShown {
+        vad_root: d.vad_root,
+        vads: d.vad_count,
+        clone_root: d.clone_root,
+        private_pages: d.private_pages,
+        modified_pages: d.modified_pages,
+        locked_pages: d.locked_pages,
+        device_map: d.device_map,
+        token: d.token,
+        elapsed_seconds: match (now, d.create_time) {
+            (Some(now), Some(created)) if created != 0 && now >= created => {
+                Some((now - created) as f64 / 1e7)
+            }
+            _ => None,
+        },
+        user_seconds: seconds(d.user_ticks),
+        kernel_seconds: seconds(d.kernel_ticks),
+        working_set: d.working_set.map(|w| w.0),
+        working_set_min: d.working_set.map(|w| w.1),
+        working_set_max: d.working_set.map(|w| w.2),
+        peak_working_set: d.peak_working_set,
+        virtual_size: d.virtual_size,
+        peak_virtual_size: d.peak_virtual_size,
+        page_faults: d.page_faults,
+        base_priority: d.base_priority,
+        commit_charge: p.commit,
+        job: d.job,
+    })
 }
 
 // ---- !stacks ----

@@ -32,6 +32,54 @@ pub struct Process {
     pub commit: u64,
 }
 
+/// What `!process` with flag 1 shows of a process beyond its identity; `None` where the
+/// build's EPROCESS lacks the field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessDetails {
+    /// Handles in use (the handle table's count, summed over its free lists on 8.1 and later);
+    /// `None` without a handle table.
+    pub handle_count: Option<u64>,
+    /// The root node of the VAD tree.
+    pub vad_root: Option<u64>,
+    /// VADs in the tree.
+    pub vad_count: Option<u64>,
+    /// CloneRoot (forked address spaces).
+    pub clone_root: Option<u64>,
+    /// NumberOfPrivatePages.
+    pub private_pages: Option<u64>,
+    /// ModifiedPageCount.
+    pub modified_pages: Option<u64>,
+    /// NumberOfLockedPages.
+    pub locked_pages: Option<u64>,
+    /// DeviceMap.
+    pub device_map: Option<u64>,
+    /// The primary token (EX_FAST_REF's object).
+    pub token: Option<u64>,
+    /// CreateTime (a FILETIME, UTC).
+    pub create_time: Option<u64>,
+    /// Pcb.UserTime and Pcb.KernelTime, in clock ticks.
+    pub user_ticks: Option<u64>,
+    /// Pcb.KernelTime, in clock ticks.
+    pub kernel_ticks: Option<u64>,
+    /// Working-set pages (now, minimum, maximum).
+    pub working_set: Option<(u64, u64, u64)>,
+    /// Peak working set (pages).
+    pub peak_working_set: Option<u64>,
+    /// VirtualSize (bytes).
+    pub virtual_size: Option<u64>,
+    /// PeakVirtualSize (bytes).
+    pub peak_virtual_size: Option<u64>,
+    /// Page faults.
+    pub page_faults: Option<u64>,
+    /// Pcb.BasePriority.
+    pub base_priority: Option<i64>,
+    /// Job.
+    pub job: Option<u64>,
+}
+
+/// Most handle-table free lists summed (nt!ExpFreeListCount is one per processor group node).
+const MAX_FREE_LISTS: u64 = 1024;
+
 /// Thread states by value (`_KTHREAD_STATE`, stable; 7601's table lacks the enum).
 pub const THREAD_STATES: [&str; 10] = [
     "Initialized",
@@ -156,6 +204,9 @@ pub struct Thread {
     pub attached_process: Option<u64>,
     /// IRPs on the thread's list.
     pub irps: Vec<u64>,
+    /// The client token it impersonates and the level (0 anonymous, 1 identification, 2
+    /// impersonation, 3 delegation), when it does.
+    pub impersonation: Option<(u64, u64)>,
 }
 
 /// A processor.
@@ -237,6 +288,92 @@ impl Kernel {
     pub fn process(&mut self, eprocess: u64) -> Result<Process, ModelError> {
         let v = self.view("_EPROCESS", eprocess)?;
         process_from(&v)
+    }
+
+    /// What `!process` with flag 1 shows of the process at `eprocess` beyond its identity.
+    pub fn process_details(&mut self, eprocess: u64) -> Result<ProcessDetails, ModelError> {
+        let v = self.view("_EPROCESS", eprocess)?;
+        let opt = |path: &str| v.has(path).then(|| v.get(path).ok()).flatten();
+        let any = |paths: &[&str]| paths.iter().find_map(|p| opt(p));
+        // Vm is _MMSUPPORT (7601 to 14393) or _MMSUPPORT_FULL with Instance (later).
+        let vm = if v.has("Vm.Instance.WorkingSetSize") {
+            "Vm.Instance."
+        } else {
+            "Vm."
+        };
+        let vm_field = |f: &str| opt(&format!("{vm}{f}"));
+        let working_set = match (
+            vm_field("WorkingSetSize"),
+            vm_field("MinimumWorkingSetSize"),
+            vm_field("MaximumWorkingSetSize"),
+        ) {
+            (Some(a), Some(b), Some(c)) => Some((a, b, c)),
+            _ => None,
+        };
+        let table = v.get_or("ObjectTable", 0);
+        let handle_count = self.handle_count(table)?;
+        Ok(ProcessDetails {
+            handle_count,
+            vad_root: any(&["VadRoot.Root", "VadRoot.BalancedRoot.RightChild"]),
+            vad_count: any(&["VadCount", "VadRoot.NumberGenericTableElements"]),
+            clone_root: opt("CloneRoot"),
+            private_pages: opt("NumberOfPrivatePages"),
+            modified_pages: opt("ModifiedPageCount"),
+            locked_pages: opt("NumberOfLockedPages"),
+            device_map: any(&["DeviceMap.Value", "DeviceMap"]).map(|d| d & !0xf),
+            token: opt("Token.Value").map(|t| t & !0xf),
+            create_time: opt("CreateTime.QuadPart"),
+            user_ticks: opt("Pcb.UserTime"),
+            kernel_ticks: opt("Pcb.KernelTime"),
+            working_set,
+            peak_working_set: vm_field("PeakWorkingSetSize"),
+            virtual_size: opt("VirtualSize"),
+            peak_virtual_size: opt("PeakVirtualSize"),
+            page_faults: vm_field("PageFaultCount"),
+            base_priority: v
+                .has("Pcb.BasePriority")
+                .then(|| v.get_signed("Pcb.BasePriority").ok())
+                .flatten(),
+            job: opt("Job"),
+        })
+    }
+
+    /// Handles in use in the handle table at `table` (none: `None`): its HandleCount (7601),
+    /// or the sum over its nt!ExpFreeListCount free lists (8.1 and later).
+    pub fn handle_count(&mut self, table: u64) -> Result<Option<u64>, ModelError> {
+        if table == 0 {
+            return Ok(None);
+        }
+        let nt = self.nt()?;
+        if nt.has_field("_HANDLE_TABLE", "HandleCount") {
+            let at = table + nt.offset("_HANDLE_TABLE", "HandleCount")?;
+            return Ok(Some(u64::from(self.mem.u32(at)?)));
+        }
+        if !nt.has_field("_HANDLE_TABLE", "FreeLists") {
+            return Ok(None);
+        }
+        let lists = match self.sym("ExpFreeListCount") {
+            Ok(at) => u64::from(self.mem.u32(at)?),
+            Err(_) => 1,
+        };
+        if lists == 0 || lists > MAX_FREE_LISTS {
+            return Err(ModelError::Corrupt(format!(
+                "nt!ExpFreeListCount is {lists} (1 to {MAX_FREE_LISTS})"
+            )));
+        }
+        let first = nt.offset("_HANDLE_TABLE", "FreeLists")?;
+        let size = nt.size_of("_HANDLE_TABLE_FREE_LIST")?;
+        let count = nt.offset("_HANDLE_TABLE_FREE_LIST", "HandleCount")?;
+        let bytes = self.mem.kread(table + first, (lists * size) as usize)?;
+        let sum = (0..lists)
+            .filter_map(|i| {
+                let o = (i * size + count) as usize;
+                bytes
+                    .get(o..o + 4)
+                    .map(|b| u64::from(u32::from_le_bytes(b.try_into().unwrap_or([0; 4]))))
+            })
+            .sum();
+        Ok(Some(sum))
     }
 
     /// The threads of a process (EPROCESS.ThreadListHead).
@@ -351,6 +488,10 @@ impl Kernel {
             processor: v.get_or("Tcb.NextProcessor", 0),
             attached_process: (apc_process != process && apc_process != 0).then_some(apc_process),
             irps,
+            impersonation: (v.get_or("ActiveImpersonationInfo", 0) == 1)
+                .then(|| v.get("ClientSecurity.ImpersonationData").ok())
+                .flatten()
+                .map(|d| (d & !7, d & 3)),
         })
     }
 

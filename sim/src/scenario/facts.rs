@@ -90,6 +90,10 @@ pub struct Facts {
     pub heartbeat: String,
     /// Processes (EPROCESS, pid, name).
     pub processes: Vec<(u64, u64, String)>,
+    /// What each process's details hold, in the order of `processes`.
+    pub process_details: Vec<crate::system::ProcessDetails>,
+    /// The thread impersonating a client: (ETHREAD, token, impersonation level).
+    pub impersonating: Option<(u64, u64, u64)>,
     /// Pages whose PTE is a page-file reference (reads fail).
     pub paged_out: Vec<u64>,
     /// Pages whose PTE is in transition (resident, but not valid: reads fail on a live target).

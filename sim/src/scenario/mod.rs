@@ -198,6 +198,8 @@ pub fn build_with_table(
         .iter()
         .map(|p| (p.eprocess, p.pid, p.name.clone()))
         .collect();
+    facts.process_details = sys.processes.iter().map(|p| p.details.clone()).collect();
+    facts.impersonating = sys.impersonating;
     facts.threads = sys.threads.len();
     facts.paged_out = base.paged_out.clone();
     facts.transition = base.transition.clone();

@@ -103,6 +103,27 @@ pub struct ProcessRec {
     pub space: Space,
     /// Threads (indices into [`System::threads`]).
     pub threads: Vec<usize>,
+    /// What `!process` details show, once [`System::finish`] wrote it.
+    pub details: ProcessDetails,
+}
+
+/// What a process's details hold beyond its identity, as written at the end of the build.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessDetails {
+    /// Its handle table (ObjectTable), 0 for the idle process.
+    pub handle_table: u64,
+    /// Handles in use.
+    pub handle_count: u64,
+    /// Its primary token.
+    pub token: u64,
+    /// The root node of its VAD tree.
+    pub vad_root: u64,
+    /// VADs in the tree.
+    pub vad_count: u64,
+    /// Working-set pages now, minimum, maximum.
+    pub working_set: (u64, u64, u64),
+    /// VirtualSize in bytes.
+    pub virtual_size: u64,
 }
 
 /// A thread.
@@ -166,6 +187,8 @@ pub struct System {
     pub resources: Vec<u64>,
     /// KUSER_SHARED_DATA tick count at build time.
     pub now_tick: u64,
+    /// The thread impersonating a client: (ETHREAD, token, impersonation level).
+    pub impersonating: Option<(u64, u64, u64)>,
     /// KiWaitNever.
     pub wait_never: u64,
     /// KiWaitAlways.
@@ -254,6 +277,7 @@ impl System {
             cpus: Vec::new(),
             resources: Vec::new(),
             now_tick: UPTIME_SECONDS * TICKS_PER_SECOND,
+            impersonating: None,
             wait_never,
             wait_always,
             rng,
@@ -301,6 +325,7 @@ impl System {
         }
         self.write_module_list()?;
         self.write_va_regions()?;
+        self.write_process_details()?;
         let cpus = self.cpus.len();
         self.pool.finish(&mut self.k, cpus)?;
         self.write_processor_state()?;
