@@ -394,7 +394,7 @@ impl DumpWriter {
 
     /// Appends whole pages (the next ones of the plan, in its order).
     pub fn write_pages(&mut self, bytes: &[u8]) -> Result<(), DumpError> {
-        if bytes.len() % PAGE_USIZE != 0 {
+        if !bytes.len().is_multiple_of(PAGE_USIZE) {
             return Err(self.err(format!("{} bytes are not whole pages", bytes.len())));
         }
         let n = (bytes.len() / PAGE_USIZE) as u64;
