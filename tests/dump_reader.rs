@@ -35,7 +35,10 @@ fn engine(scenario: Scenario) -> (Engine, Machine) {
     let mut local = LocalTarget::new(machine, cpus);
     local.set_max_transfer(3944);
     let kernel = Kernel::open(Box::new(local), kdnet_sim::symbols::symbol_path("")).unwrap();
-    (Engine::new(kernel), Machine::build(config(scenario)).unwrap())
+    (
+        Engine::new(kernel),
+        Machine::build(config(scenario)).unwrap(),
+    )
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
