@@ -309,6 +309,21 @@ fn a_lost_link_leaves_no_file_and_the_same_dump_goes_on() {
         names(&dir),
         ["fresh.dmp", "full.dmp.partial", "full.dmp.partial.state"]
     );
+    // As a process killed between two records leaves it: the record 100 pages behind what
+    // was written, and a write cut short.
+    let state = dir.join("full.dmp.partial.state");
+    let mut s: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let written = s["written"].as_u64().unwrap();
+    s["written"] = (written - 100).into();
+    std::fs::write(&state, s.to_string()).unwrap();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("full.dmp.partial"))
+            .unwrap();
+        f.write_all(&[0xa5; 5000]).unwrap();
+    }
     // It answers again: the same command goes on from where it stopped.
     faults.heal();
     e.retry_target();
@@ -320,6 +335,7 @@ fn a_lost_link_leaves_no_file_and_the_same_dump_goes_on() {
     assert_eq!(r["parts"], 2);
     let at = r["resumed_at"].as_u64().unwrap();
     let pages = r["pages"].as_u64().unwrap();
+    assert_eq!(at, written - 100);
     assert!(at > pages / 4 && at < pages, "resumed at {at} of {pages}");
     assert_eq!(r["pages_read"].as_u64().unwrap(), pages - at);
     assert!(

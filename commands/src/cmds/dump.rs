@@ -37,8 +37,8 @@ use crate::registry::Render;
 /// `.dump [/f|/k|/ka] [/o] [/c COMMENT] FILE`.
 pub(crate) const SYNTAX: Syntax = crate::cmds::session::REST;
 
-/// Pages written between two records of the state (64 MiB).
-const CHECKPOINT: u64 = 1 << 14;
+/// Pages written between two records of the state (16 MiB: a few seconds of KDNET).
+const CHECKPOINT: u64 = 1 << 12;
 /// The state file's version.
 const STATE_VERSION: u32 = 1;
 /// Frames named in a result (the rest are counted).
@@ -670,60 +670,62 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Dumped, C
     let mut stop: Option<CmdError> = None;
     let runs: Vec<(u64, u64)> = writer.plan().runs().to_vec();
     let first_run = writer.plan().locate(start);
+    let sink = &mut e.progress;
+    let mem = &mut e.kernel.mem;
     if let Some((i, pfn)) = first_run {
-        'runs: for (j, &(base, count)) in runs.iter().enumerate().skip(i) {
+        for (j, &(base, count)) in runs.iter().enumerate().skip(i) {
             let from = if j == i { pfn } else { base };
             let len = (base + count - from) * PAGE;
-            let mut failed: Option<CmdError> = None;
-            e.kernel
-                .mem
-                .read_physical_range(from * PAGE, len, |at, piece| {
-                    let r = match piece {
-                        Piece::Read(b) => {
-                            let n = b.len() as u64 / PAGE;
-                            writer.write_pages(b).map(|()| {
-                                pages_read += n;
-                                done += n;
-                                since_checkpoint += n;
-                            })
-                        }
-                        Piece::Unreadable { len, error } if !error.is_transient() => {
-                            for p in 0..len.div_ceil(PAGE) {
-                                state.left_out.push(at / PAGE + p);
-                            }
-                            done += len.div_ceil(PAGE);
-                            Ok(())
-                        }
-                        Piece::Unreadable { error, .. } => {
-                            failed = Some(stopped(&error, at, done, total, &partial));
-                            return ControlFlow::Break(());
-                        }
-                    };
-                    if let Err(err) = r {
-                        failed = Some(CmdError::Failed(format!(
-                            "{err}; {} keeps what was written before it",
-                            partial.display()
-                        )));
-                        return ControlFlow::Break(());
+            mem.read_physical_range(from * PAGE, len, |at, piece| {
+                let r = match piece {
+                    Piece::Read(b) => {
+                        let n = b.len() as u64 / PAGE;
+                        writer.write_pages(b).map_err(failed).map(|()| {
+                            pages_read += n;
+                            done += n;
+                            since_checkpoint += n;
+                        })
                     }
-                    ControlFlow::Continue(())
-                });
-            let checkpoint = since_checkpoint >= CHECKPOINT;
-            if failed.is_some() || checkpoint {
-                if let Err(err) = record(&mut writer, &mut state, &state_path) {
-                    stop = Some(err);
-                    break 'runs;
+                    Piece::Unreadable { len, error } if !error.is_transient() => {
+                        for p in 0..len.div_ceil(PAGE) {
+                            state.left_out.push(at / PAGE + p);
+                        }
+                        done += len.div_ceil(PAGE);
+                        Ok(())
+                    }
+                    Piece::Unreadable { error, .. } => {
+                        Err(stopped(&error, at, done, total, &partial))
+                    }
+                };
+                // Durable before it is recorded: at each checkpoint, and where it stops.
+                let r = match r {
+                    Ok(()) if since_checkpoint >= CHECKPOINT => {
+                        since_checkpoint = 0;
+                        record(&mut writer, &mut state, &state_path)
+                    }
+                    Err(err) => Err(match record(&mut writer, &mut state, &state_path) {
+                        Ok(()) => err,
+                        Err(not_recorded) => CmdError::Failed(format!("{err}; but {not_recorded}")),
+                    }),
+                    ok => ok,
+                };
+                if let Some(sink) = sink.as_mut() {
+                    sink(".dump", &progress(started, done, total, pages_read, false));
                 }
-                since_checkpoint = 0;
+                match r {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(err) => {
+                        stop = Some(err);
+                        ControlFlow::Break(())
+                    }
+                }
+            });
+            if stop.is_some() {
+                break;
             }
-            if let Some(err) = failed {
-                stop = Some(err);
-                break 'runs;
-            }
-            report(e, started, done, total, pages_read, false);
         }
     }
-    report(e, started, done, total, pages_read, true);
+    e.report_progress(".dump", &progress(started, done, total, pages_read, true));
     let cost = e.kernel.mem.stats().since(&before).transport.round_trips;
     if let Some(err) = stop {
         state.round_trips += cost;
@@ -808,18 +810,15 @@ fn stopped(error: &TargetError, at: u64, done: u64, total: u64, partial: &Path) 
     ))
 }
 
-fn report(e: &mut Engine, started: Instant, done: u64, total: u64, now: u64, finished: bool) {
-    e.report_progress(
-        ".dump",
-        &Progress {
-            done,
-            total,
-            done_now: now,
-            bytes: now * PAGE,
-            elapsed: started.elapsed(),
-            finished,
-        },
-    );
+fn progress(started: Instant, done: u64, total: u64, now: u64, finished: bool) -> Progress {
+    Progress {
+        done,
+        total,
+        done_now: now,
+        bytes: now * PAGE,
+        elapsed: started.elapsed(),
+        finished,
+    }
 }
 
 fn default_comment(scope: Scope, asked: &Option<String>) -> String {
