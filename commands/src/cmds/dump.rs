@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use kdnet_model::dump::{DumpWriter, PagePlan, WriteKind};
 use kdnet_model::mem::{Piece, Space};
+use kdnet_model::nt::ModelError;
 use kdnet_model::nt::physical::{FrameSet, PhysicalMemory};
 use kdnet_model::target::TargetError;
 use schemars::JsonSchema;
@@ -516,14 +517,17 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Dumped, C
     // The machine as it is now.
     let kernel = e.kernel.mem.kernel_space()?;
     let ram = e.kernel.physical_memory()?;
+    // (A read that failed just now must not make this machine look like another.)
+    let processors = match e.kernel.processors() {
+        Ok(p) => p.len() as u32,
+        Err(ModelError::Target(t)) if t.is_transient() => return Err(t.into()),
+        Err(_) => e.kernel.mem.info().processors,
+    };
     let here = Machine {
         build: e.kernel.build,
         kernel_base: e.kernel.base,
         directory_table_base: kernel.dtb,
-        processors: e
-            .kernel
-            .processors()
-            .map_or(e.kernel.mem.info().processors, |p| p.len() as u32),
+        processors,
         runs: ram.runs.clone(),
     };
     let interrupt_now = e.kernel.clocks().ok().map(|c| c.1);
