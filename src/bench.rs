@@ -20,7 +20,8 @@
 //! 6. Long memory reads on the simulated machine over the same link: 8 MiB of the kernel image
 //!    read page by page (two requests a page: 3,944 + 152 bytes) beside the same range through
 //!    `.writemem` and 1 MiB through `dq` (long reads: full requests over physically contiguous
-//!    pages): round trips, bytes per round trip and its ratio to the 3,944-byte limit.
+//!    pages): round trips, bytes per round trip and its ratio to the 3,944-byte limit; and
+//!    whole dumps of the machine through `.dump /f` (every page of its RAM) and `.dump /k`.
 
 use std::time::{Duration, Instant};
 
@@ -885,6 +886,7 @@ async fn memory_bench(delay: Duration) -> anyhow::Result<()> {
     let rt = tokio::runtime::Handle::current();
     let h = host.clone();
     let f = file.clone();
+    let dir = out.clone();
     let (base, rows) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Vec<ReadRow>)> {
             let target = kdnet_live::LiveTarget::new(h, rt)?;
@@ -939,6 +941,23 @@ async fn memory_bench(delay: Duration) -> anyhow::Result<()> {
                     o.ok() && o.complete,
                 ));
             }
+            // Whole dumps: every page of RAM (/f), the kernel's pages (/k), each page read
+            // once past the cache.
+            for (option, name) in [("/f", "complete.dmp"), ("/k", "kernel.dmp")] {
+                e.kernel.mem.invalidate();
+                let line = format!(".dump /o {option} {}", dir.join(name).display());
+                let t = Instant::now();
+                let o = e.run(&line);
+                let took = t.elapsed();
+                let pages = o.result["pages_read"].as_u64().unwrap_or(0);
+                rows.push((
+                    format!(".dump {option}, {pages} pages"),
+                    pages * 0x1000,
+                    o.cost.round_trips,
+                    took,
+                    o.ok() && o.complete,
+                ));
+            }
             Ok((base, rows))
         })
         .await??;
@@ -947,7 +966,7 @@ async fn memory_bench(delay: Duration) -> anyhow::Result<()> {
     host.resume(status::DBG_CONTINUE).await?;
     sim.target.shutdown().await;
     outln!(
-        "\nlong reads of the simulated kernel image (from nt {base:#x}, mapped with 2 MB pages), RTT {:?}, each from a cold cache",
+        "\nlong reads of the simulated kernel image (from nt {base:#x}, mapped with 2 MB pages) and whole dumps of the machine, RTT {:?}, each from a cold cache",
         delay * 2
     );
     outln!(
@@ -975,6 +994,9 @@ async fn memory_bench(delay: Duration) -> anyhow::Result<()> {
     outln!(
         "  round trips include the page tables; .writemem wrote {written} bytes; the least possible is {} round trips for 8 MiB",
         RANGE.div_ceil(u64::from(kdnet::api::MAX_TRANSFER))
+    );
+    outln!(
+        "  .dump rows: bytes are the pages read; round trips include the kernel's records (and for /k the page-table walk)"
     );
     Ok(())
 }

@@ -9,6 +9,7 @@ mod decode;
 mod demo;
 mod duration;
 mod open;
+mod progress;
 mod repl;
 mod run;
 mod signals;

@@ -64,6 +64,7 @@ fn open(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let kernel = Kernel::open(Box::new(dump), path)
         .with_context(|| format!("reading the kernel in {}", a.file.display()))?;
     let mut e = Engine::new(kernel);
+    e.progress = crate::progress::terminal();
     let budget = budget(a.max_seconds)?;
     let style = Style {
         json: a.json,

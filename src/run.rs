@@ -148,6 +148,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
                 Err(e) => return Err(e.into()),
             };
             e.kernel.mem.set_cancel(Some(cancel_analysis));
+            e.progress = crate::progress::terminal();
             e.deadline = deadline;
             if let Some(job) = job_analysis {
                 // The watcher's capture, by hand: gathered now, written once the target runs.

@@ -115,6 +115,47 @@ impl Outcome {
     }
 }
 
+/// How far a long command (`.dump`) has got, as it reports it through [`Engine::progress`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Pages done (read, or found unreadable), an earlier run's included when it goes on with
+    /// one.
+    pub done: u64,
+    /// Pages in all.
+    pub total: u64,
+    /// Pages this run has done (the rate is theirs).
+    pub done_now: u64,
+    /// Bytes this run has written.
+    pub bytes: u64,
+    /// Time since this run began.
+    pub elapsed: std::time::Duration,
+    /// The command has ended (the last report; whoever draws progress clears it).
+    pub finished: bool,
+}
+
+impl Progress {
+    /// Bytes per second this run.
+    pub fn rate(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-3)
+    }
+
+    /// Time left at this run's pace, once it has one.
+    pub fn eta(&self) -> Option<std::time::Duration> {
+        if self.done_now == 0 || self.done >= self.total {
+            return None;
+        }
+        let per_page = self.elapsed.as_secs_f64() / self.done_now as f64;
+        Some(std::time::Duration::from_secs_f64(
+            per_page * (self.total - self.done) as f64,
+        ))
+    }
+}
+
+/// Where a long command's progress goes: the command's name and how far it has got. The
+/// command line draws it on a terminal's standard error; elsewhere there is none, so that the
+/// command's text and JSON stay as they are.
+pub type ProgressSink = Box<dyn FnMut(&str, &Progress) + Send>;
+
 /// Most failed reads named in one result (the rest are counted).
 const FAILURES_SHOWN: usize = 3;
 
@@ -147,6 +188,8 @@ pub struct Engine {
     pub register_mask: u32,
     /// The session log (`.logopen`): each command and its output as the prompt shows them.
     pub log: Option<crate::cmds::session::SessionLog>,
+    /// Where long commands report how far they have got (none: they do not).
+    pub progress: Option<ProgressSink>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -218,6 +261,14 @@ impl Engine {
             last_shown: None,
             register_mask: crate::cmds::registers::DEFAULT_MASK,
             log: None,
+            progress: None,
+        }
+    }
+
+    /// Reports how far the long command `what` has got (to the sink, when there is one).
+    pub fn report_progress(&mut self, what: &str, p: &Progress) {
+        if let Some(sink) = &mut self.progress {
+            sink(what, p);
         }
     }
 
@@ -347,7 +398,11 @@ finished"
             )
         });
         let r = match (r, self.target_gone()) {
-            // Whatever the command made of it, it was made without the target.
+            // Whatever the command made of it, it was made without the target (what it says
+            // of its own work, a file it kept, is kept).
+            (Err(CmdError::Failed(m)), Some(why)) => {
+                Err(format!("no answer from the target: {why}; {m}"))
+            }
             (_, Some(why)) => Err(format!("no answer from the target: {why}")),
             (Ok(o), None) => Ok(o),
             (Err(e), None) => Err(match &failed_reads {

@@ -183,6 +183,33 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::search::run => crate::cmds::search::Found,
     },
     command! {
+        name: ".dump", aliases: [], id: "dump",
+        summary: "writes the target's memory as a crash dump: complete (/f), kernel (/k), kernel and user (/ka)",
+        doc: "writes a Windows crash dump of a kernel target to FILE, as WinDbg's kernel-mode \
+              `.dump`: `/f` a complete memory dump (every page of the RAM that \
+              nt!MmPhysicalMemoryBlock describes; a full dump with the runs in its header when \
+              they fit, else a bitmap dump), `/k` a kernel memory dump (the RAM mapped in the \
+              kernel half and its page tables, walked from the kernel's page-table root; a \
+              bitmap dump), `/ka` that and the current process's user pages (WinDbg's names; \
+              its default, a small memory dump `/m`, is not written here); `/o` replaces an \
+              existing FILE (without it an existing FILE is an error, as in WinDbg), \
+              `/c COMMENT` goes in the header. Pages are read past the cache in requests at \
+              the protocol's limit and streamed to FILE.partial in bounded memory; FILE \
+              appears (mode 0600) only once whole. After a lost link or a spent time budget \
+              the same `.dump` goes on where it stopped, on the same machine only (kernel \
+              base, build, page-table root, processors and memory runs are checked), and says \
+              so in its result and the dump's comment: whether the target ran between the \
+              parts (the dump then holds pages from two moments). A page the target cannot \
+              read is left out and named, never written as zeros (as Windows leaves out of its \
+              dumps pages it cannot read; the result is then marked incomplete), and device \
+              memory mapped in the kernel half is left out of /k and /ka; on a terminal, \
+              progress (pages, MB/s, time left) shows on standard error",
+        syntax: crate::cmds::dump::SYNTAX, usage: Some(".dump /f|/k|/ka [/o] [/c COMMENT] FILE"),
+        examples: [".dump /o /f {dir}/complete.dmp", ".dump /o /k {dir}/kernel.dmp",
+                   ".dump /o /c \"after the hang\" /ka {dir}/kernel-user.dmp"],
+        run: crate::cmds::dump::run => crate::cmds::dump::Dumped,
+    },
+    command! {
         name: "dt", aliases: [], id: "dt",
         summary: "a type's fields; with an address, their values",
         doc: "a type's fields (offsets, types, bitfield positions); with an address, their \

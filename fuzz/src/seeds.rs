@@ -250,6 +250,7 @@ fn dumps() -> Vec<Seed> {
         bugcheck: (0x1000007e, [0xc0000005, 0xfffff805_5c5f1230, 0, 0]),
         context: ctx.as_bytes().to_vec(),
         comment: "kdnet fuzz seed".into(),
+        ..DumpHeader::default()
     };
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -90,6 +90,8 @@ impl VaLayout {
 
 /// The kernel address of `KUSER_SHARED_DATA`.
 pub const KUSER_SHARED_DATA: u64 = 0xfffff780_00000000;
+/// The first frame the machine hands out (16 MB): frames below it are never written.
+pub const FIRST_PFN: u64 = 0x1000;
 
 /// Largest type the simulator lays out or field offset it writes at (the largest type it uses
 /// on a real build, `_EX_POOL_HEAP_MANAGER_STATE`, is 538 KiB). A table giving more is refused,
@@ -156,7 +158,7 @@ impl std::fmt::Debug for Kernel {
 impl Kernel {
     /// A machine with `ram_pages` pages of RAM.
     pub fn new(nt: TypeTable, extra: TypeTable, build: u32, ram_pages: u64) -> Kernel {
-        let mut mem = PhysMem::new(ram_pages, 0x1000);
+        let mut mem = PhysMem::new(ram_pages, FIRST_PFN);
         let space = Space::new(&mut mem);
         let va = VaLayout::for_build(build);
         space.self_map(&mut mem, va.self_map_slot);

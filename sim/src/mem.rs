@@ -17,6 +17,8 @@ pub const PTE_RW: u64 = 2;
 pub const PTE_A: u64 = 0x20;
 /// Dirty.
 pub const PTE_D: u64 = 0x40;
+/// User-mode access.
+pub const PTE_US: u64 = 4;
 /// Large page (in a PDE).
 pub const PTE_PS: u64 = 0x80;
 /// Global.

@@ -180,6 +180,9 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                 match control.open() {
                     Ok(mut e) => {
                         e.kernel.mem.set_cancel(Some(s.cancel.clone()));
+                        if e.progress.is_none() {
+                            e.progress = crate::progress::terminal();
+                        }
                         analysis::banner(&mut e, style);
                         *eng = Some(e);
                         seen_stop = serial;

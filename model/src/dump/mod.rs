@@ -15,7 +15,7 @@ mod pages;
 mod write;
 
 use header::{bitmap_layout, check_signature, header_info, runs_layout};
-pub use write::{DumpHeader, WriteKind, write_dump};
+pub use write::{DumpHeader, DumpWriter, Finished, MAX_RUNS, PagePlan, WriteKind, write_dump};
 
 /// Why a dump could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

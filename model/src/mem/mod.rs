@@ -108,7 +108,7 @@ mod tests;
 
 use cache::CachedPage;
 pub use range::{Piece, RANGE_PIECE};
-pub use translate::canonical;
+pub use translate::{Mapped, canonical};
 
 impl Memory {
     /// Wraps a target.

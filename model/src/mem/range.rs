@@ -15,6 +15,7 @@
 
 use std::ops::ControlFlow;
 
+use super::cache::GRANULE;
 use super::{Memory, PAGE, Space};
 use crate::target::TargetError;
 
@@ -92,5 +93,94 @@ impl Memory {
         let mid = (first + (last - first).div_ceil(2)) * PAGE;
         self.range_piece(space, at, mid - at, each)?;
         self.range_piece(space, mid, n - (mid - at), each)
+    }
+}
+
+impl Memory {
+    /// Reads physical `[pa, pa + len)` straight from the target, past the cache (a complete
+    /// dump reads each page once, and gigabytes of them would only push out what commands
+    /// share), in requests as large as the target allows, and hands each piece to `each` in
+    /// address order. Where a request fails for a reason of the memory (the target answered it
+    /// could not read there), the rest of the piece is read again in halves on page boundaries
+    /// down to the page that fails, so one unreadable page costs a few extra requests and the
+    /// rest is read; a failure of the moment (the link, the time budget, a cancel) is handed
+    /// over for the rest of the piece at once, and nothing further is asked.
+    pub fn read_physical_range<F>(&mut self, pa: u64, len: u64, mut each: F)
+    where
+        F: FnMut(u64, Piece<'_>) -> ControlFlow<()>,
+    {
+        let mut done = 0u64;
+        while done < len {
+            let Some(at) = pa.checked_add(done) else {
+                return;
+            };
+            let n = (len - done).min(RANGE_PIECE - at % RANGE_PIECE);
+            if self.physical_piece(at, n, &mut each).is_break() {
+                return;
+            }
+            done += n;
+        }
+    }
+
+    fn physical_piece<F>(&mut self, at: u64, n: u64, each: &mut F) -> ControlFlow<()>
+    where
+        F: FnMut(u64, Piece<'_>) -> ControlFlow<()>,
+    {
+        let mut buf = vec![0u8; n as usize];
+        let (got, error) = self.fetch_direct(at, &mut buf);
+        let Some(error) = error else {
+            return each(at, Piece::Read(&buf));
+        };
+        // What arrived before the failure, in whole pages, is good.
+        let keep = ((at + got) & !(PAGE - 1)).saturating_sub(at).min(n);
+        if keep > 0 {
+            each(at, Piece::Read(&buf[..keep as usize]))?;
+        }
+        let (at, n) = (at + keep, n - keep);
+        let first = at / PAGE;
+        let last = (at + (n - 1)) / PAGE;
+        if first == last || error.is_transient() {
+            return each(at, Piece::Unreadable { len: n, error });
+        }
+        let mid = (first + (last - first).div_ceil(2)) * PAGE;
+        self.physical_piece(at, mid - at, each)?;
+        self.physical_piece(mid, n - (mid - at), each)
+    }
+
+    /// Fills `buf` from physical `pa` in requests of the largest transfer (whole granules):
+    /// the bytes read from the start, and why the rest was not (a short answer is the target
+    /// saying it could not read there).
+    pub(super) fn fetch_direct(&mut self, pa: u64, buf: &mut [u8]) -> (u64, Option<TargetError>) {
+        let max = (self.target.max_transfer().max(GRANULE as usize) as u64) & !(GRANULE - 1);
+        self.stats.bytes_requested += buf.len() as u64;
+        self.stats.cache_misses += 1;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = pa + done as u64;
+            if let Err(e) = self.check_budget() {
+                return (done as u64, Some(e));
+            }
+            let n = (buf.len() - done).min(max as usize);
+            match self.target.read_physical(at, &mut buf[done..done + n]) {
+                Ok(got) => {
+                    let got = got.min(n);
+                    self.stats.bytes_fetched += got as u64;
+                    done += got;
+                    if got < n {
+                        return (
+                            done as u64,
+                            Some(TargetError::Unavailable {
+                                address: pa + done as u64,
+                            }),
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.record(&e, || format!("read of {n:#x} bytes at physical {at:#x}"));
+                    return (done as u64, Some(e));
+                }
+            }
+        }
+        (done as u64, None)
     }
 }

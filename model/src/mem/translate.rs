@@ -1,6 +1,8 @@
 //! Address translation: the kernel address space, the x64 page walk (4 or 5 levels, large
 //! pages) and the search for the next present page.
 
+use std::ops::ControlFlow;
+
 use super::{ADDR, Memory, PAGE, Space, TABLE_CHUNK};
 use crate::target::{NotPresent, TargetError};
 
@@ -182,5 +184,136 @@ impl Memory {
             }
         }
         Ok(None)
+    }
+}
+
+/// What [`Memory::walk_mappings`] finds, in address order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// A page-table page (the root included), by frame number.
+    Table(u64),
+    /// `count` pages mapped from `va` onto consecutive frames from `pfn` (one 4 KB page, or a
+    /// whole 2 MB or 1 GB page).
+    Pages {
+        /// The first virtual address.
+        va: u64,
+        /// The first frame.
+        pfn: u64,
+        /// Pages.
+        count: u64,
+    },
+    /// A page-table page the target could not read (what it maps is unknown).
+    Unreadable {
+        /// Its frame.
+        pfn: u64,
+        /// The first virtual address it maps.
+        va: u64,
+        /// Why.
+        error: TargetError,
+    },
+}
+
+/// Most page-table pages one walk visits (a loop in damaged tables ends there).
+const MAX_TABLES: u64 = 1 << 22;
+
+impl Memory {
+    /// Walks the page tables of `space` over the canonical addresses `[first, last]` (both
+    /// inclusive), in address order: each page-table page visited and each present mapping is
+    /// handed to `each`. Table pages are read past the cache (two requests each at KDNET's
+    /// limit). The top-level entry that points back at the root (Windows' self-map) is not
+    /// followed: what it maps is the page tables themselves, visited anyway. A failure of the
+    /// moment ends the walk with it; a table the target cannot read is handed over as
+    /// [`Mapped::Unreadable`] and the walk goes on.
+    pub fn walk_mappings(
+        &mut self,
+        space: Space,
+        first: u64,
+        last: u64,
+        each: &mut dyn FnMut(Mapped) -> ControlFlow<()>,
+    ) -> Result<(), TargetError> {
+        let root = space.dtb & ADDR;
+        let mut visited = 0u64;
+        let top = self.levels - 1;
+        let _ = self.walk_table(root, top, 0, (first, last), root, &mut visited, each)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk_table(
+        &mut self,
+        table: u64,
+        level: u32,
+        base: u64,
+        (first, last): (u64, u64),
+        root: u64,
+        visited: &mut u64,
+        each: &mut dyn FnMut(Mapped) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, TargetError> {
+        *visited += 1;
+        if *visited > MAX_TABLES {
+            return Err(TargetError::TooLarge {
+                what: "page-table pages walked",
+                value: *visited,
+                limit: MAX_TABLES,
+            });
+        }
+        let mut page = vec![0u8; PAGE as usize];
+        let (got, error) = self.fetch_direct(table, &mut page);
+        if let Some(error) = error {
+            if error.is_transient() {
+                return Err(error);
+            }
+            return Ok(each(Mapped::Unreadable {
+                pfn: table / PAGE,
+                va: base,
+                error,
+            }));
+        }
+        debug_assert_eq!(got, PAGE);
+        if each(Mapped::Table(table / PAGE)).is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+        let shift = 12 + 9 * level;
+        let span = 1u64 << shift;
+        let top = level == self.levels - 1;
+        let sign = if self.levels == 5 { 56 } else { 47 };
+        for idx in 0..512u64 {
+            let mut va = base.wrapping_add(idx << shift);
+            if top && (va >> sign) & 1 == 1 {
+                va |= !((1u64 << sign) - 1);
+            }
+            let end = va.wrapping_add(span - 1);
+            if end < first || va > last {
+                continue;
+            }
+            let o = (idx * 8) as usize;
+            let e = u64::from_le_bytes(page[o..o + 8].try_into().unwrap_or([0; 8]));
+            if e & 1 == 0 {
+                continue;
+            }
+            let frame = e & ADDR;
+            if top && frame == root {
+                continue;
+            }
+            let flow = if level == 0 {
+                each(Mapped::Pages {
+                    va,
+                    pfn: frame / PAGE,
+                    count: 1,
+                })
+            } else if (level == 1 || level == 2) && e & 0x80 != 0 {
+                each(Mapped::Pages {
+                    va,
+                    pfn: (frame & !(span - 1)) / PAGE,
+                    count: span / PAGE,
+                })
+            } else {
+                self.walk_table(frame, level - 1, va, (first, last), root, visited, each)?
+            };
+            if flow.is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
     }
 }

@@ -141,6 +141,8 @@ impl Kernel {
             bugcheck: self.bugcheck()?.unwrap_or((0, [0; 4])),
             context,
             comment: comment.to_string(),
+            system_time: 0,
+            up_time: 0,
         })
     }
 

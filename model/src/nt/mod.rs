@@ -7,6 +7,7 @@ mod kdbg;
 pub mod locks;
 mod modules;
 pub mod ndis;
+pub mod physical;
 pub mod pool;
 pub mod procs;
 mod symbols;

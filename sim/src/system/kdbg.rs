@@ -45,6 +45,7 @@ impl System {
             ("PoolTrackTable", "PoolTrackTable"),
             ("MmSystemRangeStart", "MmSystemRangeStart"),
             ("MmHighestUserAddress", "MmHighestUserAddress"),
+            ("MmPhysicalMemoryBlock", "MmPhysicalMemoryBlock"),
             ("MmSizeOfPagedPoolInBytes", "MmSizeOfPagedPoolInBytes"),
         ] {
             if k.has_sym(symbol) {

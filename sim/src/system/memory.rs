@@ -1,7 +1,8 @@
 //! The memory manager's record of where the system regions live.
 
 use crate::SimError;
-use crate::kernel::Region;
+use crate::kernel::{FIRST_PFN, Region};
+use crate::pool::{PoolKind, tag};
 
 use super::System;
 
@@ -77,6 +78,36 @@ impl System {
                 k.w64(a, end);
             }
         }
+        Ok(())
+    }
+
+    /// The RAM the memory manager describes (`MmPhysicalMemoryBlock`, a
+    /// `_PHYSICAL_MEMORY_DESCRIPTOR` in non-paged pool): conventional memory below 640 KB
+    /// without the first page, as PC firmware reports it, then from 16 MB every frame the
+    /// machine has handed out. (Its RAM is sparse and small; the memory manager's counters
+    /// that `!vm` shows describe the server the scenarios come from.) Written last, so that it
+    /// covers every frame.
+    pub(super) fn write_physical_memory_block(&mut self) -> Result<(), SimError> {
+        let (d, r) = ("_PHYSICAL_MEMORY_DESCRIPTOR", "_PHYSICAL_MEMORY_RUN");
+        let run = self.k.off(d, "Run")?;
+        let run_size = self.k.size(r)?;
+        let desc = self.pool.alloc(
+            &mut self.k,
+            PoolKind::NonPaged,
+            run + 2 * run_size,
+            tag("MmPm"),
+        )?;
+        let k = &mut self.k;
+        let runs = [(1, 0x9e), (FIRST_PFN, k.mem.allocated_up_to() - FIRST_PFN)];
+        k.set(desc, d, "NumberOfRuns", runs.len() as u64)?;
+        k.set(desc, d, "NumberOfPages", runs.iter().map(|x| x.1).sum())?;
+        for (i, (base, count)) in runs.iter().enumerate() {
+            let at = desc + run + i as u64 * run_size;
+            k.set(at, r, "BasePage", *base)?;
+            k.set(at, r, "PageCount", *count)?;
+        }
+        let v = k.sym("MmPhysicalMemoryBlock")?;
+        k.w64(v, desc);
         Ok(())
     }
 }

@@ -344,6 +344,8 @@ impl System {
                 p.space.share_kernel_half(&mut self.k.mem, &sys);
             }
         }
+        // Last: it describes every frame handed out.
+        self.write_physical_memory_block()?;
         Ok(GetVersion64::windows_kernel(
             self.k.build as u16,
             self.k.base(),

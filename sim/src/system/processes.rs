@@ -1,7 +1,7 @@
 //! Processes: EPROCESS objects and their address spaces.
 
 use crate::SimError;
-use crate::mem::Space;
+use crate::mem::{PAGE, PTE_A, PTE_D, PTE_NX, PTE_RW, PTE_US, Space};
 use crate::pool::{PoolKind, tag};
 
 use super::{ProcessDetails, ProcessRec, System};
@@ -52,7 +52,20 @@ impl System {
         }
         k.write(ep + k.off("_EPROCESS", "ImageFileName")?, &image);
         if pid > 4 {
-            k.set(ep, "_EPROCESS", "Peb", 0x0000_00a1_0000_0000 + pid * 0x1000)?;
+            // The PEB, mapped in the process's own address space (user-mode, no-execute), with
+            // its image's base.
+            let peb = 0x0000_00a1_0000_0000 + pid * 0x1000;
+            k.set(ep, "_EPROCESS", "Peb", peb)?;
+            let pfn = k.mem.alloc(1, 1);
+            space.map_4k(
+                &mut k.mem,
+                peb,
+                pfn,
+                PTE_RW | PTE_A | PTE_D | PTE_US | PTE_NX,
+            );
+            let image_base = 0x7ff6_0000_0000 + (pid << 20);
+            let at = pfn * PAGE + k.off("_PEB", "ImageBaseAddress")?;
+            k.mem.write(at, &image_base.to_le_bytes());
         }
         if pid != 0 {
             let head = k.sym("PsActiveProcessHead")?;
