@@ -751,3 +751,112 @@ fn a_target_held_by_a_client_goes_on_when_the_watch_ends() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Waits until a note of `target` starts with `prefix`; that note.
+fn wait_note(path: &Path, target: &str, prefix: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some(e) = events(path).into_iter().find(|e| {
+            e["target"] == target && e["note"].as_str().is_some_and(|n| n.starts_with(prefix))
+        }) {
+            return e;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{target} never noted {prefix:?}: {:#?}",
+            events(path)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn each_bundle_is_copied_and_handed_to_the_operators_command() {
+    let scratch = temp_dir("hook-scratch");
+    let share = scratch.join("share");
+    let hook = format!("cat > {0}/stdin; printf %s > {0}/arg", scratch.display());
+    let share_s = share.display().to_string();
+    let (_sim, w, dir, ev) = one(
+        "hook",
+        &["--scenario", "healthy", "--resources", "500"],
+        &[
+            "--probe",
+            "cmd:exit 1",
+            "--probe-every",
+            "200ms",
+            "--probe-fail-after",
+            "1s",
+            "--on-capture",
+            &hook,
+            "--copy-to",
+            &share_s,
+        ],
+    );
+    let all = wait_state(&ev, "hook", "captured", Duration::from_secs(30));
+    let c = all.iter().find(|e| e["state"] == "captured").unwrap();
+    let bundle = PathBuf::from(c["bundle"].as_str().unwrap());
+    let copied = wait_note(&ev, "hook", "bundle copied to", Duration::from_secs(30));
+    let to = share.join(bundle.file_name().unwrap());
+    assert_eq!(copied["copy"], to.display().to_string());
+    for f in ["report.json", "report.txt", "report.html", "snapshot.dmp"] {
+        assert_eq!(
+            std::fs::read(to.join(f)).unwrap(),
+            std::fs::read(bundle.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // Nothing half-copied is left beside it.
+    assert_eq!(std::fs::read_dir(&share).unwrap().count(), 1);
+    wait_note(
+        &ev,
+        "hook",
+        "on-capture command finished",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("arg")).unwrap(),
+        bundle.display().to_string()
+    );
+    let given: Value =
+        serde_json::from_slice(&std::fs::read(scratch.join("stdin")).unwrap()).unwrap();
+    assert_eq!(given, report(&bundle));
+    drop(w);
+    std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(scratch).ok();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_failing_capture_command_does_not_stop_the_watch() {
+    let (_sim, mut w, dir, ev) = one(
+        "badhook",
+        &["--scenario", "healthy", "--resources", "500"],
+        &[
+            "--probe",
+            "cmd:exit 1",
+            "--probe-every",
+            "200ms",
+            "--probe-fail-after",
+            "1s",
+            "--on-capture",
+            "echo upload refused >&2; exit 5",
+        ],
+    );
+    let failed = wait_note(
+        &ev,
+        "badhook",
+        "on-capture command failed",
+        Duration::from_secs(45),
+    );
+    let why = failed["why"].as_str().unwrap();
+    assert!(
+        why.contains("exit status: 5") && why.contains("upload refused"),
+        "{why}"
+    );
+    // The watcher goes on: it still runs and answers its control socket.
+    assert!(w.0.try_wait().unwrap().is_none());
+    let (ok, list) = ctl(&dir.join("s.sock"), &["list"]);
+    assert!(ok, "{list}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -66,6 +66,13 @@ pub struct Common {
     pub max_per_hour: Option<u32>,
     /// After a capture, no other for this long (a capture asked for by hand is never held back).
     pub cooldown: Option<String>,
+    /// A command run after each capture: the bundle's path as its argument, the findings on
+    /// its standard input.
+    pub on_capture: Option<String>,
+    /// How long that command may run.
+    pub on_capture_timeout: Option<String>,
+    /// A second directory each bundle is copied into (a mounted share).
+    pub copy_to: Option<PathBuf>,
 }
 
 macro_rules! first {
@@ -79,11 +86,14 @@ impl Common {
     pub fn merge(layers: &[&Common]) -> Common {
         first!(layers; out, script, symbols, sample_every, wait_threshold, held_threshold, probe,
             probe_every, probe_fail_after, dbgprint, budget, command_budget, leave_stopped,
-            max_per_hour, cooldown)
+            max_per_hour, cooldown, on_capture, on_capture_timeout, copy_to)
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
-        for p in [&mut self.out, &mut self.script].into_iter().flatten() {
+        for p in [&mut self.out, &mut self.script, &mut self.copy_to]
+            .into_iter()
+            .flatten()
+        {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
@@ -174,6 +184,18 @@ pub struct Policy {
     pub cooldown: Duration,
 }
 
+/// What happens to a bundle once it is written.
+#[derive(Debug, Clone, Default)]
+pub struct AfterCapture {
+    /// Run through the shell with the bundle's path as its argument and the findings JSON
+    /// on its standard input.
+    pub on_capture: Option<String>,
+    /// How long it may run before it is killed.
+    pub timeout: Duration,
+    /// Copy each bundle here, atomically.
+    pub copy_to: Option<PathBuf>,
+}
+
 /// One watched target.
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
@@ -193,6 +215,8 @@ pub struct TargetSpec {
     pub out: PathBuf,
     /// Symbol path.
     pub symbols: Option<String>,
+    /// What happens to each bundle once written.
+    pub after: AfterCapture,
 }
 
 fn dur(name: &str, v: &Option<String>, default: Duration) -> Result<Duration, String> {
@@ -294,6 +318,23 @@ pub fn spec(name: &str, host: Listen, tags: Vec<String>, c: &Common) -> Result<T
             .clone()
             .unwrap_or_else(|| PathBuf::from("kdnet-captures")),
         symbols: c.symbols.clone(),
+        after: AfterCapture {
+            on_capture: match &c.on_capture {
+                Some(cmd) if cmd.trim().is_empty() => {
+                    return Err("on_capture: the command is empty".into());
+                }
+                other => other.clone(),
+            },
+            timeout: positive(
+                "on_capture_timeout",
+                dur(
+                    "on_capture_timeout",
+                    &c.on_capture_timeout,
+                    Duration::from_secs(60),
+                )?,
+            )?,
+            copy_to: c.copy_to.clone(),
+        },
     })
 }
 
@@ -494,6 +535,8 @@ events = "ev.jsonl"
 out = "caps"
 sample_every = "5m"
 max_per_hour = 2
+copy_to = "share"
+on_capture = "alert.sh"
 
 [[target]]
 name = "web-01"
@@ -502,6 +545,7 @@ key_file = "a.key"
 tags = ["prod"]
 sample_every = "30s"
 probe = "tcp:127.0.0.1:9"
+on_capture_timeout = "5s"
 
 [[target]]
 name = "web-02"
@@ -524,6 +568,10 @@ key_file = "a.key"
             "the command line beats [defaults]"
         );
         assert_eq!(a.out, dir.join("caps"));
+        assert_eq!(a.after.copy_to, Some(dir.join("share")));
+        assert_eq!(a.after.on_capture.as_deref(), Some("alert.sh"));
+        assert_eq!(a.after.timeout, Duration::from_secs(5));
+        assert_eq!(b.after.timeout, Duration::from_secs(60));
         assert_eq!(a.tags, ["prod"]);
         assert_eq!(a.host.bind.port(), 50001);
         assert_eq!(l.events, Some(dir.join("ev.jsonl")));
@@ -550,6 +598,10 @@ key_file = "a.key"
                 "unknown kind",
             ),
             ("bogus = 1\n", "bogus"),
+            (
+                "[[target]]\nname = \"x\"\nport = 1\nkey_file = \"a.key\"\non_capture = \" \"\n",
+                "on_capture: the command is empty",
+            ),
             (
                 "[[target]]\nname = \"x\"\nport = 1\nkey_file = \"a.key\"\nsample_every = \"0s\"\n",
                 "sample_every must be longer than zero",

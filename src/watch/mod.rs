@@ -7,6 +7,7 @@
 //! (target.rs) that does one thing at a time; the bundle writer is bundle.rs, the page
 //! html.rs, the control socket control.rs.
 
+pub mod after;
 pub mod bundle;
 pub mod config;
 pub mod control;
@@ -81,6 +82,18 @@ pub struct Args {
     /// Leave the target stopped after a capture instead of letting it go on.
     #[arg(long)]
     leave_stopped: bool,
+    /// After each capture, run this command (through the shell) with the bundle's path as its
+    /// argument and the findings JSON on its standard input; its failure is logged, never
+    /// fatal.
+    #[arg(long)]
+    on_capture: Option<String>,
+    /// How long --on-capture's command may run before it is killed [default: 60s].
+    #[arg(long)]
+    on_capture_timeout: Option<String>,
+    /// Copy each bundle into this directory too (a mounted share), atomically: it appears
+    /// there whole or not at all.
+    #[arg(long)]
+    copy_to: Option<PathBuf>,
     /// Exit after this many captures (all targets together).
     #[arg(long)]
     max_captures: Option<u32>,
@@ -135,6 +148,9 @@ impl Args {
             leave_stopped: self.leave_stopped.then_some(true),
             max_per_hour: self.max_per_hour,
             cooldown: self.cooldown.clone(),
+            on_capture: self.on_capture.clone(),
+            on_capture_timeout: self.on_capture_timeout.clone(),
+            copy_to: self.copy_to.clone(),
         })
     }
 }

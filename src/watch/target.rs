@@ -586,6 +586,16 @@ impl Actor {
                 for line in &c.summary {
                     self.hub.note(&self.spec.name, &format!("finding: {line}"));
                 }
+                // The copy and the operator's command run beside the watch, never in its way.
+                let after = self.spec.after.clone();
+                if after.copy_to.is_some() || after.on_capture.is_some() {
+                    tokio::spawn(super::after::run(
+                        self.hub.clone(),
+                        self.spec.name.clone(),
+                        after,
+                        c.dir.clone(),
+                    ));
+                }
                 if keep && c.complete {
                     let at = stop_count(&self.host);
                     self.held = Some(Held {
