@@ -230,6 +230,18 @@ impl Syntax {
     }
 }
 
+/// Every token of `text`, as [`split_token`] takes them.
+pub(crate) fn tokens(text: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let (t, after) = split_token(rest)?;
+        out.push(t);
+        rest = after.trim_start();
+    }
+    Ok(out)
+}
+
 /// Splits one token off the front of `s` (trimmed): a quoted string (without its quotes), or
 /// a run of characters up to whitespace outside parentheses.
 pub(crate) fn split_token(s: &str) -> Result<(&str, &str), String> {

@@ -5,10 +5,7 @@ mod common;
 
 use common::sim_kernel;
 use kdnet_commands::engine::{Engine, split_commands};
-use kdnet_model::dump::DumpFile;
-use kdnet_model::nt::Kernel;
 use kdnet_sim::Scenario;
-use kdnet_symbols::path::SymbolPath;
 use serde_json::Value;
 
 fn one(e: &mut Engine, cmd: &str) -> (String, Value) {
@@ -207,13 +204,9 @@ fn commands_on_the_simulated_kernel() {
 
 #[test]
 fn commands_on_the_triage_dump() {
-    let Some(dir) = common::shared() else { return };
-    let d = DumpFile::open(&dir.join("dumps/triage_x64.dmp")).unwrap();
-    let k = Kernel::open(
-        Box::new(d),
-        SymbolPath::parse(&dir.join("pdbs").display().to_string()),
-    )
-    .unwrap();
+    let Some(k) = common::triage_kernel() else {
+        return;
+    };
     let mut e = Engine::new(k);
     let (_, j) = one(&mut e, "lm");
     assert_eq!(j["modules"].as_array().unwrap().len(), 151);

@@ -8,10 +8,8 @@ use std::collections::BTreeSet;
 
 use common::{BUILDS, Planted, sim_kernel};
 use kdnet_commands::engine::Engine;
-use kdnet_model::dump::DumpFile;
 use kdnet_model::nt::Kernel;
 use kdnet_sim::Scenario;
-use kdnet_symbols::path::SymbolPath;
 use serde_json::Value;
 
 fn engine(build: u32, s: Scenario) -> Option<(Engine, Planted)> {
@@ -374,13 +372,9 @@ fn hang_helpers_list_every_thread_and_processor() {
 
 #[test]
 fn the_triage_dump_analyzes() {
-    let Some(dir) = common::shared() else { return };
-    let d = DumpFile::open(&dir.join("dumps/triage_x64.dmp")).unwrap();
-    let k = Kernel::open(
-        Box::new(d),
-        SymbolPath::parse(&dir.join("pdbs").display().to_string()),
-    )
-    .unwrap();
+    let Some(k) = common::triage_kernel() else {
+        return;
+    };
     let mut e = Engine::new(k);
     let j = run(&mut e, "!analyze -v");
     assert_eq!(j["bugcheck_code"].as_u64(), Some(0x1000_007e));

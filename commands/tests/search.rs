@@ -6,10 +6,7 @@ mod common;
 
 use common::sim_kernel;
 use kdnet_commands::engine::Engine;
-use kdnet_model::dump::DumpFile;
-use kdnet_model::nt::Kernel;
 use kdnet_sim::Scenario;
-use kdnet_symbols::path::SymbolPath;
 use serde_json::Value;
 
 fn one(e: &mut Engine, cmd: &str) -> (String, Value, u64) {
@@ -104,13 +101,9 @@ fn search_on_the_simulated_machine() {
 
 #[test]
 fn search_on_the_triage_dump() {
-    let Some(dir) = common::shared() else { return };
-    let d = DumpFile::open(&dir.join("dumps/triage_x64.dmp")).unwrap();
-    let k = Kernel::open(
-        Box::new(d),
-        SymbolPath::parse(&dir.join("pdbs").display().to_string()),
-    )
-    .unwrap();
+    let Some(k) = common::triage_kernel() else {
+        return;
+    };
     let mut e = Engine::new(k);
     // A value on the saved stack, found where it is.
     let (_, r, _) = one(&mut e, "r rsp");

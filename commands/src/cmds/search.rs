@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::display::{lines, read};
-use crate::args::{Args, Kind, Param, Syntax, split_token};
+use crate::args::{Args, Kind, Param, Syntax, tokens};
 use crate::engine::{CmdError, Engine, addr};
 use crate::registry::Render;
 
@@ -85,14 +85,7 @@ fn usage(why: impl std::fmt::Display) -> CmdError {
 }
 
 fn request(text: &str) -> Result<Request<'_>, CmdError> {
-    let mut tokens = Vec::new();
-    let mut rest = text.trim();
-    while !rest.is_empty() {
-        let (t, after) = split_token(rest).map_err(usage)?;
-        tokens.push(t);
-        rest = after.trim_start();
-    }
-    let mut it = tokens.into_iter().peekable();
+    let mut it = tokens(text).map_err(usage)?.into_iter().peekable();
     let (mut kind, mut addresses_only) = ('b', false);
     if let Some(t) = it.peek().copied()
         && t.starts_with('-')

@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::args::{Args, Kind, Param, Syntax, split_token};
+use crate::args::{Args, Kind, Param, Syntax, tokens};
 use crate::engine::{CmdError, Engine, addr};
 use crate::registry::Render;
 use kdnet_model::nt::unwind::Regs;
@@ -26,13 +26,7 @@ pub(crate) const USAGE: &str = "k[b|p|c|f][n][L] [= BasePtr StackPtr Instruction
 /// `k`'s arguments: where to start (`= rbp rsp rip`), and how many frames.
 fn request(text: &str) -> Result<(Option<[&str; 3]>, Option<&str>), CmdError> {
     let usage = |why: String| CmdError::Usage(format!("k: {why}; usage: {USAGE}"));
-    let mut tokens = Vec::new();
-    let mut rest = text.trim();
-    while !rest.is_empty() {
-        let (t, after) = split_token(rest).map_err(usage)?;
-        tokens.push(t);
-        rest = after.trim_start();
-    }
+    let tokens = tokens(text).map_err(usage)?;
     let mut start = None;
     let mut i = 0;
     if let Some(first) = tokens.first()

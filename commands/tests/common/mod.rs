@@ -7,6 +7,20 @@ mod sim;
 #[allow(unused_imports)]
 pub use sim::*;
 
+/// The real triage dump of ../shared opened as a kernel with its PDBs on the symbol path, or
+/// None (with a note) when ../shared is absent and not required.
+pub fn triage_kernel() -> Option<kdnet_model::nt::Kernel> {
+    let dir = shared()?;
+    let d = kdnet_model::dump::DumpFile::open(&dir.join("dumps/triage_x64.dmp")).unwrap();
+    Some(
+        kdnet_model::nt::Kernel::open(
+            Box::new(d),
+            kdnet_symbols::path::SymbolPath::parse(&dir.join("pdbs").display().to_string()),
+        )
+        .unwrap(),
+    )
+}
+
 /// A symbol server on loopback serving `files` (URL path → body) under `/symbols`; every other
 /// path is a 404. Returns the base URL.
 pub fn symbol_server(files: Vec<(String, Vec<u8>)>) -> String {
