@@ -314,9 +314,24 @@ impl TargetHandler for Machine {
 
     fn read_msr(&mut self, processor: u16, msr: u32) -> Option<u64> {
         let c = self.sys.cpus.get(usize::from(processor))?;
+        // What a running x64 Windows kernel leaves in the registers debuggers read.
         match msr {
+            // EFER: SCE, LME, LMA, NXE.
+            0xC000_0080 => Some(0xD01),
+            // STAR: the kernel's and user mode's code selectors.
+            0xC000_0081 => Some(0x0023_0010_0000_0000),
+            0xC000_0082 => self.sys.syscall_entries.0,
+            0xC000_0083 => self.sys.syscall_entries.1,
+            // SFMASK: TF, IF, DF, IOPL, NT, AC cleared on a system call.
+            0xC000_0084 => Some(0x4700),
+            // FS base (user mode's; none in the kernel's view), GS base (the KPCR), and the
+            // GS base swapped in on return to user mode (the current thread's TEB).
+            0xC000_0100 => Some(0),
             0xC000_0101 => Some(c.kpcr),
-            0xC000_0082 => self.sys.k.sym("KiSystemCall64").ok(),
+            0xC000_0102 => {
+                let t = self.sys.threads.get(c.current)?;
+                self.sys.k.get(t.ethread, "_ETHREAD", "Tcb.Teb").ok()
+            }
             0x1B => Some(0xFEE0_0900),
             _ => None,
         }

@@ -142,6 +142,23 @@ async fn common_checks(s: &Session) {
     assert!(v.is_64bit());
     let base = v.kern_base;
     assert_eq!(v.ps_loaded_module_list, s.sym(base, "PsLoadedModuleList"));
+    // The build where debuggers read it: nt!NtBuildNumber (a free build: 0xF in the top
+    // nibble), and where a process walk starts: nt!PsInitialSystemProcess, the System process.
+    let number = s.u32(s.sym(base, "NtBuildNumber")).await;
+    assert_eq!((number & 0xffff, number >> 28), (s.build, 0xF));
+    let system = s.u64(s.sym(base, "PsInitialSystemProcess")).await;
+    let pid4 = s.facts.processes.iter().find(|p| p.1 == 4).unwrap().0;
+    assert_eq!(system, pid4);
+    // The model-specific registers a debugger reads: long mode on in EFER, the system-call
+    // entry in LSTAR, the KPCR in GS base.
+    let efer = s.host.read_msr(0, 0xC000_0080).await.unwrap();
+    assert_eq!(efer & 0x500, 0x500, "LME and LMA");
+    assert_eq!(
+        s.host.read_msr(0, 0xC000_0082).await.unwrap(),
+        s.sym(base, "KiSystemCall64")
+    );
+    let gs = s.host.read_msr(0, 0xC000_0101).await.unwrap();
+    assert_eq!(s.u64(gs + s.off("_KPCR", "Self")).await, gs);
     // The image names its PDB: MZ → PE → debug directory → RSDS GUID/age of the table.
     let mz = s.host.read_virtual(base, 0x40).await.unwrap();
     assert_eq!(&mz[..2], b"MZ");

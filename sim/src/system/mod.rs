@@ -189,6 +189,8 @@ pub struct System {
     pub now_tick: u64,
     /// The thread impersonating a client: (ETHREAD, token, impersonation level).
     pub impersonating: Option<(u64, u64, u64)>,
+    /// KiSystemCall64 and KiSystemCall32: what LSTAR and CSTAR hold.
+    pub syscall_entries: (Option<u64>, Option<u64>),
     /// KiWaitNever.
     pub wait_never: u64,
     /// KiWaitAlways.
@@ -278,6 +280,7 @@ impl System {
             resources: Vec::new(),
             now_tick: UPTIME_SECONDS * TICKS_PER_SECOND,
             impersonating: None,
+            syscall_entries: (None, None),
             wait_never,
             wait_always,
             rng,
@@ -330,6 +333,7 @@ impl System {
         self.pool.finish(&mut self.k, cpus)?;
         self.write_processor_state()?;
         self.write_kuser()?;
+        self.write_kernel_globals()?;
         // The break instruction the state changes point at.
         let brk = self.k.sym("RtlpBreakWithStatusInstruction")?;
         self.k.write(brk, &[0xcc, 0xc3]);

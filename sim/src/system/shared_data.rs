@@ -40,6 +40,32 @@ impl System {
         Ok(())
     }
 
+    /// The kernel's own copies of what KUSER_SHARED_DATA publishes, where debuggers read them:
+    /// nt!NtBuildNumber (the build, with 0xF in the top nibble of a free build, as Windows
+    /// sets it), nt!NtBuildLabEx, and nt!PsInitialSystemProcess (the System process, where a
+    /// process walk starts).
+    pub(super) fn write_kernel_globals(&mut self) -> Result<(), SimError> {
+        let k = &mut self.k;
+        if k.has_sym("NtBuildNumber") {
+            let at = k.sym("NtBuildNumber")?;
+            k.w32(at, 0xF000_0000 | k.build);
+        }
+        if k.has_sym("NtBuildLabEx") {
+            let lab = format!("{}.1.amd64fre.kdnet_sim.261130-0800\0", k.build);
+            let at = k.sym("NtBuildLabEx")?;
+            k.write(at, lab.as_bytes());
+        }
+        // The system-call entry points LSTAR and CSTAR hold.
+        self.syscall_entries = (k.sym("KiSystemCall64").ok(), k.sym("KiSystemCall32").ok());
+        if k.has_sym("PsInitialSystemProcess")
+            && let Some(system) = self.processes.iter().find(|p| p.pid == 4)
+        {
+            let at = self.k.sym("PsInitialSystemProcess")?;
+            self.k.w64(at, system.eprocess);
+        }
+        Ok(())
+    }
+
     /// Advances KUSER_SHARED_DATA's tick count to `tick`.
     pub fn set_tick(k: &mut Kernel, tick: u64) -> Result<(), SimError> {
         let u = KUSER_SHARED_DATA;
