@@ -441,3 +441,33 @@ fn session_commands() {
     let (text, _) = one(&mut e, ".cls");
     assert!(text.is_empty());
 }
+
+#[test]
+fn vertarget_checks_the_build_against_the_kernels_own_copy() {
+    let Some((k, p)) = sim_kernel(20348, Scenario::Healthy) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let (text, j) = one(&mut e, "vertarget");
+    assert_eq!(j["nt_build_number"].as_u64(), Some(0xF000_0000 | 20348));
+    assert!(j["warnings"].as_array().unwrap().is_empty());
+    assert!(text.contains("(4 procs) Free x64"), "{text}");
+    // A kernel whose own copy disagrees with what the target reported: said, not hidden.
+    let at = p.kernel_base + e.kernel.nt().unwrap().symbol("NtBuildNumber").unwrap();
+    let Some((k, _)) = common::sim_kernel_with(20348, Scenario::Healthy, |m| {
+        use kdnet::machine::target::TargetHandler;
+        m.write_virtual(0, at, &(0xF000_0000u32 | 20036).to_le_bytes());
+    }) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let (text, j) = one(&mut e, "vertarget");
+    assert!(
+        j["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("nt!NtBuildNumber says build 20036 but the target reported 20348"),
+        "{j}"
+    );
+    assert!(text.contains("WARNING: nt!NtBuildNumber says build 20036"));
+}

@@ -147,7 +147,11 @@ async fn common_checks(s: &Session) {
     let number = s.u32(s.sym(base, "NtBuildNumber")).await;
     assert_eq!((number & 0xffff, number >> 28), (s.build, 0xF));
     if let Ok(o) = s.nt.offset("_KUSER_SHARED_DATA", "NtBuildNumber") {
-        assert_eq!(s.u32(0xFFFF_F780_0000_0000 + o).await, s.build, "KUSER_SHARED_DATA");
+        assert_eq!(
+            s.u32(0xFFFF_F780_0000_0000 + o).await,
+            s.build,
+            "KUSER_SHARED_DATA"
+        );
     }
     let system = s.u64(s.sym(base, "PsInitialSystemProcess")).await;
     let pid4 = s.facts.processes.iter().find(|p| p.1 == 4).unwrap().0;

@@ -33,6 +33,12 @@ pub(crate) struct Version {
     pub build_lab: Option<String>,
     /// Seconds since boot (null when the clock could not be read).
     pub uptime_seconds: Option<f64>,
+    /// `nt!NtBuildNumber` as the kernel keeps it (the build, 0xF in the top nibble for a free
+    /// build, 0xC for a checked one); null when it could not be read.
+    pub nt_build_number: Option<u32>,
+    /// Where the places a debugger reads the build disagree (the reply to GetVersion,
+    /// `nt!NtBuildNumber`): the symbols may be another build's.
+    pub warnings: Vec<String>,
 }
 
 pub(crate) fn run(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Version, CmdError> {
@@ -55,6 +61,29 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Version,
         },
         Err(_) => None,
     };
+    // The kernel's own copy of its build, against the one the session was told.
+    let mut warnings = Vec::new();
+    let nt_build_number = match e.kernel.sym("NtBuildNumber") {
+        Ok(at) => match e.kernel.mem.u32(at) {
+            Ok(n) => {
+                if n & 0xffff != e.kernel.build {
+                    warnings.push(format!(
+                        "nt!NtBuildNumber says build {} but the target reported {}: the \
+                         kernel's symbols may be another build's",
+                        n & 0xffff,
+                        e.kernel.build
+                    ));
+                }
+                Some(n)
+            }
+            Err(x) => {
+                e.kernel
+                    .note_incomplete(format!("nt!NtBuildNumber could not be read: {x}"));
+                None
+            }
+        },
+        Err(_) => None,
+    };
     let uptime_seconds = match e.kernel.clocks() {
         Ok((_, interrupt, _)) => Some(interrupt as f64 / 1e7),
         Err(x) => {
@@ -66,6 +95,8 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Version,
     Ok(Version {
         build_lab,
         uptime_seconds,
+        nt_build_number,
+        warnings,
         build: e.kernel.build,
         kernel_base: e.kernel.base,
         ps_loaded_module_list,
@@ -83,8 +114,12 @@ impl Render for Version {
             7602..=9600 => "Windows 8.1",
             _ => "Windows 10",
         };
+        let kind = match self.nt_build_number.map(|n| n >> 28) {
+            Some(0xC) => "Checked",
+            _ => "Free",
+        };
         out.push_str(&format!(
-            "{product} Kernel Version {} MP ({} procs) Free x64\n",
+            "{product} Kernel Version {} MP ({} procs) {kind} x64\n",
             self.build, self.processors
         ));
         out.push_str(&format!(
@@ -103,6 +138,9 @@ impl Render for Version {
         }
         out.push_str(&format!("Target: {}\n", self.target));
         out.push_str(&format!("Symbols: {}\n", self.symbols));
+        for w in &self.warnings {
+            out.push_str(&format!("WARNING: {w}\n"));
+        }
     }
 }
 
@@ -122,6 +160,8 @@ mod tests {
             symbols: "built-in".into(),
             build_lab: None,
             uptime_seconds: None,
+            nt_build_number: None,
+            warnings: Vec::new(),
         };
         let mut text = String::new();
         v.render(&mut text);
@@ -138,7 +178,13 @@ mod tests {
         assert!(text.starts_with("Windows 10 Kernel Version 20348 MP (2 procs)"));
         assert!(text.contains("PsLoadedModuleList = 0x00000000`00000010\n"));
         let j = serde_json::to_value(&v).unwrap();
-        assert_eq!(j.as_object().unwrap().len(), 9);
+        assert_eq!(j.as_object().unwrap().len(), 11);
         assert_eq!(j["ps_loaded_module_list"], "0x0000000000000010");
+        v.nt_build_number = Some(0xC000_4E44);
+        v.warnings = vec!["nt!NtBuildNumber says build 20036".into()];
+        let mut text = String::new();
+        v.render(&mut text);
+        assert!(text.contains("(2 procs) Checked x64\n"), "{text}");
+        assert!(text.ends_with("WARNING: nt!NtBuildNumber says build 20036\n"));
     }
 }
