@@ -227,6 +227,13 @@ impl TargetKd {
                 self.delivered(now);
             }
             PacketType::Resend if !packet.is_data() => self.resend_pending(now),
+            // A running kernel is not in its debugger loop: it only polls for the break-in
+            // byte, unless it is sending (a DbgPrint waiting for its acknowledgement).
+            PacketType::Reset
+                if !packet.is_data() && !self.accept_data && self.pending.is_none() =>
+            {
+                self.stats.ignored_while_running += 1;
+            }
             PacketType::Reset if !packet.is_data() => {
                 self.recent.clear();
                 self.events

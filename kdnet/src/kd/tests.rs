@@ -316,6 +316,28 @@ fn reset_adopts_host_id_and_resends_pending() {
 }
 
 #[test]
+fn a_running_kernel_answers_a_reset_only_while_it_is_sending() {
+    let now = Instant::now();
+    let mut target = TargetKd::new(TargetKdConfig::default());
+    target.set_accept_data(false);
+    let reset = Packet::control(PacketType::Reset, HOST_INITIAL_ID).encode();
+    // Idle and running: not in its debugger loop, so the RESET goes unanswered (a debugger
+    // that answers RESETs with RESETs would otherwise exchange them forever).
+    target.handle(&reset, now);
+    assert_eq!(target.poll_transmit(), None);
+    assert_eq!(target.poll_event(), None);
+    // A DbgPrint waiting for its acknowledgement is in the protocol: it resynchronises.
+    target.send(PacketType::DebugIo, vec![1; 0x20], true, now);
+    let print = target.poll_transmit().unwrap();
+    target.handle(&reset, now);
+    assert_eq!(
+        Packet::decode(&target.poll_transmit().unwrap()).unwrap(),
+        Packet::control(PacketType::Reset, 0)
+    );
+    assert_eq!(target.poll_transmit().unwrap(), print);
+}
+
+#[test]
 fn persistent_state_change_is_resent_until_acknowledged() {
     let t0 = Instant::now();
     let mut target = TargetKd::new(TargetKdConfig {
