@@ -136,6 +136,9 @@ pub struct Metrics {
     captures: Family<CaptureLabels, Counter>,
     stops: HistogramFamily,
     live: Arc<Live>,
+    /// Held while a state change updates several series and while the page is written: a
+    /// scrape sees a target in exactly one state.
+    page: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -191,12 +194,14 @@ impl Metrics {
             captures,
             stops,
             live,
+            page: Mutex::new(()),
         }
     }
 
     /// Registers a target, offline, its samples and stops at zero.
     pub fn add(&self, name: &str, tags: &[String]) {
         let tags = tags.join(",");
+        let _page = self.page.lock();
         for s in STATES {
             self.state
                 .get_or_create(&StateLabels {
@@ -264,6 +269,7 @@ impl Metrics {
     /// A state change of `name` as the hub reports it (`extra` is what its JSON line carries).
     pub fn state(&self, name: &str, state: &str, detail: &str, extra: &Value) {
         let now = Instant::now();
+        let _page = self.page.lock();
         let Ok(mut all) = self.live.targets.lock() else {
             return;
         };
@@ -373,6 +379,7 @@ impl Metrics {
     /// The page Prometheus scrapes.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _page = self.page.lock();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             // Writing to a String does not fail; a collector that did leaves the page whole.
             out.clear();
@@ -395,27 +402,45 @@ fn trigger_of(detail: &str, extra: &Value) -> String {
     }
 }
 
+/// One target's figures, read for a scrape.
+struct Row {
+    target: String,
+    tags: String,
+    traffic: Option<Traffic>,
+    since_sample: Option<f64>,
+    since_capture: Option<f64>,
+}
+
+/// How old something of a target is, in seconds.
+type Age = fn(&Row) -> Option<f64>;
+
+/// A counter the session keeps: its name, help, the label that tells its series apart (none:
+/// ""), and each series' label value and reader.
+type Counted = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, fn(&Traffic) -> u64)],
+);
+
 /// What each target's session counted, written at scrape time.
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = Instant::now();
         // Read everything first: a scrape never holds the lock while it writes.
-        let rows: Vec<(String, String, Option<Traffic>, Option<f64>, Option<f64>)> =
-            match self.targets.lock() {
-                Ok(all) => all
-                    .iter()
-                    .map(|(name, w)| {
-                        (
-                            name.clone(),
-                            w.tags.clone(),
-                            w.session.as_ref().map(Session::traffic).or(w.traffic),
-                            w.last_sample.map(|t| now.duration_since(t).as_secs_f64()),
-                            w.last_capture.map(|t| now.duration_since(t).as_secs_f64()),
-                        )
-                    })
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
+        let rows: Vec<Row> = match self.targets.lock() {
+            Ok(all) => all
+                .iter()
+                .map(|(name, w)| Row {
+                    target: name.clone(),
+                    tags: w.tags.clone(),
+                    traffic: w.session.as_ref().map(Session::traffic).or(w.traffic),
+                    since_sample: w.last_sample.map(|t| now.duration_since(t).as_secs_f64()),
+                    since_capture: w.last_capture.map(|t| now.duration_since(t).as_secs_f64()),
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let g = ConstGauge::new(rows.len() as i64);
         g.encode(enc.encode_descriptor(
             "targets",
@@ -430,8 +455,7 @@ impl Collector for Live {
             None,
             g.metric_type(),
         )?)?;
-        type Pick = fn(&Traffic) -> u64;
-        let counters: &[(&str, &str, &str, &[(&str, Pick)])] = &[
+        let counters: &[Counted] = &[
             (
                 "round_trips",
                 "Requests the target answered",
@@ -508,10 +532,10 @@ impl Collector for Live {
         ];
         for (name, help, key, picks) in counters {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (target, tags, traffic, _, _) in &rows {
-                let Some(t) = traffic else { continue };
+            for r in &rows {
+                let Some(t) = &r.traffic else { continue };
                 for (value, pick) in *picks {
-                    let mut labels = vec![("target", target.as_str()), ("tags", tags.as_str())];
+                    let mut labels = vec![("target", r.target.as_str()), ("tags", r.tags.as_str())];
                     if !key.is_empty() {
                         labels.push((key, value));
                     }
@@ -520,25 +544,24 @@ impl Collector for Live {
                 }
             }
         }
-        for (name, help, at) in [
+        let ages: [(&str, &str, Age); 2] = [
             (
                 "seconds_since_last_sample",
                 "Seconds since the target's last sample (absent before the first)",
-                3usize,
+                |r| r.since_sample,
             ),
             (
                 "seconds_since_last_capture",
                 "Seconds since the target's last capture (absent before the first)",
-                4,
+                |r| r.since_capture,
             ),
-        ] {
+        ];
+        for (name, help, age) in ages {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (target, tags, _, sample, capture) in &rows {
-                let Some(s) = (if at == 3 { sample } else { capture }) else {
-                    continue;
-                };
-                let labels = [("target", target.as_str()), ("tags", tags.as_str())];
-                ConstGauge::new(*s).encode(m.encode_family(&labels)?)?;
+            for r in &rows {
+                let Some(s) = age(r) else { continue };
+                let labels = [("target", r.target.as_str()), ("tags", r.tags.as_str())];
+                ConstGauge::new(s).encode(m.encode_family(&labels)?)?;
             }
         }
         Ok(())
