@@ -5,6 +5,8 @@
 //! ```toml
 //! events = "events.jsonl"        # optional; paths are relative to this file
 //! control = "watch.sock"         # optional control socket
+//! metrics = "127.0.0.1:9464"     # optional: /metrics for Prometheus (loopback unless
+//!                                # metrics_listen_any = true)
 //!
 //! [defaults]
 //! out = "captures"
@@ -345,6 +347,9 @@ struct File {
     events: Option<PathBuf>,
     control: Option<PathBuf>,
     max_captures: Option<u32>,
+    metrics: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    metrics_listen_any: bool,
     #[serde(default)]
     defaults: Common,
     #[serde(default, rename = "target")]
@@ -380,6 +385,10 @@ pub struct Loaded {
     pub control: Option<PathBuf>,
     /// Exit after this many captures.
     pub max_captures: Option<u32>,
+    /// Where the metrics are served.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The metrics may be served on an address that is not loopback.
+    pub metrics_listen_any: bool,
 }
 
 /// Reads `targets.toml`; `cli` holds the command line's settings (they win over `[defaults]`).
@@ -446,6 +455,8 @@ pub fn load(path: &Path, cli: &Common) -> Result<Loaded, String> {
         events: f.events.map(rel),
         control: f.control.map(rel),
         max_captures: f.max_captures,
+        metrics: f.metrics,
+        metrics_listen_any: f.metrics_listen_any,
     })
 }
 

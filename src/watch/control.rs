@@ -126,7 +126,9 @@ pub async fn serve(l: tokio::net::UnixListener, hub: Arc<Hub>, targets: Targets)
         let targets = targets.clone();
         let client = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
+            let counted = hub.metrics().client();
             serve_client(stream, client, &hub, &targets).await;
+            drop(counted);
             // Gone: what it holds is let go on after the lease.
             for tx in targets.values() {
                 let _ = tx.send(Request::Release(client)).await;

@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+
+use super::metrics::Metrics;
 
 /// A target as `list` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +46,7 @@ pub struct Hub {
     tx: broadcast::Sender<Value>,
     file: Mutex<Option<std::fs::File>>,
     status: Mutex<BTreeMap<String, Status>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
@@ -55,6 +58,7 @@ impl Hub {
             tx: broadcast::channel(1024).0,
             file: Mutex::new(file),
             status: Mutex::new(BTreeMap::new()),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -80,8 +84,14 @@ impl Hub {
         }
     }
 
+    /// The metrics every state change feeds (served by `--metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Registers a target.
     pub fn add(&self, name: &str, tags: &[String], listen: String) {
+        self.metrics.add(name, tags);
         if let Ok(mut s) = self.status.lock() {
             s.insert(
                 name.to_string(),
@@ -133,6 +143,7 @@ impl Hub {
                 s.last_bundle = extra["bundle"].as_str().map(str::to_string);
             }
         }
+        self.metrics.state(name, state, detail, &extra);
         self.say(
             name,
             &format!(
@@ -173,6 +184,7 @@ impl Hub {
         {
             s.link = Some(t);
         }
+        self.metrics.traffic(name, t);
     }
 
     fn emit(&self, line: Value) {

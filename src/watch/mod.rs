@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod html;
 pub mod hub;
+pub mod metrics;
 pub mod policy;
 pub mod probe;
 pub mod target;
@@ -121,6 +122,14 @@ pub struct Args {
     /// A label for the target (one target); may be given more than once.
     #[arg(long)]
     tag: Vec<String>,
+    /// Serve the watcher's metrics for Prometheus at http://ADDRESS/metrics (OpenMetrics
+    /// text): 127.0.0.1:9464. A loopback address unless --metrics-listen-any.
+    #[arg(long, value_name = "ADDRESS")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Allow --metrics on an address that is not loopback (anyone who reaches it reads the
+    /// targets' names, tags, states and traffic).
+    #[arg(long)]
+    metrics_listen_any: bool,
 }
 
 impl Args {
@@ -161,6 +170,8 @@ struct Plan {
     events: Option<PathBuf>,
     control: Option<PathBuf>,
     max_captures: Option<u32>,
+    /// Where the metrics are served.
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn plan(a: &Args) -> Result<Plan, String> {
@@ -168,14 +179,22 @@ fn plan(a: &Args) -> Result<Plan, String> {
     match &a.config {
         Some(path) => {
             let l = config::load(path, &cli)?;
+            let metrics = a.metrics.or(l.metrics);
+            if let Some(addr) = metrics {
+                metrics::check_address(addr, a.metrics_listen_any || l.metrics_listen_any)?;
+            }
             Ok(Plan {
                 targets: l.targets,
                 events: a.events.clone().or(l.events),
                 control: a.control.clone().or(l.control),
                 max_captures: a.max_captures.or(l.max_captures),
+                metrics,
             })
         }
         None => {
+            if let Some(addr) = a.metrics {
+                metrics::check_address(addr, a.metrics_listen_any)?;
+            }
             let host = a.connect.resolve()?;
             let spec = config::spec(&a.name, host, a.tag.clone(), &cli)?;
             Ok(Plan {
@@ -183,6 +202,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
                 events: a.events.clone(),
                 control: a.control.clone(),
                 max_captures: a.max_captures,
+                metrics: a.metrics,
             })
         }
     }
@@ -315,6 +335,7 @@ pub async fn watch(
     let mut tasks = Vec::new();
     for (spec, host) in targets {
         hub.add(&spec.name, &spec.tags, host.local_addr().to_string());
+        hub.metrics().link(&spec.name, host.clone());
         let (tx, rx) = mpsc::channel(16);
         queues.insert(spec.name.clone(), tx);
         let span = target_span(&spec.name);
@@ -448,6 +469,20 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         Ok(h) => h,
         Err(code) => return Ok(code),
     };
+    let metrics = match p.metrics {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let at = l.local_addr().unwrap_or(addr);
+                eprintln!("kdnet watch: metrics at http://{at}/metrics");
+                Some(tokio::spawn(metrics::serve(l, hub.metrics().clone())))
+            }
+            Err(e) => {
+                eprintln!("kdnet: cannot serve the metrics on TCP {addr}: {e}");
+                return Ok(exit::NO_CONNECTION);
+            }
+        },
+        None => None,
+    };
     let control = p.control.map_or(Control::Default, Control::At);
     let targets = p.targets.into_iter().zip(hosts).collect();
     let limits = Limits {
@@ -455,7 +490,11 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         duration: a.duration,
         lease: a.control_lease,
     };
-    watch(targets, hub, control, limits).await
+    let code = watch(targets, hub, control, limits).await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    code
 }
 
 /// Opens the events file for appending, owner-only (an existing one is made so): the events
