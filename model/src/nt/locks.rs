@@ -6,8 +6,11 @@
 //! event/semaphore (7601/9600) or the wait-chain entries (later builds), cross-checked against
 //! the NumberOf*Waiters counters.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
+use super::procs::Thread;
 use super::view::View;
 use super::{Kernel, ModelError};
 use crate::target::TargetError;
@@ -111,7 +114,7 @@ fn wait_chain_threads(k: &mut Kernel, first: u64) -> Result<Vec<u64>, ModelError
     let thread_off = nt.offset("_KWAIT_CHAIN_ENTRY", "Thread").ok();
     let event_off = nt.offset("_KWAIT_CHAIN_ENTRY", "Event")?;
     let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut cur = first;
     while cur != 0 && out.len() < MAX_WAITERS {
         if !seen.insert(cur) {
@@ -313,4 +316,222 @@ fn held_from_error(v: &View, _e: &ModelError) -> Held {
         exclusive_waiters: Vec::new(),
         warnings: Vec::new(),
     }
+}
+
+/// Most resources tried per waiter before it counts as leading nowhere.
+const MAX_CANDIDATES: usize = 16;
+
+/// The resources waiting threads wait for, reached from the threads (see [`from_waiters`]).
+#[derive(Debug, Clone, Default)]
+pub struct FromWaiters {
+    /// The held resources reached, with their owners and waiters.
+    pub held: Vec<Held>,
+    /// Resources reached that nobody holds (their waiters are about to run).
+    pub free: Vec<u64>,
+    /// Waiters that led to no resource, each with why.
+    pub unresolved: Vec<(u64, String)>,
+    /// Resources read to find them (the right ones included).
+    pub tried: usize,
+}
+
+/// Frames of the dispatcher's wait path, below the code that waits for a resource.
+const DISPATCH: [&str; 9] = [
+    "KiSwapContext",
+    "SwapContext",
+    "KiSwapThread",
+    "KiCommitThreadWait",
+    "KeWaitForSingleObject",
+    "KeWaitForMultipleObjects",
+    "KiSchedulerApc",
+    "KiDeliverApc",
+    "KiCheckForKernelApcDelivery",
+];
+
+fn function_of(call_site: &str) -> &str {
+    let name = call_site.split('!').nth(1).unwrap_or(call_site);
+    name.split('+').next().unwrap_or(name)
+}
+
+/// The values a waiter's stack holds that may be the resource it waits for, likeliest first:
+/// the non-volatile registers of the frames that wait for it (ExpWaitForResource and its
+/// callers up to the first frame off the wait path — the code needs the resource after the
+/// wait, so it is in a register the frames inside saved, or in their memory), then the words
+/// of those frames.
+fn candidates(k: &mut Kernel, t: &Thread, exclude: &HashSet<u64>) -> Result<Vec<u64>, String> {
+    let stack = k
+        .stack_of(t)
+        .map_err(|e| format!("its stack is unreadable: {e}"))?;
+    let frames = &stack.frames;
+    let first = frames
+        .iter()
+        .position(|f| !DISPATCH.contains(&function_of(&f.call_site)))
+        .ok_or_else(|| {
+            format!(
+                "its stack has no frame above the wait{}",
+                stack
+                    .note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            )
+        })?;
+    let last = frames[first..]
+        .iter()
+        .position(|f| !super::threads::WAIT_PATH.contains(&function_of(&f.call_site)))
+        .map_or(frames.len() - 1, |i| first + i);
+    let thread_size = k
+        .nt()
+        .ok()
+        .and_then(|nt| nt.size_of("_ETHREAD").ok())
+        .unwrap_or(0x800);
+    let code: HashSet<u64> = frames
+        .iter()
+        .flat_map(|f| [f.ip, f.return_address])
+        .collect();
+    let plausible = |v: u64| {
+        v.is_multiple_of(8)
+            && v >> 47 == 0x1ffff
+            && !(t.stack_limit..t.stack_base).contains(&v)
+            && !(t.ethread.saturating_sub(0x100)..t.ethread + thread_size).contains(&v)
+            && v != t.process
+            && !exclude.contains(&v)
+            && !code.contains(&v)
+    };
+    let mut out: Vec<u64> = Vec::new();
+    let push = |v: u64, out: &mut Vec<u64>| {
+        if plausible(v) && !out.contains(&v) {
+            out.push(v);
+        }
+    };
+    for f in &frames[first..=last] {
+        for (_, v) in f.regs.nonvolatile() {
+            push(v, &mut out);
+        }
+    }
+    // The frames' own memory: from the innermost waiting frame's RSP to the end of the
+    // outermost one (the return address of the frame beyond it).
+    let lo = frames[first].child_sp;
+    let hi = frames
+        .get(last + 1)
+        .map_or(lo + 0x200, |f| f.child_sp)
+        .min(lo + 0x1000);
+    if hi > lo
+        && let Ok(bytes) = k.mem.kread(lo, (hi - lo) as usize)
+    {
+        for w in bytes.chunks_exact(8) {
+            push(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])), &mut out);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the resource at `a` when one of its waiter fields holds one of `keys` (the objects
+/// the waiters wait on, or their wait-chain entries): its owners and waiters then. `None` when
+/// it is not a resource those threads wait for.
+fn resource_if_waited(
+    k: &mut Kernel,
+    a: u64,
+    keys: &HashSet<u64>,
+) -> Result<Option<Held>, ModelError> {
+    let v = k.view("_ERESOURCE", a)?;
+    let shared = v.get("SharedWaiters")?;
+    let exclusive = v.get("ExclusiveWaiters")?;
+    if !(keys.contains(&shared) || keys.contains(&exclusive)) {
+        return Ok(None);
+    }
+    Ok(Some(held_from(k, &v)?))
+}
+
+/// The resources the threads in `waiters` (each waiting with reason WrResource) wait for,
+/// reached from the threads rather than from the resource list: what each waits on is the
+/// resource's shared-waiters semaphore or exclusive-waiters event (7601, 9600) or the event of
+/// a wait-chain entry on its own stack (later builds), both named by a waiter field of the
+/// resource; the resource itself is the one `ExpWaitForResource` keeps across the wait, in a
+/// register the frames inside it saved or in its frames. `globals` (resources at known
+/// addresses) are tried first. A resource reached gives all its waiters at once; a waiter
+/// that leads to none is returned in `unresolved` (the caller walks the list for it).
+pub fn from_waiters(
+    k: &mut Kernel,
+    waiters: &[&Thread],
+    globals: &[u64],
+) -> Result<FromWaiters, ModelError> {
+    let mut out = FromWaiters::default();
+    let nt = k.nt()?;
+    // What the waiters wait on, and the wait-chain entries those objects sit in.
+    let mut keys: HashSet<u64> = HashSet::new();
+    let chain_event = nt.offset("_KWAIT_CHAIN_ENTRY", "Event").ok();
+    for t in waiters {
+        for w in &t.waits {
+            keys.insert(w.object);
+            if let Some(off) = chain_event {
+                keys.insert(w.object.wrapping_sub(off));
+            }
+        }
+    }
+    keys.remove(&0);
+    let mut covered: HashSet<u64> = HashSet::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let take = |h: Held, out: &mut FromWaiters, covered: &mut HashSet<u64>| {
+        covered.extend(h.shared_waiters.iter().chain(&h.exclusive_waiters));
+        if h.active_count == 0 {
+            out.free.push(h.address);
+        } else {
+            out.held.push(h);
+        }
+    };
+    for &g in globals {
+        if !seen.insert(g) {
+            continue;
+        }
+        out.tried += 1;
+        // A global that cannot be read is no answer: the stacks are asked next.
+        if let Ok(Some(h)) = resource_if_waited(k, g, &keys) {
+            take(h, &mut out, &mut covered);
+        }
+    }
+    let exclude: HashSet<u64> = keys.iter().copied().collect();
+    for t in waiters {
+        if covered.contains(&t.ethread) {
+            continue;
+        }
+        let cands = match candidates(k, t, &exclude) {
+            Ok(c) => c,
+            Err(why) => {
+                out.unresolved.push((t.ethread, why));
+                continue;
+            }
+        };
+        let mut found = false;
+        let cands: Vec<u64> = cands
+            .into_iter()
+            .filter(|c| !seen.contains(c))
+            .take(MAX_CANDIDATES)
+            .collect();
+        for c in cands {
+            seen.insert(c);
+            out.tried += 1;
+            match resource_if_waited(k, c, &keys) {
+                Ok(Some(h)) => {
+                    let mine = h.shared_waiters.contains(&t.ethread)
+                        || h.exclusive_waiters.contains(&t.ethread);
+                    take(h, &mut out, &mut covered);
+                    if mine {
+                        found = true;
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(ModelError::Target(e)) if e.is_transient() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        if !found && !covered.contains(&t.ethread) {
+            out.unresolved.push((
+                t.ethread,
+                "no resource its stack holds names it as a waiter".into(),
+            ));
+        }
+    }
+    out.held.sort_by_key(|h| h.address);
+    Ok(out)
 }
