@@ -14,6 +14,7 @@ use kdnet_model::nt::Kernel;
 use kdnet_model::target::{Target, TargetError, TargetInfo, TransportStats};
 use kdnet_sim::scenario::Facts;
 use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
+use kdnet_testkit::faulty::{Faults, FaultyTarget};
 use kdnet_testkit::local::LocalTarget;
 
 /// The builds of ../shared/symbols the simulator builds a machine for, by their tables.
@@ -70,6 +71,7 @@ impl Target for Recording {
 struct Sim {
     kernel: Kernel,
     reads: Reads,
+    faults: Faults,
     facts: Facts,
     /// Every resource on the list.
     resources: Vec<u64>,
@@ -92,8 +94,12 @@ fn sim(dir: &std::path::Path, build: u32, file: &str, scenario: Scenario) -> Sim
     let resources = machine.system().resources.clone();
     let cpus = machine.system().cpus.len() as u32;
     let reads = Reads::default();
+    let faults = Faults::new();
     let target = Recording {
-        inner: Box::new(LocalTarget::new(machine, cpus)),
+        inner: Box::new(FaultyTarget::new(
+            Box::new(LocalTarget::new(machine, cpus)),
+            faults.clone(),
+        )),
         reads: reads.clone(),
     };
     let path = kdnet_sim::symbols::symbol_path(&dir.display().to_string());
@@ -101,6 +107,7 @@ fn sim(dir: &std::path::Path, build: u32, file: &str, scenario: Scenario) -> Sim
     Sim {
         kernel,
         reads,
+        faults,
         facts,
         resources,
     }
@@ -281,5 +288,54 @@ fn samples_do_not_read_the_resource_list() {
                 assert!(touched(&asked).len() > 1900, "{build} {scenario}");
             }
         }
+    }
+}
+
+/// A waiter whose stack does not lead to its resource (the word that holds it cannot be read)
+/// is found all the same: the resource list is walked for it, the notes say so, and the
+/// findings are those of the full walk.
+#[test]
+fn a_waiter_that_leads_nowhere_makes_the_sample_walk_the_list() {
+    let Some(dir) = shared() else {
+        return;
+    };
+    for &(build, file) in BUILDS {
+        let mut s = sim(&dir, build, file, Scenario::Deadlock);
+        let d = s.facts.deadlock.clone().unwrap();
+        let k = &mut s.kernel;
+        // Thread A and ten shared waiters wait for the second resource: hide every word of
+        // their stacks that holds it.
+        let space = k.mem.kernel_space().unwrap();
+        let mut hidden = 0;
+        for t in [d.threads[0]].iter().chain(&d.queued) {
+            let t = k.thread(*t).unwrap();
+            let mut at = t.kernel_stack;
+            while at < t.stack_base {
+                if k.mem.u64(at).unwrap() == d.resources[1] {
+                    let pa = k.mem.translate(space, at).unwrap();
+                    s.faults
+                        .fail_physical(pa, pa + 8, TargetError::Unavailable { address: pa });
+                    hidden += 1;
+                }
+                at += 8;
+            }
+        }
+        assert!(
+            hidden > 0,
+            "{build}: the simulator keeps the resource on the stack"
+        );
+        let mut e = Engine::new(s.kernel);
+        let (fast, _) = sample(&mut e, &Thresholds::default(), false);
+        assert!(
+            fast.notes
+                .iter()
+                .any(|n| n.contains("and 10 more such waiters")
+                    && n.contains("the resource list was walked")),
+            "{build}: {:?}",
+            fast.notes
+        );
+        let (full, _) = sample(&mut e, &Thresholds::default(), true);
+        assert_eq!(said(&fast), said(&full), "{build}");
+        assert_eq!(fast.cycles.len(), 1, "{build}");
     }
 }

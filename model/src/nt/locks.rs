@@ -5,6 +5,9 @@
 //! held one its owner table in one read and its waiters: the dispatcher wait list of the
 //! event/semaphore (7601/9600) or the wait-chain entries (later builds), cross-checked against
 //! the NumberOf*Waiters counters.
+//!
+//! Or, for the resources waiting threads wait for, from the threads ([`from_waiters`]): no
+//! walk of the list, whose length then does not matter.
 
 use std::collections::HashSet;
 
@@ -318,7 +321,7 @@ fn held_from_error(v: &View, _e: &ModelError) -> Held {
     }
 }
 
-/// Most resources tried per waiter before it counts as leading nowhere.
+/// Most values read as resources per waiter before it counts as leading nowhere.
 const MAX_CANDIDATES: usize = 16;
 
 /// The resources waiting threads wait for, reached from the threads (see [`from_waiters`]).
@@ -330,99 +333,92 @@ pub struct FromWaiters {
     pub free: Vec<u64>,
     /// Waiters that led to no resource, each with why.
     pub unresolved: Vec<(u64, String)>,
-    /// Resources read to find them (the right ones included).
+    /// Values looked at as resources to find them (the right ones included).
     pub tried: usize,
 }
 
-/// Frames of the dispatcher's wait path, below the code that waits for a resource.
-const DISPATCH: [&str; 9] = [
-    "KiSwapContext",
-    "SwapContext",
-    "KiSwapThread",
-    "KiCommitThreadWait",
-    "KeWaitForSingleObject",
-    "KeWaitForMultipleObjects",
-    "KiSchedulerApc",
-    "KiDeliverApc",
-    "KiCheckForKernelApcDelivery",
-];
+/// Bytes of a waiter's stack looked through, from its saved RSP: the frames of the wait (the
+/// dispatcher's, ExpWaitForResource's, the acquiring function's) and more; then further.
+const STACK_WINDOWS: [u64; 2] = [0x800, 0x2000];
 
-fn function_of(call_site: &str) -> &str {
-    let name = call_site.split('!').nth(1).unwrap_or(call_site);
-    name.split('+').next().unwrap_or(name)
+/// What a value on a waiter's stack cannot be when it is the resource it waits for.
+pub struct NotResources {
+    /// Kernel stacks, ETHREADs (start, end) of the threads known.
+    ranges: Vec<(u64, u64)>,
+    /// Processes, and the objects the waiters wait on with their wait-chain entries.
+    values: HashSet<u64>,
+    /// Loaded images: code, or a driver's globals (read after the rest).
+    images: Vec<(u64, u64)>,
 }
 
-/// The values a waiter's stack holds that may be the resource it waits for, likeliest first:
-/// the non-volatile registers of the frames that wait for it (ExpWaitForResource and its
-/// callers up to the first frame off the wait path — the code needs the resource after the
-/// wait, so it is in a register the frames inside saved, or in their memory), then the words
-/// of those frames.
-fn candidates(k: &mut Kernel, t: &Thread, exclude: &HashSet<u64>) -> Result<Vec<u64>, String> {
-    let stack = k
-        .stack_of(t)
-        .map_err(|e| format!("its stack is unreadable: {e}"))?;
-    let frames = &stack.frames;
-    let first = frames
+impl NotResources {
+    /// From every thread and process known.
+    pub fn new(k: &mut Kernel, threads: &[&Thread], processes: &[u64]) -> NotResources {
+        let thread_size = k
+            .nt()
+            .ok()
+            .and_then(|nt| nt.size_of("_ETHREAD").ok())
+            .unwrap_or(0x800);
+        let mut ranges = Vec::new();
+        for t in threads {
+            ranges.push((t.stack_limit, t.stack_base));
+            ranges.push((t.ethread.saturating_sub(0x100), t.ethread + thread_size));
+        }
+        let images = k
+            .modules()
+            .map(|m| {
+                m.iter()
+                    .map(|m| (m.base, m.base + u64::from(m.size)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        NotResources {
+            ranges,
+            values: processes.iter().copied().collect(),
+            images,
+        }
+    }
+}
+
+/// The values a waiter's stack holds that may be the resource it waits for, likeliest first.
+/// ExpWaitForResource needs the resource once the wait ends, so it keeps it in a
+/// non-volatile register (which the frames inside it save on the stack) or in its frame: the
+/// words from the saved RSP up are looked at, those nearest the object waited on (a wait-chain
+/// entry in ExpWaitForResource's frame) first; words that point into loaded images (code, or
+/// a driver's global) after the others.
+fn candidates(
+    k: &mut Kernel,
+    t: &Thread,
+    not: &NotResources,
+    window: (u64, u64),
+) -> Result<Vec<u64>, ModelError> {
+    let lo = t.kernel_stack.saturating_add(window.0);
+    let hi = t.kernel_stack.saturating_add(window.1).min(t.stack_base);
+    if !t.stack_resident || t.kernel_stack < t.stack_limit || lo >= hi {
+        return Ok(Vec::new());
+    }
+    let bytes = k.mem.kread_ahead(lo, (hi - lo) as usize)?;
+    let anchor = t
+        .waits
         .iter()
-        .position(|f| !DISPATCH.contains(&function_of(&f.call_site)))
-        .ok_or_else(|| {
-            format!(
-                "its stack has no frame above the wait{}",
-                stack
-                    .note
-                    .as_deref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
-            )
-        })?;
-    let last = frames[first..]
-        .iter()
-        .position(|f| !super::threads::WAIT_PATH.contains(&function_of(&f.call_site)))
-        .map_or(frames.len() - 1, |i| first + i);
-    let thread_size = k
-        .nt()
-        .ok()
-        .and_then(|nt| nt.size_of("_ETHREAD").ok())
-        .unwrap_or(0x800);
-    let code: HashSet<u64> = frames
-        .iter()
-        .flat_map(|f| [f.ip, f.return_address])
-        .collect();
-    let plausible = |v: u64| {
-        v.is_multiple_of(8)
+        .map(|w| w.object)
+        .find(|o| (t.stack_limit..t.stack_base).contains(o))
+        .unwrap_or(t.kernel_stack);
+    let mut out: Vec<(bool, u64, u64)> = Vec::new();
+    for (i, w) in bytes.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        let at = lo + 8 * i as u64;
+        let plausible = v.is_multiple_of(8)
             && v >> 47 == 0x1ffff
-            && !(t.stack_limit..t.stack_base).contains(&v)
-            && !(t.ethread.saturating_sub(0x100)..t.ethread + thread_size).contains(&v)
-            && v != t.process
-            && !exclude.contains(&v)
-            && !code.contains(&v)
-    };
-    let mut out: Vec<u64> = Vec::new();
-    let push = |v: u64, out: &mut Vec<u64>| {
-        if plausible(v) && !out.contains(&v) {
-            out.push(v);
-        }
-    };
-    for f in &frames[first..=last] {
-        for (_, v) in f.regs.nonvolatile() {
-            push(v, &mut out);
+            && !not.values.contains(&v)
+            && !not.ranges.iter().any(|(a, b)| (*a..*b).contains(&v));
+        if plausible && !out.iter().any(|c| c.2 == v) {
+            let image = not.images.iter().any(|(a, b)| (*a..*b).contains(&v));
+            out.push((image, at.abs_diff(anchor), v));
         }
     }
-    // The frames' own memory: from the innermost waiting frame's RSP to the end of the
-    // outermost one (the return address of the frame beyond it).
-    let lo = frames[first].child_sp;
-    let hi = frames
-        .get(last + 1)
-        .map_or(lo + 0x200, |f| f.child_sp)
-        .min(lo + 0x1000);
-    if hi > lo
-        && let Ok(bytes) = k.mem.kread(lo, (hi - lo) as usize)
-    {
-        for w in bytes.chunks_exact(8) {
-            push(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])), &mut out);
-        }
-    }
-    Ok(out)
+    out.sort();
+    Ok(out.into_iter().map(|c| c.2).collect())
 }
 
 /// Reads the resource at `a` when one of its waiter fields holds one of `keys` (the objects
@@ -447,13 +443,16 @@ fn resource_if_waited(
 /// resource's shared-waiters semaphore or exclusive-waiters event (7601, 9600) or the event of
 /// a wait-chain entry on its own stack (later builds), both named by a waiter field of the
 /// resource; the resource itself is the one `ExpWaitForResource` keeps across the wait, in a
-/// register the frames inside it saved or in its frames. `globals` (resources at known
-/// addresses) are tried first. A resource reached gives all its waiters at once; a waiter
-/// that leads to none is returned in `unresolved` (the caller walks the list for it).
+/// register the frames inside it saved or in its frame: a value on the waiter's stack (see
+/// `candidates`; no unwinding, so no unwind data is read) whose waiter field names what the
+/// waiter waits on. `globals` (resources at known addresses) are tried first; `not` says what
+/// a value cannot be. A resource reached gives all its waiters at once; a waiter that leads to
+/// none is returned in `unresolved` (the caller walks the list for it).
 pub fn from_waiters(
     k: &mut Kernel,
     waiters: &[&Thread],
     globals: &[u64],
+    not: &NotResources,
 ) -> Result<FromWaiters, ModelError> {
     let mut out = FromWaiters::default();
     let nt = k.nt()?;
@@ -489,49 +488,61 @@ pub fn from_waiters(
             take(h, &mut out, &mut covered);
         }
     }
-    let exclude: HashSet<u64> = keys.iter().copied().collect();
+    let mut not_keys = NotResources {
+        ranges: not.ranges.clone(),
+        values: not.values.clone(),
+        images: not.images.clone(),
+    };
+    not_keys.values.extend(keys.iter().copied());
+    let mut failed = Vec::new();
     for t in waiters {
-        if covered.contains(&t.ethread) {
-            continue;
-        }
-        let cands = match candidates(k, t, &exclude) {
-            Ok(c) => c,
-            Err(why) => {
-                out.unresolved.push((t.ethread, why));
-                continue;
+        let mut tried = 0;
+        for window in [(0, STACK_WINDOWS[0]), (STACK_WINDOWS[0], STACK_WINDOWS[1])] {
+            if covered.contains(&t.ethread) || tried >= MAX_CANDIDATES {
+                break;
             }
-        };
-        let mut found = false;
-        let cands: Vec<u64> = cands
-            .into_iter()
-            .filter(|c| !seen.contains(c))
-            .take(MAX_CANDIDATES)
-            .collect();
-        for c in cands {
-            seen.insert(c);
-            out.tried += 1;
-            match resource_if_waited(k, c, &keys) {
-                Ok(Some(h)) => {
-                    let mine = h.shared_waiters.contains(&t.ethread)
-                        || h.exclusive_waiters.contains(&t.ethread);
-                    take(h, &mut out, &mut covered);
-                    if mine {
-                        found = true;
-                        break;
-                    }
-                }
-                Ok(None) => {}
+            let cands = match candidates(k, t, &not_keys, window) {
+                Ok(c) => c,
                 Err(ModelError::Target(e)) if e.is_transient() => return Err(e.into()),
-                Err(_) => {}
+                Err(_) => break,
+            };
+            for c in cands {
+                if covered.contains(&t.ethread) || tried >= MAX_CANDIDATES {
+                    break;
+                }
+                if !seen.insert(c) {
+                    continue;
+                }
+                // Values that do not translate cost nothing; those read are counted.
+                match resource_if_waited(k, c, &keys) {
+                    Ok(Some(h)) => {
+                        tried += 1;
+                        take(h, &mut out, &mut covered);
+                    }
+                    Ok(None) => tried += 1,
+                    Err(ModelError::Target(e)) if e.is_transient() => return Err(e.into()),
+                    Err(ModelError::Target(TargetError::NotPresent { .. })) => {}
+                    Err(_) => tried += 1,
+                }
+                out.tried += 1;
             }
         }
-        if !found && !covered.contains(&t.ethread) {
-            out.unresolved.push((
+        if !covered.contains(&t.ethread) {
+            failed.push((
                 t.ethread,
-                "no resource its stack holds names it as a waiter".into(),
+                if tried == 0 {
+                    "no value on its stack can be one".to_string()
+                } else {
+                    format!("none of the {tried} values on its stack that can be one names it as a waiter")
+                },
             ));
         }
     }
+    // A waiter a later one's resource named is not left over.
+    out.unresolved = failed
+        .into_iter()
+        .filter(|(t, _)| !covered.contains(t))
+        .collect();
     out.held.sort_by_key(|h| h.address);
     Ok(out)
 }

@@ -20,15 +20,12 @@ use crate::pe;
 pub const MAX_FRAMES: usize = 256;
 
 /// The integer registers and RIP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Regs {
     /// rax … r15 by unwind register number.
     pub gpr: [u64; 16],
     /// Instruction pointer.
     pub rip: u64,
-    /// Which of `gpr` are known (bit = register number): all from a CONTEXT; RSP and RBP from
-    /// a switch frame, then each register a frame's prologue saved, once unwound past it.
-    pub known: u16,
 }
 
 impl Regs {
@@ -43,7 +40,6 @@ impl Regs {
         Regs {
             gpr,
             rip: c.reg(Reg::Rip),
-            known: 0xffff,
         }
     }
 
@@ -51,19 +47,7 @@ impl Regs {
     pub fn rsp(&self) -> u64 {
         self.gpr[4]
     }
-
-    /// The non-volatile registers (RBX, RBP, RSI, RDI, R12–R15) whose values are known, by
-    /// register number.
-    pub fn nonvolatile(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
-        NONVOLATILE
-            .iter()
-            .filter(|r| self.known & (1 << **r) != 0)
-            .map(|r| (*r, self.gpr[usize::from(*r)]))
-    }
 }
-
-/// The non-volatile integer registers by unwind number: RBX, RBP, RSI, RDI, R12–R15.
-pub const NONVOLATILE: [u8; 8] = [3, 5, 6, 7, 12, 13, 14, 15];
 
 /// One frame.
 #[derive(Debug, Clone, Serialize)]
@@ -83,17 +67,6 @@ pub struct Frame {
     /// The first four stack arguments' home slots (for `kb`).
     #[serde(skip)]
     pub args: [u64; 4],
-    /// The registers in this frame (as they were when it called the frame inside it), with
-    /// which of them the walk recovered.
-    #[serde(skip)]
-    pub regs: Regs,
-}
-
-impl Frame {
-    fn with_regs(mut self, regs: Regs) -> Frame {
-        self.regs = regs;
-        self
-    }
 }
 
 /// A walked stack.
@@ -133,11 +106,7 @@ impl Kernel {
                 let mut gpr = [0u64; 16];
                 gpr[4] = ks.wrapping_add(0x40);
                 gpr[5] = rbp;
-                Regs {
-                    gpr,
-                    rip: ret,
-                    known: (1 << 4) | (1 << 5),
-                }
+                Regs { gpr, rip: ret }
             }
         };
         Ok(self.unwind(regs, Some(bounds), t.state == 2))
@@ -149,7 +118,6 @@ impl Kernel {
         let mut frames: Vec<Frame> = Vec::new();
         let mut note = None;
         for n in 0..MAX_FRAMES {
-            let here = regs;
             let rip = regs.rip;
             let rsp = regs.rsp();
             if rip == 0 {
@@ -157,7 +125,7 @@ impl Kernel {
             }
             if rip >> 47 == 0 {
                 // A user-mode return address: the kernel part of the stack ends here.
-                frames.push(self.frame(n, rsp, rip, 0).with_regs(here));
+                frames.push(self.frame(n, rsp, rip, 0));
                 break;
             }
             if let Some((lo, hi)) = bounds
@@ -170,7 +138,7 @@ impl Kernel {
             }
             let lookup_ip = if n == 0 && precise { rip } else { rip - 1 };
             let Some(mi) = self.module_index(lookup_ip) else {
-                frames.push(self.frame(n, rsp, rip, 0).with_regs(here));
+                frames.push(self.frame(n, rsp, rip, 0));
                 note = Some(format!(
                     "{rip:#x} is not in any loaded module; the walk stops"
                 ));
@@ -190,12 +158,12 @@ impl Kernel {
             let ret = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    frames.push(self.frame(n, rsp, rip, 0).with_regs(here));
+                    frames.push(self.frame(n, rsp, rip, 0));
                     note = Some(e);
                     break;
                 }
             };
-            let mut f = self.frame(n, rsp, rip, ret.0).with_regs(here);
+            let mut f = self.frame(n, rsp, rip, ret.0);
             f.args = [
                 self.stack_u64(rsp.wrapping_add(8)).unwrap_or(0),
                 self.stack_u64(rsp.wrapping_add(16)).unwrap_or(0),
@@ -229,7 +197,6 @@ impl Kernel {
             call_site: self.symbolize(rip),
             module: parts.map(|p| p.0),
             args: [0; 4],
-            regs: Regs::default(),
         }
     }
 
@@ -324,7 +291,6 @@ impl Kernel {
                     match op {
                         0 => {
                             regs.gpr[usize::from(info)] = rd(self, rsp)?;
-                            regs.known |= 1 << info;
                             regs.gpr[4] = rsp.wrapping_add(8);
                         }
                         1 => {
@@ -339,13 +305,11 @@ impl Kernel {
                         3 => {}
                         4 => {
                             regs.gpr[usize::from(info)] =
-                                rd(self, rsp.wrapping_add(u64::from(slot(1)) * 8))?;
-                            regs.known |= 1 << info;
+                                rd(self, rsp.wrapping_add(u64::from(slot(1)) * 8))?
                         }
                         5 => {
                             let off = u64::from(slot(1)) | (u64::from(slot(2)) << 16);
                             regs.gpr[usize::from(info)] = rd(self, rsp.wrapping_add(off))?;
-                            regs.known |= 1 << info;
                         }
                         10 => {
                             let base = rsp.wrapping_add(if info == 1 { 8 } else { 0 });

@@ -1,6 +1,6 @@
 //! The wait-for graph of threads. A waiting thread points at the owners of what it waits for:
-//! mutant owners (from the mutant), executive resources (owners from the resource walk,
-//! waiters from its wait lists or chains), fast and guarded mutexes (the owner beside the
+//! mutant owners (from the mutant), executive resources (owners from the resource walk, or
+//! from the resources reached from their waiters; waiters from its wait lists or chains), fast and guarded mutexes (the owner beside the
 //! event they wait on), and threads waited for by their handle (termination). Cycles are
 //! deadlocks; threads whose waits lead on into a cycle, or pile up behind one thread, are
 //! reported with where they end.
@@ -51,7 +51,7 @@ pub struct Graph {
     pub notes: Vec<String>,
     /// Whether the resource list was walked.
     pub resource_list_walked: bool,
-    /// Resources read while reaching them from their waiters (the right ones included).
+    /// Values looked at as resources while reaching them from their waiters.
     pub resources_tried: usize,
 }
 
@@ -198,6 +198,16 @@ pub fn build_with(k: &mut Kernel, o: &Options) -> Result<Graph, ModelError> {
     let mut g = Graph::default();
     let (all, notes) = k.all_threads()?;
     g.notes.extend(notes);
+    // What a value on a waiter's stack that is a thread, a stack or a process cannot be.
+    let resource_waits = all
+        .iter()
+        .flat_map(|(_, ts)| ts)
+        .any(|t| t.state == 5 && t.wait_reason_name == "WrResource");
+    let not = (o.thread_first && resource_waits).then(|| {
+        let threads: Vec<&Thread> = all.iter().flat_map(|(_, ts)| ts).collect();
+        let processes: Vec<u64> = all.iter().map(|(p, _)| p.eprocess).collect();
+        super::locks::NotResources::new(k, &threads, &processes)
+    });
     let mut waiting = Vec::new();
     for (p, threads) in all {
         for t in threads {
@@ -213,8 +223,8 @@ pub fn build_with(k: &mut Kernel, o: &Options) -> Result<Graph, ModelError> {
         .filter(|t| t.wait_reason_name == "WrResource")
         .collect();
     if !resource_waiters.is_empty() {
-        if o.thread_first {
-            match super::locks::from_waiters(k, &resource_waiters, &o.globals) {
+        if let Some(not) = &not {
+            match super::locks::from_waiters(k, &resource_waiters, &o.globals, not) {
                 Ok(f) if f.unresolved.is_empty() => {
                     g.resources_tried = f.tried;
                     resource_edges(&mut g, &f.held);
