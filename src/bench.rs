@@ -13,10 +13,13 @@
 //! 4. The analysis commands on the simulated nbl-hang machine (84,372 resources) over the same
 //!    link, each from a cold cache: round trips, bytes, and the ratio to the least any reader
 //!    needs (per page touched, the span of bytes asked for over the largest transfer).
-//! 5. The watcher on the same machine over the same link: a sample (`!hangcheck`) beside the
-//!    capture it triggers (`hang.kds`, bundle written): time the target stays stopped, round
-//!    trips, bytes, bundle size; then host CPU per watched idle target, against the same
-//!    simulated machines running with nobody watching.
+//! 5. The watcher's samples over the same link: on the simulated machine of each scenario, a
+//!    sample from the threads beside one walking the resource list (as samples did before):
+//!    time stopped, round trips of the stop and of the sample, whether they find the same; then
+//!    both over 2,000, 84,372 and 1,000,000 resources. Then the watcher on the nbl-hang machine:
+//!    a sample (`!hangcheck`) beside the capture it triggers (`hang.kds`, bundle written): time
+//!    the target stays stopped, round trips, bytes, bundle size; then host CPU per watched idle
+//!    target, against the same simulated machines running with nobody watching.
 //! 6. Long memory reads on the simulated machine over the same link: 8 MiB of the kernel image
 //!    read page by page (two requests a page: 3,944 + 152 bytes) beside the same range through
 //!    `.writemem` and 1 MiB through `dq` (long reads: full requests over physically contiguous
