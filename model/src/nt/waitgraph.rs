@@ -242,6 +242,12 @@ pub fn build_with(k: &mut Kernel, o: &Options) -> Result<Graph, ModelError> {
                     ));
                     walk_resources(k, &mut g);
                 }
+                // The link failed, the time ran out: walking the list would fare no better.
+                Err(ModelError::Target(e)) if e.is_transient() => {
+                    let n = format!("resources not examined: {e}");
+                    k.note_incomplete(n.clone());
+                    g.notes.push(n);
+                }
                 Err(err) => {
                     g.notes.push(format!(
                         "the resources waited for could not be reached from their waiters ({err}): the resource list was walked"
