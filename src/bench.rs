@@ -13,10 +13,13 @@
 //! 4. The analysis commands on the simulated nbl-hang machine (84,372 resources) over the same
 //!    link, each from a cold cache: round trips, bytes, and the ratio to the least any reader
 //!    needs (per page touched, the span of bytes asked for over the largest transfer).
-//! 5. The watcher on the same machine over the same link: a sample (`!hangcheck`) beside the
-//!    capture it triggers (`hang.kds`, bundle written): time the target stays stopped, round
-//!    trips, bytes, bundle size; then host CPU per watched idle target, against the same
-//!    simulated machines running with nobody watching.
+//! 5. The watcher's samples over the same link: on the simulated machine of each scenario, a
+//!    sample from the threads beside one walking the resource list (as samples did before):
+//!    time stopped, round trips of the stop and of the sample, whether they find the same; then
+//!    both over 2,000, 84,372 and 1,000,000 resources. Then the watcher on the nbl-hang machine:
+//!    a sample (`!hangcheck`) beside the capture it triggers (`hang.kds`, bundle written): time
+//!    the target stays stopped, round trips, bytes, bundle size; then host CPU per watched idle
+//!    target, against the same simulated machines running with nobody watching.
 //! 6. Long memory reads on the simulated machine over the same link: 8 MiB of the kernel image
 //!    read page by page (two requests a page: 3,944 + 152 bytes) beside the same range through
 //!    `.writemem` and 1 MiB through `dq` (long reads: full requests over physically contiguous
@@ -374,6 +377,7 @@ fn cpu_time() -> Duration {
 async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Result<()> {
     use crate::watch::{self, Control, config, hub::Hub};
     use kdnet_live::{Listen, Session};
+    samples_bench(delay, resources).await?;
     let key = Key::from_bytes(kdnet::rng::os_random_32());
     let hc = Listen {
         bind: "127.0.0.1:0".parse()?,
@@ -603,6 +607,195 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
             ""
         }
     );
+    Ok(())
+}
+
+/// What one sample cost and found.
+struct SampleRun {
+    /// From the break-in request to the target running again.
+    stopped: Duration,
+    /// Requests of the whole stop (break-in, kernel model, sample, continue).
+    stop_rts: u64,
+    /// Requests of the sample itself (as the watcher's events count them).
+    sample_rts: u64,
+    /// What it found (and the notes, which say how it was taken).
+    findings: Vec<String>,
+    notes: Vec<String>,
+}
+
+/// One sample as the watcher takes it: break in, open the kernel model, `!hangcheck`'s sample
+/// (from the threads, or walking the resource list as before), let the target go on.
+async fn sample_once(host: &kdnet_live::Session, thread_first: bool) -> anyhow::Result<SampleRun> {
+    use kdnet_commands::ext::hangcheck;
+    let rts0 = host.traffic().round_trips;
+    let t0 = Instant::now();
+    host.break_in(Duration::from_secs(10)).await?;
+    let rt = tokio::runtime::Handle::current();
+    let h = host.clone();
+    let (sample_rts, sample) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, hangcheck::Sample)> {
+            let mut e =
+                kdnet_commands::engine::Engine::new(h.open(rt, crate::symbols::path(None))?);
+            e.budget = Some(Duration::from_secs(600));
+            let before = e.kernel.mem.stats();
+            let th = hangcheck::Thresholds::default();
+            let s = if thread_first {
+                hangcheck::sample(&mut e, &th)
+            } else {
+                hangcheck::sample_reference(&mut e, &th)
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok((e.kernel.mem.stats().since(&before).transport.round_trips, s))
+        })
+        .await??;
+    host.go().await?;
+    Ok(SampleRun {
+        stopped: t0.elapsed(),
+        stop_rts: host.traffic().round_trips - rts0,
+        sample_rts,
+        findings: hangcheck::judge(None, &sample)
+            .into_iter()
+            .map(|f| f.summary)
+            .collect(),
+        notes: sample.notes,
+    })
+}
+
+/// A simulated machine of `config` over a link with `delay` each way, connected and running.
+async fn running_sim(
+    config: kdnet_sim::SimConfig,
+    delay: Duration,
+) -> anyhow::Result<(kdnet_live::Session, kdnet_sim::Running)> {
+    let key = Key::from_bytes(kdnet::rng::os_random_32());
+    let host = kdnet_live::Session::listen(kdnet_live::Listen {
+        bind: "127.0.0.1:0".parse()?,
+        key: key.clone(),
+        target: None,
+    })
+    .await?;
+    let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
+    tc.offer_interval = Duration::from_millis(500);
+    let link = LinkConfig {
+        latency: delay,
+        ..LinkConfig::default()
+    };
+    let sim = kdnet_sim::start(config, tc, Some(link)).await?;
+    host.wait_connected(Duration::from_secs(30)).await?;
+    Ok((host, sim))
+}
+
+/// A sample of each scenario from the threads beside the sample that walks the resource list
+/// (as every sample did before), then the curve of both over the number of resources.
+async fn samples_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
+    let machine = |scenario: kdnet_sim::Scenario, resources: u32| {
+        let mut c = kdnet_sim::SimConfig::demo();
+        c.scenario = scenario;
+        c.resources = resources;
+        c.print_every = Duration::from_secs(3600);
+        // The bugcheck scenario's machine as it runs before its crash.
+        c.bugcheck_after = Some(Duration::from_secs(3600));
+        c
+    };
+    outln!(
+        "\nwatcher samples on the simulated machine of each scenario (build 20348, {resources} resources), RTT {:?}: from the threads beside walking the resource list (before)",
+        delay * 2
+    );
+    outln!(
+        "  {:<16} {:>29}   {:>29}   {}",
+        "",
+        "from the threads",
+        "walking the resource list",
+        "findings"
+    );
+    outln!(
+        "  {:<16} {:>9} {:>9} {:>9}   {:>9} {:>9} {:>9}",
+        "scenario",
+        "stopped",
+        "stop RTs",
+        "sample",
+        "stopped",
+        "stop RTs",
+        "sample"
+    );
+    let mut worst = (0u64, Duration::ZERO);
+    for scenario in kdnet_sim::Scenario::ALL {
+        let (host, sim) = running_sim(machine(scenario, resources), delay).await?;
+        let fast = sample_once(&host, true).await?;
+        let full = sample_once(&host, false).await?;
+        sim.target.shutdown().await;
+        worst = (worst.0.max(fast.sample_rts), worst.1.max(fast.stopped));
+        outln!(
+            "  {:<16} {:>8.3}s {:>9} {:>9}   {:>8.3}s {:>9} {:>9}   {} {}{}",
+            scenario.name(),
+            fast.stopped.as_secs_f64(),
+            fast.stop_rts,
+            fast.sample_rts,
+            full.stopped.as_secs_f64(),
+            full.stop_rts,
+            full.sample_rts,
+            fast.findings.len(),
+            if fast.findings == full.findings {
+                "(the same)"
+            } else {
+                "(DIFFERENT)"
+            },
+            if fast.notes.iter().any(|n| n.contains("resource list")) {
+                " (the resource list was walked)"
+            } else {
+                ""
+            }
+        );
+    }
+    outln!(
+        "  from the threads, the most of any scenario: {} round trips for the sample, stopped {:.3} s",
+        worst.0,
+        worst.1.as_secs_f64()
+    );
+    outln!(
+        "\nthe curve over the number of resources (nbl-hang, build 20348), RTT {:?}",
+        delay * 2
+    );
+    outln!(
+        "  {:>10}   {:>29}   {:>29}",
+        "",
+        "from the threads",
+        "walking the resource list"
+    );
+    outln!(
+        "  {:>10}   {:>9} {:>9} {:>9}   {:>9} {:>9} {:>9}   {:>8}",
+        "resources",
+        "stopped",
+        "stop RTs",
+        "sample",
+        "stopped",
+        "stop RTs",
+        "sample",
+        "built in"
+    );
+    for n in [2_000u32, kdnet_sim::scenario::NBL_HANG_RESOURCES, 1_000_000] {
+        let t = Instant::now();
+        let (host, sim) = running_sim(machine(kdnet_sim::Scenario::NblHang, n), delay).await?;
+        let built = t.elapsed();
+        let fast = sample_once(&host, true).await?;
+        let full = sample_once(&host, false).await?;
+        sim.target.shutdown().await;
+        outln!(
+            "  {:>10}   {:>8.3}s {:>9} {:>9}   {:>8.3}s {:>9} {:>9}   {:>7.1}s{}",
+            n,
+            fast.stopped.as_secs_f64(),
+            fast.stop_rts,
+            fast.sample_rts,
+            full.stopped.as_secs_f64(),
+            full.stop_rts,
+            full.sample_rts,
+            built.as_secs_f64(),
+            if fast.findings == full.findings {
+                ""
+            } else {
+                " (findings DIFFERENT)"
+            }
+        );
+    }
     Ok(())
 }
 

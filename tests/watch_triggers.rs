@@ -860,3 +860,67 @@ fn a_failing_capture_command_does_not_stop_the_watch() {
     assert!(ok, "{list}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Every sample's event says what it cost — its own round trips, those of the whole stop and
+/// how long the target was stopped — a sample that finds nothing, and one that leads to a
+/// capture (its `capturing` event, and the bundle's trigger); a sample on a machine whose
+/// threads wait on resources reaches them from the threads, without the resource list.
+#[test]
+fn every_sample_event_says_what_it_cost() {
+    let sdir = temp_dir("cost-script");
+    let script = sdir.join("quick.kds");
+    std::fs::write(&script, "!hangcheck\n").unwrap();
+    let (_sim, _w, dir, ev_path) = one(
+        "cost",
+        &[
+            "--scenario",
+            "deadlock",
+            "--resources",
+            "20000",
+            "--hang-after",
+            "3s",
+        ],
+        &[
+            "--sample-every",
+            "1s",
+            "--max-captures",
+            "1",
+            "--script",
+            script.to_str().unwrap(),
+        ],
+    );
+    let ev = wait_state(&ev_path, "cost", "captured", Duration::from_secs(60));
+    let costed = |e: &Value| {
+        let s = &e["sample"];
+        let rts = s["round_trips"].as_u64().unwrap_or(0);
+        rts > 0
+            && s["stop_round_trips"].as_u64().is_some_and(|n| n >= rts)
+            && s["stopped_seconds"].as_f64().is_some_and(|t| t > 0.0)
+    };
+    let sampled: Vec<&Value> = ev.iter().filter(|e| e["state"] == "sampled").collect();
+    assert!(!sampled.is_empty(), "{ev:#?}");
+    for e in &sampled {
+        assert!(costed(e), "{e}");
+    }
+    let capturing = ev.iter().find(|e| e["state"] == "capturing").unwrap();
+    assert!(
+        capturing["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("sample-deadlock"),
+        "{capturing}"
+    );
+    assert!(costed(capturing), "{capturing}");
+    let notes = capturing["sample"]["notes"].as_array().unwrap();
+    assert!(
+        !notes
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("resource list")),
+        "{capturing}"
+    );
+    let c = ev.iter().find(|e| e["state"] == "captured").unwrap();
+    let j = report(Path::new(c["bundle"].as_str().unwrap()));
+    assert_eq!(j["trigger"]["sample"], capturing["sample"]);
+    std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(sdir).ok();
+}

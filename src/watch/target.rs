@@ -363,17 +363,37 @@ impl Actor {
     }
 
     /// Breaks in, takes a sample, and captures if it finds a hang; otherwise lets it go on.
+    /// Every event of the sample says what it cost: its own round trips, those of the whole
+    /// stop (break-in and kernel model included) and how long the target was stopped.
     async fn sample(&mut self) {
         let start = Instant::now();
+        let traffic_before = self.host.traffic().round_trips;
+        let cost = |host: &Session, round_trips: Option<u64>| {
+            json!({
+                "round_trips": round_trips,
+                "stop_round_trips": host.traffic().round_trips.saturating_sub(traffic_before),
+                "stopped_seconds": start.elapsed().as_secs_f64(),
+            })
+        };
         if let Err(e) = self.stop().await {
-            self.state("sample-failed", &e);
+            self.hub.state(
+                &self.spec.name,
+                "sample-failed",
+                &e,
+                json!({ "sample": cost(&self.host, None) }),
+            );
             return;
         }
         self.state("sampling", "");
         let engine = match self.open().await {
             Ok(e) => e,
             Err(e) => {
-                self.state("sample-failed", &e);
+                self.hub.state(
+                    &self.spec.name,
+                    "sample-failed",
+                    &e,
+                    json!({ "sample": cost(&self.host, None) }),
+                );
                 self.resume().await;
                 return;
             }
@@ -389,19 +409,31 @@ impl Actor {
         })
         .await;
         let Ok((engine, sample, round_trips)) = result else {
-            self.state("sample-failed", "the sample thread failed");
+            self.hub.state(
+                &self.spec.name,
+                "sample-failed",
+                "the sample thread failed",
+                json!({ "sample": cost(&self.host, None) }),
+            );
             self.resume().await;
             return;
         };
         let sample = match sample {
             Ok(s) => s,
             Err(e) => {
-                self.state("sample-failed", &e.to_string());
+                self.hub.state(
+                    &self.spec.name,
+                    "sample-failed",
+                    &e.to_string(),
+                    json!({ "sample": cost(&self.host, Some(round_trips)) }),
+                );
                 self.resume().await;
                 return;
             }
         };
         let found = hangcheck::judge(self.prev.as_ref(), &sample);
+        let spent = cost(&self.host, Some(round_trips));
+        let stopped = spent["stopped_seconds"].as_f64().unwrap_or(0.0);
         let sample_json = json!({
             "findings": found,
             "long_waits": sample.long_waits,
@@ -409,17 +441,17 @@ impl Actor {
             "cycles": sample.cycles,
             "commit_failures": sample.commit_failures,
             "pending_nbls": sample.pending_nbls.as_ref().map(Vec::len),
+            "notes": sample.notes,
             "round_trips": round_trips,
+            "stop_round_trips": spent["stop_round_trips"],
+            "stopped_seconds": stopped,
         });
         self.prev = Some(sample);
         if found.is_empty() {
             self.hub.state(
                 &self.spec.name,
                 "sampled",
-                &format!(
-                    "nothing found ({round_trips} round trips, stopped {:.2} s)",
-                    start.elapsed().as_secs_f64()
-                ),
+                &format!("nothing found ({round_trips} round trips, stopped {stopped:.2} s)"),
                 json!({ "sample": sample_json }),
             );
             self.resume().await;
@@ -469,7 +501,17 @@ impl Actor {
             self.state("capture-failed", &e);
             return Err(e);
         }
-        self.state("capturing", &format!("{}: {}", t.kind, t.detail));
+        // A capture a sample led to says what the sample cost (the target has been stopped
+        // since the sample's break-in).
+        self.hub.state(
+            &self.spec.name,
+            "capturing",
+            &format!("{}: {}", t.kind, t.detail),
+            match &t.sample {
+                Some(s) => json!({ "sample": s }),
+                None => Value::Null,
+            },
+        );
         let lost: Lost = Arc::new(Mutex::new(None));
         let cancel = Arc::new(AtomicBool::new(false));
         let monitor = tokio::spawn(watch_for_loss(

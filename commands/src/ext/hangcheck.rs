@@ -152,18 +152,42 @@ fn kind_of(edge_kind: &str) -> &'static str {
     }
 }
 
-/// Takes a sample of the stopped machine.
+/// Takes a sample of the stopped machine, starting from the threads: the resources waited for
+/// are reached from their waiters (the resource list is read only for a waiter that leads to
+/// none, and the notes say so).
 pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
-    let g = waitgraph::build(&mut e.kernel)?;
+    sample_with(e, th, true)
+}
+
+/// Takes a sample the way the thread-first one is checked against: every resource on the
+/// resource list read.
+pub fn sample_reference(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
+    sample_with(e, th, false)
+}
+
+fn sample_with(e: &mut Engine, th: &Thresholds, thread_first: bool) -> Result<Sample, CmdError> {
+    let pnp: Vec<(u64, &str)> = PNP_LOCKS
+        .iter()
+        .filter_map(|n| e.kernel.sym(n).ok().map(|a| (a, *n)))
+        .collect();
+    let options = if thread_first {
+        waitgraph::Options {
+            thread_first: true,
+            // What a thread is blocked in is not part of a sample.
+            blockers: false,
+            globals: pnp.iter().map(|p| p.0).collect(),
+        }
+    } else {
+        waitgraph::Options::full()
+    };
+    let mut g = waitgraph::build_with(&mut e.kernel, &options)?;
+    // In address order, however they were found.
+    g.held.sort_by_key(|h| h.address);
     let mut s = Sample {
         notes: g.notes.clone(),
         ..Sample::default()
     };
     s.cycles = waitgraph::find_cycles(&g.edges);
-    let pnp: Vec<(u64, &str)> = PNP_LOCKS
-        .iter()
-        .filter_map(|n| e.kernel.sym(n).ok().map(|a| (a, *n)))
-        .collect();
     let pnp_name = |a: u64| pnp.iter().find(|p| p.0 == a).map(|p| format!("nt!{}", p.1));
     let wait_of = |t: u64| {
         g.nodes

@@ -144,6 +144,9 @@ impl Memory {
     }
 
     pub(super) fn note_needed(&mut self, pa: u64, len: u64) {
+        if let Some(a) = &mut self.asked {
+            a.push((pa, len));
+        }
         let mut at = pa;
         let end = pa + len;
         while at < end {

@@ -79,6 +79,9 @@ pub struct Memory {
     /// Per physical page, the span of bytes callers asked for (page tables included): the
     /// least any reader must fetch.
     needed: HashMap<u64, (u16, u16)>,
+    /// Every physical range callers asked for (page-table entries included, read-ahead not),
+    /// while kept (see [`Memory::keep_asked`]).
+    asked: Option<Vec<(u64, u64)>>,
     /// Set once a request failed with [`TargetError::Gone`]: later requests fail at once.
     gone: Option<String>,
     /// Reads that failed for a reason of the moment, ever (see [`TargetError::is_transient`]).
@@ -129,6 +132,7 @@ impl Memory {
             virtual_only,
             epoch: 0,
             needed: HashMap::new(),
+            asked: None,
             gone: None,
             failures_total: 0,
             log_base: 0,
@@ -246,6 +250,18 @@ impl Memory {
         let mut s = self.stats;
         s.transport = self.target.stats();
         s
+    }
+
+    /// Starts (or stops) keeping every physical range callers ask for: what a reader needed,
+    /// as opposed to what read-ahead fetched along with it.
+    pub fn keep_asked(&mut self, on: bool) {
+        self.asked = on.then(Vec::new);
+    }
+
+    /// The physical ranges (address, length) callers asked for since the last call, while
+    /// kept.
+    pub fn take_asked(&mut self) -> Vec<(u64, u64)> {
+        self.asked.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Physical pages read so far (page-table pages included).

@@ -5,9 +5,15 @@
 //! held one its owner table in one read and its waiters: the dispatcher wait list of the
 //! event/semaphore (7601/9600) or the wait-chain entries (later builds), cross-checked against
 //! the NumberOf*Waiters counters.
+//!
+//! Or, for the resources waiting threads wait for, from the threads ([`from_waiters`]): no
+//! walk of the list, whose length then does not matter.
+
+use std::collections::HashSet;
 
 use serde::Serialize;
 
+use super::procs::Thread;
 use super::view::View;
 use super::{Kernel, ModelError};
 use crate::target::TargetError;
@@ -111,7 +117,7 @@ fn wait_chain_threads(k: &mut Kernel, first: u64) -> Result<Vec<u64>, ModelError
     let thread_off = nt.offset("_KWAIT_CHAIN_ENTRY", "Thread").ok();
     let event_off = nt.offset("_KWAIT_CHAIN_ENTRY", "Event")?;
     let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut cur = first;
     while cur != 0 && out.len() < MAX_WAITERS {
         if !seen.insert(cur) {
@@ -313,4 +319,230 @@ fn held_from_error(v: &View, _e: &ModelError) -> Held {
         exclusive_waiters: Vec::new(),
         warnings: Vec::new(),
     }
+}
+
+/// Most values read as resources per waiter before it counts as leading nowhere.
+const MAX_CANDIDATES: usize = 16;
+
+/// The resources waiting threads wait for, reached from the threads (see [`from_waiters`]).
+#[derive(Debug, Clone, Default)]
+pub struct FromWaiters {
+    /// The held resources reached, with their owners and waiters.
+    pub held: Vec<Held>,
+    /// Resources reached that nobody holds (their waiters are about to run).
+    pub free: Vec<u64>,
+    /// Waiters that led to no resource, each with why.
+    pub unresolved: Vec<(u64, String)>,
+    /// Values looked at as resources to find them (the right ones included).
+    pub tried: usize,
+}
+
+/// Bytes of a waiter's stack looked through, from its saved RSP: the frames of the wait (the
+/// dispatcher's, ExpWaitForResource's, the acquiring function's) and more; then further.
+const STACK_WINDOWS: [u64; 2] = [0x800, 0x2000];
+
+/// What a value on a waiter's stack cannot be when it is the resource it waits for.
+pub struct NotResources {
+    /// Kernel stacks, ETHREADs (start, end) of the threads known.
+    ranges: Vec<(u64, u64)>,
+    /// Processes, and the objects the waiters wait on with their wait-chain entries.
+    values: HashSet<u64>,
+    /// Loaded images: code, or a driver's globals (read after the rest).
+    images: Vec<(u64, u64)>,
+}
+
+impl NotResources {
+    /// From every thread and process known.
+    pub fn new(k: &mut Kernel, threads: &[&Thread], processes: &[u64]) -> NotResources {
+        let thread_size = k
+            .nt()
+            .ok()
+            .and_then(|nt| nt.size_of("_ETHREAD").ok())
+            .unwrap_or(0x800);
+        let mut ranges = Vec::new();
+        for t in threads {
+            ranges.push((t.stack_limit, t.stack_base));
+            ranges.push((t.ethread.saturating_sub(0x100), t.ethread + thread_size));
+        }
+        let images = k
+            .modules()
+            .map(|m| {
+                m.iter()
+                    .map(|m| (m.base, m.base + u64::from(m.size)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        NotResources {
+            ranges,
+            values: processes.iter().copied().collect(),
+            images,
+        }
+    }
+}
+
+/// The values a waiter's stack holds that may be the resource it waits for, likeliest first.
+/// ExpWaitForResource needs the resource once the wait ends, so it keeps it in a
+/// non-volatile register (which the frames inside it save on the stack) or in its frame: the
+/// words from the saved RSP up are looked at, those nearest the object waited on (a wait-chain
+/// entry in ExpWaitForResource's frame) first; words that point into loaded images (code, or
+/// a driver's global) after the others.
+fn candidates(
+    k: &mut Kernel,
+    t: &Thread,
+    not: &NotResources,
+    window: (u64, u64),
+) -> Result<Vec<u64>, ModelError> {
+    let lo = t.kernel_stack.saturating_add(window.0);
+    let hi = t.kernel_stack.saturating_add(window.1).min(t.stack_base);
+    if !t.stack_resident || t.kernel_stack < t.stack_limit || lo >= hi {
+        return Ok(Vec::new());
+    }
+    let bytes = k.mem.kread_ahead(lo, (hi - lo) as usize)?;
+    let anchor = t
+        .waits
+        .iter()
+        .map(|w| w.object)
+        .find(|o| (t.stack_limit..t.stack_base).contains(o))
+        .unwrap_or(t.kernel_stack);
+    let mut out: Vec<(bool, u64, u64)> = Vec::new();
+    for (i, w) in bytes.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        let at = lo + 8 * i as u64;
+        let plausible = v.is_multiple_of(8)
+            && v >> 47 == 0x1ffff
+            && !not.values.contains(&v)
+            && !not.ranges.iter().any(|(a, b)| (*a..*b).contains(&v));
+        if plausible && !out.iter().any(|c| c.2 == v) {
+            let image = not.images.iter().any(|(a, b)| (*a..*b).contains(&v));
+            out.push((image, at.abs_diff(anchor), v));
+        }
+    }
+    out.sort();
+    Ok(out.into_iter().map(|c| c.2).collect())
+}
+
+/// Reads the resource at `a` when one of its waiter fields holds one of `keys` (the objects
+/// the waiters wait on, or their wait-chain entries): its owners and waiters then. `None` when
+/// it is not a resource those threads wait for.
+fn resource_if_waited(
+    k: &mut Kernel,
+    a: u64,
+    keys: &HashSet<u64>,
+) -> Result<Option<Held>, ModelError> {
+    let v = k.view("_ERESOURCE", a)?;
+    let shared = v.get("SharedWaiters")?;
+    let exclusive = v.get("ExclusiveWaiters")?;
+    if !(keys.contains(&shared) || keys.contains(&exclusive)) {
+        return Ok(None);
+    }
+    Ok(Some(held_from(k, &v)?))
+}
+
+/// The resources the threads in `waiters` (each waiting with reason WrResource) wait for,
+/// reached from the threads rather than from the resource list: what each waits on is the
+/// resource's shared-waiters semaphore or exclusive-waiters event (7601, 9600) or the event of
+/// a wait-chain entry on its own stack (later builds), both named by a waiter field of the
+/// resource; the resource itself is the one `ExpWaitForResource` keeps across the wait, in a
+/// register the frames inside it saved or in its frame: a value on the waiter's stack (see
+/// `candidates`; no unwinding, so no unwind data is read) whose waiter field names what the
+/// waiter waits on. `globals` (resources at known addresses) are tried first; `not` says what
+/// a value cannot be. A resource reached gives all its waiters at once; a waiter that leads to
+/// none is returned in `unresolved` (the caller walks the list for it).
+pub fn from_waiters(
+    k: &mut Kernel,
+    waiters: &[&Thread],
+    globals: &[u64],
+    not: &NotResources,
+) -> Result<FromWaiters, ModelError> {
+    let mut out = FromWaiters::default();
+    let nt = k.nt()?;
+    // What the waiters wait on, and the wait-chain entries those objects sit in.
+    let mut keys: HashSet<u64> = HashSet::new();
+    let chain_event = nt.offset("_KWAIT_CHAIN_ENTRY", "Event").ok();
+    for t in waiters {
+        for w in &t.waits {
+            keys.insert(w.object);
+            if let Some(off) = chain_event {
+                keys.insert(w.object.wrapping_sub(off));
+            }
+        }
+    }
+    keys.remove(&0);
+    let mut covered: HashSet<u64> = HashSet::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let take = |h: Held, out: &mut FromWaiters, covered: &mut HashSet<u64>| {
+        covered.extend(h.shared_waiters.iter().chain(&h.exclusive_waiters));
+        if h.active_count == 0 {
+            out.free.push(h.address);
+        } else {
+            out.held.push(h);
+        }
+    };
+    for &g in globals {
+        if !seen.insert(g) {
+            continue;
+        }
+        out.tried += 1;
+        // A global that cannot be read is no answer: the stacks are asked next.
+        if let Ok(Some(h)) = resource_if_waited(k, g, &keys) {
+            take(h, &mut out, &mut covered);
+        }
+    }
+    let mut not_keys = NotResources {
+        ranges: not.ranges.clone(),
+        values: not.values.clone(),
+        images: not.images.clone(),
+    };
+    not_keys.values.extend(keys.iter().copied());
+    let mut failed = Vec::new();
+    for t in waiters {
+        let mut tried = 0;
+        for window in [(0, STACK_WINDOWS[0]), (STACK_WINDOWS[0], STACK_WINDOWS[1])] {
+            if covered.contains(&t.ethread) || tried >= MAX_CANDIDATES {
+                break;
+            }
+            let cands = match candidates(k, t, &not_keys, window) {
+                Ok(c) => c,
+                Err(ModelError::Target(e)) if e.is_transient() => return Err(e.into()),
+                Err(_) => break,
+            };
+            for c in cands {
+                if covered.contains(&t.ethread) || tried >= MAX_CANDIDATES {
+                    break;
+                }
+                if !seen.insert(c) {
+                    continue;
+                }
+                // Values that do not translate cost nothing; those read are counted.
+                match resource_if_waited(k, c, &keys) {
+                    Ok(Some(h)) => {
+                        tried += 1;
+                        take(h, &mut out, &mut covered);
+                    }
+                    Ok(None) => tried += 1,
+                    Err(ModelError::Target(e)) if e.is_transient() => return Err(e.into()),
+                    Err(ModelError::Target(TargetError::NotPresent { .. })) => {}
+                    Err(_) => tried += 1,
+                }
+                out.tried += 1;
+            }
+        }
+        if !covered.contains(&t.ethread) {
+            failed.push((
+                t.ethread,
+                if tried == 0 {
+                    "no value on its stack can be one".to_string()
+                } else {
+                    format!("none of the {tried} values on its stack that can be one names it as a waiter")
+                },
+            ));
+        }
+    }
+    // A waiter a later one's resource named is not left over.
+    out.unresolved = failed
+        .into_iter()
+        .filter(|(t, _)| !covered.contains(t))
+        .collect();
+    out.held.sort_by_key(|h| h.address);
+    Ok(out)
 }

@@ -151,6 +151,10 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
                 break;
             }
             nbls.extend((0..count).map(|i| first + i * esize));
+            // A block's NBLs lie side by side: read whole, in full transfers (a page at a time
+            // would take two requests a page, as a page is more than one transfer). What
+            // cannot be read so is gathered below, NBL by NBL.
+            let _ = k.mem.kread(first, (count * esize) as usize);
         }
         // Each NBL's link and tracking slot, gathered a page at a time.
         let mut addrs = Vec::with_capacity(nbls.len() * 2);

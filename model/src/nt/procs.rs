@@ -520,7 +520,26 @@ impl Kernel {
             if b.get("BlockState")? == active {
                 let object = b.get("Object")?;
                 if object != 0 {
-                    let ty = match self.mem.u8(object) {
+                    // An object in a frame of the thread's own stack (a wait-chain entry's
+                    // event, a local event) is read with the stack from the saved RSP on:
+                    // whoever looks at the wait next walks that stack and reads around the
+                    // object, and one request brings all of it.
+                    let (limit, base, ks) = (
+                        v.get_or("Tcb.StackLimit", 0),
+                        v.get_or("Tcb.StackBase", 0),
+                        v.get_or("Tcb.KernelStack", 0),
+                    );
+                    let on_stack = (limit..base).contains(&object)
+                        && (limit..=object).contains(&ks)
+                        && object - ks < 0x800;
+                    let ty = if on_stack {
+                        self.mem
+                            .kread_ahead(ks, (object - ks + 1) as usize)
+                            .map(|b| b.last().copied().unwrap_or(0))
+                    } else {
+                        self.mem.u8(object)
+                    };
+                    let ty = match ty {
                         Ok(t) => t,
                         Err(e) => {
                             self.note_incomplete(format!(

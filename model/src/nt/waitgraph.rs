@@ -1,6 +1,6 @@
 //! The wait-for graph of threads. A waiting thread points at the owners of what it waits for:
-//! mutant owners (from the mutant), executive resources (owners from the resource walk,
-//! waiters from its wait lists or chains), fast and guarded mutexes (the owner beside the
+//! mutant owners (from the mutant), executive resources (owners from the resource walk, or
+//! from the resources reached from their waiters; waiters from its wait lists or chains), fast and guarded mutexes (the owner beside the
 //! event they wait on), and threads waited for by their handle (termination). Cycles are
 //! deadlocks; threads whose waits lead on into a cycle, or pile up behind one thread, are
 //! reported with where they end.
@@ -44,10 +44,39 @@ pub struct Graph {
     pub edges: Vec<Edge>,
     /// The threads on edges.
     pub nodes: BTreeMap<u64, Node>,
-    /// The held executive resources, when the resource list was walked.
+    /// The held executive resources: every one when the resource list was walked, the ones
+    /// the waiting threads wait for when they were reached from the threads.
     pub held: Vec<super::locks::Held>,
     /// What could not be examined.
     pub notes: Vec<String>,
+    /// Whether the resource list was walked.
+    pub resource_list_walked: bool,
+    /// Values looked at as resources while reaching them from their waiters.
+    pub resources_tried: usize,
+}
+
+/// How to build the graph.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Reach the resources waiting threads wait for from the threads (their wait blocks and
+    /// stacks; the resource list only for a waiter that leads to none) instead of walking
+    /// every resource on the list.
+    pub thread_first: bool,
+    /// Walk the stacks of the threads on edges, to name the frame each is blocked in.
+    pub blockers: bool,
+    /// Resources at known addresses (globals) that waiters are matched against first.
+    pub globals: Vec<u64>,
+}
+
+impl Options {
+    /// Every resource from the list, and what each thread is blocked in.
+    pub fn full() -> Options {
+        Options {
+            thread_first: false,
+            blockers: true,
+            globals: Vec::new(),
+        }
+    }
 }
 
 /// The wait-for cycles among `edges` (strongly connected components of two or more threads,
@@ -118,11 +147,67 @@ pub fn find_cycles(edges: &[Edge]) -> Vec<Vec<u64>> {
     out
 }
 
-/// Builds the graph of every waiting thread.
+/// Builds the graph of every waiting thread, from the whole resource list, with what each
+/// thread on it is blocked in.
 pub fn build(k: &mut Kernel) -> Result<Graph, ModelError> {
+    build_with(k, &Options::full())
+}
+
+/// Adds the edges of the held resources `held` (their waiters wait for their current owners).
+fn resource_edges(g: &mut Graph, held: &[super::locks::Held]) {
+    for h in held {
+        for (list, kind) in [
+            (&h.exclusive_waiters, "ERESOURCE (exclusive wait)"),
+            (&h.shared_waiters, "ERESOURCE (shared wait)"),
+        ] {
+            for w in list {
+                for o in h.owners.iter().filter(|o| o.current && o.thread != 0) {
+                    g.edges.push(Edge {
+                        waiter: *w,
+                        object: h.address,
+                        kind: kind.into(),
+                        owner: o.thread,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Walks the resource list for the graph.
+fn walk_resources(k: &mut Kernel, g: &mut Graph) {
+    g.resource_list_walked = true;
+    match super::locks::walk(k, false, None) {
+        Ok(l) => {
+            if let Some(n) = l.note {
+                g.notes.push(format!("resource walk: {n}"));
+            }
+            resource_edges(g, &l.held);
+            g.held = l.held;
+        }
+        Err(err) => {
+            let n = format!("resources not examined: {err}");
+            k.note_incomplete(n.clone());
+            g.notes.push(n);
+        }
+    }
+}
+
+/// Builds the graph of every waiting thread as `o` says.
+pub fn build_with(k: &mut Kernel, o: &Options) -> Result<Graph, ModelError> {
     let mut g = Graph::default();
     let (all, notes) = k.all_threads()?;
     g.notes.extend(notes);
+    // What a value on a waiter's stack that is a thread, a stack or a process cannot be.
+    let resource_waits = all
+        .iter()
+        .flat_map(|(_, ts)| ts)
+        .any(|t| t.state == 5 && t.wait_reason_name == "WrResource");
+    let not = (o.thread_first && resource_waits).then(|| {
+        let threads: Vec<&Thread> = all.iter().flat_map(|(_, ts)| ts).collect();
+        let processes: Vec<u64> = all.iter().map(|(p, _)| p.eprocess).collect();
+        super::locks::NotResources::new(k, &threads, &processes)
+    });
     let mut waiting = Vec::new();
     for (p, threads) in all {
         for t in threads {
@@ -132,39 +217,46 @@ pub fn build(k: &mut Kernel) -> Result<Graph, ModelError> {
         }
     }
     // Executive resources: waiters → owners.
-    if waiting
+    let resource_waiters: Vec<&Thread> = waiting
         .iter()
-        .any(|(t, _)| t.wait_reason_name == "WrResource")
-    {
-        match super::locks::walk(k, false, None) {
-            Ok(l) => {
-                if let Some(n) = l.note {
-                    g.notes.push(format!("resource walk: {n}"));
+        .map(|(t, _)| t)
+        .filter(|t| t.wait_reason_name == "WrResource")
+        .collect();
+    if !resource_waiters.is_empty() {
+        if let Some(not) = &not {
+            match super::locks::from_waiters(k, &resource_waiters, &o.globals, not) {
+                Ok(f) if f.unresolved.is_empty() => {
+                    g.resources_tried = f.tried;
+                    resource_edges(&mut g, &f.held);
+                    g.held = f.held;
                 }
-                for h in &l.held {
-                    for (list, kind) in [
-                        (&h.exclusive_waiters, "ERESOURCE (exclusive wait)"),
-                        (&h.shared_waiters, "ERESOURCE (shared wait)"),
-                    ] {
-                        for w in list {
-                            for o in h.owners.iter().filter(|o| o.current && o.thread != 0) {
-                                g.edges.push(Edge {
-                                    waiter: *w,
-                                    object: h.address,
-                                    kind: kind.into(),
-                                    owner: o.thread,
-                                });
-                            }
+                Ok(f) => {
+                    g.resources_tried = f.tried;
+                    let (t, why) = &f.unresolved[0];
+                    g.notes.push(format!(
+                        "thread {t:x} waits for a resource it does not lead to ({why}){}: the resource list was walked",
+                        match f.unresolved.len() {
+                            1 => String::new(),
+                            n => format!(", and {} more such waiters", n - 1),
                         }
-                    }
+                    ));
+                    walk_resources(k, &mut g);
                 }
-                g.held = l.held;
+                // The link failed, the time ran out: walking the list would fare no better.
+                Err(ModelError::Target(e)) if e.is_transient() => {
+                    let n = format!("resources not examined: {e}");
+                    k.note_incomplete(n.clone());
+                    g.notes.push(n);
+                }
+                Err(err) => {
+                    g.notes.push(format!(
+                        "the resources waited for could not be reached from their waiters ({err}): the resource list was walked"
+                    ));
+                    walk_resources(k, &mut g);
+                }
             }
-            Err(err) => {
-                let n = format!("resources not examined: {err}");
-                k.note_incomplete(n.clone());
-                g.notes.push(n);
-            }
+        } else {
+            walk_resources(k, &mut g);
         }
     }
     for (t, _) in &waiting {
@@ -248,18 +340,22 @@ pub fn build(k: &mut Kernel) -> Result<Graph, ModelError> {
                 }
             },
         };
-        let b = match k.stack_of(&t) {
-            Ok(s) => {
-                let b = blocker(&s);
-                // A stack that stops early may stop before the frame the thread is blocked in.
-                if b.is_none() && !s.complete {
-                    k.note_stack(&t, &s);
+        let b = if !o.blockers {
+            None
+        } else {
+            match k.stack_of(&t) {
+                Ok(s) => {
+                    let b = blocker(&s);
+                    // A stack that stops early may stop before the frame the thread is blocked in.
+                    if b.is_none() && !s.complete {
+                        k.note_stack(&t, &s);
+                    }
+                    b
                 }
-                b
-            }
-            Err(err) => {
-                k.note_incomplete(format!("the stack of thread {a:x} is unreadable: {err}"));
-                None
+                Err(err) => {
+                    k.note_incomplete(format!("the stack of thread {a:x} is unreadable: {err}"));
+                    None
+                }
             }
         };
         g.nodes.insert(

@@ -1,6 +1,7 @@
 //! Executive resources: ERESOURCEs, their owners and their waiters.
 
 use crate::SimError;
+use crate::image::Gpr;
 use crate::pool::{PoolKind, tag};
 
 use super::System;
@@ -74,6 +75,8 @@ impl System {
     /// Makes `waiters` wait for `r`, exclusively or shared, for `seconds_ago`. On 7601 they
     /// wait on the resource's KEVENT/KSEMAPHORE; on later builds each waiter has a
     /// `_KWAIT_CHAIN_ENTRY` in its `ExpWaitForResource` frame, chained from the resource.
+    /// Either way `ExpWaitForResource` keeps the resource in a non-volatile register across
+    /// the wait (it acquires it when the wait ends), which the frames inside it save.
     pub fn resource_waiters(
         &mut self,
         r: u64,
@@ -92,6 +95,25 @@ impl System {
         let before = self.k.get(r, "_ERESOURCE", count_field)?;
         self.k
             .set(r, "_ERESOURCE", count_field, before + waiters.len() as u64)?;
+        for w in waiters {
+            // Which register the compiler chose differs between builds; one of them.
+            let regs = [
+                Gpr::Rbx,
+                Gpr::Rsi,
+                Gpr::Rdi,
+                Gpr::R12,
+                Gpr::R13,
+                Gpr::R14,
+                Gpr::R15,
+            ];
+            let reg = regs[(self.k.build as usize + *w) % regs.len()];
+            self.set_frame_register(*w, "ExpWaitForResource", reg, r)
+                .map_err(|e| {
+                    SimError::Config(format!(
+                        "a resource waiter needs nt!ExpWaitForResource on its stack: {e}"
+                    ))
+                })?;
+        }
         let contention = self.k.get(r, "_ERESOURCE", "ContentionCount")?;
         self.k.set(
             r,

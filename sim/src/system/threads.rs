@@ -196,6 +196,45 @@ impl System {
             .map(|(_, _, rsp)| *rsp)
     }
 
+    /// Makes `value` what register `reg` holds in the thread's frame in `function` (while it
+    /// calls the frame inside it), as a waiting thread's stack keeps it: in the save slot of the
+    /// nearest frame inside that saves `reg` (the switch frame saves all of them). A running
+    /// thread's innermost frame takes it from its context.
+    pub fn set_frame_register(
+        &mut self,
+        thread: usize,
+        function: &str,
+        reg: Gpr,
+        value: u64,
+    ) -> Result<(), SimError> {
+        let frames = self.threads[thread].frames.clone();
+        let i = frames
+            .iter()
+            .position(|(c, _, _)| c.function == function)
+            .ok_or_else(|| SimError::Config(format!("no frame in {function}")))?;
+        for (c, _, rsp) in frames[..i].iter().rev() {
+            let (_, f) = self.function(&c.module, &c.function)?;
+            if let Some(j) = f.pushes.iter().position(|r| *r == reg) {
+                let at = rsp + u64::from(f.alloc) + 8 * (f.pushes.len() - 1 - j) as u64;
+                self.k.w64(at, value);
+                return Ok(());
+            }
+            if let Some((_, disp)) = f.saves.iter().find(|(r, _)| *r == reg) {
+                self.k.w64(rsp + u64::from(*disp), value);
+                return Ok(());
+            }
+        }
+        if self.threads[thread].state == ThreadState::Running && i == 0 {
+            let r = Reg::from_number(reg as u8)
+                .ok_or_else(|| SimError::Config(format!("no register {reg:?}")))?;
+            self.threads[thread].context.set_reg(r, value);
+            return Ok(());
+        }
+        Err(SimError::Config(format!(
+            "no frame inside {function} saves {reg:?}"
+        )))
+    }
+
     /// Puts a thread into a wait on `objects` (WaitAny) for `reason` (a `_KWAIT_REASON`
     /// constant name), begun `seconds_ago`.
     pub fn wait(

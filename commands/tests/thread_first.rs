@@ -1,0 +1,341 @@
+//! The watcher's sample starts from the threads: the resources waited for are reached from
+//! their waiters, and the resource list is not read. Checked on every scenario over the real
+//! table of every build of ../shared/symbols the simulator builds a machine for, against the
+//! sample that walks the whole list (the reference): the same findings, every one; and on the
+//! machines whose waits lead to resources (deadlock, nbl-hang) and the healthy one, not one
+//! byte of the list — its head or any resource's link other than those waited for and the
+//! PnP locks read by their globals — is read.
+
+use std::path::PathBuf;
+
+use kdnet_commands::engine::Engine;
+use kdnet_commands::ext::hangcheck::{self, Sample, Thresholds};
+use kdnet_model::nt::Kernel;
+use kdnet_model::target::{Target, TargetError, TargetInfo, TransportStats};
+use kdnet_sim::scenario::Facts;
+use kdnet_sim::{Machine, Scenario, SimConfig, TableSource};
+use kdnet_testkit::faulty::{Faults, FaultyTarget};
+use kdnet_testkit::local::LocalTarget;
+
+/// The builds of ../shared/symbols the simulator builds a machine for, by their tables.
+const BUILDS: &[(u32, &str)] = &[
+    (7601, "339E74133576439CBCDF7E0229DA3773-1.json.xz"),
+    (17763, "A1E1C9A90091DA9805D0EBA0470BEC85-1.json.xz"),
+    (19041, "BBED7C2955FBE4522AAA23F4B8677AD9-1.json.xz"),
+    (20348, "C2EADB24A615E9472CE47C8ADD31F130-1.json.xz"),
+    (22000, "32C1A669D5FFEFD41091F636CFDB6E99-1.json.xz"),
+];
+
+/// Every physical read a target was asked for: (address, length).
+#[derive(Clone, Default)]
+struct Reads(std::sync::Arc<std::sync::Mutex<Vec<(u64, usize)>>>);
+
+impl Reads {
+    fn take(&self) -> Vec<(u64, usize)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// A target that notes every physical read.
+struct Recording {
+    inner: Box<dyn Target>,
+    reads: Reads,
+}
+
+impl Target for Recording {
+    fn info(&self) -> TargetInfo {
+        self.inner.info()
+    }
+    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
+        self.reads.0.lock().unwrap().push((address, buf.len()));
+        self.inner.read_physical(address, buf)
+    }
+    fn max_transfer(&self) -> usize {
+        self.inner.max_transfer()
+    }
+    fn context(&mut self, processor: u32) -> Result<kdnet_arch::Context, TargetError> {
+        self.inner.context(processor)
+    }
+    fn special_registers(&mut self, processor: u32) -> Result<Vec<u8>, TargetError> {
+        self.inner.special_registers(processor)
+    }
+    fn control_pointer(&mut self, processor: u32, index: u64) -> Result<u64, TargetError> {
+        self.inner.control_pointer(processor, index)
+    }
+    fn stats(&self) -> TransportStats {
+        self.inner.stats()
+    }
+}
+
+/// A simulated machine.
+struct Sim {
+    kernel: Kernel,
+    reads: Reads,
+    faults: Faults,
+    facts: Facts,
+    /// Every resource on the list.
+    resources: Vec<u64>,
+}
+
+fn sim(dir: &std::path::Path, build: u32, file: &str, scenario: Scenario) -> Sim {
+    let config = SimConfig {
+        build,
+        table: TableSource::File(dir.join("ntkrnlmp.pdb").join(file)),
+        scenario,
+        cpus: 4,
+        resources: 2000,
+        hang_after: None,
+        bugcheck_after: None,
+        seed: 11,
+        print_every: std::time::Duration::from_secs(3600),
+    };
+    let machine = Machine::build(config).unwrap_or_else(|e| panic!("{build} {scenario}: {e}"));
+    let facts = machine.facts().clone();
+    let resources = machine.system().resources.clone();
+    let cpus = machine.system().cpus.len() as u32;
+    let reads = Reads::default();
+    let faults = Faults::new();
+    let target = Recording {
+        inner: Box::new(FaultyTarget::new(
+            Box::new(LocalTarget::new(machine, cpus)),
+            faults.clone(),
+        )),
+        reads: reads.clone(),
+    };
+    let path = kdnet_sim::symbols::symbol_path(&dir.display().to_string());
+    let kernel = Kernel::open(Box::new(target), path).unwrap();
+    Sim {
+        kernel,
+        reads,
+        faults,
+        facts,
+        resources,
+    }
+}
+
+fn shared() -> Option<PathBuf> {
+    kdnet_testkit::shared("symbols").map(|d| d.join("symbols"))
+}
+
+/// What a sample says, without the notes (which say how it was taken).
+fn said(s: &Sample) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap();
+    v.as_object_mut().unwrap().remove("notes");
+    v["findings"] = serde_json::to_value(hangcheck::judge(None, s)).unwrap();
+    v
+}
+
+/// A sample from a cold cache, with its round trips.
+fn sample(e: &mut Engine, th: &Thresholds, reference: bool) -> (Sample, u64) {
+    e.kernel.mem.invalidate();
+    let before = e.kernel.mem.stats();
+    let s = if reference {
+        hangcheck::sample_reference(e, th)
+    } else {
+        hangcheck::sample(e, th)
+    }
+    .unwrap();
+    (s, e.kernel.mem.stats().since(&before).transport.round_trips)
+}
+
+#[test]
+fn thread_first_samples_find_what_the_full_walk_finds() {
+    let Some(dir) = shared() else {
+        return;
+    };
+    for &(build, file) in BUILDS {
+        for scenario in Scenario::ALL {
+            let s = sim(&dir, build, file, scenario);
+            let mut e = Engine::new(s.kernel);
+            // What any first command loads (symbols, the module list) is not counted.
+            sample(&mut e, &Thresholds::default(), true);
+            for th in [
+                Thresholds::default(),
+                // Every wait on a lock is long.
+                Thresholds {
+                    wait_seconds: 0.0,
+                    held_seconds: 0.0,
+                },
+            ] {
+                let (fast, fast_rts) = sample(&mut e, &th, false);
+                let (full, full_rts) = sample(&mut e, &th, true);
+                assert_eq!(
+                    said(&fast),
+                    said(&full),
+                    "{build} {scenario} at {} s: {:?} / {:?}",
+                    th.wait_seconds,
+                    fast.notes,
+                    full.notes
+                );
+                assert!(
+                    !fast.notes.iter().any(|n| n.contains("resource list")),
+                    "{build} {scenario}: {:?}",
+                    fast.notes
+                );
+                assert!(
+                    fast_rts <= full_rts,
+                    "{build} {scenario}: {fast_rts} > {full_rts}"
+                );
+                eprintln!(
+                    "{build} {scenario:<16} wait>{:>2} s: {} findings; {fast_rts} round trips thread-first, {full_rts} with the walk",
+                    th.wait_seconds,
+                    hangcheck::judge(None, &fast).len(),
+                );
+            }
+            // What was planted is what is found.
+            if scenario == Scenario::Deadlock {
+                let d = s.facts.deadlock.clone().unwrap();
+                let (fast, _) = sample(&mut e, &Thresholds::default(), false);
+                let mut cycle = fast.cycles[0].clone();
+                cycle.sort();
+                let mut planted = d.threads.to_vec();
+                planted.sort();
+                assert_eq!(cycle, planted, "{build}");
+            }
+        }
+    }
+}
+
+#[test]
+fn samples_do_not_read_the_resource_list() {
+    let Some(dir) = shared() else {
+        return;
+    };
+    for &(build, file) in BUILDS {
+        for scenario in [Scenario::Healthy, Scenario::Deadlock, Scenario::NblHang] {
+            let mut s = sim(&dir, build, file, scenario);
+            let k = &mut s.kernel;
+            // Resources a sample may read: those waited for and the PnP locks (by their
+            // globals).
+            let mut entitled: Vec<u64> = s.facts.held.iter().map(|h| h.address).collect();
+            entitled.extend(hangcheck::PNP_LOCKS.iter().filter_map(|n| k.sym(n).ok()));
+            let head = k.sym("ExpSystemResourcesList").unwrap();
+            let link = k
+                .nt()
+                .unwrap()
+                .offset("_ERESOURCE", "SystemResourcesList")
+                .unwrap();
+            let space = k.mem.kernel_space().unwrap();
+            let mut guarded = vec![(head, "the list head".to_string())];
+            guarded.extend(
+                s.resources
+                    .iter()
+                    .filter(|r| !entitled.contains(r))
+                    .map(|r| (r + link, format!("the link of resource {r:#x}"))),
+            );
+            let guarded: Vec<(u64, String)> = guarded
+                .into_iter()
+                .map(|(va, what)| (k.mem.translate(space, va).unwrap(), what))
+                .collect();
+            assert!(guarded.len() > 1900, "{build} {scenario}");
+            let touched = |reads: &[(u64, usize)]| -> Vec<String> {
+                guarded
+                    .iter()
+                    .filter(|(pa, _)| {
+                        reads
+                            .iter()
+                            .any(|(a, n)| *a < pa + 16 && a + *n as u64 > *pa)
+                    })
+                    .map(|g| g.1.clone())
+                    .collect()
+            };
+            k.mem.invalidate();
+            k.mem.keep_asked(true);
+            s.reads.take();
+            let mut e = Engine::new(s.kernel);
+            let sample = hangcheck::sample(&mut e, &Thresholds::default()).unwrap();
+            // Nothing of the list asked for; of the head, not even a byte read along with
+            // something else.
+            let asked: Vec<(u64, usize)> = e
+                .kernel
+                .mem
+                .take_asked()
+                .into_iter()
+                .map(|(a, n)| (a, n as usize))
+                .collect();
+            let read = touched(&asked);
+            assert!(
+                read.is_empty(),
+                "{build} {scenario}: the sample read {read:?} ({:?})",
+                sample.notes
+            );
+            let fetched = touched(&s.reads.take());
+            assert!(
+                !fetched.contains(&guarded[0].1),
+                "{build} {scenario}: {fetched:?}"
+            );
+            eprintln!(
+                "{build} {scenario}: fetched along with other reads (read-ahead): {} resource links",
+                fetched.len()
+            );
+            if scenario != Scenario::Healthy {
+                assert!(
+                    !hangcheck::judge(None, &sample).is_empty(),
+                    "{build} {scenario}"
+                );
+            }
+            // The reference does read it: the check sees reads of the list.
+            e.kernel.mem.invalidate();
+            let _ = hangcheck::sample_reference(&mut e, &Thresholds::default());
+            if scenario != Scenario::Healthy {
+                let asked: Vec<(u64, usize)> = e
+                    .kernel
+                    .mem
+                    .take_asked()
+                    .into_iter()
+                    .map(|(a, n)| (a, n as usize))
+                    .collect();
+                assert!(touched(&asked).len() > 1900, "{build} {scenario}");
+            }
+        }
+    }
+}
+
+/// A waiter whose stack does not lead to its resource (the word that holds it cannot be read)
+/// is found all the same: the resource list is walked for it, the notes say so, and the
+/// findings are those of the full walk.
+#[test]
+fn a_waiter_that_leads_nowhere_makes_the_sample_walk_the_list() {
+    let Some(dir) = shared() else {
+        return;
+    };
+    for &(build, file) in BUILDS {
+        let mut s = sim(&dir, build, file, Scenario::Deadlock);
+        let d = s.facts.deadlock.clone().unwrap();
+        let k = &mut s.kernel;
+        // Thread A and ten shared waiters wait for the second resource: hide every word of
+        // their stacks that holds it.
+        let space = k.mem.kernel_space().unwrap();
+        let mut hidden = 0;
+        for t in [d.threads[0]].iter().chain(&d.queued) {
+            let t = k.thread(*t).unwrap();
+            let mut at = t.kernel_stack;
+            while at < t.stack_base {
+                if k.mem.u64(at).unwrap() == d.resources[1] {
+                    let pa = k.mem.translate(space, at).unwrap();
+                    s.faults
+                        .fail_physical(pa, pa + 8, TargetError::Unavailable { address: pa });
+                    hidden += 1;
+                }
+                at += 8;
+            }
+        }
+        assert!(
+            hidden > 0,
+            "{build}: the simulator keeps the resource on the stack"
+        );
+        let mut e = Engine::new(s.kernel);
+        let (fast, _) = sample(&mut e, &Thresholds::default(), false);
+        assert!(
+            fast.notes
+                .iter()
+                .any(|n| n.contains("and 10 more such waiters")
+                    && n.contains("the resource list was walked")),
+            "{build}: {:?}",
+            fast.notes
+        );
+        let (full, _) = sample(&mut e, &Thresholds::default(), true);
+        assert_eq!(said(&fast), said(&full), "{build}");
+        assert_eq!(fast.cycles.len(), 1, "{build}");
+    }
+}
