@@ -176,6 +176,7 @@ pub static COMMANDS: &[Command] = &[
               string; each match is shown as a line of memory from it, or with `-[1]` as its \
               address only. On a live target each run of mapped pages is searched on the \
               target's side (one request per match); unmapped pages are counted, not read; \
+              memory that could not be read (or a dump lacks) makes the result incomplete; \
               4,096 matches at most, and a search cut there says so",
         syntax: crate::cmds::search::SYNTAX, usage: Some(crate::cmds::search::USAGE),
         examples: ["s -[1]b nt L?1000 4d 5a", "s -q @$prcb L?4000 @$thread",

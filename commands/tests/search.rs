@@ -113,4 +113,17 @@ fn search_on_the_triage_dump() {
     let (_, j, _) = one(&mut e, &format!("s -q @rsp L?400 {value:#x}"));
     assert!(hits(&j).contains(&(rsp + 0x18)), "{j}");
     assert!(hits(&j).iter().all(|h| h % 8 == 0));
+    // Far past the saved stack the dump holds nothing: those bytes were not searched, and the
+    // result says it is not whole.
+    let o = e.run(&format!("s -q @rsp L?1000000 {value:#x}"));
+    assert!(o.ok(), "{:?}", o.error);
+    assert!(
+        !o.complete,
+        "a search over memory the dump lacks is not whole"
+    );
+    assert!(
+        o.incomplete.iter().any(|w| w.contains("were not searched")),
+        "{:?}",
+        o.incomplete
+    );
 }

@@ -235,6 +235,15 @@ fn scan(e: &mut Engine, from: u64, to: u64, pattern: &[u8], hits: &mut Vec<u64>)
     unreadable
 }
 
+/// Bytes the search should have covered but could not read: the result is not whole.
+fn note_unread(e: &mut Engine, bytes: u64) {
+    if bytes > 0 {
+        e.kernel.note_incomplete(format!(
+            "s: {bytes:#x} bytes of the range could not be read and were not searched"
+        ));
+    }
+}
+
 /// Searches `[start, end)`: the hits (unaligned ones included) and the bytes not mapped.
 fn search(
     e: &mut Engine,
@@ -244,9 +253,10 @@ fn search(
 ) -> Result<(Vec<u64>, u64), CmdError> {
     let mut hits = Vec::new();
     if e.kernel.mem.virtual_only() {
-        // A dump that keeps memory by virtual address: what it lacks is unreadable.
+        // A dump that keeps memory by virtual address: what it lacks was not searched.
         let missing = scan(e, start, end, pattern, &mut hits);
-        return Ok((hits, missing));
+        note_unread(e, missing);
+        return Ok((hits, 0));
     }
     let space = e.kernel.mem.kernel_space().map_err(CmdError::from)?;
     let mut unmapped = 0u64;
@@ -281,7 +291,9 @@ fn search(
                     _ => break,
                 },
                 None => {
-                    unmapped += scan(e, from, run_end, pattern, &mut hits);
+                    // Mapped pages that could not be read were not searched.
+                    let unread = scan(e, from, run_end, pattern, &mut hits);
+                    note_unread(e, unread);
                     break;
                 }
             }

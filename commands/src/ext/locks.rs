@@ -226,7 +226,13 @@ fn owner_details(e: &mut Engine, held: &mut [Resource]) {
         }
         match &seen[&owner.thread] {
             Ok(info) => owner.details = Some(info.clone()),
-            Err(why) => owner.details_error = Some(why.clone()),
+            Err(why) => {
+                e.kernel.note_incomplete(format!(
+                    "!locks -v: owner thread {:x} could not be shown: {why}",
+                    owner.thread
+                ));
+                owner.details_error = Some(why.clone());
+            }
         }
     }
 }
