@@ -378,6 +378,7 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
     use crate::watch::{self, Control, config, hub::Hub};
     use kdnet_live::{Listen, Session};
     samples_bench(delay, resources).await?;
+    ceilings_bench(delay, resources).await?;
     let key = Key::from_bytes(kdnet::rng::os_random_32());
     let hc = Listen {
         bind: "127.0.0.1:0".parse()?,
@@ -398,6 +399,8 @@ async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Re
     let common = config::Common {
         out: Some(out.clone()),
         sample_every: Some("1s".into()),
+        // The whole sample, to show what the capture reuses of it.
+        max_stop: Some("sample=10s".into()),
         ..config::Common::default()
     };
     let spec = config::spec("bench", hc, Vec::new(), &common).map_err(anyhow::Error::msg)?;
@@ -796,6 +799,102 @@ async fn samples_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
             }
         );
     }
+    Ok(())
+}
+
+/// The watcher with tight stop ceilings on the nbl-hang machine: every stop it makes, on the
+/// machine's own clock, against the ceiling plus one round trip; the samples and captures it
+/// cut; a cut capture gone on with by the next.
+async fn ceilings_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
+    use crate::watch::{self, Control, config, hub::Hub};
+    let (sample_ceiling, capture_ceiling) = (Duration::from_millis(250), Duration::from_secs(2));
+    let mut c = kdnet_sim::SimConfig::demo();
+    c.resources = resources;
+    c.print_every = Duration::from_secs(3600);
+    let (host, sim) = running_sim(c, delay).await?;
+    let out = std::env::temp_dir().join(format!("kdnet-bench-ceilings-{}", std::process::id()));
+    let common = config::Common {
+        out: Some(out.clone()),
+        sample_every: Some("1s".into()),
+        cooldown: Some("1s".into()),
+        max_per_hour: Some(100),
+        max_stop: Some(format!(
+            "sample={}ms,capture={}ms",
+            sample_ceiling.as_millis(),
+            capture_ceiling.as_millis()
+        )),
+        ..config::Common::default()
+    };
+    // The spec's own connection settings are not used: the session is given.
+    let listen = kdnet_live::Listen {
+        bind: host.local_addr(),
+        key: Key::from_bytes(kdnet::rng::os_random_32()),
+        target: None,
+    };
+    let spec = config::spec("ceilings", listen, Vec::new(), &common).map_err(anyhow::Error::msg)?;
+    let hub = std::sync::Arc::new(Hub::new(None).silent());
+    let mut events = hub.subscribe();
+    let watched = tokio::spawn(async move {
+        let mut seen: Vec<serde_json::Value> = Vec::new();
+        while let Ok(v) = events.recv().await {
+            seen.push(v);
+        }
+        seen
+    });
+    let stats_before = sim.target.stats();
+    watch::watch(
+        vec![(spec, host.clone())],
+        hub,
+        Control::Off,
+        watch::Limits {
+            max_captures: Some(3),
+            duration: Some(Duration::from_secs(120)),
+            lease: Duration::from_secs(60),
+        },
+    )
+    .await?;
+    let st = sim.target.stats();
+    sim.target.shutdown().await;
+    let seen = watched.await.unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&out);
+    // A sample that finds something says what it cost in the capture's event.
+    let samples: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|e| {
+            matches!(
+                e["state"].as_str(),
+                Some("sampled" | "sample-cut" | "capturing")
+            )
+        })
+        .filter_map(|e| e.get("sample"))
+        .collect();
+    let captures: Vec<&serde_json::Value> =
+        seen.iter().filter(|e| e["state"] == "captured").collect();
+    let rtt = delay * 2;
+    outln!(
+        "\nstop ceilings on the watched nbl-hang machine ({resources} resources), RTT {rtt:?}: --max-stop sample={}s,capture={}s",
+        sample_ceiling.as_secs_f64(),
+        capture_ceiling.as_secs_f64()
+    );
+    outln!(
+        "  samples: {}, {} cut at the ceiling; captures: {}, {} cut, {} going on from a cut one",
+        samples.len(),
+        samples.iter().filter(|s| s["cut"] == true).count(),
+        captures.len(),
+        captures.iter().filter(|c| c["cut"] == true).count(),
+        captures
+            .iter()
+            .filter(|c| !c["continues"].is_null())
+            .count()
+    );
+    let over = st.longest_stop.saturating_sub(capture_ceiling);
+    outln!(
+        "  the machine's stops (its own clock): {}, the longest {:.3} s: the capture ceiling + {:.1} ms (one round trip is {:.1} ms; the rest is this host's timers and scheduling)",
+        st.stops_ended - stats_before.stops_ended,
+        st.longest_stop.as_secs_f64(),
+        over.as_secs_f64() * 1e3,
+        rtt.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 

@@ -28,6 +28,11 @@ pub struct Args {
     /// How long the machine runs healthy before it hangs.
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
     hang_after: Duration,
+    /// Stop ceilings of the watcher's break-ins, as `kdnet watch --max-stop` takes them (a
+    /// sample takes a few hundredths of a second here; the default leaves room for a machine
+    /// busy with other work).
+    #[arg(long, default_value = "sample=2s")]
+    pub max_stop: String,
 }
 
 pub async fn run(args: Args, verbose: bool) -> anyhow::Result<u8> {
@@ -73,6 +78,7 @@ pub async fn run(args: Args, verbose: bool) -> anyhow::Result<u8> {
     let common = config::Common {
         out: Some(out),
         sample_every: Some("2s".into()),
+        max_stop: Some(args.max_stop.clone()),
         ..config::Common::default()
     };
     let spec =

@@ -286,6 +286,7 @@ fn bundle_job(dir: PathBuf, work: &[(String, String)], budget: Option<Duration>)
         started: Instant::now(),
         budget: budget.unwrap_or(Duration::from_secs(300)),
         command_budget: Duration::from_secs(120),
+        continues: None,
     }
 }
 

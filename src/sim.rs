@@ -177,6 +177,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
     let started = std::time::Instant::now();
     let mut rebooted = false;
     let mut reboot_signal = reboot_signal()?;
+    let mut stops_told = 0;
     loop {
         let tick = tokio::time::sleep(Duration::from_millis(200));
         tokio::select! {
@@ -186,6 +187,18 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
                 outln!("rebooting (SIGUSR1)");
                 running.target.reboot().await;
             }
+        }
+        // How long each stop a debugger made lasted, on the machine's clock (the cost its
+        // users felt).
+        let st = running.target.stats();
+        if st.stops_ended > stops_told {
+            stops_told = st.stops_ended;
+            outln!(
+                "running again after a stop of {:.3} s (stops so far {}, longest {:.3} s)",
+                st.last_stop.as_secs_f64(),
+                st.stops_ended,
+                st.longest_stop.as_secs_f64()
+            );
         }
         if let Some(d) = a.duration
             && started.elapsed() >= d

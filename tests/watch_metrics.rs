@@ -130,6 +130,7 @@ metrics = "127.0.0.1:{mport}"
 
 [defaults]
 out = "bundles"
+max_stop = "sample=60s,capture=120s"
 
 [[target]]
 name = "calm"

@@ -711,6 +711,19 @@ pub struct Runner<'a> {
     pub output_limit: Option<usize>,
     /// Snapshot files that could not be written (`NAME.dmp: why`); a failed read is not here.
     pub write_failures: Vec<String>,
+    /// Pages an earlier stop read (a run that goes on where one cut short stopped): snapshots
+    /// hold them beneath what this run reads.
+    pub earlier_pages: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// How many events the last run gave before each top-level statement it reached (the one
+    /// it stopped at included).
+    pub tops: Vec<usize>,
+    /// How many of the last run's top-level statements ran to their end before anything
+    /// (the time budget, a cancel, the output limit, the target gone) stopped the run: the
+    /// statements from there on were cut short or not run.
+    pub finished: usize,
+    emitted: usize,
+    /// How deep in blocks the run is (0: the top level).
+    nest: u32,
     output: usize,
     steps: u64,
     failed: bool,
@@ -867,6 +880,11 @@ impl<'a> Runner<'a> {
             snapshot_dir,
             output_limit: None,
             write_failures: Vec::new(),
+            earlier_pages: std::collections::BTreeMap::new(),
+            tops: Vec::new(),
+            finished: 0,
+            emitted: 0,
+            nest: 0,
             output: 0,
             steps: 0,
             failed: false,
@@ -900,6 +918,7 @@ impl<'a> Runner<'a> {
 
     fn error(&mut self, s: &Stmt, message: String, sink: &mut dyn FnMut(Event)) {
         self.failed = true;
+        self.emitted += 1;
         sink(Event::Error {
             pos: s.pos(),
             statement: s.source(),
@@ -951,6 +970,7 @@ impl<'a> Runner<'a> {
             self.gone = self.engine.target_gone();
         }
         self.output += o.text.len() + json_size(&o.result);
+        self.emitted += 1;
         sink(Event::Outcome(o, self.engine.processor));
     }
 
@@ -963,6 +983,9 @@ impl<'a> Runner<'a> {
             self.halt = None;
             self.halted = None;
             self.output = 0;
+            self.emitted = 0;
+            self.tops.clear();
+            self.finished = 0;
         }
         self.depth += 1;
         self.block(stmts, sink);
@@ -992,7 +1015,17 @@ impl<'a> Runner<'a> {
     }
 
     fn block(&mut self, stmts: &[Stmt], sink: &mut dyn FnMut(Event)) {
+        let top = self.nest == 0;
+        self.nest += 1;
+        self.statements(stmts, sink, top);
+        self.nest -= 1;
+    }
+
+    fn statements(&mut self, stmts: &[Stmt], sink: &mut dyn FnMut(Event), top: bool) {
         for (i, s) in stmts.iter().enumerate() {
+            if top && self.halt.is_none() {
+                self.tops.push(self.emitted);
+            }
             if self.halt.is_none() {
                 self.steps += 1;
                 if let Some(why) = self.limit_reached() {
@@ -1069,6 +1102,7 @@ impl<'a> Runner<'a> {
                     Ok(t) => {
                         self.output += t.len();
                         self.engine.log_text(&format!("{t}\n"));
+                        self.emitted += 1;
                         sink(Event::Echo(t));
                     }
                     Err(e) => self.error(s, e, sink),
@@ -1078,9 +1112,17 @@ impl<'a> Runner<'a> {
                         .then(|| std::time::Duration::from_secs_f64(seconds.min(1e7)));
                 }
                 Stmt::Snapshot { name, .. } => match self.snapshot(name) {
-                    Ok(p) => sink(Event::Snapshot(p)),
+                    Ok(p) => {
+                        self.emitted += 1;
+                        sink(Event::Snapshot(p))
+                    }
                     Err(e) => self.error(s, e, sink),
                 },
+            }
+            // Ran to its end unless something that stops the run came first (it may have
+            // cut this statement's last command short).
+            if top && self.halt.is_none() && self.limit_reached().is_none() {
+                self.finished = i + 1;
             }
         }
     }
@@ -1093,7 +1135,8 @@ impl<'a> Runner<'a> {
             .kernel
             .dump_header(&format!("kdnet snapshot {name}"))
             .map_err(|e| format!("cannot read what the dump's header needs: {e}"))?;
-        let pages = self.engine.kernel.mem.snapshot_pages();
+        let mut pages = self.earlier_pages.clone();
+        pages.extend(self.engine.kernel.mem.snapshot_pages());
         let path = self.snapshot_dir.join(format!("{name}.dmp"));
         let written = private_dir(&self.snapshot_dir)
             .map_err(|e| format!("cannot create {}: {e}", self.snapshot_dir.display()))

@@ -126,3 +126,37 @@ fn results_past_the_size_limit_are_cut_with_a_note() {
     assert!(!script::bound_outcome(&mut small));
     assert_eq!(small.result, copy);
 }
+
+/// A run tells how many top-level statements ran to their end before a limit stopped it, and
+/// where each top-level statement's events begin: what a capture cut short by its stop ceiling
+/// keeps, and where the next capture goes on.
+#[test]
+fn a_run_tells_which_statements_it_ran_to_their_end() {
+    let mut e = engine();
+    let dir = std::env::temp_dir();
+    let mut r = Runner::new(&mut e, dir);
+    let ev = run(&mut r, "$m = lm\n.echo one\n.echo two");
+    assert_eq!(ev.len(), 3);
+    assert_eq!((r.finished, r.tops.clone()), (3, vec![0, 1, 2]));
+    let modules = r.vars["m"]["modules"].as_array().unwrap().len();
+    // A loop's events belong to its statement.
+    let ev = run(
+        &mut r,
+        ".echo a\n.foreach (x in $m.modules) {\n  .echo $x.name\n  .echo again\n}\n.echo end",
+    );
+    assert_eq!(ev.len(), 2 + 2 * modules);
+    assert_eq!(r.finished, 3);
+    assert_eq!(r.tops, vec![0, 1, 1 + 2 * modules]);
+    // The output limit passes during the first statement: it is not counted as run to its end
+    // (a limit reached during a statement may have cut it short); the run stopped on reaching
+    // the second.
+    r.output_limit = Some(0);
+    let ev = run(&mut r, ".echo one\n.echo two\n.echo three");
+    assert_eq!(errors(&ev).len(), 1, "{ev:?}");
+    assert_eq!((r.finished, r.tops.clone()), (0, vec![0, 1]));
+    // With room for two echoes, two statements ran to their end.
+    r.output_limit = Some(7);
+    let ev = run(&mut r, ".echo one\n.echo two\n.echo three\n.echo four");
+    assert_eq!(errors(&ev).len(), 1, "{ev:?}");
+    assert_eq!((r.finished, r.tops.clone()), (2, vec![0, 1, 2, 3]));
+}

@@ -856,3 +856,70 @@ fn a_resume_preempts_a_read_in_flight() {
     assert!(w.target.is_running());
     assert_eq!(w.host.state().run, RunState::Running);
 }
+
+/// A resume that pre-empts a read, at any moment of the read's exchange: the target runs
+/// within one and a half round trips of it and the resume is told done within two (no
+/// retransmission timeout, no probe), however the continue crosses the read's reply on the
+/// wire. (A target waiting for the acknowledgement of its reply drops the continue and asks
+/// for it again: half a round trip to it, one back and forth. As the stop ceiling counts from
+/// the break-in sent, half a round trip before the target stopped, the target runs again
+/// within the ceiling plus one round trip.)
+#[test]
+fn a_resume_preempting_a_read_lets_the_target_go_within_a_round_trip() {
+    let mut link = Link::clean();
+    link.delay = Duration::from_millis(50);
+    let rtt = link.delay * 2;
+    let mut failures = Vec::new();
+    for offset_ms in (0..=120).step_by(5) {
+        let mut w = World::new(41, link);
+        w.connect();
+        w.break_in();
+        // A warm-up exchange so the host's retransmission timer has a measured round trip.
+        let warm = w.host.submit(
+            Op::ReadMemory {
+                physical: false,
+                address: BASE,
+                len: 64,
+            },
+            w.now,
+        );
+        assert!(w.run_until(Duration::from_secs(5), |w| w.completed(warm).is_some()));
+        let read = w.host.submit(
+            Op::ReadMemory {
+                physical: false,
+                address: BASE,
+                len: 3000,
+            },
+            w.now,
+        );
+        w.run_until(Duration::from_millis(offset_ms), |_| false);
+        if w.completed(read).is_some() {
+            continue;
+        }
+        let at = w.now;
+        let resume = w.host.preempt(
+            Op::Resume {
+                status: status::DBG_CONTINUE,
+            },
+            "the stop ceiling ran out",
+            w.now,
+        );
+        let mut ran = None;
+        let mut done = None;
+        w.run_until(Duration::from_secs(20), |w| {
+            if ran.is_none() && w.target.is_running() {
+                ran = Some(w.now - at);
+            }
+            if done.is_none() && w.completed(resume).is_some() {
+                done = Some(w.now - at);
+            }
+            ran.is_some() && done.is_some()
+        });
+        if ran.is_none_or(|r| r > rtt * 3 / 2) || done.is_none_or(|d| d > rtt * 2) {
+            failures.push(format!(
+                "{offset_ms} ms: ran after {ran:?}, done after {done:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

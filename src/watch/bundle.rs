@@ -58,7 +58,44 @@ pub struct Job {
     pub budget: Duration,
     /// Budget per command.
     pub command_budget: Duration,
+    /// A capture of the same hang cut short by its stop ceiling: this one runs only what that
+    /// one did not, and its bundle holds both.
+    pub continues: Option<Continuation>,
 }
+
+/// What a capture cut short by its stop ceiling leaves for the next capture of the same hang:
+/// the script's top-level statements it ran to their end, their events and named results,
+/// and the pages it read.
+#[derive(Debug, Clone)]
+pub struct Continuation {
+    /// The bundle it wrote (incomplete).
+    pub bundle: PathBuf,
+    /// When it began (UTC stamp).
+    pub stamp: String,
+    /// When it was made.
+    pub made: Instant,
+    /// Its trigger's kind.
+    pub trigger_kind: String,
+    /// The script it ran (its origin).
+    pub origin: String,
+    /// The machine it ran on: kernel base and build (a reboot ends the continuation).
+    pub kernel_base: u64,
+    /// The build.
+    pub build: u32,
+    /// The first top-level statement not run to its end.
+    pub next: usize,
+    /// The named results so far.
+    pub vars: std::collections::HashMap<String, Value>,
+    /// The events of the statements run to their end: JSON, text, command (of a result).
+    pub events: Vec<Event>,
+    /// The pages read so far (the earliest first part's beneath the later).
+    pub pages: BTreeMap<u64, Vec<u8>>,
+    /// How many captures made it so far.
+    pub parts: u32,
+}
+
+/// One event of a capture: its JSON step, its text, and the command when it is a result.
+pub type Event = (Value, String, Option<String>);
 
 /// What a capture produced.
 #[derive(Debug, Clone)]
@@ -77,6 +114,11 @@ pub struct Captured {
     pub bytes: u64,
     /// How long it kept the target stopped (from the start of the capture).
     pub seconds: f64,
+    /// The earlier bundle this one completes, when it went on where that one stopped.
+    pub continues: Option<PathBuf>,
+    /// When the stop ceiling cut it short: what the next capture of the same hang goes on
+    /// with.
+    pub unfinished: Option<Continuation>,
 }
 
 /// Set when the target goes away during a capture; the capture stops reading and the bundle
@@ -594,10 +636,13 @@ pub struct Gathered {
     round_trips: u64,
     bytes: u64,
     seconds: f64,
-    body: String,
-    steps: Vec<Value>,
-    texts: Vec<(String, String)>,
-    failed_steps: usize,
+    /// Every event, those of an earlier part first.
+    events: Vec<Event>,
+    /// How many of `events` an earlier part gathered, and that part's bundle, start and
+    /// number of parts.
+    earlier: Option<(usize, PathBuf, String, u32)>,
+    /// What the next capture goes on with, when this one was cut short.
+    unfinished: Option<Continuation>,
     /// The dump's header and pages, or why there is no dump.
     snapshot: Result<(DumpHeader, BTreeMap<u64, Vec<u8>>), String>,
     /// Files the script wrote that could not be written.
@@ -626,6 +671,13 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
         None => ("hang.kds (built in)".into(), HANG_SCRIPT.into()),
     };
     let stmts = script::parse(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    // Going on where a cut capture stopped: the same script on the same boot only.
+    let earlier = job.continues.as_ref().filter(|c| {
+        c.origin == origin
+            && c.kernel_base == e.kernel.base
+            && c.build == e.kernel.build
+            && c.next < stmts.len()
+    });
     script::private_dir(&job.out)
         .with_context(|| format!("cannot create {}", job.out.display()))?;
     let partial = Partial::create(&job.out, &job.name, stamp)?;
@@ -643,16 +695,21 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
         verbose: false,
         echo: true,
     };
-    let mut body = String::new();
-    let mut steps: Vec<Value> = Vec::new();
-    let mut texts: Vec<(String, String)> = Vec::new();
-    let mut failed_steps = 0;
+    let first = earlier.map_or(0, |c| c.next);
+    let mut events: Vec<Event> = earlier.map(|c| c.events.clone()).unwrap_or_default();
+    let carried = events.len();
     let mut short = Vec::new();
     let write_failures;
+    let halted;
+    let (tops, finished, vars);
     {
         let mut runner = Runner::new(e, partial.dir.clone());
         runner.output_limit = Some(MAX_CAPTURE_OUTPUT);
-        runner.run(&stmts, &mut |ev| {
+        if let Some(c) = earlier {
+            runner.vars = c.vars.clone();
+            runner.earlier_pages = c.pages.clone();
+        }
+        runner.run(&stmts[first..], &mut |ev| {
             // Files the script wrote are named as they are in the published bundle.
             let ev = match ev {
                 script::Event::Snapshot(p) => {
@@ -661,31 +718,63 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
                 other => other,
             };
             let t = analysis::format_event(&ev, text_style);
-            body.push_str(&t);
-            if let script::Event::Outcome(o, _) = &ev {
-                texts.push((o.command.clone(), t));
-            }
-            let v = analysis::event_json(&ev);
-            if v.get("error").is_some_and(|e| !e.is_null()) {
-                failed_steps += 1;
-            }
-            steps.push(v);
+            let command = match &ev {
+                script::Event::Outcome(o, _) => Some(o.command.clone()),
+                _ => None,
+            };
+            events.push((analysis::event_json(&ev), t, command));
         });
         runner.engine.deadline = None;
-        if let Some(why) = runner.halted() {
+        halted = runner.halted().map(str::to_string);
+        if let Some(why) = &halted {
             short.push(format!("the script stopped before its end: {why}"));
         }
         write_failures = std::mem::take(&mut runner.write_failures);
+        tops = std::mem::take(&mut runner.tops);
+        finished = runner.finished;
+        vars = std::mem::take(&mut runner.vars);
     }
     if let Some(why) = lost.lock().ok().and_then(|l| l.clone()) {
         short.insert(0, why);
     }
-    if Instant::now() >= deadline {
+    let out_of_time = Instant::now() >= deadline;
+    if out_of_time {
         short.push(format!(
-            "the stop budget of {:.0} s ran out; what was gathered is kept",
+            "the stop budget of {} s ran out; what was gathered is kept",
             job.budget.as_secs_f64()
         ));
     }
+    let new_pages = e.kernel.mem.snapshot_pages();
+    // Cut short by the stop ceiling (not by a target gone): the next capture of this hang
+    // goes on from the first statement not run to its end.
+    let gone = lost.lock().ok().is_some_and(|l| l.is_some()) || e.target_gone().is_some();
+    let unfinished = (out_of_time && !gone && first + finished < stmts.len()).then(|| {
+        // The events of the statements run to their end (not those of the one cut, nor the
+        // run's closing error).
+        let new_events = events.len() - carried - usize::from(halted.is_some());
+        let keep = carried
+            + tops
+                .get(finished)
+                .copied()
+                .unwrap_or(new_events)
+                .min(new_events);
+        let mut pages = earlier.map(|c| c.pages.clone()).unwrap_or_default();
+        pages.extend(new_pages.iter().map(|(k, v)| (*k, v.clone())));
+        Continuation {
+            bundle: PathBuf::new(),
+            stamp: earlier.map_or_else(|| stamp.to_string(), |c| c.stamp.clone()),
+            made: Instant::now(),
+            trigger_kind: job.trigger.kind.clone(),
+            origin: origin.clone(),
+            kernel_base: e.kernel.base,
+            build: e.kernel.build,
+            next: first + finished,
+            vars: vars.clone(),
+            events: events[..keep].to_vec(),
+            pages,
+            parts: earlier.map_or(1, |c| c.parts + 1),
+        }
+    });
     let cost = e.kernel.mem.stats().since(&before);
     Ok(Gathered {
         partial,
@@ -699,11 +788,15 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
         round_trips: cost.transport.round_trips,
         bytes: cost.transport.bytes,
         seconds: start.elapsed().as_secs_f64(),
-        body,
-        steps,
-        texts,
-        failed_steps,
-        snapshot: header.map(|h| (h, e.kernel.mem.snapshot_pages())),
+        events,
+        earlier: earlier.map(|c| (carried, c.bundle.clone(), c.stamp.clone(), c.parts)),
+        unfinished,
+        snapshot: header.map(|h| {
+            // Beneath what this part read, what the earlier parts read.
+            let mut pages = earlier.map(|c| c.pages.clone()).unwrap_or_default();
+            pages.extend(new_pages);
+            (h, pages)
+        }),
         write_failures,
         short,
     })
@@ -732,15 +825,37 @@ pub fn write(
         round_trips,
         bytes,
         seconds,
-        body,
-        steps,
-        texts,
-        failed_steps,
+        events,
+        earlier,
+        mut unfinished,
         snapshot,
         write_failures,
         short,
     } = g;
     let dir = partial.dir.clone();
+    let carried = earlier.as_ref().map_or(0, |e| e.0);
+    let mut body = String::new();
+    let mut steps = Vec::with_capacity(events.len());
+    let mut texts = Vec::new();
+    for (i, (v, t, command)) in events.into_iter().enumerate() {
+        if i == carried
+            && let Some((_, bundle, started, _)) = &earlier
+        {
+            body.push_str(&format!(
+                "\n=== the capture went on here, at {stamp}: what is above was gathered by the capture begun {started} ({}), cut short by its stop ceiling\n\n",
+                bundle.display()
+            ));
+        }
+        body.push_str(&t);
+        if let Some(c) = command {
+            texts.push((c, t));
+        }
+        steps.push(v);
+    }
+    let failed_steps = steps
+        .iter()
+        .filter(|v| v.get("error").is_some_and(|e| !e.is_null()))
+        .count();
     let mut missing = write_failures;
     let snapshot_error = match snapshot {
         Ok((header, pages)) => {
@@ -801,6 +916,12 @@ pub fn write(
             "findings": found,
             "summary": lines,
             "summary_severity": severities,
+            "continues": earlier.as_ref().map(|(n, bundle, started, parts)| json!({
+                "bundle": bundle,
+                "started": started,
+                "steps": n,
+                "parts": parts,
+            })),
             "steps": steps,
         })
     };
@@ -843,6 +964,12 @@ pub fn write(
     ));
     if let Some(l) = link {
         header.push_str(&format!("Session:  {}\n", l.summary()));
+    }
+    if let Some((n, bundle, started, _)) = &earlier {
+        header.push_str(&format!(
+            "Continues: the capture begun {started} ({}), cut short by its stop ceiling: its first {n} steps are below, then what it did not run\n",
+            bundle.display()
+        ));
     }
     match &incomplete {
         None => header.push_str("Complete: yes\n"),
@@ -887,6 +1014,9 @@ pub fn write(
         }
     ));
     let final_dir = partial.publish(&final_dir)?;
+    if let Some(u) = &mut unfinished {
+        u.bundle = final_dir.clone();
+    }
     Ok(Captured {
         dir: final_dir,
         complete: incomplete.is_none(),
@@ -895,6 +1025,8 @@ pub fn write(
         round_trips,
         bytes,
         seconds: stopped_seconds,
+        continues: earlier.map(|e| e.1),
+        unfinished,
     })
 }
 

@@ -58,8 +58,12 @@ pub struct Common {
     pub probe_fail_after: Option<String>,
     /// DbgPrint patterns (`*` and `?` wildcards, matched anywhere in a line).
     pub dbgprint: Option<Vec<String>>,
-    /// How long a capture may keep the target stopped.
+    /// How long a capture may keep the target stopped (the older name of `max_stop`'s
+    /// capture part).
     pub budget: Option<String>,
+    /// The stop ceilings: `DURATION` (every break-in) or `sample=DURATION,capture=DURATION`
+    /// (either part may be left out).
+    pub max_stop: Option<String>,
     /// How long one capture command may run.
     pub command_budget: Option<String>,
     /// Leave the target stopped after a capture.
@@ -87,7 +91,7 @@ impl Common {
     /// The first setting of each field, in layer order.
     pub fn merge(layers: &[&Common]) -> Common {
         first!(layers; out, script, symbols, sample_every, wait_threshold, held_threshold, probe,
-            probe_every, probe_fail_after, dbgprint, budget, command_budget, leave_stopped,
+            probe_every, probe_fail_after, dbgprint, budget, max_stop, command_budget, leave_stopped,
             max_per_hour, cooldown, on_capture, on_capture_timeout, copy_to)
     }
 
@@ -174,8 +178,10 @@ pub struct Triggers {
 /// How captures treat the target.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// How long a capture may keep the target stopped.
+    /// How long a capture may keep the target stopped (its stop ceiling).
     pub budget: Duration,
+    /// How long a sample may keep the target stopped (its stop ceiling).
+    pub sample_max_stop: Duration,
     /// How long one command may run.
     pub command_budget: Duration,
     /// Leave it stopped afterwards.
@@ -228,6 +234,57 @@ fn dur(name: &str, v: &Option<String>, default: Duration) -> Result<Duration, St
     }
 }
 
+/// How long a sample may keep a target stopped unless told: well under a second at a LAN's
+/// round trips (a sample costs about a hundred).
+pub const DEFAULT_SAMPLE_MAX_STOP: Duration = Duration::from_millis(500);
+/// How long a capture may keep a target stopped unless told.
+pub const DEFAULT_CAPTURE_MAX_STOP: Duration = Duration::from_secs(120);
+
+/// The stop ceilings `max_stop` sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ceilings {
+    /// A sample's.
+    pub sample: Option<Duration>,
+    /// A capture's.
+    pub capture: Option<Duration>,
+}
+
+/// Parses `DURATION` (both ceilings) or `sample=DURATION,capture=DURATION` (either part).
+pub fn ceilings(s: &str) -> Result<Ceilings, String> {
+    let one = |name: &str, v: &str| {
+        duration::parse(v.trim())
+            .map_err(|e| format!("max_stop: {name}{e}"))
+            .and_then(|d| positive("max_stop", d))
+    };
+    if !s.contains('=') {
+        let d = one("", s)?;
+        return Ok(Ceilings {
+            sample: Some(d),
+            capture: Some(d),
+        });
+    }
+    let mut c = Ceilings::default();
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            format!("max_stop: {part:?}: write DURATION or sample=DURATION,capture=DURATION")
+        })?;
+        let slot = match k.trim() {
+            "sample" => &mut c.sample,
+            "capture" => &mut c.capture,
+            other => {
+                return Err(format!(
+                    "max_stop: {other:?} is neither `sample` nor `capture`"
+                ));
+            }
+        };
+        if slot.is_some() {
+            return Err(format!("max_stop: {} is given twice", k.trim()));
+        }
+        *slot = Some(one(&format!("{}: ", k.trim()), v)?);
+    }
+    Ok(c)
+}
+
 fn positive(name: &str, d: Duration) -> Result<Duration, String> {
     if d.is_zero() {
         return Err(format!("{name} must be longer than zero"));
@@ -268,6 +325,12 @@ pub fn spec(name: &str, host: Listen, tags: Vec<String>, c: &Common) -> Result<T
             .as_secs_f64(),
     };
     let probe = c.probe.as_deref().map(Probe::parse).transpose()?;
+    let ceilings = c
+        .max_stop
+        .as_deref()
+        .map(ceilings)
+        .transpose()?
+        .unwrap_or_default();
     let script = match &c.script {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -302,10 +365,14 @@ pub fn spec(name: &str, host: Listen, tags: Vec<String>, c: &Common) -> Result<T
             dbgprint: c.dbgprint.clone().unwrap_or_default(),
         },
         policy: Policy {
-            budget: positive(
-                "budget",
-                dur("budget", &c.budget, Duration::from_secs(120))?,
-            )?,
+            budget: match ceilings.capture {
+                Some(d) => d,
+                None => positive(
+                    "budget",
+                    dur("budget", &c.budget, DEFAULT_CAPTURE_MAX_STOP)?,
+                )?,
+            },
+            sample_max_stop: ceilings.sample.unwrap_or(DEFAULT_SAMPLE_MAX_STOP),
             command_budget: positive(
                 "command_budget",
                 dur("command_budget", &c.command_budget, Duration::from_secs(60))?,
@@ -488,6 +555,30 @@ pub fn matches(pattern: &str, line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_ceilings_parse_or_say_why() {
+        let both = ceilings("2s").unwrap();
+        assert_eq!(both.sample, Some(Duration::from_secs(2)));
+        assert_eq!(both.capture, Some(Duration::from_secs(2)));
+        let c = ceilings("sample=300ms, capture=45s").unwrap();
+        assert_eq!(c.sample, Some(Duration::from_millis(300)));
+        assert_eq!(c.capture, Some(Duration::from_secs(45)));
+        let only = ceilings("capture=1m").unwrap();
+        assert_eq!(
+            (only.sample, only.capture),
+            (None, Some(Duration::from_secs(60)))
+        );
+        assert!(ceilings("probe=1s").unwrap_err().contains("neither"));
+        assert!(
+            ceilings("sample=1s,sample=2s")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(ceilings("0s").unwrap_err().contains("longer than zero"));
+        assert!(ceilings("sample=soon").unwrap_err().contains("sample"));
+        assert!(ceilings("1s,2s").is_err());
+    }
 
     #[test]
     fn probes_parse_or_say_why() {

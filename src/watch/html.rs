@@ -1039,6 +1039,15 @@ pub fn page(info: &Value, texts: &[(String, String)]) -> String {
     for (k, v) in rows {
         let _ = write!(s, "<dt>{k}</dt><dd>{}</dd>", esc(&v));
     }
+    if let Some(c) = info["continues"].as_object() {
+        let _ = write!(
+            s,
+            "<dt>Continues</dt><dd>the capture begun {} ({}), cut short by its stop ceiling: its first {} steps, then what it did not run</dd>",
+            esc(c.get("started").and_then(Value::as_str).unwrap_or("")),
+            esc(c.get("bundle").and_then(Value::as_str).unwrap_or("")),
+            c.get("steps").and_then(Value::as_u64).unwrap_or(0)
+        );
+    }
     match info["incomplete"].as_str() {
         Some(why) => {
             let _ = write!(

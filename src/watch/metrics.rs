@@ -38,6 +38,7 @@ pub const STATES: &[&str] = &[
     "sampling",
     "sampled",
     "sample-failed",
+    "sample-cut",
     "stopped",
     "capturing",
     "captured",
@@ -48,7 +49,7 @@ pub const STATES: &[&str] = &[
 ];
 
 /// The outcomes of a sample (`kdnet_samples_total{outcome=…}`).
-pub const SAMPLE_OUTCOMES: &[&str] = &["nothing-found", "found", "failed"];
+pub const SAMPLE_OUTCOMES: &[&str] = &["nothing-found", "found", "cut", "failed"];
 
 /// Upper bounds of the stop-seconds histogram's buckets: a sample should stay in the first few,
 /// a capture may reach the budget (120 s by default).
@@ -173,7 +174,7 @@ impl Metrics {
         );
         registry.register(
             "samples",
-            "Samples taken (break in, look for a hang, go on), by outcome: nothing-found, found (a capture follows unless held back), failed",
+            "Samples taken (break in, look for a hang, go on), by outcome: nothing-found, found (a capture follows unless held back), cut (the stop ceiling ran out), failed",
             samples.clone(),
         );
         registry.register(
@@ -335,6 +336,7 @@ impl Metrics {
             "sampling" => w.sampling_since = Some(now),
             "sampled" => sample(w, "nothing-found", &extra["sample"]),
             "sample-failed" => sample(w, "failed", &Value::Null),
+            "sample-cut" => sample(w, "cut", &extra["sample"]),
             "capturing" | "capture-skipped" => {
                 let trigger = trigger_of(detail, extra);
                 // A sample that found something goes on into a capture (or is held back).
@@ -732,6 +734,14 @@ mod tests {
         );
         m.state("web-01", "sampling", "", &Value::Null);
         m.state("web-01", "sample-failed", "break-in failed", &Value::Null);
+        // One the stop ceiling cut: its stop is in the histogram too.
+        m.state("web-01", "sampling", "", &Value::Null);
+        m.state(
+            "web-01",
+            "sample-cut",
+            "the sample's stop ceiling of 0.5 s ran out",
+            &json!({ "sample": { "cut": true, "stopped_seconds": 0.5 } }),
+        );
         // A sample that finds a hang goes on into a capture.
         m.state("web-01", "sampling", "", &Value::Null);
         m.state(
@@ -745,10 +755,11 @@ mod tests {
         assert_eq!(s("nothing-found"), Some(1.0), "{p}");
         assert_eq!(s("failed"), Some(1.0), "{p}");
         assert_eq!(s("found"), Some(1.0), "{p}");
+        assert_eq!(s("cut"), Some(1.0), "{p}");
         let h = format!("{L},kind=\"sample\"");
         assert_eq!(
             value(&p, &format!("kdnet_stop_seconds_count{{{h}}}")),
-            Some(2.0),
+            Some(3.0),
             "{p}"
         );
         let sum = value(&p, &format!("kdnet_stop_seconds_sum{{{h}}}")).unwrap();

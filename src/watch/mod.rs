@@ -67,9 +67,15 @@ pub struct Args {
     /// may be given more than once.
     #[arg(long)]
     dbgprint: Vec<String>,
-    /// How long a capture may keep the target stopped [default: 120s]; past it the capture
-    /// stops and keeps what it has.
-    #[arg(long)]
+    /// Stop ceilings: how long one break-in may keep the target stopped, `DURATION` for every
+    /// break-in or `sample=DURATION,capture=DURATION` [default: sample=500ms,capture=120s]. At
+    /// the ceiling the target is let go on whatever is being read; the sample or capture keeps
+    /// what it has and says so (a capture cut short is finished by the next capture of the same
+    /// hang).
+    #[arg(long, value_name = "CEILINGS")]
+    max_stop: Option<String>,
+    /// The older name of --max-stop capture=DURATION.
+    #[arg(long, hide = true)]
     budget: Option<String>,
     /// The longest any one capture command may run, in seconds [default: 60].
     #[arg(long)]
@@ -153,6 +159,7 @@ impl Args {
             probe_fail_after: self.probe_fail_after.clone(),
             dbgprint: (!self.dbgprint.is_empty()).then(|| self.dbgprint.clone()),
             budget: self.budget.clone(),
+            max_stop: self.max_stop.clone(),
             command_budget,
             leave_stopped: self.leave_stopped.then_some(true),
             max_per_hour: self.max_per_hour,

@@ -57,6 +57,7 @@ mod tests {
     fn policy(per_hour: u32, cooldown: u64) -> Policy {
         Policy {
             budget: Duration::from_secs(60),
+            sample_max_stop: Duration::from_millis(500),
             command_budget: Duration::from_secs(60),
             leave_stopped: false,
             max_per_hour: per_hour,

@@ -107,6 +107,30 @@ pub struct Actor {
     /// answering: when it is heard again, still in that stop, it is let go (not captured as a
     /// stop of its own).
     owed: Option<u64>,
+    /// A capture cut short by its stop ceiling: the next capture of the same hang goes on
+    /// where it stopped.
+    unfinished: Option<bundle::Continuation>,
+}
+
+/// How long a capture cut short may be gone on with: past this the hang is another moment's
+/// and a capture starts over.
+const CONTINUE_WITHIN: Duration = Duration::from_secs(3600);
+
+/// `0.5 s`, `2 s`: a ceiling as its events print it.
+fn seconds_text(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// The sample to compare the next one with, after `new` was cut: what `new` did not reach
+/// (commit failures, packets) is kept from `old`.
+fn carry_over(old: Sample, mut new: Sample) -> Sample {
+    if new.commit_failures.is_none() {
+        new.commit_failures = old.commit_failures;
+    }
+    if new.pending_nbls.is_none() {
+        new.pending_nbls = old.pending_nbls;
+    }
+    new
 }
 
 fn stop_count(host: &Session) -> u64 {
@@ -139,6 +163,7 @@ impl Actor {
             lease,
             stop,
             owed: None,
+            unfinished: None,
         }
     }
 
@@ -364,9 +389,12 @@ impl Actor {
 
     /// Breaks in, takes a sample, and captures if it finds a hang; otherwise lets it go on.
     /// Every event of the sample says what it cost: its own round trips, those of the whole
-    /// stop (break-in and kernel model included) and how long the target was stopped.
+    /// stop (break-in and kernel model included) and how long the target was stopped. At the
+    /// sample's stop ceiling the target is let go on whatever is being read: the sample keeps
+    /// what it found by then, and its event says it was cut (`cut`, `complete: false`).
     async fn sample(&mut self) {
         let start = Instant::now();
+        let ceiling = self.spec.policy.sample_max_stop;
         let traffic_before = self.host.traffic().round_trips;
         let cost = |host: &Session, round_trips: Option<u64>| {
             json!({
@@ -385,52 +413,72 @@ impl Actor {
             return;
         }
         self.state("sampling", "");
-        let engine = match self.open().await {
-            Ok(e) => e,
-            Err(e) => {
-                self.hub.state(
-                    &self.spec.name,
-                    "sample-failed",
-                    &e,
-                    json!({ "sample": cost(&self.host, None) }),
-                );
-                self.resume().await;
-                return;
-            }
-        };
+        // The ceiling counts from the break-in request: the target may have stopped on it.
+        let deadline = start + ceiling;
         let th = self.spec.triggers.thresholds;
-        let result = tokio::task::spawn_blocking(move || {
-            let mut e = engine;
-            e.budget = Some(Duration::from_secs(30));
+        let host = self.host.clone();
+        let rt = tokio::runtime::Handle::current();
+        let symbols = self.spec.symbols.clone();
+        let mut task = tokio::task::spawn_blocking(move || {
+            let k = host
+                .open(rt, crate::symbols::path(symbols.as_deref()))
+                .map_err(|e| e.to_string())?;
+            let mut e = Engine::new(k);
+            e.kernel.mem.set_deadline(Some(deadline));
             let before = e.kernel.mem.stats();
             let s = hangcheck::sample(&mut e, &th);
+            e.kernel.mem.set_deadline(None);
             let cost = e.kernel.mem.stats().since(&before);
-            (e, s, cost.transport.round_trips)
-        })
-        .await;
-        let Ok((engine, sample, round_trips)) = result else {
-            self.hub.state(
-                &self.spec.name,
-                "sample-failed",
-                "the sample thread failed",
-                json!({ "sample": cost(&self.host, None) }),
-            );
-            self.resume().await;
-            return;
+            Ok::<_, String>((e, s, cost.transport.round_trips))
+        });
+        let ceiling_at = tokio::time::Instant::from_std(deadline);
+        let (joined, cut) = tokio::select! {
+            r = &mut task => (r, false),
+            _ = tokio::time::sleep_until(ceiling_at) => {
+                // Whatever the sample is reading: the read in flight is abandoned.
+                if self.host.status().stopped {
+                    self.resume_now("the sample's stop ceiling ran out").await;
+                }
+                (task.await, true)
+            }
         };
-        let sample = match sample {
-            Ok(s) => s,
-            Err(e) => {
+        // The target was let go on at the ceiling (or is let go on below): what the engine
+        // read is of a stop that is over.
+        let cut_note = cut.then(|| {
+            format!(
+                "the sample's stop ceiling of {} ran out: the target was let go on and the sample keeps what it found by then",
+                seconds_text(ceiling)
+            )
+        });
+        let outcome = match joined {
+            Ok(Ok((engine, Ok(sample), round_trips))) => Ok((engine, sample, round_trips)),
+            Ok(Ok((_, Err(e), round_trips))) => Err((e.to_string(), Some(round_trips))),
+            Ok(Err(e)) => Err((e, None)),
+            Err(_) => Err(("the sample thread failed".to_string(), None)),
+        };
+        let (engine, mut sample, round_trips) = match outcome {
+            Ok(x) => x,
+            Err((e, round_trips)) => {
+                let mut sample = cost(&self.host, round_trips);
+                sample["cut"] = json!(cut);
                 self.hub.state(
                     &self.spec.name,
-                    "sample-failed",
-                    &e.to_string(),
-                    json!({ "sample": cost(&self.host, Some(round_trips)) }),
+                    if cut { "sample-cut" } else { "sample-failed" },
+                    &match &cut_note {
+                        Some(n) => format!("{n}: {e}"),
+                        None => e,
+                    },
+                    json!({ "sample": sample }),
                 );
-                self.resume().await;
+                if !cut {
+                    self.resume().await;
+                }
                 return;
             }
         };
+        if let Some(n) = &cut_note {
+            sample.notes.push(n.clone());
+        }
         let found = hangcheck::judge(self.prev.as_ref(), &sample);
         let spent = cost(&self.host, Some(round_trips));
         let stopped = spent["stopped_seconds"].as_f64().unwrap_or(0.0);
@@ -445,16 +493,30 @@ impl Actor {
             "round_trips": round_trips,
             "stop_round_trips": spent["stop_round_trips"],
             "stopped_seconds": stopped,
+            "max_stop_seconds": ceiling.as_secs_f64(),
+            "cut": cut,
+            "complete": !cut,
         });
-        self.prev = Some(sample);
+        // What a cut sample did not reach is compared next time against the last sample that
+        // did reach it.
+        self.prev = Some(match self.prev.take() {
+            Some(old) if cut => carry_over(old, sample),
+            _ => sample,
+        });
         if found.is_empty() {
+            let detail = format!(
+                "nothing found ({round_trips} round trips, stopped {stopped:.2} s){}",
+                cut_note.map(|n| format!("; {n}")).unwrap_or_default()
+            );
             self.hub.state(
                 &self.spec.name,
-                "sampled",
-                &format!("nothing found ({round_trips} round trips, stopped {stopped:.2} s)"),
+                if cut { "sample-cut" } else { "sampled" },
+                &detail,
                 json!({ "sample": sample_json }),
             );
-            self.resume().await;
+            if !cut {
+                self.resume().await;
+            }
             return;
         }
         let t = Trigger {
@@ -465,7 +527,8 @@ impl Actor {
             },
             sample: Some(sample_json),
         };
-        let _ = self.capture(t, Some(engine), false).await;
+        // A cut sample's engine read a stop that is over: the capture breaks in afresh.
+        let _ = self.capture(t, (!cut).then_some(engine), false).await;
     }
 
     /// Captures for `t`: checks the policy (unless asked by hand) and `--max-captures`, stops
@@ -519,7 +582,15 @@ impl Actor {
             lost.clone(),
             cancel.clone(),
         ));
+        // The same hang still there (the same trigger, or an operator asking): go on where the
+        // cut capture stopped. A stop of the machine's own (a bugcheck) starts over.
+        let continues = self.unfinished.take().filter(|c| {
+            t.kind != "stopped"
+                && (c.trigger_kind == t.kind || manual)
+                && c.made.elapsed() < CONTINUE_WITHIN
+        });
         let job = Job {
+            continues,
             name: self.spec.name.clone(),
             tags: self.spec.tags.clone(),
             out: self.spec.out.clone(),
@@ -573,8 +644,8 @@ impl Actor {
             self.hub.note(
                 &self.spec.name,
                 &format!(
-                    "the stop budget of {:.0} s ran out during the capture{}",
-                    self.spec.policy.budget.as_secs_f64(),
+                    "the stop budget of {} ran out during the capture{}",
+                    seconds_text(self.spec.policy.budget),
                     if keep {
                         ""
                     } else {
@@ -600,10 +671,15 @@ impl Actor {
             .unwrap_or_else(|e| Err(format!("the capture thread failed: {e}")));
         self.limiter.record(now);
         let out = match result {
-            Ok((engine, c)) => {
+            Ok((engine, mut c)) => {
+                self.unfinished = c.unfinished.take();
                 let v = json!({
                     "bundle": c.dir,
                     "complete": c.complete,
+                    "cut": cut,
+                    "max_stop_seconds": self.spec.policy.budget.as_secs_f64(),
+                    "continues": c.continues,
+                    "to_be_continued": self.unfinished.is_some(),
                     "failed_steps": c.failed_steps,
                     "findings": c.summary,
                     "round_trips": c.round_trips,
@@ -614,9 +690,13 @@ impl Actor {
                     &self.spec.name,
                     "captured",
                     &format!(
-                        "{}{}{}",
+                        "{}{}{}{}",
                         c.dir.display(),
                         if c.complete { "" } else { " (incomplete)" },
+                        match &c.continues {
+                            Some(b) => format!(" (goes on from {})", b.display()),
+                            None => String::new(),
+                        },
                         if c.failed_steps > 0 {
                             format!(" ({} steps failed)", c.failed_steps)
                         } else {

@@ -232,6 +232,9 @@ pub fn first_capture(
             "1",
             "--duration",
             "60s",
+            // A test build on a busy machine may sample slower than a production ceiling.
+            "--max-stop",
+            "sample=60s,capture=120s",
         ])
         .args(watch_args)
         .arg("--script")

@@ -302,10 +302,15 @@ impl HostKd {
         }
         self.recent.push_back(packet.id);
         self.stats.data_received += 1;
-        // A reply means our request arrived even if its ACK was lost.
+        // A reply means our request arrived even if its ACK was lost; but only a reply to a
+        // request of its kind. The late reply to a request given up on (a read a resume
+        // pre-empted) says nothing of the continue sent since: counting it as the continue's
+        // acknowledgement would leave the continue the target dropped unsent again.
         if packet.kind == PacketType::StateManipulate
             && let Some(o) = self.outstanding.as_mut()
             && !o.acked
+            && o.expect_reply
+            && o.packet.data.get(..4) == packet.data.get(..4)
         {
             o.acked = true;
         }

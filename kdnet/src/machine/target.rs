@@ -198,6 +198,12 @@ pub struct TargetStats {
     pub retransmits: u64,
     /// Reboots.
     pub reboots: u64,
+    /// Stops that ended (the target ran again after a continue or a reboot).
+    pub stops_ended: u64,
+    /// How long the last stop that ended lasted, on the target's clock.
+    pub last_stop: Duration,
+    /// The longest stop that ended.
+    pub longest_stop: Duration,
 }
 
 impl TargetStats {
@@ -248,6 +254,8 @@ pub struct TargetMachine {
     nonce: Box<dyn FnMut() -> [u8; 32] + Send>,
     stats: TargetStats,
     running: bool,
+    /// When the current stop began.
+    stopped_at: Option<Instant>,
     next_offer: Instant,
     next_poll: Instant,
     breakpoints: BTreeMap<u32, u64>,
@@ -291,6 +299,7 @@ impl TargetMachine {
         kd.set_accept_data(config.start_stopped);
         let mut m = TargetMachine {
             running: !config.start_stopped,
+            stopped_at: config.start_stopped.then_some(now),
             config,
             wire,
             kd,
@@ -327,9 +336,17 @@ impl TargetMachine {
         self.wire.debugger()
     }
 
-    fn set_running(&mut self, running: bool) {
+    fn set_running(&mut self, running: bool, now: Instant) {
         self.kd.set_accept_data(!running);
         self.running = running;
+        if !running {
+            self.stopped_at.get_or_insert(now);
+        } else if let Some(at) = self.stopped_at.take() {
+            let d = now.saturating_duration_since(at);
+            self.stats.stops_ended += 1;
+            self.stats.last_stop = d;
+            self.stats.longest_stop = self.stats.longest_stop.max(d);
+        }
     }
 
     /// When [`TargetMachine::handle_timeout`] should next be called.
@@ -410,7 +427,7 @@ impl TargetMachine {
             }
             Activity::Stop(sc) => {
                 if self.running {
-                    self.set_running(false);
+                    self.set_running(false, now);
                     self.last_stop = Some(sc.encode());
                     self.kd
                         .send(PacketType::StateChange64, sc.encode(), true, now);
@@ -427,7 +444,7 @@ impl TargetMachine {
         self.kd.reboot();
         self.handler.rebooted();
         self.breakpoints.clear();
-        self.set_running(true);
+        self.set_running(true, now);
         self.stats.reboots += 1;
         self.next_offer = now;
     }
@@ -470,7 +487,7 @@ impl TargetMachine {
             match ev {
                 TargetKdEvent::BreakIn if self.running => {
                     self.stats.break_ins += 1;
-                    self.set_running(false);
+                    self.set_running(false, now);
                     let sc = self.handler.stop_report(StopReason::BreakIn);
                     self.last_stop = Some(sc.encode());
                     self.kd
@@ -508,10 +525,10 @@ impl TargetMachine {
             .send(PacketType::StateManipulate, r.encode(), false, now);
     }
 
-    fn resume(&mut self) {
+    fn resume(&mut self, now: Instant) {
         self.kd.clear();
         self.handler.resumed();
-        self.set_running(true);
+        self.set_running(true, now);
     }
 
     fn stop(&mut self, reason: StopReason, now: Instant) {
@@ -666,7 +683,7 @@ impl TargetMachine {
             }
             Api::Continue | Api::Continue2 => {
                 if status::is_success(m.u32(0x10)) {
-                    self.resume();
+                    self.resume(now);
                 }
                 return;
             }
