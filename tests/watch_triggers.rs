@@ -739,9 +739,12 @@ fn the_stop_budget_cuts_a_capture_short_and_says_so() {
 fn the_stop_ceiling_lets_the_target_go_and_the_next_capture_goes_on() {
     let dir = temp_dir("ceiling");
     let script = dir.join("pages.kds");
-    // 40 statements of about two round trips each (a page apiece, none cached by another).
-    let text: String = (0..40)
-        .map(|i| format!("db nt+{:#x} L1\n", 0x100_000 + i * 0x1000))
+    // A user register and a snapshot first (what the later statements rely on, and a file
+    // the first part writes), then 40 statements of about two round trips each (a page apiece,
+    // none cached by another), then the register again.
+    let text: String = std::iter::once("r $t0 = 0x1234\n.snapshot early\n".to_string())
+        .chain((0..40).map(|i| format!("db nt+{:#x} L1\n", 0x100_000 + i * 0x1000)))
+        .chain(std::iter::once("? $t0\n".to_string()))
         .collect();
     std::fs::write(&script, &text).unwrap();
     let port = free_udp_port();
@@ -808,10 +811,13 @@ fn the_stop_ceiling_lets_the_target_go_and_the_next_capture_goes_on() {
             .unwrap()
             .parse()
             .unwrap();
-        // Within the ceiling plus one round trip; 0.25 s more for this machine's own
-        // scheduling (the exchange itself is held to the round trip, in virtual time, by
-        // kdnet's machine tests).
-        assert!(stopped <= ceiling + rtt + 0.25, "stopped {stopped} s: {v}");
+        // Cut at the ceiling: not before it, and let go on within the ceiling plus one round
+        // trip — held exactly, in virtual time, by kdnet's machine tests; here, on a machine
+        // busy with other tests, up to 2 s more for its scheduling.
+        if v["cut"] == true {
+            assert!(stopped >= ceiling - rtt, "stopped {stopped} s: {v}");
+        }
+        assert!(stopped <= ceiling + rtt + 2.0, "stopped {stopped} s: {v}");
         let done = v["complete"] == true;
         parts.push(v);
         if done {
@@ -843,8 +849,27 @@ fn the_stop_ceiling_lets_the_target_go_and_the_next_capture_goes_on() {
         .iter()
         .map(|s| s["command"].as_str().unwrap_or("?"))
         .collect();
-    let expected: Vec<String> = text.lines().map(str::to_string).collect();
+    let expected: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with(".snapshot") {
+                ".snapshot".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
     assert_eq!(commands, expected, "{:#}", j["steps"]);
+    // The first part's snapshot is in the last bundle, and the register it set held in the
+    // part that read it back.
+    assert!(
+        j["continues"]["steps"].as_u64().unwrap() >= 2,
+        "{}",
+        j["continues"]
+    );
+    assert!(last.join("early.dmp").is_file());
+    let t0 = j["steps"].as_array().unwrap().last().unwrap();
+    assert!(t0.to_string().contains("1234"), "{t0}");
     assert!(
         j["steps"]
             .as_array()
@@ -854,7 +879,8 @@ fn the_stop_ceiling_lets_the_target_go_and_the_next_capture_goes_on() {
     );
     // The report and the page say where the capture went on.
     let txt = std::fs::read_to_string(last.join("report.txt")).unwrap();
-    assert!(txt.contains("Continues: the capture begun "), "{txt}");
+    assert!(txt.contains("Continues: "), "{txt}");
+    assert!(txt.contains(" of this hang begun "), "{txt}");
     assert!(txt.contains("=== the capture went on here"), "{txt}");
     let page = std::fs::read_to_string(last.join("report.html")).unwrap();
     assert!(page.contains("<dt>Continues</dt>"));
@@ -931,8 +957,10 @@ fn the_stop_ceiling_cuts_a_sample_short_and_says_so() {
         .unwrap()
         .parse()
         .unwrap();
-    // The ceiling plus one round trip, and 0.25 s for this machine's own scheduling.
-    assert!(stopped <= 0.4 + 0.04 + 0.25, "stopped {stopped} s: {cut}");
+    // Not before the ceiling; within it plus one round trip (held exactly in virtual time by
+    // kdnet's machine tests; here up to 2 s more for a machine busy with other tests).
+    assert!(stopped >= 0.4 - 0.04, "stopped {stopped} s: {cut}");
+    assert!(stopped <= 0.4 + 0.04 + 2.0, "stopped {stopped} s: {cut}");
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -184,6 +184,28 @@ impl Machine {
         }
     }
 
+    /// A break-in stops the processor in `DbgBreakPointWithStatus`, called from where it was
+    /// interrupted, as Windows does (the clock interrupt polls for the break-in byte and calls
+    /// it): the context's RIP is the break instruction the state change reports, and its
+    /// return address on the stack is where the processor was. A processor already there (a
+    /// debugger set it so) is left as it is.
+    fn enter_break(&mut self, cpu: usize) {
+        let Ok(brk) = self.sys.k.sym("RtlpBreakWithStatusInstruction") else {
+            return;
+        };
+        let Some(c) = self.contexts.get_mut(cpu) else {
+            return;
+        };
+        let rip = c.reg(Reg::Rip);
+        if rip == brk {
+            return;
+        }
+        let rsp = c.reg(Reg::Rsp) - 8;
+        self.sys.k.w64(rsp, rip);
+        c.set_reg(Reg::Rsp, rsp);
+        c.set_reg(Reg::Rip, brk);
+    }
+
     fn break_state(&self, cpu: u16, code: u32) -> StateChange64 {
         let pc = self
             .sys
@@ -340,7 +362,10 @@ impl TargetHandler for Machine {
     fn stop_report(&mut self, reason: StopReason) -> StateChange64 {
         self.freeze_clock();
         match reason {
-            StopReason::BreakIn => self.break_state(0, status::BREAKPOINT),
+            StopReason::BreakIn => {
+                self.enter_break(0);
+                self.break_state(0, status::BREAKPOINT)
+            }
             StopReason::SwitchProcessor(cpu) => self.break_state(cpu, status::WAKE_SYSTEM_DEBUGGER),
             StopReason::BugCheck(code) => {
                 let _ = scenario::write_bugcheck(&mut self.sys, code, [0, 0, 0, 0]);
@@ -351,17 +376,20 @@ impl TargetHandler for Machine {
 
     fn resumed(&mut self) {
         self.running_since = Some((Instant::now(), self.tick));
-        // Continuing past the break leaves the processor after the int3.
-        if let Some(c) = self.contexts.first_mut() {
-            let rip = c.reg(Reg::Rip);
-            let brk = self
-                .sys
-                .k
-                .sym("RtlpBreakWithStatusInstruction")
-                .unwrap_or(0);
-            if rip == brk {
-                c.set_reg(Reg::Rip, rip + 1);
-            }
+        // Continuing past the break runs the int3's `ret`: back to where the processor was
+        // interrupted, its stack as it was.
+        let brk = self
+            .sys
+            .k
+            .sym("RtlpBreakWithStatusInstruction")
+            .unwrap_or(0);
+        if let Some(c) = self.contexts.first_mut()
+            && brk != 0
+            && c.reg(Reg::Rip) == brk
+        {
+            let rsp = c.reg(Reg::Rsp);
+            c.set_reg(Reg::Rip, self.sys.k.r64(rsp));
+            c.set_reg(Reg::Rsp, rsp + 8);
         }
     }
 

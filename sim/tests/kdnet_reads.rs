@@ -529,3 +529,47 @@ async fn builtin_demo_table_attaches() {
     common_checks(&s).await;
     held_locks(&s).await;
 }
+
+/// A break-in stops processor 0 in the break instruction its state change reports, called from
+/// where the processor was (the idle loop): the context, the state change and the stack agree,
+/// and a second break-in after a continue stops the same way, not one call deeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_in_stops_at_the_break_instruction_its_state_change_reports() {
+    use kdnet::api::context::Reg;
+    let mut c = SimConfig::demo();
+    c.resources = 500;
+    c.scenario = Scenario::Healthy;
+    let nt = builtin::nt_demo();
+    let key = Key::parse("4.3.2.5").unwrap();
+    let host = Host::bind(HostConfig::new("127.0.0.1:0".parse().unwrap(), key.clone()))
+        .await
+        .unwrap();
+    let mut tc = TargetConfig::new("127.0.0.1:0".parse().unwrap(), host.local_addr(), key);
+    tc.offer_interval = Duration::from_millis(200);
+    let _running = kdnet_sim::start(c, tc, None).await.unwrap();
+    host.wait_connected(Duration::from_secs(10)).await.unwrap();
+    let mut sc = host.break_in(Duration::from_secs(10)).await.unwrap();
+    let base = host.get_version().await.unwrap().kern_base;
+    let sym = |s: &str| base + nt.symbol(s).unwrap_or_else(|| panic!("no {s}"));
+    let brk = sym("RtlpBreakWithStatusInstruction");
+    let mut stacks = Vec::new();
+    for round in 0..2 {
+        if round > 0 {
+            sc = host.break_in(Duration::from_secs(10)).await.unwrap();
+        }
+        assert_eq!(sc.program_counter, brk);
+        let ctx = host.get_context(sc.processor).await.unwrap();
+        assert_eq!(
+            ctx.reg(Reg::Rip),
+            brk,
+            "the context agrees with the state change"
+        );
+        let rsp = ctx.reg(Reg::Rsp);
+        let ret = u64::from_le_bytes(host.read_virtual(rsp, 8).await.unwrap().try_into().unwrap());
+        assert_eq!(ret, sym("PoIdle") + 0x33a, "called from the idle loop");
+        stacks.push(rsp);
+        host.resume(kdnet::api::status::DBG_CONTINUE).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stacks[0], stacks[1], "the continue returned from the break");
+}

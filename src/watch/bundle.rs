@@ -86,6 +86,9 @@ pub struct Continuation {
     pub next: usize,
     /// The named results so far.
     pub vars: std::collections::HashMap<String, Value>,
+    /// The engine state the statements run so far left (`.timeout`, `~N`, `r $tN`, `rm`):
+    /// the statements after them expect it.
+    pub engine: EngineState,
     /// The events of the statements run to their end: JSON, text, command (of a result).
     pub events: Vec<Event>,
     /// The pages read so far (the earliest first part's beneath the later).
@@ -93,6 +96,42 @@ pub struct Continuation {
     /// How many captures made it so far.
     pub parts: u32,
 }
+
+/// What a script's statements may have set in the engine and the statements after them
+/// rely on.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineState {
+    /// The per-command budget (`.timeout`).
+    pub budget: Option<Duration>,
+    /// The processor `r` and `k` show (`~N`).
+    pub processor: u32,
+    /// `$t0`–`$t19`.
+    pub user_registers: [u64; 20],
+    /// `rm`.
+    pub register_mask: u32,
+}
+
+impl EngineState {
+    fn of(e: &Engine) -> EngineState {
+        EngineState {
+            budget: e.budget,
+            processor: e.processor,
+            user_registers: e.user_registers,
+            register_mask: e.register_mask,
+        }
+    }
+
+    fn restore(&self, e: &mut Engine) {
+        e.budget = self.budget;
+        e.processor = self.processor;
+        e.user_registers = self.user_registers;
+        e.register_mask = self.register_mask;
+    }
+}
+
+/// The most page bytes a continuation keeps (the earlier parts' reads): past it the next
+/// capture starts over.
+const MAX_CONTINUATION_PAGES: usize = 512 << 20;
 
 /// One event of a capture: its JSON step, its text, and the command when it is a result.
 pub type Event = (Value, String, Option<String>);
@@ -708,6 +747,7 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
         if let Some(c) = earlier {
             runner.vars = c.vars.clone();
             runner.earlier_pages = c.pages.clone();
+            c.engine.restore(runner.engine);
         }
         runner.run(&stmts[first..], &mut |ev| {
             // Files the script wrote are named as they are in the published bundle.
@@ -734,6 +774,29 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
         finished = runner.finished;
         vars = std::mem::take(&mut runner.vars);
     }
+    let engine_state = EngineState::of(e);
+    // Files an earlier part's statements wrote (`.snapshot NAME`) belong in this bundle too.
+    let mut write_failures = write_failures;
+    if let Some(c) = earlier {
+        for (v, _, _) in &events[..carried] {
+            if v["type"] != "snapshot" {
+                continue;
+            }
+            let Some(name) = v["result"]["path"]
+                .as_str()
+                .and_then(|p| Path::new(p).file_name())
+            else {
+                continue;
+            };
+            if let Err(err) = std::fs::copy(c.bundle.join(name), partial.dir.join(name)) {
+                write_failures.push(format!(
+                    "{}: not copied from {}: {err}",
+                    Path::new(name).display(),
+                    c.bundle.display()
+                ));
+            }
+        }
+    }
     if let Some(why) = lost.lock().ok().and_then(|l| l.clone()) {
         short.insert(0, why);
     }
@@ -748,7 +811,18 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
     // Cut short by the stop ceiling (not by a target gone): the next capture of this hang
     // goes on from the first statement not run to its end.
     let gone = lost.lock().ok().is_some_and(|l| l.is_some()) || e.target_gone().is_some();
-    let unfinished = (out_of_time && !gone && first + finished < stmts.len()).then(|| {
+    // Not after a stop of the machine's own (its state is that moment's), nor when this part
+    // made no progress (the next would only do the same), nor past the memory it may keep.
+    let progressed = earlier.is_none() || finished > 0;
+    let kept_bytes: usize = earlier.map_or(0, |c| c.pages.values().map(Vec::len).sum::<usize>())
+        + new_pages.values().map(Vec::len).sum::<usize>();
+    let unfinished = (out_of_time
+        && !gone
+        && progressed
+        && job.trigger.kind != "stopped"
+        && kept_bytes <= MAX_CONTINUATION_PAGES
+        && first + finished < stmts.len())
+    .then(|| {
         // The events of the statements run to their end (not those of the one cut, nor the
         // run's closing error).
         let new_events = events.len() - carried - usize::from(halted.is_some());
@@ -770,6 +844,7 @@ pub fn gather(e: &mut Engine, job: &Job, lost: &Lost, stamp: &str) -> anyhow::Re
             build: e.kernel.build,
             next: first + finished,
             vars: vars.clone(),
+            engine: engine_state,
             events: events[..keep].to_vec(),
             pages,
             parts: earlier.map_or(1, |c| c.parts + 1),
@@ -839,10 +914,11 @@ pub fn write(
     let mut texts = Vec::new();
     for (i, (v, t, command)) in events.into_iter().enumerate() {
         if i == carried
-            && let Some((_, bundle, started, _)) = &earlier
+            && let Some((_, bundle, started, parts)) = &earlier
         {
             body.push_str(&format!(
-                "\n=== the capture went on here, at {stamp}: what is above was gathered by the capture begun {started} ({}), cut short by its stop ceiling\n\n",
+                "\n=== the capture went on here, at {stamp}: what is above was gathered by {} begun {started}, cut short by the stop ceiling (the last: {})\n\n",
+                if *parts == 1 { "the capture".to_string() } else { format!("{parts} captures") },
                 bundle.display()
             ));
         }
@@ -965,9 +1041,10 @@ pub fn write(
     if let Some(l) = link {
         header.push_str(&format!("Session:  {}\n", l.summary()));
     }
-    if let Some((n, bundle, started, _)) = &earlier {
+    if let Some((n, bundle, started, parts)) = &earlier {
         header.push_str(&format!(
-            "Continues: the capture begun {started} ({}), cut short by its stop ceiling: its first {n} steps are below, then what it did not run\n",
+            "Continues: {} of this hang begun {started}, cut short by the stop ceiling (the last: {}): the first {n} steps below are theirs, then what they did not run\n",
+            if *parts == 1 { "the capture".to_string() } else { format!("{parts} captures") },
             bundle.display()
         ));
     }

@@ -1042,7 +1042,8 @@ pub fn page(info: &Value, texts: &[(String, String)]) -> String {
     if let Some(c) = info["continues"].as_object() {
         let _ = write!(
             s,
-            "<dt>Continues</dt><dd>the capture begun {} ({}), cut short by its stop ceiling: its first {} steps, then what it did not run</dd>",
+            "<dt>Continues</dt><dd>{} earlier capture(s) of this hang begun {}, cut short by the stop ceiling (the last: {}): the first {} steps are theirs, then what they did not run</dd>",
+            c.get("parts").and_then(Value::as_u64).unwrap_or(1),
             esc(c.get("started").and_then(Value::as_str).unwrap_or("")),
             esc(c.get("bundle").and_then(Value::as_str).unwrap_or("")),
             c.get("steps").and_then(Value::as_u64).unwrap_or(0)

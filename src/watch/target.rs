@@ -237,6 +237,9 @@ impl Actor {
                 Link::Connected => {
                     if !connected {
                         connected = true;
+                        // A new handshake may be a new boot: a cut capture is not gone on with
+                        // across it.
+                        self.unfinished = None;
                         self.state(
                             "connected",
                             &s.peer.map_or_else(String::new, |p| p.to_string()),
@@ -396,11 +399,12 @@ impl Actor {
         let start = Instant::now();
         let ceiling = self.spec.policy.sample_max_stop;
         let traffic_before = self.host.traffic().round_trips;
-        let cost = |host: &Session, round_trips: Option<u64>| {
+        let cost = |host: &Session, round_trips: Option<u64>, resumed: Option<Duration>| {
             json!({
                 "round_trips": round_trips,
                 "stop_round_trips": host.traffic().round_trips.saturating_sub(traffic_before),
-                "stopped_seconds": start.elapsed().as_secs_f64(),
+                "stopped_seconds": resumed.unwrap_or_else(|| start.elapsed()).as_secs_f64(),
+                "max_stop_seconds": ceiling.as_secs_f64(),
             })
         };
         if let Err(e) = self.stop().await {
@@ -408,7 +412,7 @@ impl Actor {
                 &self.spec.name,
                 "sample-failed",
                 &e,
-                json!({ "sample": cost(&self.host, None) }),
+                json!({ "sample": cost(&self.host, None, None) }),
             );
             return;
         }
@@ -432,16 +436,27 @@ impl Actor {
             Ok::<_, String>((e, s, cost.transport.round_trips))
         });
         let ceiling_at = tokio::time::Instant::from_std(deadline);
-        let (joined, cut) = tokio::select! {
+        let mut resumed_at = None;
+        let (joined, mut cut) = tokio::select! {
             r = &mut task => (r, false),
             _ = tokio::time::sleep_until(ceiling_at) => {
                 // Whatever the sample is reading: the read in flight is abandoned.
                 if self.host.status().stopped {
                     self.resume_now("the sample's stop ceiling ran out").await;
+                    resumed_at = Some(start.elapsed());
                 }
                 (task.await, true)
             }
         };
+        // The reads stop at the ceiling too: a sample that ended there (its last reads refused)
+        // may finish before the timer above fires. It was cut all the same.
+        if !cut && Instant::now() >= deadline {
+            cut = true;
+            if self.host.status().stopped {
+                self.resume_now("the sample's stop ceiling ran out").await;
+                resumed_at = Some(start.elapsed());
+            }
+        }
         // The target was let go on at the ceiling (or is let go on below): what the engine
         // read is of a stop that is over.
         let cut_note = cut.then(|| {
@@ -459,8 +474,9 @@ impl Actor {
         let (engine, mut sample, round_trips) = match outcome {
             Ok(x) => x,
             Err((e, round_trips)) => {
-                let mut sample = cost(&self.host, round_trips);
+                let mut sample = cost(&self.host, round_trips, resumed_at);
                 sample["cut"] = json!(cut);
+                sample["complete"] = json!(false);
                 self.hub.state(
                     &self.spec.name,
                     if cut { "sample-cut" } else { "sample-failed" },
@@ -480,7 +496,7 @@ impl Actor {
             sample.notes.push(n.clone());
         }
         let found = hangcheck::judge(self.prev.as_ref(), &sample);
-        let spent = cost(&self.host, Some(round_trips));
+        let spent = cost(&self.host, Some(round_trips), resumed_at);
         let stopped = spent["stopped_seconds"].as_f64().unwrap_or(0.0);
         let sample_json = json!({
             "findings": found,
@@ -528,7 +544,12 @@ impl Actor {
             sample: Some(sample_json),
         };
         // A cut sample's engine read a stop that is over: the capture breaks in afresh.
-        let _ = self.capture(t, (!cut).then_some(engine), false).await;
+        // A capture in the same stop counts its ceiling from the sample's break-in: one
+        // break-in, one ceiling (the capture's).
+        let stop_began = (!cut).then_some(start);
+        let _ = self
+            .capture_in(t, (!cut).then_some(engine), false, stop_began)
+            .await;
     }
 
     /// Captures for `t`: checks the policy (unless asked by hand) and `--max-captures`, stops
@@ -541,7 +562,19 @@ impl Actor {
         engine: Option<Engine>,
         manual: bool,
     ) -> Result<Value, String> {
-        let now = Instant::now();
+        self.capture_in(t, engine, manual, None).await
+    }
+
+    /// [`Actor::capture`] in a stop that began at `stop_began` (a sample's break-in): the
+    /// stop ceiling counts from there.
+    async fn capture_in(
+        &mut self,
+        t: Trigger,
+        engine: Option<Engine>,
+        manual: bool,
+        stop_began: Option<Instant>,
+    ) -> Result<Value, String> {
+        let now = stop_began.unwrap_or_else(Instant::now);
         let refused = if !manual && let Err(why) = self.limiter.check(now, &self.spec.policy) {
             Some(why)
         } else if !self.quota.take() {

@@ -302,18 +302,11 @@ impl HostKd {
         }
         self.recent.push_back(packet.id);
         self.stats.data_received += 1;
-        // A reply means our request arrived even if its ACK was lost; but only a reply to a
-        // request of its kind. The late reply to a request given up on (a read a resume
-        // pre-empted) says nothing of the continue sent since: counting it as the continue's
-        // acknowledgement would leave the continue the target dropped unsent again.
-        if packet.kind == PacketType::StateManipulate
-            && let Some(o) = self.outstanding.as_mut()
-            && !o.acked
-            && o.expect_reply
-            && o.packet.data.get(..4) == packet.data.get(..4)
-        {
-            o.acked = true;
-        }
+        // A reply that answers the outstanding request ends it (the session matches it and
+        // calls `reply_received`), whether or not its ACK arrived. One that does not answer it
+        // (the late reply to a request given up on, such as a read a resume pre-empted) says
+        // nothing of it: taken as its acknowledgement, it would leave a request the target
+        // dropped (asking for it again with RESEND) unsent until the retransmission timer.
         self.events.push_back(HostKdEvent::Packet(packet));
     }
 
