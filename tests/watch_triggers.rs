@@ -566,6 +566,13 @@ fn one(name: &str, sim_args: &[&str], watch_args: &[&str]) -> (Sim, Watcher, Pat
     let dir = temp_dir(name);
     let port = free_udp_port();
     let sim = Sim::start(port, "4.4.4.4", sim_args);
+    let (w, ev) = watch_one(name, port, &dir, watch_args);
+    (sim, w, dir, ev)
+}
+
+/// A watcher of the one target at `port`, named `name`, writing into `dir` (bundles in
+/// `b`, events in `events.jsonl`, control socket `s.sock`); the watcher and the events file.
+fn watch_one(name: &str, port: u16, dir: &Path, watch_args: &[&str]) -> (Watcher, PathBuf) {
     let ev = dir.join("events.jsonl");
     let port_s = port.to_string();
     let mut args = vec![
@@ -599,7 +606,42 @@ fn one(name: &str, sim_args: &[&str], watch_args: &[&str]) -> (Sim, Watcher, Pat
             &dir.join("s.sock"),
         ],
     );
-    (sim, w, dir, ev)
+    (w, ev)
+}
+
+/// A simulated machine of `scenario` (500 resources) behind a link of 20 ms each way, its
+/// output read line by line (it tells each stop's length); its port.
+fn slow_machine(scenario: &str) -> (common::Lines, u16) {
+    let port = free_udp_port();
+    let sim = common::Lines::spawn(kdnet().args([
+        "sim",
+        "--host",
+        &format!("127.0.0.1:{port}"),
+        "--key",
+        "4.4.4.4",
+        "--duration",
+        "150s",
+        "--scenario",
+        scenario,
+        "--resources",
+        "500",
+        "--latency",
+        "20ms",
+    ]));
+    (sim, port)
+}
+
+/// How long the next stop lasted, on the simulated machine's own clock.
+fn next_stop(sim: &mut common::Lines) -> f64 {
+    const LINE: &str = "running again after a stop of ";
+    let line = sim.wait_for(Duration::from_secs(30), |tag, l| {
+        tag == "out" && l.starts_with(LINE)
+    });
+    line[LINE.len()..]
+        .split(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
 }
 
 #[test]
@@ -749,47 +791,17 @@ fn the_stop_ceiling_lets_the_target_go_and_the_next_capture_goes_on() {
         .chain(std::iter::once("? $t0\n".to_string()))
         .collect();
     std::fs::write(&script, &text).unwrap();
-    let port = free_udp_port();
-    let mut sim = common::Lines::spawn(kdnet().args([
-        "sim",
-        "--host",
-        &format!("127.0.0.1:{port}"),
-        "--key",
-        "4.4.4.4",
-        "--duration",
-        "150s",
-        "--scenario",
-        "healthy",
-        "--resources",
-        "500",
-        "--latency",
-        "20ms",
-    ]));
-    let ev = dir.join("events.jsonl");
-    let port_s = port.to_string();
+    let (mut sim, port) = slow_machine("healthy");
     let sock = dir.join("s.sock");
-    let _w = Watcher::start(
+    let (_w, ev) = watch_one(
+        "ceiling",
+        port,
+        &dir,
         &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--key-env",
-            "KDNET_WATCH_KEY",
-            "--name",
-            "ceiling",
             "--max-stop",
             "capture=3s",
             "--script",
             script.to_str().unwrap(),
-        ],
-        &[
-            Path::new("--out"),
-            &dir.join("b"),
-            Path::new("--events"),
-            &ev,
-            Path::new("--control"),
-            &sock,
         ],
     );
     wait_state(&ev, "ceiling", "running", Duration::from_secs(30));
@@ -804,15 +816,7 @@ fn the_stop_ceiling_lets_the_target_go_and_the_next_capture_goes_on() {
         let (ok, v) = ctl(&sock, &["capture", "ceiling"]);
         assert!(ok, "{v}");
         // The machine's own account of the stop this capture made.
-        let line = sim.wait_for(Duration::from_secs(30), |tag, l| {
-            tag == "out" && l.starts_with("running again after a stop of ")
-        });
-        let stopped: f64 = line["running again after a stop of ".len()..]
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let stopped = next_stop(&mut sim);
         // Cut at the ceiling: not before it, and let go on within the ceiling plus one round
         // trip — held exactly, in virtual time, by kdnet's machine tests; here, on a machine
         // busy with other tests, up to 2 s more for its scheduling.
@@ -897,47 +901,12 @@ fn the_stop_ceiling_lets_the_target_go_and_the_next_capture_goes_on() {
 #[test]
 fn the_stop_ceiling_cuts_a_sample_short_and_says_so() {
     let dir = temp_dir("sample-ceiling");
-    let port = free_udp_port();
-    let mut sim = common::Lines::spawn(kdnet().args([
-        "sim",
-        "--host",
-        &format!("127.0.0.1:{port}"),
-        "--key",
-        "4.4.4.4",
-        "--duration",
-        "60s",
-        "--scenario",
-        "deadlock",
-        "--resources",
-        "500",
-        "--latency",
-        "20ms",
-    ]));
-    let ev = dir.join("events.jsonl");
-    let port_s = port.to_string();
-    let _w = Watcher::start(
-        &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--key-env",
-            "KDNET_WATCH_KEY",
-            "--name",
-            "sc",
-            "--sample-every",
-            "1s",
-            "--max-stop",
-            "sample=400ms",
-        ],
-        &[
-            Path::new("--out"),
-            &dir.join("b"),
-            Path::new("--events"),
-            &ev,
-            Path::new("--control"),
-            &dir.join("s.sock"),
-        ],
+    let (mut sim, port) = slow_machine("deadlock");
+    let (_w, ev) = watch_one(
+        "sc",
+        port,
+        &dir,
+        &["--sample-every", "1s", "--max-stop", "sample=400ms"],
     );
     let ev = wait_state(&ev, "sc", "sample-cut", Duration::from_secs(30));
     let cut = ev.iter().find(|e| e["state"] == "sample-cut").unwrap();
@@ -950,15 +919,7 @@ fn the_stop_ceiling_cuts_a_sample_short_and_says_so() {
             .contains("the sample's stop ceiling of 0.4 s ran out"),
         "{cut}"
     );
-    let line = sim.wait_for(Duration::from_secs(30), |tag, l| {
-        tag == "out" && l.starts_with("running again after a stop of ")
-    });
-    let stopped: f64 = line["running again after a stop of ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let stopped = next_stop(&mut sim);
     // Not before the ceiling; within it plus one round trip (held exactly in virtual time by
     // kdnet's machine tests; here up to 2 s more for a machine busy with other tests).
     assert!(stopped >= 0.4 - 0.04, "stopped {stopped} s: {cut}");

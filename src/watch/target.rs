@@ -376,6 +376,17 @@ impl Actor {
         }
     }
 
+    /// Lets the target go on now because a sample's stop ceiling ran out, whatever is being
+    /// read, unless it is known to run; when it was let go (counted from `start`). A target
+    /// that went silent is let go when it is heard again (see `resume_with`).
+    async fn let_go_at_ceiling(&mut self, start: Instant) -> Option<Duration> {
+        if self.host.status().running {
+            return None;
+        }
+        self.resume_now("the sample's stop ceiling ran out").await;
+        Some(start.elapsed())
+    }
+
     /// Opens the kernel model over the stopped target (off the runtime's threads).
     async fn open(&mut self) -> Result<Engine, String> {
         let host = self.host.clone();
@@ -437,25 +448,18 @@ impl Actor {
         });
         let ceiling_at = tokio::time::Instant::from_std(deadline);
         let mut resumed_at = None;
-        let (joined, mut cut) = tokio::select! {
-            r = &mut task => (r, false),
+        let joined = tokio::select! {
+            r = &mut task => r,
             _ = tokio::time::sleep_until(ceiling_at) => {
-                // Whatever the sample is reading: the read in flight is abandoned.
-                if self.host.status().stopped {
-                    self.resume_now("the sample's stop ceiling ran out").await;
-                    resumed_at = Some(start.elapsed());
-                }
-                (task.await, true)
+                resumed_at = self.let_go_at_ceiling(start).await;
+                task.await
             }
         };
         // The reads stop at the ceiling too: a sample that ended there (its last reads refused)
         // may finish before the timer above fires. It was cut all the same.
-        if !cut && Instant::now() >= deadline {
-            cut = true;
-            if self.host.status().stopped {
-                self.resume_now("the sample's stop ceiling ran out").await;
-                resumed_at = Some(start.elapsed());
-            }
+        let cut = resumed_at.is_some() || Instant::now() >= deadline;
+        if cut && resumed_at.is_none() {
+            resumed_at = self.let_go_at_ceiling(start).await;
         }
         // The target was let go on at the ceiling (or is let go on below): what the engine
         // read is of a stop that is over.
