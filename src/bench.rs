@@ -621,20 +621,41 @@ struct SampleRun {
     stop_rts: u64,
     /// Requests of the sample itself (as the watcher's events count them).
     sample_rts: u64,
-    /// What it found (and the notes, which say how it was taken).
+    /// The sample, for the next one to go on from.
+    sample: kdnet_commands::ext::hangcheck::Sample,
+    /// What it found, compared with the sample before it (and the notes, which say how it was
+    /// taken).
     findings: Vec<String>,
     notes: Vec<String>,
 }
 
-/// One sample as the watcher takes it: break in, open the kernel model, `!hangcheck`'s sample
-/// (from the threads, or walking the resource list as before), let the target go on.
-async fn sample_once(host: &kdnet_live::Session, thread_first: bool) -> anyhow::Result<SampleRun> {
+impl SampleRun {
+    /// The costlier of two runs' costs (the findings are the later run's).
+    fn worst(a: &SampleRun, b: SampleRun) -> SampleRun {
+        SampleRun {
+            stopped: a.stopped.max(b.stopped),
+            stop_rts: a.stop_rts.max(b.stop_rts),
+            sample_rts: a.sample_rts.max(b.sample_rts),
+            ..b
+        }
+    }
+}
+
+/// One sample as the watcher takes it: break in, open the kernel model, the watcher's sample
+/// (from the threads, a window of the NBLs) or the reference one (walking the resource list and
+/// every NBL), compared with `prev`, then let the target go on.
+async fn sample_once(
+    host: &kdnet_live::Session,
+    thread_first: bool,
+    prev: Option<&SampleRun>,
+) -> anyhow::Result<SampleRun> {
     use kdnet_commands::ext::hangcheck;
     let rts0 = host.traffic().round_trips;
     let t0 = Instant::now();
     host.break_in(Duration::from_secs(10)).await?;
     let rt = tokio::runtime::Handle::current();
     let h = host.clone();
+    let nbls = prev.and_then(|p| p.sample.nbls.clone());
     let (sample_rts, sample) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, hangcheck::Sample)> {
             let mut e =
@@ -643,9 +664,9 @@ async fn sample_once(host: &kdnet_live::Session, thread_first: bool) -> anyhow::
             let before = e.kernel.mem.stats();
             let th = hangcheck::Thresholds::default();
             let s = if thread_first {
-                hangcheck::sample(&mut e, &th)
+                hangcheck::watch_sample(&mut e, &th, nbls.as_ref())
             } else {
-                hangcheck::sample_reference(&mut e, &th)
+                hangcheck::sample_reference(&mut e, &th, nbls.as_ref())
             }
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok((e.kernel.mem.stats().since(&before).transport.round_trips, s))
@@ -656,12 +677,52 @@ async fn sample_once(host: &kdnet_live::Session, thread_first: bool) -> anyhow::
         stopped: t0.elapsed(),
         stop_rts: host.traffic().round_trips - rts0,
         sample_rts,
-        findings: hangcheck::judge(None, &sample)
+        // The NBL finding's counts differ by how much each sample looked at; the rest match
+        // word for word.
+        findings: hangcheck::judge(prev.map(|p| &p.sample), &sample)
             .into_iter()
-            .map(|f| f.summary)
+            .map(|f| {
+                if f.kind == "nbls-not-draining" {
+                    f.kind.to_string()
+                } else {
+                    f.summary
+                }
+            })
             .collect(),
-        notes: sample.notes,
+        notes: sample.notes.clone(),
+        sample,
     })
+}
+
+/// The request round trip of this link as the watcher's reads see it: 100 reads of 8 bytes,
+/// one request each, with the target stopped.
+async fn request_rtt(host: &kdnet_live::Session) -> anyhow::Result<Duration> {
+    host.break_in(Duration::from_secs(10)).await?;
+    let rt = tokio::runtime::Handle::current();
+    let h = host.clone();
+    let took = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let mut k = h.open(rt, crate::symbols::path(None))?;
+        let base = k.mem.info().kernel_base.context("no kernel base")?;
+        let space = k.mem.kernel_space()?;
+        let pa = k.mem.translate(space, base)?;
+        let mut buf = [0u8; 8];
+        let t = Instant::now();
+        for _ in 0..100 {
+            k.mem.target().read_physical(pa, &mut buf)?;
+        }
+        Ok(t.elapsed() / 100)
+    })
+    .await??;
+    host.go().await?;
+    Ok(took)
+}
+
+/// Two samples in a row, the second compared with the first (as a watcher takes them): their
+/// costlier cost and the second's findings.
+async fn two_samples(host: &kdnet_live::Session, thread_first: bool) -> anyhow::Result<SampleRun> {
+    let first = sample_once(host, thread_first, None).await?;
+    let second = sample_once(host, thread_first, Some(&first)).await?;
+    Ok(SampleRun::worst(&first, second))
 }
 
 /// A simulated machine of `config` over a link with `delay` each way, connected and running.
@@ -700,7 +761,7 @@ async fn samples_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
         c
     };
     outln!(
-        "\nwatcher samples on the simulated machine of each scenario (build 20348, {resources} resources), RTT {:?}: from the threads beside walking the resource list (before)",
+        "\nwatcher samples on the simulated machine of each scenario (build 20348, {resources} resources), RTT {:?}: from the threads with a window of the NBLs, beside walking the resource list and every NBL (before); two samples in a row, the costlier shown, the findings of the second",
         delay * 2
     );
     outln!(
@@ -721,10 +782,14 @@ async fn samples_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
         "sample"
     );
     let mut worst = (0u64, Duration::ZERO);
+    let mut rtt = None;
     for scenario in kdnet_sim::Scenario::ALL {
         let (host, sim) = running_sim(machine(scenario, resources), delay).await?;
-        let fast = sample_once(&host, true).await?;
-        let full = sample_once(&host, false).await?;
+        if rtt.is_none() {
+            rtt = Some(request_rtt(&host).await?);
+        }
+        let fast = two_samples(&host, true).await?;
+        let full = two_samples(&host, false).await?;
         sim.target.shutdown().await;
         worst = (worst.0.max(fast.sample_rts), worst.1.max(fast.stopped));
         outln!(
@@ -754,6 +819,13 @@ async fn samples_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
         worst.0,
         worst.1.as_secs_f64()
     );
+    if let Some(rtt) = rtt {
+        outln!(
+            "  one request's round trip on this link, measured: {:.2} ms (nominal {:?}; the simulated link's timers and both ends' scheduling add the rest)",
+            rtt.as_secs_f64() * 1e3,
+            delay * 2
+        );
+    }
     outln!(
         "\nthe curve over the number of resources (nbl-hang, build 20348), RTT {:?}",
         delay * 2
@@ -779,8 +851,8 @@ async fn samples_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
         let t = Instant::now();
         let (host, sim) = running_sim(machine(kdnet_sim::Scenario::NblHang, n), delay).await?;
         let built = t.elapsed();
-        let fast = sample_once(&host, true).await?;
-        let full = sample_once(&host, false).await?;
+        let fast = two_samples(&host, true).await?;
+        let full = two_samples(&host, false).await?;
         sim.target.shutdown().await;
         outln!(
             "  {:>10}   {:>8.3}s {:>9} {:>9}   {:>8.3}s {:>9} {:>9}   {:>7.1}s{}",

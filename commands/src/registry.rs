@@ -436,7 +436,9 @@ pub static COMMANDS: &[Command] = &[
               mutex or PnP lock (`PiEngineLock`, `IopDeviceTreeLock`, …) longer than SECONDS \
               (60), resources with exclusive waiters held that long, PnP locks whose holder is \
               itself stuck in a wait, wait-for cycles; also the commit-failure count and the \
-              pending NBLs, which the watcher compares between samples. The resources waited \
+              pending NBLs (every NBL walked; the watcher's samples look at 16 pages of NBLs \
+              each, going on where the last one stopped, and read again the ones pending \
+              then), which the watcher compares between samples. The resources waited \
               for are reached from the waiting threads, not from the resource list (read only \
               for a waiter that leads to none, as the notes then say)",
         syntax: crate::ext::hangcheck::SYNTAX, usage: None,

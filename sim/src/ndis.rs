@@ -38,6 +38,8 @@ pub struct NdisFacts {
     pub holder_name: String,
     /// Every miniport block and its name.
     pub miniports: Vec<(u64, String)>,
+    /// NBLs back home with their pools (each pool's free-list head, when it has one).
+    pub home: Vec<u64>,
 }
 
 /// The miniport name of the reported hang.
@@ -130,7 +132,8 @@ pub fn build(sys: &mut System, setup: NdisSetup) -> Result<NdisFacts, SimError> 
         per_block: 32,
     };
     for pool in pools {
-        nbl_pool(sys, &t, setup, pool_list, &layout, pool)?;
+        let free_head = nbl_pool(sys, &t, setup, pool_list, &layout, pool)?;
+        facts.home.extend((free_head != 0).then_some(free_head));
         let (_, _, count, pending, freed) = pool;
         facts.pools += 1;
         facts.total += count;
@@ -536,7 +539,7 @@ struct NblLayout {
 }
 
 /// One NBL pool of `count` NBLs owned by `owner`: the first `pending` are held by the holder,
-/// the last `freed` are on its free list.
+/// the last `freed` are on its free list (whose head it returns).
 fn nbl_pool(
     sys: &mut System,
     t: &TypeTable,
@@ -544,7 +547,7 @@ fn nbl_pool(
     pool_list: u64,
     l: &NblLayout,
     (owner, tag_name, count, pending, freed): (u64, &str, u32, u32, u32),
-) -> Result<(), SimError> {
+) -> Result<u64, SimError> {
     let NblLayout {
         nbl_size,
         elem,
@@ -614,5 +617,5 @@ fn nbl_pool(
         "AllocatedCount",
         u64::from(count),
     )?;
-    Ok(())
+    Ok(free_head)
 }

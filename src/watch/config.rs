@@ -639,6 +639,7 @@ sample_every = "5m"
 max_per_hour = 2
 copy_to = "share"
 on_capture = "alert.sh"
+max_stop = "capture=30s"
 
 [[target]]
 name = "web-01"
@@ -648,11 +649,13 @@ tags = ["prod"]
 sample_every = "30s"
 probe = "tcp:127.0.0.1:9"
 on_capture_timeout = "5s"
+max_stop = "sample=1s"
 
 [[target]]
 name = "web-02"
 port = 50002
 key_file = "a.key"
+budget = "10s"
 "#,
         )
         .unwrap();
@@ -675,6 +678,13 @@ key_file = "a.key"
         assert_eq!(a.after.timeout, Duration::from_secs(5));
         assert_eq!(b.after.timeout, Duration::from_secs(60));
         assert_eq!(a.tags, ["prod"]);
+        // `max_stop` is one setting: the target's replaces [defaults]' whole, so its capture
+        // ceiling is the built-in one; a `max_stop` capture part from any layer outranks
+        // `budget`.
+        assert_eq!(a.policy.sample_max_stop, Duration::from_secs(1));
+        assert_eq!(a.policy.budget, DEFAULT_CAPTURE_MAX_STOP);
+        assert_eq!(b.policy.sample_max_stop, DEFAULT_SAMPLE_MAX_STOP);
+        assert_eq!(b.policy.budget, Duration::from_secs(30));
         assert_eq!(a.host.bind.port(), 50001);
         assert_eq!(l.events, Some(dir.join("ev.jsonl")));
         // Mistakes are named.

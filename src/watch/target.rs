@@ -127,8 +127,8 @@ fn carry_over(old: Sample, mut new: Sample) -> Sample {
     if new.commit_failures.is_none() {
         new.commit_failures = old.commit_failures;
     }
-    if new.pending_nbls.is_none() {
-        new.pending_nbls = old.pending_nbls;
+    if new.nbls.is_none() {
+        new.nbls = old.nbls;
     }
     new
 }
@@ -434,6 +434,9 @@ impl Actor {
         let host = self.host.clone();
         let rt = tokio::runtime::Handle::current();
         let symbols = self.spec.symbols.clone();
+        // The NBLs go on from where the last sample looked, and those pending then are read
+        // again.
+        let nbls = self.prev.as_ref().and_then(|p| p.nbls.clone());
         let mut task = tokio::task::spawn_blocking(move || {
             let k = host
                 .open(rt, crate::symbols::path(symbols.as_deref()))
@@ -441,7 +444,7 @@ impl Actor {
             let mut e = Engine::new(k);
             e.kernel.mem.set_deadline(Some(deadline));
             let before = e.kernel.mem.stats();
-            let s = hangcheck::sample(&mut e, &th);
+            let s = hangcheck::watch_sample(&mut e, &th, nbls.as_ref());
             e.kernel.mem.set_deadline(None);
             let cost = e.kernel.mem.stats().since(&before);
             Ok::<_, String>((e, s, cost.transport.round_trips))
@@ -508,7 +511,13 @@ impl Actor {
             "held_long": sample.held_long,
             "cycles": sample.cycles,
             "commit_failures": sample.commit_failures,
-            "pending_nbls": sample.pending_nbls.as_ref().map(Vec::len),
+            "pending_nbls": sample.nbls.as_ref().map(|n| n.pending.len()),
+            "nbls": sample.nbls.as_ref().map(|n| json!({
+                "examined": n.examined,
+                "whole": n.whole,
+                "rechecked": n.rechecked,
+                "still": n.still,
+            })),
             "notes": sample.notes,
             "round_trips": round_trips,
             "stop_round_trips": spent["stop_round_trips"],

@@ -98,11 +98,51 @@ pub struct Sample {
     pub cycles: Vec<Vec<u64>>,
     /// Commit failures (banner count), when readable.
     pub commit_failures: Option<u64>,
-    /// Pending NBLs, when ndis.sys and its symbols are there and tracking is on.
-    #[serde(serialize_with = "crate::hex::ser")]
-    pub pending_nbls: Option<Vec<u64>>,
+    /// What the sample saw of the NBLs, when ndis.sys and its symbols are there and owner
+    /// tracking is on.
+    pub nbls: Option<NblLook>,
     /// What could not be examined.
     pub notes: Vec<String>,
+}
+
+/// The pages of NBL owner slots a watcher's sample reads: one request a page, so a sample
+/// costs a few dozen round trips however many NBLs the pools hold; the next sample goes on
+/// where this one stopped.
+pub const NBL_WINDOW_PAGES: usize = 16;
+
+/// How many of the NBLs pending at the last sample the next one reads again (the ones seen
+/// still held first): enough to tell draining from stuck, on a few pages.
+pub const NBL_RECHECK: usize = 64;
+
+/// What a sample saw of the NBLs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NblLook {
+    /// NBLs held away from home that this sample saw, and their holders: those still held
+    /// since the last sample first, then the ones this sample's look found.
+    #[serde(serialize_with = "crate::hex::ser")]
+    pub pending: Vec<[u64; 2]>,
+    /// NBLs whose owner slots this sample read (besides those read again).
+    pub examined: u64,
+    /// Whether this sample looked at every NBL (a whole walk, or a look that went from the
+    /// first pool to the end).
+    pub whole: bool,
+    /// NBLs pending at the last sample that this one read again.
+    pub rechecked: u64,
+    /// Of those, how many the same component still holds.
+    pub still: u64,
+    /// Where the next sample's look goes on.
+    #[serde(skip)]
+    pub next: Option<kdnet_model::nt::ndis::NblCursor>,
+}
+
+/// How a sample looks at the NBLs.
+enum NblMode<'a> {
+    /// Every NBL, the pools' free lists followed (as `!ndiskd.pendingnbls` does), compared
+    /// with the last sample's when there is one.
+    Whole(Option<&'a NblLook>),
+    /// A window of [`NBL_WINDOW_PAGES`] pages from where the last sample stopped, and the
+    /// NBLs that were pending then read again.
+    Window(Option<&'a NblLook>),
 }
 
 /// How bad a finding is.
@@ -156,16 +196,35 @@ fn kind_of(edge_kind: &str) -> &'static str {
 /// are reached from their waiters (the resource list is read only for a waiter that leads to
 /// none, and the notes say so).
 pub fn sample(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
-    sample_with(e, th, true)
+    sample_with(e, th, true, NblMode::Whole(None))
 }
 
-/// Takes a sample the way the thread-first one is checked against: every resource on the
-/// resource list read.
-pub fn sample_reference(e: &mut Engine, th: &Thresholds) -> Result<Sample, CmdError> {
-    sample_with(e, th, false)
+/// The watcher's sample: from the threads, and a window of the NBLs (see [`NblLook`]) that
+/// goes on from the last sample's (`prev`) and reads again the NBLs pending then.
+pub fn watch_sample(
+    e: &mut Engine,
+    th: &Thresholds,
+    prev: Option<&NblLook>,
+) -> Result<Sample, CmdError> {
+    sample_with(e, th, true, NblMode::Window(prev))
 }
 
-fn sample_with(e: &mut Engine, th: &Thresholds, thread_first: bool) -> Result<Sample, CmdError> {
+/// Takes a sample the way the watcher's is checked against: every resource on the resource
+/// list read, every NBL walked (and compared with `prev`'s, the last sample's).
+pub fn sample_reference(
+    e: &mut Engine,
+    th: &Thresholds,
+    prev: Option<&NblLook>,
+) -> Result<Sample, CmdError> {
+    sample_with(e, th, false, NblMode::Whole(prev))
+}
+
+fn sample_with(
+    e: &mut Engine,
+    th: &Thresholds,
+    thread_first: bool,
+    nbl_mode: NblMode<'_>,
+) -> Result<Sample, CmdError> {
     let pnp: Vec<(u64, &str)> = PNP_LOCKS
         .iter()
         .filter_map(|n| e.kernel.sym(n).ok().map(|a| (a, *n)))
@@ -314,8 +373,8 @@ fn sample_with(e: &mut Engine, th: &Thresholds, thread_first: bool) -> Result<Sa
         .modules()
         .map(|m| m.iter().any(|m| m.short.eq_ignore_ascii_case("ndis")));
     match has_ndis {
-        Ok(true) => match ndis::pending_nbls(&mut e.kernel) {
-            Ok(Some(p)) => s.pending_nbls = Some(p),
+        Ok(true) => match look_at_nbls(&mut e.kernel, nbl_mode) {
+            Ok(Some(look)) => s.nbls = Some(look),
             Ok(None) => s.notes.push("NBL owner tracking is off".into()),
             Err(err) => {
                 let n = format!("NBLs not examined: {err}");
@@ -338,6 +397,86 @@ fn sample_with(e: &mut Engine, th: &Thresholds, thread_first: bool) -> Result<Sa
         }
     }
     Ok(s)
+}
+
+/// The sample's look at the NBLs (`None`: owner tracking is off).
+fn look_at_nbls(
+    k: &mut kdnet_model::nt::Kernel,
+    mode: NblMode<'_>,
+) -> Result<Option<NblLook>, CmdError> {
+    let (base, t) = ndis::ndis(k)?;
+    let prev = match mode {
+        NblMode::Whole(prev) => {
+            let w = ndis::walk_nbls(k, &t, base)?;
+            if !w.tracking {
+                return Ok(None);
+            }
+            let now: std::collections::BTreeMap<u64, u64> = w.pending.iter().copied().collect();
+            let mut look = NblLook {
+                examined: w.total,
+                whole: w.notes.is_empty(),
+                ..NblLook::default()
+            };
+            // Every NBL pending last time is read again here; the ones still held go first.
+            if let Some(p) = prev {
+                for a in &p.pending {
+                    look.rechecked += 1;
+                    if now.get(&a[0]) == Some(&a[1]) {
+                        look.still += 1;
+                        look.pending.push(*a);
+                    }
+                }
+            }
+            let kept: BTreeSet<u64> = look.pending.iter().map(|a| a[0]).collect();
+            look.pending.extend(
+                w.pending
+                    .iter()
+                    .filter(|p| !kept.contains(&p.0))
+                    .map(|p| [p.0, p.1]),
+            );
+            return Ok(Some(look));
+        }
+        NblMode::Window(prev) => prev,
+    };
+    let w =
+        kdnet_model::nt::ndis::look_nbls(k, &t, base, prev.and_then(|p| p.next), NBL_WINDOW_PAGES)?;
+    if !w.tracking {
+        return Ok(None);
+    }
+    let mut look = NblLook {
+        examined: w.examined,
+        whole: w.from_start && w.next.is_none() && w.notes.is_empty(),
+        next: w.next,
+        ..NblLook::default()
+    };
+    // The NBLs pending last time: still held by the same component, or drained.
+    if let Some(p) = prev {
+        let again: Vec<[u64; 2]> = p.pending.iter().take(NBL_RECHECK).copied().collect();
+        let nbls: Vec<u64> = again.iter().map(|a| a[0]).collect();
+        for (a, now) in again
+            .iter()
+            .zip(kdnet_model::nt::ndis::holders(k, &t, &nbls)?)
+        {
+            match now {
+                Ok(h) => {
+                    look.rechecked += 1;
+                    if h == Some(a[1]) {
+                        look.still += 1;
+                        look.pending.push(*a);
+                    }
+                }
+                Err(e) => k.note_incomplete(format!("NBL {:x} could not be read again: {e}", a[0])),
+            }
+        }
+    }
+    let kept: BTreeSet<u64> = look.pending.iter().map(|a| a[0]).collect();
+    look.pending.extend(
+        w.pending
+            .iter()
+            .filter(|p| !kept.contains(&p.0))
+            .map(|p| [p.0, p.1]),
+    );
+    Ok(Some(look))
 }
 
 /// What a sample (and the one before it, taken while the machine ran in between) says.
@@ -395,20 +534,22 @@ pub fn judge(prev: Option<&Sample>, cur: &Sample) -> Vec<Finding> {
             summary: format!("commit failures rose from {a} to {b} since the last sample"),
         });
     }
-    if let (Some(a), Some(b)) = (&prev.pending_nbls, &cur.pending_nbls) {
-        let before: BTreeSet<u64> = a.iter().copied().collect();
-        let still = b.iter().filter(|n| before.contains(n)).count();
-        if still > 0 && b.len() >= a.len() {
-            out.push(Finding {
-                kind: "nbls-not-draining",
-                severity: Severity::Warning,
-                summary: format!(
-                    "{} NBLs pending ({} last sample), {still} of them pending then too",
-                    b.len(),
-                    a.len()
-                ),
-            });
-        }
+    // Of the NBLs pending at the last sample and read again, at least half are still held by
+    // the same component.
+    if let Some(n) = &cur.nbls
+        && n.still > 0
+        && 2 * n.still >= n.rechecked
+    {
+        out.push(Finding {
+            kind: "nbls-not-draining",
+            severity: Severity::Warning,
+            summary: format!(
+                "{} of the {} NBLs pending at the last sample and read again are still held by the same component ({} seen pending now)",
+                n.still,
+                n.rechecked,
+                n.pending.len()
+            ),
+        });
     }
     out
 }
@@ -459,7 +600,7 @@ pub fn command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<HangCheck, C
         held_long: s.held_long,
         cycles: s.cycles,
         commit_failures: s.commit_failures,
-        pending_nbls: s.pending_nbls.as_ref().map(Vec::len),
+        pending_nbls: s.nbls.as_ref().map(|n| n.pending.len()),
         notes: s.notes,
     })
 }
@@ -491,26 +632,37 @@ impl Render for HangCheck {
 mod tests {
     use super::*;
 
-    fn with(failures: u64, nbls: &[u64]) -> Sample {
+    /// A sample that read again `rechecked` NBLs pending last time, `still` of them still held.
+    fn with(failures: u64, rechecked: u64, still: u64) -> Sample {
         Sample {
             commit_failures: Some(failures),
-            pending_nbls: Some(nbls.to_vec()),
+            nbls: Some(NblLook {
+                pending: (0..still).map(|i| [0x1000 + i * 0x200, 0x77]).collect(),
+                examined: 200,
+                rechecked,
+                still,
+                ..NblLook::default()
+            }),
             ..Sample::default()
         }
     }
 
     #[test]
     fn two_samples_tell_rising_failures_and_stuck_packets() {
-        let a = with(10, &[1, 2, 3]);
+        let a = with(10, 0, 0);
         assert!(judge(None, &a).is_empty(), "one sample has no trend");
         let kinds = |f: Vec<Finding>| f.into_iter().map(|f| f.kind).collect::<Vec<_>>();
         assert_eq!(
-            kinds(judge(Some(&a), &with(12, &[1, 2, 3]))),
+            kinds(judge(Some(&a), &with(12, 3, 3))),
             ["commit-failures-rising", "nbls-not-draining"]
         );
-        // Draining: fewer pending, or all new ones.
-        assert!(judge(Some(&a), &with(10, &[1])).is_empty());
-        assert!(judge(Some(&a), &with(10, &[7, 8, 9, 10])).is_empty());
-        assert!(judge(Some(&a), &with(10, &[])).is_empty());
+        // Half still held is not draining; fewer is, and none read again tells nothing.
+        assert_eq!(
+            kinds(judge(Some(&a), &with(10, 4, 2))),
+            ["nbls-not-draining"]
+        );
+        assert!(judge(Some(&a), &with(10, 5, 2)).is_empty());
+        assert!(judge(Some(&a), &with(10, 3, 0)).is_empty());
+        assert!(judge(Some(&a), &with(10, 0, 0)).is_empty());
     }
 }

@@ -17,7 +17,7 @@ use kdnet_model::nt::{Kernel, ModuleSymbols};
 pub use kdnet_model::nt::ndis::{Nbls, walk_nbls};
 
 /// ndis.sys's base and table.
-fn ndis(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>), CmdError> {
+pub(crate) fn ndis(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>), CmdError> {
     let mods = k.modules()?.to_vec();
     let Some(i) = mods
         .iter()
@@ -45,15 +45,6 @@ fn ndis(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>), CmdError> {
             }))
         }
     }
-}
-
-/// The pending NBLs' addresses, or `None` when owner tracking is off.
-pub fn pending_nbls(k: &mut Kernel) -> Result<Option<Vec<u64>>, CmdError> {
-    let (base, t) = ndis(k)?;
-    let nbls = walk_nbls(k, &t, base)?;
-    Ok(nbls
-        .tracking
-        .then(|| nbls.pending.iter().map(|p| p.0).collect()))
 }
 
 /// What `!ndiskd.pendingnbls` found.

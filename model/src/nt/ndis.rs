@@ -96,65 +96,130 @@ pub struct Nbls {
     pub notes: Vec<String>,
 }
 
-/// Walks every NBL pool.
-pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, ModelError> {
-    let mut out = Nbls::default();
-    let mode = k.mem.u32(sym(base, t, "ndisNblTrackerMode")?)?;
-    out.tracking = mode != 0;
-    if !out.tracking {
-        return Ok(out);
-    }
+/// The owner-tracking slot's offset in an NBL.
+fn slot_offset(t: &TypeTable) -> Result<u64, ModelError> {
     let slot = t
         .enum_value("_NDIS_NET_BUFFER_LIST_INFO", "NetBufferListInfoReserved1")
         .map_err(ModelError::from)? as u64;
-    let info_off = t.offset("_NET_BUFFER_LIST", "NetBufferListInfo")? + 8 * slot;
-    let next_off = t.offset("_NET_BUFFER_LIST", "Next")?;
-    let handle_off = t.offset("_NDIS_NBL_TRACKER", "Handle")?;
+    Ok(t.offset("_NET_BUFFER_LIST", "NetBufferListInfo")? + 8 * slot)
+}
+
+/// Whether owner tracking is on (TrackNblOwner): without it no slot says who holds an NBL.
+pub fn tracking(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<bool, ModelError> {
+    Ok(k.mem.u32(sym(base, t, "ndisNblTrackerMode")?)? != 0)
+}
+
+/// The NBL pools on the global pool list, by their headers (a broken or endless list is noted).
+fn pool_headers(
+    k: &mut Kernel,
+    t: &Arc<TypeTable>,
+    base: u64,
+    notes: &mut Vec<String>,
+) -> Result<Vec<u64>, ModelError> {
     let head = sym(base, t, "ndisGlobalNblPoolList")?;
     let link = t.offset("_NDIS_POOL_HEADER", "GlobalLink")?;
     let pools = k.walk_list(head, None, MAX_POOLS, true)?;
     if let Some(n) = pools.note {
-        out.notes.push(format!("pool list: {n}"));
+        notes.push(format!("pool list: {n}"));
     }
+    Ok(pools.entries.into_iter().map(|e| e - link).collect())
+}
+
+/// A pool's header, the NBLs carved from it and the blocks' element ranges (start, bytes).
+struct PoolNbls {
+    pool: View,
+    nbls: Vec<u64>,
+    ranges: Vec<(u64, u64)>,
+}
+
+/// A pool and the NBLs carved from it (every block's, bounded by `room` NBLs).
+fn pool_nbls(
+    k: &mut Kernel,
+    t: &Arc<TypeTable>,
+    ph: u64,
+    room: u64,
+    notes: &mut Vec<String>,
+) -> Result<PoolNbls, ModelError> {
+    let pool = view(k, t, "_NDIS_POOL_HEADER", ph)?;
     let block_link = t.offset("_NDIS_NBL_BLOCK", "Link")?;
+    let blocks = k.walk_list(
+        ph + t.offset("_NDIS_POOL_HEADER", "BlockListHead")?,
+        None,
+        1 << 16,
+        true,
+    )?;
+    if let Some(n) = blocks.note {
+        notes.push(format!("blocks of pool {ph:x}: {n}"));
+    }
+    let mut nbls = Vec::new();
+    let mut ranges = Vec::new();
+    for b in blocks.entries {
+        let blk = view(k, t, "_NDIS_NBL_BLOCK", b - block_link)?;
+        let count = blk.get("Count")?;
+        let esize = blk.get("ElementSize")?;
+        let first = blk.get("FirstElement")?;
+        if count > 1 << 16 || esize == 0 || esize > 1 << 16 {
+            notes.push(format!(
+                "NBL block {:x}: {count} elements of {esize:#x} bytes is not plausible",
+                b - block_link
+            ));
+            continue;
+        }
+        if nbls.len() as u64 + count > room {
+            notes.push(format!("stopped after {MAX_NBLS} NBLs"));
+            break;
+        }
+        nbls.extend((0..count).map(|i| first + i * esize));
+        ranges.push((first, count * esize));
+    }
+    Ok(PoolNbls { pool, nbls, ranges })
+}
+
+/// Who holds an NBL, from its tracker slot: `None` when it is home (or untracked). A slot
+/// naming a tracker leads to the tracker's component (`trackers` keeps those read).
+fn holder_of(
+    k: &mut Kernel,
+    t: &Arc<TypeTable>,
+    slot: u64,
+    trackers: &mut BTreeMap<u64, u64>,
+) -> Result<Option<u64>, ModelError> {
+    if slot == 0 || slot == NBL_HOME {
+        return Ok(None);
+    }
+    if slot & 1 == 0 {
+        return Ok(Some(slot & !7));
+    }
+    let tr = slot & !7;
+    if let Some(h) = trackers.get(&tr) {
+        return Ok(Some(*h));
+    }
+    let h = k.mem.u64(tr + t.offset("_NDIS_NBL_TRACKER", "Handle")?)?;
+    trackers.insert(tr, h);
+    Ok(Some(h))
+}
+
+/// Walks every NBL pool.
+pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, ModelError> {
+    let mut out = Nbls {
+        tracking: tracking(k, t, base)?,
+        ..Nbls::default()
+    };
+    if !out.tracking {
+        return Ok(out);
+    }
+    let info_off = slot_offset(t)?;
+    let next_off = t.offset("_NET_BUFFER_LIST", "Next")?;
     let mut trackers: BTreeMap<u64, u64> = BTreeMap::new();
-    for entry in pools.entries {
-        let ph = entry - link;
-        let pool = view(k, t, "_NDIS_POOL_HEADER", ph)?;
+    for ph in pool_headers(k, t, base, &mut out.notes)? {
+        let PoolNbls { pool, nbls, ranges } =
+            pool_nbls(k, t, ph, MAX_NBLS - out.total, &mut out.notes)?;
         out.pools += 1;
         let allocated = pool.get("AllocatedCount")?;
-        // Every block the pool carved NBLs from.
-        let blocks = k.walk_list(
-            ph + pool.table.offset("_NDIS_POOL_HEADER", "BlockListHead")?,
-            None,
-            1 << 16,
-            true,
-        )?;
-        if let Some(n) = blocks.note {
-            out.notes.push(format!("blocks of pool {ph:x}: {n}"));
-        }
-        let mut nbls = Vec::new();
-        for b in blocks.entries {
-            let blk = view(k, t, "_NDIS_NBL_BLOCK", b - block_link)?;
-            let count = blk.get("Count")?;
-            let esize = blk.get("ElementSize")?;
-            let first = blk.get("FirstElement")?;
-            if count > 1 << 16 || esize == 0 || esize > 1 << 16 {
-                out.notes.push(format!(
-                    "NBL block {:x}: {count} elements of {esize:#x} bytes is not plausible",
-                    b - block_link
-                ));
-                continue;
-            }
-            if out.total + nbls.len() as u64 + count > MAX_NBLS {
-                out.notes.push(format!("stopped after {MAX_NBLS} NBLs"));
-                break;
-            }
-            nbls.extend((0..count).map(|i| first + i * esize));
-            // A block's NBLs lie side by side: read whole, in full transfers (a page at a time
-            // would take two requests a page, as a page is more than one transfer). What
-            // cannot be read so is gathered below, NBL by NBL.
-            let _ = k.mem.kread(first, (count * esize) as usize);
+        // A block's NBLs lie side by side: read whole, in full transfers (a page at a time
+        // would take two requests a page, as a page is more than one transfer). What cannot
+        // be read so is gathered below, NBL by NBL.
+        for (first, len) in ranges {
+            let _ = k.mem.kread(first, len as usize);
         }
         // Each NBL's link and tracking slot, gathered a page at a time.
         let mut addrs = Vec::with_capacity(nbls.len() * 2);
@@ -192,23 +257,9 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
                     continue;
                 }
             };
-            if v == 0 || v == NBL_HOME {
-                continue;
+            if let Some(holder) = holder_of(k, t, v, &mut trackers)? {
+                out.pending.push((*nbl, holder));
             }
-            let holder = if v & 1 == 1 {
-                let tr = v & !7;
-                match trackers.get(&tr) {
-                    Some(h) => *h,
-                    None => {
-                        let h = k.mem.u64(tr + handle_off)?;
-                        trackers.insert(tr, h);
-                        h
-                    }
-                }
-            } else {
-                v & !7
-            };
-            out.pending.push((*nbl, holder));
         }
     }
     // Each of these leaves NBLs out.
@@ -216,6 +267,164 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
         k.note_incomplete(n.clone());
     }
     Ok(out)
+}
+
+/// Where a look at part of the NBLs goes on: the first NBL not looked at yet, by its pool, its
+/// block and its index in the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NblCursor {
+    /// The pool's header.
+    pub pool: u64,
+    /// The block's header.
+    pub block: u64,
+    /// The NBL's index in the block.
+    pub index: u64,
+}
+
+/// A look at part of the NBLs: the owner slots of the NBLs on at most so many pages, from
+/// where the last look stopped. The pools' free lists are not followed (they lead all over
+/// the pools): an NBL counts as held when its slot names a holder.
+#[derive(Debug, Clone, Default)]
+pub struct NblWindow {
+    /// Whether owner tracking is on.
+    pub tracking: bool,
+    /// NBLs whose slots were read.
+    pub examined: u64,
+    /// Those held away from home, and their holders.
+    pub pending: Vec<(u64, u64)>,
+    /// Where the next look goes on (`None`: this one reached the end of the pools).
+    pub next: Option<NblCursor>,
+    /// Whether this look started at the first pool (a window that starts there and has no
+    /// `next` saw every NBL).
+    pub from_start: bool,
+    /// Why the look stopped early or left NBLs out.
+    pub notes: Vec<String>,
+}
+
+/// Looks at the NBLs from `from` (the first pool when `None`, or when that pool is no longer on
+/// the list) on, their owner slots on at most `pages` pages.
+pub fn look_nbls(
+    k: &mut Kernel,
+    t: &Arc<TypeTable>,
+    base: u64,
+    from: Option<NblCursor>,
+    pages: usize,
+) -> Result<NblWindow, ModelError> {
+    let mut out = NblWindow {
+        tracking: tracking(k, t, base)?,
+        ..NblWindow::default()
+    };
+    if !out.tracking {
+        return Ok(out);
+    }
+    let info_off = slot_offset(t)?;
+    let block_link = t.offset("_NDIS_NBL_BLOCK", "Link")?;
+    let head_off = t.offset("_NDIS_POOL_HEADER", "BlockListHead")?;
+    let pools = pool_headers(k, t, base, &mut out.notes)?;
+    let (start, mut resume) = match from.and_then(|c| pools.iter().position(|p| *p == c.pool)) {
+        Some(i) => (i, from),
+        None => (0, None),
+    };
+    out.from_start = resume.is_none();
+    let mut chosen: Vec<u64> = Vec::new();
+    let mut seen_pages = BTreeSet::new();
+    'pools: for &ph in &pools[start..] {
+        let head = ph + head_off;
+        let mut link = k.mem.u64(head)?;
+        let mut first_index = 0;
+        // The block the last look stopped in, while it is still on its pool's list (its
+        // neighbour still points back at it); otherwise the pool from its first block.
+        if let Some(c) = resume.take() {
+            let l = c.block + block_link;
+            let back = k.mem.u64(l + 8)?;
+            if k.mem.u64(back)? == l {
+                link = l;
+                first_index = c.index;
+            } else {
+                out.from_start = false;
+            }
+        }
+        let mut seen_blocks = BTreeSet::new();
+        while link != head {
+            if link == 0
+                || link % 8 != 0
+                || !seen_blocks.insert(link)
+                || seen_blocks.len() > 1 << 16
+            {
+                out.notes.push(format!(
+                    "blocks of pool {ph:x}: the list is broken or loops at {link:#x}"
+                ));
+                break;
+            }
+            let b = link - block_link;
+            let blk = view(k, t, "_NDIS_NBL_BLOCK", b)?;
+            link = blk.get("Link.Flink")?;
+            let count = blk.get("Count")?;
+            let esize = blk.get("ElementSize")?;
+            let first = blk.get("FirstElement")?;
+            if count > 1 << 16 || esize == 0 || esize > 1 << 16 {
+                out.notes.push(format!(
+                    "NBL block {b:x}: {count} elements of {esize:#x} bytes is not plausible"
+                ));
+                continue;
+            }
+            for i in first_index..count {
+                let nbl = first + i * esize;
+                let page = (nbl + info_off) & !0xfff;
+                if !seen_pages.contains(&page) {
+                    if seen_pages.len() >= pages {
+                        out.next = Some(NblCursor {
+                            pool: ph,
+                            block: b,
+                            index: i,
+                        });
+                        break 'pools;
+                    }
+                    seen_pages.insert(page);
+                }
+                chosen.push(nbl);
+            }
+            first_index = 0;
+        }
+    }
+    let slots: Vec<u64> = chosen.iter().map(|n| n + info_off).collect();
+    let values = k.mem.gather_u64(&slots);
+    let mut trackers = BTreeMap::new();
+    for (nbl, v) in chosen.iter().zip(values) {
+        out.examined += 1;
+        match v {
+            Ok(v) => {
+                if let Some(holder) = holder_of(k, t, v, &mut trackers)? {
+                    out.pending.push((*nbl, holder));
+                }
+            }
+            Err(e) => out.notes.push(format!("NBL {nbl:x}: {e}")),
+        }
+    }
+    for n in &out.notes {
+        k.note_incomplete(n.clone());
+    }
+    Ok(out)
+}
+
+/// Who holds each of `nbls` now (`None`: home), read from their slots in as few requests as
+/// their pages allow.
+pub fn holders(
+    k: &mut Kernel,
+    t: &Arc<TypeTable>,
+    nbls: &[u64],
+) -> Result<Vec<Result<Option<u64>, ModelError>>, ModelError> {
+    let info_off = slot_offset(t)?;
+    let slots: Vec<u64> = nbls.iter().map(|n| n + info_off).collect();
+    let values = k.mem.gather_u64(&slots);
+    let mut trackers = BTreeMap::new();
+    Ok(values
+        .into_iter()
+        .map(|v| {
+            v.map_err(ModelError::from)
+                .and_then(|v| holder_of(k, t, v, &mut trackers))
+        })
+        .collect())
 }
 
 fn enum_text(t: &TypeTable, ty: &str, v: &View, field: &str) -> String {

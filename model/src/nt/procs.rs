@@ -381,17 +381,33 @@ impl Kernel {
         &mut self,
         eprocess: u64,
     ) -> Result<(Vec<Thread>, Option<String>), ModelError> {
+        let (views, note) = self.thread_views_of(eprocess)?;
+        self.prefetch_wait_objects(&views);
+        Ok((self.threads_from(views)?, note))
+    }
+
+    /// A process's ETHREADs as read from its thread list, not yet looked at.
+    pub(crate) fn thread_views_of(
+        &mut self,
+        eprocess: u64,
+    ) -> Result<(Vec<View>, Option<String>), ModelError> {
         let nt = self.nt()?;
         let head = eprocess + nt.offset("_EPROCESS", "ThreadListHead")?;
         let links = nt.offset("_ETHREAD", "ThreadListEntry")?;
         let size = nt.size_of("_ETHREAD")? as usize;
         let walk = self.walk_list(head, Some((links, size)), 100_000, false)?;
-        let mut out = Vec::new();
-        for (entry, bytes) in walk.entries.iter().zip(walk.nodes) {
-            let v = View::new(nt.clone(), "_ETHREAD", entry - links, bytes);
-            out.push(self.thread_from(v)?);
-        }
-        Ok((out, walk.note))
+        let views = walk
+            .entries
+            .iter()
+            .zip(walk.nodes)
+            .map(|(entry, bytes)| View::new(nt.clone(), "_ETHREAD", entry - links, bytes))
+            .collect();
+        Ok((views, walk.note))
+    }
+
+    /// Threads from their ETHREADs.
+    pub(crate) fn threads_from(&mut self, views: Vec<View>) -> Result<Vec<Thread>, ModelError> {
+        views.into_iter().map(|v| self.thread_from(v)).collect()
     }
 
     /// A thread at an ETHREAD address.
@@ -495,9 +511,9 @@ impl Kernel {
         })
     }
 
-    /// The objects of a waiting thread's active wait blocks: the 7601 chain through
+    /// A waiting thread's active wait blocks, (object, wait type): the 7601 chain through
     /// NextWaitBlock, or the 8.1+ array of WaitBlockCount blocks.
-    fn wait_objects(&mut self, v: &View) -> Result<Vec<WaitObject>, ModelError> {
+    fn active_waits(&mut self, v: &View) -> Result<Vec<(u64, u8)>, ModelError> {
         let nt = v.table.clone();
         let list = v.get("Tcb.WaitBlockList")?;
         if list == 0 {
@@ -520,63 +536,7 @@ impl Kernel {
             if b.get("BlockState")? == active {
                 let object = b.get("Object")?;
                 if object != 0 {
-                    // An object in a frame of the thread's own stack (a wait-chain entry's
-                    // event, a local event) is read with the stack from the saved RSP on:
-                    // whoever looks at the wait next walks that stack and reads around the
-                    // object, and one request brings all of it.
-                    let (limit, base, ks) = (
-                        v.get_or("Tcb.StackLimit", 0),
-                        v.get_or("Tcb.StackBase", 0),
-                        v.get_or("Tcb.KernelStack", 0),
-                    );
-                    let on_stack = (limit..base).contains(&object)
-                        && (limit..=object).contains(&ks)
-                        && object - ks < 0x800;
-                    let ty = if on_stack {
-                        self.mem
-                            .kread_ahead(ks, (object - ks + 1) as usize)
-                            .map(|b| b.last().copied().unwrap_or(0))
-                    } else {
-                        self.mem.u8(object)
-                    };
-                    let ty = match ty {
-                        Ok(t) => t,
-                        Err(e) => {
-                            self.note_incomplete(format!(
-                                "the type of object {object:#x} waited on by thread {:#x} is unreadable: {e}",
-                                v.addr
-                            ));
-                            0xff
-                        }
-                    };
-                    let owner = if ty == 2 {
-                        match self.mem.u64(object + nt.offset("_KMUTANT", "OwnerThread")?) {
-                            Ok(o) => Some(o).filter(|o| *o != 0),
-                            Err(e) => {
-                                self.note_incomplete(format!(
-                                    "the owner of mutant {object:#x} is unreadable: {e}"
-                                ));
-                                None
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    out.push(WaitObject {
-                        object,
-                        type_code: ty,
-                        // WinDbg's names for the dispatcher types.
-                        type_name: OBJECT_TYPES
-                            .get(usize::from(ty))
-                            .map(|n| n.to_string())
-                            .or_else(|| {
-                                nt.enum_name("_KOBJECTS", i64::from(ty))
-                                    .map(|n| n.trim_end_matches("Object").to_string())
-                            })
-                            .unwrap_or_else(|| "Unknown".to_string()),
-                        owner,
-                        wait_type: b.get_or("WaitType", 1) as u8,
-                    });
+                    out.push((object, b.get_or("WaitType", 1) as u8));
                 }
             }
             if chained {
@@ -587,6 +547,100 @@ impl Kernel {
             } else {
                 wb = list + (i + 1) * wbsize;
             }
+        }
+        Ok(out)
+    }
+
+    /// Reads ahead what looking at each of these threads reads one by one: the objects their
+    /// waits are on (each read for its type), in as few requests as their pages allow. Objects
+    /// on a thread's own stack are read with the stack and left out; what cannot be read here
+    /// is read (and its failure told) when the thread is looked at.
+    pub(crate) fn prefetch_wait_objects(&mut self, threads: &[View]) {
+        let mut objects = Vec::new();
+        for v in threads {
+            if v.get("Tcb.State").ok() != Some(5) {
+                continue;
+            }
+            let Ok(waits) = self.active_waits(v) else {
+                continue;
+            };
+            let (limit, base) = (v.get_or("Tcb.StackLimit", 0), v.get_or("Tcb.StackBase", 0));
+            objects.extend(
+                waits
+                    .into_iter()
+                    .map(|w| w.0)
+                    .filter(|o| !(limit..base).contains(o))
+                    .map(|o| o & !7),
+            );
+        }
+        objects.sort_unstable();
+        objects.dedup();
+        let _ = self.mem.gather_u64(&objects);
+    }
+
+    /// The objects of a waiting thread's active wait blocks, their types and (for mutants)
+    /// owners.
+    fn wait_objects(&mut self, v: &View) -> Result<Vec<WaitObject>, ModelError> {
+        let nt = v.table.clone();
+        let mut out = Vec::new();
+        for (object, wait_type) in self.active_waits(v)? {
+            // An object in a frame of the thread's own stack (a wait-chain entry's
+            // event, a local event) is read with the stack from the saved RSP on:
+            // whoever looks at the wait next walks that stack and reads around the
+            // object, and one request brings all of it.
+            let (limit, base, ks) = (
+                v.get_or("Tcb.StackLimit", 0),
+                v.get_or("Tcb.StackBase", 0),
+                v.get_or("Tcb.KernelStack", 0),
+            );
+            let on_stack = (limit..base).contains(&object)
+                && (limit..=object).contains(&ks)
+                && object - ks < 0x800;
+            let ty = if on_stack {
+                self.mem
+                    .kread_ahead(ks, (object - ks + 1) as usize)
+                    .map(|b| b.last().copied().unwrap_or(0))
+            } else {
+                self.mem.u8(object)
+            };
+            let ty = match ty {
+                Ok(t) => t,
+                Err(e) => {
+                    self.note_incomplete(format!(
+                                "the type of object {object:#x} waited on by thread {:#x} is unreadable: {e}",
+                                v.addr
+                            ));
+                    0xff
+                }
+            };
+            let owner = if ty == 2 {
+                match self.mem.u64(object + nt.offset("_KMUTANT", "OwnerThread")?) {
+                    Ok(o) => Some(o).filter(|o| *o != 0),
+                    Err(e) => {
+                        self.note_incomplete(format!(
+                            "the owner of mutant {object:#x} is unreadable: {e}"
+                        ));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            out.push(WaitObject {
+                object,
+                type_code: ty,
+                // WinDbg's names for the dispatcher types.
+                type_name: OBJECT_TYPES
+                    .get(usize::from(ty))
+                    .map(|n| n.to_string())
+                    .or_else(|| {
+                        nt.enum_name("_KOBJECTS", i64::from(ty))
+                            .map(|n| n.trim_end_matches("Object").to_string())
+                    })
+                    .unwrap_or_else(|| "Unknown".to_string()),
+                owner,
+                wait_type,
+            });
         }
         Ok(out)
     }

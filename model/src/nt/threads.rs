@@ -86,15 +86,32 @@ impl Kernel {
         let mut notes = Vec::new();
         let (procs, note) = self.processes()?;
         notes.extend(note.map(|n| format!("process list: {n}")));
-        let mut out = Vec::new();
+        // Every process's ETHREADs first, then the objects their waits are on, read together
+        // (a few pages hold the objects of many processes' waits), then each thread.
+        let mut read = Vec::new();
         for p in procs {
-            match self.threads_of(p.eprocess) {
-                Ok((threads, note)) => {
+            match self.thread_views_of(p.eprocess) {
+                Ok((views, note)) => {
                     if let Some(n) = note {
                         notes.push(format!("{} ({:x}): {n}", p.name, p.eprocess));
                     }
-                    out.push((p, threads));
+                    read.push((p, Ok(views)));
                 }
+                Err(err) => read.push((p, Err(err))),
+            }
+        }
+        let every: Vec<_> = read
+            .iter()
+            .filter_map(|(_, v)| v.as_ref().ok())
+            .flatten()
+            .cloned()
+            .collect();
+        self.prefetch_wait_objects(&every);
+        drop(every);
+        let mut out = Vec::new();
+        for (p, views) in read {
+            match views.and_then(|v| self.threads_from(v)) {
+                Ok(threads) => out.push((p, threads)),
                 Err(err) => {
                     notes.push(format!(
                         "{} ({:x}): threads unreadable: {err}",
