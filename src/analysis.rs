@@ -233,6 +233,7 @@ mod tests {
             bugcheck_after: None,
             seed: 5,
             print_every: std::time::Duration::from_secs(3600),
+            booted_nodebug: false,
         };
         let machine = Machine::build(config).unwrap();
         let cpus = machine.system().cpus.len() as u32;

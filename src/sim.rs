@@ -121,6 +121,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         bugcheck_after: a.bugcheck_after,
         seed: a.seed,
         print_every: a.print_every,
+        booted_nodebug: false,
     };
     let link = if a.latency.is_some()
         || a.jitter.is_some()

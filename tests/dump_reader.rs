@@ -25,6 +25,7 @@ fn config(scenario: Scenario) -> SimConfig {
         bugcheck_after: None,
         seed: 5,
         print_every: std::time::Duration::from_secs(3600),
+        booted_nodebug: false,
     }
 }
 

@@ -37,6 +37,7 @@ fn config(scenario: Scenario, cpus: u16) -> SimConfig {
         bugcheck_after: None,
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
+        booted_nodebug: false,
     }
 }
 

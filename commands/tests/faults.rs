@@ -31,6 +31,7 @@ fn engine_with(scenario: Scenario, before_open: impl FnOnce(&Faults)) -> (Engine
         bugcheck_after: None,
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
+        booted_nodebug: false,
     };
     let machine = Machine::build(config).unwrap();
     let facts = machine.facts().clone();

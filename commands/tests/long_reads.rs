@@ -26,6 +26,7 @@ fn engine() -> (Engine, Faults) {
         bugcheck_after: None,
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
+        booted_nodebug: false,
     };
     let machine = Machine::build(config).unwrap();
     let cpus = machine.system().cpus.len() as u32;

@@ -144,6 +144,7 @@ fn engine(scenario: Scenario) -> (Engine, Facts) {
         bugcheck_after: None,
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
+        booted_nodebug: false,
     };
     let machine = Machine::build(config).unwrap();
     let facts = machine.facts().clone();

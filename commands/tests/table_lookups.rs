@@ -73,6 +73,7 @@ fn lookups_over(file: &Path, scratch: &Path) -> Option<Lookups> {
             bugcheck_after: None,
             seed: 11,
             print_every: std::time::Duration::from_secs(3600),
+            booted_nodebug: false,
         };
         let machine = match Machine::build_with_table(config, sim_table.clone()) {
             Ok(m) => m,

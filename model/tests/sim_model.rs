@@ -40,7 +40,8 @@ fn check_modules(k: &mut Kernel, p: &Planted) {
 
 fn check_kdbg(k: &mut Kernel, build: u32) {
     let kdbg = k.kdbg().unwrap();
-    // Encoded since Windows 8 (KdpDataBlockEncoded), plain on 7601.
+    // Encoded since Windows 8 (KdpDataBlockEncoded) by a kernel booted without the debugger,
+    // plain on 7601.
     assert_eq!(kdbg.was_encoded, build >= 9200, "build {build}");
     assert_eq!(kdbg.field("KernBase"), Some(k.base));
     assert_eq!(

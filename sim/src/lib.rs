@@ -3,9 +3,10 @@
 //! The machine's memory is laid out from a real kernel symbol table (Volatility 3 ISF): every
 //! structure is placed with the field offsets and global addresses of that table. It holds real
 //! x64 page tables, a kernel image whose CodeView record names the table's PDB, `.pdata`/`.xdata`
-//! for the functions on its threads' stacks, an encoded `KdDebuggerDataBlock`, processes,
-//! threads, executive resources, pool, memory-manager counters and NDIS state, arranged into the
-//! hang scenarios users report. It answers the KD protocol through [`kdnet::target`].
+//! for the functions on its threads' stacks, a `KdDebuggerDataBlock` (plain, as under a
+//! debugger, or encoded), processes, threads, executive resources, pool, memory-manager
+//! counters and NDIS state, arranged into the hang scenarios users report. It answers the KD
+//! protocol through [`kdnet::target`].
 //!
 //! What is the simulator's own (not from a kernel table) is documented where it is built:
 //! `KDDEBUGGER_DATA64` (public SDK layout, see `kdnet_symbols::builtin`), the NDIS structures
@@ -74,6 +75,11 @@ pub struct SimConfig {
     pub seed: u64,
     /// How often the running machine prints its scenario's line (as a busy kernel's drivers do).
     pub print_every: Duration,
+    /// The machine booted without a kernel debugger (its memory read some other way, as from a
+    /// raw memory image): the kernel encoded its debugger data block at boot (9200 and later)
+    /// and `KdpBootedNodebug` says so. A machine booted with the debugger, as every KDNET
+    /// target is, keeps the block plain.
+    pub booted_nodebug: bool,
 }
 
 impl SimConfig {
@@ -89,6 +95,7 @@ impl SimConfig {
             bugcheck_after: None,
             seed: 0x006b_646e_6574,
             print_every: Duration::from_secs(10),
+            booted_nodebug: false,
         }
     }
 }

@@ -195,35 +195,26 @@ async fn common_checks(s: &Session) {
     assert_eq!(guid, id.guid);
     assert_eq!(u32::from_le_bytes(cv[20..24].try_into().unwrap()), id.age);
     assert_eq!(&cv[24..36], b"ntkrnlmp.pdb");
-    // KDBG through DebuggerDataList; encoded on 8+ with KiWaitNever/KiWaitAlways.
+    // KDBG through DebuggerDataList, plain: the machine booted with the debugger (a kernel
+    // booted without one encodes it, and says so in KdpDataBlockEncoded and KdpBootedNodebug).
     let head = v.debugger_data_list;
     let kdbg = s.u64(head).await;
     assert_eq!(kdbg, s.sym(base, "KdDebuggerDataBlock"));
     let flag_addr = s.sym(base, "KdpDataBlockEncoded");
-    let encoded = s.host.read_virtual(flag_addr, 1).await.unwrap()[0] == 1;
-    assert_eq!(encoded, s.build >= 9200);
-    let never = s.u64(s.sym(base, "KiWaitNever")).await;
-    let always = s.u64(s.sym(base, "KiWaitAlways")).await;
-    let word = |c: u64| {
-        if encoded {
-            always ^ (flag_addr ^ (c ^ never).rotate_left((never & 63) as u32)).swap_bytes()
-        } else {
-            c
-        }
-    };
-    let w2 = word(s.u64(kdbg + 0x10).await);
+    assert_eq!(s.host.read_virtual(flag_addr, 1).await.unwrap()[0], 0);
+    if let Some(nodebug) = s.nt.symbol("KdpBootedNodebug") {
+        assert_eq!(s.host.read_virtual(base + nodebug, 1).await.unwrap()[0], 0);
+    }
+    let w2 = s.u64(kdbg + 0x10).await;
     assert_eq!(w2 as u32, builtin::KDBG_TAG, "OwnerTag 'KDBG'");
     assert!((w2 >> 32) >= 0x340);
-    assert_eq!(word(s.u64(kdbg + 0x18).await), base, "KernBase");
+    assert_eq!(s.u64(kdbg + 0x18).await, base, "KernBase");
+    assert_eq!(s.u64(kdbg + 0x50).await, s.sym(base, "PsActiveProcessHead"));
     assert_eq!(
-        word(s.u64(kdbg + 0x50).await),
-        s.sym(base, "PsActiveProcessHead")
-    );
-    assert_eq!(
-        word(s.u64(kdbg + 0x60).await),
+        s.u64(kdbg + 0x60).await,
         s.sym(base, "ExpSystemResourcesList")
     );
-    let offs = word(s.u64(kdbg + 0x2a0).await);
+    let offs = s.u64(kdbg + 0x2a0).await;
     assert_eq!(
         (offs >> 16) & 0xffff,
         s.off("_KTHREAD", "State"),

@@ -49,6 +49,9 @@ pub fn sim_kernel_with(
         bugcheck_after: None,
         seed: 11,
         print_every: std::time::Duration::from_secs(10),
+        // Its memory is read as a raw image's is: a machine booted without the debugger, whose
+        // debugger data block the kernel encoded.
+        booted_nodebug: true,
     };
     let mut machine = Machine::build(config).unwrap();
     change(&mut machine);

@@ -112,6 +112,7 @@ pub fn build_with_table(
     nt: kdnet_symbols::TypeTable,
 ) -> Result<(System, Facts, GetVersion64), SimError> {
     let (mut sys, base) = base_system(config, nt)?;
+    sys.booted_nodebug = config.booted_nodebug;
     let mut facts = Facts {
         scenario: config.scenario.name().into(),
         build: config.build,

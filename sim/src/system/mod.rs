@@ -202,6 +202,8 @@ pub struct System {
     cid_spacing: u64,
     /// Commit charge per process (pages), used by !vm's process table.
     pub commit: Vec<(usize, u64)>,
+    /// Booted without a kernel debugger: the debugger data block is encoded (9200+).
+    pub booted_nodebug: bool,
 }
 
 /// How long the simulated machine has been up at build time (4 h 12 min).
@@ -288,6 +290,7 @@ impl System {
             next_pid: 0x60,
             cid_spacing: 4,
             commit: Vec::new(),
+            booted_nodebug: false,
         };
         s.init_globals(cpus)?;
         Ok(s)
@@ -338,8 +341,13 @@ impl System {
         let brk = self.k.sym("RtlpBreakWithStatusInstruction")?;
         self.k.write(brk, &[0xcc, 0xc3]);
         let size = self.write_kdbg()?;
-        if self.k.build >= 9200 {
-            self.encode_kdbg(size)?;
+        if self.booted_nodebug {
+            if let Ok(flag) = self.k.sym("KdpBootedNodebug") {
+                self.k.w8(flag, 1);
+            }
+            if self.k.build >= 9200 {
+                self.encode_kdbg(size)?;
+            }
         }
         // Every process shares the kernel half of the system address space.
         let sys = self.k.space;
