@@ -21,9 +21,11 @@ pub struct Args {
     /// printed.
     #[command(flatten)]
     keys: KeyArgs,
-    /// Windows build: 7601, 17763 or 20348.
-    #[arg(long, default_value_t = 20348)]
-    build: u32,
+    /// Windows build the machine reports. Without it: the build of the `--isf` table (told by
+    /// its PDB's GUID, for the builds the project knows), otherwise 20348 (the built-in table,
+    /// or the table for 20348 under `--symbols`).
+    #[arg(long)]
+    build: Option<u32>,
     /// A Volatility 3 symbol table (ISF) for the kernel.
     #[arg(long)]
     isf: Option<PathBuf>,
@@ -111,8 +113,35 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         (None, Some(d)) => TableSource::Dir(d.clone()),
         (None, None) => TableSource::Builtin,
     };
+    // The build: given, or the table's own when the project knows its PDB.
+    let (build, told) = match (a.build, &a.isf) {
+        (Some(b), _) => (b, "given"),
+        (None, Some(p)) => {
+            let t = match kdnet_symbols::isf::load_file(p) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("kdnet sim: {}: {e}", p.display());
+                    return Ok(exit::BAD_ARGUMENTS);
+                }
+            };
+            match kdnet_sim::layout::build_of(&t) {
+                Some(b) => (b, "the table's PDB GUID"),
+                None => {
+                    eprintln!(
+                        "kdnet sim: {} is a table of a build the project does not know by its PDB GUID ({}): give --build N",
+                        p.display(),
+                        t.id.as_ref()
+                            .map(|i| format!("{}-{}", i.guid, i.age))
+                            .unwrap_or_else(|| "none".into())
+                    );
+                    return Ok(exit::BAD_ARGUMENTS);
+                }
+            }
+        }
+        (None, None) => (20348, "default"),
+    };
     let config = SimConfig {
-        build: a.build,
+        build,
         table,
         scenario,
         cpus: a.cpus.clamp(1, 64),
@@ -153,9 +182,10 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
     };
     let f = &running.facts;
     outln!(
-        "simulated Windows {} (build {}), scenario {}, {} processors: {} processes, {} threads, {} executive resources; built in {:.2?}",
-        kdnet_sim::layout::version_string(a.build).unwrap_or("?"),
-        a.build,
+        "simulated Windows {} (build {}, {}), scenario {}, {} processors: {} processes, {} threads, {} executive resources; built in {:.2?}",
+        kdnet_sim::layout::version_string(build).unwrap_or("?"),
+        build,
+        told,
         scenario,
         config.cpus,
         f.processes.len(),
@@ -172,6 +202,12 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
             None => String::new(),
         }
     );
+    if !f.left_out.is_empty() {
+        outln!(
+            "this build's table has no place for (left out of the machine): {}",
+            f.left_out.join(", ")
+        );
+    }
     if let Some(h) = a.hang_after {
         outln!("the {scenario} condition begins after {h:?}");
     }

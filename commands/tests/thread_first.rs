@@ -21,6 +21,8 @@ use kdnet_testkit::local::LocalTarget;
 /// The builds of ../shared/symbols the simulator builds a machine for, by their tables.
 const BUILDS: &[(u32, &str)] = &[
     (7601, "339E74133576439CBCDF7E0229DA3773-1.json.xz"),
+    (9600, "22597D0B40394E23936F6A24C6C52D5B-1.json.xz"),
+    (14393, "517E128F7B7C4EA79491DE6B9B9CE190-1.json.xz"),
     (17763, "A1E1C9A90091DA9805D0EBA0470BEC85-1.json.xz"),
     (19041, "BBED7C2955FBE4522AAA23F4B8677AD9-1.json.xz"),
     (20348, "C2EADB24A615E9472CE47C8ADD31F130-1.json.xz"),

@@ -16,10 +16,28 @@ pub const KNOWN_BUILDS: &[(u32, &str, u32, &str)] = &[
         "6.1.7601.24540",
     ),
     (
+        9600,
+        "22597D0B40394E23936F6A24C6C52D5B",
+        1,
+        "6.3.9600.19913",
+    ),
+    (
+        14393,
+        "517E128F7B7C4EA79491DE6B9B9CE190",
+        1,
+        "10.0.14393.4583",
+    ),
+    (
         17763,
         "A1E1C9A90091DA9805D0EBA0470BEC85",
         1,
         "10.0.17763.2114",
+    ),
+    (
+        19041,
+        "BBED7C2955FBE4522AAA23F4B8677AD9",
+        1,
+        "10.0.19041.329",
     ),
     (
         20348,
@@ -27,7 +45,34 @@ pub const KNOWN_BUILDS: &[(u32, &str, u32, &str)] = &[
         1,
         "10.0.20348.288",
     ),
+    (
+        22000,
+        "32C1A669D5FFEFD41091F636CFDB6E99",
+        1,
+        "10.0.22000.318",
+    ),
 ];
+
+/// The build a table belongs to, told by its PDB's GUID and age (`None` for a table the
+/// project does not know: its build must then be given).
+pub fn build_of(table: &TypeTable) -> Option<u32> {
+    let id = table.id.as_ref()?;
+    KNOWN_BUILDS
+        .iter()
+        .find(|b| b.1.eq_ignore_ascii_case(&id.guid) && b.2 == id.age)
+        .map(|b| b.0)
+}
+
+/// The kernel's major and minor version of a build (6.1 for 7601, 6.2 for 9200, 6.3 for
+/// 9600, 10.0 from 10240 on).
+pub fn nt_version(build: u32) -> (u32, u32) {
+    match build {
+        0..9200 => (6, 1),
+        9200..9600 => (6, 2),
+        9600..10240 => (6, 3),
+        _ => (10, 0),
+    }
+}
 
 /// The full version string of a known build.
 pub fn version_string(build: u32) -> Option<&'static str> {

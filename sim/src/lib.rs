@@ -57,7 +57,8 @@ pub enum TableSource {
 /// How to build the machine.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Windows build: 7601, 17763 or 20348 (others with an explicit table).
+    /// Windows build the machine reports, whose real table is used: one of
+    /// [`layout::KNOWN_BUILDS`] from a table directory, any with an explicit table.
     pub build: u32,
     /// Where the layout comes from.
     pub table: TableSource,

@@ -333,7 +333,9 @@ async fn held_locks(s: &Session) {
             let obj = s.field(wb, "_KWAIT_BLOCK", "Object").await;
             assert_eq!(s.field(wb, "_KWAIT_BLOCK", "Thread").await, *w);
             let waiters = s.field(r, "_ERESOURCE", "ExclusiveWaiters").await;
-            if s.build < 9200 {
+            // The resource's own event where the table makes ExclusiveWaiters point at a
+            // KEVENT (7601, 9600, 14393), a wait-chain entry after.
+            if !s.nt.has_field("_KWAIT_CHAIN_ENTRY", "Thread") {
                 assert_eq!(obj, waiters, "waits on the resource's event");
                 assert_eq!(
                     s.host.read_virtual(obj, 1).await.unwrap()[0],
@@ -454,7 +456,8 @@ async fn commit_failures() {
         };
         common_checks(&s).await;
         let base = s.host.get_version().await.unwrap().kern_base;
-        let (f0, f1) = if build < 9200 {
+        // A global array where the table has one (7601, 9600), the system partition's after.
+        let (f0, f1) = if s.nt.symbol("MiChargeCommitmentFailures").is_some() {
             let a = s.sym(base, "MiChargeCommitmentFailures");
             (s.u32(a).await, s.u32(a + 4).await)
         } else {

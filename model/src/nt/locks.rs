@@ -111,7 +111,9 @@ fn wait_list_threads(k: &mut Kernel, object: u64) -> Result<Vec<u64>, ModelError
     Ok(out)
 }
 
-/// Threads on a wait chain (17763+: a circular list of `_KWAIT_CHAIN_ENTRY` from the first).
+/// Threads on a wait chain: a circular list of `_KWAIT_CHAIN_ENTRY` from the first, each naming
+/// its thread (17763+), or a null-terminated singly linked one whose entries' events the
+/// threads wait on (14393).
 fn wait_chain_threads(k: &mut Kernel, first: u64) -> Result<Vec<u64>, ModelError> {
     let nt = k.nt()?;
     let thread_off = nt.offset("_KWAIT_CHAIN_ENTRY", "Thread").ok();
@@ -143,14 +145,29 @@ fn wait_chain_threads(k: &mut Kernel, first: u64) -> Result<Vec<u64>, ModelError
     Ok(out)
 }
 
+/// A waiter field of a resource (`SharedWaiters`, `ExclusiveWaiters`): the pointer it holds,
+/// or the head of the `_KWAIT_CHAIN` it is (14393's shared side), and whether it is that
+/// embedded chain.
+fn waiter_field(v: &View, field: &str) -> Result<(u64, bool), ModelError> {
+    let head = format!("{field}.Head");
+    if v.has(&head) {
+        Ok((v.get(&head)?, true))
+    } else {
+        Ok((v.get(field)?, false))
+    }
+}
+
 /// The waiters of one side (shared or exclusive) of a resource, whichever form the field has.
-fn waiters(k: &mut Kernel, field_value: u64) -> Result<Vec<u64>, ModelError> {
+fn waiters(k: &mut Kernel, (field_value, embedded): (u64, bool)) -> Result<Vec<u64>, ModelError> {
     if field_value == 0 {
         return Ok(Vec::new());
     }
-    let ty = k.mem.u8(field_value)?;
-    // A dispatcher object (event 0/1, semaphore 5) is the 7601/9600 form.
-    let chain = k.nt()?.has_type("_KWAIT_CHAIN_ENTRY") && !matches!(ty, 0 | 1 | 5);
+    // An embedded `_KWAIT_CHAIN` heads a chain; a pointer leads to a dispatcher object (event
+    // 0/1, semaphore 5: the 7601/9600 form) or to the first entry of a chain.
+    let chain = embedded || {
+        let ty = k.mem.u8(field_value)?;
+        k.nt()?.has_type("_KWAIT_CHAIN_ENTRY") && !matches!(ty, 0 | 1 | 5)
+    };
     if chain {
         wait_chain_threads(k, field_value)
     } else {
@@ -194,8 +211,8 @@ fn held_from(k: &mut Kernel, v: &View) -> Result<Held, ModelError> {
     }
     let shared_count = v.get("NumberOfSharedWaiters")?;
     let exclusive_count = v.get("NumberOfExclusiveWaiters")?;
-    let shared_waiters = waiters(k, v.get("SharedWaiters")?)?;
-    let exclusive_waiters = waiters(k, v.get("ExclusiveWaiters")?)?;
+    let shared_waiters = waiters(k, waiter_field(v, "SharedWaiters")?)?;
+    let exclusive_waiters = waiters(k, waiter_field(v, "ExclusiveWaiters")?)?;
     if shared_waiters.len() as u64 != shared_count {
         warnings.push(format!(
             "NumberOfSharedWaiters is {shared_count} but {} threads wait for shared access",
@@ -430,8 +447,8 @@ fn resource_if_waited(
     keys: &HashSet<u64>,
 ) -> Result<Option<Held>, ModelError> {
     let v = k.view("_ERESOURCE", a)?;
-    let shared = v.get("SharedWaiters")?;
-    let exclusive = v.get("ExclusiveWaiters")?;
+    let shared = waiter_field(&v, "SharedWaiters")?.0;
+    let exclusive = waiter_field(&v, "ExclusiveWaiters")?.0;
     if !(keys.contains(&shared) || keys.contains(&exclusive)) {
         return Ok(None);
     }

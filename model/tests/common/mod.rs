@@ -15,7 +15,7 @@ pub fn shared() -> Option<PathBuf> {
     kdnet_testkit::shared("symbols")
 }
 
-pub const BUILDS: [u32; 3] = [7601, 17763, 20348];
+pub const BUILDS: [u32; 7] = [7601, 9600, 14393, 17763, 19041, 20348, 22000];
 
 /// What the simulator planted, kept before the machine is handed to the model.
 pub struct Planted {

@@ -60,6 +60,9 @@ pub struct Deadlock {
 pub struct Facts {
     /// Scenario name.
     pub scenario: String,
+    /// What the build's table has no place for, so the machine does not hold it (types,
+    /// members, globals).
+    pub left_out: Vec<String>,
     /// Build.
     pub build: u32,
     /// ERESOURCEs on the list.

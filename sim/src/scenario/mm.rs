@@ -117,12 +117,14 @@ impl MmFigures {
     }
 }
 
-/// Writes the figures, the page file and each process's commit charge.
+/// Writes the figures, the page file and each process's commit charge, where the table has a
+/// home for each (a build without one, such as 9600's `MmPagedPoolCommit` or 14393's
+/// partition `SharedCommit`, keeps that figure nowhere); returns what it left out.
 pub(super) fn write_mm(
     sys: &mut System,
     m: &MmFigures,
     commits: &[(usize, u64)],
-) -> Result<(), SimError> {
+) -> Result<Vec<String>, SimError> {
     // Per-process commit.
     for (p, pages) in commits {
         let ep = sys.processes[*p].eprocess;
@@ -130,10 +132,37 @@ pub(super) fn write_mm(
     }
     let pf = write_pagefile(sys, m)?;
     let k = &mut sys.k;
+    let mut left = Vec::new();
     if k.has_sym("MiChargeCommitmentFailures") {
-        write_mm_globals(k, m, pf)
+        write_mm_globals(k, m, pf, &mut left)?;
     } else {
-        write_mm_partition(k, m, pf)
+        write_mm_partition(k, m, pf, &mut left)?;
+    }
+    Ok(left)
+}
+
+/// A global's value, when the table has the global.
+fn put64(k: &mut Kernel, s: &str, v: u64, left: &mut Vec<String>) {
+    match k.sym(s) {
+        Ok(a) => k.w64(a, v),
+        Err(_) => left.push(format!("nt!{s}")),
+    }
+}
+
+/// A field of the structure at `at`, when the table has the field.
+fn put(
+    k: &mut Kernel,
+    at: u64,
+    t: &str,
+    path: &str,
+    v: u64,
+    left: &mut Vec<String>,
+) -> Result<(), SimError> {
+    if k.has(t, path) {
+        k.set(at, t, path, v)
+    } else {
+        left.push(format!("{t}.{path}"));
+        Ok(())
     }
 }
 
@@ -159,31 +188,40 @@ fn write_pagefile(sys: &mut System, m: &MmFigures) -> Result<u64, SimError> {
 }
 
 /// The figures as plain globals (7601).
-fn write_mm_globals(k: &mut Kernel, m: &MmFigures, pf: u64) -> Result<(), SimError> {
-    // Plain globals (7601).
-    let put64 = |k: &mut Kernel, s: &str, v: u64| -> Result<(), SimError> {
-        let a = k.sym(s)?;
-        k.w64(a, v);
-        Ok(())
-    };
-    put64(k, "MmNumberOfPhysicalPages", m.physical)?;
-    put64(k, "MmAvailablePages", m.available)?;
-    put64(k, "MmResidentAvailablePages", m.resident_available)?;
-    put64(k, "MmTotalCommittedPages", m.committed)?;
-    put64(k, "MmTotalCommitLimit", m.limit)?;
-    put64(k, "MmTotalCommitLimitMaximum", m.limit_maximum)?;
-    put64(k, "MmPeakCommitment", m.peak)?;
-    put64(k, "MmSharedCommit", m.shared)?;
-    put64(k, "MmProcessCommit", m.process)?;
-    put64(k, "MmDriverCommit", m.driver)?;
-    put64(k, "MmPagedPoolCommit", m.paged_pool_commit)?;
-    put64(k, "MmAllocatedNonPagedPool", m.nonpaged_used)?;
-    put64(k, "MmMdlPagesAllocated", m.mdl)?;
-    put64(k, "MmKernelStackPages", m.kernel_stacks)?;
-    put64(k, "MmSpecialPagesInUse", m.special_pool)?;
-    put64(k, "MmTotalPagesForPagingFile", m.modified_pf)?;
-    put64(k, "MmMaximumNonPagedPoolInBytes", m.nonpaged_max * 4096)?;
-    put64(k, "MmSizeOfPagedPoolInBytes", m.paged_max * 4096)?;
+fn write_mm_globals(
+    k: &mut Kernel,
+    m: &MmFigures,
+    pf: u64,
+    left: &mut Vec<String>,
+) -> Result<(), SimError> {
+    put64(k, "MmNumberOfPhysicalPages", m.physical, left);
+    put64(k, "MmAvailablePages", m.available, left);
+    put64(k, "MmResidentAvailablePages", m.resident_available, left);
+    put64(k, "MmTotalCommittedPages", m.committed, left);
+    put64(k, "MmTotalCommitLimit", m.limit, left);
+    put64(k, "MmTotalCommitLimitMaximum", m.limit_maximum, left);
+    put64(k, "MmPeakCommitment", m.peak, left);
+    put64(k, "MmSharedCommit", m.shared, left);
+    put64(k, "MmProcessCommit", m.process, left);
+    put64(k, "MmDriverCommit", m.driver, left);
+    put64(k, "MmPagedPoolCommit", m.paged_pool_commit, left);
+    put64(k, "MmAllocatedNonPagedPool", m.nonpaged_used, left);
+    put64(k, "MmMdlPagesAllocated", m.mdl, left);
+    // 9600 keeps the kernel stacks' pages in MiKernelStackPages.
+    if k.has_sym("MmKernelStackPages") {
+        put64(k, "MmKernelStackPages", m.kernel_stacks, left);
+    } else {
+        put64(k, "MiKernelStackPages", m.kernel_stacks, left);
+    }
+    put64(k, "MmSpecialPagesInUse", m.special_pool, left);
+    put64(k, "MmTotalPagesForPagingFile", m.modified_pf, left);
+    put64(
+        k,
+        "MmMaximumNonPagedPoolInBytes",
+        m.nonpaged_max * 4096,
+        left,
+    );
+    put64(k, "MmSizeOfPagedPoolInBytes", m.paged_max * 4096, left);
     let a = k.sym("MmModifiedPageListHead")?;
     k.set(a, "_MMPFNLIST", "Total", m.modified)?;
     let a = k.sym("MmModifiedNoWritePageListHead")?;
@@ -204,37 +242,85 @@ fn write_mm_globals(k: &mut Kernel, m: &MmFigures, pf: u64) -> Result<(), SimErr
         m.free_system_ptes,
     )?;
     let a = k.sym("MmPagedPoolInfo")?;
-    k.set(a, "_MM_PAGED_POOL_INFO", "AllocatedPagedPool", m.paged_used)?;
-    k.set(
+    put(
+        k,
+        a,
+        "_MM_PAGED_POOL_INFO",
+        "AllocatedPagedPool",
+        m.paged_used,
+        left,
+    )?;
+    put(
+        k,
         a,
         "_MM_PAGED_POOL_INFO",
         "PagedPoolCommit",
         m.paged_pool_commit,
+        left,
     )?;
     Ok(())
 }
 
 /// The figures in the system partition and MiState (1607+).
-fn write_mm_partition(k: &mut Kernel, m: &MmFigures, pf: u64) -> Result<(), SimError> {
+fn write_mm_partition(
+    k: &mut Kernel,
+    m: &MmFigures,
+    pf: u64,
+    left: &mut Vec<String>,
+) -> Result<(), SimError> {
     // Partition and MiState (1607+).
     let part = k.sym("MiSystemPartition")?;
     let t = "_MI_PARTITION";
-    k.set(part, t, "Vp.NumberOfPhysicalPages", m.physical)?;
-    k.set(part, t, "Vp.AvailablePages", m.available)?;
-    k.set(part, t, "Vp.ResidentAvailablePages", m.resident_available)?;
-    k.set(part, t, "Vp.TotalCommittedPages", m.committed)?;
-    k.set(part, t, "Vp.TotalCommitLimit", m.limit)?;
-    k.set(part, t, "Vp.ModifiedPageListHead.Total", m.modified)?;
+    put(k, part, t, "Vp.NumberOfPhysicalPages", m.physical, left)?;
+    put(k, part, t, "Vp.AvailablePages", m.available, left)?;
+    put(
+        k,
+        part,
+        t,
+        "Vp.ResidentAvailablePages",
+        m.resident_available,
+        left,
+    )?;
+    put(k, part, t, "Vp.TotalCommittedPages", m.committed, left)?;
+    put(k, part, t, "Vp.TotalCommitLimit", m.limit, left)?;
+    put(
+        k,
+        part,
+        t,
+        "Vp.ModifiedPageListHead.Total",
+        m.modified,
+        left,
+    )?;
     k.set(
         part,
         t,
         "Vp.ModifiedNoWritePageListHead.Total",
         m.modified_no_write,
     )?;
-    k.set(part, t, "Vp.TotalPagesForPagingFile", m.modified_pf)?;
-    k.set(part, t, "Vp.SharedCommit", m.shared)?;
-    k.set(part, t, "Vp.NumberOfPagingFiles", 1)?;
-    k.set(part, t, "Vp.PagingFile[0]", pf)?;
+    put(
+        k,
+        part,
+        t,
+        "Vp.TotalPagesForPagingFile",
+        m.modified_pf,
+        left,
+    )?;
+    // 14393 keeps the shared commit in MiState's visible state.
+    if k.has(t, "Vp.SharedCommit") {
+        put(k, part, t, "Vp.SharedCommit", m.shared, left)?;
+    } else {
+        let st = k.sym("MiState")?;
+        put(
+            k,
+            st,
+            "_MI_SYSTEM_INFORMATION",
+            "Vs.SharedCommit",
+            m.shared,
+            left,
+        )?;
+    }
+    put(k, part, t, "Vp.NumberOfPagingFiles", 1, left)?;
+    put(k, part, t, "Vp.PagingFile[0]", pf, left)?;
     for (i, f) in m.failures.iter().enumerate() {
         k.set(
             part,
@@ -243,28 +329,70 @@ fn write_mm_partition(k: &mut Kernel, m: &MmFigures, pf: u64) -> Result<(), SimE
             u64::from(*f),
         )?;
     }
-    k.set(part, t, "Commit.PeakCommitment", m.peak)?;
-    k.set(part, t, "Commit.TotalCommitLimitMaximum", m.limit_maximum)?;
+    put(k, part, t, "Commit.PeakCommitment", m.peak, left)?;
+    put(
+        k,
+        part,
+        t,
+        "Commit.TotalCommitLimitMaximum",
+        m.limit_maximum,
+        left,
+    )?;
     let st = k.sym("MiState")?;
     let t = "_MI_SYSTEM_INFORMATION";
-    k.set(st, t, "Pools.AllocatedNonPagedPool", m.nonpaged_used)?;
-    k.set(st, t, "Vs.PagedPoolInfo.AllocatedPagedPool", m.paged_used)?;
-    k.set(st, t, "Vs.MaximumNonPagedPoolInPages", m.nonpaged_max)?;
-    k.set(st, t, "Vs.SizeOfPagedPoolInPages", m.paged_max)?;
+    put(
+        k,
+        st,
+        t,
+        "Pools.AllocatedNonPagedPool",
+        m.nonpaged_used,
+        left,
+    )?;
+    put(
+        k,
+        st,
+        t,
+        "Vs.PagedPoolInfo.AllocatedPagedPool",
+        m.paged_used,
+        left,
+    )?;
+    put(
+        k,
+        st,
+        t,
+        "Vs.MaximumNonPagedPoolInPages",
+        m.nonpaged_max,
+        left,
+    )?;
+    put(k, st, t, "Vs.SizeOfPagedPoolInPages", m.paged_max, left)?;
     k.set(
         st,
         t,
         "Vs.SystemPteInfo.TotalFreeSystemPtes",
         m.free_system_ptes,
     )?;
-    k.set(st, t, "Vs.NonPagedPoolCommit", m.nonpaged_pool_commit)?;
-    k.set(st, t, "Vs.BootCommit", m.boot)?;
-    k.set(st, t, "Vs.MdlPagesAllocated", m.mdl)?;
-    k.set(st, t, "Vs.SystemPageTableCommit", m.system_page_tables)?;
-    k.set(st, t, "Vs.ProcessCommit", m.process)?;
-    k.set(st, t, "Vs.DriverCommit", m.driver)?;
-    k.set(st, t, "Vs.PfnDatabaseCommit", m.pfn_array)?;
-    k.set(st, t, "Vs.PagefileHashPages", m.pagefile_hash)?;
+    put(
+        k,
+        st,
+        t,
+        "Vs.NonPagedPoolCommit",
+        m.nonpaged_pool_commit,
+        left,
+    )?;
+    put(k, st, t, "Vs.BootCommit", m.boot, left)?;
+    put(k, st, t, "Vs.MdlPagesAllocated", m.mdl, left)?;
+    put(
+        k,
+        st,
+        t,
+        "Vs.SystemPageTableCommit",
+        m.system_page_tables,
+        left,
+    )?;
+    put(k, st, t, "Vs.ProcessCommit", m.process, left)?;
+    put(k, st, t, "Vs.DriverCommit", m.driver, left)?;
+    put(k, st, t, "Vs.PfnDatabaseCommit", m.pfn_array, left)?;
+    put(k, st, t, "Vs.PagefileHashPages", m.pagefile_hash, left)?;
     let vis = k.sym("MiVisibleState")?;
     let vs = st + k.off(t, "Vs")?;
     k.w64(vis, vs);

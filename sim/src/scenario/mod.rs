@@ -192,7 +192,7 @@ pub fn build_with_table(
     facts.commit_failures = u64::from(mm.failures[0]) + u64::from(mm.failures[1]);
     facts.committed = mm.committed;
     facts.commit_limit = mm.limit;
-    write_mm(&mut sys, &mm, &commits)?;
+    facts.left_out.extend(write_mm(&mut sys, &mm, &commits)?);
     let version = sys.finish()?;
     facts.processes = sys
         .processes

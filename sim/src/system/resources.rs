@@ -121,7 +121,15 @@ impl System {
             "ContentionCount",
             contention + waiters.len() as u64,
         )?;
-        if self.k.has("_KWAIT_CHAIN_ENTRY", "Event") {
+        // The form each side has on this build, from the table: a `_KWAIT_CHAIN` inside the
+        // resource (14393's shared waiters: entries without a thread, singly linked), a
+        // pointer to the first of a circular list of entries that name their threads
+        // (17763+), or a pointer to a KEVENT/KSEMAPHORE (7601, 9600, 14393's exclusive side).
+        let embedded_chain = self.k.has("_ERESOURCE", &format!("{field}.Head"));
+        let chain = embedded_chain
+            || (self.k.has("_KWAIT_CHAIN_ENTRY", "Thread")
+                && self.k.has("_KWAIT_CHAIN_ENTRY", "Event"));
+        if chain {
             let mut entries = Vec::new();
             for w in waiters {
                 let rsp = self.frame_rsp(*w, "ExpWaitForResource").ok_or_else(|| {
@@ -131,22 +139,36 @@ impl System {
                 })?;
                 let entry = rsp + 0x20;
                 let et = self.threads[*w].ethread;
-                self.k.set(entry, "_KWAIT_CHAIN_ENTRY", "Thread", et)?;
+                if !embedded_chain {
+                    self.k.set(entry, "_KWAIT_CHAIN_ENTRY", "Thread", et)?;
+                }
                 let ev = entry + self.k.off("_KWAIT_CHAIN_ENTRY", "Event")?;
                 self.event_at(ev, "EventSynchronizationObject")?;
                 self.wait(*w, &[ev], "WrResource", seconds_ago)?;
                 entries.push(entry);
             }
-            // A circular list of the entries; the resource points at the first.
-            for (i, e) in entries.iter().enumerate() {
-                let next = entries[(i + 1) % entries.len()];
-                let prev = entries[(i + entries.len() - 1) % entries.len()];
-                self.k.w64(*e, next);
-                self.k.w64(e + 8, prev);
-            }
-            let existing = self.k.get(r, "_ERESOURCE", field)?;
-            if existing == 0 {
-                self.k.set(r, "_ERESOURCE", field, entries[0])?;
+            if embedded_chain {
+                // A singly linked list from the resource's head, ending in null; new waiters
+                // go in front of those already there.
+                let head = r + self.k.off("_ERESOURCE", &format!("{field}.Head"))?;
+                let existing = self.k.r64(head);
+                for (i, e) in entries.iter().enumerate() {
+                    let next = entries.get(i + 1).copied().unwrap_or(existing);
+                    self.k.w64(*e, next);
+                }
+                self.k.w64(head, entries[0]);
+            } else {
+                // A circular list of the entries; the resource points at the first.
+                for (i, e) in entries.iter().enumerate() {
+                    let next = entries[(i + 1) % entries.len()];
+                    let prev = entries[(i + entries.len() - 1) % entries.len()];
+                    self.k.w64(*e, next);
+                    self.k.w64(e + 8, prev);
+                }
+                let existing = self.k.get(r, "_ERESOURCE", field)?;
+                if existing == 0 {
+                    self.k.set(r, "_ERESOURCE", field, entries[0])?;
+                }
             }
         } else {
             let obj = match self.k.get(r, "_ERESOURCE", field)? {

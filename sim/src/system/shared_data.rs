@@ -16,8 +16,9 @@ impl System {
         let t = "_KUSER_SHARED_DATA";
         k.set(u, t, "TickCountMultiplier", 0x0fa0_0000)?;
         Self::set_tick(k, self.now_tick)?;
-        k.set(u, t, "NtMajorVersion", if k.build < 9200 { 6 } else { 10 })?;
-        k.set(u, t, "NtMinorVersion", if k.build < 9200 { 1 } else { 0 })?;
+        let (major, minor) = crate::layout::nt_version(k.build);
+        k.set(u, t, "NtMajorVersion", u64::from(major))?;
+        k.set(u, t, "NtMinorVersion", u64::from(minor))?;
         if k.has(t, "NtBuildNumber") {
             let b = u64::from(k.build);
             k.set(u, t, "NtBuildNumber", b)?;

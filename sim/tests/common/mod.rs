@@ -27,4 +27,4 @@ pub fn config(build: u32, scenario: Scenario, resources: u32) -> Option<SimConfi
     })
 }
 
-pub const BUILDS: [u32; 3] = [7601, 17763, 20348];
+pub const BUILDS: [u32; 7] = [7601, 9600, 14393, 17763, 19041, 20348, 22000];
