@@ -498,3 +498,48 @@ fn corrupted_lists_end_with_a_note() {
     assert_eq!(w.entries.len(), 100);
     assert!(w.note.unwrap().contains("limit"));
 }
+
+/// A debugger may unwind a waiting thread from inside `SwapContext`, where its saved state
+/// stops (RIP there, RSP at its KSWITCH_FRAME), rather than from the return address the frame
+/// holds. The simulated nt image has `SwapContext`'s unwind data for that: the unwind goes
+/// through its frame into `KiSwapContext` and on exactly as the model's own walk from the
+/// switch frame does. On every build.
+#[test]
+fn a_waiting_thread_unwinds_from_inside_swapcontext() {
+    use kdnet_model::nt::unwind::Regs;
+    for build in BUILDS {
+        let Some((mut k, p)) = sim_kernel(build, Scenario::Deadlock) else {
+            return;
+        };
+        let swap = k.sym("SwapContext").unwrap();
+        let d = p.facts.deadlock.clone().unwrap();
+        let t = k.thread(d.threads[0]).unwrap();
+        assert_eq!(t.state, 5, "{build}: a waiting thread");
+        let walked = k.thread_stack(&t, None).unwrap();
+        let mut gpr = [0u64; 16];
+        gpr[4] = t.kernel_stack;
+        // Past the prolog, where the switch happens.
+        let regs = Regs {
+            gpr,
+            rip: swap + 0x20,
+        };
+        let from_swap = k.unwind(regs, Some((t.stack_limit, t.stack_base)), true);
+        assert!(from_swap.complete, "{build}: {:?}", from_swap.note);
+        assert!(
+            from_swap.frames[0].call_site.starts_with("nt!SwapContext"),
+            "{build}: {}",
+            from_swap.frames[0].call_site
+        );
+        let tail: Vec<(u64, u64)> = from_swap.frames[1..]
+            .iter()
+            .map(|f| (f.child_sp, f.return_address))
+            .collect();
+        let want: Vec<(u64, u64)> = walked
+            .frames
+            .iter()
+            .map(|f| (f.child_sp, f.return_address))
+            .collect();
+        assert!(want.len() > 3, "{build}");
+        assert_eq!(tail, want, "{build}");
+    }
+}

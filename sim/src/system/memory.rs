@@ -34,7 +34,11 @@ impl System {
             ),
         ];
         let k = &mut self.k;
-        if k.has("_MI_SYSTEM_INFORMATION", "Vs.SystemVaType") {
+        // The regions' types (a PML4 slot's type, where the build keeps that array) and
+        // bounds (where it keeps those: 14393 has the bounds only).
+        let typed = k.has("_MI_SYSTEM_INFORMATION", "Vs.SystemVaType");
+        let bounded = k.has("_MI_SYSTEM_INFORMATION", "Vs.SystemVaRegions");
+        if typed || bounded {
             let st = k.sym("MiState")?;
             for (region, va_type, assigned) in regions {
                 let base = k.region_start(region);
@@ -42,7 +46,7 @@ impl System {
                 let ty = k
                     .enum_value("_MI_SYSTEM_VA_TYPE", va_type)
                     .or_else(|_| k.enum_value("_MI_SYSTEM_VA_TYPE", "MiVaSpecialPoolPaged"));
-                if let Ok(ty) = ty {
+                if typed && let Ok(ty) = ty {
                     // One entry per kernel-half PML4 slot.
                     let slot = ((base >> 39) & 0x1ff) - 256;
                     k.set(
@@ -52,7 +56,7 @@ impl System {
                         ty as u64,
                     )?;
                 }
-                if let Ok(i) = k.enum_value("_MI_ASSIGNED_REGION_TYPES", assigned) {
+                if bounded && let Ok(i) = k.enum_value("_MI_ASSIGNED_REGION_TYPES", assigned) {
                     let path = format!("Vs.SystemVaRegions[{i}]");
                     k.set(
                         st,

@@ -325,6 +325,11 @@ impl System {
 
     /// Writes everything that depends on the whole system; returns the GetVersion block.
     pub fn finish(&mut self) -> Result<GetVersion64, SimError> {
+        // Unwind data for the routine every waiting thread's saved state stops in, for a
+        // debugger that unwinds such a thread from there.
+        if self.k.has_sym("SwapContext") {
+            self.function("nt", "SwapContext")?;
+        }
         // Images first: their final SizeOfImage goes into the loader entries.
         for m in &mut self.modules {
             m.image.write(&mut self.k)?;

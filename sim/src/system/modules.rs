@@ -2,7 +2,7 @@
 //! loader list a debugger walks.
 
 use crate::SimError;
-use crate::image::{Frame, Image, frame_for, switch_frame};
+use crate::image::{Frame, Gpr, Image, frame_for, switch_frame};
 use crate::kernel::Region;
 use crate::pool::{PoolKind, tag};
 
@@ -70,6 +70,17 @@ impl System {
             let end = next.min(rva + 0x800).max(rva + 0x10);
             let frame = match function {
                 "KiSwapContext" => switch_frame(rva, end),
+                // The routine a waiting thread's saved state stops in: its frame is the
+                // thread's KSWITCH_FRAME (Rbp saved in it, the return into KiSwapContext
+                // right above it).
+                "SwapContext" if self.k.has("_KSWITCH_FRAME", "Return") => Frame {
+                    rva,
+                    end,
+                    pushes: vec![],
+                    alloc: self.k.off("_KSWITCH_FRAME", "Return")? as u32,
+                    saves: vec![(Gpr::Rbp, self.k.off("_KSWITCH_FRAME", "Rbp")? as u32)],
+                    unwind_rva: 0,
+                },
                 _ => with_min_alloc(frame_for(function, rva, end), function),
             };
             let f = self.modules[mi].image.add_frame(frame).clone();
