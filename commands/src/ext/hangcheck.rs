@@ -373,7 +373,7 @@ fn sample_with(
         .modules()
         .map(|m| m.iter().any(|m| m.short.eq_ignore_ascii_case("ndis")));
     match has_ndis {
-        Ok(true) => match look_at_nbls(&mut e.kernel, nbl_mode) {
+        Ok(true) => match look_at_nbls(&mut e.kernel, nbl_mode, &mut s.notes) {
             Ok(Some(look)) => s.nbls = Some(look),
             Ok(None) => s.notes.push("NBL owner tracking is off".into()),
             Err(err) => {
@@ -403,6 +403,7 @@ fn sample_with(
 fn look_at_nbls(
     k: &mut kdnet_model::nt::Kernel,
     mode: NblMode<'_>,
+    notes: &mut Vec<String>,
 ) -> Result<Option<NblLook>, CmdError> {
     let (base, t) = ndis::ndis(k)?;
     let prev = match mode {
@@ -418,7 +419,15 @@ fn look_at_nbls(
                 ..NblLook::default()
             };
             // Every NBL pending last time is read again here; the ones still held go first.
-            if let Some(p) = prev {
+            // A walk that left NBLs out cannot tell a drained NBL from one it did not read: it
+            // is not compared.
+            if prev.is_some() && !look.whole {
+                notes.push(
+                    "the NBLs pending at the last sample are not compared: the walk left NBLs out"
+                        .into(),
+                );
+            }
+            if let Some(p) = prev.filter(|_| look.whole) {
                 for a in &p.pending {
                     look.rechecked += 1;
                     if now.get(&a[0]) == Some(&a[1]) {
@@ -449,6 +458,7 @@ fn look_at_nbls(
         next: w.next,
         ..NblLook::default()
     };
+    notes.extend(w.notes.iter().map(|n| format!("NBLs: {n}")));
     // The NBLs pending last time: still held by the same component, or drained.
     if let Some(p) = prev {
         let again: Vec<[u64; 2]> = p.pending.iter().take(NBL_RECHECK).copied().collect();
@@ -465,7 +475,13 @@ fn look_at_nbls(
                         look.pending.push(*a);
                     }
                 }
-                Err(e) => k.note_incomplete(format!("NBL {:x} could not be read again: {e}", a[0])),
+                // Not read: neither still held nor drained, and kept to be read next time.
+                Err(e) => {
+                    let n = format!("NBL {:x} could not be read again: {e}", a[0]);
+                    k.note_incomplete(n.clone());
+                    notes.push(n);
+                    look.pending.push(*a);
+                }
             }
         }
     }

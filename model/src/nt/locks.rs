@@ -162,12 +162,11 @@ fn waiters(k: &mut Kernel, (field_value, embedded): (u64, bool)) -> Result<Vec<u
     if field_value == 0 {
         return Ok(Vec::new());
     }
-    // An embedded `_KWAIT_CHAIN` heads a chain; a pointer leads to a dispatcher object (event
-    // 0/1, semaphore 5: the 7601/9600 form) or to the first entry of a chain.
-    let chain = embedded || {
-        let ty = k.mem.u8(field_value)?;
-        k.nt()?.has_type("_KWAIT_CHAIN_ENTRY") && !matches!(ty, 0 | 1 | 5)
-    };
+    // The form is the table's: an embedded `_KWAIT_CHAIN` heads a chain (14393's shared
+    // side); where wait-chain entries name their threads (17763 on) a pointer leads to the
+    // first entry of a chain; otherwise to a dispatcher object (an event or a semaphore: 7601,
+    // 9600, 14393's exclusive side).
+    let chain = embedded || k.nt()?.has_field("_KWAIT_CHAIN_ENTRY", "Thread");
     if chain {
         wait_chain_threads(k, field_value)
     } else {

@@ -283,7 +283,9 @@ pub struct NblCursor {
 
 /// A look at part of the NBLs: the owner slots of the NBLs on at most so many pages, from
 /// where the last look stopped. The pools' free lists are not followed (they lead all over
-/// the pools): an NBL counts as held when its slot names a holder.
+/// the pools): an NBL counts as held when its slot names a holder. Besides the slots' pages it
+/// reads the pool list, each pool's block-list head it passes, the blocks it looks into and
+/// each holder's tracker once: a few requests more per pool passed.
 #[derive(Debug, Clone, Default)]
 pub struct NblWindow {
     /// Whether owner tracking is on.
@@ -328,16 +330,36 @@ pub fn look_nbls(
     out.from_start = resume.is_none();
     let mut chosen: Vec<u64> = Vec::new();
     let mut seen_pages = BTreeSet::new();
+    let pool_handle = t.offset("_NET_BUFFER_LIST", "NdisPoolHandle")?;
+    // What cannot be read in one pool is noted and the look goes on with the next.
     'pools: for &ph in &pools[start..] {
         let head = ph + head_off;
-        let mut link = k.mem.u64(head)?;
+        let mut link = match k.mem.u64(head) {
+            Ok(l) => l,
+            Err(e) => {
+                out.notes.push(format!(
+                    "blocks of pool {ph:x}: the list head is unreadable: {e}"
+                ));
+                continue;
+            }
+        };
         let mut first_index = 0;
         // The block the last look stopped in, while it is still on its pool's list (its
-        // neighbour still points back at it); otherwise the pool from its first block.
+        // neighbour still points back at it) and still this pool's (its NBLs name the pool);
+        // otherwise the pool from its first block. A block that cannot be read is not there.
         if let Some(c) = resume.take() {
             let l = c.block + block_link;
-            let back = k.mem.u64(l + 8)?;
-            if k.mem.u64(back)? == l {
+            let still_there = (|| -> Result<bool, ModelError> {
+                let back = k.mem.u64(l + 8)?;
+                if k.mem.u64(back)? != l {
+                    return Ok(false);
+                }
+                let blk = view(k, t, "_NDIS_NBL_BLOCK", c.block)?;
+                let first = blk.get("FirstElement")?;
+                Ok(k.mem.u64(first + pool_handle)? == ph)
+            })()
+            .unwrap_or(false);
+            if still_there {
                 link = l;
                 first_index = c.index;
             } else {
@@ -346,6 +368,8 @@ pub fn look_nbls(
         }
         let mut seen_blocks = BTreeSet::new();
         while link != head {
+            // Where the last look stopped applies to the first block only.
+            let from_index = std::mem::take(&mut first_index);
             if link == 0
                 || link % 8 != 0
                 || !seen_blocks.insert(link)
@@ -357,18 +381,30 @@ pub fn look_nbls(
                 break;
             }
             let b = link - block_link;
-            let blk = view(k, t, "_NDIS_NBL_BLOCK", b)?;
-            link = blk.get("Link.Flink")?;
-            let count = blk.get("Count")?;
-            let esize = blk.get("ElementSize")?;
-            let first = blk.get("FirstElement")?;
+            let fields = view(k, t, "_NDIS_NBL_BLOCK", b).and_then(|blk| {
+                Ok((
+                    blk.get("Link.Flink")?,
+                    blk.get("Count")?,
+                    blk.get("ElementSize")?,
+                    blk.get("FirstElement")?,
+                ))
+            });
+            let (next, count, esize, first) = match fields {
+                Ok(f) => f,
+                Err(e) => {
+                    out.notes
+                        .push(format!("NBL block {b:x} of pool {ph:x} is unreadable: {e}"));
+                    break;
+                }
+            };
+            link = next;
             if count > 1 << 16 || esize == 0 || esize > 1 << 16 {
                 out.notes.push(format!(
                     "NBL block {b:x}: {count} elements of {esize:#x} bytes is not plausible"
                 ));
                 continue;
             }
-            for i in first_index..count {
+            for i in from_index..count {
                 let nbl = first + i * esize;
                 let page = (nbl + info_off) & !0xfff;
                 if !seen_pages.contains(&page) {
@@ -384,7 +420,6 @@ pub fn look_nbls(
                 }
                 chosen.push(nbl);
             }
-            first_index = 0;
         }
     }
     let slots: Vec<u64> = chosen.iter().map(|n| n + info_off).collect();
@@ -392,12 +427,12 @@ pub fn look_nbls(
     let mut trackers = BTreeMap::new();
     for (nbl, v) in chosen.iter().zip(values) {
         out.examined += 1;
-        match v {
-            Ok(v) => {
-                if let Some(holder) = holder_of(k, t, v, &mut trackers)? {
-                    out.pending.push((*nbl, holder));
-                }
-            }
+        match v
+            .map_err(ModelError::from)
+            .and_then(|v| holder_of(k, t, v, &mut trackers))
+        {
+            Ok(Some(holder)) => out.pending.push((*nbl, holder)),
+            Ok(None) => {}
             Err(e) => out.notes.push(format!("NBL {nbl:x}: {e}")),
         }
     }

@@ -6,7 +6,27 @@ use crate::nt::{Kernel, ModelError};
 use crate::target::TargetError;
 
 /// Pool ranges to search: (start, end, paged).
-fn pool_ranges(k: &mut Kernel, notes: &mut Vec<String>) -> Vec<(u64, u64, bool)> {
+fn pool_ranges(
+    k: &mut Kernel,
+    want_paged: Option<bool>,
+    notes: &mut Vec<String>,
+) -> Vec<(u64, u64, bool)> {
+    let mut out = known_pool_ranges(k);
+    // A kind of pool asked for whose bounds are not known (not in this build's symbols, or
+    // unreadable, as noted then) is not searched: say so rather than find nothing in it.
+    for (paged, what) in [(false, "non-paged"), (true, "paged")] {
+        if want_paged.is_none_or(|p| p == paged) && !out.iter().any(|r| r.2 == paged) {
+            let n = format!("the bounds of the {what} pool are not known: it is not searched");
+            k.note_incomplete(n.clone());
+            notes.push(n);
+        }
+    }
+    out.retain(|r| want_paged.is_none_or(|p| p == r.2));
+    out
+}
+
+/// The pool ranges the build's symbols bound.
+fn known_pool_ranges(k: &mut Kernel) -> Vec<(u64, u64, bool)> {
     let mut out = Vec::new();
     let Ok(nt) = k.nt() else { return out };
     if let Ok(st) = k.sym("MiState")
@@ -57,17 +77,6 @@ fn pool_ranges(k: &mut Kernel, notes: &mut Vec<String>) -> Vec<(u64, u64, bool)>
     if let (Some(e), Some(n)) = (g(k, "MmPagedPoolEnd"), g(k, "MmSizeOfPagedPoolInBytes")) {
         out.push((e.saturating_sub(n), e, true));
     }
-    // A kind of pool whose bounds this build's symbols do not give is not searched: say so
-    // rather than find nothing in it.
-    for (paged, what) in [(false, "non-paged"), (true, "paged")] {
-        if !out.iter().any(|r| r.2 == paged) {
-            let n = format!(
-                "the bounds of the {what} pool are not in this build's symbols: it is not searched"
-            );
-            k.note_incomplete(n.clone());
-            notes.push(n);
-        }
-    }
     out
 }
 
@@ -95,10 +104,7 @@ pub fn find_tag(
     let pattern = tag.to_le_bytes();
     // Classic blocks never cross a page; segment-heap VS chunks may.
     let classic = k.build < 18362;
-    for (start, end, paged) in pool_ranges(k, &mut notes) {
-        if want_paged.is_some_and(|p| p != paged) {
-            continue;
-        }
+    for (start, end, paged) in pool_ranges(k, want_paged, &mut notes) {
         let mut at = start;
         while at < end && hits.len() < limit {
             let Some(page) = k.mem.next_present(space, at, end)? else {
