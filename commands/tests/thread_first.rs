@@ -121,10 +121,12 @@ fn shared() -> Option<PathBuf> {
     kdnet_testkit::shared("symbols").map(|d| d.join("symbols"))
 }
 
-/// What a sample says, without the notes (which say how it was taken).
+/// What a sample says, without the notes and whether some read failed (which say how it was
+/// taken: the reference reads what the thread-first sample need not).
 fn said(s: &Sample) -> serde_json::Value {
     let mut v = serde_json::to_value(s).unwrap();
     v.as_object_mut().unwrap().remove("notes");
+    v.as_object_mut().unwrap().remove("incomplete");
     v["findings"] = serde_json::to_value(hangcheck::judge(None, s)).unwrap();
     v
 }
@@ -382,6 +384,7 @@ fn watch_samples_look_at_the_nbls_a_window_at_a_time() {
                 rts <= 150,
                 "{build}: sample {samples} took {rts} round trips"
             );
+            assert!(!cur.incomplete, "{build}: {:?}", cur.notes);
             let look = cur.nbls.clone().expect("tracking is on");
             assert!(!look.whole, "{build}: one window is not every NBL");
             assert!(look.examined > 0, "{build}");
@@ -475,4 +478,72 @@ fn nbls_read_again_count_as_still_held_only_with_the_same_holder() {
             .iter()
             .any(|f| f.kind == "nbls-not-draining")
     );
+}
+
+/// A watcher's sample that cannot read an NBL's slot says it is incomplete and what it missed;
+/// the same sample with nothing failing is whole.
+#[test]
+fn a_sample_that_cannot_read_an_nbl_says_it_is_incomplete() {
+    let Some(dir) = shared() else {
+        return;
+    };
+    let &(build, file) = BUILDS.last().unwrap();
+    let mut s = sim(&dir, build, file, Scenario::NblHang);
+    let space = s.kernel.mem.kernel_space().unwrap();
+    // (`s.kernel` moves into the engine below; the faults stay reachable.)
+    let faults = s.faults.clone();
+    let mut e = Engine::new(s.kernel);
+    let th = Thresholds::default();
+    let (full, _) = sample(&mut e, &th, true);
+    let first = full.nbls.unwrap().pending[0][0];
+    e.kernel.mem.invalidate();
+    let whole = hangcheck::watch_sample(&mut e, &th, None).unwrap();
+    assert!(!whole.incomplete, "{:?}", whole.notes);
+    // The first window starts at the first pool, where the first pending NBL is.
+    let pa = e.kernel.mem.translate(space, first).unwrap() & !0xfff;
+    faults.fail_physical(pa, pa + 0x1000, TargetError::Unavailable { address: pa });
+    e.kernel.mem.invalidate();
+    let cut = hangcheck::watch_sample(&mut e, &th, None).unwrap();
+    assert!(cut.incomplete, "{:?}", cut.notes);
+    assert!(
+        cut.notes.iter().any(|n| n.contains("NBL")),
+        "{:?}",
+        cut.notes
+    );
+}
+
+/// The block a window stopped in cannot be read when the next sample goes on from it (freed,
+/// or unreadable): that sample still looks at the NBLs it can reach, notes the block it could
+/// not read and says it is incomplete, rather than losing the NBL look.
+#[test]
+fn a_window_whose_block_is_gone_goes_on_and_says_so() {
+    let Some(dir) = shared() else {
+        return;
+    };
+    let &(build, file) = BUILDS.last().unwrap();
+    let mut s = sim(&dir, build, file, Scenario::NblHang);
+    let space = s.kernel.mem.kernel_space().unwrap();
+    let faults = s.faults.clone();
+    let mut e = Engine::new(s.kernel);
+    let th = Thresholds::default();
+    let first = hangcheck::watch_sample(&mut e, &th, None).unwrap();
+    let look = first.nbls.clone().unwrap();
+    let block = look.next.expect("a window is not every NBL").block;
+    let pa = e.kernel.mem.translate(space, block).unwrap() & !0xfff;
+    faults.fail_physical(pa, pa + 0x1000, TargetError::Unavailable { address: pa });
+    e.kernel.mem.invalidate();
+    let second = hangcheck::watch_sample(&mut e, &th, Some(&look)).unwrap();
+    let again = second.nbls.expect("the NBLs are still looked at");
+    assert!(again.examined > 0, "{:?}", second.notes);
+    assert!(second.incomplete, "{:?}", second.notes);
+    assert!(
+        second
+            .notes
+            .iter()
+            .any(|n| n.contains(&format!("{block:x}"))),
+        "{:?}",
+        second.notes
+    );
+    // The NBLs read again still tell the hung miniport.
+    assert!(again.still > 0);
 }

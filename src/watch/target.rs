@@ -524,7 +524,7 @@ impl Actor {
             "stopped_seconds": stopped,
             "max_stop_seconds": ceiling.as_secs_f64(),
             "cut": cut,
-            "complete": !cut,
+            "complete": !cut && !sample.incomplete,
         });
         // What a cut sample did not reach is compared next time against the last sample that
         // did reach it.

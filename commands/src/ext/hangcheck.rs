@@ -103,6 +103,9 @@ pub struct Sample {
     pub nbls: Option<NblLook>,
     /// What could not be examined.
     pub notes: Vec<String>,
+    /// Something the sample needed could not be read (a read failed, a walk stopped early, a
+    /// deadline ran out): the notes say what.
+    pub incomplete: bool,
 }
 
 /// The pages of NBL owner slots a watcher's sample reads: one request a page, so a sample
@@ -133,6 +136,20 @@ pub struct NblLook {
     /// Where the next sample's look goes on.
     #[serde(skip)]
     pub next: Option<kdnet_model::nt::ndis::NblCursor>,
+}
+
+impl NblLook {
+    /// Adds the pending NBLs a walk or window found after those already kept (the ones still
+    /// held since the last sample), each once.
+    fn add_found(&mut self, found: &[(u64, u64)]) {
+        let kept: BTreeSet<u64> = self.pending.iter().map(|a| a[0]).collect();
+        self.pending.extend(
+            found
+                .iter()
+                .filter(|p| !kept.contains(&p.0))
+                .map(|p| [p.0, p.1]),
+        );
+    }
 }
 
 /// How a sample looks at the NBLs.
@@ -220,6 +237,30 @@ pub fn sample_reference(
 }
 
 fn sample_with(
+    e: &mut Engine,
+    th: &Thresholds,
+    thread_first: bool,
+    nbl_mode: NblMode<'_>,
+) -> Result<Sample, CmdError> {
+    // What the sample could not read is told apart from what was recorded before it; both stay
+    // with the kernel for whatever command this sample is part of.
+    let (earlier, _) = e.kernel.take_gaps();
+    let r = sample_inner(e, th, thread_first, nbl_mode);
+    let (gaps, dropped) = e.kernel.take_gaps();
+    for g in earlier.iter().chain(&gaps) {
+        e.kernel.note_incomplete(g.clone());
+    }
+    let mut s = r?;
+    s.incomplete = !gaps.is_empty() || dropped > 0;
+    for g in gaps {
+        if !s.notes.contains(&g) {
+            s.notes.push(g);
+        }
+    }
+    Ok(s)
+}
+
+fn sample_inner(
     e: &mut Engine,
     th: &Thresholds,
     thread_first: bool,
@@ -436,13 +477,7 @@ fn look_at_nbls(
                     }
                 }
             }
-            let kept: BTreeSet<u64> = look.pending.iter().map(|a| a[0]).collect();
-            look.pending.extend(
-                w.pending
-                    .iter()
-                    .filter(|p| !kept.contains(&p.0))
-                    .map(|p| [p.0, p.1]),
-            );
+            look.add_found(&w.pending);
             return Ok(Some(look));
         }
         NblMode::Window(prev) => prev,
@@ -485,13 +520,7 @@ fn look_at_nbls(
             }
         }
     }
-    let kept: BTreeSet<u64> = look.pending.iter().map(|a| a[0]).collect();
-    look.pending.extend(
-        w.pending
-            .iter()
-            .filter(|p| !kept.contains(&p.0))
-            .map(|p| [p.0, p.1]),
-    );
+    look.add_found(&w.pending);
     Ok(Some(look))
 }
 

@@ -125,6 +125,31 @@ fn pool_headers(
     Ok(pools.entries.into_iter().map(|e| e - link).collect())
 }
 
+/// An NBL block's elements: the first, how many, and their size.
+type Elements = (u64, u64, u64);
+
+/// An NBL block: the link to the next one, and its elements when they are plausible
+/// (otherwise noted in `notes`).
+fn read_block(
+    k: &mut Kernel,
+    t: &Arc<TypeTable>,
+    b: u64,
+    notes: &mut Vec<String>,
+) -> Result<(u64, Option<Elements>), ModelError> {
+    let blk = view(k, t, "_NDIS_NBL_BLOCK", b)?;
+    let next = blk.get("Link.Flink")?;
+    let count = blk.get("Count")?;
+    let esize = blk.get("ElementSize")?;
+    let first = blk.get("FirstElement")?;
+    if count > 1 << 16 || esize == 0 || esize > 1 << 16 {
+        notes.push(format!(
+            "NBL block {b:x}: {count} elements of {esize:#x} bytes is not plausible"
+        ));
+        return Ok((next, None));
+    }
+    Ok((next, Some((first, count, esize))))
+}
+
 /// A pool's header, the NBLs carved from it and the blocks' element ranges (start, bytes).
 struct PoolNbls {
     pool: View,
@@ -154,17 +179,9 @@ fn pool_nbls(
     let mut nbls = Vec::new();
     let mut ranges = Vec::new();
     for b in blocks.entries {
-        let blk = view(k, t, "_NDIS_NBL_BLOCK", b - block_link)?;
-        let count = blk.get("Count")?;
-        let esize = blk.get("ElementSize")?;
-        let first = blk.get("FirstElement")?;
-        if count > 1 << 16 || esize == 0 || esize > 1 << 16 {
-            notes.push(format!(
-                "NBL block {:x}: {count} elements of {esize:#x} bytes is not plausible",
-                b - block_link
-            ));
+        let Some((first, count, esize)) = read_block(k, t, b - block_link, notes)?.1 else {
             continue;
-        }
+        };
         if nbls.len() as u64 + count > room {
             notes.push(format!("stopped after {MAX_NBLS} NBLs"));
             break;
@@ -381,16 +398,8 @@ pub fn look_nbls(
                 break;
             }
             let b = link - block_link;
-            let fields = view(k, t, "_NDIS_NBL_BLOCK", b).and_then(|blk| {
-                Ok((
-                    blk.get("Link.Flink")?,
-                    blk.get("Count")?,
-                    blk.get("ElementSize")?,
-                    blk.get("FirstElement")?,
-                ))
-            });
-            let (next, count, esize, first) = match fields {
-                Ok(f) => f,
+            let (next, elements) = match read_block(k, t, b, &mut out.notes) {
+                Ok(x) => x,
                 Err(e) => {
                     out.notes
                         .push(format!("NBL block {b:x} of pool {ph:x} is unreadable: {e}"));
@@ -398,12 +407,9 @@ pub fn look_nbls(
                 }
             };
             link = next;
-            if count > 1 << 16 || esize == 0 || esize > 1 << 16 {
-                out.notes.push(format!(
-                    "NBL block {b:x}: {count} elements of {esize:#x} bytes is not plausible"
-                ));
+            let Some((first, count, esize)) = elements else {
                 continue;
-            }
+            };
             for i in from_index..count {
                 let nbl = first + i * esize;
                 let page = (nbl + info_off) & !0xfff;

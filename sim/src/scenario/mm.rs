@@ -141,29 +141,54 @@ pub(super) fn write_mm(
     Ok(left)
 }
 
-/// A global's value, when the table has the global.
-fn put64(k: &mut Kernel, s: &str, v: u64, left: &mut Vec<String>) {
-    match k.sym(s) {
-        Ok(a) => k.w64(a, v),
-        Err(_) => left.push(format!("nt!{s}")),
+/// Where a figure lives: a global (written as 8 bytes), or a member of the structure a
+/// global names.
+#[derive(Clone, Copy)]
+enum Place {
+    Global(&'static str),
+    Member(&'static str, &'static str, &'static str),
+}
+
+impl Place {
+    fn name(self) -> String {
+        match self {
+            Place::Global(g) => format!("nt!{g}"),
+            Place::Member(_, t, path) => format!("{t}.{path}"),
+        }
     }
 }
 
-/// A field of the structure at `at`, when the table has the field.
-fn put(
+/// Writes each figure to the first of its places the table has; a figure with none is left
+/// out (and named in `left`).
+fn put_all(
     k: &mut Kernel,
-    at: u64,
-    t: &str,
-    path: &str,
-    v: u64,
+    figures: &[(&[Place], u64)],
     left: &mut Vec<String>,
 ) -> Result<(), SimError> {
-    if k.has(t, path) {
-        k.set(at, t, path, v)
-    } else {
-        left.push(format!("{t}.{path}"));
-        Ok(())
+    for (places, v) in figures {
+        let home = places.iter().find(|p| match p {
+            Place::Global(g) => k.has_sym(g),
+            Place::Member(g, t, path) => k.has_sym(g) && k.has(t, path),
+        });
+        match home {
+            Some(Place::Global(g)) => {
+                let a = k.sym(g)?;
+                k.w64(a, *v);
+            }
+            Some(Place::Member(g, t, path)) => {
+                let a = k.sym(g)?;
+                k.set(a, t, path, *v)?;
+            }
+            None => left.push(
+                places
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            ),
+        }
     }
+    Ok(())
 }
 
 /// The page file; returns its `_MMPAGING_FILE`.
@@ -194,34 +219,41 @@ fn write_mm_globals(
     pf: u64,
     left: &mut Vec<String>,
 ) -> Result<(), SimError> {
-    put64(k, "MmNumberOfPhysicalPages", m.physical, left);
-    put64(k, "MmAvailablePages", m.available, left);
-    put64(k, "MmResidentAvailablePages", m.resident_available, left);
-    put64(k, "MmTotalCommittedPages", m.committed, left);
-    put64(k, "MmTotalCommitLimit", m.limit, left);
-    put64(k, "MmTotalCommitLimitMaximum", m.limit_maximum, left);
-    put64(k, "MmPeakCommitment", m.peak, left);
-    put64(k, "MmSharedCommit", m.shared, left);
-    put64(k, "MmProcessCommit", m.process, left);
-    put64(k, "MmDriverCommit", m.driver, left);
-    put64(k, "MmPagedPoolCommit", m.paged_pool_commit, left);
-    put64(k, "MmAllocatedNonPagedPool", m.nonpaged_used, left);
-    put64(k, "MmMdlPagesAllocated", m.mdl, left);
-    // 9600 keeps the kernel stacks' pages in MiKernelStackPages.
-    if k.has_sym("MmKernelStackPages") {
-        put64(k, "MmKernelStackPages", m.kernel_stacks, left);
-    } else {
-        put64(k, "MiKernelStackPages", m.kernel_stacks, left);
-    }
-    put64(k, "MmSpecialPagesInUse", m.special_pool, left);
-    put64(k, "MmTotalPagesForPagingFile", m.modified_pf, left);
-    put64(
+    use Place::Global as G;
+    let info = |path| Place::Member("MmPagedPoolInfo", "_MM_PAGED_POOL_INFO", path);
+    put_all(
         k,
-        "MmMaximumNonPagedPoolInBytes",
-        m.nonpaged_max * 4096,
+        &[
+            (&[G("MmNumberOfPhysicalPages")], m.physical),
+            (&[G("MmAvailablePages")], m.available),
+            (&[G("MmResidentAvailablePages")], m.resident_available),
+            (&[G("MmTotalCommittedPages")], m.committed),
+            (&[G("MmTotalCommitLimit")], m.limit),
+            (&[G("MmTotalCommitLimitMaximum")], m.limit_maximum),
+            (&[G("MmPeakCommitment")], m.peak),
+            (&[G("MmSharedCommit")], m.shared),
+            (&[G("MmProcessCommit")], m.process),
+            (&[G("MmDriverCommit")], m.driver),
+            // 9600 keeps no paged-pool commit.
+            (
+                &[G("MmPagedPoolCommit"), info("PagedPoolCommit")],
+                m.paged_pool_commit,
+            ),
+            (&[info("AllocatedPagedPool")], m.paged_used),
+            (&[G("MmAllocatedNonPagedPool")], m.nonpaged_used),
+            (&[G("MmMdlPagesAllocated")], m.mdl),
+            // 9600 keeps the kernel stacks' pages in MiKernelStackPages.
+            (
+                &[G("MmKernelStackPages"), G("MiKernelStackPages")],
+                m.kernel_stacks,
+            ),
+            (&[G("MmSpecialPagesInUse")], m.special_pool),
+            (&[G("MmTotalPagesForPagingFile")], m.modified_pf),
+            (&[G("MmMaximumNonPagedPoolInBytes")], m.nonpaged_max * 4096),
+            (&[G("MmSizeOfPagedPoolInBytes")], m.paged_max * 4096),
+        ],
         left,
-    );
-    put64(k, "MmSizeOfPagedPoolInBytes", m.paged_max * 4096, left);
+    )?;
     let a = k.sym("MmModifiedPageListHead")?;
     k.set(a, "_MMPFNLIST", "Total", m.modified)?;
     let a = k.sym("MmModifiedNoWritePageListHead")?;
@@ -241,23 +273,6 @@ fn write_mm_globals(
         "TotalFreeSystemPtes",
         m.free_system_ptes,
     )?;
-    let a = k.sym("MmPagedPoolInfo")?;
-    put(
-        k,
-        a,
-        "_MM_PAGED_POOL_INFO",
-        "AllocatedPagedPool",
-        m.paged_used,
-        left,
-    )?;
-    put(
-        k,
-        a,
-        "_MM_PAGED_POOL_INFO",
-        "PagedPoolCommit",
-        m.paged_pool_commit,
-        left,
-    )?;
     Ok(())
 }
 
@@ -269,130 +284,59 @@ fn write_mm_partition(
     left: &mut Vec<String>,
 ) -> Result<(), SimError> {
     // Partition and MiState (1607+).
+    let p = |path| Place::Member("MiSystemPartition", "_MI_PARTITION", path);
+    let st = |path| Place::Member("MiState", "_MI_SYSTEM_INFORMATION", path);
+    put_all(
+        k,
+        &[
+            (&[p("Vp.NumberOfPhysicalPages")], m.physical),
+            (&[p("Vp.AvailablePages")], m.available),
+            (&[p("Vp.ResidentAvailablePages")], m.resident_available),
+            (&[p("Vp.TotalCommittedPages")], m.committed),
+            (&[p("Vp.TotalCommitLimit")], m.limit),
+            (&[p("Vp.ModifiedPageListHead.Total")], m.modified),
+            (
+                &[p("Vp.ModifiedNoWritePageListHead.Total")],
+                m.modified_no_write,
+            ),
+            (&[p("Vp.TotalPagesForPagingFile")], m.modified_pf),
+            // 14393 keeps the shared commit in MiState's visible state.
+            (&[p("Vp.SharedCommit"), st("Vs.SharedCommit")], m.shared),
+            (&[p("Vp.NumberOfPagingFiles")], 1),
+            (&[p("Vp.PagingFile[0]")], pf),
+            (&[p("Commit.PeakCommitment")], m.peak),
+            (&[p("Commit.TotalCommitLimitMaximum")], m.limit_maximum),
+            (&[st("Pools.AllocatedNonPagedPool")], m.nonpaged_used),
+            (&[st("Vs.PagedPoolInfo.AllocatedPagedPool")], m.paged_used),
+            (&[st("Vs.MaximumNonPagedPoolInPages")], m.nonpaged_max),
+            (&[st("Vs.SizeOfPagedPoolInPages")], m.paged_max),
+            (
+                &[st("Vs.SystemPteInfo.TotalFreeSystemPtes")],
+                m.free_system_ptes,
+            ),
+            (&[st("Vs.NonPagedPoolCommit")], m.nonpaged_pool_commit),
+            (&[st("Vs.BootCommit")], m.boot),
+            (&[st("Vs.MdlPagesAllocated")], m.mdl),
+            (&[st("Vs.SystemPageTableCommit")], m.system_page_tables),
+            (&[st("Vs.ProcessCommit")], m.process),
+            (&[st("Vs.DriverCommit")], m.driver),
+            (&[st("Vs.PfnDatabaseCommit")], m.pfn_array),
+            (&[st("Vs.PagefileHashPages")], m.pagefile_hash),
+        ],
+        left,
+    )?;
+    // The commit failures the banner counts: the scenario is about them, so they must land.
     let part = k.sym("MiSystemPartition")?;
-    let t = "_MI_PARTITION";
-    put(k, part, t, "Vp.NumberOfPhysicalPages", m.physical, left)?;
-    put(k, part, t, "Vp.AvailablePages", m.available, left)?;
-    put(
-        k,
-        part,
-        t,
-        "Vp.ResidentAvailablePages",
-        m.resident_available,
-        left,
-    )?;
-    put(k, part, t, "Vp.TotalCommittedPages", m.committed, left)?;
-    put(k, part, t, "Vp.TotalCommitLimit", m.limit, left)?;
-    put(
-        k,
-        part,
-        t,
-        "Vp.ModifiedPageListHead.Total",
-        m.modified,
-        left,
-    )?;
-    k.set(
-        part,
-        t,
-        "Vp.ModifiedNoWritePageListHead.Total",
-        m.modified_no_write,
-    )?;
-    put(
-        k,
-        part,
-        t,
-        "Vp.TotalPagesForPagingFile",
-        m.modified_pf,
-        left,
-    )?;
-    // 14393 keeps the shared commit in MiState's visible state.
-    if k.has(t, "Vp.SharedCommit") {
-        put(k, part, t, "Vp.SharedCommit", m.shared, left)?;
-    } else {
-        let st = k.sym("MiState")?;
-        put(
-            k,
-            st,
-            "_MI_SYSTEM_INFORMATION",
-            "Vs.SharedCommit",
-            m.shared,
-            left,
-        )?;
-    }
-    put(k, part, t, "Vp.NumberOfPagingFiles", 1, left)?;
-    put(k, part, t, "Vp.PagingFile[0]", pf, left)?;
     for (i, f) in m.failures.iter().enumerate() {
         k.set(
             part,
-            t,
+            "_MI_PARTITION",
             &format!("Vp.ChargeCommitmentFailures[{i}]"),
             u64::from(*f),
         )?;
     }
-    put(k, part, t, "Commit.PeakCommitment", m.peak, left)?;
-    put(
-        k,
-        part,
-        t,
-        "Commit.TotalCommitLimitMaximum",
-        m.limit_maximum,
-        left,
-    )?;
     let st = k.sym("MiState")?;
     let t = "_MI_SYSTEM_INFORMATION";
-    put(
-        k,
-        st,
-        t,
-        "Pools.AllocatedNonPagedPool",
-        m.nonpaged_used,
-        left,
-    )?;
-    put(
-        k,
-        st,
-        t,
-        "Vs.PagedPoolInfo.AllocatedPagedPool",
-        m.paged_used,
-        left,
-    )?;
-    put(
-        k,
-        st,
-        t,
-        "Vs.MaximumNonPagedPoolInPages",
-        m.nonpaged_max,
-        left,
-    )?;
-    put(k, st, t, "Vs.SizeOfPagedPoolInPages", m.paged_max, left)?;
-    k.set(
-        st,
-        t,
-        "Vs.SystemPteInfo.TotalFreeSystemPtes",
-        m.free_system_ptes,
-    )?;
-    put(
-        k,
-        st,
-        t,
-        "Vs.NonPagedPoolCommit",
-        m.nonpaged_pool_commit,
-        left,
-    )?;
-    put(k, st, t, "Vs.BootCommit", m.boot, left)?;
-    put(k, st, t, "Vs.MdlPagesAllocated", m.mdl, left)?;
-    put(
-        k,
-        st,
-        t,
-        "Vs.SystemPageTableCommit",
-        m.system_page_tables,
-        left,
-    )?;
-    put(k, st, t, "Vs.ProcessCommit", m.process, left)?;
-    put(k, st, t, "Vs.DriverCommit", m.driver, left)?;
-    put(k, st, t, "Vs.PfnDatabaseCommit", m.pfn_array, left)?;
-    put(k, st, t, "Vs.PagefileHashPages", m.pagefile_hash, left)?;
     let vis = k.sym("MiVisibleState")?;
     let vs = st + k.off(t, "Vs")?;
     k.w64(vis, vs);
