@@ -202,6 +202,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
             None => String::new(),
         }
     );
+    outln!("families, from the table: {}", f.families.join("; "));
     if !f.left_out.is_empty() {
         outln!(
             "this build's table has no place for (left out of the machine): {}",

@@ -444,14 +444,44 @@ fn session_commands() {
 
 #[test]
 fn vertarget_checks_the_build_against_the_kernels_own_copy() {
+    // Every place a debugger reads the build agrees, on every build's table: the reply to
+    // GetVersion, nt!NtBuildNumber, KUSER_SHARED_DATA and the image's version resource.
+    for build in common::BUILDS {
+        let Some((k, _)) = sim_kernel(build, Scenario::Healthy) else {
+            return;
+        };
+        let mut e = Engine::new(k);
+        let (text, j) = one(&mut e, "vertarget");
+        assert_eq!(j["build"].as_u64(), Some(u64::from(build)));
+        assert_eq!(
+            j["nt_build_number"].as_u64(),
+            Some(0xF000_0000 | u64::from(build))
+        );
+        // (Windows 7 and 8.1 publish no build there.)
+        let published = e
+            .kernel
+            .nt()
+            .unwrap()
+            .has_field("_KUSER_SHARED_DATA", "NtBuildNumber");
+        assert_eq!(
+            j["shared_data_build"].as_u64(),
+            published.then_some(u64::from(build))
+        );
+        assert_eq!(published, build >= 10240);
+        let (major, minor) = kdnet_sim::layout::nt_version(build);
+        let image = j["image_version"].as_str().unwrap();
+        assert!(
+            image.starts_with(&format!("{major}.{minor}.{build}.")),
+            "{build}: {image}"
+        );
+        assert!(j["warnings"].as_array().unwrap().is_empty(), "{j}");
+        assert!(text.contains("(4 procs) Free x64"), "{text}");
+        assert!(text.contains(&format!("Kernel image version: {image}\n")));
+    }
     let Some((k, p)) = sim_kernel(20348, Scenario::Healthy) else {
         return;
     };
-    let mut e = Engine::new(k);
-    let (text, j) = one(&mut e, "vertarget");
-    assert_eq!(j["nt_build_number"].as_u64(), Some(0xF000_0000 | 20348));
-    assert!(j["warnings"].as_array().unwrap().is_empty());
-    assert!(text.contains("(4 procs) Free x64"), "{text}");
+    let e = Engine::new(k);
     // A kernel whose own copy disagrees with what the target reported: said, not hidden.
     let at = p.kernel_base + e.kernel.nt().unwrap().symbol("NtBuildNumber").unwrap();
     let Some((k, _)) = common::sim_kernel_with(20348, Scenario::Healthy, |m| {
@@ -470,4 +500,93 @@ fn vertarget_checks_the_build_against_the_kernels_own_copy() {
         "{j}"
     );
     assert!(text.contains("WARNING: nt!NtBuildNumber says build 20036"));
+    // So is a KUSER_SHARED_DATA that disagrees.
+    let off = e
+        .kernel
+        .nt()
+        .unwrap()
+        .offset("_KUSER_SHARED_DATA", "NtBuildNumber")
+        .unwrap();
+    let Some((k, _)) = common::sim_kernel_with(20348, Scenario::Healthy, |m| {
+        use kdnet::machine::target::TargetHandler;
+        m.write_virtual(0, 0xFFFF_F780_0000_0000 + off, &20036u32.to_le_bytes());
+    }) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let (_, j) = one(&mut e, "vertarget");
+    assert_eq!(
+        j["warnings"][0].as_str().unwrap(),
+        "KUSER_SHARED_DATA says build 20036 but the target reported 20348",
+        "{j}"
+    );
+}
+
+/// A kernel table the project has never seen, whose layout moved: each command that needs a
+/// member the table lacks says which type and member, and the other commands go on working
+/// (never a number read from a guessed offset).
+#[test]
+fn a_member_the_table_lacks_stops_only_the_commands_that_need_it() {
+    use kdnet_sim::{Machine, SimConfig};
+    use kdnet_symbols::{builtin, isf};
+    // (type, member removed, a command that needs it)
+    let cases = [
+        ("_ERESOURCE", "ContentionCount", "!locks"),
+        ("_EPROCESS", "Peb", "!process 0 0"),
+        ("_KTHREAD", "Teb", "!thread"),
+        ("_KTHREAD", "Alertable", "!thread"),
+        ("_MMPAGING_FILE", "FreeSpace", "!vm"),
+        ("_KWAIT_BLOCK", "WaitType", "!deadlock"),
+    ];
+    for (ty, member, needs) in cases {
+        let mut table = builtin::nt_demo();
+        let id = table.id.clone().unwrap();
+        let mut udt = table.udt(ty).unwrap().clone();
+        let before = udt.fields.len();
+        udt.fields.retain(|f| f.name != member);
+        assert_eq!(
+            udt.fields.len() + 1,
+            before,
+            "{ty}.{member} is in the table"
+        );
+        table.insert_udt(udt);
+        let dir =
+            std::env::temp_dir().join(format!("kdnet-moved-{}-{ty}-{member}", std::process::id()));
+        std::fs::create_dir_all(dir.join("ntkrnlmp.pdb")).unwrap();
+        std::fs::write(
+            dir.join(format!("ntkrnlmp.pdb/{}-{}.json", id.guid, id.age)),
+            isf::to_json(&table),
+        )
+        .unwrap();
+        let mut config = SimConfig::demo();
+        config.scenario = Scenario::Deadlock;
+        config.resources = 500;
+        let machine = Machine::build(config).unwrap();
+        let cpus = machine.system().cpus.len() as u32;
+        let target = kdnet_testkit::local::LocalTarget::new(machine, cpus);
+        let path = kdnet_sim::symbols::symbol_path(&dir.display().to_string());
+        let k = kdnet_model::nt::Kernel::open(Box::new(target), path).unwrap();
+        let mut e = Engine::new(k);
+        // It fails, or (where the rest of its answer stands without it) answers incomplete;
+        // either way it names what it could not find.
+        let o = e.run(needs);
+        let said = format!("{:?} {:?}", o.error, o.incomplete);
+        assert!(
+            !o.ok() || !o.complete,
+            "{needs} without {ty}.{member}: {}",
+            o.text
+        );
+        assert!(
+            said.contains(&format!("{ty} has no"))
+                && (said.contains(&format!("member {member}"))
+                    || said.contains(&format!("field {member}"))),
+            "{needs} without {ty}.{member}: {said}"
+        );
+        // The rest goes on.
+        for other in ["lm", "vertarget", "dt nt!_KPRCB"] {
+            let o = e.run(other);
+            assert!(o.ok(), "{other} without {ty}.{member}: {:?}", o.error);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

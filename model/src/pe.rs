@@ -68,6 +68,15 @@ pub const DIR_EXPORT: usize = 0;
 pub const DIR_EXCEPTION: usize = 3;
 /// Debug directory.
 pub const DIR_DEBUG: usize = 6;
+/// Resource directory.
+pub const DIR_RESOURCE: usize = 2;
+
+/// The resource type of a version resource (`RT_VERSION`).
+const RT_VERSION: u32 = 16;
+/// Most entries looked at in one resource directory.
+const MAX_RESOURCE_ENTRIES: usize = 4096;
+/// Largest version resource read.
+const MAX_VERSION_BYTES: usize = 64 << 10;
 
 /// Parses the headers from the first bytes of an image (at least the header page).
 pub fn headers(h: &[u8]) -> Result<Headers, PeError> {
@@ -177,6 +186,73 @@ pub fn codeview(h: &Headers, r: &mut dyn ImageReader) -> Result<Option<PdbId>, P
         }));
     }
     Ok(None)
+}
+
+/// The file version (major, minor, build, revision) of the image's version resource: the
+/// `RT_VERSION` entry of the resource directory, its first name and language, and the
+/// `VS_FIXEDFILEINFO` after the `VS_VERSION_INFO` key. `None` when the image has no version
+/// resource; an error when one is there but cannot be read or is malformed.
+pub fn file_version(h: &Headers, r: &mut dyn ImageReader) -> Result<Option<[u16; 4]>, PeError> {
+    let Some((root, _)) = h.directory(DIR_RESOURCE) else {
+        return Ok(None);
+    };
+    let mut dir = root;
+    for level in 0..3 {
+        let d = r.read(dir, 16)?;
+        let named = usize::from(u16_at(&d, 12).unwrap_or(0));
+        let ids = usize::from(u16_at(&d, 14).unwrap_or(0));
+        let n = (named + ids).min(MAX_RESOURCE_ENTRIES);
+        if n == 0 {
+            return Ok(None);
+        }
+        let e = r.read(dir + 16, 8 * n)?;
+        // The type level is searched for RT_VERSION among the id entries; the name and
+        // language levels take their first entry.
+        let pick = if level == 0 {
+            (named..n).find(|&i| u32_at(&e, 8 * i) == Some(RT_VERSION))
+        } else {
+            Some(0)
+        };
+        let Some(i) = pick else {
+            return Ok(None);
+        };
+        let off = u32_at(&e, 8 * i + 4).ok_or(PeError::Malformed("resource directory"))?;
+        let next = root
+            .checked_add(off & 0x7fff_ffff)
+            .ok_or(PeError::Malformed("resource directory"))?;
+        let is_dir = off & 0x8000_0000 != 0;
+        if level < 2 && !is_dir || level == 2 && is_dir {
+            return Err(PeError::Malformed("resource directory"));
+        }
+        dir = next;
+    }
+    let entry = r.read(dir, 16)?;
+    let data = u32_at(&entry, 0).ok_or(PeError::Malformed("resource data entry"))?;
+    let size = u32_at(&entry, 4).unwrap_or(0) as usize;
+    if !(6 + 32 + 52..=MAX_VERSION_BYTES).contains(&size) {
+        return Err(PeError::Malformed("version resource"));
+    }
+    let blob = r.read(data, size.min(0x200))?;
+    let key: Vec<u8> = "VS_VERSION_INFO"
+        .encode_utf16()
+        .chain([0])
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    if blob.get(6..6 + key.len()) != Some(&key[..]) {
+        return Err(PeError::Malformed("version resource"));
+    }
+    let fixed = (6 + key.len()).div_ceil(4) * 4;
+    if u32_at(&blob, fixed) != Some(0xFEEF_04BD) {
+        return Err(PeError::Malformed("version resource"));
+    }
+    let ms = u32_at(&blob, fixed + 8).ok_or(PeError::Malformed("version resource"))?;
+    let ls = u32_at(&blob, fixed + 12).ok_or(PeError::Malformed("version resource"))?;
+    Ok(Some([
+        (ms >> 16) as u16,
+        ms as u16,
+        (ls >> 16) as u16,
+        ls as u16,
+    ]))
 }
 
 /// Limits on export tables.

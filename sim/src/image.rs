@@ -215,6 +215,9 @@ pub struct Image {
     /// Symbols defined by the simulator for modules without a table (name → (rva, size)).
     pub own_functions: BTreeMap<String, (u32, u32)>,
     next_own: u32,
+    /// The file version its version resource carries (major, minor, build, revision), if it
+    /// has one.
+    pub version: Option<[u16; 4]>,
 }
 
 /// The RVA where the simulator places functions of modules it invents.
@@ -249,6 +252,7 @@ impl Image {
             calls: Vec::new(),
             own_functions: BTreeMap::new(),
             next_own: OWN_TEXT,
+            version: None,
         }
     }
 
@@ -351,6 +355,37 @@ impl Image {
         debug_rva
     }
 
+    /// Appends a resource directory holding one version resource (`VS_VERSIONINFO`: the fixed
+    /// file information and the `FileVersion` and `ProductVersion` strings) to `rdata`, which
+    /// starts at `rdata_rva`; returns the directory's RVA and size.
+    fn append_version(&self, v: [u16; 4], rdata: &mut Vec<u8>, rdata_rva: u32) -> (u32, u32) {
+        while !rdata.len().is_multiple_of(8) {
+            rdata.push(0);
+        }
+        let dir_rva = rdata_rva + rdata.len() as u32;
+        // Three one-entry directories (type RT_VERSION, name 1, language 0x409), the data
+        // entry, then the data.
+        let dir = |id: u32, to: u32, leaf: bool| {
+            let mut d = vec![0u8; 16];
+            d[14..16].copy_from_slice(&1u16.to_le_bytes());
+            d.extend_from_slice(&id.to_le_bytes());
+            let off = if leaf { to } else { 0x8000_0000 | to };
+            d.extend_from_slice(&off.to_le_bytes());
+            d
+        };
+        let blob = version_info(v);
+        let mut tree = dir(16, 24, false);
+        tree.extend(dir(1, 48, false));
+        tree.extend(dir(0x409, 72, true));
+        let data_rva = dir_rva + 88;
+        tree.extend_from_slice(&data_rva.to_le_bytes());
+        tree.extend_from_slice(&(blob.len() as u32).to_le_bytes());
+        tree.extend_from_slice(&[0u8; 8]);
+        tree.extend_from_slice(&blob);
+        rdata.extend_from_slice(&tree);
+        (dir_rva, tree.len() as u32)
+    }
+
     /// Writes headers, sections, exports, debug directory, .pdata/.xdata, prologs and call
     /// sites into memory.
     pub fn write(&mut self, k: &mut Kernel) -> Result<(), SimError> {
@@ -376,6 +411,9 @@ impl Image {
         }
         let (export_rva, export_size) = self.append_exports(&mut rdata, rdata_rva);
         let debug_rva = self.append_debug(&mut rdata, rdata_rva);
+        let resources = self
+            .version
+            .map(|v| self.append_version(v, &mut rdata, rdata_rva));
         let rdata_size = rdata.len() as u32;
         self.size = (rdata_rva + rdata_size).div_ceil(0x1000) * 0x1000;
 
@@ -413,6 +451,9 @@ impl Image {
         put_dir(&mut h, 0, export_rva, export_size);
         put_dir(&mut h, 3, pdata_rva, pdata_size);
         put_dir(&mut h, 6, debug_rva, 0x1C);
+        if let Some((rva, size)) = resources {
+            put_dir(&mut h, 2, rva, size);
+        }
         let sh = oh + 0xF0;
         let sections: [(&[u8], u32, u32, u32); 3] = [
             (b".text", 0x1000, self.tail - 0x1000, 0x6000_0020),
@@ -454,6 +495,68 @@ impl Image {
         }
         Ok(())
     }
+}
+
+/// A `VS_VERSIONINFO` block for file version `v`: the fixed information, then a
+/// StringFileInfo with the English (US, Unicode) table's FileVersion and ProductVersion.
+fn version_info(v: [u16; 4]) -> Vec<u8> {
+    // Each block: length, value length, type (0 binary, 1 text), key, padding to 4 bytes,
+    // value, padding, children; the length covers all of it.
+    fn block(key: &str, text: bool, value: &[u8], value_len: u16, children: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 6];
+        b[2..4].copy_from_slice(&value_len.to_le_bytes());
+        b[4..6].copy_from_slice(&u16::from(text).to_le_bytes());
+        for u in key.encode_utf16().chain([0]) {
+            b.extend_from_slice(&u.to_le_bytes());
+        }
+        while !b.len().is_multiple_of(4) {
+            b.push(0);
+        }
+        b.extend_from_slice(value);
+        if !children.is_empty() {
+            while !b.len().is_multiple_of(4) {
+                b.push(0);
+            }
+            b.extend_from_slice(children);
+        }
+        let len = b.len() as u16;
+        b[0..2].copy_from_slice(&len.to_le_bytes());
+        while !b.len().is_multiple_of(4) {
+            b.push(0);
+        }
+        b
+    }
+    let text = format!("{}.{}.{}.{}", v[0], v[1], v[2], v[3]);
+    let string = |key: &str| {
+        let units: Vec<u16> = text.encode_utf16().chain([0]).collect();
+        let bytes: Vec<u8> = units.iter().flat_map(|u| u.to_le_bytes()).collect();
+        block(key, true, &bytes, units.len() as u16, &[])
+    };
+    let mut strings = string("FileVersion");
+    strings.extend(string("ProductVersion"));
+    let table = block("040904B0", true, &[], 0, &strings);
+    let file_info = block("StringFileInfo", true, &[], 0, &table);
+    let ms = (u32::from(v[0]) << 16) | u32::from(v[1]);
+    let ls = (u32::from(v[2]) << 16) | u32::from(v[3]);
+    let mut fixed = Vec::with_capacity(52);
+    for d in [
+        0xFEEF_04BD, // signature
+        0x0001_0000, // structure version
+        ms,
+        ls,
+        ms,
+        ls,
+        0x3F,        // flags mask
+        0,           // flags (a release build)
+        0x0004_0004, // VOS_NT_WINDOWS32
+        3,           // VFT_DRV
+        7,           // VFT2_DRV_SYSTEM
+        0,
+        0,
+    ] {
+        fixed.extend_from_slice(&u32::to_le_bytes(d));
+    }
+    block("VS_VERSION_INFO", false, &fixed, 52, &file_info)
 }
 
 #[cfg(test)]

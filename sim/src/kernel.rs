@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use kdnet_symbols::{FieldRef, Ty, TypeTable};
 
 use crate::SimError;
+use crate::families::{Families, PoolFamily, VaFamily};
 use crate::mem::{LARGE, PAGE, PTE_A, PTE_D, PTE_G, PTE_NX, PTE_RW, PhysMem, Space};
 
 /// A virtual region the kernel allocates from.
@@ -38,9 +39,9 @@ pub struct VaLayout {
 }
 
 impl VaLayout {
-    /// The layout for `build`.
-    pub fn for_build(build: u32) -> VaLayout {
-        if build < 9200 {
+    /// The layout of a kernel of these families (addresses typical of kernels that have them).
+    pub fn for_families(va: VaFamily, pool: PoolFamily) -> VaLayout {
+        if va == VaFamily::Fixed {
             VaLayout {
                 kernel_base: 0xfffff800_02a1f000 & !(LARGE - 1),
                 regions: vec![
@@ -51,9 +52,9 @@ impl VaLayout {
                     (Region::Drivers, 0xfffff880_00f00000),
                     (Region::SpecialPool, 0xfffff8a8_00000000),
                 ],
-                self_map_slot: 0x1ed,
+                self_map_slot: FIXED_SELF_MAP_SLOT,
             }
-        } else if build < 19000 {
+        } else if pool == PoolFamily::Classic || va == VaFamily::Dynamic {
             VaLayout {
                 kernel_base: 0xfffff803_a9c00000,
                 regions: vec![
@@ -64,7 +65,12 @@ impl VaLayout {
                     (Region::Drivers, 0xfffff803_ac000000),
                     (Region::SpecialPool, 0xffffc500_00000000),
                 ],
-                self_map_slot: 0x1b7,
+                // Before the self-map was randomized it had one slot on every machine.
+                self_map_slot: if va == VaFamily::Dynamic {
+                    FIXED_SELF_MAP_SLOT
+                } else {
+                    0x1b7
+                },
             }
         } else {
             VaLayout {
@@ -87,6 +93,9 @@ impl VaLayout {
         0xffff_0000_0000_0000 | (self.self_map_slot << 39)
     }
 }
+
+/// The page tables' self-map slot of every kernel before the slot was randomized (1607).
+pub const FIXED_SELF_MAP_SLOT: u64 = 0x1ed;
 
 /// The kernel address of `KUSER_SHARED_DATA`.
 pub const KUSER_SHARED_DATA: u64 = 0xfffff780_00000000;
@@ -117,6 +126,8 @@ pub struct Kernel {
     pub build: u32,
     /// Virtual layout.
     pub va: VaLayout,
+    /// The structure families the table says the kernel has.
+    pub families: Families,
     cursors: HashMap<Region, u64>,
     tlb: HashMap<u64, u64>,
     fields: RefCell<HashMap<(String, String), FieldRef>>,
@@ -156,25 +167,37 @@ impl std::fmt::Debug for Kernel {
 }
 
 impl Kernel {
-    /// A machine with `ram_pages` pages of RAM.
-    pub fn new(nt: TypeTable, extra: TypeTable, build: u32, ram_pages: u64) -> Kernel {
+    /// A machine with `ram_pages` pages of RAM, laid out as the table's families say.
+    pub fn new(
+        nt: TypeTable,
+        extra: TypeTable,
+        build: u32,
+        ram_pages: u64,
+    ) -> Result<Kernel, SimError> {
         let mut mem = PhysMem::new(ram_pages, FIRST_PFN);
         let space = Space::new(&mut mem);
-        let va = VaLayout::for_build(build);
-        space.self_map(&mut mem, va.self_map_slot);
-        let cursors = va.regions.iter().copied().collect();
-        Kernel {
+        let mut k = Kernel {
             mem,
             space,
             nt,
             extra,
             build,
-            va,
-            cursors,
+            va: VaLayout {
+                kernel_base: 0,
+                regions: Vec::new(),
+                self_map_slot: FIXED_SELF_MAP_SLOT,
+            },
+            families: Families::placeholder(),
+            cursors: HashMap::new(),
             tlb: HashMap::new(),
             fields: RefCell::new(HashMap::new()),
             used: RefCell::new(Usage::default()),
-        }
+        };
+        k.families = Families::of(&k)?;
+        k.va = VaLayout::for_families(k.families.va, k.families.pool);
+        k.space.self_map(&mut k.mem, k.va.self_map_slot);
+        k.cursors = k.va.regions.iter().copied().collect();
+        Ok(k)
     }
 
     /// The kernel base.

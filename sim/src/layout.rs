@@ -74,6 +74,17 @@ pub fn nt_version(build: u32) -> (u32, u32) {
     }
 }
 
+/// The file version of the kernel image of a build (major, minor, build, revision): a known
+/// build's own revision, revision 0 for any other.
+pub fn file_version(build: u32) -> [u16; 4] {
+    let (major, minor) = nt_version(build);
+    let revision = version_string(build)
+        .and_then(|v| v.rsplit('.').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    [major as u16, minor as u16, build as u16, revision]
+}
+
 /// The full version string of a known build.
 pub fn version_string(build: u32) -> Option<&'static str> {
     KNOWN_BUILDS.iter().find(|b| b.0 == build).map(|b| b.3)

@@ -14,6 +14,7 @@
 //! simulator adds to its symbol path), the modules other than nt (invented images with exports), and choices the
 //! facts leave open (pool in-use bit, resource wait chains on 17763+).
 
+pub mod families;
 pub mod image;
 pub mod kernel;
 pub mod layout;

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use crate::SimError;
+use crate::families::PoolFamily;
 use crate::kernel::{Kernel, Region};
 use crate::mem::PAGE;
 
@@ -186,7 +187,7 @@ impl Pool {
     pub fn new(k: &Kernel, cpus: usize, seed: u64) -> Pool {
         let mut r = kdnet::rng::SplitMix64::new(seed ^ 0x9001);
         Pool {
-            segment_heap: k.build >= 18362,
+            segment_heap: k.families.pool == PoolFamily::SegmentHeap,
             classic: BTreeMap::new(),
             heaps: BTreeMap::new(),
             heap_key: r.next_u64(),

@@ -134,6 +134,46 @@ async fn attach_config(config: SimConfig) -> Option<Session> {
     })
 }
 
+/// The fixed file information of the image at `base`'s version resource, found as a debugger
+/// finds it: the resource data directory, the RT_VERSION entry, its first name and language,
+/// the data entry, and the VS_FIXEDFILEINFO after the VS_VERSION_INFO key.
+async fn version_resource(s: &Session, base: u64) -> [u32; 13] {
+    let pe = base + u64::from(s.u32(base + 0x3c).await);
+    let dir = base + u64::from(s.u32(pe + 24 + 112 + 2 * 8).await);
+    assert_ne!(dir, base, "the image has a resource directory");
+    let mut at = dir;
+    for want in [Some(16u32), None, None] {
+        let named = s.u32(at + 12).await & 0xffff;
+        let ids = s.u32(at + 12).await >> 16;
+        assert!(ids >= 1, "an id entry");
+        let entry = at + 16 + 8 * u64::from(named);
+        if let Some(w) = want {
+            assert_eq!(s.u32(entry).await, w, "RT_VERSION");
+        }
+        let off = s.u32(entry + 4).await;
+        at = dir + u64::from(off & 0x7fff_ffff);
+        if off & 0x8000_0000 == 0 {
+            break;
+        }
+    }
+    let data = base + u64::from(s.u32(at).await);
+    let size = s.u32(at + 4).await as usize;
+    let blob = s.host.read_virtual(data, size.min(0x1000)).await.unwrap();
+    let key: Vec<u8> = "VS_VERSION_INFO"
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    assert_eq!(&blob[6..6 + key.len()], &key[..]);
+    let value = (6 + key.len() + 2).div_ceil(4) * 4;
+    let mut fixed = [0u32; 13];
+    for (i, d) in fixed.iter_mut().enumerate() {
+        let o = value + 4 * i;
+        *d = u32::from_le_bytes(blob[o..o + 4].try_into().unwrap());
+    }
+    assert_eq!(fixed[0], 0xFEEF_04BD, "VS_FIXEDFILEINFO signature");
+    fixed
+}
+
 /// What every machine must show: version, image identity, KDBG, page tables, processes,
 /// resources.
 async fn common_checks(s: &Session) {
@@ -153,6 +193,28 @@ async fn common_checks(s: &Session) {
             "KUSER_SHARED_DATA"
         );
     }
+    // The version KUSER_SHARED_DATA publishes, the lab strings, and the image's version
+    // resource all name the same build.
+    let (major, minor) = kdnet_sim::layout::nt_version(s.build);
+    let kuser = |f| 0xFFFF_F780_0000_0000 + s.off("_KUSER_SHARED_DATA", f);
+    assert_eq!(s.u32(kuser("NtMajorVersion")).await, major);
+    assert_eq!(s.u32(kuser("NtMinorVersion")).await, minor);
+    for lab in ["NtBuildLab", "NtBuildLabEx"] {
+        if let Some(at) = s.nt.symbol(lab) {
+            let text = s.host.read_virtual(base + at, 16).await.unwrap();
+            assert!(
+                text.starts_with(format!("{}.", s.build).as_bytes()),
+                "{lab}: {}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    }
+    let fixed = version_resource(s, base).await;
+    assert_eq!(
+        (fixed[2] >> 16, fixed[2] & 0xffff, fixed[3] >> 16),
+        (major, minor, s.build),
+        "the image's file version"
+    );
     let system = s.u64(s.sym(base, "PsInitialSystemProcess")).await;
     let pid4 = s.facts.processes.iter().find(|p| p.1 == 4).unwrap().0;
     assert_eq!(system, pid4);

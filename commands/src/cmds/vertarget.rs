@@ -7,6 +7,9 @@ use crate::args::Args;
 use crate::engine::{CmdError, Engine, addr};
 use crate::registry::Render;
 
+/// Where every kernel maps KUSER_SHARED_DATA.
+const KUSER_SHARED_DATA: u64 = 0xFFFF_F780_0000_0000;
+
 /// What `vertarget` tells of the target.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub(crate) struct Version {
@@ -36,6 +39,12 @@ pub(crate) struct Version {
     /// `nt!NtBuildNumber` as the kernel keeps it (the build, 0xF in the top nibble for a free
     /// build, 0xC for a checked one); null when it could not be read.
     pub nt_build_number: Option<u32>,
+    /// The file version in the kernel image's version resource (`10.0.20348.288`; null when
+    /// the image has none or it could not be read).
+    pub image_version: Option<String>,
+    /// The build KUSER_SHARED_DATA publishes (`NtBuildNumber`; null where the build's
+    /// structure has no such member or it could not be read).
+    pub shared_data_build: Option<u32>,
     /// Where the places a debugger reads the build disagree (the reply to GetVersion,
     /// `nt!NtBuildNumber`): the symbols may be another build's.
     pub warnings: Vec<String>,
@@ -84,6 +93,50 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Version,
         },
         Err(_) => None,
     };
+    // The image's own version, and the copy KUSER_SHARED_DATA publishes.
+    let image_version = match e.kernel.image_file_version(e.kernel.base) {
+        Ok(Some(v)) => {
+            if u32::from(v[2]) != e.kernel.build {
+                warnings.push(format!(
+                    "the kernel image's version resource says build {} but the target reported {}",
+                    v[2], e.kernel.build
+                ));
+            }
+            Some(format!("{}.{}.{}.{}", v[0], v[1], v[2], v[3]))
+        }
+        Ok(None) => None,
+        Err(x) => {
+            e.kernel.note_incomplete(format!(
+                "the kernel image's version resource could not be read: {x}"
+            ));
+            None
+        }
+    };
+    let shared_data_build = match e
+        .kernel
+        .nt()
+        .ok()
+        .and_then(|t| t.offset("_KUSER_SHARED_DATA", "NtBuildNumber").ok())
+    {
+        Some(off) => match e.kernel.mem.u32(KUSER_SHARED_DATA + off) {
+            Ok(n) => {
+                if n & 0xffff != e.kernel.build {
+                    warnings.push(format!(
+                        "KUSER_SHARED_DATA says build {} but the target reported {}",
+                        n & 0xffff,
+                        e.kernel.build
+                    ));
+                }
+                Some(n)
+            }
+            Err(x) => {
+                e.kernel
+                    .note_incomplete(format!("KUSER_SHARED_DATA's build could not be read: {x}"));
+                None
+            }
+        },
+        None => None,
+    };
     let uptime_seconds = match e.kernel.clocks() {
         Ok((_, interrupt, _)) => Some(interrupt as f64 / 1e7),
         Err(x) => {
@@ -94,6 +147,8 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Version,
     };
     Ok(Version {
         build_lab,
+        image_version,
+        shared_data_build,
         uptime_seconds,
         nt_build_number,
         warnings,
@@ -130,6 +185,9 @@ impl Render for Version {
         if let Some(lab) = &self.build_lab {
             out.push_str(&format!("Built by: {lab}\n"));
         }
+        if let Some(v) = &self.image_version {
+            out.push_str(&format!("Kernel image version: {v}\n"));
+        }
         if let Some(s) = self.uptime_seconds {
             out.push_str(&format!(
                 "System Uptime: {}\n",
@@ -161,6 +219,8 @@ mod tests {
             build_lab: None,
             uptime_seconds: None,
             nt_build_number: None,
+            image_version: None,
+            shared_data_build: None,
             warnings: Vec::new(),
         };
         let mut text = String::new();
@@ -178,7 +238,7 @@ mod tests {
         assert!(text.starts_with("Windows 10 Kernel Version 20348 MP (2 procs)"));
         assert!(text.contains("PsLoadedModuleList = 0x00000000`00000010\n"));
         let j = serde_json::to_value(&v).unwrap();
-        assert_eq!(j.as_object().unwrap().len(), 11);
+        assert_eq!(j.as_object().unwrap().len(), 13);
         assert_eq!(j["ps_loaded_module_list"], "0x0000000000000010");
         v.nt_build_number = Some(0xC000_4E44);
         v.warnings = vec!["nt!NtBuildNumber says build 20036".into()];

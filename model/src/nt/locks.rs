@@ -301,6 +301,7 @@ pub fn walk(k: &mut Kernel, verbose: bool, only: Option<u64>) -> Result<Locks, M
                 out.note = Some(format!("stopped after {} resources: {why}", out.total));
                 break;
             }
+            Err(e) if e.is_layout() => return Err(e),
             Err(e) => {
                 let mut h = held_from_error(&v, &e);
                 h.warnings.push(format!("could not read all of it: {e}"));

@@ -59,6 +59,18 @@ pub enum ModelError {
     Corrupt(String),
 }
 
+impl ModelError {
+    /// Whether the kernel's table lacks a type, member, symbol or constant the reader needs:
+    /// a fact about the table, not about one object, so whatever hit it stops and says so
+    /// rather than going on object by object.
+    pub fn is_layout(&self) -> bool {
+        matches!(
+            self,
+            ModelError::Symbols(_) | ModelError::View(ViewError::Symbols(_))
+        )
+    }
+}
+
 /// Largest list walked.
 pub const MAX_LIST: usize = 1 << 22;
 
@@ -384,5 +396,15 @@ impl Kernel {
     /// Whether nt has the symbol.
     pub fn has_sym(&self, name: &str) -> bool {
         self.nt.as_ref().is_some_and(|t| t.symbol(name).is_some())
+    }
+
+    /// Whether the kernel keeps its pool in the segment heap, told by the table: pool
+    /// descriptors with free-list heads mean the classic pool (a 17763 kernel has the segment
+    /// heap's types and `ExPoolState` too, but not for its pool), their absence with
+    /// `ExPoolState` the segment heap.
+    pub fn pool_is_segment_heap(&self) -> bool {
+        self.nt.as_ref().is_some_and(|t| {
+            !t.has_field("_POOL_DESCRIPTOR", "ListHeads") && t.symbol("ExPoolState").is_some()
+        })
     }
 }

@@ -194,7 +194,9 @@ impl Kernel {
             Some(h) => h,
             None => self.sym("PsLoadedModuleList")?,
         };
-        // Loader entry fields are at the same offsets on every x64 build (checked against every real table the tests have).
+        // Without nt's table (it is found through this list) the loader entry's members are
+        // at the offsets every x64 build has (checked against every real table the tests
+        // have); with it, at the table's, and a table without them is an error.
         let (dll_base, size_of_image, full, short, node) = match &self.nt {
             Some(t) => {
                 let ty = if t.has_type("_KLDR_DATA_TABLE_ENTRY") {
@@ -203,10 +205,10 @@ impl Kernel {
                     "_LDR_DATA_TABLE_ENTRY"
                 };
                 (
-                    t.offset(ty, "DllBase").unwrap_or(0x30),
-                    t.offset(ty, "SizeOfImage").unwrap_or(0x40),
-                    t.offset(ty, "FullDllName").unwrap_or(0x48),
-                    t.offset(ty, "BaseDllName").unwrap_or(0x58),
+                    t.offset(ty, "DllBase")?,
+                    t.offset(ty, "SizeOfImage")?,
+                    t.offset(ty, "FullDllName")?,
+                    t.offset(ty, "BaseDllName")?,
                     0x68usize,
                 )
             }

@@ -310,7 +310,7 @@ impl Kernel {
             (Some(a), Some(b), Some(c)) => Some((a, b, c)),
             _ => None,
         };
-        let table = v.get_or("ObjectTable", 0);
+        let table = v.get("ObjectTable")?;
         let handle_count = self.handle_count(table)?;
         Ok(ProcessDetails {
             handle_count,
@@ -426,8 +426,6 @@ impl Kernel {
         let nt = v.table.clone();
         let state = v.get("Tcb.State")? as u8;
         let wait_reason = v.get("Tcb.WaitReason")? as u8;
-        let alertable_bit = if self.build < 14393 { 5 } else { 4 };
-        let misc = v.get_or("Tcb.MiscFlags", 0);
         let wait_tick = v.get("Tcb.WaitTime")?;
         let (wait_ticks, wait_seconds) = if state == 5 {
             match self.clock() {
@@ -446,14 +444,14 @@ impl Kernel {
             Vec::new()
         };
         let process = v.get("Tcb.Process")?;
-        let apc_process = v.get_or("Tcb.ApcState.Process", process);
+        let apc_process = v.get("Tcb.ApcState.Process")?;
         let irp_head = v.addr_of("IrpList")?;
         let irps = match self.walk_list(irp_head, None, 256, false) {
             Ok(w) => {
                 if let Some(n) = &w.note {
                     self.note_incomplete(format!("IRP list of thread {:#x}: {n}", v.addr));
                 }
-                let off = nt.offset("_IRP", "ThreadListEntry").unwrap_or(0x20);
+                let off = nt.offset("_IRP", "ThreadListEntry")?;
                 w.entries.iter().map(|e| e - off).collect()
             }
             Err(e) => {
@@ -482,7 +480,7 @@ impl Kernel {
                 .unwrap_or("Unknown")
                 .to_string(),
             wait_mode: v.get("Tcb.WaitMode")? as u8,
-            alertable: misc & (1 << alertable_bit) != 0,
+            alertable: v.get("Tcb.Alertable")? != 0,
             wait_tick,
             wait_ticks,
             wait_seconds,
@@ -491,20 +489,20 @@ impl Kernel {
             stack_limit: v.get("Tcb.StackLimit")?,
             stack_base: v.get("Tcb.StackBase")?,
             kernel_stack: v.get("Tcb.KernelStack")?,
-            stack_resident: v.get_or("Tcb.KernelStackResident", 1) != 0,
-            teb: v.get_or("Tcb.Teb", 0),
-            win32_thread: v.get_or("Tcb.Win32Thread", 0),
-            start_address: v.get_or("StartAddress", 0),
-            win32_start_address: v.get_or("Win32StartAddress", 0),
-            priority: v.get_signed("Tcb.Priority").unwrap_or(0),
-            base_priority: v.get_signed("Tcb.BasePriority").unwrap_or(0),
-            context_switches: v.get_or("Tcb.ContextSwitches", 0),
-            kernel_time: v.get_or("Tcb.KernelTime", 0),
-            user_time: v.get_or("Tcb.UserTime", 0),
-            processor: v.get_or("Tcb.NextProcessor", 0),
+            stack_resident: v.get("Tcb.KernelStackResident")? != 0,
+            teb: v.get("Tcb.Teb")?,
+            win32_thread: v.get("Tcb.Win32Thread")?,
+            start_address: v.get("StartAddress")?,
+            win32_start_address: v.get("Win32StartAddress")?,
+            priority: v.get_signed("Tcb.Priority")?,
+            base_priority: v.get_signed("Tcb.BasePriority")?,
+            context_switches: v.get("Tcb.ContextSwitches")?,
+            kernel_time: v.get("Tcb.KernelTime")?,
+            user_time: v.get("Tcb.UserTime")?,
+            processor: v.get("Tcb.NextProcessor")?,
             attached_process: (apc_process != process && apc_process != 0).then_some(apc_process),
             irps,
-            impersonation: (v.get_or("ActiveImpersonationInfo", 0) == 1)
+            impersonation: (v.get("ActiveImpersonationInfo")? == 1)
                 .then(|| v.get("ClientSecurity.ImpersonationData").ok())
                 .flatten()
                 .map(|d| (d & !7, d & 3)),
@@ -520,14 +518,12 @@ impl Kernel {
             return Ok(Vec::new());
         }
         let wbsize = nt.size_of("_KWAIT_BLOCK")?;
-        let active = nt
-            .enum_value("_KWAIT_BLOCK_STATE", "WaitBlockActive")
-            .unwrap_or(if self.build < 9200 { 2 } else { 4 }) as u64;
+        let active = nt.enum_value("_KWAIT_BLOCK_STATE", "WaitBlockActive")? as u64;
         let chained = nt.has_field("_KWAIT_BLOCK", "NextWaitBlock");
         let count = if chained {
             64
         } else {
-            v.get_or("Tcb.WaitBlockCount", 1).clamp(1, 64)
+            v.get("Tcb.WaitBlockCount")?.clamp(1, 64)
         };
         let mut out = Vec::new();
         let mut wb = list;
@@ -536,7 +532,7 @@ impl Kernel {
             if b.get("BlockState")? == active {
                 let object = b.get("Object")?;
                 if object != 0 {
-                    out.push((object, b.get_or("WaitType", 1) as u8));
+                    out.push((object, b.get("WaitType")? as u8));
                 }
             }
             if chained {
@@ -589,9 +585,9 @@ impl Kernel {
             // whoever looks at the wait next walks that stack and reads around the
             // object, and one request brings all of it.
             let (limit, base, ks) = (
-                v.get_or("Tcb.StackLimit", 0),
-                v.get_or("Tcb.StackBase", 0),
-                v.get_or("Tcb.KernelStack", 0),
+                v.get("Tcb.StackLimit")?,
+                v.get("Tcb.StackBase")?,
+                v.get("Tcb.KernelStack")?,
             );
             let on_stack = (limit..base).contains(&object)
                 && (limit..=object).contains(&ks)
@@ -729,10 +725,10 @@ fn process_from(v: &View) -> Result<Process, ModelError> {
         pid: v.get("UniqueProcessId")?,
         name: String::from_utf8_lossy(&name[..end]).into_owned(),
         dtb: v.get("Pcb.DirectoryTableBase")?,
-        parent: v.get_or("InheritedFromUniqueProcessId", 0),
-        peb: v.get_or("Peb", 0),
-        object_table: v.get_or("ObjectTable", 0),
-        session: v.get_or("Session", 0),
-        commit: v.get_or("CommitCharge", 0),
+        parent: v.get("InheritedFromUniqueProcessId")?,
+        peb: v.get("Peb")?,
+        object_table: v.get("ObjectTable")?,
+        session: v.get("Session")?,
+        commit: v.get("CommitCharge")?,
     })
 }

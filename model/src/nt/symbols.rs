@@ -39,6 +39,20 @@ impl ImageReader for MemImage<'_> {
 }
 
 impl Kernel {
+    /// The file version in the version resource of the image at `base` (`None` when it has
+    /// none). A read that failed is an error, not an absence.
+    pub fn image_file_version(&mut self, base: u64) -> Result<Option<[u16; 4]>, String> {
+        let mut r = MemImage::new(&mut self.mem, base);
+        let h = r.read(0, 0x1000).map_err(|e| e.to_string())?;
+        let h = pe::headers(&h).map_err(|e| e.to_string())?;
+        let v = pe::file_version(&h, &mut r);
+        match (v, r.failed) {
+            (Ok(v), _) => Ok(v),
+            (Err(_), Some(f)) => Err(f.to_string()),
+            (Err(e), None) => Err(e.to_string()),
+        }
+    }
+
     /// Loads a module's symbols (table along the path, else exports) once. What came of a
     /// read that failed (or a symbol path that failed) is used by the current command only:
     /// the next one tries again.

@@ -114,10 +114,10 @@ fn paging_file(k: &mut Kernel, pf: u64) -> Result<Option<PagingFile>, ModelError
     };
     Ok(Some((
         name,
-        v.get_or("Size", 0),
-        v.get_or("FreeSpace", 0),
-        v.get_or("MinimumSize", 0),
-        v.get_or("MaximumSize", 0),
+        v.get("Size")?,
+        v.get("FreeSpace")?,
+        v.get("MinimumSize")?,
+        v.get("MaximumSize")?,
     )))
 }
 

@@ -63,6 +63,8 @@ pub struct Facts {
     /// What the build's table has no place for, so the machine does not hold it (types,
     /// members, globals).
     pub left_out: Vec<String>,
+    /// The structure families the table says the kernel has, each with its evidence.
+    pub families: Vec<String>,
     /// Build.
     pub build: u32,
     /// ERESOURCEs on the list.

@@ -193,6 +193,7 @@ pub fn build_with_table(
     facts.committed = mm.committed;
     facts.commit_limit = mm.limit;
     facts.left_out.extend(write_mm(&mut sys, &mm, &commits)?);
+    facts.families = sys.k.families.why.clone();
     let version = sys.finish()?;
     facts.processes = sys
         .processes

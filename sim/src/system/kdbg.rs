@@ -12,13 +12,7 @@ impl System {
     pub(super) fn write_kdbg(&mut self) -> Result<u64, SimError> {
         let k = &mut self.k;
         let kdbg = k.sym("KdDebuggerDataBlock")?;
-        let size: u64 = if k.build < 9200 {
-            0x340
-        } else if k.build < 20000 {
-            0x380
-        } else {
-            0x3a0
-        };
+        let size = k.families.kdbg_size;
         let list_head = k.sym("KdpDebuggerDataListHead")?;
         k.w64(list_head, kdbg);
         k.w64(list_head + 8, kdbg);

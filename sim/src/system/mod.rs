@@ -241,7 +241,7 @@ impl System {
     pub fn new(nt: TypeTable, build: u32, cpus: u16, seed: u64) -> Result<System, SimError> {
         let mut rng = SplitMix64::new(seed);
         // 16 GB of RAM.
-        let mut k = Kernel::new(nt, builtin::extra(), build, 4 << 20);
+        let mut k = Kernel::new(nt, builtin::extra(), build, 4 << 20)?;
         // The kernel image, mapped with large pages, sized past its highest symbol.
         // (The highest symbol is recorded as used, so the compact table keeps the same size.)
         let highest =
@@ -254,7 +254,7 @@ impl System {
         };
         let pdb = nt_pdb(&k.nt);
         let base = k.base();
-        let nt_image = Image::new(
+        let mut nt_image = Image::new(
             "ntoskrnl.exe",
             "\\SystemRoot\\system32\\ntoskrnl.exe",
             base,
@@ -262,6 +262,8 @@ impl System {
             pdb,
             0x5a3c_1f2e,
         );
+        // Its version resource names the build the machine reports.
+        nt_image.version = Some(crate::layout::file_version(build));
         k.map_large(base, u64::from(nt_image.size) + 0x40000);
         // KUSER_SHARED_DATA.
         k.map(KUSER_SHARED_DATA, PAGE, true);
@@ -350,7 +352,9 @@ impl System {
             if let Ok(flag) = self.k.sym("KdpBootedNodebug") {
                 self.k.w8(flag, 1);
             }
-            if self.k.build >= 9200 {
+            // Kernels from Windows 8 on encode the block at boot (those whose block reaches
+            // past the Windows 7 members).
+            if size > 0x340 {
                 self.encode_kdbg(size)?;
             }
         }

@@ -96,11 +96,7 @@ impl System {
 
     pub(super) fn write_module_list(&mut self) -> Result<(), SimError> {
         let head = self.k.sym("PsLoadedModuleList")?;
-        let ty = if self.k.has_type("_KLDR_DATA_TABLE_ENTRY") {
-            "_KLDR_DATA_TABLE_ENTRY"
-        } else {
-            "_LDR_DATA_TABLE_ENTRY"
-        };
+        let ty = self.k.families.loader_entry;
         let size = self.k.size(ty)?;
         for i in 0..self.modules.len() {
             let (base, size_of_image, path, file) = {

@@ -1,6 +1,7 @@
 //! Executive resources: ERESOURCEs, their owners and their waiters.
 
 use crate::SimError;
+use crate::families::WaiterFamily;
 use crate::image::Gpr;
 use crate::pool::{PoolKind, tag};
 
@@ -126,9 +127,7 @@ impl System {
         // pointer to the first of a circular list of entries that name their threads
         // (17763+), or a pointer to a KEVENT/KSEMAPHORE (7601, 9600, 14393's exclusive side).
         let embedded_chain = self.k.has("_ERESOURCE", &format!("{field}.Head"));
-        let chain = embedded_chain
-            || (self.k.has("_KWAIT_CHAIN_ENTRY", "Thread")
-                && self.k.has("_KWAIT_CHAIN_ENTRY", "Event"));
+        let chain = embedded_chain || self.k.families.waiters == WaiterFamily::Chain;
         if chain {
             let mut entries = Vec::new();
             for w in waiters {

@@ -52,7 +52,9 @@ impl System {
             k.w32(at, 0xF000_0000 | k.build);
         }
         if k.has_sym("NtBuildLabEx") {
-            let lab = format!("{}.1.amd64fre.kdnet_sim.261130-0800\0", k.build);
+            // The lab string with the revision, as the image's version resource has it.
+            let rev = crate::layout::file_version(k.build)[3];
+            let lab = format!("{}.{rev}.amd64fre.kdnet_sim.261130-0800\0", k.build);
             let at = k.sym("NtBuildLabEx")?;
             k.write(at, lab.as_bytes());
         }

@@ -175,7 +175,7 @@ pub fn big_pages(k: &mut Kernel) -> Result<Vec<BigPage>, ModelError> {
             va & !1,
             key,
             e.get("NumberOfBytes")?,
-            e.get_or("PoolType", 0),
+            e.get("PoolType")?,
             va & 1 == 1,
         ));
     }

@@ -392,7 +392,7 @@ pub fn pool_at(k: &mut Kernel, a: u64) -> Result<(String, PoolAt), ModelError> {
     if let Some(s) = special(k, a, &region) {
         return Ok((region, s));
     }
-    let segment_heap = k.build >= 18362 && k.has_sym("ExPoolState");
+    let segment_heap = k.pool_is_segment_heap();
     if segment_heap && let Some(p) = heap_page(k, a)? {
         return Ok((region, p));
     }

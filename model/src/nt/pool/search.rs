@@ -103,7 +103,7 @@ pub fn find_tag(
     let space = k.mem.kernel_space()?;
     let pattern = tag.to_le_bytes();
     // Classic blocks never cross a page; segment-heap VS chunks may.
-    let classic = k.build < 18362;
+    let classic = !k.pool_is_segment_heap();
     for (start, end, paged) in pool_ranges(k, want_paged, &mut notes) {
         let mut at = start;
         while at < end && hits.len() < limit {
