@@ -59,6 +59,29 @@ fn a_real_ndis_pdb_still_comes_from_the_real_file() {
     ] {
         assert!(real.has_type(ty), "{ty}");
     }
+    // Its data publics by the names a debugger shows (the file has them decorated), and the
+    // members a type inherits from its base class.
+    for (name, rva) in [
+        ("ndisMiniportList", 0xE4090),
+        ("ndisGlobalTriageBlock", 0xE37A0),
+        ("ndisNblTrackerMode", 0xE5E08),
+        ("ndisNblTrackerList", 0xE4AD8),
+    ] {
+        assert_eq!(real.symbol(name), Some(rva), "{name}");
+    }
+    for (ty, member, offset) in [
+        ("_NDIS_NET_BUFFER_LIST_POOL", "AllocatedList", 0x10),
+        (
+            "_NDIS_NET_BUFFER_LIST_POOL",
+            "GlobalNetBufferListPoolList",
+            0x48,
+        ),
+        ("_NDIS_OPEN_BLOCK", "NextGlobalOpen", 0x180),
+        ("_NDIS_OPEN_BLOCK", "BindDeviceName", 0x198),
+        ("_NET_BUFFER_LIST", "NetBufferListInfo", 0x90),
+    ] {
+        assert_eq!(real.offset(ty, member).ok(), Some(offset), "{ty}.{member}");
+    }
     // The real layout, not the simulator's.
     let sim = ndis_layout::table(20348);
     assert_ne!(

@@ -40,6 +40,18 @@ pub enum SymError {
         /// The path asked for.
         path: String,
     },
+    /// No such field: a structure on the way lacks the member.
+    #[error("{ty} has no field {path} ({inner} has no member {member})")]
+    NoMember {
+        /// The type asked about.
+        ty: String,
+        /// The path asked for.
+        path: String,
+        /// The structure on the path that lacks the member.
+        inner: String,
+        /// The member it lacks.
+        member: String,
+    },
     /// An array index past the end.
     #[error("index {index} is past the end of {path} ({count} elements)")]
     IndexOutOfRange {

@@ -310,6 +310,7 @@ fn read_publics(bytes: &[u8], table: &mut TypeTable) -> Result<(), String> {
         .map_err(|e| format!("section headers: {e}"))?;
     let mut it = symbols.iter();
     let mut records = 0usize;
+    let mut decorated: Vec<(String, String, u64)> = Vec::new();
     while let Some(sym) = it.next().map_err(|e| format!("symbol records: {e}"))? {
         records += 1;
         if records > MAX_SYMBOL_RECORDS {
@@ -321,7 +322,20 @@ fn read_publics(bytes: &[u8], table: &mut TypeTable) -> Result<(), String> {
         if let Ok(pdb2::SymbolData::Public(p)) = sym.parse()
             && let Some(rva) = p.offset.to_rva(&map)
         {
-            table.insert_symbol(&p.name.to_string(), u64::from(rva.0));
+            let name = p.name.to_string().into_owned();
+            match undecorate(&name) {
+                Some(plain) => decorated.push((plain, name, u64::from(rva.0))),
+                None => table.insert_symbol(&name, u64::from(rva.0)),
+            }
+        }
+    }
+    // A decorated public goes by the name a debugger shows and its user types; where that name
+    // is taken (a C export of the same name), by its decorated one.
+    for (plain, name, rva) in decorated {
+        if table.symbol(&plain).is_none() {
+            table.insert_symbol(&plain, rva);
+        } else {
+            table.insert_symbol(&name, rva);
         }
     }
     Ok(())
@@ -635,6 +649,11 @@ enum Member<'a> {
         value: i64,
     },
     Continue(u32),
+    /// A non-virtual base class and where it lies in the derived one.
+    Base {
+        ty: u32,
+        offset: u64,
+    },
     Other,
 }
 
@@ -696,9 +715,9 @@ fn members(rec: &[u8]) -> Result<Vec<Member<'_>>, String> {
             }
             LF_BCLASS | LF_BINTERFACE => {
                 c.u16()?;
-                c.u32()?;
-                c.unsigned()?;
-                Member::Other
+                let ty = c.u32()?;
+                let offset = c.unsigned()?;
+                Member::Base { ty, offset }
             }
             LF_VBCLASS | LF_IVBCLASS => {
                 c.u16()?;
@@ -899,6 +918,8 @@ impl<'a> Types<'a> {
             memo: HashMap::new(),
         };
         let mut budget = Budget(4 * self.tpi.len() as u64 + (1 << 20));
+        // (derived, base, offset of the base in the derived)
+        let mut bases: Vec<(String, String, u64)> = Vec::new();
         for i in 0..self.records.len() as u32 {
             let index = self.min + i;
             match leaf(self.record(index)?)? {
@@ -913,17 +934,22 @@ impl<'a> Types<'a> {
                     let list = self.member_list(fields, &mut budget, &|| name.clone())?;
                     let mut out = Vec::new();
                     for m in list {
-                        if let Member::Data {
-                            name: n,
-                            ty,
-                            offset,
-                        } = m
-                        {
-                            out.push(Field {
+                        match m {
+                            Member::Data {
+                                name: n,
+                                ty,
+                                offset,
+                            } => out.push(Field {
                                 name: text(n),
                                 offset,
                                 ty: conv.ty(ty, 0)?,
-                            });
+                            }),
+                            Member::Base { ty, offset } => {
+                                if let Ty::Udt(b) = conv.ty(ty, 0)? {
+                                    bases.push((name.clone(), b, offset));
+                                }
+                            }
+                            _ => {}
                         }
                     }
                     table.insert_udt(Udt {
@@ -965,8 +991,83 @@ impl<'a> Types<'a> {
                 _ => {}
             }
         }
+        flatten_bases(table, &bases);
         Ok(())
     }
+}
+
+/// Deepest chain of base classes whose members are brought into a derived type.
+const MAX_BASE_DEPTH: usize = 8;
+
+/// Brings every non-virtual base class's members into the types derived from it, at the base's
+/// offset (as a debugger shows and resolves them: `_NDIS_NET_BUFFER_LIST_POOL.AllocatedList` is
+/// its `_NDIS_POOL_HEADER` base's). A member the derived type declares itself wins over a
+/// base's of the same name.
+fn flatten_bases(table: &mut TypeTable, bases: &[(String, String, u64)]) {
+    let mut of: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
+    for (derived, base, offset) in bases {
+        of.entry(derived.as_str())
+            .or_default()
+            .push((base.as_str(), *offset));
+    }
+    // The members a base brings, its own bases' included (bounded in depth, so a cycle in a
+    // malformed file ends).
+    fn inherited(
+        table: &TypeTable,
+        of: &HashMap<&str, Vec<(&str, u64)>>,
+        ty: &str,
+        at: u64,
+        depth: usize,
+        out: &mut Vec<Field>,
+    ) {
+        if depth > MAX_BASE_DEPTH {
+            return;
+        }
+        let Ok(u) = table.udt(ty) else { return };
+        for f in &u.fields {
+            out.push(Field {
+                name: f.name.clone(),
+                offset: f.offset.saturating_add(at),
+                ty: f.ty.clone(),
+            });
+        }
+        for (b, off) in of.get(ty).into_iter().flatten() {
+            inherited(table, of, b, at.saturating_add(*off), depth + 1, out);
+        }
+    }
+    for derived in of.keys() {
+        let mut extra = Vec::new();
+        for (b, off) in &of[derived] {
+            inherited(table, &of, b, *off, 1, &mut extra);
+        }
+        let Ok(u) = table.udt(derived) else { continue };
+        let mut u = u.clone();
+        for f in extra {
+            if u.field(&f.name).is_none() {
+                u.fields.push(f);
+            }
+        }
+        table.insert_udt(u);
+    }
+}
+
+/// The name a debugger shows for a decorated public: `?ndisMiniportList@@3PEAU…@@EA` is
+/// `ndisMiniportList`, `?Name@Scope@@…` is `Scope::Name`. Special names (`??…`: operators,
+/// string literals, constructors) and undecorated names give `None`.
+fn undecorate(name: &str) -> Option<String> {
+    let rest = name.strip_prefix('?')?;
+    if rest.starts_with('?') {
+        return None;
+    }
+    let end = rest.find("@@")?;
+    let parts: Vec<&str> = rest[..end].split('@').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || !p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'))
+    {
+        return None;
+    }
+    Some(parts.into_iter().rev().collect::<Vec<_>>().join("::"))
 }
 
 struct Conv<'a, 't> {
@@ -1058,6 +1159,73 @@ impl Conv<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decorated_publics_go_by_their_plain_names() {
+        assert_eq!(
+            undecorate("?ndisMiniportList@@3PEAU_NDIS_MINIPORT_BLOCK@@EA").as_deref(),
+            Some("ndisMiniportList")
+        );
+        assert_eq!(
+            undecorate("?Run@Engine@Kd@@QEAAXXZ").as_deref(),
+            Some("Kd::Engine::Run")
+        );
+        for special in [
+            "??_C@_0BD@GEIFCBIL@LdrHotPatchRoutine?$AA@",
+            "??0Engine@@QEAA@XZ",
+            "NdisAllocateNetBufferListPool",
+            "?x",
+            "?a b@@3HA",
+        ] {
+            assert_eq!(undecorate(special), None, "{special}");
+        }
+    }
+
+    #[test]
+    fn base_class_members_are_found_in_the_derived_type() {
+        let mut t = TypeTable::new(None);
+        t.insert_base("unsigned long", 4, false);
+        let u = |name: &str, size, fields: Vec<(&str, u64)>| Udt {
+            name: name.into(),
+            kind: UdtKind::Struct,
+            size,
+            fields: fields
+                .into_iter()
+                .map(|(n, o)| Field {
+                    name: n.into(),
+                    offset: o,
+                    ty: Ty::Base {
+                        name: "unsigned long".into(),
+                        size: 4,
+                        signed: false,
+                    },
+                })
+                .collect(),
+        };
+        t.insert_udt(u("Root", 8, vec![("Header", 0), ("Flags", 4)]));
+        t.insert_udt(u("Mid", 0x10, vec![("Count", 8), ("Flags", 0xc)]));
+        t.insert_udt(u("Leaf", 0x20, vec![("Own", 0x18)]));
+        flatten_bases(
+            &mut t,
+            &[
+                ("Leaf".into(), "Mid".into(), 0x10),
+                ("Mid".into(), "Root".into(), 0),
+            ],
+        );
+        assert_eq!(t.offset("Leaf", "Own").unwrap(), 0x18);
+        assert_eq!(t.offset("Leaf", "Count").unwrap(), 0x18);
+        assert_eq!(t.offset("Leaf", "Header").unwrap(), 0x10);
+        // The derived type's own member wins over its base's.
+        assert_eq!(t.offset("Mid", "Flags").unwrap(), 0xc);
+        // A cycle in a malformed file ends.
+        flatten_bases(
+            &mut t,
+            &[
+                ("Root".into(), "Mid".into(), 0),
+                ("Mid".into(), "Root".into(), 0),
+            ],
+        );
+    }
 
     /// A type stream header for `records` (records are length-prefixed already).
     fn tpi(records: &[Vec<u8>]) -> Vec<u8> {

@@ -492,7 +492,18 @@ impl TypeTable {
                 Ty::Udt(n) => self.find_udt(n)?,
                 _ => return Err(err()),
             };
-            let f = udt.field(name).ok_or_else(err)?;
+            let f = udt.field(name).ok_or_else(|| {
+                if udt.name == ty {
+                    err()
+                } else {
+                    SymError::NoMember {
+                        ty: ty.to_string(),
+                        path: path.to_string(),
+                        inner: udt.name.clone(),
+                        member: name.to_string(),
+                    }
+                }
+            })?;
             offset = offset.checked_add(f.offset).ok_or_else(err)?;
             cur = f.ty.clone();
             for idx in indices {
