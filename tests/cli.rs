@@ -387,6 +387,11 @@ fn sim_runs_and_prints_its_counters() {
     );
     assert!(text.contains("scenario deadlock"), "{text}");
     assert!(text.contains("500 executive resources"), "{text}");
+    // The built-in table is 20348's: the banner says what it found there.
+    assert!(
+        text.contains("families, from the table: pool: segment heap (ExPoolState"),
+        "{text}"
+    );
     assert!(text.contains("offers to 127.0.0.1:9"), "{text}");
     assert!(
         text.contains("target counters:") && text.contains("offers 1"),
