@@ -202,3 +202,63 @@ pub fn demo_table_json(full: &Path) -> Result<String, SimError> {
     let subset = table.subset(&types, &fields, &enums, &symbols)?;
     Ok(isf::to_json(&subset))
 }
+
+/// What the built-in NDIS layout copies from the real ndis.pdb: the types (whole), the enums
+/// and the globals the simulated ndis.sys and the NDIS commands use.
+pub const NDIS_TYPES: &[&str] = &[
+    "_LIST_ENTRY",
+    "_UNICODE_STRING",
+    "_SLIST_HEADER",
+    "_GENERAL_LOOKASIDE_POOL",
+    "_LOOKASIDE_LIST_EX",
+    "_NDIS_OBJECT_HEADER",
+    "_NET_BUFFER_LIST",
+    "_NET_BUFFER",
+    "_NDIS_POOL_HEADER",
+    "_NDIS_ENTRY_HEADER",
+    "_NDIS_NET_BUFFER_LIST_POOL",
+    "_NDIS_NPAGED_LOOKASIDE_LIST",
+    "_NDIS_GLOBAL_TRIAGE_BLOCK",
+    "_NDIS_NBL_TRACKER",
+    "_NDIS_NBL_TRACKER_BUCKET",
+    "_NDIS_MINIPORT_BLOCK",
+    "_NDIS_MINIPORT_ADAPTER_GENERAL_ATTRIBUTES",
+    "_NDIS_M_DRIVER_BLOCK",
+    "_NDIS_FILTER_BLOCK",
+    "_NDIS_COMMON_OPEN_BLOCK",
+    "_NDIS_OPEN_BLOCK",
+    "_NDIS_PROTOCOL_BLOCK",
+    "_ULONG_REFERENCE",
+    "_REFERENCE_EX",
+];
+/// … the enums.
+pub const NDIS_ENUMS: &[&str] = &[
+    "_NDIS_NET_BUFFER_LIST_INFO",
+    "_NDIS_NBL_TRACKER_SOURCE",
+    "_NDIS_NBL_TRACKER_MODE",
+];
+/// … the globals.
+pub const NDIS_SYMBOLS: &[&str] = &[
+    "ndisMiniportList",
+    "ndisMiniDriverList",
+    "ndisGlobalFilterList",
+    "ndisGlobalOpenList",
+    "ndisProtocolList",
+    "ndisNblTrackerMode",
+    "ndisNblTrackerList",
+    "ndisGlobalTriageBlock",
+];
+
+/// The built-in NDIS layout (`symbols/builtin/ndis.json`) from the real ndis.pdb it copies.
+pub fn ndis_table_json(pdb: &Path) -> Result<String, SimError> {
+    let real = kdnet_symbols::pdb::load_file(pdb)?;
+    if real.id.as_ref().map(|i| i.guid.as_str()) != Some(builtin::NDIS_GUID) {
+        return Err(SimError::Config(format!(
+            "{} is not the ndis.pdb the built-in layout copies ({})",
+            pdb.display(),
+            builtin::NDIS_GUID
+        )));
+    }
+    let t = real.subset(NDIS_TYPES, &[], NDIS_ENUMS, NDIS_SYMBOLS)?;
+    Ok(isf::to_json(&t))
+}

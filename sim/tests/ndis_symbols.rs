@@ -88,6 +88,59 @@ fn a_real_ndis_pdb_still_comes_from_the_real_file() {
         real.size_of("_NDIS_MINIPORT_BLOCK").ok(),
         sim.size_of("_NDIS_MINIPORT_BLOCK").ok()
     );
-    // Without the file on the path, the simulator's tables do not answer for it.
-    assert!(symbol_path("").find(&id).unwrap().is_none());
+    // Without the file on the path, the built-in copy of its layout answers for it, never
+    // the simulator's own layout.
+    let copy = symbol_path("").find(&id).unwrap().unwrap();
+    assert_eq!(copy.source, "built-in");
+    assert_eq!(
+        copy.table.size_of("_NDIS_MINIPORT_BLOCK").ok(),
+        real.size_of("_NDIS_MINIPORT_BLOCK").ok()
+    );
+}
+
+/// The built-in NDIS layout is a copy of the real ndis.pdb's: generated from it (never edited),
+/// and every type, member, enum constant and global it holds at the real file's offset.
+#[test]
+fn the_builtin_ndis_layout_is_the_real_pdbs() {
+    let Some(dir) = kdnet_testkit::shared("pdbs/ndis.pdb") else {
+        return;
+    };
+    let file = dir.join("pdbs/ndis.pdb");
+    let fresh = kdnet_sim::layout::ndis_table_json(&file).unwrap();
+    assert!(
+        fresh == kdnet_symbols::builtin::NDIS_JSON,
+        "symbols/builtin/ndis.json is stale or edited: run scripts/gen-builtin-tables.sh"
+    );
+    let real = pdb::load_file(&file).unwrap();
+    let copy = kdnet_symbols::builtin::ndis();
+    assert_eq!(copy.id, real.id);
+    let mut members = 0;
+    for ty in kdnet_sim::layout::NDIS_TYPES {
+        let (c, r) = (copy.udt(ty).unwrap(), real.udt(ty).unwrap());
+        assert_eq!(c.size, r.size, "{ty}");
+        for f in &c.fields {
+            let rf = r
+                .field(&f.name)
+                .unwrap_or_else(|| panic!("{ty}.{}", f.name));
+            assert_eq!((f.offset, &f.ty), (rf.offset, &rf.ty), "{ty}.{}", f.name);
+            members += 1;
+        }
+        assert_eq!(c.fields.len(), r.fields.len(), "{ty}");
+    }
+    assert!(members > 600, "{members}");
+    for e in kdnet_sim::layout::NDIS_ENUMS {
+        assert_eq!(
+            copy.enumeration(e).unwrap(),
+            real.enumeration(e).unwrap(),
+            "{e}"
+        );
+    }
+    for s in kdnet_sim::layout::NDIS_SYMBOLS {
+        assert_eq!(copy.symbol(s), real.symbol(s), "{s}");
+        assert!(copy.symbol(s).is_some(), "{s}");
+    }
+    // It answers for the real file's identity when the file is not on the path.
+    let id = real.id.clone().unwrap();
+    let found = SymbolPath::parse("").find(&id).unwrap().unwrap();
+    assert_eq!(found.source, "built-in");
 }

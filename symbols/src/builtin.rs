@@ -8,6 +8,9 @@
 //!   LARGE_INTEGER CurrentTime}`).
 //! - [`nt_demo`]: the compact kernel table of the built-in demo (build 20348), generated from the
 //!   real Volatility table by `scripts/gen-builtin-tables.sh` and regenerated, never edited.
+//! - [`ndis`]: the NDIS types, enums and globals the NDIS commands and the simulated ndis.sys
+//!   use, copied from a real ndis.pdb (its identity, its offsets) by the same script: what a
+//!   debugger reads when that ndis.pdb is not on the symbol path.
 
 use crate::table::{Field, PdbId, Ty, TypeTable, Udt, UdtKind};
 
@@ -16,6 +19,12 @@ pub const NT_DEMO_JSON: &str = include_str!("../builtin/ntkrnlmp-20348-demo.json
 
 /// GUID and age of the 20348 kernel the demo table comes from.
 pub const NT_DEMO_GUID: &str = "C2EADB24A615E9472CE47C8ADD31F130";
+
+/// The NDIS types, enums and globals of the real ndis.pdb [`NDIS_GUID`], as generated.
+pub const NDIS_JSON: &str = include_str!("../builtin/ndis.json");
+
+/// GUID of the ndis.pdb the built-in NDIS layout is copied from.
+pub const NDIS_GUID: &str = "6ABBF3711A187DC5033358115921C89D";
 
 fn ptr() -> Ty {
     Ty::Pointer(Box::new(Ty::Void))
@@ -283,8 +292,19 @@ pub fn nt_demo() -> TypeTable {
     })
 }
 
-/// The built-in table for a PDB identity: the demo kernel's.
+/// The built-in copy of the real ndis.pdb's NDIS layout (empty if it could not be read: every
+/// lookup then fails with a clear error).
+pub fn ndis() -> TypeTable {
+    crate::isf::parse(NDIS_JSON.as_bytes()).unwrap_or_else(|_| TypeTable::new(None))
+}
+
+/// The built-in table for a PDB identity: the demo kernel's, or the ndis.pdb the NDIS layout
+/// is copied from.
 pub fn by_id(id: &PdbId) -> Option<TypeTable> {
+    if id.guid == NDIS_GUID && id.name.eq_ignore_ascii_case("ndis.pdb") {
+        let t = ndis();
+        return (t.id.as_ref() == Some(id) && t.counts().0 > 0).then_some(t);
+    }
     if id.guid == NT_DEMO_GUID && id.age == 1 && id.name.eq_ignore_ascii_case("ntkrnlmp.pdb") {
         let t = nt_demo();
         return (t.counts().0 > 0).then_some(t);
