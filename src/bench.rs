@@ -70,6 +70,11 @@ pub struct Args {
     /// Idle targets in the watcher's CPU benchmark.
     #[arg(long, default_value_t = 8)]
     idle_targets: usize,
+    /// A directory of kernel tables (`ntkrnlmp.pdb/<GUID>-<age>.json.xz`, as `kdnet sim
+    /// --symbols` takes): the commands benchmark then runs on builds 7601, 14393 and 22000 as
+    /// well as on the built-in 20348.
+    #[arg(long)]
+    tables: Option<std::path::PathBuf>,
 }
 
 struct Flat;
@@ -155,7 +160,12 @@ fn wire_bench(n: usize) {
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     if args.commands_only {
-        commands_bench(Duration::from_micros(args.delay_us), args.resources).await?;
+        commands_bench(
+            Duration::from_micros(args.delay_us),
+            args.resources,
+            args.tables.as_deref(),
+        )
+        .await?;
         return Ok(exit::OK);
     }
     if args.memory_only {
@@ -256,7 +266,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     list_bench(delay, args.list_entries).await?;
-    commands_bench(delay, args.resources).await?;
+    commands_bench(delay, args.resources, args.tables.as_deref()).await?;
     memory_bench(delay).await?;
     watch_bench(delay, args.resources, args.idle_targets).await?;
     Ok(exit::OK)
@@ -996,12 +1006,83 @@ async fn stopped_sim(
 type CommandRow = (String, u64, u64, u64, usize, Duration, bool);
 
 /// Runs the analysis commands on a simulated nbl-hang machine over the link, each from a cold
-/// cache, and prints what each cost against the least it could.
-async fn commands_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
+/// cache, and prints what each cost against the least it could: on the built-in 20348 machine,
+/// and with `tables` on 7601, 14393 and 22000 too, with a line comparing the builds.
+async fn commands_bench(
+    delay: Duration,
+    resources: u32,
+    tables: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    // (build, where the simulator's table comes from, the debugger's symbol path)
+    let mut machines = vec![(20348, kdnet_sim::TableSource::Builtin, String::new())];
+    if let Some(dir) = tables {
+        for build in [7601, 14393, 22000] {
+            let table = kdnet_sim::TableSource::Dir(dir.to_path_buf());
+            machines.push((build, table, dir.display().to_string()));
+        }
+    }
+    let mut totals = Vec::new();
+    for (build, table, path) in machines {
+        let mut config = kdnet_sim::SimConfig::demo();
+        config.resources = resources;
+        config.build = build;
+        config.table = table;
+        let rows = commands_on(config, delay, path).await?;
+        outln!(
+            "\ncommands on the simulated nbl-hang machine ({resources} resources, build {build}), RTT {:?}, each from a cold cache",
+            delay * 2
+        );
+        outln!(
+            "  {:<22} {:>11} {:>11} {:>7} {:>11} {:>9} {:>9}",
+            "command",
+            "round trips",
+            "bytes",
+            "pages",
+            "least RTs",
+            "ratio",
+            "time"
+        );
+        let (mut sum, mut least_sum) = (0u64, 0u64);
+        for (c, rts, bytes, least, pages, took, ok) in rows {
+            sum += rts;
+            least_sum += least;
+            outln!(
+                "  {:<22} {:>11} {:>11} {:>7} {:>11} {:>9.2} {:>8.2}s{}",
+                c.chars().take(22).collect::<String>(),
+                rts,
+                bytes,
+                pages,
+                least,
+                rts as f64 / least.max(1) as f64,
+                took.as_secs_f64(),
+                if ok { "" } else { "  (failed)" }
+            );
+        }
+        totals.push((build, sum, least_sum));
+    }
+    outln!(
+        "  least RTs: per page touched, the span of bytes asked for over 3,944 bytes (a request cannot span two pages that are not physically adjacent)"
+    );
+    if totals.len() > 1 {
+        outln!("  all commands, by build (round trips / least):");
+        for (build, sum, least) in totals {
+            outln!(
+                "    {build:>5}  {sum:>7} / {least:>7} = {:.2}",
+                sum as f64 / least.max(1) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The commands of the benchmark on one simulated machine, each from a cold cache.
+async fn commands_on(
+    config: kdnet_sim::SimConfig,
+    delay: Duration,
+    symbols: String,
+) -> anyhow::Result<Vec<CommandRow>> {
     let key = Key::from_bytes(kdnet::rng::os_random_32());
     let host = Host::bind(HostConfig::new("127.0.0.1:0".parse()?, key.clone())).await?;
-    let mut config = kdnet_sim::SimConfig::demo();
-    config.resources = resources;
     let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
     tc.offer_interval = Duration::from_millis(500);
     let link = LinkConfig {
@@ -1018,8 +1099,10 @@ async fn commands_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
     let h = host.clone();
     let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<CommandRow>> {
         let target = kdnet_live::LiveTarget::new(h, rt)?;
-        let k =
-            kdnet_model::nt::Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path(""))?;
+        let k = kdnet_model::nt::Kernel::open(
+            Box::new(target),
+            kdnet_sim::symbols::symbol_path(&symbols),
+        )?;
         let mut e = kdnet_commands::engine::Engine::new(k);
         let commands = [
             "lm".to_string(),
@@ -1064,37 +1147,7 @@ async fn commands_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
     .await??;
     host.resume(status::DBG_CONTINUE).await?;
     sim.target.shutdown().await;
-    outln!(
-        "\ncommands on the simulated nbl-hang machine ({resources} resources, build 20348), RTT {:?}, each from a cold cache",
-        delay * 2
-    );
-    outln!(
-        "  {:<22} {:>11} {:>11} {:>7} {:>11} {:>9} {:>9}",
-        "command",
-        "round trips",
-        "bytes",
-        "pages",
-        "least RTs",
-        "ratio",
-        "time"
-    );
-    for (c, rts, bytes, least, pages, took, ok) in rows {
-        outln!(
-            "  {:<22} {:>11} {:>11} {:>7} {:>11} {:>9.2} {:>8.2}s{}",
-            c.chars().take(22).collect::<String>(),
-            rts,
-            bytes,
-            pages,
-            least,
-            rts as f64 / least.max(1) as f64,
-            took.as_secs_f64(),
-            if ok { "" } else { "  (failed)" }
-        );
-    }
-    outln!(
-        "  least RTs: per page touched, the span of bytes asked for over 3,944 bytes (a request cannot span two pages that are not physically adjacent)"
-    );
-    Ok(())
+    Ok(rows)
 }
 
 /// What the model's walk measured: entries, round trips, bytes fetched, time, (pages, least

@@ -41,7 +41,7 @@ pub struct Command {
     pub syntax: Syntax,
     /// The usage line, when the declared arguments do not say it all (`!process 0 7 [IMAGE]`).
     pub usage: Option<&'static str>,
-    /// The file name of its result's schema (`docs/schema/v2/<id>.json`).
+    /// The file name of its result's schema (`docs/schema/v3/<id>.json`).
     pub id: &'static str,
     /// Runs it.
     pub handler: Handler,
@@ -533,9 +533,9 @@ pub fn run(e: &mut Engine, verb: &str, args: &str) -> Result<Output, CmdError> {
     (c.handler)(e, &verb.to_ascii_lowercase(), &parsed)
 }
 
-/// The version of the published JSON schemas (`docs/schema/v2/`); it changes when a result
+/// The version of the published JSON schemas (`docs/schema/v3/`); it changes when a result
 /// changes in a way a consumer could trip on (a member removed, renamed or retyped).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Makes every object schema closed: a member a result carries is a member its schema names.
 fn close(v: &mut serde_json::Value) {

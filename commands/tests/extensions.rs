@@ -132,10 +132,16 @@ fn nbl_hang_on_every_build() {
             &format!("!ndiskd.miniport {:x}", p.facts.ndis.holder),
         );
         assert_eq!(j["name"], p.facts.ndis.holder_name.as_str());
-        assert_eq!(
-            j["send_nbls_outstanding"].as_u64(),
-            Some(u64::from(p.facts.ndis.pending))
-        );
+        // Read with the real ndis.pdb's members: the state (_NDIS_MINIPORT_BLOCK.State), the
+        // address from the general attributes, the references from Ref.ReferenceCount.
+        assert_eq!(j["miniport_state"], "NdisMiniportPausing");
+        assert_eq!(j["pnp_state"], "NdisPnPDeviceQueryRemoved");
+        assert_eq!(j["operational_status"], "NET_IF_OPER_STATUS_DOWN");
+        assert_eq!(j["mac_address"], "00-15-5d-4c-21-10");
+        assert_eq!(j["references"].as_u64(), Some(1858));
+        // A handle that is no miniport is said to be none.
+        let o = e.run(&format!("!ndiskd.miniport {:x}", p.facts.ndis.holder + 8));
+        assert!(o.error.unwrap().contains("is not a miniport block"));
         let j = run(&mut e, "!ndiskd.miniport");
         let names: Vec<&str> = j["miniports"]
             .as_array()

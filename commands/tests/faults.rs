@@ -472,16 +472,23 @@ fn a_holder_whose_name_could_not_be_read_says_so() {
         clean.result["holders"][0]["name"],
         facts.ndis.holder_name.as_str()
     );
-    // The name's characters sit on a page whose reads keep getting lost.
-    let name = e
-        .run(&format!(
-            "dt ndis!_NDIS_MINIPORT_BLOCK {:#x} MiniportName",
-            facts.ndis.holder
-        ))
-        .result;
-    assert!(name["fields"].is_array(), "{name}");
-    let string_at = kdnet_commands::hex::parse(&name["address"]).unwrap()
-        + name["fields"][0]["offset"].as_u64().unwrap();
+    // The holder is named by its NBL tracker's Name; the name sits on a page whose reads keep
+    // getting lost.
+    fn member(e: &mut Engine, ty: &str, at: u64, field: &str) -> u64 {
+        let r = e.run(&format!("dt ndis!{ty} {at:#x} {field}")).result;
+        assert!(r["fields"].is_array(), "{r}");
+        kdnet_commands::hex::parse(&r["address"]).unwrap()
+            + r["fields"][0]["offset"].as_u64().unwrap()
+    }
+    let tracker_at = member(
+        &mut e,
+        "_NDIS_MINIPORT_BLOCK",
+        facts.ndis.holder,
+        "NblTracker",
+    );
+    let tracker = e.kernel.mem.u64(tracker_at).unwrap();
+    let name_at = member(&mut e, "_NDIS_NBL_TRACKER", tracker, "Name");
+    let string_at = e.kernel.mem.u64(name_at).unwrap();
     let buffer = e.kernel.mem.u64(string_at + 8).unwrap();
     let space = e.kernel.mem.kernel_space().unwrap();
     let pa = e.kernel.mem.translate(space, buffer).unwrap() & !0xfff;

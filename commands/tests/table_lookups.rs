@@ -88,9 +88,7 @@ fn lookups_over(file: &Path, scratch: &Path) -> Option<Lookups> {
         };
         let facts = machine.facts().clone();
         let cpus = machine.system().cpus.len() as u32;
-        let path = SymbolPath::parse("")
-            .with_tables(recorded.clone())
-            .with_tables(kdnet_sim::symbols::tables());
+        let path = SymbolPath::parse("").with_tables(recorded.clone());
         let kernel = Kernel::open(Box::new(LocalTarget::new(machine, cpus)), path).unwrap();
         assert_eq!(kernel.nt_source, "recorded", "{}", file.display());
         let mut e = Engine::new(kernel);

@@ -512,9 +512,9 @@ fn a_sample_that_cannot_read_an_nbl_says_it_is_incomplete() {
     );
 }
 
-/// The block a window stopped in cannot be read when the next sample goes on from it (freed,
-/// or unreadable): that sample still looks at the NBLs it can reach, notes the block it could
-/// not read and says it is incomplete, rather than losing the NBL look.
+/// The NBL entry a window stopped at cannot be read when the next sample goes on from it
+/// (freed, or unreadable): that sample still looks at the NBLs it can reach, notes the entry it
+/// could not read and says it is incomplete, rather than losing the NBL look.
 #[test]
 fn a_window_whose_block_is_gone_goes_on_and_says_so() {
     let Some(dir) = shared() else {
@@ -528,7 +528,7 @@ fn a_window_whose_block_is_gone_goes_on_and_says_so() {
     let th = Thresholds::default();
     let first = hangcheck::watch_sample(&mut e, &th, None).unwrap();
     let look = first.nbls.clone().unwrap();
-    let block = look.next.expect("a window is not every NBL").block;
+    let block = look.next.expect("a window is not every NBL").entry;
     let pa = e.kernel.mem.translate(space, block).unwrap() & !0xfff;
     faults.fail_physical(pa, pa + 0x1000, TargetError::Unavailable { address: pa });
     e.kernel.mem.invalidate();

@@ -9,10 +9,10 @@
 //! protocol through [`kdnet::target`].
 //!
 //! What is the simulator's own (not from a kernel table) is documented where it is built:
-//! `KDDEBUGGER_DATA64` (public SDK layout, see `kdnet_symbols::builtin`), the NDIS structures
-//! (`ndis_layout`, served to debuggers by [`symbols::tables`], which whoever runs the
-//! simulator adds to its symbol path), the modules other than nt (invented images with exports), and choices the
-//! facts leave open (pool in-use bit, resource wait chains on 17763+).
+//! `KDDEBUGGER_DATA64` (public SDK layout, see `kdnet_symbols::builtin`), the modules other than
+//! nt and ndis.sys (invented images with exports), and choices the facts leave open (pool
+//! in-use bit, resource wait chains on 17763+, how NDIS keeps its NBL pools: see [`ndis`]).
+//! ndis.sys is laid out with a real ndis.pdb's types (the project's copy of that layout).
 
 pub mod families;
 pub mod image;
@@ -21,7 +21,6 @@ pub mod layout;
 pub mod machine;
 pub mod mem;
 pub mod ndis;
-pub mod ndis_layout;
 pub mod pool;
 pub mod scenario;
 pub mod symbols;

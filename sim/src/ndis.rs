@@ -1,16 +1,32 @@
-//! NDIS state of the simulated machine, in the simulator's own NDIS layout
-//! ([`crate::ndis_layout`]): drivers, miniports, protocols and their bindings, filters, NBL
-//! trackers, and NBL pools whose NBLs carry their current owner in the tracker slot.
+//! NDIS state of the simulated machine, laid out with the real ndis.pdb's types
+//! ([`ndis_table`]: the real file's layout, built into the project): drivers, miniports,
+//! protocols and their bindings, filters, NBL trackers, and NBL pools.
+//!
+//! Where the real layout leaves a question open the simulator answers it one way and says so:
+//! - NBL pools hang on the list whose head `ndisGlobalTriageBlock.GlobalNetBufferListPoolList`
+//!   points at, through each pool's `GlobalNetBufferListPoolList` link.
+//! - Each NBL follows its `_NDIS_ENTRY_HEADER` (linked on its pool's `AllocatedList`); a freed
+//!   one is also on one of the pool's per-processor lookaside lists (`NetBufferListPoolList[i]`,
+//!   one for each of `MaxNumberOfProcessors`), linked through `NET_BUFFER_LIST.Next`.
+//! - An NBL's owner slot (`NetBufferListInfo[NetBufferListInfoReserved1]`) holds its current
+//!   holder's tracker with the low bit set, or [`NBL_HOME`] when it is back with its pool's
+//!   owner; a tracker's `Context` is its component's block and `Source` its kind.
 
-use crate::ndis_layout::{
-    self as ndis, NBL_HOME, TYPE_FILTER, TYPE_MINIPORT, TYPE_OPEN, TYPE_POOL, TYPE_PROTOCOL,
-};
-use kdnet_symbols::TypeTable;
+use kdnet_symbols::{TypeTable, builtin};
 
 use crate::SimError;
 use crate::kernel::Kernel;
 use crate::pool::{PoolKind, tag};
 use crate::system::System;
+
+/// Owner-slot value of an NBL back with the component that allocated it.
+pub const NBL_HOME: u64 = 0x18;
+
+/// The NDIS layout the simulated ndis.sys is laid out with: the real ndis.pdb's, as the project
+/// carries it.
+pub fn ndis_table() -> TypeTable {
+    builtin::ndis()
+}
 
 /// How NDIS looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +44,7 @@ pub struct NdisFacts {
     pub pools: u32,
     /// NBLs in all pools.
     pub total: u32,
-    /// NBLs on the pools' free lists.
+    /// NBLs on the pools' lookaside lists (freed).
     pub freed: u32,
     /// NBLs held away from home.
     pub pending: u32,
@@ -38,33 +54,60 @@ pub struct NdisFacts {
     pub holder_name: String,
     /// Every miniport block and its name.
     pub miniports: Vec<(u64, String)>,
-    /// NBLs back home with their pools (each pool's free-list head, when it has one).
+    /// An NBL back home in each pool that has one.
     pub home: Vec<u64>,
 }
 
 /// The miniport name of the reported hang.
 pub const HUNG_MINIPORT: &str = "My Ethernet 1Gb 4-port Adapter";
 
+/// `_NDIS_NBL_TRACKER_SOURCE` of each kind of component.
+const SOURCE_MINIPORT: u64 = 0;
+const SOURCE_FILTER: u64 = 1;
+const SOURCE_PROTOCOL: u64 = 2;
+
 struct Component {
     block: u64,
     tracker: u64,
 }
 
-fn new_block(
-    sys: &mut System,
-    t: &TypeTable,
-    ty: &str,
-    kind: u8,
-    tag_name: &str,
-) -> Result<u64, SimError> {
+/// Where the simulated ndis.sys is loaded and its table.
+struct Ndis {
+    base: u64,
+    t: TypeTable,
+}
+
+impl Ndis {
+    fn global(&self, name: &str) -> Result<u64, SimError> {
+        Ok(self.base + self.t.require_symbol(name)?)
+    }
+}
+
+fn new_block(sys: &mut System, t: &TypeTable, ty: &str, tag_name: &str) -> Result<u64, SimError> {
     let size = t.size_of(ty)?;
     let b = sys
         .pool
         .alloc(&mut sys.k, PoolKind::NonPaged, size, tag(tag_name))?;
-    sys.k.w8(b, kind);
+    // Every block starts with its NDIS object header; its size is the block's.
+    sys.k.w16(b + 2, size.min(0xffff) as u16);
     Ok(b)
 }
 
+/// A UNICODE_STRING holding `text` in non-paged pool (the string and its buffer allocated
+/// apart, as `RtlDuplicateUnicodeString` does); returns the string's address.
+fn new_unicode(k: &mut Kernel, pool: &mut crate::pool::Pool, text: &str) -> Result<u64, SimError> {
+    let at = pool.alloc(k, PoolKind::NonPaged, 0x10, tag("NDus"))?;
+    let buf = pool.alloc(
+        k,
+        PoolKind::NonPaged,
+        (text.len() as u64 + 1) * 2,
+        tag("NDnm"),
+    )?;
+    k.unicode_string(at, buf, text);
+    Ok(at)
+}
+
+/// Writes `text` into the UNICODE_STRING member `field` of the block at `block`.
 fn unicode(
     k: &mut Kernel,
     pool: &mut crate::pool::Pool,
@@ -87,29 +130,52 @@ fn unicode(
 
 /// Builds NDIS. Needs the modules `ndis`, `tcpip`, `wfplwfs`, `myeth1g` and `netvsc`.
 pub fn build(sys: &mut System, setup: NdisSetup) -> Result<NdisFacts, SimError> {
-    let t = ndis::table(sys.k.build);
+    let t = ndis_table();
     let mi = sys
         .module("ndis")
         .ok_or_else(|| SimError::Config("no ndis module".into()))?;
-    let base = sys.modules[mi].image.base;
-    sys.k.map(base + 0x21000, 0x1000, true);
-    let g = |name: &str| -> Result<u64, SimError> { Ok(base + t.require_symbol(name)?) };
+    let n = Ndis {
+        base: sys.modules[mi].image.base,
+        t,
+    };
+    let t = &n.t;
+    // The globals' pages.
+    for name in crate::layout::NDIS_SYMBOLS {
+        let at = n.global(name)?;
+        sys.k.map(at, 0x200, true);
+    }
     let mode = u64::from(setup.tracking);
-    sys.k.w32(g("ndisNblTrackerMode")?, mode as u32);
-    sys.k.w32(g("ndisTrackNblOwner")?, mode as u32);
-    let tracker_list = g("ndisNblTrackerList")?;
+    sys.k.w32(n.global("ndisNblTrackerMode")?, mode as u32);
+    let tracker_list = n.global("ndisNblTrackerList")?;
     sys.k.list_init(tracker_list);
-    let pool_list = g("ndisGlobalNblPoolList")?;
+    // The triage block: where the NBL pools are, and how many lookaside lists each has.
+    let triage = n.global("ndisGlobalTriageBlock")?;
+    let pool_list = sys
+        .pool
+        .alloc(&mut sys.k, PoolKind::NonPaged, 0x10, tag("NDgl"))?;
     sys.k.list_init(pool_list);
+    let tb = "_NDIS_GLOBAL_TRIAGE_BLOCK";
+    let cpus = sys.cpus.len() as u64;
+    sys.k.set_in(t, triage, tb, "Size", t.size_of(tb)?)?;
+    sys.k
+        .set_in(t, triage, tb, "GlobalNetBufferListPoolList", pool_list)?;
+    sys.k.set_in(t, triage, tb, "MaxNumberOfProcessors", cpus)?;
+    sys.k.set_in(t, triage, tb, "NdisTrackNblOwner", mode)?;
 
     let mut facts = NdisFacts::default();
-    let miniports = miniports(sys, &t, base, setup, &mut facts)?;
-
-    let opens = protocols(sys, &t, base, &miniports, &facts)?;
-
-    let filters = filters(sys, &t, base, &miniports, setup)?;
-
-    let comps = trackers(sys, &t, setup, tracker_list, &miniports, &filters, &opens)?;
+    let miniports = miniports(sys, &n, setup, &mut facts)?;
+    let opens = protocols(sys, &n, &miniports, &facts)?;
+    let filters = filters(sys, &n, &miniports, setup)?;
+    let comps = trackers(
+        sys,
+        t,
+        setup,
+        tracker_list,
+        &miniports,
+        &filters,
+        &opens,
+        &facts,
+    )?;
     let tracker_of = |block: u64| {
         comps
             .iter()
@@ -118,22 +184,21 @@ pub fn build(sys: &mut System, setup: NdisSetup) -> Result<NdisFacts, SimError> 
     };
 
     let pools = pool_plan(&opens, &miniports, &filters, setup.hang);
-    let slot = u64::try_from(ndis::tracker_slot(sys.k.build)).unwrap_or(27);
-    let nbl_size = t.size_of("_NET_BUFFER_LIST")?;
-    let nb_size = t.size_of("_NET_BUFFER")?;
-    let elem = (nbl_size + nb_size).div_ceil(16) * 16;
+    let slot = t.enum_value("_NDIS_NET_BUFFER_LIST_INFO", "NetBufferListInfoReserved1")? as u64;
     let info = t.offset("_NET_BUFFER_LIST", "NetBufferListInfo")? + 8 * slot;
     let holder = miniports[0];
     let layout = NblLayout {
-        nbl_size,
-        elem,
+        entry: t.size_of("_NDIS_ENTRY_HEADER")?,
+        nbl_size: t.size_of("_NET_BUFFER_LIST")?,
+        nb_size: t.size_of("_NET_BUFFER")?,
         info,
         holder_tracker: tracker_of(holder),
         per_block: 32,
+        cpus,
     };
     for pool in pools {
-        let free_head = nbl_pool(sys, &t, setup, pool_list, &layout, pool)?;
-        facts.home.extend((free_head != 0).then_some(free_head));
+        let home = nbl_pool(sys, t, setup, pool_list, &layout, pool)?;
+        facts.home.extend(home);
         let (_, _, count, pending, freed) = pool;
         facts.pools += 1;
         facts.total += count;
@@ -141,34 +206,21 @@ pub fn build(sys: &mut System, setup: NdisSetup) -> Result<NdisFacts, SimError> 
         facts.pending += pending;
     }
     if setup.hang {
-        sys.k.set_in(
-            &t,
-            holder,
-            "_NDIS_MINIPORT_BLOCK",
-            "SendNblsOutstanding",
-            u64::from(facts.pending),
-        )?;
         facts.holder = holder;
         facts.holder_name = HUNG_MINIPORT.to_string();
     }
     Ok(facts)
 }
 
-/// A global of ndis.sys, loaded at `base`.
-fn global(t: &TypeTable, base: u64, name: &str) -> Result<u64, SimError> {
-    Ok(base + t.require_symbol(name)?)
-}
-
 /// The miniport drivers and their miniports (the first is the hung one when `setup.hang`);
 /// returns the miniport blocks.
 fn miniports(
     sys: &mut System,
-    t: &TypeTable,
-    base: u64,
+    n: &Ndis,
     setup: NdisSetup,
     facts: &mut NdisFacts,
 ) -> Result<Vec<u64>, SimError> {
-    // Drivers and miniports.
+    let t = &n.t;
     let mut miniports = Vec::new();
     let mut prev_driver = 0u64;
     let mut prev_miniport = 0u64;
@@ -181,19 +233,20 @@ fn miniports(
     {
         let drv = driver_block(sys, t, service, image, prev_driver)?;
         prev_driver = drv;
-        let m = new_block(sys, t, "_NDIS_MINIPORT_BLOCK", TYPE_MINIPORT, "NDmp")?;
+        let m = new_block(sys, t, "_NDIS_MINIPORT_BLOCK", "NDmp")?;
         let full = format!("{name} #{}", i + 1);
         let display = if i == 0 {
             name.to_string()
         } else {
             full.clone()
         };
+        let mb = "_NDIS_MINIPORT_BLOCK";
         unicode(
             &mut sys.k,
             &mut sys.pool,
             t,
             m,
-            "_NDIS_MINIPORT_BLOCK",
+            mb,
             "MiniportName",
             &display,
         )?;
@@ -202,7 +255,7 @@ fn miniports(
             &mut sys.pool,
             t,
             m,
-            "_NDIS_MINIPORT_BLOCK",
+            mb,
             "BaseName",
             &format!(
                 "{{{:08X}-5E2B-4C8A-9F01-0000000000{:02X}}}",
@@ -211,26 +264,25 @@ fn miniports(
             ),
         )?;
         let hung = setup.hang && i == 0;
-        miniport_state(&mut sys.k, t, m, drv, i, hung)?;
+        let attrs = sys.pool.alloc(
+            &mut sys.k,
+            PoolKind::NonPaged,
+            t.size_of("_NDIS_MINIPORT_ADAPTER_GENERAL_ATTRIBUTES")?,
+            tag("NDga"),
+        )?;
+        miniport_state(&mut sys.k, t, m, drv, attrs, i, hung)?;
         let k = &mut sys.k;
-        k.set_in(t, m, "_NDIS_MINIPORT_BLOCK", "NextGlobalMiniport", 0)?;
+        k.set_in(t, m, mb, "NextGlobalMiniport", 0)?;
         if prev_miniport != 0 {
-            k.set_in(
-                t,
-                prev_miniport,
-                "_NDIS_MINIPORT_BLOCK",
-                "NextGlobalMiniport",
-                m,
-            )?;
+            k.set_in(t, prev_miniport, mb, "NextGlobalMiniport", m)?;
         } else {
-            k.w64(global(t, base, "ndisMiniportList")?, m);
+            k.w64(n.global("ndisMiniportList")?, m);
         }
         prev_miniport = m;
         miniports.push(m);
         facts.miniports.push((m, display));
     }
-    sys.k
-        .w64(global(t, base, "ndisMiniDriverList")?, prev_driver);
+    sys.k.w64(n.global("ndisMiniDriverList")?, prev_driver);
     Ok(miniports)
 }
 
@@ -242,107 +294,94 @@ fn driver_block(
     image: &str,
     prev_driver: u64,
 ) -> Result<u64, SimError> {
-    let drv = new_block(sys, t, "_NDIS_M_DRIVER_BLOCK", 0x0B, "NDdb")?;
+    let db = "_NDIS_M_DRIVER_BLOCK";
+    let drv = new_block(sys, t, db, "NDdb")?;
     unicode(
         &mut sys.k,
         &mut sys.pool,
         t,
         drv,
-        "_NDIS_M_DRIVER_BLOCK",
+        db,
         "ServiceName",
         service,
     )?;
-    unicode(
-        &mut sys.k,
-        &mut sys.pool,
-        t,
-        drv,
-        "_NDIS_M_DRIVER_BLOCK",
-        "ImageName",
-        image,
-    )?;
-    sys.k
-        .set_in(t, drv, "_NDIS_M_DRIVER_BLOCK", "MajorNdisVersion", 6)?;
+    unicode(&mut sys.k, &mut sys.pool, t, drv, db, "ImageName", image)?;
+    sys.k.set_in(t, drv, db, "MajorNdisVersion", 6)?;
     sys.k.set_in(
         t,
         drv,
-        "_NDIS_M_DRIVER_BLOCK",
+        db,
         "MinorNdisVersion",
         if sys.k.build < 9200 { 20 } else { 82 },
     )?;
-    sys.k
-        .set_in(t, drv, "_NDIS_M_DRIVER_BLOCK", "NextDriver", prev_driver)?;
+    sys.k.set_in(t, drv, db, "NextDriver", prev_driver)?;
     Ok(drv)
 }
 
-/// A miniport's state: its driver, medium, PnP and data path state, counters and address.
+/// A miniport's state: its driver, medium, PnP and miniport state, counters and address (in
+/// its general attributes at `attrs`).
 fn miniport_state(
     k: &mut Kernel,
     t: &TypeTable,
     m: u64,
     drv: u64,
+    attrs: u64,
     i: usize,
     hung: bool,
 ) -> Result<(), SimError> {
-    k.set_in(t, m, "_NDIS_MINIPORT_BLOCK", "DriverHandle", drv)?;
+    let mb = "_NDIS_MINIPORT_BLOCK";
+    let e = |name: &str, c: &str| -> Result<u64, SimError> { Ok(t.enum_value(name, c)? as u64) };
+    k.set_in(t, m, mb, "DriverHandle", drv)?;
     k.set_in(t, drv, "_NDIS_M_DRIVER_BLOCK", "MiniportQueue", m)?;
-    k.set_in(t, m, "_NDIS_MINIPORT_BLOCK", "MediaType", 0)?;
-    k.set_in(t, m, "_NDIS_MINIPORT_BLOCK", "PhysicalMediumType", 14)?;
+    k.set_in(t, m, mb, "MediaType", e("_NDIS_MEDIUM", "NdisMedium802_3")?)?;
+    k.set_in(t, m, mb, "PhysicalMediumType", 14)?;
+    let pnp = if hung {
+        "NdisPnPDeviceQueryRemoved"
+    } else {
+        "NdisPnPDeviceStarted"
+    };
     k.set_in(
         t,
         m,
-        "_NDIS_MINIPORT_BLOCK",
+        mb,
         "PnPDeviceState",
-        if hung { 4 } else { 1 },
+        e("_NDIS_PNP_DEVICE_STATE", pnp)?,
     )?;
+    let state = if hung {
+        "NdisMiniportPausing"
+    } else {
+        "NdisMiniportRunning"
+    };
+    k.set_in(t, m, mb, "State", e("_NDIS_MINIPORT_STATE", state)?)?;
+    let oper = if hung {
+        "NET_IF_OPER_STATUS_DOWN"
+    } else {
+        "NET_IF_OPER_STATUS_UP"
+    };
+    k.set_in(t, m, mb, "OperStatus", e("_NET_IF_OPER_STATUS", oper)?)?;
+    k.set_in(t, m, mb, "MediaConnectState", 1)?;
     k.set_in(
         t,
         m,
-        "_NDIS_MINIPORT_BLOCK",
-        "MiniportState",
-        if hung { 5 } else { 3 },
-    )?;
-    k.set_in(
-        t,
-        m,
-        "_NDIS_MINIPORT_BLOCK",
-        "DatapathState",
-        if hung { 2 } else { 0 },
-    )?;
-    k.set_in(
-        t,
-        m,
-        "_NDIS_MINIPORT_BLOCK",
-        "OperStatus",
-        if hung { 2 } else { 1 },
-    )?;
-    k.set_in(t, m, "_NDIS_MINIPORT_BLOCK", "MediaConnectState", 1)?;
-    k.set_in(
-        t,
-        m,
-        "_NDIS_MINIPORT_BLOCK",
+        mb,
         "Flags",
         if hung { 0x2040_1208 } else { 0x2040_0208 },
     )?;
     k.set_in(
         t,
         m,
-        "_NDIS_MINIPORT_BLOCK",
+        mb,
         "PnPFlags",
         if hung { 0x0001_0021 } else { 0x0001_0001 },
     )?;
-    k.set_in(
-        t,
-        m,
-        "_NDIS_MINIPORT_BLOCK",
-        "Ref",
-        if hung { 1858 } else { 4 },
-    )?;
-    k.set_in(t, m, "_NDIS_MINIPORT_BLOCK", "InterfaceIndex", 5 + i as u64)?;
-    k.write(
-        m + t.offset("_NDIS_MINIPORT_BLOCK", "CurrentMacAddress")?,
-        &[0x00, 0x15, 0x5d, 0x4c, 0x21, 0x10 + i as u8],
-    );
+    k.set_in(t, m, mb, "Ref.ReferenceCount", if hung { 1858 } else { 4 })?;
+    k.set_in(t, m, mb, "IfIndex", 5 + i as u64)?;
+    let ga = "_NDIS_MINIPORT_ADAPTER_GENERAL_ATTRIBUTES";
+    k.set_in(t, m, mb, "GeneralAttributes", attrs)?;
+    k.set_in(t, attrs, ga, "MacAddressLength", 6)?;
+    let mac = [0x00, 0x15, 0x5d, 0x4c, 0x21, 0x10 + i as u8];
+    k.write(attrs + t.offset(ga, "CurrentMacAddress")?, &mac);
+    k.write(attrs + t.offset(ga, "PermanentMacAddress")?, &mac);
     Ok(())
 }
 
@@ -350,101 +389,90 @@ fn miniport_state(
 /// opens.
 fn protocols(
     sys: &mut System,
-    t: &TypeTable,
-    base: u64,
+    n: &Ndis,
     miniports: &[u64],
     facts: &NdisFacts,
 ) -> Result<Vec<(String, Vec<u64>)>, SimError> {
-    // Protocols and their bindings (opens) to each miniport.
+    let t = &n.t;
     let mut opens: Vec<(String, Vec<u64>)> = Vec::new();
     let mut prev_proto = 0u64;
     let mut prev_open = 0u64;
+    let (pt, ot) = ("_NDIS_PROTOCOL_BLOCK", "_NDIS_OPEN_BLOCK");
     for proto in ["TCPIP", "TCPIP6", "MSLLDP", "NDISUIO"] {
-        let pb = new_block(sys, t, "_NDIS_PROTOCOL_BLOCK", TYPE_PROTOCOL, "NDpb")?;
-        unicode(
-            &mut sys.k,
-            &mut sys.pool,
-            t,
-            pb,
-            "_NDIS_PROTOCOL_BLOCK",
-            "Name",
-            proto,
-        )?;
-        sys.k
-            .set_in(t, pb, "_NDIS_PROTOCOL_BLOCK", "NextProtocol", prev_proto)?;
+        let pb = new_block(sys, t, pt, "NDpb")?;
+        unicode(&mut sys.k, &mut sys.pool, t, pb, pt, "Name", proto)?;
+        sys.k.set_in(t, pb, pt, "NextProtocol", prev_proto)?;
         prev_proto = pb;
         let mut list = Vec::new();
+        let mut prev_of_protocol = 0u64;
         for (mi_idx, m) in miniports.iter().enumerate() {
-            let o = new_block(sys, t, "_NDIS_OPEN_BLOCK", TYPE_OPEN, "NDop")?;
+            let o = new_block(sys, t, ot, "NDop")?;
+            sys.k.set_in(t, o, ot, "ProtocolHandle", pb)?;
+            sys.k.set_in(t, o, ot, "MiniportHandle", *m)?;
+            sys.k.set_in(t, o, ot, "NextGlobalOpen", prev_open)?;
             sys.k
-                .set_in(t, o, "_NDIS_OPEN_BLOCK", "ProtocolHandle", pb)?;
-            sys.k
-                .set_in(t, o, "_NDIS_OPEN_BLOCK", "MiniportHandle", *m)?;
-            sys.k
-                .set_in(t, o, "_NDIS_OPEN_BLOCK", "NextGlobalOpen", prev_open)?;
-            let name = format!("{proto} bound to {}", facts.miniports[mi_idx].1);
-            unicode(
-                &mut sys.k,
-                &mut sys.pool,
-                t,
-                o,
-                "_NDIS_OPEN_BLOCK",
-                "BindingName",
-                &name,
-            )?;
+                .set_in(t, o, ot, "ProtocolNextOpen", prev_of_protocol)?;
+            prev_of_protocol = o;
+            let device = format!(
+                "\\DEVICE\\{{{:08X}-5E2B-4C8A-9F01-0000000000{mi_idx:02X}}}",
+                0x4d1c_0000 + mi_idx as u32
+            );
+            let name = new_unicode(&mut sys.k, &mut sys.pool, &device)?;
+            sys.k.set_in(t, o, ot, "BindDeviceName", name)?;
             prev_open = o;
             list.push(o);
+            let _ = &facts.miniports[mi_idx];
         }
+        sys.k.set_in(t, pb, pt, "OpenQueue", prev_of_protocol)?;
         opens.push((proto.to_string(), list));
     }
-    sys.k.w64(global(t, base, "ndisProtocolList")?, prev_proto);
-    sys.k.w64(global(t, base, "ndisGlobalOpenList")?, prev_open);
+    sys.k.w64(n.global("ndisProtocolList")?, prev_proto);
+    sys.k.w64(n.global("ndisGlobalOpenList")?, prev_open);
     Ok(opens)
 }
 
 /// A lightweight filter on each miniport; returns the filter blocks.
 fn filters(
     sys: &mut System,
-    t: &TypeTable,
-    base: u64,
+    n: &Ndis,
     miniports: &[u64],
     setup: NdisSetup,
 ) -> Result<Vec<u64>, SimError> {
-    // A lightweight filter on each miniport.
+    let t = &n.t;
+    let ft = "_NDIS_FILTER_BLOCK";
     let mut filters = Vec::new();
     let mut prev_filter = 0u64;
     for (i, m) in miniports.iter().enumerate() {
-        let f = new_block(sys, t, "_NDIS_FILTER_BLOCK", TYPE_FILTER, "NDfb")?;
-        sys.k.set_in(t, f, "_NDIS_FILTER_BLOCK", "Miniport", *m)?;
+        let f = new_block(sys, t, ft, "NDfb")?;
+        sys.k.set_in(t, f, ft, "Miniport", *m)?;
+        sys.k.set_in(t, f, ft, "NextGlobalFilter", prev_filter)?;
+        let state = if setup.hang && i == 0 {
+            "NdisFilterPausing"
+        } else {
+            "NdisFilterRunning"
+        };
+        let state = t.enum_value("_NDIS_FILTER_STATE", state)? as u64;
+        sys.k.set_in(t, f, ft, "State", state)?;
         sys.k
-            .set_in(t, f, "_NDIS_FILTER_BLOCK", "NextGlobalFilter", prev_filter)?;
-        sys.k.set_in(
-            t,
-            f,
-            "_NDIS_FILTER_BLOCK",
-            "State",
-            if setup.hang && i == 0 { 5 } else { 3 },
-        )?;
+            .set_in(t, *m, "_NDIS_MINIPORT_BLOCK", "LowestFilter", f)?;
         sys.k
-            .set_in(t, *m, "_NDIS_MINIPORT_BLOCK", "FilterList", f)?;
-        unicode(
+            .set_in(t, *m, "_NDIS_MINIPORT_BLOCK", "HighestFilter", f)?;
+        let name = new_unicode(
             &mut sys.k,
             &mut sys.pool,
-            t,
-            f,
-            "_NDIS_FILTER_BLOCK",
-            "FilterFriendlyName",
             &format!("WFP Native MAC Layer LightWeight Filter-{i:04}"),
         )?;
+        sys.k.set_in(t, f, ft, "FilterFriendlyName", name)?;
         prev_filter = f;
         filters.push(f);
     }
-    sys.k
-        .w64(global(t, base, "ndisGlobalFilterList")?, prev_filter);
+    sys.k.w64(n.global("ndisGlobalFilterList")?, prev_filter);
     Ok(filters)
 }
 
-/// The NBL trackers: one per miniport, filter and open, linked when tracking is on.
+/// The NBL trackers: one per miniport, filter and open (its component's block in `Context`,
+/// its kind in `Source`, its name in `Name`), linked when tracking is on.
+#[allow(clippy::too_many_arguments)]
 fn trackers(
     sys: &mut System,
     t: &TypeTable,
@@ -453,32 +481,48 @@ fn trackers(
     miniports: &[u64],
     filters: &[u64],
     opens: &[(String, Vec<u64>)],
+    facts: &NdisFacts,
 ) -> Result<Vec<Component>, SimError> {
-    // Trackers: one per miniport, filter and open, linked when tracking is on.
     let mut comps: Vec<Component> = Vec::new();
-    let all_blocks: Vec<(u64, &str)> = miniports
-        .iter()
-        .map(|m| (*m, "_NDIS_MINIPORT_BLOCK"))
-        .chain(filters.iter().map(|f| (*f, "_NDIS_FILTER_BLOCK")))
-        .chain(
-            opens
-                .iter()
-                .flat_map(|(_, v)| v.iter().map(|o| (*o, "_NDIS_OPEN_BLOCK"))),
-        )
-        .collect();
-    for (block, ty) in all_blocks {
-        let tr = new_block(sys, t, "_NDIS_NBL_TRACKER", 0, "NDtk")?;
-        sys.k.w8(tr, 0);
-        sys.k.set_in(t, tr, "_NDIS_NBL_TRACKER", "Handle", block)?;
-        let kind = match ty {
-            "_NDIS_MINIPORT_BLOCK" => 1,
-            "_NDIS_FILTER_BLOCK" => 2,
-            _ => 3,
-        };
-        sys.k
-            .set_in(t, tr, "_NDIS_NBL_TRACKER", "ComponentKind", kind)?;
+    let mut all: Vec<(u64, &str, u64, String)> = Vec::new();
+    for (i, m) in miniports.iter().enumerate() {
+        let name = facts.miniports[i].1.clone();
+        all.push((*m, "_NDIS_MINIPORT_BLOCK", SOURCE_MINIPORT, name));
+    }
+    for (i, f) in filters.iter().enumerate() {
+        let name = format!("WFP Native MAC Layer LightWeight Filter-{i:04}");
+        all.push((*f, "_NDIS_FILTER_BLOCK", SOURCE_FILTER, name));
+    }
+    for (proto, list) in opens {
+        for (i, o) in list.iter().enumerate() {
+            let name = format!("{proto} bound to {}", facts.miniports[i].1);
+            all.push((*o, "_NDIS_OPEN_BLOCK", SOURCE_PROTOCOL, name));
+        }
+    }
+    let tt = "_NDIS_NBL_TRACKER";
+    let source = t.field(tt, "Source")?;
+    if source
+        .bits()
+        .is_some_and(|(pos, len)| pos != 0 || len != 16)
+    {
+        return Err(SimError::Config(format!(
+            "{tt}.Source is not the low 16 bits of its word"
+        )));
+    }
+    // The names first, then the trackers (a tracker does not share its page with its name).
+    let mut names = Vec::with_capacity(all.len());
+    for (_, _, _, name) in &all {
+        names.push(new_unicode(&mut sys.k, &mut sys.pool, name)?);
+    }
+    for ((block, ty, kind, _), n) in all.into_iter().zip(names) {
+        let tr = sys
+            .pool
+            .alloc(&mut sys.k, PoolKind::NonPaged, t.size_of(tt)?, tag("NDtk"))?;
+        sys.k.w16(tr + source.offset, kind as u16);
+        sys.k.set_in(t, tr, tt, "Context", block)?;
+        sys.k.set_in(t, tr, tt, "Name", n)?;
         if setup.tracking {
-            let link = tr + t.offset("_NDIS_NBL_TRACKER", "Linkage")?;
+            let link = tr + t.offset(tt, "Linkage")?;
             sys.k.list_append(tracker_list, link);
         }
         sys.k.set_in(t, block, ty, "NblTracker", tr)?;
@@ -523,23 +567,27 @@ fn pool_plan(
     ]
 }
 
-/// How NBLs are laid out in their pools' blocks.
+/// How NBLs are laid out in their pools.
 #[derive(Clone, Copy)]
 struct NblLayout {
+    /// `_NDIS_ENTRY_HEADER` size (each NBL follows its entry header).
+    entry: u64,
     /// `_NET_BUFFER_LIST` size.
     nbl_size: u64,
-    /// One NBL with its NET_BUFFER, rounded to 16.
-    elem: u64,
-    /// The tracker slot's offset in an NBL.
+    /// `_NET_BUFFER` size.
+    nb_size: u64,
+    /// The owner slot's offset in an NBL.
     info: u64,
     /// The tracker of the component holding the pending NBLs.
     holder_tracker: u64,
-    /// NBLs per block.
+    /// NBLs allocated together.
     per_block: u32,
+    /// Processors (one lookaside list each per pool).
+    cpus: u64,
 }
 
 /// One NBL pool of `count` NBLs owned by `owner`: the first `pending` are held by the holder,
-/// the last `freed` are on its free list (whose head it returns).
+/// the last `freed` are on its lookaside lists. Returns an NBL back home in it, if any.
 fn nbl_pool(
     sys: &mut System,
     t: &TypeTable,
@@ -547,45 +595,54 @@ fn nbl_pool(
     pool_list: u64,
     l: &NblLayout,
     (owner, tag_name, count, pending, freed): (u64, &str, u32, u32, u32),
-) -> Result<u64, SimError> {
-    let NblLayout {
-        nbl_size,
-        elem,
-        info,
-        holder_tracker,
-        per_block,
-    } = *l;
-    let ph = new_block(sys, t, "_NDIS_POOL_HEADER", TYPE_POOL, "NDpl")?;
+) -> Result<Option<u64>, SimError> {
+    let pt = "_NDIS_NET_BUFFER_LIST_POOL";
+    let la = "_NDIS_NPAGED_LOOKASIDE_LIST";
+    // The pool with one lookaside list per processor.
+    let lookasides = t.offset(pt, "NetBufferListPoolList")?;
+    let la_size = t.size_of(la)?;
+    let size = (lookasides + l.cpus * la_size).max(t.size_of(pt)?);
+    let ph = sys
+        .pool
+        .alloc(&mut sys.k, PoolKind::NonPaged, size, tag("NDpl"))?;
+    let elem = (l.entry + l.nbl_size + l.nb_size).div_ceil(16) * 16;
     let k = &mut sys.k;
-    k.w32(ph, 0x0180_010D);
-    k.set_in(t, ph, "_NDIS_POOL_HEADER", "ElementSize", elem)?;
-    k.set_in(t, ph, "_NDIS_POOL_HEADER", "Tag", u64::from(tag(tag_name)))?;
-    k.set_in(t, ph, "_NDIS_POOL_HEADER", "ProtocolId", 6)?;
-    k.set_in(t, ph, "_NDIS_POOL_HEADER", "Flags", 1)?;
-    k.set_in(t, ph, "_NDIS_POOL_HEADER", "OwnerHandle", owner)?;
-    let blocks_head = ph + t.offset("_NDIS_POOL_HEADER", "BlockListHead")?;
-    k.list_init(blocks_head);
-    k.list_append(pool_list, ph + t.offset("_NDIS_POOL_HEADER", "GlobalLink")?);
-    let mut free_head = 0u64;
+    k.w16(ph + 2, size.min(0xffff) as u16);
+    k.set_in(t, ph, pt, "Tag", u64::from(tag(tag_name)))?;
+    k.set_in(t, ph, pt, "ProtocolId", 6)?;
+    k.set_in(t, ph, pt, "Flags", 1)?;
+    k.set_in(t, ph, pt, "OwnerHandle", owner)?;
+    k.set_in(t, ph, pt, "ItemLength", elem)?;
+    let allocated = ph + t.offset(pt, "AllocatedList")?;
+    k.list_init(allocated);
+    k.list_append(pool_list, ph + t.offset(pt, "GlobalNetBufferListPoolList")?);
+    let heads: Vec<u64> = (0..l.cpus)
+        .map(|i| -> Result<u64, SimError> {
+            Ok(ph + lookasides + i * la_size + t.offset(la, "List.L.ListHead")?)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut depth = vec![0u64; heads.len()];
+    let linkage = t.offset("_NDIS_ENTRY_HEADER", "Linkage")?;
+    let mut home = None;
     let mut made = 0u32;
     while made < count {
-        let n = per_block.min(count - made);
-        let header = t.size_of("_NDIS_NBL_BLOCK")?.div_ceil(16) * 16;
-        let block = sys.pool.alloc(
+        let n = l.per_block.min(count - made);
+        let chunk = sys.pool.alloc(
             &mut sys.k,
             PoolKind::NonPaged,
-            header + u64::from(n) * elem,
+            u64::from(n) * elem,
             tag(tag_name),
         )?;
         let k = &mut sys.k;
-        k.list_append(blocks_head, block + t.offset("_NDIS_NBL_BLOCK", "Link")?);
-        k.set_in(t, block, "_NDIS_NBL_BLOCK", "Count", u64::from(n))?;
-        k.set_in(t, block, "_NDIS_NBL_BLOCK", "ElementSize", elem)?;
-        k.set_in(t, block, "_NDIS_NBL_BLOCK", "FirstElement", block + header)?;
         for j in 0..n {
             let idx = made + j;
-            let nbl = block + header + u64::from(j) * elem;
-            let nb = nbl + nbl_size;
+            let entry = chunk + u64::from(j) * elem;
+            let nbl = entry + l.entry;
+            let nb = nbl + l.nbl_size;
+            let cpu = u64::from(idx) % l.cpus.max(1);
+            k.set_in(t, entry, "_NDIS_ENTRY_HEADER", "PoolHeader", ph)?;
+            k.set_in(t, entry, "_NDIS_ENTRY_HEADER", "LookasideProcIndex", cpu)?;
+            k.list_append(allocated, entry + linkage);
             k.set_in(t, nbl, "_NET_BUFFER_LIST", "FirstNetBuffer", nb)?;
             k.set_in(t, nbl, "_NET_BUFFER_LIST", "NdisPoolHandle", ph)?;
             k.set_in(t, nbl, "_NET_BUFFER_LIST", "SourceHandle", owner)?;
@@ -595,27 +652,24 @@ fn nbl_pool(
             let value = if !setup.tracking {
                 0
             } else if is_pending {
-                holder_tracker | 1
+                l.holder_tracker | 1
             } else {
                 NBL_HOME
             };
-            k.w64(nbl + info, value);
+            k.w64(nbl + l.info, value);
             if is_free {
-                k.set_in(t, nbl, "_NET_BUFFER_LIST", "Next", free_head)?;
-                free_head = nbl;
+                // Pushed on its processor's lookaside list: the SLIST header's second word
+                // points at the first entry, its first word counts them.
+                let head = heads[cpu as usize];
+                let first = k.r64(head + 8) & !0xf;
+                k.set_in(t, nbl, "_NET_BUFFER_LIST", "Next", first)?;
+                k.w64(head + 8, nbl);
+                depth[cpu as usize] += 1;
+                k.w64(head, depth[cpu as usize]);
+                home.get_or_insert(nbl);
             }
         }
         made += n;
     }
-    let k = &mut sys.k;
-    k.set_in(t, ph, "_NDIS_POOL_HEADER", "FreeListHead", free_head)?;
-    k.set_in(t, ph, "_NDIS_POOL_HEADER", "FreeCount", u64::from(freed))?;
-    k.set_in(
-        t,
-        ph,
-        "_NDIS_POOL_HEADER",
-        "AllocatedCount",
-        u64::from(count),
-    )?;
-    Ok(free_head)
+    Ok(home)
 }

@@ -1,32 +1,35 @@
-//! The simulator's NDIS layout reaches a debugger only through the tables it adds to the symbol
-//! path, and never stands in for a real ndis.pdb: with the simulator's tables on the path, the
-//! real ndis.pdb of ../shared/pdbs still answers for its own identity, with its own layouts.
+//! The simulated ndis.sys is laid out with a real ndis.pdb's types and names that file: a
+//! debugger finds the real file on its symbol path when it is there, the project's built-in
+//! copy of its layout when it is not, and never a layout of the simulator's own.
 
-use kdnet_sim::ndis_layout;
-use kdnet_sim::symbols::symbol_path;
+use kdnet_sim::{Machine, SimConfig};
 use kdnet_symbols::path::SymbolPath;
-use kdnet_symbols::{PdbId, pdb};
+use kdnet_symbols::{PdbId, builtin, pdb};
 
 #[test]
-fn the_simulated_ndis_is_found_only_through_the_simulators_tables() {
-    for build in [7601, 9600, 14393, 17763, 19041, 20348, 22000] {
-        let id = ndis_layout::pdb(build);
+fn the_simulated_ndis_names_the_real_ndis_pdb() {
+    let machine = Machine::build(SimConfig::demo()).unwrap();
+    let ndis = machine
+        .system()
+        .modules
+        .iter()
+        .find(|m| m.short == "ndis")
+        .unwrap();
+    let id = ndis.image.pdb.clone();
+    assert_eq!(id.guid, builtin::NDIS_GUID);
+    assert_eq!(id.name, "ndis.pdb");
+    // Its globals lie inside the image.
+    let t = builtin::ndis();
+    for name in kdnet_sim::layout::NDIS_SYMBOLS {
         assert!(
-            SymbolPath::parse("").find(&id).unwrap().is_none(),
-            "{build}"
-        );
-        let found = symbol_path("").find(&id).unwrap().unwrap();
-        assert_eq!(found.source, "built-in");
-        assert_eq!(
-            found
-                .table
-                .offset("_NET_BUFFER_LIST", "NetBufferListInfo")
-                .ok(),
-            ndis_layout::table(build)
-                .offset("_NET_BUFFER_LIST", "NetBufferListInfo")
-                .ok()
+            t.symbol(name).unwrap() < u64::from(ndis.image.size),
+            "{name}"
         );
     }
+    // Without the file on the path, the built-in copy answers for it.
+    let found = SymbolPath::parse("").find(&id).unwrap().unwrap();
+    assert_eq!(found.source, "built-in");
+    assert!(found.table.has_type("_NDIS_MINIPORT_BLOCK"));
 }
 
 #[test]
@@ -45,7 +48,7 @@ fn a_real_ndis_pdb_still_comes_from_the_real_file() {
             name: "ndis.pdb".into(),
         }
     );
-    let found = symbol_path(&dir.display().to_string())
+    let found = SymbolPath::parse(&dir.display().to_string())
         .find(&id)
         .unwrap()
         .unwrap();
@@ -82,15 +85,8 @@ fn a_real_ndis_pdb_still_comes_from_the_real_file() {
     ] {
         assert_eq!(real.offset(ty, member).ok(), Some(offset), "{ty}.{member}");
     }
-    // The real layout, not the simulator's.
-    let sim = ndis_layout::table(20348);
-    assert_ne!(
-        real.size_of("_NDIS_MINIPORT_BLOCK").ok(),
-        sim.size_of("_NDIS_MINIPORT_BLOCK").ok()
-    );
-    // Without the file on the path, the built-in copy of its layout answers for it, never
-    // the simulator's own layout.
-    let copy = symbol_path("").find(&id).unwrap().unwrap();
+    // Without the file on the path, the built-in copy of its layout answers for it.
+    let copy = SymbolPath::parse("").find(&id).unwrap().unwrap();
     assert_eq!(copy.source, "built-in");
     assert_eq!(
         copy.table.size_of("_NDIS_MINIPORT_BLOCK").ok(),
@@ -108,11 +104,11 @@ fn the_builtin_ndis_layout_is_the_real_pdbs() {
     let file = dir.join("pdbs/ndis.pdb");
     let fresh = kdnet_sim::layout::ndis_table_json(&file).unwrap();
     assert!(
-        fresh == kdnet_symbols::builtin::NDIS_JSON,
+        fresh == builtin::NDIS_JSON,
         "symbols/builtin/ndis.json is stale or edited: run scripts/gen-builtin-tables.sh"
     );
     let real = pdb::load_file(&file).unwrap();
-    let copy = kdnet_symbols::builtin::ndis();
+    let copy = builtin::ndis();
     assert_eq!(copy.id, real.id);
     let mut members = 0;
     for ty in kdnet_sim::layout::NDIS_TYPES {

@@ -111,7 +111,7 @@ pub struct Sample {
 /// The pages of NBL owner slots a watcher's sample reads: one request a page, so a sample
 /// costs a few dozen round trips however many NBLs the pools hold; the next sample goes on
 /// where this one stopped.
-pub const NBL_WINDOW_PAGES: usize = 16;
+pub const NBL_WINDOW_PAGES: usize = 12;
 
 /// How many of the NBLs pending at the last sample the next one reads again (the ones seen
 /// still held first): enough to tell draining from stuck, on a few pages.

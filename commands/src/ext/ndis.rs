@@ -77,11 +77,11 @@ pub struct Tracked {
     pub tracking: bool,
     /// NBL pools on the global pool list.
     pub pools: usize,
-    /// NBLs on the pools' free lists.
+    /// NBLs on the pools' lookaside lists (freed).
     pub freed: u64,
     /// NBLs away from home.
     pub pending: usize,
-    /// NBLs carved from the pools.
+    /// NBLs allocated from the pools.
     pub total: u64,
     /// The components holding pending NBLs, the most NBLs first.
     pub holders: Vec<Holder>,
@@ -141,7 +141,11 @@ pub fn pendingnbls(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Pend
     for (_, h) in &nbls.pending {
         *by_holder.entry(*h).or_default() += 1;
         if !names.contains_key(h) {
-            let c = model::component(&mut e.kernel, &t, *h);
+            // A holder is named by the tracker its NBLs' slots name.
+            let c = match nbls.trackers.get(h) {
+                Some(tr) => model::component(&mut e.kernel, &t, *tr),
+                None => (Ok(String::new()), "Unknown"),
+            };
             if let Err(why) = &c.0 {
                 e.kernel
                     .note_incomplete(format!("the name of NBL holder {h:x} is unreadable: {why}"));
@@ -299,11 +303,12 @@ pub struct Miniport {
     pub pnp_state: String,
     /// Miniport state.
     pub miniport_state: String,
-    /// Datapath state.
-    pub datapath_state: String,
     /// Operational status.
     pub operational_status: String,
-    /// The current MAC address (`00-15-5d-…`).
+    /// Media connect state.
+    pub media_connect_state: String,
+    /// The current MAC address (`00-15-5d-…`; empty when the miniport has no general
+    /// attributes).
     pub mac_address: String,
     /// Flags.
     pub flags: u64,
@@ -311,12 +316,10 @@ pub struct Miniport {
     pub pnp_flags: u64,
     /// References.
     pub references: u64,
-    /// OID requests pending.
-    pub pending_oids: u64,
-    /// Send NBLs outstanding.
-    pub send_nbls_outstanding: u64,
-    /// Receive NBLs outstanding.
-    pub receive_nbls_outstanding: u64,
+    /// The OID request pending (null: none).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub pending_oid_request: Option<u64>,
     /// The driver's NDIS version, major and minor (the text's `Driver` line).
     #[serde(skip)]
     pub ndis_version: (u64, u64),
@@ -341,7 +344,7 @@ pub fn miniport(e: &mut Engine, _verb: &str, args: &Args<'_>) -> Result<Miniport
         }
         return Ok(Miniports::List(MiniportList { miniports: rows }));
     };
-    let m = model::miniport(&mut e.kernel, &t, handle)?
+    let m = model::miniport(&mut e.kernel, &t, base, handle)?
         .ok_or_else(|| CmdError::Usage(format!("{handle:x} is not a miniport block")))?;
     Ok(Miniports::One(Box::new(Miniport {
         miniport: m.handle,
@@ -351,15 +354,13 @@ pub fn miniport(e: &mut Engine, _verb: &str, args: &Args<'_>) -> Result<Miniport
         media_type: m.media_type,
         pnp_state: m.pnp_state,
         miniport_state: m.miniport_state,
-        datapath_state: m.datapath_state,
         operational_status: m.operational_status,
+        media_connect_state: m.media_connect_state,
         mac_address: m.mac_address,
         flags: m.flags,
         pnp_flags: m.pnp_flags,
         references: m.references,
-        pending_oids: m.pending_oids,
-        send_nbls_outstanding: m.send_nbls_outstanding,
-        receive_nbls_outstanding: m.receive_nbls_outstanding,
+        pending_oid_request: (m.pending_oid_request != 0).then_some(m.pending_oid_request),
         ndis_version: m.ndis_version,
         device_object: m.device_object,
     })))
@@ -378,7 +379,7 @@ impl Render for Miniports {
                 }
             }
             Miniports::One(m) => out.push_str(&format!(
-                "MINIPORT\n\n    {}\n\n    Ndis handle            {:x}\n    Driver                 {:x} - {}  v{}.{}\n    Media type             {}\n    Device object          {:x}\n    MAC address            {}\n\nSTATE\n\n    Miniport               {}\n    Device PnP             {}\n    Datapath               {}\n    Operational status     {}\n    Flags                  {:08x}\n    PnP flags              {:08x}\n    References             {}\n    Pending OIDs           {}\n    Send NBLs outstanding  {}\n    Receive NBLs outstanding {}\n",
+                "MINIPORT\n\n    {}\n\n    Ndis handle            {:x}\n    Driver                 {:x} - {}  v{}.{}\n    Media type             {}\n    Device object          {:x}\n    MAC address            {}\n\nSTATE\n\n    Miniport               {}\n    Device PnP             {}\n    Operational status     {}\n    Media                  {}\n    Flags                  {:08x}\n    PnP flags              {:08x}\n    References             {}\n    Pending OID request    {}\n",
                 m.name,
                 m.miniport,
                 m.driver,
@@ -390,14 +391,13 @@ impl Render for Miniports {
                 m.mac_address,
                 m.miniport_state,
                 m.pnp_state,
-                m.datapath_state,
                 m.operational_status,
+                m.media_connect_state,
                 m.flags,
                 m.pnp_flags,
                 m.references,
-                m.pending_oids,
-                m.send_nbls_outstanding,
-                m.receive_nbls_outstanding,
+                m.pending_oid_request
+                    .map_or_else(|| "[None]".to_string(), |r| format!("{r:x}")),
             )),
         }
     }

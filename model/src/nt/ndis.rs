@@ -1,7 +1,14 @@
-//! NDIS as ndis.sys's own symbols describe it: NBL pools on the global pool list, the NBLs
-//! carved from each, the freed ones on the pools' free lists, and for every other NBL the
-//! owner-tracking slot that says which component holds it; the miniports and their state.
+//! NDIS as ndis.sys's own symbols (ndis.pdb) describe it: the NBL pools on the global pool
+//! list the triage block names, each pool's NBLs behind their entry headers on its allocated
+//! list, the freed ones on its per-processor lookaside lists, and for every other NBL the
+//! owner slot that says which component holds it; the miniports and their state.
 //! Every function takes ndis.sys's base and type table.
+//!
+//! What ndis.pdb does not settle, and is read as the project's simulator lays it out (the
+//! facts are in the documentation of its NDIS): an NBL lies right after its
+//! `_NDIS_ENTRY_HEADER`; a freed NBL is on a lookaside list through `NET_BUFFER_LIST.Next`; an
+//! owner slot holds the holder's tracker with the low bit set (or the holder itself, or
+//! [`NBL_HOME`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,31 +18,24 @@ use kdnet_symbols::TypeTable;
 use crate::nt::view::View;
 use crate::nt::{Kernel, ModelError};
 
-/// Tracker slot value of an NBL that is back with the component that allocated it.
+/// Owner-slot value of an NBL back with the component that allocated it.
 const NBL_HOME: u64 = 0x18;
-/// NDIS object type bytes.
-const TYPE_MINIPORT: u8 = 0x11;
-const TYPE_FILTER: u8 = 0x12;
-const TYPE_OPEN: u8 = 0x05;
 /// Bounds on what is walked.
 const MAX_POOLS: usize = 65_536;
 const MAX_NBLS: u64 = 4 << 20;
+/// Most lookaside lists (processors) a pool is taken to have.
+const MAX_LOOKASIDES: u64 = 2048;
 
 /// The address of ndis.sys's symbol `name`.
 pub fn sym(base: u64, t: &TypeTable, name: &str) -> Result<u64, ModelError> {
     Ok(base + t.require_symbol(name)?)
 }
 
-/// NDIS blocks are followed by what belongs to them (names, NBLs): a miss reads on to the end
-/// of the page.
+/// NDIS blocks are followed by what belongs to them (names): a miss reads on to the end of the
+/// page.
 pub fn view(k: &mut Kernel, t: &Arc<TypeTable>, ty: &str, addr: u64) -> Result<View, ModelError> {
     let size = t.size_of(ty)? as usize;
-    // NBL pools and blocks are read exactly: their NBLs are gathered page by page after.
-    let bytes = if matches!(ty, "_NDIS_POOL_HEADER" | "_NDIS_NBL_BLOCK") {
-        k.mem.kread(addr, size)?
-    } else {
-        k.mem.kread_ahead(addr, size)?
-    };
+    let bytes = k.mem.kread_ahead(addr, size)?;
     Ok(View::new(t.clone(), ty, addr, bytes))
 }
 
@@ -57,25 +57,35 @@ pub fn ustring(k: &mut Kernel, v: &View, field: &str) -> String {
     }
 }
 
-/// A component that can hold NBLs: its name (or why it could not be read) and kind.
+/// The component an NBL tracker stands for: its name (or why it could not be read) and its
+/// kind, from the tracker's `Name` and `Source`.
 pub fn component(
     k: &mut Kernel,
     t: &Arc<TypeTable>,
-    handle: u64,
+    tracker: u64,
 ) -> (Result<String, String>, &'static str) {
-    let ty = match k.mem.u8(handle) {
-        Ok(ty) => ty,
-        Err(e) => return (Err(format!("reading {handle:#x} failed: {e}")), "Unknown"),
+    let v = match view(k, t, "_NDIS_NBL_TRACKER", tracker) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                Err(format!("reading the tracker at {tracker:#x} failed: {e}")),
+                "Unknown",
+            );
+        }
     };
-    let (ty_name, field, kind) = match ty {
-        TYPE_MINIPORT => ("_NDIS_MINIPORT_BLOCK", "MiniportName", "NetAdapter"),
-        TYPE_FILTER => ("_NDIS_FILTER_BLOCK", "FilterFriendlyName", "Filter"),
-        TYPE_OPEN => ("_NDIS_OPEN_BLOCK", "BindingName", "Protocol"),
-        _ => return (Ok(String::new()), "Unknown"),
+    let kind = match v.get("Source") {
+        Ok(0) => "NetAdapter",
+        Ok(1) => "Filter",
+        Ok(2) => "Protocol",
+        _ => "Unknown",
     };
-    let name = view(k, t, ty_name, handle)
-        .map_err(|e| format!("reading {ty_name} at {handle:#x} failed: {e}"))
-        .and_then(|v| try_ustring(k, &v, field));
+    let name = v.get("Name").map_err(|e| e.to_string()).and_then(|at| {
+        if at == 0 {
+            return Ok(String::new());
+        }
+        k.unicode_string(at)
+            .map_err(|e| format!("reading the name at {at:#x} failed: {e}"))
+    });
     (name, kind)
 }
 
@@ -84,19 +94,21 @@ pub fn component(
 pub struct Nbls {
     /// Pools on the global list.
     pub pools: usize,
-    /// NBLs carved from them.
+    /// NBLs allocated from them.
     pub total: u64,
-    /// On free lists.
+    /// On their lookaside lists (freed).
     pub freed: u64,
     /// Pending NBLs and their holders.
     pub pending: Vec<(u64, u64)>,
+    /// Each holder's tracker, where its slot named one.
+    pub trackers: BTreeMap<u64, u64>,
     /// Whether owner tracking is on.
     pub tracking: bool,
     /// Why a walk stopped early.
     pub notes: Vec<String>,
 }
 
-/// The owner-tracking slot's offset in an NBL.
+/// The owner slot's offset in an NBL.
 fn slot_offset(t: &TypeTable) -> Result<u64, ModelError> {
     let slot = t
         .enum_value("_NDIS_NET_BUFFER_LIST_INFO", "NetBufferListInfoReserved1")
@@ -104,20 +116,78 @@ fn slot_offset(t: &TypeTable) -> Result<u64, ModelError> {
     Ok(t.offset("_NET_BUFFER_LIST", "NetBufferListInfo")? + 8 * slot)
 }
 
-/// Whether owner tracking is on (TrackNblOwner): without it no slot says who holds an NBL.
+/// Whether owner tracking is on (the NBL tracker's mode): without it no slot says who holds an
+/// NBL.
 pub fn tracking(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<bool, ModelError> {
     Ok(k.mem.u32(sym(base, t, "ndisNblTrackerMode")?)? != 0)
 }
 
-/// The NBL pools on the global pool list, by their headers (a broken or endless list is noted).
-fn pool_headers(
+/// Where the pools' NBLs are, from the table: the entry header's link and size (an NBL follows
+/// its header), the pool's allocated list and lookaside lists.
+struct PoolLayout {
+    linkage: u64,
+    entry: u64,
+    allocated: u64,
+    lookasides: u64,
+    lookaside_size: u64,
+    heads: [u64; 2],
+    next: u64,
+    pool_handle: u64,
+    cpus: u64,
+}
+
+impl PoolLayout {
+    fn of(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<PoolLayout, ModelError> {
+        let pt = "_NDIS_NET_BUFFER_LIST_POOL";
+        let la = "_NDIS_NPAGED_LOOKASIDE_LIST";
+        let triage = view(
+            k,
+            t,
+            "_NDIS_GLOBAL_TRIAGE_BLOCK",
+            sym(base, t, "ndisGlobalTriageBlock")?,
+        )?;
+        Ok(PoolLayout {
+            linkage: t.offset("_NDIS_ENTRY_HEADER", "Linkage")?,
+            entry: t.size_of("_NDIS_ENTRY_HEADER")?,
+            allocated: t.offset(pt, "AllocatedList")?,
+            lookasides: t.offset(pt, "NetBufferListPoolList")?,
+            lookaside_size: t.size_of(la)?,
+            heads: [
+                t.offset(la, "List.L.ListHead")?,
+                t.offset(la, "BackupList")?,
+            ],
+            next: t.offset("_NET_BUFFER_LIST", "Next")?,
+            pool_handle: t.offset("_NET_BUFFER_LIST", "NdisPoolHandle")?,
+            cpus: triage
+                .get("MaxNumberOfProcessors")?
+                .clamp(1, MAX_LOOKASIDES),
+        })
+    }
+
+    /// The NBL whose entry header is linked at `link`.
+    fn nbl(&self, link: u64) -> u64 {
+        link.wrapping_sub(self.linkage).wrapping_add(self.entry)
+    }
+
+    /// Bytes from an entry header's start to the end of its NBL's owner slot.
+    fn span(&self, info_off: u64) -> usize {
+        (self.entry + info_off + 8) as usize
+    }
+}
+
+/// The NBL pools on the global pool list (its head is where the triage block says), by their
+/// addresses (a broken or endless list is noted).
+fn pools(
     k: &mut Kernel,
     t: &Arc<TypeTable>,
     base: u64,
     notes: &mut Vec<String>,
 ) -> Result<Vec<u64>, ModelError> {
-    let head = sym(base, t, "ndisGlobalNblPoolList")?;
-    let link = t.offset("_NDIS_POOL_HEADER", "GlobalLink")?;
+    let triage = sym(base, t, "ndisGlobalTriageBlock")?;
+    let head = k
+        .mem
+        .u64(triage + t.offset("_NDIS_GLOBAL_TRIAGE_BLOCK", "GlobalNetBufferListPoolList")?)?;
+    let link = t.offset("_NDIS_NET_BUFFER_LIST_POOL", "GlobalNetBufferListPoolList")?;
     let pools = k.walk_list(head, None, MAX_POOLS, true)?;
     if let Some(n) = pools.note {
         notes.push(format!("pool list: {n}"));
@@ -125,94 +195,65 @@ fn pool_headers(
     Ok(pools.entries.into_iter().map(|e| e - link).collect())
 }
 
-/// An NBL block's elements: the first, how many, and their size.
-type Elements = (u64, u64, u64);
-
-/// An NBL block: the link to the next one, and its elements when they are plausible
-/// (otherwise noted in `notes`).
-fn read_block(
+/// The freed NBLs of the pool at `pool`: those on its lookaside lists (each list bounded by
+/// `bound` entries, a loop noted).
+fn freed(
     k: &mut Kernel,
-    t: &Arc<TypeTable>,
-    b: u64,
+    l: &PoolLayout,
+    pool: u64,
+    bound: u64,
     notes: &mut Vec<String>,
-) -> Result<(u64, Option<Elements>), ModelError> {
-    let blk = view(k, t, "_NDIS_NBL_BLOCK", b)?;
-    let next = blk.get("Link.Flink")?;
-    let count = blk.get("Count")?;
-    let esize = blk.get("ElementSize")?;
-    let first = blk.get("FirstElement")?;
-    if count > 1 << 16 || esize == 0 || esize > 1 << 16 {
-        notes.push(format!(
-            "NBL block {b:x}: {count} elements of {esize:#x} bytes is not plausible"
-        ));
-        return Ok((next, None));
-    }
-    Ok((next, Some((first, count, esize))))
-}
-
-/// A pool's header, the NBLs carved from it and the blocks' element ranges (start, bytes).
-struct PoolNbls {
-    pool: View,
-    nbls: Vec<u64>,
-    ranges: Vec<(u64, u64)>,
-}
-
-/// A pool and the NBLs carved from it (every block's, bounded by `room` NBLs).
-fn pool_nbls(
-    k: &mut Kernel,
-    t: &Arc<TypeTable>,
-    ph: u64,
-    room: u64,
-    notes: &mut Vec<String>,
-) -> Result<PoolNbls, ModelError> {
-    let pool = view(k, t, "_NDIS_POOL_HEADER", ph)?;
-    let block_link = t.offset("_NDIS_NBL_BLOCK", "Link")?;
-    let blocks = k.walk_list(
-        ph + t.offset("_NDIS_POOL_HEADER", "BlockListHead")?,
-        None,
-        1 << 16,
-        true,
-    )?;
-    if let Some(n) = blocks.note {
-        notes.push(format!("blocks of pool {ph:x}: {n}"));
-    }
-    let mut nbls = Vec::new();
-    let mut ranges = Vec::new();
-    for b in blocks.entries {
-        let Some((first, count, esize)) = read_block(k, t, b - block_link, notes)?.1 else {
-            continue;
-        };
-        if nbls.len() as u64 + count > room {
-            notes.push(format!("stopped after {MAX_NBLS} NBLs"));
-            break;
+) -> Result<BTreeSet<u64>, ModelError> {
+    // The pool and its lookaside lists in one read.
+    let _ = k
+        .mem
+        .kread(pool, (l.lookasides + l.cpus * l.lookaside_size) as usize);
+    let mut free = BTreeSet::new();
+    for cpu in 0..l.cpus {
+        for h in l.heads {
+            let head = pool + l.lookasides + cpu * l.lookaside_size + h;
+            let mut cur = k.mem.u64(head + 8)? & !0xf;
+            let mut n = 0;
+            while cur != 0 {
+                n += 1;
+                if n > bound {
+                    notes.push(format!(
+                        "a lookaside list of pool {pool:x} is longer than its {bound} NBLs: not followed further"
+                    ));
+                    break;
+                }
+                if !free.insert(cur) {
+                    notes.push(format!("a lookaside list of pool {pool:x} loops"));
+                    break;
+                }
+                cur = k.mem.u64(cur + l.next)?;
+            }
         }
-        nbls.extend((0..count).map(|i| first + i * esize));
-        ranges.push((first, count * esize));
     }
-    Ok(PoolNbls { pool, nbls, ranges })
+    Ok(free)
 }
 
-/// Who holds an NBL, from its tracker slot: `None` when it is home (or untracked). A slot
-/// naming a tracker leads to the tracker's component (`trackers` keeps those read).
+/// Who holds an NBL, from its owner slot: `None` when it is home (or untracked). A slot naming
+/// a tracker leads to the tracker's component (`trackers` keeps those read, tracker → holder).
 fn holder_of(
     k: &mut Kernel,
     t: &Arc<TypeTable>,
     slot: u64,
     trackers: &mut BTreeMap<u64, u64>,
-) -> Result<Option<u64>, ModelError> {
+) -> Result<Option<(u64, Option<u64>)>, ModelError> {
     if slot == 0 || slot == NBL_HOME {
         return Ok(None);
     }
     if slot & 1 == 0 {
-        return Ok(Some(slot & !7));
+        return Ok(Some((slot & !7, None)));
     }
     let tr = slot & !7;
     if let Some(h) = trackers.get(&tr) {
-        return Ok(Some(*h));
+        return Ok(Some((*h, Some(tr))));
     }
-    let h = k.mem.u64(tr + t.offset("_NDIS_NBL_TRACKER", "Handle")?)?;
+    let h = k.mem.u64(tr + t.offset("_NDIS_NBL_TRACKER", "Context")?)?;
     trackers.insert(tr, h);
-    Ok(Some(h))
+    Ok(Some((h, Some(tr))))
 }
 
 /// Walks every NBL pool.
@@ -224,59 +265,45 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
     if !out.tracking {
         return Ok(out);
     }
+    let l = PoolLayout::of(k, t, base)?;
     let info_off = slot_offset(t)?;
-    let next_off = t.offset("_NET_BUFFER_LIST", "Next")?;
     let mut trackers: BTreeMap<u64, u64> = BTreeMap::new();
-    for ph in pool_headers(k, t, base, &mut out.notes)? {
-        let PoolNbls { pool, nbls, ranges } =
-            pool_nbls(k, t, ph, MAX_NBLS - out.total, &mut out.notes)?;
+    for pool in pools(k, t, base, &mut out.notes)? {
         out.pools += 1;
-        let allocated = pool.get("AllocatedCount")?;
-        // A block's NBLs lie side by side: read whole, in full transfers (a page at a time
-        // would take two requests a page, as a page is more than one transfer). What cannot
-        // be read so is gathered below, NBL by NBL.
-        for (first, len) in ranges {
-            let _ = k.mem.kread(first, len as usize);
+        let room = (MAX_NBLS - out.total) as usize;
+        // Each entry is read with its NBL up to the owner slot: one read a page.
+        let span = l.span(info_off);
+        let w = k.walk_list(pool + l.allocated, Some((l.linkage, span)), room, true)?;
+        if let Some(n) = &w.note {
+            out.notes.push(format!("NBLs of pool {pool:x}: {n}"));
         }
-        // Each NBL's link and tracking slot, gathered a page at a time.
-        let mut addrs = Vec::with_capacity(nbls.len() * 2);
-        for n in &nbls {
-            addrs.push(n + next_off);
-            addrs.push(n + info_off);
-        }
-        let values = k.mem.gather_u64(&addrs);
-        // Freed NBLs: the pool's free list through NBL.Next (now from the cache).
-        let mut free = BTreeSet::new();
-        let mut cur = pool.get("FreeListHead")?;
-        while cur != 0 {
-            if free.len() as u64 > allocated {
-                out.notes.push(format!(
-                    "free list of pool {ph:x} is longer than its {allocated} NBLs: not followed further"
-                ));
-                break;
-            }
-            if !free.insert(cur) {
-                out.notes.push(format!("free list of pool {ph:x} loops"));
-                break;
-            }
-            cur = k.mem.u64(cur + next_off)?;
-        }
+        let nbls: Vec<u64> = w.entries.iter().map(|e| l.nbl(*e)).collect();
+        let free = freed(k, &l, pool, nbls.len() as u64, &mut out.notes)?;
         out.freed += free.len() as u64;
-        for (i, nbl) in nbls.iter().enumerate() {
+        let slot_at = span - 8;
+        for (nbl, node) in nbls.iter().zip(&w.nodes) {
             out.total += 1;
             if free.contains(nbl) {
                 continue;
             }
-            let v = match &values[2 * i + 1] {
-                Ok(v) => *v,
-                Err(e) => {
-                    out.notes.push(format!("NBL {nbl:x}: {e}"));
-                    continue;
-                }
+            let Some(v) = node
+                .get(slot_at..slot_at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            else {
+                out.notes
+                    .push(format!("NBL {nbl:x}: its owner slot was not read"));
+                continue;
             };
-            if let Some(holder) = holder_of(k, t, v, &mut trackers)? {
+            if let Some((holder, tracker)) = holder_of(k, t, v, &mut trackers)? {
                 out.pending.push((*nbl, holder));
+                if let Some(tr) = tracker {
+                    out.trackers.insert(holder, tr);
+                }
             }
+        }
+        if out.total >= MAX_NBLS {
+            out.notes.push(format!("stopped after {MAX_NBLS} NBLs"));
+            break;
         }
     }
     // Each of these leaves NBLs out.
@@ -286,23 +313,20 @@ pub fn walk_nbls(k: &mut Kernel, t: &Arc<TypeTable>, base: u64) -> Result<Nbls, 
     Ok(out)
 }
 
-/// Where a look at part of the NBLs goes on: the first NBL not looked at yet, by its pool, its
-/// block and its index in the block.
+/// Where a look at part of the NBLs goes on: the first NBL not looked at yet, by its pool and
+/// the link of its entry header on the pool's allocated list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NblCursor {
-    /// The pool's header.
+    /// The pool.
     pub pool: u64,
-    /// The block's header.
-    pub block: u64,
-    /// The NBL's index in the block.
-    pub index: u64,
+    /// The NBL's entry header's link.
+    pub entry: u64,
 }
 
 /// A look at part of the NBLs: the owner slots of the NBLs on at most so many pages, from
-/// where the last look stopped. The pools' free lists are not followed (they lead all over
-/// the pools): an NBL counts as held when its slot names a holder. Besides the slots' pages it
-/// reads the pool list, each pool's block-list head it passes, the blocks it looks into and
-/// each holder's tracker once: a few requests more per pool passed.
+/// where the last look stopped. The lookaside lists are not followed (they lead all over the
+/// pools): an NBL counts as held when its slot names a holder. Besides the slots' pages it
+/// reads the pool list, the allocated lists it passes and each holder's tracker once.
 #[derive(Debug, Clone, Default)]
 pub struct NblWindow {
     /// Whether owner tracking is on.
@@ -336,96 +360,125 @@ pub fn look_nbls(
     if !out.tracking {
         return Ok(out);
     }
+    let l = PoolLayout::of(k, t, base)?;
     let info_off = slot_offset(t)?;
-    let block_link = t.offset("_NDIS_NBL_BLOCK", "Link")?;
-    let head_off = t.offset("_NDIS_POOL_HEADER", "BlockListHead")?;
-    let pools = pool_headers(k, t, base, &mut out.notes)?;
-    let (start, mut resume) = match from.and_then(|c| pools.iter().position(|p| *p == c.pool)) {
-        Some(i) => (i, from),
-        None => (0, None),
+    // The pools are followed one by one from where the last look stopped (its pool, while it
+    // is still on the list: its neighbours point at it), so a look reads only the pools it
+    // looks into.
+    let triage = sym(base, t, "ndisGlobalTriageBlock")?;
+    let list_head = k
+        .mem
+        .u64(triage + t.offset("_NDIS_GLOBAL_TRIAGE_BLOCK", "GlobalNetBufferListPoolList")?)?;
+    let pool_link = t.offset("_NDIS_NET_BUFFER_LIST_POOL", "GlobalNetBufferListPoolList")?;
+    let on_list = |k: &mut Kernel, link: u64| -> Result<bool, ModelError> {
+        let (f, b) = (k.mem.u64(link)?, k.mem.u64(link + 8)?);
+        Ok(k.mem.u64(b)? == link && k.mem.u64(f + 8)? == link)
+    };
+    let mut resume = from;
+    let mut link = match from.map(|c| on_list(k, c.pool + pool_link)) {
+        Some(Ok(true)) => from.map_or(0, |c| c.pool + pool_link),
+        other => {
+            if let Some(Err(e)) = other {
+                out.notes.push(format!(
+                    "the pool the last look stopped in is unreadable: {e}"
+                ));
+            }
+            resume = None;
+            k.mem.u64(list_head)?
+        }
     };
     out.from_start = resume.is_none();
     let mut chosen: Vec<u64> = Vec::new();
     let mut seen_pages = BTreeSet::new();
-    let pool_handle = t.offset("_NET_BUFFER_LIST", "NdisPoolHandle")?;
+    let mut seen_pools = BTreeSet::new();
     // What cannot be read in one pool is noted and the look goes on with the next.
-    'pools: for &ph in &pools[start..] {
-        let head = ph + head_off;
-        let mut link = match k.mem.u64(head) {
+    'pools: while link != list_head {
+        if link == 0 || link % 8 != 0 || !seen_pools.insert(link) || seen_pools.len() > MAX_POOLS {
+            out.notes
+                .push(format!("pool list: broken or looping at {link:#x}"));
+            break;
+        }
+        let pool = link - pool_link;
+        let next_pool = match k.mem.u64(link) {
+            Ok(n) => n,
+            Err(e) => {
+                out.notes
+                    .push(format!("pool list: the pool {pool:x} is unreadable: {e}"));
+                break;
+            }
+        };
+        link = next_pool;
+        let head = pool + l.allocated;
+        let mut entry = match k.mem.u64(head) {
             Ok(l) => l,
             Err(e) => {
                 out.notes.push(format!(
-                    "blocks of pool {ph:x}: the list head is unreadable: {e}"
+                    "NBLs of pool {pool:x}: the list head is unreadable: {e}"
                 ));
                 continue;
             }
         };
-        let mut first_index = 0;
-        // The block the last look stopped in, while it is still on its pool's list (its
-        // neighbour still points back at it) and still this pool's (its NBLs name the pool);
-        // otherwise the pool from its first block. A block that cannot be read is not there.
+        // The entry the last look stopped at, while it is still on its pool's list (its
+        // neighbour still points back at it) and still this pool's (its NBL names the pool);
+        // otherwise the pool from its first NBL. An entry that cannot be read is not there.
         if let Some(c) = resume.take() {
-            let l = c.block + block_link;
             let still_there = (|| -> Result<bool, ModelError> {
-                let back = k.mem.u64(l + 8)?;
-                if k.mem.u64(back)? != l {
+                let back = k.mem.u64(c.entry + 8)?;
+                if k.mem.u64(back)? != c.entry {
                     return Ok(false);
                 }
-                let blk = view(k, t, "_NDIS_NBL_BLOCK", c.block)?;
-                let first = blk.get("FirstElement")?;
-                Ok(k.mem.u64(first + pool_handle)? == ph)
+                Ok(k.mem.u64(l.nbl(c.entry) + l.pool_handle)? == pool)
             })()
-            .unwrap_or(false);
+            .unwrap_or_else(|e| {
+                out.notes.push(format!(
+                    "NBLs of pool {pool:x}: the entry {:x} the last look stopped at is unreadable: {e}",
+                    c.entry
+                ));
+                false
+            });
             if still_there {
-                link = l;
-                first_index = c.index;
+                entry = c.entry;
             } else {
                 out.from_start = false;
             }
         }
-        let mut seen_blocks = BTreeSet::new();
-        while link != head {
-            // Where the last look stopped applies to the first block only.
-            let from_index = std::mem::take(&mut first_index);
-            if link == 0
-                || link % 8 != 0
-                || !seen_blocks.insert(link)
-                || seen_blocks.len() > 1 << 16
-            {
+        let mut seen = BTreeSet::new();
+        while entry != head {
+            if entry == 0 || entry % 8 != 0 || !seen.insert(entry) || seen.len() as u64 > MAX_NBLS {
                 out.notes.push(format!(
-                    "blocks of pool {ph:x}: the list is broken or loops at {link:#x}"
+                    "NBLs of pool {pool:x}: the list is broken or loops at {entry:#x}"
                 ));
                 break;
             }
-            let b = link - block_link;
-            let (next, elements) = match read_block(k, t, b, &mut out.notes) {
-                Ok(x) => x,
+            let nbl = l.nbl(entry);
+            // The pages this NBL costs: its entry (read to go on) and its slot.
+            let first = entry.wrapping_sub(l.linkage) & !0xfff;
+            let new: BTreeSet<u64> = [first, (nbl + info_off) & !0xfff]
+                .into_iter()
+                .filter(|p| !seen_pages.contains(p))
+                .collect();
+            if !new.is_empty() {
+                if seen_pages.len() + new.len() > pages {
+                    out.next = Some(NblCursor { pool, entry });
+                    break 'pools;
+                }
+                seen_pages.extend(new);
+            }
+            chosen.push(nbl);
+            // The entry with its NBL up to the owner slot, in one read.
+            let start = entry.wrapping_sub(l.linkage);
+            entry = match k.mem.kread_ahead(start, l.span(info_off)) {
+                Ok(b) => {
+                    let at = l.linkage as usize;
+                    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
+                }
                 Err(e) => {
-                    out.notes
-                        .push(format!("NBL block {b:x} of pool {ph:x} is unreadable: {e}"));
+                    out.notes.push(format!(
+                        "NBLs of pool {pool:x}: the entry at {entry:#x} is unreadable: {e}"
+                    ));
                     break;
                 }
             };
-            link = next;
-            let Some((first, count, esize)) = elements else {
-                continue;
-            };
-            for i in from_index..count {
-                let nbl = first + i * esize;
-                let page = (nbl + info_off) & !0xfff;
-                if !seen_pages.contains(&page) {
-                    if seen_pages.len() >= pages {
-                        out.next = Some(NblCursor {
-                            pool: ph,
-                            block: b,
-                            index: i,
-                        });
-                        break 'pools;
-                    }
-                    seen_pages.insert(page);
-                }
-                chosen.push(nbl);
-            }
         }
     }
     let slots: Vec<u64> = chosen.iter().map(|n| n + info_off).collect();
@@ -437,7 +490,7 @@ pub fn look_nbls(
             .map_err(ModelError::from)
             .and_then(|v| holder_of(k, t, v, &mut trackers))
         {
-            Ok(Some(holder)) => out.pending.push((*nbl, holder)),
+            Ok(Some((holder, _))) => out.pending.push((*nbl, holder)),
             Ok(None) => {}
             Err(e) => out.notes.push(format!("NBL {nbl:x}: {e}")),
         }
@@ -464,19 +517,21 @@ pub fn holders(
         .map(|v| {
             v.map_err(ModelError::from)
                 .and_then(|v| holder_of(k, t, v, &mut trackers))
+                .map(|h| h.map(|(holder, _)| holder))
         })
         .collect())
 }
 
-fn enum_text(t: &TypeTable, ty: &str, v: &View, field: &str) -> String {
-    let raw = v.get_or(field, 0) as i64;
-    t.field(ty, field)
+/// An enum member by its enumerator's name (its number when the enum has no name for it).
+fn enum_text(t: &TypeTable, ty: &str, v: &View, field: &str) -> Result<String, ModelError> {
+    let raw = v.get(field)? as i64;
+    Ok(t.field(ty, field)
         .ok()
         .and_then(|f| match f.ty {
             kdnet_symbols::Ty::Enum(e) => t.enum_name(&e, raw).map(str::to_string),
             _ => None,
         })
-        .unwrap_or_else(|| format!("{raw}"))
+        .unwrap_or_else(|| format!("{raw}")))
 }
 
 /// The miniports on `ndisMiniportList`, in its order (a loop or an endless list is noted as
@@ -545,76 +600,75 @@ pub struct Miniport {
     pub media_type: String,
     /// Its device object.
     pub device_object: u64,
-    /// Its current MAC address (`00-15-5d-…`).
+    /// Its current MAC address (`00-15-5d-…`; empty when it has no general attributes).
     pub mac_address: String,
     /// PnP device state.
     pub pnp_state: String,
     /// Miniport state.
     pub miniport_state: String,
-    /// Datapath state.
-    pub datapath_state: String,
     /// Operational status.
     pub operational_status: String,
+    /// Media connect state.
+    pub media_connect_state: String,
     /// Flags.
     pub flags: u64,
     /// PnP flags.
     pub pnp_flags: u64,
     /// References.
     pub references: u64,
-    /// OID requests pending.
-    pub pending_oids: u64,
-    /// Send NBLs outstanding.
-    pub send_nbls_outstanding: u64,
-    /// Receive NBLs outstanding.
-    pub receive_nbls_outstanding: u64,
+    /// The OID request pending (0: none).
+    pub pending_oid_request: u64,
 }
 
-/// The miniport block at `handle`; `None` when the block there is not a miniport's.
+/// Most bytes of a MAC address shown.
+const MAX_MAC: u64 = 32;
+
+/// The miniport block at `handle`; `None` when `handle` is not on ndis.sys's miniport list.
 pub fn miniport(
     k: &mut Kernel,
     t: &Arc<TypeTable>,
+    base: u64,
     handle: u64,
 ) -> Result<Option<Miniport>, ModelError> {
-    if k.mem.u8(handle)? != TYPE_MINIPORT {
+    if !miniports(k, t, base)?.contains(&handle) {
         return Ok(None);
     }
-    let v = view(k, t, "_NDIS_MINIPORT_BLOCK", handle)?;
+    let ty = "_NDIS_MINIPORT_BLOCK";
+    let v = view(k, t, ty, handle)?;
     let name = ustring(k, &v, "MiniportName");
     let driver = v.get("DriverHandle")?;
     let dv = view(k, t, "_NDIS_M_DRIVER_BLOCK", driver)?;
     let service = ustring(k, &dv, "ServiceName");
-    let ty = "_NDIS_MINIPORT_BLOCK";
-    let media_type = enum_text(t, ty, &v, "MediaType");
-    let pnp_state = enum_text(t, ty, &v, "PnPDeviceState");
-    let miniport_state = enum_text(t, ty, &v, "MiniportState");
-    let datapath_state = enum_text(t, ty, &v, "DatapathState");
-    let operational_status = enum_text(t, ty, &v, "OperStatus");
-    let mac: Vec<String> = v
-        .bytes_of("CurrentMacAddress", 6)
-        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
-        .unwrap_or_default();
-    let num = |f: &str| v.get_or(f, 0);
+    // The address as the miniport's general attributes give it.
+    let attrs = v.get("GeneralAttributes")?;
+    let mac_address = if attrs == 0 {
+        String::new()
+    } else {
+        let ga = "_NDIS_MINIPORT_ADAPTER_GENERAL_ATTRIBUTES";
+        let a = view(k, t, ga, attrs)?;
+        let len = a.get("MacAddressLength")?.min(MAX_MAC) as usize;
+        a.bytes_of("CurrentMacAddress", len)?
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join("-")
+    };
     Ok(Some(Miniport {
         handle,
         name,
         driver,
         service,
-        ndis_version: (
-            dv.get_or("MajorNdisVersion", 0),
-            dv.get_or("MinorNdisVersion", 0),
-        ),
-        media_type,
-        device_object: num("DeviceObject"),
-        mac_address: mac.join("-"),
-        pnp_state,
-        miniport_state,
-        datapath_state,
-        operational_status,
-        flags: num("Flags"),
-        pnp_flags: num("PnPFlags"),
-        references: num("Ref"),
-        pending_oids: num("PendingOidCount"),
-        send_nbls_outstanding: num("SendNblsOutstanding"),
-        receive_nbls_outstanding: num("ReceiveNblsOutstanding"),
+        ndis_version: (dv.get("MajorNdisVersion")?, dv.get("MinorNdisVersion")?),
+        media_type: enum_text(t, ty, &v, "MediaType")?,
+        device_object: v.get("DeviceObject")?,
+        mac_address,
+        pnp_state: enum_text(t, ty, &v, "PnPDeviceState")?,
+        miniport_state: enum_text(t, ty, &v, "State")?,
+        operational_status: enum_text(t, ty, &v, "OperStatus")?,
+        media_connect_state: enum_text(t, ty, &v, "MediaConnectState")?,
+        flags: v.get("Flags")?,
+        pnp_flags: v.get("PnPFlags")?,
+        references: v.get("Ref.ReferenceCount")?,
+        pending_oid_request: v.get("PendingOidRequest")?,
     }))
 }

@@ -27,22 +27,31 @@ impl System {
         } else {
             format!("\\SystemRoot\\System32\\drivers\\{file}")
         };
-        // ndis.sys carries the identity of the project's NDIS layout, so a debugger finds
-        // its symbols; the other drivers have invented identities (exports only).
-        let pdb = if file.eq_ignore_ascii_case("ndis.sys") {
-            crate::ndis_layout::pdb(self.k.build)
+        // ndis.sys is laid out with a real ndis.pdb's types and carries that file's identity,
+        // so a debugger finds its symbols (on the symbol path, or the project's copy of its
+        // layout), and is as large as its globals need; the other drivers have invented
+        // identities (exports only).
+        let (pdb, code_end) = if file.eq_ignore_ascii_case("ndis.sys") {
+            let t = crate::ndis::ndis_table();
+            let highest = crate::layout::NDIS_SYMBOLS
+                .iter()
+                .filter_map(|n| t.symbol(n))
+                .max()
+                .unwrap_or(0);
+            let id = t.id.clone().unwrap_or_else(|| invented_pdb(file));
+            (id, (highest as u32 + 0x1000).max(0x20000))
         } else {
-            invented_pdb(file)
+            (invented_pdb(file), 0x20000)
         };
         let mut img = Image::new(
             file,
             &path,
             base,
-            0x20000,
+            code_end,
             pdb,
             0x6100_0000 + self.modules.len() as u32 * 0x1357,
         );
-        img.size = 0x40000;
+        img.size = img.size.max(0x40000);
         self.modules.push(ModuleRec {
             image: img,
             short: short.to_string(),
