@@ -105,6 +105,46 @@ fn check_locks(e: &mut Engine, p: &Planted) {
     );
 }
 
+/// With the real ndis.pdb on the symbol path the commands read ndis.sys with it (and say so),
+/// and find what the built-in copy of its layout finds: the 1,854 pending NBLs and the
+/// miniport holding them.
+#[test]
+fn the_real_ndis_pdb_on_the_path_finds_the_pending_nbls() {
+    let Some(pdbs) = kdnet_testkit::shared("pdbs/ndis.pdb") else {
+        return;
+    };
+    let pdbs = pdbs.join("pdbs").display().to_string();
+    let Some((k, p)) = common::sim_kernel_at(20348, Scenario::NblHang, |_| {}, &pdbs) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let o = e.run("!ndiskd.pendingnbls");
+    assert!(o.ok() && o.complete, "{:?} {:?}", o.error, o.incomplete);
+    let j = common::numbers(o.result);
+    assert!(
+        j["symbols"].as_str().unwrap().ends_with("ndis.pdb"),
+        "{}",
+        j["symbols"]
+    );
+    assert!(o.text.starts_with("ndis.sys layout from: "), "{}", o.text);
+    assert_eq!(j["pending"].as_u64(), Some(1854));
+    assert_eq!(j["pending"].as_u64(), Some(u64::from(p.facts.ndis.pending)));
+    assert_eq!(
+        j["holders"][0]["handle"].as_u64(),
+        Some(p.facts.ndis.holder)
+    );
+    assert_eq!(j["holders"][0]["name"], p.facts.ndis.holder_name.as_str());
+    assert_eq!(j["holders"][0]["kind"], "NetAdapter");
+    // Without it, the built-in copy.
+    let Some((k, _)) = sim_kernel(20348, Scenario::NblHang) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let j = run(&mut e, "!ndiskd.pendingnbls");
+    assert_eq!(j["symbols"], "built-in");
+    assert_eq!(j["pending"].as_u64(), Some(1854));
+}
+
 #[test]
 fn nbl_hang_on_every_build() {
     for build in BUILDS {

@@ -18,6 +18,12 @@ pub use kdnet_model::nt::ndis::{Nbls, walk_nbls};
 
 /// ndis.sys's base and table.
 pub(crate) fn ndis(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>), CmdError> {
+    ndis_with_source(k).map(|(base, t, _)| (base, t))
+}
+
+/// ndis.sys's base, table, and where the table came from (an ndis.pdb along the symbol path,
+/// or `built-in`: the project's copy of a real ndis.pdb's layout).
+pub(crate) fn ndis_with_source(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>, String), CmdError> {
     let mods = k.modules()?.to_vec();
     let Some(i) = mods
         .iter()
@@ -32,7 +38,9 @@ pub(crate) fn ndis(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>), CmdError> {
         }));
     };
     match k.module_symbols(i).as_deref() {
-        Some(ModuleSymbols::Table { table, .. }) => Ok((mods[i].base, table.clone())),
+        Some(ModuleSymbols::Table { table, source }) => {
+            Ok((mods[i].base, table.clone(), source.clone()))
+        }
         _ => {
             let problem = k
                 .modules()?
@@ -75,6 +83,9 @@ pub struct Untracked {
 pub struct Tracked {
     /// Whether NBL owner tracking is on (true).
     pub tracking: bool,
+    /// Where ndis.sys's layout came from: an ndis.pdb along the symbol path, or `built-in` (the
+    /// project's copy of a real ndis.pdb's layout, used when the file is not on the path).
+    pub symbols: String,
     /// NBL pools on the global pool list.
     pub pools: usize,
     /// NBLs on the pools' lookaside lists (freed).
@@ -126,7 +137,7 @@ pub const PENDINGNBLS: Syntax = Syntax::NONE;
 
 /// `!ndiskd.pendingnbls`.
 pub fn pendingnbls(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<PendingNbls, CmdError> {
-    let (base, t) = ndis(&mut e.kernel)?;
+    let (base, t, symbols) = ndis_with_source(&mut e.kernel)?;
     let nbls = walk_nbls(&mut e.kernel, &t, base)?;
     if !nbls.tracking {
         return Ok(PendingNbls::Untracked(Untracked {
@@ -157,6 +168,7 @@ pub fn pendingnbls(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Pend
     holders.sort_by_key(|(h, c)| (std::cmp::Reverse(*c), *h));
     Ok(PendingNbls::Tracked(Tracked {
         tracking: true,
+        symbols,
         pools: nbls.pools,
         freed: nbls.freed,
         pending: nbls.pending.len(),
@@ -211,6 +223,7 @@ computer (servers default to 0; clients to 1).\n",
             }
             PendingNbls::Tracked(t) => t,
         };
+        out.push_str(&format!("ndis.sys layout from: {}\n", t.symbols));
         out.push_str(&format!(
             "PHASE 1/3: Found {} NBL pool(s).\nPHASE 2/3: Found {} freed NBL(s).\n\n    Pending Nbl        Currently held by\n",
             t.pools, t.freed

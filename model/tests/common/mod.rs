@@ -38,6 +38,16 @@ pub fn sim_kernel_with(
     scenario: Scenario,
     change: impl FnOnce(&mut Machine),
 ) -> Option<(Kernel, Planted)> {
+    sim_kernel_at(build, scenario, change, "")
+}
+
+/// As [`sim_kernel_with`], with `more` (`;`-separated) on the symbol path after the tables.
+pub fn sim_kernel_at(
+    build: u32,
+    scenario: Scenario,
+    change: impl FnOnce(&mut Machine),
+    more: &str,
+) -> Option<(Kernel, Planted)> {
     let dir = shared()?;
     let config = SimConfig {
         build,
@@ -69,7 +79,8 @@ pub fn sim_kernel_with(
     };
     let cpus = sys.cpus.len() as u32;
     let target = LocalTarget::new(machine, cpus);
-    let path = kdnet_sim::symbols::symbol_path(&dir.join("symbols").display().to_string());
+    let path =
+        kdnet_sim::symbols::symbol_path(&format!("{};{more}", dir.join("symbols").display()));
     let k = Kernel::open(Box::new(target), path).unwrap();
     Some((k, planted))
 }
