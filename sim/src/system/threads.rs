@@ -246,11 +246,7 @@ impl System {
     ) -> Result<(), SimError> {
         let et = self.threads[thread].ethread;
         let reason_value = self.k.enum_value("_KWAIT_REASON", reason)? as u64;
-        let active = self
-            .k
-            .enum_value("_KWAIT_BLOCK_STATE", "WaitBlockActive")
-            .map(|v| v as u64)
-            .unwrap_or(if self.k.build < 9200 { 2 } else { 4 });
+        let active = self.k.enum_value("_KWAIT_BLOCK_STATE", "WaitBlockActive")? as u64;
         let wait_any = self
             .k
             .nt
