@@ -234,6 +234,7 @@ mod tests {
             seed: 5,
             print_every: std::time::Duration::from_secs(3600),
             booted_nodebug: false,
+            irps: 0,
         };
         let machine = Machine::build(config).unwrap();
         let cpus = machine.system().cpus.len() as u32;

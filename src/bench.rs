@@ -1027,11 +1027,88 @@ async fn commands_bench(
         config.resources = resources;
         config.build = build;
         config.table = table;
-        let rows = commands_on(config, delay, path).await?;
+        let rows = commands_on(config, delay, path, nbl_hang_commands).await?;
         outln!(
             "\ncommands on the simulated nbl-hang machine ({resources} resources, build {build}), RTT {:?}, each from a cold cache",
             delay * 2
         );
+        print_rows(&rows, &mut totals, build);
+    }
+    // The I/O path at scale: the 0x44 machine with 10,000 more IRPs in flight.
+    let mut config = kdnet_sim::SimConfig::demo();
+    config.scenario = kdnet_sim::Scenario::IrpDoubleComplete;
+    config.resources = resources.min(20_000);
+    config.irps = IO_BENCH_IRPS;
+    let rows = commands_on(config, delay, String::new(), io_commands).await?;
+    outln!(
+        "\nthe I/O path on the simulated irp-double-complete machine with {IO_BENCH_IRPS} more IRPs in flight (build 20348), RTT {:?}, each from a cold cache",
+        delay * 2
+    );
+    let mut io_totals = Vec::new();
+    print_rows(&rows, &mut io_totals, 20348);
+    outln!(
+        "  least RTs: per page touched, the span of bytes asked for over 3,944 bytes (a request cannot span two pages that are not physically adjacent)"
+    );
+    if totals.len() > 1 {
+        outln!("  all nbl-hang commands, by build (round trips / least):");
+        for (build, sum, least) in totals {
+            outln!(
+                "    {build:>5}  {sum:>7} / {least:>7} = {:.2}",
+                sum as f64 / least.max(1) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// IRPs the I/O benchmark adds to the scenario's own.
+const IO_BENCH_IRPS: u32 = 10_000;
+
+/// The commands run on the nbl-hang machine.
+fn nbl_hang_commands(f: &kdnet_sim::scenario::Facts) -> Vec<String> {
+    let (hung, _) = f.hung_thread.unwrap_or((0, 0));
+    let pdo = f.io.nic.map_or(0, |n| n.0);
+    vec![
+        "lm".to_string(),
+        "k".into(),
+        format!("!thread {hung:x}"),
+        "!process 0 0".into(),
+        "!running".into(),
+        "!locks".into(),
+        "!vm".into(),
+        "!analyze".into(),
+        format!("!pool {hung:x}"),
+        "!poolused 2".into(),
+        "!ndiskd.miniport".into(),
+        "!ndiskd.pendingnbls".into(),
+        "!deadlock".into(),
+        "!stacks".into(),
+        "!object \\Driver".into(),
+        "!drvobj \\Driver\\myeth1g 7".into(),
+        format!("!devstack {pdo:x}"),
+        "!devnode 0 1".into(),
+        "!handle 0 f 4".into(),
+    ]
+}
+
+/// The commands run on the irp-double-complete machine.
+fn io_commands(f: &kdnet_sim::scenario::Facts) -> Vec<String> {
+    let irp = f.io.double_irp.as_ref().map_or(0, |i| i.irp);
+    let file = f.io.double_irp.as_ref().map_or(0, |i| i.file);
+    vec![
+        format!("!irp {irp:x} 1"),
+        "!irpfind".into(),
+        format!("!irpfind 0 0 fileobject {file:x}"),
+        format!("!fileobj {file:x}"),
+        "!drvobj \\Driver\\cimfs 7".into(),
+        "!devstack \\Device\\CimfsVolume1".into(),
+        "!object \\FileSystem\\Filters".into(),
+    ]
+}
+
+/// Prints one machine's rows and adds its totals.
+fn print_rows(rows: &[CommandRow], totals: &mut Vec<(u32, u64, u64)>, build: u32) {
+    {
         outln!(
             "  {:<22} {:>11} {:>11} {:>7} {:>11} {:>9} {:>9}",
             "command",
@@ -1043,7 +1120,7 @@ async fn commands_bench(
             "time"
         );
         let (mut sum, mut least_sum) = (0u64, 0u64);
-        for (c, rts, bytes, least, pages, took, ok) in rows {
+        for (c, rts, bytes, least, pages, took, ok) in rows.iter().cloned() {
             sum += rts;
             least_sum += least;
             outln!(
@@ -1060,19 +1137,6 @@ async fn commands_bench(
         }
         totals.push((build, sum, least_sum));
     }
-    outln!(
-        "  least RTs: per page touched, the span of bytes asked for over 3,944 bytes (a request cannot span two pages that are not physically adjacent)"
-    );
-    if totals.len() > 1 {
-        outln!("  all commands, by build (round trips / least):");
-        for (build, sum, least) in totals {
-            outln!(
-                "    {build:>5}  {sum:>7} / {least:>7} = {:.2}",
-                sum as f64 / least.max(1) as f64
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The commands of the benchmark on one simulated machine, each from a cold cache.
@@ -1080,6 +1144,7 @@ async fn commands_on(
     config: kdnet_sim::SimConfig,
     delay: Duration,
     symbols: String,
+    commands: fn(&kdnet_sim::scenario::Facts) -> Vec<String>,
 ) -> anyhow::Result<Vec<CommandRow>> {
     let key = Key::from_bytes(kdnet::rng::os_random_32());
     let host = Host::bind(HostConfig::new("127.0.0.1:0".parse()?, key.clone())).await?;
@@ -1090,7 +1155,7 @@ async fn commands_on(
         ..LinkConfig::default()
     };
     let sim = kdnet_sim::start(config, tc, Some(link)).await?;
-    let (hung, _) = sim.facts.hung_thread.unwrap_or((0, 0));
+    let commands = commands(&sim.facts);
     host.wait_connected(Duration::from_secs(10)).await?;
     host.break_in(Duration::from_secs(10))
         .await
@@ -1104,22 +1169,6 @@ async fn commands_on(
             kdnet_sim::symbols::symbol_path(&symbols),
         )?;
         let mut e = kdnet_commands::engine::Engine::new(k);
-        let commands = [
-            "lm".to_string(),
-            "k".into(),
-            format!("!thread {hung:x}"),
-            "!process 0 0".into(),
-            "!running".into(),
-            "!locks".into(),
-            "!vm".into(),
-            "!analyze".into(),
-            format!("!pool {hung:x}"),
-            "!poolused 2".into(),
-            "!ndiskd.miniport".into(),
-            "!ndiskd.pendingnbls".into(),
-            "!deadlock".into(),
-            "!stacks".into(),
-        ];
         // Symbols, module headers and exception tables are loaded once in a session: a first
         // pass warms them, the measured pass starts each command with a cold memory cache.
         for c in &commands {

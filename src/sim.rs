@@ -41,6 +41,10 @@ pub struct Args {
     /// Executive resources in existence.
     #[arg(long, default_value_t = kdnet_sim::scenario::NBL_HANG_RESOURCES)]
     resources: u32,
+    /// IRPs in flight beyond the scenario's own: reads pending in NTFS on the system volume,
+    /// each in non-paged pool with the IRP tag (to see `!irpfind` at scale).
+    #[arg(long, default_value_t = 0)]
+    irps: u32,
     /// Run healthy for this long, then the scenario begins.
     #[arg(long, value_parser = duration::parse)]
     hang_after: Option<Duration>,
@@ -151,6 +155,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         seed: a.seed,
         print_every: a.print_every,
         booted_nodebug: false,
+        irps: a.irps.min(kdnet_sim::scenario::MAX_EXTRA_IRPS),
     };
     let link = if a.latency.is_some()
         || a.jitter.is_some()

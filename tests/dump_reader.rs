@@ -26,6 +26,7 @@ fn config(scenario: Scenario) -> SimConfig {
         seed: 5,
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
+        irps: 0,
     }
 }
 

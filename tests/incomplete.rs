@@ -29,6 +29,7 @@ fn partial_dump(path: &Path, missing: usize) -> Vec<String> {
         seed: 3,
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
+        irps: 0,
     };
     let machine = Machine::build(config).unwrap();
     let cpus = machine.system().cpus.len() as u32;

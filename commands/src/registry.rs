@@ -504,6 +504,114 @@ pub static COMMANDS: &[Command] = &[
         run: crate::ext::ndis::miniport => crate::ext::ndis::Miniports,
     },
     command! {
+        name: "!irp", aliases: [], id: "irp",
+        summary: "an IRP: its header and every stack location, the current one marked",
+        doc: "an IRP as WinDbg shows it: `Irp is active with N stacks M is current`, the MDL, \
+              system buffer and thread, then every stack location (the highest first) with its \
+              major and minor function names, flags, control (pending, Success/Error/Cancel), \
+              device and file object, completion routine and context, the device's driver, the \
+              routine symbolised and the arguments; `>` marks the current one. `!irp ADDR 1` \
+              adds the header's details (flags decoded, IoStatus, cancel state, UserEvent, \
+              UserIosb, the original file object). An IRP is checked before it is believed: \
+              something whose Type is not 6 is no IRP (a freed one, another structure); a \
+              StackCount or Size that cannot be right shows what they allow; a CurrentLocation \
+              past StackCount + 1 says the IRP was completed more than once",
+        syntax: crate::ext::io::IRP, usage: Some("!irp ADDR [1]"),
+        examples: ["!irp {irp}", "!irp {irp} 1"],
+        run: crate::ext::io::irp => crate::ext::io::IrpResult,
+    },
+    command! {
+        name: "!irpfind", aliases: [], id: "irpfind",
+        summary: "the IRPs in flight: every IRP-tagged block of non-paged pool and every thread's IRP list",
+        doc: "the IRPs in flight: the IRP tag's blocks of non-paged pool (big allocations \
+              included, searched on the target where it can) and every thread's IRP list, each \
+              checked to be an IRP; a row per IRP with its thread, the current location's \
+              major/minor function, device and driver; `0 0 CRITERIA VALUE` keeps those whose \
+              `device`, `fileobject`, `thread`, `userevent` or `arg` is VALUE. An IRP on a \
+              thread's list that is not an IRP any more is said so",
+        syntax: crate::ext::io::IRPFIND, usage: Some("!irpfind [-v] [0 0 [device|fileobject|thread|userevent|arg] VALUE]"),
+        examples: ["!irpfind", "!irpfind 0 0 fileobject {file}"],
+        run: crate::ext::io::irpfind => crate::ext::io::IrpFind,
+    },
+    command! {
+        name: "!devobj", aliases: [], id: "devobj",
+        summary: "a device object: its driver, flags, characteristics, extensions, the devices above and below",
+        doc: "a device object (by address, by path `\\Device\\Name`, or by its name in \
+              `\\Device`): its name and driver, current IRP, reference count, type, flags and \
+              characteristics decoded, VPB, device and device-object extensions, the device \
+              attached above and the one it is attached to, its device node",
+        syntax: crate::ext::io::DEVOBJ, usage: Some("!devobj ADDR|\\Device\\NAME"),
+        examples: ["!devobj {pdo}", "!devobj \\Device\\HarddiskVolume3"],
+        run: crate::ext::io::devobj => crate::ext::io::DevObj,
+    },
+    command! {
+        name: "!devstack", aliases: [], id: "devstack",
+        summary: "the device stack a device is in, top first, with its device node",
+        doc: "the device stack a device is in, from the top (AttachedDevice upwards) to the \
+              bottom (each device-object extension's AttachedTo), `>` at the device asked about, \
+              each with its driver, extension and name; the bottom's device node with its \
+              instance path and service",
+        syntax: crate::ext::io::DEVSTACK, usage: Some("!devstack ADDR|\\Device\\NAME"),
+        examples: ["!devstack {pdo}"],
+        run: crate::ext::io::devstack => crate::ext::io::DevStack,
+    },
+    command! {
+        name: "!drvobj", aliases: [], id: "drvobj",
+        summary: "a driver object: its devices, entry points, dispatch table and fast I/O routines",
+        doc: "a driver object (by address, by path `\\Driver\\Name` or `\\FileSystem\\Name`, \
+              or by its name in `\\Driver`): its devices; with FLAGS bit 2 its entry points and \
+              the 28 dispatch routines symbolised (`nt!IopInvalidDeviceRequest` marks what it \
+              does not handle); with bit 4 its fast I/O routines (7 by default)",
+        syntax: crate::ext::io::DRVOBJ, usage: Some("!drvobj ADDR|\\Driver\\NAME [FLAGS]"),
+        examples: ["!drvobj \\Driver\\cimfs", "!drvobj \\FileSystem\\Ntfs 7", "!drvobj pci 1"],
+        run: crate::ext::io::drvobj => crate::ext::io::DrvObj,
+    },
+    command! {
+        name: "!devnode", aliases: [], id: "devnode",
+        summary: "the PnP tree's device nodes with their state, previous state and problem",
+        doc: "device nodes: `!devnode 0 1` the whole tree from nt!IopRootDeviceNode, depth first \
+              and indented; `!devnode 0 1 SERVICE` the nodes of one service; `!devnode ADDR` one \
+              node (`ADDR 1` and its children); each with its PDO, instance path, service, state \
+              and previous state by the build's own names, and problem code",
+        syntax: crate::ext::io::DEVNODE, usage: Some("!devnode [ADDR [FLAGS [SERVICE]]]"),
+        examples: ["!devnode 0 1", "!devnode 0 1 myeth1g", "!devnode {devnode}"],
+        run: crate::ext::io::devnode => crate::ext::io::DevNodes,
+    },
+    command! {
+        name: "!fileobj", aliases: [], id: "fileobj",
+        summary: "a file object: its name, device, VPB, access, flags and file-system context",
+        doc: "a file object: its name, device and driver, VPB, access and sharing, flags \
+              decoded, FsContext/FsContext2, section object pointers, private cache map, current \
+              byte offset, final status, the related file object",
+        syntax: crate::ext::io::FILEOBJ, usage: None,
+        examples: ["!fileobj {file}"],
+        run: crate::ext::io::fileobj => crate::ext::io::FileObj,
+    },
+    command! {
+        name: "!object", aliases: [], id: "object",
+        summary: "an object by address or namespace path: its header, type, counts, name; a directory's entries",
+        doc: "an object (by address, or by a path such as `\\Driver\\cimfs` resolved through \
+              the namespace from nt!ObpRootDirectoryObject, symbolic links followed): its \
+              header, type (the header's index decoded with nt!ObHeaderCookie where the build \
+              has it), handle and pointer counts, name and directory; a directory's entries by \
+              hash bucket; a symbolic link's target. A bad type index is said to be one",
+        syntax: crate::ext::objects::OBJECT, usage: Some("!object ADDR|\\PATH"),
+        examples: ["!object \\", "!object \\Driver", "!object \\GLOBAL??\\C:",
+                   "!object \\FileSystem\\Filters"],
+        run: crate::ext::objects::object => crate::ext::objects::ObjectResult,
+    },
+    command! {
+        name: "!handle", aliases: [], id: "handle",
+        summary: "a process's handle table: each handle's object, type and name",
+        doc: "a process's handles (the current process, or PROCESS by EPROCESS or process id): \
+              the table's levels walked from its TableCode; HANDLE 0 for all; FLAGS bit 2 (on \
+              by default, `f` for all) reads each object's header, type and name (a file \
+              object's file name); TYPE keeps one object type",
+        syntax: crate::ext::objects::HANDLE, usage: Some("!handle [HANDLE [FLAGS [PROCESS [TYPE]]]]"),
+        examples: ["!handle 0 f {pid}", "!handle {handle} f {pid}", "!handle 0 3 {pid} File"],
+        run: crate::ext::objects::handle => crate::ext::objects::Handles,
+    },
+    command! {
         name: ".help", aliases: [], id: "help",
         summary: "the commands, or one command's usage, flags and examples",
         doc: "the commands and the script statements; `.help NAME`: one command's usage, \

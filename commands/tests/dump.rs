@@ -38,6 +38,7 @@ fn config(scenario: Scenario, cpus: u16) -> SimConfig {
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
+        irps: 0,
     }
 }
 

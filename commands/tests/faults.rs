@@ -32,6 +32,7 @@ fn engine_with(scenario: Scenario, before_open: impl FnOnce(&Faults)) -> (Engine
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
+        irps: 0,
     };
     let machine = Machine::build(config).unwrap();
     let facts = machine.facts().clone();

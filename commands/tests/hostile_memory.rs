@@ -98,6 +98,14 @@ const COMMANDS: &[&str] = &[
     "!ndiskd.miniport",
     "dt nt!_EPROCESS poi(nt!PsActiveProcessHead)-0x448",
     "dps nt!KiProcessorBlock L4",
+    "!irpfind",
+    "!object \\",
+    "!object \\Driver",
+    "!drvobj \\Driver\\cimfs 7",
+    "!devobj \\Device\\HarddiskVolume3",
+    "!devstack \\Device\\HarddiskVolume3",
+    "!devnode 0 1",
+    "!handle 0 f 4",
 ];
 
 /// Runs every command; returns how many answered (None when the kernel could not be opened).

@@ -100,7 +100,10 @@ async fn the_model_over_kdnet() {
         assert_eq!(again.cost.round_trips, 0, "and filled again");
         assert_eq!(again.result, warm.result);
         let lm = engine.run("lm");
-        assert_eq!(lm.result["modules"].as_array().unwrap().len(), 17);
+        assert_eq!(
+            lm.result["modules"].as_array().unwrap().len(),
+            kdnet_sim::scenario::MODULES.len() + 1
+        );
         // The registers are the new stop's, not the first one's.
         let r = engine.run("r rip");
         assert!(r.ok());

@@ -27,6 +27,7 @@ fn engine() -> (Engine, Faults) {
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
+        irps: 0,
     };
     let machine = Machine::build(config).unwrap();
     let cpus = machine.system().cpus.len() as u32;

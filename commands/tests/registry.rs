@@ -145,6 +145,7 @@ fn engine(scenario: Scenario) -> (Engine, Facts) {
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
+        irps: 0,
     };
     let machine = Machine::build(config).unwrap();
     let facts = machine.facts().clone();

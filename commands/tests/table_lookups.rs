@@ -74,6 +74,7 @@ fn lookups_over(file: &Path, scratch: &Path) -> Option<Lookups> {
             seed: 11,
             print_every: std::time::Duration::from_secs(3600),
             booted_nodebug: false,
+            irps: 0,
         };
         let machine = match Machine::build_with_table(config, sim_table.clone()) {
             Ok(m) => m,

@@ -92,6 +92,7 @@ fn sim(dir: &std::path::Path, build: u32, file: &str, scenario: Scenario) -> Sim
         seed: 11,
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
+        irps: 0,
     };
     let machine = Machine::build(config).unwrap_or_else(|e| panic!("{build} {scenario}: {e}"));
     let facts = machine.facts().clone();

@@ -81,6 +81,10 @@ pub struct SimConfig {
     /// and `KdpBootedNodebug` says so. A machine booted with the debugger, as every KDNET
     /// target is, keeps the block plain.
     pub booted_nodebug: bool,
+    /// IRPs in flight beyond the scenario's own: reads pending in NTFS on the system volume,
+    /// in non-paged pool with the IRP tag and on no thread's list (at most
+    /// [`scenario::MAX_EXTRA_IRPS`]).
+    pub irps: u32,
 }
 
 impl SimConfig {
@@ -97,6 +101,7 @@ impl SimConfig {
             seed: 0x006b_646e_6574,
             print_every: Duration::from_secs(10),
             booted_nodebug: false,
+            irps: 0,
         }
     }
 }

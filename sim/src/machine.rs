@@ -95,7 +95,7 @@ impl Machine {
             .map(|c| sys.threads[sys.cpus[c].current].context.clone())
             .collect();
         let tick = sys.now_tick;
-        let bugcheck_at = if config.scenario == crate::Scenario::Bugcheck {
+        let bugcheck_at = if config.scenario.bugchecks() {
             Some(now + config.bugcheck_after.unwrap_or(Duration::ZERO))
         } else {
             None

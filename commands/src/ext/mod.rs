@@ -4,8 +4,10 @@
 pub mod analyze;
 pub mod deadlock;
 pub mod hangcheck;
+pub mod io;
 pub mod locks;
 pub mod ndis;
+pub mod objects;
 pub mod pool;
 pub mod threads;
 pub mod vm;

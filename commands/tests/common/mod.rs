@@ -83,6 +83,18 @@ pub fn example_lines(
     if f.ndis.holder != 0 {
         planted.insert("miniport", f.ndis.holder);
     }
+    if let Some(i) = &f.io.double_irp {
+        planted.insert("irp", i.irp);
+        planted.insert("file", i.file);
+    }
+    if let Some((pdo, _, node)) = f.io.nic {
+        planted.insert("pdo", pdo);
+        planted.insert("devnode", node);
+    }
+    if let Some((pid, handle, _, _)) = f.io.handles.first() {
+        planted.insert("pid", *pid);
+        planted.insert("handle", *handle);
+    }
     let mut out = Vec::new();
     for c in kdnet_commands::registry::COMMANDS {
         'examples: for x in c.examples {

@@ -118,6 +118,18 @@ impl Kernel {
         Ok(walk)
     }
 
+    /// The UNICODE_STRING `field` of a structure already read: only its buffer is read.
+    pub fn unicode_string_in(&mut self, v: &View, field: &str) -> Result<String, ModelError> {
+        let b = v.bytes_of(field, 16)?;
+        let len = usize::from(Le(b).u16(0)).min(2048);
+        let buf = Le(b).u64(8);
+        if len == 0 || buf == 0 {
+            return Ok(String::new());
+        }
+        let raw = self.mem.kread_ahead(buf, len & !1)?;
+        Ok(kdnet_arch::le::utf16(&raw))
+    }
+
     /// Reads a UNICODE_STRING at `at` (bounded to 1024 characters).
     pub fn unicode_string(&mut self, at: u64) -> Result<String, ModelError> {
         let b = self.mem.kread(at, 16)?;

@@ -379,7 +379,9 @@ impl NotResources {
         let mut ranges = Vec::new();
         for t in threads {
             ranges.push((t.stack_limit, t.stack_base));
-            ranges.push((t.ethread.saturating_sub(0x100), t.ethread + thread_size));
+            // The thread object and the header before it (a header and its optional
+            // headers; not further: a neighbouring pool block may be the resource itself).
+            ranges.push((t.ethread.saturating_sub(0x60), t.ethread + thread_size));
         }
         let images = k
             .modules()

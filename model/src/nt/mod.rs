@@ -3,10 +3,12 @@
 //! code for live sessions and dumps, with every offset from the symbol table.
 
 mod access;
+pub mod io;
 mod kdbg;
 pub mod locks;
 mod modules;
 pub mod ndis;
+pub mod objects;
 pub mod physical;
 pub mod pool;
 pub mod procs;

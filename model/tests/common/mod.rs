@@ -48,8 +48,19 @@ pub fn sim_kernel_at(
     change: impl FnOnce(&mut Machine),
     more: &str,
 ) -> Option<(Kernel, Planted)> {
+    sim_kernel_configured(build, scenario, |_| {}, change, more)
+}
+
+/// As [`sim_kernel_at`], with `configure` changing the machine's configuration first.
+pub fn sim_kernel_configured(
+    build: u32,
+    scenario: Scenario,
+    configure: impl FnOnce(&mut SimConfig),
+    change: impl FnOnce(&mut Machine),
+    more: &str,
+) -> Option<(Kernel, Planted)> {
     let dir = shared()?;
-    let config = SimConfig {
+    let mut config = SimConfig {
         build,
         table: TableSource::Dir(dir.join("symbols")),
         scenario,
@@ -62,7 +73,9 @@ pub fn sim_kernel_at(
         // Its memory is read as a raw image's is: a machine booted without the debugger, whose
         // debugger data block the kernel encoded.
         booted_nodebug: true,
+        irps: 0,
     };
+    configure(&mut config);
     let mut machine = Machine::build(config).unwrap();
     change(&mut machine);
     let sys = machine.system();

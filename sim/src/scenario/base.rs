@@ -26,6 +26,8 @@ pub const MODULES: &[(&str, &str)] = &[
     ("netvsc.sys", "netvsc"),
     ("myeth1g.sys", "myeth1g"),
     ("acmeflt.sys", "acmeflt"),
+    ("pci.sys", "pci"),
+    ("volmgr.sys", "volmgr"),
 ];
 
 /// What the base system made that the scenarios build on.

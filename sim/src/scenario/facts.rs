@@ -55,6 +55,56 @@ pub struct Deadlock {
     pub queued: Vec<u64>,
 }
 
+/// A named device object as planted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedDevice {
+    /// Its path in the namespace.
+    pub path: String,
+    /// The device object.
+    pub device: u64,
+    /// Its driver's name.
+    pub driver: String,
+}
+
+/// An IRP as planted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlantedIrp {
+    /// The IRP.
+    pub irp: u64,
+    /// The thread whose list it is on.
+    pub thread: u64,
+    /// Its stack locations, [0] the lowest: major function, device, the device's driver
+    /// name, the completion routine (`module!function`).
+    pub stack: Vec<(u8, u64, String, Option<String>)>,
+    /// CurrentLocation.
+    pub current: u8,
+    /// The file object it was issued on.
+    pub file: u64,
+}
+
+/// The I/O layer as planted.
+#[derive(Debug, Clone, Default)]
+pub struct IoFacts {
+    /// Driver objects: name (`\Driver\cimfs`) and address.
+    pub drivers: Vec<(String, u64)>,
+    /// Named device objects.
+    pub named_devices: Vec<NamedDevice>,
+    /// Device nodes: instance path and address.
+    pub devnodes: Vec<(String, u64)>,
+    /// The NIC: PDO, the miniport's FDO, its device node.
+    pub nic: Option<(u64, u64, u64)>,
+    /// The NIC device node's state (`_PNP_DEVNODE_STATE` name).
+    pub nic_state: String,
+    /// The system volume's file-system stack, top first.
+    pub volume_stack: Vec<u64>,
+    /// Handles: process id, handle value, file object, file name.
+    pub handles: Vec<(u64, u64, u64, String)>,
+    /// IRPs in flight.
+    pub irps: Vec<PlantedIrp>,
+    /// The IRP completed twice (bugcheck 0x44's first parameter).
+    pub double_irp: Option<PlantedIrp>,
+}
+
 /// What a scenario planted: the answers the commands must find.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
@@ -75,6 +125,8 @@ pub struct Facts {
     pub hung_thread: Option<(u64, u64)>,
     /// NDIS.
     pub ndis: NdisFacts,
+    /// The I/O layer.
+    pub io: IoFacts,
     /// Whether NBL tracking is on.
     pub nbl_tracking: bool,
     /// `N commit requests have failed`.

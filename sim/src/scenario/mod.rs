@@ -5,6 +5,8 @@ mod bugcheck;
 mod deadlock;
 mod facts;
 mod healthy;
+mod io_base;
+mod irp_double;
 mod mm;
 mod nbl_hang;
 mod pool_corruption;
@@ -12,7 +14,8 @@ mod stacks;
 
 pub use base::MODULES;
 pub use bugcheck::write_bugcheck;
-pub use facts::{Corruption, Deadlock, Facts, HeldLock};
+pub use facts::{Corruption, Deadlock, Facts, HeldLock, IoFacts, NamedDevice, PlantedIrp};
+pub use irp_double::PULLS;
 pub use mm::MmFigures;
 
 use kdnet::api::GetVersion64;
@@ -26,6 +29,8 @@ use base::base_system;
 use bugcheck::bugcheck;
 use deadlock::deadlock;
 use healthy::healthy;
+use io_base::io_base;
+use irp_double::irp_double_complete;
 use mm::write_mm;
 use nbl_hang::nbl_hang;
 use pool_corruption::pool_corruption;
@@ -33,6 +38,9 @@ use stacks::{stack, user_tail, waiting};
 
 /// ERESOURCEs in existence in the reported PnP/NBL hang.
 pub const NBL_HANG_RESOURCES: u32 = 84_372;
+/// Most IRPs [`SimConfig::irps`] adds.
+pub const MAX_EXTRA_IRPS: u32 = 200_000;
+
 /// Commit requests that failed in the reported commit exhaustion.
 pub const COMMIT_FAILURES: u64 = 48_440;
 
@@ -51,17 +59,21 @@ pub enum Scenario {
     Bugcheck,
     /// Busy but fine.
     Healthy,
+    /// 0x44 on a container host pulling twenty images: an IRP CimFS completed twice, twenty
+    /// reads pending below the filters.
+    IrpDoubleComplete,
 }
 
 impl Scenario {
     /// All scenarios.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::NblHang,
         Scenario::CommitFailures,
         Scenario::PoolCorruption,
         Scenario::Deadlock,
         Scenario::Bugcheck,
         Scenario::Healthy,
+        Scenario::IrpDoubleComplete,
     ];
 
     /// The name on the command line.
@@ -73,6 +85,7 @@ impl Scenario {
             Scenario::Deadlock => "deadlock",
             Scenario::Bugcheck => "bugcheck",
             Scenario::Healthy => "healthy",
+            Scenario::IrpDoubleComplete => "irp-double-complete",
         }
     }
 
@@ -83,7 +96,12 @@ impl Scenario {
 
     /// Whether the scenario can begin after a healthy period.
     pub fn can_delay(self) -> bool {
-        !matches!(self, Scenario::Healthy | Scenario::Bugcheck)
+        !matches!(self, Scenario::Healthy) && !self.bugchecks()
+    }
+
+    /// Whether the machine stops with a bugcheck.
+    pub fn bugchecks(self) -> bool {
+        matches!(self, Scenario::Bugcheck | Scenario::IrpDoubleComplete)
     }
 }
 
@@ -113,6 +131,7 @@ pub fn build_with_table(
 ) -> Result<(System, Facts, GetVersion64), SimError> {
     let (mut sys, base) = base_system(config, nt)?;
     sys.booted_nodebug = config.booted_nodebug;
+    let mut io = io_base(&mut sys, &base.user_procs)?;
     let mut facts = Facts {
         scenario: config.scenario.name().into(),
         build: config.build,
@@ -138,6 +157,21 @@ pub fn build_with_table(
                 hang: true,
             };
             nbl_hang(&mut sys, &base, &mut facts)?;
+            // The NIC's device node is being removed.
+            let queried = sys
+                .k
+                .enum_value("_PNP_DEVNODE_STATE", "DeviceNodeQueryRemoved")?;
+            let started = sys
+                .k
+                .enum_value("_PNP_DEVNODE_STATE", "DeviceNodeStarted")?;
+            sys.k
+                .set(io.nic_devnode, "_DEVICE_NODE", "State", queried as u64)?;
+            sys.k.set(
+                io.nic_devnode,
+                "_DEVICE_NODE",
+                "PreviousState",
+                started as u64,
+            )?;
             facts.heartbeat = "ndis: miniport \"My Ethernet 1Gb 4-port Adapter\" pause pending: waiting for 1854 outstanding send NBLs\n".into();
             facts.prints_when_hung = vec!["PnP: query-remove of PCI\\VEN_8086&DEV_1521 vetoed? no — removal in progress, waiting for NDIS bindings to close\n".into()];
         }
@@ -179,12 +213,27 @@ pub fn build_with_table(
                 params[0], params[1], params[2], params[3]
             )];
         }
+        Scenario::IrpDoubleComplete => {
+            let (code, params) = irp_double_complete(&mut sys, &base, &mut io)?;
+            facts.bugcheck = Some((code, params));
+            facts.prints_when_hung = vec![format!(
+                "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
+                params[0], params[1], params[2], params[3]
+            )];
+        }
         Scenario::Healthy => {
             healthy(&mut sys, &base)?;
             facts.heartbeat = "svchost: periodic maintenance finished\n".into();
         }
     }
+    io_base::extra_irps(&mut sys, &mut io, config.irps.min(MAX_EXTRA_IRPS))?;
     let _ = base.worker_queue;
+    io.facts.nic_state = if config.scenario == Scenario::NblHang {
+        "DeviceNodeQueryRemoved".into()
+    } else {
+        "DeviceNodeStarted".into()
+    };
+    facts.io = io.facts;
     facts.nbl_tracking = ndis_setup.tracking;
     facts.ndis = ndis::build(&mut sys, ndis_setup)?;
     fill_resources(&mut sys, resources_wanted)?;

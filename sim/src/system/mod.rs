@@ -3,16 +3,20 @@
 //! debugger data block and the other globals a debugger reads.
 
 mod dispatcher;
+mod io;
 mod kdbg;
 mod memory;
 mod modules;
+mod objects;
 mod processes;
 mod processors;
 mod resources;
 mod shared_data;
 mod threads;
 
+pub use io::{DeviceSpec, IrpLocation, IrpSpec, MAJOR_FUNCTIONS};
 pub use kdbg::{decode_kdbg_word, encode_kdbg_word};
+pub use objects::{DIRECTORY_BUCKETS, HandleRec, Objects, name_hash};
 
 use kdnet::api::{Context, GetVersion64};
 use kdnet::rng::SplitMix64;
@@ -105,6 +109,8 @@ pub struct ProcessRec {
     pub threads: Vec<usize>,
     /// What `!process` details show, once [`System::finish`] wrote it.
     pub details: ProcessDetails,
+    /// The handles its table holds, in handle order.
+    pub handles: Vec<HandleRec>,
 }
 
 /// What a process's details hold beyond its identity, as written at the end of the build.
@@ -204,6 +210,8 @@ pub struct System {
     pub commit: Vec<(usize, u64)>,
     /// Booted without a kernel debugger: the debugger data block is encoded (9200+).
     pub booted_nodebug: bool,
+    /// The object manager: types, directories.
+    pub ob: Objects,
 }
 
 /// How long the simulated machine has been up at build time (4 h 12 min).
@@ -293,8 +301,10 @@ impl System {
             cid_spacing: 4,
             commit: Vec::new(),
             booted_nodebug: false,
+            ob: Objects::default(),
         };
         s.init_globals(cpus)?;
+        s.init_objects()?;
         Ok(s)
     }
 

@@ -4,7 +4,7 @@ use crate::SimError;
 use crate::mem::{PAGE, PTE_A, PTE_D, PTE_NX, PTE_RW, PTE_US, Space};
 use crate::pool::{PoolKind, tag};
 
-use super::{ProcessDetails, ProcessRec, System};
+use super::{HandleRec, ProcessDetails, ProcessRec, System};
 
 impl System {
     /// Creates a process. The System process (pid 4) shares the system address space.
@@ -20,7 +20,7 @@ impl System {
             p
         });
         let size = self.k.size("_EPROCESS")?;
-        let header = self.k.size("_OBJECT_HEADER").unwrap_or(0x30);
+        let header = self.k.off("_OBJECT_HEADER", "Body")?;
         let obj = self
             .pool
             .alloc(&mut self.k, PoolKind::NonPaged, header + size, tag("Proc"))?;
@@ -30,6 +30,7 @@ impl System {
         } else {
             Space::new(&mut self.k.mem)
         };
+        self.stamp(ep, "Process")?;
         let k = &mut self.k;
         k.set(obj, "_OBJECT_HEADER", "PointerCount", 0x1234)?;
         k.set(obj, "_OBJECT_HEADER", "HandleCount", 0x20)?;
@@ -78,6 +79,7 @@ impl System {
             space,
             threads: Vec::new(),
             details: Default::default(),
+            handles: Vec::new(),
         });
         Ok(self.processes.len() - 1)
     }
@@ -122,11 +124,34 @@ impl System {
                 continue;
             }
             let n = self.processes[i].threads.len() as u64;
-            let handles = 24 + (pid * 7) % 900 + 3 * n;
+            // Every process holds handles to its own threads and to a few events of its own.
+            for t in self.processes[i].threads.clone() {
+                let et = self.threads[t].ethread;
+                self.add_handle(
+                    i,
+                    HandleRec {
+                        object: et,
+                        access: 0x1f_ffff,
+                        attributes: 0,
+                    },
+                );
+            }
+            for _ in 0..2 + pid % 5 {
+                let ev = self.event_object(None)?;
+                self.add_handle(
+                    i,
+                    HandleRec {
+                        object: ev,
+                        access: 0x1f_0003,
+                        attributes: 0,
+                    },
+                );
+            }
             let table_size = self.k.size("_HANDLE_TABLE")? + list_size * (lists - 1);
             let table = self
                 .pool
                 .alloc(&mut self.k, PoolKind::Paged, table_size, tag("Obtb"))?;
+            let handles = self.write_handle_table(i, table)?;
             let k = &mut self.k;
             if per_list {
                 let first = k.off("_HANDLE_TABLE", "FreeLists")?;
@@ -155,6 +180,7 @@ impl System {
                 tag("Toke"),
             )?;
             let token = obj + header;
+            self.stamp(token, "Token")?;
             let k = &mut self.k;
             k.set(obj, "_OBJECT_HEADER", "PointerCount", 0x10)?;
             // An EX_FAST_REF: the low four bits count cached references.

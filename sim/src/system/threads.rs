@@ -27,11 +27,13 @@ impl System {
         let tid = self.next_tid;
         self.next_tid += 4 * (1 + self.rng.below(3));
         let size = self.k.size("_ETHREAD")?;
-        let header = self.k.size("_OBJECT_HEADER").unwrap_or(0x30);
+        let header = self.k.off("_OBJECT_HEADER", "Body")?;
         let obj = self
             .pool
             .alloc(&mut self.k, PoolKind::NonPaged, header + size, tag("Thre"))?;
         let et = obj + header;
+        self.stamp(et, "Thread")?;
+        self.k.set(obj, "_OBJECT_HEADER", "PointerCount", 3)?;
         // A 24 KB kernel stack with a guard page below it.
         self.k.reserve_region(Region::Stacks, PAGE, PAGE);
         let limit = self.k.alloc_region(Region::Stacks, 6 * PAGE, PAGE)?;

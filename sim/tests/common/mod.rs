@@ -24,6 +24,7 @@ pub fn config(build: u32, scenario: Scenario, resources: u32) -> Option<SimConfi
         seed: 7,
         print_every: std::time::Duration::from_secs(10),
         booted_nodebug: false,
+        irps: 0,
     })
 }
 

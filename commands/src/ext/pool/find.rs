@@ -59,7 +59,7 @@ pub fn run(e: &mut Engine, _verb: &str, args: &Args<'_>) -> Result<PoolFind, Cmd
         tag: pool::tag_text(tag),
         matches: hits
             .into_iter()
-            .map(|(address, size, paged, _)| Match {
+            .map(|(address, size, paged, _, _)| Match {
                 address,
                 size,
                 paged,

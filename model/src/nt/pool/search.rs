@@ -80,8 +80,12 @@ fn known_pool_ranges(k: &mut Kernel) -> Vec<(u64, u64, bool)> {
     out
 }
 
-/// A block found by tag: (header, bytes, paged, allocated).
-pub type Found = (u64, u64, bool, bool);
+/// A block found by tag: (header, bytes, paged, allocated, data): a big allocation has no
+/// header (its header is its data); a pool block's data follows its 16-byte header.
+pub type Found = (u64, u64, bool, bool, u64);
+
+/// Bytes of a pool header before a block's data (x64).
+pub const POOL_HEADER_BYTES: u64 = 16;
 
 /// Every block with `tag`, big allocations included.
 pub fn find_tag(
@@ -96,7 +100,7 @@ pub fn find_tag(
         if key & 0x7fff_ffff == tag & 0x7fff_ffff && !free {
             let paged = ty & 1 == 1;
             if want_paged.is_none_or(|p| p == paged) {
-                hits.push((va, size, paged, true));
+                hits.push((va, size, paged, true, va));
             }
         }
     }
@@ -118,25 +122,48 @@ pub fn find_tag(
                     Err(_) => break,
                 }
             }
+            // The target finds the next page with the tag; that page is read whole and every
+            // header in it checked here. Where blocks with the tag lie close together (as a
+            // busy allocator packs them), the page after one with a match is read straight
+            // away rather than searched for: a search there would cost a request and find it.
             let mut from = page;
+            let mut next_direct = false;
             while from < run_end && hits.len() < limit {
-                let found = match k.mem.search(from, run_end - from, &pattern) {
-                    Some(r) => r?,
-                    None => scan(k, from, run_end, &pattern)?,
+                let page_at = if std::mem::take(&mut next_direct) {
+                    from
+                } else {
+                    let found = match k.mem.search(from, run_end - from, &pattern) {
+                        Some(r) => r?,
+                        None => scan(k, from, run_end, &pattern)?,
+                    };
+                    let Some(hit) = found else { break };
+                    hit & !(PAGE - 1)
                 };
-                let Some(hit) = found else { break };
-                // The tag is at +4 of a 16-byte aligned header.
-                let header = hit.wrapping_sub(4);
-                if header % 16 == 0
-                    && let Ok(h) = k.mem.kread(header, 16)
-                    && let Ok((_, units, ty, _)) = header_fields(k, &h)
-                    && units != 0
-                    && ty & 0x2 != 0
-                    && (!classic || (header & (PAGE - 1)) + units * 16 <= PAGE)
-                {
-                    hits.push((header, units * 16, paged, true));
+                from = page_at + PAGE;
+                let bytes = match k.mem.kread(page_at, PAGE as usize) {
+                    Ok(b) => b,
+                    Err(TargetError::NotPresent { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let mut matched = false;
+                for o in (0..PAGE as usize).step_by(16) {
+                    if bytes[o + 4..o + 8] != pattern {
+                        continue;
+                    }
+                    let header = page_at + o as u64;
+                    if let Ok((_, units, ty, _)) = header_fields(k, &bytes[o..o + 16])
+                        && units != 0
+                        && ty & 0x2 != 0
+                        && (!classic || o as u64 + units * 16 <= PAGE)
+                    {
+                        hits.push((header, units * 16, paged, true, header + POOL_HEADER_BYTES));
+                        matched = true;
+                        if hits.len() >= limit {
+                            break;
+                        }
+                    }
                 }
-                from = hit + 1;
+                next_direct = matched;
             }
             at = run_end;
         }
