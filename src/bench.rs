@@ -1103,6 +1103,8 @@ fn io_commands(f: &kdnet_sim::scenario::Facts) -> Vec<String> {
         "!drvobj \\Driver\\cimfs 7".into(),
         "!devstack \\Device\\CimfsVolume1".into(),
         "!object \\FileSystem\\Filters".into(),
+        "!fltkd.filters".into(),
+        "!fltkd.volumes".into(),
     ]
 }
 

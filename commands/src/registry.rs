@@ -526,11 +526,12 @@ pub static COMMANDS: &[Command] = &[
         doc: "the IRPs in flight: the IRP tag's blocks of non-paged pool (big allocations \
               included, searched on the target where it can) and every thread's IRP list, each \
               checked to be an IRP; a row per IRP with its thread, the current location's \
-              major/minor function, device and driver; `0 0 CRITERIA VALUE` keeps those whose \
+              major/minor function, device and driver (`-v`: every stack location too); `0 0 CRITERIA \
+              VALUE` keeps those whose \
               `device`, `fileobject`, `thread`, `userevent` or `arg` is VALUE. An IRP on a \
               thread's list that is not an IRP any more is said so",
         syntax: crate::ext::io::IRPFIND, usage: Some("!irpfind [-v] [0 0 [device|fileobject|thread|userevent|arg] VALUE]"),
-        examples: ["!irpfind", "!irpfind 0 0 fileobject {file}"],
+        examples: ["!irpfind", "!irpfind -v", "!irpfind 0 0 fileobject {file}"],
         run: crate::ext::io::irpfind => crate::ext::io::IrpFind,
     },
     command! {
@@ -610,6 +611,90 @@ pub static COMMANDS: &[Command] = &[
         syntax: crate::ext::objects::HANDLE, usage: Some("!handle [HANDLE [FLAGS [PROCESS [TYPE]]]]"),
         examples: ["!handle 0 f {pid}", "!handle {handle} f {pid}", "!handle 0 3 {pid} File"],
         run: crate::ext::objects::handle => crate::ext::objects::Handles,
+    },
+    command! {
+        name: "!fltkd.frames", aliases: [], id: "fltkd.frames",
+        summary: "the filter manager's frames, each with its filters and their instances",
+        doc: "frames from fltmgr!FltGlobals.FrameList (fltmgr.sys's own symbols: a fltMgr.pdb along the symbol path, or the project's layout for the simulated FLTMGR.SYS), each with its altitude range, registered filters and their instances",
+        syntax: crate::ext::fltkd::NONE, usage: None,
+        examples: ["!fltkd.frames"],
+        run: crate::ext::fltkd::frames => crate::ext::fltkd::Frames,
+    },
+    command! {
+        name: "!fltkd.filters", aliases: [], id: "fltkd.filters",
+        summary: "the filters by frame with altitude and instance count, as `fltmc filters` shows",
+        doc: "the registered filters of every frame with their altitudes and instances, then a `fltmc filters` table: name, number of instances, altitude, frame",
+        syntax: crate::ext::fltkd::NONE, usage: None,
+        examples: ["!fltkd.filters"],
+        run: crate::ext::fltkd::filters => crate::ext::fltkd::Frames,
+    },
+    command! {
+        name: "!fltkd.volumes", aliases: [], id: "fltkd.volumes",
+        summary: "the volumes the filter manager attached, each with its instances",
+        doc: "the attached volumes of every frame, each with its device name and its instances (highest altitude first)",
+        syntax: crate::ext::fltkd::NONE, usage: None,
+        examples: ["!fltkd.volumes"],
+        run: crate::ext::fltkd::volumes => crate::ext::fltkd::Frames,
+    },
+    command! {
+        name: "!fltkd.instances", aliases: [], id: "fltkd.instances",
+        summary: "every instance: filter, altitude and volume",
+        doc: "every instance on every attached volume, with its filter, altitude and volume",
+        syntax: crate::ext::fltkd::NONE, usage: None,
+        examples: ["!fltkd.instances"],
+        run: crate::ext::fltkd::instances => crate::ext::fltkd::Frames,
+    },
+    command! {
+        name: "!fltkd.filter", aliases: [], id: "fltkd.filter",
+        summary: "one filter: flags, frame, driver object, its instances",
+        doc: "a filter (_FLT_FILTER): its name, altitude, flags, frame, driver object and every instance with its volume",
+        syntax: crate::ext::fltkd::ADDR, usage: None,
+        examples: ["!fltkd.filter {filter}"],
+        run: crate::ext::fltkd::filter => crate::ext::fltkd::FilterDetail,
+    },
+    command! {
+        name: "!fltkd.volume", aliases: [], id: "fltkd.volume",
+        summary: "one volume: device, file system, its instances",
+        doc: "a volume (_FLT_VOLUME): its device name, file system, flags, the filter manager's and the disk's devices, and its instances",
+        syntax: crate::ext::fltkd::ADDR, usage: None,
+        examples: ["!fltkd.volume {fltvolume}"],
+        run: crate::ext::fltkd::volume => crate::ext::fltkd::VolumeDetail,
+    },
+    command! {
+        name: "!fltkd.instance", aliases: [], id: "fltkd.instance",
+        summary: "one instance: filter, volume, its callbacks symbolised",
+        doc: "an instance (_FLT_INSTANCE): name, altitude, flags, filter and volume, and every operation it has callbacks for with its pre- and post-operation routines symbolised",
+        syntax: crate::ext::fltkd::ADDR, usage: None,
+        examples: ["!fltkd.instance {instance}"],
+        run: crate::ext::fltkd::instance => crate::ext::fltkd::InstanceDetail,
+    },
+    command! {
+        name: "!fltkd.irpctrl", aliases: [], id: "fltkd.irpctrl",
+        summary: "an operation's IRP_CTRL: its IRP, callback data, which filter holds it and which have seen it",
+        doc: "an IRP_CTRL: the operation, its IRP, device and file object, the completion-node stack, the callback data it holds (flags, thread, status, parameter block, target file and instance), the filter whose pre-operation pended it, and the filters whose post-operation is due",
+        syntax: crate::ext::fltkd::ADDR, usage: None,
+        examples: ["!fltkd.irpctrl {irpctrl}"],
+        run: crate::ext::fltkd::irpctrl => crate::ext::fltkd::Operation,
+    },
+    command! {
+        name: "!fltkd.cbd", aliases: [], id: "fltkd.cbd",
+        summary: "callback data: its operation, status, and the filter holding it",
+        doc: "a callback data (_FLT_CALLBACK_DATA) read through the IRP_CTRL that holds it: flags, thread, status, parameter block, target file and instance, whether a filter pended it and which, and the filters that have seen it; data no IRP_CTRL holds is said to be none",
+        syntax: crate::ext::fltkd::ADDR, usage: None,
+        examples: ["!fltkd.cbd {cbd}"],
+        run: crate::ext::fltkd::cbd => crate::ext::fltkd::Operation,
+    },
+    command! {
+        name: "!verifier", aliases: [], id: "verifier",
+        summary: "Driver Verifier: its flags, the drivers it verifies; with 0x100 its IRP log",
+        doc: "Driver Verifier's level (nt!MmVerifyDriverLevel) with each flag named, the drivers \
+              it verifies (nt!MmVerifyDriverBuffer); `!verifier 100` adds its IRP log \
+              (nt!IovIrpTraces): each IRP a verified driver issued, oldest first, with the \
+              issuing thread, its KernelApcDisable and SpecialApcDisable, the IRQL and the \
+              stack it was issued from, symbolised (a build whose symbols describe no log says so)",
+        syntax: crate::ext::verifier::SYNTAX, usage: Some("!verifier [FLAGS]"),
+        examples: ["!verifier", "!verifier 100"],
+        run: crate::ext::verifier::run => crate::ext::verifier::VerifierResult,
     },
     command! {
         name: ".help", aliases: [], id: "help",

@@ -106,6 +106,8 @@ const COMMANDS: &[&str] = &[
     "!devstack \\Device\\HarddiskVolume3",
     "!devnode 0 1",
     "!handle 0 f 4",
+    "!fltkd.filters",
+    "!fltkd.volumes",
 ];
 
 /// Runs every command; returns how many answered (None when the kernel could not be opened).

@@ -360,3 +360,207 @@ fn irpfind_over_thousands_of_pool_irps_costs_about_the_pages_they_lie_on() {
         "{rts} round trips for {least} least ({found} IRPs)"
     );
 }
+
+#[test]
+fn the_filter_stack_and_the_pended_create_on_every_build() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::BindfltRace) else {
+            return;
+        };
+        let io = &p.facts.io;
+        // `fltmc filters` as the report gives it: five filters, their altitudes and instances.
+        let j = run(&mut e, "!fltkd.filters");
+        assert_eq!(j["symbols"], "built-in");
+        let got: Vec<(String, String, u64)> = j["frames"][0]["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["name"].as_str().unwrap().to_string(),
+                    f["altitude"].as_str().unwrap().to_string(),
+                    f["instance_count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want = [
+            ("bindflt", "409800", 29),
+            ("FsDepends", "407000", 35),
+            ("WdFilter", "328010", 35),
+            ("wcifs", "189900", 17),
+            ("Wof", "40700", 1),
+        ]
+        .map(|(n, a, c)| (n.to_string(), a.to_string(), c));
+        assert_eq!(got, want, "{build}");
+        let text = e.run("!fltkd.filters").text;
+        assert!(
+            text.contains("bindflt                                    29        409800"),
+            "{text}"
+        );
+        // The pended create: bindflt holds it; its thread, IRP and file are the planted ones.
+        let pc = io.pended_create.clone().unwrap();
+        let j = run(&mut e, &format!("!fltkd.cbd {:x}", pc.cbd));
+        assert_eq!(j["pended"], true);
+        assert_eq!(j["pended_by"], "bindflt");
+        assert_eq!(j["seen_by"][0]["filter"], "bindflt");
+        assert_eq!(j["seen_by"][0]["state"], "pended");
+        assert_eq!(j["seen_by"][0]["routine_symbol"], "bindflt!BfPreCreate");
+        assert_eq!(j["irp_ctrl"].as_u64(), Some(pc.irp_ctrl));
+        assert_eq!(j["irp"].as_u64(), Some(pc.irp));
+        assert_eq!(j["thread"].as_u64(), Some(pc.thread));
+        assert_eq!(j["target_file"].as_u64(), Some(pc.file));
+        assert_eq!(j["target_instance"].as_u64(), Some(pc.instance));
+        assert_eq!(j["major_name"], "IRP_MJ_CREATE");
+        assert_eq!(j["status"].as_u64(), Some(0x103));
+        let j2 = run(&mut e, &format!("!fltkd.irpctrl {:x}", pc.irp_ctrl));
+        assert_eq!(j2["cbd"].as_u64(), Some(pc.cbd));
+        assert_eq!(j2["pended_by"], "bindflt");
+        // The file opened is relative to the cwd, whose handle the container process holds.
+        let j = run(&mut e, &format!("!fileobj {:x}", pc.file));
+        assert_eq!(j["related"].as_u64(), Some(pc.related));
+        let (pid, handle, name) = pc.cwd.clone();
+        let j = run(&mut e, &format!("!handle {handle:x} f {pid:x}"));
+        assert_eq!(j["handles"][0]["object_address"].as_u64(), Some(pc.related));
+        assert_eq!(j["handles"][0]["object"]["file_name"], name.as_str());
+        // The instance bindflt pended it in, and its create callbacks.
+        let j = run(&mut e, &format!("!fltkd.instance {:x}", pc.instance));
+        assert_eq!(j["filter"], "bindflt");
+        assert_eq!(j["callbacks"][0]["major_name"], "IRP_MJ_CREATE");
+        assert_eq!(j["callbacks"][0]["post_symbol"], "bindflt!BfPostCreate");
+        // Volumes: every one attached, each with its instances by altitude.
+        let j = run(&mut e, "!fltkd.volumes");
+        let vols = j["frames"][0]["volumes"].as_array().unwrap();
+        assert_eq!(vols.len(), io.flt.volumes.len());
+        let first: Vec<&str> = vols[0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["filter"].as_str().unwrap())
+            .collect();
+        assert_eq!(first, ["bindflt", "FsDepends", "WdFilter", "wcifs", "Wof"]);
+        let j = run(
+            &mut e,
+            &format!("!fltkd.filter {:x}", io.flt.filters[3].filter),
+        );
+        assert_eq!(j["name"], "wcifs");
+        assert_eq!(j["instances"].as_array().unwrap().len(), 17);
+        // Something that is no callback data is said to be none.
+        let o = e.run(&format!("!fltkd.cbd {:x}", pc.irp));
+        assert!(o.error.unwrap().contains("is not callback data"), "{build}");
+        let o = e.run(&format!("!fltkd.filter {:x}", pc.instance));
+        assert!(o.error.unwrap().contains("is not a filter manager filter"));
+    }
+}
+
+#[test]
+fn irpfind_verbose_shows_each_found_irps_stack() {
+    let Some((mut e, p)) = engine(20348, Scenario::IrpDoubleComplete) else {
+        return;
+    };
+    let d = p.facts.io.double_irp.clone().unwrap();
+    let j = run(&mut e, "!irpfind -v");
+    let i = j["irps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["irp"].as_u64() == Some(d.irp))
+        .unwrap()
+        .clone();
+    let drivers: Vec<&str> = i["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["driver"].as_str().unwrap())
+        .collect();
+    assert_eq!(drivers, ["\\FileSystem\\FltMgr", "\\Driver\\cimfs"]);
+    let j = run(&mut e, "!irpfind");
+    assert!(j["irps"][0]["locations"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn the_completion_apc_that_cannot_run_on_every_build() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::VerifierApc) else {
+            return;
+        };
+        let v = p.facts.verifier.clone().unwrap();
+        assert_eq!(v.level, 0x410);
+        // The thread: special kernel APCs disabled, the IRP's completion APC queued to it.
+        let j = run(&mut e, &format!("!thread {:x}", v.thread));
+        assert_eq!(j["special_apc_disable"].as_i64(), Some(-1), "{build}");
+        assert_eq!(j["kernel_apcs"][0]["apc"].as_u64(), Some(v.apc));
+        assert_eq!(j["kernel_apcs"][0]["symbol"], "nt!IopCompleteRequest");
+        assert!(
+            j["irps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i.as_u64() == Some(v.irp))
+        );
+        let text = e.run(&format!("!thread {:x}", v.thread)).text;
+        assert!(text.contains("SpecialApcDisable -1"), "{text}");
+        // Its read: completed below (no location current), success.
+        let j = run(&mut e, &format!("!irp {:x} 1", v.irp));
+        assert_eq!(j["active"], false);
+        assert_eq!(j["status"].as_u64(), Some(0));
+        assert!(j["problems"].as_array().unwrap().is_empty(), "{j}");
+        // Verifier's level and the verified driver, where the kernel keeps them.
+        let j = run(&mut e, "dd nt!MmVerifyDriverLevel L1");
+        assert!(
+            e.run("dd nt!MmVerifyDriverLevel L1")
+                .text
+                .contains("00000410"),
+            "{j}"
+        );
+        // Other threads have no APCs queued and none disabled.
+        let (hung, _) = (p.threads[0].ethread, 0);
+        let j = run(&mut e, &format!("!thread {hung:x}"));
+        assert!(j["kernel_apcs"].as_array().unwrap().is_empty());
+        assert_eq!(j["special_apc_disable"].as_i64(), Some(0));
+    }
+}
+
+#[test]
+fn verifier_names_the_driver_that_overran_pool() {
+    let Some((mut e, _)) = engine(20348, Scenario::PoolCorruption) else {
+        return;
+    };
+    // "acme" in UTF-16.
+    let o = e.run("dw poi(nt!MmVerifyDriverBuffer) L4");
+    assert!(o.text.contains("0061 0063 006d 0065"), "{}", o.text);
+    assert!(
+        e.run("dd nt!MmVerifyDriverLevel L1")
+            .text
+            .contains("00000001")
+    );
+}
+
+#[test]
+fn verifiers_irp_log_shows_the_read_issued_with_special_apcs_disabled() {
+    for build in BUILDS {
+        let Some((mut e, p)) = engine(build, Scenario::VerifierApc) else {
+            return;
+        };
+        let v = p.facts.verifier.clone().unwrap();
+        let j = run(&mut e, "!verifier 100");
+        assert_eq!(j["level"].as_u64(), Some(0x410));
+        assert_eq!(j["level_names"][0], "I/O verification");
+        assert_eq!(j["level_names"][1], "IRP logging");
+        assert_eq!(j["drivers"][0], "acmeav.sys");
+        if build == 7601 {
+            // Its symbols describe no IRP log: said, not shown empty.
+            assert!(j["irp_log"].is_null());
+            assert!(j["note"].as_str().unwrap().contains("_IOV_IRP_TRACE"));
+            assert!(v.log.is_empty());
+            continue;
+        }
+        let log = j["irp_log"].as_array().unwrap();
+        assert_eq!(log.len(), v.log.len(), "{build}");
+        let last = log.last().unwrap();
+        assert_eq!(last["irp"].as_u64(), Some(v.irp));
+        assert_eq!(last["thread"].as_u64(), Some(v.thread));
+        assert_eq!(last["special_apc_disable"].as_i64(), Some(-1));
+        assert_eq!(last["stack"][0], "acmeav!AvReadImageHeader+0x97");
+        assert_eq!(last["stack"][1], "acmeav!AvImageLoadNotify+0x1d2");
+    }
+}

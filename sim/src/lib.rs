@@ -15,6 +15,7 @@
 //! ndis.sys is laid out with a real ndis.pdb's types (the project's copy of that layout).
 
 pub mod families;
+pub mod fltmgr;
 pub mod image;
 pub mod kernel;
 pub mod layout;

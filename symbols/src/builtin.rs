@@ -11,6 +11,8 @@
 //! - [`ndis`]: the NDIS types, enums and globals the NDIS commands and the simulated ndis.sys
 //!   use, copied from a real ndis.pdb (its identity, its offsets) by the same script: what a
 //!   debugger reads when that ndis.pdb is not on the symbol path.
+//! - [`fltmgr`]: the filter manager's structures as the project lays them out from public
+//!   facts, for the simulated FLTMGR.SYS (no fltMgr.pdb is at hand to copy).
 
 use crate::table::{Field, PdbId, Ty, TypeTable, Udt, UdtKind};
 
@@ -26,11 +28,13 @@ pub const NDIS_JSON: &str = include_str!("../builtin/ndis.json");
 /// GUID of the ndis.pdb the built-in NDIS layout is copied from.
 pub const NDIS_GUID: &str = "6ABBF3711A187DC5033358115921C89D";
 
-fn ptr() -> Ty {
+/// A pointer to void.
+pub(crate) fn ptr() -> Ty {
     Ty::Pointer(Box::new(Ty::Void))
 }
 
-fn base(name: &str, size: u64) -> Ty {
+/// An unsigned base type.
+pub(crate) fn base(name: &str, size: u64) -> Ty {
     Ty::Base {
         name: name.to_string(),
         size,
@@ -38,7 +42,8 @@ fn base(name: &str, size: u64) -> Ty {
     }
 }
 
-fn udt(name: &str, size: u64, fields: Vec<(&str, u64, Ty)>) -> Udt {
+/// A structure from (member, offset, type) triples.
+pub(crate) fn udt(name: &str, size: u64, fields: Vec<(&str, u64, Ty)>) -> Udt {
     Udt {
         name: name.to_string(),
         kind: UdtKind::Struct,
@@ -298,12 +303,21 @@ pub fn ndis() -> TypeTable {
     crate::isf::parse(NDIS_JSON.as_bytes()).unwrap_or_else(|_| TypeTable::new(None))
 }
 
+/// The project's layout of the filter manager's structures (see [`crate::fltmgr`]), answering
+/// for the identity the simulated FLTMGR.SYS names.
+pub fn fltmgr() -> TypeTable {
+    crate::fltmgr::table()
+}
+
 /// The built-in table for a PDB identity: the demo kernel's, or the ndis.pdb the NDIS layout
 /// is copied from.
 pub fn by_id(id: &PdbId) -> Option<TypeTable> {
     if id.guid == NDIS_GUID && id.name.eq_ignore_ascii_case("ndis.pdb") {
         let t = ndis();
         return (t.id.as_ref() == Some(id) && t.counts().0 > 0).then_some(t);
+    }
+    if id.guid == crate::fltmgr::FLTMGR_GUID && id.name.eq_ignore_ascii_case("fltMgr.pdb") {
+        return Some(fltmgr());
     }
     if id.guid == NT_DEMO_GUID && id.age == 1 && id.name.eq_ignore_ascii_case("ntkrnlmp.pdb") {
         let t = nt_demo();

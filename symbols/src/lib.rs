@@ -2,6 +2,7 @@
 //! found along a symbol path.
 
 pub mod builtin;
+pub mod fltmgr;
 pub mod isf;
 pub mod msf;
 pub mod path;

@@ -621,6 +621,29 @@ pub struct FoundIrp {
     pub found_in: Vec<String>,
     /// What is wrong with it.
     pub problems: Vec<String>,
+    /// With `-v`: its stack locations, the highest first (empty without).
+    pub locations: Vec<FoundLocation>,
+}
+
+/// A stack location of a found IRP (`!irpfind -v`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FoundLocation {
+    /// 1-based.
+    pub index: u8,
+    /// Whether it is the current one.
+    pub current: bool,
+    /// `IRP_MJ_READ`.
+    pub major_name: String,
+    /// Its minor function's name.
+    pub minor_name: String,
+    /// Its device.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub device: u64,
+    /// Its device's driver.
+    pub driver: Option<String>,
+    /// Its completion routine, symbolised.
+    pub completion: Option<String>,
 }
 
 /// What `!irpfind` found.
@@ -668,7 +691,6 @@ pub fn irpfind(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<IrpFind, Cmd
         }
     };
     let verbose = a.flag("-v");
-    let _ = verbose;
     let mut notes = Vec::new();
     // The IRP tag's blocks in non-paged pool, big allocations included.
     let tag = pool::tag_value("Irp ").unwrap_or(0);
@@ -721,6 +743,22 @@ pub fn irpfind(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<IrpFind, Cmd
             }
         }
         let driver = device_driver_name(e, device);
+        let mut locations = Vec::new();
+        if verbose {
+            for l in i.locations.iter().rev() {
+                let driver = device_driver_name(e, l.device);
+                let completion = sym(e, l.completion);
+                locations.push(FoundLocation {
+                    index: l.index,
+                    current: i.current_in_range() && l.index == i.current,
+                    major_name: major_name(l.major),
+                    minor_name: minor_name(l.major, l.minor),
+                    device: l.device,
+                    driver,
+                    completion,
+                });
+            }
+        }
         irps.push(FoundIrp {
             irp: addr,
             thread: i.thread,
@@ -733,6 +771,7 @@ pub fn irpfind(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<IrpFind, Cmd
             user_event: i.user_event,
             found_in: from,
             problems: i.problems,
+            locations,
         });
     }
     for n in &notes {
@@ -771,6 +810,17 @@ impl Render for IrpFind {
                     format!("  !! {}", i.problems.join("; "))
                 }
             ));
+            for l in &i.locations {
+                out.push_str(&format!(
+                    "    {}[{}, {}] {:016x} {} {}\n",
+                    if l.current { ">" } else { " " },
+                    l.major_name,
+                    l.minor_name,
+                    l.device,
+                    l.driver.clone().unwrap_or_default(),
+                    l.completion.clone().unwrap_or_default()
+                ));
+            }
         }
         out.push_str(&format!(
             "\n{} IRP(s) found ({} pool block(s) with the tag, {} thread(s) looked at)\n",

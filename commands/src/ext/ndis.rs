@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::args::{Args, Syntax, opt_expr};
 use crate::engine::{CmdError, Engine};
 use crate::registry::Render;
+use kdnet_model::nt::Kernel;
 use kdnet_model::nt::ndis as model;
-use kdnet_model::nt::{Kernel, ModuleSymbols};
 
 pub use kdnet_model::nt::ndis::{Nbls, walk_nbls};
 
@@ -24,35 +24,7 @@ pub(crate) fn ndis(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>), CmdError> {
 /// ndis.sys's base, table, and where the table came from (an ndis.pdb along the symbol path,
 /// or `built-in`: the project's copy of a real ndis.pdb's layout).
 pub(crate) fn ndis_with_source(k: &mut Kernel) -> Result<(u64, Arc<TypeTable>, String), CmdError> {
-    let mods = k.modules()?.to_vec();
-    let Some(i) = mods
-        .iter()
-        .position(|m| m.short.eq_ignore_ascii_case("ndis"))
-    else {
-        // Only a whole list tells that a module is not there.
-        return Err(CmdError::Usage(match k.modules_incomplete() {
-            Some(why) => format!(
-                "ndis.sys is not in the module list, but the list is incomplete ({why}): it may be loaded"
-            ),
-            None => "ndis.sys is not loaded".into(),
-        }));
-    };
-    match k.module_symbols(i).as_deref() {
-        Some(ModuleSymbols::Table { table, source }) => {
-            Ok((mods[i].base, table.clone(), source.clone()))
-        }
-        _ => {
-            let problem = k
-                .modules()?
-                .get(i)
-                .and_then(|m| m.symbols_problem().map(str::to_string));
-            Err(CmdError::Usage(match problem {
-                Some(p) => format!("the symbols of ndis.sys could not be loaded just now: {p}"),
-                None => "no symbols for ndis.sys: ndis.pdb is needed (give a symbol path with --symbols)"
-                    .into(),
-            }))
-        }
-    }
+    super::module_table(k, "ndis", "ndis.sys", "ndis.pdb")
 }
 
 /// What `!ndiskd.pendingnbls` found.

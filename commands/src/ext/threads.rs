@@ -94,6 +94,21 @@ pub struct IrpLine {
     pub fields: Result<(u16, u16, u32, u64), String>,
 }
 
+/// A kernel-mode APC queued to a thread.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct QueuedApc {
+    /// The KAPC.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub apc: u64,
+    /// Its KernelRoutine.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub kernel_routine: u64,
+    /// It symbolised.
+    pub symbol: String,
+}
+
 /// A thread (`!thread`, and each thread of `!process` with thread flags).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ThreadInfo {
@@ -133,6 +148,12 @@ pub struct ThreadInfo {
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "Vec<crate::hex::Hex>")]
     pub irps: Vec<u64>,
+    /// KernelApcDisable (negative: normal kernel APCs disabled).
+    pub kernel_apc_disable: i64,
+    /// SpecialApcDisable (negative: special kernel APCs, I/O completion among them, disabled).
+    pub special_apc_disable: i64,
+    /// Kernel-mode APCs queued to it, each with its kernel routine symbolised.
+    pub kernel_apcs: Vec<QueuedApc>,
     /// The process it is attached to.
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "Option<crate::hex::Hex>")]
@@ -308,6 +329,17 @@ pub fn thread_info(e: &mut Engine, t: &Thread, with_stack: bool) -> Result<Threa
         wait_seconds: t.wait_seconds,
         waits,
         irps: t.irps.clone(),
+        kernel_apc_disable: t.kernel_apc_disable,
+        special_apc_disable: t.special_apc_disable,
+        kernel_apcs: t
+            .kernel_apcs
+            .iter()
+            .map(|(apc, r)| QueuedApc {
+                apc: *apc,
+                kernel_routine: *r,
+                symbol: e.kernel.symbolize(*r),
+            })
+            .collect(),
         attached_process: t.attached_process,
         start_address: t.start_address,
         win32_start_address: t.win32_start_address,
@@ -395,6 +427,24 @@ impl Render for ThreadInfo {
                     )),
                     Err(e) => s.push_str(&format!("    {}: (unreadable: {e})\n", hex_addr(i.irp))),
                 }
+            }
+        }
+        if self.special_apc_disable < 0 || self.kernel_apc_disable < 0 {
+            s.push_str(&format!(
+                "    APCs disabled: KernelApcDisable {} SpecialApcDisable {}{}\n",
+                self.kernel_apc_disable,
+                self.special_apc_disable,
+                if self.special_apc_disable < 0 {
+                    " (special kernel APCs, I/O completion among them, cannot run)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if !self.kernel_apcs.is_empty() {
+            s.push_str("Kernel APCs queued:\n");
+            for a in &self.kernel_apcs {
+                s.push_str(&format!("    {}  {}\n", hex_addr(a.apc), a.symbol));
             }
         }
         match &self.impersonation {

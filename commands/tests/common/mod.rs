@@ -91,6 +91,19 @@ pub fn example_lines(
         planted.insert("pdo", pdo);
         planted.insert("devnode", node);
     }
+    if let Some(flt) = f.io.flt.filters.first() {
+        planted.insert("filter", flt.filter);
+        if let Some(i) = flt.instances.first() {
+            planted.insert("instance", *i);
+        }
+    }
+    if let Some(v) = f.io.flt.volumes.first() {
+        planted.insert("fltvolume", v.volume);
+    }
+    if let Some(p) = &f.io.pended_create {
+        planted.insert("irpctrl", p.irp_ctrl);
+        planted.insert("cbd", p.cbd);
+    }
     if let Some((pid, handle, _, _)) = f.io.handles.first() {
         planted.insert("pid", *pid);
         planted.insert("handle", *handle);

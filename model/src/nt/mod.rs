@@ -3,6 +3,7 @@
 //! code for live sessions and dumps, with every offset from the symbol table.
 
 mod access;
+pub mod fltmgr;
 pub mod io;
 mod kdbg;
 pub mod locks;
@@ -15,6 +16,7 @@ pub mod procs;
 mod symbols;
 pub mod threads;
 pub mod unwind;
+pub mod verifier;
 pub mod view;
 pub mod vm;
 pub mod waitgraph;

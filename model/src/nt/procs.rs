@@ -204,6 +204,12 @@ pub struct Thread {
     pub attached_process: Option<u64>,
     /// IRPs on the thread's list.
     pub irps: Vec<u64>,
+    /// KernelApcDisable (negative: normal kernel APCs disabled).
+    pub kernel_apc_disable: i64,
+    /// SpecialApcDisable (negative: special kernel APCs, I/O completion among them, disabled).
+    pub special_apc_disable: i64,
+    /// Kernel-mode APCs queued to it: (KAPC, KernelRoutine).
+    pub kernel_apcs: Vec<(u64, u64)>,
     /// The client token it impersonates and the level (0 anonymous, 1 identification, 2
     /// impersonation, 3 delegation), when it does.
     pub impersonation: Option<(u64, u64)>,
@@ -459,7 +465,38 @@ impl Kernel {
                 Vec::new()
             }
         };
+        // Kernel-mode APCs queued (ApcListHead[KernelMode]): read only when the list is not
+        // empty, which the thread's own bytes tell.
+        let apc_head = v.addr_of("Tcb.ApcState.ApcListHead")?;
+        let mut kernel_apcs = Vec::new();
+        if v.get("Tcb.ApcState.ApcListHead")? != apc_head {
+            let link = nt.offset("_KAPC", "ApcListEntry")?;
+            let routine = nt.offset("_KAPC", "KernelRoutine")?;
+            match self.walk_list(
+                apc_head,
+                Some((link, nt.size_of("_KAPC")? as usize)),
+                64,
+                false,
+            ) {
+                Ok(w) => {
+                    if let Some(n) = &w.note {
+                        self.note_incomplete(format!("APC list of thread {:#x}: {n}", v.addr));
+                    }
+                    for (e, bytes) in w.entries.iter().zip(&w.nodes) {
+                        let r = bytes
+                            .get(routine as usize..routine as usize + 8)
+                            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+                        kernel_apcs.push((e - link, r));
+                    }
+                }
+                Err(e) => self
+                    .note_incomplete(format!("APC list of thread {:#x} unreadable: {e}", v.addr)),
+            }
+        }
         Ok(Thread {
+            kernel_apc_disable: v.get_signed("Tcb.KernelApcDisable")?,
+            special_apc_disable: v.get_signed("Tcb.SpecialApcDisable")?,
+            kernel_apcs,
             ethread: v.addr,
             process,
             pid: v.get("Cid.UniqueProcess")?,

@@ -28,6 +28,11 @@ pub const MODULES: &[(&str, &str)] = &[
     ("acmeflt.sys", "acmeflt"),
     ("pci.sys", "pci"),
     ("volmgr.sys", "volmgr"),
+    ("bindflt.sys", "bindflt"),
+    ("FsDepends.sys", "FsDepends"),
+    ("WdFilter.sys", "WdFilter"),
+    ("Wof.sys", "Wof"),
+    ("acmeav.sys", "acmeav"),
 ];
 
 /// What the base system made that the scenarios build on.

@@ -103,6 +103,33 @@ pub struct IoFacts {
     pub irps: Vec<PlantedIrp>,
     /// The IRP completed twice (bugcheck 0x44's first parameter).
     pub double_irp: Option<PlantedIrp>,
+    /// The filter manager: frame, filters, volumes, instances.
+    pub flt: crate::fltmgr::FltFacts,
+    /// A create pended in a filter's pre-operation callback.
+    pub pended_create: Option<PendedCreate>,
+}
+
+/// A create a filter holds in its pre-operation callback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendedCreate {
+    /// The IRP_CTRL.
+    pub irp_ctrl: u64,
+    /// Its callback data.
+    pub cbd: u64,
+    /// The IRP.
+    pub irp: u64,
+    /// The filter holding it.
+    pub filter: String,
+    /// Its instance.
+    pub instance: u64,
+    /// The thread waiting for it.
+    pub thread: u64,
+    /// The file object being opened, and the directory it is relative to.
+    pub file: u64,
+    /// The current directory's file object (the create's RootDirectory).
+    pub related: u64,
+    /// The process, the current directory's handle and its file name.
+    pub cwd: (u64, u64, String),
 }
 
 /// What a scenario planted: the answers the commands must find.
@@ -127,6 +154,8 @@ pub struct Facts {
     pub ndis: NdisFacts,
     /// The I/O layer.
     pub io: IoFacts,
+    /// Driver Verifier and the thread it watches (verifier-apc).
+    pub verifier: Option<super::verifier_apc::VerifierFacts>,
     /// Whether NBL tracking is on.
     pub nbl_tracking: bool,
     /// `N commit requests have failed`.

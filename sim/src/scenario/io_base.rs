@@ -318,6 +318,8 @@ pub(super) fn io_base(sys: &mut System, user_procs: &[usize]) -> Result<Io, SimE
         device: cdo,
         driver: "\\Driver\\cimfs".into(),
     });
+    // The filter manager: its frame, the report's filters, their volumes and instances.
+    f.flt = crate::fltmgr::build(sys, fltmgr, ntfs, (flt_vol, ntfs_vol, volume))?;
     // Every user process holds a file object for its image on the system volume.
     for &p in user_procs {
         let name = format!("\\Windows\\System32\\{}", sys.processes[p].name);

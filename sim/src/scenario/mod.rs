@@ -1,6 +1,7 @@
 //! The hang scenarios, each from a real report, on a common base system.
 
 mod base;
+mod bindflt_race;
 mod bugcheck;
 mod deadlock;
 mod facts;
@@ -11,12 +12,16 @@ mod mm;
 mod nbl_hang;
 mod pool_corruption;
 mod stacks;
+mod verifier_apc;
 
 pub use base::MODULES;
 pub use bugcheck::write_bugcheck;
-pub use facts::{Corruption, Deadlock, Facts, HeldLock, IoFacts, NamedDevice, PlantedIrp};
+pub use facts::{
+    Corruption, Deadlock, Facts, HeldLock, IoFacts, NamedDevice, PendedCreate, PlantedIrp,
+};
 pub use irp_double::PULLS;
 pub use mm::MmFigures;
+pub use verifier_apc::{VERIFIED_DRIVER, VERIFIER_LEVEL, VerifierFacts};
 
 use kdnet::api::GetVersion64;
 
@@ -26,6 +31,7 @@ use crate::system::{System, ThreadState};
 use crate::{SimConfig, layout};
 
 use base::base_system;
+use bindflt_race::bindflt_race;
 use bugcheck::bugcheck;
 use deadlock::deadlock;
 use healthy::healthy;
@@ -35,6 +41,7 @@ use mm::write_mm;
 use nbl_hang::nbl_hang;
 use pool_corruption::pool_corruption;
 use stacks::{stack, user_tail, waiting};
+use verifier_apc::verifier_apc;
 
 /// ERESOURCEs in existence in the reported PnP/NBL hang.
 pub const NBL_HANG_RESOURCES: u32 = 84_372;
@@ -62,11 +69,17 @@ pub enum Scenario {
     /// 0x44 on a container host pulling twenty images: an IRP CimFS completed twice, twenty
     /// reads pending below the filters.
     IrpDoubleComplete,
+    /// Relative-path creates in a process-isolated container racing through bindflt; one
+    /// pended in bindflt's pre-create.
+    BindfltRace,
+    /// Driver Verifier's I/O verification on a driver whose image-load notification routine
+    /// reads with special kernel APCs disabled: its read's completion APC can never run.
+    VerifierApc,
 }
 
 impl Scenario {
     /// All scenarios.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::NblHang,
         Scenario::CommitFailures,
         Scenario::PoolCorruption,
@@ -74,6 +87,8 @@ impl Scenario {
         Scenario::Bugcheck,
         Scenario::Healthy,
         Scenario::IrpDoubleComplete,
+        Scenario::BindfltRace,
+        Scenario::VerifierApc,
     ];
 
     /// The name on the command line.
@@ -86,6 +101,8 @@ impl Scenario {
             Scenario::Bugcheck => "bugcheck",
             Scenario::Healthy => "healthy",
             Scenario::IrpDoubleComplete => "irp-double-complete",
+            Scenario::BindfltRace => "bindflt-race",
+            Scenario::VerifierApc => "verifier-apc",
         }
     }
 
@@ -198,6 +215,8 @@ pub fn build_with_table(
         }
         Scenario::PoolCorruption => {
             facts.corruption = Some(pool_corruption(&mut sys)?);
+            // Verifier's view: special pool (level 0x1) for the driver that overran.
+            verifier_apc::verify(&mut sys, 0x1, "acmeflt.sys")?;
             mm.special_pool = 2;
         }
         Scenario::Deadlock => {
@@ -220,6 +239,17 @@ pub fn build_with_table(
                 "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
                 params[0], params[1], params[2], params[3]
             )];
+        }
+        Scenario::BindfltRace => {
+            bindflt_race(&mut sys, &base, &mut io, &mut facts)?;
+            facts.heartbeat =
+                "dotnet: open of config\\settings7.json relative to the current directory failed: 0xC000000D (STATUS_INVALID_PARAMETER)\n".into();
+        }
+        Scenario::VerifierApc => {
+            let v = verifier_apc(&mut sys, &base, &io)?;
+            facts.left_out.extend(v.left_out.iter().cloned());
+            facts.verifier = Some(v);
+            facts.heartbeat = "setup: still waiting for image load of payload.dll\n".into();
         }
         Scenario::Healthy => {
             healthy(&mut sys, &base)?;

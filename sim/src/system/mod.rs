@@ -92,6 +92,9 @@ pub struct ModuleRec {
     pub short: String,
     /// Its symbol table, when it has one (nt).
     pub has_table: bool,
+    /// The table of its own the project provides for it (FLTMGR.SYS), which places its
+    /// functions and globals.
+    pub own: Option<std::sync::Arc<TypeTable>>,
 }
 
 /// A process.
@@ -285,6 +288,7 @@ impl System {
                 image: nt_image,
                 short: "nt".into(),
                 has_table: true,
+                own: None,
             }],
             processes: Vec::new(),
             threads: Vec::new(),

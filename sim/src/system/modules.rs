@@ -31,7 +31,14 @@ impl System {
         // so a debugger finds its symbols (on the symbol path, or the project's copy of its
         // layout), and is as large as its globals need; the other drivers have invented
         // identities (exports only).
-        let (pdb, code_end) = if file.eq_ignore_ascii_case("ndis.sys") {
+        let fltmgr = file
+            .eq_ignore_ascii_case("FLTMGR.SYS")
+            .then(|| std::sync::Arc::new(kdnet_symbols::builtin::fltmgr()));
+        let (pdb, code_end) = if let Some(t) = &fltmgr {
+            let id = t.id.clone().unwrap_or_else(|| invented_pdb(file));
+            let end = kdnet_symbols::fltmgr::FLT_GLOBALS_RVA + 0xe80 + 0x1000;
+            (id, end as u32)
+        } else if file.eq_ignore_ascii_case("ndis.sys") {
             let t = crate::ndis::ndis_table();
             let highest = crate::layout::NDIS_SYMBOLS
                 .iter()
@@ -56,6 +63,7 @@ impl System {
             image: img,
             short: short.to_string(),
             has_table: false,
+            own: fltmgr,
         });
         self.modules.len() - 1
     }
@@ -94,6 +102,17 @@ impl System {
             };
             let f = self.modules[mi].image.add_frame(frame).clone();
             Ok((self.modules[mi].image.base + u64::from(rva), f))
+        } else if let Some(rva) = self.modules[mi]
+            .own
+            .as_ref()
+            .and_then(|t| t.symbol(function))
+        {
+            // Where the module's own table puts it (no export: its symbols name it).
+            let rva = rva as u32;
+            let img = &mut self.modules[mi].image;
+            let frame = with_min_alloc(frame_for(function, rva, rva + 0x400), function);
+            let f = img.add_frame(frame).clone();
+            Ok((img.base + u64::from(rva), f))
         } else {
             let img = &mut self.modules[mi].image;
             let rva = img.define_function(function, 0x600);

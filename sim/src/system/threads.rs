@@ -60,6 +60,10 @@ impl System {
             (k.size("_KTHREAD")? / 4).min(0xff),
         )?;
         k.list_init(et + k.off("_ETHREAD", "Tcb.Header.WaitListHead")?);
+        // The kernel-mode and user-mode APC lists, empty.
+        let apcs = et + k.off("_ETHREAD", "Tcb.ApcState.ApcListHead")?;
+        k.list_init(apcs);
+        k.list_init(apcs + 0x10);
         k.set(et, "_ETHREAD", "Tcb.State", state.value())?;
         k.set(et, "_ETHREAD", "Tcb.InitialStack", initial)?;
         k.set(et, "_ETHREAD", "Tcb.StackLimit", limit)?;

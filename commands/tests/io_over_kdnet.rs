@@ -1,0 +1,180 @@
+//! The I/O path over real KDNET on loopback, on every shared table: the simulated machine of
+//! each build runs `irp-double-complete` and `bindflt-race`, and the commands a kernel engineer
+//! types first find what was planted.
+
+mod common;
+
+use std::time::Duration;
+
+use kdnet::host::{Host, HostConfig};
+use kdnet::target::TargetConfig;
+use kdnet::wire::Key;
+use kdnet_commands::engine::Engine;
+use kdnet_live::LiveTarget;
+use kdnet_model::nt::Kernel;
+use kdnet_sim::{Scenario, SimConfig, TableSource};
+use serde_json::Value;
+
+/// Runs `commands` on the machine of `build` running `scenario` over KDNET; returns the
+/// planted facts and each command's JSON.
+async fn over_kdnet(
+    build: u32,
+    scenario: Scenario,
+    commands: fn(&kdnet_sim::scenario::Facts) -> Vec<String>,
+) -> Option<(kdnet_sim::scenario::Facts, Vec<Value>)> {
+    let dir = common::shared()?.join("symbols");
+    let key = Key::parse("9.8.7.6").unwrap();
+    let host = Host::bind(HostConfig::new("127.0.0.1:0".parse().unwrap(), key.clone()))
+        .await
+        .unwrap();
+    let mut config = SimConfig::demo();
+    config.build = build;
+    config.table = TableSource::Dir(dir.clone());
+    config.scenario = scenario;
+    config.resources = 800;
+    let mut tc = TargetConfig::new("127.0.0.1:0".parse().unwrap(), host.local_addr(), key);
+    tc.offer_interval = Duration::from_millis(200);
+    let sim = kdnet_sim::start(config, tc, None).await.unwrap();
+    let facts = sim.facts.clone();
+    host.wait_connected(Duration::from_secs(10)).await.unwrap();
+    if scenario.bugchecks() {
+        host.wait_stopped(Duration::from_secs(10)).await.unwrap();
+    } else {
+        host.break_in(Duration::from_secs(10)).await.unwrap();
+    }
+    let rt = tokio::runtime::Handle::current();
+    let h = host.clone();
+    let lines = commands(&facts);
+    let results = tokio::task::spawn_blocking(move || {
+        let target = LiveTarget::new(h, rt).unwrap();
+        let path = kdnet_sim::symbols::symbol_path(&dir.display().to_string());
+        let mut e = Engine::new(Kernel::open(Box::new(target), path).unwrap());
+        lines
+            .iter()
+            .map(|c| {
+                let o = e.run(c);
+                assert!(o.ok(), "{build} {c}: {:?}", o.error);
+                common::numbers(o.result)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    sim.target.shutdown().await;
+    Some((facts, results))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_io_path_over_kdnet_on_every_build() {
+    for build in common::BUILDS {
+        let Some((f, r)) = over_kdnet(build, Scenario::IrpDoubleComplete, |f| {
+            vec![
+                format!("!irp {:x}", f.io.double_irp.as_ref().unwrap().irp),
+                "!irpfind".into(),
+                "!object \\Driver".into(),
+            ]
+        })
+        .await
+        else {
+            return;
+        };
+        let d = f.io.double_irp.clone().unwrap();
+        let drivers: Vec<&str> = r[0]["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["driver"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            drivers,
+            ["\\Driver\\cimfs", "\\FileSystem\\FltMgr"],
+            "{build}"
+        );
+        assert_eq!(
+            r[0]["stack"][0]["completion_symbol"],
+            "FLTMGR!FltpPassThroughCompletion"
+        );
+        assert_eq!(r[0]["thread"].as_u64(), Some(d.thread));
+        // Every planted IRP in flight and the double-completed one, and nothing else.
+        let mut found: Vec<u64> = r[1]["irps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["irp"].as_u64().unwrap())
+            .collect();
+        let mut planted: Vec<u64> = f.io.irps.iter().map(|p| p.irp).collect();
+        planted.push(d.irp);
+        found.sort_unstable();
+        planted.sort_unstable();
+        assert_eq!(found, planted, "{build}");
+        assert!(
+            r[2]["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == "cimfs")
+        );
+
+        let Some((f, r)) = over_kdnet(build, Scenario::BindfltRace, |f| {
+            let p = f.io.pended_create.as_ref().unwrap();
+            vec![
+                "!fltkd.filters".into(),
+                format!("!fltkd.cbd {:x}", p.cbd),
+                format!("!handle 0 f {:x}", p.cwd.0),
+            ]
+        })
+        .await
+        else {
+            return;
+        };
+        // `fltmc filters` as the report gives it.
+        let filters: Vec<(&str, &str, u64)> = r[0]["frames"][0]["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["name"].as_str().unwrap(),
+                    x["altitude"].as_str().unwrap(),
+                    x["instance_count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                ("bindflt", "409800", 29),
+                ("FsDepends", "407000", 35),
+                ("WdFilter", "328010", 35),
+                ("wcifs", "189900", 17),
+                ("Wof", "40700", 1),
+            ],
+            "{build}"
+        );
+        assert_eq!(r[1]["pended_by"], "bindflt", "{build}");
+        let p = f.io.pended_create.clone().unwrap();
+        assert!(
+            r[2]["handles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["handle"].as_u64() == Some(p.cwd.1)
+                    && h["object"]["file_name"] == p.cwd.2.as_str()),
+            "{build}"
+        );
+
+        // The NIC the miniport holds every packet for is being removed.
+        let Some((f, r)) = over_kdnet(build, Scenario::NblHang, |f| {
+            vec![format!("!devnode {:x}", f.io.nic.unwrap().2)]
+        })
+        .await
+        else {
+            return;
+        };
+        assert_eq!(
+            r[0]["nodes"][0]["state"], "DeviceNodeQueryRemoved",
+            "{build}"
+        );
+        assert_eq!(r[0]["nodes"][0]["pdo"].as_u64(), Some(f.io.nic.unwrap().0));
+    }
+}
