@@ -1088,6 +1088,8 @@ fn nbl_hang_commands(f: &kdnet_sim::scenario::Facts) -> Vec<String> {
         format!("!devstack {pdo:x}"),
         "!devnode 0 1".into(),
         "!handle 0 f 4".into(),
+        "u nt!KiSwapThread L40".into(),
+        "uf nt!KiSwapThread".into(),
     ]
 }
 

@@ -190,6 +190,8 @@ pub struct Engine {
     pub log: Option<crate::cmds::session::SessionLog>,
     /// Where long commands report how far they have got (none: they do not).
     pub progress: Option<ProgressSink>,
+    /// Where a plain `u` goes on (after the last listing; none: at the current instruction).
+    pub next_disassembly: Option<u64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -262,6 +264,7 @@ impl Engine {
             register_mask: crate::cmds::registers::DEFAULT_MASK,
             log: None,
             progress: None,
+            next_disassembly: None,
         }
     }
 
@@ -275,6 +278,7 @@ impl Engine {
     /// Forgets cached state (the target ran).
     pub fn invalidate(&mut self) {
         self.kernel.invalidate();
+        self.next_disassembly = None;
     }
 
     /// The registers of processor `n` (kept by the kernel model while the target stays

@@ -248,6 +248,33 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::stack::run => crate::cmds::stack::Stack,
     },
     command! {
+        name: "u", aliases: ["ub"], id: "u",
+        summary: "x64 disassembly: u from ADDR (8 instructions, or L n), ub the n before ADDR",
+        doc: "x64 disassembly in WinDbg's layout (MASM syntax): `u` from ADDR (by default where \
+              the last `u` stopped, else the current instruction), 8 instructions or `L n`; \
+              `ub` the n instructions before ADDR, decoded from the function's start where its \
+              module's unwind data gives it (else the boundaries are guessed, and it says so). \
+              Call and branch targets and RIP-relative operands are symbolised (the symbol, \
+              then the address in parentheses); a label line shows where a symbol \
+              starts. Bytes come from memory a page's piece at a time, else from the module's \
+              image file on the symbol path (said); bytes neither has end the listing with \
+              `??` and the result is incomplete",
+        syntax: crate::cmds::disasm::SYNTAX, usage: Some("u|ub [ADDR] [L n]"),
+        examples: ["u @rip", "u nt!KiSwapContext L4", "ub @rip L3"],
+        run: crate::cmds::disasm::run => crate::cmds::disasm::Disassembly,
+    },
+    command! {
+        name: "uf", aliases: [], id: "uf",
+        summary: "x64 disassembly of the whole function holding ADDR, from its unwind data",
+        doc: "the whole function holding ADDR: its extent from the module's `.pdata` (a chained \
+              fragment followed to its primary record), and the chained fragments its branches \
+              reach, in address order, with a label line at each branch target; a function no \
+              unwind record covers (a leaf) is an error that says to use `u`",
+        syntax: crate::cmds::disasm::UF_SYNTAX, usage: None,
+        examples: ["uf nt!KiSwapContext"],
+        run: crate::cmds::disasm::function => crate::cmds::disasm::Disassembly,
+    },
+    command! {
         name: "ln", aliases: [], id: "ln",
         summary: "the nearest symbols before and after an address",
         doc: "the nearest symbols before and after an address, and exact matches",

@@ -108,6 +108,9 @@ const COMMANDS: &[&str] = &[
     "!handle 0 f 4",
     "!fltkd.filters",
     "!fltkd.volumes",
+    "u @rip L40",
+    "ub nt!KiSwapThread+0x40 L20",
+    "uf nt!KiSwapContext",
 ];
 
 /// Runs every command; returns how many answered (None when the kernel could not be opened).

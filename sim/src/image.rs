@@ -65,63 +65,23 @@ impl Frame {
         u64::from(self.alloc) + 8 * self.pushes.len() as u64
     }
 
-    fn prolog(&self) -> (Vec<u8>, Vec<[u8; 2]>, Vec<u16>) {
-        // Returns the prolog bytes, the unwind codes (in prolog order, with extra slots
-        // after), and extra slots.
-        let mut bytes = Vec::new();
-        let mut codes: Vec<(u8, u8, u8, Vec<u16>)> = Vec::new();
-        for r in &self.pushes {
-            let n = *r as u8;
-            if n >= 8 {
-                bytes.push(0x41);
-            }
-            bytes.push(0x50 + (n & 7));
-            codes.push((bytes.len() as u8, 0, n, vec![]));
-        }
-        if self.alloc > 0 {
-            if self.alloc <= 0x7f {
-                bytes.extend_from_slice(&[0x48, 0x83, 0xEC, self.alloc as u8]);
-            } else {
-                bytes.extend_from_slice(&[0x48, 0x81, 0xEC]);
-                bytes.extend_from_slice(&self.alloc.to_le_bytes());
-            }
-            let off = bytes.len() as u8;
-            if self.alloc <= 128 {
-                codes.push((off, 2, ((self.alloc - 8) / 8) as u8, vec![]));
-            } else if self.alloc <= 512 * 1024 - 8 {
-                codes.push((off, 1, 0, vec![(self.alloc / 8) as u16]));
-            } else {
-                codes.push((
-                    off,
-                    1,
-                    1,
-                    vec![self.alloc as u16, (self.alloc >> 16) as u16],
-                ));
-            }
-        }
-        for (r, disp) in &self.saves {
-            let n = *r as u8;
-            bytes.push(if n >= 8 { 0x4C } else { 0x48 });
-            bytes.push(0x89);
-            bytes.push(0x84 | ((n & 7) << 3));
-            bytes.push(0x24);
-            bytes.extend_from_slice(&disp.to_le_bytes());
-            codes.push((bytes.len() as u8, 4, n, vec![(disp / 8) as u16]));
-        }
-        // UNWIND_CODE array: latest prolog operation first.
+    /// The prolog's bytes and its UNWIND_CODE slots (latest operation first, extra slots
+    /// after each).
+    fn prolog(&self) -> Result<(Vec<u8>, Vec<[u8; 2]>), SimError> {
+        let (bytes, ops) = crate::code::prolog(0, &self.pushes, self.alloc, &self.saves)?;
         let mut slots: Vec<[u8; 2]> = Vec::new();
-        for (off, op, info, extra) in codes.into_iter().rev() {
+        for (off, op, info, extra) in ops.into_iter().rev() {
             slots.push([off, op | (info << 4)]);
             for e in extra {
                 slots.push(e.to_le_bytes());
             }
         }
-        (bytes, slots, vec![])
+        Ok((bytes, slots))
     }
 
     /// The UNWIND_INFO bytes.
-    pub fn unwind_info(&self) -> Vec<u8> {
-        let (prolog, slots, _) = self.prolog();
+    pub fn unwind_info(&self) -> Result<Vec<u8>, SimError> {
+        let (prolog, slots) = self.prolog()?;
         let mut u = vec![1u8, prolog.len() as u8, slots.len() as u8, 0];
         for s in &slots {
             u.extend_from_slice(s);
@@ -129,12 +89,12 @@ impl Frame {
         if slots.len() % 2 == 1 {
             u.extend_from_slice(&[0, 0]);
         }
-        u
+        Ok(u)
     }
 
-    /// The prolog bytes written at the function start.
-    pub fn prolog_bytes(&self) -> Vec<u8> {
-        self.prolog().0
+    /// The prolog's length in bytes.
+    pub fn prolog_len(&self) -> u32 {
+        self.prolog().map_or(0, |(b, _)| b.len() as u32)
     }
 }
 
@@ -210,8 +170,10 @@ pub struct Image {
     pub exports: Vec<(String, u32)>,
     /// Where the tail sections (.pdata, .rdata) start.
     tail: u32,
-    /// Call sites written (return address RVAs).
-    calls: Vec<u32>,
+    /// Call sites (the return address's RVA, the callee's address where known).
+    calls: Vec<(u32, Option<u64>)>,
+    /// RVAs where an instruction must start (a stopped processor's or thread's RIP).
+    instructions: Vec<u32>,
     /// Symbols defined by the simulator for modules without a table (name → (rva, size)).
     pub own_functions: BTreeMap<String, (u32, u32)>,
     next_own: u32,
@@ -250,6 +212,7 @@ impl Image {
             exports: Vec::new(),
             tail,
             calls: Vec::new(),
+            instructions: Vec::new(),
             own_functions: BTreeMap::new(),
             next_own: OWN_TEXT,
             version: None,
@@ -274,9 +237,14 @@ impl Image {
         self.frames.entry(f.rva).or_insert(f)
     }
 
-    /// Records a call site whose return address is `ret_rva`.
-    pub fn add_call(&mut self, ret_rva: u32) {
-        self.calls.push(ret_rva);
+    /// Records a call site whose return address is `ret_rva`, calling `callee` where known.
+    pub fn add_call(&mut self, ret_rva: u32, callee: Option<u64>) {
+        self.calls.push((ret_rva, callee));
+    }
+
+    /// Records that an instruction starts at `rva`.
+    pub fn add_instruction(&mut self, rva: u32) {
+        self.instructions.push(rva);
     }
 
     /// Appends the export directory (its functions, names, ordinals and strings) to `rdata`,
@@ -398,24 +366,105 @@ impl Image {
             rdata_rva += 0x1000;
         }
         let mut rdata: Vec<u8> = Vec::new();
-        let mut pdata: Vec<u8> = Vec::new();
         for f in self.frames.values_mut() {
             while !rdata.len().is_multiple_of(4) {
                 rdata.push(0);
             }
             f.unwind_rva = rdata_rva + rdata.len() as u32;
-            rdata.extend_from_slice(&f.unwind_info());
-            pdata.extend_from_slice(&f.rva.to_le_bytes());
-            pdata.extend_from_slice(&f.end.to_le_bytes());
-            pdata.extend_from_slice(&f.unwind_rva.to_le_bytes());
+            rdata.extend_from_slice(&f.unwind_info()?);
         }
         let (export_rva, export_size) = self.append_exports(&mut rdata, rdata_rva);
         let debug_rva = self.append_debug(&mut rdata, rdata_rva);
         let resources = self
             .version
             .map(|v| self.append_version(v, &mut rdata, rdata_rva));
+        // Import slots: the address of each function in another module this one calls.
+        while !rdata.len().is_multiple_of(8) {
+            rdata.push(0);
+        }
+        let (lo, hi) = (base, base + u64::from(self.size.max(self.tail)));
+        let mut slots: BTreeMap<u64, u64> = BTreeMap::new();
+        for (_, callee) in &self.calls {
+            if let Some(c) = *callee
+                && !(lo..hi).contains(&c)
+                && !slots.contains_key(&c)
+            {
+                slots.insert(c, base + u64::from(rdata_rva) + rdata.len() as u64);
+                rdata.extend_from_slice(&c.to_le_bytes());
+            }
+        }
         let rdata_size = rdata.len() as u32;
         self.size = (rdata_rva + rdata_size).div_ceil(0x1000) * 0x1000;
+
+        // Every function with a frame: real code over its whole `.pdata` range, on pages of
+        // `int 3` as far as nothing else lives there.
+        let mut pages: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+        for f in self.frames.values() {
+            let (a, b) = (base + u64::from(f.rva), base + u64::from(f.end));
+            pages.extend((a & !0xfff..b).step_by(0x1000));
+        }
+        for p in pages {
+            if !k.is_mapped(p) {
+                k.map(p, 0x1000, false);
+                k.write(p, &[0xcc; 0x1000]);
+            }
+        }
+        let mut sites: BTreeMap<u32, Vec<(u64, crate::code::Site)>> = BTreeMap::new();
+        let owner = |rva: u32| {
+            self.frames
+                .range(..=rva)
+                .next_back()
+                .filter(|(_, f)| rva <= f.end)
+                .map(|(s, _)| *s)
+        };
+        for (ret, callee) in &self.calls {
+            if let Some(f) = owner(*ret) {
+                sites.entry(f).or_default().push((
+                    base + u64::from(*ret),
+                    crate::code::Site::CallReturningTo(*callee),
+                ));
+            }
+        }
+        for at in &self.instructions {
+            if let Some(f) = owner(*at).filter(|f| *at < self.frames[f].end) {
+                sites
+                    .entry(f)
+                    .or_default()
+                    .push((base + u64::from(*at), crate::code::Site::Instruction));
+            }
+        }
+        let mut ends: BTreeMap<u32, u32> = BTreeMap::new();
+        for f in self.frames.values() {
+            let ip = base + u64::from(f.rva);
+            let here = sites.remove(&f.rva).unwrap_or_default();
+            let (code, own, skipped) = crate::code::function(
+                ip,
+                base + u64::from(f.end),
+                &f.pushes,
+                f.alloc,
+                &f.saves,
+                &here,
+                |c| slots.get(&c).copied(),
+            )?;
+            if let Some(at) = skipped.first() {
+                tracing::debug!(
+                    image = %self.name,
+                    at = format_args!("{at:#x}"),
+                    "a call site or stopped instruction overlaps another: left out"
+                );
+            }
+            k.map(ip, code.len() as u64, false);
+            k.write(ip, &code);
+            // The record covers the function's own code; the padding after it is outside.
+            ends.insert(f.rva, f.rva + own as u32);
+        }
+        let mut pdata: Vec<u8> = Vec::new();
+        for f in self.frames.values_mut() {
+            f.end = ends.get(&f.rva).copied().unwrap_or(f.end);
+            pdata.extend_from_slice(&f.rva.to_le_bytes());
+            pdata.extend_from_slice(&f.end.to_le_bytes());
+            pdata.extend_from_slice(&f.unwind_rva.to_le_bytes());
+        }
 
         // --- headers
         let mut h = vec![0u8; 0x400];
@@ -480,19 +529,6 @@ impl Image {
         k.write(base + u64::from(pdata_rva), &pdata);
         k.map(base + u64::from(rdata_rva), u64::from(rdata_size), true);
         k.write(base + u64::from(rdata_rva), &rdata);
-        // Prologs and call sites.
-        for f in self.frames.values() {
-            let p = f.prolog_bytes();
-            k.map(base + u64::from(f.rva), p.len() as u64, false);
-            k.write(base + u64::from(f.rva), &p);
-        }
-        for ret in &self.calls {
-            if *ret >= 5 {
-                let at = base + u64::from(ret - 5);
-                k.map(at, 5, false);
-                k.write(at, &[0xE8, 0, 0, 0, 0]);
-            }
-        }
         Ok(())
     }
 }
@@ -568,14 +604,14 @@ mod tests {
         for name in ["KeWaitForSingleObject", "KiSwapThread", "FlPnpEvent", "x"] {
             let f = frame_for(name, 0x1000, 0x1400);
             assert_eq!((8 + f.size_to_return()) % 16, 0, "{name}");
-            let u = f.unwind_info();
+            let u = f.unwind_info().unwrap();
             assert_eq!(u[0], 1);
-            assert_eq!(u[1] as usize, f.prolog_bytes().len());
+            assert_eq!(u[1] as u32, f.prolog_len());
             // The first code is the allocation (latest operation), ending at the prolog end.
             assert_eq!(u[4], u[1]);
         }
         let s = switch_frame(0x2000, 0x2200);
-        let u = s.unwind_info();
+        let u = s.unwind_info().unwrap();
         // 8 saves (2 slots each) + large alloc (2 slots).
         assert_eq!(u[2], 18);
         assert_eq!(u[5] & 0xf, 4, "latest op is a SAVE_NONVOL");

@@ -274,6 +274,11 @@ impl Kernel {
         }
     }
 
+    /// Whether the page holding `va` is mapped.
+    pub fn is_mapped(&self, va: u64) -> bool {
+        self.tlb.contains_key(&(va / PAGE))
+    }
+
     /// Maps `[va, va+size)` with 2 MB pages (va 2 MB aligned), as Windows maps its kernel image.
     pub fn map_large(&mut self, va: u64, size: u64) {
         let mut p = va & !(LARGE - 1);

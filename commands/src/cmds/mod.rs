@@ -1,9 +1,10 @@
-//! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `dt`, `k`…, `ln`, `r`, `~Ns`,
+//! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `u`/`ub`/`uf`, `dt`, `k`…, `ln`, `r`, `~Ns`,
 //! `vertarget`, `.writemem`, `.dump`, `.help`. Each declares its arguments (a [`crate::args::Syntax`]), runs on the engine and
 //! returns a typed result that renders WinDbg's layout; its `command!` line is in
 //! [`crate::registry::COMMANDS`].
 
 pub(crate) mod common;
+pub(crate) mod disasm;
 pub(crate) mod display;
 pub(crate) mod dt;
 pub(crate) mod dump;

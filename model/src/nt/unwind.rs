@@ -350,3 +350,94 @@ impl Kernel {
         Ok((ret, false))
     }
 }
+
+/// A function's extent from its module's exception data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionExtent {
+    /// The module holding it (index in the loaded-module list).
+    pub module: usize,
+    /// The module's base.
+    pub base: u64,
+    /// The primary record: the function's entry and the range its prolog's unwind data covers.
+    pub primary: pe::RuntimeFunction,
+    /// The record covering the address asked about (the primary one, or a chained fragment).
+    pub covering: pe::RuntimeFunction,
+}
+
+/// Most chained records followed to a function's primary record.
+const MAX_CHAIN: usize = 32;
+
+impl Kernel {
+    /// The function holding `addr`, from its module's `.pdata` (a chained fragment followed to
+    /// its primary record). `Ok(None)`: the module has exception data and no record covers
+    /// `addr` (a leaf function, or no code); `Err`: no module holds it, or its exception data
+    /// or unwind information could not be read.
+    pub fn function_extent(&mut self, addr: u64) -> Result<Option<FunctionExtent>, String> {
+        let mi = self
+            .module_index(addr)
+            .ok_or_else(|| format!("no loaded module holds {addr:#x}"))?;
+        let base = self
+            .modules()
+            .ok()
+            .and_then(|l| l.get(mi))
+            .map(|m| m.base)
+            .ok_or_else(|| format!("module {mi} is gone"))?;
+        let table = self.module_pdata(mi)?;
+        let rva =
+            u32::try_from(addr - base).map_err(|_| format!("{addr:#x} is past its module"))?;
+        let Some(covering) = pe::lookup(&table, rva) else {
+            return Ok(None);
+        };
+        let primary = self.primary_record(mi, covering)?;
+        Ok(Some(FunctionExtent {
+            module: mi,
+            base,
+            primary,
+            covering,
+        }))
+    }
+
+    /// The primary record a (possibly chained) record leads to.
+    pub fn primary_record(
+        &mut self,
+        mi: usize,
+        record: pe::RuntimeFunction,
+    ) -> Result<pe::RuntimeFunction, String> {
+        let mut f = record;
+        for _ in 0..MAX_CHAIN {
+            // An RVA with the low bit set points at another record rather than unwind data.
+            if f.unwind & 1 != 0 {
+                let c = self
+                    .image_bytes_cached(mi, f.unwind & !1, 12)
+                    .ok_or_else(|| format!("record at RVA {:#x} unreadable", f.unwind & !1))?;
+                f = runtime_function(&c);
+                continue;
+            }
+            let head = self
+                .image_bytes_cached(mi, f.unwind, 4)
+                .ok_or_else(|| format!("unwind data at RVA {:#x} unreadable", f.unwind))?;
+            if head[0] >> 3 & 4 == 0 {
+                return Ok(f);
+            }
+            let count = u32::from(head[2]);
+            let at = f.unwind.wrapping_add(4 + 2 * count.div_ceil(2) * 2);
+            let c = self
+                .image_bytes_cached(mi, at, 12)
+                .ok_or_else(|| format!("chained record at RVA {at:#x} unreadable"))?;
+            f = runtime_function(&c);
+        }
+        Err(format!(
+            "unwind data chains more than {MAX_CHAIN} records from RVA {:#x}",
+            record.begin
+        ))
+    }
+}
+
+fn runtime_function(c: &[u8]) -> pe::RuntimeFunction {
+    let q = |o: usize| Le(c).u32(o);
+    pe::RuntimeFunction {
+        begin: q(0),
+        end: q(4),
+        unwind: q(8),
+    }
+}

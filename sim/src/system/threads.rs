@@ -150,14 +150,16 @@ impl System {
             let off = Self::clamp_offset(f, c.offset);
             let (callva, module_index) = (*va, self.module(&c.module).unwrap_or(0));
             frames[i].3 = rsp;
+            ret_value = callva + u64::from(off);
+            let rva = (ret_value - self.modules[module_index].image.base) as u32;
             if i > 0 {
-                // The frame below returns here.
-                ret_value = callva + u64::from(off);
-                let rva = (ret_value - self.modules[module_index].image.base) as u32;
-                self.modules[module_index].image.add_call(rva);
+                // The frame below returns here, from a call to the function of that frame.
+                let callee = frames[i - 1].1;
+                self.modules[module_index].image.add_call(rva, Some(callee));
                 ret_slot = rsp - 8;
             } else {
-                ret_value = callva + u64::from(off);
+                // Where the thread is: an instruction starts here.
+                self.modules[module_index].image.add_instruction(rva);
             }
         }
         Ok((frames, ret_value))
@@ -180,7 +182,19 @@ impl System {
         let kernel_stack = if state == ThreadState::Running {
             rsp0
         } else {
-            // KSWITCH_FRAME: Rbp at +0x30, the return into KiSwapContext at +0x38.
+            // KSWITCH_FRAME: Rbp at +0x30, the return into KiSwapContext at +0x38, from its
+            // call to the routine that switched stacks.
+            let switcher = if self.k.has_sym("SwapContext") {
+                Some(self.function("nt", "SwapContext")?.0)
+            } else {
+                None
+            };
+            if let Some(m) = self.modules.iter_mut().find(|m| {
+                (m.image.base..m.image.base + u64::from(m.image.size)).contains(&ret_value)
+            }) {
+                let rva = (ret_value - m.image.base) as u32;
+                m.image.add_call(rva, switcher);
+            }
             let ks = rsp0 - 0x40;
             self.k.w64(
                 ks + self.k.off("_KSWITCH_FRAME", "Rbp")?,
@@ -297,7 +311,8 @@ impl System {
 
     fn clamp_offset(f: &Frame, offset: u32) -> u32 {
         let size = f.end - f.rva;
-        let min = f.prolog_bytes().len() as u32 + 5;
+        // Past the prolog and room for a call through an import slot.
+        let min = f.prolog_len() + 6;
         offset.clamp(
             min.min(size.saturating_sub(1)),
             size.saturating_sub(1).max(1),
