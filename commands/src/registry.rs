@@ -275,6 +275,18 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::disasm::function => crate::cmds::disasm::Disassembly,
     },
     command! {
+        name: "x", aliases: [], id: "x",
+        summary: "the symbols matching module!pattern, by address",
+        doc: "the symbols whose names match PATTERN (`module!name`, `*` and `?` in both \
+              halves, any case), from each matching module's symbol table, or its exports \
+              where that is all it has (each match says which), by address; modules that \
+              match but have no symbols are named; 100,000 matches at most, and a list cut \
+              there says so",
+        syntax: crate::cmds::x::SYNTAX, usage: Some("x module!pattern"),
+        examples: ["x nt!KeWait*", "x nt!KiSwap*", "x *!DriverEntry"],
+        run: crate::cmds::x::run => crate::cmds::x::Symbols,
+    },
+    command! {
         name: "ln", aliases: [], id: "ln",
         summary: "the nearest symbols before and after an address",
         doc: "the nearest symbols before and after an address, and exact matches",

@@ -287,3 +287,44 @@ fn amdppm_faulting_function_matches_objdump_instruction_by_instruction() {
     let t = &theirs.iter().find(|t| t.0 == faulting).unwrap().2;
     assert_eq!(u["instructions"][0]["mnemonic"], t.as_str());
 }
+
+#[test]
+fn x_lists_the_matching_symbols_by_address() {
+    let Some((k, p)) = sim_kernel_with(20348, Scenario::Deadlock, |_| {}) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let j = run(&mut e, "x NT!kiswap*");
+    let found = j["symbols"].as_array().unwrap();
+    let names: Vec<&str> = found.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"nt!KiSwapContext"), "{names:?}");
+    assert!(names.contains(&"nt!KiSwapThread"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.to_lowercase().starts_with("nt!kiswap"))
+    );
+    let addrs: Vec<u64> = found
+        .iter()
+        .map(|s| s["address"].as_u64().unwrap())
+        .collect();
+    assert!(addrs.windows(2).all(|w| w[0] <= w[1]), "by address");
+    let at = run(&mut e, "? nt!KiSwapContext")["value"].as_u64();
+    let i = names.iter().position(|n| *n == "nt!KiSwapContext").unwrap();
+    assert_eq!(Some(addrs[i]), at);
+    assert_eq!(found[i]["source"], "symbols");
+    // A driver with exports only: its names come from them.
+    let (file, base, _, exports) = p
+        .modules
+        .iter()
+        .find(|m| !m.3.is_empty() && m.0 != "ntoskrnl.exe")
+        .unwrap()
+        .clone();
+    let j = run(&mut e, &format!("x {file}!*"));
+    let got = j["symbols"].as_array().unwrap();
+    assert_eq!(got.len(), exports.len(), "{file}");
+    assert!(got.iter().all(|s| s["source"] == "exports"));
+    assert!(got.iter().all(|s| s["address"].as_u64().unwrap() > base));
+    assert!(!e.run("x nosuchmodule!*").ok());
+    assert!(!e.run("x KiSwapContext").ok());
+}

@@ -1,4 +1,4 @@
-//! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `u`/`ub`/`uf`, `dt`, `k`…, `ln`, `r`, `~Ns`,
+//! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `u`/`ub`/`uf`, `x`, `dt`, `k`…, `ln`, `r`, `~Ns`,
 //! `vertarget`, `.writemem`, `.dump`, `.help`. Each declares its arguments (a [`crate::args::Syntax`]), runs on the engine and
 //! returns a typed result that renders WinDbg's layout; its `command!` line is in
 //! [`crate::registry::COMMANDS`].
@@ -19,3 +19,4 @@ pub mod session;
 pub(crate) mod stack;
 pub(crate) mod vertarget;
 pub(crate) mod writemem;
+pub(crate) mod x;
