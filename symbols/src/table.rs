@@ -556,6 +556,11 @@ impl TypeTable {
         self.symbols.keys().map(String::as_str)
     }
 
+    /// Every symbol and its RVA (a listing such as `x`: not recorded as looked up by name).
+    pub fn all_symbols(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.symbols.iter().map(|(n, a)| (n.as_str(), *a))
+    }
+
     /// The symbol at or below `rva` and the distance from it.
     pub fn nearest(&self, rva: u64) -> Option<(&str, u64)> {
         let i = self.by_rva.partition_point(|(a, _)| *a <= rva);

@@ -70,9 +70,9 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Symbols, 
         };
         let mut found: Vec<(u64, String, &str)> = match syms.as_ref() {
             ModuleSymbols::Table { table, .. } => table
-                .symbol_names()
-                .filter(|n| matches(name, n))
-                .filter_map(|n| table.symbol(n).map(|r| (r, n.to_string(), "symbols")))
+                .all_symbols()
+                .filter(|(n, _)| matches(name, n))
+                .map(|(n, r)| (r, n.to_string(), "symbols"))
                 .collect(),
             ModuleSymbols::Exports(x) => x
                 .iter()
