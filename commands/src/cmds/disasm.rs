@@ -501,7 +501,8 @@ fn back(e: &mut Engine, a: &Args<'_>) -> Result<Disassembly, CmdError> {
         None => {
             let why = match extent {
                 Err(why) => why,
-                Ok(_) => "no unwind record covers it".to_string(),
+                Ok(Some(_)) => "it is where its function's unwind record starts".to_string(),
+                Ok(None) => "no unwind record covers it".to_string(),
             };
             notes.push(format!(
                 "instruction boundaries before {} are guessed: {why}",
