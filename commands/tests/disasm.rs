@@ -161,6 +161,14 @@ fn unreadable_code_ends_the_listing_and_says_so() {
     let a = run(&mut e, "u nt!KiSwapContext L2");
     let b = run(&mut e, "u");
     assert_eq!(b["address"], a["next"]);
+    // Before address 0 there is nothing to decode: said, not shown as an empty listing.
+    let o = e.run("ub 0 L2");
+    assert!(o.ok() && !o.complete, "{:?}", o.incomplete);
+    assert!(
+        o.incomplete
+            .iter()
+            .any(|w| w.contains("no run of valid instructions"))
+    );
     // Bad lengths are refused.
     assert!(!e.run("u nt!KiSwapContext L0").ok());
     assert!(!e.run("u nt!KiSwapContext L100000").ok());

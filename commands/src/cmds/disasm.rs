@@ -190,6 +190,8 @@ fn decode(
     let mut failed: Option<u64> = None;
     while (out.len() as u64) < count && end.is_none_or(|x| at < x) {
         if e.kernel.mem.cancelled() {
+            e.kernel
+                .note_incomplete(format!("stopped at {}: cancelled", addr(at)));
             break;
         }
         let have = run.start + run.bytes.len() as u64;
@@ -375,11 +377,9 @@ fn fill_bytes(e: &mut Engine, f: &mut Fetcher, insns: &[Instruction], out: &mut 
 fn listing(
     e: &mut Engine,
     f: &mut Fetcher,
-    address: u64,
     insns: &[Instruction],
     labels: &BTreeSet<u64>,
 ) -> Vec<Insn> {
-    let _ = address;
     let mut out = format(e, insns, labels);
     fill_bytes(e, f, insns, &mut out);
     out
@@ -456,7 +456,7 @@ pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Disassembl
     let count = count_arg(e, a)?;
     let mut f = Fetcher::new();
     let (insns, unreadable) = decode(e, &mut f, start, count, None);
-    let out = listing(e, &mut f, start, &insns, &BTreeSet::new());
+    let out = listing(e, &mut f, &insns, &BTreeSet::new());
     Ok(finish(e, f, start, None, out, unreadable, Vec::new()))
 }
 
@@ -511,7 +511,7 @@ fn back(e: &mut Engine, a: &Args<'_>) -> Result<Disassembly, CmdError> {
             guess_back(e, &mut f, end, count)
         }
     };
-    let out = listing(e, &mut f, end, &insns, &BTreeSet::new());
+    let out = listing(e, &mut f, &insns, &BTreeSet::new());
     let start = out.first().map_or(end, |i| i.address);
     let mut d = finish(e, f, start, function, out, unreadable, notes);
     d.address = end;
@@ -528,12 +528,15 @@ fn guess_back(
 ) -> (Vec<Instruction>, Option<u64>) {
     let span = count * MAX_INSN;
     let mut best: Option<Vec<Instruction>> = None;
+    // The nearest address before `end` that could not be read, if any.
+    let mut unread: Option<u64> = None;
     for back in (1..=span).rev() {
         let Some(start) = end.checked_sub(back) else {
             continue;
         };
         let (v, u) = decode(e, f, start, u64::MAX, Some(end));
-        if u.is_some() {
+        if let Some(at) = u {
+            unread = unread.max(Some(at));
             continue;
         }
         if v.last().is_some_and(|i| i.next_ip() == end) && v.iter().all(|i| !i.is_invalid()) {
@@ -549,9 +552,14 @@ fn guess_back(
             }
         }
     }
-    match best {
-        Some(v) => (v, None),
-        None => (Vec::new(), Some(end.saturating_sub(1))),
+    match (best, unread) {
+        (Some(v), _) => (v, None),
+        (None, Some(at)) => (Vec::new(), Some(at)),
+        (None, None) => {
+            let why = format!("no run of valid instructions ends at {}", addr(end));
+            e.kernel.note_incomplete(why);
+            (Vec::new(), None)
+        }
     }
 }
 
@@ -641,7 +649,7 @@ pub(crate) fn function(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Disa
         }
     }
     all.sort_by_key(Instruction::ip);
-    let out = listing(e, &mut f, at, &all, &labels);
+    let out = listing(e, &mut f, &all, &labels);
     extent.fragments.sort_unstable();
     Ok(finish(e, f, at, Some(extent), out, unreadable, notes))
 }

@@ -137,25 +137,48 @@ pub struct Frames {
 }
 
 /// Names of instances: their filter's and volume's.
-fn instance_row(
+/// The rows of instances `addrs`; `volume` names their volume where the caller has read it
+/// already (else each instance's volume is read for its name).
+fn instance_rows(
     e: &mut Engine,
     t: &Arc<TypeTable>,
-    addr: u64,
+    addrs: &[u64],
+    volume: Option<&str>,
     notes: &mut Vec<String>,
-) -> Result<InstanceRow, CmdError> {
-    let i = model::instance(&mut e.kernel, t, addr)?;
-    let filter = model::filter_name(&mut e.kernel, t, i.filter);
-    let volume = match model::volume(&mut e.kernel, t, i.volume, notes) {
-        Ok(v) => v.name,
-        Err(err) => format!("(unreadable: {err})"),
-    };
-    Ok(InstanceRow {
-        instance: addr,
-        name: i.name,
-        altitude: i.altitude,
-        filter,
-        volume,
-    })
+) -> Result<Vec<InstanceRow>, CmdError> {
+    let mut rows = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let i = model::instance(&mut e.kernel, t, addr)?;
+        let filter = model::filter_name(&mut e.kernel, t, i.filter);
+        let volume = match volume {
+            Some(v) => v.to_string(),
+            None => match model::volume(&mut e.kernel, t, i.volume, notes) {
+                Ok(v) => v.name,
+                Err(err) => {
+                    let why = format!("the volume of instance {addr:#x} is unreadable: {err}");
+                    e.kernel.note_incomplete(why.clone());
+                    notes.push(why);
+                    format!("(unreadable: {err})")
+                }
+            },
+        };
+        rows.push(InstanceRow {
+            instance: addr,
+            name: i.name,
+            altitude: i.altitude,
+            filter,
+            volume,
+        });
+    }
+    Ok(rows)
+}
+
+/// A volume's file system: its name, else the type's number.
+fn file_system(v: &model::Volume) -> String {
+    v.fs_type
+        .1
+        .clone()
+        .unwrap_or_else(|| format!("{:#x}", v.fs_type.0))
 }
 
 fn frames_view(e: &mut Engine, view: &str) -> Result<Frames, CmdError> {
@@ -168,35 +191,17 @@ fn frames_view(e: &mut Engine, view: &str) -> Result<Frames, CmdError> {
         let mut volumes = Vec::new();
         if view == "volumes" {
             for v in model::volumes(&mut e.kernel, &t, &f, &mut notes)? {
-                let mut instances = Vec::new();
-                for i in &v.instances {
-                    let i = model::instance(&mut e.kernel, &t, *i)?;
-                    let filter = model::filter_name(&mut e.kernel, &t, i.filter);
-                    instances.push(InstanceRow {
-                        instance: i.addr,
-                        name: i.name,
-                        altitude: i.altitude,
-                        filter,
-                        volume: v.name.clone(),
-                    });
-                }
+                let instances = instance_rows(e, &t, &v.instances, Some(&v.name), &mut notes)?;
                 volumes.push(VolumeRow {
                     volume: v.addr,
+                    file_system: file_system(&v),
                     name: v.name,
-                    file_system: v
-                        .fs_type
-                        .1
-                        .clone()
-                        .unwrap_or_else(|| format!("{:#x}", v.fs_type.0)),
                     instances,
                 });
             }
         } else {
             for flt in model::filters(&mut e.kernel, &t, &f, &mut notes)? {
-                let mut instances = Vec::new();
-                for i in &flt.instances {
-                    instances.push(instance_row(e, &t, *i, &mut notes)?);
-                }
+                let instances = instance_rows(e, &t, &flt.instances, None, &mut notes)?;
                 filters.push(FilterRow {
                     filter: flt.addr,
                     name: flt.name,
@@ -373,10 +378,7 @@ pub fn filter(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<FilterDetail,
     let (_, t, _) = fltmgr(e)?;
     let mut notes = Vec::new();
     let f = model::filter(&mut e.kernel, &t, addr, &mut notes)?;
-    let mut instances = Vec::new();
-    for i in &f.instances {
-        instances.push(instance_row(e, &t, *i, &mut notes)?);
-    }
+    let instances = instance_rows(e, &t, &f.instances, None, &mut notes)?;
     Ok(FilterDetail {
         filter: addr,
         name: f.name,
@@ -445,19 +447,12 @@ pub fn volume(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<VolumeDetail,
     let (_, t, _) = fltmgr(e)?;
     let mut notes = Vec::new();
     let v = model::volume(&mut e.kernel, &t, addr, &mut notes)?;
-    let mut instances = Vec::new();
-    for i in &v.instances {
-        instances.push(instance_row(e, &t, *i, &mut notes)?);
-    }
+    let instances = instance_rows(e, &t, &v.instances, Some(&v.name), &mut notes)?;
     Ok(VolumeDetail {
         volume: VolumeRow {
             volume: addr,
+            file_system: file_system(&v),
             name: v.name,
-            file_system: v
-                .fs_type
-                .1
-                .clone()
-                .unwrap_or_else(|| format!("{:#x}", v.fs_type.0)),
             instances,
         },
         flags: v.flags,
@@ -552,7 +547,7 @@ pub fn instance(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<InstanceDet
     let addr = a.expr(e, "ADDR")?.unwrap_or(0);
     let (_, t, _) = fltmgr(e)?;
     let mut notes = Vec::new();
-    let row = instance_row(e, &t, addr, &mut notes)?;
+    let row = instance_rows(e, &t, &[addr], None, &mut notes)?.remove(0);
     let i = model::instance(&mut e.kernel, &t, addr)?;
     let mut callbacks = Vec::new();
     for (m, node, pre, post) in i.callbacks {
