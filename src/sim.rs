@@ -32,7 +32,8 @@ pub struct Args {
     /// A directory of tables laid out as ntkrnlmp.pdb/<GUID>-<age>.json.xz.
     #[arg(long)]
     symbols: Option<PathBuf>,
-    /// nbl-hang, commit-failures, pool-corruption, deadlock, bugcheck or healthy.
+    /// nbl-hang, commit-failures, pool-corruption, deadlock, bugcheck, healthy,
+    /// irp-double-complete, bindflt-race, verifier-apc or service-exception.
     #[arg(long, default_value = "nbl-hang")]
     scenario: String,
     /// Processors.

@@ -192,6 +192,34 @@ pub struct Engine {
     pub progress: Option<ProgressSink>,
     /// Where a plain `u` goes on (after the last listing; none: at the current instruction).
     pub next_disassembly: Option<u64>,
+    /// A register context other than the processor's own (`.cxr`, `.trap`): `r`, `k`, `u` and
+    /// the registers in expressions use it until `.cxr` with no address, a processor switch or
+    /// the target running.
+    pub scope: Option<Scope>,
+    /// The frame `.frame` chose (0: the innermost).
+    pub frame: usize,
+}
+
+/// A register context set by `.cxr` or `.trap`.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The processor whose registers it stands for.
+    pub processor: u32,
+    /// The registers.
+    pub context: Context,
+    /// What it was read from.
+    pub kind: ScopeKind,
+    /// Where.
+    pub address: u64,
+}
+
+/// What a scope's registers were read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeKind {
+    /// A CONTEXT record (`.cxr`).
+    ContextRecord,
+    /// A KTRAP_FRAME (`.trap`).
+    TrapFrame,
 }
 
 impl std::fmt::Debug for Engine {
@@ -265,6 +293,8 @@ impl Engine {
             log: None,
             progress: None,
             next_disassembly: None,
+            scope: None,
+            frame: 0,
         }
     }
 
@@ -279,11 +309,23 @@ impl Engine {
     pub fn invalidate(&mut self) {
         self.kernel.invalidate();
         self.next_disassembly = None;
+        self.reset_scope();
+    }
+
+    /// Back to the processors' own registers and the innermost frame.
+    pub fn reset_scope(&mut self) {
+        self.scope = None;
+        self.frame = 0;
     }
 
     /// The registers of processor `n` (kept by the kernel model while the target stays
-    /// stopped).
+    /// stopped), or the context `.cxr`/`.trap` set for it.
     pub fn context(&mut self, n: u32) -> Result<Context, CmdError> {
+        if let Some(s) = &self.scope
+            && s.processor == n
+        {
+            return Ok(s.context.clone());
+        }
         Ok(self.kernel.context(n)?)
     }
 
@@ -484,9 +526,9 @@ finished"
         // letter decides.
         if verb.len() > 2
             && let Some(letters) = verb.strip_prefix('k')
-            && letters.chars().all(|c| "bpcfnL".contains(c))
+            && letters.chars().all(|c| "bpcfvnL".contains(c))
         {
-            let layout = ['b', 'p', 'c', 'f']
+            let layout = ['b', 'p', 'c', 'f', 'v']
                 .into_iter()
                 .filter(|c| letters.contains(*c))
                 .collect::<Vec<_>>();

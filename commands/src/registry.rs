@@ -234,17 +234,19 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::dt::run => crate::cmds::dt::Dt,
     },
     command! {
-        name: "k", aliases: ["kn", "kb", "kp", "kc", "kf"], id: "stack",
-        summary: "the current processor's stack; kb/kp add the home-slot arguments, kc call sites only, kf frame sizes",
+        name: "k", aliases: ["kn", "kb", "kp", "kc", "kf", "kv"], id: "stack",
+        summary: "the current processor's stack; kb/kp add the home-slot arguments, kv trap frames too, kc call sites only, kf frame sizes",
         doc: "the current processor's stack: frame number, Child-SP, return address, call site; \
               `kb` adds the four home-slot arguments (`kp` the same: parameter names need \
-              private symbols), `kc` shows the call sites only, `kf` the stack memory each \
-              frame uses; the letters run together as WinDbg takes them (`kbn`, `kpL`: frame \
+              private symbols), `kv` the same and `(TrapFrame @ …)` after the frames of \
+              interrupt and exception entries (what `.trap` takes), `kc` shows the call sites \
+              only, `kf` the stack memory each frame uses; after `.cxr` or `.trap` the walk \
+              starts from that context (and says so); the letters run together as WinDbg takes them (`kbn`, `kpL`: frame \
               numbers are always shown, and there are no source lines to hide); \
               `= BasePtr StackPtr InstructionPtr` walks from those registers instead of the \
               processor's (a stack found by hand, a saved context)",
         syntax: crate::cmds::stack::SYNTAX, usage: Some(crate::cmds::stack::USAGE),
-        examples: ["k", "k 5", "kb 3", "kc", "kf 4", "kbn 2", "k = @rbp @rsp @rip 3"],
+        examples: ["k", "k 5", "kb 3", "kv", "kc", "kf 4", "kbn 2", "k = @rbp @rsp @rip 3"],
         run: crate::cmds::stack::run => crate::cmds::stack::Stack,
     },
     command! {
@@ -329,6 +331,51 @@ pub static COMMANDS: &[Command] = &[
         syntax: Syntax::NONE, usage: None,
         examples: [".bugcheck"],
         run: crate::cmds::session::bugcheck => crate::cmds::session::Bugcheck,
+    },
+    command! {
+        name: ".cxr", aliases: [], id: "cxr",
+        summary: "a CONTEXT record's registers become the current ones for r, k and u; no address: back",
+        doc: "the registers of the CONTEXT record at ADDR (an exception's, as a bugcheck's \
+              parameters give it) become the current processor's for `r`, `k`, `kv`, `u` and \
+              `@reg` in expressions, until `.cxr` with no address, a processor switch (`~Ns`) \
+              or the target running; shows them and the instruction at RIP. An address that \
+              does not hold an x64 context record (ContextFlags, code selector) is an error",
+        syntax: crate::cmds::scope::SYNTAX, usage: Some(".cxr [ADDR]"),
+        examples: [".cxr {cxr}", ".cxr"],
+        run: crate::cmds::scope::cxr => crate::cmds::scope::ScopeSet,
+    },
+    command! {
+        name: ".trap", aliases: [], id: "trap",
+        summary: "a trap frame's registers become the current ones for r, k and u; no address: back",
+        doc: "the registers of the KTRAP_FRAME at ADDR (its layout from the kernel's symbols; \
+              `kv` shows where interrupt and exception entries built theirs) become the current \
+              processor's as with `.cxr`; a trap frame keeps the volatile registers, RBP, RIP, \
+              RSP and the flags: RBX, RSI, RDI and R12-R15 show as zero, as the note says",
+        syntax: crate::cmds::scope::SYNTAX, usage: Some(".trap [ADDR]"),
+        examples: [".trap {trapframe}", ".trap"],
+        run: crate::cmds::scope::trap => crate::cmds::scope::ScopeSet,
+    },
+    command! {
+        name: ".exr", aliases: [], id: "exr",
+        summary: "an exception record, decoded (-1: the last exception the target reported)",
+        doc: "the EXCEPTION_RECORD at ADDR: the address (symbolised), the code and its name, \
+              the flags, the parameters and what they say (`Attempt to read from address …`, \
+              a fast-fail subcode); `-1` shows the exception the target last reported (a live \
+              target's state change, a dump header's record)",
+        syntax: crate::cmds::scope::EXR_SYNTAX, usage: Some(".exr ADDR|-1"),
+        examples: [".exr {exr}", ".exr -1"],
+        run: crate::cmds::scope::exr => crate::cmds::scope::Exception,
+    },
+    command! {
+        name: ".frame", aliases: [], id: "frame",
+        summary: "a frame of the current stack (/r: with its registers)",
+        doc: "frame N of the current stack, numbered as `k` numbers it (from the `.cxr`/`.trap` \
+              context when one is set); `/r` adds the frame's registers as the walk recovered \
+              them (the non-volatile ones exact, the others those of the frame inside it) and \
+              the instruction at its RIP; without N, the frame chosen last",
+        syntax: crate::cmds::scope::FRAME_SYNTAX, usage: Some(".frame [/r] [N]"),
+        examples: [".frame 1", ".frame /r 2", ".frame"],
+        run: crate::cmds::scope::frame => crate::cmds::scope::FrameChosen,
     },
     command! {
         name: ".lastevent", aliases: [], id: "lastevent",
@@ -452,8 +499,12 @@ pub static COMMANDS: &[Command] = &[
         summary: "the bugcheck, its parameters, the faulting module and stack, a failure bucket",
         doc: "bugcheck name, parameters and what they mean, the stopped processor's process and \
               stack, the faulting module (the module of the exception address when the code \
-              carries one, otherwise the first frame outside nt and hal), a failure bucket; on a \
-              machine that did not crash it says so",
+              carries one, otherwise the first frame outside nt and hal), a failure bucket; for \
+              an exception bugcheck (0x1E, 0x3B, 0x7E, 0x8E) the exception record decoded as \
+              `.exr` shows it, the registers of the context record or trap frame the parameters \
+              name (as `.cxr`/`.trap` loads them), the faulting instruction, the address it read \
+              or wrote, and the stack walked from those registers; on a machine that did not \
+              crash it says so",
         syntax: crate::ext::analyze::SYNTAX, usage: None,
         examples: ["!analyze -v", "!analyze"],
         run: crate::ext::analyze::run => crate::ext::analyze::Analysis,

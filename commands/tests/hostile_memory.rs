@@ -111,6 +111,13 @@ const COMMANDS: &[&str] = &[
     "u @rip L40",
     "ub nt!KiSwapThread+0x40 L20",
     "uf nt!KiSwapContext",
+    "kv",
+    ".cxr @rsp",
+    "k",
+    ".trap @rsp",
+    ".exr @rsp",
+    ".frame /r 3",
+    ".cxr",
 ];
 
 /// Runs every command; returns how many answered (None when the kernel could not be opened).

@@ -178,3 +178,73 @@ async fn the_io_path_over_kdnet_on_every_build() {
         assert_eq!(r[0]["nodes"][0]["pdo"].as_u64(), Some(f.io.nic.unwrap().0));
     }
 }
+
+/// The 0x3B of a file system's close path over KDNET on every build: `!analyze -v` names the
+/// driver, the instruction and what it read, and walks from the context record through
+/// FspPropagateTopFlags ← FspClose; `kv` shows the trap frame `.trap` then loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_exception_over_kdnet_on_every_build() {
+    for build in common::BUILDS {
+        let Some((f, r)) = over_kdnet(build, Scenario::ServiceException, |f| {
+            let x = f.exception.as_ref().unwrap();
+            vec![
+                "!analyze -v".into(),
+                "kv".into(),
+                format!(".trap {:x}", x.trap_frame),
+                "k 2".into(),
+                format!(".exr {:x}", x.exception_record),
+            ]
+        })
+        .await
+        else {
+            return;
+        };
+        let x = f.exception.clone().unwrap();
+        let a = &r[0];
+        assert_eq!(a["bugcheck_code"], 0x3b, "{build}");
+        assert_eq!(a["module"], "winfsp_x64", "{build}");
+        assert_eq!(a["faulting_ip"].as_u64(), Some(x.faulting_ip));
+        assert_eq!(a["faulting_instruction"]["mnemonic"], "mov");
+        assert_eq!(
+            a["faulting_instruction"]["operands"],
+            "rax,qword ptr [rcx+18h]"
+        );
+        assert_eq!(a["memory_accessed"]["address"].as_u64(), Some(x.read));
+        let sites: Vec<&str> = a["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["call_site"].as_str().unwrap())
+            .collect();
+        assert!(
+            sites[0].starts_with("winfsp_x64!FspPropagateTopFlags+"),
+            "{build}: {sites:?}"
+        );
+        assert!(
+            sites[1].starts_with("winfsp_x64!FspClose+"),
+            "{build}: {sites:?}"
+        );
+        assert!(
+            sites
+                .last()
+                .unwrap()
+                .starts_with("nt!KiSystemServiceCopyEnd+")
+        );
+        let trap: Vec<u64> = r[1]["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["trap_frame"].as_u64())
+            .collect();
+        assert_eq!(trap, [x.trap_frame], "{build}");
+        assert_eq!(r[2]["registers"]["rip"].as_u64(), Some(x.faulting_ip));
+        assert_eq!(r[3]["scope"], "trap_frame");
+        assert_eq!(
+            r[3]["frames"][1]["call_site"]
+                .as_str()
+                .map(|s| s.starts_with("winfsp_x64!FspClose+")),
+            Some(true)
+        );
+        assert_eq!(r[4]["parameters"], serde_json::json!([0, x.read]));
+    }
+}

@@ -11,6 +11,7 @@ use kdnet::wire::HandshakeReason;
 use tokio::runtime::Handle;
 
 use kdnet_model::nt::Kernel;
+use kdnet_model::nt::records::ExceptionRecord;
 use kdnet_model::target::{Target, TargetError, TargetInfo, TransportStats};
 
 /// A stopped target on a KDNET session.
@@ -89,7 +90,20 @@ fn host_stops(host: &Host) -> u64 {
 impl Target for LiveTarget {
     fn info(&self) -> TargetInfo {
         let mut i = self.info.clone();
-        i.last_event = self.host.state().stop.as_ref().map(describe);
+        let state = self.host.state();
+        i.last_event = state.stop.as_ref().map(describe);
+        i.last_exception =
+            state
+                .stop
+                .as_ref()
+                .and_then(|sc| sc.exception())
+                .map(|x| ExceptionRecord {
+                    code: x.code,
+                    flags: x.flags,
+                    chained: x.record,
+                    address: x.address,
+                    parameters: x.parameters.clone(),
+                });
         i
     }
 

@@ -144,6 +144,9 @@ pub struct TargetInfo {
     /// Why the target stopped, as WinDbg says it (`Break instruction exception - code 80000003
     /// (first chance) on processor 0`), when the target knows (live sessions).
     pub last_event: Option<String>,
+    /// The exception the target last reported (`.exr -1`): the state change's on a live
+    /// target, the dump header's in a dump; none when the target reported none.
+    pub last_exception: Option<crate::nt::records::ExceptionRecord>,
     /// A description for headers (`KDNET 127.0.0.1:51000`, `triage dump foo.dmp`).
     pub description: String,
 }

@@ -24,6 +24,8 @@ pub enum Site {
     CallReturningTo(Option<u64>),
     /// An instruction starts here (a stopped processor's or thread's instruction pointer).
     Instruction,
+    /// `mov rax, qword ptr [reg+disp]` starts here (the instruction a thread faulted on).
+    Load(Gpr, i32),
 }
 
 /// One unwind operation of a prolog: (offset of the end of its instruction, operation,
@@ -107,8 +109,14 @@ pub fn prolog(
 }
 
 /// The epilog undoing a prolog: the saved registers restored, the allocation freed, the pushes
-/// popped, `ret`.
-fn epilog(ip: u64, pushes: &[Gpr], alloc: u32, saves: &[(Gpr, u32)]) -> Result<Vec<u8>, SimError> {
+/// popped, `ret` (for an interrupt entry: the error code dropped, `iretq`).
+fn epilog(
+    ip: u64,
+    pushes: &[Gpr],
+    alloc: u32,
+    saves: &[(Gpr, u32)],
+    machine: bool,
+) -> Result<Vec<u8>, SimError> {
     asm(ip, "an epilog", |a| {
         for (r, disp) in saves {
             a.mov(reg(*r), qword_ptr(rsp + *disp as i32))?;
@@ -119,7 +127,12 @@ fn epilog(ip: u64, pushes: &[Gpr], alloc: u32, saves: &[(Gpr, u32)]) -> Result<V
         for r in pushes.iter().rev() {
             a.pop(reg(*r))?;
         }
-        a.ret()
+        if machine {
+            a.add(rsp, 8)?;
+            a.iretq()
+        } else {
+            a.ret()
+        }
     })
 }
 
@@ -220,6 +233,7 @@ pub fn function(
     pushes: &[Gpr],
     alloc: u32,
     saves: &[(Gpr, u32)],
+    machine: bool,
     sites: &[(u64, Site)],
     mut slot_for: impl FnMut(u64) -> Option<u64>,
 ) -> Result<(Vec<u8>, usize, Vec<u64>), SimError> {
@@ -251,6 +265,16 @@ pub fn function(
                 }
                 fill(&mut out, ip, at, &mut seed)?;
             }
+            Site::Load(base, disp) => {
+                if at < here || at >= end {
+                    skipped.push(at);
+                    continue;
+                }
+                fill(&mut out, ip, at, &mut seed)?;
+                out.extend(asm(at, "a load", |a| {
+                    a.mov(rax, qword_ptr(reg(base) + disp))
+                })?);
+            }
             Site::CallReturningTo(callee) => {
                 let slot = callee.and_then(&mut slot_for);
                 let len = call_len(callee.is_some(), slot.is_some());
@@ -275,12 +299,18 @@ pub fn function(
     let here = ip + out.len() as u64;
     // More code to near the end of the range (as a function fills the space up to the next
     // symbol, but for a few bytes of alignment padding), then the epilog where it fits.
-    let ep = epilog(here, pushes, alloc, saves)?;
+    let ep = epilog(here, pushes, alloc, saves, machine)?;
     let pad = (ip >> 4 ^ ip >> 12) % 12;
     let last = end.saturating_sub(pad).max(here);
     if here + ep.len() as u64 <= last {
         fill(&mut out, ip, last - ep.len() as u64, &mut seed)?;
-        out.extend(epilog(ip + out.len() as u64, pushes, alloc, saves)?);
+        out.extend(epilog(
+            ip + out.len() as u64,
+            pushes,
+            alloc,
+            saves,
+            machine,
+        )?);
     } else if here + ep.len() as u64 <= end {
         out.extend(ep);
     }
@@ -312,6 +342,7 @@ mod tests {
             &[Gpr::Rbx, Gpr::Rsi],
             0x30,
             &[(Gpr::Rdi, 0x50)],
+            false,
             &sites,
             |c| (c == far).then_some(ip + 0x1f00),
         )

@@ -55,6 +55,10 @@ pub struct Frame {
     pub alloc: u32,
     /// Registers saved with `mov [rsp+off], reg` after the allocation.
     pub saves: Vec<(Gpr, u32)>,
+    /// An interrupt or exception entry: the processor pushed a machine frame and an error code
+    /// before the first instruction (its unwind data begins with UWOP_PUSH_MACHFRAME), and
+    /// the pushes and allocation after it make the rest of a KTRAP_FRAME.
+    pub machine_frame: bool,
     /// RVA of its UNWIND_INFO, once written.
     pub unwind_rva: u32,
 }
@@ -68,7 +72,11 @@ impl Frame {
     /// The prolog's bytes and its UNWIND_CODE slots (latest operation first, extra slots
     /// after each).
     fn prolog(&self) -> Result<(Vec<u8>, Vec<[u8; 2]>), SimError> {
-        let (bytes, ops) = crate::code::prolog(0, &self.pushes, self.alloc, &self.saves)?;
+        let (bytes, mut ops) = crate::code::prolog(0, &self.pushes, self.alloc, &self.saves)?;
+        if self.machine_frame {
+            // UWOP_PUSH_MACHFRAME with an error code, before any instruction.
+            ops.insert(0, (0, 10, 1, vec![]));
+        }
         let mut slots: Vec<[u8; 2]> = Vec::new();
         for (off, op, info, extra) in ops.into_iter().rev() {
             slots.push([off, op | (info << 4)]);
@@ -123,6 +131,7 @@ pub fn frame_for(name: &str, rva: u32, end: u32) -> Frame {
         pushes,
         alloc,
         saves: vec![],
+        machine_frame: false,
         unwind_rva: 0,
     }
 }
@@ -145,6 +154,7 @@ pub fn switch_frame(rva: u32, end: u32) -> Frame {
             (Gpr::R14, 0x110),
             (Gpr::R15, 0x118),
         ],
+        machine_frame: false,
         unwind_rva: 0,
     }
 }
@@ -174,6 +184,8 @@ pub struct Image {
     calls: Vec<(u32, Option<u64>)>,
     /// RVAs where an instruction must start (a stopped processor's or thread's RIP).
     instructions: Vec<u32>,
+    /// RVAs where a 64-bit load through a register must be (a faulting instruction).
+    loads: Vec<(u32, Gpr, i32)>,
     /// Symbols defined by the simulator for modules without a table (name → (rva, size)).
     pub own_functions: BTreeMap<String, (u32, u32)>,
     next_own: u32,
@@ -213,6 +225,7 @@ impl Image {
             tail,
             calls: Vec::new(),
             instructions: Vec::new(),
+            loads: Vec::new(),
             own_functions: BTreeMap::new(),
             next_own: OWN_TEXT,
             version: None,
@@ -245,6 +258,12 @@ impl Image {
     /// Records that an instruction starts at `rva`.
     pub fn add_instruction(&mut self, rva: u32) {
         self.instructions.push(rva);
+    }
+
+    /// Records that `mov rax, qword ptr [base+disp]` is at `rva` (where a scenario's thread
+    /// faults).
+    pub fn add_load(&mut self, rva: u32, base: Gpr, disp: i32) {
+        self.loads.push((rva, base, disp));
     }
 
     /// Appends the export directory (its functions, names, ordinals and strings) to `rdata`,
@@ -433,6 +452,14 @@ impl Image {
                     .push((base + u64::from(*at), crate::code::Site::Instruction));
             }
         }
+        for (at, r, disp) in &self.loads {
+            if let Some(f) = owner(*at).filter(|f| *at < self.frames[f].end) {
+                sites
+                    .entry(f)
+                    .or_default()
+                    .push((base + u64::from(*at), crate::code::Site::Load(*r, *disp)));
+            }
+        }
         let mut ends: BTreeMap<u32, u32> = BTreeMap::new();
         for f in self.frames.values() {
             let ip = base + u64::from(f.rva);
@@ -443,6 +470,7 @@ impl Image {
                 &f.pushes,
                 f.alloc,
                 &f.saves,
+                f.machine_frame,
                 &here,
                 |c| slots.get(&c).copied(),
             )?;

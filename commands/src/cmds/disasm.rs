@@ -106,7 +106,7 @@ pub(crate) struct Fragment {
 
 /// One instruction.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
-pub(crate) struct Insn {
+pub struct Insn {
     /// Its address.
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "crate::hex::Hex")]
@@ -385,6 +385,82 @@ fn listing(
     out
 }
 
+/// The memory the instruction at `at` accesses when its registers are `c`: the address and
+/// whether it writes there; none when it accesses no memory, or its bytes or the registers its
+/// address needs are not known.
+pub(crate) fn memory_access(
+    e: &mut Engine,
+    at: u64,
+    c: &kdnet_arch::Context,
+) -> Option<(u64, bool)> {
+    use iced_x86::{InstructionInfoFactory, OpAccess, Register};
+    let mut f = Fetcher::new();
+    let (insns, _) = decode(e, &mut f, at, 1, None);
+    let insn = insns.first()?;
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(insn);
+    let m = info.used_memory().first()?;
+    let write = matches!(
+        m.access(),
+        OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite
+    );
+    let value = |reg: Register, _: usize, _: usize| -> Option<u64> {
+        use kdnet_arch::Reg;
+        let full = reg.full_register();
+        let r = match full {
+            Register::ES | Register::CS | Register::SS | Register::DS => return Some(0),
+            Register::RAX => Reg::Rax,
+            Register::RCX => Reg::Rcx,
+            Register::RDX => Reg::Rdx,
+            Register::RBX => Reg::Rbx,
+            Register::RSP => Reg::Rsp,
+            Register::RBP => Reg::Rbp,
+            Register::RSI => Reg::Rsi,
+            Register::RDI => Reg::Rdi,
+            Register::R8 => Reg::R8,
+            Register::R9 => Reg::R9,
+            Register::R10 => Reg::R10,
+            Register::R11 => Reg::R11,
+            Register::R12 => Reg::R12,
+            Register::R13 => Reg::R13,
+            Register::R14 => Reg::R14,
+            Register::R15 => Reg::R15,
+            // FS and GS bases, vector indexes: not in a context's integer registers.
+            _ => return None,
+        };
+        let v = c.reg(r);
+        Some(match reg.size() {
+            8 => v,
+            n => v & ((1u64 << (8 * n)) - 1),
+        })
+    };
+    Some((m.virtual_address(0, value)?, write))
+}
+
+/// The one instruction at `at`, as a listing shows it (no label line); none when its bytes
+/// cannot be read. It does not move where a plain `u` goes on.
+pub(crate) fn instruction_at(e: &mut Engine, at: u64) -> Option<Insn> {
+    let mut f = Fetcher::new();
+    let (insns, _) = decode(e, &mut f, at, 1, None);
+    let mut out = listing(e, &mut f, &insns, &BTreeSet::new());
+    out.pop().map(|mut i| {
+        i.label = None;
+        i
+    })
+}
+
+impl Insn {
+    /// The listing line: address, bytes, mnemonic and operands.
+    pub(crate) fn line(&self) -> String {
+        let text = if self.operands.is_empty() {
+            self.mnemonic.clone()
+        } else {
+            format!("{:<7} {}", self.mnemonic, self.operands)
+        };
+        format!("{} {:<15} {}", addr(self.address), self.bytes, text)
+    }
+}
+
 fn count_arg(e: &mut Engine, a: &Args<'_>) -> Result<u64, CmdError> {
     let n = a.length(e)?.unwrap_or(DEFAULT_COUNT);
     if n == 0 || n > MAX_COUNT {
@@ -660,12 +736,8 @@ impl Render for Disassembly {
             if let Some(l) = &i.label {
                 out.push_str(&format!("{l}:\n"));
             }
-            let text = if i.operands.is_empty() {
-                i.mnemonic.clone()
-            } else {
-                format!("{:<7} {}", i.mnemonic, i.operands)
-            };
-            out.push_str(&format!("{} {:<15} {}\n", addr(i.address), i.bytes, text));
+            out.push_str(&i.line());
+            out.push('\n');
         }
         if let Some(u) = self.unreadable {
             out.push_str(&format!("{} ??              ???\n", addr(u)));

@@ -1,4 +1,4 @@
-//! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `u`/`ub`/`uf`, `x`, `dt`, `k`…, `ln`, `r`, `~Ns`,
+//! The basic commands, one file each: `?`, `lm`, `db`…`dq`/`dps`, `u`/`ub`/`uf`, `x`, `dt`, `k`…, `.cxr`/`.trap`/`.exr`/`.frame`, `ln`, `r`, `~Ns`,
 //! `vertarget`, `.writemem`, `.dump`, `.help`. Each declares its arguments (a [`crate::args::Syntax`]), runs on the engine and
 //! returns a typed result that renders WinDbg's layout; its `command!` line is in
 //! [`crate::registry::COMMANDS`].
@@ -14,6 +14,7 @@ pub(crate) mod lm;
 pub(crate) mod ln;
 pub(crate) mod processor;
 pub(crate) mod registers;
+pub(crate) mod scope;
 pub(crate) mod search;
 pub mod session;
 pub(crate) mod stack;

@@ -30,6 +30,8 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Switched,
             count - 1
         )));
     }
+    // A context set with `.cxr`/`.trap` belongs to the processor it was set on.
+    e.reset_scope();
     e.context(n)?;
     e.processor = n;
     Ok(Switched { processor: n })

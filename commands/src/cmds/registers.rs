@@ -33,7 +33,7 @@ pub(crate) enum Registers {
 
 /// Every general register of a processor, its flags and segments.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
-pub(crate) struct AllRegisters {
+pub struct AllRegisters {
     /// RAX.
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "crate::hex::Hex")]
@@ -124,7 +124,7 @@ pub(crate) struct AllRegisters {
 
 /// Segment selectors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Segments {
+pub struct Segments {
     pub cs: u16,
     pub ss: u16,
     pub ds: u16,
@@ -242,8 +242,16 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Registers
             other_rows.push(shown);
         }
     }
+    let mut all = general(e, &c, e.processor);
+    all.other = other;
+    all.other_rows = other_rows;
+    Ok(Registers::All(all))
+}
+
+/// The general registers, flags and segments of a context.
+pub(crate) fn general(e: &mut Engine, c: &Context, processor: u32) -> AllRegisters {
     let rip = c.reg(Reg::Rip);
-    Ok(Registers::All(AllRegisters {
+    AllRegisters {
         rax: c.reg(Reg::Rax),
         rcx: c.reg(Reg::Rcx),
         rdx: c.reg(Reg::Rdx),
@@ -262,19 +270,19 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Registers
         r15: c.reg(Reg::R15),
         rip,
         efl: c.eflags(),
-        processor: e.processor,
-        other,
-        other_rows,
+        processor,
+        other: BTreeMap::new(),
+        other_rows: Vec::new(),
         segments: Segments {
-            cs: seg(&c, 0x38),
-            ss: seg(&c, 0x42),
-            ds: seg(&c, 0x3A),
-            es: seg(&c, 0x3C),
-            fs: seg(&c, 0x3E),
-            gs: seg(&c, 0x40),
+            cs: seg(c, 0x38),
+            ss: seg(c, 0x42),
+            ds: seg(c, 0x3A),
+            es: seg(c, 0x3C),
+            fs: seg(c, 0x3E),
+            gs: seg(c, 0x40),
         },
         rip_symbol: e.kernel.symbolize(rip),
-    }))
+    }
 }
 
 /// `rm [MASK]`.
@@ -341,7 +349,7 @@ impl Render for Registers {
 }
 
 impl AllRegisters {
-    fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         let g = |name: &str, v: u64| format!("{name}={v:016x}");
         let p = |name: &str, v: u64| format!("{name:>3}={v:016x}");
         let efl = self.efl;

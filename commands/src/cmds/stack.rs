@@ -59,6 +59,9 @@ fn request(text: &str) -> Result<(Option<[&str; 3]>, Option<&str>), CmdError> {
 pub(crate) struct Stack {
     /// The processor whose stack it is.
     pub processor: u32,
+    /// The register context it was walked from when `.cxr` or `.trap` set one
+    /// (`context_record` or `trap_frame`; null: the processor's own registers).
+    pub scope: Option<String>,
     /// The frames, innermost first.
     pub frames: Vec<Frame>,
     /// Why the walk stopped early, or why there is nothing to walk (null when it did not).
@@ -80,6 +83,8 @@ pub(crate) enum Layout {
     CallSites,
     /// `kf`: the stack memory each frame uses, then as `k`.
     FrameMemory,
+    /// `kv`: as `kb`, and the trap frames interrupt entries built, after their call sites.
+    Verbose,
 }
 
 /// One frame.
@@ -107,6 +112,60 @@ pub(crate) struct Frame {
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "[crate::hex::Hex; 4]")]
     pub args: [u64; 4],
+    /// The trap frame this frame's interrupt or exception entry built (`KiPageFault`), which
+    /// `.trap` loads (null for ordinary frames).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub trap_frame: Option<u64>,
+}
+
+impl Frame {
+    /// The model's frame as the command shows it.
+    pub(crate) fn from_model(f: &kdnet_model::nt::unwind::Frame) -> Frame {
+        Frame {
+            number: f.number,
+            child_sp: f.child_sp,
+            return_address: f.return_address,
+            ip: f.ip,
+            call_site: f.call_site.clone(),
+            module: f.module.clone(),
+            args: f.args,
+            trap_frame: f.trap_frame,
+        }
+    }
+}
+
+/// Walks the current processor's stack (from the `.cxr`/`.trap` context when one is set),
+/// marking the result incomplete when the walk stopped early.
+pub(crate) fn walk(
+    e: &mut Engine,
+) -> Result<(Vec<kdnet_model::nt::unwind::Frame>, Option<String>), CmdError> {
+    let n = e.processor;
+    let ctx = e.context(n)?;
+    let s = unwind_from(e, Regs::from_context(&ctx));
+    Ok((s.frames, s.note))
+}
+
+/// Unwinds from `regs` within the current thread's stack when they lie in it.
+fn unwind_from(e: &mut Engine, regs: Regs) -> kdnet_model::nt::unwind::Stack {
+    let n = e.processor;
+    let rsp = regs.rsp();
+    let bounds = e
+        .kernel
+        .processors()
+        .ok()
+        .and_then(|cpus| cpus.into_iter().find(|c| c.number == n))
+        .and_then(|c| e.kernel.thread(c.current).ok())
+        .map(|t| (t.stack_limit, t.stack_base))
+        .filter(|(lo, hi)| lo < hi && (*lo..*hi).contains(&rsp));
+    let s = e.kernel.unwind(regs, bounds, true);
+    if !s.complete {
+        e.kernel.note_incomplete(format!(
+            "the stack walk stopped early: {}",
+            s.note.as_deref().unwrap_or("the walk ended")
+        ));
+    }
+    s
 }
 
 pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Stack, CmdError> {
@@ -124,46 +183,26 @@ pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Stack, Cmd
         regs.gpr[4] = e.eval(sp)?;
         regs.rip = e.eval(ip)?;
     }
-    // The stack bounds of the current thread, when the model can read it and the walk starts
-    // inside them.
-    let rsp = regs.rsp();
-    let bounds = e
-        .kernel
-        .processors()
-        .ok()
-        .and_then(|cpus| cpus.into_iter().find(|c| c.number == n))
-        .and_then(|c| e.kernel.thread(c.current).ok())
-        .map(|t| (t.stack_limit, t.stack_base))
-        .filter(|(lo, hi)| lo < hi && (*lo..*hi).contains(&rsp));
-    let s = e.kernel.unwind(regs, bounds, true);
-    if !s.complete {
-        e.kernel.note_incomplete(format!(
-            "the stack walk stopped early: {}",
-            s.note.as_deref().unwrap_or("the walk ended")
-        ));
-    }
-    let frames = s
-        .frames
-        .into_iter()
-        .take(max)
-        .map(|f| Frame {
-            number: f.number,
-            child_sp: f.child_sp,
-            return_address: f.return_address,
-            ip: f.ip,
-            call_site: f.call_site,
-            module: f.module,
-            args: f.args,
-        })
-        .collect();
+    let s = unwind_from(e, regs);
+    let frames = s.frames.iter().take(max).map(Frame::from_model).collect();
+    let scope = e
+        .scope
+        .as_ref()
+        .filter(|sc| sc.processor == n)
+        .map(|sc| match sc.kind {
+            crate::engine::ScopeKind::ContextRecord => "context_record".to_string(),
+            crate::engine::ScopeKind::TrapFrame => "trap_frame".to_string(),
+        });
     Ok(Stack {
         processor: n,
+        scope,
         frames,
         note: s.note,
         layout: match verb {
             "kb" | "kp" => Layout::Arguments,
             "kc" => Layout::CallSites,
             "kf" => Layout::FrameMemory,
+            "kv" => Layout::Verbose,
             _ => Layout::ChildSp,
         },
     })
@@ -171,8 +210,11 @@ pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Stack, Cmd
 
 impl Render for Stack {
     fn render(&self, out: &mut String) {
+        if self.scope.is_some() {
+            out.push_str("  *** Stack trace for last set context - .thread/.cxr resets it\n");
+        }
         match self.layout {
-            Layout::Arguments => out.push_str(
+            Layout::Arguments | Layout::Verbose => out.push_str(
                 " # Child-SP          RetAddr               : Args to Child                                                           : Call Site\n",
             ),
             Layout::ChildSp => {
@@ -201,17 +243,23 @@ impl Render for Stack {
                         f.call_site
                     ));
                 }
-                Layout::Arguments => out.push_str(&format!(
-                    "{:02x} {} {}     : {} {} {} {} : {}\n",
-                    f.number,
-                    addr(f.child_sp),
-                    addr(f.return_address),
-                    addr(f.args[0]),
-                    addr(f.args[1]),
-                    addr(f.args[2]),
-                    addr(f.args[3]),
-                    f.call_site
-                )),
+                Layout::Arguments | Layout::Verbose => {
+                    let trap = match (self.layout, f.trap_frame) {
+                        (Layout::Verbose, Some(t)) => format!(" (TrapFrame @ {})", addr(t)),
+                        _ => String::new(),
+                    };
+                    out.push_str(&format!(
+                        "{:02x} {} {}     : {} {} {} {} : {}{trap}\n",
+                        f.number,
+                        addr(f.child_sp),
+                        addr(f.return_address),
+                        addr(f.args[0]),
+                        addr(f.args[1]),
+                        addr(f.args[2]),
+                        addr(f.args[3]),
+                        f.call_site
+                    ))
+                }
                 Layout::ChildSp => out.push_str(&format!(
                     "{:02x} {} {}     {}\n",
                     f.number,
@@ -236,6 +284,7 @@ mod tests {
     fn both_layouts() {
         let mut s = Stack {
             processor: 0,
+            scope: None,
             frames: vec![Frame {
                 number: 0,
                 child_sp: 0xfffff805_00001000,
@@ -244,6 +293,7 @@ mod tests {
                 call_site: "nt!KeBugCheckEx".into(),
                 module: Some("nt".into()),
                 args: [1, 2, 3, 4],
+                trap_frame: None,
             }],
             note: Some("no unwind data".into()),
             layout: Layout::ChildSp,
@@ -292,7 +342,23 @@ mod tests {
                 "0x0000000000000004"
             ])
         );
-        assert_eq!(j.as_object().unwrap().len(), 3);
+        assert_eq!(j.as_object().unwrap().len(), 4);
+        // kv: the trap frame after the call site of the frame that built it; the context a
+        // `.cxr` set is named above the frames.
+        let mut v = s.clone();
+        v.frames[0].trap_frame = Some(0xfffff805_00000f90);
+        v.layout = Layout::Verbose;
+        v.scope = Some("context_record".into());
+        let mut text = String::new();
+        v.render(&mut text);
+        assert!(
+            text.starts_with("  *** Stack trace for last set context"),
+            "{text}"
+        );
+        assert!(
+            text.contains(": nt!KeBugCheckEx (TrapFrame @ fffff805`00000f90)\n"),
+            "{text}"
+        );
     }
 
     #[test]

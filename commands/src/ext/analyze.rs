@@ -7,8 +7,12 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::args::{Args, Syntax, flag};
+use crate::cmds::disasm::{Insn, instruction_at, memory_access};
+use crate::cmds::registers::{AllRegisters, general};
+use crate::cmds::scope::{Exception, exception};
 use crate::engine::{CmdError, Engine, addr};
 use crate::registry::Render;
+use kdnet_model::nt::records::ExceptionRecord;
 use kdnet_model::nt::unwind::Regs;
 
 /// Bugcheck names and what their parameters are (public bugcheck code reference).
@@ -214,6 +218,78 @@ pub struct Bugcheck {
     pub image: Option<String>,
     /// The failure bucket: `0x<code>_<symbol without offset>`, or `0x<code>_nt`.
     pub failure_bucket: String,
+    /// The exception the bugcheck reports, decoded: from its exception record (0x7E), or from
+    /// the parameters that are the record's (0x1E); null for codes that carry none.
+    pub exception: Option<Exception>,
+    /// The registers at the fault, from the context record or trap frame the bugcheck names
+    /// (0x3B, 0x7E, 0x8E): what `.cxr`/`.trap` of it loads. Null when the code names none or
+    /// it could not be read (the result then says so).
+    pub fault_context: Option<FaultContext>,
+    /// The faulting instruction, as `u` shows it (null when its bytes cannot be read or the
+    /// code gives no exception address).
+    pub faulting_instruction: Option<Insn>,
+    /// The memory that instruction read or wrote, from its operands and the registers at the
+    /// fault (null when it accesses none or they are not known).
+    pub memory_accessed: Option<MemoryAccess>,
+    /// Whose registers the stack was walked from: `context_record`, `trap_frame` or
+    /// `processor` (the stopped processor's own).
+    pub stack_from: String,
+}
+
+/// Registers at a fault.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FaultContext {
+    /// `context_record` or `trap_frame`.
+    pub kind: String,
+    /// Its address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub address: u64,
+    /// The registers it holds.
+    pub registers: AllRegisters,
+}
+
+/// A memory access by the faulting instruction.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct MemoryAccess {
+    /// The address.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub address: u64,
+    /// `read`, `write` or `execute`.
+    pub access: String,
+    /// Where it was learned: `exception record` (its parameters), or `instruction` (the
+    /// faulting instruction's operand with the registers at the fault, where the record has
+    /// no address: a general-protection fault reports all ones).
+    pub from: String,
+}
+
+/// Where a bugcheck's exception record is.
+enum RecordAt {
+    /// In memory, at this address.
+    Memory(u64),
+    /// In the parameters themselves.
+    Parameters(ExceptionRecord),
+}
+
+/// Where a bugcheck's parameters put its exception record, and its registers' (kind, address).
+fn exception_sources(code: u32, p: &[u64; 4]) -> (Option<RecordAt>, Option<(&'static str, u64)>) {
+    match code & !0x1000_0000 {
+        0x3B => (None, Some(("context_record", p[2]))),
+        0x7E => (Some(RecordAt::Memory(p[2])), Some(("context_record", p[3]))),
+        0x1E => (
+            Some(RecordAt::Parameters(ExceptionRecord {
+                code: p[0] as u32,
+                flags: 0,
+                chained: 0,
+                address: p[1],
+                parameters: vec![p[2], p[3]],
+            })),
+            None,
+        ),
+        0x8E => (None, Some(("trap_frame", p[2]))),
+        _ => (None, None),
+    }
 }
 
 /// One stack frame.
@@ -291,7 +367,47 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
         .as_ref()
         .map(|t| (t.stack_limit, t.stack_base))
         .filter(|(lo, hi)| lo < hi);
-    let stack = e.kernel.unwind(Regs::from_context(&ctx), bounds, true);
+    // The exception and the registers at the fault, where the code names them.
+    let (record, registers_at) = exception_sources(code, &p);
+    let exception = match record {
+        Some(RecordAt::Memory(0)) | None => None,
+        Some(RecordAt::Memory(at)) => match e.kernel.exception_record(at) {
+            Ok(r) => Some(exception(e, Some(at), &r)),
+            Err(err) => {
+                e.kernel
+                    .note_incomplete(format!("the exception record at {at:#x}: {err}"));
+                None
+            }
+        },
+        Some(RecordAt::Parameters(r)) => Some(exception(e, None, &r)),
+    };
+    let fault = match registers_at {
+        Some((_, 0)) | None => None,
+        Some((kind, at)) => {
+            let read = if kind == "trap_frame" {
+                e.kernel.trap_frame(at).map(|t| t.context)
+            } else {
+                e.kernel.context_record(at)
+            };
+            match read {
+                Ok(c) => Some((kind, at, c)),
+                Err(err) => {
+                    e.kernel.note_incomplete(format!(
+                        "the registers at the fault ({} at {at:#x}) could not be read, so the \
+                         stack is the stopped processor's: {err}",
+                        kind.replace('_', " ")
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    let (regs, stack_from) = match &fault {
+        Some((kind, _, c)) => (Regs::from_context(c), kind.to_string()),
+        None => (Regs::from_context(&ctx), "processor".to_string()),
+    };
+    let bounds = bounds.filter(|(lo, hi)| (*lo..=*hi).contains(&regs.rsp()));
+    let stack = e.kernel.unwind(regs, bounds, true);
     if !stack.complete {
         e.kernel.note_incomplete(format!(
             "the stack walk stopped early: {}",
@@ -319,6 +435,38 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
         }
         None => (None, None),
     };
+    let faulting_instruction = exception_address(code, &p)
+        .filter(|a| Some(*a) == faulting_ip)
+        .and_then(|a| instruction_at(e, a));
+    let recorded = exception.as_ref().and_then(|x| {
+        let (kind, at) = (*x.parameters.first()?, *x.parameters.get(1)?);
+        let access = match kind {
+            0 => "read",
+            1 => "write",
+            8 => "execute",
+            _ => return None,
+        };
+        (x.code == 0xc000_0005 && at != u64::MAX).then(|| MemoryAccess {
+            address: at,
+            access: access.into(),
+            from: "exception record".into(),
+        })
+    });
+    let memory_accessed = recorded.or_else(|| match (&fault, faulting_ip) {
+        (Some((_, _, c)), Some(ip)) if c.reg(kdnet_arch::Reg::Rip) == ip => memory_access(e, ip, c)
+            .map(|(address, write)| MemoryAccess {
+                address,
+                access: if write { "write" } else { "read" }.into(),
+                from: "instruction".into(),
+            }),
+        _ => None,
+    });
+    let processor = n;
+    let fault_context = fault.map(|(kind, address, c)| FaultContext {
+        kind: kind.to_string(),
+        address,
+        registers: general(e, &c, processor),
+    });
     let bucket = match (&symbol, &module) {
         (Some(s), _) => format!("0x{code:X}_{}", s.split('+').next().unwrap_or(s.as_str())),
         (None, _) => format!("0x{code:X}_nt"),
@@ -348,6 +496,11 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
         module: module.as_ref().map(|m| m.short.clone()),
         image: module.map(|m| m.name),
         failure_bucket: bucket,
+        exception,
+        fault_context,
+        faulting_instruction,
+        memory_accessed,
+        stack_from,
     })))
 }
 
@@ -390,8 +543,70 @@ debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
         for (i, v) in b.parameters.iter().enumerate() {
             out.push_str(&format!("\nBUGCHECK_P{}: {:x}\n", i + 1, v));
         }
+        if let Some(f) = &b.fault_context {
+            let command = if f.kind == "trap_frame" {
+                ".trap"
+            } else {
+                ".cxr"
+            };
+            out.push_str(&format!(
+                "\n{}:  {:x} -- ({command} {:#x})\n",
+                if f.kind == "trap_frame" {
+                    "TRAP_FRAME"
+                } else {
+                    "CONTEXT"
+                },
+                f.address,
+                f.address
+            ));
+            f.registers.render(out);
+            if let Some(i) = &b.faulting_instruction {
+                out.push_str(&i.line());
+                out.push('\n');
+            }
+            out.push_str("Resetting default scope\n");
+        }
+        if let Some(x) = &b.exception {
+            match x.record {
+                Some(at) => {
+                    out.push_str(&format!("\nEXCEPTION_RECORD:  {at:x} -- (.exr {at:#x})\n"))
+                }
+                None => out.push_str("\nEXCEPTION_RECORD:  (from the bugcheck's parameters)\n"),
+            }
+            x.render_record(out);
+        }
         if let Some(name) = &b.process_name {
             out.push_str(&format!("\nPROCESS_NAME:  {name}\n"));
+        }
+        if let Some(m) = &b.memory_accessed {
+            out.push_str(&format!(
+                "\n{}_ADDRESS:  {:016x}{}\n",
+                m.access.to_ascii_uppercase(),
+                m.address,
+                if m.from == "instruction" {
+                    " (from the faulting instruction and the registers at the fault)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if matches!(b.bugcheck_code & !0x1000_0000, 0x1E | 0x3B | 0x7E | 0x8E) {
+            let exc = b.parameters[0] as u32;
+            let name = crate::cmds::scope::exception_name(exc);
+            out.push_str(&format!("\nEXCEPTION_CODE_STR:  {exc:x}\n"));
+            if !name.is_empty() {
+                out.push_str(&format!("\nEXCEPTION_NAME:  {name}\n"));
+            }
+        }
+        if b.stack_from != "processor" {
+            out.push_str(&format!(
+                "\nSTACK_COMMAND:  {} ; kb\n",
+                match &b.fault_context {
+                    Some(f) if f.kind == "trap_frame" => format!(".trap {:#x}", f.address),
+                    Some(f) => format!(".cxr {:#x}", f.address),
+                    None => String::new(),
+                }
+            ));
         }
         out.push_str("\nSTACK_TEXT:  \n");
         for f in &b.frames {
@@ -408,6 +623,13 @@ debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
         }
         if let Some(note) = &b.stack_note {
             out.push_str(&format!("({note})\n"));
+        }
+        if let (Some(s), Some(i)) = (&b.symbol, &b.faulting_instruction) {
+            out.push_str(&format!(
+                "\nFAULTING_IP: \n{}\n{}\n",
+                s.replace("+0x", "+"),
+                i.line()
+            ));
         }
         if let Some(s) = &b.symbol {
             out.push_str(&format!("\nSYMBOL_NAME:  {}\n", s.replace("+0x", "+")));

@@ -100,6 +100,11 @@ pub fn example_lines(
     if let Some(v) = f.io.flt.volumes.first() {
         planted.insert("fltvolume", v.volume);
     }
+    if let Some(x) = &f.exception {
+        planted.insert("cxr", x.context_record);
+        planted.insert("exr", x.exception_record);
+        planted.insert("trapframe", x.trap_frame);
+    }
     if let Some(p) = &f.io.pended_create {
         planted.insert("irpctrl", p.irp_ctrl);
         planted.insert("cbd", p.cbd);

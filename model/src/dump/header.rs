@@ -52,8 +52,20 @@ pub(super) fn header_info(h: &[u8]) -> TargetInfo {
         )),
         live: false,
         last_event: None,
+        last_exception: header_exception(h),
         description: String::new(),
     }
+}
+
+/// The exception record the header keeps (DUMP_HEADER64.Exception at 0xF00), unless it holds
+/// the header's filler or no code.
+fn header_exception(h: &[u8]) -> Option<crate::nt::records::ExceptionRecord> {
+    let b = h.get(0xF00..0xF00 + crate::nt::records::EXCEPTION_RECORD_LEN)?;
+    let code = Le(b).u32(0);
+    if code == 0 || code == FILLER {
+        return None;
+    }
+    crate::nt::records::ExceptionRecord::parse(b).ok()
 }
 
 /// The physical memory runs of a full dump.

@@ -13,6 +13,7 @@ pub mod objects;
 pub mod physical;
 pub mod pool;
 pub mod procs;
+pub mod records;
 mod symbols;
 pub mod threads;
 pub mod unwind;

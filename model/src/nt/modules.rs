@@ -96,7 +96,18 @@ pub fn short_name(file: &str) -> String {
     let stem = stem.rsplit_once('.').map_or(stem, |(s, _)| s);
     match stem.to_ascii_lowercase().as_str() {
         "ntoskrnl" | "ntkrnlmp" | "ntkrnlpa" | "ntkrpamp" => "nt".into(),
-        _ => stem.to_string(),
+        // As WinDbg names modules: what cannot be in a symbol name (`winfsp-x64.sys`) becomes
+        // an underscore (`winfsp_x64`).
+        _ => stem
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
     }
 }
 
@@ -308,5 +319,19 @@ impl Kernel {
         self.modules()
             .map(|m| m.iter().map(|m| m.short.clone()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_name;
+
+    #[test]
+    fn short_names_are_windbg_s() {
+        assert_eq!(short_name("\\SystemRoot\\system32\\ntoskrnl.exe"), "nt");
+        assert_eq!(short_name("ntkrnlmp.exe"), "nt");
+        assert_eq!(short_name("FLTMGR.SYS"), "FLTMGR");
+        assert_eq!(short_name("winfsp-x64.sys"), "winfsp_x64");
+        assert_eq!(short_name("my.driver.v2.sys"), "my_driver_v2");
     }
 }

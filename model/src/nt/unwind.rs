@@ -20,7 +20,7 @@ use crate::pe;
 pub const MAX_FRAMES: usize = 256;
 
 /// The integer registers and RIP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Regs {
     /// rax … r15 by unwind register number.
     pub gpr: [u64; 16],
@@ -67,6 +67,13 @@ pub struct Frame {
     /// The first four stack arguments' home slots (for `kb`).
     #[serde(skip)]
     pub args: [u64; 4],
+    /// The trap frame this frame's machine frame is the end of (an interrupt or exception
+    /// entry such as `KiPageFault`): what `kv` shows and `.trap` loads.
+    pub trap_frame: Option<u64>,
+    /// The registers in this frame as the walk recovered them (the non-volatile ones are
+    /// exact; the volatile ones are those of the frame inside it).
+    #[serde(skip)]
+    pub regs: Regs,
 }
 
 /// A walked stack.
@@ -117,7 +124,10 @@ impl Kernel {
     pub fn unwind(&mut self, mut regs: Regs, bounds: Option<(u64, u64)>, precise: bool) -> Stack {
         let mut frames: Vec<Frame> = Vec::new();
         let mut note = None;
+        // The frame above a machine frame was interrupted at RIP, not returned to.
+        let mut interrupted = false;
         for n in 0..MAX_FRAMES {
+            let entry = regs;
             let rip = regs.rip;
             let rsp = regs.rsp();
             if rip == 0 {
@@ -125,7 +135,7 @@ impl Kernel {
             }
             if rip >> 47 == 0 {
                 // A user-mode return address: the kernel part of the stack ends here.
-                frames.push(self.frame(n, rsp, rip, 0));
+                frames.push(self.frame(n, rsp, rip, 0, entry));
                 break;
             }
             if let Some((lo, hi)) = bounds
@@ -136,9 +146,10 @@ impl Kernel {
                 ));
                 break;
             }
-            let lookup_ip = if n == 0 && precise { rip } else { rip - 1 };
+            let exact = (n == 0 && precise) || interrupted;
+            let lookup_ip = if exact { rip } else { rip - 1 };
             let Some(mi) = self.module_index(lookup_ip) else {
-                frames.push(self.frame(n, rsp, rip, 0));
+                frames.push(self.frame(n, rsp, rip, 0, entry));
                 note = Some(format!(
                     "{rip:#x} is not in any loaded module; the walk stops"
                 ));
@@ -148,7 +159,7 @@ impl Kernel {
             let rva = (lookup_ip - base) as u32;
             let result = match self.module_pdata(mi) {
                 Ok(table) => match pe::lookup(&table, rva) {
-                    Some(f) => self.apply_unwind(mi, f, rva, &mut regs, n == 0 && precise),
+                    Some(f) => self.apply_unwind(mi, f, rva, &mut regs, exact),
                     None => self.leaf(&mut regs),
                 },
                 // Without the module's exception table a leaf cannot be told from a framed
@@ -158,12 +169,17 @@ impl Kernel {
             let ret = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    frames.push(self.frame(n, rsp, rip, 0));
+                    frames.push(self.frame(n, rsp, rip, 0, entry));
                     note = Some(e);
                     break;
                 }
             };
-            let mut f = self.frame(n, rsp, rip, ret.0);
+            let mut f = self.frame(n, rsp, rip, ret.0, entry);
+            f.trap_frame = ret.1.and_then(|machine| {
+                let rip_at = self.nt.as_ref()?.field("_KTRAP_FRAME", "Rip").ok()?.offset;
+                Some(machine.wrapping_sub(rip_at))
+            });
+            interrupted = ret.1.is_some();
             f.args = [
                 self.stack_u64(rsp.wrapping_add(8)).unwrap_or(0),
                 self.stack_u64(rsp.wrapping_add(16)).unwrap_or(0),
@@ -171,7 +187,7 @@ impl Kernel {
                 self.stack_u64(rsp.wrapping_add(32)).unwrap_or(0),
             ];
             frames.push(f);
-            if regs.rsp() <= rsp && !ret.1 {
+            if regs.rsp() <= rsp && ret.1.is_none() {
                 note = Some(format!("stack pointer did not increase at {rsp:#x}"));
                 break;
             }
@@ -187,7 +203,7 @@ impl Kernel {
         }
     }
 
-    fn frame(&mut self, number: usize, rsp: u64, rip: u64, ret: u64) -> Frame {
+    fn frame(&mut self, number: usize, rsp: u64, rip: u64, ret: u64, regs: Regs) -> Frame {
         let parts = self.symbol_parts(rip);
         Frame {
             number,
@@ -197,6 +213,8 @@ impl Kernel {
             call_site: self.symbolize(rip),
             module: parts.map(|p| p.0),
             args: [0; 4],
+            trap_frame: None,
+            regs,
         }
     }
 
@@ -206,18 +224,18 @@ impl Kernel {
         Ok(u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])))
     }
 
-    fn leaf(&mut self, regs: &mut Regs) -> Result<(u64, bool), String> {
+    fn leaf(&mut self, regs: &mut Regs) -> Result<(u64, Option<u64>), String> {
         let rsp = regs.rsp();
         let ret = self
             .stack_u64(rsp)
             .map_err(|e| format!("return address at {rsp:#x} unreadable: {e}"))?;
         regs.gpr[4] = rsp.wrapping_add(8);
         regs.rip = ret;
-        Ok((ret, false))
+        Ok((ret, None))
     }
 
-    /// Applies the unwind codes of `func` (and its chain). Returns (return address, whether a
-    /// machine frame set RSP).
+    /// Applies the unwind codes of `func` (and its chain). Returns the return address (or the
+    /// interrupted RIP), and where the machine frame was when one set RSP.
     fn apply_unwind(
         &mut self,
         mi: usize,
@@ -225,10 +243,10 @@ impl Kernel {
         rva: u32,
         regs: &mut Regs,
         first: bool,
-    ) -> Result<(u64, bool), String> {
+    ) -> Result<(u64, Option<u64>), String> {
         let mut f = func;
         let mut primary = true;
-        let mut machine: Option<(u64, u64)> = None;
+        let mut machine: Option<(u64, u64, u64)> = None;
         let read = |k: &mut Kernel, rva: u32, len: usize| -> Result<Vec<u8>, String> {
             k.image_bytes_cached(mi, rva, len)
                 .ok_or_else(|| format!("unwind data at RVA {rva:#x} unreadable"))
@@ -315,17 +333,17 @@ impl Kernel {
                             let base = rsp.wrapping_add(if info == 1 { 8 } else { 0 });
                             let rip = rd(self, base)?;
                             let new_rsp = rd(self, base.wrapping_add(0x18))?;
-                            machine = Some((rip, new_rsp));
+                            machine = Some((rip, new_rsp, base));
                         }
                         _ => {}
                     }
                 }
                 i += slots.min(count - i).max(1);
             }
-            if let Some((rip, rsp)) = machine {
+            if let Some((rip, rsp, at)) = machine {
                 regs.rip = rip;
                 regs.gpr[4] = rsp;
-                return Ok((rip, true));
+                return Ok((rip, Some(at)));
             }
             if flags & 4 != 0 {
                 let at = unwind_rva.wrapping_add(4 + 2 * (count.div_ceil(2) * 2) as u32);
@@ -347,7 +365,7 @@ impl Kernel {
             .map_err(|e| format!("return address at {rsp:#x} unreadable: {e}"))?;
         regs.gpr[4] = rsp.wrapping_add(8);
         regs.rip = ret;
-        Ok((ret, false))
+        Ok((ret, None))
     }
 }
 

@@ -55,6 +55,29 @@ pub struct Deadlock {
     pub queued: Vec<u64>,
 }
 
+/// An exception as planted (the 0x3B scenario): where its records are and what they hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlantedException {
+    /// The thread that faulted.
+    pub thread: u64,
+    /// The CONTEXT record (the bugcheck's third parameter).
+    pub context_record: u64,
+    /// The EXCEPTION_RECORD.
+    pub exception_record: u64,
+    /// The KTRAP_FRAME the page fault's entry built.
+    pub trap_frame: u64,
+    /// The faulting instruction.
+    pub faulting_ip: u64,
+    /// RSP at the fault.
+    pub faulting_rsp: u64,
+    /// The address the instruction read (freed memory).
+    pub read: u64,
+    /// The close IRP on its way down.
+    pub irp: u64,
+    /// The file being closed.
+    pub file: u64,
+}
+
 /// A named device object as planted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamedDevice {
@@ -156,6 +179,8 @@ pub struct Facts {
     pub io: IoFacts,
     /// Driver Verifier and the thread it watches (verifier-apc).
     pub verifier: Option<super::verifier_apc::VerifierFacts>,
+    /// The exception the 0x3B scenario planted.
+    pub exception: Option<PlantedException>,
     /// Whether NBL tracking is on.
     pub nbl_tracking: bool,
     /// `N commit requests have failed`.

@@ -11,16 +11,19 @@ mod irp_double;
 mod mm;
 mod nbl_hang;
 mod pool_corruption;
+mod service_exception;
 mod stacks;
 mod verifier_apc;
 
 pub use base::MODULES;
 pub use bugcheck::write_bugcheck;
 pub use facts::{
-    Corruption, Deadlock, Facts, HeldLock, IoFacts, NamedDevice, PendedCreate, PlantedIrp,
+    Corruption, Deadlock, Facts, HeldLock, IoFacts, NamedDevice, PendedCreate, PlantedException,
+    PlantedIrp,
 };
 pub use irp_double::PULLS;
 pub use mm::MmFigures;
+pub use service_exception::WINFSP;
 pub use verifier_apc::{VERIFIED_DRIVER, VERIFIER_LEVEL, VerifierFacts};
 
 use kdnet::api::GetVersion64;
@@ -40,6 +43,7 @@ use irp_double::irp_double_complete;
 use mm::write_mm;
 use nbl_hang::nbl_hang;
 use pool_corruption::pool_corruption;
+use service_exception::service_exception;
 use stacks::{stack, user_tail, waiting};
 use verifier_apc::verifier_apc;
 
@@ -75,11 +79,14 @@ pub enum Scenario {
     /// Driver Verifier's I/O verification on a driver whose image-load notification routine
     /// reads with special kernel APCs disabled: its read's completion APC can never run.
     VerifierApc,
+    /// 0x3B SYSTEM_SERVICE_EXCEPTION: a file system's close path read through a freed
+    /// pointer (WinFsp's FspPropagateTopFlags ← FspClose ← IRP_MJ_CLOSE).
+    ServiceException,
 }
 
 impl Scenario {
     /// All scenarios.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::NblHang,
         Scenario::CommitFailures,
         Scenario::PoolCorruption,
@@ -89,6 +96,7 @@ impl Scenario {
         Scenario::IrpDoubleComplete,
         Scenario::BindfltRace,
         Scenario::VerifierApc,
+        Scenario::ServiceException,
     ];
 
     /// The name on the command line.
@@ -103,6 +111,7 @@ impl Scenario {
             Scenario::IrpDoubleComplete => "irp-double-complete",
             Scenario::BindfltRace => "bindflt-race",
             Scenario::VerifierApc => "verifier-apc",
+            Scenario::ServiceException => "service-exception",
         }
     }
 
@@ -118,7 +127,10 @@ impl Scenario {
 
     /// Whether the machine stops with a bugcheck.
     pub fn bugchecks(self) -> bool {
-        matches!(self, Scenario::Bugcheck | Scenario::IrpDoubleComplete)
+        matches!(
+            self,
+            Scenario::Bugcheck | Scenario::IrpDoubleComplete | Scenario::ServiceException
+        )
     }
 }
 
@@ -234,6 +246,15 @@ pub fn build_with_table(
         }
         Scenario::IrpDoubleComplete => {
             let (code, params) = irp_double_complete(&mut sys, &base, &mut io)?;
+            facts.bugcheck = Some((code, params));
+            facts.prints_when_hung = vec![format!(
+                "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
+                params[0], params[1], params[2], params[3]
+            )];
+        }
+        Scenario::ServiceException => {
+            let (x, code, params) = service_exception(&mut sys, &base, &mut io)?;
+            facts.exception = Some(x);
             facts.bugcheck = Some((code, params));
             facts.prints_when_hung = vec![format!(
                 "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",

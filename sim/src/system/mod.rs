@@ -43,6 +43,9 @@ pub struct Call {
     pub function: String,
     /// Offset from the function start.
     pub offset: u32,
+    /// Where the frame above an exception entry faulted: `mov rax, [reg+disp]` at the offset
+    /// (none: through RCX at 0x18).
+    pub load: Option<(crate::image::Gpr, i32)>,
 }
 
 /// `module!function+offset`.
@@ -59,6 +62,7 @@ pub fn call(spec: &str) -> Call {
         module: module.to_string(),
         function: function.to_string(),
         offset: off,
+        load: None,
     }
 }
 
@@ -406,7 +410,8 @@ mod tests {
             Call {
                 module: "tcpip".into(),
                 function: "FlPnpEvent".into(),
-                offset: 0x1c2
+                offset: 0x1c2,
+                load: None,
             }
         );
         assert_eq!(call("KiSwapContext+76").offset, 0x76);

@@ -96,8 +96,13 @@ impl System {
                     pushes: vec![],
                     alloc: self.k.off("_KSWITCH_FRAME", "Return")? as u32,
                     saves: vec![(Gpr::Rbp, self.k.off("_KSWITCH_FRAME", "Rbp")? as u32)],
+                    machine_frame: false,
                     unwind_rva: 0,
                 },
+                // An exception entry: the processor's machine frame and error code, RBP
+                // pushed, the rest of the KTRAP_FRAME allocated below (the frame's body RSP is
+                // the trap frame).
+                "KiPageFault" | "KiGeneralProtectionFault" => self.trap_entry_frame(rva, end)?,
                 _ => with_min_alloc(frame_for(function, rva, end), function),
             };
             let f = self.modules[mi].image.add_frame(frame).clone();
@@ -152,11 +157,40 @@ impl System {
     }
 }
 
+impl System {
+    /// The frame of an exception entry, laid out as the kernel's `_KTRAP_FRAME` says: RBP
+    /// pushed into its `Rbp`, the error code and machine frame above at `ErrorCode` and `Rip`.
+    fn trap_entry_frame(&self, rva: u32, end: u32) -> Result<Frame, SimError> {
+        let rbp = self.k.off("_KTRAP_FRAME", "Rbp")?;
+        let error = self.k.off("_KTRAP_FRAME", "ErrorCode")?;
+        let rip = self.k.off("_KTRAP_FRAME", "Rip")?;
+        if error != rbp + 8 || rip != rbp + 0x10 {
+            return Err(SimError::Config(format!(
+                "_KTRAP_FRAME has Rbp at {rbp:#x}, ErrorCode at {error:#x}, Rip at {rip:#x}: \
+                 not the layout an exception entry pushes"
+            )));
+        }
+        Ok(Frame {
+            rva,
+            end,
+            pushes: vec![Gpr::Rbp],
+            alloc: rbp as u32,
+            saves: vec![],
+            machine_frame: true,
+            unwind_rva: 0,
+        })
+    }
+}
+
 fn with_min_alloc(mut f: Frame, function: &str) -> Frame {
     // Frames that hold a structure in their locals get room for it.
     let min = match function {
         "ExpWaitForResource" => 0x60,
         "ExWaitForRundownProtectionReleaseCacheAware" => 0x50,
+        // The exception record and exception frame of a dispatch, the context record built
+        // from them.
+        "KiExceptionDispatch" => 0x1d8,
+        "KiDispatchException" => 0x5c0,
         _ => 0,
     };
     if f.alloc < min {

@@ -136,9 +136,29 @@ impl System {
         let mut ret_value = 0u64;
         let n = frames.len();
         for i in (0..n).rev() {
-            let (c, va, f, _) = &frames[i];
-            let rsp = ret_slot - f.size_to_return();
-            self.k.w64(ret_slot, ret_value);
+            let (c, va, f, _) = frames[i].clone();
+            let rsp = if f.machine_frame {
+                // An exception entry: the processor interrupted the frame above at
+                // `ret_value`, aligned its stack pointer down to 16 bytes and pushed the
+                // machine frame and an error code; RBP pushed and the allocation below make
+                // the KTRAP_FRAME, whose address is this frame's body RSP.
+                let interrupted = frames.get(i + 1).map(|x| x.3).ok_or_else(|| {
+                    SimError::Config(format!("{} interrupts nothing", c.function))
+                })?;
+                let aligned = interrupted & !0xf;
+                let trap = aligned - 0x30 - f.size_to_return();
+                let machine = trap + f.size_to_return() + 8;
+                self.k.w64(trap + f.size_to_return(), 0); // the error code
+                self.k.w64(machine, ret_value);
+                self.k.w64(machine + 8, 0x10);
+                self.k.w64(machine + 0x10, 0x286);
+                self.k.w64(machine + 0x18, interrupted);
+                self.k.w64(machine + 0x20, 0x18);
+                trap
+            } else {
+                self.k.w64(ret_slot, ret_value);
+                ret_slot - f.size_to_return()
+            };
             // Saved registers: recognisable values derived from the frame.
             for (j, r) in f.pushes.iter().enumerate() {
                 let at = rsp + u64::from(f.alloc) + 8 * (f.pushes.len() - 1 - j) as u64;
@@ -147,12 +167,16 @@ impl System {
             for (r, disp) in &f.saves {
                 self.k.w64(rsp + u64::from(*disp), saved_value(*r, et, rsp));
             }
-            let off = Self::clamp_offset(f, c.offset);
-            let (callva, module_index) = (*va, self.module(&c.module).unwrap_or(0));
+            let off = Self::clamp_offset(&f, c.offset);
+            let (callva, module_index) = (va, self.module(&c.module).unwrap_or(0));
             frames[i].3 = rsp;
             ret_value = callva + u64::from(off);
             let rva = (ret_value - self.modules[module_index].image.base) as u32;
-            if i > 0 {
+            if i > 0 && frames[i - 1].2.machine_frame {
+                // Interrupted here: the faulting instruction, not a call.
+                let (base, disp) = c.load.unwrap_or((Gpr::Rcx, 0x18));
+                self.modules[module_index].image.add_load(rva, base, disp);
+            } else if i > 0 {
                 // The frame below returns here, from a call to the function of that frame.
                 let callee = frames[i - 1].1;
                 self.modules[module_index].image.add_call(rva, Some(callee));
