@@ -1090,6 +1090,8 @@ fn nbl_hang_commands(f: &kdnet_sim::scenario::Facts) -> Vec<String> {
         "!handle 0 f 4".into(),
         "u nt!KiSwapThread L40".into(),
         "uf nt!KiSwapThread".into(),
+        "!ready".into(),
+        "!dpcs".into(),
     ]
 }
 

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     symbols: Option<PathBuf>,
     /// nbl-hang, commit-failures, pool-corruption, deadlock, bugcheck, healthy,
-    /// irp-double-complete, bindflt-race, verifier-apc or service-exception.
+    /// irp-double-complete, bindflt-race, verifier-apc, service-exception or dpc-watchdog.
     #[arg(long, default_value = "nbl-hang")]
     scenario: String,
     /// Processors.

@@ -503,11 +503,57 @@ pub static COMMANDS: &[Command] = &[
               an exception bugcheck (0x1E, 0x3B, 0x7E, 0x8E) the exception record decoded as \
               `.exr` shows it, the registers of the context record or trap frame the parameters \
               name (as `.cxr`/`.trap` loads them), the faulting instruction, the address it read \
-              or wrote, and the stack walked from those registers; on a machine that did not \
-              crash it says so",
+              or wrote, and the stack walked from those registers; for 0x133 the DPC routine \
+              that ran too long (the processor's active DPC, else `CurrentDpcRoutine`, else the \
+              frame KiExecuteAllDpcs called), where the clock interrupt found it, the DPC time \
+              count against the allotment, and every processor's queued DPCs; on a machine that \
+              did not crash it says so",
         syntax: crate::ext::analyze::SYNTAX, usage: None,
         examples: ["!analyze -v", "!analyze"],
         run: crate::ext::analyze::run => crate::ext::analyze::Analysis,
+    },
+    command! {
+        name: "!ready", aliases: [], id: "ready",
+        summary: "each processor's ready threads by priority, and the queue processors share",
+        doc: "the threads waiting for a processor: each processor's ready lists \
+              (`DispatcherReadyListHead`) by priority, highest first, in queue order, then the \
+              `_KSHARED_READY_QUEUE` the processors share on builds that have one; each thread \
+              with its Cid, process and state (a thread on a ready list in another state, or a \
+              list ReadySummary does not mention, is said). Every list is walked with a bound",
+        syntax: Syntax::NONE, usage: None,
+        examples: ["!ready"],
+        run: crate::ext::sched::ready => crate::ext::sched::Ready,
+    },
+    command! {
+        name: "!dpcs", aliases: [], id: "dpcs",
+        summary: "each processor's queued DPCs, normal and threaded, with their routines",
+        doc: "the DPCs queued on each processor (`DpcData[0]` normal, `DpcData[1]` threaded), in \
+              queue order: the KDPC, its routine symbolised, its context and importance, and \
+              each queue's depth and the DPCs it has run; a queue that does not hold as many as \
+              its depth says, or cannot be read whole, is said",
+        syntax: Syntax::NONE, usage: None,
+        examples: ["!dpcs"],
+        run: crate::ext::sched::dpcs => crate::ext::sched::Dpcs,
+    },
+    command! {
+        name: "!pcr", aliases: [], id: "pcr",
+        summary: "a processor's control region: its PRCB, IRQL, IDT/GDT/TSS, threads and DPC queue",
+        doc: "processor N's KPCR (the current processor's without N): where its KPRCB is, its \
+              IRQL, the IDT, GDT and TSS bases, the current, next and idle threads, and the \
+              DPCs queued on it",
+        syntax: crate::ext::sched::SYNTAX, usage: Some("!pcr [N]"),
+        examples: ["!pcr", "!pcr 1"],
+        run: crate::ext::sched::pcr => crate::ext::sched::ProcessorBlock,
+    },
+    command! {
+        name: "!prcb", aliases: [], id: "prcb",
+        summary: "a processor's control block: IRQL, threads, interrupt count and times",
+        doc: "processor N's KPRCB (the current processor's without N): its IRQL, the current, \
+              next and idle threads, the interrupt count and the DPC, interrupt, kernel and \
+              user times where the build's KPRCB has them",
+        syntax: crate::ext::sched::SYNTAX, usage: Some("!prcb [N]"),
+        examples: ["!prcb", "!prcb 2"],
+        run: crate::ext::sched::prcb => crate::ext::sched::ProcessorBlock,
     },
     command! {
         name: "!deadlock", aliases: [], id: "deadlock",

@@ -118,6 +118,10 @@ const COMMANDS: &[&str] = &[
     ".exr @rsp",
     ".frame /r 3",
     ".cxr",
+    "!ready",
+    "!dpcs",
+    "!pcr 1",
+    "!prcb 2",
 ];
 
 /// Runs every command; returns how many answered (None when the kernel could not be opened).

@@ -193,6 +193,8 @@ async fn the_service_exception_over_kdnet_on_every_build() {
                 format!(".trap {:x}", x.trap_frame),
                 "k 2".into(),
                 format!(".exr {:x}", x.exception_record),
+                "!ready".into(),
+                "!dpcs".into(),
             ]
         })
         .await
@@ -246,5 +248,69 @@ async fn the_service_exception_over_kdnet_on_every_build() {
             Some(true)
         );
         assert_eq!(r[4]["parameters"], serde_json::json!([0, x.read]));
+        // The scheduler's queues: what was queued, and nothing else.
+        let mut ready: Vec<u64> = r[5]["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|q| q["priorities"].as_array().unwrap().iter())
+            .flat_map(|p| p["threads"].as_array().unwrap().iter())
+            .map(|t| t["thread"].as_u64().unwrap())
+            .collect();
+        let mut planted: Vec<u64> = f.ready.iter().map(|r| r.0).collect();
+        ready.sort_unstable();
+        planted.sort_unstable();
+        assert_eq!(ready, planted, "{build}");
+        let mut dpcs: Vec<(u64, String)> = r[6]["dpcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["dpc"].as_u64().unwrap(),
+                    d["routine_symbol"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let mut planted: Vec<(u64, String)> = f.dpcs.iter().map(|d| (d.2, d.3.clone())).collect();
+        dpcs.sort();
+        planted.sort();
+        assert_eq!(dpcs, planted, "{build}");
+    }
+}
+
+/// 0x133 over KDNET on every build: `!analyze -v` names the DPC routine and where the clock
+/// interrupt found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dpc_watchdog_over_kdnet_on_every_build() {
+    for build in common::BUILDS {
+        let Some((f, r)) = over_kdnet(build, Scenario::DpcWatchdog, |_| {
+            vec!["!analyze -v".into(), "!dpcs".into()]
+        })
+        .await
+        else {
+            return;
+        };
+        let d = f.stuck_dpc.clone().unwrap();
+        let t = &r[0]["dpc_timeout"];
+        assert_eq!(t["routine_symbol"], d.routine, "{build}");
+        assert!(
+            t["interrupted"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}+", d.spinning)),
+            "{build}: {t}"
+        );
+        assert_eq!(r[0]["module"], "stornvme", "{build}");
+        let mut listed: Vec<u64> = r[1]["dpcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["dpc"].as_u64().unwrap())
+            .collect();
+        let mut planted: Vec<u64> = f.dpcs.iter().map(|x| x.2).collect();
+        listed.sort_unstable();
+        planted.sort_unstable();
+        assert_eq!(listed, planted, "{build}");
     }
 }

@@ -26,6 +26,9 @@ pub enum Site {
     Instruction,
     /// `mov rax, qword ptr [reg+disp]` starts here (the instruction a thread faulted on).
     Load(Gpr, i32),
+    /// `pause` starts here, then a jump back to it: a loop that never ends (where a
+    /// processor spins).
+    Spin,
 }
 
 /// One unwind operation of a prolog: (offset of the end of its instruction, operation,
@@ -73,12 +76,20 @@ fn asm(
 /// operations describing it, in prolog order.
 pub fn prolog(
     ip: u64,
+    lead: u32,
     pushes: &[Gpr],
     alloc: u32,
     saves: &[(Gpr, u32)],
 ) -> Result<(Vec<u8>, Vec<UnwindOp>), SimError> {
     let mut bytes = Vec::new();
     let mut ops = Vec::new();
+    if lead > 0 {
+        // Room the entry makes itself before its pushes (an interrupt's error-code slot).
+        bytes.extend(asm(ip, "the leading allocation", |a| {
+            a.sub(rsp, lead as i32)
+        })?);
+        ops.push((bytes.len() as u8, 2, ((lead - 8) / 8) as u8, vec![]));
+    }
     for r in pushes {
         let b = asm(ip + bytes.len() as u64, "a push", |a| a.push(reg(*r)))?;
         bytes.extend(b);
@@ -234,10 +245,11 @@ pub fn function(
     alloc: u32,
     saves: &[(Gpr, u32)],
     machine: bool,
+    lead: u32,
     sites: &[(u64, Site)],
     mut slot_for: impl FnMut(u64) -> Option<u64>,
 ) -> Result<(Vec<u8>, usize, Vec<u64>), SimError> {
-    let (mut out, _) = prolog(ip, pushes, alloc, saves)?;
+    let (mut out, _) = prolog(ip, lead, pushes, alloc, saves)?;
     let mut seed = ip ^ 0x9e37_79b9_7f4a_7c15;
     let mut skipped = Vec::new();
     // One site per place: calls returning to the same place from different callers' stacks
@@ -264,6 +276,17 @@ pub fn function(
                     continue;
                 }
                 fill(&mut out, ip, at, &mut seed)?;
+            }
+            Site::Spin => {
+                if at < here || at + 4 > end {
+                    skipped.push(at);
+                    continue;
+                }
+                fill(&mut out, ip, at, &mut seed)?;
+                out.extend(asm(at, "a spin", |a| {
+                    a.pause()?;
+                    a.jmp(at)
+                })?);
             }
             Site::Load(base, disp) => {
                 if at < here || at >= end {
@@ -343,6 +366,7 @@ mod tests {
             0x30,
             &[(Gpr::Rdi, 0x50)],
             false,
+            0,
             &sites,
             |c| (c == far).then_some(ip + 0x1f00),
         )
@@ -371,7 +395,7 @@ mod tests {
             assert!(starts.contains(&at), "{at:#x}");
         }
         // The prolog is what its unwind operations say: push, push, sub, mov.
-        let (p, ops) = prolog(ip, &[Gpr::Rbx, Gpr::Rsi], 0x30, &[(Gpr::Rdi, 0x50)]).unwrap();
+        let (p, ops) = prolog(ip, 0, &[Gpr::Rbx, Gpr::Rsi], 0x30, &[(Gpr::Rdi, 0x50)]).unwrap();
         assert_eq!(&code[..p.len()], &p[..]);
         assert_eq!(ops.len(), 4);
         assert_eq!(ops[3].0 as usize, p.len());

@@ -59,6 +59,9 @@ pub struct Frame {
     /// before the first instruction (its unwind data begins with UWOP_PUSH_MACHFRAME), and
     /// the pushes and allocation after it make the rest of a KTRAP_FRAME.
     pub machine_frame: bool,
+    /// An interrupt entry: the processor pushed no error code, so the entry makes the slot
+    /// itself (`sub rsp, 8` first; its machine frame is unwound without one).
+    pub dummy_code: bool,
     /// RVA of its UNWIND_INFO, once written.
     pub unwind_rva: u32,
 }
@@ -72,10 +75,12 @@ impl Frame {
     /// The prolog's bytes and its UNWIND_CODE slots (latest operation first, extra slots
     /// after each).
     fn prolog(&self) -> Result<(Vec<u8>, Vec<[u8; 2]>), SimError> {
-        let (bytes, mut ops) = crate::code::prolog(0, &self.pushes, self.alloc, &self.saves)?;
+        let (bytes, mut ops) =
+            crate::code::prolog(0, self.lead(), &self.pushes, self.alloc, &self.saves)?;
         if self.machine_frame {
-            // UWOP_PUSH_MACHFRAME with an error code, before any instruction.
-            ops.insert(0, (0, 10, 1, vec![]));
+            // UWOP_PUSH_MACHFRAME, with the error code the processor pushed or without,
+            // before any instruction.
+            ops.insert(0, (0, 10, u8::from(!self.dummy_code), vec![]));
         }
         let mut slots: Vec<[u8; 2]> = Vec::new();
         for (off, op, info, extra) in ops.into_iter().rev() {
@@ -85,6 +90,15 @@ impl Frame {
             }
         }
         Ok((bytes, slots))
+    }
+
+    /// Bytes the prolog allocates before its pushes (an interrupt entry's error-code slot).
+    pub fn lead(&self) -> u32 {
+        if self.machine_frame && self.dummy_code {
+            8
+        } else {
+            0
+        }
     }
 
     /// The UNWIND_INFO bytes.
@@ -132,6 +146,7 @@ pub fn frame_for(name: &str, rva: u32, end: u32) -> Frame {
         alloc,
         saves: vec![],
         machine_frame: false,
+        dummy_code: false,
         unwind_rva: 0,
     }
 }
@@ -155,6 +170,7 @@ pub fn switch_frame(rva: u32, end: u32) -> Frame {
             (Gpr::R15, 0x118),
         ],
         machine_frame: false,
+        dummy_code: false,
         unwind_rva: 0,
     }
 }
@@ -186,6 +202,8 @@ pub struct Image {
     instructions: Vec<u32>,
     /// RVAs where a 64-bit load through a register must be (a faulting instruction).
     loads: Vec<(u32, Gpr, i32)>,
+    /// RVAs where a processor spins (`pause`, then a jump back).
+    spins: Vec<u32>,
     /// Symbols defined by the simulator for modules without a table (name → (rva, size)).
     pub own_functions: BTreeMap<String, (u32, u32)>,
     next_own: u32,
@@ -226,6 +244,7 @@ impl Image {
             calls: Vec::new(),
             instructions: Vec::new(),
             loads: Vec::new(),
+            spins: Vec::new(),
             own_functions: BTreeMap::new(),
             next_own: OWN_TEXT,
             version: None,
@@ -258,6 +277,11 @@ impl Image {
     /// Records that an instruction starts at `rva`.
     pub fn add_instruction(&mut self, rva: u32) {
         self.instructions.push(rva);
+    }
+
+    /// Records that a spin loop starts at `rva` (where a processor is stuck).
+    pub fn add_spin(&mut self, rva: u32) {
+        self.spins.push(rva);
     }
 
     /// Records that `mov rax, qword ptr [base+disp]` is at `rva` (where a scenario's thread
@@ -460,6 +484,14 @@ impl Image {
                     .push((base + u64::from(*at), crate::code::Site::Load(*r, *disp)));
             }
         }
+        for at in &self.spins {
+            if let Some(f) = owner(*at).filter(|f| *at < self.frames[f].end) {
+                sites
+                    .entry(f)
+                    .or_default()
+                    .push((base + u64::from(*at), crate::code::Site::Spin));
+            }
+        }
         let mut ends: BTreeMap<u32, u32> = BTreeMap::new();
         for f in self.frames.values() {
             let ip = base + u64::from(f.rva);
@@ -471,6 +503,7 @@ impl Image {
                 f.alloc,
                 &f.saves,
                 f.machine_frame,
+                f.lead(),
                 &here,
                 |c| slots.get(&c).copied(),
             )?;

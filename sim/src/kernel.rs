@@ -580,6 +580,14 @@ impl Kernel {
         self.w64(head + 8, entry);
     }
 
+    /// Unlinks `entry` from its list.
+    pub fn list_remove(&mut self, entry: u64) {
+        let (next, prev) = (self.r64(entry), self.r64(entry + 8));
+        self.w64(prev, next);
+        self.w64(next + 8, prev);
+        self.list_init(entry);
+    }
+
     /// Writes a UNICODE_STRING at `at` whose buffer is placed at `buf`.
     pub fn unicode_string(&mut self, at: u64, buf: u64, s: &str) {
         let units: Vec<u16> = s.encode_utf16().collect();

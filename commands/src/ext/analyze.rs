@@ -234,6 +234,38 @@ pub struct Bugcheck {
     /// Whose registers the stack was walked from: `context_record`, `trap_frame` or
     /// `processor` (the stopped processor's own).
     pub stack_from: String,
+    /// For 0x133: what the processor's block and stack say of the DPC that ran too long.
+    pub dpc_timeout: Option<DpcTimeout>,
+    /// For 0x133: every processor's queued DPCs, as `!dpcs` shows them.
+    pub dpcs: Option<crate::ext::sched::Dpcs>,
+}
+
+/// A DPC watchdog timeout (0x133), as the stopped processor shows it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DpcTimeout {
+    /// `single` (one DPC or ISR past its allotment: subcode 0) or `cumulative` (DPCs at
+    /// DISPATCH_LEVEL or above past the watchdog period in all: subcode 1).
+    pub kind: String,
+    /// The processor's DpcTimeCount (ticks the DPC has run).
+    pub time_count: Option<u64>,
+    /// Its DPC time allotment (DpcTimeLimit, or DpcTimeLimitTicks where the build has that).
+    pub time_limit: Option<u64>,
+    /// The KDPC that was running, where the build keeps it (`DpcData[0].ActiveDpc`).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub dpc: Option<u64>,
+    /// The DPC routine that ran too long.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub routine: Option<u64>,
+    /// It as `module!function`.
+    pub routine_symbol: Option<String>,
+    /// Where the routine was learned: `active DPC`, `CurrentDpcRoutine` or `stack` (the frame
+    /// KiExecuteAllDpcs called); null when none says.
+    pub routine_from: Option<String>,
+    /// The frame the clock interrupt found running (the one above the interrupt's trap
+    /// frame): where the DPC was spending its time.
+    pub interrupted: Option<String>,
 }
 
 /// Registers at a fault.
@@ -322,7 +354,12 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
             live: e.kernel.mem.info().live,
         }));
     };
-    let (name, names) = describe(code);
+    let (name, mut names) = describe(code);
+    if code & !0x1000_0000 == 0x133
+        && let Some(n) = dpc_watchdog_names(p[0])
+    {
+        names = n;
+    }
     // The processor that stopped: its thread, process and stack.
     let n = e.processor;
     let ctx = e.context(n)?;
@@ -462,6 +499,20 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
         _ => None,
     });
     let processor = n;
+    let (dpc_timeout, dpcs) = if code & !0x1000_0000 == 0x133 {
+        let t = dpc_timeout(e, n, &p, &stack.frames);
+        let d = match crate::ext::sched::dpc_list(e) {
+            Ok(d) => Some(d),
+            Err(err) => {
+                e.kernel
+                    .note_incomplete(format!("the DPC queues could not be read: {err}"));
+                None
+            }
+        };
+        (Some(t), d)
+    } else {
+        (None, None)
+    };
     let fault_context = fault.map(|(kind, address, c)| FaultContext {
         kind: kind.to_string(),
         address,
@@ -501,7 +552,103 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
         faulting_instruction,
         memory_accessed,
         stack_from,
+        dpc_timeout,
+        dpcs,
     })))
+}
+
+/// What the stopped processor says of the DPC that ran too long.
+fn dpc_timeout(
+    e: &mut Engine,
+    n: u32,
+    p: &[u64; 4],
+    frames: &[kdnet_model::nt::unwind::Frame],
+) -> DpcTimeout {
+    let prcb = e
+        .kernel
+        .processors()
+        .ok()
+        .and_then(|c| c.into_iter().find(|c| c.number == n))
+        .map(|c| c.prcb);
+    let view = prcb.and_then(|a| e.kernel.view("_KPRCB", a).ok());
+    let field = |name: &str| view.as_ref().and_then(|v| v.get(name).ok());
+    let time_count = field("DpcTimeCount");
+    let time_limit = field("DpcTimeLimitTicks").or_else(|| field("DpcTimeLimit"));
+    let current = field("CurrentDpcRoutine").filter(|r| *r != 0);
+    let active = field("DpcData[0].ActiveDpc").filter(|d| *d != 0);
+    let mut from = None;
+    let mut routine = None;
+    if let Some(d) = active {
+        match e
+            .kernel
+            .view("_KDPC", d)
+            .and_then(|v| Ok(v.get("DeferredRoutine")?))
+        {
+            Ok(r) => {
+                routine = Some(r);
+                from = Some("active DPC");
+            }
+            Err(err) => e
+                .kernel
+                .note_incomplete(format!("the active DPC {d:#x} is unreadable: {err}")),
+        }
+    }
+    if routine.is_none()
+        && let Some(r) = current
+    {
+        routine = Some(r);
+        from = Some("CurrentDpcRoutine");
+    }
+    if routine.is_none()
+        && let Some(i) = frames
+            .iter()
+            .position(|f| f.call_site.starts_with("nt!KiExecuteAllDpcs+"))
+        && i > 0
+    {
+        // The frame KiExecuteAllDpcs called is the routine (its start, not the return).
+        let f = &frames[i - 1];
+        routine = e
+            .kernel
+            .function_extent(f.ip)
+            .ok()
+            .flatten()
+            .map(|x| x.base + u64::from(x.primary.begin));
+        from = routine.map(|_| "stack");
+    }
+    let interrupted = frames
+        .iter()
+        .position(|f| f.trap_frame.is_some())
+        .and_then(|i| frames.get(i + 1))
+        .map(|f| f.call_site.clone());
+    DpcTimeout {
+        kind: if p[0] == 1 { "cumulative" } else { "single" }.into(),
+        time_count,
+        time_limit,
+        dpc: active,
+        routine,
+        routine_symbol: routine.map(|r| e.kernel.symbolize(r)),
+        routine_from: from.map(str::to_string),
+        interrupted,
+    }
+}
+
+/// The parameter names of a 0x133, which depend on its subcode.
+fn dpc_watchdog_names(subcode: u64) -> Option<[&'static str; 4]> {
+    match subcode {
+        0 => Some([
+            "a single DPC or ISR exceeded its time allotment",
+            "the DPC time count (in ticks)",
+            "the DPC time allotment (in ticks)",
+            "cast to nt!DPC_WATCHDOG_GLOBAL_TRIAGE_BLOCK",
+        ]),
+        1 => Some([
+            "DPCs and ISRs at DISPATCH_LEVEL or above exceeded the watchdog period in all",
+            "the watchdog period (in ticks)",
+            "cast to nt!DPC_WATCHDOG_GLOBAL_TRIAGE_BLOCK",
+            "",
+        ]),
+        _ => None,
+    }
 }
 
 impl Render for Analysis {
@@ -608,6 +755,31 @@ debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
                 }
             ));
         }
+        if let Some(t) = &b.dpc_timeout {
+            out.push_str(&format!(
+                "\nDPC_TIMEOUT_TYPE:  {}\n",
+                if t.kind == "single" {
+                    "SINGLE_DPC_TIMEOUT_EXCEEDED"
+                } else {
+                    "DPC_QUEUE_EXECUTION_TIMEOUT_EXCEEDED"
+                }
+            ));
+            if let (Some(c), Some(l)) = (t.time_count, t.time_limit) {
+                out.push_str(&format!(
+                    "\nDPC_TIME_COUNT:  {c:x} ticks of {l:x} allowed\n"
+                ));
+            }
+            if let Some(s) = &t.routine_symbol {
+                let dpc = t.dpc.map_or(String::new(), |d| format!("KDPC {d:x}; "));
+                out.push_str(&format!(
+                    "\nDPC_ROUTINE:  {s} ({dpc}from the {})\n",
+                    t.routine_from.as_deref().unwrap_or("?")
+                ));
+            }
+            if let Some(i) = &t.interrupted {
+                out.push_str(&format!("\nINTERRUPTED_AT:  {i}\n"));
+            }
+        }
         out.push_str("\nSTACK_TEXT:  \n");
         for f in &b.frames {
             out.push_str(&format!(
@@ -638,5 +810,9 @@ debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
             out.push_str(&format!("\nMODULE_NAME: {m}\n\nIMAGE_NAME:  {i}\n"));
         }
         out.push_str(&format!("\nFAILURE_BUCKET_ID:  {}\n", b.failure_bucket));
+        if let Some(d) = &b.dpcs {
+            out.push_str("\nQUEUED_DPCS:\n");
+            d.render(out);
+        }
     }
 }

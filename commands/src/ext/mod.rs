@@ -19,6 +19,7 @@ pub mod locks;
 pub mod ndis;
 pub mod objects;
 pub mod pool;
+pub mod sched;
 pub mod threads;
 pub mod verifier;
 pub mod vm;

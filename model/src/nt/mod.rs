@@ -14,6 +14,7 @@ pub mod physical;
 pub mod pool;
 pub mod procs;
 pub mod records;
+pub mod sched;
 mod symbols;
 pub mod threads;
 pub mod unwind;

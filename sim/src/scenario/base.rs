@@ -45,6 +45,10 @@ pub(super) struct Base {
     pub(super) user_procs: Vec<usize>,
     pub(super) vmcompute: usize,
     pub(super) containerd: usize,
+    /// Threads on ready queues: (ETHREAD, processor or None for the shared queue, priority).
+    pub(super) ready: Vec<(u64, Option<u32>, u8)>,
+    /// Queued DPCs: (processor, threaded, KDPC, routine).
+    pub(super) dpcs: Vec<(u32, bool, u64, String)>,
 }
 
 /// The base system: every module, the Idle, System and user processes, processors, idle
@@ -65,6 +69,7 @@ pub(super) fn base_system(
     let cpus = config.cpus.max(1);
     let queue = system_threads(&mut sys, system, cpus)?;
     user_threads(&mut sys, &user_procs, cpus)?;
+    let (ready, dpcs) = scheduler_queues(&mut sys, &user_procs, cpus)?;
     background_pool(&mut sys)?;
     let (paged_out, transition, swapped) = not_resident(&mut sys, &user_procs)?;
     global_resources(&mut sys)?;
@@ -80,8 +85,68 @@ pub(super) fn base_system(
             user_procs,
             vmcompute,
             containerd,
+            ready,
+            dpcs,
         },
     ))
+}
+
+/// What is waiting for a processor: threads whose waits were satisfied, ready to run at their
+/// priorities (two on processor 1 at one priority, one on processor 2, one in the shared queue
+/// where the build has one), and DPCs queued (normal ones on processors 0 and 2, a threaded one
+/// on processor 3).
+#[allow(clippy::type_complexity)]
+fn scheduler_queues(
+    sys: &mut System,
+    user_procs: &[usize],
+    cpus: u16,
+) -> Result<(Vec<(u64, Option<u32>, u8)>, Vec<(u32, bool, u64, String)>), SimError> {
+    let last = cpus.saturating_sub(1);
+    let svchost = user_procs[5];
+    let containerd = *user_procs.last().unwrap_or(&svchost);
+    let mut ready = Vec::new();
+    let plan: [(usize, u16, u8, bool); 4] = [
+        (svchost, 1, 9, false),
+        (svchost, 1, 9, false),
+        (containerd, 2, 13, false),
+        (containerd, 3, 8, true),
+    ];
+    for (process, cpu, priority, shared) in plan {
+        // Without a shared queue (7601), on the processor's own (the same threads on every
+        // build, so that thread ids agree).
+        let shared = shared && sys.shared_ready_queue.is_some();
+        let cpu = cpu.min(last);
+        let mut calls = waiting(&[
+            "nt!KeWaitForSingleObject+0x233",
+            "nt!NtWaitForSingleObject+0x118",
+        ]);
+        calls.extend(stack(&user_tail()));
+        let t = sys.new_thread(
+            process,
+            "nt!KiStartSystemThread",
+            &calls,
+            ThreadState::Ready,
+            cpu,
+        )?;
+        sys.make_ready(t, priority, shared)?;
+        let et = sys.threads[t].ethread;
+        ready.push((et, (!shared).then_some(u32::from(cpu)), priority));
+    }
+    let mut dpcs = Vec::new();
+    for (cpu, threaded, routine) in [
+        (0u16, false, "myeth1g!MyEthDpcForIsr"),
+        (0, false, "nt!KiTimerExpirationDpc"),
+        (2, false, "tcpip!TcpPeriodicTimeoutHandler"),
+        (3, true, "netvsc!NvscThreadedDpc"),
+    ] {
+        let cpu = cpu.min(last);
+        let context = sys
+            .pool
+            .alloc(&mut sys.k, PoolKind::NonPaged, 0x40, tag("DpcC"))?;
+        let dpc = sys.queue_dpc(usize::from(cpu), threaded, routine, context)?;
+        dpcs.push((u32::from(cpu), threaded, dpc, routine.to_string()));
+    }
+    Ok((ready, dpcs))
 }
 
 /// The user-mode processes (smss and its descendants); returns them all, and vmcompute and

@@ -78,6 +78,23 @@ pub struct PlantedException {
     pub file: u64,
 }
 
+/// The DPC that ran too long (the 0x133 scenario).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StuckDpc {
+    /// The processor it ran on.
+    pub processor: u32,
+    /// Its KDPC.
+    pub dpc: u64,
+    /// Its routine (`module!function`).
+    pub routine: String,
+    /// The function spinning inside it (`module!function`).
+    pub spinning: String,
+    /// Where the clock interrupt found it.
+    pub spin_ip: u64,
+    /// The clock interrupt's trap frame.
+    pub trap_frame: u64,
+}
+
 /// A named device object as planted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamedDevice {
@@ -181,6 +198,13 @@ pub struct Facts {
     pub verifier: Option<super::verifier_apc::VerifierFacts>,
     /// The exception the 0x3B scenario planted.
     pub exception: Option<PlantedException>,
+    /// The DPC that ran too long (0x133).
+    pub stuck_dpc: Option<StuckDpc>,
+    /// Threads on ready queues: (ETHREAD, processor, or None for the shared ready queue,
+    /// priority), in queue order.
+    pub ready: Vec<(u64, Option<u32>, u8)>,
+    /// Queued DPCs: (processor, threaded, KDPC, routine as `module!function`), in queue order.
+    pub dpcs: Vec<(u32, bool, u64, String)>,
     /// Whether NBL tracking is on.
     pub nbl_tracking: bool,
     /// `N commit requests have failed`.

@@ -4,6 +4,7 @@ mod base;
 mod bindflt_race;
 mod bugcheck;
 mod deadlock;
+mod dpc_watchdog;
 mod facts;
 mod healthy;
 mod io_base;
@@ -19,7 +20,7 @@ pub use base::MODULES;
 pub use bugcheck::write_bugcheck;
 pub use facts::{
     Corruption, Deadlock, Facts, HeldLock, IoFacts, NamedDevice, PendedCreate, PlantedException,
-    PlantedIrp,
+    PlantedIrp, StuckDpc,
 };
 pub use irp_double::PULLS;
 pub use mm::MmFigures;
@@ -37,6 +38,7 @@ use base::base_system;
 use bindflt_race::bindflt_race;
 use bugcheck::bugcheck;
 use deadlock::deadlock;
+use dpc_watchdog::dpc_watchdog;
 use healthy::healthy;
 use io_base::io_base;
 use irp_double::irp_double_complete;
@@ -82,11 +84,14 @@ pub enum Scenario {
     /// 0x3B SYSTEM_SERVICE_EXCEPTION: a file system's close path read through a freed
     /// pointer (WinFsp's FspPropagateTopFlags ← FspClose ← IRP_MJ_CLOSE).
     ServiceException,
+    /// 0x133 DPC_WATCHDOG_VIOLATION: a storage miniport's DPC spinning past its time allotment
+    /// on processor 0.
+    DpcWatchdog,
 }
 
 impl Scenario {
     /// All scenarios.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::NblHang,
         Scenario::CommitFailures,
         Scenario::PoolCorruption,
@@ -97,6 +102,7 @@ impl Scenario {
         Scenario::BindfltRace,
         Scenario::VerifierApc,
         Scenario::ServiceException,
+        Scenario::DpcWatchdog,
     ];
 
     /// The name on the command line.
@@ -112,6 +118,7 @@ impl Scenario {
             Scenario::BindfltRace => "bindflt-race",
             Scenario::VerifierApc => "verifier-apc",
             Scenario::ServiceException => "service-exception",
+            Scenario::DpcWatchdog => "dpc-watchdog",
         }
     }
 
@@ -129,7 +136,10 @@ impl Scenario {
     pub fn bugchecks(self) -> bool {
         matches!(
             self,
-            Scenario::Bugcheck | Scenario::IrpDoubleComplete | Scenario::ServiceException
+            Scenario::Bugcheck
+                | Scenario::IrpDoubleComplete
+                | Scenario::ServiceException
+                | Scenario::DpcWatchdog
         )
     }
 }
@@ -261,6 +271,15 @@ pub fn build_with_table(
                 params[0], params[1], params[2], params[3]
             )];
         }
+        Scenario::DpcWatchdog => {
+            let (d, code, params) = dpc_watchdog(&mut sys, &base)?;
+            facts.stuck_dpc = Some(d);
+            facts.bugcheck = Some((code, params));
+            facts.prints_when_hung = vec![format!(
+                "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
+                params[0], params[1], params[2], params[3]
+            )];
+        }
         Scenario::BindfltRace => {
             bindflt_race(&mut sys, &base, &mut io, &mut facts)?;
             facts.heartbeat =
@@ -279,6 +298,8 @@ pub fn build_with_table(
     }
     io_base::extra_irps(&mut sys, &mut io, config.irps.min(MAX_EXTRA_IRPS))?;
     let _ = base.worker_queue;
+    facts.ready = base.ready.clone();
+    facts.dpcs = base.dpcs.clone();
     io.facts.nic_state = if config.scenario == Scenario::NblHang {
         "DeviceNodeQueryRemoved".into()
     } else {

@@ -10,7 +10,9 @@ use crate::SimError;
 use crate::image::Gpr;
 use crate::kernel::Region;
 use crate::mem::PAGE;
-use crate::system::{Call, DeviceSpec, IrpLocation, IrpSpec, System, ThreadState, call};
+use crate::system::{
+    Call, DeviceSpec, Interrupted, IrpLocation, IrpSpec, System, ThreadState, call,
+};
 
 use super::base::Base;
 use super::facts::{NamedDevice, PlantedException, PlantedIrp};
@@ -35,7 +37,7 @@ fn crash_stack(sys: &System) -> Vec<Call> {
         "nt!ObpCloseHandleTableEntry+0x29c"
     };
     let mut faulting = call("winfsp_x64!FspPropagateTopFlags+0x1a");
-    faulting.load = Some((Gpr::Rcx, READ_AT));
+    faulting.interrupted = Some(Interrupted::Load(Gpr::Rcx, READ_AT));
     let mut calls: Vec<Call> = [
         "nt!KeBugCheckEx+0x0",
         "nt!KiBugCheckDispatch+0x69",

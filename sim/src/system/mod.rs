@@ -43,9 +43,18 @@ pub struct Call {
     pub function: String,
     /// Offset from the function start.
     pub offset: u32,
-    /// Where the frame above an exception entry faulted: `mov rax, [reg+disp]` at the offset
-    /// (none: through RCX at 0x18).
-    pub load: Option<(crate::image::Gpr, i32)>,
+    /// What the frame above an exception or interrupt entry was doing there (none: an
+    /// ordinary instruction).
+    pub interrupted: Option<Interrupted>,
+}
+
+/// The instruction an exception or interrupt entry interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// `mov rax, qword ptr [reg+disp]` (a read that faulted).
+    Load(crate::image::Gpr, i32),
+    /// `pause` in a loop that jumps back to it (a processor stuck spinning).
+    Spin,
 }
 
 /// `module!function+offset`.
@@ -62,7 +71,7 @@ pub fn call(spec: &str) -> Call {
         module: module.to_string(),
         function: function.to_string(),
         offset: off,
-        load: None,
+        interrupted: None,
     }
 }
 
@@ -175,6 +184,8 @@ pub struct CpuRec {
     pub kpcr: u64,
     /// KPRCB address.
     pub prcb: u64,
+    /// Its GDT (the IDT is the page after, the TSS the page after that).
+    pub tables: u64,
     /// Its idle thread index.
     pub idle: usize,
     /// The thread running on it.
@@ -217,6 +228,8 @@ pub struct System {
     pub commit: Vec<(usize, u64)>,
     /// Booted without a kernel debugger: the debugger data block is encoded (9200+).
     pub booted_nodebug: bool,
+    /// The ready queue the processors share (builds that have one).
+    pub shared_ready_queue: Option<u64>,
     /// The object manager: types, directories.
     pub ob: Objects,
 }
@@ -309,6 +322,7 @@ impl System {
             cid_spacing: 4,
             commit: Vec::new(),
             booted_nodebug: false,
+            shared_ready_queue: None,
             ob: Objects::default(),
         };
         s.init_globals(cpus)?;
@@ -411,7 +425,7 @@ mod tests {
                 module: "tcpip".into(),
                 function: "FlPnpEvent".into(),
                 offset: 0x1c2,
-                load: None,
+                interrupted: None,
             }
         );
         assert_eq!(call("KiSwapContext+76").offset, 0x76);

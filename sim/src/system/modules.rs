@@ -97,12 +97,20 @@ impl System {
                     alloc: self.k.off("_KSWITCH_FRAME", "Return")? as u32,
                     saves: vec![(Gpr::Rbp, self.k.off("_KSWITCH_FRAME", "Rbp")? as u32)],
                     machine_frame: false,
+                    dummy_code: false,
                     unwind_rva: 0,
                 },
                 // An exception entry: the processor's machine frame and error code, RBP
                 // pushed, the rest of the KTRAP_FRAME allocated below (the frame's body RSP is
                 // the trap frame).
-                "KiPageFault" | "KiGeneralProtectionFault" => self.trap_entry_frame(rva, end)?,
+                "KiPageFault" | "KiGeneralProtectionFault" => {
+                    self.trap_entry_frame(rva, end, false)?
+                }
+                // Interrupt entries: no error code from the processor.
+                "KiInterruptDispatchNoLockNoEtw"
+                | "KiInterruptDispatchNoLock"
+                | "KiInterruptDispatch"
+                | "KiDpcInterrupt" => self.trap_entry_frame(rva, end, true)?,
                 _ => with_min_alloc(frame_for(function, rva, end), function),
             };
             let f = self.modules[mi].image.add_frame(frame).clone();
@@ -160,7 +168,7 @@ impl System {
 impl System {
     /// The frame of an exception entry, laid out as the kernel's `_KTRAP_FRAME` says: RBP
     /// pushed into its `Rbp`, the error code and machine frame above at `ErrorCode` and `Rip`.
-    fn trap_entry_frame(&self, rva: u32, end: u32) -> Result<Frame, SimError> {
+    fn trap_entry_frame(&self, rva: u32, end: u32, interrupt: bool) -> Result<Frame, SimError> {
         let rbp = self.k.off("_KTRAP_FRAME", "Rbp")?;
         let error = self.k.off("_KTRAP_FRAME", "ErrorCode")?;
         let rip = self.k.off("_KTRAP_FRAME", "Rip")?;
@@ -177,6 +185,7 @@ impl System {
             alloc: rbp as u32,
             saves: vec![],
             machine_frame: true,
+            dummy_code: interrupt,
             unwind_rva: 0,
         })
     }

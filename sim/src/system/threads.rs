@@ -8,7 +8,7 @@ use crate::kernel::Region;
 use crate::mem::PAGE;
 use crate::pool::{PoolKind, tag};
 
-use super::{Call, System, TICKS_PER_SECOND, ThreadRec, ThreadState, call};
+use super::{Call, Interrupted, System, TICKS_PER_SECOND, ThreadRec, ThreadState, call};
 
 /// A frame as laid out: the call, its function's address, its unwind data, its body RSP.
 type LaidFrame = (Call, u64, Frame, u64);
@@ -174,8 +174,12 @@ impl System {
             let rva = (ret_value - self.modules[module_index].image.base) as u32;
             if i > 0 && frames[i - 1].2.machine_frame {
                 // Interrupted here: the faulting instruction, not a call.
-                let (base, disp) = c.load.unwrap_or((Gpr::Rcx, 0x18));
-                self.modules[module_index].image.add_load(rva, base, disp);
+                let image = &mut self.modules[module_index].image;
+                match c.interrupted {
+                    Some(Interrupted::Load(base, disp)) => image.add_load(rva, base, disp),
+                    Some(Interrupted::Spin) => image.add_spin(rva),
+                    None => image.add_instruction(rva),
+                }
             } else if i > 0 {
                 // The frame below returns here, from a call to the function of that frame.
                 let callee = frames[i - 1].1;
