@@ -528,10 +528,14 @@ finished"
             && let Some(letters) = verb.strip_prefix('k')
             && letters.chars().all(|c| "bpcfvnL".contains(c))
         {
-            let layout = ['b', 'p', 'c', 'f', 'v']
+            let mut layout = ['b', 'p', 'c', 'f', 'v']
                 .into_iter()
                 .filter(|c| letters.contains(*c))
                 .collect::<Vec<_>>();
+            // `kbv`, `kpv`: `v` shows what `b` and `p` do and more.
+            if layout.contains(&'v') {
+                layout.retain(|c| !matches!(c, 'b' | 'p'));
+            }
             if layout.len() <= 1 {
                 let canonical = layout.first().map_or("k".to_string(), |c| format!("k{c}"));
                 return crate::registry::run(self, &canonical, args);

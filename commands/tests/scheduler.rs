@@ -171,6 +171,22 @@ fn broken_queues_are_bounded_and_said() {
     assert!(o.ok(), "{:?}", o.error);
     assert!(!o.complete);
     assert!(o.text.contains("loops back"), "{}", o.text);
+
+    // A queue cut short (the first DPC's link emptied): it ends before its LastEntry.
+    let Some((k, _)) = sim_kernel_with(build, Scenario::Deadlock, |m| {
+        use kdnet::machine::target::TargetHandler;
+        let f = m.facts().clone();
+        let k = &m.system().k;
+        let first = f.dpcs[0].2 + k.off("_KDPC", "DpcListEntry").unwrap();
+        m.write_virtual(0, first, &0u64.to_le_bytes());
+    }) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let o = e.run("!dpcs");
+    assert!(o.ok(), "{:?}", o.error);
+    assert!(!o.complete, "a short queue is not whole");
+    assert!(o.text.contains("LastEntry"), "{}", o.text);
 }
 
 /// 0x133 on every build: the analysis names the DPC routine (from the processor's active DPC
@@ -235,5 +251,15 @@ fn the_dpc_watchdog_on_every_build() {
         assert_eq!(u["instructions"][1]["target"].as_u64(), Some(d.spin_ip));
         // Processor 0 is in a DPC at DISPATCH_LEVEL.
         assert_eq!(run(&mut e, "!pcr 0")["irql"], 2);
+        // The analysis works from the processor's own registers whatever `.trap` set.
+        let again = run(&mut e, "!analyze -v");
+        assert!(
+            again["frames"][0]["call_site"]
+                .as_str()
+                .unwrap()
+                .starts_with("nt!KeBugCheckEx"),
+            "{build}"
+        );
+        assert_eq!(again["stack_from"], "processor");
     }
 }

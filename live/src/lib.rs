@@ -92,18 +92,15 @@ impl Target for LiveTarget {
         let mut i = self.info.clone();
         let state = self.host.state();
         i.last_event = state.stop.as_ref().map(describe);
-        i.last_exception =
-            state
-                .stop
-                .as_ref()
-                .and_then(|sc| sc.exception())
-                .map(|x| ExceptionRecord {
-                    code: x.code,
-                    flags: x.flags,
-                    chained: x.record,
-                    address: x.address,
-                    parameters: x.parameters.clone(),
-                });
+        i.last_exception = state.stop.as_ref().and_then(|sc| sc.exception()).map(|x| {
+            Ok(ExceptionRecord {
+                code: x.code,
+                flags: x.flags,
+                chained: x.record,
+                address: x.address,
+                parameters: x.parameters.clone(),
+            })
+        });
         i
     }
 

@@ -145,8 +145,9 @@ pub struct TargetInfo {
     /// (first chance) on processor 0`), when the target knows (live sessions).
     pub last_event: Option<String>,
     /// The exception the target last reported (`.exr -1`): the state change's on a live
-    /// target, the dump header's in a dump; none when the target reported none.
-    pub last_exception: Option<crate::nt::records::ExceptionRecord>,
+    /// target, the dump header's in a dump (an error when that record is damaged); none when
+    /// the target reported none.
+    pub last_exception: Option<Result<crate::nt::records::ExceptionRecord, String>>,
     /// A description for headers (`KDNET 127.0.0.1:51000`, `triage dump foo.dmp`).
     pub description: String,
 }

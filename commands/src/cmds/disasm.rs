@@ -399,7 +399,10 @@ pub(crate) fn memory_access(
     let insn = insns.first()?;
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(insn);
-    let m = info.used_memory().first()?;
+    let m = info
+        .used_memory()
+        .iter()
+        .find(|m| !matches!(m.access(), OpAccess::NoMemAccess))?;
     let write = matches!(
         m.access(),
         OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite

@@ -166,6 +166,8 @@ const EXCEPTION_NAMES: &[(u32, &str)] = &[
 
 /// Fast-fail codes (the first parameter of 0xc0000409).
 const FAST_FAIL: &[(u64, &str)] = &[
+    (0, "FAST_FAIL_LEGACY_GS_VIOLATION"),
+    (1, "FAST_FAIL_VTGUARD_CHECK_FAILURE"),
     (2, "FAST_FAIL_STACK_COOKIE_CHECK_FAILURE"),
     (3, "FAST_FAIL_CORRUPT_LIST_ENTRY"),
     (4, "FAST_FAIL_INCORRECT_STACK"),
@@ -173,10 +175,21 @@ const FAST_FAIL: &[(u64, &str)] = &[
     (6, "FAST_FAIL_GS_COOKIE_INIT"),
     (7, "FAST_FAIL_FATAL_APP_EXIT"),
     (8, "FAST_FAIL_RANGE_CHECK_FAILURE"),
+    (9, "FAST_FAIL_UNSAFE_REGISTRY_ACCESS"),
     (10, "FAST_FAIL_GUARD_ICALL_CHECK_FAILURE"),
-    (14, "FAST_FAIL_INVALID_BUFFER_ACCESS"),
-    (18, "FAST_FAIL_INVALID_REFERENCE_COUNT"),
-    (37, "FAST_FAIL_INVALID_IMAGE_BASE"),
+    (11, "FAST_FAIL_GUARD_WRITE_CHECK_FAILURE"),
+    (12, "FAST_FAIL_INVALID_FIBER_SWITCH"),
+    (13, "FAST_FAIL_INVALID_SET_OF_CONTEXT"),
+    (14, "FAST_FAIL_INVALID_REFERENCE_COUNT"),
+    (18, "FAST_FAIL_INVALID_JUMP_BUFFER"),
+    (19, "FAST_FAIL_MRDATA_MODIFIED"),
+    (21, "FAST_FAIL_INVALID_EXCEPTION_CHAIN"),
+    (24, "FAST_FAIL_INVALID_IMAGE_BASE"),
+    (28, "FAST_FAIL_INVALID_BUFFER_ACCESS"),
+    (29, "FAST_FAIL_INVALID_BALANCED_TREE"),
+    (32, "FAST_FAIL_APCS_DISABLED"),
+    (37, "FAST_FAIL_GUARD_JUMPTABLE"),
+    (38, "FAST_FAIL_INVALID_LONGJUMP_TARGET"),
 ];
 
 /// The name of an exception code (empty when it has none here).
@@ -281,6 +294,7 @@ pub(crate) fn exr(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Exception
                 None => "the target has reported no exception".into(),
             }));
         };
+        let r = r.map_err(CmdError::Failed)?;
         return Ok(exception(e, None, &r));
     }
     let at = e.eval(word)?;
@@ -444,6 +458,22 @@ mod tests {
             exception_meaning(&r).unwrap(),
             "Subcode: 0x2 FAST_FAIL_STACK_COOKIE_CHECK_FAILURE"
         );
+        // winnt.h's numbers.
+        for (code, name) in [
+            (3, "FAST_FAIL_CORRUPT_LIST_ENTRY"),
+            (14, "FAST_FAIL_INVALID_REFERENCE_COUNT"),
+            (18, "FAST_FAIL_INVALID_JUMP_BUFFER"),
+            (28, "FAST_FAIL_INVALID_BUFFER_ACCESS"),
+            (37, "FAST_FAIL_GUARD_JUMPTABLE"),
+        ] {
+            r.parameters = vec![code];
+            assert_eq!(
+                exception_meaning(&r).unwrap(),
+                format!("Subcode: {code:#x} {name}")
+            );
+        }
+        r.parameters = vec![0x77];
+        assert_eq!(exception_meaning(&r).unwrap(), "Subcode: 0x77");
         assert_eq!(exception_name(0x8000_0003), "Break instruction exception");
         assert_eq!(
             padded_offset("amdppm!WriteIoMemRawEx+0x70"),

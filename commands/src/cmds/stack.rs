@@ -21,7 +21,7 @@ pub(crate) const SYNTAX: Syntax = Syntax::params(&[Param {
 }]);
 
 /// The usage line.
-pub(crate) const USAGE: &str = "k[b|p|c|f][n][L] [= BasePtr StackPtr InstructionPtr] [COUNT]";
+pub(crate) const USAGE: &str = "k[b|p|v|c|f][n][L] [= BasePtr StackPtr InstructionPtr] [COUNT]";
 
 /// `k`'s arguments: where to start (`= rbp rsp rip`), and how many frames.
 fn request(text: &str) -> Result<(Option<[&str; 3]>, Option<&str>), CmdError> {

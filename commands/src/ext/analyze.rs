@@ -244,17 +244,21 @@ pub struct Bugcheck {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct DpcTimeout {
     /// `single` (one DPC or ISR past its allotment: subcode 0) or `cumulative` (DPCs at
-    /// DISPATCH_LEVEL or above past the watchdog period in all: subcode 1).
+    /// DISPATCH_LEVEL or above past the watchdog period in all: subcode 1), or `unknown
+    /// subcode`.
     pub kind: String,
-    /// The processor's DpcTimeCount (ticks the DPC has run).
+    /// Ticks run: the DPC's (parameter 2) for `single`, the processor's DpcWatchdogCount for
+    /// `cumulative`.
     pub time_count: Option<u64>,
-    /// Its DPC time allotment (DpcTimeLimit, or DpcTimeLimitTicks where the build has that).
+    /// Ticks allowed: the DPC time allotment (parameter 3) for `single`, the watchdog period
+    /// (parameter 2) for `cumulative`.
     pub time_limit: Option<u64>,
     /// The KDPC that was running, where the build keeps it (`DpcData[0].ActiveDpc`).
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "Option<crate::hex::Hex>")]
     pub dpc: Option<u64>,
-    /// The DPC routine that ran too long.
+    /// The DPC routine running when the watchdog fired (for `single`, the one that ran too
+    /// long).
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "Option<crate::hex::Hex>")]
     pub routine: Option<u64>,
@@ -362,7 +366,9 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
     }
     // The processor that stopped: its thread, process and stack.
     let n = e.processor;
-    let ctx = e.context(n)?;
+    // The processor's own registers: the analysis works from the default scope, whatever
+    // `.cxr`/`.trap` set.
+    let ctx = e.kernel.context(n)?;
     let thread = match e.kernel.processors() {
         Ok(cpus) => match cpus.into_iter().find(|c| c.number == n) {
             Some(c) => match e.kernel.thread(c.current) {
@@ -489,7 +495,9 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
             from: "exception record".into(),
         })
     });
+    let touches_memory = matches!(p[0] as u32, 0xc000_0005 | 0xc000_0006);
     let memory_accessed = recorded.or_else(|| match (&fault, faulting_ip) {
+        _ if !touches_memory => None,
         (Some((_, _, c)), Some(ip)) if c.reg(kdnet_arch::Reg::Rip) == ip => memory_access(e, ip, c)
             .map(|(address, write)| MemoryAccess {
                 address,
@@ -564,16 +572,35 @@ fn dpc_timeout(
     p: &[u64; 4],
     frames: &[kdnet_model::nt::unwind::Frame],
 ) -> DpcTimeout {
-    let prcb = e
-        .kernel
-        .processors()
-        .ok()
-        .and_then(|c| c.into_iter().find(|c| c.number == n))
-        .map(|c| c.prcb);
-    let view = prcb.and_then(|a| e.kernel.view("_KPRCB", a).ok());
+    let prcb = match e.kernel.processors() {
+        Ok(c) => c.into_iter().find(|c| c.number == n).map(|c| c.prcb),
+        Err(err) => {
+            if !err.is_layout() {
+                e.kernel
+                    .note_incomplete(format!("the processors are unreadable: {err}"));
+            }
+            None
+        }
+    };
+    let view = match prcb.map(|a| e.kernel.view("_KPRCB", a)) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(err)) => {
+            if !err.is_layout() {
+                e.kernel
+                    .note_incomplete(format!("processor {n}'s KPRCB is unreadable: {err}"));
+            }
+            None
+        }
+        None => None,
+    };
     let field = |name: &str| view.as_ref().and_then(|v| v.get(name).ok());
-    let time_count = field("DpcTimeCount");
-    let time_limit = field("DpcTimeLimitTicks").or_else(|| field("DpcTimeLimit"));
+    // What the kernel compared: the parameters (the block's own counters are only what they
+    // are now).
+    let (time_count, time_limit) = match p[0] {
+        0 => (Some(p[1]), Some(p[2])),
+        1 => (field("DpcWatchdogCount"), Some(p[1])),
+        _ => (None, None),
+    };
     let current = field("CurrentDpcRoutine").filter(|r| *r != 0);
     let active = field("DpcData[0].ActiveDpc").filter(|d| *d != 0);
     let mut from = None;
@@ -605,15 +632,21 @@ fn dpc_timeout(
             .position(|f| f.call_site.starts_with("nt!KiExecuteAllDpcs+"))
         && i > 0
     {
-        // The frame KiExecuteAllDpcs called is the routine (its start, not the return).
+        // The frame KiExecuteAllDpcs called is the routine (its start: the function holding
+        // the instruction before the return address there).
         let f = &frames[i - 1];
-        routine = e
-            .kernel
-            .function_extent(f.ip)
-            .ok()
-            .flatten()
-            .map(|x| x.base + u64::from(x.primary.begin));
-        from = routine.map(|_| "stack");
+        let exact = i == 1 || frames[i - 2].trap_frame.is_some();
+        let at = if exact { f.ip } else { f.ip.wrapping_sub(1) };
+        match e.kernel.function_extent(at) {
+            Ok(Some(x)) => {
+                routine = Some(x.base + u64::from(x.primary.begin));
+                from = Some("stack");
+            }
+            Ok(None) => {}
+            Err(why) => e
+                .kernel
+                .note_incomplete(format!("the DPC routine's unwind data: {why}")),
+        }
     }
     let interrupted = frames
         .iter()
@@ -621,7 +654,12 @@ fn dpc_timeout(
         .and_then(|i| frames.get(i + 1))
         .map(|f| f.call_site.clone());
     DpcTimeout {
-        kind: if p[0] == 1 { "cumulative" } else { "single" }.into(),
+        kind: match p[0] {
+            0 => "single",
+            1 => "cumulative",
+            _ => "unknown subcode",
+        }
+        .into(),
         time_count,
         time_limit,
         dpc: active,
@@ -718,9 +756,15 @@ debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
                 Some(at) => {
                     out.push_str(&format!("\nEXCEPTION_RECORD:  {at:x} -- (.exr {at:#x})\n"))
                 }
-                None => out.push_str("\nEXCEPTION_RECORD:  (from the bugcheck's parameters)\n"),
+                None => {
+                    for (i, v) in x.parameters.iter().enumerate() {
+                        out.push_str(&format!("\nEXCEPTION_PARAMETER{}:  {v:016x}\n", i + 1));
+                    }
+                }
             }
-            x.render_record(out);
+            if x.record.is_some() {
+                x.render_record(out);
+            }
         }
         if let Some(name) = &b.process_name {
             out.push_str(&format!("\nPROCESS_NAME:  {name}\n"));
@@ -756,23 +800,30 @@ debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
             ));
         }
         if let Some(t) = &b.dpc_timeout {
+            let single = t.kind == "single";
             out.push_str(&format!(
                 "\nDPC_TIMEOUT_TYPE:  {}\n",
-                if t.kind == "single" {
-                    "SINGLE_DPC_TIMEOUT_EXCEEDED"
-                } else {
-                    "DPC_QUEUE_EXECUTION_TIMEOUT_EXCEEDED"
+                match t.kind.as_str() {
+                    "single" => "SINGLE_DPC_TIMEOUT_EXCEEDED",
+                    "cumulative" => "DPC_QUEUE_EXECUTION_TIMEOUT_EXCEEDED",
+                    other => other,
                 }
             ));
             if let (Some(c), Some(l)) = (t.time_count, t.time_limit) {
                 out.push_str(&format!(
-                    "\nDPC_TIME_COUNT:  {c:x} ticks of {l:x} allowed\n"
+                    "\n{}:  {c:x} ticks of {l:x} allowed\n",
+                    if single {
+                        "DPC_TIME_COUNT"
+                    } else {
+                        "DPC_WATCHDOG_COUNT"
+                    }
                 ));
             }
             if let Some(s) = &t.routine_symbol {
                 let dpc = t.dpc.map_or(String::new(), |d| format!("KDPC {d:x}; "));
                 out.push_str(&format!(
-                    "\nDPC_ROUTINE:  {s} ({dpc}from the {})\n",
+                    "\n{}:  {s} ({dpc}from the {})\n",
+                    if single { "DPC_ROUTINE" } else { "DPC_RUNNING" },
                     t.routine_from.as_deref().unwrap_or("?")
                 ));
             }

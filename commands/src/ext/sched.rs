@@ -107,7 +107,16 @@ pub(crate) fn ready(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<Ready,
 fn ready_thread(e: &mut Engine, t: u64) -> ReadyThread {
     match e.kernel.thread(t) {
         Ok(th) => {
-            let process = e.kernel.process(th.process).ok().map(|p| p.name);
+            let process = match e.kernel.process(th.process) {
+                Ok(p) => Some(p.name),
+                Err(err) => {
+                    e.kernel.note_incomplete(format!(
+                        "the process of ready thread {t:#x} ({:#x}) is unreadable: {err}",
+                        th.process
+                    ));
+                    None
+                }
+            };
             ReadyThread {
                 thread: t,
                 pid: Some(th.pid),

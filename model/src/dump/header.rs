@@ -58,14 +58,17 @@ pub(super) fn header_info(h: &[u8]) -> TargetInfo {
 }
 
 /// The exception record the header keeps (DUMP_HEADER64.Exception at 0xF00), unless it holds
-/// the header's filler or no code.
-fn header_exception(h: &[u8]) -> Option<crate::nt::records::ExceptionRecord> {
+/// the header's filler or no code; an error when it cannot be a record.
+fn header_exception(h: &[u8]) -> Option<Result<crate::nt::records::ExceptionRecord, String>> {
     let b = h.get(0xF00..0xF00 + crate::nt::records::EXCEPTION_RECORD_LEN)?;
     let code = Le(b).u32(0);
     if code == 0 || code == FILLER {
         return None;
     }
-    crate::nt::records::ExceptionRecord::parse(b).ok()
+    Some(
+        crate::nt::records::ExceptionRecord::parse(b)
+            .map_err(|why| format!("the dump header's exception record is damaged: {why}")),
+    )
 }
 
 /// The physical memory runs of a full dump.

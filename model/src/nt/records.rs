@@ -79,8 +79,8 @@ pub struct TrapFrame {
     pub context: Context,
     /// PreviousMode: 0 kernel, 1 user.
     pub previous_mode: u8,
-    /// The error code the processor pushed (page faults, general protection), when the frame
-    /// holds one.
+    /// The ErrorCode slot: what the processor pushed for a page fault or general-protection
+    /// fault (an interrupt's entry leaves a placeholder there).
     pub error_code: Option<u64>,
     /// FaultAddress (CR2 of a page fault), when the frame holds one.
     pub fault_address: Option<u64>,
@@ -106,8 +106,8 @@ impl Kernel {
         }
         if !plausible_cs(c.cs()) {
             return Err(ModelError::Corrupt(format!(
-                "{addr:#x} does not hold a context record: its code selector {:#x} is neither \
-                 kernel (0x10) nor user (0x33) code",
+                "{addr:#x} does not hold a context record: its code selector {:#x} is not \
+                 kernel (0x10) or user (0x33, 0x23) code",
                 c.cs()
             )));
         }
@@ -120,8 +120,8 @@ impl Kernel {
         let cs = v.get("SegCs")? as u16;
         if !plausible_cs(cs) {
             return Err(ModelError::Corrupt(format!(
-                "{addr:#x} does not hold a trap frame: its code selector {cs:#x} is neither \
-                 kernel (0x10) nor user (0x33) code"
+                "{addr:#x} does not hold a trap frame: its code selector {cs:#x} is not \
+                 kernel (0x10) or user (0x33, 0x23) code"
             )));
         }
         let mut c = Context::new();

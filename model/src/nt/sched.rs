@@ -175,20 +175,32 @@ impl Kernel {
         let mut complete = true;
         for (i, queue) in queues.iter_mut().enumerate() {
             let which = if i == 0 { "normal" } else { "threaded" };
+            let mut whole = true;
             let data = data0 + i as u64 * data_size;
             let v = self.view("_KDPC_DATA", data)?;
             depth[i] = v.get_signed("DpcQueueDepth")?;
             count[i] = v.get("DpcCount")?;
-            let (entries, note) = match doubly {
+            let (entries, mut note) = match doubly {
                 Some(off) => {
                     let w = self.walk_list(data + off, None, MAX_QUEUE, false)?;
                     (w.entries, w.note)
                 }
                 None => self.single_list(v.get("DpcList.ListHead.Next")?)?,
             };
+            // A singly linked list ends where LastEntry says it does.
+            if doubly.is_none() && note.is_none() {
+                let last = v.get("DpcList.LastEntry")?;
+                let head = data + nt.offset("_KDPC_DATA", "DpcList.ListHead")?;
+                let ends = entries.last().copied().unwrap_or(head);
+                if !entries.is_empty() && last != ends {
+                    note = Some(format!(
+                        "the list ends at {ends:#x} but its LastEntry is {last:#x}"
+                    ));
+                }
+            }
             if let Some(n) = note {
                 notes.push(format!("the {which} queue: {n}"));
-                complete = false;
+                whole = false;
             }
             for e in entries {
                 let dpc = e.wrapping_sub(link);
@@ -202,19 +214,22 @@ impl Kernel {
                     }),
                     Err(err) if !err.is_layout() => {
                         notes.push(format!("the {which} queue: DPC {dpc:#x}: {err}"));
-                        complete = false;
+                        whole = false;
                         break;
                     }
                     Err(err) => return Err(err),
                 }
             }
-            if complete && queue.len() as i64 != depth[i] {
+            if whole && queue.len() as i64 != depth[i] {
                 notes.push(format!(
                     "the {which} queue holds {} DPCs but its DpcQueueDepth is {}",
                     queue.len(),
                     depth[i]
                 ));
+                // Fewer than the depth: some may not have been reached.
+                whole = (queue.len() as i64) > depth[i];
             }
+            complete &= whole;
         }
         Ok(DpcQueues {
             processor: c.number,

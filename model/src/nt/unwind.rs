@@ -126,11 +126,19 @@ impl Kernel {
         let mut note = None;
         // The frame above a machine frame was interrupted at RIP, not returned to.
         let mut interrupted = false;
+        // (RIP, RSP) pairs walked: a machine frame may lead back to one (hostile memory).
+        let mut seen = std::collections::HashSet::new();
         for n in 0..MAX_FRAMES {
             let entry = regs;
             let rip = regs.rip;
             let rsp = regs.rsp();
             if rip == 0 {
+                break;
+            }
+            if !seen.insert((rip, rsp)) {
+                note = Some(format!(
+                    "the walk came back to RIP {rip:#x} with RSP {rsp:#x}; it stops"
+                ));
                 break;
             }
             if rip >> 47 == 0 {
