@@ -75,11 +75,30 @@ impl Kernel {
         let shared_at = nt.offset("_KPRCB", "SharedReadyQueue").ok();
         let mut out = Vec::new();
         let mut shared: Vec<(u64, Vec<u32>)> = Vec::new();
+        // ReadySummary, the list heads and the shared queue's pointer lie close together in
+        // the KPRCB: one read for all three.
+        let lo = summary_at.min(heads_at).min(shared_at.unwrap_or(u64::MAX));
+        let hi = (heads_at + 32 * 16)
+            .max(summary_at + 4)
+            .max(shared_at.map_or(0, |s| s + 8));
+        let span = usize::try_from(hi - lo)
+            .ok()
+            .filter(|n| *n <= 0x4000)
+            .ok_or_else(|| {
+                ModelError::Corrupt(format!("_KPRCB's ready fields span {:#x} bytes", hi - lo))
+            })?;
+        let at = |b: &[u8], off: u64, n: usize| -> Vec<u8> {
+            let o = (off - lo) as usize;
+            b[o..o + n].to_vec()
+        };
         for c in &cpus {
-            let summary = self.mem.u32(c.prcb + summary_at)?;
-            out.push(self.ready_lists(Some(c.number), c.prcb, summary, c.prcb + heads_at)?);
+            let block = self.mem.kread(c.prcb + lo, span)?;
+            let summary =
+                u32::from_le_bytes(at(&block, summary_at, 4).try_into().unwrap_or([0; 4]));
+            let raw = at(&block, heads_at, 32 * 16);
+            out.push(self.ready_lists(Some(c.number), c.prcb, summary, c.prcb + heads_at, raw)?);
             if let Some(off) = shared_at {
-                let q = self.mem.u64(c.prcb + off)?;
+                let q = u64::from_le_bytes(at(&block, off, 8).try_into().unwrap_or([0; 8]));
                 if q != 0 {
                     match shared.iter_mut().find(|(a, _)| *a == q) {
                         Some((_, by)) => by.push(c.number),
@@ -92,8 +111,13 @@ impl Kernel {
             let s_summary = nt.offset("_KSHARED_READY_QUEUE", "ReadySummary")?;
             let s_heads = nt.offset("_KSHARED_READY_QUEUE", "ReadyListHead")?;
             for (q, by) in shared {
-                let summary = self.mem.u32(q + s_summary)?;
-                let mut r = self.ready_lists(None, q, summary, q + s_heads)?;
+                let end = (s_heads + 32 * 16).max(s_summary + 4) as usize;
+                let block = self.mem.kread(q, end)?;
+                let o = s_summary as usize;
+                let summary = u32::from_le_bytes(block[o..o + 4].try_into().unwrap_or([0; 4]));
+                let h = s_heads as usize;
+                let raw = block[h..h + 32 * 16].to_vec();
+                let mut r = self.ready_lists(None, q, summary, q + s_heads, raw)?;
                 r.shared_by = by;
                 out.push(r);
             }
@@ -107,10 +131,13 @@ impl Kernel {
         address: u64,
         summary: u32,
         heads: u64,
+        raw: Vec<u8>,
     ) -> Result<ReadyQueue, ModelError> {
         let nt = self.nt()?;
         let link = nt.offset("_KTHREAD", "WaitListEntry")?;
-        let raw = self.mem.kread(heads, 32 * 16)?;
+        // Each thread is read whole with its link, in one request (what `!ready` shows of it
+        // then comes from there).
+        let size = nt.size_of("_ETHREAD")? as usize;
         let mut priorities = Vec::new();
         let mut notes = Vec::new();
         let mut complete = true;
@@ -128,7 +155,7 @@ impl Kernel {
                 }
                 continue;
             }
-            let walk = self.walk_list(head, None, MAX_QUEUE, false)?;
+            let walk = self.walk_list(head, Some((link, size)), MAX_QUEUE, false)?;
             if let Some(n) = walk.note {
                 notes.push(format!("priority {p}: {n}"));
                 complete = false;
@@ -167,6 +194,7 @@ impl Kernel {
         let data_size = nt.size_of("_KDPC_DATA")?;
         let data0 = c.prcb + nt.offset("_KPRCB", "DpcData")?;
         let link = nt.offset("_KDPC", "DpcListEntry")?;
+        let dpc_size = nt.size_of("_KDPC")? as usize;
         let doubly = nt.offset("_KDPC_DATA", "DpcListHead").ok();
         let mut queues: [Vec<QueuedDpc>; 2] = [Vec::new(), Vec::new()];
         let mut depth = [0i64; 2];
@@ -182,10 +210,10 @@ impl Kernel {
             count[i] = v.get("DpcCount")?;
             let (entries, mut note) = match doubly {
                 Some(off) => {
-                    let w = self.walk_list(data + off, None, MAX_QUEUE, false)?;
+                    let w = self.walk_list(data + off, Some((link, dpc_size)), MAX_QUEUE, false)?;
                     (w.entries, w.note)
                 }
-                None => self.single_list(v.get("DpcList.ListHead.Next")?)?,
+                None => self.single_list(v.get("DpcList.ListHead.Next")?, link, dpc_size)?,
             };
             // A singly linked list ends where LastEntry says it does.
             if doubly.is_none() && note.is_none() {
@@ -243,8 +271,14 @@ impl Kernel {
     }
 
     /// The entries of a singly linked list from its first entry: each entry's first qword is
-    /// the next one's address, 0 at the end.
-    fn single_list(&mut self, first: u64) -> Result<(Vec<u64>, Option<String>), ModelError> {
+    /// the next one's address, 0 at the end. Each entry's structure (`size` bytes, the link
+    /// `link` bytes in) is read whole with it.
+    fn single_list(
+        &mut self,
+        first: u64,
+        link: u64,
+        size: usize,
+    ) -> Result<(Vec<u64>, Option<String>), ModelError> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut cur = first;
@@ -266,9 +300,13 @@ impl Kernel {
             if !seen.insert(cur) {
                 return Ok((out, Some(format!("the list loops back to {cur:#x}"))));
             }
-            out.push(cur);
-            cur = match self.mem.u64(cur) {
-                Ok(n) => n,
+            let start = cur.wrapping_sub(link);
+            let lo = link as usize;
+            cur = match self.mem.kread(start, size.max(lo + 8)) {
+                Ok(b) => {
+                    out.push(cur);
+                    u64::from_le_bytes(b[lo..lo + 8].try_into().unwrap_or([0; 8]))
+                }
                 Err(e) => return Ok((out, Some(format!("entry {cur:#x} is unreadable: {e}")))),
             };
         }
