@@ -222,6 +222,16 @@ pub enum ScopeKind {
     TrapFrame,
 }
 
+impl ScopeKind {
+    /// Its name in results: `context_record` or `trap_frame`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScopeKind::ContextRecord => "context_record",
+            ScopeKind::TrapFrame => "trap_frame",
+        }
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")

@@ -74,11 +74,7 @@ fn set(e: &mut Engine, kind: ScopeKind, address: u64) -> Result<ScopeSet, CmdErr
     let registers = general(e, &context, processor);
     let instruction = instruction_at(e, registers.rip);
     Ok(ScopeSet {
-        kind: match kind {
-            ScopeKind::ContextRecord => "context_record",
-            ScopeKind::TrapFrame => "trap_frame",
-        }
-        .into(),
+        kind: kind.name().into(),
         address: Some(address),
         registers: Some(registers),
         instruction,

@@ -189,10 +189,7 @@ pub(crate) fn run(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Stack, Cmd
         .scope
         .as_ref()
         .filter(|sc| sc.processor == n)
-        .map(|sc| match sc.kind {
-            crate::engine::ScopeKind::ContextRecord => "context_record".to_string(),
-            crate::engine::ScopeKind::TrapFrame => "trap_frame".to_string(),
-        });
+        .map(|sc| sc.kind.name().to_string());
     Ok(Stack {
         processor: n,
         scope,

@@ -82,6 +82,21 @@ fn spec(driver: u64, name: Option<&str>, device_type: u32, extension: u64) -> De
     }
 }
 
+/// The filter manager's device attached above `volume` (a file system's volume device), as it
+/// attaches to every volume it filters; returns it.
+pub(super) fn filter_above(sys: &mut System, io: &Io, volume: u64) -> Result<u64, SimError> {
+    let flt = sys.device(&DeviceSpec {
+        driver: io.fltmgr,
+        name: None,
+        device_type: 0x08,
+        extension: 0x40,
+        flags: 0x10,
+        characteristics: 0,
+    })?;
+    sys.attach(flt, volume)?;
+    Ok(flt)
+}
+
 /// Builds the I/O layer.
 pub(super) fn io_base(sys: &mut System, user_procs: &[usize]) -> Result<Io, SimError> {
     let mut io = Io::default();

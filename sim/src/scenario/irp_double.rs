@@ -8,7 +8,7 @@ use crate::system::{DeviceSpec, IrpLocation, IrpSpec, System, ThreadState};
 
 use super::base::Base;
 use super::facts::{NamedDevice, PlantedIrp};
-use super::io_base::{Io, mj};
+use super::io_base::{Io, filter_above, mj};
 use super::stacks::{stack, user_tail, waiting};
 use super::write_bugcheck;
 
@@ -88,15 +88,7 @@ pub(super) fn irp_double_complete(
             flags: 0x10,
             characteristics: 0x100,
         })?;
-        let flt = sys.device(&DeviceSpec {
-            driver: io.fltmgr,
-            name: None,
-            device_type: 0x08,
-            extension: 0x40,
-            flags: 0x10,
-            characteristics: 0,
-        })?;
-        sys.attach(flt, cim)?;
+        let flt = filter_above(sys, io, cim)?;
         io.facts.named_devices.push(NamedDevice {
             path: format!("\\Device\\{name}"),
             device: cim,

@@ -149,6 +149,14 @@ impl std::fmt::Display for Scenario {
         f.write_str(self.name())
     }
 }
+/// What the kernel prints to the debugger as it stops with a bugcheck.
+fn fatal_banner(code: u32, p: [u64; 4]) -> String {
+    format!(
+        "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
+        p[0], p[1], p[2], p[3]
+    )
+}
+
 /// Fills the resource list to `total` with unheld pool resources.
 fn fill_resources(sys: &mut System, total: u32) -> Result<(), SimError> {
     while (sys.resources.len() as u32) < total {
@@ -249,36 +257,24 @@ pub fn build_with_table(
         Scenario::Bugcheck => {
             let (code, params) = bugcheck(&mut sys, &base)?;
             facts.bugcheck = Some((code, params));
-            facts.prints_when_hung = vec![format!(
-                "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
-                params[0], params[1], params[2], params[3]
-            )];
+            facts.prints_when_hung = vec![fatal_banner(code, params)];
         }
         Scenario::IrpDoubleComplete => {
             let (code, params) = irp_double_complete(&mut sys, &base, &mut io)?;
             facts.bugcheck = Some((code, params));
-            facts.prints_when_hung = vec![format!(
-                "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
-                params[0], params[1], params[2], params[3]
-            )];
+            facts.prints_when_hung = vec![fatal_banner(code, params)];
         }
         Scenario::ServiceException => {
             let (x, code, params) = service_exception(&mut sys, &base, &mut io)?;
             facts.exception = Some(x);
             facts.bugcheck = Some((code, params));
-            facts.prints_when_hung = vec![format!(
-                "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
-                params[0], params[1], params[2], params[3]
-            )];
+            facts.prints_when_hung = vec![fatal_banner(code, params)];
         }
         Scenario::DpcWatchdog => {
             let (d, code, params) = dpc_watchdog(&mut sys, &base)?;
             facts.stuck_dpc = Some(d);
             facts.bugcheck = Some((code, params));
-            facts.prints_when_hung = vec![format!(
-                "\n*** Fatal System Error: 0x{code:08x}\n                       (0x{:016X},0x{:016X},0x{:016X},0x{:016X})\n\n",
-                params[0], params[1], params[2], params[3]
-            )];
+            facts.prints_when_hung = vec![fatal_banner(code, params)];
         }
         Scenario::BindfltRace => {
             bindflt_race(&mut sys, &base, &mut io, &mut facts)?;

@@ -16,7 +16,7 @@ use crate::system::{
 
 use super::base::Base;
 use super::facts::{NamedDevice, PlantedException, PlantedIrp};
-use super::io_base::{Io, mj};
+use super::io_base::{Io, filter_above, mj};
 use super::write_bugcheck;
 
 /// The file system's image and the short name its module goes by.
@@ -109,15 +109,7 @@ pub(super) fn service_exception(
         flags: 0x10,
         characteristics: 0,
     })?;
-    let flt = sys.device(&DeviceSpec {
-        driver: io.fltmgr,
-        name: None,
-        device_type: 0x08,
-        extension: 0x40,
-        flags: 0x10,
-        characteristics: 0,
-    })?;
-    sys.attach(flt, volume)?;
+    let flt = filter_above(sys, io, volume)?;
     io.facts.named_devices.push(NamedDevice {
         path: "\\Device\\Volume{6b2d0c1e-5f0a-4e8b-9d1c-3a7f21c04d55}".into(),
         device: volume,
