@@ -1092,6 +1092,10 @@ fn nbl_hang_commands(f: &kdnet_sim::scenario::Facts) -> Vec<String> {
         "uf nt!KiSwapThread".into(),
         "!ready".into(),
         "!dpcs".into(),
+        "!timer".into(),
+        "!exqueue".into(),
+        "!idt".into(),
+        "!analyze -hang".into(),
     ]
 }
 

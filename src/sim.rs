@@ -33,7 +33,8 @@ pub struct Args {
     #[arg(long)]
     symbols: Option<PathBuf>,
     /// nbl-hang, commit-failures, pool-corruption, deadlock, bugcheck, healthy,
-    /// irp-double-complete, bindflt-race, verifier-apc, service-exception or dpc-watchdog.
+    /// irp-double-complete, bindflt-race, verifier-apc, service-exception, dpc-watchdog or
+    /// watchdog-1ca.
     #[arg(long, default_value = "nbl-hang")]
     scenario: String,
     /// Processors.
@@ -193,7 +194,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         build,
         told,
         scenario,
-        config.cpus,
+        f.processors,
         f.processes.len(),
         f.threads,
         f.total_resources,

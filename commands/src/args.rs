@@ -172,10 +172,28 @@ impl Syntax {
                 {
                     Some(f) => args.flags.push(f.name),
                     None => {
-                        return Err(CmdError::Usage(format!(
-                            "{command}: unknown option {token}; {}",
-                            usage()
-                        )));
+                        // Single-letter flags run together, as WinDbg takes them (`-ti`).
+                        let each: Option<Vec<&'static str>> = token[1..]
+                            .chars()
+                            .map(|c| {
+                                self.flags
+                                    .iter()
+                                    .find(|f| {
+                                        f.name.len() == 2
+                                            && f.name[1..].eq_ignore_ascii_case(&c.to_string())
+                                    })
+                                    .map(|f| f.name)
+                            })
+                            .collect();
+                        match each {
+                            Some(names) if token.len() > 2 => args.flags.extend(names),
+                            _ => {
+                                return Err(CmdError::Usage(format!(
+                                    "{command}: unknown option {token}; {}",
+                                    usage()
+                                )));
+                            }
+                        }
                     }
                 }
                 continue;

@@ -489,9 +489,12 @@ pub static COMMANDS: &[Command] = &[
     command! {
         name: "!running", aliases: [], id: "running",
         summary: "each processor's current and next thread",
-        doc: "each processor's current and next thread, idle processors; `-t` adds their stacks",
+        doc: "each processor's current and next thread, idle processors, and whether a DPC \
+              routine is active on it (a processor retiring DPCs on its idle thread is not \
+              idle); `-t` adds the running threads' stacks, `-i` with it idle processors' too \
+              (`-ti` as WinDbg takes it)",
         syntax: crate::ext::threads::RUNNING, usage: None,
-        examples: ["!running", "!running -t", "!running -i -t"],
+        examples: ["!running", "!running -t", "!running -ti"],
         run: crate::ext::threads::running_command => crate::ext::threads::Running,
     },
     command! {
@@ -506,8 +509,11 @@ pub static COMMANDS: &[Command] = &[
               or wrote, and the stack walked from those registers; for 0x133 the DPC routine \
               that ran too long (the processor's active DPC, else `CurrentDpcRoutine`, else the \
               frame KiExecuteAllDpcs called), where the clock interrupt found it, the DPC time \
-              count against the allotment, and every processor's queued DPCs; on a machine that \
-              did not crash it says so",
+              count against the allotment, and every processor's queued DPCs; for 0x1CA the \
+              watchdog's times (last reset, the interrupt time the clock last published against \
+              the bugcheck's, the kernel's clock owner against parameter 4), every processor's \
+              IRQL, interrupt flag, thread and stack, and the clock processor's driver frame as \
+              the faulting place; on a machine that did not crash it says so",
         syntax: crate::ext::analyze::SYNTAX, usage: None,
         examples: ["!analyze -v", "!analyze"],
         run: crate::ext::analyze::run => crate::ext::analyze::Analysis,
@@ -534,6 +540,47 @@ pub static COMMANDS: &[Command] = &[
         syntax: Syntax::NONE, usage: None,
         examples: ["!dpcs"],
         run: crate::ext::sched::dpcs => crate::ext::sched::Dpcs,
+    },
+    command! {
+        name: "!timer", aliases: [], id: "timer",
+        summary: "every processor's timer table: due times, periods, DPC routines and waiting threads",
+        doc: "each processor's `_KTIMER_TABLE` (two sets of lists on builds that have them), \
+              every timer in every list by due time: its list, the interrupt time and wall-clock \
+              time it fires at, `P` when periodic, `X` when already due (still on its list \
+              because the clock interrupt has not run), and the DPC routine it queues (its `Dpc` \
+              decoded as the kernel stores it, with KiWaitNever and KiWaitAlways) or the thread \
+              waiting on it. A list that loops, breaks or holds something that is not a timer, \
+              or a DPC that does not decode to a DPC, is said and the result marked incomplete",
+        syntax: Syntax::NONE, usage: None,
+        examples: ["!timer"],
+        run: crate::ext::timers::timer => crate::ext::timers::TimerReport,
+    },
+    command! {
+        name: "!exqueue", aliases: [], id: "exqueue",
+        summary: "the executive's worker queues: their threads, busy or waiting, and pending work items",
+        doc: "every executive work queue, found as the build keeps them (`nt!ExWorkerQueue`'s \
+              critical, delayed and hypercritical queues; each NUMA node's `ExWorkQueues`; the \
+              system partition's `WorkQueues[node][index]`, each checked against its back \
+              pointer): its threads and the most it may have, the threads active against its \
+              concurrency, items processed, each pending WORK_QUEUE_ITEM by priority with its \
+              routine symbolised, and each worker thread with its state, busy or waiting for \
+              work. Flags: 1 busy threads, 2 threads waiting for work, 4 pending items \
+              (default all)",
+        syntax: crate::ext::exqueue::SYNTAX, usage: Some("!exqueue [Flags]"),
+        examples: ["!exqueue", "!exqueue 5"],
+        run: crate::ext::exqueue::exqueue => crate::ext::exqueue::ExQueues,
+    },
+    command! {
+        name: "!idt", aliases: [], id: "idt",
+        summary: "the current processor's interrupt descriptor table, handlers and connected ISRs",
+        doc: "the IDT at the current processor's `KPCR.IdtBase` (`~Ns` picks another): each \
+              present gate's vector, handler symbolised, gate type, privilege and interrupt \
+              stack (the TSS's Ist entry its index selects), and the interrupt objects the \
+              KPRCB connects to the vector (`InterruptObject[]`, shared vectors chained through \
+              `InterruptListEntry`) with their service routines; with a vector, that gate only",
+        syntax: crate::ext::sched::IDT_SYNTAX, usage: Some("!idt [Vector]"),
+        examples: ["!idt", "!idt 2"],
+        run: crate::ext::sched::idt => crate::ext::sched::IdtShown,
     },
     command! {
         name: "!pcr", aliases: [], id: "pcr",

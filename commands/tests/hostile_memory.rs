@@ -120,6 +120,10 @@ const COMMANDS: &[&str] = &[
     ".cxr",
     "!ready",
     "!dpcs",
+    "!timer",
+    "!running -ti",
+    "!idt",
+    "!exqueue",
     "!pcr 1",
     "!prcb 2",
 ];

@@ -285,7 +285,12 @@ async fn the_service_exception_over_kdnet_on_every_build() {
 async fn the_dpc_watchdog_over_kdnet_on_every_build() {
     for build in common::BUILDS {
         let Some((f, r)) = over_kdnet(build, Scenario::DpcWatchdog, |_| {
-            vec!["!analyze -v".into(), "!dpcs".into()]
+            vec![
+                "!analyze -v".into(),
+                "!dpcs".into(),
+                "!timer".into(),
+                "!exqueue".into(),
+            ]
         })
         .await
         else {
@@ -312,5 +317,80 @@ async fn the_dpc_watchdog_over_kdnet_on_every_build() {
         listed.sort_unstable();
         planted.sort_unstable();
         assert_eq!(listed, planted, "{build}");
+        // The timer tables: every timer set, each with its DPC routine or its thread.
+        let mut timers: Vec<(u64, String, u64)> = r[2]["timers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["timer"].as_u64().unwrap(),
+                    t["routine_symbol"].as_str().unwrap_or("").to_string(),
+                    t["thread"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let mut planted: Vec<(u64, String, u64)> = f
+            .timers
+            .iter()
+            .map(|t| {
+                (
+                    t.timer,
+                    t.routine.clone().unwrap_or_default(),
+                    t.waiter.unwrap_or(0),
+                )
+            })
+            .collect();
+        timers.sort();
+        planted.sort();
+        assert_eq!(timers, planted, "{build}");
+        // The work queues: their pending items, and no busy worker in this scenario.
+        let mut items: Vec<u64> = r[3]["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|q| q["items"].as_array().unwrap().iter())
+            .map(|i| i["item"].as_u64().unwrap())
+            .collect();
+        let mut planted: Vec<u64> = f.work_items.iter().map(|i| i.2).collect();
+        items.sort_unstable();
+        planted.sort_unstable();
+        assert_eq!(items, planted, "{build}");
+        assert_eq!(r[3]["busy"], 0, "{build}");
+    }
+}
+
+/// 0x1CA over KDNET on every build: `!analyze -v` finds the clock processor with its
+/// interrupts off in CimFS (its registers fetched from that processor over the wire), and
+/// `!running -ti` shows what every processor runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_synthetic_watchdog_over_kdnet_on_every_build() {
+    for build in common::BUILDS {
+        let Some((f, r)) = over_kdnet(build, Scenario::Watchdog1ca, |_| {
+            vec!["!analyze -v".into(), "!running -ti".into()]
+        })
+        .await
+        else {
+            return;
+        };
+        let w = f.watchdog.clone().unwrap();
+        let a = &r[0];
+        assert_eq!(a["bugcheck_code"], 0x1ca, "{build}");
+        assert_eq!(a["module"], "CimFS", "{build}");
+        let cpus = a["watchdog"]["processors"].as_array().unwrap();
+        let clock = &cpus[8];
+        assert_eq!(clock["interrupts_enabled"], false, "{build}");
+        assert_eq!(clock["thread"].as_u64(), Some(w.spinner));
+        assert_eq!(cpus[3]["thread"].as_u64(), Some(w.holder.1));
+        let running = r[1]["processors"].as_array().unwrap();
+        assert_eq!(running.len(), 12);
+        assert_eq!(running[8]["current"].as_u64(), Some(w.spinner));
+        assert!(
+            running[8]["frames"].as_array().unwrap().iter().any(|f| f
+                .as_str()
+                .unwrap()
+                .starts_with("CimFS!CimFsPurgeRegionCache+")),
+            "{build}"
+        );
     }
 }

@@ -263,3 +263,299 @@ fn the_dpc_watchdog_on_every_build() {
         assert_eq!(again["stack_from"], "processor");
     }
 }
+
+/// 0x1CA on every build: `!analyze -v` explains the parameters, finds the clock processor
+/// (the kernel's clock owner agrees where the build has one) spinning with its interrupts off
+/// in CimFS, the published interrupt time 42.6 s behind the bugcheck's, the lock's holder on
+/// processor 3, and every other processor idle.
+#[test]
+fn the_synthetic_watchdog_on_every_build() {
+    for build in BUILDS {
+        let Some((k, p)) = sim_kernel(build, Scenario::Watchdog1ca) else {
+            return;
+        };
+        let w = p.facts.watchdog.clone().unwrap();
+        let mut e = Engine::new(k);
+        let a = run(&mut e, "!analyze -v");
+        assert_eq!(a["bugcheck_code"], 0x1ca, "{build}");
+        assert_eq!(
+            a["parameter_names"][3], "index of the clock processor",
+            "{build}"
+        );
+        let d = &a["watchdog"];
+        assert_eq!(d["clock_processor"], 8);
+        // What kept the clock from ticking is the faulting place.
+        assert!(
+            d["clock_processor_in"]
+                .as_str()
+                .unwrap()
+                .starts_with("CimFS!CimFsPurgeRegionCache+"),
+            "{build}: {d}"
+        );
+        assert_eq!(a["module"], "CimFS", "{build}");
+        assert!(
+            a["failure_bucket"]
+                .as_str()
+                .unwrap()
+                .starts_with("0x1CA_CimFS!CimFsPurgeRegionCache"),
+            "{build}: {}",
+            a["failure_bucket"]
+        );
+        assert_eq!(
+            d["clock_owner"].as_u64(),
+            (build != 7601).then_some(8),
+            "{build}: nt!KiClockTimerOwner where the build has it"
+        );
+        let since = d["since_reset_seconds"].as_f64().unwrap();
+        assert!((since - 42.5889667).abs() < 1e-6, "{since}");
+        let stopped = d["clock_stopped_seconds"].as_f64().unwrap();
+        let want = (0x1_bf79_9269u64 - w.published) as f64 / 1e7;
+        assert!(
+            (stopped - want).abs() < 1e-6,
+            "{build}: {stopped} vs {want}"
+        );
+        assert!(
+            (stopped - since).abs() < 0.02,
+            "{build}: the clock stopped at the reset"
+        );
+        let cpus = d["processors"].as_array().unwrap();
+        assert_eq!(cpus.len(), 12, "{build}");
+        for c in cpus {
+            let n = c["processor"].as_u64().unwrap();
+            match n {
+                8 => {
+                    assert_eq!(c["interrupts_enabled"], false, "{build}");
+                    assert_eq!(c["irql"], 2);
+                    assert_eq!(c["thread"].as_u64(), Some(w.spinner));
+                    assert_eq!(c["process"], "containerd.exe");
+                    let frames: Vec<&str> = c["frames"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f.as_str().unwrap())
+                        .collect();
+                    assert!(
+                        frames[0].starts_with("nt!KxWaitForSpinLockAndAcquire+"),
+                        "{build}: {frames:?}"
+                    );
+                    assert!(
+                        frames
+                            .iter()
+                            .any(|f| f.starts_with("CimFS!CimFsPurgeRegionCache+")),
+                        "{build}: {frames:?}"
+                    );
+                }
+                3 => {
+                    assert_eq!(c["interrupts_enabled"], true);
+                    assert_eq!(c["thread"].as_u64(), Some(w.holder.1));
+                    assert!(
+                        c["at"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with("CimFS!CimFsDecompressChunk+"),
+                        "{build}: {c}"
+                    );
+                }
+                0 => {
+                    // The NMI's processor, stopped in the bugcheck.
+                    assert!(
+                        c["at"].as_str().unwrap().starts_with("nt!KeBugCheckEx"),
+                        "{build}: {c}"
+                    );
+                }
+                _ => assert_eq!(c["idle"], true, "{build}: processor {n}"),
+            }
+        }
+        let text = e.run("!analyze -v").text;
+        assert!(text.contains("INTERRUPTS DISABLED"), "{text}");
+        assert!(text.contains("<-- clock processor"), "{text}");
+        assert!(text.contains("the clock last ticked"), "{text}");
+        // The clock processor's spin: `pause`, then a jump back to it.
+        let o = e.run("~8s");
+        assert!(o.ok(), "{:?}", o.error);
+        let u = run(&mut e, "u @rip L2");
+        let insns = u["instructions"].as_array().unwrap();
+        assert_eq!(insns[0]["mnemonic"], "pause", "{build}: {u}");
+        assert_eq!(insns[1]["mnemonic"], "jmp", "{build}");
+    }
+}
+
+/// `!running -ti` on the 0x133 machine: processor 0 runs its idle thread but a DPC is active,
+/// and -i shows its stack, where the spinning DPC is; run-together flags are WinDbg's.
+#[test]
+fn running_shows_a_dpc_on_an_idle_thread() {
+    for build in [7601, 20348] {
+        let Some((k, p)) = sim_kernel(build, Scenario::DpcWatchdog) else {
+            return;
+        };
+        let d = p.facts.stuck_dpc.clone().unwrap();
+        let mut e = Engine::new(k);
+        let r = run(&mut e, "!running -ti");
+        let cpu0 = &r["processors"][0];
+        assert_eq!(cpu0["idle"], true, "{build}");
+        assert_eq!(cpu0["in_dpc"], true, "{build}");
+        assert!(
+            cpu0["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f.as_str().unwrap().starts_with(&format!("{}+", d.routine))),
+            "{build}: {cpu0}"
+        );
+        assert_eq!(r["processors"][1]["in_dpc"], false);
+        // Without -i an idle processor's stack is not walked.
+        let r = run(&mut e, "!running -t");
+        assert!(r["processors"][0]["frames"].as_array().unwrap().is_empty());
+        assert!(e.run("!running -t").text.contains("(DPC active)"));
+        assert!(!e.run("!running -tx").ok(), "an unknown letter is refused");
+    }
+}
+
+/// `!idt` on every build: the architectural gates with their handlers, privileges and
+/// interrupt stacks, device vectors with the interrupt objects connected to them; a vector
+/// that is not present, or past 0xff, is refused; an interrupt object that is not one is said.
+#[test]
+fn the_idt_on_every_build() {
+    for build in BUILDS {
+        let Some((k, _)) = sim_kernel(build, Scenario::Deadlock) else {
+            return;
+        };
+        let mut e = Engine::new(k);
+        let r = run(&mut e, "!idt");
+        let gate = |v: u64| {
+            r["gates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["vector"].as_u64() == Some(v))
+                .unwrap_or_else(|| panic!("{build}: no gate {v:#x}"))
+                .clone()
+        };
+        assert!(
+            gate(0xe)["handler_symbol"]
+                .as_str()
+                .unwrap()
+                .starts_with("nt!KiPageFault"),
+            "{build}"
+        );
+        let nmi = gate(2);
+        assert_eq!(nmi["ist"], 3);
+        assert!(nmi["ist_stack"].as_u64().unwrap() > 0xffff_8000_0000_0000);
+        assert_eq!(gate(3)["dpl"], 3);
+        assert_eq!(gate(0xe)["dpl"], 0);
+        assert_eq!(gate(0xe)["kind"], "interrupt");
+        assert!(gate(0xe)["ist_stack"].is_null());
+        assert_eq!(
+            gate(0x80)["interrupts"][0]["service_routine_symbol"],
+            "myeth1g!MyEthIsr"
+        );
+        assert_eq!(
+            gate(0xd1)["interrupts"][0]["service_routine_symbol"],
+            "hal!HalpTimerClockInterrupt"
+        );
+        assert_eq!(gate(0xd1)["interrupts"][0]["irql"], 0xd);
+        let text = e.run("!idt").text;
+        assert!(text.starts_with("Dumping IDT: "), "{text}");
+        assert!(text.contains("myeth1g!MyEthIsr (KINTERRUPT "), "{text}");
+        assert!(text.contains("\tStack = 0x"), "{text}");
+        // Processor 1: the clock's object, not the NIC's.
+        assert!(e.run("~1s").ok());
+        let r1 = run(&mut e, "!idt 80");
+        assert_eq!(r1["processor"], 1);
+        assert_eq!(r1["gates"].as_array().unwrap().len(), 1);
+        assert!(r1["gates"][0]["interrupts"].as_array().unwrap().is_empty());
+        assert!(!e.run("!idt 30").ok(), "an absent vector is refused");
+        assert!(!e.run("!idt 100").ok(), "no vector past 0xff");
+    }
+    // The NIC's interrupt object replaced by something that is not one.
+    let Some((k, _)) = sim_kernel_with(20348, Scenario::Deadlock, |m| {
+        use kdnet::machine::target::TargetHandler;
+        let s = m.system();
+        let k = &s.k;
+        let slot = s.cpus[0].prcb + k.off("_KPRCB", "InterruptObject").unwrap() + 8 * 0x80;
+        let obj = k.r64(slot);
+        m.write_virtual(0, obj, &[0x13]);
+    }) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let o = e.run("!idt");
+    assert!(o.ok(), "{:?}", o.error);
+    assert!(!o.complete);
+    assert!(o.text.contains("not an interrupt object"), "{}", o.text);
+}
+
+/// `!analyze -hang`: on the NBL hang, the PnP worker that waits longest holds PiEngineLock
+/// with a waiter queued behind it; on the double-completion machine, the threads with IRPs
+/// pending are exactly those the I/O layer planted; every processor is there.
+#[test]
+fn the_hang_analysis() {
+    for build in [7601, 20348] {
+        let Some((k, p)) = sim_kernel(build, Scenario::NblHang) else {
+            return;
+        };
+        let f = &p.facts;
+        let (hung, waited) = f.hung_thread.unwrap();
+        let mut e = Engine::new(k);
+        let a = run(&mut e, "!analyze -hang");
+        assert_eq!(a["hang"], true);
+        assert!(a["bugcheck"].is_null());
+        assert_eq!(
+            a["processors"].as_array().unwrap().len(),
+            f.processors,
+            "{build}"
+        );
+        let waits = a["longest_waits"].as_array().unwrap();
+        let secs: Vec<f64> = waits
+            .iter()
+            .map(|w| w["wait_seconds"].as_f64().unwrap())
+            .collect();
+        assert!(secs.windows(2).all(|x| x[0] >= x[1]), "{build}: {secs:?}");
+        let w = waits
+            .iter()
+            .find(|w| w["thread"].as_u64() == Some(hung))
+            .unwrap_or_else(|| panic!("{build}: the hung worker is not among the longest"));
+        assert!((w["wait_seconds"].as_f64().unwrap() - waited as f64).abs() < 2.0);
+        assert!(
+            w["blocked_in"]
+                .as_str()
+                .unwrap()
+                .contains("ExWaitForRundownProtectionReleaseCacheAware"),
+            "{build}: {w}"
+        );
+        let engine = a["held_locks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["symbol"] == "nt!PiEngineLock")
+            .unwrap_or_else(|| panic!("{build}: {}", a["held_locks"]))
+            .clone();
+        assert_eq!(engine["owners"][0].as_u64(), Some(hung));
+        assert_eq!(engine["exclusive_waiters"], 1);
+        let text = e.run("!analyze -hang").text;
+        assert!(text.contains("Hang Analysis"), "{text}");
+        assert!(text.contains("LONGEST_WAITS"), "{text}");
+        assert!(text.contains("nt!PiEngineLock"), "{text}");
+    }
+    let Some((k, p)) = sim_kernel(20348, Scenario::IrpDoubleComplete) else {
+        return;
+    };
+    let mut e = Engine::new(k);
+    let a = run(&mut e, "!analyze -hang");
+    assert_eq!(a["bugcheck"], 0x44);
+    let mut with_irps: Vec<u64> = a["most_irps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["thread"].as_u64().unwrap())
+        .collect();
+    let mut planted: Vec<u64> = p.facts.io.irps.iter().map(|i| i.thread).collect();
+    planted.sort_unstable();
+    planted.dedup();
+    planted.truncate(20);
+    with_irps.sort_unstable();
+    assert_eq!(with_irps.len(), planted.len().min(20));
+    for t in &with_irps {
+        assert!(planted.contains(t) || p.facts.io.irps.iter().any(|i| i.thread == *t));
+    }
+}

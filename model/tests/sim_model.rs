@@ -111,6 +111,7 @@ fn check_processes_threads_stacks(k: &mut Kernel, p: &Planted) {
                         "NotificationTimer",
                         "SynchronizationTimer",
                         "QueueObject",
+                        "PriQueueObject",
                     ]
                     .contains(&w.type_name.as_str()),
                     "{}",
@@ -264,7 +265,13 @@ fn summary(k: &mut Kernel, p: &Planted) -> Vec<String> {
         out.push(format!("process {} {}", pr.pid, pr.name));
         let (threads, _) = k.threads_of(pr.eprocess).unwrap();
         for t in threads {
-            let waits: Vec<String> = t.waits.iter().map(|w| w.type_name.clone()).collect();
+            // The executive's workers wait on a KQUEUE on 7601, a KPRIQUEUE later: a real
+            // difference between builds, not one this comparison is about.
+            let waits: Vec<String> = t
+                .waits
+                .iter()
+                .map(|w| w.type_name.replace("PriQueueObject", "QueueObject"))
+                .collect();
             out.push(format!(
                 "  thread {} {} {} {:?} ticks {:?}",
                 t.tid, t.state_name, t.wait_reason_name, waits, t.wait_ticks
@@ -278,7 +285,8 @@ fn summary(k: &mut Kernel, p: &Planted) -> Vec<String> {
                     .split('+')
                     .next()
                     .unwrap_or_default()
-                    .to_string();
+                    // The workers' wait (the KPRIQUEUE's routine where the build has one).
+                    .replace("KeRemovePriQueue", "KeRemoveQueueEx");
                 out.push(format!("    {name}"));
             }
         }

@@ -127,7 +127,16 @@ const BUGCHECKS: &[(u32, &str, [&str; 4])] = &[
         "KERNEL_MODE_HEAP_CORRUPTION",
         ["type of corruption", "", "", ""],
     ),
-    (0x1CA, "SYNTHETIC_WATCHDOG_TIMEOUT", ["", "", "", ""]),
+    (
+        0x1CA,
+        "SYNTHETIC_WATCHDOG_TIMEOUT",
+        [
+            "time since the watchdog was last reset (interrupt time)",
+            "current interrupt time",
+            "current QPC timestamp",
+            "index of the clock processor",
+        ],
+    ),
     (0xE2, "MANUALLY_INITIATED_CRASH", ["", "", "", ""]),
     (0xDEADDEAD, "MANUALLY_INITIATED_CRASH1", ["", "", "", ""]),
 ];
@@ -153,7 +162,14 @@ fn exception_address(code: u32, p: &[u64; 4]) -> Option<u64> {
 
 /// `!analyze [-v]` (the analysis is always the verbose one).
 pub const SYNTAX: Syntax = Syntax {
-    flags: &[flag("-v", "verbose: the analysis in full (it always is)")],
+    flags: &[
+        flag("-v", "verbose: the analysis in full (it always is)"),
+        flag(
+            "-hang",
+            "a hang: every processor's stack, the longest waits and the threads with the \
+             most pending IRPs, the held locks with waiters",
+        ),
+    ],
     params: &[],
     length: false,
 };
@@ -166,7 +182,81 @@ pub enum Analysis {
     NoBugcheck(NoBugcheck),
     /// The bugcheck and what it points at.
     Bugcheck(Box<Bugcheck>),
+    /// `-hang`: what the processors run, who waits longest, the locks held.
+    Hang(Box<HangAnalysis>),
 }
+
+/// `!analyze -hang`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HangAnalysis {
+    /// Marks the hang analysis.
+    pub hang: bool,
+    /// The bugcheck code, when the machine crashed (null: it did not).
+    pub bugcheck: Option<u32>,
+    /// Every processor's state and stack.
+    pub processors: Vec<ProcessorState>,
+    /// The waiting threads that have waited longest, longest first.
+    pub longest_waits: Vec<WaitingThread>,
+    /// The threads with the most IRPs pending on their lists, most first.
+    pub most_irps: Vec<WaitingThread>,
+    /// The executive resources held that others wait for, most waiters first.
+    pub held_locks: Vec<HeldLockShown>,
+    /// Threads looked at.
+    pub threads: usize,
+    /// Of those, waiting.
+    pub waiting: usize,
+}
+
+/// A thread in a hang analysis.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WaitingThread {
+    /// The ETHREAD.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub thread: u64,
+    /// Its process id.
+    pub pid: u64,
+    /// Its thread id.
+    pub tid: u64,
+    /// Its process's image name.
+    pub process: String,
+    /// Its state.
+    pub state: String,
+    /// Its wait reason, when waiting.
+    pub wait_reason: Option<String>,
+    /// How long it has waited (seconds), when waiting.
+    pub wait_seconds: Option<f64>,
+    /// IRPs on its IRP list.
+    pub pending_irps: usize,
+    /// The frame it is blocked in (the first outside the wait path), for the longest waits.
+    pub blocked_in: Option<String>,
+}
+
+/// A held lock in a hang analysis.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HeldLockShown {
+    /// The ERESOURCE.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub address: u64,
+    /// Its symbol, for a global.
+    pub symbol: Option<String>,
+    /// Held exclusively.
+    pub exclusive: bool,
+    /// The threads that own it.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Vec<crate::hex::Hex>")]
+    pub owners: Vec<u64>,
+    /// Threads waiting to own it exclusively.
+    pub exclusive_waiters: u64,
+    /// Threads waiting to share it.
+    pub shared_waiters: u64,
+    /// ContentionCount.
+    pub contention: u64,
+}
+
+/// Most threads in each ranking of a hang analysis.
+const HANG_TOP: usize = 20;
 
 /// No bugcheck.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -238,6 +328,184 @@ pub struct Bugcheck {
     pub dpc_timeout: Option<DpcTimeout>,
     /// For 0x133: every processor's queued DPCs, as `!dpcs` shows them.
     pub dpcs: Option<crate::ext::sched::Dpcs>,
+    /// For 0x1CA: the watchdog's times and every processor's state.
+    pub watchdog: Option<SyntheticWatchdog>,
+}
+
+/// A system-wide watchdog timeout (0x1CA): the timer ticks stopped being processed.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SyntheticWatchdog {
+    /// Seconds since the watchdog was last reset (parameter 1 in 100 ns units).
+    pub since_reset_seconds: f64,
+    /// The interrupt time at the bugcheck, seconds since boot (parameter 2).
+    pub interrupt_time_seconds: f64,
+    /// When the watchdog was last reset, seconds since boot (parameter 2 less parameter 1).
+    pub last_reset_seconds: f64,
+    /// The QPC timestamp at the bugcheck (parameter 3).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub qpc: u64,
+    /// The clock processor (parameter 4).
+    pub clock_processor: u64,
+    /// `nt!KiClockTimerOwner`, where the build has it (it should be parameter 4).
+    pub clock_owner: Option<u32>,
+    /// The interrupt time KUSER_SHARED_DATA last published (the clock processor publishes it
+    /// on each tick), seconds since boot.
+    pub published_seconds: Option<f64>,
+    /// How far the published interrupt time is behind parameter 2: how long the clock has not
+    /// been ticking.
+    pub clock_stopped_seconds: Option<f64>,
+    /// Where the clock processor is outside nt and hal: what kept the clock from ticking.
+    pub clock_processor_in: Option<String>,
+    /// Every processor's state.
+    pub processors: Vec<ProcessorState>,
+}
+
+/// What a processor was doing when the machine stopped.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProcessorState {
+    /// Its number.
+    pub processor: u32,
+    /// Its IRQL (KPCR.Irql).
+    pub irql: Option<u8>,
+    /// Whether its interrupts were enabled (RFLAGS.IF in its saved registers).
+    pub interrupts_enabled: Option<bool>,
+    /// The thread it runs.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub thread: u64,
+    /// Whether that is its idle thread.
+    pub idle: bool,
+    /// That thread's process's image name.
+    pub process: Option<String>,
+    /// Where it is (RIP symbolised).
+    pub at: Option<String>,
+    /// Its stack's call sites, innermost first (the first few).
+    pub frames: Vec<String>,
+    /// The first of its frames outside nt and hal (the driver it is in).
+    pub driver_frame: Option<String>,
+    /// That frame's instruction pointer.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub driver_ip: Option<u64>,
+    /// Why some of this is missing.
+    pub note: Option<String>,
+}
+
+/// Most frames shown of each processor's stack in a 0x1CA analysis.
+const STATE_FRAMES: usize = 8;
+
+/// The 0x1CA parameters explained, checked against the kernel's own clock, and every
+/// processor's state.
+fn synthetic_watchdog(e: &mut Engine, p: &[u64; 4]) -> SyntheticWatchdog {
+    let owner = e
+        .kernel
+        .sym("KiClockTimerOwner")
+        .ok()
+        .and_then(|a| e.kernel.mem.u32(a).ok());
+    let published = match e.kernel.clocks() {
+        Ok((_, interrupt, _)) => Some(interrupt),
+        Err(err) => {
+            e.kernel.note_incomplete(format!(
+                "KUSER_SHARED_DATA's interrupt time is unreadable: {err}"
+            ));
+            None
+        }
+    };
+    let mut processors = Vec::new();
+    match e.kernel.processors() {
+        Ok(cpus) => {
+            for c in cpus {
+                processors.push(processor_state(e, &c));
+            }
+        }
+        Err(err) => e
+            .kernel
+            .note_incomplete(format!("the processors are unreadable: {err}")),
+    }
+    SyntheticWatchdog {
+        since_reset_seconds: p[0] as f64 / 1e7,
+        interrupt_time_seconds: p[1] as f64 / 1e7,
+        last_reset_seconds: p[1].saturating_sub(p[0]) as f64 / 1e7,
+        qpc: p[2],
+        clock_processor: p[3],
+        clock_owner: owner,
+        published_seconds: published.map(|x| x as f64 / 1e7),
+        clock_stopped_seconds: published.map(|x| (p[1] as f64 - x as f64) / 1e7),
+        clock_processor_in: processors
+            .iter()
+            .find(|c| u64::from(c.processor) == p[3])
+            .and_then(|c| c.driver_frame.clone()),
+        processors,
+    }
+}
+
+fn processor_state(e: &mut Engine, c: &kdnet_model::nt::procs::Processor) -> ProcessorState {
+    let mut notes = Vec::new();
+    let irql = e
+        .kernel
+        .nt()
+        .ok()
+        .and_then(|nt| nt.offset("_KPCR", "Irql").ok())
+        .and_then(|o| e.kernel.mem.u8(c.kpcr + o).ok());
+    let ctx = match e.kernel.context(c.number) {
+        Ok(x) => Some(x),
+        Err(err) => {
+            notes.push(format!("its registers are unreadable: {err}"));
+            None
+        }
+    };
+    let thread = e.kernel.thread(c.current).ok();
+    let process = thread
+        .as_ref()
+        .and_then(|t| e.kernel.process(t.process).ok())
+        .map(|p| p.name);
+    let mut frames = Vec::new();
+    let mut driver = None;
+    if let Some(x) = &ctx {
+        let bounds = thread
+            .as_ref()
+            .map(|t| (t.stack_limit, t.stack_base))
+            .filter(|(lo, hi)| lo < hi && (*lo..=*hi).contains(&x.reg(kdnet_arch::Reg::Rsp)));
+        let st = e.kernel.unwind(Regs::from_context(x), bounds, true);
+        frames = st
+            .frames
+            .iter()
+            .take(STATE_FRAMES)
+            .map(|f| f.call_site.clone())
+            .collect();
+        driver = st
+            .frames
+            .iter()
+            .find(|f| {
+                f.module
+                    .as_deref()
+                    .is_some_and(|m| !matches!(m, "nt" | "hal"))
+            })
+            .map(|f| (f.call_site.clone(), f.ip));
+        if let Some(n) = st.note.filter(|_| !st.complete) {
+            notes.push(format!("its stack walk stopped early: {n}"));
+        }
+    }
+    if !notes.is_empty() {
+        e.kernel
+            .note_incomplete(format!("processor {}: {}", c.number, notes.join("; ")));
+    }
+    ProcessorState {
+        processor: c.number,
+        irql,
+        interrupts_enabled: ctx.as_ref().map(|x| x.eflags() & 0x200 != 0),
+        thread: c.current,
+        idle: c.current == c.idle,
+        process,
+        at: ctx
+            .as_ref()
+            .map(|x| e.kernel.symbolize(x.reg(kdnet_arch::Reg::Rip))),
+        frames,
+        driver_frame: driver.as_ref().map(|d| d.0.clone()),
+        driver_ip: driver.map(|d| d.1),
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+    }
 }
 
 /// A DPC watchdog timeout (0x133), as the stopped processor shows it.
@@ -349,8 +617,11 @@ pub struct Frame {
 }
 
 /// `!analyze [-v]`.
-pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, CmdError> {
+pub fn run(e: &mut Engine, _verb: &str, args: &Args<'_>) -> Result<Analysis, CmdError> {
     let bug = e.kernel.bugcheck()?;
+    if args.flag("-hang") {
+        return Ok(Analysis::Hang(Box::new(hang(e, bug.map(|b| b.0))?)));
+    }
     let Some((code, p)) = bug else {
         return Ok(Analysis::NoBugcheck(NoBugcheck {
             bugcheck_code: (),
@@ -457,9 +728,18 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
             stack.note.as_deref().unwrap_or("the walk ended")
         ));
     }
+    // For 0x1CA, what the clock processor was doing decides the faulting place.
+    let watchdog = (code == 0x1CA).then(|| synthetic_watchdog(e, &p));
+    let clock_driver_ip = watchdog.as_ref().and_then(|w| {
+        w.processors
+            .iter()
+            .find(|c| u64::from(c.processor) == p[3])
+            .and_then(|c| c.driver_ip)
+    });
     // The faulting place.
     let faulting_ip = exception_address(code, &p)
         .filter(|a| e.kernel.module_index(*a).is_some())
+        .or(clock_driver_ip)
         .or_else(|| {
             stack
                 .frames
@@ -562,6 +842,7 @@ pub fn run(e: &mut Engine, _verb: &str, _args: &Args<'_>) -> Result<Analysis, Cm
         stack_from,
         dpc_timeout,
         dpcs,
+        watchdog,
     })))
 }
 
@@ -695,13 +976,17 @@ impl Render for Analysis {
             Analysis::NoBugcheck(n) => {
                 out.push_str(if n.live {
                     "No bugcheck: KiBugCheckData holds no code. The target was stopped by the \
-debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
+debugger, not by a crash; use !analyze -hang, !locks, !deadlock, !stacks and !vm for a hang.\n"
                 } else {
                     "No bugcheck code in this dump.\n"
                 });
                 return;
             }
             Analysis::Bugcheck(b) => b,
+            Analysis::Hang(h) => {
+                render_hang(h, out);
+                return;
+            }
         };
         let stars = "*".repeat(79);
         out.push_str(&format!(
@@ -865,5 +1150,284 @@ debugger, not by a crash; use !locks, !deadlock, !stacks and !vm for a hang.\n"
             out.push_str("\nQUEUED_DPCS:\n");
             d.render(out);
         }
+        if let Some(w) = &b.watchdog {
+            render_watchdog(w, out);
+        }
+    }
+}
+
+fn render_watchdog(w: &SyntheticWatchdog, out: &mut String) {
+    out.push_str(&format!(
+        "\nWATCHDOG:  last reset {:.3} s after boot, {:.3} s before the bugcheck (at {:.3} s, \
+         QPC {:x}); clock processor {}",
+        w.last_reset_seconds,
+        w.since_reset_seconds,
+        w.interrupt_time_seconds,
+        w.qpc,
+        w.clock_processor
+    ));
+    match w.clock_owner {
+        Some(o) if u64::from(o) == w.clock_processor => {
+            out.push_str(" (nt!KiClockTimerOwner agrees)\n")
+        }
+        Some(o) => out.push_str(&format!(" (but nt!KiClockTimerOwner says processor {o})\n")),
+        None => out.push('\n'),
+    }
+    if let Some(f) = &w.clock_processor_in {
+        out.push_str(&format!("CLOCK_PROCESSOR_IN:  {f}\n"));
+    }
+    if let (Some(p), Some(d)) = (w.published_seconds, w.clock_stopped_seconds) {
+        out.push_str(&format!(
+            "CLOCK:  KUSER_SHARED_DATA's interrupt time is {p:.3} s: the clock last ticked \
+             {d:.3} s before the bugcheck\n"
+        ));
+    }
+    out.push_str("\nPROCESSORS:\n");
+    for c in &w.processors {
+        let irql = c.irql.map_or("?".to_string(), |i| format!("{i:x}"));
+        let iflag = match c.interrupts_enabled {
+            Some(true) => "interrupts enabled",
+            Some(false) => "INTERRUPTS DISABLED",
+            None => "interrupts ?",
+        };
+        let clock = if u64::from(c.processor) == w.clock_processor {
+            "  <-- clock processor"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "  {:2}  IRQL {irql}  {iflag}  thread {:016x} ({}){}  at {}{clock}\n",
+            c.processor,
+            c.thread,
+            c.process.as_deref().unwrap_or("?"),
+            if c.idle { " idle" } else { "" },
+            c.at.as_deref().unwrap_or("?")
+        ));
+        if !c.idle {
+            for f in &c.frames {
+                out.push_str(&format!("        {f}\n"));
+            }
+        }
+        if let Some(n) = &c.note {
+            out.push_str(&format!("        NOTE: {n}\n"));
+        }
+    }
+}
+
+/// `!analyze -hang`: every processor's stack, the waiting threads ranked by wait time and by
+/// pending IRPs, and the held locks others wait for.
+fn hang(e: &mut Engine, bugcheck: Option<u32>) -> Result<HangAnalysis, CmdError> {
+    let cpus = e.kernel.processors()?;
+    let processors = cpus.iter().map(|c| processor_state(e, c)).collect();
+    // IRPs pending per thread.
+    let mut irps: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    match kdnet_model::nt::io::thread_irps(&mut e.kernel) {
+        Ok((pairs, _, _)) => {
+            for (_, t) in pairs {
+                *irps.entry(t).or_default() += 1;
+            }
+        }
+        Err(err) => e
+            .kernel
+            .note_incomplete(format!("the threads' IRP lists are unreadable: {err}")),
+    }
+    let (procs, note) = e.kernel.processes()?;
+    if let Some(n) = note {
+        e.kernel
+            .note_incomplete(format!("the process list was not read whole: {n}"));
+    }
+    let mut all = Vec::new();
+    for p in &procs {
+        let (threads, note) = match e.kernel.threads_of(p.eprocess) {
+            Ok(x) => x,
+            Err(err) if err.is_layout() => return Err(err.into()),
+            Err(err) => {
+                e.kernel
+                    .note_incomplete(format!("the threads of {} are unreadable: {err}", p.name));
+                continue;
+            }
+        };
+        if let Some(n) = note {
+            e.kernel
+                .note_incomplete(format!("the thread list of {}: {n}", p.name));
+        }
+        for t in threads {
+            all.push((t, p.name.clone()));
+        }
+    }
+    let shown = |t: &kdnet_model::nt::procs::Thread, process: &str, irps: usize| WaitingThread {
+        thread: t.ethread,
+        pid: t.pid,
+        tid: t.tid,
+        process: process.to_string(),
+        state: t.state_name.clone(),
+        wait_reason: (t.state == 5).then(|| t.wait_reason_name.clone()),
+        wait_seconds: (t.state == 5).then_some(t.wait_seconds).flatten(),
+        pending_irps: irps,
+        blocked_in: None,
+    };
+    let threads = all.len();
+    let mut waiting: Vec<&(kdnet_model::nt::procs::Thread, String)> =
+        all.iter().filter(|(t, _)| t.state == 5).collect();
+    let n_waiting = waiting.len();
+    waiting.sort_by(|a, b| {
+        b.0.wait_seconds
+            .unwrap_or(0.0)
+            .total_cmp(&a.0.wait_seconds.unwrap_or(0.0))
+            .then(a.0.ethread.cmp(&b.0.ethread))
+    });
+    let mut longest_waits = Vec::new();
+    for (t, process) in waiting.iter().take(HANG_TOP) {
+        let mut w = shown(t, process, irps.get(&t.ethread).copied().unwrap_or(0));
+        match e.kernel.stack_of(t) {
+            Ok(st) => w.blocked_in = kdnet_model::nt::threads::blocker(&st),
+            Err(err) => e.kernel.note_incomplete(format!(
+                "the stack of thread {:x} is unreadable: {err}",
+                t.ethread
+            )),
+        }
+        longest_waits.push(w);
+    }
+    let mut by_irps: Vec<&(kdnet_model::nt::procs::Thread, String)> = all
+        .iter()
+        .filter(|(t, _)| irps.get(&t.ethread).copied().unwrap_or(0) > 0)
+        .collect();
+    by_irps.sort_by(|a, b| {
+        irps[&b.0.ethread]
+            .cmp(&irps[&a.0.ethread])
+            .then(a.0.ethread.cmp(&b.0.ethread))
+    });
+    let most_irps = by_irps
+        .iter()
+        .take(HANG_TOP)
+        .map(|(t, process)| shown(t, process, irps[&t.ethread]))
+        .collect();
+    // The held locks others wait for, from the waiters.
+    let opts = kdnet_model::nt::waitgraph::Options {
+        thread_first: true,
+        ..Default::default()
+    };
+    let mut held_locks: Vec<HeldLockShown> =
+        match kdnet_model::nt::waitgraph::build_with(&mut e.kernel, &opts) {
+            Ok(g) => g
+                .held
+                .iter()
+                .filter(|h| h.exclusive_waiter_count + h.shared_waiter_count > 0)
+                .map(|h| HeldLockShown {
+                    address: h.address,
+                    symbol: h.symbol.clone(),
+                    exclusive: h.exclusive,
+                    owners: h.owners.iter().map(|o| o.thread).collect(),
+                    exclusive_waiters: h.exclusive_waiter_count,
+                    shared_waiters: h.shared_waiter_count,
+                    contention: h.contention_count,
+                })
+                .collect(),
+            Err(err) if err.is_layout() => return Err(err.into()),
+            Err(err) => {
+                e.kernel
+                    .note_incomplete(format!("the held locks could not be found: {err}"));
+                Vec::new()
+            }
+        };
+    held_locks.sort_by_key(|h| {
+        (
+            std::cmp::Reverse(h.exclusive_waiters + h.shared_waiters),
+            h.address,
+        )
+    });
+    Ok(HangAnalysis {
+        hang: true,
+        bugcheck,
+        processors,
+        longest_waits,
+        most_irps,
+        held_locks,
+        threads,
+        waiting: n_waiting,
+    })
+}
+
+fn render_hang(h: &HangAnalysis, out: &mut String) {
+    out.push_str(
+        "*******************************************************************************\n\
+         *                                                                             *\n\
+         *                                Hang Analysis                                *\n\
+         *                                                                             *\n\
+         *******************************************************************************\n\n",
+    );
+    if let Some(c) = h.bugcheck {
+        out.push_str(&format!(
+            "The machine stopped with bugcheck {c:x}; `!analyze -v` analyses it.\n\n"
+        ));
+    }
+    out.push_str("PROCESSORS:\n");
+    for c in &h.processors {
+        let irql = c.irql.map_or("?".to_string(), |i| format!("{i:x}"));
+        let iflag = match c.interrupts_enabled {
+            Some(false) => "  INTERRUPTS DISABLED",
+            _ => "",
+        };
+        out.push_str(&format!(
+            "  {:2}  IRQL {irql}{iflag}  thread {:016x} ({}){}  at {}\n",
+            c.processor,
+            c.thread,
+            c.process.as_deref().unwrap_or("?"),
+            if c.idle { " idle" } else { "" },
+            c.at.as_deref().unwrap_or("?")
+        ));
+        if !c.idle {
+            for f in &c.frames {
+                out.push_str(&format!("        {f}\n"));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\nLONGEST_WAITS: ({} of {} threads waiting)\n",
+        h.longest_waits.len(),
+        h.waiting
+    ));
+    for w in &h.longest_waits {
+        out.push_str(&format!(
+            "  {:>9}  THREAD {:016x}  Cid {:04x}.{:04x}  {:<16} {:<14} IRPs {:<3} {}\n",
+            w.wait_seconds
+                .map_or("?".to_string(), |s| format!("{s:.1} s")),
+            w.thread,
+            w.pid,
+            w.tid,
+            w.process,
+            w.wait_reason.as_deref().unwrap_or(""),
+            w.pending_irps,
+            w.blocked_in.as_deref().unwrap_or("")
+        ));
+    }
+    if !h.most_irps.is_empty() {
+        out.push_str("\nMOST_PENDING_IRPS:\n");
+        for w in &h.most_irps {
+            out.push_str(&format!(
+                "  {:>4} IRPs  THREAD {:016x}  Cid {:04x}.{:04x}  {:<16} {}\n",
+                w.pending_irps, w.thread, w.pid, w.tid, w.process, w.state
+            ));
+        }
+    }
+    out.push_str("\nHELD_LOCKS:\n");
+    if h.held_locks.is_empty() {
+        out.push_str("  none held with waiters\n");
+    }
+    for l in &h.held_locks {
+        out.push_str(&format!(
+            "  {:016x} {:<28} {} owned by {}  waiters: {} exclusive, {} shared (contention {})\n",
+            l.address,
+            l.symbol.as_deref().unwrap_or(""),
+            if l.exclusive { "exclusively" } else { "shared" },
+            l.owners
+                .iter()
+                .map(|o| format!("{o:x}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            l.exclusive_waiters,
+            l.shared_waiters,
+            l.contention
+        ));
     }
 }

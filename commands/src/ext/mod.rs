@@ -12,6 +12,7 @@ use crate::engine::CmdError;
 
 pub mod analyze;
 pub mod deadlock;
+pub mod exqueue;
 pub mod fltkd;
 pub mod hangcheck;
 pub mod io;
@@ -21,6 +22,7 @@ pub mod objects;
 pub mod pool;
 pub mod sched;
 pub mod threads;
+pub mod timers;
 pub mod verifier;
 pub mod vm;
 

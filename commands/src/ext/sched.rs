@@ -469,3 +469,162 @@ impl Render for ProcessorBlock {
         }
     }
 }
+
+/// `!idt [Vector]`.
+pub(crate) const IDT_SYNTAX: Syntax = Syntax::params(&[opt_expr("Vector")]);
+
+/// A connected interrupt object as shown.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct InterruptShown {
+    /// The KINTERRUPT.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub address: u64,
+    /// Its service routine.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub service_routine: u64,
+    /// It as `module!function`.
+    pub service_routine_symbol: String,
+    /// Its context.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub service_context: u64,
+    /// Its IRQL.
+    pub irql: u8,
+}
+
+/// One IDT gate.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct GateShown {
+    /// The vector.
+    pub vector: u8,
+    /// Its handler.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub handler: u64,
+    /// It as `module!function+offset`.
+    pub handler_symbol: String,
+    /// `interrupt` or `trap` gate.
+    pub kind: String,
+    /// The lowest privilege that may raise it with `int`.
+    pub dpl: u8,
+    /// Its interrupt stack table index (0: none).
+    pub ist: u8,
+    /// The stack that index selects.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub ist_stack: Option<u64>,
+    /// The interrupt objects connected to it (a device's ISR, the clock's).
+    pub interrupts: Vec<InterruptShown>,
+}
+
+/// `!idt`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IdtShown {
+    /// The processor.
+    pub processor: u32,
+    /// The IDT's base.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "crate::hex::Hex")]
+    pub base: u64,
+    /// Its present gates (the one asked for, with a vector).
+    pub gates: Vec<GateShown>,
+    /// What could not be read.
+    pub notes: Vec<String>,
+}
+
+/// `!idt [Vector]`: the current processor's IDT.
+pub(crate) fn idt(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<IdtShown, CmdError> {
+    let only = match a.expr(e, "Vector")? {
+        Some(v) if v > 0xff => {
+            return Err(CmdError::Usage(format!("!idt: vector {v:#x} is past 0xff")));
+        }
+        v => v.map(|v| v as u8),
+    };
+    let t = e.kernel.idt(e.processor)?;
+    if !t.complete {
+        e.kernel.note_incomplete(format!(
+            "processor {}'s IDT was not read whole: {}",
+            t.processor,
+            t.notes.join("; ")
+        ));
+    }
+    let mut gates = Vec::new();
+    for g in t.gates {
+        if only.is_some_and(|v| v != g.vector) {
+            continue;
+        }
+        let interrupts = g
+            .interrupts
+            .iter()
+            .map(|i| InterruptShown {
+                address: i.address,
+                service_routine: i.service_routine,
+                service_routine_symbol: e.kernel.symbolize(i.service_routine),
+                service_context: i.service_context,
+                irql: i.irql,
+            })
+            .collect();
+        gates.push(GateShown {
+            vector: g.vector,
+            handler: g.handler,
+            handler_symbol: e.kernel.symbolize(g.handler),
+            kind: g.kind,
+            dpl: g.dpl,
+            ist: g.ist,
+            ist_stack: g.ist_stack,
+            interrupts,
+        });
+    }
+    if let Some(v) = only
+        && gates.is_empty()
+    {
+        return Err(CmdError::Usage(format!(
+            "!idt: vector {v:#x} is not present in processor {}'s IDT",
+            t.processor
+        )));
+    }
+    Ok(IdtShown {
+        processor: t.processor,
+        base: t.base,
+        gates,
+        notes: t.notes,
+    })
+}
+
+impl Render for IdtShown {
+    fn render(&self, out: &mut String) {
+        out.push_str(&format!(
+            "Dumping IDT: {:016x} (processor {})\n\n",
+            self.base, self.processor
+        ));
+        for g in &self.gates {
+            let what = if g.interrupts.is_empty() {
+                g.handler_symbol.clone()
+            } else {
+                g.interrupts
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{} (KINTERRUPT {:016x})",
+                            i.service_routine_symbol, i.address
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n\t\t\t\t")
+            };
+            let stack = g
+                .ist_stack
+                .map(|s| format!("\tStack = 0x{s:016X}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{:02x}:\t{:016x} {what}{stack}\n",
+                g.vector, g.handler
+            ));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("NOTE: {n}\n"));
+        }
+    }
+}

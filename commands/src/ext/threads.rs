@@ -1148,7 +1148,8 @@ pub const RUNNING: Syntax = Syntax {
     flags: &[
         flag(
             "-i",
-            "accepted, as WinDbg's (idle processors are always shown)",
+            "with -t, idle processors' stacks too (a DPC or interrupt runs on the idle \
+             thread); idle processors are always listed",
         ),
         flag("-t", "each running thread's stack"),
     ],
@@ -1179,7 +1180,10 @@ pub struct RunningProcessor {
     pub idle_thread: u64,
     /// Whether it runs its idle thread.
     pub idle: bool,
-    /// The running thread's call sites (with -t).
+    /// Whether it is running a DPC routine (KPRCB.DpcRoutineActive; null when unreadable):
+    /// a processor retiring DPCs on its idle thread is busy, not idle.
+    pub in_dpc: Option<bool>,
+    /// The running thread's call sites (with -t; idle processors' too with -i).
     pub frames: Vec<String>,
     /// What the text shows beyond the data.
     #[serde(skip)]
@@ -1214,6 +1218,7 @@ pub struct Running {
 /// `!running [-i] [-t]`: what every processor runs.
 pub fn running_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Running, CmdError> {
     let with_stacks = a.flag("-t");
+    let idle_stacks = a.flag("-i");
     let cpus = e.kernel.processors()?;
     let mut system = 0u64;
     let mut idle = 0u64;
@@ -1240,7 +1245,15 @@ pub fn running_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Runn
             ..RunningShown::default()
         };
         let mut frames = Vec::new();
-        if with_stacks && c.current != c.idle {
+        // What the processor is doing at DISPATCH_LEVEL: a DPC routine active.
+        let in_dpc = e
+            .kernel
+            .nt()
+            .ok()
+            .and_then(|nt| nt.offset("_KPRCB", "DpcRoutineActive").ok())
+            .and_then(|o| e.kernel.mem.u8(c.prcb + o).ok())
+            .map(|v| v != 0);
+        if with_stacks && (c.current != c.idle || idle_stacks) {
             shown.with_stack = true;
             match e.kernel.thread(c.current) {
                 Err(err) => {
@@ -1268,6 +1281,7 @@ pub fn running_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Runn
             next: (c.next != 0).then_some(c.next),
             idle_thread: c.idle,
             idle: c.current == c.idle,
+            in_dpc,
             frames,
             shown,
         });
@@ -1303,6 +1317,10 @@ impl Render for Running {
                 },
                 hex_addr(c.idle_thread)
             ));
+            if c.in_dpc == Some(true) {
+                text.pop();
+                text.push_str("  (DPC active)\n");
+            }
             if x.with_stack {
                 if let Some(err) = &x.unreadable {
                     text.push_str(&format!("       (thread unreadable: {err})\n"));

@@ -4,6 +4,7 @@
 
 mod access;
 pub mod fltmgr;
+pub mod idt;
 pub mod io;
 mod kdbg;
 pub mod locks;
@@ -17,11 +18,13 @@ pub mod records;
 pub mod sched;
 mod symbols;
 pub mod threads;
+pub mod timers;
 pub mod unwind;
 pub mod verifier;
 pub mod view;
 pub mod vm;
 pub mod waitgraph;
+pub mod workers;
 
 pub use access::ListWalk;
 pub use kdbg::{Kdbg, decode_word};

@@ -8,7 +8,7 @@ use super::{Kernel, ModelError};
 
 /// Frames of the generic wait and scheduler path, skipped when naming what a thread is
 /// blocked in.
-pub const WAIT_PATH: [&str; 28] = [
+pub const WAIT_PATH: [&str; 29] = [
     "KiSwapContext",
     "SwapContext",
     "KiSwapThread",
@@ -17,6 +17,7 @@ pub const WAIT_PATH: [&str; 28] = [
     "KeWaitForMultipleObjects",
     "KeWaitForMutexObject",
     "KeRemoveQueueEx",
+    "KeRemovePriQueue",
     "KeRemoveQueue",
     "KeDelayExecutionThread",
     "KiSchedulerApc",

@@ -4,7 +4,7 @@
 use crate::SimConfig;
 use crate::SimError;
 use crate::pool::{PoolKind, tag};
-use crate::system::{System, ThreadState};
+use crate::system::{System, ThreadState, WorkQueueRec};
 
 use super::stacks::{stack, system_tail, user_tail, waiting};
 
@@ -41,7 +41,10 @@ pub(super) struct Base {
     pub(super) transition: Vec<u64>,
     pub(super) swapped: Option<u64>,
     pub(super) system: usize,
-    pub(super) worker_queue: u64,
+    /// The executive's work queues.
+    pub(super) work_queues: Vec<WorkQueueRec>,
+    /// Pending work items: (queue, priority, item, routine).
+    pub(super) work_items: Vec<(u64, u8, u64, String)>,
     pub(super) user_procs: Vec<usize>,
     pub(super) vmcompute: usize,
     pub(super) containerd: usize,
@@ -49,6 +52,8 @@ pub(super) struct Base {
     pub(super) ready: Vec<(u64, Option<u32>, u8)>,
     /// Queued DPCs: (processor, threaded, KDPC, routine).
     pub(super) dpcs: Vec<(u32, bool, u64, String)>,
+    /// Timers set.
+    pub(super) timers: Vec<super::facts::PlantedTimer>,
 }
 
 /// The base system: every module, the Idle, System and user processes, processors, idle
@@ -57,19 +62,28 @@ pub(super) fn base_system(
     config: &SimConfig,
     nt: kdnet_symbols::TypeTable,
 ) -> Result<(System, Base), SimError> {
-    let mut sys = System::new(nt, config.build, config.cpus.max(1), config.seed)?;
+    let mut cpus = config.cpus.max(1);
+    if config.scenario == super::Scenario::Watchdog1ca {
+        // Its clock processor is number 8; its clock stopped when the watchdog was last reset.
+        cpus = cpus.max(super::watchdog_1ca::MIN_CPUS);
+    }
+    let mut sys = System::new(nt, config.build, cpus, config.seed)?;
+    if config.scenario == super::Scenario::Watchdog1ca {
+        sys.now_tick = super::watchdog_1ca::PUBLISHED_TICK;
+    }
     for (file, short) in MODULES {
         sys.add_module(file, short);
     }
     let idle = sys.new_process("Idle", Some(0), 0)?;
     let _ = idle;
     let system = sys.new_process("System", Some(4), 0)?;
-    sys.processors(config.cpus.max(1))?;
+    sys.processors(cpus)?;
     let (user_procs, vmcompute, containerd) = user_processes(&mut sys)?;
-    let cpus = config.cpus.max(1);
     let queue = system_threads(&mut sys, system, cpus)?;
+    let work_items = pending_work(&mut sys, &queue)?;
     user_threads(&mut sys, &user_procs, cpus)?;
     let (ready, dpcs) = scheduler_queues(&mut sys, &user_procs, cpus)?;
+    let timers = timer_tables(&mut sys, &user_procs, cpus)?;
     background_pool(&mut sys)?;
     let (paged_out, transition, swapped) = not_resident(&mut sys, &user_procs)?;
     global_resources(&mut sys)?;
@@ -81,12 +95,14 @@ pub(super) fn base_system(
             transition,
             swapped,
             system,
-            worker_queue: queue,
+            work_queues: queue,
+            work_items,
             user_procs,
             vmcompute,
             containerd,
             ready,
             dpcs,
+            timers,
         },
     ))
 }
@@ -149,6 +165,105 @@ fn scheduler_queues(
     Ok((ready, dpcs))
 }
 
+/// Timers in the processors' timer tables: periodic and one-shot DPC timers (one due before
+/// the machine stopped, still in its list), two user threads' waits with timeouts (each
+/// thread's own KTIMER, its timer wait block on the timer's wait list) and, where the table
+/// has two sets of lists, one timer in the second. Due times are hours away (or already
+/// past), so that a running simulator does not turn them into expired ones.
+fn timer_tables(
+    sys: &mut System,
+    user_procs: &[usize],
+    cpus: u16,
+) -> Result<Vec<super::facts::PlantedTimer>, SimError> {
+    const HOUR: i64 = 3_600_000;
+    let last = usize::from(cpus.saturating_sub(1));
+    let mut out = Vec::new();
+    // (processor, set, due in ms, period ms, routine)
+    let dpc_timers: [(usize, u64, i64, u32, &str); 5] = [
+        (
+            0,
+            0,
+            6 * HOUR + 1_234,
+            86_400_000,
+            "nt!ExpTimeRefreshDpcRoutine",
+        ),
+        (0, 0, 2 * HOUR + 577, 0, "nt!CmpLazyFlushDpcRoutine"),
+        (
+            1.min(last),
+            0,
+            3 * HOUR,
+            60_000,
+            "myeth1g!MyEthWatchdogTimer",
+        ),
+        (last, 0, -40, 0, "tcpip!TcpPeriodicTimeoutHandler"),
+        (last, 1, 5 * HOUR + 31_337, 0, "nt!ExpTimeZoneDpcRoutine"),
+    ];
+    let two_sets = sys.k.size("_KTIMER_TABLE")?
+        >= sys.k.off("_KTIMER_TABLE", "TimerEntries")? + 512 * sys.k.size("_KTIMER_TABLE_ENTRY")?;
+    for (cpu, set, due_ms, period, routine) in dpc_timers {
+        if set == 1 && !two_sets {
+            continue;
+        }
+        let size = sys.k.size("_KTIMER")?;
+        let timer = sys
+            .pool
+            .alloc(&mut sys.k, PoolKind::NonPaged, size, tag("Time"))?;
+        let context = sys
+            .pool
+            .alloc(&mut sys.k, PoolKind::NonPaged, 0x40, tag("TmrC"))?;
+        let dpc = sys.timer_dpc(routine, context)?;
+        let due = sys.set_timer(timer, cpu, set, due_ms, period, dpc, true)?;
+        out.push(super::facts::PlantedTimer {
+            processor: cpu as u32,
+            set: set as u8,
+            timer,
+            due,
+            period_ms: period,
+            dpc,
+            routine: Some(routine.to_string()),
+            waiter: None,
+            expired: due_ms < 0,
+        });
+    }
+    // Threads waiting with a timeout: the thread's own timer, its fourth wait block (the
+    // timer's) on the timer's wait list.
+    for (p, j, cpu, due_ms) in [
+        (5usize, 0usize, 0usize, 2 * HOUR + 17),
+        (6, 1, last, 4 * HOUR + 2_222),
+    ] {
+        let Some(&process) = user_procs.get(p) else {
+            continue;
+        };
+        let t = sys.processes[process].threads[j];
+        let et = sys.threads[t].ethread;
+        let k = &mut sys.k;
+        let timer = et + k.off("_ETHREAD", "Tcb.Timer")?;
+        let wb = et + k.off("_ETHREAD", "Tcb.WaitBlock")? + 3 * k.size("_KWAIT_BLOCK")?;
+        k.set(wb, "_KWAIT_BLOCK", "Thread", et)?;
+        k.set(wb, "_KWAIT_BLOCK", "Object", timer)?;
+        // STATUS_TIMEOUT is what the wait returns when the timer fires.
+        k.set(wb, "_KWAIT_BLOCK", "WaitKey", 0x102)?;
+        let active = k.enum_value("_KWAIT_BLOCK_STATE", "WaitBlockActive")? as u64;
+        k.set(wb, "_KWAIT_BLOCK", "BlockState", active)?;
+        let head = timer + k.off("_KTIMER", "Header.WaitListHead")?;
+        k.list_init(head);
+        k.list_append(head, wb + k.off("_KWAIT_BLOCK", "WaitListEntry")?);
+        let due = sys.set_timer(timer, cpu, 0, due_ms, 0, 0, true)?;
+        out.push(super::facts::PlantedTimer {
+            processor: cpu as u32,
+            set: 0,
+            timer,
+            due,
+            period_ms: 0,
+            dpc: 0,
+            routine: None,
+            waiter: Some(et),
+            expired: false,
+        });
+    }
+    Ok(out)
+}
+
 /// The user-mode processes (smss and its descendants); returns them all, and vmcompute and
 /// containerd among them.
 fn user_processes(sys: &mut System) -> Result<(Vec<usize>, usize, usize), SimError> {
@@ -169,23 +284,50 @@ fn user_processes(sys: &mut System) -> Result<(Vec<usize>, usize, usize), SimErr
     Ok((user_procs, vmcompute, containerd))
 }
 
-/// The System process's idle threads: workers on the work queue (returned), the balance set
-/// manager and the modified page writer.
-fn system_threads(sys: &mut System, system: usize, cpus: u16) -> Result<u64, SimError> {
-    // System worker threads idle on the work queue.
-    let queue = {
-        let size = sys.k.size("_KQUEUE")?;
-        let q = sys
+/// Work items pending on the last queue, which has no threads yet (a burst the balance
+/// manager has not yet made threads for): two at the delayed priority, one critical.
+fn pending_work(
+    sys: &mut System,
+    queues: &[WorkQueueRec],
+) -> Result<Vec<(u64, u8, u64, String)>, SimError> {
+    let q = queues
+        .last()
+        .ok_or_else(|| SimError::Config("no work queues".into()))?
+        .clone();
+    let mut out = Vec::new();
+    for (priority, routine) in [
+        (12u8, "CimFS!CimFsDeferredCloseWorker"),
+        (13, "Ntfs!NtfsCheckpointWorker"),
+        (12, "CimFS!CimFsDeferredCloseWorker"),
+    ] {
+        let parameter = sys
             .pool
-            .alloc(&mut sys.k, PoolKind::NonPaged, size, tag("ExWq"))?;
-        let ty = sys.k.enum_value("_KOBJECTS", "QueueObject")? as u64;
-        sys.k.set(q, "_DISPATCHER_HEADER", "Type", ty)?;
-        let head = q + sys.k.off("_DISPATCHER_HEADER", "WaitListHead")?;
-        sys.k.list_init(head);
-        q
+            .alloc(&mut sys.k, PoolKind::NonPaged, 0x60, tag("WkIt"))?;
+        let item = sys.queue_work_item(&q, priority, routine, parameter)?;
+        // A KQUEUE has one list: its items in queue order at priority 0.
+        let priority = if q.priority { priority } else { 0 };
+        out.push((q.address, priority, item, routine.to_string()));
+    }
+    Ok(out)
+}
+
+/// The System process's idle threads: workers on the executive's work queues (returned), the balance set
+/// manager and the modified page writer.
+fn system_threads(
+    sys: &mut System,
+    system: usize,
+    cpus: u16,
+) -> Result<Vec<WorkQueueRec>, SimError> {
+    // The executive's work queues, and system worker threads idle on the first (7601: four
+    // on the critical queue, six on the delayed one).
+    let queues = sys.work_queues()?;
+    let remove = if sys.k.has_sym("KeRemovePriQueue") && queues[0].priority {
+        "nt!KeRemovePriQueue+0x21a"
+    } else {
+        "nt!KeRemoveQueueEx+0x263"
     };
     for i in 0..10u64 {
-        let mut calls = waiting(&["nt!KeRemoveQueueEx+0x263"]);
+        let mut calls = waiting(&[remove]);
         calls.extend(stack(&system_tail()));
         let t = sys.new_thread(
             system,
@@ -194,7 +336,22 @@ fn system_threads(sys: &mut System, system: usize, cpus: u16) -> Result<u64, Sim
             ThreadState::Waiting,
             (i % u64::from(cpus)) as u16,
         )?;
-        sys.wait(t, &[queue], "WrQueue", 2 + i)?;
+        let q = if queues.len() >= 2 && !queues[0].priority && i >= 4 {
+            queues[1].clone()
+        } else {
+            queues[0].clone()
+        };
+        let object = q.address
+            + sys.k.off(
+                "_EX_WORK_QUEUE",
+                if q.priority {
+                    "WorkPriQueue"
+                } else {
+                    "WorkerQueue"
+                },
+            )?;
+        sys.wait(t, &[object], "WrQueue", 2 + i)?;
+        sys.attach_worker(t, &q, false)?;
     }
     // The balance set manager and the modified page writer, idle on their events.
     for (start, mid, reason, secs) in [
@@ -220,7 +377,7 @@ fn system_threads(sys: &mut System, system: usize, cpus: u16) -> Result<u64, Sim
         let t = sys.new_thread(system, start, &calls, ThreadState::Waiting, 0)?;
         sys.wait(t, &[ev], reason, secs)?;
     }
-    Ok(queue)
+    Ok(queues)
 }
 
 /// Two threads per user process, waiting in user requests.

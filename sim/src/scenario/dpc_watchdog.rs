@@ -8,7 +8,7 @@
 
 use crate::SimError;
 use crate::pool::{PoolKind, tag};
-use crate::system::{Call, Interrupted, System, ThreadState, call};
+use crate::system::{Call, Interrupted, System, call};
 
 use super::base::Base;
 use super::facts::StuckDpc;
@@ -88,35 +88,11 @@ pub(super) fn dpc_watchdog(
 ) -> Result<(StuckDpc, u32, [u64; 4]), SimError> {
     sys.add_module(STORPORT.0, STORPORT.1);
     sys.add_module(STORNVME.0, STORNVME.1);
-    let idle = sys
-        .processes
-        .iter()
-        .position(|p| p.pid == 0)
-        .ok_or_else(|| SimError::Config("no Idle process".into()))?;
     let _ = base;
     let calls = stuck_stack(sys)?;
     // Processor 0's idle thread retires the DPCs: it takes the place of the one the base made
     // (which leaves the Idle process's lists).
-    let t = sys.new_thread(idle, "nt!KiIdleLoop", &calls, ThreadState::Running, 0)?;
-    sys.set_running(t)?;
-    let old = sys.threads[sys.cpus[0].idle].ethread;
-    let et = sys.threads[t].ethread;
-    sys.k.set(sys.cpus[0].prcb, "_KPRCB", "IdleThread", et)?;
-    sys.cpus[0].idle = t;
-    let links = [
-        old + sys.k.off("_ETHREAD", "Tcb.ThreadListEntry")?,
-        old + sys.k.off("_ETHREAD", "ThreadListEntry")?,
-    ];
-    for l in links {
-        sys.k.list_remove(l);
-    }
-    let ep = sys.processes[idle].eprocess;
-    let active = sys.k.get(ep, "_EPROCESS", "ActiveThreads")?;
-    sys.k
-        .set(ep, "_EPROCESS", "ActiveThreads", active.saturating_sub(1))?;
-    sys.processes[idle]
-        .threads
-        .retain(|x| sys.threads[*x].ethread != old);
+    let t = super::watchdog_1ca::replace_idle(sys, 0, &calls)?;
     // The DPC being run: storport's adapter DPC, dequeued and active.
     let size = sys.k.size("_KDPC")?;
     let dpc = sys

@@ -198,6 +198,8 @@ pub struct Facts {
     pub verifier: Option<super::verifier_apc::VerifierFacts>,
     /// The exception the 0x3B scenario planted.
     pub exception: Option<PlantedException>,
+    /// The clock processor that stopped ticking (0x1CA).
+    pub watchdog: Option<super::watchdog_1ca::WatchdogFacts>,
     /// The DPC that ran too long (0x133).
     pub stuck_dpc: Option<StuckDpc>,
     /// Threads on ready queues: (ETHREAD, processor, or None for the shared ready queue,
@@ -205,6 +207,14 @@ pub struct Facts {
     pub ready: Vec<(u64, Option<u32>, u8)>,
     /// Queued DPCs: (processor, threaded, KDPC, routine as `module!function`), in queue order.
     pub dpcs: Vec<(u32, bool, u64, String)>,
+    /// The executive's work queues (`_EX_WORK_QUEUE`), in the order a debugger lists them.
+    pub work_queues: Vec<u64>,
+    /// Worker threads a scenario made busy (on the first queue, active).
+    pub busy_workers: Vec<u64>,
+    /// Work items pending: (queue, priority, WORK_QUEUE_ITEM, routine as `module!function`).
+    pub work_items: Vec<(u64, u8, u64, String)>,
+    /// Timers in the processors' timer tables, in the order they were set.
+    pub timers: Vec<PlantedTimer>,
     /// Whether NBL tracking is on.
     pub nbl_tracking: bool,
     /// `N commit requests have failed`.
@@ -237,4 +247,29 @@ pub struct Facts {
     pub swapped_stack_thread: Option<u64>,
     /// Thread count.
     pub threads: usize,
+    /// Processor count.
+    pub processors: usize,
+}
+
+/// A timer set in a processor's timer table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlantedTimer {
+    /// The processor whose table holds it.
+    pub processor: u32,
+    /// The set of lists (0, or 1 on builds with two).
+    pub set: u8,
+    /// The KTIMER.
+    pub timer: u64,
+    /// Its due time (interrupt time, 100 ns).
+    pub due: u64,
+    /// Its period in milliseconds (0: once).
+    pub period_ms: u32,
+    /// The KDPC it queues (0: none).
+    pub dpc: u64,
+    /// That DPC's routine as `module!function`.
+    pub routine: Option<String>,
+    /// The thread waiting on it (ETHREAD).
+    pub waiter: Option<u64>,
+    /// Due before the machine stopped (still in its list).
+    pub expired: bool,
 }

@@ -15,17 +15,19 @@ mod pool_corruption;
 mod service_exception;
 mod stacks;
 mod verifier_apc;
+mod watchdog_1ca;
 
 pub use base::MODULES;
 pub use bugcheck::write_bugcheck;
 pub use facts::{
     Corruption, Deadlock, Facts, HeldLock, IoFacts, NamedDevice, PendedCreate, PlantedException,
-    PlantedIrp, StuckDpc,
+    PlantedIrp, PlantedTimer, StuckDpc,
 };
 pub use irp_double::PULLS;
 pub use mm::MmFigures;
 pub use service_exception::WINFSP;
 pub use verifier_apc::{VERIFIED_DRIVER, VERIFIER_LEVEL, VerifierFacts};
+pub use watchdog_1ca::WatchdogFacts;
 
 use kdnet::api::GetVersion64;
 
@@ -48,6 +50,7 @@ use pool_corruption::pool_corruption;
 use service_exception::service_exception;
 use stacks::{stack, user_tail, waiting};
 use verifier_apc::verifier_apc;
+use watchdog_1ca::watchdog_1ca;
 
 /// ERESOURCEs in existence in the reported PnP/NBL hang.
 pub const NBL_HANG_RESOURCES: u32 = 84_372;
@@ -87,11 +90,14 @@ pub enum Scenario {
     /// 0x133 DPC_WATCHDOG_VIOLATION: a storage miniport's DPC spinning past its time allotment
     /// on processor 0.
     DpcWatchdog,
+    /// 0x1CA SYNTHETIC_WATCHDOG_TIMEOUT on a container host pulling images: the clock
+    /// processor spinning with interrupts off for a spin lock in CimFS.
+    Watchdog1ca,
 }
 
 impl Scenario {
     /// All scenarios.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::NblHang,
         Scenario::CommitFailures,
         Scenario::PoolCorruption,
@@ -103,6 +109,7 @@ impl Scenario {
         Scenario::VerifierApc,
         Scenario::ServiceException,
         Scenario::DpcWatchdog,
+        Scenario::Watchdog1ca,
     ];
 
     /// The name on the command line.
@@ -119,6 +126,7 @@ impl Scenario {
             Scenario::VerifierApc => "verifier-apc",
             Scenario::ServiceException => "service-exception",
             Scenario::DpcWatchdog => "dpc-watchdog",
+            Scenario::Watchdog1ca => "watchdog-1ca",
         }
     }
 
@@ -140,6 +148,7 @@ impl Scenario {
                 | Scenario::IrpDoubleComplete
                 | Scenario::ServiceException
                 | Scenario::DpcWatchdog
+                | Scenario::Watchdog1ca
         )
     }
 }
@@ -270,6 +279,12 @@ pub fn build_with_table(
             facts.bugcheck = Some((code, params));
             facts.prints_when_hung = vec![fatal_banner(code, params)];
         }
+        Scenario::Watchdog1ca => {
+            let (w, code, params) = watchdog_1ca(&mut sys, &base)?;
+            facts.watchdog = Some(w);
+            facts.bugcheck = Some((code, params));
+            facts.prints_when_hung = vec![fatal_banner(code, params)];
+        }
         Scenario::DpcWatchdog => {
             let (d, code, params) = dpc_watchdog(&mut sys, &base)?;
             facts.stuck_dpc = Some(d);
@@ -293,9 +308,13 @@ pub fn build_with_table(
         }
     }
     io_base::extra_irps(&mut sys, &mut io, config.irps.min(MAX_EXTRA_IRPS))?;
-    let _ = base.worker_queue;
+    // A scenario's worker threads are busy with their items.
+    facts.busy_workers = sys.attach_busy_workers(&base.work_queues[0])?;
+    facts.work_queues = base.work_queues.iter().map(|q| q.address).collect();
+    facts.work_items = base.work_items.clone();
     facts.ready = base.ready.clone();
     facts.dpcs = base.dpcs.clone();
+    facts.timers = base.timers.clone();
     io.facts.nic_state = if config.scenario == Scenario::NblHang {
         "DeviceNodeQueryRemoved".into()
     } else {
@@ -320,6 +339,7 @@ pub fn build_with_table(
     facts.process_details = sys.processes.iter().map(|p| p.details.clone()).collect();
     facts.impersonating = sys.impersonating;
     facts.threads = sys.threads.len();
+    facts.processors = sys.cpus.len();
     facts.paged_out = base.paged_out.clone();
     facts.transition = base.transition.clone();
     facts.swapped_stack_thread = base.swapped;

@@ -13,6 +13,9 @@ mod processors;
 mod resources;
 mod shared_data;
 mod threads;
+mod workers;
+
+pub use workers::WorkQueueRec;
 
 pub use io::{DeviceSpec, IrpLocation, IrpSpec, MAJOR_FUNCTIONS};
 pub use kdbg::{decode_kdbg_word, encode_kdbg_word};

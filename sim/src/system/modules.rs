@@ -110,7 +110,8 @@ impl System {
                 "KiInterruptDispatchNoLockNoEtw"
                 | "KiInterruptDispatchNoLock"
                 | "KiInterruptDispatch"
-                | "KiDpcInterrupt" => self.trap_entry_frame(rva, end, true)?,
+                | "KiDpcInterrupt"
+                | "KiNmiInterrupt" => self.trap_entry_frame(rva, end, true)?,
                 _ => with_min_alloc(frame_for(function, rva, end), function),
             };
             let f = self.modules[mi].image.add_frame(frame).clone();

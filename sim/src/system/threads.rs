@@ -186,8 +186,13 @@ impl System {
                 self.modules[module_index].image.add_call(rva, Some(callee));
                 ret_slot = rsp - 8;
             } else {
-                // Where the thread is: an instruction starts here.
-                self.modules[module_index].image.add_instruction(rva);
+                // Where the thread is: an instruction starts here (a spin loop where the
+                // scenario says the running thread spins).
+                let image = &mut self.modules[module_index].image;
+                match c.interrupted {
+                    Some(Interrupted::Spin) => image.add_spin(rva),
+                    _ => image.add_instruction(rva),
+                }
             }
         }
         Ok((frames, ret_value))
