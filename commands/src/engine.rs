@@ -220,14 +220,17 @@ pub enum ScopeKind {
     ContextRecord,
     /// A KTRAP_FRAME (`.trap`).
     TrapFrame,
+    /// A frame of the stack, its registers as the walk recovered them (`.frame /c`).
+    Frame,
 }
 
 impl ScopeKind {
-    /// Its name in results: `context_record` or `trap_frame`.
+    /// Its name in results: `context_record`, `trap_frame` or `frame`.
     pub fn name(self) -> &'static str {
         match self {
             ScopeKind::ContextRecord => "context_record",
             ScopeKind::TrapFrame => "trap_frame",
+            ScopeKind::Frame => "frame",
         }
     }
 }
@@ -755,4 +758,18 @@ impl Env for EngineEnv<'_> {
 /// `fffff805`5c400000`.
 pub fn addr(a: u64) -> String {
     format!("{:08x}`{:08x}", a >> 32, a as u32)
+}
+
+/// A frame as `kb` and `!analyze`'s STACK_TEXT show it: Child-SP, return address, `gap`, the
+/// four argument slots, then the call site.
+pub fn frame_with_args(child_sp: u64, ret: u64, args: &[u64; 4], gap: &str, site: &str) -> String {
+    format!(
+        "{} {}{gap}: {} {} {} {} : {site}",
+        addr(child_sp),
+        addr(ret),
+        addr(args[0]),
+        addr(args[1]),
+        addr(args[2]),
+        addr(args[3]),
+    )
 }

@@ -368,13 +368,15 @@ pub static COMMANDS: &[Command] = &[
     },
     command! {
         name: ".frame", aliases: [], id: "frame",
-        summary: "a frame of the current stack (/r: with its registers)",
+        summary: "a frame of the current stack (/r: with its registers; /c: make them the context)",
         doc: "frame N of the current stack, numbered as `k` numbers it (from the `.cxr`/`.trap` \
               context when one is set); `/r` adds the frame's registers as the walk recovered \
               them (the non-volatile ones exact, the others those of the frame inside it) and \
-              the instruction at its RIP; without N, the frame chosen last",
-        syntax: crate::cmds::scope::FRAME_SYNTAX, usage: Some(".frame [/r] [N]"),
-        examples: [".frame 1", ".frame /r 2", ".frame"],
+              the instruction at its RIP; `/c` makes them the register context `r`, `k`, `u` \
+              and `@reg` use, as `.cxr` does, until `.cxr` with no address; without N, the \
+              frame chosen last",
+        syntax: crate::cmds::scope::FRAME_SYNTAX, usage: Some(".frame [/r] [/c] [N]"),
+        examples: [".frame 1", ".frame /r 2", ".frame /c 1", ".frame"],
         run: crate::cmds::scope::frame => crate::cmds::scope::FrameChosen,
     },
     command! {

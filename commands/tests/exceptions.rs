@@ -181,6 +181,24 @@ fn the_service_exception_on_every_build() {
             sites,
             "{build}: back to the processor"
         );
+        // `.frame /c N`: frame N's registers become the context; `k` walks from there.
+        let f = run(&mut e, &format!(".frame /c {:x}", entry + 1));
+        let rip = f["registers"]["rip"].as_u64().unwrap();
+        assert_eq!(
+            run(&mut e, "? @rip")["value"].as_u64(),
+            Some(rip),
+            "{build}"
+        );
+        let k = run(&mut e, "k");
+        assert_eq!(k["scope"], "frame", "{build}");
+        assert_eq!(
+            call_sites(&k)[..],
+            sites[entry + 1..],
+            "{build}: the frame's stack is the part from it up"
+        );
+        assert!(!e.run(".frame /x 1").ok(), "an unknown option is refused");
+        run(&mut e, ".cxr");
+        assert_eq!(call_sites(&run(&mut e, "k")), sites, "{build}");
 
         // The trap frame: the same place, with the non-volatile registers zero.
         let t = run(&mut e, &format!(".trap {:x}", x.trap_frame));

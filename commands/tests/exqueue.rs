@@ -75,6 +75,12 @@ fn the_work_queues_hold_what_was_queued_on_every_build() {
                 "nbl-hang's two PnP workers"
             );
             assert_eq!(r["busy"].as_u64(), Some(busy.len() as u64));
+            // The queues' own counts of their workers agree with their thread lists.
+            let counted: i64 = queues
+                .iter()
+                .map(|q| q["thread_count"].as_i64().unwrap())
+                .sum();
+            assert_eq!(counted, 10 + busy.len() as i64, "{build} {scenario}");
             // The pending items: on the last queue, highest priority first, in queue order.
             let items: Vec<(u64, u64, u64, String)> = queues
                 .iter()

@@ -543,19 +543,26 @@ fn the_hang_analysis() {
     let mut e = Engine::new(k);
     let a = run(&mut e, "!analyze -hang");
     assert_eq!(a["bugcheck"], 0x44);
-    let mut with_irps: Vec<u64> = a["most_irps"]
+    // Each thread's count is the IRPs planted on its list, most first.
+    let mut planted: std::collections::BTreeMap<u64, u64> = Default::default();
+    for i in &p.facts.io.irps {
+        *planted.entry(i.thread).or_default() += 1;
+    }
+    let listed: Vec<(u64, u64)> = a["most_irps"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| w["thread"].as_u64().unwrap())
+        .map(|w| {
+            (
+                w["thread"].as_u64().unwrap(),
+                w["pending_irps"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    let mut planted: Vec<u64> = p.facts.io.irps.iter().map(|i| i.thread).collect();
-    planted.sort_unstable();
-    planted.dedup();
-    planted.truncate(20);
-    with_irps.sort_unstable();
-    assert_eq!(with_irps.len(), planted.len().min(20));
-    for t in &with_irps {
-        assert!(planted.contains(t) || p.facts.io.irps.iter().any(|i| i.thread == *t));
+    assert!(!listed.is_empty());
+    assert_eq!(listed.len(), planted.len().min(20));
+    assert!(listed.windows(2).all(|x| x[0].1 >= x[1].1), "{listed:?}");
+    for (t, n) in &listed {
+        assert_eq!(planted.get(t), Some(n), "thread {t:x}");
     }
 }

@@ -51,7 +51,9 @@ pub(crate) struct ScopeSet {
 
 fn set(e: &mut Engine, kind: ScopeKind, address: u64) -> Result<ScopeSet, CmdError> {
     let (context, error_code, interrupted_mode) = match kind {
-        ScopeKind::ContextRecord => (e.kernel.context_record(address)?, None, None),
+        ScopeKind::ContextRecord | ScopeKind::Frame => {
+            (e.kernel.context_record(address)?, None, None)
+        }
         ScopeKind::TrapFrame => {
             let t = e.kernel.trap_frame(address)?;
             let mode = if t.context.cs() & 3 == 0 {
@@ -360,12 +362,24 @@ pub(crate) struct FrameChosen {
 /// `.frame [/r] [N]`.
 pub(crate) fn frame(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<FrameChosen, CmdError> {
     let text = a.text("ARGS").unwrap_or("").trim();
-    let (registers_wanted, rest) = match text.get(..2) {
-        Some(f) if f.eq_ignore_ascii_case("/r") || f.eq_ignore_ascii_case("-r") => {
-            (true, text[2..].trim())
+    // Options: /r (the frame's registers), /c (make them the register context), together as
+    // /rc or /cr.
+    let (mut registers_wanted, mut set_context, mut rest) = (false, false, text);
+    if let Some(opts) = rest.strip_prefix(['/', '-']) {
+        let end = opts.find(char::is_whitespace).unwrap_or(opts.len());
+        for c in opts[..end].chars() {
+            match c.to_ascii_lowercase() {
+                'r' => registers_wanted = true,
+                'c' => set_context = true,
+                other => {
+                    return Err(CmdError::Usage(format!(
+                        ".frame: unknown option /{other}; .frame [/r] [/c] [N]"
+                    )));
+                }
+            }
         }
-        _ => (false, text),
-    };
+        rest = opts[end..].trim();
+    }
     let wanted = if rest.is_empty() {
         e.frame
     } else {
@@ -382,7 +396,7 @@ pub(crate) fn frame(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<FrameCh
         }));
     };
     e.frame = wanted;
-    let (registers, instruction) = if registers_wanted {
+    let (registers, instruction) = if registers_wanted || set_context {
         let mut c = e.context(e.processor)?;
         for (i, v) in f.regs.gpr.iter().enumerate() {
             if let Some(r) = kdnet_arch::Reg::from_number(i as u8) {
@@ -391,6 +405,17 @@ pub(crate) fn frame(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<FrameCh
         }
         c.set_reg(kdnet_arch::Reg::Rip, f.ip);
         c.set_reg(kdnet_arch::Reg::Rsp, f.child_sp);
+        if set_context {
+            // The frame's registers become the context `r`, `k` and `u` use, until `.cxr`.
+            e.scope = Some(Scope {
+                processor: e.processor,
+                context: c.clone(),
+                kind: ScopeKind::Frame,
+                address: f.child_sp,
+            });
+            e.frame = 0;
+            e.next_disassembly = None;
+        }
         let regs = general(e, &c, e.processor);
         let insn = instruction_at(e, f.ip);
         (Some(regs), insn)

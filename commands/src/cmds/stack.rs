@@ -246,15 +246,15 @@ impl Render for Stack {
                         _ => String::new(),
                     };
                     out.push_str(&format!(
-                        "{:02x} {} {}     : {} {} {} {} : {}{trap}\n",
+                        "{:02x} {}{trap}\n",
                         f.number,
-                        addr(f.child_sp),
-                        addr(f.return_address),
-                        addr(f.args[0]),
-                        addr(f.args[1]),
-                        addr(f.args[2]),
-                        addr(f.args[3]),
-                        f.call_site
+                        crate::engine::frame_with_args(
+                            f.child_sp,
+                            f.return_address,
+                            &f.args,
+                            "     ",
+                            &f.call_site
+                        )
                     ))
                 }
                 Layout::ChildSp => out.push_str(&format!(

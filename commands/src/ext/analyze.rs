@@ -10,7 +10,7 @@ use crate::args::{Args, Syntax, flag};
 use crate::cmds::disasm::{Insn, instruction_at, memory_access};
 use crate::cmds::registers::{AllRegisters, general};
 use crate::cmds::scope::{Exception, exception};
-use crate::engine::{CmdError, Engine, addr};
+use crate::engine::{CmdError, Engine};
 use crate::registry::Render;
 use kdnet_model::nt::records::ExceptionRecord;
 use kdnet_model::nt::unwind::Regs;
@@ -423,6 +423,13 @@ fn synthetic_watchdog(e: &mut Engine, p: &[u64; 4]) -> SyntheticWatchdog {
             .kernel
             .note_incomplete(format!("the processors are unreadable: {err}")),
     }
+    if p[0] > p[1] {
+        e.kernel.note_incomplete(format!(
+            "the parameters do not fit together: the time since the watchdog's reset \
+             ({:#x}) is more than the interrupt time ({:#x})",
+            p[0], p[1]
+        ));
+    }
     SyntheticWatchdog {
         since_reset_seconds: p[0] as f64 / 1e7,
         interrupt_time_seconds: p[1] as f64 / 1e7,
@@ -442,12 +449,18 @@ fn synthetic_watchdog(e: &mut Engine, p: &[u64; 4]) -> SyntheticWatchdog {
 
 fn processor_state(e: &mut Engine, c: &kdnet_model::nt::procs::Processor) -> ProcessorState {
     let mut notes = Vec::new();
-    let irql = e
+    let irql = match e
         .kernel
         .nt()
-        .ok()
-        .and_then(|nt| nt.offset("_KPCR", "Irql").ok())
-        .and_then(|o| e.kernel.mem.u8(c.kpcr + o).ok());
+        .and_then(|nt| Ok(nt.offset("_KPCR", "Irql")?))
+        .and_then(|o| Ok(e.kernel.mem.u8(c.kpcr.wrapping_add(o))?))
+    {
+        Ok(i) => Some(i),
+        Err(err) => {
+            notes.push(format!("its IRQL is unreadable: {err}"));
+            None
+        }
+    };
     let ctx = match e.kernel.context(c.number) {
         Ok(x) => Some(x),
         Err(err) => {
@@ -455,11 +468,23 @@ fn processor_state(e: &mut Engine, c: &kdnet_model::nt::procs::Processor) -> Pro
             None
         }
     };
-    let thread = e.kernel.thread(c.current).ok();
-    let process = thread
-        .as_ref()
-        .and_then(|t| e.kernel.process(t.process).ok())
-        .map(|p| p.name);
+    let thread = match e.kernel.thread(c.current) {
+        Ok(t) => Some(t),
+        Err(err) => {
+            notes.push(format!("its thread {:x} is unreadable: {err}", c.current));
+            None
+        }
+    };
+    let process = match &thread {
+        Some(t) => match e.kernel.process(t.process) {
+            Ok(p) => Some(p.name),
+            Err(err) => {
+                notes.push(format!("its thread's process is unreadable: {err}"));
+                None
+            }
+        },
+        None => None,
+    };
     let mut frames = Vec::new();
     let mut driver = None;
     if let Some(x) = &ctx {
@@ -1118,16 +1143,14 @@ debugger, not by a crash; use !analyze -hang, !locks, !deadlock, !stacks and !vm
         }
         out.push_str("\nSTACK_TEXT:  \n");
         for f in &b.frames {
-            out.push_str(&format!(
-                "{} {} : {} {} {} {} : {}\n",
-                addr(f.child_sp),
-                addr(f.return_address),
-                addr(f.args[0]),
-                addr(f.args[1]),
-                addr(f.args[2]),
-                addr(f.args[3]),
-                f.call_site
+            out.push_str(&crate::engine::frame_with_args(
+                f.child_sp,
+                f.return_address,
+                &f.args,
+                " ",
+                &f.call_site,
             ));
+            out.push('\n');
         }
         if let Some(note) = &b.stack_note {
             out.push_str(&format!("({note})\n"));
@@ -1270,6 +1293,16 @@ fn hang(e: &mut Engine, bugcheck: Option<u32>) -> Result<HangAnalysis, CmdError>
     let mut waiting: Vec<&(kdnet_model::nt::procs::Thread, String)> =
         all.iter().filter(|(t, _)| t.state == 5).collect();
     let n_waiting = waiting.len();
+    let unknown = waiting
+        .iter()
+        .filter(|(t, _)| t.wait_seconds.is_none())
+        .count();
+    if unknown > 0 {
+        e.kernel.note_incomplete(format!(
+            "{unknown} waiting threads' wait times are unknown (the clock is unreadable), so \
+             the ranking by wait time is not whole"
+        ));
+    }
     waiting.sort_by(|a, b| {
         b.0.wait_seconds
             .unwrap_or(0.0)

@@ -25,7 +25,7 @@ pub struct Worker {
     #[serde(serialize_with = "crate::hex::ser")]
     #[schemars(with = "crate::hex::Hex")]
     pub thread: u64,
-    /// Its process id and thread id (null when the thread could not be read).
+    /// Its process id (null when the thread could not be read).
     pub pid: Option<u64>,
     /// Its thread id.
     pub tid: Option<u64>,
@@ -172,7 +172,8 @@ pub(crate) fn exqueue(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<ExQue
             };
             if w.idle {
                 idle_n += 1;
-            } else {
+            } else if w.state.is_some() {
+                // An unreadable thread is neither: the result says it is incomplete.
                 busy += 1;
             }
             let wanted = if w.idle { IDLE } else { BUSY };

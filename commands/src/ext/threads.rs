@@ -1246,13 +1246,20 @@ pub fn running_command(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Runn
         };
         let mut frames = Vec::new();
         // What the processor is doing at DISPATCH_LEVEL: a DPC routine active.
-        let in_dpc = e
-            .kernel
-            .nt()
-            .ok()
-            .and_then(|nt| nt.offset("_KPRCB", "DpcRoutineActive").ok())
-            .and_then(|o| e.kernel.mem.u8(c.prcb + o).ok())
-            .map(|v| v != 0);
+        let in_dpc = match e.kernel.nt()?.offset("_KPRCB", "DpcRoutineActive") {
+            Ok(o) => match e.kernel.mem.u8(c.prcb.wrapping_add(o)) {
+                Ok(v) => Some(v != 0),
+                Err(err) => {
+                    e.kernel.note_incomplete(format!(
+                        "whether processor {} runs a DPC is unknown: its KPRCB is unreadable: \
+                         {err}",
+                        c.number
+                    ));
+                    None
+                }
+            },
+            Err(_) => None,
+        };
         if with_stacks && (c.current != c.idle || idle_stacks) {
             shown.with_stack = true;
             match e.kernel.thread(c.current) {

@@ -119,6 +119,11 @@ fn times(filetime: i128) -> (String, String) {
 /// `!timer`.
 pub(crate) fn timer(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<TimerReport, CmdError> {
     let t = e.kernel.timer_tables()?;
+    let synchronization = e
+        .kernel
+        .nt()?
+        .enum_value("_KOBJECTS", "TimerSynchronizationObject")
+        .unwrap_or(9);
     let mut timers = Vec::new();
     let mut tables = Vec::new();
     for table in t.tables {
@@ -138,7 +143,7 @@ pub(crate) fn timer(e: &mut Engine, _verb: &str, _a: &Args<'_>) -> Result<TimerR
                 set: tm.table,
                 list: tm.list,
                 timer: tm.timer,
-                kind: if tm.kind == 9 {
+                kind: if i64::from(tm.kind) == synchronization {
                     "Synchronization"
                 } else {
                     "Notification"

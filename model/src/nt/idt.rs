@@ -75,7 +75,7 @@ impl Kernel {
         let mut complete = true;
         // The stacks IST indexes select.
         let ist = match nt.offset("_KTSS64", "Ist") {
-            Ok(off) if tss != 0 => match self.mem.kread(tss + off, 8 * 8) {
+            Ok(off) if tss != 0 => match self.mem.kread(tss.wrapping_add(off), 8 * 8) {
                 Ok(b) => Some(b),
                 Err(err) => {
                     notes.push(format!("the TSS at {tss:#x} is unreadable: {err}"));
@@ -87,7 +87,7 @@ impl Kernel {
         };
         // The interrupt objects connected, by vector.
         let objects = match nt.offset("_KPRCB", "InterruptObject") {
-            Ok(off) => match self.mem.kread(c.prcb + off, VECTORS * 8) {
+            Ok(off) => match self.mem.kread(c.prcb.wrapping_add(off), VECTORS * 8) {
                 Ok(b) => Some(b),
                 Err(err) => {
                     notes.push(format!(

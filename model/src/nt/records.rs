@@ -54,21 +54,6 @@ impl ExceptionRecord {
             parameters: (0..n).map(|i| l.u64(0x20 + 8 * i)).collect(),
         })
     }
-
-    /// The record's bytes (the x64 layout).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = vec![0u8; EXCEPTION_RECORD_LEN];
-        b[0..4].copy_from_slice(&self.code.to_le_bytes());
-        b[4..8].copy_from_slice(&self.flags.to_le_bytes());
-        b[8..0x10].copy_from_slice(&self.chained.to_le_bytes());
-        b[0x10..0x18].copy_from_slice(&self.address.to_le_bytes());
-        let n = self.parameters.len().min(MAX_EXCEPTION_PARAMETERS);
-        b[0x18..0x1c].copy_from_slice(&(n as u32).to_le_bytes());
-        for (i, p) in self.parameters.iter().take(n).enumerate() {
-            b[0x20 + 8 * i..0x28 + 8 * i].copy_from_slice(&p.to_le_bytes());
-        }
-        b
-    }
 }
 
 /// The registers a trap frame holds, as a CONTEXT (the others zero), and which those are.
@@ -188,6 +173,21 @@ impl Kernel {
 mod tests {
     use super::*;
 
+    /// A record's bytes (the x64 layout).
+    fn bytes(r: &ExceptionRecord) -> Vec<u8> {
+        let mut b = vec![0u8; EXCEPTION_RECORD_LEN];
+        b[0..4].copy_from_slice(&r.code.to_le_bytes());
+        b[4..8].copy_from_slice(&r.flags.to_le_bytes());
+        b[8..0x10].copy_from_slice(&r.chained.to_le_bytes());
+        b[0x10..0x18].copy_from_slice(&r.address.to_le_bytes());
+        let n = r.parameters.len().min(MAX_EXCEPTION_PARAMETERS);
+        b[0x18..0x1c].copy_from_slice(&(n as u32).to_le_bytes());
+        for (i, p) in r.parameters.iter().take(n).enumerate() {
+            b[0x20 + 8 * i..0x28 + 8 * i].copy_from_slice(&p.to_le_bytes());
+        }
+        b
+    }
+
     #[test]
     fn an_exception_record_round_trips_and_a_bad_count_is_refused() {
         let r = ExceptionRecord {
@@ -197,7 +197,7 @@ mod tests {
             address: 0xfffff804_8b58334c,
             parameters: vec![1, u64::MAX],
         };
-        let b = r.to_bytes();
+        let b = bytes(&r);
         assert_eq!(ExceptionRecord::parse(&b).unwrap(), r);
         let mut bad = b.clone();
         bad[0x18] = 16;

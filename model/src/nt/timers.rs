@@ -108,9 +108,9 @@ impl Kernel {
         let cpus = self.processors()?;
         let mut tables = Vec::new();
         for c in &cpus {
-            let address = c.prcb + table_at;
+            let address = c.prcb.wrapping_add(table_at);
             let span = (sets * lists * entry_size) as usize;
-            let raw = self.mem.kread(address + entries_at, span)?;
+            let raw = self.mem.kread(address.wrapping_add(entries_at), span)?;
             let mut t = TimerTable {
                 processor: c.number,
                 address,
@@ -126,7 +126,7 @@ impl Kernel {
                     let i = set * lists + list;
                     let o = (i * entry_size + entry_list) as usize;
                     let flink = u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or([0; 8]));
-                    let head = address + entries_at + o as u64;
+                    let head = address.wrapping_add(entries_at + o as u64);
                     if flink == head {
                         continue;
                     }
@@ -218,15 +218,11 @@ impl Kernel {
             } else {
                 let wl = v.get("Header.WaitListHead.Flink")?;
                 let wl_head = v.addr_of("Header.WaitListHead")?;
-                if wl != wl_head && wl != 0 {
-                    let wb_link = nt.offset("_KWAIT_BLOCK", "WaitListEntry")?;
-                    let thread_at = nt.offset("_KWAIT_BLOCK", "Thread")?;
-                    match self.mem.u64(wl.wrapping_sub(wb_link) + thread_at) {
+                if wl != wl_head {
+                    match self.timer_waiter(wl) {
                         Ok(th) => tm.waiter = Some(th),
-                        Err(e) => {
-                            t.notes.push(format!(
-                                "timer {timer:#x}: its wait block {wl:#x} is unreadable: {e}"
-                            ));
+                        Err(why) => {
+                            t.notes.push(format!("timer {timer:#x}: {why}"));
                             t.complete = false;
                         }
                     }
@@ -235,6 +231,48 @@ impl Kernel {
             t.timers.push(tm);
         }
         Ok(n)
+    }
+
+    /// The thread of the first wait block on a timer's wait list (its `WaitListEntry` at
+    /// `entry`): a wait block of a thread's wait (WaitAll or WaitAny; the others put a queue
+    /// or a DPC where the thread is), whose thread is a thread; or why it is not.
+    fn timer_waiter(&mut self, entry: u64) -> Result<u64, String> {
+        let nt = self.nt().map_err(|e| e.to_string())?;
+        if entry == 0
+            || !entry.is_multiple_of(8)
+            || !crate::mem::canonical(entry, self.mem.paging_levels())
+        {
+            return Err(format!(
+                "its wait list points at {entry:#x}, not a wait block"
+            ));
+        }
+        let link = nt
+            .offset("_KWAIT_BLOCK", "WaitListEntry")
+            .map_err(|e| e.to_string())?;
+        let wb = entry.wrapping_sub(link);
+        let v = self
+            .view("_KWAIT_BLOCK", wb)
+            .map_err(|e| format!("its wait block {wb:#x} is unreadable: {e}"))?;
+        let wait_type = v.get("WaitType").map_err(|e| e.to_string())?;
+        let all = nt.enum_value("_WAIT_TYPE", "WaitAll").unwrap_or(0) as u64;
+        let any = nt.enum_value("_WAIT_TYPE", "WaitAny").unwrap_or(1) as u64;
+        if wait_type != all && wait_type != any {
+            return Err(format!(
+                "its wait block {wb:#x} is not a thread's wait (wait type {wait_type})"
+            ));
+        }
+        let thread = v.get("Thread").map_err(|e| e.to_string())?;
+        let ty = self
+            .mem
+            .u8(thread)
+            .map_err(|e| format!("the thread {thread:#x} of its wait block is unreadable: {e}"))?;
+        let thread_type = nt.enum_value("_KOBJECTS", "ThreadObject").unwrap_or(6) as u8;
+        if ty != thread_type {
+            return Err(format!(
+                "its wait block's thread {thread:#x} is not a thread (type {ty:#x})"
+            ));
+        }
+        Ok(thread)
     }
 
     /// The routine of a timer's (decoded) DPC, or why it is not a DPC.

@@ -103,7 +103,12 @@ impl Kernel {
                 .find(|(n, v)| *v as u64 == i && n != "ExPoolMax")
                 .map_or_else(|| format!("queue {i}"), |(n, _)| n.clone())
         };
-        if nt.field("_ENODE", "ExWorkQueues").is_ok() {
+        if let Ok(field) = nt.field("_ENODE", "ExWorkQueues") {
+            // The node's array says how many it has.
+            let slots = match &field.ty {
+                kdnet_symbols::Ty::Array { count, .. } => (*count).min(32),
+                _ => slots,
+            };
             let block = self.sym("KeNodeBlock")?;
             let slots_at = nt.offset("_ENODE", "ExWorkQueues")?;
             let node_back = nt.offset("_EX_WORK_QUEUE", "Node")?;
@@ -112,14 +117,16 @@ impl Kernel {
                 if enode == 0 {
                     continue;
                 }
-                let raw = self.mem.kread(enode + slots_at, 8 * slots as usize)?;
+                let raw = self
+                    .mem
+                    .kread(enode.wrapping_add(slots_at), 8 * slots as usize)?;
                 for i in 0..slots {
                     let o = 8 * i as usize;
                     let q = u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or([0; 8]));
                     if q == 0 {
                         continue;
                     }
-                    let back = self.mem.u64(q + node_back)?;
+                    let back = self.mem.u64(q.wrapping_add(node_back))?;
                     if back != enode {
                         return Err(ModelError::Corrupt(format!(
                             "node {n}'s work queue {i} at {q:#x} says its node is {back:#x}, \
@@ -135,7 +142,7 @@ impl Kernel {
         let partition = self.mem.u64(self.sym("PspSystemPartition")?)?;
         let ex = self
             .mem
-            .u64(partition + nt.offset("_EPARTITION", "ExPartition")?)?;
+            .u64(partition.wrapping_add(nt.offset("_EPARTITION", "ExPartition")?))?;
         let v = self.view("_EX_PARTITION", ex)?;
         let object = v.get("PartitionObject")?;
         if object != partition {
@@ -152,6 +159,12 @@ impl Kernel {
             let o = 8 * n as usize;
             let arr = u64::from_le_bytes(per_node[o..o + 8].try_into().unwrap_or([0; 8]));
             if arr == 0 {
+                if mask != 0 {
+                    return Err(ModelError::Corrupt(format!(
+                        "the system partition allocates work queues (QueueAllocationMask \
+                         {mask:#x}) but node {n} has none"
+                    )));
+                }
                 continue;
             }
             let raw = self.mem.kread(arr, 8 * slots as usize)?;
@@ -167,7 +180,7 @@ impl Kernel {
                     }
                     continue;
                 }
-                let back = self.mem.u64(q + back_at)?;
+                let back = self.mem.u64(q.wrapping_add(back_at))?;
                 if back != ex {
                     return Err(ModelError::Corrupt(format!(
                         "node {n}'s work queue {i} at {q:#x} says its partition is {back:#x}, \
@@ -266,7 +279,12 @@ impl Kernel {
         } else {
             v.get("WorkerQueue.CurrentCount")?
         };
-        let thread_count = if priority_queue {
+        // The queue's own count of its workers: ThreadCount, or on KQUEUE builds that keep
+        // it the worker info's WorkerCount (DynamicThreadCount there counts only the threads
+        // the balance manager added).
+        let thread_count = if v.has("Info.WorkerCount") {
+            v.get("Info.WorkerCount")? as i64
+        } else if v.has("ThreadCount") {
             v.get_signed("ThreadCount")?
         } else {
             v.get_signed("DynamicThreadCount")?

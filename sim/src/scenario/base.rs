@@ -243,6 +243,10 @@ fn timer_tables(
         k.set(wb, "_KWAIT_BLOCK", "Object", timer)?;
         // STATUS_TIMEOUT is what the wait returns when the timer fires.
         k.set(wb, "_KWAIT_BLOCK", "WaitKey", 0x102)?;
+        let wait_any =
+            k.nt.enum_value("_WAIT_TYPE", "WaitAny")
+                .map_or(1, |v| v as u64);
+        k.set(wb, "_KWAIT_BLOCK", "WaitType", wait_any)?;
         let active = k.enum_value("_KWAIT_BLOCK_STATE", "WaitBlockActive")? as u64;
         k.set(wb, "_KWAIT_BLOCK", "BlockState", active)?;
         let head = timer + k.off("_KTIMER", "Header.WaitListHead")?;

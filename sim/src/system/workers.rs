@@ -158,8 +158,10 @@ impl System {
             let n = k.get(q.address, "_EX_WORK_QUEUE", "ThreadCount")?;
             k.set(q.address, "_EX_WORK_QUEUE", "ThreadCount", n + 1)?;
         } else {
-            let n = k.get(q.address, "_EX_WORK_QUEUE", "DynamicThreadCount")?;
-            k.set(q.address, "_EX_WORK_QUEUE", "DynamicThreadCount", n + 1)?;
+            // The boot-time workers: the worker info's count (DynamicThreadCount is for the
+            // threads the balance manager adds later).
+            let n = k.get(q.address, "_EX_WORK_QUEUE", "Info.WorkerCount")?;
+            k.set(q.address, "_EX_WORK_QUEUE", "Info.WorkerCount", n + 1)?;
         }
         if active {
             let at = if q.priority {
