@@ -293,3 +293,27 @@ impl Kernel {
         v.get("DeferredRoutine").map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::decode_word;
+
+    /// Known answers, computed apart from the simulator's encoder with the transform
+    /// KeSetTimer applies (`N ^ ror(T ^ bswap(W ^ Dpc), N)`): a timer's Dpc and a timer
+    /// without one (which the kernel encodes too, as zero).
+    #[test]
+    fn a_timer_s_dpc_decodes() {
+        let (never, always) = (0x4f1e_92a3_7c05_d14b, 0x9d33_0e7a_1b26_c8f5);
+        let timer = 0xffff_c18a_0013_24d0;
+        assert_eq!(
+            decode_word(0x5951_d0fd_ee3b_cad6, never, always, timer),
+            0xffff_c18a_0013_2570
+        );
+        assert_eq!(decode_word(0xa6bf_d45f_8e2a_92e9, never, always, timer), 0);
+        // The same word under another timer's address is noise.
+        assert_ne!(
+            decode_word(0x5951_d0fd_ee3b_cad6, never, always, timer + 0x40),
+            0xffff_c18a_0013_2570
+        );
+    }
+}
