@@ -98,15 +98,6 @@ pub(crate) struct Time {
     pub uptime_seconds: f64,
 }
 
-/// A FILETIME (100 ns since 1601, UTC) as (unix seconds, milliseconds).
-fn unix_of(filetime: u64) -> (i64, u32) {
-    let t = filetime as i64 - 116_444_736_000_000_000;
-    (
-        t.div_euclid(10_000_000),
-        (t.rem_euclid(10_000_000) / 10_000) as u32,
-    )
-}
-
 /// Uptime as WinDbg writes it: `0 days 4:12:00.000`.
 pub(crate) fn uptime_text(seconds: f64) -> String {
     let ms = (seconds * 1000.0).round() as u64;
@@ -122,16 +113,8 @@ pub(crate) fn uptime_text(seconds: f64) -> String {
 
 pub(crate) fn time(e: &mut Engine, _v: &str, _a: &Args<'_>) -> Result<Time, CmdError> {
     let (system, interrupt, bias) = e.kernel.clocks()?;
-    let (secs, ms) = unix_of(system);
-    let (y, mo, d) = crate::calendar::civil(secs.div_euclid(86_400));
-    let r = secs.rem_euclid(86_400);
     Ok(Time {
-        system_time: format!(
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            r / 3600,
-            r / 60 % 60,
-            r % 60
-        ),
+        system_time: crate::calendar::iso(i128::from(system)),
         utc_offset_minutes: -bias / 600_000_000,
         uptime_seconds: interrupt as f64 / 1e7,
     })
@@ -401,6 +384,9 @@ mod tests {
         );
         assert_eq!(uptime_text(90061.5), "1 days 1:01:01.500");
         // 2021-01-01T00:00:00Z as a FILETIME.
-        assert_eq!(unix_of(132_539_328_000_000_000), (1_609_459_200, 0));
+        assert_eq!(
+            crate::calendar::unix_of(132_539_328_000_000_000),
+            (1_609_459_200, 0)
+        );
     }
 }

@@ -1205,36 +1205,8 @@ fn render_watchdog(w: &SyntheticWatchdog, out: &mut String) {
              {d:.3} s before the bugcheck\n"
         ));
     }
-    out.push_str("\nPROCESSORS:\n");
-    for c in &w.processors {
-        let irql = c.irql.map_or("?".to_string(), |i| format!("{i:x}"));
-        let iflag = match c.interrupts_enabled {
-            Some(true) => "interrupts enabled",
-            Some(false) => "INTERRUPTS DISABLED",
-            None => "interrupts ?",
-        };
-        let clock = if u64::from(c.processor) == w.clock_processor {
-            "  <-- clock processor"
-        } else {
-            ""
-        };
-        out.push_str(&format!(
-            "  {:2}  IRQL {irql}  {iflag}  thread {:016x} ({}){}  at {}{clock}\n",
-            c.processor,
-            c.thread,
-            c.process.as_deref().unwrap_or("?"),
-            if c.idle { " idle" } else { "" },
-            c.at.as_deref().unwrap_or("?")
-        ));
-        if !c.idle {
-            for f in &c.frames {
-                out.push_str(&format!("        {f}\n"));
-            }
-        }
-        if let Some(n) = &c.note {
-            out.push_str(&format!("        NOTE: {n}\n"));
-        }
-    }
+    out.push('\n');
+    render_processors(&w.processors, Some(w.clock_processor), out);
 }
 
 /// `!analyze -hang`: every processor's stack, the waiting threads ranked by wait time and by
@@ -1394,27 +1366,7 @@ fn render_hang(h: &HangAnalysis, out: &mut String) {
             "The machine stopped with bugcheck {c:x}; `!analyze -v` analyses it.\n\n"
         ));
     }
-    out.push_str("PROCESSORS:\n");
-    for c in &h.processors {
-        let irql = c.irql.map_or("?".to_string(), |i| format!("{i:x}"));
-        let iflag = match c.interrupts_enabled {
-            Some(false) => "  INTERRUPTS DISABLED",
-            _ => "",
-        };
-        out.push_str(&format!(
-            "  {:2}  IRQL {irql}{iflag}  thread {:016x} ({}){}  at {}\n",
-            c.processor,
-            c.thread,
-            c.process.as_deref().unwrap_or("?"),
-            if c.idle { " idle" } else { "" },
-            c.at.as_deref().unwrap_or("?")
-        ));
-        if !c.idle {
-            for f in &c.frames {
-                out.push_str(&format!("        {f}\n"));
-            }
-        }
-    }
+    render_processors(&h.processors, None, out);
     out.push_str(&format!(
         "\nLONGEST_WAITS: ({} of {} threads waiting)\n",
         h.longest_waits.len(),
@@ -1462,5 +1414,41 @@ fn render_hang(h: &HangAnalysis, out: &mut String) {
             l.shared_waiters,
             l.contention
         ));
+    }
+}
+
+/// Every processor's state as `!analyze` shows it (0x1CA and -hang): IRQL, interrupt flag,
+/// thread, where it is, its stack unless idle, and why any of that is missing; `clock` marks
+/// the clock processor.
+fn render_processors(processors: &[ProcessorState], clock: Option<u64>, out: &mut String) {
+    out.push_str("PROCESSORS:\n");
+    for c in processors {
+        let irql = c.irql.map_or("?".to_string(), |i| format!("{i:x}"));
+        let iflag = match c.interrupts_enabled {
+            Some(true) => "interrupts enabled",
+            Some(false) => "INTERRUPTS DISABLED",
+            None => "interrupts ?",
+        };
+        let mark = if clock == Some(u64::from(c.processor)) {
+            "  <-- clock processor"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "  {:2}  IRQL {irql}  {iflag}  thread {:016x} ({}){}  at {}{mark}\n",
+            c.processor,
+            c.thread,
+            c.process.as_deref().unwrap_or("?"),
+            if c.idle { " idle" } else { "" },
+            c.at.as_deref().unwrap_or("?")
+        ));
+        if !c.idle {
+            for f in &c.frames {
+                out.push_str(&format!("        {f}\n"));
+            }
+        }
+        if let Some(n) = &c.note {
+            out.push_str(&format!("        NOTE: {n}\n"));
+        }
     }
 }

@@ -104,14 +104,9 @@ pub struct TimerReport {
 /// A FILETIME (100 ns since 1601) as `YYYY-MM-DDTHH:MM:SS.mmmZ` and as WinDbg's
 /// `M/D/YYYY HH:MM:SS.mmm`.
 fn times(filetime: i128) -> (String, String) {
-    let t = filetime - 116_444_736_000_000_000;
-    let secs = t.div_euclid(10_000_000) as i64;
-    let ms = (t.rem_euclid(10_000_000) / 10_000) as u32;
-    let (y, mo, d) = crate::calendar::civil(secs.div_euclid(86_400));
-    let r = secs.rem_euclid(86_400);
-    let (h, mi, s) = (r / 3600, r / 60 % 60, r % 60);
+    let (y, mo, d, h, mi, s, ms) = crate::calendar::parts(filetime);
     (
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z"),
+        crate::calendar::iso(filetime),
         format!("{mo:2}/{d:2}/{y} {h:02}:{mi:02}:{s:02}.{ms:03}"),
     )
 }
