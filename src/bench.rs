@@ -1096,6 +1096,12 @@ fn nbl_hang_commands(f: &kdnet_sim::scenario::Facts) -> Vec<String> {
         "!exqueue".into(),
         "!idt".into(),
         "!analyze -hang".into(),
+        format!("!pte {hung:x}"),
+        format!(
+            "!pte {:x}",
+            f.not_resident.first().map_or(hung, |&(va, _)| va)
+        ),
+        format!("!vtop 0 {hung:x}"),
     ]
 }
 

@@ -585,6 +585,38 @@ pub static COMMANDS: &[Command] = &[
         run: crate::ext::sched::idt => crate::ext::sched::IdtShown,
     },
     command! {
+        name: "!pte", aliases: [], id: "pte",
+        summary: "an address's page-table entries, every level decoded",
+        doc: "the PXE, PPE, PDE and PTE of an address in the address space every read uses: \
+              where each entry is (through the page tables' self-map, `nt!MmPteBase` or the \
+              fixed base before it was randomized, checked to point back at the root), what it \
+              holds, and for a valid entry its frame and flags (`C`opy-on-write, `G`lobal, \
+              `L`arge, `D`irty, `A`ccessed, `N`o-cache, write-`T`hrough, `U`ser or `K`ernel, \
+              `W`ritable or `R`ead-only, `E`xecutable, `V`alid); a large page ends the walk at \
+              its PDE or PPE. An entry that is not valid is read as the memory manager writes \
+              it: a page file and offset, a transition frame, a prototype PTE, demand zero, \
+              with its protection; on kernels that swizzle invalid entries (the L1TF \
+              mitigation: `SwizzleBit` clear) the entry is XORed back with \
+              `nt!MiInvalidPteMask` or `nt!MiState.Hardware.InvalidPteMask` first, and when \
+              the mask cannot be read the result says so. An address in the self-map is taken \
+              as an entry and the address it maps is shown",
+        syntax: crate::ext::pte::PTE_SYNTAX, usage: Some("!pte Address"),
+        examples: ["!pte nt", "!pte @rsp"],
+        run: crate::ext::pte::pte => crate::ext::pte::PteShown,
+    },
+    command! {
+        name: "!vtop", aliases: [], id: "vtop",
+        summary: "a virtual address translated step by step from a directory base",
+        doc: "walks the page tables from the root its first argument names (0: the address \
+              space every read uses; otherwise a directory base's frame number, or a \
+              directory base itself, each reading tried as a root whose self-map entry \
+              points back at it): each entry's physical address, then the physical address \
+              the virtual one translates to, or the level whose entry is not present",
+        syntax: crate::ext::pte::VTOP_SYNTAX, usage: Some("!vtop PFN Address"),
+        examples: ["!vtop 0 nt"],
+        run: crate::ext::pte::vtop => crate::ext::pte::VtopShown,
+    },
+    command! {
         name: "!pcr", aliases: [], id: "pcr",
         summary: "a processor's control region: its PRCB, IRQL, IDT/GDT/TSS, threads and DPC queue",
         doc: "processor N's KPCR (the current processor's without N): where its KPRCB is, its \

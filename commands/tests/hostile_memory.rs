@@ -125,6 +125,9 @@ const COMMANDS: &[&str] = &[
     "!idt",
     "!exqueue",
     "!pcr 1",
+    "!pte @rsp",
+    "!pte nt",
+    "!vtop 0 @rsp",
     "!prcb 2",
 ];
 

@@ -163,9 +163,13 @@ async fn the_io_path_over_kdnet_on_every_build() {
             "{build}"
         );
 
-        // The NIC the miniport holds every packet for is being removed.
+        // The NIC the miniport holds every packet for is being removed; and the pages that
+        // are not resident, each entry as the machine wrote it.
         let Some((f, r)) = over_kdnet(build, Scenario::NblHang, |f| {
-            vec![format!("!devnode {:x}", f.io.nic.unwrap().2)]
+            let mut c = vec![format!("!devnode {:x}", f.io.nic.unwrap().2)];
+            c.extend(f.not_resident.iter().map(|(va, _)| format!("!pte {va:x}")));
+            c.push("!vtop 0 nt".into());
+            c
         })
         .await
         else {
@@ -176,6 +180,21 @@ async fn the_io_path_over_kdnet_on_every_build() {
             "{build}"
         );
         assert_eq!(r[0]["nodes"][0]["pdo"].as_u64(), Some(f.io.nic.unwrap().0));
+        for (i, (_, how)) in f.not_resident.iter().enumerate() {
+            let pte = &r[1 + i]["entries"][3];
+            assert_eq!(pte["swizzled"], true, "{build}");
+            match *how {
+                kdnet_sim::kernel::NotResident::PageFile { offset, .. } => {
+                    assert_eq!(pte["page_file_offset"].as_u64(), Some(offset), "{build}")
+                }
+                kdnet_sim::kernel::NotResident::Transition { pfn } => {
+                    assert_eq!(pte["pfn"].as_u64(), Some(pfn), "{build}")
+                }
+            }
+        }
+        let vtop = r.last().unwrap();
+        assert_eq!(vtop["page_size"].as_u64(), Some(0x20_0000), "{build}");
+        assert_eq!(vtop["directory_base_checked"], true);
     }
 }
 

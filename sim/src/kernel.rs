@@ -132,7 +132,32 @@ pub struct Kernel {
     tlb: HashMap<u64, u64>,
     fields: RefCell<HashMap<(String, String), FieldRef>>,
     used: RefCell<Usage>,
+    /// The memory manager's invalid-PTE mask (zero on a kernel that does not swizzle): the
+    /// frame bit past the machine's physical addresses, as on a machine with 46 address bits.
+    pub invalid_pte_mask: u64,
+    /// The pages [`Kernel::page_out`] made not resident, and how.
+    pub not_resident: std::collections::BTreeMap<u64, NotResident>,
 }
+
+/// How a page was made not resident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotResident {
+    /// In a page file.
+    PageFile {
+        /// The page file's number.
+        file: u8,
+        /// The page's offset in it, in pages.
+        offset: u64,
+    },
+    /// In transition, still in this frame.
+    Transition {
+        /// The frame.
+        pfn: u64,
+    },
+}
+
+/// The page-file offset (in pages) of the first page the machine pages out.
+pub const FIRST_PAGE_FILE_OFFSET: u64 = 0x1b4e8;
 
 /// What of the nt table a build used: the compact built-in table is made of exactly this.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -192,8 +217,13 @@ impl Kernel {
             tlb: HashMap::new(),
             fields: RefCell::new(HashMap::new()),
             used: RefCell::new(Usage::default()),
+            invalid_pte_mask: 0,
+            not_resident: Default::default(),
         };
         k.families = Families::of(&k)?;
+        if k.has("_MMPTE_SOFTWARE", "SwizzleBit") {
+            k.invalid_pte_mask = 1 << 45;
+        }
         k.va = VaLayout::for_families(k.families.va, k.families.pool);
         k.space.self_map(&mut k.mem, k.va.self_map_slot);
         k.cursors = k.va.regions.iter().copied().collect();
@@ -293,15 +323,52 @@ impl Kernel {
         }
     }
 
-    /// Marks a mapped page paged out (a page-file software PTE) or, with `transition`, as a
-    /// transition page.
-    pub fn page_out(&mut self, va: u64, transition: bool) {
+    /// Marks a mapped page paged out (a page-file software PTE: page file 0, the next free
+    /// page in it) or, with `transition`, as a transition page (its frame kept), ReadWrite,
+    /// written with the table's `_MMPTE_SOFTWARE` / `_MMPTE_TRANSITION` bits and, on kernels
+    /// with the L1TF mitigation, swizzled with [`Kernel::invalid_pte_mask`] as Windows stores
+    /// it. What was written is kept in [`Kernel::not_resident`].
+    pub fn page_out(&mut self, va: u64, transition: bool) -> Result<(), SimError> {
+        const READ_WRITE: u64 = 4;
         let page = va & !(PAGE - 1);
-        let raw = match self.tlb.remove(&(page / PAGE)) {
-            Some(pfn) if transition => (pfn * PAGE) | crate::mem::PTE_TRANSITION | 0x80,
-            _ => 0x0000_0123_0000_0080 | ((page >> 12) & 0xf) << 12,
+        let bits = |k: &Kernel, ty: &str, f: &str| -> Result<(u32, u32), SimError> {
+            match k.field(ty, f)?.ty {
+                Ty::Bitfield { pos, len, .. } => Ok((pos, len)),
+                _ => Err(SimError::Config(format!("{ty}.{f} is not a bitfield"))),
+            }
         };
+        let put = |v: &mut u64, (pos, len): (u32, u32), x: u64| {
+            let m = if len >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << len) - 1
+            };
+            *v |= (x & m) << pos;
+        };
+        let sw = "_MMPTE_SOFTWARE";
+        let mut raw = 0u64;
+        put(&mut raw, bits(self, sw, "Protection")?, READ_WRITE);
+        let state = match self.tlb.remove(&(page / PAGE)) {
+            Some(pfn) if transition => {
+                put(&mut raw, bits(self, sw, "Transition")?, 1);
+                put(
+                    &mut raw,
+                    bits(self, "_MMPTE_TRANSITION", "PageFrameNumber")?,
+                    pfn,
+                );
+                NotResident::Transition { pfn }
+            }
+            _ => {
+                let offset = FIRST_PAGE_FILE_OFFSET + self.not_resident.len() as u64;
+                put(&mut raw, bits(self, sw, "PageFileLow")?, 0);
+                put(&mut raw, bits(self, sw, "PageFileHigh")?, offset);
+                NotResident::PageFile { file: 0, offset }
+            }
+        };
+        let raw = raw ^ self.invalid_pte_mask;
         self.space.set_pte(&mut self.mem, page, raw);
+        self.not_resident.insert(page, state);
+        Ok(())
     }
 
     /// Reserves `size` bytes (page-granular, mapped) from a region; returns the address. A size

@@ -20,6 +20,7 @@ pub mod locks;
 pub mod ndis;
 pub mod objects;
 pub mod pool;
+pub mod pte;
 pub mod sched;
 pub mod threads;
 pub mod timers;

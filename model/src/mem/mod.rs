@@ -111,7 +111,7 @@ mod tests;
 
 use cache::CachedPage;
 pub use range::{Piece, RANGE_PIECE};
-pub use translate::{Mapped, canonical};
+pub use translate::{LevelEntry, Mapped, PageWalk, WalkEnd, canonical};
 
 impl Memory {
     /// Wraps a target.

@@ -131,6 +131,60 @@ fn translation_large_pages_and_not_present_reasons() {
 }
 
 #[test]
+fn a_page_walk_shows_every_level() {
+    let mut m = Memory::new(Box::new(flat()));
+    let s = m.kernel_space().unwrap();
+    let idx = |va: u64, level: u64| (va >> (12 + 9 * level)) & 0x1ff;
+    // A 4 KB page: four entries, each where the level's table and index put it.
+    let w = m.page_walk(s, VA + 0x123).unwrap();
+    assert_eq!(w.dtb, 0x1000);
+    let got: Vec<(u8, u64, u64)> = w
+        .entries
+        .iter()
+        .map(|e| (e.level, e.entry_pa, e.value))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (3, 0x1000 + 8 * idx(VA, 3), 0x2003),
+            (2, 0x2000 + 8 * idx(VA, 2), 0x3003),
+            (1, 0x3000 + 8 * idx(VA, 1), 0x4003),
+            (0, 0x4000 + 8 * idx(VA, 0), 0x10_0003),
+        ]
+    );
+    assert_eq!(
+        w.end,
+        WalkEnd::Mapped {
+            pa: 0x10_0123,
+            page_size: PAGE
+        }
+    );
+    // A 2 MB page ends at the PDE.
+    let w = m.page_walk(s, VA + 0x20_0000 + 0x1234).unwrap();
+    assert_eq!(w.entries.len(), 3);
+    assert_eq!(w.entries[2].value, 0x4000_0083);
+    assert_eq!(
+        w.end,
+        WalkEnd::Mapped {
+            pa: 0x4010_1234,
+            page_size: 0x20_0000
+        }
+    );
+    // A paged-out PTE ends the walk at level 0 with the entry as it is.
+    let w = m.page_walk(s, VA + 5 * PAGE).unwrap();
+    assert_eq!(w.end, WalkEnd::NotPresent { level: 0 });
+    assert_eq!(w.entries[3].value, 0x0123_0000_0080);
+    // An empty PML4 slot ends it at the top.
+    let w = m.page_walk(s, 0xffff_9000_0000_0000).unwrap();
+    assert_eq!(w.entries.len(), 1);
+    assert_eq!(w.end, WalkEnd::NotPresent { level: 3 });
+    assert!(matches!(
+        m.page_walk(s, 0x0000_8000_0000_0000),
+        Err(TargetError::NonCanonical(_))
+    ));
+}
+
+#[test]
 fn five_level_paging_and_huge_pages() {
     // CR4.LA57 set: a PML5 at 0x9000 above the same PML4.
     let mut f = flat();

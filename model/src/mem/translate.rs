@@ -14,6 +14,49 @@ enum Walk {
     Absent { level: u8, entry: u64 },
 }
 
+/// One paging structure's entry read on a page walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelEntry {
+    /// Its level: 0 the PTE, 1 the PDE, 2 the PDPTE, 3 the PML4E, 4 the PML5E.
+    pub level: u8,
+    /// Where the entry is in physical memory.
+    pub entry_pa: u64,
+    /// What it holds.
+    pub value: u64,
+}
+
+/// Where a page walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkEnd {
+    /// At a physical address, in a page of `page_size` bytes (4 KB, 2 MB or 1 GB).
+    Mapped {
+        /// The physical address.
+        pa: u64,
+        /// The size of the page it is in.
+        page_size: u64,
+    },
+    /// At the entry of this level, which is not present.
+    NotPresent {
+        /// Its level (0 the PTE).
+        level: u8,
+    },
+}
+
+/// A page walk: each level's entry and where it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageWalk {
+    /// The virtual address.
+    pub va: u64,
+    /// The root of the walk (CR3 without its flags).
+    pub dtb: u64,
+    /// Paging levels (4 or 5).
+    pub levels: u32,
+    /// The entries read, top level first; the last is where the walk ended.
+    pub entries: Vec<LevelEntry>,
+    /// Where it ended.
+    pub end: WalkEnd,
+}
+
 /// Whether an address is canonical for 48-bit (or, with `la57`, 57-bit) virtual addresses.
 pub fn canonical(va: u64, levels: u32) -> bool {
     let bits = if levels == 5 { 56 } else { 47 };
@@ -110,10 +153,26 @@ impl Memory {
     /// The page walk of a canonical `va`: where it lands, or the level whose entry is not
     /// present (0 is the PTE) and that entry. Large pages (PDE, PDPTE) end the walk.
     fn walk(&mut self, space: Space, va: u64) -> Result<Walk, TargetError> {
+        self.walk_entries(space, va, &mut |_| {})
+    }
+
+    /// [`Memory::walk`], handing each entry read to `each` on the way (top level first).
+    fn walk_entries(
+        &mut self,
+        space: Space,
+        va: u64,
+        each: &mut dyn FnMut(LevelEntry),
+    ) -> Result<Walk, TargetError> {
         let mut table = space.dtb & ADDR;
         for level in (0..self.levels).rev() {
             let idx = (va >> (12 + 9 * level)) & 0x1ff;
-            let e = self.table_entry(table + 8 * idx)?;
+            let entry_pa = table + 8 * idx;
+            let e = self.table_entry(entry_pa)?;
+            each(LevelEntry {
+                level: level as u8,
+                entry_pa,
+                value: e,
+            });
             if e & 1 == 0 {
                 return Ok(Walk::Absent {
                     level: level as u8,
@@ -127,6 +186,39 @@ impl Memory {
             table = e & ADDR;
         }
         Ok(Walk::Mapped(table | (va & (PAGE - 1))))
+    }
+
+    /// Every paging level's entry on the way to `va` in `space`, as the processor reads them
+    /// from the root down, and where the walk ends: at a physical address (the page's size
+    /// said, so a large page shows as one) or at the first entry that is not present.
+    pub fn page_walk(&mut self, space: Space, va: u64) -> Result<PageWalk, TargetError> {
+        if !canonical(va, self.levels) {
+            return Err(TargetError::NonCanonical(va));
+        }
+        self.refresh();
+        let mut entries = Vec::with_capacity(self.levels as usize);
+        let r = self.walk_entries(space, va, &mut |e| entries.push(e));
+        let end = match r {
+            Ok(Walk::Mapped(pa)) => {
+                let last = entries.last().map_or(0, |e| e.level);
+                WalkEnd::Mapped {
+                    pa,
+                    page_size: 1u64 << (12 + 9 * u32::from(last)),
+                }
+            }
+            Ok(Walk::Absent { level, .. }) => WalkEnd::NotPresent { level },
+            Err(e) => {
+                self.record(&e, || format!("page walk of {va:#x}"));
+                return Err(e);
+            }
+        };
+        Ok(PageWalk {
+            va,
+            dtb: space.dtb & ADDR,
+            levels: self.levels,
+            entries,
+            end,
+        })
     }
 
     /// The first address at or after `va` (below `end`) whose page is present, skipping whole

@@ -14,6 +14,7 @@ pub mod objects;
 pub mod physical;
 pub mod pool;
 pub mod procs;
+pub mod pte;
 pub mod records;
 pub mod sched;
 mod symbols;

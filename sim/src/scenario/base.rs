@@ -452,8 +452,8 @@ fn not_resident(sys: &mut System, user_procs: &[usize]) -> Result<NotResident, S
             .alloc(&mut sys.k, PoolKind::Paged, 0x1800, tag(t))?;
         out.push(a & !0xfff);
     }
-    sys.k.page_out(paged_out[0], false);
-    sys.k.page_out(transition[0], true);
+    sys.k.page_out(paged_out[0], false)?;
+    sys.k.page_out(transition[0], true)?;
     let swapped = {
         let idle_user = sys.processes[user_procs[0]].threads[0];
         let t = &sys.threads[idle_user];
@@ -461,7 +461,7 @@ fn not_resident(sys: &mut System, user_procs: &[usize]) -> Result<NotResident, S
         sys.k.set(et, "_ETHREAD", "Tcb.KernelStackResident", 0)?;
         let mut p = limit;
         while p < base_ {
-            sys.k.page_out(p, false);
+            sys.k.page_out(p, false)?;
             p += 0x1000;
         }
         Some(et)

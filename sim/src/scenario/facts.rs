@@ -243,6 +243,12 @@ pub struct Facts {
     pub paged_out: Vec<u64>,
     /// Pages whose PTE is in transition (resident, but not valid: reads fail on a live target).
     pub transition: Vec<u64>,
+    /// Every page made not resident (the two above and the swapped-out stack's pages) and how:
+    /// its page-file number and offset, or its frame.
+    pub not_resident: Vec<(u64, crate::kernel::NotResident)>,
+    /// The memory manager's invalid-PTE mask the entries of those pages are swizzled with
+    /// (zero on a kernel that does not swizzle).
+    pub invalid_pte_mask: u64,
     /// A thread whose kernel stack is swapped out (KernelStackResident clear).
     pub swapped_stack_thread: Option<u64>,
     /// Thread count.

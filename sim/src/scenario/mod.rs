@@ -342,6 +342,8 @@ pub fn build_with_table(
     facts.processors = sys.cpus.len();
     facts.paged_out = base.paged_out.clone();
     facts.transition = base.transition.clone();
+    facts.not_resident = sys.k.not_resident.iter().map(|(&v, &n)| (v, n)).collect();
+    facts.invalid_pte_mask = sys.k.invalid_pte_mask;
     facts.swapped_stack_thread = base.swapped;
     Ok((sys, facts, version))
 }

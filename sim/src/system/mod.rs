@@ -348,6 +348,21 @@ impl System {
             let pte = k.va.pte_base();
             k.w64(k.sym("MmPteBase")?, pte);
         }
+        // Where the memory manager keeps its invalid-PTE mask: a global before 1607, in
+        // MiState's hardware state after.
+        let mask = k.invalid_pte_mask;
+        if k.has_sym("MiInvalidPteMask") {
+            k.w64(k.sym("MiInvalidPteMask")?, mask);
+        } else if k.has_sym("MiState") && k.has("_MI_SYSTEM_INFORMATION", "Hardware.InvalidPteMask")
+        {
+            let state = k.sym("MiState")?;
+            k.set(
+                state,
+                "_MI_SYSTEM_INFORMATION",
+                "Hardware.InvalidPteMask",
+                mask,
+            )?;
+        }
         for head in [
             "PsActiveProcessHead",
             "ExpSystemResourcesList",
