@@ -64,6 +64,10 @@ pub struct Args {
     /// Only the watcher benchmark.
     #[arg(long)]
     watch_only: bool,
+    /// Only the MCP benchmark: what `kdnet mcp`'s `run` adds over the same command run as
+    /// `kdnet run` runs it, and a long result's size before and after paging.
+    #[arg(long)]
+    mcp_only: bool,
     /// Only the long memory reads benchmark.
     #[arg(long)]
     memory_only: bool,
@@ -172,6 +176,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         memory_bench(Duration::from_micros(args.delay_us)).await?;
         return Ok(exit::OK);
     }
+    if args.mcp_only {
+        mcp_bench(Duration::from_micros(args.delay_us), args.resources).await?;
+        return Ok(exit::OK);
+    }
     if args.watch_only {
         watch_bench(
             Duration::from_micros(args.delay_us),
@@ -269,6 +277,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     commands_bench(delay, args.resources, args.tables.as_deref()).await?;
     memory_bench(delay).await?;
     watch_bench(delay, args.resources, args.idle_targets).await?;
+    mcp_bench(delay, args.resources).await?;
     Ok(exit::OK)
 }
 
@@ -1481,5 +1490,153 @@ async fn memory_bench(delay: Duration) -> anyhow::Result<()> {
     outln!(
         "  .dump rows: bytes are the pages read; round trips include the kernel's records (and for /k the page-table walk)"
     );
+    Ok(())
+}
+
+/// What `kdnet mcp`'s `run` costs over the same command run as `kdnet run` runs it (break in,
+/// open the kernel, run, let go on), on one simulated nbl-hang machine over the link: time and
+/// round trips of each, side by side, and a long result's size whole and as the tool returns it
+/// (stored, its first lines given). The tool is called through the server's handler with a
+/// watcher of its own reached through its control socket, as `kdnet mcp --port` does; the
+/// JSON-RPC framing of stdio or HTTP is not in the figures.
+async fn mcp_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
+    use crate::mcp::server::{Server, Settings};
+    use crate::mcp::sources::{Events, Watcher};
+    use crate::watch::{self, Control, config, hub::Hub};
+    let mut sim_config = kdnet_sim::SimConfig::demo();
+    sim_config.resources = resources;
+    let (host, _sim) = running_sim(sim_config, delay).await?;
+    let commands = ["!locks", "!process 0 7"];
+    // As `kdnet run` does it.
+    let mut direct = Vec::new();
+    for c in commands {
+        let before = host.traffic();
+        let t = Instant::now();
+        host.break_in(Duration::from_secs(10)).await?;
+        let rt = tokio::runtime::Handle::current();
+        let h = host.clone();
+        let text_len = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            let mut e =
+                kdnet_commands::engine::Engine::new(h.open(rt, crate::symbols::path(None))?);
+            let o = e.run(c);
+            anyhow::ensure!(o.ok(), "{c}: {:?}", o.error);
+            Ok(serde_json::to_string(&o.result)?.len() + o.text.len())
+        })
+        .await??;
+        host.go().await?;
+        let rts = host.traffic().round_trips - before.round_trips;
+        direct.push((rts, t.elapsed(), text_len));
+    }
+    // Through the MCP server, its watcher holding the same session.
+    let dir = std::env::temp_dir().join(format!("kdnet-bench-mcp-{}", std::process::id()));
+    let sock = dir.join("control.sock");
+    let common = config::Common {
+        out: Some(dir.join("bundles")),
+        ..config::Common::default()
+    };
+    let hc = kdnet_live::Listen {
+        bind: host.local_addr(),
+        key: Key::from_bytes([0; 32]),
+        target: None,
+    };
+    let spec = config::spec("bench", hc, Vec::new(), &common).map_err(anyhow::Error::msg)?;
+    let hub = std::sync::Arc::new(Hub::new(None).silent());
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(watch::watch_until(
+        vec![(spec, host.clone())],
+        hub,
+        Control::At(sock.clone()),
+        watch::Limits {
+            max_captures: None,
+            duration: Some(Duration::from_secs(600)),
+            lease: Duration::ZERO,
+        },
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    let t = Instant::now();
+    while !sock.exists() {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "the watcher did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let server = Server::new(
+        Settings {
+            allow_control: false,
+            max_result_bytes: 64 * 1024,
+            symbols: None,
+            bundle_dirs: Vec::new(),
+        },
+        vec![std::sync::Arc::new(Watcher::new(sock.clone()))],
+        Vec::new(),
+        std::sync::Arc::new(std::sync::Mutex::new(Events::default())),
+    );
+    // The watcher's target is running once it has looked at it.
+    let t = Instant::now();
+    loop {
+        let v = server.call_json("targets", serde_json::json!({})).await;
+        if v.as_ref()
+            .is_ok_and(|v| v["targets"][0]["state"] == "running")
+        {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "the target did not come up: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    outln!(
+        "\nMCP `run` against `kdnet run` on one nbl-hang machine ({resources} resources), RTT {:?}: each breaks in, runs, lets go on",
+        delay * 2
+    );
+    outln!(
+        "  {:<14} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>12} {:>12} {:>9}",
+        "command",
+        "run RTs",
+        "mcp RTs",
+        "run time",
+        "mcp time",
+        "+RTs",
+        "+ms",
+        "whole bytes",
+        "given bytes",
+        "~tokens"
+    );
+    for (c, (rts, took, whole)) in commands.iter().zip(direct) {
+        let before = host.traffic();
+        let t = Instant::now();
+        let v = server
+            .call_json(
+                "run",
+                serde_json::json!({ "target": "bench", "command": c, "timeout_ms": 120000 }),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mcp_took = t.elapsed();
+        let mcp_rts = host.traffic().round_trips - before.round_trips;
+        anyhow::ensure!(v["results"][0]["ok"] == true, "{c}: {v}");
+        let given = v.to_string().len();
+        let whole = v["stored"]["bytes"].as_u64().map_or(whole, |b| b as usize);
+        outln!(
+            "  {:<14} {:>10} {:>10} {:>9.3}s {:>9.3}s {:>9} {:>9.1} {:>12} {:>12} {:>9}",
+            c,
+            rts,
+            mcp_rts,
+            took.as_secs_f64(),
+            mcp_took.as_secs_f64(),
+            mcp_rts as i64 - rts as i64,
+            (mcp_took.as_secs_f64() - took.as_secs_f64()) * 1e3,
+            whole,
+            given,
+            given / 4
+        );
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), watcher).await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -8,6 +8,7 @@ mod connect;
 mod decode;
 mod demo;
 mod duration;
+mod mcp;
 mod open;
 mod progress;
 mod repl;
@@ -118,6 +119,10 @@ enum Command {
     Ctl(watch::control::CtlArgs),
     /// Ask a running watcher for a capture of NAME now: `kdnet capture web-01`.
     Capture(CaptureArgs),
+    /// Serve the debugger to agents and programs over the Model Context Protocol (stdio, or
+    /// Streamable HTTP): a running watcher's targets (`--watch-socket PATH`), a target it
+    /// attaches (`--port P --key-file F`) or dumps (`--dump FILE`).
+    Mcp(Box<mcp::Args>),
     /// Run a simulated Windows target (booted with network debugging) for a debugger to attach.
     Sim(Box<sim::Args>),
     /// Measure: datagram sealing and opening per second, and memory-read throughput over a
@@ -190,6 +195,7 @@ fn main() -> ExitCode {
             Command::Repl(a) => repl::run(*a, verbose).await,
             Command::Watch(a) => watch::run(*a).await,
             Command::Ctl(a) => watch::control::run(a).await,
+            Command::Mcp(a) => mcp::run(*a).await,
             Command::Capture(a) => {
                 watch::control::run(watch::control::CtlArgs::capture(a.name, a.control, a.json))
                     .await

@@ -2,20 +2,19 @@
 //! bytes changed (pointers into nowhere, loops, absurd counts, broken headers, garbage page
 //! tables). No command may panic, and each must finish within its time budget.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kdnet::api::{Context, GetVersion64, StateChange64};
-use kdnet::target::{StopReason, TargetHandler};
 use kdnet_commands::engine::Engine;
 use kdnet_model::nt::Kernel;
 use kdnet_sim::{Machine, Scenario, SimConfig};
 use kdnet_testkit::local::LocalTarget;
 use proptest::prelude::*;
 
-/// A machine shared by the cases, whose reads are corrupted by a seeded rule.
+/// Bytes per million a seeded rule corrupts in every read.
 struct Liar {
-    machine: Arc<Mutex<Machine>>,
     seed: u64,
     /// Corrupted bytes per million.
     rate: u64,
@@ -30,6 +29,20 @@ fn mix(mut x: u64) -> u64 {
 }
 
 impl Liar {
+    /// The machine `m` served with its reads corrupted.
+    fn over(
+        self,
+        m: Arc<Mutex<Machine>>,
+    ) -> common::Tampered<impl FnMut(bool, u64, &mut [u8], usize) -> usize + Send + 'static> {
+        common::Tampered {
+            machine: m,
+            tamper: move |_physical: bool, address: u64, buf: &mut [u8], n: usize| {
+                self.lie(address, &mut buf[..n]);
+                n
+            },
+        }
+    }
+
     fn lie(&self, address: u64, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {
             let a = address.wrapping_add(i as u64);
@@ -38,38 +51,6 @@ impl Liar {
                 *b = (h >> 24) as u8;
             }
         }
-    }
-}
-
-impl TargetHandler for Liar {
-    fn version(&mut self) -> GetVersion64 {
-        self.machine.lock().unwrap().version()
-    }
-    fn read_virtual(&mut self, processor: u16, address: u64, buf: &mut [u8]) -> usize {
-        let n = self
-            .machine
-            .lock()
-            .unwrap()
-            .read_virtual(processor, address, buf);
-        self.lie(address, &mut buf[..n]);
-        n
-    }
-    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> usize {
-        let n = self.machine.lock().unwrap().read_physical(address, buf);
-        self.lie(address, &mut buf[..n]);
-        n
-    }
-    fn read_control_space(&mut self, processor: u16, index: u64, buf: &mut [u8]) -> Option<usize> {
-        self.machine
-            .lock()
-            .unwrap()
-            .read_control_space(processor, index, buf)
-    }
-    fn context(&mut self, processor: u16) -> Option<Context> {
-        self.machine.lock().unwrap().context(processor)
-    }
-    fn stop_report(&mut self, reason: StopReason) -> StateChange64 {
-        self.machine.lock().unwrap().stop_report(reason)
     }
 }
 
@@ -133,11 +114,7 @@ const COMMANDS: &[&str] = &[
 
 /// Runs every command; returns how many answered (None when the kernel could not be opened).
 fn work_over(m: &Arc<Mutex<Machine>>, seed: u64, rate: u64, pool_at: u64) -> Option<usize> {
-    let liar = Liar {
-        machine: m.clone(),
-        seed,
-        rate,
-    };
+    let liar = Liar { seed, rate }.over(m.clone());
     let target = LocalTarget::new(liar, 4);
     // The kernel may not even be found in memory this damaged: that is an error, not a panic.
     let k = match Kernel::open(Box::new(target), kdnet_sim::symbols::symbol_path("")) {
@@ -227,11 +204,7 @@ fn lightly_damaged_memory_still_answers_most_commands() {
 #[test]
 fn a_budget_stops_a_long_walk_with_a_note() {
     let m = machine(Scenario::NblHang);
-    let liar = Liar {
-        machine: m,
-        seed: 0,
-        rate: 0,
-    };
+    let liar = Liar { seed: 0, rate: 0 }.over(m);
     let k = Kernel::open(
         Box::new(LocalTarget::new(liar, 4)),
         kdnet_sim::symbols::symbol_path(""),

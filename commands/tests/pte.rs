@@ -9,8 +9,6 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{BUILDS, sim_kernel};
-use kdnet::api::{Context, GetVersion64, StateChange64};
-use kdnet::target::{StopReason, TargetHandler};
 use kdnet_commands::engine::Engine;
 use kdnet_model::nt::Kernel;
 use kdnet_sim::kernel::NotResident;
@@ -156,45 +154,6 @@ fn every_level_on_every_build() {
     }
 }
 
-/// The simulated machine, reads of one physical range failing.
-struct Blind {
-    machine: Arc<Mutex<Machine>>,
-    blind: Arc<Mutex<Option<(u64, u64)>>>,
-}
-
-impl TargetHandler for Blind {
-    fn version(&mut self) -> GetVersion64 {
-        self.machine.lock().unwrap().version()
-    }
-    fn read_virtual(&mut self, processor: u16, address: u64, buf: &mut [u8]) -> usize {
-        self.machine
-            .lock()
-            .unwrap()
-            .read_virtual(processor, address, buf)
-    }
-    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> usize {
-        if let Some((start, end)) = *self.blind.lock().unwrap()
-            && address < end
-            && address + buf.len() as u64 > start
-        {
-            return 0;
-        }
-        self.machine.lock().unwrap().read_physical(address, buf)
-    }
-    fn read_control_space(&mut self, processor: u16, index: u64, buf: &mut [u8]) -> Option<usize> {
-        self.machine
-            .lock()
-            .unwrap()
-            .read_control_space(processor, index, buf)
-    }
-    fn context(&mut self, processor: u16) -> Option<Context> {
-        self.machine.lock().unwrap().context(processor)
-    }
-    fn stop_report(&mut self, reason: StopReason) -> StateChange64 {
-        self.machine.lock().unwrap().stop_report(reason)
-    }
-}
-
 #[test]
 fn a_mask_that_cannot_be_read_is_said() {
     // The built-in table: this runs without ../shared.
@@ -204,11 +163,23 @@ fn a_mask_that_cannot_be_read_is_said() {
     let m = Machine::build(config).unwrap();
     let facts = m.facts().clone();
     let machine = Arc::new(Mutex::new(m));
-    let blind = Arc::new(Mutex::new(None));
+    let blind: Arc<Mutex<Option<(u64, u64)>>> = Arc::new(Mutex::new(None));
+    // Physical reads of the blind range fail (nothing read).
+    let range = blind.clone();
     let target = LocalTarget::new(
-        Blind {
+        common::Tampered {
             machine: machine.clone(),
-            blind: blind.clone(),
+            tamper: move |physical: bool, address: u64, buf: &mut [u8], n: usize| match *range
+                .lock()
+                .unwrap()
+            {
+                Some((start, end))
+                    if physical && address < end && address + buf.len() as u64 > start =>
+                {
+                    0
+                }
+                _ => n,
+            },
         },
         4,
     );

@@ -5,7 +5,8 @@
 //! Requests, one JSON object per line:
 //! `{"op":"list"}`, `{"op":"events"}` (then one line per event until the client leaves),
 //! `{"op":"capture","target":"NAME"}`, `{"op":"break","target":"NAME"}`,
-//! `{"op":"run","target":"NAME","command":"!locks"}`, `{"op":"continue","target":"NAME"}`.
+//! `{"op":"run","target":"NAME","command":"!locks"}` (with `"max_seconds":N` to bound it),
+//! `{"op":"continue","target":"NAME"}`.
 //! Each answer is one line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`. Requests to one
 //! target are carried out one at a time, in the order they arrive.
 
@@ -181,10 +182,10 @@ async fn serve_client(
 
 /// The longest answer a client accepts: a `run` answer is bounded by the watcher's output
 /// limit (and each result within it by its own), with room for the JSON around them.
-const MAX_ANSWER: usize = super::target::MAX_RUN_OUTPUT * 2 + (1 << 20);
+pub(crate) const MAX_ANSWER: usize = super::target::MAX_RUN_OUTPUT * 2 + (1 << 20);
 
 /// Reads one line of at most `max` bytes; None at the end.
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+pub(crate) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<String>, String> {
@@ -283,8 +284,25 @@ async fn handle_value(req: &Value, hub: &Hub, targets: &Targets, client: Client)
             Some(c) if !c.trim().is_empty() => c.to_string(),
             _ => return json!({ "ok": false, "error": "run: give \"command\"" }).into(),
         };
+        // A client may bound the run: past the time, the command under way stops with what
+        // it has and the rest is not run (each result says so).
+        let within = match req.get("max_seconds") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_f64() {
+                Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
+                    Some(std::time::Duration::from_secs_f64(s))
+                }
+                _ => {
+                    return json!({ "ok": false, "error": "run: \"max_seconds\" must be a number of seconds above 0 and at most 86400" }).into();
+                }
+            },
+        };
         let (rtx, rrx) = oneshot::channel();
-        if tx.send(Request::Run(client, command, rtx)).await.is_err() {
+        if tx
+            .send(Request::Run(client, command, within, rtx))
+            .await
+            .is_err()
+        {
             return ended();
         }
         return match rrx.await {

@@ -298,6 +298,18 @@ pub async fn watch(
     control: Control,
     limits: Limits,
 ) -> anyhow::Result<u8> {
+    watch_until(targets, hub, control, limits, std::future::pending()).await
+}
+
+/// [`watch`], which also ends (as at a signal: every target let go on) when `until` is done.
+pub async fn watch_until(
+    targets: Vec<(TargetSpec, Session)>,
+    hub: Arc<Hub>,
+    control: Control,
+    limits: Limits,
+    until: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<u8> {
+    let mut until = std::pin::pin!(until);
     let Limits {
         max_captures,
         duration,
@@ -397,6 +409,9 @@ pub async fn watch(
                     "kdnet watch: {}: ending the watch once what is under way is done (a second signal ends it at once)",
                     s.name()
                 );
+                break;
+            }
+            () = &mut until => {
                 break;
             }
         }

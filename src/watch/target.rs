@@ -32,9 +32,15 @@ pub enum Request {
     Break(Client, oneshot::Sender<Result<Value, String>>),
     /// Let it run.
     Continue(oneshot::Sender<Result<Value, String>>),
-    /// Run a command line on the stopped target; the answer is the results' JSON array, as
-    /// text (it is kept as text from the start: a bounded line, not a tree many times its size).
-    Run(Client, String, oneshot::Sender<Result<String, String>>),
+    /// Run a command line on the stopped target, within the time given; the answer is the
+    /// results' JSON array, as text (it is kept as text from the start: a bounded line, not a
+    /// tree many times its size).
+    Run(
+        Client,
+        String,
+        Option<Duration>,
+        oneshot::Sender<Result<String, String>>,
+    ),
     /// The client went away: a target it holds is let go on when the lease runs out.
     Release(Client),
 }
@@ -830,9 +836,9 @@ impl Actor {
                 };
                 let _ = reply.send(r);
             }
-            Request::Run(client, line, reply) => {
+            Request::Run(client, line, within, reply) => {
                 self.adopt(client);
-                let r = self.run_line(line).await;
+                let r = self.run_line(line, within).await;
                 let _ = reply.send(r);
             }
             Request::Release(client) => {
@@ -875,7 +881,7 @@ impl Actor {
         Ok(json!({ "stopped": true }))
     }
 
-    async fn run_line(&mut self, line: String) -> Result<String, String> {
+    async fn run_line(&mut self, line: String, within: Option<Duration>) -> Result<String, String> {
         let stmts = script::parse(&line).map_err(|e| e.to_string())?;
         let Some(held) = self.held.take() else {
             return Err("the target is running: break in first (op \"break\")".into());
@@ -891,6 +897,11 @@ impl Actor {
         let (engine, outs) = tokio::task::spawn_blocking(move || {
             let mut e = engine;
             let mut outs = Vec::new();
+            let before = e.deadline;
+            if let Some(d) = within {
+                let at = Instant::now() + d;
+                e.deadline = Some(before.map_or(at, |b| b.min(at)));
+            }
             {
                 let mut runner = Runner::new(&mut e, dir);
                 // The answer is one line a client reads whole: bounded.
@@ -905,6 +916,7 @@ impl Actor {
                     outs.push(v.to_string());
                 });
             }
+            e.deadline = before;
             (e, outs)
         })
         .await

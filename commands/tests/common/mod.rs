@@ -153,3 +153,44 @@ pub fn numbers(v: serde_json::Value) -> serde_json::Value {
         v => v,
     }
 }
+
+/// A simulated machine served through `tamper`, which sees every read's address and the
+/// bytes the machine gave (how many: its return) and may change them or cut the read short
+/// (`physical` tells which kind of read it is).
+pub struct Tampered<F> {
+    pub machine: std::sync::Arc<std::sync::Mutex<kdnet_sim::Machine>>,
+    pub tamper: F,
+}
+
+impl<F> kdnet::target::TargetHandler for Tampered<F>
+where
+    F: FnMut(bool, u64, &mut [u8], usize) -> usize + Send + 'static,
+{
+    fn version(&mut self) -> kdnet::api::GetVersion64 {
+        self.machine.lock().unwrap().version()
+    }
+    fn read_virtual(&mut self, processor: u16, address: u64, buf: &mut [u8]) -> usize {
+        let n = self
+            .machine
+            .lock()
+            .unwrap()
+            .read_virtual(processor, address, buf);
+        (self.tamper)(false, address, buf, n)
+    }
+    fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> usize {
+        let n = self.machine.lock().unwrap().read_physical(address, buf);
+        (self.tamper)(true, address, buf, n)
+    }
+    fn read_control_space(&mut self, processor: u16, index: u64, buf: &mut [u8]) -> Option<usize> {
+        self.machine
+            .lock()
+            .unwrap()
+            .read_control_space(processor, index, buf)
+    }
+    fn context(&mut self, processor: u16) -> Option<kdnet::api::Context> {
+        self.machine.lock().unwrap().context(processor)
+    }
+    fn stop_report(&mut self, reason: kdnet::target::StopReason) -> kdnet::api::StateChange64 {
+        self.machine.lock().unwrap().stop_report(reason)
+    }
+}
