@@ -1569,6 +1569,7 @@ async fn mcp_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
             max_result_bytes: 64 * 1024,
             symbols: None,
             bundle_dirs: Vec::new(),
+            remote: false,
         },
         vec![std::sync::Arc::new(Watcher::new(sock.clone()))],
         Vec::new(),

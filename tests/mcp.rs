@@ -109,6 +109,7 @@ fn check_seen(seen: &Value, how: &str) {
     assert_eq!(seen["targets"]["hung"], "running", "{how}: {seen}");
     assert_eq!(seen["targets"]["healthy"], "running", "{how}: {seen}");
     // The two held locks of the hang, read from the typed result.
+    assert_eq!(seen["locks_ok"], true, "{how}: {seen}");
     assert_eq!(seen["held_locks"], 2, "{how}: {seen}");
     assert_eq!(seen["run_broke_in"], true);
     assert_eq!(
@@ -401,6 +402,7 @@ fn a_client_gone_mid_run_leaves_the_target_running() {
             "127.0.0.1",
             "--key-env",
             "KDNET_MCP_KEY",
+            "--allow-control",
             "--name",
             "t",
         ],
@@ -417,6 +419,26 @@ fn a_client_gone_mid_run_leaves_the_target_running() {
         assert!(start.elapsed() < Duration::from_secs(60), "{r}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Control, allowed: broken into, a run leaves it stopped, `continue` lets it go on.
+    let r = rpc.tool(
+        "break_in",
+        json!({ "target": "t" }),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r["structuredContent"]["state"]["state"], "stopped", "{r}");
+    let r = rpc.tool(
+        "run",
+        json!({ "target": "t", "command": "lm" }),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r["structuredContent"]["broke_in"], false, "{r}");
+    assert_eq!(r["structuredContent"]["state"]["state"], "stopped", "{r}");
+    let r = rpc.tool(
+        "continue",
+        json!({ "target": "t" }),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r["structuredContent"]["state"]["state"], "running", "{r}");
     // A long run, and the client goes away in the middle of it.
     rpc.request(
         "tools/call",

@@ -118,7 +118,10 @@ async def drive(s):
     seen["event_states"] = sorted({e[1].get("state", "") for e in ev["events"]})
     # Nothing new after the cursor it gave.
     again = valid("events", await call(s, "events", {"cursor": ev["next_cursor"]}))
-    seen["events_after_cursor"] = [e[1].get("state") for e in again["events"]]
+    check(all(e[0] > ev["next_cursor"] for e in again["events"]), "an event at or before the cursor")
+    check(again["next_cursor"] >= ev["next_cursor"], "the cursor went back")
+    numbers = [e[0] for e in ev["events"]]
+    check(numbers == sorted(set(numbers)), "events out of order or repeated")
 
     # An unknown target is a tool error that names the known ones.
     r = await call(s, "run", {"target": "nobody", "command": "lm"})

@@ -176,6 +176,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         tokio::spawn(sources::follow_events(w.path.clone(), events.clone()));
     }
     let settings = Settings {
+        remote: a.listen.is_some(),
         allow_control: a.allow_control,
         max_result_bytes: a.max_result_bytes.max(1024),
         symbols: a.symbols.clone(),
@@ -202,7 +203,9 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
     // Let the attached target go on, and wait for its watcher to finish.
     let _ = stop_tx.send(true);
     if let Some(t) = own_watch {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(60), t).await;
+        // As long as a run may take, and the watcher's own time to finish what it does.
+        let bound = server::RUN_MAX + std::time::Duration::from_secs(60);
+        let _ = tokio::time::timeout(bound, t).await;
     }
     if let Some(d) = private_dir {
         let _ = std::fs::remove_dir_all(d);
@@ -232,8 +235,14 @@ async fn own_watcher(
             return Err(exit::BAD_ARGUMENTS);
         }
     };
+    // Bundles named from where this server runs, whatever a client's directory.
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("kdnet-captures"));
+    let out = std::env::current_dir().map_or(out.clone(), |d| d.join(&out));
     let common = config::Common {
-        out: a.out.clone(),
+        out: Some(out),
         symbols: a.symbols.clone(),
         ..config::Common::default()
     };

@@ -42,6 +42,9 @@ pub struct Settings {
     pub symbols: Option<String>,
     /// Directories bundles are looked for in (besides where the watchers' last bundles are).
     pub bundle_dirs: Vec<PathBuf>,
+    /// Served to other machines (`--listen`): opening files on this host needs
+    /// --allow-control too.
+    pub remote: bool,
 }
 
 /// The server's state, shared by every session.
@@ -51,7 +54,14 @@ pub struct State {
     dumps: Mutex<BTreeMap<String, Arc<Dump>>>,
     events: Arc<Mutex<Events>>,
     pages: Mutex<Pages>,
+    /// Targets this server broke into with `break_in` (by watcher socket and name): its `run`s
+    /// on them go on its own connection, which holds them.
+    held: Mutex<std::collections::BTreeSet<(PathBuf, String)>>,
 }
+
+/// How long the watcher may take to break in (its own bound is 10 s, and opening the kernel
+/// model may fetch symbols).
+const BREAK_WITHIN: Duration = Duration::from_secs(60);
 
 /// The MCP server (cheap to clone: one per HTTP session, all sharing the state).
 #[derive(Clone)]
@@ -74,6 +84,7 @@ impl Server {
                 dumps: Mutex::new(dumps.into_iter().map(|(n, d)| (n, Arc::new(d))).collect()),
                 events,
                 pages: Mutex::new(Pages::default()),
+                held: Mutex::new(Default::default()),
             }),
         }
     }
@@ -296,6 +307,8 @@ pub struct CaptureOut {
     pub findings: Value,
     /// Its summary lines.
     pub summary: Vec<String>,
+    /// Why its report (findings, summary, completeness) is not here, when it is not.
+    pub report_error: Option<String>,
     /// The target's state after the call.
     pub state: TargetState,
 }
@@ -449,6 +462,8 @@ const CONTROL_VERBS: &[&str] = &[
     ".writemem",
     ".dump",
     ".logopen",
+    ".logappend",
+    ".logclose",
     ".snapshot",
     ".reboot",
     ".crash",
@@ -482,13 +497,28 @@ const CONTROL_VERBS: &[&str] = &[
     "od",
 ];
 
-/// The control verb a command line uses, when it uses one (each `;`-, `{`- or `}`-separated
-/// piece's first word).
+/// Verbs that change where symbols come from (and so write files in the directory given and
+/// fetch what the path names) when given an argument.
+const PATH_VERBS: &[&str] = &[".sympath", ".sympath+", ".symfix", ".symfix+"];
+
+/// The control verb a command line uses, when it uses one: each piece between `;`, `{`, `}`
+/// and line ends, an assignment's right-hand side (`$x = …`) taken as its command.
 pub fn control_verb(line: &str) -> Option<String> {
-    line.split([';', '{', '}'])
-        .filter_map(|piece| piece.split_whitespace().next())
-        .map(|w| w.trim_start_matches('!').to_ascii_lowercase())
-        .find(|w| CONTROL_VERBS.contains(&w.as_str()))
+    line.split([';', '{', '}', '\n', '\r'])
+        .filter_map(|piece| {
+            let piece = piece.trim();
+            let piece = match piece.strip_prefix('$').and_then(|r| r.split_once('=')) {
+                Some((_, rhs)) => rhs.trim(),
+                None => piece,
+            };
+            let mut words = piece.split_whitespace();
+            let verb = words.next()?.trim_start_matches('!').to_ascii_lowercase();
+            let has_args = words.next().is_some();
+            (CONTROL_VERBS.contains(&verb.as_str())
+                || (has_args && PATH_VERBS.contains(&verb.as_str())))
+            .then_some(verb)
+        })
+        .next()
 }
 
 fn structured<T: Serialize>(v: &T, text: String) -> CallToolResponse {
@@ -617,6 +647,39 @@ impl State {
         }
     }
 
+    /// Whether this server broke into the target (and holds it).
+    fn holds(&self, w: &Watcher, name: &str) -> bool {
+        self.held
+            .lock()
+            .is_ok_and(|h| h.contains(&(w.path.clone(), name.to_string())))
+    }
+
+    fn set_held(&self, w: &Watcher, name: &str, on: bool) {
+        if let Ok(mut h) = self.held.lock() {
+            let k = (w.path.clone(), name.to_string());
+            if on {
+                h.insert(k);
+            } else {
+                h.remove(&k);
+            }
+        }
+    }
+
+    /// Waits (3 s at most) for a target let go on to be seen running, or stopped again.
+    async fn settle(&self, w: &Watcher, name: &str) {
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            let resuming = w.targets().await.is_ok_and(|ts| {
+                ts.iter()
+                    .any(|t| t["name"] == name && t["state"] == "resuming")
+            });
+            if !resuming {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn targets(&self) -> Result<CallToolResponse, String> {
         let (watched, unreachable) = self.watched().await;
         let mut targets: Vec<TargetState> = watched.into_iter().map(|(s, _)| s).collect();
@@ -659,34 +722,62 @@ impl State {
                 within(time + ANSWER_WITHIN, "run", d.run(&a.command, time)).await?
             }
             Found::Watched(s, w) => {
-                // A running target is broken into for the run and let go on after it.
-                if s.state != "stopped" {
-                    let b = w
-                        .ok(&json!({ "op": "break", "target": a.target }), ANSWER_WITHIN)
-                        .await?;
-                    broke_in = b["already"] != true;
-                }
                 let req = json!({
                     "op": "run", "target": a.target, "command": a.command,
                     "max_seconds": time.as_secs_f64(),
                 });
-                let r = w.ok(&req, time + ANSWER_WITHIN).await;
-                if broke_in {
-                    let c = w
-                        .ok(
-                            &json!({ "op": "continue", "target": a.target }),
-                            ANSWER_WITHIN,
-                        )
-                        .await;
-                    if let Err(e) = c {
-                        return Err(format!(
-                            "run: the target could not be let go on after the run: {e}"
-                        ));
+                if s.state == "stopped" && !self.holds(&w, &a.target) {
+                    // Stopped by another client or by itself: run on a connection of its own,
+                    // so that holding the target does not pass to this server for good.
+                    w.once(&req, time + ANSWER_WITHIN).await?["results"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    // Nothing else may come between the break-in, the run and the going on.
+                    let mut held = w.hold(ANSWER_WITHIN).await?;
+                    if s.state != "stopped" {
+                        let b = w
+                            .ok_on(
+                                &mut held,
+                                &json!({ "op": "break", "target": a.target }),
+                                BREAK_WITHIN,
+                            )
+                            .await?;
+                        broke_in = b["already"] != true;
                     }
+                    let r = w.ok_on(&mut held, &req, time + ANSWER_WITHIN).await;
+                    if broke_in {
+                        let c = w
+                            .ok_on(
+                                &mut held,
+                                &json!({ "op": "continue", "target": a.target }),
+                                ANSWER_WITHIN,
+                            )
+                            .await;
+                        if let Err(e) = c {
+                            // Without this connection the watcher lets it go on after its lease.
+                            *held = None;
+                            return Err(format!(
+                                "run: the target could not be let go on after the run ({e}); the watcher lets it go on after its lease"
+                            ));
+                        }
+                    }
+                    drop(held);
+                    let v = r?;
+                    if broke_in {
+                        self.settle(&w, &a.target).await;
+                    }
+                    v["results"].as_array().cloned().unwrap_or_default()
                 }
-                r?["results"].as_array().cloned().unwrap_or_default()
             }
         };
+        if raw.is_empty() {
+            return Err(format!(
+                "run: the watcher answered no result for {:?}",
+                a.command
+            ));
+        }
         let mut results = Vec::new();
         let mut text = String::new();
         for v in &raw {
@@ -784,8 +875,9 @@ impl State {
         }
         let w = self.watched_only(&a.target, "break_in").await?;
         let answer = w
-            .ok(&json!({ "op": "break", "target": a.target }), ANSWER_WITHIN)
+            .ok(&json!({ "op": "break", "target": a.target }), BREAK_WITHIN)
             .await?;
+        self.set_held(&w, &a.target, true);
         let state = self.state_of(&a.target).await;
         let text = format!("{}: {} ({})", state.name, state.state, state.detail);
         Ok(structured(&StateOut { state, answer }, text))
@@ -799,6 +891,8 @@ impl State {
                 ANSWER_WITHIN,
             )
             .await?;
+        self.set_held(&w, &a.target, false);
+        self.settle(&w, &a.target).await;
         let state = self.state_of(&a.target).await;
         let text = if state.state == "stopped" {
             format!(
@@ -820,15 +914,24 @@ impl State {
             )
             .await?;
         let bundle = v["bundle"].as_str().map(str::to_string);
-        let report = bundle
-            .as_deref()
-            .and_then(|b| read_report(Path::new(b)).ok())
-            .unwrap_or(Value::Null);
+        let (report, report_error) = match bundle.as_deref().map(|b| read_report(Path::new(b))) {
+            Some(Ok(r)) => (r, None),
+            Some(Err(e)) => (
+                Value::Null,
+                Some(format!(
+                    "the bundle's report could not be read here ({e}): a watcher started elsewhere names its bundles from its own working directory"
+                )),
+            ),
+            None => (Value::Null, Some("the watcher named no bundle".to_string())),
+        };
         let summary: Vec<String> = strings(&report["summary"]);
         let state = self.state_of(&a.target).await;
         let text = format!(
-            "bundle: {}\n{}",
+            "bundle: {}{}\n{}",
             bundle.as_deref().unwrap_or("(none)"),
+            report_error
+                .as_deref()
+                .map_or(String::new(), |e| format!("\n{e}")),
             summary
                 .iter()
                 .map(|s| format!("  - {s}"))
@@ -838,6 +941,7 @@ impl State {
         Ok(structured(
             &CaptureOut {
                 target: a.target,
+                report_error,
                 complete: report["complete"].as_bool(),
                 findings: report["findings"].clone(),
                 summary,
@@ -1017,6 +1121,9 @@ impl State {
     }
 
     async fn open_dump(&self, a: OpenDumpArgs) -> Result<CallToolResponse, String> {
+        if self.settings.remote && !self.settings.allow_control {
+            return Err("open_dump reads a file on the server's host: refused to clients of --listen unless the server was started with --allow-control".into());
+        }
         let path = PathBuf::from(&a.path);
         let name = match a.name {
             Some(n) => n,
@@ -1031,9 +1138,12 @@ impl State {
             ));
         }
         let symbols = self.settings.symbols.clone();
-        let d = tokio::task::spawn_blocking(move || Dump::open(&path, symbols.as_deref()))
-            .await
-            .map_err(|e| format!("the dump thread failed: {e}"))??;
+        let opening = async move {
+            tokio::task::spawn_blocking(move || Dump::open(&path, symbols.as_deref()))
+                .await
+                .map_err(|e| format!("the dump thread failed: {e}"))?
+        };
+        let d = within(Duration::from_secs(180), "open_dump", opening).await?;
         let s = Self::dump_state(&name, &d);
         self.dumps
             .lock()
@@ -1067,15 +1177,15 @@ impl State {
         match req.name.as_ref() {
             "targets" => {
                 args::<NoArgs>(req)?;
-                within(ANSWER_WITHIN * 2, "targets", self.targets()).await
+                self.targets().await
             }
             "run" => self.run(args(req)?).await,
             "output" => self.output(args(req)?).await,
             "break_in" => self.break_in(args(req)?).await,
             "continue" => self.resume(args(req)?).await,
             "capture" => self.capture(args(req)?).await,
-            "bundles" => within(ANSWER_WITHIN * 2, "bundles", self.bundles(args(req)?)).await,
-            "bundle" => within(ANSWER_WITHIN * 2, "bundle", self.bundle(args(req)?)).await,
+            "bundles" => self.bundles(args(req)?).await,
+            "bundle" => self.bundle(args(req)?).await,
             "events" => self.events(args(req)?).await,
             "open_dump" => self.open_dump(args(req)?).await,
             "close" => self.close(args(req)?).await,
@@ -1160,17 +1270,18 @@ impl ServerHandler for Server {
             ));
         }
         let state = self.state.clone();
-        let work = async move {
-            match state.call(&request).await {
-                Ok(r) => r,
-                Err(e) => failed(e),
-            }
-        };
-        // A client that cancels (or goes away) ends the wait; what was under way in a watcher
-        // finishes there within its own bound, and the target is let go on as always.
+        // The call goes on by itself: a client that cancels (or goes away) ends only the wait,
+        // never a run half-way between breaking in and letting the target go on.
+        let work = tokio::spawn(async move { state.call(&request).await });
         tokio::select! {
-            r = work => Ok(r),
-            () = context.ct.cancelled() => Ok(failed("cancelled by the client")),
+            r = work => Ok(match r {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => failed(e),
+                Err(e) => failed(format!("the tool failed: {e}")),
+            }),
+            () = context.ct.cancelled() => Ok(failed(
+                "cancelled by the client: what was under way finishes by itself, and a target it broke into is let go on",
+            )),
         }
     }
 
@@ -1273,5 +1384,19 @@ mod tests {
         assert_eq!(control_verb("!locks; !process 0 0; dt nt!_EPROCESS"), None);
         // A word that only starts like one is not one.
         assert_eq!(control_verb("dps nt!KiProcessorBlock L4; gdt"), None);
+        // Lines, assignments, aliases, symbol paths.
+        assert_eq!(
+            control_verb("!locks\n.writemem /x 0 L1"),
+            Some(".writemem".into())
+        );
+        assert_eq!(
+            control_verb("$x = .logappend /x"),
+            Some(".logappend".into())
+        );
+        assert_eq!(
+            control_verb(".sympath srv*/tmp/x*http://h"),
+            Some(".sympath".into())
+        );
+        assert_eq!(control_verb(".sympath"), None);
     }
 }

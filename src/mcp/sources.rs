@@ -39,6 +39,19 @@ type Conn = (
 #[cfg(not(unix))]
 type Conn = ();
 
+/// The watcher's connection, held for several requests in a row (break in, run, let go on)
+/// so that nothing else comes between them.
+pub type Held<'a> = tokio::sync::MutexGuard<'a, Option<Conn>>;
+
+/// The answer's `error` when it is not `ok`.
+fn ok_of(v: Value) -> Result<Value, String> {
+    if v["ok"] == true {
+        Ok(v)
+    } else {
+        Err(v["error"].as_str().unwrap_or("the watcher refused").into())
+    }
+}
+
 impl Watcher {
     /// A watcher at `path` (connected at the first request).
     pub fn new(path: PathBuf) -> Watcher {
@@ -48,75 +61,115 @@ impl Watcher {
         }
     }
 
-    /// Sends `req` and waits at most `within` for the answer. A connection that failed or
-    /// timed out is dropped (the next request connects again); the watcher then lets go on,
-    /// after its lease, what this connection had broken into.
-    #[cfg(unix)]
-    pub async fn request(&self, req: &Value, within: Duration) -> Result<Value, String> {
-        use tokio::io::AsyncWriteExt as _;
-        let mut guard = match tokio::time::timeout(within, self.conn.lock()).await {
-            Ok(g) => g,
-            Err(_) => {
-                return Err(format!(
+    /// The connection, for requests in a row; waits at most `within` for another caller's.
+    pub async fn hold(&self, within: Duration) -> Result<Held<'_>, String> {
+        tokio::time::timeout(within, self.conn.lock())
+            .await
+            .map_err(|_| {
+                format!(
                     "the watcher at {} is busy with another request: gave up after {} ms",
                     self.path.display(),
                     within.as_millis()
-                ));
-            }
-        };
+                )
+            })
+    }
+
+    /// Sends `req` on the held connection and waits at most `within` for the answer. The
+    /// connection is taken out while the exchange is under way and put back only when it is
+    /// whole: an exchange that failed, timed out or was dropped half-way leaves no connection
+    /// (the next request connects again, and no answer is read for the wrong request); the
+    /// watcher then lets go on, after its lease, what the old connection had broken into.
+    pub async fn exchange(
+        &self,
+        held: &mut Held<'_>,
+        req: &Value,
+        within: Duration,
+    ) -> Result<Value, String> {
         let started = Instant::now();
-        if guard.is_none() {
-            let s = tokio::time::timeout(within, tokio::net::UnixStream::connect(&self.path))
-                .await
-                .map_err(|_| format!("no answer from the watcher at {}", self.path.display()))?
-                .map_err(|e| format!("no watcher at {}: {e}", self.path.display()))?;
-            let (r, w) = s.into_split();
-            *guard = Some((tokio::io::BufReader::new(r), w));
-        }
+        let conn = match held.take() {
+            Some(c) => c,
+            None => self.connect(within).await?,
+        };
         let left = within.saturating_sub(started.elapsed());
-        let Some((r, w)) = guard.as_mut() else {
-            return Err("the connection to the watcher was lost".into());
-        };
-        let exchange = async {
-            w.write_all(format!("{req}\n").as_bytes())
-                .await
-                .map_err(|e| format!("writing to the watcher: {e}"))?;
-            match crate::watch::control::read_line(r, crate::watch::control::MAX_ANSWER).await {
-                Ok(Some(l)) => serde_json::from_str::<Value>(&l)
-                    .map_err(|e| format!("the watcher answered what is not JSON: {e}")),
-                Ok(None) => Err("the watcher closed the connection".to_string()),
-                Err(e) => Err(format!("reading the watcher's answer: {e}")),
+        match tokio::time::timeout(left, Self::talk(conn, req)).await {
+            Ok(Ok((v, conn))) => {
+                **held = Some(conn);
+                Ok(v)
             }
-        };
-        match tokio::time::timeout(left, exchange).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                *guard = None;
-                Err(e)
-            }
-            Err(_) => {
-                *guard = None;
-                Err(format!(
-                    "the watcher did not answer within {} ms",
-                    within.as_millis()
-                ))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!(
+                "the watcher did not answer within {} ms",
+                within.as_millis()
+            )),
         }
+    }
+
+    /// One request on a connection of its own, closed after the answer: what it takes over
+    /// (a target another client stopped) is let go on after the watcher's lease.
+    pub async fn once(&self, req: &Value, within: Duration) -> Result<Value, String> {
+        let started = Instant::now();
+        let conn = self.connect(within).await?;
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, Self::talk(conn, req)).await {
+            Ok(r) => ok_of(r?.0),
+            Err(_) => Err(format!(
+                "the watcher did not answer within {} ms",
+                within.as_millis()
+            )),
+        }
+    }
+
+    #[cfg(unix)]
+    async fn connect(&self, within: Duration) -> Result<Conn, String> {
+        let s = tokio::time::timeout(within, tokio::net::UnixStream::connect(&self.path))
+            .await
+            .map_err(|_| format!("no answer from the watcher at {}", self.path.display()))?
+            .map_err(|e| format!("no watcher at {}: {e}", self.path.display()))?;
+        let (r, w) = s.into_split();
+        Ok((tokio::io::BufReader::new(r), w))
     }
 
     #[cfg(not(unix))]
-    pub async fn request(&self, _req: &Value, _within: Duration) -> Result<Value, String> {
+    async fn connect(&self, _within: Duration) -> Result<Conn, String> {
         Err("a watcher's control socket needs a Unix domain socket (Linux)".into())
     }
 
-    /// The answer of a request that must succeed: its `error` when it did not.
+    #[cfg(unix)]
+    async fn talk(mut conn: Conn, req: &Value) -> Result<(Value, Conn), String> {
+        use tokio::io::AsyncWriteExt as _;
+        let (r, w) = &mut conn;
+        w.write_all(format!("{req}\n").as_bytes())
+            .await
+            .map_err(|e| format!("writing to the watcher: {e}"))?;
+        let v = match crate::watch::control::read_line(r, crate::watch::control::MAX_ANSWER).await {
+            Ok(Some(l)) => serde_json::from_str::<Value>(&l)
+                .map_err(|e| format!("the watcher answered what is not JSON: {e}"))?,
+            Ok(None) => return Err("the watcher closed the connection".to_string()),
+            Err(e) => return Err(format!("reading the watcher's answer: {e}")),
+        };
+        Ok((v, conn))
+    }
+
+    #[cfg(not(unix))]
+    async fn talk(conn: Conn, _req: &Value) -> Result<(Value, Conn), String> {
+        let _ = conn;
+        Err("a watcher's control socket needs a Unix domain socket (Linux)".into())
+    }
+
+    /// [`Watcher::exchange`] whose answer must be `ok`.
+    pub async fn ok_on(
+        &self,
+        held: &mut Held<'_>,
+        req: &Value,
+        within: Duration,
+    ) -> Result<Value, String> {
+        ok_of(self.exchange(held, req, within).await?)
+    }
+
+    /// One request whose answer must be `ok`.
     pub async fn ok(&self, req: &Value, within: Duration) -> Result<Value, String> {
-        let v = self.request(req, within).await?;
-        if v["ok"] == true {
-            Ok(v)
-        } else {
-            Err(v["error"].as_str().unwrap_or("the watcher refused").into())
-        }
+        let mut held = self.hold(within).await?;
+        self.ok_on(&mut held, req, within).await
     }
 
     /// The targets the watcher lists.
@@ -148,7 +201,7 @@ impl Events {
     /// `cursor` were dropped before they could be read.
     pub fn since(&self, cursor: u64, limit: usize) -> (Vec<(u64, Value)>, u64, u64) {
         let first = self.kept.front().map_or(self.next + 1, |(n, _)| *n);
-        let lost = first.saturating_sub(cursor + 1);
+        let lost = first.saturating_sub(cursor.saturating_add(1));
         let out: Vec<(u64, Value)> = self
             .kept
             .iter()
