@@ -159,6 +159,8 @@ fn check_seen(seen: &Value, how: &str) {
         .collect();
     assert!(states.contains(&"captured"), "{how}: {states:?}");
     assert_eq!(seen["targets_after"]["hung"], "running", "{how}: {seen}");
+    // The build, once the target was stopped.
+    assert_eq!(seen["builds"]["hung"], 20348, "{how}: {seen}");
 }
 
 #[test]

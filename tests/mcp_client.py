@@ -128,6 +128,7 @@ async def drive(s):
     check(r.is_error and "known" in r.content[0].text, "unknown target")
     targets = valid("targets", await call(s, "targets", {}))
     seen["targets_after"] = {t["name"]: t["state"] for t in targets["targets"]}
+    seen["builds"] = {t["name"]: t["build"] for t in targets["targets"]}
     return seen
 
 

@@ -207,6 +207,8 @@ pub struct TargetState {
     pub state: String,
     /// What goes with the state (why it stopped, what it waits for).
     pub detail: String,
+    /// The Windows build (a watched target's once it was first stopped).
+    pub build: Option<u32>,
     /// Since when (seconds since 1970), for a watched target.
     pub since: Option<u64>,
     /// Its tags.
@@ -566,6 +568,7 @@ impl State {
                                 kind: "watched".into(),
                                 state: t["state"].as_str().unwrap_or("").into(),
                                 detail: t["detail"].as_str().unwrap_or("").into(),
+                                build: t["build"].as_u64().map(|b| b as u32),
                                 since: t["since"].as_u64(),
                                 tags: strings(&t["tags"]),
                                 captures: t["captures"].as_u64().map(|c| c as u32),
@@ -598,6 +601,7 @@ impl State {
             kind: "dump".into(),
             state: "dump".into(),
             detail: d.description.clone(),
+            build: Some(d.build),
             since: None,
             tags: Vec::new(),
             captures: None,
@@ -637,6 +641,7 @@ impl State {
                 kind: "unknown".into(),
                 state: "unknown".into(),
                 detail: e,
+                build: None,
                 since: None,
                 tags: Vec::new(),
                 captures: None,
@@ -1371,6 +1376,24 @@ mod tests {
         ] {
             assert!(names.contains(&n), "{n}");
         }
+    }
+
+    /// docs/schema/mcp-tools.json is what `tools/list` answers (rewritten with KDNET_BLESS=1).
+    #[test]
+    fn the_published_tools_are_the_tools() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/mcp-tools.json");
+        let now = serde_json::to_string_pretty(&tools()).unwrap() + "\n";
+        if std::env::var_os("KDNET_BLESS").is_some() {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, &now).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            return;
+        }
+        let published = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            published == now,
+            "docs/schema/mcp-tools.json is not what the server lists: rerun with KDNET_BLESS=1"
+        );
     }
 
     #[test]

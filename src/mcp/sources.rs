@@ -255,6 +255,8 @@ pub struct Dump {
     pub engine: Arc<std::sync::Mutex<Engine>>,
     /// The target line the banner gives (`Windows 10 Kernel Version 19041 …`).
     pub description: String,
+    /// The Windows build.
+    pub build: u32,
 }
 
 impl Dump {
@@ -266,6 +268,7 @@ impl Dump {
         let kernel = kdnet_model::nt::Kernel::open(Box::new(file), sp)
             .map_err(|e| format!("reading the kernel in {}: {e}", path.display()))?;
         let mut e = Engine::new(kernel);
+        let build = e.kernel.mem.info().build;
         let description = e
             .run("vertarget")
             .text
@@ -277,6 +280,7 @@ impl Dump {
             path: path.to_path_buf(),
             engine: Arc::new(std::sync::Mutex::new(e)),
             description,
+            build,
         })
     }
 

@@ -34,6 +34,8 @@ pub struct Status {
     /// The session's counters: round trips, retransmissions, silences, handshakes, and the
     /// datagrams dropped by cause.
     pub link: Option<kdnet_live::Traffic>,
+    /// The Windows build, once the target was stopped and its kernel read.
+    pub build: Option<u32>,
 }
 
 /// The watcher's report hub.
@@ -105,6 +107,7 @@ impl Hub {
                     captures: 0,
                     last_bundle: None,
                     link: None,
+                    build: None,
                 },
             );
         }
@@ -175,6 +178,15 @@ impl Hub {
             }
         }
         self.emit(line);
+    }
+
+    /// The Windows build of `name`, for `list`.
+    pub fn build(&self, name: &str, build: u32) {
+        if let Ok(mut all) = self.status.lock()
+            && let Some(s) = all.get_mut(name)
+        {
+            s.build = Some(build);
+        }
     }
 
     /// The session counters of `name`, for `list`.

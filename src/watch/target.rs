@@ -398,13 +398,15 @@ impl Actor {
         let host = self.host.clone();
         let rt = tokio::runtime::Handle::current();
         let symbols = self.spec.symbols.clone();
-        tokio::task::spawn_blocking(move || {
+        let e = tokio::task::spawn_blocking(move || {
             host.open(rt, crate::symbols::path(symbols.as_deref()))
                 .map(Engine::new)
                 .map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| format!("the model thread failed: {e}"))?
+        .map_err(|e| format!("the model thread failed: {e}"))??;
+        self.hub.build(&self.spec.name, e.kernel.mem.info().build);
+        Ok(e)
     }
 
     /// Breaks in, takes a sample, and captures if it finds a hang; otherwise lets it go on.
