@@ -763,6 +763,7 @@ fn run_writes_a_watchers_bundle() {
     assert_eq!(report["trigger"]["kind"], "manual");
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["left_stopped"], false);
+    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A bundle that cannot be made (its directory cannot be created) is an error, and the target
@@ -792,4 +793,5 @@ fn run_whose_bundle_cannot_be_made_lets_the_target_go_on() {
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("the target continues"), "{err}");
     common::assert_target_runs(port, "7.7.7.10", "vmcompute: container");
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -261,7 +261,7 @@ fn session(
 
 #[test]
 fn an_attacker_without_the_key_cannot_steer_the_session() {
-    let _dir = temp_dir("trust");
+    let dir = temp_dir("trust");
     // The undisturbed run.
     let (quiet, quiet_err) = session(&mut |_, _, _| {}, None);
     assert!(
@@ -337,6 +337,7 @@ fn an_attacker_without_the_key_cannot_steer_the_session() {
         rounds > 3,
         "the attack ran during the session ({rounds} rounds)"
     );
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

@@ -121,12 +121,13 @@ fn a_bugcheck_is_captured_into_a_bundle_and_the_target_goes_on() {
 fn a_wrong_key_is_a_state_of_its_own() {
     let port = free_udp_port();
     let _sim = Sim::start(port, "4.4.4.4", &["--resources", "200"]);
+    let (out, ctl) = (temp_dir("watch-key"), temp_dir("watch-key-ctl"));
     let mut child = kdnet()
         .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--key", "5.5.5.5", "--out"])
-        .arg(temp_dir("watch-key"))
+        .arg(&out)
         .arg("--control")
-        .arg(temp_dir("watch-key-ctl").join("watch.sock"))
+        .arg(ctl.join("watch.sock"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -165,6 +166,8 @@ fn a_wrong_key_is_a_state_of_its_own() {
         .find(|l| l.contains("does not authenticate: wrong key?"))
         .unwrap_or_else(|| panic!("no log line from the session: {all}"));
     assert!(line.contains("target{name=target}"), "{line}");
+    std::fs::remove_dir_all(out).ok();
+    std::fs::remove_dir_all(ctl).ok();
 }
 
 #[test]

@@ -20,12 +20,15 @@ fn written(kind: WriteKind) -> Vec<u8> {
         context: vec![0; 0x4d0],
         ..DumpHeader::default()
     };
-    let dir = std::env::temp_dir().join(format!("kdnet-dump-bounds-{}", std::process::id()));
+    // A directory of its own: the cases run at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kdnet-dump-bounds-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(format!("{kind:?}.dmp"));
     write_dump(&p, &header, kind, &pages).unwrap();
     let b = std::fs::read(&p).unwrap();
-    std::fs::remove_file(&p).ok();
+    std::fs::remove_dir_all(&dir).ok();
     b
 }
 

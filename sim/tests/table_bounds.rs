@@ -17,7 +17,8 @@ fn demo() -> Value {
 
 /// Builds the demo machine from `table` written to a file; returns the error.
 fn build_error(name: &str, table: &Value) -> String {
-    let dir = std::env::temp_dir().join(format!("kdnet-sim-bounds-{}", std::process::id()));
+    // A directory of its own: the cases run at once.
+    let dir = std::env::temp_dir().join(format!("kdnet-sim-bounds-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(format!("{name}.json"));
     std::fs::write(&p, serde_json::to_vec(table).unwrap()).unwrap();
@@ -25,7 +26,7 @@ fn build_error(name: &str, table: &Value) -> String {
     config.resources = 200;
     config.table = TableSource::File(p.clone());
     let r = Machine::build(config);
-    std::fs::remove_file(&p).ok();
+    std::fs::remove_dir_all(&dir).ok();
     match r {
         Err(e @ (SimError::Config(_) | SimError::Symbols(_))) => e.to_string(),
         Ok(_) => panic!("{name}: the machine was built"),

@@ -13,7 +13,7 @@ pub mod server;
 pub mod sources;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -255,6 +255,7 @@ async fn own_watcher(
     };
     let out = spec.out.clone();
     let sessions = watch::bind_all(std::slice::from_ref(&spec)).await?;
+    remove_stale_dirs();
     let dir = std::env::temp_dir().join(format!(
         "kdnet-mcp-{}-{:x}",
         std::process::id(),
@@ -291,6 +292,30 @@ async fn own_watcher(
         path.display()
     );
     Err(exit::FAILED)
+}
+
+/// Removes the private directories of servers that are gone (killed before they could remove
+/// their own): `kdnet-mcp-PID-…` whose process no longer exists (told by /proc, on Linux).
+fn remove_stale_dirs() {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("kdnet-mcp-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Serves Streamable HTTP until a signal.
