@@ -128,6 +128,18 @@ pub fn event_json(ev: &Event) -> Value {
     })
 }
 
+/// [`event_json`], with the text a person would read (WinDbg's layout) on a command's result:
+/// what the control socket and the MCP server answer.
+pub fn event_json_with_text(ev: &Event) -> Value {
+    let mut v = event_json(ev);
+    if let Event::Outcome(o, _) = ev
+        && let Some(m) = v.as_object_mut()
+    {
+        m.insert("text".into(), Value::String(o.text.clone()));
+    }
+    v
+}
+
 /// One event of a script run as it is printed.
 pub fn format_event(ev: &Event, style: Style) -> String {
     if style.json {

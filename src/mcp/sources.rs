@@ -301,7 +301,9 @@ impl Dump {
             let mut outs = Vec::new();
             {
                 let mut runner = Runner::new(&mut e, dir);
-                runner.run(&stmts, &mut |ev| outs.push(with_text(&ev)));
+                runner.run(&stmts, &mut |ev| {
+                    outs.push(analysis::event_json_with_text(&ev))
+                });
             }
             e.deadline = None;
             Ok(outs)
@@ -309,17 +311,6 @@ impl Dump {
         .await
         .map_err(|e| format!("the command thread failed: {e}"))?
     }
-}
-
-/// One event of a script run as JSON, with the text a person would read.
-fn with_text(ev: &script::Event) -> Value {
-    let mut v = analysis::event_json(ev);
-    if let script::Event::Outcome(o, _) = ev
-        && let Some(m) = v.as_object_mut()
-    {
-        m.insert("text".into(), Value::String(o.text.clone()));
-    }
-    v
 }
 
 #[cfg(test)]

@@ -909,13 +909,7 @@ impl Actor {
                 // The answer is one line a client reads whole: bounded.
                 runner.output_limit = Some(MAX_RUN_OUTPUT);
                 runner.run(&stmts, &mut |ev| {
-                    let mut v = analysis::event_json(&ev);
-                    if let script::Event::Outcome(o, _) = &ev
-                        && let Some(m) = v.as_object_mut()
-                    {
-                        m.insert("text".into(), Value::String(o.text.clone()));
-                    }
-                    outs.push(v.to_string());
+                    outs.push(analysis::event_json_with_text(&ev).to_string());
                 });
             }
             e.deadline = before;
