@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::api::{Api, ApiBody, Context, GetVersion64, Manipulate, StateChange64, status};
 use crate::kd::HostKdConfig;
 pub use crate::machine::host::{
-    Done, HostError, HostEvent, HostMachine, HostMachineConfig, HostStats, LinkState, Op, OpId,
-    Output, Phase, RunState, TRANSFER_STEPS,
+    Done, HostError, HostEvent, HostMachine, HostMachineConfig, HostStats, LinkState, ModuleBreaks,
+    Op, OpId, Output, Phase, RunState, TRANSFER_STEPS,
 };
 use crate::rng::os_random_32;
 use crate::wire::Key;
@@ -75,6 +75,7 @@ enum Command {
     Op(Op, oneshot::Sender<Result<Done, HostError>>),
     Preempt(Op, String, oneshot::Sender<Result<Done, HostError>>),
     SetMaxTransfer(u32),
+    SetModuleBreaks(ModuleBreaks),
 }
 
 /// What the driver publishes after every step.
@@ -448,11 +449,28 @@ impl Host {
     /// looks like a continue that never arrived. The host tells them apart by asking for the
     /// version: a stopped target answers (the continue is sent again), a running one does not.
     pub async fn resume(&self, continue_status: u32) -> Result<(), HostError> {
+        self.op(Op::resume(continue_status)).await.map(|_| ())
+    }
+
+    /// Resumes the target with a trace flag (single step) and Dr7 (hardware breakpoints).
+    pub async fn resume_with(
+        &self,
+        continue_status: u32,
+        trace: bool,
+        dr7: u64,
+    ) -> Result<(), HostError> {
         self.op(Op::Resume {
             status: continue_status,
+            trace,
+            dr7,
         })
         .await
         .map(|_| ())
+    }
+
+    /// Which module loads and unloads stop the target; the others are continued at once.
+    pub async fn set_module_breaks(&self, breaks: ModuleBreaks) {
+        let _ = self.tx.send(Command::SetModuleBreaks(breaks)).await;
     }
 
     /// Resumes the target now, whatever is being asked of it: what is outstanding and queued
@@ -461,9 +479,7 @@ impl Host {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Preempt(
-                Op::Resume {
-                    status: continue_status,
-                },
+                Op::resume(continue_status),
                 why.to_string(),
                 reply,
             ))
@@ -526,6 +542,7 @@ impl Driver {
                         self.waiting.insert(id, reply);
                     }
                     Some(Command::SetMaxTransfer(n)) => self.machine.set_max_transfer(n),
+                    Some(Command::SetModuleBreaks(b)) => self.machine.set_module_breaks(b),
                     // Every handle is gone: nobody can ask anything any more.
                     None => return,
                 },

@@ -9,7 +9,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::machine::target::{
-    Activity, StopReason, TargetConfig, TargetHandler, TargetMachine, TargetStats,
+    Activity, Resume, StopReason, TargetConfig, TargetHandler, TargetMachine, TargetStats,
 };
 use crate::rng::os_random_32;
 

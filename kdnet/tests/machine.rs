@@ -7,16 +7,19 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kdnet::api::status;
+use std::sync::{Arc, Mutex};
+
+use kdnet::api::{LoadSymbols64, Manipulate, StateChange64, StateEvent, status};
 use kdnet::machine::{
-    Done, HostError, HostEvent, HostMachine, HostMachineConfig, Op, OpId, Output, Phase, RunState,
-    TargetConfig, TargetHandler, TargetMachine,
+    Done, HostError, HostEvent, HostMachine, HostMachineConfig, ModuleBreaks, Op, OpId, Output,
+    Phase, RunState, TargetConfig, TargetHandler, TargetMachine,
 };
 use kdnet::rng::SplitMix64;
+use kdnet::target::{Activity, Resume, StopReason};
 use kdnet::wire::{Channel, HandshakeReason, Key, TargetWire, TargetWireConfig};
 
 mod common;
-use common::{BASE, PatternTarget, SIZE, pattern};
+use common::{BASE, PatternTarget, SIZE, breakpoint, pattern};
 
 const KEY: &str = "9.8.7.6";
 
@@ -109,12 +112,22 @@ impl World {
     }
 
     fn with(seed: u64, link: Link, hc: HostMachineConfig, tc: TargetConfig) -> World {
+        World::with_handler(seed, link, hc, tc, handler())
+    }
+
+    fn with_handler(
+        seed: u64,
+        link: Link,
+        hc: HostMachineConfig,
+        tc: TargetConfig,
+        handler: Box<dyn TargetHandler>,
+    ) -> World {
         let start = Instant::now();
         World {
             now: start,
             start,
             host: HostMachine::new(hc, start, seeded(seed ^ 0x1111)),
-            target: TargetMachine::new(tc, addr(TARGET), handler(), start, seeded(seed)),
+            target: TargetMachine::new(tc, addr(TARGET), handler, start, seeded(seed)),
             link,
             rng: SplitMix64::new(seed),
             queue: BinaryHeap::new(),
@@ -442,12 +455,7 @@ fn continue_is_confirmed_even_when_its_acknowledgements_are_lost() {
         w.break_in();
         assert!(!w.target.is_running());
         let before = w.host.stats().failed;
-        let r = w.op(
-            Op::Resume {
-                status: status::DBG_CONTINUE,
-            },
-            Duration::from_secs(60),
-        );
+        let r = w.op(Op::resume(status::DBG_CONTINUE), Duration::from_secs(60));
         assert_eq!(r, Ok(Done::Unit), "round {round}");
         assert_eq!(w.host.state().run, RunState::Running);
         assert!(
@@ -467,12 +475,7 @@ fn requests_are_refused_while_the_target_runs() {
     let mut w = World::new(5, Link::clean());
     w.connect();
     w.break_in();
-    let r = w.op(
-        Op::Resume {
-            status: status::DBG_CONTINUE,
-        },
-        Duration::from_secs(10),
-    );
+    let r = w.op(Op::resume(status::DBG_CONTINUE), Duration::from_secs(10));
     assert_eq!(r, Ok(Done::Unit));
     let at = w.now;
     let r = w.op(
@@ -775,7 +778,7 @@ fn a_killed_target_is_declared_gone_within_the_bound() {
     // Queued work fails at once too.
     let a = w.host.submit(
         Op::Request {
-            m: kdnet::api::Manipulate::get_version(),
+            m: Manipulate::get_version(),
             timeout: None,
         },
         w.now,
@@ -797,7 +800,7 @@ fn a_timeout_reports_the_real_time_waited() {
     w.frozen_until = Some(w.now + Duration::from_secs(5));
     let r = w.op(
         Op::Request {
-            m: kdnet::api::Manipulate::get_version(),
+            m: Manipulate::get_version(),
             timeout: None,
         },
         Duration::from_secs(10),
@@ -825,16 +828,14 @@ fn a_resume_preempts_a_read_in_flight() {
     );
     let queued = w.host.submit(
         Op::Request {
-            m: kdnet::api::Manipulate::get_version(),
+            m: Manipulate::get_version(),
             timeout: None,
         },
         w.now,
     );
     w.run_until(Duration::from_millis(500), |_| false);
     let resume = w.host.preempt(
-        Op::Resume {
-            status: status::DBG_CONTINUE,
-        },
+        Op::resume(status::DBG_CONTINUE),
         "the stop budget ran out",
         w.now,
     );
@@ -898,9 +899,7 @@ fn a_resume_preempting_a_read_lets_the_target_go_within_a_round_trip() {
         }
         let at = w.now;
         let resume = w.host.preempt(
-            Op::Resume {
-                status: status::DBG_CONTINUE,
-            },
+            Op::resume(status::DBG_CONTINUE),
             "the stop ceiling ran out",
             w.now,
         );
@@ -922,4 +921,262 @@ fn a_resume_preempting_a_read_lets_the_target_go_within_a_round_trip() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A target with a page of writable code that it runs: each poll while running it executes the
+/// instruction at `HOT` (stopping there if it is `int 3`), a single step advances one byte and
+/// stops, and module loads queued by the test stop it with a load-symbols report.
+struct CodeTarget {
+    code: Arc<Mutex<Vec<u8>>>,
+    rip: u64,
+    trace: bool,
+    loads: Arc<Mutex<Vec<String>>>,
+}
+
+const CODE: u64 = BASE + 0x40_0000;
+/// The code page and the module loads to report, shared with the test.
+type Shared = (Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<String>>>);
+const HOT: u64 = CODE + 0x80;
+
+impl CodeTarget {
+    fn new() -> (CodeTarget, Shared) {
+        let code = Arc::new(Mutex::new(
+            (0..0x1000u64).map(|a| pattern(CODE + a) | 1).collect(),
+        ));
+        let loads = Arc::new(Mutex::new(Vec::new()));
+        (
+            CodeTarget {
+                code: code.clone(),
+                rip: CODE,
+                trace: false,
+                loads: loads.clone(),
+            },
+            (code, loads),
+        )
+    }
+
+    fn at(&self, address: u64) -> Option<usize> {
+        address
+            .checked_sub(CODE)
+            .filter(|o| *o < 0x1000)
+            .map(|o| o as usize)
+    }
+}
+
+impl TargetHandler for CodeTarget {
+    fn version(&mut self) -> kdnet::api::GetVersion64 {
+        kdnet::api::GetVersion64::windows_kernel(20348, BASE, BASE + 0x1000, 0)
+    }
+    fn read_virtual(&mut self, _cpu: u16, address: u64, buf: &mut [u8]) -> usize {
+        let code = self.code.lock().unwrap();
+        let mut n = 0;
+        for (i, b) in buf.iter_mut().enumerate() {
+            match self.at(address + i as u64) {
+                Some(o) => *b = code[o],
+                None => break,
+            }
+            n += 1;
+        }
+        n
+    }
+    fn write_virtual(&mut self, _cpu: u16, address: u64, data: &[u8]) -> usize {
+        let mut code = self.code.lock().unwrap();
+        let mut n = 0;
+        for (i, b) in data.iter().enumerate() {
+            match self.at(address + i as u64) {
+                Some(o) => code[o] = *b,
+                None => break,
+            }
+            n += 1;
+        }
+        n
+    }
+    fn read_physical(&mut self, _address: u64, _buf: &mut [u8]) -> usize {
+        0
+    }
+    fn read_control_space(&mut self, _cpu: u16, _index: u64, _buf: &mut [u8]) -> Option<usize> {
+        None
+    }
+    fn context(&mut self, _cpu: u16) -> Option<kdnet::api::Context> {
+        let mut c = kdnet::api::Context::new();
+        c.set_reg(kdnet::api::Reg::Rip, self.rip);
+        Some(c)
+    }
+    fn stop_report(&mut self, _reason: StopReason) -> StateChange64 {
+        let mut sc = breakpoint(self.rip);
+        sc.control.instruction_count = 16;
+        sc
+    }
+    fn resumed_with(&mut self, how: Resume) {
+        self.trace = how.trace;
+    }
+    fn poll(&mut self, _now: Instant) -> Option<Activity> {
+        if std::mem::take(&mut self.trace) {
+            self.rip += 1;
+            let mut sc = breakpoint(self.rip);
+            if let StateEvent::Exception(x) = &mut sc.event {
+                x.code = status::SINGLE_STEP;
+            }
+            return Some(Activity::Stop(sc));
+        }
+        if let Some(path) = self.loads.lock().unwrap().pop() {
+            let mut sc = breakpoint(0);
+            sc.new_state = 0x3031;
+            sc.event = StateEvent::LoadSymbols(LoadSymbols64 {
+                base: BASE + 0x80_0000,
+                process_id: 0,
+                checksum: 0,
+                size: 0x1000,
+                unload: false,
+                path,
+            });
+            return Some(Activity::Stop(sc));
+        }
+        let o = self.at(HOT)?;
+        if self.code.lock().unwrap()[o] == 0xCC {
+            self.rip = HOT;
+            let mut sc = breakpoint(HOT);
+            sc.control.instruction_count = 16;
+            return Some(Activity::Stop(sc));
+        }
+        None
+    }
+}
+
+fn code_world(seed: u64, link: Link) -> (World, Shared) {
+    let (t, (code, loads)) = CodeTarget::new();
+    let w = World::with_handler(seed, link, host_config(), target_config(), Box::new(t));
+    (w, (code, loads))
+}
+
+fn request(w: &mut World, m: Manipulate) -> Manipulate {
+    match w.op(Op::Request { m, timeout: None }, Duration::from_secs(60)) {
+        Ok(Done::Reply(r)) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_breakpoint_is_an_int3_in_memory_and_the_kernel_removes_it_when_it_reports_there() {
+    let (mut w, (code, _)) = code_world(21, Link::clean());
+    w.connect();
+    w.break_in();
+    let original = code.lock().unwrap()[0x80];
+    assert_ne!(original, 0xCC);
+    // Written: memory holds int 3, which a read shows, as Windows' does.
+    let r = request(&mut w, Manipulate::write_breakpoint(HOT));
+    assert_eq!(r.return_status(), status::SUCCESS);
+    let handle = r.u32(0x18);
+    assert!(handle >= 1);
+    assert_eq!(w.read(HOT, 1).unwrap(), vec![0xCC]);
+    // The same address again, and an address that cannot be read, are refused.
+    let again = request(&mut w, Manipulate::write_breakpoint(HOT));
+    assert_eq!(again.return_status(), status::UNSUCCESSFUL);
+    let nowhere = request(&mut w, Manipulate::write_breakpoint(BASE + 0x7000_0000));
+    assert_eq!(nowhere.return_status(), status::UNSUCCESSFUL);
+    // Restored: the byte is back.
+    let r = request(&mut w, Manipulate::restore_breakpoint(handle));
+    assert_eq!(r.return_status(), status::SUCCESS);
+    assert_eq!(w.read(HOT, 1).unwrap(), vec![original]);
+    // Written again and run into: the report's instruction stream shows the original byte,
+    // the kernel took the breakpoint out of its table, memory is whole again.
+    let handle = request(&mut w, Manipulate::write_breakpoint(HOT)).u32(0x18);
+    assert_eq!(
+        w.op(Op::resume(status::DBG_CONTINUE), Duration::from_secs(10)),
+        Ok(Done::Unit)
+    );
+    assert!(w.run_until(Duration::from_secs(5), |w| w.host.state().run
+        == RunState::Stopped));
+    let stop = w.host.state().stop.clone().unwrap();
+    assert_eq!(stop.program_counter, HOT);
+    assert_eq!(stop.control.instruction_stream[0], original);
+    assert_eq!(code.lock().unwrap()[0x80], original);
+    assert!(w.target.breakpoints().is_empty());
+    let r = request(&mut w, Manipulate::restore_breakpoint(handle));
+    assert_eq!(r.return_status(), status::UNSUCCESSFUL);
+}
+
+#[test]
+fn single_steps_advance_once_each_even_when_acknowledgements_are_lost() {
+    for seed in [22, 23, 24, 25] {
+        steps_through_loss(seed);
+    }
+}
+
+fn steps_through_loss(seed: u64) {
+    let mut link = Link::clean();
+    link.loss = 0.15;
+    let (mut w, _) = code_world(seed, link);
+    w.connect();
+    w.break_in();
+    let start = w.host.state().stop.clone().unwrap().program_counter;
+    for n in 1..=40u64 {
+        let stops = w.host.state().stops;
+        let r = w.op(
+            Op::Resume {
+                status: status::DBG_CONTINUE,
+                trace: true,
+                dr7: 0x400,
+            },
+            Duration::from_secs(60),
+        );
+        assert_eq!(r, Ok(Done::Unit), "step {n}");
+        assert!(
+            w.run_until(Duration::from_secs(30), |w| w.host.state().stops > stops
+                && w.host.state().run == RunState::Stopped),
+            "step {n} never stopped: host {:?} outputs {:?} target running {} {:?}",
+            w.host.state(),
+            &w.outputs[w.outputs.len().saturating_sub(6)..],
+            w.target.is_running(),
+            w.target.stats()
+        );
+        let pc = w.host.state().stop.clone().unwrap().program_counter;
+        assert_eq!(pc, start + n, "step {n} moved once");
+    }
+    assert!(w.host.stats().failed > 0 || w.host.stats().retransmits > 0);
+}
+
+#[test]
+fn module_loads_are_reported_and_continued_unless_asked_to_stop() {
+    let (mut w, (_, loads)) = code_world(23, Link::clean());
+    w.connect();
+    w.run_until(Duration::from_secs(1), |_| false);
+    loads
+        .lock()
+        .unwrap()
+        .push("\\SystemRoot\\System32\\drivers\\bindflt.sys".into());
+    assert!(
+        w.run_until(Duration::from_secs(5), |w| w.events().iter().any(
+            |e| matches!(e, HostEvent::Module(l) if l.path.ends_with("bindflt.sys"))
+        ))
+    );
+    assert!(w.run_until(Duration::from_secs(5), |w| w.target.is_running()));
+    assert!(
+        !w.events()
+            .iter()
+            .any(|e| matches!(e, HostEvent::StateChange(_))),
+        "a load nobody asked to stop on is not a stop"
+    );
+    w.host.set_module_breaks(ModuleBreaks {
+        load: vec!["CimFS".into()],
+        unload: vec![],
+    });
+    loads
+        .lock()
+        .unwrap()
+        .push("\\SystemRoot\\System32\\drivers\\CimFS.SYS".into());
+    assert!(w.run_until(Duration::from_secs(5), |w| {
+        w.events()
+            .iter()
+            .any(|e| matches!(e, HostEvent::StateChange(_)))
+    }));
+    assert!(!w.target.is_running());
+    assert_eq!(w.host.state().run, RunState::Stopped);
+    let stop = w.host.state().stop.clone().unwrap();
+    assert!(matches!(&stop.event, StateEvent::LoadSymbols(l) if l.path.ends_with("CimFS.SYS")));
+    assert!(
+        w.events()
+            .iter()
+            .any(|e| matches!(e, HostEvent::StateChange(_)))
+    );
 }

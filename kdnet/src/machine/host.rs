@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::api::{
-    Api, ApiBody, DebugIo, FileIo, FileOp, MAX_TRANSFER, Manipulate, StateChange64, status,
+    Api, ApiBody, DebugIo, FileIo, FileOp, LoadSymbols64, MAX_TRANSFER, Manipulate, StateChange64,
+    StateEvent, status,
 };
 use crate::kd::{HostKd, HostKdConfig, HostKdEvent, Packet, PacketType};
 use crate::wire::{
@@ -150,6 +151,9 @@ pub enum HostEvent {
     StateChange(StateChange64),
     /// The target resumed.
     Resumed,
+    /// A module was loaded or unloaded and the target was continued at once (no module
+    /// event stop asked for it; see [`HostMachine::set_module_breaks`]).
+    Module(LoadSymbols64),
     /// DbgPrint output.
     DebugPrint {
         /// The processor that printed.
@@ -264,6 +268,39 @@ pub struct HostStats {
 /// Identifies a submitted operation.
 pub type OpId = u64;
 
+/// The id of operations the machine starts by itself (continuing after a module event); their
+/// completions are not reported.
+const INTERNAL: OpId = 0;
+
+/// Which module events stop the target (WinDbg's `sxe ld:NAME` and `sxe ud`). Names are
+/// image file names, matched without case and with or without the extension; `*` matches
+/// every module.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleBreaks {
+    /// Loads that stop.
+    pub load: Vec<String>,
+    /// Unloads that stop.
+    pub unload: Vec<String>,
+}
+
+impl ModuleBreaks {
+    /// Whether this event stops the target.
+    pub fn stops_on(&self, l: &LoadSymbols64) -> bool {
+        let names = if l.unload { &self.unload } else { &self.load };
+        let file = l
+            .path
+            .rsplit(['\\', '/'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let stem = file.rsplit_once('.').map_or(file.as_str(), |(s, _)| s);
+        names.iter().any(|n| {
+            let n = n.to_ascii_lowercase();
+            n == "*" || n == file || n == stem
+        })
+    }
+}
+
 /// An operation on the session.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -294,12 +331,18 @@ pub enum Op {
         /// The bytes.
         data: Vec<u8>,
     },
-    /// Lets the target go on (Continue2 with this status). A running kernel acknowledges
-    /// nothing, so an unacknowledged continue is confirmed by asking for the version: a stopped
-    /// target answers (the continue is sent again), a running one does not.
+    /// Lets the target go on (Continue2 with this status, trace flag and Dr7). A running
+    /// kernel acknowledges nothing, so an unacknowledged continue is confirmed by asking for
+    /// the version: a stopped target that reported nothing since answers (the continue is sent
+    /// again), a running one does not, and one that stopped again after a single step has sent
+    /// a new state change.
     Resume {
-        /// DBG_CONTINUE normally.
+        /// DBG_CONTINUE normally; DBG_EXCEPTION_NOT_HANDLED passes an exception on.
         status: u32,
+        /// Single-step: the target sets EFLAGS.TF and stops after one instruction.
+        trace: bool,
+        /// Copied to every processor's KernelDr7 (hardware breakpoints); 0x400 for none.
+        dr7: u64,
     },
     /// Reboots the target.
     Reboot,
@@ -316,6 +359,20 @@ pub enum Op {
         wait: Duration,
     },
 }
+
+impl Op {
+    /// A plain continue: no single step, no hardware breakpoint.
+    pub fn resume(status: u32) -> Op {
+        Op::Resume {
+            status,
+            trace: false,
+            dr7: DR7_NONE,
+        }
+    }
+}
+
+/// Dr7 with no breakpoint enabled (bit 10 is always set), as debuggers send it.
+pub const DR7_NONE: u64 = 0x400;
 
 /// What a completed operation gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,6 +446,14 @@ struct WriteRun {
 enum ResumePhase {
     Continue,
     Probe,
+    /// A single step was sent: waiting for its stop, asking a stopped target for its state
+    /// change with RESET now and then (a repeated continue can make the target take our packet
+    /// for the acknowledgement of its report and drop it, as Windows does). A step is never
+    /// sent twice: two steps would leave the processor somewhere else than asked.
+    AwaitStop {
+        next: Instant,
+        until: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -401,8 +466,12 @@ enum Run {
     Write(WriteRun),
     Resume {
         status: u32,
+        trace: bool,
+        dr7: u64,
         tries: u32,
         phase: ResumePhase,
+        /// State changes seen when it started: one more means the target ran.
+        stops: u64,
     },
     Reboot,
     BreakIn {
@@ -456,6 +525,8 @@ pub struct HostMachine {
     last_heard: Instant,
     last_mismatch: Option<Instant>,
     last_poke: Option<Instant>,
+    /// Which module loads and unloads stop the target; the others are continued at once.
+    module_breaks: ModuleBreaks,
 }
 
 impl std::fmt::Debug for HostMachine {
@@ -495,6 +566,7 @@ impl HostMachine {
             last_heard: now,
             last_mismatch: None,
             last_poke: None,
+            module_breaks: ModuleBreaks::default(),
         }
     }
 
@@ -562,6 +634,17 @@ impl HostMachine {
         self.submit(op, now)
     }
 
+    /// Which module loads and unloads stop the target (`sxe ld:NAME`, `sxe ud`); the others are
+    /// reported as [`HostEvent::Module`] and continued at once, as WinDbg does by default.
+    pub fn set_module_breaks(&mut self, breaks: ModuleBreaks) {
+        self.module_breaks = breaks;
+    }
+
+    /// The module events that stop the target.
+    pub fn module_breaks(&self) -> &ModuleBreaks {
+        &self.module_breaks
+    }
+
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.transmit.pop_front()?;
@@ -587,6 +670,10 @@ impl HostMachine {
         match self.active.as_ref().map(|a| &a.run) {
             Some(Run::BreakIn { deadline, next, .. }) => at((*deadline).min(*next)),
             Some(Run::Probe { until }) => at(*until),
+            Some(Run::Resume {
+                phase: ResumePhase::AwaitStop { next, until },
+                ..
+            }) => at((*next).min(*until)),
             _ => {}
         }
         if self.state.phase == Phase::Connected {
@@ -882,6 +969,23 @@ impl HostMachine {
                 self.state.run = RunState::Stopped;
                 self.state.stop = Some(sc.clone());
                 self.state.stops += 1;
+                if let StateEvent::LoadSymbols(l) = &sc.event
+                    && !self.module_breaks.stops_on(l)
+                    && !matches!(
+                        self.active.as_ref().map(|a| &a.run),
+                        Some(Run::BreakIn { .. })
+                    )
+                {
+                    // Reported and continued at once: the target is not left waiting for a
+                    // load nobody asked to stop on.
+                    self.output
+                        .push_back(Output::Event(HostEvent::Module(l.clone())));
+                    self.on_stopped(now);
+                    self.queue
+                        .push_front((INTERNAL, Op::resume(status::DBG_CONTINUE)));
+                    self.pump(now);
+                    return;
+                }
                 self.output
                     .push_back(Output::Event(HostEvent::StateChange(sc)));
                 self.on_stopped(now);
@@ -932,6 +1036,16 @@ impl HostMachine {
         let done = match self.active.as_ref().map(|a| &a.run) {
             Some(Run::BreakIn { .. }) => Some(Done::Stopped(stop)),
             Some(Run::Probe { .. }) => Some(Done::Probed(Some(stop))),
+            // A continue whose acknowledgement was lost, and the target stopped again after
+            // it (a single step): it ran. What is still in flight for it is moot.
+            Some(Run::Resume { stops, .. }) if self.state.stops > *stops => {
+                if let Some(InFlight::Op { .. }) = self.inflight {
+                    self.kd.abort();
+                    self.inflight = None;
+                }
+                self.want = None;
+                Some(Done::Unit)
+            }
             _ => None,
         };
         if let Some(d) = done {
@@ -941,6 +1055,12 @@ impl HostMachine {
     }
 
     fn finish(&mut self, id: OpId, result: Result<Done, HostError>) {
+        if id == INTERNAL {
+            if let Err(e) = result {
+                tracing::warn!("continuing after a module event failed: {e}");
+            }
+            return;
+        }
         self.output.push_back(Output::Completed { id, result });
     }
 
@@ -1050,10 +1170,13 @@ impl HostMachine {
                 done: 0,
                 chunk: 0,
             }),
-            Op::Resume { status } => Run::Resume {
+            Op::Resume { status, trace, dr7 } => Run::Resume {
                 status,
+                trace,
+                dr7,
                 tries: 0,
                 phase: ResumePhase::Continue,
+                stops: self.state.stops,
             },
             Op::Reboot => Run::Reboot,
             Op::BreakIn { timeout } => Run::BreakIn {
@@ -1118,6 +1241,24 @@ impl HostMachine {
                 }
             }
             Run::Probe { until } if now >= *until => Some(Ok(Done::Probed(self.stopped()))),
+            Run::Resume {
+                phase: ResumePhase::AwaitStop { next, until },
+                ..
+            } => {
+                if now >= *until {
+                    Some(Err(HostError::Timeout {
+                        what: "the single step's stop".into(),
+                        after: self.cfg.request_timeout,
+                    }))
+                } else {
+                    if now >= *next {
+                        *next = now + BREAK_IN_INTERVAL;
+                        self.kd.announce_reset();
+                        self.seal_kd();
+                    }
+                    None
+                }
+            }
             _ => None,
         };
         match result {
@@ -1165,11 +1306,29 @@ impl HostMachine {
             Run::Write(w) => self.step_write(w, outcome),
             Run::Resume {
                 status: st,
+                trace,
+                dr7,
                 tries,
                 phase,
+                stops,
             } => {
+                if self.state.stops > *stops {
+                    // A new state change: it ran (a single step, or a stop right after).
+                    return Step::Finish(Ok(Done::Unit));
+                }
                 match (outcome, *phase) {
+                    (None, ResumePhase::AwaitStop { .. }) => return Step::Wait,
                     (None, _) => {}
+                    (
+                        Some(KdOutcome::Delivered | KdOutcome::TimedOut(_)),
+                        ResumePhase::Continue,
+                    ) if *trace => {
+                        *phase = ResumePhase::AwaitStop {
+                            next: now + BREAK_IN_INTERVAL,
+                            until: now + self.cfg.request_timeout,
+                        };
+                        return Step::Wait;
+                    }
                     (Some(KdOutcome::Delivered), ResumePhase::Continue) => {
                         return Step::Finish(Ok(Done::Unit));
                     }
@@ -1205,7 +1364,7 @@ impl HostMachine {
                 }
                 *tries += 1;
                 Step::Issue(
-                    Manipulate::continue2(*st, false, 0x400),
+                    Manipulate::continue2(*st, *trace, *dr7),
                     false,
                     SEND_TIMEOUT,
                 )

@@ -7,7 +7,9 @@ pub mod host;
 pub mod target;
 
 pub use host::{
-    Done, HostError, HostEvent, HostMachine, HostMachineConfig, HostStats, LinkState, Op, OpId,
-    Output, Phase, RunState, TRANSFER_STEPS,
+    DR7_NONE, Done, HostError, HostEvent, HostMachine, HostMachineConfig, HostStats, LinkState,
+    ModuleBreaks, Op, OpId, Output, Phase, RunState, TRANSFER_STEPS,
 };
-pub use target::{Activity, StopReason, TargetConfig, TargetHandler, TargetMachine, TargetStats};
+pub use target::{
+    Activity, Resume, StopReason, TargetConfig, TargetHandler, TargetMachine, TargetStats,
+};

@@ -38,6 +38,19 @@ pub enum Activity {
     Stop(StateChange64),
 }
 
+/// How the debugger let the target go on (Continue or Continue2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The continue status: DBG_CONTINUE, DBG_EXCEPTION_HANDLED, or a failure
+    /// (DBG_EXCEPTION_NOT_HANDLED) that passes the exception on. The target runs either way.
+    pub status: u32,
+    /// Single step: EFLAGS.TF set, a single-step exception after one instruction.
+    pub trace: bool,
+    /// Dr7 for every processor (hardware breakpoints); None when the request had none
+    /// (Continue, not Continue2).
+    pub dr7: Option<u64>,
+}
+
 /// Answers the debugger's requests for a target. Memory reads return how many bytes were read
 /// from the start of the range (the rest is unreadable).
 pub trait TargetHandler: Send + 'static {
@@ -110,6 +123,11 @@ pub trait TargetHandler: Send + 'static {
     fn stop_report(&mut self, reason: StopReason) -> StateChange64;
     /// The debugger resumed the target.
     fn resumed(&mut self) {}
+    /// The debugger resumed the target this way (the default forgets how).
+    fn resumed_with(&mut self, how: Resume) {
+        let _ = how;
+        self.resumed();
+    }
     /// The target rebooted (by request or by the harness); the handler starts over.
     fn rebooted(&mut self) {}
     /// Called regularly while running: something the target does by itself.
@@ -258,7 +276,9 @@ pub struct TargetMachine {
     stopped_at: Option<Instant>,
     next_offer: Instant,
     next_poll: Instant,
-    breakpoints: BTreeMap<u32, u64>,
+    /// Breakpoints written by the debugger: handle → (address, the byte the `int 3` replaced),
+    /// as the kernel's 32-entry breakpoint table.
+    breakpoints: BTreeMap<u32, (u64, u8)>,
     /// A reboot asked for by the debugger, done once its ACK is on the wire.
     reboot_pending: bool,
     /// The last state change reported, sent again when a debugger RESETs a stopped target.
@@ -315,8 +335,7 @@ impl TargetMachine {
         };
         if m.config.start_stopped {
             let sc = m.handler.stop_report(StopReason::BreakIn);
-            m.last_stop = Some(sc.encode());
-            m.kd.send(PacketType::StateChange64, sc.encode(), true, now);
+            m.report(sc, now);
         }
         m
     }
@@ -428,9 +447,7 @@ impl TargetMachine {
             Activity::Stop(sc) => {
                 if self.running {
                     self.set_running(false, now);
-                    self.last_stop = Some(sc.encode());
-                    self.kd
-                        .send(PacketType::StateChange64, sc.encode(), true, now);
+                    self.report(sc, now);
                 }
             }
         }
@@ -489,9 +506,7 @@ impl TargetMachine {
                     self.stats.break_ins += 1;
                     self.set_running(false, now);
                     let sc = self.handler.stop_report(StopReason::BreakIn);
-                    self.last_stop = Some(sc.encode());
-                    self.kd
-                        .send(PacketType::StateChange64, sc.encode(), true, now);
+                    self.report(sc, now);
                 }
                 TargetKdEvent::HostReset { .. } if !self.running && self.kd.idle() => {
                     // Stopped in the debugger loop with nothing in flight: a (new) debugger
@@ -525,17 +540,56 @@ impl TargetMachine {
             .send(PacketType::StateManipulate, r.encode(), false, now);
     }
 
-    fn resume(&mut self, now: Instant) {
+    fn resume(&mut self, how: Resume, now: Instant) {
         self.kd.clear();
-        self.handler.resumed();
+        self.handler.resumed_with(how);
         self.set_running(true, now);
     }
 
     fn stop(&mut self, reason: StopReason, now: Instant) {
         let sc = self.handler.stop_report(reason);
+        self.report(sc, now);
+    }
+
+    /// Sends a state change the way the kernel's KdpSetCommonState makes it: breakpoints in
+    /// the reported instruction stream are removed from the table (their bytes restored) and
+    /// the stream is read again without them.
+    fn report(&mut self, mut sc: StateChange64, now: Instant) {
+        let pc = sc.program_counter;
+        let count = u64::from(sc.control.instruction_count.clamp(1, 16));
+        let inside: Vec<u32> = self
+            .breakpoints
+            .iter()
+            .filter(|(_, (a, _))| *a >= pc && *a - pc < count)
+            .map(|(h, _)| *h)
+            .collect();
+        if !inside.is_empty() {
+            for h in inside {
+                self.delete_breakpoint(h);
+            }
+            let mut stream = [0u8; 16];
+            let n = self
+                .handler
+                .read_virtual(sc.processor, pc, &mut stream[..count as usize]);
+            sc.control.instruction_stream = stream;
+            sc.control.instruction_count = n as u16;
+        }
         self.last_stop = Some(sc.encode());
         self.kd
             .send(PacketType::StateChange64, sc.encode(), true, now);
+    }
+
+    /// Takes a breakpoint out of the table and puts its byte back; whether there was one.
+    fn delete_breakpoint(&mut self, handle: u32) -> bool {
+        let Some((address, original)) = self.breakpoints.remove(&handle) else {
+            return false;
+        };
+        self.handler.write_virtual(0, address, &[original]) == 1
+    }
+
+    /// The breakpoints written and not removed: (address, original byte), for inspection.
+    pub fn breakpoints(&self) -> Vec<(u64, u8)> {
+        self.breakpoints.values().copied().collect()
     }
 
     /// Serves one manipulate request the way the Windows kernel does: the reply copies the
@@ -663,18 +717,32 @@ impl TargetMachine {
                 });
             }
             Api::WriteBreakPoint => {
+                // KdpAddBreakpoint: a free slot of 32, an address not already in the table,
+                // readable and writable; the byte it replaces is kept, `int 3` written.
+                let address = m.u64(0x10);
                 let handle = (1..=32u32).find(|h| !self.breakpoints.contains_key(h));
-                match handle {
-                    Some(h) => {
-                        self.breakpoints.insert(h, m.u64(0x10));
+                let taken = self.breakpoints.values().any(|(a, _)| *a == address);
+                let mut original = [0u8; 1];
+                let ok = match handle {
+                    Some(h)
+                        if !taken
+                            && self.handler.read_virtual(cpu, address, &mut original) == 1
+                            && self.handler.write_virtual(cpu, address, &[0xCC]) == 1 =>
+                    {
+                        self.breakpoints.insert(h, (address, original[0]));
                         r.set_u32(0x18, h);
-                        r.set_return_status(status::SUCCESS);
+                        true
                     }
-                    None => r.set_return_status(status::UNSUCCESSFUL),
-                }
+                    _ => false,
+                };
+                r.set_return_status(if ok {
+                    status::SUCCESS
+                } else {
+                    status::UNSUCCESSFUL
+                });
             }
             Api::RestoreBreakPoint => {
-                let ok = self.breakpoints.remove(&m.u32(0x10)).is_some();
+                let ok = self.delete_breakpoint(m.u32(0x10));
                 r.set_return_status(if ok {
                     status::SUCCESS
                 } else {
@@ -682,9 +750,14 @@ impl TargetMachine {
                 });
             }
             Api::Continue | Api::Continue2 => {
-                if status::is_success(m.u32(0x10)) {
-                    self.resume(now);
-                }
+                // The kernel leaves its debugger loop whatever the status: a failure only
+                // tells it the exception was not handled and is to be dispatched on.
+                let how = Resume {
+                    status: m.u32(0x10),
+                    trace: api == Api::Continue2 && m.u32(0x14) != 0,
+                    dr7: (api == Api::Continue2).then(|| m.u64(0x18)),
+                };
+                self.resume(how, now);
                 return;
             }
             Api::Reboot => {
