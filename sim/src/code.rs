@@ -39,7 +39,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> SimError {
     SimError::Config(format!("assembling {what}: {e}"))
 }
 
-fn reg(r: Gpr) -> AsmRegister64 {
+pub(crate) fn reg64(r: Gpr) -> AsmRegister64 {
     use iced_x86::code_asm::{r10, r11};
     match r {
         Gpr::Rax => rax,
@@ -91,7 +91,7 @@ pub fn prolog(
         ops.push((bytes.len() as u8, 2, ((lead - 8) / 8) as u8, vec![]));
     }
     for r in pushes {
-        let b = asm(ip + bytes.len() as u64, "a push", |a| a.push(reg(*r)))?;
+        let b = asm(ip + bytes.len() as u64, "a push", |a| a.push(reg64(*r)))?;
         bytes.extend(b);
         ops.push((bytes.len() as u8, 0, *r as u8, vec![]));
     }
@@ -111,7 +111,7 @@ pub fn prolog(
     }
     for (r, disp) in saves {
         let b = asm(ip + bytes.len() as u64, "a save", |a| {
-            a.mov(qword_ptr(rsp + *disp as i32), reg(*r))
+            a.mov(qword_ptr(rsp + *disp as i32), reg64(*r))
         })?;
         bytes.extend(b);
         ops.push((bytes.len() as u8, 4, *r as u8, vec![(disp / 8) as u16]));
@@ -130,13 +130,13 @@ fn epilog(
 ) -> Result<Vec<u8>, SimError> {
     asm(ip, "an epilog", |a| {
         for (r, disp) in saves {
-            a.mov(reg(*r), qword_ptr(rsp + *disp as i32))?;
+            a.mov(reg64(*r), qword_ptr(rsp + *disp as i32))?;
         }
         if alloc > 0 {
             a.add(rsp, alloc as i32)?;
         }
         for r in pushes.iter().rev() {
-            a.pop(reg(*r))?;
+            a.pop(reg64(*r))?;
         }
         if machine {
             a.add(rsp, 8)?;
@@ -295,7 +295,7 @@ pub fn function(
                 }
                 fill(&mut out, ip, at, &mut seed)?;
                 out.extend(asm(at, "a load", |a| {
-                    a.mov(rax, qword_ptr(reg(base) + disp))
+                    a.mov(rax, qword_ptr(reg64(base) + disp))
                 })?);
             }
             Site::CallReturningTo(callee) => {

@@ -14,7 +14,9 @@
 //! in-use bit, resource wait chains on 17763+, how NDIS keeps its NBL pools: see [`ndis`]).
 //! ndis.sys is laid out with a real ndis.pdb's types (the project's copy of that layout).
 
+pub mod activity;
 pub mod code;
+pub mod cpu;
 pub mod families;
 pub mod fltmgr;
 pub mod image;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use kdnet::api::{
     Context, ControlReport, Exception64, GetVersion64, Reg, StateChange64, StateEvent, status,
 };
-use kdnet::target::{Activity, StopReason, TargetHandler};
+use kdnet::target::{Activity, Resume, StopReason, TargetHandler};
+
+use crate::cpu::{Cpu, Step, TF};
 
 use crate::scenario::{self, Facts};
 use crate::system::{System, TICKS_PER_SECOND};
@@ -44,6 +46,16 @@ pub struct Machine {
     next_heartbeat: Instant,
     phase: Phase,
     contexts: Vec<Context>,
+    /// The machine's tick when its activity began (the scenario's phase started).
+    activity_tick0: u64,
+    /// Stopped inside an activity call: its processor, and the thread and context that
+    /// processor had before, given back when the call goes on.
+    in_call: Option<(usize, usize, Context)>,
+    /// Dr7 the debugger last gave (Continue2), and DR0–DR3 from the processors' contexts.
+    dr7: u64,
+    /// A single step asked for outside an activity call (after a break-in): reported at
+    /// once, where the processor went back to.
+    step_pending: bool,
 }
 
 impl std::fmt::Debug for Machine {
@@ -114,6 +126,10 @@ impl Machine {
             next_heartbeat: now + Duration::from_secs(1),
             phase,
             contexts,
+            activity_tick0: tick,
+            in_call: None,
+            dr7: 0x400,
+            step_pending: false,
         })
     }
 
@@ -175,6 +191,7 @@ impl Machine {
                     .map(|c| self.sys.threads[self.sys.cpus[c].current].context.clone())
                     .collect();
                 self.running_since = Some((now, tick));
+                self.activity_tick0 = tick;
                 self.phase = Phase::Hung;
                 for line in self.facts.prints_when_hung.clone() {
                     self.prints.push((now, line));
@@ -255,6 +272,106 @@ impl Machine {
         };
         let p = self.sys.threads[c.current].process;
         self.sys.processes[p].space
+    }
+}
+
+/// DR0–DR3 of a CONTEXT.
+fn debug_registers(c: &Context) -> [u64; 4] {
+    let b = c.as_bytes();
+    let mut dr = [0u64; 4];
+    for (i, d) in dr.iter_mut().enumerate() {
+        let o = 0x48 + 8 * i;
+        *d = u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    }
+    dr
+}
+
+fn context_of(cpu: &Cpu, like: &Context) -> Context {
+    let mut c = like.clone();
+    for (i, r) in Reg::ALL.iter().take(16).enumerate() {
+        c.set_reg(*r, cpu.regs[i]);
+    }
+    c.set_reg(Reg::Rip, cpu.rip);
+    c.set_eflags(cpu.rflags as u32);
+    c
+}
+
+impl Machine {
+    /// The activity's processor stopped inside a call: the opener thread becomes the one
+    /// running on it, its registers the processor's context, and the report says why.
+    fn call_stop(&mut self, step: Step) -> Option<StateChange64> {
+        let a = self.sys.activity.as_ref()?;
+        let cpu_state = a.cpu()?.clone();
+        let (thread, cpu) = (a.thread(), usize::from(a.planted.cpu));
+        let (code, dr6, params) = match step {
+            Step::Breakpoint => (status::BREAKPOINT, 0xffff_0ff0, vec![0]),
+            Step::Debug { dr6 } => (status::SINGLE_STEP, 0xffff_0ff0 | dr6, vec![]),
+            Step::Ran => return None,
+            Step::Fault(e) => {
+                tracing::warn!("the simulated machine's activity stopped: {e}");
+                return None;
+            }
+        };
+        self.freeze_clock();
+        if self.in_call.is_none() {
+            let prev = (self.sys.cpus[cpu].current, self.contexts[cpu].clone());
+            self.in_call = Some((cpu, prev.0, prev.1));
+        }
+        let _ = self.sys.set_running(thread);
+        let ctx = context_of(&cpu_state, &self.contexts[cpu]);
+        self.contexts[cpu] = ctx;
+        let rip = cpu_state.rip;
+        let mut stream = [0u8; 16];
+        let n = self.sys.k.read(rip, &mut stream);
+        let mut sc = self.break_state(cpu as u16, code);
+        sc.program_counter = rip;
+        sc.thread = self.sys.threads[thread].ethread;
+        if let StateEvent::Exception(x) = &mut sc.event {
+            x.address = rip;
+            x.parameters = params;
+        }
+        sc.control.dr6 = dr6;
+        sc.control.dr7 = cpu_state.dr7;
+        sc.control.eflags = cpu_state.rflags as u32;
+        sc.control.instruction_stream = stream;
+        sc.control.instruction_count = n as u16;
+        Some(sc)
+    }
+
+    /// Runs the activity that is due; a stop it met, if any.
+    fn run_activity(&mut self) -> Option<StateChange64> {
+        if self.phase != Phase::Hung {
+            return None;
+        }
+        let elapsed = self.current_tick().saturating_sub(self.activity_tick0);
+        let a = self.sys.activity.as_ref()?;
+        let due = elapsed.saturating_mul(u64::from(a.planted.rate)) / TICKS_PER_SECOND;
+        // A bounded amount each poll.
+        let due = due.min(a.started + 1_000);
+        self.run_activity_to(due)
+    }
+
+    fn run_activity_to(&mut self, due: u64) -> Option<StateChange64> {
+        let dr = debug_registers(self.contexts.first()?);
+        let dr7 = self.dr7;
+        let System { k, activity, .. } = &mut self.sys;
+        let step = activity.as_mut()?.run(k, due, dr7, dr)?;
+        self.call_stop(step)
+    }
+
+    /// Runs `creates` more of the activity's calls now, whatever the clock says (tests): the
+    /// stop met on the way, if any (the machine is then stopped in the debugger's sense; go on
+    /// with [`TargetHandler::resumed_with`]).
+    pub fn drive(&mut self, creates: u64) -> Option<StateChange64> {
+        let started = self.sys.activity.as_ref()?.started;
+        let sc = self.run_activity_to(started.saturating_add(creates));
+        self.tick = self.current_tick();
+        sc
+    }
+
+    /// The machine's activity (what its threads call while it runs).
+    pub fn activity(&self) -> Option<&crate::activity::Activity> {
+        self.sys.activity.as_ref()
     }
 }
 
@@ -374,6 +491,41 @@ impl TargetHandler for Machine {
         }
     }
 
+    fn resumed_with(&mut self, how: Resume) {
+        if let Some(d) = how.dr7 {
+            self.dr7 = d;
+        }
+        let Some((cpu, thread, ctx)) = self.in_call.take() else {
+            self.resumed();
+            self.step_pending = how.trace;
+            return;
+        };
+        // The call goes on with the registers the debugger left, the trap flag as asked.
+        self.running_since = Some((Instant::now(), self.tick));
+        let c = self.contexts[cpu].clone();
+        if let Some(a) = self.sys.activity.as_mut()
+            && let Some(now) = a.cpu()
+        {
+            let mut next = now.clone();
+            for (i, r) in Reg::ALL.iter().take(16).enumerate() {
+                next.regs[i] = c.reg(*r);
+            }
+            next.rip = c.reg(Reg::Rip);
+            next.rflags = u64::from(c.eflags()) & !TF;
+            if how.trace {
+                next.rflags |= TF;
+            }
+            next.dr7 = self.dr7;
+            next.dr = debug_registers(&c);
+            // Going on from a debug-register stop does not fire it again.
+            next.resume = true;
+            a.pending = Some(next);
+        }
+        let _ = self.sys.set_running(thread);
+        self.sys.cpus[cpu].current = thread;
+        self.contexts[cpu] = ctx;
+    }
+
     fn resumed(&mut self) {
         self.running_since = Some((Instant::now(), self.tick));
         // Continuing past the break runs the int3's `ret`: back to where the processor was
@@ -402,6 +554,24 @@ impl TargetHandler for Machine {
 
     fn poll(&mut self, now: Instant) -> Option<Activity> {
         self.maybe_start_hang(now);
+        if std::mem::take(&mut self.step_pending) {
+            self.freeze_clock();
+            let mut sc = self.break_state(0, status::SINGLE_STEP);
+            let rip = self.contexts.first().map_or(0, |c| c.reg(Reg::Rip));
+            sc.program_counter = rip;
+            if let StateEvent::Exception(x) = &mut sc.event {
+                x.address = rip;
+                x.parameters = vec![];
+            }
+            let mut stream = [0u8; 16];
+            sc.control.instruction_count = self.sys.k.read(rip, &mut stream) as u16;
+            sc.control.instruction_stream = stream;
+            sc.control.dr6 = 0xffff_0ff0 | crate::cpu::DR6_BS;
+            return Some(Activity::Stop(sc));
+        }
+        if let Some(sc) = self.run_activity() {
+            return Some(Activity::Stop(sc));
+        }
         if let Some(at) = self.bugcheck_at
             && !self.bugchecked
             && now >= at

@@ -62,6 +62,7 @@ pub(super) fn bindflt_race(
     let instance = io.facts.flt.filters[bindflt].instances[VOLUME];
     let node = io.facts.flt.create_nodes[bindflt][VOLUME];
     let mut pended = None;
+    let mut openers = Vec::new();
     for i in 0..OPENERS {
         let mut calls = waiting(&[
             "nt!KeWaitForSingleObject+0x233",
@@ -80,6 +81,7 @@ pub(super) fn bindflt_race(
             ThreadState::Waiting,
             (i % 2) as u16,
         )?;
+        openers.push(th);
         // The file being opened, relative to the current directory.
         let name = format!("config\\settings{i}.json");
         let fo = sys.file_object(vol.fs_device, &name, 0x2, (0, 0), cwd)?;
@@ -175,5 +177,7 @@ pub(super) fn bindflt_race(
     }
     let _ = CREATE_INDEX;
     io.facts.pended_create = pended;
+    // While the machine runs, another opener's creates go through bindflt, one after another.
+    sys.activity = Some(crate::activity::Activity::bindflt(sys, openers[2])?);
     Ok(())
 }

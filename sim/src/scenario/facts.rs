@@ -177,6 +177,8 @@ pub struct PendedCreate {
 pub struct Facts {
     /// Scenario name.
     pub scenario: String,
+    /// What the running machine's activity planted (routines, IRP, thread, counters).
+    pub activity: Option<crate::activity::Planted>,
     /// What the build's table has no place for, so the machine does not hold it (types,
     /// members, globals).
     pub left_out: Vec<String>,

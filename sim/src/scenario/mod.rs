@@ -331,6 +331,10 @@ pub fn build_with_table(
     facts.left_out.extend(write_mm(&mut sys, &mm, &commits)?);
     facts.families = sys.k.families.why.clone();
     let version = sys.finish()?;
+    if let Some(a) = sys.activity.clone() {
+        a.write_code(&mut sys)?;
+        facts.activity = Some(a.planted.clone());
+    }
     facts.processes = sys
         .processes
         .iter()

@@ -235,6 +235,8 @@ pub struct System {
     pub shared_ready_queue: Option<u64>,
     /// The object manager: types, directories.
     pub ob: Objects,
+    /// What the running machine does (a scenario's thread calling planted routines).
+    pub activity: Option<crate::activity::Activity>,
 }
 
 /// How long the simulated machine has been up at build time (4 h 12 min).
@@ -327,6 +329,7 @@ impl System {
             booted_nodebug: false,
             shared_ready_queue: None,
             ob: Objects::default(),
+            activity: None,
         };
         s.init_globals(cpus)?;
         s.init_objects()?;

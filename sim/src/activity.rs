@@ -1,0 +1,330 @@
+//! What the running machine does: a scenario's thread calls real routines planted in its
+//! images, at a set rate, executed instruction by instruction ([`crate::cpu`]) over the
+//! machine's memory. A debugger's breakpoints, single steps and debug registers take effect
+//! where the code meets them, and the stop reports the thread, processor and registers of the
+//! moment.
+//!
+//! The `bindflt-race` machine: a container's opener thread, inside the filter manager's create
+//! path (`FLTMGR!FltpCreate`), calls bindflt's pre-create routine for each relative open;
+//! bindflt sets the IRP's status and completes it through `nt!IofCompleteRequest` (which
+//! jumps to `nt!IopfCompleteRequest`, as Windows' does), and returns the status. About one open
+//! in a thousand fails with STATUS_INVALID_PARAMETER; which ones is fixed by the create's
+//! number ([`fails`]).
+
+use iced_x86::code_asm::{CodeAssembler, byte_ptr, dword_ptr, eax, edx, qword_ptr, rax, rbx, rcx};
+
+use crate::SimError;
+use crate::cpu::{Bus, Cpu, Step};
+use crate::image::{Frame, Gpr};
+use crate::kernel::Kernel;
+use crate::system::{IrpLocation, IrpSpec, System};
+
+/// STATUS_INVALID_PARAMETER.
+pub const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
+
+/// Whether create number `n` (from 0) fails with STATUS_INVALID_PARAMETER: one in a thousand,
+/// spread by a hash of the number.
+pub fn fails(n: u64) -> bool {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % 1000 == 0
+}
+
+/// Instructions one call may run before it is taken for a runaway (a bound on every walk).
+const MAX_STEPS: u32 = 10_000;
+
+/// What the activity planted (for tests and the facts).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Planted {
+    /// `bindflt!BfPreCreate`.
+    pub pre_create: u64,
+    /// `nt!IofCompleteRequest`.
+    pub complete: u64,
+    /// `nt!IopfCompleteRequest`.
+    pub complete_worker: u64,
+    /// The IRP every create uses.
+    pub irp: u64,
+    /// The thread that runs the creates (its ETHREAD) and the processor it runs on.
+    pub thread: u64,
+    /// The processor.
+    pub cpu: u16,
+    /// Where its call into bindflt returns (inside `FLTMGR!FltpCreate`).
+    pub return_address: u64,
+    /// Creates per second of the machine's running time.
+    pub rate: u32,
+    /// Offsets the routines use: IRP IoStatus.Status, StackCount, CurrentLocation.
+    pub irp_status: u64,
+    /// `_IRP.StackCount`.
+    pub irp_stack_count: u64,
+    /// `_IRP.CurrentLocation`.
+    pub irp_current_location: u64,
+    /// Two counters bindflt's routine keeps in non-paged pool: creates it saw, and those it
+    /// failed with STATUS_INVALID_PARAMETER (what a test reads back through the debugger).
+    pub counters: u64,
+}
+
+/// A call under way (stopped in the debugger or between polls).
+#[derive(Debug, Clone)]
+struct Running {
+    cpu: Cpu,
+    steps: u32,
+}
+
+/// The activity of a machine.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    /// What was planted.
+    pub planted: Planted,
+    /// The opener thread's index.
+    thread: usize,
+    /// Entry RSP of each call (the slot holding the return address into FltpCreate).
+    entry_rsp: u64,
+    /// Creates started so far.
+    pub started: u64,
+    /// Creates that returned, and those that returned STATUS_INVALID_PARAMETER.
+    pub finished: u64,
+    /// Failed creates.
+    pub failed: u64,
+    current: Option<Running>,
+    /// Processor state the debugger may have changed, applied when the call goes on.
+    pub pending: Option<Cpu>,
+}
+
+/// The bytes of a function: `frame`'s prolog at `ip`, then what `body` assembles, then the
+/// epilog that undoes the prolog and returns.
+fn function(
+    ip: u64,
+    frame: &Frame,
+    what: &str,
+    body: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Result<Vec<u8>, SimError> {
+    let err = |e: iced_x86::IcedError| SimError::Config(format!("assembling {what}: {e}"));
+    let (mut bytes, _) =
+        crate::code::prolog(ip, frame.lead(), &frame.pushes, frame.alloc, &frame.saves)?;
+    let mut a = CodeAssembler::new(64).map_err(err)?;
+    body(&mut a).map_err(err)?;
+    if frame.alloc > 0 {
+        a.add(iced_x86::code_asm::rsp, frame.alloc as i32)
+            .map_err(err)?;
+    }
+    for r in frame.pushes.iter().rev() {
+        a.pop(crate::code::reg64(*r)).map_err(err)?;
+    }
+    a.ret().map_err(err)?;
+    let rest = a.assemble(ip + bytes.len() as u64).map_err(err)?;
+    bytes.extend(rest);
+    Ok(bytes)
+}
+
+impl Activity {
+    /// Plants the `bindflt-race` activity: its routines' frames (before the images are
+    /// written) and its IRP; [`Activity::write_code`] writes the code after.
+    pub fn bindflt(sys: &mut System, opener: usize) -> Result<Activity, SimError> {
+        let (pre_create, _) = sys.function("bindflt", "BfPreCreate")?;
+        let (complete, _) = sys.function("nt", "IofCompleteRequest")?;
+        let (worker, _) = sys.function("nt", "IopfCompleteRequest")?;
+        let t = &sys.threads[opener];
+        let caller = t
+            .frames
+            .iter()
+            .find(|(c, _, _)| c.function == "FltpCreate")
+            .ok_or_else(|| SimError::Config("the opener thread is not in FltpCreate".into()))?;
+        let entry_rsp = caller.2 - 8;
+        let return_address = sys.k.r64(entry_rsp);
+        let (ethread, cpu) = (t.ethread, t.cpu);
+        let counters = sys.pool.alloc(
+            &mut sys.k,
+            crate::pool::PoolKind::NonPaged,
+            16,
+            crate::pool::tag("BfCt"),
+        )?;
+        let irp = sys.irp(&IrpSpec {
+            locations: vec![IrpLocation::default(), IrpLocation::default()],
+            current: 2,
+            thread: Some(opener),
+            flags: 0x884,
+            status: (0x103, 0),
+            requestor_mode: 1,
+            ..IrpSpec::default()
+        })?;
+        Ok(Activity {
+            planted: Planted {
+                pre_create,
+                complete,
+                complete_worker: worker,
+                irp,
+                thread: ethread,
+                cpu,
+                return_address,
+                rate: 2000,
+                irp_status: sys.k.off("_IRP", "IoStatus.Status")?,
+                irp_stack_count: sys.k.off("_IRP", "StackCount")?,
+                irp_current_location: sys.k.off("_IRP", "CurrentLocation")?,
+                counters,
+            },
+            thread: opener,
+            entry_rsp,
+            started: 0,
+            finished: 0,
+            failed: 0,
+            current: None,
+            pending: None,
+        })
+    }
+
+    /// Writes the routines' code over what the image writer put there (same prolog, so the
+    /// unwind data still describes it).
+    pub fn write_code(&self, sys: &mut System) -> Result<(), SimError> {
+        let p = self.planted.clone();
+        let frame_of = |sys: &mut System, m: &str, f: &str| sys.function(m, f).map(|x| x.1);
+        let status = p.irp_status as i32;
+        let info = status + 8;
+        let stack_count = p.irp_stack_count as i32;
+        let current = p.irp_current_location as i32;
+        let complete = p.complete;
+        let counters = p.counters;
+        let f = frame_of(sys, "bindflt", "BfPreCreate")?;
+        let code = function(p.pre_create, &f, "BfPreCreate", |a| {
+            let mut ok = a.create_label();
+            a.mov(rbx, rcx)?;
+            a.mov(rax, counters)?;
+            a.add(qword_ptr(rax), 1)?;
+            a.cmp(edx, STATUS_INVALID_PARAMETER as i32)?;
+            a.jne(ok)?;
+            a.add(qword_ptr(rax + 8), 1)?;
+            a.set_label(&mut ok)?;
+            a.mov(dword_ptr(rcx + status), edx)?;
+            a.mov(qword_ptr(rcx + info), 0)?;
+            a.xor(edx, edx)?;
+            a.mov(rax, complete)?;
+            a.call(rax)?;
+            a.mov(eax, dword_ptr(rbx + status))?;
+            Ok(())
+        })?;
+        if !f.pushes.contains(&Gpr::Rbx) {
+            return Err(SimError::Config(
+                "BfPreCreate's frame does not save rbx".into(),
+            ));
+        }
+        sys.k.write(p.pre_create, &code);
+        let f = frame_of(sys, "nt", "IopfCompleteRequest")?;
+        let code = function(p.complete_worker, &f, "IopfCompleteRequest", |a| {
+            // Completed: no stack location holds it any more.
+            a.movzx(eax, byte_ptr(rcx + stack_count))?;
+            a.add(eax, 1)?;
+            a.mov(byte_ptr(rcx + current), iced_x86::code_asm::al)?;
+            Ok(())
+        })?;
+        sys.k.write(p.complete_worker, &code);
+        // IofCompleteRequest is the exported stub that jumps to the worker.
+        let mut a = CodeAssembler::new(64).map_err(|e| SimError::Config(e.to_string()))?;
+        a.jmp(p.complete_worker)
+            .map_err(|e| SimError::Config(e.to_string()))?;
+        let stub = a
+            .assemble(p.complete)
+            .map_err(|e| SimError::Config(e.to_string()))?;
+        sys.k.write(p.complete, &stub);
+        Ok(())
+    }
+
+    /// The opener thread's index.
+    pub fn thread(&self) -> usize {
+        self.thread
+    }
+
+    /// Whether a call is under way (stopped inside it).
+    pub fn in_call(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The processor state of the call under way.
+    pub fn cpu(&self) -> Option<&Cpu> {
+        self.current.as_ref().map(|r| &r.cpu)
+    }
+
+    /// Runs creates until `due` have started and finished, or something stops the processor
+    /// (returned with the step that stopped it; the call stays under way).
+    pub fn run(&mut self, k: &mut Kernel, due: u64, dr7: u64, dr: [u64; 4]) -> Option<Step> {
+        loop {
+            if self.current.is_none() {
+                if self.started >= due {
+                    return None;
+                }
+                let n = self.started;
+                self.started += 1;
+                // The opener's state for the call: rcx the IRP, edx the status bindflt
+                // decided, the return address into FltpCreate on its stack.
+                let p = &self.planted;
+                k.w8(p.irp + p.irp_current_location, 2);
+                k.w32(p.irp + p.irp_status, 0x103);
+                let mut cpu = Cpu::new(p.pre_create, self.entry_rsp);
+                cpu.regs[1] = p.irp;
+                cpu.regs[2] = if fails(n) {
+                    u64::from(STATUS_INVALID_PARAMETER)
+                } else {
+                    0
+                };
+                cpu.dr7 = dr7;
+                cpu.dr = dr;
+                self.current = Some(Running { cpu, steps: 0 });
+            }
+            let r = self.current.as_mut().expect("set above");
+            if let Some(c) = self.pending.take() {
+                r.cpu = c;
+            }
+            let mut bus = KernelBus(k);
+            loop {
+                if r.cpu.rip == self.planted.return_address && r.cpu.rsp() == self.entry_rsp + 8
+                {
+                    self.finished += 1;
+                    if r.cpu.regs[0] as u32 == STATUS_INVALID_PARAMETER {
+                        self.failed += 1;
+                    }
+                    self.current = None;
+                    break;
+                }
+                if r.steps >= MAX_STEPS {
+                    let at = r.cpu.rip;
+                    self.current = None;
+                    return Some(Step::Fault(format!(
+                        "the create ran {MAX_STEPS} instructions without returning (at {at:#x})"
+                    )));
+                }
+                r.steps += 1;
+                match r.cpu.step(&mut bus) {
+                    Step::Ran => {}
+                    s => return Some(s),
+                }
+            }
+        }
+    }
+}
+
+/// The kernel's memory as the processor sees it.
+struct KernelBus<'a>(&'a mut Kernel);
+
+impl Bus for KernelBus<'_> {
+    fn read(&mut self, va: u64, buf: &mut [u8]) -> bool {
+        self.0.read(va, buf) == buf.len()
+    }
+    fn write(&mut self, va: u64, data: &[u8]) -> bool {
+        let mut probe = vec![0u8; data.len()];
+        if self.0.read(va, &mut probe) != data.len() {
+            return false;
+        }
+        self.0.write(va, data);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn about_one_create_in_a_thousand_fails() {
+        let n = (0..100_000).filter(|&i| fails(i)).count();
+        assert!((70..=130).contains(&n), "{n}");
+    }
+}
