@@ -198,6 +198,9 @@ pub struct Engine {
     pub scope: Option<Scope>,
     /// The frame `.frame` chose (0: the innermost).
     pub frame: usize,
+    /// Breakpoints and event filters of the session (`bp`, `sxe`), and what is written in
+    /// the target while it runs.
+    pub control: crate::control::RunControl,
 }
 
 /// A register context set by `.cxr` or `.trap`.
@@ -308,6 +311,7 @@ impl Engine {
             next_disassembly: None,
             scope: None,
             frame: 0,
+            control: crate::control::RunControl::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod calendar;
 pub mod cmds;
+pub mod control;
 pub mod engine;
 pub mod expr;
 pub mod ext;

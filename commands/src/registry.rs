@@ -446,6 +446,87 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::vertarget::run => crate::cmds::vertarget::Version,
     },
     command! {
+        name: "bp", aliases: ["bu", "bm"], id: "bp",
+        summary: "sets a breakpoint: bp ADDR, bu for a module not loaded yet, options /1 /p /t /w, a pass count, commands",
+        doc: "sets a software breakpoint: `bp [/1] [/p EPROCESS] [/t ETHREAD] [/w \"COND\"] ADDR               [PASSES] [\"COMMANDS\"]`; `bu` the same, deferred until its module loads when it               cannot be resolved now; `/1` deletes it at its first stop, `/p` and `/t` stop only               in that process or thread, `/w` only when the expression is not zero (judged on the               host at each hit), PASSES stops on the Nth pass, COMMANDS run when it stops               (`j COND 'A' ; 'B'` chooses, a final `g` or `gc` goes on). Breakpoints are written               into the target only while it runs (`g`, `p`, `t`)",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("bp [/1] [/p EPROCESS] [/t ETHREAD] [/w \"COND\"] ADDR [PASSES] [\"COMMANDS\"]"),
+        examples: ["bp nt!IofCompleteRequest", "bp /w \"dwo(@rcx+0x30) == 0xc000000d\" nt!IofCompleteRequest", "bu /1 nt!IopfCompleteRequest \"r rcx\""],
+        run: crate::cmds::run::set => crate::cmds::run::Set,
+    },
+    command! {
+        name: "ba", aliases: [], id: "ba",
+        summary: "sets a hardware breakpoint through a debug register: ba e|r|w|i SIZE ADDR",
+        doc: "sets a hardware breakpoint through one of the four debug registers: `ba ACCESS SIZE \
+              [options] ADDR [PASSES] [\"COMMANDS\"]`, ACCESS `e` (execute), `w` (write), `r` \
+              (read or write), `i` (I/O), SIZE 1, 2, 4 or 8 (aligned); the options of `bp`",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("ba e|r|w|i 1|2|4|8 [options] ADDR [PASSES] [\"COMMANDS\"]"),
+        examples: ["ba w 8 nt!KiWaitNever", "ba e 1 nt!IofCompleteRequest"],
+        run: crate::cmds::run::set => crate::cmds::run::Set,
+    },
+    command! {
+        name: "bl", aliases: [], id: "bl",
+        summary: "the breakpoints: number, enabled, address, passes, where, condition, commands",
+        doc: "the session's breakpoints as WinDbg lists them: number, `e`/`d` (enabled, \
+              disabled; `u` for a deferred one not resolved yet), address, passes left and the \
+              pass count, where it was set, its condition and commands",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("bl"),
+        examples: ["bl"],
+        run: crate::cmds::run::list => crate::cmds::run::List,
+    },
+    command! {
+        name: "bc", aliases: ["bd", "be"], id: "bc",
+        summary: "clears (bc), disables (bd) or enables (be) breakpoints: numbers, ranges, *",
+        doc: "clears (`bc`), disables (`bd`) or enables (`be`) breakpoints by number: `*`, `0 2`, \
+              `1-3`, `0,2`",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("bc|bd|be * | N [N…] | N-M"),
+        examples: ["bd 0", "be 0", "bc *"],
+        run: crate::cmds::run::change => crate::cmds::run::Changed,
+    },
+    command! {
+        name: "g", aliases: ["gc", "gh", "gn"], id: "g",
+        summary: "lets the target run until a breakpoint, an exception or the time budget; g ADDR runs to ADDR",
+        doc: "lets the target run until one of the session's breakpoints stops it, an exception \
+              the filters stop on (`sx`), a module event asked for, or the command's time budget \
+              runs out (then it is broken into); `g ADDR` also stops at ADDR; `gh` continues an \
+              exception as handled, `gn` as not handled; `gc` is `g`. Breakpoint hits that do \
+              not stop (a condition false, a pass count, a filter) are counted; a breakpoint's \
+              commands that end with `g` run and the target goes on",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("g [ADDR]"),
+        examples: ["g --max-seconds 0.2", "g nt!IopfCompleteRequest --max-seconds 0.2"],
+        run: crate::cmds::run::go => crate::cmds::run::Ran,
+    },
+    command! {
+        name: "p", aliases: ["t"], id: "step",
+        summary: "steps one instruction (p over calls, t into them); p N, t N",
+        doc: "steps one instruction and shows the registers and the next instruction: `p` steps \
+              over calls (a one-time breakpoint after the call), `t` into them (the trap flag); \
+              `p N`, `t N` take N steps; a breakpoint met on the way stops it",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("p|t [COUNT]"),
+        examples: ["t", "p", "p 2"],
+        run: crate::cmds::run::go => crate::cmds::run::Ran,
+    },
+    command! {
+        name: "gu", aliases: [], id: "gu",
+        summary: "runs until the current function returns to its caller",
+        doc: "runs until the current function returns to its caller (a one-time breakpoint at \
+              the return address the unwinder finds, taken only in this frame)",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("gu"),
+        examples: ["gu --max-seconds 0.2"],
+        run: crate::cmds::run::go => crate::cmds::run::Ran,
+    },
+    command! {
+        name: "sx", aliases: ["sxe", "sxd", "sxn", "sxi"], id: "sx",
+        summary: "event filters: sxe (break), sxd (second chance), sxn (output), sxi (ignore) for ld:MODULE, ud, av, codes",
+        doc: "the event filters (`sx`), or sets one: `sxe` breaks, `sxd` breaks on the second \
+              chance, `sxn` prints and goes on, `sxi` goes on silently; events are `ld[:MODULE]` \
+              (a module load; the target stops when it loads), `ud[:MODULE]`, `av`, `bpe`, \
+              `sse`, `dz`, `ii`, `sov`, or an exception code. Module loads nobody asked to stop on \
+              are continued at once",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("sx | sxe|sxd|sxn|sxi EVENT"),
+        examples: ["sx", "sxe ld:cimfs.sys", "sxd av"],
+        run: crate::cmds::run::sx => crate::cmds::run::Filters,
+    },
+    command! {
         name: "!locks", aliases: ["!kdexts.locks"], id: "locks",
         summary: "executive resources: held ones (all with -v or -d), owners, waiters, contention",
         doc: "executive resources: held ones (all with `-v` or `-d`), owners with `<*>`, \

@@ -9,7 +9,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 pub use crate::machine::target::{
-    Activity, Resume, StopReason, TargetConfig, TargetHandler, TargetMachine, TargetStats,
+    Activity, Breakpoints, Resume, StopReason, TargetConfig, TargetHandler, TargetMachine,
+    TargetStats,
 };
 use crate::rng::os_random_32;
 

@@ -12,7 +12,9 @@ use tokio::runtime::Handle;
 
 use kdnet_model::nt::Kernel;
 use kdnet_model::nt::records::ExceptionRecord;
-use kdnet_model::target::{Target, TargetError, TargetInfo, TransportStats};
+use kdnet_model::target::{
+    Go, StopEvent, StopKind, Target, TargetError, TargetInfo, TransportStats,
+};
 
 /// A stopped target on a KDNET session.
 #[derive(Debug)]
@@ -23,6 +25,37 @@ pub struct LiveTarget {
     ran: bool,
     /// The host's count of state changes when memory was last read.
     stops: u64,
+    /// The host's count of state changes when the target was last let go.
+    went_at: u64,
+}
+
+/// A state change in the model's terms; `serial` counts the session's state changes.
+pub fn stop_event(sc: &StateChange64, serial: u64) -> StopEvent {
+    let kind = match &sc.event {
+        StateEvent::Exception(x) => StopKind::Exception {
+            code: x.code,
+            address: x.address,
+            first_chance: x.first_chance,
+            parameters: x.parameters.clone(),
+            dr6: sc.control.dr6,
+        },
+        StateEvent::LoadSymbols(l) => StopKind::Module {
+            unload: l.unload,
+            base: l.base,
+            size: l.size,
+            path: l.path.clone(),
+        },
+        _ => StopKind::Other,
+    };
+    StopEvent {
+        processor: u32::from(sc.processor),
+        processors: sc.number_processors,
+        thread: sc.thread,
+        pc: sc.program_counter,
+        kind,
+        reported: u32::from(sc.control.instruction_count.min(16)),
+        serial,
+    }
 }
 
 fn map(e: HostError, address: u64) -> TargetError {
@@ -74,6 +107,7 @@ impl LiveTarget {
             },
             ran: false,
             stops,
+            went_at: stops,
         })
     }
 
@@ -184,6 +218,121 @@ impl Target for LiveTarget {
         let changed = now != self.stops;
         self.stops = now;
         std::mem::take(&mut self.ran) || changed
+    }
+
+    fn read_virtual_live(
+        &mut self,
+        address: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, TargetError>> {
+        Some(
+            match self.rt.block_on(self.host.read_virtual(address, buf.len())) {
+                Ok(b) => {
+                    buf[..b.len()].copy_from_slice(&b);
+                    Ok(b.len())
+                }
+                Err(HostError::Memory { read, .. }) => {
+                    buf[..read.len()].copy_from_slice(&read);
+                    Ok(read.len())
+                }
+                Err(e) => Err(map(e, address)),
+            },
+        )
+    }
+
+    fn stop_event(&mut self) -> Option<StopEvent> {
+        let s = self.host.state();
+        if s.run != RunState::Stopped {
+            return None;
+        }
+        s.stop.as_ref().map(|sc| stop_event(sc, s.stops))
+    }
+
+    fn write_breakpoint(&mut self, address: u64) -> Result<u32, TargetError> {
+        self.rt
+            .block_on(self.host.write_breakpoint(address))
+            .map_err(|e| map(e, address))
+    }
+
+    fn restore_breakpoint(&mut self, handle: u32) -> Result<bool, TargetError> {
+        let r = self
+            .rt
+            .block_on(
+                self.host
+                    .request(kdnet::api::Manipulate::restore_breakpoint(handle)),
+            )
+            .map_err(|e| map(e, 0))?;
+        Ok(status::is_success(r.return_status()))
+    }
+
+    fn set_context(&mut self, processor: u32, context: &Context) -> Result<(), TargetError> {
+        self.rt
+            .block_on(self.host.set_context(processor as u16, context))
+            .map_err(|e| match e {
+                HostError::Status { .. } => TargetError::NoSuchProcessor(processor),
+                other => map(other, 0),
+            })
+    }
+
+    fn go(&mut self, how: Go) -> Result<(), TargetError> {
+        self.went_at = host_stops(&self.host);
+        self.ran = true;
+        self.rt
+            .block_on(self.host.resume_with(how.status, how.trace, how.dr7))
+            .map_err(|e| map(e, 0))
+    }
+
+    fn wait_stop(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+        cancel: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<(StopEvent, bool), TargetError> {
+        let went_at = self.went_at;
+        let host = self.host.clone();
+        let stopped = self.rt.block_on(async move {
+            let mut w = host.watch_state();
+            loop {
+                {
+                    let s = w.borrow_and_update();
+                    if s.run == RunState::Stopped
+                        && s.stops > went_at
+                        && let Some(sc) = s.stop.as_ref()
+                    {
+                        return Some(stop_event(sc, s.stops));
+                    }
+                }
+                if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+                    || deadline.is_some_and(|d| std::time::Instant::now() >= d)
+                {
+                    return None;
+                }
+                tokio::select! {
+                    r = w.changed() => if r.is_err() { return None; },
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        });
+        if let Some(stop) = stopped {
+            return Ok((stop, false));
+        }
+        // Nothing stopped it in time, or the wait was cancelled: break in.
+        let sc = self
+            .rt
+            .block_on(self.host.break_in(Duration::from_secs(10)))
+            .map_err(|e| map(e, 0))?;
+        Ok((stop_event(&sc, host_stops(&self.host)), true))
+    }
+
+    fn set_module_breaks(
+        &mut self,
+        load: Vec<String>,
+        unload: Vec<String>,
+    ) -> Result<(), TargetError> {
+        self.rt.block_on(
+            self.host
+                .set_module_breaks(kdnet::host::ModuleBreaks { load, unload }),
+        );
+        Ok(())
     }
 }
 

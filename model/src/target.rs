@@ -178,6 +178,93 @@ pub struct TransportStats {
     pub bytes: u64,
 }
 
+/// How the target is let go on (a live target's Continue2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Go {
+    /// The continue status: DBG_CONTINUE, DBG_EXCEPTION_HANDLED (`gh`),
+    /// DBG_EXCEPTION_NOT_HANDLED (`gn`).
+    pub status: u32,
+    /// One instruction, then a single-step stop.
+    pub trace: bool,
+    /// Dr7 for every processor (hardware breakpoints); 0x400 for none.
+    pub dr7: u64,
+}
+
+/// DBG_CONTINUE.
+pub const DBG_CONTINUE: u32 = 0x0001_0002;
+/// DBG_EXCEPTION_HANDLED.
+pub const DBG_EXCEPTION_HANDLED: u32 = 0x0001_0001;
+/// DBG_EXCEPTION_NOT_HANDLED.
+pub const DBG_EXCEPTION_NOT_HANDLED: u32 = 0x8001_0001;
+/// STATUS_BREAKPOINT.
+pub const STATUS_BREAKPOINT: u32 = 0x8000_0003;
+/// STATUS_SINGLE_STEP.
+pub const STATUS_SINGLE_STEP: u32 = 0x8000_0004;
+
+impl Go {
+    /// A plain continue.
+    pub fn on() -> Go {
+        Go {
+            status: DBG_CONTINUE,
+            trace: false,
+            dr7: 0x400,
+        }
+    }
+}
+
+/// Why a target stopped, as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StopKind {
+    /// An exception: a breakpoint (`int 3`, code 0x80000003), a single step or debug register
+    /// (0x80000004), or another.
+    Exception {
+        /// ExceptionCode.
+        code: u32,
+        /// ExceptionAddress.
+        address: u64,
+        /// First chance.
+        first_chance: bool,
+        /// ExceptionInformation.
+        parameters: Vec<u64>,
+        /// DR6 at the stop (which debug register fired, or BS for a single step).
+        dr6: u64,
+    },
+    /// A module was loaded or unloaded (a stop asked for with `sxe ld` / `sxe ud`).
+    Module {
+        /// Unloaded rather than loaded.
+        unload: bool,
+        /// Base address.
+        base: u64,
+        /// SizeOfImage.
+        size: u32,
+        /// The image path.
+        path: String,
+    },
+    /// Something else (a command string, an unknown report).
+    Other,
+}
+
+/// A stop of a live target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StopEvent {
+    /// The reporting processor.
+    pub processor: u32,
+    /// Processors in the machine.
+    pub processors: u32,
+    /// The current thread (KTHREAD) of that processor.
+    pub thread: u64,
+    /// Its instruction pointer.
+    pub pc: u64,
+    /// Why.
+    pub kind: StopKind,
+    /// Bytes of instructions the report carries from `pc` on: the kernel took the breakpoints
+    /// among them out of its table when it reported the stop.
+    pub reported: u32,
+    /// State changes seen so far in the session (a new one: the target ran in between).
+    pub serial: u64,
+}
+
 /// A source of kernel memory and processor state.
 pub trait Target: Send {
     /// What is known up front.
@@ -230,5 +317,61 @@ pub trait Target: Send {
     /// Whether memory may have changed since it was cached (the target ran); clears the flag.
     fn take_invalidation(&mut self) -> bool {
         false
+    }
+
+    /// Reads virtual memory the target translates itself (a live target's ReadVirtualMemory),
+    /// in the current processor's address space; None when it cannot.
+    fn read_virtual_live(
+        &mut self,
+        _address: u64,
+        _buf: &mut [u8],
+    ) -> Option<Result<usize, TargetError>> {
+        None
+    }
+
+    /// The stop the target is in, when it is a live one.
+    fn stop_event(&mut self) -> Option<StopEvent> {
+        None
+    }
+
+    /// Writes a breakpoint (`int 3`) at `address` through the kernel's table; its handle.
+    fn write_breakpoint(&mut self, _address: u64) -> Result<u32, TargetError> {
+        Err(TargetError::Unsupported("set breakpoints"))
+    }
+
+    /// Removes a breakpoint by handle; false when the kernel had none by it (it removed it
+    /// itself, reporting a stop there).
+    fn restore_breakpoint(&mut self, _handle: u32) -> Result<bool, TargetError> {
+        Err(TargetError::Unsupported("remove breakpoints"))
+    }
+
+    /// Sets a processor's CONTEXT.
+    fn set_context(&mut self, _processor: u32, _context: &Context) -> Result<(), TargetError> {
+        Err(TargetError::Unsupported("change registers"))
+    }
+
+    /// Lets the target go on.
+    fn go(&mut self, _how: Go) -> Result<(), TargetError> {
+        Err(TargetError::Unsupported("run"))
+    }
+
+    /// Waits for the target to stop after [`Target::go`]. At `deadline`, or when `cancel` is
+    /// set, it breaks in: the stop is then the break-in's, and `interrupted` says so.
+    fn wait_stop(
+        &mut self,
+        _deadline: Option<std::time::Instant>,
+        _cancel: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<(StopEvent, bool), TargetError> {
+        Err(TargetError::Unsupported("run"))
+    }
+
+    /// Which module loads and unloads stop the target (names without case, `*` for all); the
+    /// others are continued at once.
+    fn set_module_breaks(
+        &mut self,
+        _load: Vec<String>,
+        _unload: Vec<String>,
+    ) -> Result<(), TargetError> {
+        Err(TargetError::Unsupported("stop on module events"))
     }
 }

@@ -28,7 +28,7 @@ pub fn fails(n: u64) -> bool {
     let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) % 1000 == 0
+    (z ^ (z >> 31)).is_multiple_of(1000)
 }
 
 /// Instructions one call may run before it is taken for a runaway (a bound on every walk).
@@ -275,8 +275,7 @@ impl Activity {
             }
             let mut bus = KernelBus(k);
             loop {
-                if r.cpu.rip == self.planted.return_address && r.cpu.rsp() == self.entry_rsp + 8
-                {
+                if r.cpu.rip == self.planted.return_address && r.cpu.rsp() == self.entry_rsp + 8 {
                     self.finished += 1;
                     if r.cpu.regs[0] as u32 == STATUS_INVALID_PARAMETER {
                         self.failed += 1;

@@ -362,7 +362,11 @@ impl Cpu {
                 let a = self.read_op(ins, 0, bus)? & mask(size);
                 let b = self.read_op(ins, 1, bus)? & mask(size);
                 let add = ins.mnemonic() == Mnemonic::Add;
-                let r = if add { a.wrapping_add(b) } else { a.wrapping_sub(b) } & mask(size);
+                let r = if add {
+                    a.wrapping_add(b)
+                } else {
+                    a.wrapping_sub(b)
+                } & mask(size);
                 let mut f = Self::logic_flags(r, size);
                 let s = sign_bit(size);
                 if add {
@@ -403,7 +407,11 @@ impl Cpu {
                 let size = Self::size_of(ins, 0);
                 let a = self.read_op(ins, 0, bus)? & mask(size);
                 let inc = ins.mnemonic() == Mnemonic::Inc;
-                let r = if inc { a.wrapping_add(1) } else { a.wrapping_sub(1) } & mask(size);
+                let r = if inc {
+                    a.wrapping_add(1)
+                } else {
+                    a.wrapping_sub(1)
+                } & mask(size);
                 let mut f = Self::logic_flags(r, size) | (self.rflags & CF);
                 let s = sign_bit(size);
                 if (inc && r == s) || (!inc && a == s) {

@@ -292,7 +292,9 @@ fn context_of(cpu: &Cpu, like: &Context) -> Context {
         c.set_reg(*r, cpu.regs[i]);
     }
     c.set_reg(Reg::Rip, cpu.rip);
-    c.set_eflags(cpu.rflags as u32);
+    // The trap flag is the debugger's, set for one instruction; the context shows the
+    // program's flags.
+    c.set_eflags((cpu.rflags & !TF) as u32);
     c
 }
 

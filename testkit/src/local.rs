@@ -2,11 +2,18 @@
 //! without a network between. Each call counts as one round trip and requests are cut to the
 //! same transfer size a KDNET session uses, so counts match what the wire would see.
 
-use kdnet::api::MAX_TRANSFER;
-use kdnet::target::TargetHandler;
-use kdnet_arch::Context;
+use std::time::{Duration, Instant};
 
-use kdnet_model::target::{Target, TargetError, TargetInfo, TransportStats};
+use kdnet::api::{MAX_TRANSFER, StateChange64};
+use kdnet::target::{Activity, Breakpoints, Resume, StopReason, TargetHandler};
+use kdnet_arch::Context;
+use kdnet_live::stop_event as kdnet_stop;
+
+use kdnet_model::target::{Go, StopEvent, Target, TargetError, TargetInfo, TransportStats};
+
+/// How long an in-process target runs after `go` before it is broken into, when the caller set
+/// no deadline (a simulated machine with nothing to stop it would otherwise run for ever).
+pub const RUN_LIMIT: Duration = Duration::from_millis(300);
 
 /// A stopped in-process target.
 pub struct LocalTarget<H: TargetHandler> {
@@ -14,6 +21,10 @@ pub struct LocalTarget<H: TargetHandler> {
     info: TargetInfo,
     max_transfer: usize,
     stats: TransportStats,
+    breakpoints: Breakpoints,
+    stop: Option<StateChange64>,
+    serial: u64,
+    ran: bool,
 }
 
 impl<H: TargetHandler> std::fmt::Debug for LocalTarget<H> {
@@ -42,7 +53,24 @@ impl<H: TargetHandler> LocalTarget<H> {
             },
             max_transfer: MAX_TRANSFER as usize,
             stats: TransportStats::default(),
+            breakpoints: Breakpoints::default(),
+            stop: None,
+            serial: 1,
+            ran: false,
         }
+    }
+
+    /// The breakpoints written in the machine's memory and not removed: (address, byte).
+    pub fn breakpoints(&self) -> Vec<(u64, u8)> {
+        self.breakpoints.list()
+    }
+
+    fn stopped(&mut self, mut sc: StateChange64) -> StopEvent {
+        self.breakpoints.report(&mut self.handler, &mut sc);
+        self.serial += 1;
+        let e = kdnet_stop(&sc, self.serial);
+        self.stop = Some(sc);
+        e
     }
 
     /// Caps each request at `bytes` (the KDNET default otherwise).
@@ -62,6 +90,77 @@ impl<H: TargetHandler> LocalTarget<H> {
 }
 
 impl<H: TargetHandler> Target for LocalTarget<H> {
+    fn read_virtual_live(
+        &mut self,
+        address: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, TargetError>> {
+        self.count(buf.len());
+        let processor = self.stop.as_ref().map_or(0, |s| s.processor);
+        Some(Ok(self.handler.read_virtual(processor, address, buf)))
+    }
+
+    fn stop_event(&mut self) -> Option<StopEvent> {
+        self.stop.as_ref().map(|sc| kdnet_stop(sc, self.serial))
+    }
+
+    fn write_breakpoint(&mut self, address: u64) -> Result<u32, TargetError> {
+        self.count(0);
+        self.breakpoints
+            .write(&mut self.handler, 0, address)
+            .ok_or(TargetError::Unavailable { address })
+    }
+
+    fn restore_breakpoint(&mut self, handle: u32) -> Result<bool, TargetError> {
+        self.count(0);
+        Ok(self.breakpoints.restore(&mut self.handler, handle))
+    }
+
+    fn set_context(&mut self, processor: u32, context: &Context) -> Result<(), TargetError> {
+        self.count(context.as_bytes().len());
+        if self.handler.set_context(processor as u16, context) {
+            Ok(())
+        } else {
+            Err(TargetError::NoSuchProcessor(processor))
+        }
+    }
+
+    fn take_invalidation(&mut self) -> bool {
+        std::mem::take(&mut self.ran)
+    }
+
+    fn go(&mut self, how: Go) -> Result<(), TargetError> {
+        self.count(0);
+        self.stop = None;
+        self.ran = true;
+        self.handler.resumed_with(Resume {
+            status: how.status,
+            trace: how.trace,
+            dr7: Some(how.dr7),
+        });
+        Ok(())
+    }
+
+    fn wait_stop(
+        &mut self,
+        deadline: Option<Instant>,
+        cancel: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<(StopEvent, bool), TargetError> {
+        let end = deadline.unwrap_or_else(|| Instant::now() + RUN_LIMIT);
+        loop {
+            if let Some(Activity::Stop(sc)) = self.handler.poll(Instant::now()) {
+                return Ok((self.stopped(sc), false));
+            }
+            if Instant::now() >= end
+                || cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                let sc = self.handler.stop_report(StopReason::BreakIn);
+                return Ok((self.stopped(sc), true));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn info(&self) -> TargetInfo {
         self.info.clone()
     }

@@ -14,6 +14,7 @@ pub(crate) mod lm;
 pub(crate) mod ln;
 pub(crate) mod processor;
 pub(crate) mod registers;
+pub(crate) mod run;
 pub(crate) mod scope;
 pub(crate) mod search;
 pub mod session;

@@ -140,6 +140,81 @@ pub trait TargetHandler: Send + 'static {
     }
 }
 
+/// The kernel's breakpoint table (32 entries, KdpAddBreakpoint / KdpDeleteBreakpoint): an
+/// `int 3` written over the byte it keeps, removed on request or when a state change reports
+/// the instructions it lies in (KdpSetCommonState). Shared by the KDNET target end and
+/// in-process targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Breakpoints {
+    /// handle → (address, the byte the `int 3` replaced).
+    table: BTreeMap<u32, (u64, u8)>,
+}
+
+impl Breakpoints {
+    /// Writes a breakpoint at `address`: its handle, or None (table full, address already in
+    /// it, or memory that cannot be read or written).
+    pub fn write(
+        &mut self,
+        handler: &mut dyn TargetHandler,
+        processor: u16,
+        address: u64,
+    ) -> Option<u32> {
+        let handle = (1..=32u32).find(|h| !self.table.contains_key(h))?;
+        if self.table.values().any(|(a, _)| *a == address) {
+            return None;
+        }
+        let mut original = [0u8; 1];
+        if handler.read_virtual(processor, address, &mut original) != 1
+            || handler.write_virtual(processor, address, &[0xCC]) != 1
+        {
+            return None;
+        }
+        self.table.insert(handle, (address, original[0]));
+        Some(handle)
+    }
+
+    /// Removes a breakpoint and puts its byte back; whether there was one.
+    pub fn restore(&mut self, handler: &mut dyn TargetHandler, handle: u32) -> bool {
+        let Some((address, original)) = self.table.remove(&handle) else {
+            return false;
+        };
+        handler.write_virtual(0, address, &[original]) == 1
+    }
+
+    /// What a state change does to the table: breakpoints in its instruction stream are
+    /// removed and the stream read again without them.
+    pub fn report(&mut self, handler: &mut dyn TargetHandler, sc: &mut StateChange64) {
+        let pc = sc.program_counter;
+        let count = u64::from(sc.control.instruction_count.clamp(1, 16));
+        let inside: Vec<u32> = self
+            .table
+            .iter()
+            .filter(|(_, (a, _))| *a >= pc && *a - pc < count)
+            .map(|(h, _)| *h)
+            .collect();
+        if inside.is_empty() {
+            return;
+        }
+        for h in inside {
+            self.restore(handler, h);
+        }
+        let mut stream = [0u8; 16];
+        let n = handler.read_virtual(sc.processor, pc, &mut stream[..count as usize]);
+        sc.control.instruction_stream = stream;
+        sc.control.instruction_count = n as u16;
+    }
+
+    /// The breakpoints written and not removed: (address, original byte).
+    pub fn list(&self) -> Vec<(u64, u8)> {
+        self.table.values().copied().collect()
+    }
+
+    /// Forgets them all (a reboot: memory is new).
+    pub fn clear(&mut self) {
+        self.table.clear();
+    }
+}
+
 /// Settings of a target end.
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
@@ -276,9 +351,8 @@ pub struct TargetMachine {
     stopped_at: Option<Instant>,
     next_offer: Instant,
     next_poll: Instant,
-    /// Breakpoints written by the debugger: handle → (address, the byte the `int 3` replaced),
-    /// as the kernel's 32-entry breakpoint table.
-    breakpoints: BTreeMap<u32, (u64, u8)>,
+    /// Breakpoints written by the debugger.
+    breakpoints: Breakpoints,
     /// A reboot asked for by the debugger, done once its ACK is on the wire.
     reboot_pending: bool,
     /// The last state change reported, sent again when a debugger RESETs a stopped target.
@@ -328,7 +402,7 @@ impl TargetMachine {
             stats: TargetStats::default(),
             next_offer: now,
             next_poll: now,
-            breakpoints: BTreeMap::new(),
+            breakpoints: Breakpoints::default(),
             reboot_pending: false,
             last_stop: None,
             transmit: VecDeque::new(),
@@ -361,6 +435,8 @@ impl TargetMachine {
         if !running {
             self.stopped_at.get_or_insert(now);
         } else if let Some(at) = self.stopped_at.take() {
+            // A kernel let go runs at once: what it does by itself starts now.
+            self.next_poll = now;
             let d = now.saturating_duration_since(at);
             self.stats.stops_ended += 1;
             self.stats.last_stop = d;
@@ -555,41 +631,15 @@ impl TargetMachine {
     /// the reported instruction stream are removed from the table (their bytes restored) and
     /// the stream is read again without them.
     fn report(&mut self, mut sc: StateChange64, now: Instant) {
-        let pc = sc.program_counter;
-        let count = u64::from(sc.control.instruction_count.clamp(1, 16));
-        let inside: Vec<u32> = self
-            .breakpoints
-            .iter()
-            .filter(|(_, (a, _))| *a >= pc && *a - pc < count)
-            .map(|(h, _)| *h)
-            .collect();
-        if !inside.is_empty() {
-            for h in inside {
-                self.delete_breakpoint(h);
-            }
-            let mut stream = [0u8; 16];
-            let n = self
-                .handler
-                .read_virtual(sc.processor, pc, &mut stream[..count as usize]);
-            sc.control.instruction_stream = stream;
-            sc.control.instruction_count = n as u16;
-        }
+        self.breakpoints.report(self.handler.as_mut(), &mut sc);
         self.last_stop = Some(sc.encode());
         self.kd
             .send(PacketType::StateChange64, sc.encode(), true, now);
     }
 
-    /// Takes a breakpoint out of the table and puts its byte back; whether there was one.
-    fn delete_breakpoint(&mut self, handle: u32) -> bool {
-        let Some((address, original)) = self.breakpoints.remove(&handle) else {
-            return false;
-        };
-        self.handler.write_virtual(0, address, &[original]) == 1
-    }
-
     /// The breakpoints written and not removed: (address, original byte), for inspection.
     pub fn breakpoints(&self) -> Vec<(u64, u8)> {
-        self.breakpoints.values().copied().collect()
+        self.breakpoints.list()
     }
 
     /// Serves one manipulate request the way the Windows kernel does: the reply copies the
@@ -719,30 +769,19 @@ impl TargetMachine {
             Api::WriteBreakPoint => {
                 // KdpAddBreakpoint: a free slot of 32, an address not already in the table,
                 // readable and writable; the byte it replaces is kept, `int 3` written.
-                let address = m.u64(0x10);
-                let handle = (1..=32u32).find(|h| !self.breakpoints.contains_key(h));
-                let taken = self.breakpoints.values().any(|(a, _)| *a == address);
-                let mut original = [0u8; 1];
-                let ok = match handle {
-                    Some(h)
-                        if !taken
-                            && self.handler.read_virtual(cpu, address, &mut original) == 1
-                            && self.handler.write_virtual(cpu, address, &[0xCC]) == 1 =>
-                    {
-                        self.breakpoints.insert(h, (address, original[0]));
+                match self
+                    .breakpoints
+                    .write(self.handler.as_mut(), cpu, m.u64(0x10))
+                {
+                    Some(h) => {
                         r.set_u32(0x18, h);
-                        true
+                        r.set_return_status(status::SUCCESS);
                     }
-                    _ => false,
-                };
-                r.set_return_status(if ok {
-                    status::SUCCESS
-                } else {
-                    status::UNSUCCESSFUL
-                });
+                    None => r.set_return_status(status::UNSUCCESSFUL),
+                }
             }
             Api::RestoreBreakPoint => {
-                let ok = self.delete_breakpoint(m.u32(0x10));
+                let ok = self.breakpoints.restore(self.handler.as_mut(), m.u32(0x10));
                 r.set_return_status(if ok {
                     status::SUCCESS
                 } else {

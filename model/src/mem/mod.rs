@@ -28,6 +28,9 @@ pub struct Space {
     pub dtb: u64,
 }
 
+/// The largest read [`Memory::set_quick`] sends to the target as it is.
+pub const QUICK_MAX: usize = 64;
+
 /// Counters of the memory layer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemStats {
@@ -75,6 +78,8 @@ pub struct Memory {
     deadline: Option<Instant>,
     cancel: Option<Arc<AtomicBool>>,
     virtual_only: bool,
+    /// Small reads go to the target as virtual reads, translated there ([`Memory::set_quick`]).
+    quick: bool,
     epoch: u64,
     /// Per physical page, the span of bytes callers asked for (page tables included): the
     /// least any reader must fetch.
@@ -130,6 +135,7 @@ impl Memory {
             deadline: None,
             cancel: None,
             virtual_only,
+            quick: false,
             epoch: 0,
             needed: HashMap::new(),
             asked: None,
@@ -281,6 +287,24 @@ impl Memory {
     /// Stops reads after `deadline` (they fail with [`TargetError::OutOfTime`]).
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
+    }
+
+    /// Small reads (at most [`QUICK_MAX`] bytes) go to a live target as virtual reads it
+    /// translates itself: one round trip for a value, where translating here costs a read of
+    /// each paging level the cache lost when the target ran. For judging a breakpoint's
+    /// condition at each hit; nothing read this way is cached.
+    pub fn set_quick(&mut self, on: bool) {
+        self.quick = on;
+    }
+
+    /// The instant reads stop at, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The cancel flag, if any.
+    pub fn cancel_flag(&self) -> Option<Arc<AtomicBool>> {
+        self.cancel.clone()
     }
 
     /// Stops reads when `flag` becomes true ([`TargetError::Cancelled`]).

@@ -2,7 +2,7 @@
 //! from the kernel address space and the typed reads over them.
 
 use super::cache::{CachedPage, GRANULE};
-use super::{MAX_READ, Memory, PAGE, Space, canonical};
+use super::{MAX_READ, Memory, PAGE, QUICK_MAX, Space, canonical};
 use crate::target::TargetError;
 
 impl Memory {
@@ -63,6 +63,28 @@ impl Memory {
             return self.read_direct(va, len);
         }
         self.refresh();
+        if self.quick && len <= QUICK_MAX {
+            self.check_budget()?;
+            let mut buf = vec![0u8; len];
+            if let Some(r) = self.target.read_virtual_live(va, &mut buf) {
+                self.stats.bytes_requested += len as u64;
+                let got = match r {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.seen(&e);
+                        return Err(e);
+                    }
+                };
+                self.stats.bytes_fetched += got as u64;
+                self.stats.cache_misses += 1;
+                if got < len {
+                    return Err(TargetError::Unavailable {
+                        address: va + got as u64,
+                    });
+                }
+                return Ok(buf);
+            }
+        }
         self.stats.bytes_requested += len as u64;
         // Translate the pages of the request into physically contiguous runs.
         let mut runs: Vec<(u64, u64, u64)> = Vec::new(); // (va, pa, len)

@@ -1,0 +1,754 @@
+//! Run control: the session's breakpoints and letting the target go on until something stops
+//! it.
+//!
+//! Breakpoints live in the debugger and are written into the target only while it runs, as
+//! WinDbg does: each `g`, `p` or `t` writes them (`int 3` through the kernel's breakpoint table)
+//! just before the continue and takes them out the moment the target stops. So memory read
+//! while stopped shows the real instructions, and a session that ends while the target is
+//! stopped leaves nothing patched. A breakpoint at the instruction the processor stands on is
+//! stepped over first (one single step without it, then the others written), so going on from
+//! a hit runs the instruction and keeps the breakpoint.
+//!
+//! A hit is judged on the host: the thread and process filters, the pass count and the
+//! condition (`/w "expr"`); a hit that does not stop (a condition false) costs the stop, the
+//! registers, what the condition reads, the step over and the continue.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+use kdnet_model::target::{
+    DBG_CONTINUE, Go, STATUS_BREAKPOINT, STATUS_SINGLE_STEP, StopEvent, StopKind, TargetError,
+};
+
+use crate::engine::{CmdError, Engine};
+
+/// DR7 with nothing enabled.
+pub const DR7_NONE: u64 = 0x400;
+/// DR6.BS: a single step.
+pub const DR6_BS: u64 = 0x4000;
+/// The most breakpoints the kernel's table holds.
+pub const MAX_SOFTWARE: usize = 32;
+/// Hit outputs a `g` keeps (a breakpoint whose commands go on by themselves could fill memory).
+pub const MAX_HIT_OUTPUTS: usize = 100;
+
+/// How a breakpoint stops the processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakKind {
+    /// `int 3` written over the instruction (`bp`, `bu`).
+    Software,
+    /// A debug register (`ba`): e execute, w write, r read or write, i I/O.
+    Hardware {
+        /// `e`, `w`, `r` or `i`.
+        access: char,
+        /// Bytes watched: 1, 2, 4 or 8.
+        size: u8,
+    },
+}
+
+/// One breakpoint of the session.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct Breakpoint {
+    /// Its number (`bl`, `bc 0`).
+    pub id: u32,
+    /// Where, as typed (`nt!IofCompleteRequest`, `fffff805`5c6a3b80`).
+    pub spec: String,
+    /// The address it resolved to; null for a `bu` whose module is not loaded yet.
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub address: Option<u64>,
+    /// Software or hardware.
+    pub kind: BreakKind,
+    /// Enabled (`be`) or disabled (`bd`).
+    pub enabled: bool,
+    /// Deferred (`bu`): resolved again when its module loads.
+    pub deferred: bool,
+    /// Deleted after its first hit (`/1`).
+    pub one_shot: bool,
+    /// The pass count: it stops on the Nth pass (0 or 1: every pass).
+    pub pass_count: u64,
+    /// Passes left before it stops.
+    pub passes_left: u64,
+    /// Only in this process (`/p EPROCESS`).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub process: Option<u64>,
+    /// Only in this thread (`/t ETHREAD`).
+    #[serde(serialize_with = "crate::hex::ser")]
+    #[schemars(with = "Option<crate::hex::Hex>")]
+    pub thread: Option<u64>,
+    /// Stops only when this expression is not zero (`/w "expr"`).
+    pub condition: Option<String>,
+    /// Commands run when it stops (`"kb; g"`).
+    pub command: Option<String>,
+    /// Times the processor reached it.
+    pub hits: u64,
+    /// Times it stopped the target.
+    pub stops: u64,
+}
+
+/// What to do with an exception or event (`sxe`, `sxd`, `sxn`, `sxi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Filter {
+    /// Stop (`sxe`).
+    Break,
+    /// Stop on the second chance only (`sxd`).
+    SecondChance,
+    /// Say so and go on (`sxn`).
+    Output,
+    /// Go on without a word (`sxi`).
+    Ignore,
+}
+
+impl Filter {
+    /// The command that sets it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Filter::Break => "sxe",
+            Filter::SecondChance => "sxd",
+            Filter::Output => "sxn",
+            Filter::Ignore => "sxi",
+        }
+    }
+}
+
+/// A breakpoint written into the target for this run: (id, address, handle).
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    address: u64,
+    handle: u32,
+}
+
+/// The session's run control: breakpoints and event filters.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// The breakpoints, by number.
+    pub breakpoints: BTreeMap<u32, Breakpoint>,
+    /// Exception filters by code (`sxe 0xc0000005`, `sxe av`); codes not named follow
+    /// WinDbg's defaults for a kernel target (second chance).
+    pub exceptions: BTreeMap<u32, Filter>,
+    /// Module loads that stop (`sxe ld:NAME`; `*` all).
+    pub module_loads: Vec<String>,
+    /// Module unloads that stop (`sxe ud`).
+    pub module_unloads: Vec<String>,
+    written: Vec<Written>,
+    /// Where the written breakpoints are recorded, so that a session killed while the target
+    /// runs can be undone by the next one.
+    pub record: Option<Box<dyn Record>>,
+}
+
+impl std::fmt::Debug for dyn Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Record")
+    }
+}
+
+impl Clone for Box<dyn Record> {
+    fn clone(&self) -> Self {
+        self.boxed()
+    }
+}
+
+/// Keeps the list of breakpoints written into the target outside the process (a file), so
+/// that the next session can take them out if this one is killed while they are in.
+pub trait Record: Send {
+    /// The breakpoints now in the target: (address, handle). Empty: none.
+    fn written(&mut self, now: &[(u64, u32)]) -> Result<(), String>;
+    /// A copy of the recorder.
+    fn boxed(&self) -> Box<dyn Record>;
+}
+
+/// How the target is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Motion {
+    /// `g`, `gh`, `gn`: until something stops it (or `until`, a one-time breakpoint).
+    Go {
+        /// The continue status.
+        status: u32,
+        /// `g ADDR`.
+        until: Option<u64>,
+    },
+    /// `t` (into calls) or `p` (over them): one instruction.
+    Step {
+        /// Over calls.
+        over: bool,
+    },
+    /// `gu`: to the return address of the current function, in this frame.
+    Return,
+}
+
+/// Why the target stopped, for the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// One of the session's breakpoints.
+    Breakpoint,
+    /// A single step ended (`p`, `t`).
+    Step,
+    /// The address `g ADDR` or `gu` ran to.
+    Reached,
+    /// An exception the filters stop on.
+    Exception,
+    /// A module load or unload asked for with `sxe ld` / `sxe ud`.
+    Module,
+    /// Broken into: the time budget ran out or the run was interrupted.
+    BreakIn,
+    /// Something else the target reported.
+    Other,
+}
+
+/// What one motion ended with.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    /// Why.
+    pub reason: Reason,
+    /// The stop.
+    pub stop: StopEvent,
+    /// The breakpoint, for [`Reason::Breakpoint`].
+    pub breakpoint: Option<u32>,
+    /// Breakpoint hits judged on the way that did not stop (filter, pass count, condition).
+    pub passed: u64,
+    /// Output of breakpoint commands run on the way (hits whose commands went on).
+    pub outputs: Vec<String>,
+    /// Hit outputs left out (more than [`MAX_HIT_OUTPUTS`]).
+    pub outputs_dropped: u64,
+    /// The commands the breakpoint asks to run now that it stopped (the part before a final
+    /// `g`, or all of them).
+    pub commands: Vec<String>,
+}
+
+fn target_err(e: TargetError) -> CmdError {
+    CmdError::from(e)
+}
+
+impl RunControl {
+    /// The next free breakpoint number.
+    pub fn next_id(&self) -> u32 {
+        (0..)
+            .find(|i| !self.breakpoints.contains_key(i))
+            .unwrap_or(0)
+    }
+
+    /// Dr7 and DR0–DR3 for the enabled hardware breakpoints.
+    pub fn debug_registers(&self) -> (u64, [u64; 4]) {
+        let mut dr7 = DR7_NONE;
+        let mut dr = [0u64; 4];
+        for (i, b) in self
+            .breakpoints
+            .values()
+            .filter(|b| b.enabled && matches!(b.kind, BreakKind::Hardware { .. }))
+            .filter_map(|b| b.address.map(|a| (a, b.kind)))
+            .take(4)
+            .enumerate()
+        {
+            let (a, BreakKind::Hardware { access, size }) = b else {
+                continue;
+            };
+            let rw: u64 = match access {
+                'e' => 0,
+                'w' => 1,
+                'i' => 2,
+                _ => 3,
+            };
+            let len: u64 = match size {
+                1 => 0,
+                2 => 1,
+                8 => 2,
+                _ => 3,
+            };
+            dr[i] = a;
+            dr7 |= 1 << (2 * i);
+            dr7 |= (rw | (len << 2)) << (16 + 4 * i);
+        }
+        (dr7, dr)
+    }
+
+    fn software_at(&self, address: u64) -> Option<u32> {
+        self.breakpoints
+            .values()
+            .find(|b| b.enabled && b.kind == BreakKind::Software && b.address == Some(address))
+            .map(|b| b.id)
+    }
+
+    /// Writes the enabled software breakpoints (and `extra`), except at `skip`.
+    fn insert(
+        &mut self,
+        e_target: &mut dyn kdnet_model::target::Target,
+        skip: Option<u64>,
+        extra: Option<u64>,
+    ) -> Result<(), CmdError> {
+        let mut at: Vec<u64> = self
+            .breakpoints
+            .values()
+            .filter(|b| b.enabled && b.kind == BreakKind::Software)
+            .filter_map(|b| b.address)
+            .collect();
+        at.extend(extra);
+        at.sort_unstable();
+        at.dedup();
+        at.retain(|a| Some(*a) != skip);
+        if at.len() > MAX_SOFTWARE {
+            return Err(CmdError::Usage(format!(
+                "{} breakpoints are enabled; the kernel's table holds {MAX_SOFTWARE}",
+                at.len()
+            )));
+        }
+        // Recorded before they are written: a kill between the two leaves a record of
+        // breakpoints that are not there, which the next session finds harmless.
+        let mut planned: Vec<(u64, u32)> = at.iter().map(|a| (*a, 0)).collect();
+        self.note(&planned)?;
+        for (i, a) in at.iter().enumerate() {
+            match e_target.write_breakpoint(*a) {
+                Ok(handle) => {
+                    self.written.push(Written {
+                        address: *a,
+                        handle,
+                    });
+                    planned[i].1 = handle;
+                }
+                Err(err) => {
+                    let _ = self.remove(e_target);
+                    let sym = format!("{a:#x}");
+                    return Err(CmdError::Failed(format!(
+                        "the breakpoint at {sym} could not be written ({err}); the target was not let go"
+                    )));
+                }
+            }
+        }
+        self.note(&planned)?;
+        Ok(())
+    }
+
+    fn note(&mut self, now: &[(u64, u32)]) -> Result<(), CmdError> {
+        if let Some(r) = &mut self.record {
+            r.written(now).map_err(|e| {
+                CmdError::Failed(format!(
+                    "the breakpoints could not be recorded ({e}); they were not written"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Takes every written breakpoint out. The kernel has already taken out those in the
+    /// instructions it reported a stop at (their handles are gone); that is not an error.
+    pub fn remove(&mut self, t: &mut dyn kdnet_model::target::Target) -> Result<(), CmdError> {
+        let mut first_error = None;
+        let mut left = Vec::new();
+        for w in std::mem::take(&mut self.written) {
+            match t.restore_breakpoint(w.handle) {
+                Ok(_) => {}
+                Err(e) => {
+                    left.push(w);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.written = left;
+        let now: Vec<(u64, u32)> = self.written.iter().map(|w| (w.address, w.handle)).collect();
+        let recorded = self.note(&now);
+        match first_error {
+            Some(e) => Err(CmdError::Failed(format!(
+                "{} breakpoint(s) could not be taken out of the target: {e}",
+                self.written.len()
+            ))),
+            None => recorded,
+        }
+    }
+
+    /// Forgets the written breakpoints the kernel took out itself when it reported `stop`
+    /// (those in the instructions it reported): nothing to restore, no round trip.
+    fn taken_out_by(&mut self, stop: &StopEvent) {
+        let (pc, n) = (stop.pc, u64::from(stop.reported));
+        self.written
+            .retain(|w| !(w.address >= pc && w.address - pc < n));
+    }
+
+    /// Whether breakpoints are written in the target now.
+    pub fn any_written(&self) -> bool {
+        !self.written.is_empty()
+    }
+}
+
+/// The processor and instruction pointer of the stop the target is in.
+fn here(e: &mut Engine) -> Result<(u32, u64), CmdError> {
+    let stop = e.kernel.mem.target().stop_event();
+    let processor = stop.as_ref().map_or(e.processor, |s| s.processor);
+    let c = e.kernel.context(processor)?;
+    Ok((processor, c.reg(kdnet_arch::Reg::Rip)))
+}
+
+/// Lets the target go once (over a breakpoint at the current instruction first) and waits for
+/// it to stop; every breakpoint is out again when this returns.
+fn go_once(
+    e: &mut Engine,
+    status: u32,
+    trace: bool,
+    extra: Option<u64>,
+    deadline: Option<std::time::Instant>,
+    cancel: Option<&AtomicBool>,
+) -> Result<(StopEvent, bool), CmdError> {
+    let (_, pc) = here(e)?;
+    let (dr7, dr) = e.control.debug_registers();
+    if dr7 != DR7_NONE {
+        set_debug_registers(e, dr)?;
+    }
+    let on_breakpoint = e.control.software_at(pc).is_some() || extra == Some(pc);
+    let mut status = status;
+    if on_breakpoint {
+        // Step over the instruction the breakpoint is on without it.
+        let mut control = std::mem::take(&mut e.control);
+        let r = (|| {
+            let t = e.kernel.mem.target();
+            control.insert(t, Some(pc), None)?;
+            t.go(Go {
+                status,
+                trace: true,
+                dr7,
+            })
+            .map_err(target_err)?;
+            let got = t.wait_stop(deadline, cancel).map_err(target_err);
+            if let Ok((stop, _)) = &got {
+                control.taken_out_by(stop);
+            }
+            let removed = control.remove(t);
+            let got = got?;
+            removed?;
+            Ok::<_, CmdError>(got)
+        })();
+        e.control = control;
+        let (stop, interrupted) = r?;
+        let stepped = !interrupted
+            && matches!(&stop.kind, StopKind::Exception { code, dr6, .. }
+                if *code == STATUS_SINGLE_STEP && dr6 & DR6_BS != 0);
+        if trace || !stepped {
+            return Ok((stop, interrupted));
+        }
+        status = DBG_CONTINUE;
+    }
+    let mut control = std::mem::take(&mut e.control);
+    let r = (|| {
+        let t = e.kernel.mem.target();
+        control.insert(t, None, extra)?;
+        if let Err(err) = t.go(Go { status, trace, dr7 }) {
+            let _ = control.remove(t);
+            return Err(target_err(err));
+        }
+        let got = t.wait_stop(deadline, cancel).map_err(target_err);
+        if let Ok((stop, _)) = &got {
+            control.taken_out_by(stop);
+        }
+        let removed = control.remove(t);
+        let got = got?;
+        removed?;
+        Ok(got)
+    })();
+    e.control = control;
+    r
+}
+
+/// Writes DR0–DR3 into every processor's context (the kernel takes Dr7 from the continue).
+fn set_debug_registers(e: &mut Engine, dr: [u64; 4]) -> Result<(), CmdError> {
+    let n = e.kernel.mem.info().processors.max(1);
+    for p in 0..n {
+        let mut c = e.kernel.context(p)?;
+        let mut bytes = c.as_bytes().to_vec();
+        for (i, d) in dr.iter().enumerate() {
+            let o = 0x48 + 8 * i;
+            bytes[o..o + 8].copy_from_slice(&d.to_le_bytes());
+        }
+        c = kdnet_arch::Context::from_bytes(&bytes)
+            .map_err(|_| CmdError::Internal("a context of the wrong size".into()))?;
+        e.kernel
+            .mem
+            .target()
+            .set_context(p, &c)
+            .map_err(target_err)?;
+    }
+    e.kernel.invalidate();
+    Ok(())
+}
+
+/// The breakpoint a stop is a hit of.
+fn hit_of(e: &Engine, stop: &StopEvent) -> Option<u32> {
+    let StopKind::Exception {
+        code, address, dr6, ..
+    } = &stop.kind
+    else {
+        return None;
+    };
+    if *code == STATUS_BREAKPOINT {
+        return e.control.software_at(*address);
+    }
+    if *code == STATUS_SINGLE_STEP && dr6 & 0xf != 0 {
+        let hw: Vec<u32> = e
+            .control
+            .breakpoints
+            .values()
+            .filter(|b| b.enabled && matches!(b.kind, BreakKind::Hardware { .. }))
+            .filter(|b| b.address.is_some())
+            .take(4)
+            .map(|b| b.id)
+            .collect();
+        let i = (0..4).find(|i| dr6 & (1 << i) != 0)?;
+        return hw.get(i).copied();
+    }
+    None
+}
+
+/// Whether a hit of breakpoint `id` stops the target: the filters, the pass count, the
+/// condition. Counts it.
+fn judge(e: &mut Engine, id: u32, stop: &StopEvent) -> Result<bool, CmdError> {
+    let Some(b) = e.control.breakpoints.get_mut(&id) else {
+        return Ok(false);
+    };
+    b.hits += 1;
+    if b.thread.is_some_and(|t| t != stop.thread) {
+        return Ok(false);
+    }
+    let (process, condition) = (b.process, b.condition.clone());
+    if let Some(p) = process {
+        e.processor = stop.processor;
+        let current = e.eval("@$proc")?;
+        if current != p {
+            return Ok(false);
+        }
+    }
+    if let Some(c) = condition {
+        e.processor = stop.processor;
+        // Values read the short way: one round trip each.
+        e.kernel.mem.set_quick(true);
+        let v = e.eval(&c);
+        e.kernel.mem.set_quick(false);
+        let v = v.map_err(|err| {
+            CmdError::Failed(format!(
+                "breakpoint {id}'s condition `{c}` could not be evaluated: {err}"
+            ))
+        })?;
+        if v == 0 {
+            return Ok(false);
+        }
+    }
+    let Some(b) = e.control.breakpoints.get_mut(&id) else {
+        return Ok(false);
+    };
+    if b.passes_left > 1 {
+        b.passes_left -= 1;
+        return Ok(false);
+    }
+    b.passes_left = b.pass_count;
+    b.stops += 1;
+    Ok(true)
+}
+
+/// Splits a breakpoint's command string into commands, and says whether it ends by going on
+/// (`g`, `gc`, `gh`, `gn`). WinDbg's `j COND 'A' ; 'B'` is decided here.
+fn plan(e: &mut Engine, command: &str) -> Result<(Vec<String>, bool), CmdError> {
+    let mut out = Vec::new();
+    for c in crate::engine::split_commands(command) {
+        let c = c.trim().trim_matches('"').trim().to_string();
+        if let Some(rest) = c.strip_prefix("j ").or_else(|| c.strip_prefix("j(")) {
+            let rest = if c.starts_with("j(") {
+                format!("({rest}")
+            } else {
+                rest.to_string()
+            };
+            let (cond, branches) = split_j(&rest).ok_or_else(|| {
+                CmdError::Usage(format!(
+                    "`{c}`: j takes a condition and two quoted branches"
+                ))
+            })?;
+            let chosen = if e.eval(&cond)? != 0 {
+                branches.0
+            } else {
+                branches.1
+            };
+            let (inner, go) = plan(e, &chosen)?;
+            out.extend(inner);
+            if go {
+                return Ok((out, true));
+            }
+            continue;
+        }
+        match c.as_str() {
+            "g" | "gc" | "gh" | "gn" => return Ok((out, true)),
+            "" => {}
+            _ => out.push(c),
+        }
+    }
+    Ok((out, false))
+}
+
+/// `j COND 'A' ; 'B'` → (COND, (A, B)).
+fn split_j(s: &str) -> Option<(String, (String, String))> {
+    let first = s.find('\'')?;
+    let cond = s[..first].trim().to_string();
+    let rest = &s[first + 1..];
+    let end_a = rest.find('\'')?;
+    let a = rest[..end_a].to_string();
+    let rest = rest[end_a + 1..]
+        .trim_start()
+        .trim_start_matches(';')
+        .trim_start();
+    let b = match rest.strip_prefix('\'') {
+        Some(r) => r[..r.find('\'')?].to_string(),
+        None => String::new(),
+    };
+    Some((cond, (a, b)))
+}
+
+/// Lets the target go as `m` says until something stops it for the user: a breakpoint that
+/// stops, the step's end, the address run to, an exception the filters stop on, or the
+/// budget (then it is broken into).
+pub fn resume(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
+    let deadline = e.kernel.mem.deadline();
+    let cancel = e.kernel.mem.cancel_flag();
+    let cancel = cancel.as_deref();
+    let mut passed = 0u64;
+    let mut outputs: Vec<String> = Vec::new();
+    let mut dropped = 0u64;
+    // `gu`: the return address and the stack pointer the frame returns with.
+    let (status, trace, until, frame_rsp) = match m {
+        Motion::Go { status, until } => (status, false, until, None),
+        Motion::Step { over: false } => (DBG_CONTINUE, true, None, None),
+        Motion::Step { over: true } => {
+            let (_, pc) = here(e)?;
+            match crate::cmds::disasm::instruction_at(e, pc) {
+                Some(i) if i.mnemonic == "call" => {
+                    let len = (i.bytes.len() / 2) as u64;
+                    (DBG_CONTINUE, false, Some(pc + len), None)
+                }
+                _ => (DBG_CONTINUE, true, None, None),
+            }
+        }
+        Motion::Return => {
+            let (processor, _) = here(e)?;
+            let (ret, rsp) = return_of(e, processor)?;
+            (DBG_CONTINUE, false, Some(ret), Some(rsp))
+        }
+    };
+    let mut status = status;
+    loop {
+        let (stop, interrupted) = go_once(e, status, trace, until, deadline, cancel)?;
+        status = DBG_CONTINUE;
+        e.kernel.invalidate();
+        e.processor = stop.processor;
+        let ended = |reason, breakpoint, commands| Ended {
+            reason,
+            stop: stop.clone(),
+            breakpoint,
+            passed,
+            outputs: outputs.clone(),
+            outputs_dropped: dropped,
+            commands,
+        };
+        if interrupted {
+            return Ok(ended(Reason::BreakIn, None, vec![]));
+        }
+        if let Some(id) = hit_of(e, &stop) {
+            if !judge(e, id, &stop)? {
+                passed += 1;
+                continue;
+            }
+            let (one_shot, command) = e
+                .control
+                .breakpoints
+                .get(&id)
+                .map(|b| (b.one_shot, b.command.clone()))
+                .unwrap_or((false, None));
+            if one_shot {
+                e.control.breakpoints.remove(&id);
+            }
+            let Some(command) = command else {
+                return Ok(ended(Reason::Breakpoint, Some(id), vec![]));
+            };
+            let (commands, go_on) = plan(e, &command)?;
+            if !go_on {
+                return Ok(ended(Reason::Breakpoint, Some(id), commands));
+            }
+            // The commands run now, and the target goes on.
+            let mut text = format!("Breakpoint {id} hit\n");
+            for c in &commands {
+                let o = e.run(c);
+                text.push_str(&o.text);
+                if let Some(err) = o.error {
+                    text.push_str(&format!("error: {err}\n"));
+                }
+            }
+            if outputs.len() >= MAX_HIT_OUTPUTS {
+                outputs.remove(0);
+                dropped += 1;
+            }
+            outputs.push(text);
+            continue;
+        }
+        if let StopKind::Exception {
+            code,
+            address,
+            dr6,
+            first_chance,
+            ..
+        } = &stop.kind
+        {
+            if until == Some(*address) && *code == STATUS_BREAKPOINT {
+                // `gu` returns to its caller's frame only: a recursive call hitting the same
+                // return address deeper down goes on.
+                if let Some(rsp) = frame_rsp {
+                    let c = e.kernel.context(stop.processor)?;
+                    if c.reg(kdnet_arch::Reg::Rsp) < rsp {
+                        continue;
+                    }
+                }
+                return Ok(ended(Reason::Reached, None, vec![]));
+            }
+            if *code == STATUS_SINGLE_STEP && dr6 & DR6_BS != 0 && trace {
+                return Ok(ended(Reason::Step, None, vec![]));
+            }
+            let filter = e.control.exceptions.get(code).copied().unwrap_or(
+                if *code == STATUS_BREAKPOINT || *code == STATUS_SINGLE_STEP {
+                    Filter::Break
+                } else {
+                    Filter::SecondChance
+                },
+            );
+            let stops = match filter {
+                Filter::Break => true,
+                Filter::SecondChance => !first_chance,
+                Filter::Output | Filter::Ignore => false,
+            };
+            if !stops {
+                if filter == Filter::Output {
+                    outputs.push(format!(
+                        "First chance exception {code:08x} at {}\n",
+                        crate::engine::addr(*address)
+                    ));
+                }
+                // Passed on to the kernel's own handlers.
+                status = kdnet_model::target::DBG_EXCEPTION_NOT_HANDLED;
+                continue;
+            }
+            return Ok(ended(Reason::Exception, None, vec![]));
+        }
+        if let StopKind::Module { .. } = stop.kind {
+            return Ok(ended(Reason::Module, None, vec![]));
+        }
+        return Ok(ended(Reason::Other, None, vec![]));
+    }
+}
+
+/// The return address of the current function on `processor`, and the stack pointer after
+/// the return: from the first frame the unwinder gives.
+fn return_of(e: &mut Engine, processor: u32) -> Result<(u64, u64), CmdError> {
+    let c = e.kernel.context(processor)?;
+    let stack = e
+        .kernel
+        .unwind(kdnet_model::nt::unwind::Regs::from_context(&c), None, true);
+    match (stack.frames.first(), stack.frames.get(1)) {
+        (Some(f), Some(caller)) if f.return_address != 0 => Ok((f.return_address, caller.child_sp)),
+        _ => Err(CmdError::Failed(format!(
+            "the current function's caller could not be found on the stack{}",
+            stack.note.map(|n| format!(" ({n})")).unwrap_or_default()
+        ))),
+    }
+}

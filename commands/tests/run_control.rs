@@ -1,0 +1,213 @@
+//! Run control over real KDNET on loopback: breakpoints, single steps and `gu` on the
+//! simulated machine of every shared build, whose opener thread runs bindflt's create path
+//! instruction by instruction; a conditional breakpoint judged at every one of 10,000 creates.
+
+mod common;
+
+use std::time::Duration;
+
+use kdnet::host::{Host, HostConfig};
+use kdnet::target::TargetConfig;
+use kdnet::wire::Key;
+use kdnet_commands::engine::Engine;
+use kdnet_live::LiveTarget;
+use kdnet_model::nt::Kernel;
+use kdnet_sim::activity::Planted;
+use kdnet_sim::{Scenario, SimConfig, TableSource};
+use serde_json::Value;
+
+/// Runs `work` on an engine over KDNET to the bindflt-race machine of `build`; the target is
+/// let go at the end and must run, with no `int 3` left where the breakpoints were.
+async fn session<T: Send + 'static>(
+    build: u32,
+    work: impl FnOnce(&mut Engine, &Planted) -> T + Send + 'static,
+) -> Option<T> {
+    let dir = common::shared()?.join("symbols");
+    let key = Key::parse("9.8.7.6").unwrap();
+    let host = Host::bind(HostConfig::new("127.0.0.1:0".parse().unwrap(), key.clone()))
+        .await
+        .unwrap();
+    let mut config = SimConfig::demo();
+    config.build = build;
+    config.table = TableSource::Dir(dir.clone());
+    config.scenario = Scenario::BindfltRace;
+    config.resources = 800;
+    let mut tc = TargetConfig::new("127.0.0.1:0".parse().unwrap(), host.local_addr(), key);
+    tc.offer_interval = Duration::from_millis(200);
+    let sim = kdnet_sim::start(config, tc, None).await.unwrap();
+    let planted = sim.facts.activity.clone().expect("the activity");
+    host.wait_connected(Duration::from_secs(10)).await.unwrap();
+    host.break_in(Duration::from_secs(10)).await.unwrap();
+    let rt = tokio::runtime::Handle::current();
+    let h = host.clone();
+    let p = planted.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let target = LiveTarget::new(h, rt).unwrap();
+        let path = kdnet_sim::symbols::symbol_path(&dir.display().to_string());
+        let mut e = Engine::new(Kernel::open(Box::new(target), path).unwrap());
+        let out = work(&mut e, &p);
+        assert!(
+            !e.control.any_written(),
+            "{build}: breakpoints left written while stopped"
+        );
+        out
+    })
+    .await
+    .unwrap();
+    // Stopped, the target holds none of the session's int 3s.
+    for a in [
+        planted.complete,
+        planted.complete_worker,
+        planted.pre_create,
+    ] {
+        let b = host.read_virtual(a, 1).await.unwrap();
+        assert_ne!(b[0], 0xCC, "{build}: an int 3 left at {a:#x}");
+    }
+    host.resume(kdnet::api::status::DBG_CONTINUE).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(sim.target.is_running(), "{build}: the target runs on");
+    sim.target.shutdown().await;
+    Some(out)
+}
+
+fn run(e: &mut Engine, build: u32, c: &str) -> Value {
+    let o = e.run(c);
+    assert!(o.ok(), "{build} {c}: {:?}", o.error);
+    common::numbers(o.result)
+}
+
+#[track_caller]
+fn u(v: &Value) -> u64 {
+    match v.as_u64() {
+        Some(x) => x,
+        None => panic!("not a number: {v}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
+    for build in common::BUILDS {
+        let done = session(build, move |e, p| {
+            // A breakpoint on the completion routine: the opener's thread, its processor, the
+            // IRP in rcx, and the stack through bindflt into the filter manager.
+            run(e, build, "bp nt!IofCompleteRequest");
+            let g = run(e, build, "g");
+            let s = &g["stops"][0];
+            assert_eq!(s["reason"], "breakpoint", "{build}");
+            assert_eq!(s["breakpoint"], 0);
+            assert_eq!(u(&s["pc"]), p.complete, "{build}");
+            assert_eq!(u(&s["thread"]), p.thread, "{build}");
+            assert_eq!(u(&s["processor"]), u64::from(p.cpu), "{build}");
+            assert_eq!(s["symbol"], "nt!IofCompleteRequest");
+            let r = run(e, build, "r rcx");
+            assert_eq!(u(&r["rcx"]), p.irp, "{build}: {r}");
+            let k = run(e, build, "k");
+            let sites: Vec<&str> = k["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["call_site"].as_str().unwrap())
+                .collect();
+            assert_eq!(sites[0], "nt!IofCompleteRequest", "{build}: {sites:?}");
+            assert!(sites[1].starts_with("bindflt!BfPreCreate+0x"), "{sites:?}");
+            assert_eq!(sites[2], "FLTMGR!FltpCreate+0x34e", "{build}: {sites:?}");
+            let back = u(&k["frames"][0]["return_address"]);
+            // Memory read while stopped shows the real instruction, not an int 3.
+            let d = run(e, build, "db nt!IofCompleteRequest L1");
+            assert_ne!(u(&d["values"][0]), 0xCC, "{build}: {d}");
+            // t: the stub's jmp lands on the worker; p: one instruction of its real length.
+            let t = run(e, build, "t");
+            assert_eq!(t["stops"][0]["reason"], "step");
+            assert_eq!(u(&t["stops"][0]["pc"]), p.complete_worker, "{build}");
+            let len = run(e, build, "u @rip L1")["instructions"][0]["bytes"]
+                .as_str()
+                .unwrap()
+                .len() as u64
+                / 2;
+            let s = run(e, build, "p");
+            assert_eq!(u(&s["stops"][0]["pc"]), p.complete_worker + len, "{build}");
+            assert_eq!(
+                u(&s["stops"][0]["registers"]["rip"]),
+                p.complete_worker + len,
+                "{build}"
+            );
+            // gu: back in bindflt, where the call returns.
+            let gu = run(e, build, "gu");
+            assert_eq!(gu["stops"][0]["reason"], "reached", "{build}: {gu}");
+            assert_eq!(u(&gu["stops"][0]["pc"]), back, "{build}");
+            // bl lists it; bd keeps it from stopping: g runs to the time budget and breaks in.
+            let bl = run(e, build, "bl");
+            assert_eq!(bl["breakpoints"][0]["hits"], 1);
+            run(e, build, "bd 0");
+            let g = run(e, build, "g --max-seconds 0.3");
+            assert_eq!(g["stops"][0]["reason"], "break_in", "{build}");
+            // be, and a one-shot one with commands: it stops once and is gone.
+            run(e, build, "bc *");
+            run(e, build, "bp /1 nt!IopfCompleteRequest \"r rcx\"");
+            let g = run(e, build, "g");
+            assert_eq!(g["stops"][0]["reason"], "breakpoint");
+            assert!(g["output"].as_str().unwrap().contains("rcx="), "{g}");
+            assert_eq!(run(e, build, "bl")["breakpoints"], Value::Array(vec![]));
+            // A breakpoint whose commands go on by themselves runs them at each hit.
+            run(e, build, "bp nt!IofCompleteRequest 3 \"r rcx; g\"");
+            run(e, build, "bp bindflt!BfPreCreate 5");
+            let g = run(e, build, "g");
+            // BfPreCreate's 5th pass comes before IofCompleteRequest's 3rd hit... (each create
+            // reaches BfPreCreate first): 1 hit output for the 3rd pass of #0 within 5 creates.
+            assert_eq!(g["stops"][0]["breakpoint"], 1, "{build}: {g}");
+            assert_eq!(g["hits"].as_array().unwrap().len(), 1, "{build}: {g}");
+            assert!(g["hits"][0].as_str().unwrap().contains("Breakpoint 0 hit"));
+            run(e, build, "bc *");
+        })
+        .await;
+        if done.is_none() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_breakpoint_stops_on_exactly_the_failed_creates_of_ten_thousand() {
+    let build = 20348;
+    let Some((creates, failures, hits, passed)) = session(build, move |e, p| {
+        let counters = |e: &mut Engine| {
+            let q = run(e, build, &format!("dq {:x} L2", p.counters));
+            let v = q["values"].clone();
+            (u(&v[0]), u(&v[1]))
+        };
+        let (creates0, failures0) = counters(e);
+        run(
+            e,
+            build,
+            "bp /w \"dwo(@rcx+0x30) == 0xc000000d\" nt!IofCompleteRequest",
+        );
+        let (mut hits, mut passed) = (0u64, 0u64);
+        loop {
+            let g = run(e, build, "g");
+            let s = &g["stops"][0];
+            assert_eq!(s["reason"], "breakpoint", "{g}");
+            hits += 1;
+            passed += u(&g["passed"]);
+            // The IRP it stopped for failed.
+            let st = run(e, build, "dd @rcx+0x30 L1");
+            assert_eq!(u(&st["values"][0]), 0xC000_000D);
+            let (c, f) = counters(e);
+            // Every create so far reached the breakpoint once: the failed ones stopped, the
+            // others were judged and went on.
+            assert_eq!(c - creates0, hits + passed);
+            assert_eq!(f - failures0, hits);
+            if c - creates0 >= 10_000 {
+                run(e, build, "bc *");
+                return (c - creates0, f - failures0, hits, passed);
+            }
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    assert!(creates >= 10_000);
+    assert_eq!(failures, hits);
+    assert!(hits >= 3, "{hits} failures in {creates} creates");
+    assert_eq!(passed + hits, creates);
+}
