@@ -71,6 +71,11 @@ pub struct Args {
     /// Only the long memory reads benchmark.
     #[arg(long)]
     memory_only: bool,
+    /// Only the breakpoint benchmark: the cost of a breakpoint hit (a condition judged and the
+    /// target let go on; a stop), in round trips and time, and the hits a session judges a
+    /// second.
+    #[arg(long)]
+    breakpoints_only: bool,
     /// Idle targets in the watcher's CPU benchmark.
     #[arg(long, default_value_t = 8)]
     idle_targets: usize,
@@ -174,6 +179,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     }
     if args.memory_only {
         memory_bench(Duration::from_micros(args.delay_us)).await?;
+        return Ok(exit::OK);
+    }
+    if args.breakpoints_only {
+        breakpoint_bench(Duration::from_micros(args.delay_us)).await?;
         return Ok(exit::OK);
     }
     if args.mcp_only {
@@ -1499,6 +1508,99 @@ async fn memory_bench(delay: Duration) -> anyhow::Result<()> {
 /// (stored, its first lines given). The tool is called through the server's handler with a
 /// watcher of its own reached through its control socket, as `kdnet mcp --port` does; the
 /// JSON-RPC framing of stdio or HTTP is not in the figures.
+/// The cost of breakpoint hits on the bindflt-race machine, whose opener reaches
+/// `nt!IofCompleteRequest` for every create: a condition judged at each hit (false but for the
+/// failed creates) and the target let go on, and a plain stop per `g`.
+async fn breakpoint_bench(delay: Duration) -> anyhow::Result<()> {
+    let mut c = kdnet_sim::SimConfig::demo();
+    c.scenario = kdnet_sim::Scenario::BindfltRace;
+    c.resources = 2000;
+    c.print_every = Duration::from_secs(3600);
+    let (host, _sim) = running_sim(c, delay).await?;
+    host.break_in(Duration::from_secs(10)).await?;
+    let rt = tokio::runtime::Handle::current();
+    let h = host.clone();
+    let (judged, stops) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut e = kdnet_commands::engine::Engine::new(h.open(rt, crate::symbols::path(None))?);
+        let run = |e: &mut kdnet_commands::engine::Engine,
+                   c: &str|
+         -> anyhow::Result<serde_json::Value> {
+            let o = e.run(c);
+            anyhow::ensure!(o.ok(), "{c}: {:?}", o.error);
+            Ok(o.result)
+        };
+        // Judged hits: a condition read at each, false but for the failed creates.
+        run(
+            &mut e,
+            "bp /w \"dwo(@rcx+0x30) == 0xc000000d\" nt!IofCompleteRequest",
+        )?;
+        let before = h.traffic();
+        let t = Instant::now();
+        let (mut passed, mut hits) = (0u64, 0u64);
+        while passed < 2_000 && t.elapsed() < Duration::from_secs(120) {
+            let g = run(&mut e, "g --max-seconds 60")?;
+            passed += g["passed"].as_u64().unwrap_or(0);
+            hits += u64::from(g["stops"][0]["reason"] == "breakpoint");
+        }
+        let judged = (
+            passed + hits,
+            h.traffic().round_trips - before.round_trips,
+            t.elapsed(),
+            hits,
+        );
+        // Plain stops: a `g` that stops at the first hit, and the next `g`.
+        run(&mut e, "bc *")?;
+        run(&mut e, "bp nt!IofCompleteRequest")?;
+        run(&mut e, "g")?;
+        let before = h.traffic();
+        let t = Instant::now();
+        let n = 50u64;
+        for _ in 0..n {
+            run(&mut e, "g")?;
+        }
+        let stops = (n, h.traffic().round_trips - before.round_trips, t.elapsed());
+        run(&mut e, "bc *")?;
+        Ok((judged, stops))
+    })
+    .await??;
+    host.go().await?;
+    let (n, rts, took, hits) = judged;
+    outln!(
+        "\nBreakpoint hits on the bindflt-race machine (its opener reaches nt!IofCompleteRequest for every create), RTT {:?}",
+        delay * 2
+    );
+    outln!(
+        "  {:<44} {:>8} {:>12} {:>8} {:>12} {:>10}",
+        "",
+        "hits",
+        "round trips",
+        "per hit",
+        "time per hit",
+        "hits/s"
+    );
+    outln!(
+        "  {:<44} {:>8} {:>12} {:>8.2} {:>10.2} ms {:>10.0}",
+        "condition judged, target let go (least 5)",
+        n,
+        rts,
+        rts as f64 / n.max(1) as f64,
+        took.as_secs_f64() * 1e3 / n.max(1) as f64,
+        n as f64 / took.as_secs_f64()
+    );
+    let (m, srts, stook) = stops;
+    outln!(
+        "  {:<44} {:>8} {:>12} {:>8.2} {:>10.2} ms {:>10.0}",
+        "a stop shown per g (motion least 4; + module list)",
+        m,
+        srts,
+        srts as f64 / m.max(1) as f64,
+        stook.as_secs_f64() * 1e3 / m.max(1) as f64,
+        m as f64 / stook.as_secs_f64()
+    );
+    outln!("  ({hits} of the judged hits were failed creates and stopped)");
+    Ok(())
+}
+
 async fn mcp_bench(delay: Duration, resources: u32) -> anyhow::Result<()> {
     use crate::mcp::server::{Server, Settings};
     use crate::mcp::sources::{Events, Watcher};

@@ -245,6 +245,9 @@ pub async fn connect(a: &ConnectArgs) -> Result<Session, u8> {
                 host.local_addr().port(),
                 host.local_addr().ip()
             );
+            if let Some(said) = crate::recovery::recover(&host).await {
+                eprintln!("{said}");
+            }
             Ok(host)
         }
         Err(e) => {

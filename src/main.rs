@@ -11,6 +11,7 @@ mod duration;
 mod mcp;
 mod open;
 mod progress;
+mod recovery;
 mod repl;
 mod run;
 mod signals;

@@ -134,6 +134,8 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let out = a.out.clone();
     let cancel = Arc::new(AtomicBool::new(false));
     let cancel_analysis = cancel.clone();
+    let moving = Arc::new(AtomicBool::new(false));
+    let moving_analysis = moving.clone();
     let job = a.bundle.clone().map(|dir| bundle_job(dir, &work, budget));
     let job_analysis = job.clone();
     let gathered: Arc<std::sync::Mutex<Option<bundle::Gathered>>> = Arc::default();
@@ -141,7 +143,11 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let mut analysis =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u8, Option<String>)> {
             let mut e = match h.open(rt, crate::symbols::path(symbols.as_deref())) {
-                Ok(k) => Engine::new(k),
+                Ok(k) => {
+                    let mut e = Engine::new(k);
+                    crate::recovery::attach(&mut e, &h, &moving_analysis);
+                    e
+                }
                 Err(SessionError::Version(TargetError::Gone(why))) => {
                     return Ok((exit::NO_CONNECTION, Some(why)));
                 }
@@ -179,8 +185,18 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
             }
         },
         s = signals.next() => {
-            // The analysis stops at its next read; the target continues now.
+            // The analysis stops at its next read; the target continues now (a `g` under way
+            // has its breakpoints taken out first).
             cancel.store(true, Ordering::SeqCst);
+            if moving.load(Ordering::SeqCst) {
+                tokio::select! {
+                    () = crate::recovery::let_motion_end(&moving, Duration::from_secs(20)) => {}
+                    s2 = signals.next() => {
+                        eprintln!("kdnet: {} again: exiting at once; the target may stay stopped", s2.name());
+                        std::process::exit(i32::from(s2.exit_code()));
+                    }
+                }
+            }
             let code =
                 signals::resume_before_exit(&host, s, &mut signals, a.leave_stopped, false).await;
             std::process::exit(i32::from(code));

@@ -132,11 +132,27 @@ pub async fn resume_before_exit(
             let mut w = host.watch();
             let _ = tokio::time::timeout(Duration::from_secs(3), w.wait_for(|s| s.stopped)).await;
         }
-        if !host.status().stopped {
-            return Ok(false);
+        let mut went = None;
+        // A `g` under way may have breakpoints in the running target (and, until it sees the
+        // cancel, may write them once more): stop it, take them out, let it go, until none
+        // is left.
+        for _ in 0..3 {
+            if !host.breakpoints_written().is_empty() && !host.status().stopped {
+                let _ = host.break_in(Duration::from_secs(5)).await;
+            }
+            if host.status().stopped {
+                // Whatever is being read: the read in flight is abandoned.
+                went = Some(host.go_now(sig.name()).await);
+            }
+            if host.breakpoints_written().is_empty() {
+                break;
+            }
         }
-        // Whatever is being read: the read in flight is abandoned.
-        host.go_now(sig.name()).await.map(|()| true)
+        crate::recovery::settled(host);
+        match went {
+            Some(r) => r.map(|()| true),
+            None => Ok(false),
+        }
     };
     tokio::select! {
         r = tokio::time::timeout(RESUME_WITHIN, resume) => match r {

@@ -133,9 +133,15 @@ pub struct RunControl {
     /// Module unloads that stop (`sxe ud`).
     pub module_unloads: Vec<String>,
     written: Vec<Written>,
+    /// What the record holds now (addresses), so that it is written only when that changes.
+    recorded: Vec<u64>,
     /// Where the written breakpoints are recorded, so that a session killed while the target
     /// runs can be undone by the next one.
     pub record: Option<Box<dyn Record>>,
+    /// Set while a motion (`g`, `p`, `t`, `gu`) is under way: an ending that comes then lets
+    /// it finish (the cancel it sets makes it stop the target and take its breakpoints out)
+    /// before the target is let go.
+    pub moving: Option<std::sync::Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for dyn Record {
@@ -294,18 +300,25 @@ impl RunControl {
                 at.len()
             )));
         }
-        // Recorded before they are written: a kill between the two leaves a record of
-        // breakpoints that are not there, which the next session finds harmless.
-        let mut planned: Vec<(u64, u32)> = at.iter().map(|a| (*a, 0)).collect();
-        self.note(&planned)?;
-        for (i, a) in at.iter().enumerate() {
+        // Recorded before they are written (a kill between the two leaves a record of
+        // breakpoints that are not there, which the next session finds harmless), and kept
+        // while the motion goes on: a record that says more than is written costs nothing.
+        if at.iter().any(|a| !self.recorded.contains(a)) {
+            let mut all = self.recorded.clone();
+            all.extend(at.iter().copied());
+            all.sort_unstable();
+            all.dedup();
+            let planned: Vec<(u64, u32)> = all.iter().map(|a| (*a, 0)).collect();
+            self.note(&planned)?;
+            self.recorded = all;
+        }
+        for a in at.iter() {
             match e_target.write_breakpoint(*a) {
                 Ok(handle) => {
                     self.written.push(Written {
                         address: *a,
                         handle,
                     });
-                    planned[i].1 = handle;
                 }
                 Err(err) => {
                     let _ = self.remove(e_target);
@@ -316,7 +329,15 @@ impl RunControl {
                 }
             }
         }
-        self.note(&planned)?;
+        Ok(())
+    }
+
+    /// The motion is over and nothing is written: the record goes.
+    fn forget_record(&mut self) -> Result<(), CmdError> {
+        if self.written.is_empty() && !self.recorded.is_empty() {
+            self.note(&[])?;
+            self.recorded.clear();
+        }
         Ok(())
     }
 
@@ -346,14 +367,12 @@ impl RunControl {
             }
         }
         self.written = left;
-        let now: Vec<(u64, u32)> = self.written.iter().map(|w| (w.address, w.handle)).collect();
-        let recorded = self.note(&now);
         match first_error {
             Some(e) => Err(CmdError::Failed(format!(
                 "{} breakpoint(s) could not be taken out of the target: {e}",
                 self.written.len()
             ))),
-            None => recorded,
+            None => Ok(()),
         }
     }
 
@@ -389,6 +408,9 @@ fn go_once(
     deadline: Option<std::time::Instant>,
     cancel: Option<&AtomicBool>,
 ) -> Result<(StopEvent, bool), CmdError> {
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+        return Err(target_err(TargetError::Cancelled));
+    }
     let (_, pc) = here(e)?;
     let (dr7, dr) = e.control.debug_registers();
     if dr7 != DR7_NONE {
@@ -602,6 +624,21 @@ fn split_j(s: &str) -> Option<(String, (String, String))> {
 /// stops, the step's end, the address run to, an exception the filters stop on, or the
 /// budget (then it is broken into).
 pub fn resume(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
+    let moving = e.control.moving.clone();
+    if let Some(f) = &moving {
+        f.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let r = motion(e, m);
+    let forgotten = e.control.forget_record();
+    if let Some(f) = &moving {
+        f.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    let ended = r?;
+    forgotten?;
+    Ok(ended)
+}
+
+fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
     let deadline = e.kernel.mem.deadline();
     let cancel = e.kernel.mem.cancel_flag();
     let cancel = cancel.as_deref();
@@ -632,6 +669,11 @@ pub fn resume(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
     loop {
         let (stop, interrupted) = go_once(e, status, trace, until, deadline, cancel)?;
         status = DBG_CONTINUE;
+        if interrupted {
+            // The budget bounded how long the target ran; what is read to report the stop
+            // is not held to it.
+            e.kernel.mem.set_deadline(None);
+        }
         e.kernel.invalidate();
         e.processor = stop.processor;
         let ended = |reason, breakpoint, commands| Ended {

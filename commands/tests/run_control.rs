@@ -91,7 +91,7 @@ async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
             // A breakpoint on the completion routine: the opener's thread, its processor, the
             // IRP in rcx, and the stack through bindflt into the filter manager.
             run(e, build, "bp nt!IofCompleteRequest");
-            let g = run(e, build, "g");
+            let g = run(e, build, "g --max-seconds 60");
             let s = &g["stops"][0];
             assert_eq!(s["reason"], "breakpoint", "{build}");
             assert_eq!(s["breakpoint"], 0);
@@ -132,7 +132,7 @@ async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
                 "{build}"
             );
             // gu: back in bindflt, where the call returns.
-            let gu = run(e, build, "gu");
+            let gu = run(e, build, "gu --max-seconds 60");
             assert_eq!(gu["stops"][0]["reason"], "reached", "{build}: {gu}");
             assert_eq!(u(&gu["stops"][0]["pc"]), back, "{build}");
             // bl lists it; bd keeps it from stopping: g runs to the time budget and breaks in.
@@ -144,19 +144,47 @@ async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
             // be, and a one-shot one with commands: it stops once and is gone.
             run(e, build, "bc *");
             run(e, build, "bp /1 nt!IopfCompleteRequest \"r rcx\"");
-            let g = run(e, build, "g");
+            let g = run(e, build, "g --max-seconds 60");
             assert_eq!(g["stops"][0]["reason"], "breakpoint");
             assert!(g["output"].as_str().unwrap().contains("rcx="), "{g}");
             assert_eq!(run(e, build, "bl")["breakpoints"], Value::Array(vec![]));
             // A breakpoint whose commands go on by themselves runs them at each hit.
             run(e, build, "bp nt!IofCompleteRequest 3 \"r rcx; g\"");
             run(e, build, "bp bindflt!BfPreCreate 5");
-            let g = run(e, build, "g");
+            let g = run(e, build, "g --max-seconds 60");
             // BfPreCreate's 5th pass comes before IofCompleteRequest's 3rd hit... (each create
             // reaches BfPreCreate first): 1 hit output for the 3rd pass of #0 within 5 creates.
             assert_eq!(g["stops"][0]["breakpoint"], 1, "{build}: {g}");
             assert_eq!(g["hits"].as_array().unwrap().len(), 1, "{build}: {g}");
             assert!(g["hits"][0].as_str().unwrap().contains("Breakpoint 0 hit"));
+            run(e, build, "bc *");
+            // Debug registers: a write of the create counter stops after the instruction that
+            // wrote it, in bindflt; an execution breakpoint before the instruction.
+            let before = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
+            run(e, build, &format!("ba w 8 {:x}", p.counters));
+            let g = run(e, build, "g --max-seconds 60");
+            let s = &g["stops"][0];
+            assert_eq!(s["reason"], "breakpoint", "{build}: {g}");
+            assert!(
+                (p.pre_create..p.pre_create + 0x100).contains(&u(&s["pc"])),
+                "{build}: {g}"
+            );
+            let after = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
+            assert_eq!(after, before + 1, "{build}: stopped right after the write");
+            run(e, build, "bc *");
+            run(e, build, "ba e 1 nt!IofCompleteRequest");
+            // The same create goes on to its completion: stopped before the stub runs.
+            let g = run(e, build, "g --max-seconds 60");
+            assert_eq!(g["stops"][0]["reason"], "breakpoint", "{build}: {g}");
+            assert_eq!(u(&g["stops"][0]["pc"]), p.complete, "{build}");
+            let same = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
+            assert_eq!(same, after, "{build}");
+            // Going on from it does not fire it again at once: the next stop is the next
+            // create's.
+            let g = run(e, build, "g --max-seconds 60");
+            assert_eq!(u(&g["stops"][0]["pc"]), p.complete, "{build}");
+            let again = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
+            assert_eq!(again, after + 1, "{build}: the next create");
             run(e, build, "bc *");
         })
         .await;
@@ -183,7 +211,7 @@ async fn a_conditional_breakpoint_stops_on_exactly_the_failed_creates_of_ten_tho
         );
         let (mut hits, mut passed) = (0u64, 0u64);
         loop {
-            let g = run(e, build, "g");
+            let g = run(e, build, "g --max-seconds 60");
             let s = &g["stops"][0];
             assert_eq!(s["reason"], "breakpoint", "{g}");
             hits += 1;

@@ -76,6 +76,11 @@ enum Command {
     Preempt(Op, String, oneshot::Sender<Result<Done, HostError>>),
     SetMaxTransfer(u32),
     SetModuleBreaks(ModuleBreaks),
+    Release(
+        u32,
+        Option<String>,
+        oneshot::Sender<Result<Done, HostError>>,
+    ),
 }
 
 /// What the driver publishes after every step.
@@ -488,6 +493,23 @@ impl Host {
         rx.await.map_err(|_| HostError::Closed)?.map(|_| ())
     }
 
+    /// Lets the target go on after taking out every breakpoint the session wrote into it (see
+    /// [`LinkState::breakpoints`]), at once with `why` (pre-empting what is under way, as
+    /// [`Host::resume_now`]) or after what is queued. The target continues even when a
+    /// breakpoint could not be taken out; [`Host::state`] then still lists it.
+    pub async fn release(&self, continue_status: u32, why: Option<&str>) -> Result<(), HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Release(
+                continue_status,
+                why.map(str::to_string),
+                reply,
+            ))
+            .await
+            .map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)?.map(|_| ())
+    }
+
     /// Reboots the target.
     pub async fn reboot(&self) -> Result<(), HostError> {
         self.op(Op::Reboot).await.map(|_| ())
@@ -543,6 +565,23 @@ impl Driver {
                     }
                     Some(Command::SetMaxTransfer(n)) => self.machine.set_max_transfer(n),
                     Some(Command::SetModuleBreaks(b)) => self.machine.set_module_breaks(b),
+                    Some(Command::Release(status, why, reply)) => {
+                        let now = Instant::now();
+                        if !self.machine.state().breakpoints.is_empty() {
+                            match why {
+                                Some(w) => self.machine.preempt(Op::TakeOut, &w, now),
+                                None => self.machine.submit(Op::TakeOut, now),
+                            };
+                            let id = self.machine.submit(Op::resume(status), now);
+                            self.waiting.insert(id, reply);
+                        } else {
+                            let id = match why {
+                                Some(w) => self.machine.preempt(Op::resume(status), &w, now),
+                                None => self.machine.submit(Op::resume(status), now),
+                            };
+                            self.waiting.insert(id, reply);
+                        }
+                    }
                     // Every handle is gone: nobody can ask anything any more.
                     None => return,
                 },

@@ -54,6 +54,8 @@ pub fn stop_event(sc: &StateChange64, serial: u64) -> StopEvent {
         pc: sc.program_counter,
         kind,
         reported: u32::from(sc.control.instruction_count.min(16)),
+        stream: sc.control.instruction_stream[..usize::from(sc.control.instruction_count.min(16))]
+            .to_vec(),
         serial,
     }
 }
@@ -655,15 +657,58 @@ impl Session {
         self.host.probe_stopped(wait).await.map(|s| stop_of(&s))
     }
 
-    /// Lets the target go on (`g`).
+    /// Lets the target go on (`g`), every breakpoint the session wrote taken out first.
     pub async fn go(&self) -> Result<(), SessionError> {
-        Ok(self.host.resume(status::DBG_CONTINUE).await?)
+        self.host.release(status::DBG_CONTINUE, None).await?;
+        self.left_in()
     }
 
     /// Lets the target go on now, whatever is being read from it (a stop budget ran out, a
-    /// signal): reads under way and queued fail as cancelled.
+    /// signal): reads under way and queued fail as cancelled; every breakpoint the session
+    /// wrote is taken out first.
     pub async fn go_now(&self, why: &str) -> Result<(), SessionError> {
-        Ok(self.host.resume_now(status::DBG_CONTINUE, why).await?)
+        self.host.release(status::DBG_CONTINUE, Some(why)).await?;
+        self.left_in()
+    }
+
+    fn left_in(&self) -> Result<(), SessionError> {
+        let left = self.host.state().breakpoints;
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(SessionError::Kdnet(format!(
+            "the target continues, but {} breakpoint(s) could not be taken out of it: {}",
+            left.len(),
+            left.iter()
+                .map(|(_, a)| format!("{a:#x}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
+    /// Breakpoints the session wrote into the target and that are still there: (handle,
+    /// address). Normally none while the target is stopped (they are written only while it
+    /// runs).
+    pub fn breakpoints_written(&self) -> Vec<(u32, u64)> {
+        self.host.state().breakpoints
+    }
+
+    /// Takes out of the target every breakpoint still written there by handle, whoever wrote
+    /// it (the kernel's whole table, 1 to 32, as WinDbg does when it attaches): for a session
+    /// that finds breakpoints a killed one left. The target must be stopped. How many the
+    /// kernel had.
+    pub async fn take_out_all(&self) -> Result<usize, SessionError> {
+        let mut found = 0;
+        for h in 1..=32u32 {
+            let r = self
+                .host
+                .request(kdnet::api::Manipulate::restore_breakpoint(h))
+                .await?;
+            if status::is_success(r.return_status()) {
+                found += 1;
+            }
+        }
+        Ok(found)
     }
 
     /// Reboots the target.

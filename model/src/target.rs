@@ -261,6 +261,8 @@ pub struct StopEvent {
     /// Bytes of instructions the report carries from `pc` on: the kernel took the breakpoints
     /// among them out of its table when it reported the stop.
     pub reported: u32,
+    /// Those bytes (breakpoints removed).
+    pub stream: Vec<u8>,
     /// State changes seen so far in the session (a new one: the target ran in between).
     pub serial: u64,
 }

@@ -273,7 +273,10 @@ impl Activity {
             if let Some(c) = self.pending.take() {
                 r.cpu = c;
             }
-            let mut bus = KernelBus(k);
+            let mut bus = KernelBus {
+                k,
+                pages: std::collections::HashMap::new(),
+            };
             loop {
                 if r.cpu.rip == self.planted.return_address && r.cpu.rsp() == self.entry_rsp + 8 {
                     self.finished += 1;
@@ -300,19 +303,58 @@ impl Activity {
     }
 }
 
-/// The kernel's memory as the processor sees it.
-struct KernelBus<'a>(&'a mut Kernel);
+/// The kernel's memory as the processor sees it, each page translated once per run (the
+/// mapping does not change while the processor runs).
+struct KernelBus<'a> {
+    k: &'a mut Kernel,
+    pages: std::collections::HashMap<u64, Option<u64>>,
+}
+
+impl KernelBus<'_> {
+    fn frame(&mut self, va: u64) -> Option<u64> {
+        let page = va & !0xfff;
+        if let Some(p) = self.pages.get(&page) {
+            return *p;
+        }
+        let pa = self.k.space.translate(&self.k.mem, page).ok();
+        self.pages.insert(page, pa);
+        pa
+    }
+
+    /// The pieces of `[va, va + len)` within pages: (physical address, offset in the buffer,
+    /// length); None when a page is not mapped.
+    fn pieces(&mut self, va: u64, len: usize) -> Option<Vec<(u64, usize, usize)>> {
+        let mut out = Vec::new();
+        let mut done = 0;
+        while done < len {
+            let a = va.wrapping_add(done as u64);
+            let n = (len - done).min(0x1000 - (a & 0xfff) as usize);
+            out.push((self.frame(a)? + (a & 0xfff), done, n));
+            done += n;
+        }
+        Some(out)
+    }
+}
 
 impl Bus for KernelBus<'_> {
     fn read(&mut self, va: u64, buf: &mut [u8]) -> bool {
-        self.0.read(va, buf) == buf.len()
+        let Some(pieces) = self.pieces(va, buf.len()) else {
+            return false;
+        };
+        for (pa, at, n) in pieces {
+            if self.k.mem.read(pa, &mut buf[at..at + n]) != n {
+                return false;
+            }
+        }
+        true
     }
     fn write(&mut self, va: u64, data: &[u8]) -> bool {
-        let mut probe = vec![0u8; data.len()];
-        if self.0.read(va, &mut probe) != data.len() {
+        let Some(pieces) = self.pieces(va, data.len()) else {
             return false;
+        };
+        for (pa, at, n) in pieces {
+            self.k.mem.write(pa, &data[at..at + n]);
         }
-        self.0.write(va, data);
         true
     }
 }

@@ -297,9 +297,16 @@ impl Cpu {
             return Step::Debug { dr6: 1 << i };
         }
         let mut bytes = [0u8; 15];
-        let mut n = 0;
-        while n < bytes.len() && bus.read(self.rip + n as u64, &mut bytes[n..n + 1]) {
-            n += 1;
+        // The longest instruction at once; near the end of what is mapped, byte by byte.
+        let mut n = if bus.read(self.rip, &mut bytes) {
+            bytes.len()
+        } else {
+            0
+        };
+        if n == 0 {
+            while n < bytes.len() && bus.read(self.rip + n as u64, &mut bytes[n..n + 1]) {
+                n += 1;
+            }
         }
         if n == 0 {
             return Step::Fault(format!("instruction fetch at {:#x} faulted", self.rip));

@@ -70,6 +70,8 @@ pub(super) struct LiveControl {
     pub(super) symbols: Option<String>,
     /// Set when SIGTERM or SIGHUP arrived: the signal's handler lets the target go on.
     pub(super) ending: Arc<AtomicBool>,
+    /// Raised while a `g` of the engine lets the target run.
+    pub(super) moving: Arc<AtomicBool>,
 }
 
 impl Control for LiveControl {
@@ -89,7 +91,11 @@ impl Control for LiveControl {
                 self.rt.clone(),
                 crate::symbols::path(self.symbols.as_deref()),
             )
-            .map(Engine::new)
+            .map(|k| {
+                let mut e = Engine::new(k);
+                crate::recovery::attach(&mut e, &self.host, &self.moving);
+                e
+            })
             .map_err(|e| e.to_string())
     }
     fn go(&mut self) -> Result<(), String> {
@@ -202,6 +208,7 @@ pub(super) fn watch_interrupts(
 pub(super) fn resume_on_termination(
     host: live::Session,
     cancel: Arc<AtomicBool>,
+    moving: Arc<AtomicBool>,
     leave_stopped: bool,
 ) -> anyhow::Result<Arc<AtomicBool>> {
     let mut signals = crate::signals::Ending::catch_but_interrupt().context("catching signals")?;
@@ -211,6 +218,16 @@ pub(super) fn resume_on_termination(
         let sig = signals.next().await;
         flag.store(true, Ordering::SeqCst);
         cancel.store(true, Ordering::SeqCst);
+        // A `g` under way stops the target and takes its breakpoints out first.
+        if moving.load(Ordering::SeqCst) {
+            tokio::select! {
+                () = crate::recovery::let_motion_end(&moving, Duration::from_secs(20)) => {}
+                s2 = signals.next() => {
+                    eprintln!("kdnet: {} again: exiting at once; the target may stay stopped", s2.name());
+                    std::process::exit(i32::from(s2.exit_code()));
+                }
+            }
+        }
         let code =
             crate::signals::resume_before_exit(&host, sig, &mut signals, leave_stopped, false)
                 .await;

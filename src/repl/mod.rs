@@ -272,7 +272,9 @@ pub fn prompt(control: &mut dyn Control, s: Session) -> u8 {
                     prompt_help((!topic.is_empty()).then_some(topic)).trim_end()
                 );
             }
-            "g" => {
+            // With breakpoints or event filters set, `g` is the engine's: it waits for them
+            // (Ctrl-C breaks in). Without, the target runs and the prompt says so.
+            "g" if !runs_under_control(&engine.borrow()) => {
                 if !control.stopped() {
                     eprintln!("kdnet: the target is already running");
                 } else {
@@ -367,13 +369,19 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         busy,
         printer,
     };
-    let ending =
-        resume_on_termination(host.clone(), session.cancel.clone(), a.prompt.leave_stopped)?;
+    let moving = Arc::new(AtomicBool::new(false));
+    let ending = resume_on_termination(
+        host.clone(),
+        session.cancel.clone(),
+        moving.clone(),
+        a.prompt.leave_stopped,
+    )?;
     let mut control = LiveControl {
         host,
         rt: tokio::runtime::Handle::current(),
         symbols: a.symbols.clone(),
         ending: ending.clone(),
+        moving,
     };
     let code = tokio::task::spawn_blocking(move || prompt(&mut control, session))
         .await
@@ -404,4 +412,13 @@ pub fn run_dump(
         engine: Some(engine),
     };
     prompt(&mut control, session)
+}
+
+/// Whether the session has breakpoints or event stops for `g` to wait for.
+fn runs_under_control(engine: &Option<Engine>) -> bool {
+    engine.as_ref().is_some_and(|e| {
+        !e.control.breakpoints.is_empty()
+            || !e.control.module_loads.is_empty()
+            || !e.control.module_unloads.is_empty()
+    })
 }

@@ -140,6 +140,8 @@ struct Run {
 struct Fetcher {
     files: BTreeMap<usize, Option<kdnet_model::pe::FileImage>>,
     used_files: BTreeSet<String>,
+    /// Bytes already known at an address (a stop report's instruction stream).
+    known: Option<(u64, Vec<u8>)>,
 }
 
 impl Fetcher {
@@ -147,6 +149,7 @@ impl Fetcher {
         Fetcher {
             files: BTreeMap::new(),
             used_files: BTreeSet::new(),
+            known: None,
         }
     }
 
@@ -154,6 +157,13 @@ impl Fetcher {
     /// an image file has them.
     fn piece(&mut self, e: &mut Engine, at: u64, len: u64) -> Option<Vec<u8>> {
         let len = len.min(PAGE - at % PAGE).max(1) as usize;
+        if let Some((base, bytes)) = &self.known
+            && at >= *base
+            && at - base < bytes.len() as u64
+        {
+            let from = (at - base) as usize;
+            return Some(bytes[from..(from + len).min(bytes.len())].to_vec());
+        }
         if let Ok(b) = e.kernel.mem.kread(at, len) {
             return Some(b);
         }
@@ -438,6 +448,22 @@ pub(crate) fn memory_access(
         })
     };
     Some((m.virtual_address(0, value)?, write))
+}
+
+/// The one instruction at `at` decoded from `bytes` (what a stop report carried from there),
+/// without reading the target.
+pub(crate) fn instruction_from(e: &mut Engine, at: u64, bytes: &[u8]) -> Option<Insn> {
+    if bytes.is_empty() {
+        return instruction_at(e, at);
+    }
+    let mut f = Fetcher::new();
+    f.known = Some((at, bytes.to_vec()));
+    let (insns, _) = decode(e, &mut f, at, 1, None);
+    let mut out = listing(e, &mut f, &insns, &BTreeSet::new());
+    out.pop().map(|mut i| {
+        i.label = None;
+        i
+    })
 }
 
 /// The one instruction at `at`, as a listing shows it (no label line); none when its bytes

@@ -538,7 +538,8 @@ pub(crate) fn change(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Changed
 /// A stop as the result shows it.
 fn report(e: &mut Engine, ended: &Ended, registers: bool) -> Stop {
     let s = &ended.stop;
-    let instruction = crate::cmds::disasm::instruction_at(e, s.pc).map(|i| i.line());
+    // The instruction from the bytes the stop report carried: no read of the target.
+    let instruction = crate::cmds::disasm::instruction_from(e, s.pc, &s.stream).map(|i| i.line());
     let registers = if registers {
         e.kernel
             .context(s.processor)

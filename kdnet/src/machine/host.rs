@@ -218,6 +218,11 @@ pub struct LinkState {
     pub stops: u64,
     /// KDNET datagrams received that did not authenticate.
     pub unauthenticated: u64,
+    /// Breakpoints this session wrote into the kernel's table and that are still there, as
+    /// the kernel keeps them: (handle, address). Taken off when restored, when the kernel
+    /// reports a stop in the instructions they lie in (it takes them out itself), and by a
+    /// new boot.
+    pub breakpoints: Vec<(u32, u64)>,
 }
 
 impl LinkState {
@@ -229,6 +234,7 @@ impl LinkState {
             stop: None,
             stops: 0,
             unauthenticated: 0,
+            breakpoints: Vec::new(),
         }
     }
 }
@@ -344,6 +350,10 @@ pub enum Op {
         /// Copied to every processor's KernelDr7 (hardware breakpoints); 0x400 for none.
         dr7: u64,
     },
+    /// Takes every breakpoint the session wrote out of the kernel's table (RestoreBreakPoint
+    /// for each); one that cannot be taken out fails the operation after the others were
+    /// tried. For letting a target go at the end of a session.
+    TakeOut,
     /// Reboots the target.
     Reboot,
     /// Sends the break-in byte every 250 ms (RESET now and then while the run state is not
@@ -472,6 +482,10 @@ enum Run {
         phase: ResumePhase,
         /// State changes seen when it started: one more means the target ran.
         stops: u64,
+    },
+    TakeOut {
+        left: Vec<u32>,
+        failed: Vec<u32>,
     },
     Reboot,
     BreakIn {
@@ -832,6 +846,8 @@ impl HostMachine {
         self.heard(now);
         self.kd.new_session();
         if reason == HandshakeReason::Rebooted {
+            // A new boot's kernel has an empty breakpoint table.
+            self.state.breakpoints.clear();
             self.kd.abort();
             self.inflight = None;
             self.want = None;
@@ -953,6 +969,7 @@ impl HostMachine {
                 self.kd.reply_received();
                 self.inflight = None;
                 self.stats.round_trips += 1;
+                self.mirror_breakpoints(&m);
                 self.feed(now, KdOutcome::Reply(m));
             }
             PacketType::StateChange64 => {
@@ -969,6 +986,14 @@ impl HostMachine {
                 self.state.run = RunState::Stopped;
                 self.state.stop = Some(sc.clone());
                 self.state.stops += 1;
+                // The kernel took the breakpoints in the reported instructions out.
+                let (pc, n) = (
+                    sc.program_counter,
+                    u64::from(sc.control.instruction_count.min(16)),
+                );
+                self.state
+                    .breakpoints
+                    .retain(|(_, a)| !(*a >= pc && *a - pc < n));
                 if let StateEvent::LoadSymbols(l) = &sc.event
                     && !self.module_breaks.stops_on(l)
                     && !matches!(
@@ -1015,6 +1040,22 @@ impl HostMachine {
                 }
                 self.auto
                     .push_back((PacketType::FileIo, FileIo::no_such_file_reply(&p.data)));
+            }
+            _ => {}
+        }
+    }
+
+    /// Follows the kernel's breakpoint table from the replies it gives.
+    fn mirror_breakpoints(&mut self, r: &Manipulate) {
+        match r.api() {
+            Some(Api::WriteBreakPoint) if status::is_success(r.return_status()) => {
+                let (handle, address) = (r.u32(0x18), r.u64(0x10));
+                self.state.breakpoints.retain(|(h, _)| *h != handle);
+                self.state.breakpoints.push((handle, address));
+            }
+            Some(Api::RestoreBreakPoint) => {
+                let handle = r.u32(0x10);
+                self.state.breakpoints.retain(|(h, _)| *h != handle);
             }
             _ => {}
         }
@@ -1177,6 +1218,10 @@ impl HostMachine {
                 tries: 0,
                 phase: ResumePhase::Continue,
                 stops: self.state.stops,
+            },
+            Op::TakeOut => Run::TakeOut {
+                left: self.state.breakpoints.iter().map(|(h, _)| *h).collect(),
+                failed: Vec::new(),
             },
             Op::Reboot => Run::Reboot,
             Op::BreakIn { timeout } => Run::BreakIn {
@@ -1368,6 +1413,29 @@ impl HostMachine {
                     false,
                     SEND_TIMEOUT,
                 )
+            }
+            Run::TakeOut { left, failed } => {
+                let answered = outcome.is_some();
+                // A reply either way: taken out, or not in the table (the kernel took it out
+                // already).
+                if let Some(KdOutcome::TimedOut(_)) = outcome {
+                    failed.extend(left.first().copied());
+                }
+                if answered && !left.is_empty() {
+                    left.remove(0);
+                }
+                match left.first() {
+                    Some(h) => Step::Issue(
+                        Manipulate::restore_breakpoint(*h),
+                        true,
+                        self.cfg.request_timeout,
+                    ),
+                    None if failed.is_empty() => Step::Finish(Ok(Done::Unit)),
+                    None => Step::Finish(Err(HostError::Timeout {
+                        what: format!("taking out breakpoint(s) {failed:?}"),
+                        after: self.cfg.request_timeout,
+                    })),
+                }
             }
             Run::Reboot => match outcome {
                 None => Step::Issue(Manipulate::reboot(), false, SEND_TIMEOUT),
@@ -1576,6 +1644,7 @@ fn run_name(r: &Run) -> String {
         Run::Write(w) if w.physical => "DbgKdWritePhysicalMemoryApi".into(),
         Run::Write(_) => "DbgKdWriteVirtualMemoryApi".into(),
         Run::Resume { .. } => "DbgKdContinueApi2".into(),
+        Run::TakeOut { .. } => "taking out breakpoints".into(),
         Run::Reboot => "DbgKdRebootApi".into(),
         Run::BreakIn { .. } => "break-in".into(),
         Run::Probe { .. } => "a probe".into(),
