@@ -173,12 +173,28 @@ pub fn attach(
 }
 
 /// An ending came while the engine may be inside a `g` (`moving`): it has been cancelled, and
-/// stops the target and takes its breakpoints out by itself; wait for that (at most `limit`)
-/// so that the target is let go after. A second signal on `signals` ends the wait.
-pub async fn let_motion_end(moving: &std::sync::atomic::AtomicBool, limit: Duration) {
-    let end = std::time::Instant::now() + limit;
-    while moving.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// stops the target and takes its breakpoints out by itself; wait for that (at most 20 s) so
+/// that the target is let go after. A second signal exits at once.
+pub async fn let_motion_end(
+    moving: &std::sync::atomic::AtomicBool,
+    signals: &mut crate::signals::Ending,
+) {
+    let ordering = std::sync::atomic::Ordering::SeqCst;
+    if !moving.load(ordering) {
+        return;
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let wait = async {
+        while moving.load(ordering) && std::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        () = wait => {}
+        s = signals.next() => {
+            eprintln!("kdnet: {} again: exiting at once; the target may stay stopped", s.name());
+            std::process::exit(i32::from(s.exit_code()));
+        }
     }
 }
 

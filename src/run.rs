@@ -188,15 +188,7 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
             // The analysis stops at its next read; the target continues now (a `g` under way
             // has its breakpoints taken out first).
             cancel.store(true, Ordering::SeqCst);
-            if moving.load(Ordering::SeqCst) {
-                tokio::select! {
-                    () = crate::recovery::let_motion_end(&moving, Duration::from_secs(20)) => {}
-                    s2 = signals.next() => {
-                        eprintln!("kdnet: {} again: exiting at once; the target may stay stopped", s2.name());
-                        std::process::exit(i32::from(s2.exit_code()));
-                    }
-                }
-            }
+            crate::recovery::let_motion_end(&moving, &mut signals).await;
             let code =
                 signals::resume_before_exit(&host, s, &mut signals, a.leave_stopped, false).await;
             std::process::exit(i32::from(code));

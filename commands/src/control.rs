@@ -420,27 +420,12 @@ fn go_once(
     let mut status = status;
     if on_breakpoint {
         // Step over the instruction the breakpoint is on without it.
-        let mut control = std::mem::take(&mut e.control);
-        let r = (|| {
-            let t = e.kernel.mem.target();
-            control.insert(t, Some(pc), None)?;
-            t.go(Go {
-                status,
-                trace: true,
-                dr7,
-            })
-            .map_err(target_err)?;
-            let got = t.wait_stop(deadline, cancel).map_err(target_err);
-            if let Ok((stop, _)) = &got {
-                control.taken_out_by(stop);
-            }
-            let removed = control.remove(t);
-            let got = got?;
-            removed?;
-            Ok::<_, CmdError>(got)
-        })();
-        e.control = control;
-        let (stop, interrupted) = r?;
+        let how = Go {
+            status,
+            trace: true,
+            dr7,
+        };
+        let (stop, interrupted) = run_once(e, Some(pc), None, how, deadline, cancel)?;
         let stepped = !interrupted
             && matches!(&stop.kind, StopKind::Exception { code, dr6, .. }
                 if *code == STATUS_SINGLE_STEP && dr6 & DR6_BS != 0);
@@ -449,25 +434,35 @@ fn go_once(
         }
         status = DBG_CONTINUE;
     }
+    run_once(e, None, extra, Go { status, trace, dr7 }, deadline, cancel)
+}
+
+/// Writes the breakpoints (all but one at `skip`, and `extra`), lets the target go as `how`
+/// says and waits for it to stop. Every breakpoint is out again when this returns, whatever
+/// went wrong on the way.
+fn run_once(
+    e: &mut Engine,
+    skip: Option<u64>,
+    extra: Option<u64>,
+    how: Go,
+    deadline: Option<std::time::Instant>,
+    cancel: Option<&AtomicBool>,
+) -> Result<(StopEvent, bool), CmdError> {
     let mut control = std::mem::take(&mut e.control);
+    let t = e.kernel.mem.target();
     let r = (|| {
-        let t = e.kernel.mem.target();
-        control.insert(t, None, extra)?;
-        if let Err(err) = t.go(Go { status, trace, dr7 }) {
-            let _ = control.remove(t);
-            return Err(target_err(err));
-        }
-        let got = t.wait_stop(deadline, cancel).map_err(target_err);
-        if let Ok((stop, _)) = &got {
-            control.taken_out_by(stop);
-        }
-        let removed = control.remove(t);
-        let got = got?;
-        removed?;
-        Ok(got)
+        control.insert(t, skip, extra)?;
+        t.go(how).map_err(target_err)?;
+        t.wait_stop(deadline, cancel).map_err(target_err)
     })();
+    if let Ok((stop, _)) = &r {
+        control.taken_out_by(stop);
+    }
+    let removed = control.remove(t);
     e.control = control;
-    r
+    let got = r?;
+    removed?;
+    Ok(got)
 }
 
 /// Writes DR0–DR3 into every processor's context (the kernel takes Dr7 from the continue).

@@ -119,6 +119,22 @@ impl LiveTarget {
     }
 }
 
+/// A read's bytes into `buf`: all of them, or those before the first that failed.
+fn copy_read(
+    r: Result<Vec<u8>, HostError>,
+    buf: &mut [u8],
+    address: u64,
+) -> Result<usize, TargetError> {
+    match r {
+        Ok(b) | Err(HostError::Memory { read: b, .. }) => {
+            let n = b.len().min(buf.len());
+            buf[..n].copy_from_slice(&b[..n]);
+            Ok(n)
+        }
+        Err(e) => Err(map(e, address)),
+    }
+}
+
 fn host_stops(host: &Host) -> u64 {
     host.state().stops
 }
@@ -141,20 +157,10 @@ impl Target for LiveTarget {
     }
 
     fn read_physical(&mut self, address: u64, buf: &mut [u8]) -> Result<usize, TargetError> {
-        match self
+        let r = self
             .rt
-            .block_on(self.host.read_physical(address, buf.len()))
-        {
-            Ok(b) => {
-                buf[..b.len()].copy_from_slice(&b);
-                Ok(b.len())
-            }
-            Err(HostError::Memory { read, .. }) => {
-                buf[..read.len()].copy_from_slice(&read);
-                Ok(read.len())
-            }
-            Err(e) => Err(map(e, address)),
-        }
+            .block_on(self.host.read_physical(address, buf.len()));
+        copy_read(r, buf, address)
     }
 
     fn max_transfer(&self) -> usize {
@@ -227,19 +233,8 @@ impl Target for LiveTarget {
         address: u64,
         buf: &mut [u8],
     ) -> Option<Result<usize, TargetError>> {
-        Some(
-            match self.rt.block_on(self.host.read_virtual(address, buf.len())) {
-                Ok(b) => {
-                    buf[..b.len()].copy_from_slice(&b);
-                    Ok(b.len())
-                }
-                Err(HostError::Memory { read, .. }) => {
-                    buf[..read.len()].copy_from_slice(&read);
-                    Ok(read.len())
-                }
-                Err(e) => Err(map(e, address)),
-            },
-        )
+        let r = self.rt.block_on(self.host.read_virtual(address, buf.len()));
+        Some(copy_read(r, buf, address))
     }
 
     fn stop_event(&mut self) -> Option<StopEvent> {

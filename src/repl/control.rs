@@ -219,15 +219,7 @@ pub(super) fn resume_on_termination(
         flag.store(true, Ordering::SeqCst);
         cancel.store(true, Ordering::SeqCst);
         // A `g` under way stops the target and takes its breakpoints out first.
-        if moving.load(Ordering::SeqCst) {
-            tokio::select! {
-                () = crate::recovery::let_motion_end(&moving, Duration::from_secs(20)) => {}
-                s2 = signals.next() => {
-                    eprintln!("kdnet: {} again: exiting at once; the target may stay stopped", s2.name());
-                    std::process::exit(i32::from(s2.exit_code()));
-                }
-            }
-        }
+        crate::recovery::let_motion_end(&moving, &mut signals).await;
         let code =
             crate::signals::resume_before_exit(&host, sig, &mut signals, leave_stopped, false)
                 .await;
