@@ -34,10 +34,11 @@ pub fn state_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/kdnet"))
 }
 
-/// The record file of the target at `peer` (by address: a target's port may change).
-pub fn record_path(dir: &Path, peer: SocketAddr) -> PathBuf {
+/// The record file of the target at `peer` sending to this debugger's `port` (the target by
+/// its address and the port bcdedit gave it: its own port changes from boot to boot).
+pub fn record_path(dir: &Path, peer: SocketAddr, port: u16) -> PathBuf {
     let ip = peer.ip().to_string().replace([':', '.'], "_");
-    dir.join(format!("breakpoints-{ip}.json"))
+    dir.join(format!("breakpoints-{ip}-{port}.json"))
 }
 
 /// A session's record of the breakpoints it has in one target.
@@ -48,10 +49,10 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
-    /// The record for the target at `peer`, in the state directory.
-    pub fn for_target(peer: SocketAddr) -> Option<FileRecord> {
+    /// The record for the target at `peer` sending to `port`, in the state directory.
+    pub fn for_target(peer: SocketAddr, port: u16) -> Option<FileRecord> {
         Some(FileRecord {
-            path: record_path(&state_dir()?, peer),
+            path: record_path(&state_dir()?, peer, port),
             peer,
         })
     }
@@ -120,7 +121,7 @@ fn alive(pid: u64) -> bool {
 /// description. Returns what it did, for the user, or None when there was nothing to do.
 pub async fn recover(session: &Session) -> Option<String> {
     let peer = session.status().peer?;
-    let path = record_path(&state_dir()?, peer);
+    let path = record_path(&state_dir()?, peer, session.local_addr().port());
     let text = std::fs::read_to_string(&path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let pid = v["pid"].as_u64().unwrap_or(0);
@@ -165,7 +166,7 @@ pub fn attach(
     moving: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     if let Some(peer) = session.status().peer
-        && let Some(r) = FileRecord::for_target(peer)
+        && let Some(r) = FileRecord::for_target(peer, session.local_addr().port())
     {
         e.control.record = Some(Box::new(r));
     }
@@ -207,7 +208,7 @@ pub fn settled(session: &Session) {
     let (Some(peer), Some(dir)) = (session.status().peer, state_dir()) else {
         return;
     };
-    let path = record_path(&dir, peer);
+    let path = record_path(&dir, peer, session.local_addr().port());
     let ours = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

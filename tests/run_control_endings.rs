@@ -28,8 +28,19 @@ fn sim(port: u16) -> Sim {
     )
 }
 
+/// The record of the target at 127.0.0.1 sending to the port the test's session listens on.
 fn record(dir: &Path) -> PathBuf {
-    dir.join("breakpoints-127_0_0_1.json")
+    std::fs::read_dir(dir)
+        .ok()
+        .and_then(|mut d| {
+            d.find_map(|e| {
+                let p = e.ok()?.path();
+                let name = p.file_name()?.to_str()?;
+                (name.starts_with("breakpoints-127_0_0_1-") && name.ends_with(".json"))
+                    .then_some(p.clone())
+            })
+        })
+        .unwrap_or_else(|| dir.join("breakpoints-127_0_0_1-none.json"))
 }
 
 fn session<'a>(cmd: &'a mut Command, port: u16, state: &Path) -> &'a mut Command {
