@@ -229,12 +229,15 @@ pub(super) fn resume_on_termination(
 }
 
 /// Prints the target's DbgPrint output and stops as they happen.
-pub(super) fn watch_events(host: &live::Session, printer: PrinterSlot) {
+pub(super) fn watch_events(host: &live::Session, printer: PrinterSlot, moving: Arc<AtomicBool>) {
     let mut events = host.events();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let text = match ev {
                 Event::Print(text) => text,
+                // A `g` of the engine reports the stop that ends it; the hits it judged and
+                // went on from are its own.
+                Event::Stopped(_) if moving.load(Ordering::SeqCst) => continue,
                 Event::Stopped(stop) => stop.description,
                 Event::WrongKey { from } => {
                     format!("kdnet: datagrams from {from} do not authenticate (wrong key?)")

@@ -346,7 +346,8 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
     let cancel = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));
     let printer: PrinterSlot = Arc::new(Mutex::new(None));
-    watch_events(&host, printer.clone());
+    let moving = Arc::new(AtomicBool::new(false));
+    watch_events(&host, printer.clone(), moving.clone());
     if !a.no_break {
         if let Err(e) = host.break_in(Duration::from_secs(10)).await {
             eprintln!("kdnet: the target did not stop: {e}");
@@ -369,7 +370,6 @@ pub async fn run(a: Args, verbose: bool) -> anyhow::Result<u8> {
         busy,
         printer,
     };
-    let moving = Arc::new(AtomicBool::new(false));
     let ending = resume_on_termination(
         host.clone(),
         session.cancel.clone(),
