@@ -95,10 +95,6 @@ impl Record for FileRecord {
         write_private(&self.path, &v.to_string())
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
-
-    fn boxed(&self) -> Box<dyn Record> {
-        Box::new(self.clone())
-    }
 }
 
 /// Whether process `pid` is alive (another session still holding its record).

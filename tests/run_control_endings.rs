@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -63,6 +64,17 @@ fn wait_armed(state: &Path, l: &mut Lines) {
     }
     // Let it go round a few hits.
     std::thread::sleep(Duration::from_millis(300));
+}
+
+/// `kdnet repl` with the never-stopping breakpoint, inside its `g`.
+fn prompt_in_g(port: u16, state: &Path) -> Lines {
+    let mut repl = Lines::spawn(session(kdnet().args(["repl"]), port, state));
+    let stdin = repl.child.stdin.as_mut().unwrap();
+    writeln!(stdin, "{NEVER}").unwrap();
+    writeln!(stdin, "g").unwrap();
+    stdin.flush().unwrap();
+    wait_armed(state, &mut repl);
+    repl
 }
 
 /// A fresh session: no breakpoint of ours is in the target (the byte where it was is the
@@ -188,13 +200,7 @@ fn ctrl_c_in_the_prompt_stops_g_and_q_lets_the_target_go() {
     let port = free_udp_port();
     let _sim = sim(port);
     let state = temp_dir("endings-prompt");
-    let mut repl = Lines::spawn(session(kdnet().args(["repl"]), port, &state));
-    use std::io::Write as _;
-    let stdin = repl.child.stdin.as_mut().unwrap();
-    writeln!(stdin, "{NEVER}").unwrap();
-    writeln!(stdin, "g").unwrap();
-    stdin.flush().unwrap();
-    wait_armed(&state, &mut repl);
+    let mut repl = prompt_in_g(port, &state);
     common::signal(&repl.child, libc::SIGINT);
     repl.wait_for(Duration::from_secs(60), |_, l| {
         l.contains("Break instruction exception")
@@ -222,13 +228,7 @@ fn a_closed_terminal_in_the_middle_of_g_leaves_the_target_clean() {
     let port = free_udp_port();
     let _sim = sim(port);
     let state = temp_dir("endings-closed");
-    let mut repl = Lines::spawn(session(kdnet().args(["repl"]), port, &state));
-    use std::io::Write as _;
-    let stdin = repl.child.stdin.as_mut().unwrap();
-    writeln!(stdin, "{NEVER}").unwrap();
-    writeln!(stdin, "g").unwrap();
-    stdin.flush().unwrap();
-    wait_armed(&state, &mut repl);
+    let mut repl = prompt_in_g(port, &state);
     drop(repl.child.stdin.take());
     common::signal(&repl.child, libc::SIGHUP);
     repl.wait_exit(Duration::from_secs(60));

@@ -121,7 +121,7 @@ struct Written {
 }
 
 /// The session's run control: breakpoints and event filters.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RunControl {
     /// The breakpoints, by number.
     pub breakpoints: BTreeMap<u32, Breakpoint>,
@@ -150,19 +150,11 @@ impl std::fmt::Debug for dyn Record {
     }
 }
 
-impl Clone for Box<dyn Record> {
-    fn clone(&self) -> Self {
-        self.boxed()
-    }
-}
-
 /// Keeps the list of breakpoints written into the target outside the process (a file), so
 /// that the next session can take them out if this one is killed while they are in.
 pub trait Record: Send {
     /// The breakpoints now in the target: (address, handle). Empty: none.
     fn written(&mut self, now: &[(u64, u32)]) -> Result<(), String>;
-    /// A copy of the recorder.
-    fn boxed(&self) -> Box<dyn Record>;
 }
 
 /// How the target is let go.
@@ -713,11 +705,7 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
                     text.push_str(&format!("error: {err}\n"));
                 }
             }
-            if outputs.len() >= MAX_HIT_OUTPUTS {
-                outputs.remove(0);
-                dropped += 1;
-            }
-            outputs.push(text);
+            keep(&mut outputs, &mut dropped, text);
             continue;
         }
         if let StopKind::Exception {
@@ -756,10 +744,11 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
             };
             if !stops {
                 if filter == Filter::Output {
-                    outputs.push(format!(
+                    let text = format!(
                         "First chance exception {code:08x} at {}\n",
                         crate::engine::addr(*address)
-                    ));
+                    );
+                    keep(&mut outputs, &mut dropped, text);
                 }
                 // Passed on to the kernel's own handlers.
                 status = kdnet_model::target::DBG_EXCEPTION_NOT_HANDLED;
@@ -772,6 +761,15 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
         }
         return Ok(ended(Reason::Other, None, vec![]));
     }
+}
+
+/// Keeps the output of a hit that went on, the last [`MAX_HIT_OUTPUTS`] of them.
+fn keep(outputs: &mut Vec<String>, dropped: &mut u64, text: String) {
+    if outputs.len() >= MAX_HIT_OUTPUTS {
+        outputs.remove(0);
+        *dropped += 1;
+    }
+    outputs.push(text);
 }
 
 /// The return address of the current function on `processor`, and the stack pointer after

@@ -455,9 +455,6 @@ pub(crate) fn sync_module_breaks(e: &mut Engine) -> Result<(), CmdError> {
         }
     }
     let unload = e.control.module_unloads.clone();
-    if load.is_empty() && unload.is_empty() && !e.kernel.mem.info().live {
-        return Ok(());
-    }
     match e.kernel.mem.target().set_module_breaks(load, unload) {
         Ok(()) => Ok(()),
         // A dump has no module events; its breakpoints are only listed.
