@@ -289,6 +289,7 @@ fn bundle_job(dir: PathBuf, work: &[(String, String)], budget: Option<Duration>)
             kind: "manual".into(),
             detail: "kdnet run --bundle".into(),
             sample: None,
+            hit: None,
         },
         script,
         started: Instant::now(),

@@ -1131,3 +1131,185 @@ fn every_sample_event_says_what_it_cost() {
     std::fs::remove_dir_all(dir).ok();
     std::fs::remove_dir_all(sdir).ok();
 }
+
+/// `kdnet run` against the simulated machine at `port`: its standard output (it must succeed).
+fn run_on(port: u16, state: &Path, commands: &str) -> String {
+    let o = kdnet()
+        .args(["run", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--key-env", "KDNET_WATCH_KEY", "-c", commands])
+        .env("KDNET_WATCH_KEY", "4.4.4.4")
+        .env("KDNET_STATE_DIR", state)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+#[cfg(unix)]
+#[test]
+fn a_breakpoint_trigger_writes_one_bundle_per_hit_up_to_the_rate_limit() {
+    const CAPTURE: &str = r#"bp /w "dwo(@rcx+0x30) == 0xc000000d" nt!IofCompleteRequest"#;
+    const COUNT: &str = "bp bindflt!BfPreCreate";
+    let dir = temp_dir("bpwatch");
+    let state = dir.join("state");
+    let port = free_udp_port();
+    let _sim = Sim::start(port, "4.4.4.4", &["--scenario", "bindflt-race"]);
+    let script = dir.join("hit.kds");
+    std::fs::write(&script, "!thread\ndd @rcx+0x30 L1\n").unwrap();
+    let ev = dir.join("events.jsonl");
+    let mut w = Watcher(
+        kdnet()
+            .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--key-env", "KDNET_WATCH_KEY", "--name", "bp"])
+            .args(["--breakpoint", CAPTURE, "--count-breakpoint", COUNT])
+            .args(["--max-per-hour", "2", "--cooldown", "0s"])
+            // Every hit on this machine is judged at once: the share is not what is tested.
+            .args(["--max-hit-stop", "100%"])
+            .arg("--script")
+            .arg(&script)
+            .arg("--out")
+            .arg(dir.join("b"))
+            .arg("--events")
+            .arg(&ev)
+            .arg("--control")
+            .arg(dir.join("s.sock"))
+            .env("KDNET_WATCH_KEY", "4.4.4.4")
+            .env("KDNET_STATE_DIR", &state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Two captures (the rate limit), then hits held back: said once, counted after.
+    let start = Instant::now();
+    let all = loop {
+        let all = events(&ev);
+        let skipped = all.iter().any(|e| {
+            e["state"] == "capture-skipped"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("breakpoint:"))
+        });
+        let counted = all.iter().rev().find_map(|e| {
+            e["breakpoints"][1]["counted"].as_u64().filter(|_| {
+                e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("breakpoint hits"))
+            })
+        });
+        if skipped && counted.is_some_and(|n| n > 100) {
+            break all;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no two captures and a skipped hit: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let captured: Vec<&Value> = all.iter().filter(|e| e["state"] == "captured").collect();
+    assert_eq!(captured.len(), 2, "{all:#?}");
+    assert_eq!(
+        all.iter()
+            .filter(|e| e["state"] == "capture-skipped")
+            .count(),
+        1,
+        "a capture held back is said once: {all:#?}"
+    );
+    for c in &captured {
+        let b = Path::new(c["bundle"].as_str().unwrap());
+        assert!(c["complete"] == true, "{c}");
+        let j = report(b);
+        let t = &j["trigger"];
+        assert_eq!(t["kind"], "breakpoint", "{t}");
+        assert_eq!(t["hit"]["breakpoint"]["command"], CAPTURE, "{t}");
+        assert_eq!(t["hit"]["breakpoint"]["id"], 0, "{t}");
+        // The registers at the hit: IofCompleteRequest's IRP in rcx, completed with
+        // STATUS_INVALID_PARAMETER, as the script read it into the snapshot at the hit.
+        let rcx = t["hit"]["registers"]["rcx"].as_str().unwrap();
+        let rip = t["hit"]["registers"]["rip"].as_str().unwrap();
+        assert_eq!(Some(rip), t["hit"]["breakpoint"]["address"].as_str(), "{t}");
+        let status = open_snapshot(b, &["-c", &format!("dd {rcx}+0x30 L1")]);
+        assert!(status.contains("c000000d"), "{status}");
+        // The stack at the hit: bindflt's create path completing it.
+        let frames = t["hit"]["stack"]["frames"].as_array().unwrap();
+        assert_eq!(frames[0]["call_site"], "nt!IofCompleteRequest", "{t}");
+        assert!(
+            frames[1]["call_site"]
+                .as_str()
+                .unwrap()
+                .starts_with("bindflt!BfPreCreate"),
+            "{t}"
+        );
+        let text = std::fs::read_to_string(b.join("report.txt")).unwrap();
+        assert!(
+            text.contains("Hit:\n  Breakpoint 0 hit on processor"),
+            "{text}"
+        );
+        assert!(text.contains("bindflt!BfPreCreate+0x"), "{text}");
+    }
+    // The watch ends: its breakpoints come out and the machine goes on.
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) }, 0);
+    let end = Instant::now();
+    while w.0.try_wait().unwrap().is_none() {
+        assert!(
+            end.elapsed() < Duration::from_secs(30),
+            "the watch did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = events(&ev);
+    let last = all
+        .iter()
+        .rev()
+        .find(|e| {
+            e["note"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("breakpoint hits"))
+        })
+        .unwrap();
+    assert_eq!(last["breakpoints"][0]["captured"], 2, "{last}");
+    assert!(
+        last["breakpoints"][0]["skipped"].as_u64().unwrap() >= 1,
+        "{last}"
+    );
+    // Every create goes through BfPreCreate; one in about a thousand fails.
+    let counted = last["breakpoints"][1]["counted"].as_u64().unwrap();
+    let passed = last["breakpoints"][0]["passed"].as_u64().unwrap();
+    assert!(passed > 100 && counted > 100, "{last}");
+    let states: Vec<&str> = all.iter().filter_map(|e| e["state"].as_str()).collect();
+    assert_eq!(
+        states.last(),
+        Some(&"resuming"),
+        "{:#?}",
+        &all[all.len() - 4..]
+    );
+    assert!(!states.contains(&"resume-failed"), "{states:?}");
+    assert!(
+        last["breakpoints"][0]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("0xfffff8")),
+        "{last}"
+    );
+    let record: Vec<_> = std::fs::read_dir(&state)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(
+        record.is_empty(),
+        "the watcher's record of breakpoints stays: {record:?}"
+    );
+    // A fresh session finds the original instructions and the machine running.
+    let out = run_on(
+        port,
+        &state,
+        "u nt!IofCompleteRequest L1; u bindflt!BfPreCreate L1",
+    );
+    assert!(!out.contains("int     3"), "{out}");
+    assert!(out.contains("jmp"), "{out}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -142,6 +142,53 @@ pub struct RunControl {
     /// it finish (the cancel it sets makes it stop the target and take its breakpoints out)
     /// before the target is let go.
     pub moving: Option<std::sync::Arc<AtomicBool>>,
+    /// What the motions cost, read from another thread while one runs (the watcher keeps
+    /// breakpoint hits from stopping the target too much of the time).
+    pub meter: Option<std::sync::Arc<Meter>>,
+}
+
+/// What a motion's stops cost, counted as it goes: the stops it went on from and how long
+/// the target was held in them, from the stop reaching the debugger to the continue leaving.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// Stops a motion judged and went on from (conditions false, pass counts, filters,
+    /// commands ending in `g`, exceptions passed on).
+    pub went_on: std::sync::atomic::AtomicU64,
+    /// Nanoseconds the target was held in them.
+    pub held_nanos: std::sync::atomic::AtomicU64,
+    /// Hits that went on (condition, pass count, filters), by breakpoint number.
+    pub passed: std::sync::Mutex<BTreeMap<u32, u64>>,
+}
+
+impl Meter {
+    /// Adds a stop held `d` and gone on from.
+    pub fn add(&self, d: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.went_on.fetch_add(1, Relaxed);
+        self.held_nanos
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// A hit of breakpoint `id` went on.
+    pub fn pass(&self, id: u32) {
+        if let Ok(mut p) = self.passed.lock() {
+            *p.entry(id).or_insert(0) += 1;
+        }
+    }
+
+    /// Hits gone on so far, by breakpoint number.
+    pub fn passes(&self) -> BTreeMap<u32, u64> {
+        self.passed.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// (stops gone on from, time held) so far.
+    pub fn read(&self) -> (u64, std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.went_on.load(Relaxed),
+            std::time::Duration::from_nanos(self.held_nanos.load(Relaxed)),
+        )
+    }
 }
 
 impl std::fmt::Debug for dyn Record {
@@ -653,8 +700,14 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
         }
     };
     let mut status = status;
+    // When the stop being gone on from reached the debugger.
+    let mut held_since: Option<std::time::Instant> = None;
     loop {
+        if let (Some(since), Some(m)) = (held_since.take(), &e.control.meter) {
+            m.add(since.elapsed());
+        }
         let (stop, interrupted) = go_once(e, status, trace, until, deadline, cancel)?;
+        held_since = Some(std::time::Instant::now());
         status = DBG_CONTINUE;
         if interrupted {
             // The budget bounded how long the target ran; what is read to report the stop
@@ -678,6 +731,9 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
         if let Some(id) = hit_of(e, &stop) {
             if !judge(e, id, &stop)? {
                 passed += 1;
+                if let Some(m) = &e.control.meter {
+                    m.pass(id);
+                }
                 continue;
             }
             let (one_shot, command) = e

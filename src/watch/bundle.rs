@@ -30,13 +30,18 @@ pub const BUGCHECK_SCRIPT: &str = include_str!("../../scripts/bugcheck.kds");
 /// Why a capture happened.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Trigger {
-    /// `stopped` (bugcheck or exception), `sample`, `probe`, `dbgprint`, `manual`.
+    /// `stopped` (bugcheck or exception), `sample`, `probe`, `dbgprint`, `breakpoint`,
+    /// `manual`.
     pub kind: String,
     /// What exactly.
     pub detail: String,
     /// For a sample: what it found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample: Option<Value>,
+    /// For a breakpoint: which one, where, and the registers and stack at the hit
+    /// (`breakpoint`, `processor`, `thread`, `pc`, `registers`, `stack`, `text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hit: Option<Value>,
 }
 
 /// What to capture and where.
@@ -1023,6 +1028,12 @@ pub fn write(
         "Trigger:  {}: {}\n",
         job.trigger.kind, job.trigger.detail
     ));
+    if let Some(text) = job.trigger.hit.as_ref().and_then(|h| h["text"].as_str()) {
+        header.push_str("Hit:\n");
+        for l in text.lines() {
+            header.push_str(&format!("  {l}\n"));
+        }
+    }
     header.push_str(&format!(
         "Target:   {description}; build {build}; kernel base {}\n",
         addr(kernel_base)
@@ -1131,6 +1142,7 @@ mod tests {
             kind: "manual".into(),
             detail: String::new(),
             sample: None,
+            hit: None,
         };
         let f = findings(&steps, None, &t);
         assert_eq!(f["commit_failures"], 48440);
@@ -1242,6 +1254,7 @@ an unknown holder (its name could not be read) holds 2"
             kind: "manual".into(),
             detail: String::new(),
             sample: None,
+            hit: None,
         };
         let steps = vec![
             json!({ "command": "!deadlock", "result": {

@@ -21,6 +21,10 @@
 //! probe = "tcp:10.0.0.5:10250"
 //! probe_fail_after = "30s"
 //! dbgprint = ["*CimFS*error*"]
+//! # capture on a hit (WinDbg's bp/bu/ba, a condition with /w); count only
+//! breakpoints = ['bp /w "dwo(@rcx+0x30) == 0xc000000d" nt!IofCompleteRequest']
+//! count_breakpoints = ["bp bindflt!BfPreCreate"]
+//! max_hit_stop = "10%"           # the share of time judging hits may keep it stopped
 //! ```
 
 use std::net::IpAddr;
@@ -58,6 +62,13 @@ pub struct Common {
     pub probe_fail_after: Option<String>,
     /// DbgPrint patterns (`*` and `?` wildcards, matched anywhere in a line).
     pub dbgprint: Option<Vec<String>>,
+    /// Breakpoints whose hits capture (`bp`, `bu` or `ba` commands as WinDbg takes them).
+    pub breakpoints: Option<Vec<String>>,
+    /// Breakpoints whose hits are only counted.
+    pub count_breakpoints: Option<Vec<String>>,
+    /// The share of time the breakpoints' hits may keep the target stopped (`10%`), over
+    /// the last 10 s; past it they are taken out for a minute.
+    pub max_hit_stop: Option<String>,
     /// How long a capture may keep the target stopped (the older name of `max_stop`'s
     /// capture part).
     pub budget: Option<String>,
@@ -91,7 +102,7 @@ impl Common {
     /// The first setting of each field, in layer order.
     pub fn merge(layers: &[&Common]) -> Common {
         first!(layers; out, script, symbols, sample_every, wait_threshold, held_threshold, probe,
-            probe_every, probe_fail_after, dbgprint, budget, max_stop, command_budget, leave_stopped,
+            probe_every, probe_fail_after, dbgprint, breakpoints, count_breakpoints, max_hit_stop, budget, max_stop, command_budget, leave_stopped,
             max_per_hour, cooldown, on_capture, on_capture_timeout, copy_to)
     }
 
@@ -173,6 +184,71 @@ pub struct Triggers {
     pub probe_fail_after: Duration,
     /// DbgPrint patterns.
     pub dbgprint: Vec<String>,
+    /// Breakpoints: a hit captures, or is counted.
+    pub breakpoints: Vec<WatchBreakpoint>,
+}
+
+/// A breakpoint the watcher keeps in a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchBreakpoint {
+    /// The command that sets it (`bp /w "…" nt!IofCompleteRequest`).
+    pub command: String,
+    /// A hit captures (else it is only counted).
+    pub capture: bool,
+}
+
+/// Checks a breakpoint command the watcher is given: `bp`, `bu` or `ba`, and no command
+/// string (a hit runs the capture script, or is counted).
+pub fn watch_breakpoint(command: &str, capture: bool) -> Result<WatchBreakpoint, String> {
+    let c = command.trim();
+    let verb = c
+        .split(|ch: char| ch.is_whitespace() || ch == '/')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let verb = verb.trim_end_matches(|ch: char| ch.is_ascii_digit());
+    if !matches!(verb, "bp" | "bu" | "ba") {
+        return Err(format!(
+            "breakpoint {c:?}: give a bp, bu or ba command (`bp nt!IofCompleteRequest`)"
+        ));
+    }
+    // A quoted string is a condition only right after /w.
+    let mut rest = c;
+    while let Some(q) = rest.find('"') {
+        let before = rest[..q].trim_end();
+        let Some(end) = rest[q + 1..].find('"') else {
+            return Err(format!("breakpoint {c:?}: a quote is not closed"));
+        };
+        if !before.to_ascii_lowercase().ends_with("/w") {
+            return Err(format!(
+                "breakpoint {c:?}: a watched breakpoint takes no command string: a hit runs the capture script (or is counted); give a condition with /w \"EXPR\""
+            ));
+        }
+        rest = &rest[q + 1 + end + 1..];
+    }
+    if c.split_whitespace().count() < 2 {
+        return Err(format!("breakpoint {c:?}: where?"));
+    }
+    Ok(WatchBreakpoint {
+        command: c.to_string(),
+        capture,
+    })
+}
+
+/// Parses a share of time: `10%` or `0.1`.
+pub fn share(name: &str, s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| format!("{name}: {s:?} is not a share of time (10% or 0.1)"))?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(format!(
+            "{name}: {s:?} must be more than 0 and at most 100%"
+        ));
+    }
+    Ok(v)
 }
 
 /// How captures treat the target.
@@ -190,6 +266,8 @@ pub struct Policy {
     pub max_per_hour: u32,
     /// Quiet time after a capture.
     pub cooldown: Duration,
+    /// The share of time breakpoint hits may keep the target stopped.
+    pub max_hit_stop: f64,
 }
 
 /// What happens to a bundle once it is written.
@@ -237,6 +315,8 @@ fn dur(name: &str, v: &Option<String>, default: Duration) -> Result<Duration, St
 /// How long a sample may keep a target stopped unless told: well under a second at a LAN's
 /// round trips (a sample costs about a hundred).
 pub const DEFAULT_SAMPLE_MAX_STOP: Duration = Duration::from_millis(500);
+/// The share of time breakpoint hits may keep a target stopped unless told.
+pub const DEFAULT_MAX_HIT_STOP: f64 = 0.10;
 /// How long a capture may keep a target stopped unless told.
 pub const DEFAULT_CAPTURE_MAX_STOP: Duration = Duration::from_secs(120);
 
@@ -345,6 +425,19 @@ pub fn spec(name: &str, host: Listen, tags: Vec<String>, c: &Common) -> Result<T
             return Err("dbgprint: an empty pattern would match every line".into());
         }
     }
+    let mut breakpoints = Vec::new();
+    for (list, capture) in [(&c.breakpoints, true), (&c.count_breakpoints, false)] {
+        for b in list.iter().flatten() {
+            breakpoints.push(watch_breakpoint(b, capture)?);
+        }
+    }
+    if breakpoints.len() > kdnet_commands::control::MAX_SOFTWARE {
+        return Err(format!(
+            "{} breakpoints: the kernel's table holds {}",
+            breakpoints.len(),
+            kdnet_commands::control::MAX_SOFTWARE
+        ));
+    }
     Ok(TargetSpec {
         name: name.to_string(),
         host,
@@ -363,6 +456,7 @@ pub fn spec(name: &str, host: Listen, tags: Vec<String>, c: &Common) -> Result<T
                 Duration::from_secs(30),
             )?,
             dbgprint: c.dbgprint.clone().unwrap_or_default(),
+            breakpoints,
         },
         policy: Policy {
             budget: match ceilings.capture {
@@ -380,6 +474,10 @@ pub fn spec(name: &str, host: Listen, tags: Vec<String>, c: &Common) -> Result<T
             leave_stopped: c.leave_stopped.unwrap_or(false),
             max_per_hour: c.max_per_hour.unwrap_or(4),
             cooldown: dur("cooldown", &c.cooldown, Duration::from_secs(600))?,
+            max_hit_stop: match &c.max_hit_stop {
+                Some(s) => share("max_hit_stop", s)?,
+                None => DEFAULT_MAX_HIT_STOP,
+            },
         },
         script,
         out: c
@@ -606,6 +704,34 @@ mod tests {
         );
         assert!(Probe::parse("http:ftp://x").is_err());
         assert!(Probe::parse("cmd:").is_err());
+    }
+
+    #[test]
+    fn watched_breakpoints_are_bp_bu_or_ba_without_a_command_string() {
+        let b = watch_breakpoint(
+            r#"bp /w "dwo(@rcx+0x30) == 0xc000000d" nt!IofCompleteRequest"#,
+            true,
+        )
+        .unwrap();
+        assert!(b.capture);
+        assert!(watch_breakpoint("bu bindflt!BfPreCreate", false).is_ok());
+        assert!(watch_breakpoint("ba w8 fffff800`12345678", true).is_ok());
+        assert!(watch_breakpoint("bp1 nt!KeBugCheckEx", true).is_ok());
+        for (bad, says) in [
+            ("g", "bp, bu or ba"),
+            ("bl", "bp, bu or ba"),
+            ("bp", "where?"),
+            (r#"bp nt!IofCompleteRequest "kb; g""#, "no command string"),
+            (r#"bp /w "1 nt!X"#, "not closed"),
+        ] {
+            let e = watch_breakpoint(bad, true).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(share("x", "10%").unwrap(), 0.1);
+        assert_eq!(share("x", "0.25").unwrap(), 0.25);
+        for bad in ["0%", "150%", "ten", "-1"] {
+            assert!(share("x", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

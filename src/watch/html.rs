@@ -1039,6 +1039,9 @@ pub fn page(info: &Value, texts: &[(String, String)]) -> String {
     for (k, v) in rows {
         let _ = write!(s, "<dt>{k}</dt><dd>{}</dd>", esc(&v));
     }
+    if let Some(hit) = info["trigger"]["hit"]["text"].as_str() {
+        let _ = write!(s, "<dt>Hit</dt><dd><pre>{}</pre></dd>", esc(hit));
+    }
     if let Some(c) = info["continues"].as_object() {
         let _ = write!(
             s,

@@ -92,6 +92,14 @@ struct CaptureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HitLabels {
+    target: String,
+    tags: String,
+    breakpoint: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StopLabels {
     target: String,
     tags: String,
@@ -135,6 +143,7 @@ pub struct Metrics {
     state: Family<StateLabels, Gauge>,
     samples: Family<SampleLabels, Counter>,
     captures: Family<CaptureLabels, Counter>,
+    hits: Family<HitLabels, Counter>,
     stops: HistogramFamily,
     live: Arc<Live>,
     /// Held while a state change updates several series and while the page is written: a
@@ -165,6 +174,7 @@ impl Metrics {
         let state = Family::<StateLabels, Gauge>::default();
         let samples = Family::<SampleLabels, Counter>::default();
         let captures = Family::<CaptureLabels, Counter>::default();
+        let hits = Family::<HitLabels, Counter>::default();
         let stops: HistogramFamily = Family::new_with_constructor(stop_histogram);
         let live = Arc::new(Live::default());
         registry.register(
@@ -183,6 +193,11 @@ impl Metrics {
             captures.clone(),
         );
         registry.register(
+            "breakpoint_hits",
+            "Hits of the watcher's breakpoints (breakpoint: the command that set it) by outcome: captured, counted, skipped (a capture held back by the policy), passed (the condition, pass count or thread filter let it go on)",
+            hits.clone(),
+        );
+        registry.register(
             "stop_seconds",
             "How long a sample (kind=sample) or a capture (kind=capture) kept the target stopped",
             stops.clone(),
@@ -193,6 +208,7 @@ impl Metrics {
             state,
             samples,
             captures,
+            hits,
             stops,
             live,
             page: Mutex::new(()),
@@ -241,6 +257,23 @@ impl Metrics {
                 },
             );
         }
+    }
+
+    /// `n` more hits of `name`'s breakpoint `breakpoint` with `outcome`.
+    pub fn hits(&self, name: &str, breakpoint: &str, outcome: &str, n: u64) {
+        let tags = match self.live.targets.lock() {
+            Ok(all) => all.get(name).map(|w| w.tags.clone()).unwrap_or_default(),
+            Err(_) => return,
+        };
+        let _page = self.page.lock();
+        self.hits
+            .get_or_create(&HitLabels {
+                target: name.to_string(),
+                tags,
+                breakpoint: breakpoint.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// Reads `name`'s session counters from `session` at each scrape.

@@ -67,6 +67,20 @@ pub struct Args {
     /// may be given more than once.
     #[arg(long)]
     dbgprint: Vec<String>,
+    /// Keep this breakpoint in the target and capture when it is hit: a `bp`, `bu` or `ba`
+    /// command as WinDbg takes it, with a condition (`bp /w "EXPR" nt!IofCompleteRequest`);
+    /// may be given more than once. Rate limits and the stop ceiling apply to its captures.
+    #[arg(long, value_name = "COMMAND")]
+    breakpoint: Vec<String>,
+    /// Keep this breakpoint in the target and only count its hits (metrics, a note every
+    /// 5 s): as --breakpoint.
+    #[arg(long, value_name = "COMMAND")]
+    count_breakpoint: Vec<String>,
+    /// The share of time breakpoint hits (conditions judged, counts, captures skipped) may
+    /// keep the target stopped over the last 10 s; past it the breakpoints are taken out for
+    /// a minute and a note says so [default: 10%].
+    #[arg(long, value_name = "SHARE")]
+    max_hit_stop: Option<String>,
     /// Stop ceilings: how long one break-in may keep the target stopped, `DURATION` for every
     /// break-in or `sample=DURATION,capture=DURATION` [default: sample=500ms,capture=120s]. At
     /// the ceiling the target is let go on whatever is being read; the sample or capture keeps
@@ -158,6 +172,10 @@ impl Args {
             probe_every: self.probe_every.clone(),
             probe_fail_after: self.probe_fail_after.clone(),
             dbgprint: (!self.dbgprint.is_empty()).then(|| self.dbgprint.clone()),
+            breakpoints: (!self.breakpoint.is_empty()).then(|| self.breakpoint.clone()),
+            count_breakpoints: (!self.count_breakpoint.is_empty())
+                .then(|| self.count_breakpoint.clone()),
+            max_hit_stop: self.max_hit_stop.clone(),
             budget: self.budget.clone(),
             max_stop: self.max_stop.clone(),
             command_budget,

@@ -62,6 +62,7 @@ mod tests {
             leave_stopped: false,
             max_per_hour: per_hour,
             cooldown: Duration::from_secs(cooldown),
+            max_hit_stop: 0.1,
         }
     }
 

@@ -13,6 +13,8 @@ use kdnet_live::{Drops, Event, Link, Session};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+mod breaks;
+
 use super::bundle::{self, Job, Lost, Trigger};
 use super::config::{TargetSpec, matches};
 use super::hub::Hub;
@@ -116,6 +118,13 @@ pub struct Actor {
     /// A capture cut short by its stop ceiling: the next capture of the same hang goes on
     /// where it stopped.
     unfinished: Option<bundle::Continuation>,
+    /// The watcher's breakpoints in this target (None: it has none).
+    armed: Option<breaks::Armed>,
+    /// A capture for a breakpoint leaves the target stopped for the breakpoints to go on
+    /// from (rather than letting it go without them).
+    rearm_after_capture: bool,
+    /// Records a killed watcher left in this target were looked for.
+    recovered: bool,
 }
 
 /// How long a capture cut short may be gone on with: past this the hang is another moment's
@@ -156,6 +165,7 @@ impl Actor {
         lease: Duration,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Actor {
+        let spec_breakpoints = spec.triggers.breakpoints.clone();
         Actor {
             spec,
             host,
@@ -170,6 +180,9 @@ impl Actor {
             stop,
             owed: None,
             unfinished: None,
+            armed: breaks::Armed::new(&spec_breakpoints),
+            rearm_after_capture: false,
+            recovered: false,
         }
     }
 
@@ -216,6 +229,14 @@ impl Actor {
         let mut counters = tokio::time::interval(LINK_REPORT_EVERY);
         counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = Drops::default();
+        // With breakpoints: reboots (they are set again in the new kernel), the share of
+        // time their hits take (checked every second).
+        let (reboot_tx, mut reboot_rx) = mpsc::channel::<()>(4);
+        if self.armed.is_some() {
+            helpers.push(tokio::spawn(watch_reboots(self.host.clone(), reboot_tx)));
+        }
+        let mut hit_tick = tokio::time::interval(Duration::from_secs(1));
+        hit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *stop.borrow_and_update() {
                 break;
@@ -250,6 +271,15 @@ impl Actor {
                             "connected",
                             &s.peer.map_or_else(String::new, |p| p.to_string()),
                         );
+                        // Breakpoints a killed session left in this target come out first.
+                        if !self.recovered {
+                            self.recovered = true;
+                            if let Some(said) = crate::recovery::recover(&self.host).await {
+                                self.hub
+                                    .note(&self.spec.name, said.trim_start_matches("kdnet: "));
+                                continue;
+                            }
+                        }
                     }
                     if !stopped {
                         self.state("running", "");
@@ -269,7 +299,8 @@ impl Actor {
                     continue;
                 }
             }
-            if connected && stopped && self.held.is_none() {
+            let moving = self.armed.as_ref().is_some_and(|a| a.moving());
+            if connected && stopped && self.held.is_none() && !moving {
                 let detail = s.stop.map(|x| x.description).unwrap_or_default();
                 self.state(
                     "stopped",
@@ -279,12 +310,26 @@ impl Actor {
                     kind: "stopped".into(),
                     detail,
                     sample: None,
+                    hit: None,
                 };
                 let _ = self.capture(t, None, false).await;
                 continue;
             }
-            let running = connected && !stopped && self.held.is_none();
+            if connected
+                && self.held.is_none()
+                && self.armed.as_ref().is_some_and(|a| a.wants_arming())
+            {
+                self.arm().await;
+                continue;
+            }
+            let armed = self.armed.is_some();
+            let running = connected && self.held.is_none() && (moving || !stopped);
             let lease_end = self.held.as_ref().and_then(|h| h.lease);
+            let arm_at = self
+                .armed
+                .as_ref()
+                .filter(|a| !a.moving() && connected && self.held.is_none())
+                .and_then(|a| a.not_before);
             tokio::select! {
                 biased;
                 _ = stop.changed() => {}
@@ -301,20 +346,49 @@ impl Actor {
                     );
                     self.resume().await;
                 }
-                _ = counters.tick() => self.report_link(&mut reported),
+                out = breaks::motion_end(&mut self.armed) => self.after_motion(out, true).await,
+                _ = async { match arm_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                } } => {}
+                _ = hit_tick.tick(), if armed => self.check_hit_share().await,
+                Some(()) = reboot_rx.recv() => self.rebooted().await,
+                _ = counters.tick() => {
+                    self.report_link(&mut reported);
+                    self.report_hits();
+                }
                 alive = state_rx.changed() => if !alive { break },
                 req = self.rx.recv() => match req {
-                    Some(r) => self.request(r).await,
+                    Some(r) => {
+                        if !matches!(r, Request::Release(_)) {
+                            self.disarm().await;
+                        }
+                        self.request(r).await
+                    }
                     None => break,
                 },
-                _ = tick(&mut sampler) => if running { self.sample().await },
+                _ = tick(&mut sampler) => if running {
+                    self.disarm().await;
+                    self.sample().await
+                },
                 Some(t) = trig_rx.recv() => if running {
+                    self.disarm().await;
                     let _ = self.capture(t, None, false).await;
                 },
             }
         }
         for h in helpers {
             h.abort();
+        }
+        // The breakpoints come out (the motion breaks in to take them out) and the target
+        // goes on.
+        let moving = self.armed.as_ref().is_some_and(|a| a.moving());
+        if moving {
+            self.disarm().await;
+            self.report_hits();
+            if self.held.is_none() && self.host.status().stopped {
+                self.resume().await;
+            }
         }
         if self.held.is_some() && !self.spec.policy.leave_stopped {
             self.resume().await;
@@ -563,6 +637,7 @@ impl Actor {
                 n => format!("{} (and {} more findings)", found[0].summary, n - 1),
             },
             sample: Some(sample_json),
+            hit: None,
         };
         // A cut sample's engine read a stop that is over: the capture breaks in afresh.
         // A capture in the same stop counts its ceiling from the sample's break-in: one
@@ -608,7 +683,7 @@ impl Actor {
                 "capture-skipped",
                 &format!("{}: {} ({why})", t.kind, t.detail),
             );
-            if self.host.status().stopped && self.held.is_none() {
+            if self.host.status().stopped && self.held.is_none() && !self.rearm_after_capture {
                 self.resume().await;
             }
             return Err(why);
@@ -781,14 +856,26 @@ impl Actor {
                         lease: None,
                     });
                     self.state("stopped", "left stopped after the capture");
-                } else if !resumed && self.host.status().link == Link::Connected {
-                    self.resume().await;
+                } else {
+                    if !resumed
+                        && self.host.status().link == Link::Connected
+                        && !self.rearm_after_capture
+                    {
+                        self.resume().await;
+                    }
+                    // The breakpoints' engine (the same boot) goes back to them.
+                    if self.rearm_after_capture
+                        && let Some(a) = self.armed.as_mut()
+                        && a.engine.is_none()
+                    {
+                        a.engine = Some(engine);
+                    }
                 }
                 Ok(v)
             }
             Err(e) => {
                 self.state("capture-failed", &e);
-                if !keep && !resumed && self.host.status().stopped {
+                if !keep && !resumed && self.host.status().stopped && !self.rearm_after_capture {
                     self.resume().await;
                 }
                 Err(e)
@@ -817,6 +904,7 @@ impl Actor {
                     kind: "manual".into(),
                     detail: "asked for by a control client".into(),
                     sample: None,
+                    hit: None,
                 };
                 let r = if self.host.status().link != Link::Connected {
                     Err("the target is not connected".to_string())
@@ -952,6 +1040,7 @@ async fn watch_prints(host: Session, patterns: Vec<String>, tx: mpsc::Sender<Tri
                     kind: "dbgprint".into(),
                     detail: format!("{line:?} matched {p:?}"),
                     sample: None,
+                    hit: None,
                 });
             }
         }
@@ -1004,8 +1093,19 @@ async fn run_probe(
                         r.err().unwrap_or_default()
                     ),
                     sample: None,
+                    hit: None,
                 })
                 .await;
+        }
+    }
+}
+
+/// Tells the task of each reboot of the target.
+async fn watch_reboots(host: Session, tx: mpsc::Sender<()>) {
+    let mut events = host.events();
+    while let Some(ev) = events.next().await {
+        if let Event::Connected { rebooted: true, .. } = ev {
+            let _ = tx.send(()).await;
         }
     }
 }

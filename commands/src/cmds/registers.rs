@@ -26,7 +26,7 @@ pub(crate) const SYNTAX: Syntax = Syntax::params(&[Param {
 #[serde(untagged)]
 pub(crate) enum Registers {
     /// `r`: every general register, the flags and the processor.
-    All(AllRegisters),
+    All(Box<AllRegisters>),
     /// `r rip,rsp`: the registers asked for, by name.
     Chosen(ChosenRegisters),
 }
@@ -120,6 +120,10 @@ pub struct AllRegisters {
     /// `module!symbol+offset` of RIP (shown in the text only).
     #[serde(skip)]
     pub rip_symbol: String,
+    /// The instruction at RIP as `u` shows it (shown in the text only; absent when it cannot
+    /// be read).
+    #[serde(skip)]
+    pub instruction: Option<String>,
 }
 
 /// Segment selectors.
@@ -243,9 +247,11 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Registers
         }
     }
     let mut all = general(e, &c, e.processor);
+    // `r` ends with the instruction at RIP, as WinDbg's does.
+    all.instruction = crate::cmds::disasm::instruction_at(e, all.rip).map(|i| i.line());
     all.other = other;
     all.other_rows = other_rows;
-    Ok(Registers::All(all))
+    Ok(Registers::All(Box::new(all)))
 }
 
 /// The general registers, flags and segments of a context.
@@ -282,6 +288,7 @@ pub(crate) fn general(e: &mut Engine, c: &Context, processor: u32) -> AllRegiste
             gs: seg(c, 0x40),
         },
         rip_symbol: e.kernel.symbolize(rip),
+        instruction: None,
     }
 }
 
@@ -411,6 +418,10 @@ impl AllRegisters {
             out.push('\n');
         }
         out.push_str(&format!("{}:\n", self.rip_symbol));
+        if let Some(i) = &self.instruction {
+            out.push_str(i);
+            out.push('\n');
+        }
     }
 }
 
@@ -463,8 +474,9 @@ mod tests {
             other_rows: Vec::new(),
             segments: Segments::default(),
             rip_symbol: "nt!KeBugCheckEx".into(),
+            instruction: None,
         };
-        let j = serde_json::to_value(Registers::All(all)).unwrap();
+        let j = serde_json::to_value(Registers::All(Box::new(all))).unwrap();
         let o = j.as_object().unwrap();
         assert_eq!(o.len(), Reg::ALL.len() + 3);
         for (i, r) in Reg::ALL.into_iter().enumerate() {
