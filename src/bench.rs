@@ -1598,6 +1598,132 @@ async fn breakpoint_bench(delay: Duration) -> anyhow::Result<()> {
         m as f64 / stook.as_secs_f64()
     );
     outln!("  ({hits} of the judged hits were failed creates and stopped)");
+    watcher_hits_bench(delay).await
+}
+
+/// What a watcher's breakpoint sustains on the bindflt-race machine: its hits per second, the
+/// round trips of each and the share of the time the target was stopped, counting only and
+/// capturing each failed create.
+async fn watcher_hits_bench(delay: Duration) -> anyhow::Result<()> {
+    use crate::watch::{self, Control, config, hub::Hub};
+    use kdnet_live::{Listen, Session};
+    const CONDITION: &str = "bp /w \"dwo(@rcx+0x30) == 0xc000000d\" nt!IofCompleteRequest";
+    outln!(
+        "\nA watcher's breakpoint on the same machine, {CONDITION}, 10 s each (RTT {:?})",
+        delay * 2
+    );
+    outln!(
+        "  {:<34} {:>8} {:>8} {:>9} {:>8} {:>10} {:>10}",
+        "",
+        "judged",
+        "stopped",
+        "bundles",
+        "hits/s",
+        "RT per hit",
+        "held"
+    );
+    for capture in [false, true] {
+        let key = Key::from_bytes(kdnet::rng::os_random_32());
+        let hc = Listen {
+            bind: "127.0.0.1:0".parse()?,
+            key: key.clone(),
+            target: None,
+        };
+        let host = Session::listen(hc.clone()).await?;
+        let mut c = kdnet_sim::SimConfig::demo();
+        c.scenario = kdnet_sim::Scenario::BindfltRace;
+        c.resources = 2000;
+        c.print_every = Duration::from_secs(3600);
+        let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
+        tc.offer_interval = Duration::from_millis(500);
+        let link = LinkConfig {
+            latency: delay,
+            ..LinkConfig::default()
+        };
+        let _sim = kdnet_sim::start(c, tc, Some(link)).await?;
+        host.wait_connected(Duration::from_secs(30)).await?;
+        let out = std::env::temp_dir().join(format!("kdnet-bench-bp-{}", std::process::id()));
+        let script = out.join("hit.kds");
+        std::fs::create_dir_all(&out)?;
+        std::fs::write(&script, "k\n")?;
+        let (list, counted) = if capture {
+            (Some(vec![CONDITION.to_string()]), None)
+        } else {
+            (None, Some(vec![CONDITION.to_string()]))
+        };
+        let common = config::Common {
+            out: Some(out.clone()),
+            script: Some(script),
+            breakpoints: list,
+            count_breakpoints: counted,
+            max_hit_stop: Some("100%".into()),
+            max_per_hour: Some(1_000_000),
+            cooldown: Some("0s".into()),
+            ..config::Common::default()
+        };
+        let spec = config::spec("bench", hc, Vec::new(), &common).map_err(anyhow::Error::msg)?;
+        let hub = std::sync::Arc::new(Hub::new(None).silent());
+        let mut events = hub.subscribe();
+        let last = tokio::spawn(async move {
+            let mut last = serde_json::Value::Null;
+            let mut armed_at = None;
+            while let Ok(v) = events.recv().await {
+                if v["note"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("breakpoints set"))
+                {
+                    armed_at.get_or_insert_with(Instant::now);
+                }
+                if v["note"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("breakpoint hits"))
+                {
+                    last = v;
+                }
+            }
+            (last, armed_at)
+        });
+        let before = host.traffic();
+        watch::watch(
+            vec![(spec, host.clone())],
+            hub,
+            Control::Off,
+            watch::Limits {
+                max_captures: None,
+                duration: Some(Duration::from_secs(10)),
+                lease: Duration::from_secs(60),
+            },
+        )
+        .await?;
+        let rts = host.traffic().round_trips - before.round_trips;
+        let (last, armed_at) = last.await?;
+        let took = armed_at.map_or(Duration::from_secs(10), |t| t.elapsed());
+        let b = &last["breakpoints"][0];
+        let n = |k: &str| b[k].as_u64().unwrap_or(0);
+        let (stopped, judged) = (
+            n("captured") + n("counted") + n("skipped"),
+            n("captured") + n("counted") + n("skipped") + n("passed"),
+        );
+        let held = last["held_seconds"].as_f64().unwrap_or(0.0);
+        outln!(
+            "  {:<34} {:>8} {:>8} {:>9} {:>8.0} {:>10.2} {:>9.0}%",
+            if capture {
+                "capture each failed create"
+            } else {
+                "count the failed creates"
+            },
+            judged,
+            stopped,
+            n("captured"),
+            judged as f64 / took.as_secs_f64(),
+            rts as f64 / judged.max(1) as f64,
+            held * 100.0 / took.as_secs_f64()
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    outln!(
+        "  (round trips per hit include arming, the captures' and the ending's; held: the share of the time hits kept the target stopped, as the watcher measures it)"
+    );
     Ok(())
 }
 

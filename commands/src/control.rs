@@ -812,11 +812,94 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
             }
             return Ok(ended(Reason::Exception, None, vec![]));
         }
-        if let StopKind::Module { .. } = stop.kind {
-            return Ok(ended(Reason::Module, None, vec![]));
+        if let StopKind::Module {
+            unload,
+            base,
+            size,
+            path,
+        } = &stop.kind
+        {
+            let file = path.rsplit(['\\', '/']).next().unwrap_or("").to_string();
+            let changed = if *unload {
+                unresolve(e, *base, u64::from(*size))
+            } else {
+                resolve_deferred(e, &file)
+            };
+            if changed {
+                crate::cmds::run::sync_module_breaks(e)?;
+            }
+            let asked = if *unload {
+                &e.control.module_unloads
+            } else {
+                &e.control.module_loads
+            };
+            if module_named(asked, &file) {
+                return Ok(ended(Reason::Module, None, vec![]));
+            }
+            // A load only a deferred breakpoint waited for (or an unload that took one's
+            // module away): the target goes on with the breakpoints as they are now.
+            continue;
         }
         return Ok(ended(Reason::Other, None, vec![]));
     }
+}
+
+/// Whether `file` (`CimFS.sys`) is one of `names` (`*`, `cimfs.sys`, `cimfs`).
+pub fn module_named(names: &[String], file: &str) -> bool {
+    let file = file.to_ascii_lowercase();
+    let stem = file.rsplit_once('.').map_or(file.as_str(), |(s, _)| s);
+    names.iter().any(|n| {
+        let n = n.to_ascii_lowercase();
+        n == "*" || n == file || n == stem
+    })
+}
+
+/// The module `file` loaded: the deferred breakpoints waiting for it are resolved (the module
+/// list is read again, the target having run). Whether any was.
+fn resolve_deferred(e: &mut Engine, file: &str) -> bool {
+    let waiting: Vec<(u32, String)> = e
+        .control
+        .breakpoints
+        .values()
+        .filter(|b| b.deferred && b.address.is_none())
+        .filter(|b| {
+            b.spec
+                .split_once('!')
+                .is_some_and(|(m, _)| module_named(&[m.to_string()], file))
+        })
+        .map(|b| (b.id, b.spec.clone()))
+        .collect();
+    let mut any = false;
+    for (id, spec) in waiting {
+        if let Ok(a) = e.eval(&spec)
+            && let Some(b) = e.control.breakpoints.get_mut(&id)
+        {
+            b.address = Some(a);
+            any = true;
+        }
+    }
+    any
+}
+
+/// A module at `[base, base + size)` unloaded: the breakpoints in it wait for it to load again
+/// (a deferred one, or one set by a name) or are disabled (one set by an address: nothing says
+/// where that code will be). Whether any changed.
+fn unresolve(e: &mut Engine, base: u64, size: u64) -> bool {
+    let mut any = false;
+    for b in e.control.breakpoints.values_mut() {
+        if b.kind != BreakKind::Software || !b.address.is_some_and(|a| a >= base && a - base < size)
+        {
+            continue;
+        }
+        any = true;
+        if b.spec.contains('!') {
+            b.address = None;
+            b.deferred = true;
+        } else {
+            b.enabled = false;
+        }
+    }
+    any
 }
 
 /// Keeps the output of a hit that went on, the last [`MAX_HIT_OUTPUTS`] of them.

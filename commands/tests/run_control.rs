@@ -186,6 +186,50 @@ async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
             let again = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
             assert_eq!(again, after + 1, "{build}: the next create");
             run(e, build, "bc *");
+            // Module events: the container filter unloads (sxe ud stops there), so a `bu` on
+            // it waits; its next load stops (sxe ld) with the breakpoint resolved, and the
+            // next create hits it.
+            run(e, build, "sxe ud:wcnfs.sys");
+            let g = run(e, build, "g --max-seconds 60");
+            let s = &g["stops"][0];
+            assert_eq!(s["reason"], "module", "{build}: {g}");
+            let m = s["module"].as_str().unwrap();
+            assert!(
+                m.contains("(unload)") && m.ends_with("\\wcnfs.sys"),
+                "{build}: {m}"
+            );
+            assert_eq!(run(e, build, "lm m wcnfs")["modules"], Value::Array(vec![]));
+            run(e, build, "sxd ud:wcnfs.sys");
+            let set = run(e, build, "bu wcnfs!WcnPreCreate");
+            assert_eq!(set["breakpoint"]["address"], Value::Null, "{build}: {set}");
+            assert_eq!(set["breakpoint"]["deferred"], true);
+            run(e, build, "sxe ld:wcnfs");
+            let g = run(e, build, "g --max-seconds 60");
+            let s = &g["stops"][0];
+            assert_eq!(s["reason"], "module", "{build}: {g}");
+            let m = s["module"].as_str().unwrap();
+            assert!(
+                !m.contains("(unload)") && m.ends_with("\\wcnfs.sys"),
+                "{build}: {m}"
+            );
+            let bl = run(e, build, "bl");
+            assert_eq!(
+                u(&bl["breakpoints"][0]["address"]),
+                p.module_routine,
+                "{build}: {bl}"
+            );
+            run(e, build, "sxd ld:wcnfs");
+            let g = run(e, build, "g --max-seconds 60");
+            let s = &g["stops"][0];
+            assert_eq!(s["reason"], "breakpoint", "{build}: {g}");
+            assert_eq!(u(&s["pc"]), p.module_routine, "{build}");
+            assert_eq!(s["symbol"], "wcnfs!WcnPreCreate", "{build}");
+            let k = run(e, build, "k");
+            assert_eq!(
+                k["frames"][1]["call_site"], "FLTMGR!FltpCreate+0x34e",
+                "{build}: {k}"
+            );
+            run(e, build, "bc *");
         })
         .await;
         if done.is_none() {

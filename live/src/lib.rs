@@ -239,7 +239,7 @@ impl Target for LiveTarget {
 
     fn stop_event(&mut self) -> Option<StopEvent> {
         let s = self.host.state();
-        if s.run != RunState::Stopped {
+        if s.run != RunState::Stopped || s.passing {
             return None;
         }
         s.stop.as_ref().map(|sc| stop_event(sc, s.stops))
@@ -292,6 +292,7 @@ impl Target for LiveTarget {
                 {
                     let s = w.borrow_and_update();
                     if s.run == RunState::Stopped
+                        && !s.passing
                         && s.stops > went_at
                         && let Some(sc) = s.stop.as_ref()
                     {
@@ -546,12 +547,13 @@ fn status_of(s: &LinkState) -> Status {
             Phase::Silent => Link::Silent,
         },
         peer: s.target,
-        stopped: s.run == RunState::Stopped,
-        running: s.run == RunState::Running,
+        // A module event being continued at once is not a stop anyone reads.
+        stopped: s.run == RunState::Stopped && !s.passing,
+        running: s.run == RunState::Running || (s.run == RunState::Stopped && s.passing),
         stop: s
             .stop
             .as_ref()
-            .filter(|_| s.run == RunState::Stopped)
+            .filter(|_| s.run == RunState::Stopped && !s.passing)
             .map(stop_of),
         stops: s.stops,
     }

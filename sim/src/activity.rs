@@ -10,6 +10,13 @@
 //! jumps to `nt!IopfCompleteRequest`, as Windows' does), and returns the status. About one open
 //! in a thousand fails with STATUS_INVALID_PARAMETER; which ones is fixed by the create's
 //! number ([`fails`]).
+//!
+//! A container filter, `wcnfs.sys` (name virtualization, loaded as containers start and
+//! unloaded when the last one goes), loads while the machine runs and unloads again, by turns:
+//! unloaded for the first [`LOADS_EVERY`] creates, loaded for the next as many, and so on. Each
+//! load and unload is reported to the debugger (a load-symbols state change) as Windows reports
+//! them; while it is loaded each create first calls `wcnfs!WcnPreCreate`, then bindflt's
+//! routine.
 
 use iced_x86::code_asm::{CodeAssembler, byte_ptr, dword_ptr, eax, edx, qword_ptr, rax, rbx, rcx};
 
@@ -29,6 +36,18 @@ pub fn fails(n: u64) -> bool {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (z ^ (z >> 31)).is_multiple_of(1000)
+}
+
+/// Creates between the container filter's loads and unloads.
+pub const LOADS_EVERY: u64 = 4000;
+
+/// What the activity met that stops the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Met {
+    /// The processor stopped inside a call.
+    Step(Step),
+    /// The container filter loaded (true) or unloaded.
+    Module(bool),
 }
 
 /// Instructions one call may run before it is taken for a runaway (a bound on every walk).
@@ -62,6 +81,10 @@ pub struct Planted {
     /// Two counters bindflt's routine keeps in non-paged pool: creates it saw, and those it
     /// failed with STATUS_INVALID_PARAMETER (what a test reads back through the debugger).
     pub counters: u64,
+    /// `wcnfs!WcnPreCreate` (called while the container filter is loaded).
+    pub module_routine: u64,
+    /// The container filter's index among the machine's modules.
+    pub module: usize,
 }
 
 /// A call under way (stopped in the debugger or between polls).
@@ -69,6 +92,10 @@ pub struct Planted {
 struct Running {
     cpu: Cpu,
     steps: u32,
+    /// The create's number.
+    n: u64,
+    /// This is the container filter's call: bindflt's follows.
+    then_bindflt: bool,
 }
 
 /// The activity of a machine.
@@ -89,6 +116,8 @@ pub struct Activity {
     current: Option<Running>,
     /// Processor state the debugger may have changed, applied when the call goes on.
     pub pending: Option<Cpu>,
+    /// The container filter is loaded.
+    pub loaded: bool,
 }
 
 /// The bytes of a function: `frame`'s prolog at `ip`, then what `body` assembles, then the
@@ -122,6 +151,10 @@ impl Activity {
     /// written) and its IRP; [`Activity::write_code`] writes the code after.
     pub fn bindflt(sys: &mut System, opener: usize) -> Result<Activity, SimError> {
         let (pre_create, _) = sys.function("bindflt", "BfPreCreate")?;
+        // The container filter: its image mapped, not in the loader's list until it loads.
+        let module = sys.add_module("wcnfs.sys", "wcnfs");
+        sys.modules[module].listed = false;
+        let (module_routine, _) = sys.function("wcnfs", "WcnPreCreate")?;
         let (complete, _) = sys.function("nt", "IofCompleteRequest")?;
         let (worker, _) = sys.function("nt", "IopfCompleteRequest")?;
         let t = &sys.threads[opener];
@@ -162,6 +195,8 @@ impl Activity {
                 irp_stack_count: sys.k.off("_IRP", "StackCount")?,
                 irp_current_location: sys.k.off("_IRP", "CurrentLocation")?,
                 counters,
+                module_routine,
+                module,
             },
             thread: opener,
             entry_rsp,
@@ -170,6 +205,7 @@ impl Activity {
             failed: 0,
             current: None,
             pending: None,
+            loaded: false,
         })
     }
 
@@ -208,6 +244,13 @@ impl Activity {
             ));
         }
         sys.k.write(p.pre_create, &code);
+        // The container filter's routine looks at the IRP and lets the create go on.
+        let f = frame_of(sys, "wcnfs", "WcnPreCreate")?;
+        let code = function(p.module_routine, &f, "WcnPreCreate", |a| {
+            a.mov(eax, dword_ptr(rcx + status))?;
+            Ok(())
+        })?;
+        sys.k.write(p.module_routine, &code);
         let f = frame_of(sys, "nt", "IopfCompleteRequest")?;
         let code = function(p.complete_worker, &f, "IopfCompleteRequest", |a| {
             // Completed: no stack location holds it any more.
@@ -244,30 +287,27 @@ impl Activity {
     }
 
     /// Runs creates until `due` have started and finished, or something stops the processor
-    /// (returned with the step that stopped it; the call stays under way).
-    pub fn run(&mut self, k: &mut Kernel, due: u64, dr7: u64, dr: [u64; 4]) -> Option<Step> {
+    /// (returned with the step that stopped it; the call stays under way), or the container
+    /// filter loads or unloads (before the create that finds it so).
+    pub fn run(&mut self, k: &mut Kernel, due: u64, dr7: u64, dr: [u64; 4]) -> Option<Met> {
         loop {
             if self.current.is_none() {
                 if self.started >= due {
                     return None;
                 }
                 let n = self.started;
+                let loaded = self.planted.module_routine != 0 && (n / LOADS_EVERY) % 2 == 1;
+                if loaded != self.loaded {
+                    self.loaded = loaded;
+                    return Some(Met::Module(loaded));
+                }
                 self.started += 1;
                 // The opener's state for the call: rcx the IRP, edx the status bindflt
                 // decided, the return address into FltpCreate on its stack.
                 let p = &self.planted;
                 k.w8(p.irp + p.irp_current_location, 2);
                 k.w32(p.irp + p.irp_status, 0x103);
-                let mut cpu = Cpu::new(p.pre_create, self.entry_rsp);
-                cpu.regs[1] = p.irp;
-                cpu.regs[2] = if fails(n) {
-                    u64::from(STATUS_INVALID_PARAMETER)
-                } else {
-                    0
-                };
-                cpu.dr7 = dr7;
-                cpu.dr = dr;
-                self.current = Some(Running { cpu, steps: 0 });
+                self.current = Some(call(&self.planted, self.entry_rsp, n, loaded, dr7, dr));
             }
             let r = self.current.as_mut().expect("set above");
             if let Some(c) = self.pending.take() {
@@ -279,6 +319,12 @@ impl Activity {
             };
             loop {
                 if r.cpu.rip == self.planted.return_address && r.cpu.rsp() == self.entry_rsp + 8 {
+                    if r.then_bindflt {
+                        // The container filter's routine returned: bindflt's is called next.
+                        let (n, dr7, dr) = (r.n, r.cpu.dr7, r.cpu.dr);
+                        *r = call(&self.planted, self.entry_rsp, n, false, dr7, dr);
+                        continue;
+                    }
                     self.finished += 1;
                     if r.cpu.regs[0] as u32 == STATUS_INVALID_PARAMETER {
                         self.failed += 1;
@@ -289,17 +335,42 @@ impl Activity {
                 if r.steps >= MAX_STEPS {
                     let at = r.cpu.rip;
                     self.current = None;
-                    return Some(Step::Fault(format!(
+                    return Some(Met::Step(Step::Fault(format!(
                         "the create ran {MAX_STEPS} instructions without returning (at {at:#x})"
-                    )));
+                    ))));
                 }
                 r.steps += 1;
                 match r.cpu.step(&mut bus) {
                     Step::Ran => {}
-                    s => return Some(s),
+                    s => return Some(Met::Step(s)),
                 }
             }
         }
+    }
+}
+
+/// The call for create `n`: the container filter's routine first while it is loaded, else
+/// bindflt's.
+fn call(p: &Planted, entry_rsp: u64, n: u64, filter: bool, dr7: u64, dr: [u64; 4]) -> Running {
+    let entry = if filter {
+        p.module_routine
+    } else {
+        p.pre_create
+    };
+    let mut cpu = Cpu::new(entry, entry_rsp);
+    cpu.regs[1] = p.irp;
+    cpu.regs[2] = if fails(n) {
+        u64::from(STATUS_INVALID_PARAMETER)
+    } else {
+        0
+    };
+    cpu.dr7 = dr7;
+    cpu.dr = dr;
+    Running {
+        cpu,
+        steps: 0,
+        n,
+        then_bindflt: filter,
     }
 }
 

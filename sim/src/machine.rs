@@ -373,8 +373,41 @@ impl Machine {
         let dr = self.drs.get(cpu).copied().unwrap_or_default();
         let dr7 = self.dr7;
         let System { k, activity, .. } = &mut self.sys;
-        let step = activity.as_mut()?.run(k, due, dr7, dr)?;
-        self.call_stop(step)
+        match activity.as_mut()?.run(k, due, dr7, dr)? {
+            crate::activity::Met::Step(step) => self.call_stop(step),
+            crate::activity::Met::Module(load) => self.module_stop(load),
+        }
+    }
+
+    /// The container driver loaded or unloaded: the loader's list says so, and the debugger is told as
+    /// Windows tells it (a load-symbols state change from the processor that loaded it).
+    fn module_stop(&mut self, load: bool) -> Option<StateChange64> {
+        let a = self.sys.activity.as_ref()?;
+        let (module, cpu, thread) = (a.planted.module, a.planted.cpu, a.thread());
+        let (base, size, path) = match self.sys.set_module_loaded(module, load) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(
+                    "the simulated module could not be {}: {e}",
+                    if load { "loaded" } else { "unloaded" }
+                );
+                return None;
+            }
+        };
+        self.freeze_clock();
+        let mut sc = self.break_state(cpu, status::BREAKPOINT);
+        sc.new_state = kdnet::api::state_change::STATE_LOAD_SYMBOLS;
+        sc.thread = self.sys.threads[thread].ethread;
+        let checksum = 0;
+        sc.event = StateEvent::LoadSymbols(kdnet::api::LoadSymbols64 {
+            base,
+            process_id: 0,
+            checksum,
+            size,
+            unload: !load,
+            path,
+        });
+        Some(sc)
     }
 
     /// Runs `creates` more of the activity's calls now, whatever the clock says (tests): the

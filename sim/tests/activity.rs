@@ -7,7 +7,7 @@ mod common;
 use iced_x86::{Decoder, DecoderOptions};
 use kdnet::api::{Reg, StateEvent, status};
 use kdnet::target::{Resume, TargetHandler};
-use kdnet_sim::activity::{STATUS_INVALID_PARAMETER, fails};
+use kdnet_sim::activity::{LOADS_EVERY, STATUS_INVALID_PARAMETER, fails};
 use kdnet_sim::{Machine, Scenario};
 
 fn machine(build: u32) -> Option<Machine> {
@@ -38,7 +38,20 @@ fn creates_run_through_bindflt_and_complete_through_iofcompleterequest() {
     for build in common::BUILDS {
         let Some(mut m) = machine(build) else { return };
         let p = m.facts().activity.clone().expect("planted");
-        assert!(m.drive(5_000).is_none(), "{build}: nothing stops it");
+        // The container filter loads before create 4000 (reported as Windows reports a
+        // load); nothing else stops it.
+        let sc = m.drive(5_000).expect("the filter's load");
+        let StateEvent::LoadSymbols(l) = &sc.event else {
+            panic!("{build}: {sc:?}")
+        };
+        assert!(
+            !l.unload && l.path.ends_with("\\wcnfs.sys"),
+            "{build}: {l:?}"
+        );
+        assert_eq!(sc.processor, p.cpu, "{build}");
+        assert_eq!(m.activity().unwrap().finished, LOADS_EVERY, "{build}");
+        go(&mut m, false);
+        assert!(m.drive(1_000).is_none(), "{build}: nothing stops it");
         let failures = (0..5_000).filter(|&n| fails(n)).count() as u64;
         assert!(failures > 0);
         let a = m.activity().unwrap();
@@ -53,6 +66,16 @@ fn creates_run_through_bindflt_and_complete_through_iofcompleterequest() {
             irp[p.irp_current_location as usize],
         );
         assert_eq!(current, count + 1, "{build}");
+        // It unloads before create 8000, at the same base.
+        let sc = m.drive(3_001).expect("the filter's unload");
+        let StateEvent::LoadSymbols(u) = &sc.event else {
+            panic!("{build}: {sc:?}")
+        };
+        assert!(
+            u.unload && u.base == l.base && u.size == l.size,
+            "{build}: {u:?}"
+        );
+        assert_eq!(m.activity().unwrap().finished, 2 * LOADS_EVERY, "{build}");
     }
 }
 

@@ -454,7 +454,21 @@ pub(crate) fn sync_module_breaks(e: &mut Engine) -> Result<(), CmdError> {
             load.push(module.to_string());
         }
     }
-    let unload = e.control.module_unloads.clone();
+    // The unloads of modules breakpoints are in, so that they are taken back to waiting.
+    let mut unload = e.control.module_unloads.clone();
+    for b in e.control.breakpoints.values() {
+        if b.kind == BreakKind::Software
+            && b.address.is_some()
+            && let Some((module, _)) = b.spec.split_once('!')
+            && module != "nt"
+        {
+            unload.push(module.to_string());
+        }
+    }
+    unload.sort();
+    unload.dedup();
+    load.sort();
+    load.dedup();
     match e.kernel.mem.target().set_module_breaks(load, unload) {
         Ok(()) => Ok(()),
         // A dump has no module events; its breakpoints are only listed.

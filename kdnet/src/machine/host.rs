@@ -223,6 +223,9 @@ pub struct LinkState {
     /// reports a stop in the instructions they lie in (it takes them out itself), and by a
     /// new boot.
     pub breakpoints: Vec<(u32, u64)>,
+    /// The stop is a module event nobody asked to stop on, being continued at once: the
+    /// target is stopped in the protocol's sense, not for anyone reading it.
+    pub passing: bool,
 }
 
 impl LinkState {
@@ -235,6 +238,7 @@ impl LinkState {
             stops: 0,
             unauthenticated: 0,
             breakpoints: Vec::new(),
+            passing: false,
         }
     }
 }
@@ -986,6 +990,7 @@ impl HostMachine {
                 self.state.run = RunState::Stopped;
                 self.state.stop = Some(sc.clone());
                 self.state.stops += 1;
+                self.state.passing = false;
                 // The kernel took the breakpoints in the reported instructions out.
                 let (pc, n) = (
                     sc.program_counter,
@@ -1003,6 +1008,7 @@ impl HostMachine {
                 {
                     // Reported and continued at once: the target is not left waiting for a
                     // load nobody asked to stop on.
+                    self.state.passing = true;
                     self.output
                         .push_back(Output::Event(HostEvent::Module(l.clone())));
                     self.on_stopped(now);
@@ -1062,6 +1068,7 @@ impl HostMachine {
     }
 
     fn set_running(&mut self) {
+        self.state.passing = false;
         if self.state.run != RunState::Running {
             self.state.run = RunState::Running;
             self.state.stop = None;

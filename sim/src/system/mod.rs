@@ -108,6 +108,11 @@ pub struct ModuleRec {
     pub short: String,
     /// Its symbol table, when it has one (nt).
     pub has_table: bool,
+    /// In the loader's list now (a module that loads while the machine runs is not, at
+    /// first).
+    pub listed: bool,
+    /// Its loader entry (written with the list).
+    pub ldr: u64,
     /// The table of its own the project provides for it (FLTMGR.SYS), which places its
     /// functions and globals.
     pub own: Option<std::sync::Arc<TypeTable>>,
@@ -310,6 +315,8 @@ impl System {
                 image: nt_image,
                 short: "nt".into(),
                 has_table: true,
+                listed: true,
+                ldr: 0,
                 own: None,
             }],
             processes: Vec::new(),

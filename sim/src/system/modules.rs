@@ -63,6 +63,8 @@ impl System {
             image: img,
             short: short.to_string(),
             has_table: false,
+            listed: true,
+            ldr: 0,
             own: fltmgr,
         });
         self.modules.len() - 1
@@ -136,6 +138,38 @@ impl System {
         }
     }
 
+    /// Loads (links into the loader's list) or unloads module `i`, one made with
+    /// [`System::add_module`] and `listed` false; its image stays mapped. Returns what the
+    /// debugger's load-symbols report carries: (base, size, path).
+    pub fn set_module_loaded(
+        &mut self,
+        i: usize,
+        loaded: bool,
+    ) -> Result<(u64, u32, String), SimError> {
+        let head = self.k.sym("PsLoadedModuleList")?;
+        let ty = self.k.families.loader_entry;
+        let m = self
+            .modules
+            .get(i)
+            .ok_or_else(|| SimError::Config(format!("no module {i}")))?;
+        let (ldr, was, image) = (m.ldr, m.listed, &m.image);
+        let out = (image.base, image.size, image.path.clone());
+        if ldr == 0 {
+            return Err(SimError::Config(format!(
+                "module {} has no loader entry",
+                image.name
+            )));
+        }
+        let links = ldr + self.k.off(ty, "InLoadOrderLinks")?;
+        match (was, loaded) {
+            (false, true) => self.k.list_append(head, links),
+            (true, false) => self.k.list_remove(links),
+            _ => {}
+        }
+        self.modules[i].listed = loaded;
+        Ok(out)
+    }
+
     pub(super) fn write_module_list(&mut self) -> Result<(), SimError> {
         let head = self.k.sym("PsLoadedModuleList")?;
         let ty = self.k.families.loader_entry;
@@ -149,8 +183,15 @@ impl System {
                 .pool
                 .alloc(&mut self.k, PoolKind::NonPaged, size + 0x200, tag("MmLd"))?;
             let strings = e + size.div_ceil(16) * 16;
+            self.modules[i].ldr = e;
+            let listed = self.modules[i].listed;
             let k = &mut self.k;
-            k.list_append(head, e + k.off(ty, "InLoadOrderLinks")?);
+            let links = e + k.off(ty, "InLoadOrderLinks")?;
+            if listed {
+                k.list_append(head, links);
+            } else {
+                k.list_init(links);
+            }
             k.set(e, ty, "DllBase", base)?;
             k.set(e, ty, "EntryPoint", base + 0x1000)?;
             k.set(e, ty, "SizeOfImage", u64::from(size_of_image))?;
