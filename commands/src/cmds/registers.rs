@@ -248,7 +248,10 @@ pub(crate) fn run(e: &mut Engine, _verb: &str, a: &Args<'_>) -> Result<Registers
     }
     let mut all = general(e, &c, e.processor);
     // `r` ends with the instruction at RIP, as WinDbg's does.
-    all.instruction = crate::cmds::disasm::instruction_at(e, all.rip).map(|i| i.line());
+    all.instruction = Some(crate::cmds::disasm::instruction_at(e, all.rip).map_or_else(
+        || format!("{} ??              ???", crate::engine::addr(all.rip)),
+        |i| i.line(),
+    ));
     all.other = other;
     all.other_rows = other_rows;
     Ok(Registers::All(Box::new(all)))

@@ -1083,7 +1083,10 @@ impl HostMachine {
         };
         let done = match self.active.as_ref().map(|a| &a.run) {
             Some(Run::BreakIn { .. }) => Some(Done::Stopped(stop)),
-            Some(Run::Probe { .. }) => Some(Done::Probed(Some(stop))),
+            // A module event being continued at once is not a stop the probe reports: the
+            // target is about to run (the probe ends when its wait does, and the continue
+            // follows).
+            Some(Run::Probe { .. }) if !self.state.passing => Some(Done::Probed(Some(stop))),
             // A continue whose acknowledgement was lost, and the target stopped again after
             // it (a single step): it ran. What is still in flight for it is moot.
             Some(Run::Resume { stops, .. }) if self.state.stops > *stops => {
@@ -1321,8 +1324,9 @@ impl HostMachine {
         }
     }
 
+    /// The stop the target is in, unless it is a module event being continued at once.
     fn stopped(&self) -> Option<StateChange64> {
-        (self.state.run == RunState::Stopped)
+        (self.state.run == RunState::Stopped && !self.state.passing)
             .then(|| self.state.stop.clone())
             .flatten()
     }
