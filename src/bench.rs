@@ -1590,7 +1590,7 @@ async fn breakpoint_bench(delay: Duration) -> anyhow::Result<()> {
     let (m, srts, stook) = stops;
     outln!(
         "  {:<44} {:>8} {:>12} {:>8.2} {:>10.2} ms {:>10.0}",
-        "a stop shown per g (motion least 4; + module list)",
+        "a stop shown per g (least 4)",
         m,
         srts,
         srts as f64 / m.max(1) as f64,

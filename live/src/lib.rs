@@ -237,6 +237,10 @@ impl Target for LiveTarget {
         Some(copy_read(r, buf, address))
     }
 
+    fn module_generation(&mut self) -> Option<u64> {
+        Some(self.host.state().module_events)
+    }
+
     fn stop_event(&mut self) -> Option<StopEvent> {
         let s = self.host.state();
         if s.run != RunState::Stopped || s.passing {

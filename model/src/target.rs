@@ -336,6 +336,13 @@ pub trait Target: Send {
         None
     }
 
+    /// A number that stays the same while the loaded modules do (a live target that reports
+    /// every load and unload); None when that is not known, and a module list must be read
+    /// again whenever the target has run.
+    fn module_generation(&mut self) -> Option<u64> {
+        None
+    }
+
     /// Writes a breakpoint (`int 3`) at `address` through the kernel's table; its handle.
     fn write_breakpoint(&mut self, _address: u64) -> Result<u32, TargetError> {
         Err(TargetError::Unsupported("set breakpoints"))

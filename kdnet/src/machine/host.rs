@@ -226,6 +226,11 @@ pub struct LinkState {
     /// The stop is a module event nobody asked to stop on, being continued at once: the
     /// target is stopped in the protocol's sense, not for anyone reading it.
     pub passing: bool,
+    /// Moments after which the loaded modules may differ from before: module loads and unloads
+    /// reported, handshakes (a new boot, a session that began anew) and silences (what
+    /// happened while nothing was heard is not known). A reader's module list is good while
+    /// this stays the same.
+    pub module_events: u64,
 }
 
 impl LinkState {
@@ -239,6 +244,7 @@ impl LinkState {
             unauthenticated: 0,
             breakpoints: Vec::new(),
             passing: false,
+            module_events: 0,
         }
     }
 }
@@ -820,6 +826,7 @@ impl HostMachine {
     fn declare_gone(&mut self, silent: Duration) {
         tracing::warn!(after = ?silent, "the target stopped answering");
         self.state.phase = Phase::Silent;
+        self.state.module_events += 1;
         self.stats.silences += 1;
         self.output
             .push_back(Output::Event(HostEvent::Silent { after: silent }));
@@ -847,6 +854,7 @@ impl HostMachine {
         now: Instant,
     ) {
         tracing::info!(%peer, ?reason, ?moved_from, "KDNET handshake proven");
+        self.state.module_events += 1;
         self.heard(now);
         self.kd.new_session();
         if reason == HandshakeReason::Rebooted {
@@ -991,6 +999,9 @@ impl HostMachine {
                 self.state.stop = Some(sc.clone());
                 self.state.stops += 1;
                 self.state.passing = false;
+                if matches!(sc.event, StateEvent::LoadSymbols(_)) {
+                    self.state.module_events += 1;
+                }
                 // The kernel took the breakpoints in the reported instructions out.
                 let (pc, n) = (
                     sc.program_counter,

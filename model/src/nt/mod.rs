@@ -119,6 +119,9 @@ pub struct Kernel {
     modules_partial: Option<String>,
     /// Reading the module list failed during this command.
     modules_error: Option<ModelError>,
+    /// The target's module generation when `modules` was read (see
+    /// [`Target::module_generation`]): while it holds, the list is kept across runs.
+    modules_generation: Option<u64>,
     /// Processors' registers read while the target stays stopped.
     contexts: HashMap<u32, kdnet_arch::Context>,
     /// The memory epoch `contexts` belong to.
@@ -171,6 +174,7 @@ impl Kernel {
             nt_retry: None,
             modules_partial: None,
             modules_error: None,
+            modules_generation: None,
             contexts: HashMap::new(),
             contexts_epoch: 0,
         };

@@ -117,8 +117,18 @@ impl Kernel {
         let e = self.mem.epoch();
         if e != self.epoch {
             self.epoch = e;
-            if let Some(m) = self.modules.take() {
-                self.earlier = m;
+            // A whole list read since the last module event (the target reports every load
+            // and unload) is still the list: kept. Otherwise read again.
+            let now = self.mem.target().module_generation();
+            let keep = now.is_some()
+                && now == self.modules_generation
+                && self.modules_partial.is_none()
+                && self.modules_error.is_none();
+            if !keep {
+                self.modules_generation = None;
+                if let Some(m) = self.modules.take() {
+                    self.earlier = m;
+                }
             }
             self.modules_partial = None;
             self.modules_error = None;
@@ -135,6 +145,7 @@ impl Kernel {
             return Err(e.clone());
         }
         if self.modules.is_none() {
+            let generation = self.mem.target().module_generation();
             let (mut list, partial) = match self.load_modules() {
                 Ok(x) => x,
                 Err(e) => {
@@ -164,6 +175,7 @@ impl Kernel {
                     self.notes.push(note);
                 }
             }
+            self.modules_generation = generation.filter(|_| partial.is_none());
             self.modules_partial = partial;
             self.modules = Some(list);
         }
