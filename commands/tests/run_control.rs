@@ -1,6 +1,7 @@
 //! Run control over real KDNET on loopback: breakpoints, single steps and `gu` on the
 //! simulated machine of every shared build, whose opener thread runs bindflt's create path
-//! instruction by instruction; a conditional breakpoint judged at every one of 10,000 creates.
+//! instruction by instruction; a conditional breakpoint judged at every one of 10,000 creates
+//! (the failed ones and the IRPs completed twice stop).
 
 mod common;
 
@@ -193,11 +194,18 @@ async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
             let same = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
             assert_eq!(same, after, "{build}");
             // Going on from it does not fire it again at once: the next stop is the next
-            // create's.
+            // create's (or, for one create in 2,500, the same create completing its IRP a
+            // second time: the IRP then shows completed).
             let g = run(e, build, "g --max-seconds 60");
             assert_eq!(u(&g["stops"][0]["pc"]), p.complete, "{build}");
             let again = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
-            assert_eq!(again, after + 1, "{build}: the next create");
+            let irp = run(e, build, &format!("db {:x} L50", p.irp));
+            let byte = |o: u64| u(&irp["values"][o as usize]);
+            if byte(p.irp_current_location) == byte(p.irp_stack_count) + 1 {
+                assert_eq!(again, after, "{build}: the second completion");
+            } else {
+                assert_eq!(again, after + 1, "{build}: the next create");
+            }
             run(e, build, "bc *");
             // Module events: the container filter unloads (sxe ud stops there), so a `bu` on
             // it waits; its next load stops (sxe ld) with the breakpoint resolved, and the
@@ -252,38 +260,56 @@ async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_conditional_breakpoint_stops_on_exactly_the_failed_creates_of_ten_thousand() {
+async fn a_conditional_breakpoint_stops_on_exactly_the_failed_creates_and_second_completions_of_ten_thousand()
+ {
     let build = 20348;
     let Some((creates, failures, hits, passed)) = session(build, move |e, p| {
         let counters = |e: &mut Engine| {
-            let q = run(e, build, &format!("dq {:x} L2", p.counters));
+            let q = run(e, build, &format!("dq {:x} L3", p.counters));
             let v = q["values"].clone();
-            (u(&v[0]), u(&v[1]))
+            (u(&v[0]), u(&v[1]), u(&v[2]))
         };
-        let (creates0, failures0) = counters(e);
+        let (creates0, failures0, twice0) = counters(e);
+        // A failed create, or an IRP completed already (CurrentLocation past its last stack
+        // location: the second completion of one IRP).
+        let (cl, sc) = (p.irp_current_location, p.irp_stack_count);
         run(
             e,
             build,
-            "bp /w \"dwo(@rcx+0x30) == 0xc000000d\" nt!IofCompleteRequest",
+            &format!(
+                "bp /w \"(dwo(@rcx+0x30) == 0xc000000d) | (by(@rcx+{cl:#x}) == by(@rcx+{sc:#x}) + 1)\" nt!IofCompleteRequest"
+            ),
         );
-        let (mut hits, mut passed) = (0u64, 0u64);
+        let (mut hits, mut passed, mut seconds) = (0u64, 0u64, 0u64);
         loop {
             let g = run(e, build, "g --max-seconds 60");
             let s = &g["stops"][0];
             assert_eq!(s["reason"], "breakpoint", "{g}");
             hits += 1;
             passed += u(&g["passed"]);
-            // The IRP it stopped for failed.
-            let st = run(e, build, "dd @rcx+0x30 L1");
-            assert_eq!(u(&st["values"][0]), 0xC000_000D);
-            let (c, f) = counters(e);
-            // Every create so far reached the breakpoint once: the failed ones stopped, the
-            // others were judged and went on.
-            assert_eq!(c - creates0, hits + passed);
-            assert_eq!(f - failures0, hits);
+            // The IRP it stopped for failed, or was completed before.
+            let st = u(&run(e, build, "dd @rcx+0x30 L1")["values"][0]);
+            let irp = run(e, build, &format!("db @rcx L{:x}", cl + 1));
+            let done = u(&irp["values"][cl as usize]) == u(&irp["values"][sc as usize]) + 1;
+            assert!(st == 0xC000_000D || done, "{build}: status {st:#x}: {irp}");
+            if done {
+                seconds += 1;
+                // Completed twice from bindflt's routine, after its first completion.
+                let k = run(e, build, "k");
+                let site = k["frames"][1]["call_site"].as_str().unwrap();
+                assert!(site.starts_with("bindflt!BfPreCreate+0x"), "{k}");
+            }
+            let (c, f, t) = counters(e);
+            // Every completion so far reached the breakpoint: the failed creates and the
+            // second completions stopped, the others were judged and went on.
+            assert_eq!(c - creates0 + (t - twice0), hits + passed);
+            assert_eq!(f - failures0 + (t - twice0), hits, "{build}");
+            assert_eq!(t - twice0, seconds, "{build}");
             if c - creates0 >= 10_000 {
                 run(e, build, "bc *");
-                return (c - creates0, f - failures0, hits, passed);
+                // Any 10,000 creates in a row hold four completed twice.
+                assert!(seconds >= 4, "{build}: {seconds}");
+                return (c - creates0, f - failures0, hits - seconds, passed);
             }
         }
     })

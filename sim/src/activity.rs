@@ -9,7 +9,9 @@
 //! bindflt sets the IRP's status and completes it through `nt!IofCompleteRequest` (which
 //! jumps to `nt!IopfCompleteRequest`, as Windows' does), and returns the status. About one open
 //! in a thousand fails with STATUS_INVALID_PARAMETER; which ones is fixed by the create's
-//! number ([`fails`]).
+//! number ([`fails`]). One in 2,500 has its IRP completed twice ([`completes_twice`]): the
+//! second `IofCompleteRequest` finds it completed (CurrentLocation past its last stack
+//! location), which a conditional breakpoint catches before anything is corrupted.
 //!
 //! A container filter, `wcnfs.sys` (name virtualization, loaded as containers start and
 //! unloaded when the last one goes), loads while the machine runs and unloads again, by turns:
@@ -50,6 +52,13 @@ pub enum Met {
     Module(bool),
 }
 
+/// Whether create number `n` (from 0) has its IRP completed twice by bindflt's routine (a
+/// driver bug of the kind that ends in bugcheck 0x44, MULTIPLE_IRP_COMPLETE_REQUESTS): one in
+/// 2,500, at fixed places (so any 10,000 creates in a row hold exactly four).
+pub fn completes_twice(n: u64) -> bool {
+    n % 2500 == 1249
+}
+
 /// Instructions one call may run before it is taken for a runaway (a bound on every walk).
 const MAX_STEPS: u32 = 10_000;
 
@@ -78,8 +87,10 @@ pub struct Planted {
     pub irp_stack_count: u64,
     /// `_IRP.CurrentLocation`.
     pub irp_current_location: u64,
-    /// Two counters bindflt's routine keeps in non-paged pool: creates it saw, and those it
-    /// failed with STATUS_INVALID_PARAMETER (what a test reads back through the debugger).
+    /// What bindflt's routine keeps in non-paged pool (what a test reads back through the
+    /// debugger): creates it saw, those it failed with STATUS_INVALID_PARAMETER, those whose
+    /// IRP it completed twice ([`completes_twice`]); then the flag that tells it the create
+    /// under way is one of those.
     pub counters: u64,
     /// `wcnfs!WcnPreCreate` (called while the container filter is loaded).
     pub module_routine: u64,
@@ -169,7 +180,7 @@ impl Activity {
         let counters = sys.pool.alloc(
             &mut sys.k,
             crate::pool::PoolKind::NonPaged,
-            16,
+            32,
             crate::pool::tag("BfCt"),
         )?;
         let irp = sys.irp(&IrpSpec {
@@ -235,6 +246,17 @@ impl Activity {
             a.xor(edx, edx)?;
             a.mov(rax, complete)?;
             a.call(rax)?;
+            // The bug: for some creates the IRP is completed a second time.
+            let mut once = a.create_label();
+            a.mov(rax, counters)?;
+            a.cmp(qword_ptr(rax + 24), 0)?;
+            a.je(once)?;
+            a.add(qword_ptr(rax + 16), 1)?;
+            a.mov(rcx, rbx)?;
+            a.xor(edx, edx)?;
+            a.mov(rax, complete)?;
+            a.call(rax)?;
+            a.set_label(&mut once)?;
             a.mov(eax, dword_ptr(rbx + status))?;
             Ok(())
         })?;
@@ -307,6 +329,7 @@ impl Activity {
                 let p = &self.planted;
                 k.w8(p.irp + p.irp_current_location, 2);
                 k.w32(p.irp + p.irp_status, 0x103);
+                k.w64(p.counters + 24, u64::from(completes_twice(n)));
                 self.current = Some(call(&self.planted, self.entry_rsp, n, loaded, dr7, dr));
             }
             let r = self.current.as_mut().expect("set above");

@@ -7,7 +7,7 @@ mod common;
 use iced_x86::{Decoder, DecoderOptions};
 use kdnet::api::{Reg, StateEvent, status};
 use kdnet::target::{Resume, TargetHandler};
-use kdnet_sim::activity::{LOADS_EVERY, STATUS_INVALID_PARAMETER, fails};
+use kdnet_sim::activity::{LOADS_EVERY, STATUS_INVALID_PARAMETER, completes_twice, fails};
 use kdnet_sim::{Machine, Scenario};
 
 fn machine(build: u32) -> Option<Machine> {
@@ -59,6 +59,9 @@ fn creates_run_through_bindflt_and_complete_through_iofcompleterequest() {
         // What bindflt's own code counted, in memory.
         assert_eq!(q(&mut m, p.counters), 5_000, "{build}");
         assert_eq!(q(&mut m, p.counters + 8), failures, "{build}");
+        // Creates 1249 and 3749 had their IRP completed twice.
+        assert_eq!(q(&mut m, p.counters + 16), 2, "{build}");
+        assert_eq!((0..5_000).filter(|&n| completes_twice(n)).count(), 2);
         // The last IRP was completed: no stack location holds it.
         let irp = read(&mut m, 0, p.irp, 0x50);
         let (count, current) = (
