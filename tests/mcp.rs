@@ -537,3 +537,96 @@ fn no_target_an_exposed_address_and_control_are_refused_or_bounded() {
     let o = kdnet().arg("mcp").output().unwrap();
     assert_eq!(o.status.code(), Some(3));
 }
+
+#[test]
+fn a_client_gone_in_the_middle_of_a_g_leaves_no_breakpoint_and_the_target_running() {
+    let port = free_udp_port();
+    let key = "5.6.7.9";
+    let _sim = Sim::start_for(port, key, "300s", &["--scenario", "bindflt-race"]);
+    let state = common::temp_dir("mcp-g");
+    let p = port.to_string();
+    let state_s = state.display().to_string();
+    let mut rpc = Rpc::start(
+        &[
+            "mcp",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--key-env",
+            "KDNET_MCP_KEY",
+            "--allow-control",
+            "--name",
+            "t",
+        ],
+        &[("KDNET_MCP_KEY", key), ("KDNET_STATE_DIR", &state_s)],
+    );
+    let start = Instant::now();
+    loop {
+        let r = rpc.tool("targets", json!({}), Duration::from_secs(60));
+        if r["structuredContent"]["targets"][0]["state"] == "running" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{r}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A g on a breakpoint nothing reaches; the client goes away while it waits.
+    rpc.request(
+        "tools/call",
+        json!({ "name": "run", "arguments": { "target": "t", "command": "bp nt!KeBugCheckEx; g", "timeout_ms": 120000 } }),
+    );
+    let written = || std::fs::read_dir(&state).map(|d| d.count()).unwrap_or(0);
+    let start = Instant::now();
+    while written() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the g never wrote its breakpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(rpc.child.stdin.take());
+    let end = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = rpc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "the server did not end after its client went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(written(), 0, "the record of the breakpoint stays");
+    // A fresh session finds the original instruction, and the target running.
+    let o = common::kdnet()
+        .args([
+            "run",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--key-env",
+            "KDNET_MCP_KEY",
+        ])
+        .args(["-c", "db nt!KeBugCheckEx L1"])
+        .env("KDNET_MCP_KEY", key)
+        .env("KDNET_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}");
+    let byte = out
+        .lines()
+        .find(|l| l.starts_with("fffff"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_ne!(byte, "cc", "an int 3 left: {out}");
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("left breakpoints"),
+        "nothing to recover"
+    );
+    assert_target_runs(port, key, "dotnet: open of");
+    std::fs::remove_dir_all(&state).ok();
+}

@@ -1405,3 +1405,89 @@ fn a_watchers_breakpoints_are_set_again_in_the_kernel_a_reboot_brings() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[cfg(unix)]
+#[test]
+fn a_control_client_gone_in_the_middle_of_a_g_leaves_the_target_running_unpatched() {
+    let dir = temp_dir("ctlgone");
+    let state = dir.join("state");
+    let port = free_udp_port();
+    let _sim = Sim::start(port, "4.4.4.4", &["--scenario", "bindflt-race"]);
+    let ev = dir.join("events.jsonl");
+    let sock = dir.join("s.sock");
+    let mut w = Watcher(
+        kdnet()
+            .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--key-env", "KDNET_WATCH_KEY", "--name", "cg"])
+            .args(["--control-lease", "1s"])
+            .arg("--out")
+            .arg(dir.join("b"))
+            .arg("--events")
+            .arg(&ev)
+            .arg("--control")
+            .arg(&sock)
+            .env("KDNET_WATCH_KEY", "4.4.4.4")
+            .env("KDNET_STATE_DIR", &state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_state(&ev, "cg", "running", Duration::from_secs(30));
+    let (ok, v) = ctl(&sock, &["break", "cg"]);
+    assert!(ok, "{v}");
+    // A client's g on a breakpoint nothing reaches; the client is killed while it waits.
+    let mut client = kdnet()
+        .arg("ctl")
+        .arg("--control")
+        .arg(&sock)
+        .args(["run", "cg", "bp nt!KeBugCheckEx; g"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let record = |state: &Path| std::fs::read_dir(state).map(|d| d.count()).unwrap_or(0);
+    let start = Instant::now();
+    while record(&state) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the g never wrote its breakpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    // The g ends (it breaks in and takes the breakpoint out), the lease runs out, the target
+    // goes on.
+    wait_note(
+        &ev,
+        "cg",
+        "the control client that broke in went away 1 s ago",
+        Duration::from_secs(30),
+    );
+    let all = wait_state(&ev, "cg", "resuming", Duration::from_secs(30));
+    assert!(
+        !all.iter().any(|e| e["state"] == "resume-failed"),
+        "{all:#?}"
+    );
+    assert_eq!(record(&state), 0, "the breakpoint's record stays");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) }, 0);
+    let end = Instant::now();
+    while w.0.try_wait().unwrap().is_none() {
+        assert!(
+            end.elapsed() < Duration::from_secs(30),
+            "the watch did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run_on(port, &state, "db nt!KeBugCheckEx L1");
+    let byte = out
+        .lines()
+        .find(|l| l.starts_with("fffff"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_ne!(byte, "cc", "an int 3 left: {out}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -173,7 +173,27 @@ async fn serve_client(
             stream_events(hub, &mut w).await;
             return;
         }
-        let answer = handle(&req, hub, targets, client).await;
+        // A client that goes away while its request runs (a `g` waiting for a breakpoint)
+        // cancels it: the run stops the target, takes its breakpoints out and ends.
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answer = {
+            let work = handle(&req, hub, targets, client, gone.clone());
+            tokio::pin!(work);
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    a = &mut work => break a,
+                    b = tokio::io::AsyncBufReadExt::fill_buf(&mut r), if watching => {
+                        // Only the end of the stream (or its failure) is looked at; a next
+                        // request already sent stays in the buffer for the loop.
+                        watching = false;
+                        if b.map_or(true, |b| b.is_empty()) {
+                            gone.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+        };
         if w.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
             return;
         }
@@ -239,8 +259,14 @@ async fn stream_events<W: tokio::io::AsyncWrite + Unpin>(hub: &Hub, w: &mut W) {
 }
 
 /// The answer to one request, as the line sent (without its newline).
-async fn handle(req: &Value, hub: &Hub, targets: &Targets, client: Client) -> String {
-    match handle_value(req, hub, targets, client).await {
+async fn handle(
+    req: &Value,
+    hub: &Hub,
+    targets: &Targets,
+    client: Client,
+    gone: Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    match handle_value(req, hub, targets, client, gone).await {
         Answer::Value(v) => v.to_string(),
         Answer::Results(name, raw) => format!(
             "{{\"ok\":true,\"target\":{},\"results\":{raw}}}",
@@ -261,7 +287,13 @@ impl From<Value> for Answer {
     }
 }
 
-async fn handle_value(req: &Value, hub: &Hub, targets: &Targets, client: Client) -> Answer {
+async fn handle_value(
+    req: &Value,
+    hub: &Hub,
+    targets: &Targets,
+    client: Client,
+    gone: Arc<std::sync::atomic::AtomicBool>,
+) -> Answer {
     let op = req["op"].as_str().unwrap_or("");
     if op == "list" {
         return json!({ "ok": true, "targets": hub.list() }).into();
@@ -299,7 +331,7 @@ async fn handle_value(req: &Value, hub: &Hub, targets: &Targets, client: Client)
         };
         let (rtx, rrx) = oneshot::channel();
         if tx
-            .send(Request::Run(client, command, within, rtx))
+            .send(Request::Run(client, command, within, gone, rtx))
             .await
             .is_err()
         {

@@ -41,6 +41,7 @@ pub enum Request {
         Client,
         String,
         Option<Duration>,
+        Arc<AtomicBool>,
         oneshot::Sender<Result<String, String>>,
     ),
     /// The client went away: a target it holds is let go on when the lease runs out.
@@ -125,6 +126,8 @@ pub struct Actor {
     rearm_after_capture: bool,
     /// Records a killed watcher left in this target were looked for.
     recovered: bool,
+    /// Raised while a control client's command lets the target run (a `g`).
+    moving: Arc<AtomicBool>,
 }
 
 /// How long a capture cut short may be gone on with: past this the hang is another moment's
@@ -183,6 +186,7 @@ impl Actor {
             armed: breaks::Armed::new(&spec_breakpoints),
             rearm_after_capture: false,
             recovered: false,
+            moving: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -472,9 +476,17 @@ impl Actor {
         let host = self.host.clone();
         let rt = tokio::runtime::Handle::current();
         let symbols = self.spec.symbols.clone();
+        let session = self.host.clone();
+        let moving = self.moving.clone();
         let e = tokio::task::spawn_blocking(move || {
             host.open(rt, crate::symbols::path(symbols.as_deref()))
-                .map(Engine::new)
+                .map(|k| {
+                    let mut e = Engine::new(k);
+                    // Breakpoints a client's `g` writes are recorded, as `kdnet run` records
+                    // them: a watcher killed meanwhile leaves what the next session undoes.
+                    crate::recovery::attach(&mut e, &session, &moving);
+                    e
+                })
                 .map_err(|e| e.to_string())
         })
         .await
@@ -926,9 +938,9 @@ impl Actor {
                 };
                 let _ = reply.send(r);
             }
-            Request::Run(client, line, within, reply) => {
+            Request::Run(client, line, within, gone, reply) => {
                 self.adopt(client);
-                let r = self.run_line(line, within).await;
+                let r = self.run_line(line, within, gone).await;
                 let _ = reply.send(r);
             }
             Request::Release(client) => {
@@ -971,7 +983,15 @@ impl Actor {
         Ok(json!({ "stopped": true }))
     }
 
-    async fn run_line(&mut self, line: String, within: Option<Duration>) -> Result<String, String> {
+    /// Runs a client's command line on the engine of the stop it holds. The client going away
+    /// (`gone`) or the watch ending cancels it: a `g` under way stops the target and takes its
+    /// breakpoints out, and the rest is not run.
+    async fn run_line(
+        &mut self,
+        line: String,
+        within: Option<Duration>,
+        gone: Arc<AtomicBool>,
+    ) -> Result<String, String> {
         let stmts = script::parse(&line).map_err(|e| e.to_string())?;
         let Some(held) = self.held.take() else {
             return Err("the target is running: break in first (op \"break\")".into());
@@ -984,8 +1004,10 @@ impl Actor {
         } = held;
         // `.snapshot NAME` from a client writes beside the bundles.
         let dir = self.spec.out.clone();
-        let (engine, outs) = tokio::task::spawn_blocking(move || {
+        let cancel = gone.clone();
+        let mut task = tokio::task::spawn_blocking(move || {
             let mut e = engine;
+            e.kernel.mem.set_cancel(Some(cancel));
             let mut outs = Vec::new();
             let before = e.deadline;
             if let Some(d) = within {
@@ -1001,10 +1023,24 @@ impl Actor {
                 });
             }
             e.deadline = before;
+            e.kernel.mem.set_cancel(None);
             (e, outs)
-        })
-        .await
-        .map_err(|e| format!("the command thread failed: {e}"))?;
+        });
+        let mut stop = self.stop.clone();
+        let joined = tokio::select! {
+            r = &mut task => r,
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                gone.store(true, Ordering::SeqCst);
+                task.await
+            }
+        };
+        let (engine, outs) = joined.map_err(|e| format!("the command thread failed: {e}"))?;
+        // A `g` among the commands ran the target: the stop it ended in is the client's.
+        let at = if self.host.status().stopped {
+            stop_count(&self.host)
+        } else {
+            at
+        };
         self.held = Some(Held {
             engine,
             at,
