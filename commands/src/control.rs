@@ -673,6 +673,9 @@ pub fn resume(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
 }
 
 fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
+    // The session's module stops are this engine's (another engine on the same session may
+    // have set its own since).
+    crate::cmds::run::sync_module_breaks(e)?;
     let deadline = e.kernel.mem.deadline();
     let cancel = e.kernel.mem.cancel_flag();
     let cancel = cancel.as_deref();

@@ -174,22 +174,30 @@ async fn serve_client(
             return;
         }
         // A client that goes away while its request runs (a `g` waiting for a breakpoint)
-        // cancels it: the run stops the target, takes its breakpoints out and ends.
+        // cancels it: the run stops the target, takes its breakpoints out and ends. Gone is
+        // the socket closed at the other end (a hang-up), not a client that only shut its
+        // sending side after its request.
         let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let answer = {
             let work = handle(&req, hub, targets, client, gone.clone());
             tokio::pin!(work);
+            let hung_up = async {
+                loop {
+                    match w.ready(tokio::io::Interest::WRITABLE).await {
+                        Ok(r) if r.is_write_closed() => return,
+                        Err(_) => return,
+                        Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                    }
+                }
+            };
+            tokio::pin!(hung_up);
             let mut watching = true;
             loop {
                 tokio::select! {
                     a = &mut work => break a,
-                    b = tokio::io::AsyncBufReadExt::fill_buf(&mut r), if watching => {
-                        // Only the end of the stream (or its failure) is looked at; a next
-                        // request already sent stays in the buffer for the loop.
+                    () = &mut hung_up, if watching => {
                         watching = false;
-                        if b.map_or(true, |b| b.is_empty()) {
-                            gone.store(true, std::sync::atomic::Ordering::SeqCst);
-                        }
+                        gone.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
             }
@@ -548,6 +556,48 @@ mod tests {
         assert!(request_of(&w("capture")).unwrap_err().contains("name"));
         assert!(request_of(&w("run web-01")).is_err());
         assert!(request_of(&w("reboot x")).unwrap_err().contains("unknown"));
+    }
+
+    /// A client that shuts its sending side after a `run` gets its answer; one that hangs up
+    /// while its `run` is under way cancels it.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_hang_up_cancels_a_run_and_a_half_close_does_not() {
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let hub = Arc::new(Hub::new(None));
+        let (tx, mut rx) = mpsc::channel(4);
+        let targets: Targets = Arc::new([("t".to_string(), tx)].into_iter().collect());
+        let request = b"{\"op\":\"run\",\"target\":\"t\",\"command\":\"g\"}\n";
+        for hang_up in [false, true] {
+            let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
+            let (h, t) = (hub.clone(), targets.clone());
+            let served = tokio::spawn(async move { serve_client(server, 7, &h, &t).await });
+            client.write_all(request).await.unwrap();
+            let Some(Request::Run(_, _, _, gone, reply)) = rx.recv().await else {
+                panic!("no run request")
+            };
+            if hang_up {
+                drop(client);
+                let start = std::time::Instant::now();
+                while !gone.load(std::sync::atomic::Ordering::SeqCst) {
+                    assert!(start.elapsed() < Duration::from_secs(10), "never cancelled");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = reply.send(Err("cancelled".into()));
+            } else {
+                client.shutdown().await.unwrap();
+                // Several of the watch's looks at the socket go by: not gone.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                assert!(!gone.load(std::sync::atomic::Ordering::SeqCst));
+                reply.send(Ok("[]".into())).unwrap();
+                let mut answer = String::new();
+                client.read_to_string(&mut answer).await.unwrap();
+                let v: Value = serde_json::from_str(answer.trim()).unwrap();
+                assert_eq!(v["ok"], true, "{v}");
+            }
+            served.await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -128,6 +128,9 @@ pub struct Actor {
     recovered: bool,
     /// Raised while a control client's command lets the target run (a `g`).
     moving: Arc<AtomicBool>,
+    /// Reboots of the target seen so far (counted as they are reported, before the task's
+    /// loop gets to them).
+    reboots: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a capture cut short may be gone on with: past this the hang is another moment's
@@ -187,6 +190,7 @@ impl Actor {
             rearm_after_capture: false,
             recovered: false,
             moving: Arc::new(AtomicBool::new(false)),
+            reboots: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -237,7 +241,11 @@ impl Actor {
         // time their hits take (checked every second).
         let (reboot_tx, mut reboot_rx) = mpsc::channel::<()>(4);
         if self.armed.is_some() {
-            helpers.push(tokio::spawn(watch_reboots(self.host.clone(), reboot_tx)));
+            helpers.push(tokio::spawn(watch_reboots(
+                self.host.clone(),
+                reboot_tx,
+                self.reboots.clone(),
+            )));
         }
         let mut hit_tick = tokio::time::interval(Duration::from_secs(1));
         hit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -364,7 +372,9 @@ impl Actor {
                 alive = state_rx.changed() => if !alive { break },
                 req = self.rx.recv() => match req {
                     Some(r) => {
-                        if !matches!(r, Request::Release(_)) {
+                        // Only what stops the target takes the breakpoints out (a `run`
+                        // needs a target a client holds; none runs with them then).
+                        if matches!(r, Request::Capture(..) | Request::Break(..)) {
                             self.disarm().await;
                         }
                         self.request(r).await
@@ -1137,10 +1147,15 @@ async fn run_probe(
 }
 
 /// Tells the task of each reboot of the target.
-async fn watch_reboots(host: Session, tx: mpsc::Sender<()>) {
+async fn watch_reboots(
+    host: Session,
+    tx: mpsc::Sender<()>,
+    count: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut events = host.events();
     while let Some(ev) = events.next().await {
         if let Event::Connected { rebooted: true, .. } = ev {
+            count.fetch_add(1, Ordering::SeqCst);
             let _ = tx.send(()).await;
         }
     }

@@ -551,6 +551,10 @@ pub struct HostMachine {
     last_poke: Option<Instant>,
     /// Which module loads and unloads stop the target; the others are continued at once.
     module_breaks: ModuleBreaks,
+    /// The Dr7 of the last continue the session's user sent: a module event continued at once
+    /// keeps the hardware breakpoints it enabled (the kernel loads every processor's Dr7 from
+    /// the continue).
+    last_dr7: u64,
 }
 
 impl std::fmt::Debug for HostMachine {
@@ -591,6 +595,7 @@ impl HostMachine {
             last_mismatch: None,
             last_poke: None,
             module_breaks: ModuleBreaks::default(),
+            last_dr7: DR7_NONE,
         }
     }
 
@@ -860,6 +865,7 @@ impl HostMachine {
         if reason == HandshakeReason::Rebooted {
             // A new boot's kernel has an empty breakpoint table.
             self.state.breakpoints.clear();
+            self.last_dr7 = DR7_NONE;
             self.kd.abort();
             self.inflight = None;
             self.want = None;
@@ -1023,8 +1029,14 @@ impl HostMachine {
                     self.output
                         .push_back(Output::Event(HostEvent::Module(l.clone())));
                     self.on_stopped(now);
-                    self.queue
-                        .push_front((INTERNAL, Op::resume(status::DBG_CONTINUE)));
+                    self.queue.push_front((
+                        INTERNAL,
+                        Op::Resume {
+                            status: status::DBG_CONTINUE,
+                            trace: false,
+                            dr7: self.last_dr7,
+                        },
+                    ));
                     self.pump(now);
                     return;
                 }
@@ -1120,6 +1132,8 @@ impl HostMachine {
         if id == INTERNAL {
             if let Err(e) = result {
                 tracing::warn!("continuing after a module event failed: {e}");
+                // Still stopped there: a stop like any other now, for whoever reads it.
+                self.state.passing = false;
             }
             return;
         }
@@ -1177,6 +1191,11 @@ impl HostMachine {
             if let Err(e) = self.admit(&op, now) {
                 self.finish(id, Err(e));
                 continue;
+            }
+            if id != INTERNAL
+                && let Op::Resume { dr7, .. } = &op
+            {
+                self.last_dr7 = *dr7;
             }
             let run = self.start_run(op, now);
             self.active = Some(Active { id, run });

@@ -114,6 +114,11 @@ impl Kernel {
         };
         // A header written from a read that failed just now would be wrong for good.
         let transient = |e: &ModelError| matches!(e, ModelError::Target(t) if t.is_transient());
+        // The loader's list is read now, so that its pages are among those the dump holds.
+        match self.reread_modules() {
+            Err(e) if transient(&e) => return Err(e),
+            _ => {}
+        }
         let kdbg = match self.kdbg() {
             Ok(k) => k.address,
             Err(e) if transient(&e) => return Err(e),

@@ -136,6 +136,19 @@ impl Kernel {
         }
     }
 
+    /// Reads the module list again now, whatever was kept (a dump written from what was read
+    /// must hold the list's pages: a reader finds the kernel through them).
+    pub fn reread_modules(&mut self) -> Result<(), ModelError> {
+        self.sync();
+        if let Some(m) = self.modules.take() {
+            self.earlier = m;
+        }
+        self.modules_generation = None;
+        self.modules_partial = None;
+        self.modules_error = None;
+        self.modules().map(|_| ())
+    }
+
     /// The loaded modules. A list read whole is kept while the target stays stopped; one that
     /// is not (a read failed, the list is broken) is used by the current command, which is
     /// then incomplete, and read again by the next.

@@ -98,6 +98,8 @@ pub(super) struct Armed {
     moving: Arc<AtomicBool>,
     /// The counts last reported.
     reported: Vec<(u64, u64, u64, u64)>,
+    /// The reboots seen when the engine was made (see `Actor::reboots`).
+    boot: u64,
 }
 
 impl Armed {
@@ -130,6 +132,7 @@ impl Armed {
             paused: None,
             moving: Arc::new(AtomicBool::new(false)),
             reported: Vec::new(),
+            boot: 0,
         })
     }
 
@@ -201,6 +204,10 @@ impl Actor {
         let Some(a) = self.armed.as_mut() else { return };
         if !a.wants_arming() {
             return;
+        }
+        // An engine of a boot that is over (the reboot seen here first) is not used.
+        if a.boot != self.reboots.load(Ordering::SeqCst) {
+            self.forget_boot();
         }
         let was_running = !self.host.status().stopped;
         if let Err(e) = self.stop().await {
@@ -352,7 +359,13 @@ impl Actor {
             .task
             .await
             .map_err(|e| format!("the breakpoints' thread failed: {e}"));
-        self.after_motion(out, false).await;
+        // Cancelled while a hit was being judged, the motion ends with the reads it could not
+        // make: the target is stopped all the same, the breakpoints out.
+        let out = out.map(|(e, r)| match r {
+            Err(_) if self.host.status().stopped => (e, Ok(None)),
+            r => (e, r.map(Some)),
+        });
+        self.after_motion_of(out, false).await;
     }
 
     /// The motion ended: a hit, a stop of the target's own, a break-in asked for, or a
@@ -360,6 +373,16 @@ impl Actor {
     pub(super) async fn after_motion(
         &mut self,
         out: Result<(Engine, Result<Ended, CmdError>), String>,
+        rearm: bool,
+    ) {
+        self.after_motion_of(out.map(|(e, r)| (e, r.map(Some))), rearm)
+            .await;
+    }
+
+    /// [`Actor::after_motion`], where `Ok(None)` is a motion cancelled on purpose.
+    async fn after_motion_of(
+        &mut self,
+        out: Result<(Engine, Result<Option<Ended>, CmdError>), String>,
         rearm: bool,
     ) {
         let (engine, r) = match out {
@@ -373,7 +396,13 @@ impl Actor {
         a.engine = Some(engine);
         a.publish_passes(&self.spec.name, &self.hub);
         let ended = match r {
-            Ok(x) => x,
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                if rearm {
+                    self.start_motion();
+                }
+                return;
+            }
             Err(e) => {
                 // The breakpoints were taken out on the way (or the target went: the session
                 // takes them out before it lets it go).
@@ -431,6 +460,15 @@ impl Actor {
     async fn rearm_or_resume(&mut self) {
         let s = self.host.status();
         if s.link != Link::Connected {
+            // Stopped for the capture and gone silent: let go when heard again.
+            if s.stopped || s.link == Link::Silent {
+                self.owed = Some(s.stops);
+            }
+            return;
+        }
+        // Left stopped after the capture (--leave-stopped): the breakpoints wait for it to go
+        // on.
+        if self.held.is_some() {
             return;
         }
         let Some(a) = self.armed.as_mut() else { return };
@@ -644,12 +682,29 @@ impl Actor {
 
     /// The target rebooted: the breakpoints are set again in the new kernel.
     pub(super) async fn rebooted(&mut self) {
-        if self.armed.is_none() {
-            return;
+        let boots = self.reboots.load(Ordering::SeqCst);
+        match &self.armed {
+            None => return,
+            // Already set in the new kernel (arm() saw the reboot first).
+            Some(a) if a.boot == boots => return,
+            Some(_) => {}
         }
+        let was_moving = self.armed.as_ref().is_some_and(Armed::moving);
         self.disarm().await;
+        self.forget_boot();
+        // The break-in that ended the motion stopped the new kernel: set them there now
+        // (rather than leave a stop the loop would take for the target's own).
+        if was_moving && self.held.is_none() && self.host.status().stopped {
+            self.arm().await;
+        }
+    }
+
+    /// The breakpoints' engine belongs to a boot that is over: they are set afresh.
+    fn forget_boot(&mut self) {
+        let boots = self.reboots.load(Ordering::SeqCst);
         if let Some(a) = self.armed.as_mut() {
             a.engine = None;
+            a.boot = boots;
             for m in &mut a.marks {
                 m.id = None;
                 m.address = None;
