@@ -1097,6 +1097,65 @@ fn a_breakpoint_is_an_int3_in_memory_and_the_kernel_removes_it_when_it_reports_t
 }
 
 #[test]
+fn breakpoints_survive_a_rekey_in_the_kernel_and_in_the_session() {
+    let (mut w, (code, _)) = code_world(26, Link::clean());
+    w.connect();
+    w.break_in();
+    let original = code.lock().unwrap()[0x80];
+    let handle = request(&mut w, Manipulate::write_breakpoint(HOT)).u32(0x18);
+    assert_eq!(w.host.state().breakpoints, vec![(handle, HOT)]);
+    // The target's debugger transport starts over (same boot): a new handshake, new keys.
+    w.target.disconnect();
+    assert!(
+        w.run_until(Duration::from_secs(10), |w| w.events().iter().any(
+            |e| matches!(
+                e,
+                HostEvent::Connected {
+                    reason: HandshakeReason::Rekeyed,
+                    ..
+                }
+            )
+        ))
+    );
+    // The kernel keeps its table and the session its list: the breakpoint is still there,
+    // still hit, and still taken out by its handle.
+    assert_eq!(w.host.state().breakpoints, vec![(handle, HOT)]);
+    w.break_in();
+    assert_eq!(w.read(HOT, 1).unwrap(), vec![0xCC]);
+    let r = request(&mut w, Manipulate::restore_breakpoint(handle));
+    assert_eq!(r.return_status(), status::SUCCESS);
+    assert_eq!(w.read(HOT, 1).unwrap(), vec![original]);
+    assert!(w.host.state().breakpoints.is_empty());
+    let handle = request(&mut w, Manipulate::write_breakpoint(HOT)).u32(0x18);
+    w.target.disconnect();
+    assert!(w.run_until(Duration::from_secs(10), |w| {
+        w.events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    HostEvent::Connected {
+                        reason: HandshakeReason::Rekeyed,
+                        ..
+                    }
+                )
+            })
+            .count()
+            >= 2
+    }));
+    w.break_in();
+    assert_eq!(
+        w.op(Op::resume(status::DBG_CONTINUE), Duration::from_secs(10)),
+        Ok(Done::Unit)
+    );
+    assert!(w.run_until(Duration::from_secs(5), |w| w.host.state().run
+        == RunState::Stopped));
+    assert_eq!(w.host.state().stop.clone().unwrap().program_counter, HOT);
+    // The kernel took it out where it reported: the session's list says so.
+    assert!(w.host.state().breakpoints.iter().all(|(h, _)| *h != handle));
+}
+
+#[test]
 fn single_steps_advance_once_each_even_when_acknowledgements_are_lost() {
     for seed in [22, 23, 24, 25] {
         steps_through_loss(seed);
