@@ -602,8 +602,18 @@ fn judge(e: &mut Engine, id: u32, stop: &StopEvent) -> Result<bool, CmdError> {
 /// (`g`, `gc`, `gh`, `gn`). WinDbg's `j COND 'A' ; 'B'` is decided here.
 fn plan(e: &mut Engine, command: &str) -> Result<(Vec<String>, bool), CmdError> {
     let mut out = Vec::new();
-    for c in crate::engine::split_commands(command) {
+    for c in split_top(command) {
         let c = c.trim().trim_matches('"').trim().to_string();
+        if let Some(rest) = c.strip_prefix(".if") {
+            let chosen =
+                choose_if(e, rest).map_err(|why| CmdError::Usage(format!("`{c}`: {why}")))?;
+            let (inner, go) = plan(e, &chosen?)?;
+            out.extend(inner);
+            if go {
+                return Ok((out, true));
+            }
+            continue;
+        }
         if let Some(rest) = c.strip_prefix("j ").or_else(|| c.strip_prefix("j(")) {
             let rest = if c.starts_with("j(") {
                 format!("({rest}")
@@ -634,6 +644,107 @@ fn plan(e: &mut Engine, command: &str) -> Result<(Vec<String>, bool), CmdError> 
         }
     }
     Ok((out, false))
+}
+
+/// A breakpoint's command string split at the `;` that separate its commands: not those
+/// inside quotes (`j`'s branches) or braces (`.if`'s blocks).
+fn split_top(s: &str) -> Vec<String> {
+    let (mut out, mut cur) = (Vec::new(), String::new());
+    let (mut single, mut double, mut depth) = (false, false, 0usize);
+    for ch in s.chars() {
+        match ch {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '{' if !single && !double => depth += 1,
+            '}' if !single && !double => depth = depth.saturating_sub(1),
+            ';' if !single && !double && depth == 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    out.push(cur);
+    let mut pieces: Vec<String> = Vec::new();
+    for c in out.into_iter().map(|c| c.trim().to_string()) {
+        if c.is_empty() {
+            continue;
+        }
+        // `j COND 'A' ; 'B'`: the `;` before the second branch is j's own.
+        if c.starts_with('\'')
+            && let Some(last) = pieces.last_mut()
+            && (last.starts_with("j ") || last.starts_with("j("))
+            && last.matches('\'').count() == 2
+        {
+            last.push_str(" ; ");
+            last.push_str(&c);
+            continue;
+        }
+        pieces.push(c);
+    }
+    pieces
+}
+
+/// The text of a balanced `open`…`close` group at the start of `s` (after blanks), and what
+/// follows it.
+fn group(s: &str, open: char, close: char) -> Result<(&str, &str), String> {
+    let s = s.trim_start();
+    if !s.starts_with(open) {
+        return Err(format!("expected `{open}`"));
+    }
+    let mut depth = 0usize;
+    for (i, ch) in s.char_indices() {
+        if ch == open {
+            depth += 1;
+        } else if ch == close {
+            depth -= 1;
+            if depth == 0 {
+                return Ok((&s[1..i], &s[i + 1..]));
+            }
+        }
+    }
+    Err(format!("`{open}` is not closed"))
+}
+
+/// `.if (COND) { A } [.elsif (COND) { B }]… [.else { C }]` (what follows `.if`): the block the
+/// conditions choose (empty when none does). The outer error is the syntax's; the inner the
+/// evaluation's.
+fn choose_if(e: &mut Engine, rest: &str) -> Result<Result<String, CmdError>, String> {
+    let mut rest = rest;
+    let mut chosen: Option<String> = None;
+    let mut first = true;
+    loop {
+        let r = rest.trim_start();
+        let (cond, after) = if first {
+            first = false;
+            let (c, a) = group(r, '(', ')')?;
+            (Some(c), a)
+        } else if let Some(a) = r.strip_prefix(".elsif") {
+            let (c, a) = group(a, '(', ')')?;
+            (Some(c), a)
+        } else if let Some(a) = r.strip_prefix(".else") {
+            (None, a)
+        } else if r.is_empty() {
+            break;
+        } else {
+            return Err(format!("`{r}` after a block is not .elsif or .else"));
+        };
+        let (block, after) = group(after, '{', '}')?;
+        rest = after;
+        if chosen.is_some() {
+            continue;
+        }
+        match cond {
+            Some(c) => match e.eval(c) {
+                Ok(0) => {}
+                Ok(_) => chosen = Some(block.to_string()),
+                Err(err) => return Ok(Err(err)),
+            },
+            None => chosen = Some(block.to_string()),
+        }
+    }
+    Ok(Ok(chosen.unwrap_or_default()))
 }
 
 /// `j COND 'A' ; 'B'` → (COND, (A, B)).
@@ -927,5 +1038,24 @@ fn return_of(e: &mut Engine, processor: u32) -> Result<(u64, u64), CmdError> {
             "the current function's caller could not be found on the stack{}",
             stack.note.map(|n| format!(" ({n})")).unwrap_or_default()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_top;
+
+    #[test]
+    fn command_strings_split_where_windbg_splits_them() {
+        assert_eq!(split_top("r rcx; g"), ["r rcx", "g"]);
+        assert_eq!(
+            split_top("j (@rax == 0) 'r rcx; gc' ; 'kb'; r"),
+            ["j (@rax == 0) 'r rcx; gc' ; 'kb'", "r"]
+        );
+        assert_eq!(
+            split_top(".if (1) { r rcx; gc } .else { kb }; dd 0"),
+            [".if (1) { r rcx; gc } .else { kb }", "dd 0"]
+        );
+        assert!(split_top("  ;; ").is_empty());
     }
 }

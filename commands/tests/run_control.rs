@@ -172,6 +172,29 @@ async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
             assert_eq!(g["hits"].as_array().unwrap().len(), 1, "{build}: {g}");
             assert!(g["hits"][0].as_str().unwrap().contains("Breakpoint 0 hit"));
             run(e, build, "bc *");
+            // `.if` and `j` in a command string decide at each hit: the odd creates (bindflt's
+            // count, read at its entry) go on after their commands, an even one stops.
+            for cmd in [
+                format!(
+                    "bp bindflt!BfPreCreate \".if (poi({:x}) & 1) {{ r rcx; gc }} .else {{ r rdx }}\"",
+                    p.counters
+                ),
+                format!(
+                    "bp bindflt!BfPreCreate \"j (poi({:x}) & 1) 'r rcx; gc' ; 'r rdx'\"",
+                    p.counters
+                ),
+            ] {
+                run(e, build, &cmd);
+                let g = run(e, build, "g --max-seconds 60");
+                assert_eq!(g["stops"][0]["reason"], "breakpoint", "{build} {cmd}: {g}");
+                let n = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
+                assert_eq!(n % 2, 0, "{build} {cmd}");
+                assert!(g["output"].as_str().unwrap().contains("rdx="), "{g}");
+                for h in g["hits"].as_array().unwrap() {
+                    assert!(h.as_str().unwrap().contains("rcx="), "{g}");
+                }
+                run(e, build, "bc *");
+            }
             // Debug registers: a write of the create counter stops after the instruction that
             // wrote it, in bindflt; an execution breakpoint before the instruction.
             let before = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);
