@@ -24,8 +24,11 @@ impl Watcher {
         for p in extra {
             c.arg(p);
         }
+        // Breakpoints' records go to a directory of the tests' own.
+        let state = std::env::temp_dir().join(format!("kdnet-watch-state-{}", std::process::id()));
         Watcher(
             c.env("KDNET_WATCH_KEY", "4.4.4.4")
+                .env("KDNET_STATE_DIR", state)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -1491,5 +1494,38 @@ fn a_control_client_gone_in_the_middle_of_a_g_leaves_the_target_running_unpatche
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or_else(|| panic!("{out}"));
     assert_ne!(byte, "cc", "an int 3 left: {out}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_failing_probe_triggers_while_a_breakpoint_is_hit_all_the_time() {
+    let (_sim, _w, dir, ev) = one(
+        "probebp",
+        &["--scenario", "bindflt-race"],
+        &[
+            "--count-breakpoint",
+            "bp bindflt!BfPreCreate",
+            "--max-hit-stop",
+            "100%",
+            "--probe",
+            "cmd:exit 1",
+            "--probe-every",
+            "200ms",
+            "--probe-fail-after",
+            "1s",
+        ],
+    );
+    // The breakpoint's hits (hundreds a second) are not the target held: the probe's failures
+    // add up all the same.
+    let ev = wait_state(&ev, "probebp", "captured", Duration::from_secs(60));
+    let c = ev.iter().find(|e| e["state"] == "captured").unwrap();
+    let j = report(Path::new(c["bundle"].as_str().unwrap()));
+    assert_eq!(j["trigger"]["kind"], "probe", "{}", j["trigger"]);
+    assert!(
+        ev.iter().any(|e| e["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("breakpoints set: 1 of 1"))),
+        "{ev:#?}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }

@@ -224,6 +224,7 @@ impl Actor {
                 trig_tx.clone(),
                 self.hub.clone(),
                 self.spec.name.clone(),
+                self.armed.as_ref().map(breaks::Armed::moving_flag),
             )));
         }
         let mut sampler = self.spec.triggers.sample_every.map(|d| {
@@ -1094,6 +1095,7 @@ async fn watch_prints(host: Session, patterns: Vec<String>, tx: mpsc::Sender<Tri
 }
 
 /// Runs the health probe while the target runs; failing for `after` sends a trigger.
+#[allow(clippy::too_many_arguments)]
 async fn run_probe(
     host: Session,
     p: super::config::Probe,
@@ -1102,21 +1104,30 @@ async fn run_probe(
     tx: mpsc::Sender<Trigger>,
     hub: Arc<Hub>,
     name: String,
+    breakpoints: Option<Arc<AtomicBool>>,
 ) {
     let mut f = Failing::default();
     let mut last_stops = stop_count(&host);
     let mut was_ok = true;
+    // The watcher's breakpoints stop the target for a moment at each hit (at most the share
+    // `max_hit_stop` allows): those stops are not the target being held.
+    let judging = || {
+        breakpoints
+            .as_ref()
+            .is_some_and(|b| b.load(Ordering::SeqCst))
+    };
     loop {
         tokio::time::sleep(every).await;
         let s = host.status();
         // Failures while the target was stopped (by anyone) say nothing about its health.
-        if s.link != Link::Connected || !s.running || s.stops != last_stops {
+        if s.link != Link::Connected || !s.running || (s.stops != last_stops && !judging()) {
             last_stops = s.stops;
             f.reset();
             continue;
         }
+        last_stops = s.stops;
         let r = probe::check(&p, every.max(Duration::from_secs(2))).await;
-        if host.status().stops != last_stops {
+        if host.status().stops != last_stops && !judging() {
             continue;
         }
         if r.is_ok() != was_ok {

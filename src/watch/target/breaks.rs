@@ -136,6 +136,12 @@ impl Armed {
         })
     }
 
+    /// Raised while the breakpoints' motion lets the target run (their hits' stops are short,
+    /// and bounded by `max_hit_stop`).
+    pub fn moving_flag(&self) -> Arc<AtomicBool> {
+        self.moving.clone()
+    }
+
     /// A motion runs.
     pub fn moving(&self) -> bool {
         self.running.is_some()
