@@ -224,7 +224,7 @@ impl Actor {
                 trig_tx.clone(),
                 self.hub.clone(),
                 self.spec.name.clone(),
-                self.armed.as_ref().map(breaks::Armed::moving_flag),
+                self.armed.as_ref().map(breaks::Armed::judging_flag),
             )));
         }
         let mut sampler = self.spec.triggers.sample_every.map(|d| {
@@ -1110,7 +1110,7 @@ async fn run_probe(
     let mut last_stops = stop_count(&host);
     let mut was_ok = true;
     // The watcher's breakpoints stop the target for a moment at each hit (at most the share
-    // `max_hit_stop` allows): those stops are not the target being held.
+    // `max_hit_stop` allows).
     let judging = || {
         breakpoints
             .as_ref()
@@ -1119,8 +1119,10 @@ async fn run_probe(
     loop {
         tokio::time::sleep(every).await;
         let s = host.status();
-        // Failures while the target was stopped (by anyone) say nothing about its health.
-        if s.link != Link::Connected || !s.running || (s.stops != last_stops && !judging()) {
+        // Failures while the target was stopped (by anyone) say nothing about its health;
+        // while the watcher's breakpoints are kept in it, their hits' stops are not that.
+        let held = !s.running || s.stops != last_stops;
+        if s.link != Link::Connected || (held && !judging()) {
             last_stops = s.stops;
             f.reset();
             continue;

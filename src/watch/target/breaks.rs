@@ -100,6 +100,8 @@ pub(super) struct Armed {
     reported: Vec<(u64, u64, u64, u64)>,
     /// The reboots seen when the engine was made (see `Actor::reboots`).
     boot: u64,
+    /// See [`Armed::judging_flag`].
+    judging: Arc<AtomicBool>,
 }
 
 impl Armed {
@@ -133,13 +135,15 @@ impl Armed {
             moving: Arc::new(AtomicBool::new(false)),
             reported: Vec::new(),
             boot: 0,
+            judging: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// Raised while the breakpoints' motion lets the target run (their hits' stops are short,
-    /// and bounded by `max_hit_stop`).
-    pub fn moving_flag(&self) -> Arc<AtomicBool> {
-        self.moving.clone()
+    /// Raised while the breakpoints are kept in the running target, their hits judged (those
+    /// stops are short, and bounded by `max_hit_stop`); lowered while they are out (a capture,
+    /// a sample, a client, a pause).
+    pub fn judging_flag(&self) -> Arc<AtomicBool> {
+        self.judging.clone()
     }
 
     /// A motion runs.
@@ -335,6 +339,7 @@ impl Actor {
             (e, r)
         });
         a.running = Some(Running { task, cancel });
+        a.judging.store(true, Ordering::SeqCst);
         self.state("running", "");
     }
 
@@ -342,6 +347,7 @@ impl Actor {
     /// on.
     async fn arming_failed(&mut self, why: &str, resume: bool) {
         if let Some(a) = self.armed.as_mut() {
+            a.judging.store(false, Ordering::SeqCst);
             a.not_before = Some(tokio::time::Instant::now() + RETRY);
         }
         self.armed_note(
@@ -357,6 +363,9 @@ impl Actor {
     /// with how it ended, without setting them going again. The target is stopped after,
     /// unless the link is gone.
     pub(super) async fn disarm(&mut self) {
+        if let Some(a) = &self.armed {
+            a.judging.store(false, Ordering::SeqCst);
+        }
         let Some(r) = self.armed.as_mut().and_then(|a| a.running.take()) else {
             return;
         };
@@ -451,6 +460,9 @@ impl Actor {
     /// Captures while the breakpoints' engine holds the stop; the target is left stopped for
     /// the breakpoints to go on from (unless the capture let it go).
     async fn capture_for_breakpoints(&mut self, t: Trigger, rearm: bool) -> bool {
+        if let Some(a) = &self.armed {
+            a.judging.store(false, Ordering::SeqCst);
+        }
         let engine = self.armed.as_mut().and_then(|a| a.engine.take());
         self.rearm_after_capture = rearm;
         let made = self.capture(t, engine, false).await.is_ok();
