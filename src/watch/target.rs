@@ -314,17 +314,7 @@ impl Actor {
             }
             let moving = self.armed.as_ref().is_some_and(|a| a.moving());
             if connected && stopped && self.held.is_none() && !moving {
-                let detail = s.stop.map(|x| x.description).unwrap_or_default();
-                self.state(
-                    "stopped",
-                    &format!("the target stopped by itself: {detail}"),
-                );
-                let t = Trigger {
-                    kind: "stopped".into(),
-                    detail,
-                    sample: None,
-                    hit: None,
-                };
+                let t = self.stopped_by_itself();
                 let _ = self.capture(t, None, false).await;
                 continue;
             }
@@ -407,6 +397,27 @@ impl Actor {
         }
         if self.held.is_some() && !self.spec.policy.leave_stopped {
             self.resume().await;
+        }
+    }
+
+    /// The target stopped by itself (a bugcheck, an exception): said, and the trigger of its
+    /// capture.
+    fn stopped_by_itself(&self) -> Trigger {
+        let detail = self
+            .host
+            .status()
+            .stop
+            .map(|x| x.description)
+            .unwrap_or_default();
+        self.state(
+            "stopped",
+            &format!("the target stopped by itself: {detail}"),
+        );
+        Trigger {
+            kind: "stopped".into(),
+            detail,
+            sample: None,
+            hit: None,
         }
     }
 

@@ -436,22 +436,7 @@ impl Actor {
             _ => {
                 // The target stopped by itself (an exception, a bugcheck): captured as such,
                 // then the breakpoints go on.
-                let detail = self
-                    .host
-                    .status()
-                    .stop
-                    .map(|x| x.description)
-                    .unwrap_or_default();
-                self.state(
-                    "stopped",
-                    &format!("the target stopped by itself: {detail}"),
-                );
-                let t = Trigger {
-                    kind: "stopped".into(),
-                    detail,
-                    sample: None,
-                    hit: None,
-                };
+                let t = self.stopped_by_itself();
                 self.capture_for_breakpoints(t, rearm).await;
             }
         }
