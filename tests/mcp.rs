@@ -617,11 +617,7 @@ fn a_client_gone_in_the_middle_of_a_g_leaves_no_breakpoint_and_the_target_runnin
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{out}");
-    let byte = out
-        .lines()
-        .find(|l| l.starts_with("fffff"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("{out}"));
+    let byte = common::db_byte(&out);
     assert_ne!(byte, "cc", "an int 3 left: {out}");
     assert!(
         !String::from_utf8_lossy(&o.stderr).contains("left breakpoints"),

@@ -1488,11 +1488,7 @@ fn a_control_client_gone_in_the_middle_of_a_g_leaves_the_target_running_unpatche
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = run_on(port, &state, "db nt!KeBugCheckEx L1");
-    let byte = out
-        .lines()
-        .find(|l| l.starts_with("fffff"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("{out}"));
+    let byte = common::db_byte(&out);
     assert_ne!(byte, "cc", "an int 3 left: {out}");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -253,3 +253,12 @@ pub fn first_capture(
         .expect("a bundle");
     (dir, bundle)
 }
+
+/// The first byte `db ADDR L1`'s text shows (`cc` for an int 3).
+pub fn db_byte(out: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with("fffff"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no db line: {out}"))
+        .to_string()
+}
