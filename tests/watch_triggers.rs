@@ -1239,6 +1239,7 @@ fn a_breakpoint_trigger_writes_one_bundle_per_hit_up_to_the_rate_limit() {
         assert_eq!(t["kind"], "breakpoint", "{t}");
         assert_eq!(t["hit"]["breakpoint"]["command"], CAPTURE, "{t}");
         assert_eq!(t["hit"]["breakpoint"]["id"], 0, "{t}");
+        assert_eq!(t["hit"]["complete"], true, "{t}");
         // The registers at the hit: IofCompleteRequest's IRP in rcx, completed with
         // STATUS_INVALID_PARAMETER, as the script read it into the snapshot at the hit.
         let rcx = t["hit"]["registers"]["rcx"].as_str().unwrap();

@@ -583,6 +583,9 @@ impl Actor {
                 "processor": stop.processor,
                 "thread": format!("{:#x}", stop.thread),
                 "pc": format!("{:#x}", stop.pc),
+                // Whole only when both were read whole (their errors are in the text).
+                "complete": r.complete && k.complete,
+                "incomplete": r.incomplete.iter().chain(&k.incomplete).collect::<Vec<_>>(),
                 "registers": r.result,
                 "stack": k.result,
                 "text": text,
