@@ -31,6 +31,12 @@ pub struct Space {
 /// The largest read [`Memory::set_quick`] sends to the target as it is.
 pub const QUICK_MAX: usize = 64;
 
+/// The bytes a quick read fetches around its value (within the value's page).
+const QUICK_WINDOW: u64 = 128;
+
+/// Windows of quick reads kept in one stop (a bound; conditions read a few values).
+const MAX_QUICK_WINDOWS: usize = 256;
+
 /// Counters of the memory layer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemStats {
@@ -80,6 +86,8 @@ pub struct Memory {
     virtual_only: bool,
     /// Small reads go to the target as virtual reads, translated there ([`Memory::set_quick`]).
     quick: bool,
+    /// What quick reads fetched in this stop: the bytes around each value, by address.
+    quick_windows: Vec<(u64, Vec<u8>)>,
     epoch: u64,
     /// Per physical page, the span of bytes callers asked for (page tables included): the
     /// least any reader must fetch.
@@ -136,6 +144,7 @@ impl Memory {
             cancel: None,
             virtual_only,
             quick: false,
+            quick_windows: Vec::new(),
             epoch: 0,
             needed: HashMap::new(),
             asked: None,
@@ -292,7 +301,9 @@ impl Memory {
     /// Small reads (at most [`QUICK_MAX`] bytes) go to a live target as virtual reads it
     /// translates itself: one round trip for a value, where translating here costs a read of
     /// each paging level the cache lost when the target ran. For judging a breakpoint's
-    /// condition at each hit; nothing read this way is cached.
+    /// condition at each hit. Each read fetches the bytes around the value (within its page,
+    /// so mapped as the value is): the other fields of a structure a condition reads come
+    /// from them while the target stays stopped.
     pub fn set_quick(&mut self, on: bool) {
         self.quick = on;
     }
@@ -323,6 +334,7 @@ impl Memory {
     pub fn invalidate(&mut self) {
         self.phys.clear();
         self.virt.clear();
+        self.quick_windows.clear();
         self.epoch += 1;
         self.gone = None;
     }
@@ -360,6 +372,9 @@ impl Memory {
         }
         if self.virt.len() > MAX_CACHED_PAGES {
             self.virt.clear();
+        }
+        if self.quick_windows.len() > MAX_QUICK_WINDOWS {
+            self.quick_windows.clear();
         }
     }
 }

@@ -2,7 +2,7 @@
 //! from the kernel address space and the typed reads over them.
 
 use super::cache::{CachedPage, GRANULE};
-use super::{MAX_READ, Memory, PAGE, QUICK_MAX, Space, canonical};
+use super::{MAX_READ, Memory, PAGE, QUICK_MAX, QUICK_WINDOW, Space, canonical};
 use crate::target::TargetError;
 
 impl Memory {
@@ -64,9 +64,35 @@ impl Memory {
         }
         self.refresh();
         if self.quick && len <= QUICK_MAX {
+            let end = va + len as u64;
+            if let Some((at, w)) = self
+                .quick_windows
+                .iter()
+                .find(|(at, w)| *at <= va && end <= at + w.len() as u64)
+            {
+                let skip = (va - at) as usize;
+                let value = w[skip..skip + len].to_vec();
+                self.stats.bytes_requested += len as u64;
+                self.stats.cache_hits += 1;
+                return Ok(value);
+            }
+            // The bytes around the value, within its page (mapped as the value is): the
+            // fields of a structure a condition reads are near each other. A value across two
+            // pages is read as it is.
+            let page = va & !(PAGE - 1);
+            let (at, want) = if (end - 1) & !(PAGE - 1) == page {
+                let at = va.saturating_sub(QUICK_WINDOW / 2).max(page) & !7;
+                (
+                    at,
+                    (QUICK_WINDOW.max(end - at).min(page + PAGE - at)) as usize,
+                )
+            } else {
+                (va, len)
+            };
+            let skip = (va - at) as usize;
             self.check_budget()?;
-            let mut buf = vec![0u8; len];
-            if let Some(r) = self.target.read_virtual_live(va, &mut buf) {
+            let mut buf = vec![0u8; want];
+            if let Some(r) = self.target.read_virtual_live(at, &mut buf) {
                 self.stats.bytes_requested += len as u64;
                 let got = match r {
                     Ok(g) => g,
@@ -77,12 +103,15 @@ impl Memory {
                 };
                 self.stats.bytes_fetched += got as u64;
                 self.stats.cache_misses += 1;
-                if got < len {
+                if got < skip + len {
                     return Err(TargetError::Unavailable {
-                        address: va + got as u64,
+                        address: (at + got as u64).max(va),
                     });
                 }
-                return Ok(buf);
+                buf.truncate(got);
+                let value = buf[skip..skip + len].to_vec();
+                self.quick_windows.push((at, buf));
+                return Ok(value);
             }
         }
         self.stats.bytes_requested += len as u64;

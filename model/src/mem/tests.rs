@@ -314,3 +314,108 @@ fn long_reads_in_pieces_with_unreadable_pages_in_place() {
     });
     assert_eq!(calls, 1);
 }
+
+/// A live target's own virtual reads (the quick path): each byte holds its address's low
+/// byte; the page at [`Live::HOLE`] is not mapped. Counts the reads and can be let run.
+struct Live {
+    reads: Vec<(u64, usize)>,
+    ran: Arc<AtomicBool>,
+}
+
+impl Live {
+    const HOLE: u64 = VA + 0x3000;
+}
+
+impl Target for Live {
+    fn info(&self) -> TargetInfo {
+        TargetInfo {
+            directory_table_base: Some(0x1000),
+            ..TargetInfo::default()
+        }
+    }
+    fn read_physical(&mut self, _a: u64, _buf: &mut [u8]) -> Result<usize, TargetError> {
+        Ok(0)
+    }
+    fn max_transfer(&self) -> usize {
+        3944
+    }
+    fn context(&mut self, _p: u32) -> Result<Context, TargetError> {
+        Ok(Context::new())
+    }
+    fn special_registers(&mut self, _p: u32) -> Result<Vec<u8>, TargetError> {
+        Ok(vec![0; 0xe0])
+    }
+    fn control_pointer(&mut self, _p: u32, _i: u64) -> Result<u64, TargetError> {
+        Ok(0)
+    }
+    fn stats(&self) -> TransportStats {
+        TransportStats {
+            round_trips: self.reads.len() as u64,
+            bytes: 0,
+        }
+    }
+    fn take_invalidation(&mut self) -> bool {
+        self.ran.swap(false, Ordering::SeqCst)
+    }
+    fn read_virtual_live(
+        &mut self,
+        address: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize, TargetError>> {
+        self.reads.push((address, buf.len()));
+        let mut n = 0;
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = address + i as u64;
+            if a & !(PAGE - 1) == Live::HOLE {
+                break;
+            }
+            *b = a as u8;
+            n += 1;
+        }
+        Some(Ok(n))
+    }
+}
+
+#[test]
+fn quick_reads_fetch_the_bytes_around_a_value_once_per_stop() {
+    let ran = Arc::new(AtomicBool::new(false));
+    let live = Live {
+        reads: Vec::new(),
+        ran: ran.clone(),
+    };
+    let mut m = Memory::new(Box::new(live));
+    let s = Space { dtb: 0x1000 };
+    m.set_quick(true);
+    // An IRP's status and its stack count and location: one window, one read.
+    let irp = VA + 0x1010;
+    assert_eq!(
+        m.read(s, irp + 0x30, 4).unwrap(),
+        vec![0x40, 0x41, 0x42, 0x43]
+    );
+    assert_eq!(m.read(s, irp + 0x42, 1).unwrap(), vec![0x52]);
+    assert_eq!(m.read(s, irp + 0x43, 1).unwrap(), vec![0x53]);
+    assert_eq!(m.stats().transport.round_trips, 1);
+    // Fields before the first one read, and a long value at the window's far end.
+    assert_eq!(m.read(s, irp + 0x8, 1).unwrap(), vec![0x18]);
+    assert_eq!(m.stats().transport.round_trips, 1);
+    let far = m.read(s, VA + 0x1064, 64).unwrap();
+    assert_eq!((far[0], far[63]), (0x64, 0xa3));
+    assert_eq!(m.stats().transport.round_trips, 2);
+    // Across two pages: read as it is (the window around it could hold an unmapped page).
+    assert_eq!(m.read(s, VA + 0x1ffc, 8).unwrap()[7], 0x03);
+    assert_eq!(m.read(s, VA + 0x1ffe, 2).unwrap(), vec![0xfe, 0xff]);
+    assert_eq!(m.stats().transport.round_trips, 3);
+    // The target ran: read again.
+    ran.store(true, Ordering::SeqCst);
+    assert_eq!(m.read(s, irp + 0x42, 1).unwrap(), vec![0x52]);
+    assert_eq!(m.stats().transport.round_trips, 4);
+    // A value in an unmapped page fails where it starts; the window before it is fine.
+    assert!(matches!(
+        m.read(s, Live::HOLE + 8, 4),
+        Err(TargetError::Unavailable { address }) if address == Live::HOLE + 8
+    ));
+    assert_eq!(
+        m.read(s, Live::HOLE - 4, 4).unwrap(),
+        vec![0xfc, 0xfd, 0xfe, 0xff]
+    );
+}
