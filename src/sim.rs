@@ -53,6 +53,10 @@ pub struct Args {
     /// For the bugcheck scenario: crash this long after start.
     #[arg(long = "after", value_parser = duration::parse)]
     bugcheck_after: Option<Duration>,
+    /// Bugcheck with this code (hex) in the instant a debugger first breaks in: the debugger
+    /// gets the bugcheck's stop for its break-in (the race, on demand).
+    #[arg(long, value_parser = hex_u32)]
+    bugcheck_at_break_in: Option<u32>,
     /// How often the running machine prints its scenario's DbgPrint line.
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     print_every: Duration,
@@ -158,6 +162,7 @@ pub async fn run(a: Args) -> anyhow::Result<u8> {
         print_every: a.print_every,
         booted_nodebug: false,
         irps: a.irps.min(kdnet_sim::scenario::MAX_EXTRA_IRPS),
+        bugcheck_at_break_in: a.bugcheck_at_break_in.map(|code| (code, 1)),
     };
     let link = if a.latency.is_some()
         || a.jitter.is_some()
@@ -286,4 +291,14 @@ fn reboot_signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
     #[cfg(not(unix))]
     drop(tx);
     Ok(rx)
+}
+
+/// A number in hex, with or without `0x` (`44`, `0x1ca`).
+fn hex_u32(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    u32::from_str_radix(t, 16).map_err(|e| format!("`{s}` is not a hex number: {e}"))
 }

@@ -27,6 +27,7 @@ fn config(scenario: Scenario) -> SimConfig {
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
         irps: 0,
+        bugcheck_at_break_in: None,
     }
 }
 

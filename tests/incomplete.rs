@@ -30,6 +30,7 @@ fn partial_dump(path: &Path, missing: usize) -> Vec<String> {
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
         irps: 0,
+        bugcheck_at_break_in: None,
     };
     let machine = Machine::build(config).unwrap();
     let cpus = machine.system().cpus.len() as u32;

@@ -19,13 +19,18 @@ struct Watcher(Child);
 
 impl Watcher {
     fn start(args: &[&str], extra: &[&Path]) -> Watcher {
+        // Breakpoints' records go to a directory of the tests' own.
+        let state = std::env::temp_dir().join(format!("kdnet-watch-state-{}", std::process::id()));
+        Watcher::start_in(args, extra, &state)
+    }
+
+    /// [`Watcher::start`] keeping breakpoints' records in `state`.
+    fn start_in(args: &[&str], extra: &[&Path], state: &Path) -> Watcher {
         let mut c = kdnet();
         c.arg("watch").args(args);
         for p in extra {
             c.arg(p);
         }
-        // Breakpoints' records go to a directory of the tests' own.
-        let state = std::env::temp_dir().join(format!("kdnet-watch-state-{}", std::process::id()));
         Watcher(
             c.env("KDNET_WATCH_KEY", "4.4.4.4")
                 .env("KDNET_STATE_DIR", state)
@@ -584,6 +589,18 @@ fn one(name: &str, sim_args: &[&str], watch_args: &[&str]) -> (Sim, Watcher, Pat
 /// A watcher of the one target at `port`, named `name`, writing into `dir` (bundles in
 /// `b`, events in `events.jsonl`, control socket `s.sock`); the watcher and the events file.
 fn watch_one(name: &str, port: u16, dir: &Path, watch_args: &[&str]) -> (Watcher, PathBuf) {
+    watch_one_in(name, port, dir, watch_args, None)
+}
+
+/// [`watch_one`] keeping the watcher's breakpoint records in `state` (a directory of the
+/// tests' own without it).
+fn watch_one_in(
+    name: &str,
+    port: u16,
+    dir: &Path,
+    watch_args: &[&str],
+    state: Option<&Path>,
+) -> (Watcher, PathBuf) {
     let ev = dir.join("events.jsonl");
     let port_s = port.to_string();
     let mut args = vec![
@@ -606,17 +623,18 @@ fn watch_one(name: &str, port: u16, dir: &Path, watch_args: &[&str]) -> (Watcher
             "sample=60s,capture=120s"
         });
     }
-    let w = Watcher::start(
-        &args,
-        &[
-            Path::new("--out"),
-            &dir.join("b"),
-            Path::new("--events"),
-            &ev,
-            Path::new("--control"),
-            &dir.join("s.sock"),
-        ],
-    );
+    let extra: &[&Path] = &[
+        Path::new("--out"),
+        &dir.join("b"),
+        Path::new("--events"),
+        &ev,
+        Path::new("--control"),
+        &dir.join("s.sock"),
+    ];
+    let w = match state {
+        Some(state) => Watcher::start_in(&args, extra, state),
+        None => Watcher::start(&args, extra),
+    };
     (w, ev)
 }
 
@@ -1172,29 +1190,27 @@ fn a_breakpoint_trigger_writes_one_bundle_per_hit_up_to_the_rate_limit() {
     let _sim = Sim::start(port, "4.4.4.4", &["--scenario", "bindflt-race"]);
     let script = dir.join("hit.kds");
     std::fs::write(&script, "!thread\ndd @rcx+0x30 L1\n").unwrap();
-    let ev = dir.join("events.jsonl");
-    let mut w = Watcher(
-        kdnet()
-            .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--key-env", "KDNET_WATCH_KEY", "--name", "bp"])
-            .args(["--breakpoint", CAPTURE, "--count-breakpoint", COUNT])
-            .args(["--max-per-hour", "2", "--cooldown", "0s"])
+    let script = script.display().to_string();
+    let (mut w, ev) = watch_one_in(
+        "bp",
+        port,
+        &dir,
+        &[
+            "--breakpoint",
+            CAPTURE,
+            "--count-breakpoint",
+            COUNT,
+            "--max-per-hour",
+            "2",
+            "--cooldown",
+            "0s",
             // Every hit on this machine is judged at once: the share is not what is tested.
-            .args(["--max-hit-stop", "100%"])
-            .arg("--script")
-            .arg(&script)
-            .arg("--out")
-            .arg(dir.join("b"))
-            .arg("--events")
-            .arg(&ev)
-            .arg("--control")
-            .arg(dir.join("s.sock"))
-            .env("KDNET_WATCH_KEY", "4.4.4.4")
-            .env("KDNET_STATE_DIR", &state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            "--max-hit-stop",
+            "100%",
+            "--script",
+            &script,
+        ],
+        Some(&state),
     );
     // Two captures (the rate limit), then hits held back: said once, counted after.
     let start = Instant::now();
@@ -1333,25 +1349,17 @@ fn a_watchers_breakpoints_are_set_again_in_the_kernel_a_reboot_brings() {
     let state = dir.join("state");
     let port = free_udp_port();
     let sim = Sim::start(port, "4.4.4.4", &["--scenario", "bindflt-race"]);
-    let ev = dir.join("events.jsonl");
-    let _w = Watcher(
-        kdnet()
-            .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--key-env", "KDNET_WATCH_KEY", "--name", "rb"])
-            .args(["--count-breakpoint", "bp bindflt!BfPreCreate"])
-            .args(["--max-hit-stop", "100%"])
-            .arg("--out")
-            .arg(dir.join("b"))
-            .arg("--events")
-            .arg(&ev)
-            .arg("--control")
-            .arg(dir.join("s.sock"))
-            .env("KDNET_WATCH_KEY", "4.4.4.4")
-            .env("KDNET_STATE_DIR", &state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (_w, ev) = watch_one_in(
+        "rb",
+        port,
+        &dir,
+        &[
+            "--count-breakpoint",
+            "bp bindflt!BfPreCreate",
+            "--max-hit-stop",
+            "100%",
+        ],
+        Some(&state),
     );
     let counted = |all: &[Value], after: usize| {
         all.iter()
@@ -1417,26 +1425,8 @@ fn a_control_client_gone_in_the_middle_of_a_g_leaves_the_target_running_unpatche
     let state = dir.join("state");
     let port = free_udp_port();
     let _sim = Sim::start(port, "4.4.4.4", &["--scenario", "bindflt-race"]);
-    let ev = dir.join("events.jsonl");
     let sock = dir.join("s.sock");
-    let mut w = Watcher(
-        kdnet()
-            .args(["watch", "--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--key-env", "KDNET_WATCH_KEY", "--name", "cg"])
-            .args(["--control-lease", "1s"])
-            .arg("--out")
-            .arg(dir.join("b"))
-            .arg("--events")
-            .arg(&ev)
-            .arg("--control")
-            .arg(&sock)
-            .env("KDNET_WATCH_KEY", "4.4.4.4")
-            .env("KDNET_STATE_DIR", &state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut w, ev) = watch_one_in("cg", port, &dir, &["--control-lease", "1s"], Some(&state));
     wait_state(&ev, "cg", "running", Duration::from_secs(30));
     // One client breaks in and runs a g on a breakpoint nothing reaches, on one connection
     // (the target is its own from the break-in on), and hangs up while the g waits.
@@ -1523,6 +1513,32 @@ fn a_failing_probe_triggers_while_a_breakpoint_is_hit_all_the_time() {
             .as_str()
             .is_some_and(|n| n.starts_with("breakpoints set: 1 of 1"))),
         "{ev:#?}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A bugcheck in the instant the watcher breaks in to set its breakpoints is captured as the
+/// bugcheck it is, not taken for the watcher's own stop (and let go with breakpoints written).
+#[test]
+fn a_bugcheck_in_the_instant_of_the_watchers_break_in_is_captured_as_such() {
+    let (_sim, _w, dir, ev) = one(
+        "racebc",
+        &["--scenario", "bindflt-race", "--bugcheck-at-break-in", "44"],
+        &[
+            "--breakpoint",
+            r#"bp /w "dwo(@rcx+0x30) == 0xc000000d" nt!IofCompleteRequest"#,
+        ],
+    );
+    let all = wait_state(&ev, "racebc", "captured", Duration::from_secs(120));
+    let c = all.iter().find(|e| e["state"] == "captured").unwrap();
+    let j = report(Path::new(c["bundle"].as_str().unwrap()));
+    assert_eq!(j["trigger"]["kind"], "stopped", "{}", j["trigger"]);
+    assert_eq!(j["findings"]["bugcheck"]["code"], 0x44, "{}", j["findings"]);
+    assert!(
+        all.iter().any(|e| e["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("stopped by itself as the break-in was asked"))),
+        "{all:#?}"
     );
     std::fs::remove_dir_all(dir).ok();
 }

@@ -553,6 +553,23 @@ fn hit_of(e: &Engine, stop: &StopEvent) -> Option<u32> {
     None
 }
 
+/// What a stop that came when the debugger broke in really is, when it is not the break-in:
+/// a hit of one of the session's breakpoints whose condition holds, or a stop of the target's
+/// own (a bugcheck, an exception, a driver's break). None: the break-in (or a hit judged not
+/// to stop, which the break-in ends the motion on anyway).
+fn came_first(e: &mut Engine, stop: &StopEvent) -> Result<Option<Reason>, CmdError> {
+    if let Some(id) = hit_of(e, stop) {
+        return Ok(judge(e, id, stop)?.then_some(Reason::Breakpoint));
+    }
+    let rcx = match &stop.kind {
+        StopKind::Exception { code, .. } if *code == STATUS_BREAKPOINT => {
+            e.kernel.context(stop.processor)?.reg(kdnet_arch::Reg::Rcx)
+        }
+        _ => 0,
+    };
+    Ok((!stop.is_break_in(rcx)).then_some(Reason::Exception))
+}
+
 /// Whether a hit of breakpoint `id` stops the target: the filters, the pass count, the
 /// condition. Counts it.
 fn judge(e: &mut Engine, id: u32, stop: &StopEvent) -> Result<bool, CmdError> {
@@ -840,7 +857,22 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
             commands,
         };
         if interrupted {
-            return Ok(ended(Reason::BreakIn, None, vec![]));
+            // The stop a break-in brings may be one the target made itself in that instant:
+            // a breakpoint's hit, an exception, a bugcheck. It is reported as what it is;
+            // otherwise the motion ends here, as asked.
+            match came_first(e, &stop)? {
+                Some(Reason::Breakpoint) => {
+                    let id = hit_of(e, &stop);
+                    if let Some(id) = id
+                        && e.control.breakpoints.get(&id).is_some_and(|b| b.one_shot)
+                    {
+                        e.control.breakpoints.remove(&id);
+                    }
+                    return Ok(ended(Reason::Breakpoint, id, vec![]));
+                }
+                Some(reason) => return Ok(ended(reason, None, vec![])),
+                None => return Ok(ended(Reason::BreakIn, None, vec![])),
+            }
         }
         if let Some(id) = hit_of(e, &stop) {
             if !judge(e, id, &stop)? {

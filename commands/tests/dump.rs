@@ -39,6 +39,7 @@ fn config(scenario: Scenario, cpus: u16) -> SimConfig {
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
         irps: 0,
+        bugcheck_at_break_in: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn engine_with(scenario: Scenario, before_open: impl FnOnce(&Faults)) -> (Engine
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
         irps: 0,
+        bugcheck_at_break_in: None,
     };
     let machine = Machine::build(config).unwrap();
     let facts = machine.facts().clone();

@@ -28,6 +28,7 @@ fn engine() -> (Engine, Faults) {
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
         irps: 0,
+        bugcheck_at_break_in: None,
     };
     let machine = Machine::build(config).unwrap();
     let cpus = machine.system().cpus.len() as u32;

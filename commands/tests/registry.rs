@@ -146,6 +146,7 @@ fn engine(scenario: Scenario) -> (Engine, Facts) {
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
         irps: 0,
+        bugcheck_at_break_in: None,
     };
     let machine = Machine::build(config).unwrap();
     let facts = machine.facts().clone();

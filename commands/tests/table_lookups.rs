@@ -75,6 +75,7 @@ fn lookups_over(file: &Path, scratch: &Path) -> Option<Lookups> {
             print_every: std::time::Duration::from_secs(3600),
             booted_nodebug: false,
             irps: 0,
+            bugcheck_at_break_in: None,
         };
         let machine = match Machine::build_with_table(config, sim_table.clone()) {
             Ok(m) => m,

@@ -93,6 +93,7 @@ fn sim(dir: &std::path::Path, build: u32, file: &str, scenario: Scenario) -> Sim
         print_every: std::time::Duration::from_secs(3600),
         booted_nodebug: false,
         irps: 0,
+        bugcheck_at_break_in: None,
     };
     let machine = Machine::build(config).unwrap_or_else(|e| panic!("{build} {scenario}: {e}"));
     let facts = machine.facts().clone();

@@ -604,5 +604,10 @@ fn windows_81_samples() {
             bytes_copied: 1232
         }
     );
-    assert_eq!(Context::from_bytes(&m.data).unwrap().flags(), 0x10001F);
+    let c = Context::from_bytes(&m.data).unwrap();
+    assert_eq!(c.flags(), 0x10001F);
+    // The break-in stopped the kernel at DbgBreakPointWithStatus's int 3, called with
+    // DBG_STATUS_CONTROL_C: rcx holds 1 (what tells a break-in from a bugcheck's break there).
+    assert_eq!(c.reg(Reg::Rip), sc.program_counter);
+    assert_eq!(c.reg(Reg::Rcx), 1);
 }

@@ -652,6 +652,36 @@ impl Session {
         Ok(stop_of(&self.host.break_in(timeout).await?))
     }
 
+    /// Stops the target, and says whether what it reported is a stop of its own that came in
+    /// that instant (a bugcheck, an exception, a driver's break) rather than the break-in:
+    /// reads the stopped processor's rcx when the report is a breakpoint's (one round trip).
+    pub async fn break_in_checked(&self, timeout: Duration) -> Result<(Stop, bool), SessionError> {
+        let sc = self.host.break_in(timeout).await?;
+        let event = stop_event(&sc, 0);
+        let rcx = match &event.kind {
+            StopKind::Exception { code, .. } if *code == status::BREAKPOINT => {
+                self.rcx(sc.processor).await?
+            }
+            _ => 0,
+        };
+        Ok((stop_of(&sc), !event.is_break_in(rcx)))
+    }
+
+    /// A stopped processor's rcx: the 8 bytes of its CONTEXT (GetContextEx), or the whole of it
+    /// where the kernel does not give parts.
+    async fn rcx(&self, processor: u16) -> Result<u64, SessionError> {
+        const RCX: u32 = 0x80;
+        match self.host.get_context_ex(processor, RCX, 8).await {
+            Ok(b) if b.len() == 8 => Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
+            Ok(_) | Err(HostError::Status { .. }) => Ok(self
+                .host
+                .get_context(processor)
+                .await?
+                .reg(kdnet::api::Reg::Rcx)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether a newly connected target is stopped (another debugger may have left it so),
     /// without breaking in.
     pub async fn probe_stopped(&self, wait: Duration) -> Option<Stop> {

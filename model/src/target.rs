@@ -267,6 +267,30 @@ pub struct StopEvent {
     pub serial: u64,
 }
 
+/// DbgBreakPointWithStatus's argument when the kernel breaks in for the debugger
+/// (DBG_STATUS_CONTROL_C): rcx holds it at the int 3 a break-in stops on. A bugcheck
+/// (DBG_STATUS_BUGCHECK_FIRST) or a driver's own break reaches an int 3 with something else.
+pub const DBG_STATUS_CONTROL_C: u64 = 1;
+
+impl StopEvent {
+    /// Whether this stop, the answer to a break-in, is the break-in itself (`rcx` as the
+    /// stopped processor holds it) rather than a stop the target made itself in that instant:
+    /// a bugcheck, an exception, a driver's break (or a breakpoint's hit, which only the
+    /// session that set it can tell).
+    pub fn is_break_in(&self, rcx: u64) -> bool {
+        match &self.kind {
+            StopKind::Exception { code, .. } if *code == STATUS_BREAKPOINT => {
+                rcx == DBG_STATUS_CONTROL_C
+            }
+            // A single step or debug register is the debugger's own doing, never the target's.
+            StopKind::Exception { code, .. } => *code == STATUS_SINGLE_STEP,
+            // A module's load or unload in that instant: the debugger has it stopped all the
+            // same, with nothing wrong.
+            StopKind::Module { .. } | StopKind::Other => true,
+        }
+    }
+}
+
 /// A source of kernel memory and processor state.
 pub trait Target: Send {
     /// What is known up front.

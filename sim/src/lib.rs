@@ -89,6 +89,10 @@ pub struct SimConfig {
     /// in non-paged pool with the IRP tag and on no thread's list (at most
     /// [`scenario::MAX_EXTRA_IRPS`]).
     pub irps: u32,
+    /// The machine bugchecks with this code in the instant a debugger breaks in for the n-th
+    /// time (from 1), and the bugcheck's stop is what the debugger gets (the race every
+    /// debugger that breaks in meets now and then, made to happen at will).
+    pub bugcheck_at_break_in: Option<(u32, u64)>,
 }
 
 impl SimConfig {
@@ -106,6 +110,7 @@ impl SimConfig {
             print_every: Duration::from_secs(10),
             booted_nodebug: false,
             irps: 0,
+            bugcheck_at_break_in: None,
         }
     }
 }

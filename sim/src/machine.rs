@@ -62,7 +62,15 @@ pub struct Machine {
     /// A single step asked for outside an activity call (after a break-in): reported at
     /// once, where the processor went back to.
     step_pending: bool,
+    /// Processor 0's rcx before a break put DbgBreakPointWithStatus's status there.
+    break_rcx: Option<u64>,
+    /// Break-ins so far.
+    break_ins: u64,
 }
+
+/// DbgBreakPointWithStatus's status for a break-in, and for a bugcheck's first break.
+const DBG_STATUS_CONTROL_C: u64 = 1;
+const DBG_STATUS_BUGCHECK_FIRST: u64 = 3;
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,6 +146,8 @@ impl Machine {
             dr7: 0x400,
             drs: vec![[0; 4]; cpus_count],
             step_pending: false,
+            break_rcx: None,
+            break_ins: 0,
         })
     }
 
@@ -214,7 +224,10 @@ impl Machine {
     /// it): the context's RIP is the break instruction the state change reports, and its
     /// return address on the stack is where the processor was. A processor already there (a
     /// debugger set it so) is left as it is.
-    fn enter_break(&mut self, cpu: usize) {
+    /// `status` is DbgBreakPointWithStatus's argument, in rcx at its int 3 (DBG_STATUS_CONTROL_C
+    /// for a break-in, DBG_STATUS_BUGCHECK_FIRST for a bugcheck); the processor's own rcx
+    /// comes back when it goes on.
+    fn enter_break(&mut self, cpu: usize, status: u64) {
         let Ok(brk) = self.sys.k.sym("RtlpBreakWithStatusInstruction") else {
             return;
         };
@@ -229,6 +242,8 @@ impl Machine {
         self.sys.k.w64(rsp, rip);
         c.set_reg(Reg::Rsp, rsp);
         c.set_reg(Reg::Rip, brk);
+        self.break_rcx = Some(c.reg(Reg::Rcx));
+        c.set_reg(Reg::Rcx, status);
     }
 
     fn break_state(&self, cpu: u16, code: u32) -> StateChange64 {
@@ -535,7 +550,20 @@ impl TargetHandler for Machine {
         self.freeze_clock();
         match reason {
             StopReason::BreakIn => {
-                self.enter_break(0);
+                self.break_ins += 1;
+                if let Some((code, _)) = self
+                    .config
+                    .bugcheck_at_break_in
+                    .filter(|(_, n)| *n == self.break_ins && !self.bugchecked)
+                {
+                    // The bugcheck came in the instant the debugger broke in: its report is
+                    // the one the debugger gets.
+                    self.bugchecked = true;
+                    let _ = scenario::write_bugcheck(&mut self.sys, code, [0, 0, 0, 0]);
+                    self.enter_break(0, DBG_STATUS_BUGCHECK_FIRST);
+                    return self.break_state(0, status::BREAKPOINT);
+                }
+                self.enter_break(0, DBG_STATUS_CONTROL_C);
                 self.break_state(0, status::BREAKPOINT)
             }
             StopReason::SwitchProcessor(cpu) => self.break_state(cpu, status::WAKE_SYSTEM_DEBUGGER),
@@ -597,6 +625,9 @@ impl TargetHandler for Machine {
             let rsp = c.reg(Reg::Rsp);
             c.set_reg(Reg::Rip, self.sys.k.r64(rsp));
             c.set_reg(Reg::Rsp, rsp + 8);
+            if let Some(rcx) = self.break_rcx.take() {
+                c.set_reg(Reg::Rcx, rcx);
+            }
         }
     }
 

@@ -421,15 +421,29 @@ impl Actor {
         }
     }
 
-    /// Breaks in (unless stopped); Err says why it could not.
+    /// Breaks in (unless stopped); Err says why it could not. A stop the target made itself
+    /// in the instant of the break-in (a bugcheck, an exception) is not the watcher's: Err,
+    /// and the target is left stopped for the watch to capture as such.
     async fn stop(&mut self) -> Result<(), String> {
+        if self.stop_checked().await? {
+            return Err(
+                "the target stopped by itself as the break-in was asked: it is captured as such"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Breaks in (unless stopped); Ok(true) when what stopped it is a stop of its own that
+    /// came in that instant (a bugcheck, an exception, a driver's break), not the break-in.
+    async fn stop_checked(&mut self) -> Result<bool, String> {
         if self.host.status().stopped {
-            return Ok(());
+            return Ok(false);
         }
         self.host
-            .break_in(BREAK_IN)
+            .break_in_checked(BREAK_IN)
             .await
-            .map(|_| ())
+            .map(|(_, own)| own)
             .map_err(|e| format!("break-in failed: {e}"))
     }
 
@@ -722,11 +736,16 @@ impl Actor {
             }
             return Err(why);
         }
-        if let Err(e) = self.stop().await {
-            self.quota.give_back();
-            self.state("capture-failed", &e);
-            return Err(e);
-        }
+        let t = match self.stop_checked().await {
+            Ok(false) => t,
+            // What the target did by itself in that instant is what is captured.
+            Ok(true) => self.stopped_by_itself(),
+            Err(e) => {
+                self.quota.give_back();
+                self.state("capture-failed", &e);
+                return Err(e);
+            }
+        };
         // A capture a sample led to says what the sample cost (the target has been stopped
         // since the sample's break-in).
         self.hub.state(

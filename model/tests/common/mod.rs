@@ -74,6 +74,7 @@ pub fn sim_kernel_configured(
         // debugger data block the kernel encoded.
         booted_nodebug: true,
         irps: 0,
+        bugcheck_at_break_in: None,
     };
     configure(&mut config);
     let mut machine = Machine::build(config).unwrap();

@@ -25,6 +25,7 @@ pub fn config(build: u32, scenario: Scenario, resources: u32) -> Option<SimConfi
         print_every: std::time::Duration::from_secs(10),
         booted_nodebug: false,
         irps: 0,
+        bugcheck_at_break_in: None,
     })
 }
 
