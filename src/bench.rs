@@ -404,25 +404,12 @@ fn cpu_time() -> Duration {
 /// idle watched target costs.
 async fn watch_bench(delay: Duration, resources: u32, idle: usize) -> anyhow::Result<()> {
     use crate::watch::{self, Control, config, hub::Hub};
-    use kdnet_live::{Listen, Session};
+    use kdnet_live::Listen;
     samples_bench(delay, resources).await?;
     ceilings_bench(delay, resources).await?;
-    let key = Key::from_bytes(kdnet::rng::os_random_32());
-    let hc = Listen {
-        bind: "127.0.0.1:0".parse()?,
-        key: key.clone(),
-        target: None,
-    };
-    let host = Session::listen(hc.clone()).await?;
     let mut sim_config = kdnet_sim::SimConfig::demo();
     sim_config.resources = resources;
-    let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
-    tc.offer_interval = Duration::from_millis(500);
-    let link = LinkConfig {
-        latency: delay,
-        ..LinkConfig::default()
-    };
-    let sim = kdnet_sim::start(sim_config, tc, Some(link)).await?;
+    let (hc, host, sim) = listening_sim(sim_config, delay).await?;
     let out = std::env::temp_dir().join(format!("kdnet-bench-{}", std::process::id()));
     let common = config::Common {
         out: Some(out.clone()),
@@ -759,13 +746,24 @@ async fn running_sim(
     config: kdnet_sim::SimConfig,
     delay: Duration,
 ) -> anyhow::Result<(kdnet_live::Session, kdnet_sim::Running)> {
+    let (_, host, sim) = listening_sim(config, delay).await?;
+    Ok((host, sim))
+}
+
+/// A simulated machine of `config` behind a link of `delay` each way, connected to a session
+/// listening on loopback: where the session listens (what a watcher's spec takes), the session
+/// and the machine.
+async fn listening_sim(
+    config: kdnet_sim::SimConfig,
+    delay: Duration,
+) -> anyhow::Result<(kdnet_live::Listen, kdnet_live::Session, kdnet_sim::Running)> {
     let key = Key::from_bytes(kdnet::rng::os_random_32());
-    let host = kdnet_live::Session::listen(kdnet_live::Listen {
+    let listen = kdnet_live::Listen {
         bind: "127.0.0.1:0".parse()?,
         key: key.clone(),
         target: None,
-    })
-    .await?;
+    };
+    let host = kdnet_live::Session::listen(listen.clone()).await?;
     let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
     tc.offer_interval = Duration::from_millis(500);
     let link = LinkConfig {
@@ -774,7 +772,7 @@ async fn running_sim(
     };
     let sim = kdnet_sim::start(config, tc, Some(link)).await?;
     host.wait_connected(Duration::from_secs(30)).await?;
-    Ok((host, sim))
+    Ok((listen, host, sim))
 }
 
 /// A sample of each scenario from the threads beside the sample that walks the resource list
@@ -1616,7 +1614,6 @@ async fn breakpoint_bench(delay: Duration) -> anyhow::Result<()> {
 /// capturing each failed create.
 async fn watcher_hits_bench(delay: Duration) -> anyhow::Result<()> {
     use crate::watch::{self, Control, config, hub::Hub};
-    use kdnet_live::{Listen, Session};
     const CONDITION: &str = "bp /w \"dwo(@rcx+0x30) == 0xc000000d\" nt!IofCompleteRequest";
     outln!(
         "\nA watcher's breakpoint on the same machine, {CONDITION}, 10 s each (RTT {:?})",
@@ -1633,25 +1630,11 @@ async fn watcher_hits_bench(delay: Duration) -> anyhow::Result<()> {
         "held"
     );
     for capture in [false, true] {
-        let key = Key::from_bytes(kdnet::rng::os_random_32());
-        let hc = Listen {
-            bind: "127.0.0.1:0".parse()?,
-            key: key.clone(),
-            target: None,
-        };
-        let host = Session::listen(hc.clone()).await?;
         let mut c = kdnet_sim::SimConfig::demo();
         c.scenario = kdnet_sim::Scenario::BindfltRace;
         c.resources = 2000;
         c.print_every = Duration::from_secs(3600);
-        let mut tc = TargetConfig::new("127.0.0.1:0".parse()?, host.local_addr(), key);
-        tc.offer_interval = Duration::from_millis(500);
-        let link = LinkConfig {
-            latency: delay,
-            ..LinkConfig::default()
-        };
-        let _sim = kdnet_sim::start(c, tc, Some(link)).await?;
-        host.wait_connected(Duration::from_secs(30)).await?;
+        let (hc, host, _sim) = listening_sim(c, delay).await?;
         let out = std::env::temp_dir().join(format!("kdnet-bench-bp-{}", std::process::id()));
         let script = out.join("hit.kds");
         std::fs::create_dir_all(&out)?;

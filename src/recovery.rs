@@ -171,7 +171,8 @@ pub fn attach(
 
 /// An ending came while the engine may be inside a `g` (`moving`): it has been cancelled, and
 /// stops the target and takes its breakpoints out by itself; wait for that (at most 20 s) so
-/// that the target is let go after. A second signal exits at once.
+/// that the target is let go after. The signal that makes [`crate::signals::GIVE_UP_AT`]
+/// exits at once.
 pub async fn let_motion_end(
     moving: &std::sync::atomic::AtomicBool,
     signals: &mut crate::signals::Ending,
@@ -188,8 +189,11 @@ pub async fn let_motion_end(
     };
     tokio::select! {
         () = wait => {}
-        s = signals.next() => {
-            eprintln!("kdnet: {} again: exiting at once; the target may stay stopped", s.name());
+        s = signals.give_up("taking the breakpoints out") => {
+            eprintln!(
+                "kdnet: {} again: exiting at once; the target may stay stopped (the next session takes out the breakpoints left in it)",
+                s.name()
+            );
             std::process::exit(i32::from(s.exit_code()));
         }
     }

@@ -1,6 +1,8 @@
 //! The signals that end a run: Ctrl-C (SIGINT), SIGTERM and SIGHUP. A command that holds a
-//! stopped target catches them, lets the target continue, and only then exits; a second one
-//! while it does exits at once.
+//! stopped target catches them, takes its breakpoints out, lets the target continue, and only
+//! then exits (bounded in time). A second one while it does is said and changes nothing (an
+//! impatient Ctrl-C twice still leaves the target clean); a third exits at once (the record of
+//! breakpoints written lets the next session take them out).
 
 use std::time::Duration;
 
@@ -38,8 +40,13 @@ impl Sig {
     }
 }
 
+/// The ending signals a process takes before it gives up cleaning up and exits at once.
+pub const GIVE_UP_AT: u32 = 3;
+
 /// The ending signals, caught from when this is made.
 pub struct Ending {
+    /// Ending signals received so far.
+    count: u32,
     #[cfg(unix)]
     int: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -66,6 +73,7 @@ impl Ending {
         {
             use tokio::signal::unix::{SignalKind, signal};
             Ok(Ending {
+                count: 0,
                 int: if interrupt {
                     Some(signal(SignalKind::interrupt())?)
                 } else {
@@ -76,11 +84,35 @@ impl Ending {
             })
         }
         #[cfg(not(unix))]
-        Ok(Ending { int: interrupt })
+        Ok(Ending {
+            count: 0,
+            int: interrupt,
+        })
     }
 
     /// The next ending signal.
     pub async fn next(&mut self) -> Sig {
+        let s = self.receive().await;
+        self.count += 1;
+        s
+    }
+
+    /// While cleaning up after an ending: the signal that makes [`GIVE_UP_AT`], and the
+    /// process exits at once. Those before it are said (`doing`: what goes on meanwhile).
+    pub async fn give_up(&mut self, doing: &str) -> Sig {
+        loop {
+            let s = self.next().await;
+            if self.count >= GIVE_UP_AT {
+                return s;
+            }
+            eprintln!(
+                "kdnet: {} again: still {doing}; once more exits at once",
+                s.name()
+            );
+        }
+    }
+
+    async fn receive(&mut self) -> Sig {
         #[cfg(unix)]
         {
             let int = async {
@@ -108,7 +140,8 @@ impl Ending {
 
 /// After `sig`: lets the target of `host` continue (unless `leave_stopped`), first waiting
 /// briefly for a break-in under way (`breaking`) to land, so a target about to stop is not
-/// left stopped. A second ending signal meanwhile gives up at once. The exit code.
+/// left stopped. The ending signal that makes [`GIVE_UP_AT`] meanwhile gives up at once. The
+/// exit code.
 pub async fn resume_before_exit(
     host: &kdnet_live::Session,
     sig: Sig,
@@ -124,8 +157,9 @@ pub async fn resume_before_exit(
         return sig.exit_code();
     }
     eprintln!(
-        "kdnet: {}: letting the target continue before exiting (a second signal exits at once)",
-        sig.name()
+        "kdnet: {}: letting the target continue before exiting (at most {} s)",
+        sig.name(),
+        RESUME_WITHIN.as_secs()
     );
     let resume = async {
         if breaking && !host.status().stopped {
@@ -164,8 +198,8 @@ pub async fn resume_before_exit(
                 RESUME_WITHIN.as_secs()
             ),
         },
-        s = signals.next() => eprintln!(
-            "kdnet: {} again: exiting at once; the target may stay stopped",
+        s = signals.give_up("letting the target continue") => eprintln!(
+            "kdnet: {} again: exiting at once; the target may stay stopped (the next session takes out the breakpoints left in it)",
             s.name()
         ),
     }

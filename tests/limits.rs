@@ -84,7 +84,7 @@ fn signals_during_a_long_run_let_the_target_continue() {
 }
 
 #[test]
-fn a_second_signal_exits_at_once_when_the_target_does_not_answer() {
+fn a_third_signal_exits_at_once_when_the_target_does_not_answer() {
     let dir = temp_dir("signals-twice");
     let script = dir.join("long.kds");
     std::fs::write(&script, LONG).unwrap();
@@ -113,6 +113,12 @@ fn a_second_signal_exits_at_once_when_the_target_does_not_answer() {
     run.wait_for(Duration::from_secs(30), |t, l| {
         t == "err" && l.contains("letting the target continue before exiting")
     });
+    // The second is said, and the ending goes on.
+    signal(&run.child, libc::SIGINT);
+    run.wait_for(Duration::from_secs(30), |t, l| {
+        t == "err" && l.contains("again: still letting the target continue")
+    });
+    // The third gives up.
     signal(&run.child, libc::SIGINT);
     let status = run.finish(Duration::from_secs(30));
     let err = run.stderr();

@@ -377,6 +377,57 @@ impl Drop for Rpc {
     }
 }
 
+/// `kdnet mcp` on stdio with control allowed, its own watcher of the one target at `port`
+/// (named `t`), with `env` besides the key; returned once that target runs.
+fn mcp_of_one_target(port: u16, key: &str, env: &[(&str, &str)]) -> Rpc {
+    let p = port.to_string();
+    let mut all = vec![("KDNET_MCP_KEY", key)];
+    all.extend_from_slice(env);
+    let mut rpc = Rpc::start(
+        &[
+            "mcp",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--key-env",
+            "KDNET_MCP_KEY",
+            "--allow-control",
+            "--name",
+            "t",
+        ],
+        &all,
+    );
+    // The target connects to the server's own watcher.
+    let start = Instant::now();
+    loop {
+        let r = rpc.tool("targets", json!({}), Duration::from_secs(60));
+        if r["structuredContent"]["targets"][0]["state"] == "running" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{r}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    rpc
+}
+
+/// The client goes away (its input ends): the server must end, and well.
+fn hang_up_and_wait_for_the_end(rpc: &mut Rpc) {
+    drop(rpc.child.stdin.take());
+    let end = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = rpc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "the server did not end after its client went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn a_client_gone_mid_run_leaves_the_target_running() {
     let port = free_udp_port();
@@ -394,33 +445,7 @@ fn a_client_gone_mid_run_leaves_the_target_running() {
             "1s",
         ],
     );
-    let p = port.to_string();
-    let mut rpc = Rpc::start(
-        &[
-            "mcp",
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-            "--key-env",
-            "KDNET_MCP_KEY",
-            "--allow-control",
-            "--name",
-            "t",
-        ],
-        &[("KDNET_MCP_KEY", key)],
-    );
-    // The target connects to the server's own watcher.
-    let start = Instant::now();
-    loop {
-        let r = rpc.tool("targets", json!({}), Duration::from_secs(60));
-        let state = r["structuredContent"]["targets"][0]["state"].clone();
-        if state == "running" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{r}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut rpc = mcp_of_one_target(port, key, &[]);
     // Control, allowed: broken into, a run leaves it stopped, `continue` lets it go on.
     let r = rpc.tool(
         "break_in",
@@ -447,19 +472,7 @@ fn a_client_gone_mid_run_leaves_the_target_running() {
         json!({ "name": "run", "arguments": { "target": "t", "command": "!process 0 7; !stacks 2; !process 0 7", "timeout_ms": 120000 } }),
     );
     std::thread::sleep(Duration::from_millis(700));
-    drop(rpc.child.stdin.take());
-    let end = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = rpc.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < end,
-            "the server did not end after its client went away"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{status:?}");
+    hang_up_and_wait_for_the_end(&mut rpc);
     // A fresh session finds the target running, and its DbgPrint line arrives.
     assert_target_runs(port, key, "ndis: miniport");
 }
@@ -546,30 +559,7 @@ fn a_client_gone_in_the_middle_of_a_g_leaves_no_breakpoint_and_the_target_runnin
     let state = common::temp_dir("mcp-g");
     let p = port.to_string();
     let state_s = state.display().to_string();
-    let mut rpc = Rpc::start(
-        &[
-            "mcp",
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-            "--key-env",
-            "KDNET_MCP_KEY",
-            "--allow-control",
-            "--name",
-            "t",
-        ],
-        &[("KDNET_MCP_KEY", key), ("KDNET_STATE_DIR", &state_s)],
-    );
-    let start = Instant::now();
-    loop {
-        let r = rpc.tool("targets", json!({}), Duration::from_secs(60));
-        if r["structuredContent"]["targets"][0]["state"] == "running" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{r}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut rpc = mcp_of_one_target(port, key, &[("KDNET_STATE_DIR", &state_s)]);
     // A g on a breakpoint nothing reaches; the client goes away while it waits.
     rpc.request(
         "tools/call",
@@ -585,19 +575,7 @@ fn a_client_gone_in_the_middle_of_a_g_leaves_no_breakpoint_and_the_target_runnin
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    drop(rpc.child.stdin.take());
-    let end = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = rpc.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < end,
-            "the server did not end after its client went away"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{status:?}");
+    hang_up_and_wait_for_the_end(&mut rpc);
     assert_eq!(written(), 0, "the record of the breakpoint stays");
     // A fresh session finds the original instruction, and the target running.
     let o = common::kdnet()

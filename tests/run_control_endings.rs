@@ -1,5 +1,5 @@
-//! However a session with breakpoints ends — SIGTERM, SIGHUP, the end of a script, Ctrl-C then
-//! `q` in the prompt, a closed terminal, or `kill -9` — the simulated target is left running
+//! However a session with breakpoints ends — SIGTERM, SIGHUP, Ctrl-C twice, the end of a script,
+//! Ctrl-C then `q` in the prompt, a closed terminal, or `kill -9` — the simulated target is left running
 //! with none of the session's `int 3`s in it, as a fresh session reads it back. The session
 //! ends in the middle of a `g` whose breakpoint is reached thousands of times a second (its
 //! condition is never true), so the ending falls in any phase: running with the breakpoint
@@ -142,6 +142,37 @@ fn ended_by_signal(sig: i32, name: &str) {
     common::signal(&run.child, sig);
     let status = run.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "{status:?}");
+    assert!(
+        run.stderr().contains("the target continues"),
+        "{:#?}",
+        run.seen
+    );
+    assert!(!record(&state).exists(), "{:#?}", run.seen);
+    assert_clean(port, &state, false);
+    std::fs::remove_dir_all(&state).ok();
+}
+
+/// Ctrl-C twice (an impatient user): the second is said and changes nothing, the target is
+/// left running with its original bytes and nothing for the next session to take out.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_twice_in_the_middle_of_g_still_leaves_the_target_clean() {
+    let port = free_udp_port();
+    let _sim = sim(port);
+    let state = temp_dir("endings-twice");
+    let mut run = Lines::spawn(session(
+        kdnet().args(["run", "-c", &format!("{NEVER}; g")]),
+        port,
+        &state,
+    ));
+    wait_armed(&state, &mut run);
+    common::signal(&run.child, libc::SIGINT);
+    // The second while the first is dealt with (apart, not to be taken for one): wherever it
+    // falls, the ending goes on.
+    std::thread::sleep(Duration::from_millis(20));
+    common::signal(&run.child, libc::SIGINT);
+    let status = run.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(130), "{:#?}", run.seen);
     assert!(
         run.stderr().contains("the target continues"),
         "{:#?}",

@@ -554,20 +554,29 @@ fn hit_of(e: &Engine, stop: &StopEvent) -> Option<u32> {
 }
 
 /// What a stop that came when the debugger broke in really is, when it is not the break-in:
-/// a hit of one of the session's breakpoints whose condition holds, or a stop of the target's
-/// own (a bugcheck, an exception, a driver's break). None: the break-in (or a hit judged not
-/// to stop, which the break-in ends the motion on anyway).
-fn came_first(e: &mut Engine, stop: &StopEvent) -> Result<Option<Reason>, CmdError> {
+/// a hit of one of the session's breakpoints whose condition holds, the address a `p` or `gu`
+/// ran to, or a stop of the target's own (a bugcheck, an exception, a driver's break). None:
+/// the break-in (or a hit judged not to stop, which the break-in ends the motion on anyway).
+/// What cannot be read to tell (a cancel stops reads) leaves it the break-in that was asked.
+fn came_first(e: &mut Engine, stop: &StopEvent, until: Option<u64>) -> Option<Reason> {
     if let Some(id) = hit_of(e, stop) {
-        return Ok(judge(e, id, stop)?.then_some(Reason::Breakpoint));
+        return judge(e, id, stop)
+            .unwrap_or(false)
+            .then_some(Reason::Breakpoint);
     }
     let rcx = match &stop.kind {
-        StopKind::Exception { code, .. } if *code == STATUS_BREAKPOINT => {
-            e.kernel.context(stop.processor)?.reg(kdnet_arch::Reg::Rcx)
+        StopKind::Exception { code, address, .. } if *code == STATUS_BREAKPOINT => {
+            if until == Some(*address) {
+                return Some(Reason::Reached);
+            }
+            e.kernel
+                .context(stop.processor)
+                .ok()?
+                .reg(kdnet_arch::Reg::Rcx)
         }
         _ => 0,
     };
-    Ok((!stop.is_break_in(rcx)).then_some(Reason::Exception))
+    (!stop.is_break_in(rcx)).then_some(Reason::Exception)
 }
 
 /// Whether a hit of breakpoint `id` stops the target: the filters, the pass count, the
@@ -860,15 +869,24 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
             // The stop a break-in brings may be one the target made itself in that instant:
             // a breakpoint's hit, an exception, a bugcheck. It is reported as what it is;
             // otherwise the motion ends here, as asked.
-            match came_first(e, &stop)? {
+            match came_first(e, &stop, until) {
                 Some(Reason::Breakpoint) => {
+                    // Its commands run at the stop; the motion does not go on (the break-in
+                    // ends it), whatever they end with.
                     let id = hit_of(e, &stop);
+                    let command = id
+                        .and_then(|id| e.control.breakpoints.get(&id))
+                        .and_then(|b| b.command.clone());
                     if let Some(id) = id
                         && e.control.breakpoints.get(&id).is_some_and(|b| b.one_shot)
                     {
                         e.control.breakpoints.remove(&id);
                     }
-                    return Ok(ended(Reason::Breakpoint, id, vec![]));
+                    let commands = match command {
+                        Some(c) => plan(e, &c).map(|(c, _)| c).unwrap_or_default(),
+                        None => vec![],
+                    };
+                    return Ok(ended(Reason::Breakpoint, id, commands));
                 }
                 Some(reason) => return Ok(ended(reason, None, vec![])),
                 None => return Ok(ended(Reason::BreakIn, None, vec![])),

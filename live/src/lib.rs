@@ -660,7 +660,14 @@ impl Session {
         let event = stop_event(&sc, 0);
         let rcx = match &event.kind {
             StopKind::Exception { code, .. } if *code == status::BREAKPOINT => {
-                self.rcx(sc.processor).await?
+                match self.rcx(sc.processor).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Nothing tells the two apart then: the break-in was asked for.
+                        tracing::warn!("reading rcx at the break-in's stop: {e}");
+                        return Ok((stop_of(&sc), false));
+                    }
+                }
             }
             _ => 0,
         };

@@ -424,7 +424,7 @@ pub async fn watch_until(
             }
             s = ending.next() => {
                 eprintln!(
-                    "kdnet watch: {}: ending the watch once what is under way is done (a second signal ends it at once)",
+                    "kdnet watch: {}: ending the watch once what is under way is done (a third signal ends it at once)",
                     s.name()
                 );
                 break;
@@ -435,7 +435,8 @@ pub async fn watch_until(
         }
     }
     // The targets' tasks end with the watch, each after what it is doing (a target held
-    // stopped is let go on); a second signal ends the watch at once.
+    // stopped is let go on, breakpoints are taken out); a second signal is said, a third ends
+    // the watch at once.
     let _ = stop_tx.send(true);
     let finishing = async {
         for t in tasks {
@@ -444,9 +445,9 @@ pub async fn watch_until(
     };
     tokio::select! {
         () = finishing => {}
-        s = ending.next() => {
+        s = ending.give_up("ending the watch") => {
             eprintln!(
-                "kdnet watch: {} again: ending at once; a target being captured may stay stopped",
+                "kdnet watch: {} again: ending at once; a target being captured may stay stopped (the next session takes out the breakpoints left in it)",
                 s.name()
             );
             std::process::exit(i32::from(s.exit_code()));
