@@ -496,13 +496,15 @@ pub static COMMANDS: &[Command] = &[
         run: crate::cmds::run::go => crate::cmds::run::Ran,
     },
     command! {
-        name: "p", aliases: ["t"], id: "step",
-        summary: "steps one instruction (p over calls, t into them); p N, t N",
+        name: "p", aliases: ["t", "pc", "tc"], id: "step",
+        summary: "steps one instruction (p over calls, t into them); p N, t N; pc, tc to the next call",
         doc: "steps one instruction and shows the registers and the next instruction: `p` steps \
               over calls (a one-time breakpoint after the call), `t` into them (the trap flag); \
-              `p N`, `t N` take N steps; a breakpoint met on the way stops it",
-        syntax: crate::cmds::run::SYNTAX, usage: Some("p|t [COUNT]"),
-        examples: ["t", "p", "p 2"],
+              `p N`, `t N` take N steps; `pc` and `tc` step (over, into calls) until the next \
+              instruction is a call and show that stop only (at most 10,000 steps, each a stop \
+              of the target); a breakpoint met on the way stops it",
+        syntax: crate::cmds::run::SYNTAX, usage: Some("p|t [COUNT] | pc | tc"),
+        examples: ["t", "p", "p 2", "pc"],
         run: crate::cmds::run::go => crate::cmds::run::Ran,
     },
     command! {

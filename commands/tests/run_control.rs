@@ -208,6 +208,26 @@ async fn breakpoints_steps_and_gu_over_kdnet_on_every_build() {
                 }
                 run(e, build, "bc *");
             }
+            // pc, tc: from bindflt's entry, step to its call of nt!IofCompleteRequest (`call
+            // rax`; pc over calls, tc into them: none comes before it); that stop only is shown.
+            for verb in ["pc", "tc"] {
+                run(e, build, "bp bindflt!BfPreCreate");
+                let g = run(e, build, "g --max-seconds 60");
+                assert_eq!(u(&g["stops"][0]["pc"]), p.pre_create, "{build}: {g}");
+                run(e, build, "bc *");
+                let o = run(e, build, verb);
+                let stops = o["stops"].as_array().unwrap();
+                assert_eq!(stops.len(), 1, "{build} {verb}: {o}");
+                assert_eq!(stops[0]["reason"], "step", "{build} {verb}: {o}");
+                let at = u(&stops[0]["pc"]);
+                assert!(
+                    (p.pre_create + 1..p.pre_create + 0x100).contains(&at),
+                    "{build} {verb}: {o}"
+                );
+                let ins = stops[0]["instruction"].as_str().unwrap();
+                assert!(ins.contains("call    rax"), "{build} {verb}: {ins}");
+                assert_eq!(u(&stops[0]["registers"]["rax"]), p.complete, "{build} {verb}");
+            }
             // Debug registers: a write of the create counter stops after the instruction that
             // wrote it, in bindflt; an execution breakpoint before the instruction.
             let before = u(&run(e, build, &format!("dq {:x} L1", p.counters))["values"][0]);

@@ -485,6 +485,7 @@ const CONTROL_VERBS: &[&str] = &[
     "bd",
     "be",
     "g",
+    "gc",
     "gh",
     "gn",
     "gu",
@@ -1403,6 +1404,10 @@ mod tests {
             Some(".writemem".into())
         );
         assert_eq!(control_verb(".if (1) { bp nt!Foo }"), Some("bp".into()));
+        // Every verb that lets the target go on.
+        for v in ["g", "gc", "gh", "gn", "gu", "p", "t", "pc", "tc"] {
+            assert_eq!(control_verb(&format!("r; {v}")), Some(v.into()), "{v}");
+        }
         assert_eq!(control_verb("eb fffff800`00000000 90"), Some("eb".into()));
         assert_eq!(control_verb("!locks; !process 0 0; dt nt!_EPROCESS"), None);
         // A word that only starts like one is not one.

@@ -621,6 +621,12 @@ pub(crate) fn go(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Ran, CmdErr
             }
             (Motion::Return, 1, false)
         }
+        "pc" | "tc" => {
+            if !text.is_empty() {
+                return Err(CmdError::Usage(format!("{verb} takes no arguments")));
+            }
+            (Motion::Step { over: verb == "pc" }, MAX_STEPS, true)
+        }
         _ => {
             let n = if text.is_empty() {
                 1
@@ -635,12 +641,28 @@ pub(crate) fn go(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Ran, CmdErr
             (Motion::Step { over: verb == "p" }, n, true)
         }
     };
-    for _ in 0..count {
+    // `pc`, `tc`: step until the next instruction is a call; only that stop is shown.
+    let to_call = matches!(verb.as_str(), "pc" | "tc");
+    for i in 0..count {
         let ended = crate::control::resume(e, motion)?;
         ran.passed += ended.passed;
         ran.hits.extend(ended.outputs.iter().cloned());
         ran.hits_dropped += ended.outputs_dropped;
-        let done = !matches!(ended.reason, Reason::Step | Reason::Reached);
+        let mut done = !matches!(ended.reason, Reason::Step | Reason::Reached);
+        if to_call && !done {
+            let s = &ended.stop;
+            let call = crate::cmds::disasm::instruction_from(e, s.pc, &s.stream)
+                .is_some_and(|i| i.mnemonic == "call");
+            if !call && i + 1 < count {
+                continue;
+            }
+            if !call {
+                ran.output.push_str(&format!(
+                    "no call within {count} instructions: stopped after the last\n"
+                ));
+            }
+            done = true;
+        }
         let stop = report(e, &ended, registers);
         ran.stops.push(stop);
         for c in &ended.commands {
