@@ -302,3 +302,18 @@ fn hex_u32(s: &str) -> Result<u32, String> {
         .unwrap_or(t);
     u32::from_str_radix(t, 16).map_err(|e| format!("`{s}` is not a hex number: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::hex_u32;
+
+    #[test]
+    fn a_bugcheck_code_is_hex_with_or_without_0x_and_nothing_else() {
+        assert_eq!(hex_u32("44"), Ok(0x44));
+        assert_eq!(hex_u32("0x1CA"), Ok(0x1ca));
+        for bad in ["", "0x", "xyz", "1_0", "123456789"] {
+            let e = hex_u32(bad).unwrap_err();
+            assert!(e.contains("is not a hex number"), "{bad}: {e}");
+        }
+    }
+}

@@ -557,26 +557,49 @@ fn hit_of(e: &Engine, stop: &StopEvent) -> Option<u32> {
 /// a hit of one of the session's breakpoints whose condition holds, the address a `p` or `gu`
 /// ran to, or a stop of the target's own (a bugcheck, an exception, a driver's break). None:
 /// the break-in (or a hit judged not to stop, which the break-in ends the motion on anyway).
-/// What cannot be read to tell (a cancel stops reads) leaves it the break-in that was asked.
+/// What cannot be read to tell (a cancel stops reads) leaves it the break-in that was asked,
+/// and the result says it is incomplete.
 fn came_first(e: &mut Engine, stop: &StopEvent, until: Option<u64>) -> Option<Reason> {
+    let untold = |e: &mut Engine, err: &dyn std::fmt::Display| {
+        e.kernel.note_incomplete(format!(
+            "whether the stop the break-in brought is the target's own could not be told: {err}"
+        ));
+    };
     if let Some(id) = hit_of(e, stop) {
-        return judge(e, id, stop)
-            .unwrap_or(false)
-            .then_some(Reason::Breakpoint);
+        return match judge(e, id, stop) {
+            Ok(stops) => stops.then_some(Reason::Breakpoint),
+            Err(err) => {
+                untold(e, &err);
+                None
+            }
+        };
     }
     let rcx = match &stop.kind {
         StopKind::Exception { code, address, .. } if *code == STATUS_BREAKPOINT => {
             if until == Some(*address) {
                 return Some(Reason::Reached);
             }
-            e.kernel
-                .context(stop.processor)
-                .ok()?
-                .reg(kdnet_arch::Reg::Rcx)
+            match e.kernel.context(stop.processor) {
+                Ok(c) => c.reg(kdnet_arch::Reg::Rcx),
+                Err(err) => {
+                    untold(e, &err);
+                    return None;
+                }
+            }
         }
         _ => 0,
     };
     (!stop.is_break_in(rcx)).then_some(Reason::Exception)
+}
+
+/// A hit of `id` stops the target: a one-shot breakpoint goes; its command string, if any.
+fn stopping_hit(e: &mut Engine, id: u32) -> Option<String> {
+    let b = e.control.breakpoints.get(&id)?;
+    let command = b.command.clone();
+    if b.one_shot {
+        e.control.breakpoints.remove(&id);
+    }
+    command
 }
 
 /// Whether a hit of breakpoint `id` stops the target: the filters, the pass count, the
@@ -874,16 +897,8 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
                     // Its commands run at the stop; the motion does not go on (the break-in
                     // ends it), whatever they end with.
                     let id = hit_of(e, &stop);
-                    let command = id
-                        .and_then(|id| e.control.breakpoints.get(&id))
-                        .and_then(|b| b.command.clone());
-                    if let Some(id) = id
-                        && e.control.breakpoints.get(&id).is_some_and(|b| b.one_shot)
-                    {
-                        e.control.breakpoints.remove(&id);
-                    }
-                    let commands = match command {
-                        Some(c) => plan(e, &c).map(|(c, _)| c).unwrap_or_default(),
+                    let commands = match id.and_then(|id| stopping_hit(e, id)) {
+                        Some(c) => plan(e, &c)?.0,
                         None => vec![],
                     };
                     return Ok(ended(Reason::Breakpoint, id, commands));
@@ -900,16 +915,7 @@ fn motion(e: &mut Engine, m: Motion) -> Result<Ended, CmdError> {
                 }
                 continue;
             }
-            let (one_shot, command) = e
-                .control
-                .breakpoints
-                .get(&id)
-                .map(|b| (b.one_shot, b.command.clone()))
-                .unwrap_or((false, None));
-            if one_shot {
-                e.control.breakpoints.remove(&id);
-            }
-            let Some(command) = command else {
+            let Some(command) = stopping_hit(e, id) else {
                 return Ok(ended(Reason::Breakpoint, Some(id), vec![]));
             };
             let (commands, go_on) = plan(e, &command)?;

@@ -346,6 +346,17 @@ pub struct Session {
     host: Host,
 }
 
+/// What the stop a break-in brought is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokeIn {
+    /// The break-in.
+    Asked,
+    /// A stop the target made itself in that instant (a bugcheck, an exception).
+    Own,
+    /// Not told: the stopped processor's rcx could not be read (why).
+    Untold(String),
+}
+
 /// A target's key (`a.b.c.d`, as bcdedit prints it).
 pub use kdnet::wire::Key;
 
@@ -652,26 +663,30 @@ impl Session {
         Ok(stop_of(&self.host.break_in(timeout).await?))
     }
 
-    /// Stops the target, and says whether what it reported is a stop of its own that came in
-    /// that instant (a bugcheck, an exception, a driver's break) rather than the break-in:
-    /// reads the stopped processor's rcx when the report is a breakpoint's (one round trip).
-    pub async fn break_in_checked(&self, timeout: Duration) -> Result<(Stop, bool), SessionError> {
+    /// Stops the target, and says whether what it reported is the break-in or a stop of its
+    /// own that came in that instant (a bugcheck, an exception, a driver's break): reads the
+    /// stopped processor's rcx when the report is a breakpoint's (one round trip).
+    pub async fn break_in_checked(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Stop, BrokeIn), SessionError> {
         let sc = self.host.break_in(timeout).await?;
         let event = stop_event(&sc, 0);
         let rcx = match &event.kind {
             StopKind::Exception { code, .. } if *code == status::BREAKPOINT => {
                 match self.rcx(sc.processor).await {
                     Ok(r) => r,
-                    Err(e) => {
-                        // Nothing tells the two apart then: the break-in was asked for.
-                        tracing::warn!("reading rcx at the break-in's stop: {e}");
-                        return Ok((stop_of(&sc), false));
-                    }
+                    Err(e) => return Ok((stop_of(&sc), BrokeIn::Untold(e.to_string()))),
                 }
             }
             _ => 0,
         };
-        Ok((stop_of(&sc), !event.is_break_in(rcx)))
+        let what = if event.is_break_in(rcx) {
+            BrokeIn::Asked
+        } else {
+            BrokeIn::Own
+        };
+        Ok((stop_of(&sc), what))
     }
 
     /// A stopped processor's rcx: the 8 bytes of its CONTEXT (GetContextEx), or the whole of it

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kdnet_commands::engine::Engine;
 use kdnet_commands::ext::hangcheck::{self, Sample};
 use kdnet_commands::script::{self, Runner};
-use kdnet_live::{Drops, Event, Link, Session};
+use kdnet_live::{BrokeIn, Drops, Event, Link, Session};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -436,15 +436,29 @@ impl Actor {
 
     /// Breaks in (unless stopped); Ok(true) when what stopped it is a stop of its own that
     /// came in that instant (a bugcheck, an exception, a driver's break), not the break-in.
+    /// When that cannot be told, it is said, and taken for the break-in that was asked.
     async fn stop_checked(&mut self) -> Result<bool, String> {
         if self.host.status().stopped {
             return Ok(false);
         }
-        self.host
+        let (_, what) = self
+            .host
             .break_in_checked(BREAK_IN)
             .await
-            .map(|(_, own)| own)
-            .map_err(|e| format!("break-in failed: {e}"))
+            .map_err(|e| format!("break-in failed: {e}"))?;
+        Ok(match what {
+            BrokeIn::Asked => false,
+            BrokeIn::Own => true,
+            BrokeIn::Untold(why) => {
+                self.hub.note(
+                    &self.spec.name,
+                    &format!(
+                        "whether the break-in's stop is the target's own (a bugcheck) could not be told: {why}"
+                    ),
+                );
+                false
+            }
+        })
     }
 
     /// Publishes the session's counters and notes datagrams dropped since `reported`.

@@ -657,8 +657,8 @@ pub(crate) fn go(e: &mut Engine, verb: &str, a: &Args<'_>) -> Result<Ran, CmdErr
                 continue;
             }
             if !call {
-                ran.output.push_str(&format!(
-                    "no call within {count} instructions: stopped after the last\n"
+                e.kernel.note_incomplete(format!(
+                    "no call within {count} instructions: {verb} stopped after the last"
                 ));
             }
             done = true;
